@@ -1,0 +1,105 @@
+"""Config dataclasses <-> command-line flags, and one-line errors for users.
+
+Every field of an experiment's config dataclass becomes a flag of the same
+name with dashes (``latent_dim`` -> ``--latent-dim``), typed from the field's
+annotation and defaulting to the field's default. ``bool`` fields get
+``--flag/--no-flag``; ``tuple[int, ...]`` fields take comma-separated values.
+A field's ``metadata`` may hold ``help`` and ``choices``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+import typing
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the flag."""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field(default, help: str, choices: tuple | None = None):
+    """A config field with its help text (and allowed values)."""
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("config defaults must be immutable")
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _int_tuple(name: str):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip() != "")
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag(name)} takes comma-separated integers, got {text!r}"
+            ) from None
+        return values
+
+    return parse
+
+
+def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        kind = hints[f.name]
+        kwargs = {"default": f.default, "help": f.metadata.get("help", " ")}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            kwargs["type"] = _int_tuple(f.name)
+            kwargs["metavar"] = "N,N,..."
+        elif kind in (int, float, str):
+            kwargs["type"] = kind
+        else:
+            raise TypeError(f"unsupported config field type {kind} for {f.name}")
+        parser.add_argument(flag(f.name), dest=f.name, **kwargs)
+    return parser
+
+
+def parse_config(config_cls, argv=None, description: str = ""):
+    """Parses ``argv`` into ``config_cls``; bad values exit with a one-line error."""
+    parser = build_parser(config_cls, description)
+    args = parser.parse_args(argv)
+    config = config_cls(**vars(args))
+    try:
+        config.validate()
+    except ConfigError as err:
+        parser.error(str(err))
+    return config
+
+
+def require(condition: bool, name: str, expected: str, value) -> None:
+    """Raises :class:`ConfigError` naming the flag unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"{flag(name)} must be {expected}, got {value!r}")
+
+
+def user_errors(*error_types):
+    """Decorator for ``main``: the listed errors print ``error: ...`` and exit 2."""
+
+    def decorate(main):
+        @functools.wraps(main)
+        def wrapped(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except error_types as err:
+                print(f"error: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+        return wrapped
+
+    return decorate

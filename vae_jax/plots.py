@@ -1,0 +1,102 @@
+"""Figures from host arrays: image grids, reconstructions, samples, interpolations, latent maps, curves.
+
+Every function takes NumPy arrays (call ``jax.device_get`` first), writes one
+PNG and returns its path. Matplotlib runs on the non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def image_grid(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
+    """Tiles ``[N, H, W, C]`` images into one ``[rows*(H+pad), ncols*(W+pad), C]`` image."""
+    images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+    n, h, w, c = images.shape
+    nrows = -(-n // ncols)
+    grid = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad, c), np.float32)
+    for i, img in enumerate(images):
+        r, col = divmod(i, ncols)
+        grid[r * (h + pad): r * (h + pad) + h, col * (w + pad): col * (w + pad) + w] = img
+    return grid
+
+
+def _show(ax, image: np.ndarray) -> None:
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: str, title: str) -> str:
+    """Rows of images ``[n, H, W, C]`` each, one labelled row per array."""
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(ncols * 0.6 + 1.5, len(rows) * 0.75 + 0.6), squeeze=False)
+    for ax, row, label in zip(axes[:, 0], rows, labels):
+        _show(ax, image_grid(row, ncols=len(row)))
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def save_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, path: str, title: str = "Test reconstructions") -> str:
+    """Originals in the top row, their reconstructions below."""
+    return save_image_rows([originals, reconstructions], ["original", "reconstruction"], path, title)
+
+
+def save_grid(images: np.ndarray, path: str, title: str, ncols: int = 10) -> str:
+    """A plain grid of images, e.g. samples from the prior."""
+    grid = image_grid(images, ncols=ncols)
+    fig, ax = plt.subplots(figsize=(ncols * 0.6 + 0.4, grid.shape[0] / grid.shape[1] * ncols * 0.6 + 0.6))
+    _show(ax, grid)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def save_latent_scatter(latents_2d: np.ndarray, labels: np.ndarray | None, path: str, title: str,
+                        axis_labels: tuple[str, str] = ("z[0]", "z[1]")) -> str:
+    """Scatter of ``[N, 2]`` latent coordinates, coloured by class label if given."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    if labels is None:
+        ax.scatter(latents_2d[:, 0], latents_2d[:, 1], s=4, alpha=0.6)
+    else:
+        points = ax.scatter(latents_2d[:, 0], latents_2d[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7,
+                            vmin=-0.5, vmax=9.5 if labels.max() < 10 else labels.max() + 0.5)
+        fig.colorbar(points, ax=ax, label="label", ticks=np.unique(labels) if labels.max() < 10 else None)
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def save_curves(history: Sequence[dict], keys: Sequence[str], path: str, title: str = "Loss curves",
+                ylabel: str = "nats per example") -> str:
+    """Per-epoch curves of the given ``metrics.jsonl`` keys."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [line["epoch"] for line in history]
+    for key in keys:
+        values = [line.get(key) for line in history]
+        if any(v is not None for v in values):
+            ax.plot(epochs, values, marker="o", markersize=3, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
