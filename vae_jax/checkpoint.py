@@ -17,7 +17,7 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be used, with a one-line reason."""
 
 
-def make_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
     """A manager over ``WORKDIR/checkpoints`` that keeps the newest ``keep`` checkpoints.
 
     Steps are epoch numbers: checkpoint ``e`` holds the state after ``e`` epochs.
@@ -25,8 +25,7 @@ def make_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.Ch
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
-        create=not read_only,
-        read_only=read_only,
+        create=True,
         enable_async_checkpointing=False,
     )
     return ocp.CheckpointManager(directory, options=options)

@@ -299,13 +299,20 @@ def _tfds_arrays(builder, name: str):
     if image_key is None:
         raise DataError(f"--dataset tfds:{name}: has no 'image' feature; not an image dataset")
     label_key = "label" if "label" in features else None
-    splits = set(builder.info.splits.keys())
+    # A prepared dataset lists its splits; TFDS's mock data leaves them unknown.
+    splits = set(builder.info.splits.keys()) or {"train", "test"}
     if "train" not in splits:
         raise DataError(f"--dataset tfds:{name}: has no 'train' split (splits: {sorted(splits)})")
 
     def read(split: str):
-        batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-        return batch[image_key], (batch[label_key] if label_key else None)
+        images, labels = [], []
+        for batch in tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000)):
+            images.append(batch[image_key])
+            if label_key:
+                labels.append(batch[label_key])
+        if not images:
+            raise DataError(f"--dataset tfds:{name}: the {split!r} split is empty")
+        return np.concatenate(images), (np.concatenate(labels) if label_key else None)
 
     x_train, y_train = read("train")
     if "test" in splits:

@@ -116,6 +116,10 @@ class TrainResult:
         return jax.tree_util.tree_map(lambda a: a[replica], self.state.params)
 
 
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    return optax.adam(config.learning_rate)
+
+
 def load_data(config: TrainConfig) -> data_lib.Dataset:
     return data_lib.load_dataset(
         config.dataset, data_dir=config.data_dir or None, binarize=config.binarize, batch_size=config.batch_size
@@ -173,6 +177,34 @@ def mean_std(values) -> dict:
     return {"mean": float(values.mean()), "std": float(values.std()), "per_seed": values.tolist()}
 
 
+def load_run_config(workdir: str, config_cls):
+    """The config a run in ``workdir`` was trained with (from its ``config.json``)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
+    with open(path) as f:
+        saved = json.load(f)
+    known = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(saved) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"--workdir {workdir}: config.json has settings this experiment does not know ({', '.join(unknown)})"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+    return config_cls(**values)
+
+
+def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.TrainState]:
+    """The newest checkpointed train state (all replicas) of the run ``config`` describes."""
+    manager = checkpoint.make_manager(config.workdir)
+    if manager.latest_step() is None:
+        raise checkpoint.CheckpointError(f"--workdir {config.workdir}: no checkpoint to restore")
+    optimizer = make_optimizer(config)
+    keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
+    template = train_lib.init_replicated_state(task.init_params, optimizer, keys.init)
+    return checkpoint.restore_latest(manager, template)
+
+
 def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None) -> TrainResult:
     """Trains ``task`` as configured, resuming from the workdir's newest checkpoint."""
     start_time = time.time()
@@ -182,7 +214,7 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     os.makedirs(workdir, exist_ok=True)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 
-    optimizer = optax.adam(config.learning_rate)
+    optimizer = make_optimizer(config)
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(seeds))
     state = train_lib.init_replicated_state(task.init_params, optimizer, keys.init)
 

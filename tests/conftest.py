@@ -1,0 +1,17 @@
+"""Shared fixtures: a small slice of the real embedded MNIST digits, loaded once."""
+
+import numpy as np
+import pytest
+
+from vae_jax import data
+
+
+@pytest.fixture(scope="session")
+def mnist_small():
+    """A Dataset of 512 train / 128 test real MNIST digits (from the embedded fallback)."""
+    x_train, y_train, x_test, y_test = data.embedded_mnist()
+    return data.Dataset(
+        x_train[:512, ..., None].astype(np.float32) / 255.0, y_train[:512],
+        x_test[:128, ..., None].astype(np.float32) / 255.0, y_test[:128],
+        source="embedded MNIST slice",
+    )

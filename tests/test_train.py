@@ -1,0 +1,122 @@
+"""Training: one compile, scan path = loop path, vmapped seeds = single runs, bit-exact resume, divergence."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vae_jax import checkpoint, runner, tasks, train
+from vae_jax.runner import Task, TrainConfig
+
+
+def small_config(workdir, **overrides):
+    base = dict(latent_dim=8, hidden=(64,), batch_size=64, epochs=2, workdir=str(workdir), progress=False,
+                checkpoint_every=1, eval_batch_size=64)
+    base.update(overrides)
+    return tasks.VAEConfig(**base)
+
+
+def _data(ds):
+    return {"x": jnp.asarray(ds.x_train), "y": jnp.asarray(ds.y_train)}
+
+
+def test_train_step_compiles_once_and_changes_params(mnist_small):
+    config = small_config("unused")
+    _, task = tasks.vae_task(config, mnist_small.image_shape)
+    optimizer = optax.adam(1e-3)
+    step = jax.jit(chex.assert_max_traces(train.make_train_step(task.loss_fn, optimizer), n=1))
+    keys = train.run_keys(0)
+    state = train.init_train_state(task.init_params(keys.init), optimizer)
+    before = state.params
+    data = _data(mnist_small)
+    for i in range(3):
+        batch = {k: v[i * 64:(i + 1) * 64] for k, v in data.items()}
+        state, metrics = step(state, batch, jax.random.fold_in(keys.sample, i))
+    assert int(state.step) == 3
+    chex.assert_shape(metrics["loss"], ())
+    assert not np.allclose(before["encoder"]["mean"]["kernel"], state.params["encoder"]["mean"]["kernel"])
+
+
+def test_scan_epoch_equals_python_loop(mnist_small):
+    config = small_config("unused")
+    _, task = tasks.vae_task(config, mnist_small.image_shape)
+    optimizer = optax.adam(1e-3)
+    train_step = train.make_train_step(task.loss_fn, optimizer)
+    keys = train.run_keys(3)
+    state0 = train.init_train_state(task.init_params(keys.init), optimizer)
+    data = _data(mnist_small)
+    scan_state, scan_metrics = jax.jit(train.make_epoch_fn(train_step, 64))(state0, data, keys.data, keys.sample, jnp.int32(0))
+    loop_state, loop_metrics = train.loop_epoch(jax.jit(train_step), state0, data, keys.data, keys.sample, 0, 64)
+    assert int(scan_state.step) == int(loop_state.step) == 512 // 64
+    chex.assert_trees_all_close(scan_state.params, loop_state.params, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(scan_metrics, loop_metrics, rtol=1e-4)
+
+
+def test_replica_k_of_a_vmapped_run_equals_a_single_run_with_seed_k(tmp_path, mnist_small):
+    multi = runner.train(small_config(tmp_path / "multi", seeds="5,7"),
+                         tasks.vae_task(small_config("x"), mnist_small.image_shape)[1], mnist_small)
+    single = runner.train(small_config(tmp_path / "single", seed=7),
+                          tasks.vae_task(small_config("x"), mnist_small.image_shape)[1], mnist_small)
+    chex.assert_trees_all_close(multi.params(1), single.params(0), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(multi.params(0)["decoder"]["out"]["bias"], multi.params(1)["decoder"]["out"]["bias"])
+    test = multi.summary["test"]["neg_elbo"]
+    assert len(test["per_seed"]) == 2
+    np.testing.assert_allclose(test["mean"], np.mean(test["per_seed"]))
+    np.testing.assert_allclose(test["per_seed"][1], single.summary["test"]["neg_elbo"]["mean"], rtol=1e-4)
+
+
+def test_resume_continues_the_run_bit_for_bit(tmp_path, mnist_small):
+    _, task = tasks.vae_task(small_config("x"), mnist_small.image_shape)
+    straight = runner.train(small_config(tmp_path / "straight", epochs=4, seeds="2"), task, mnist_small)
+    runner.train(small_config(tmp_path / "resumed", epochs=2, seeds="2"), task, mnist_small)
+    resumed = runner.train(small_config(tmp_path / "resumed", epochs=4, seeds="2"), task, mnist_small)
+    assert resumed.summary["resumed_from_epoch"] == 2
+    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [line["epoch"] for line in resumed.history] == [1, 2, 3, 4]
+    assert [line["train_loss"] for line in resumed.history] == [line["train_loss"] for line in straight.history]
+
+
+def test_resuming_with_other_model_settings_is_refused(tmp_path, mnist_small):
+    _, task = tasks.vae_task(small_config("x"), mnist_small.image_shape)
+    runner.train(small_config(tmp_path, epochs=1), task, mnist_small)
+    _, other_task = tasks.vae_task(small_config("x", latent_dim=4), mnist_small.image_shape)
+    with pytest.raises(runner.ConfigError, match="other settings \\(--latent-dim\\)"):
+        runner.train(small_config(tmp_path, epochs=2, latent_dim=4), other_task, mnist_small)
+
+
+def test_training_lowers_the_test_loss(tmp_path, mnist_small):
+    _, task = tasks.vae_task(small_config("x"), mnist_small.image_shape)
+    result = runner.train(small_config(tmp_path, epochs=6), task, mnist_small)
+    first, last = result.history[0]["test_neg_elbo"], result.history[-1]["test_neg_elbo"]
+    assert last < first - 30, (first, last)
+
+
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    # loss = log(w) is driven down by Adam until w <= 0, where the loss is no longer finite.
+    task = Task(
+        init_params=lambda key: {"w": jnp.ones(())},
+        loss_fn=lambda params, batch, key: (jnp.log(params["w"]), {"loss": jnp.log(params["w"])}),
+        eval_fn=lambda params, batch, key: {"w": jnp.broadcast_to(params["w"], batch["x"].shape[:1])},
+        headline="w",
+    )
+    ds = runner.data_lib.Dataset(np.zeros((8, 2, 2, 1), np.float32), None, np.zeros((2, 2, 2, 1), np.float32), None, "zeros")
+    config = TrainConfig(batch_size=8, epochs=10, learning_rate=0.4, workdir=str(tmp_path), progress=False, checkpoint_every=1)
+    with pytest.raises(runner.TrainingDiverged, match="non-finite training loss in epoch 4 .*last good checkpoint \\(epoch 3\\)"):
+        runner.train(config, task, ds)
+    epoch, state = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path)),
+                                             train.init_replicated_state(task.init_params, optax.adam(0.4), jax.vmap(train.run_keys)(jnp.array([0])).init))
+    assert epoch == 3 and np.all(np.isfinite(np.asarray(state.params["w"])))
+
+
+def test_config_errors_name_the_flag():
+    with pytest.raises(runner.ConfigError, match="--seeds must be a count N or a list like 0,3,7, got 'a,b'"):
+        dataclasses.replace(TrainConfig(), seeds="a,b").validate()
+    with pytest.raises(runner.ConfigError, match="--batch-size must be a positive integer, got 0"):
+        TrainConfig(batch_size=0).validate()
+    assert TrainConfig(seed=3, seeds="3").seed_list() == [3, 4, 5]
+    assert TrainConfig(seeds="0,3,7").seed_list() == [0, 3, 7]
