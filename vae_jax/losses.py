@@ -190,3 +190,110 @@ def iwae_bound(log_w: jax.Array, axis: int = -1) -> jax.Array:
       The bound with ``axis`` removed, one value per example.
     """
     return log_mean_exp(log_w, axis=axis)
+
+
+# --- autoencoder reconstruction losses and image-quality metrics ----------------------
+#
+# Plain, denoising, masked and contractive autoencoders compare a reconstruction
+# ``x_hat`` (an image in [0, 1]) or decoder logits with the clean input ``x``.
+# Like everything above, each returns one value per example: it reduces the
+# trailing ``event_ndim`` axes (H, W, C for NHWC images) and keeps the rest.
+
+
+def _event_size(values: jax.Array, event_ndim: int) -> int:
+    """Number of elements in one event (H * W * C for NHWC images)."""
+    if event_ndim < 0 or event_ndim > values.ndim:
+        raise ValueError(
+            f"event_ndim must be between 0 and the array rank {values.ndim}, got {event_ndim}"
+        )
+    return math.prod(values.shape[values.ndim - event_ndim:])
+
+
+def squared_error(x_hat: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.Array:
+    """Sum of squared errors over the event: ||x - x_hat||^2.
+
+    The lectures' reconstruction loss ``||x - d(e(x))||^2``, and, up to the
+    factor ``1 / (2c)`` and a constant, the Gaussian NLL of :func:`gaussian_nll`.
+
+    Returns:
+      ``[B]`` (the leading axes): one value per example.
+    """
+    return _sum_event(jnp.square(x - x_hat), event_ndim)
+
+
+def half_mean_squared_error(x_hat: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.Array:
+    """The lecture's mean form of the MSE: ``1/(2wh) * sum_ij (x_ij - x_hat_ij)^2``.
+
+    For a one-channel ``h x w`` image the divisor is ``2wh``; for C channels
+    every element counts, so it is ``2whC``. It equals
+    ``squared_error / (2 * event size)`` and half of :func:`mean_squared_error`;
+    the factor 1/2 only makes the gradient ``(x_hat - x) / (wh)``.
+
+    Returns:
+      ``[B]``: one value per example.
+    """
+    return squared_error(x_hat, x, event_ndim) / (2.0 * _event_size(x, event_ndim))
+
+
+def mean_squared_error(x_hat: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.Array:
+    """Mean of the squared error over the event's elements (the MSE in PSNR), ``[B]``."""
+    return squared_error(x_hat, x, event_ndim) / _event_size(x, event_ndim)
+
+
+def masked_squared_error(x_hat: jax.Array, x: jax.Array, mask: jax.Array, event_ndim: int = 3) -> jax.Array:
+    """``sum mask * (x - x_hat)^2`` over the event, ``[B]``.
+
+    ``mask`` (1 = counted, 0 = ignored; fractional weights allowed) broadcasts
+    against ``x``, e.g. ``[B, H, W, 1]`` for a per-pixel mask of ``[B, H, W, C]``
+    images. With ``mask = 1`` it is :func:`squared_error`.
+    """
+    mask = jnp.broadcast_to(mask, jnp.shape(x)).astype(jnp.result_type(x))
+    return _sum_event(mask * jnp.square(x - x_hat), event_ndim)
+
+
+def masked_mean_squared_error(x_hat: jax.Array, x: jax.Array, mask: jax.Array, event_ndim: int = 3) -> jax.Array:
+    """Mean squared error over the masked elements only: ``sum m (x - x_hat)^2 / sum m``.
+
+    An example with an empty mask gets 0 (nothing to compare), not NaN.
+
+    Returns:
+      ``[B]``: one value per example.
+    """
+    mask = jnp.broadcast_to(mask, jnp.shape(x)).astype(jnp.result_type(x))
+    count = _sum_event(mask, event_ndim)
+    return jnp.where(count > 0, masked_squared_error(x_hat, x, mask, event_ndim) / jnp.maximum(count, 1e-12), 0.0)
+
+
+def masked_bernoulli_nll(logits: jax.Array, x: jax.Array, mask: jax.Array, event_ndim: int = 3) -> jax.Array:
+    """Binary cross-entropy summed over the masked elements only, ``[B]``.
+
+    ``sum mask * (softplus(l) - x * l)``: :func:`bernoulli_nll` restricted to
+    the pixels where ``mask`` (broadcast against ``x``) is 1.
+    """
+    mask = jnp.broadcast_to(mask, jnp.shape(x)).astype(jnp.result_type(x))
+    return _sum_event(mask * optax.sigmoid_binary_cross_entropy(logits, x), event_ndim)
+
+
+# The smallest MSE used in PSNR, so a perfect reconstruction reads 100 dB
+# (for max_value 1) instead of infinity.
+PSNR_MIN_MSE = 1e-10
+
+
+def psnr_from_mse(mse: jax.Array, max_value: float = 1.0) -> jax.Array:
+    """Peak signal-to-noise ratio in dB: ``10 log10(max_value^2 / mse)``, elementwise.
+
+    ``mse`` is a per-example mean squared error (:func:`mean_squared_error`
+    or, for a region, :func:`masked_mean_squared_error`); it is clipped below
+    at ``PSNR_MIN_MSE`` so identical images give a finite value.
+    """
+    return 10.0 * jnp.log10(max_value**2 / jnp.maximum(mse, PSNR_MIN_MSE))
+
+
+def psnr(x_hat: jax.Array, x: jax.Array, max_value: float = 1.0, event_ndim: int = 3) -> jax.Array:
+    """PSNR of ``x_hat`` against the reference ``x`` in dB, one value per example ``[B]``.
+
+    ``10 log10(max_value^2 / MSE)`` with the MSE averaged over the event; for
+    images in [0, 1] ``max_value`` is 1. Higher is better; +6 dB is about half
+    the RMS error.
+    """
+    return psnr_from_mse(mean_squared_error(x_hat, x, event_ndim), max_value)
