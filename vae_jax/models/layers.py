@@ -1,0 +1,298 @@
+"""Linen layers built on ``vae_jax.ops``: the decoder's three ways up.
+
+A convolutional decoder has to undo the encoder's downsampling. The lectures
+give three ways, and ``UpBlock`` picks one by config (``mode``):
+
+* ``"transposed_conv"`` -- a learned ``ConvTranspose2d`` with stride ``factor``;
+* ``"upsample_conv"``   -- fixed ``nearest``/``bilinear`` upsampling, then a
+  learned ``Conv2d`` (``UpsampleConv``);
+* ``"unpool"``          -- ``MaxUnpool`` with the indices the encoder's
+  ``MaxPoolWithIndices`` remembered, then a learned ``Conv2d``.
+
+Shapes: every layer takes ``[N, H, W, C]`` or a single unbatched image
+``[H, W, C]`` (so a model can be written per example and batched with
+``jax.vmap``) and returns the same rank. Kernels are HWIO,
+``[kh, kw, in_features, features]``. Strides, paddings and sizes are module
+attributes or static call arguments, so every layer works under ``jax.jit``
+and ``jax.vmap``. The pooling indices are ordinary int32 arrays: return them
+from the encoder (next to the latent code) and pass them to the decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vae_jax import ops
+
+__all__ = [
+    "UP_MODES",
+    "Conv2d",
+    "ConvTranspose2d",
+    "MaxPoolWithIndices",
+    "MaxUnpool",
+    "UpBlock",
+    "UpsampleConv",
+]
+
+UP_MODES = ("transposed_conv", "upsample_conv", "unpool")
+
+Initializer = Callable[..., Any]
+IntOrPair = int | Sequence[int]
+
+
+def _add_batch(x: jax.Array, name: str) -> tuple[jax.Array, bool]:
+    """Returns ``x`` as NHWC and whether a batch axis was added."""
+    if jnp.ndim(x) == 3:
+        return x[None], True
+    if jnp.ndim(x) == 4:
+        return x, False
+    raise ValueError(f"{name} must be [N, H, W, C] or [H, W, C], got shape {jnp.shape(x)}")
+
+
+def _drop_batch(x: jax.Array, added: bool) -> jax.Array:
+    return x[0] if added else x
+
+
+def _pair(value: IntOrPair) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class Conv2d(nn.Module):
+    """Learned convolution on ``ops.conv2d`` (cross-correlation) plus bias.
+
+    Attributes:
+      features: output channels ``O``.
+      kernel_size: int or ``(kh, kw)``.
+      stride: int or pair.
+      padding: int or pair of zeros on each border; ``None`` (default) pads
+        ``(k - 1) // 2``, which keeps the size for odd kernels at stride 1.
+      use_bias, kernel_init, bias_init: as in ``flax.linen.Conv``.
+
+    Call: ``x [N, H, W, C] -> [N, oh, ow, O]`` with
+    ``oh = ops.conv_output_size(H, kh, stride, padding)``.
+    """
+
+    features: int
+    kernel_size: IntOrPair = 3
+    stride: IntOrPair = 1
+    padding: IntOrPair | None = None
+    use_bias: bool = True
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x, added = _add_batch(x, "x")
+        kh, kw = _pair(self.kernel_size)
+        padding = ((kh - 1) // 2, (kw - 1) // 2) if self.padding is None else self.padding
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
+        y = ops.conv2d(x, kernel, self.stride, padding)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,))
+        return _drop_batch(y, added)
+
+
+class ConvTranspose2d(nn.Module):
+    """Learned transposed convolution on ``ops.conv_transpose2d`` plus bias.
+
+    Each input pixel scales the ``[kh, kw, C, O]`` kernel and adds it into
+    the output at ``stride`` times its position; ``padding`` is then cropped
+    from each border. Equals ``torch.nn.ConvTranspose2d`` with the same
+    stride/padding/output_padding (weights transposed to OIHW order).
+
+    Attributes:
+      features: output channels ``O``.
+      kernel_size: int or ``(kh, kw)``.
+      stride, padding, output_padding: as in ``ops.conv_transpose2d``
+        (``0 <= output_padding < stride``).
+      use_bias, kernel_init, bias_init: as in ``flax.linen.ConvTranspose``.
+
+    Call: ``x [N, H, W, C] -> [N, oh, ow, O]`` with
+    ``oh = s (H - 1) + kh - 2p + output_padding``.
+    """
+
+    features: int
+    kernel_size: IntOrPair = 3
+    stride: IntOrPair = 1
+    padding: IntOrPair = 0
+    output_padding: IntOrPair = 0
+    use_bias: bool = True
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x, added = _add_batch(x, "x")
+        kh, kw = _pair(self.kernel_size)
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
+        y = ops.conv_transpose2d(x, kernel, self.stride, self.padding, self.output_padding)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,))
+        return _drop_batch(y, added)
+
+
+class MaxPoolWithIndices(nn.Module):
+    """Max pooling that remembers where each maximum came from.
+
+    Attributes:
+      window: int or ``(wh, ww)``.
+      stride: int or pair; ``None`` (default) means ``window``.
+
+    Call: ``x [N, H, W, C] -> (pooled, indices)``, both ``[N, oh, ow, C]``
+    with ``oh = (H - wh) // sh + 1``. ``indices`` (int32) is the flat
+    position ``u * W + v`` of each maximum in its ``H x W`` plane; hand it,
+    with ``(H, W)`` when it is not ``stride * (oh - 1) + window``, to
+    ``MaxUnpool`` or ``UpBlock(mode="unpool")``.
+    """
+
+    window: IntOrPair = 2
+    stride: IntOrPair | None = None
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x, added = _add_batch(x, "x")
+        pooled, indices = ops.max_pool_with_indices(x, self.window, self.stride)
+        return _drop_batch(pooled, added), _drop_batch(indices, added)
+
+
+class MaxUnpool(nn.Module):
+    """Puts pooled maxima back at their remembered positions, zeros elsewhere.
+
+    Attributes:
+      window, stride: those of the matching ``MaxPoolWithIndices``; used only
+        for the default output size.
+
+    Call: ``(pooled [N, oh, ow, C], indices [N, oh, ow, C], output_hw=None)
+    -> [N, H, W, C]``. ``output_hw`` (static ints) defaults to
+    ``(sh (oh - 1) + wh, sw (ow - 1) + ww)``, the smallest input the pool maps
+    to ``(oh, ow)``; pass the encoder's ``(H, W)`` when pooling dropped rows.
+    """
+
+    window: IntOrPair = 2
+    stride: IntOrPair | None = None
+
+    def __call__(
+        self,
+        pooled: jax.Array,
+        indices: jax.Array,
+        output_hw: Sequence[int] | None = None,
+    ) -> jax.Array:
+        pooled, added = _add_batch(pooled, "pooled")
+        indices, _ = _add_batch(indices, "indices")
+        if output_hw is None:
+            (wh, ww) = _pair(self.window)
+            (sh, sw) = _pair(self.window if self.stride is None else self.stride)
+            output_hw = (sh * (pooled.shape[1] - 1) + wh, sw * (pooled.shape[2] - 1) + ww)
+        return _drop_batch(ops.max_unpool(pooled, indices, tuple(output_hw)), added)
+
+
+class UpsampleConv(nn.Module):
+    """Fixed upsampling followed by a learned convolution ("resize-convolution").
+
+    Attributes:
+      features: output channels ``O``.
+      scale: int or pair upsampling factor.
+      method: ``"nearest"`` or ``"bilinear"`` (``ops.UPSAMPLE_METHODS``).
+      kernel_size: odd int (or pair) for the size-preserving ``Conv2d``.
+
+    Call: ``x [N, H, W, C] -> [N, scale * H, scale * W, O]``.
+    """
+
+    features: int
+    scale: IntOrPair = 2
+    method: str = "nearest"
+    kernel_size: IntOrPair = 3
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x, added = _add_batch(x, "x")
+        y = ops.upsample(x, self.scale, self.method)
+        y = Conv2d(self.features, self.kernel_size, use_bias=self.use_bias, name="conv")(y)
+        return _drop_batch(y, added)
+
+
+class UpBlock(nn.Module):
+    """The decoder's way up, chosen by ``mode`` (one of ``UP_MODES``).
+
+    * ``"transposed_conv"``: ``ConvTranspose2d(features, kernel_size,
+      stride=factor)`` with ``padding = max(0, ceil((k - factor) / 2))`` and
+      the ``output_padding`` that makes the output ``factor`` times the input
+      (e.g. k=3, factor=2: padding 1, output_padding 1; k=4: padding 1, 0).
+    * ``"upsample_conv"``: ``UpsampleConv(features, factor, method,
+      kernel_size)``.
+    * ``"unpool"``: ``MaxUnpool(window=factor)`` with the encoder's
+      ``indices``, then ``Conv2d(features, kernel_size)``.
+
+    No activation is applied; the caller adds one.
+
+    Attributes:
+      features: output channels ``O``.
+      mode: ``"transposed_conv"``, ``"upsample_conv"`` or ``"unpool"``.
+      factor: integer upsampling factor (the encoder's pool window/stride).
+      kernel_size: int; odd for the ``upsample_conv``/``unpool`` convs.
+      method: interpolation for ``"upsample_conv"``.
+
+    Call: ``(x [N, h, w, C], indices=None, output_hw=None) -> [N, H, W, O]``.
+    ``indices`` (``[N, h, w, C]``, from ``MaxPoolWithIndices``) is required
+    for ``"unpool"`` and ignored otherwise. ``output_hw`` defaults to
+    ``(factor * h, factor * w)``; ``"unpool"`` accepts any size the indices
+    fit in, ``"transposed_conv"`` any size reachable with
+    ``0 <= output_padding < factor``, ``"upsample_conv"`` only the default.
+    """
+
+    features: int
+    mode: str = "transposed_conv"
+    factor: int = 2
+    kernel_size: int = 3
+    method: str = "nearest"
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        indices: jax.Array | None = None,
+        output_hw: Sequence[int] | None = None,
+    ) -> jax.Array:
+        if self.mode not in UP_MODES:
+            raise ValueError(f"mode must be one of {UP_MODES}, got {self.mode!r}")
+        if not isinstance(self.factor, int) or self.factor < 1:
+            raise ValueError(f"factor must be a positive int, got {self.factor!r}")
+        x, added = _add_batch(x, "x")
+        f, k = self.factor, self.kernel_size
+        h, w = x.shape[1:3]
+        target = (f * h, f * w) if output_hw is None else tuple(output_hw)
+
+        if self.mode == "unpool":
+            if indices is None:
+                raise ValueError('indices are required for mode="unpool" (from MaxPoolWithIndices)')
+            indices, _ = _add_batch(indices, "indices")
+            y = MaxUnpool(window=f, name="unpool")(x, indices, target)
+            y = Conv2d(self.features, k, name="conv")(y)
+        elif self.mode == "upsample_conv":
+            if target != (f * h, f * w):
+                raise ValueError(
+                    f'output_hw {target} is not reachable with mode="upsample_conv" '
+                    f"(which gives factor * input = {(f * h, f * w)})"
+                )
+            y = UpsampleConv(self.features, f, self.method, k, name="upsample_conv")(x)
+        else:
+            padding = max(0, math.ceil((k - f) / 2))
+            base = (f * (h - 1) + k - 2 * padding, f * (w - 1) + k - 2 * padding)
+            output_padding = (target[0] - base[0], target[1] - base[1])
+            if not all(0 <= a < f for a in output_padding):
+                raise ValueError(
+                    f'output_hw {target} is not reachable with mode="transposed_conv" '
+                    f"(kernel {k}, stride {f}, padding {padding} reach "
+                    f"{base} to {(base[0] + f - 1, base[1] + f - 1)})"
+                )
+            y = ConvTranspose2d(
+                self.features, k, stride=f, padding=padding,
+                output_padding=output_padding, name="conv_transpose",
+            )(x)
+        return _drop_batch(y, added)
