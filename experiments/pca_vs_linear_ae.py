@@ -1,0 +1,164 @@
+"""A linear autoencoder trained by gradient descent against PCA with the same m components.
+
+    python -m experiments.pca_vs_linear_ae --components 16 --epochs 300 --workdir runs/pca_vs_linear_ae
+    python -m experiments.pca_vs_linear_ae --components 10 --seeds 4       # 4 replicas in one program
+    python -m experiments.pca_vs_linear_ae --epochs 20 --workdir /tmp/pca-local  # smoke test
+
+The lecture's claim: a 1-layer encoder and decoder with no non-linearity have
+PCA's objective, and gradient descent finds PCA's subspace but not
+necessarily PCA's orthonormal basis. Both models see the training-set mean
+subtracted (the AE is bias-free; the mean is added back to reconstruct).
+
+Outputs in the workdir: config.json, metrics.jsonl, summary.json (principal
+angles between the AE decoder's column space and the top-m PCA subspace,
+train/test MSE of both, orthogonality of both bases), checkpoints/, and
+components.png, basis_geometry.png, reconstructions.png, loss_curves.png.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vae_jax import linear_ae, plots, runner  # noqa: E402
+from vae_jax.checkpoint import CheckpointError  # noqa: E402
+from vae_jax.cli import ConfigError, parse_config, user_errors  # noqa: E402
+from vae_jax.data import DataError  # noqa: E402
+
+
+def compare(pca_fit: linear_ae.PCAResult, params, dataset) -> dict:
+    """Subspace, basis and error comparison of one trained linear AE with PCA."""
+    w_d = linear_ae.decoder_columns(params)  # [d, m]
+    u = pca_fit.components.T  # [d, m]
+    angles = linear_ae.degrees(linear_ae.principal_angles(w_d, u))
+    mean = pca_fit.mean.astype(np.float32)
+    cos_to_pca = np.abs((w_d / np.linalg.norm(w_d, axis=0)).T @ u)  # [m, m]
+    # The objective cannot pin the basis: W_d A, A^-1 W_e reconstruct identically for any invertible A.
+    a = np.random.default_rng(0).normal(size=(w_d.shape[1],) * 2)
+    w_e = linear_ae.encoder_matrix(params)
+    flat_test = dataset.x_test.reshape(len(dataset.x_test), -1) - mean
+    same_map_gap = float(np.max(np.abs(flat_test @ w_e.T @ w_d.T - flat_test @ (np.linalg.inv(a) @ w_e).T @ (w_d @ a).T)))
+    return {
+        "principal_angles_deg": angles,
+        "max_principal_angle_deg": max(angles),
+        "mean_principal_angle_deg": float(np.mean(angles)),
+        "mse_train": linear_ae.mean_squared_error(
+            dataset.x_train, linear_ae.linear_ae_reconstruct(params, dataset.x_train, mean)),
+        "mse_test": linear_ae.mean_squared_error(
+            dataset.x_test, linear_ae.linear_ae_reconstruct(params, dataset.x_test, mean)),
+        "decoder_orthogonality": linear_ae.orthogonality(w_d),
+        # 1 would mean each AE column is (a multiple of) one PCA component; below 1, columns mix components.
+        "mean_best_abs_cosine_to_a_pca_component": float(cos_to_pca.max(axis=1).mean()),
+        "reparameterized_reconstruction_max_abs_diff": same_map_gap,
+    }
+
+
+def signed_images(vectors: np.ndarray, image_shape) -> np.ndarray:
+    """Columns ``[d, m]`` -> ``[m, H, W, C]`` in [0, 1] with 0.5 = zero, each scaled by its max |value|."""
+    v = vectors.T / np.max(np.abs(vectors), axis=0)[:, None]
+    return (0.5 + 0.5 * v).reshape(-1, *image_shape)
+
+
+def save_basis_geometry(angles_deg, w_d: np.ndarray, u: np.ndarray, path: str) -> str:
+    """Principal angles, |cos| between AE columns, and |cos| between AE columns and PCA components."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].bar(np.arange(1, len(angles_deg) + 1), sorted(angles_deg))
+    axes[0].set_xlabel("principal angle index (smallest first)")
+    axes[0].set_ylabel("degrees")
+    axes[0].set_title("Principal angles: span(W_d) vs top-m PCA", fontsize=10)
+    w_unit = w_d / np.linalg.norm(w_d, axis=0)
+    for ax, matrix, title, xlabel in [
+        (axes[1], linear_ae.cosine_matrix(w_d), "|cos| between AE decoder columns", "AE column"),
+        (axes[2], np.abs(w_unit.T @ u), "|cos|(AE column, PCA component)", "PCA component"),
+    ]:
+        image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("AE column")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_deg) -> list[str]:
+    data = result.dataset
+    shape = data.image_shape
+    workdir = config.workdir
+    w_d = linear_ae.decoder_columns(params)
+    u = pca_fit.components.T
+    paths = [plots.save_image_rows(
+        [signed_images(u, shape), signed_images(w_d, shape), signed_images(linear_ae.align_basis(w_d, u), shape)],
+        ["PCA u_i", "AE W_d[:, i]", "W_d A ≈ U"],
+        os.path.join(workdir, "components.png"),
+        f"Top-{config.components} PCA components, the linear AE's decoder columns, and the AE columns recombined "
+        "(least squares) into PCA's (gray = 0)")]
+    paths.append(save_basis_geometry(angles_deg, w_d, u, os.path.join(workdir, "basis_geometry.png")))
+    x = data.x_test[:10]
+    paths.append(plots.save_image_rows(
+        [x, np.clip(pca_fit.reconstruct(x.astype(np.float64)), 0, 1),
+         np.clip(linear_ae.linear_ae_reconstruct(params, x, pca_fit.mean.astype(np.float32)), 0, 1)],
+        ["original", "PCA", "linear AE"], os.path.join(workdir, "reconstructions.png"),
+        f"Test digits reconstructed from {config.components} components"))
+    paths.append(plots.save_curves(result.history, ["train_loss", "test_sq_error"], os.path.join(workdir, "loss_curves.png"),
+                                   "Linear AE squared error per image", ylabel="sum of squared pixel errors"))
+    return paths
+
+
+@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+def main(argv=None) -> None:
+    config = parse_config(linear_ae.LinearAEConfig, argv, description=__doc__.split("\n\n")[0])
+    dataset = runner.load_data(config)
+    d = int(np.prod(dataset.image_shape))
+    if config.components > min(d, len(dataset.x_train)):
+        raise ConfigError(f"--components must be at most {min(d, len(dataset.x_train))} for this data, "
+                          f"got {config.components}")
+    pca_fit = linear_ae.pca(dataset.x_train, config.components)
+    _, task = linear_ae.linear_ae_task(config.components, pca_fit.mean.astype(np.float32))
+    result = runner.train(config, task, dataset)
+
+    replicas = [compare(pca_fit, result.params(i), dataset) for i in range(len(result.seeds))]
+    first = replicas[0]
+    summary = result.summary
+    summary["components"] = config.components
+    summary["pca"] = {
+        "mse_train": linear_ae.mean_squared_error(dataset.x_train, pca_fit.reconstruct(dataset.x_train.astype(np.float64))),
+        "mse_test": linear_ae.mean_squared_error(dataset.x_test, pca_fit.reconstruct(dataset.x_test.astype(np.float64))),
+        "explained_variance_ratio": float(pca_fit.explained_variance.sum() / pca_fit.total_variance),
+        "orthogonality": linear_ae.orthogonality(pca_fit.components.T),
+    }
+    summary["linear_ae"] = {
+        **first,
+        "seed": result.seeds[0],
+        "across_seeds": {
+            key: runner.mean_std([r[key] for r in replicas])
+            for key in ("max_principal_angle_deg", "mean_principal_angle_deg", "mse_train", "mse_test")
+        },
+    }
+    figures = write_figures(config, pca_fit, result.params(0), result, first["principal_angles_deg"])
+    summary["figures"] = [os.path.basename(p) for p in figures]
+    runner.write_summary(config.workdir, summary)
+
+    ortho = first["decoder_orthogonality"]
+    print(f"data: {dataset.source} ({len(dataset.x_train)} train, {len(dataset.x_test)} test); m = {config.components}",
+          file=sys.stderr)
+    print(f"principal angles span(W_d) vs PCA: max {first['max_principal_angle_deg']:.2f} deg, "
+          f"mean {first['mean_principal_angle_deg']:.2f} deg", file=sys.stderr)
+    print(f"test MSE per pixel: PCA {summary['pca']['mse_test']:.5f}, linear AE {first['mse_test']:.5f} "
+          f"(train {summary['pca']['mse_train']:.5f} vs {first['mse_train']:.5f})", file=sys.stderr)
+    print(f"AE basis: max |cos| between columns {ortho['max_abs_cosine']:.3f}, column norms "
+          f"{ortho['column_norm_min']:.2f}..{ortho['column_norm_max']:.2f} (PCA: 0 and 1); mean best |cos| of a column "
+          f"with one PCA component {first['mean_best_abs_cosine_to_a_pca_component']:.3f}; outputs in {config.workdir}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
