@@ -1,0 +1,165 @@
+"""AE vs VAE latent spaces: 2-D latents, decodings over the plane, N(0, I) samples measured, t-SNE of 20-D latents.
+
+    python -m experiments.latent_space --epochs 30 --workdir runs/latent_space
+    python -m experiments.latent_space --epochs 2 --tsne-points 300 --workdir /tmp/latent-local  # smoke test
+
+Trains a matched MLP AE and VAE (same widths, same Bernoulli reconstruction
+loss; the VAE adds the KL term) with a 2-D latent, and again with a
+``--tsne-latent-dim`` latent, each through the shared runner in its own
+sub-workdir (``ae_z2``, ``vae_z2``, ``ae_z20``, ``vae_z20``; re-running resumes).
+
+Decoded draws z ~ N(0, I) are measured, not only pictured, against the
+decoded test reconstructions of the same model: (a) the mean distance to the
+nearest training image, and (b) a logistic-regression digit classifier's
+mean max-class probability and entropy on them.
+
+Outputs in the workdir: config.json, summary.json (``sample_quality`` per
+model and latent size), latents_2d.png, latent_grid_ae.png,
+latent_grid_vae.png, prior_samples.png, tsne.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vae_jax import latent_metrics, plots, runner  # noqa: E402
+from vae_jax.checkpoint import CheckpointError  # noqa: E402
+from vae_jax.cli import ConfigError, field, parse_config, require, user_errors  # noqa: E402
+from vae_jax.data import DataError  # noqa: E402
+
+NAMES = {"ae": "AE", "vae": "VAE"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSpaceConfig(latent_metrics.AEVAEConfig):
+    tsne_latent_dim: int = field(20, "latent size of the second AE/VAE pair, shown by t-SNE (0: skip)")
+    tsne_points: int = field(1000, "test points in the t-SNE")
+    num_samples: int = field(1000, "z ~ N(0, I) draws (and test reconstructions) measured per model")
+    grid_size: int = field(15, "decodings per side of the latent-plane grid")
+    workdir: str = field("runs/latent_space", "output directory; one sub-workdir per model and latent size")
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.tsne_latent_dim >= 0, "tsne_latent_dim", "a non-negative integer", self.tsne_latent_dim)
+        require(self.tsne_points >= 10, "tsne_points", "at least 10", self.tsne_points)
+        require(self.num_samples > 0, "num_samples", "a positive integer", self.num_samples)
+        require(self.grid_size >= 2, "grid_size", "at least 2", self.grid_size)
+
+
+def latent_plane_grid(codes: np.ndarray, n: int) -> np.ndarray:
+    """``[n*n, 2]`` points on a grid spanning the 1st-99th percentile of ``codes`` per axis, top row = high z[1]."""
+    lo, hi = np.percentile(codes, 1, axis=0), np.percentile(codes, 99, axis=0)
+    z0, z1 = np.linspace(lo[0], hi[0], n), np.linspace(hi[1], lo[1], n)
+    return np.stack(np.meshgrid(z0, z1), axis=-1).reshape(-1, 2)
+
+
+def save_side_by_side(coords: dict, labels, path: str, title: str, axis_labels) -> str:
+    fig, axes = plt.subplots(1, len(coords), figsize=(5.2 * len(coords), 4.6))
+    for ax, (name, xy) in zip(np.atleast_1d(axes), coords.items()):
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(axis_labels[0])
+        ax.set_ylabel(axis_labels[1])
+    fig.colorbar(points, ax=axes, label="label", ticks=range(10))
+    fig.suptitle(title, fontsize=10)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def train_pair(config, latent_dim: int, dataset) -> dict:
+    """Trains (or resumes) the AE and VAE at ``latent_dim``; ``{kind: (model, params)}`` of the first seed."""
+    configs = latent_metrics.matched_configs(config, latent_dim, config.workdir)
+    trained = {}
+    for kind in latent_metrics.MODEL_KINDS:
+        model, task = latent_metrics.build_task(kind, configs[kind], dataset.image_shape)
+        trained[kind] = (model, runner.train(configs[kind], task, dataset).params(0))
+    return trained
+
+
+@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+def main(argv=None) -> None:
+    config = parse_config(LatentSpaceConfig, argv, description=__doc__.split("\n\n")[0])
+    dataset = runner.load_data(config)
+    if dataset.y_train is None:
+        raise ConfigError(f"--dataset {config.dataset} has no labels; the latent plots are coloured by label")
+    os.makedirs(config.workdir, exist_ok=True)
+    with open(os.path.join(config.workdir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=2)
+    workdir = config.workdir
+    x_train, x_test, y_test = dataset.x_train, dataset.x_test, dataset.y_test
+    classifier = latent_metrics.fit_digit_classifier(x_train, dataset.y_train, seed=config.seed)
+    reference = {
+        "classifier_test_accuracy": float(classifier.score(x_test.reshape(len(x_test), -1), y_test)),
+        "test_images": {
+            "nn_distance_mean": float(np.mean(latent_metrics.nearest_neighbor_distance(x_test[:config.num_samples], x_train))),
+            **latent_metrics.classifier_confidence(classifier, x_test[:config.num_samples]),
+        },
+    }
+    sizes = [2] + ([config.tsne_latent_dim] if config.tsne_latent_dim not in (0, 2) else [])
+    sample_key = jax.random.fold_in(jax.random.key(config.seed), 2024)
+    quality, figures = {}, []
+    for latent_dim in sizes:
+        trained = train_pair(config, latent_dim, dataset)
+        codes = {kind: latent_metrics.encode(kind, m, p, x_test) for kind, (m, p) in trained.items()}
+        for kind, (model, params) in trained.items():
+            quality[f"{kind}_z{latent_dim}"] = latent_metrics.prior_sample_quality(
+                kind, model, params, sample_key, x_train, x_test, classifier, config.num_samples)
+        if latent_dim == 2:
+            figures.append(save_side_by_side(
+                {NAMES[k]: c for k, c in codes.items()}, y_test, os.path.join(workdir, "latents_2d.png"),
+                "Test codes with a 2-D latent (AE: z; VAE: posterior mean)", ("z[0]", "z[1]")))
+            for kind, (model, params) in trained.items():
+                grid = latent_metrics.decode_images(model, params, latent_plane_grid(codes[kind], config.grid_size))
+                figures.append(plots.save_grid(
+                    grid, os.path.join(workdir, f"latent_grid_{kind}.png"),
+                    f"{NAMES[kind]}: decodings over the plane spanned by its test codes (1st-99th pct)",
+                    ncols=config.grid_size))
+            samples = [latent_metrics.decode_images(m, p, np.asarray(jax.random.normal(sample_key, (20, 2))))
+                       for m, p in trained.values()]
+            figures.append(plots.save_image_rows(
+                samples, [NAMES[k] for k in trained], os.path.join(workdir, "prior_samples.png"),
+                "Decodings of the same 20 draws z ~ N(0, I), 2-D latent"))
+        else:
+            from sklearn.manifold import TSNE
+
+            idx = np.random.default_rng(config.seed).permutation(len(x_test))[:config.tsne_points]
+            embedded = {
+                f"{NAMES[k]} ({latent_dim}-D)": TSNE(n_components=2, init="pca", perplexity=30,
+                                                    random_state=config.seed).fit_transform(c[idx])
+                for k, c in codes.items()}
+            figures.append(save_side_by_side(embedded, y_test[idx], os.path.join(workdir, "tsne.png"),
+                                             f"t-SNE of {len(idx)} test codes", ("t-SNE 1", "t-SNE 2")))
+
+    summary = {
+        "seeds": config.seed_list(), "figures_from_seed": config.seed, "epochs": config.epochs,
+        "dataset": dataset.summary(), "num_samples": config.num_samples, "reference": reference,
+        "sample_quality": quality, "figures": [os.path.basename(p) for p in figures],
+    }
+    runner.write_summary(workdir, summary)
+    print(f"data: {dataset.source} ({len(x_train)} train, {len(x_test)} test); classifier test accuracy "
+          f"{reference['classifier_test_accuracy']:.3f}; real test images: NN distance "
+          f"{reference['test_images']['nn_distance_mean']:.2f}, max prob {reference['test_images']['mean_max_prob']:.3f}",
+          file=sys.stderr)
+    for name, q in quality.items():
+        s, r = q["prior_samples"], q["test_reconstructions"]
+        print(f"{name:8s} N(0,I) samples: NN distance {s['nn_distance_mean']:.2f} (reconstructions "
+              f"{r['nn_distance_mean']:.2f}, ratio {q['nn_distance_ratio']:.2f}); classifier max prob "
+              f"{s['mean_max_prob']:.3f} vs {r['mean_max_prob']:.3f}, entropy {s['mean_entropy']:.3f} vs "
+              f"{r['mean_entropy']:.3f}; code std {np.mean(q['code_std']):.2f}", file=sys.stderr)
+    print(f"outputs in {workdir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
