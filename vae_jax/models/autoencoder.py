@@ -40,6 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax.models import layers
+
 ARCHS = ("mlp", "conv")
 UPSAMPLINGS = ("transpose", "upsample", "unpool")
 # our names -> the mode names of vae_jax.models.layers.UpBlock
@@ -98,8 +100,6 @@ class AutoEncoder(nn.Module):
         else:
             if not hidden:
                 raise ValueError("hidden must hold at least one channel count for arch 'conv'")
-            from vae_jax.models import layers  # noqa: PLC0415 (imported where the conv layers are built)
-
             self.encoder_convs = [layers.Conv2d(c, 3, name=f"enc_conv_{i}") for i, c in enumerate(hidden)]
             self.pool = layers.MaxPoolWithIndices(2)
             h, w = conv_level_sizes(*self.image_shape[:2], len(hidden))[-1]
