@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
 import numpy as np
 
 from vae_jax import corruption, evaluate, plots, runner, tasks

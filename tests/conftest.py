@@ -15,3 +15,12 @@ def mnist_small():
         x_test[:128, ..., None].astype(np.float32) / 255.0, y_test[:128],
         source="embedded MNIST slice",
     )
+
+
+@pytest.fixture()
+def small_npz(tmp_path, mnist_small):
+    """``mnist_small`` written as a Keras-layout ``.npz`` (uint8 images); returns its ``npz:`` spec."""
+    path = tmp_path / "digits.npz"
+    np.savez(path, x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8), y_train=mnist_small.y_train,
+             x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8), y_test=mnist_small.y_test)
+    return f"npz:{path}"

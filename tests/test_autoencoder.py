@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import autoencoder as ae_experiment
-from vae_jax import evaluate, losses, runner, tasks
+from vae_jax import evaluate, runner, tasks
 from vae_jax.cli import ConfigError
 from vae_jax.models.autoencoder import AutoEncoder, conv_level_sizes, init_params
 

@@ -10,14 +10,6 @@ from experiments import evaluate as evaluate_exp
 from experiments import vae as vae_exp
 
 
-@pytest.fixture()
-def small_npz(tmp_path, mnist_small):
-    path = tmp_path / "digits.npz"
-    np.savez(path, x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8), y_train=mnist_small.y_train,
-             x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8), y_test=mnist_small.y_test)
-    return f"npz:{path}"
-
-
 def test_vae_then_evaluate(tmp_path, small_npz):
     workdir = str(tmp_path / "run")
     vae_exp.main(["--dataset", small_npz, "--epochs", "3", "--hidden", "64", "--latent-dim", "4",

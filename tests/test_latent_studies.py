@@ -5,19 +5,10 @@ import math
 import os
 
 import numpy as np
-import pytest
 import scipy.stats
 
 from experiments import latent_space, latent_sweep
 from vae_jax import latent_metrics
-
-
-@pytest.fixture()
-def small_npz(tmp_path, mnist_small):
-    path = tmp_path / "digits.npz"
-    np.savez(path, x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8), y_train=mnist_small.y_train,
-             x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8), y_test=mnist_small.y_test)
-    return f"npz:{path}"
 
 
 def test_nearest_neighbor_distance_matches_brute_force():
