@@ -61,7 +61,7 @@ class JaxVariants:
         self.batch_size = batch_size
         self.data = {"x": jnp.asarray(x)}
         step = train.make_train_step(self.task.loss_fn, self.optimizer)
-        self.jit_step = jax.jit(step, donate_argnums=0)
+        self.jit_step = step
         self.fused = jax.jit(train.make_epoch_fn(step, batch_size), donate_argnums=0)
         self.replicated = train.make_replicated_epoch_fn(step, batch_size)
 

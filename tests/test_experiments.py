@@ -54,6 +54,15 @@ def test_bad_flags_give_one_line_errors(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_unwritable_workdir_is_a_one_line_error(tmp_path, capsys, small_npz):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the workdir should go")
+    with pytest.raises(SystemExit) as exit_info:
+        vae_exp.main(["--dataset", small_npz, "--epochs", "1", "--workdir", str(blocker / "run"), "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "not a writable directory" in capsys.readouterr().err
+
+
 def test_evaluate_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate_exp.main(["--workdir", str(tmp_path)])

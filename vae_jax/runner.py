@@ -211,7 +211,14 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     seeds = config.seed_list()
     dataset = load_data(config) if dataset is None else dataset
     workdir = config.workdir
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(f"--workdir {workdir}: not a writable directory ({err.strerror or type(err).__name__})") from None
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 
     optimizer = make_optimizer(config)
