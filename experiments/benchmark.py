@@ -221,9 +221,12 @@ def main(argv=None) -> dict:
 
         results["machine"]["torch"] = torch.__version__
         results["machine"]["torch_threads"] = torch.get_num_threads()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    except OSError as err:
+        parser.error(f"--out {args.out}: cannot write ({err.strerror or type(err).__name__})")
     print_table(results)
     return results
 
