@@ -77,8 +77,7 @@ def encode(kind: str, model, params, x: np.ndarray) -> np.ndarray:
 
 def decode_logits(model, params, z: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Decoder logits ``[N, H, W, C]`` of codes ``[N, D]`` (both models' ``decode`` returns logits)."""
-    run = jax.jit(lambda zb: model.apply({"params": params}, zb, method=model.decode))
-    return np.concatenate([np.asarray(run(jnp.asarray(z[i:i + batch_size]))) for i in range(0, len(z), batch_size)])
+    return tasks.apply_in_batches(lambda zb: model.apply({"params": params}, zb, method=model.decode), z, batch_size)
 
 
 def decode_images(model, params, z: np.ndarray) -> np.ndarray:

@@ -59,10 +59,15 @@ def vae_task(config: VAEConfig, image_shape) -> tuple[VAE, Task]:
 # --- queries for figures (host arrays out) -------------------------------------------
 
 
+def apply_in_batches(fn, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Applies ``fn`` (jitted here) to ``x`` a host batch at a time and concatenates the results."""
+    fn = jax.jit(fn)
+    return np.concatenate([np.asarray(fn(jnp.asarray(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)])
+
+
 def encode_means(model, params, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Posterior means ``[N, D]`` of ``x``."""
-    encode = jax.jit(lambda xb: model.apply({"params": params}, xb, method=model.encode)[0])
-    return np.concatenate([np.asarray(encode(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    return apply_in_batches(lambda xb: model.apply({"params": params}, xb, method=model.encode)[0], x, batch_size)
 
 
 def decode_means(model, params, z: np.ndarray) -> np.ndarray:
@@ -290,8 +295,7 @@ def ae_task(config: AEConfig, image_shape) -> tuple[AutoEncoder, Task]:
 
 def ae_encode(model: AutoEncoder, params, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Codes z ``[N, D]`` of images ``[N, H, W, C]``."""
-    encode = jax.jit(lambda xb: model.apply({"params": params}, xb, method=model.encode))
-    return np.concatenate([np.asarray(encode(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    return apply_in_batches(lambda xb: model.apply({"params": params}, xb, method=model.encode), x, batch_size)
 
 
 def ae_decode(model: AutoEncoder, params, z: np.ndarray, output: str = "sigmoid") -> np.ndarray:
@@ -303,5 +307,4 @@ def ae_decode(model: AutoEncoder, params, z: np.ndarray, output: str = "sigmoid"
 def ae_reconstruct(model: AutoEncoder, params, x: np.ndarray, output: str = "sigmoid",
                    batch_size: int = 1000) -> np.ndarray:
     """Reconstructions ``[N, H, W, C]`` of (possibly corrupted) inputs ``x``, all ways up included."""
-    run = jax.jit(lambda xb: decoder_image(output, model.apply({"params": params}, xb)[0]))
-    return np.concatenate([np.asarray(run(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    return apply_in_batches(lambda xb: decoder_image(output, model.apply({"params": params}, xb)[0]), x, batch_size)
