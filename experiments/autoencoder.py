@@ -98,10 +98,8 @@ def main(argv=None) -> None:
     model, task = tasks.ae_task(config, dataset.image_shape)
     result = runner.train(config, task, dataset)
     figures = write_figures(config, model, result)
-    result.summary["figures"] = [os.path.basename(p) for p in figures]
-    runner.write_summary(config.workdir, result.summary)
-    data = result.dataset.summary()
-    print(f"data: {result.dataset.source} ({data['n_train']} train, {data['n_test']} test)", file=sys.stderr)
+    runner.write_summary(config.workdir, result.summary, figures)
+    print(f"data: {result.dataset.describe()}", file=sys.stderr)
     print(f"{config.variant} autoencoder: {report(config, result.summary)}; outputs in {config.workdir}",
           file=sys.stderr)
 

@@ -148,7 +148,7 @@ def main(argv=None) -> None:
         "sample_quality": quality, "figures": [os.path.basename(p) for p in figures],
     }
     runner.write_summary(workdir, summary)
-    print(f"data: {dataset.source} ({len(x_train)} train, {len(x_test)} test); classifier test accuracy "
+    print(f"data: {dataset.describe()}; classifier test accuracy "
           f"{reference['classifier_test_accuracy']:.3f}; real test images: NN distance "
           f"{reference['test_images']['nn_distance_mean']:.2f}, max prob {reference['test_images']['mean_max_prob']:.3f}",
           file=sys.stderr)

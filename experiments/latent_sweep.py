@@ -124,7 +124,7 @@ def main(argv=None) -> None:
         "sub_workdirs": sorted(d for d in os.listdir(config.workdir) if os.path.isdir(os.path.join(config.workdir, d))),
     }
     runner.write_summary(config.workdir, summary)
-    print(f"data: {dataset.source} ({len(dataset.x_train)} train, {len(dataset.x_test)} test); outputs in "
+    print(f"data: {dataset.describe()}; outputs in "
           f"{config.workdir}", file=sys.stderr)
 
 

@@ -144,11 +144,10 @@ def main(argv=None) -> None:
         },
     }
     figures = write_figures(config, pca_fit, result.params(0), result, first["principal_angles_deg"])
-    summary["figures"] = [os.path.basename(p) for p in figures]
-    runner.write_summary(config.workdir, summary)
+    runner.write_summary(config.workdir, summary, figures)
 
     ortho = first["decoder_orthogonality"]
-    print(f"data: {dataset.source} ({len(dataset.x_train)} train, {len(dataset.x_test)} test); m = {config.components}",
+    print(f"data: {dataset.describe()}; m = {config.components}",
           file=sys.stderr)
     print(f"principal angles span(W_d) vs PCA: max {first['max_principal_angle_deg']:.2f} deg, "
           f"mean {first['mean_principal_angle_deg']:.2f} deg", file=sys.stderr)

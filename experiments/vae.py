@@ -68,11 +68,9 @@ def main(argv=None) -> None:
     model, task = tasks.vae_task(config, dataset.image_shape)
     result = runner.train(config, task, dataset)
     figures = write_figures(config, model, result)
-    result.summary["figures"] = [os.path.basename(p) for p in figures]
-    runner.write_summary(config.workdir, result.summary)
+    runner.write_summary(config.workdir, result.summary, figures)
     test = result.summary["test"]
-    print(f"data: {result.dataset.source} ({result.dataset.summary()['n_train']} train, "
-          f"{result.dataset.summary()['n_test']} test)", file=sys.stderr)
+    print(f"data: {result.dataset.describe()}", file=sys.stderr)
     print(f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
           f"KL {test['kl']['mean']:.2f}); outputs in {config.workdir}", file=sys.stderr)
 

@@ -66,6 +66,10 @@ class Dataset:
             return None
         return int(max(self.y_train.max(), -1 if self.y_test is None else self.y_test.max())) + 1
 
+    def describe(self) -> str:
+        """One line for logs: where the data came from and the split sizes."""
+        return f"{self.source} ({self.x_train.shape[0]} train, {self.x_test.shape[0]} test)"
+
     def summary(self) -> dict[str, Any]:
         return {
             "source": self.source,

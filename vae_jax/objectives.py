@@ -48,6 +48,17 @@ def vae_terms(model, params, x: jax.Array, key: jax.Array, likelihood: str, deco
     return recon, kl
 
 
+def binarize_batch(key: jax.Array, x: jax.Array, dynamic: bool) -> tuple[jax.Array, jax.Array]:
+    """Splits ``key`` in two; with ``dynamic``, Bernoulli-samples ``x`` from its gray values with the first.
+
+    Returns ``(x, key)``: the (possibly binarized) batch and the second key for the rest of the step.
+    """
+    binarize_key, rest_key = jax.random.split(key)
+    if dynamic:
+        x = jax.random.bernoulli(binarize_key, x).astype(x.dtype)
+    return x, rest_key
+
+
 def make_vae_loss(
     model,
     likelihood: str = "bernoulli",
@@ -65,10 +76,7 @@ def make_vae_loss(
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
 
     def loss_fn(params, batch, key):
-        x = batch["x"]
-        binarize_key, sample_key = jax.random.split(key)
-        if dynamic_binarize:
-            x = jax.random.bernoulli(binarize_key, x).astype(x.dtype)
+        x, sample_key = binarize_batch(key, batch["x"], dynamic_binarize)
         recon, kl = vae_terms(model, params, x, sample_key, likelihood, decoder_logvar)
         loss = jnp.mean(recon + beta * kl)
         return loss, {"loss": loss, "recon": jnp.mean(recon), "kl": jnp.mean(kl)}

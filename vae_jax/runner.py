@@ -306,5 +306,8 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     return TrainResult(state, seeds, dataset, history, test_metrics, summary)
 
 
-def write_summary(workdir: str, summary: dict) -> None:
+def write_summary(workdir: str, summary: dict, figures: list[str] | None = None) -> None:
+    """Writes ``summary.json``; ``figures`` (paths) are listed in it by file name."""
+    if figures is not None:
+        summary["figures"] = [os.path.basename(p) for p in figures]
     _write_json(os.path.join(workdir, "summary.json"), summary)

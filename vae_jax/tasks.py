@@ -274,10 +274,7 @@ def ae_task(config: AEConfig, image_shape) -> tuple[AutoEncoder, Task]:
     dynamic_binarize = config.binarize == "dynamic"
 
     def loss_fn(params, batch, key):
-        x = batch["x"]
-        binarize_key, terms_key = jax.random.split(key)
-        if dynamic_binarize:
-            x = jax.random.bernoulli(binarize_key, x).astype(x.dtype)
+        x, terms_key = objectives.binarize_batch(key, batch["x"], dynamic_binarize)
         metrics = {name: jnp.mean(values) for name, values in train_terms(params, x, terms_key).items()}
         return metrics["loss"], metrics
 
