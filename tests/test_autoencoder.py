@@ -164,7 +164,7 @@ def test_mse_loss_with_linear_output_is_the_squared_error_of_the_output(mnist_sm
     params = task.init_params(jax.random.key(0))
     batch = _batch(mnist_small, 4)
     out, _ = _apply(model, params, batch["x"])
-    loss, metrics = task.loss_fn(params, batch, jax.random.key(1))
+    loss, metrics = task.loss_fn(params, batch, jax.random.key(1), 0)
     np.testing.assert_allclose(loss, np.mean(np.sum((np.asarray(out) - np.asarray(batch["x"])) ** 2, (1, 2, 3))),
                                rtol=1e-5)
     images = tasks.ae_decode(model, params, tasks.ae_encode(model, params, np.asarray(batch["x"])), "linear")

@@ -101,7 +101,7 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     # loss = log(w) is driven down by Adam until w <= 0, where the loss is no longer finite.
     task = Task(
         init_params=lambda key: {"w": jnp.ones(())},
-        loss_fn=lambda params, batch, key: (jnp.log(params["w"]), {"loss": jnp.log(params["w"])}),
+        loss_fn=lambda params, batch, key, step: (jnp.log(params["w"]), {"loss": jnp.log(params["w"])}),
         eval_fn=lambda params, batch, key: {"w": jnp.broadcast_to(params["w"], batch["x"].shape[:1])},
         headline="w",
     )
@@ -121,3 +121,40 @@ def test_config_errors_name_the_flag():
         TrainConfig(batch_size=0).validate()
     assert TrainConfig(seed=3, seeds="3").seed_list() == [3, 4, 5]
     assert TrainConfig(seeds="0,3,7").seed_list() == [0, 3, 7]
+
+
+def _counting_task():
+    """A task whose update_fn keeps, in model_state, the sum of the batch means it has seen (and the step)."""
+
+    def loss_fn(params, batch, key, step):
+        loss = jnp.mean(jnp.square(params["w"] - batch["x"]))
+        return loss, ({"loss": loss}, {"batch_mean": jnp.mean(batch["x"]), "step": step})
+
+    def update_fn(params, model_state, aux, step, key):
+        del key
+        new_state = {"total": model_state["total"] + aux["batch_mean"], "last_step": step}
+        return params, new_state, {"seen": new_state["total"]}
+
+    return Task(
+        init_params=lambda key: {"w": jnp.zeros(())},
+        loss_fn=loss_fn,
+        eval_fn=lambda params, batch, key: {"w": jnp.broadcast_to(params["w"], batch["x"].shape[:1])},
+        headline="w",
+        update_fn=update_fn,
+        init_model_state=lambda params: {"total": jnp.zeros(()), "last_step": jnp.zeros((), jnp.int32)},
+    )
+
+
+def test_update_fn_keeps_model_state_across_steps_and_checkpoints(tmp_path):
+    task = _counting_task()
+    x = np.arange(16, dtype=np.float32).reshape(16, 1, 1, 1)
+    ds = runner.data_lib.Dataset(x, None, x[:4], None, "arange")
+    config = TrainConfig(batch_size=4, epochs=2, workdir=str(tmp_path), progress=False, checkpoint_every=1)
+    result = runner.train(config, task, ds)
+    # Every epoch visits all 16 examples once, so two epochs add 2 * sum(x) / 4 over the 8 steps' batch means.
+    np.testing.assert_allclose(np.asarray(result.state.model_state["total"])[0], 2 * x.sum() / 4, rtol=1e-6)
+    assert int(np.asarray(result.state.model_state["last_step"])[0]) == 7
+    assert result.history[-1]["train_seen"] > 0
+    resumed = runner.train(dataclasses.replace(config, epochs=3), task, ds)
+    np.testing.assert_allclose(np.asarray(resumed.state.model_state["total"])[0], 3 * x.sum() / 4, rtol=1e-6)
+    assert int(np.asarray(resumed.state.model_state["last_step"])[0]) == 11

@@ -107,8 +107,8 @@ def linear_ae_task(components: int, data_mean: np.ndarray) -> tuple[LinearAE, Ta
         x_hat, _ = model.apply({"params": params}, x_centered)
         return jnp.sum(jnp.square(x_centered - x_hat), axis=-1)  # [B]
 
-    def loss_fn(params, batch, key):
-        del key  # deterministic
+    def loss_fn(params, batch, key, step):
+        del key, step  # deterministic
         loss = jnp.mean(per_example_sq_error(params, batch["x"]))
         return loss, {"loss": loss}
 

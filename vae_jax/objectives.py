@@ -1,4 +1,4 @@
-"""Training objectives: a model plus the pure losses -> ``loss_fn(params, batch, key)``.
+"""Training objectives: a model plus the pure losses -> ``loss_fn(params, batch, key, step)``.
 
 A ``loss_fn`` returns ``(scalar loss, metrics)``: the batch mean of a
 per-example loss, and a dict of batch-mean scalars for logging. It is what
@@ -16,7 +16,7 @@ from vae_jax import losses
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
-LossFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
+LossFn = Callable[[dict, dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
 
 
 def reconstruction_nll(
@@ -75,7 +75,8 @@ def make_vae_loss(
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, batch, key, step):
+        del step  # a constant beta
         x, sample_key = binarize_batch(key, batch["x"], dynamic_binarize)
         recon, kl = vae_terms(model, params, x, sample_key, likelihood, decoder_logvar)
         loss = jnp.mean(recon + beta * kl)

@@ -91,15 +91,22 @@ class Task:
 
     Attributes:
       init_params: ``key -> params``.
-      loss_fn: ``(params, batch, key) -> (loss, metrics)``; batch is ``{"x": ..., "y": ...}``.
+      loss_fn: ``(params, batch, key, step) -> (loss, metrics)``; batch is ``{"x": ..., "y": ...}``.
+        With ``update_fn`` it returns ``(loss, (metrics, aux))``.
       eval_fn: ``(params, batch, key) -> dict of [B]`` per-example test metrics.
       headline: the eval metric shown in the progress bar.
+      update_fn: optional non-gradient update after each optimizer step,
+        ``(params, model_state, aux, step, key) -> (params, model_state, metrics)``
+        (see :func:`vae_jax.train.make_train_step`).
+      init_model_state: optional ``params -> model_state``, the state ``update_fn`` keeps.
     """
 
     init_params: Callable
     loss_fn: Callable
     eval_fn: Callable
     headline: str
+    update_fn: Callable | None = None
+    init_model_state: Callable | None = None
 
 
 @dataclasses.dataclass
@@ -201,7 +208,7 @@ def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.Train
         raise checkpoint.CheckpointError(f"--workdir {config.workdir}: no checkpoint to restore")
     optimizer = make_optimizer(config)
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
-    template = train_lib.init_replicated_state(task.init_params, optimizer, keys.init)
+    template = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
     return checkpoint.restore_latest(manager, template)
 
 
@@ -223,7 +230,7 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
 
     optimizer = make_optimizer(config)
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(seeds))
-    state = train_lib.init_replicated_state(task.init_params, optimizer, keys.init)
+    state = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
 
     manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
     start_epoch = 0
@@ -241,7 +248,7 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
 
     train_data = device_data(dataset.x_train, dataset.y_train)
     test_data = device_data(dataset.x_test, dataset.y_test)
-    train_step = train_lib.make_train_step(task.loss_fn, optimizer)
+    train_step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn)
     epoch_fn = train_lib.make_replicated_epoch_fn(train_step, config.batch_size)
     eval_fn = evaluate.make_replicated_eval(task.eval_fn, config.eval_batch_size)
     steps_per_epoch = dataset.x_train.shape[0] // config.batch_size

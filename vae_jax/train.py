@@ -31,6 +31,9 @@ class TrainState:
     step: jax.Array  # int32 []: optimizer steps taken
     params: Any
     opt_state: Any
+    # Non-gradient state that a task's update_fn keeps (e.g. a VQ-VAE's EMA codebook
+    # statistics and code-usage counters); an empty dict for most tasks.
+    model_state: Any = flax.struct.field(default_factory=dict)
 
 
 class RunKeys(NamedTuple):
@@ -47,26 +50,45 @@ def run_keys(seed: int | jax.Array) -> RunKeys:
     return RunKeys(init_key, data_key, sample_key)
 
 
-def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+def init_train_state(params, optimizer: optax.GradientTransformation, model_state: Any = None) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                      model_state={} if model_state is None else model_state)
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, update_fn: Callable | None = None):
     """Returns the jitted ``train_step(state, batch, key) -> (state, metrics)``.
 
-    ``loss_fn(params, batch, key) -> (loss, metrics)`` is differentiated with
-    respect to params; the optimizer is captured in the closure, so nothing
-    but arrays enters the step, and it compiles once per batch shape. The
-    state is donated: its buffers are reused for the new state. Called inside
-    :func:`make_epoch_fn` (under ``scan``) it is simply inlined.
+    ``loss_fn(params, batch, key, step) -> (loss, metrics)`` is differentiated
+    with respect to params; ``step`` (int32 ``[]``, the optimizer steps taken
+    so far) drives schedules such as a KL warm-up. The optimizer is captured
+    in the closure, so nothing but arrays enters the step, and it compiles
+    once per batch shape. The state is donated: its buffers are reused for the
+    new state. Called inside :func:`make_epoch_fn` (under ``scan``) it is
+    simply inlined.
+
+    With ``update_fn`` the loss returns ``(loss, (metrics, aux))`` and, after
+    the optimizer's update, ``update_fn(params, model_state, aux, step, key)
+    -> (params, model_state, metrics)`` makes the updates that are not
+    gradient steps (a VQ-VAE's EMA codebook, dead-code restarts); its metrics
+    are merged into the step's. It gets its own key, split from ``key``.
     """
 
     def train_step(state: TrainState, batch: dict, key: jax.Array):
+        if update_fn is not None:
+            key, update_key = jax.random.split(key)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, metrics), grads = grad_fn(state.params, batch, key)
+        (_, out), grads = grad_fn(state.params, batch, key, state.step)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        model_state = state.model_state
+        if update_fn is None:
+            metrics = out
+        else:
+            metrics, aux = out
+            params, model_state, update_metrics = update_fn(params, model_state, aux, state.step, update_key)
+            metrics = {**metrics, **update_metrics}
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
+        return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=0)
 
@@ -124,6 +146,16 @@ def make_replicated_epoch_fn(train_step: Callable, batch_size: int):
     return jax.jit(replicated, donate_argnums=0)
 
 
-def init_replicated_state(init_params_fn: Callable, optimizer, init_keys: jax.Array) -> TrainState:
-    """Train states for R replicas, stacked on a leading axis, from ``init_keys[R]``."""
-    return jax.vmap(lambda k: init_train_state(init_params_fn(k), optimizer))(init_keys)
+def init_replicated_state(init_params_fn: Callable, optimizer, init_keys: jax.Array,
+                          init_model_state_fn: Callable | None = None) -> TrainState:
+    """Train states for R replicas, stacked on a leading axis, from ``init_keys[R]``.
+
+    ``init_model_state_fn(params) -> model_state`` builds a task's non-gradient state (none by default).
+    """
+
+    def init_one(key):
+        params = init_params_fn(key)
+        model_state = None if init_model_state_fn is None else init_model_state_fn(params)
+        return init_train_state(params, optimizer, model_state)
+
+    return jax.vmap(init_one)(init_keys)
