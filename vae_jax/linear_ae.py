@@ -25,6 +25,8 @@ with biases instead, the optimum is the same but the comparison is less direct.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import dataclasses
 
 import flax.linen as nn
@@ -39,6 +41,8 @@ from vae_jax.runner import Task, TrainConfig
 @dataclasses.dataclass(frozen=True)
 class LinearAEConfig(TrainConfig):
     """A linear AE with ``components`` latents against PCA with as many components."""
+
+    kind: ClassVar[str] = "linear_ae"
 
     components: int = field(16, "m: latent size of the linear AE and number of PCA components")
     epochs: int = field(300, "number of epochs to train (300 x 35 steps on the 4,500-digit fallback)")

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +39,14 @@ class TrainingDiverged(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Flags shared by every training experiment."""
+    """Flags shared by every training experiment.
 
+    ``kind`` (a class attribute, not a flag) names the model family; it is
+    written into ``config.json`` so a workdir says what it holds and
+    :func:`load_run_config` can tell a user which command fits it.
+    """
+
+    kind: ClassVar[str] = "train"
     dataset: str = field("mnist", "dataset spec: mnist, tfds:NAME or npz:PATH")
     data_dir: str = field("", "TFDS data directory (default: TFDS's own)")
     binarize: str = field("none", "pixel binarization", choices=data_lib.BINARIZE_CHOICES)
@@ -147,6 +153,9 @@ def _check_workdir_config(workdir: str, config: TrainConfig) -> None:
         return
     with open(path) as f:
         saved = json.load(f)
+    saved_kind = saved.pop("kind", config.kind)
+    if saved_kind != config.kind:
+        raise ConfigError(f"--workdir {workdir} holds a {saved_kind} run, not a {config.kind} run; use another --workdir")
     current = dataclasses.asdict(config)
     changed = sorted(
         k for k in set(saved) | set(current)
@@ -157,6 +166,11 @@ def _check_workdir_config(workdir: str, config: TrainConfig) -> None:
             f"--workdir {workdir} holds a run with other settings ({', '.join(flag(k) for k in changed)}); "
             "use another --workdir or --no-resume"
         )
+
+
+def config_record(config: TrainConfig) -> dict:
+    """What ``config.json`` holds: the family's ``kind`` and every field of the config."""
+    return {"kind": config.kind, **dataclasses.asdict(config)}
 
 
 def _jsonable(value):
@@ -191,6 +205,9 @@ def load_run_config(workdir: str, config_cls):
         raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
     with open(path) as f:
         saved = json.load(f)
+    saved_kind = saved.pop("kind", config_cls.kind)
+    if saved_kind != config_cls.kind:
+        raise ConfigError(f"--workdir {workdir} holds a {saved_kind} run, not a {config_cls.kind} run")
     known = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(saved) - set(known))
     if unknown:
@@ -244,7 +261,7 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     history = _read_history(metrics_path, start_epoch)
     with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
         f.writelines(json.dumps(line) + "\n" for line in history)
-    _write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
+    _write_json(os.path.join(workdir, "config.json"), config_record(config))
 
     train_data = device_data(dataset.x_train, dataset.y_train)
     test_data = device_data(dataset.x_test, dataset.y_test)

@@ -5,6 +5,8 @@ A model restored from a workdir's ``config.json`` is built exactly as it was tra
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import dataclasses
 import math
 
@@ -36,6 +38,8 @@ class AEConfig(TrainConfig):
     square patches (``--mask-ratio``, ``--patch-size``); ``contractive`` adds
     ``--contractive-weight * ||dz/dx||_F^2`` to the reconstruction loss.
     """
+
+    kind: ClassVar[str] = "autoencoder"
 
     workdir: str = field("runs/autoencoder", "output directory: config, metrics, checkpoints, figures")
     variant: str = field("plain", "which autoencoder to train", choices=AE_VARIANTS)

@@ -5,6 +5,8 @@ A model restored from a workdir's ``config.json`` is built exactly as it was tra
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import dataclasses
 
 import jax
@@ -21,6 +23,8 @@ from vae_jax.tasks.common import apply_in_batches
 @dataclasses.dataclass(frozen=True)
 class VAEConfig(TrainConfig):
     """The MLP VAE of Kingma & Welling (2014); the defaults are the classic 784-400-20."""
+
+    kind: ClassVar[str] = "vae"
 
     latent_dim: int = field(20, "latent dimensions")
     hidden: tuple[int, ...] = field((400,), "encoder hidden widths (the decoder mirrors them)")
