@@ -3,6 +3,26 @@
 A ``loss_fn`` returns ``(scalar loss, metrics)``: the batch mean of a
 per-example loss, and a dict of batch-mean scalars for logging. It is what
 :func:`vae_jax.train.make_train_step` differentiates.
+
+The VAE objective contract
+--------------------------
+Every VAE family (MLP, convolutional, conditional, hierarchical) provides
+
+* ``terms_fn(params, batch, key) -> dict`` of per-example arrays, with
+  ``batch = {"x": [B, H, W, C] in [0, 1], "y": [B] int (optional)}``:
+
+  - ``"recon"`` ``[B]``: -log p(x|z) in nats for ONE z ~ q(z|x), every
+    constant included;
+  - ``"kl"`` ``[B]``: the KL term of the ELBO, so neg_elbo = recon + kl;
+  - ``"kl_per_dim"`` ``[B, D]``: per-latent-dimension terms summing to ``kl``
+    (free bits and the collapse diagnostics use them);
+  - optional extra ``[B]`` entries (e.g. ``"kl_z1"``), reported as metrics.
+
+* optionally ``log_weights_fn(params, batch, key, k) -> [B, k]``: importance
+  log-weights log p(x, z_j) - log q(z_j|x) with z_j ~ q(z|x) (for the IWAE
+  objective and IWAE evaluation).
+
+:func:`make_elbo_objective` turns them into ``(loss_fn, eval_fn)``.
 """
 
 from __future__ import annotations
@@ -12,40 +32,72 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from vae_jax import losses
+from vae_jax import losses, schedules
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_shared_var", "gaussian_pixel_var")
+# Likelihoods whose decoder output holds 2C channels: C mean logits, then C log-variances.
+LEARNED_VARIANCE = ("gaussian_shared_var", "gaussian_pixel_var")
+# Soft lower bound on a learned decoder log-variance (sigma >= ~0.05). Without it
+# a pixel that is constant in the data (MNIST's black border) drives its variance
+# to 0 and its log-density to +infinity.
+MIN_LEARNED_LOGVAR = -6.0
 
 LossFn = Callable[[dict, dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
+TermsFn = Callable[[dict, dict, jax.Array], dict]
+LogWeightsFn = Callable[[dict, dict, jax.Array, int], jax.Array]
+
+
+def decoder_channels(likelihood: str, image_channels: int) -> int:
+    """How many channels the decoder outputs for ``likelihood``: C, or 2C with a learned variance."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    return 2 * image_channels if likelihood in LEARNED_VARIANCE else image_channels
+
+
+def soft_clip_logvar(raw_logvar: jax.Array, minimum: float = MIN_LEARNED_LOGVAR) -> jax.Array:
+    """``minimum + softplus(raw - minimum)``: a smooth lower bound on a learned log-variance."""
+    return minimum + jax.nn.softplus(raw_logvar - minimum)
 
 
 def reconstruction_nll(
     likelihood: str, decoder_out: jax.Array, x: jax.Array, decoder_logvar: float = 0.0
 ) -> jax.Array:
-    """-log p(x|z) per example for the decoder output.
+    """-log p(x|z) per example ``[B]`` for the decoder output, every constant included.
 
-    ``bernoulli``: the decoder output is per-pixel logits. ``gaussian``: the
-    decoder output passed through a sigmoid is the mean of N(mean, c I) with
-    ``log c = decoder_logvar`` (the lecture's fixed-variance decoder).
+    * ``bernoulli``: ``decoder_out`` ``[B, H, W, C]`` holds per-pixel logits.
+    * ``gaussian``: N(x; sigmoid(decoder_out), c I) with fixed ``log c =
+      decoder_logvar``: -log p = ||x - mean||^2 / (2c) + (D/2) log(2 pi c).
+      Up to that constant it is C * ||x - mean||^2 with C = 1/(2c): c weighs
+      reconstruction against the KL (small c, sharp reconstructions; large c,
+      the KL wins and the posterior collapses towards the prior).
+    * ``gaussian_shared_var``: ``decoder_out`` ``[B, H, W, 2C]``; the first C
+      channels are mean logits, the last C a log-variance that the model makes
+      one learned scalar shared by every pixel and image (the sigma-VAE of
+      Rybkin et al. 2021, whose analytic optimum is c = the mean squared error).
+    * ``gaussian_pixel_var``: the same layout with a log-variance map predicted
+      per pixel by the decoder.
+
+    Learned log-variances pass through :func:`soft_clip_logvar`.
     """
     if likelihood == "bernoulli":
         return losses.bernoulli_nll(decoder_out, x)
     if likelihood == "gaussian":
         return losses.gaussian_nll(x, jax.nn.sigmoid(decoder_out), decoder_logvar)
+    if likelihood in LEARNED_VARIANCE:
+        mean_logits, raw_logvar = jnp.split(decoder_out, 2, axis=-1)
+        return losses.gaussian_nll(x, jax.nn.sigmoid(mean_logits), soft_clip_logvar(raw_logvar))
     raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
 
 
-def decoder_mean(decoder_out: jax.Array) -> jax.Array:
-    """The image a decoder output stands for: E[x|z] in [0, 1] for both likelihoods."""
+def decoder_mean(decoder_out: jax.Array, image_channels: int | None = None) -> jax.Array:
+    """The image a decoder output stands for: E[x|z] in [0, 1] for every likelihood.
+
+    With a learned variance the output has 2C channels; pass ``image_channels``
+    = C to keep the mean half.
+    """
+    if image_channels is not None:
+        decoder_out = decoder_out[..., :image_channels]
     return jax.nn.sigmoid(decoder_out)
-
-
-def vae_terms(model, params, x: jax.Array, key: jax.Array, likelihood: str, decoder_logvar: float):
-    """Per-example (reconstruction NLL, KL) ``[B]`` each, with one z sample per example."""
-    decoder_out, mean, logvar, _ = model.apply({"params": params}, x, key)
-    recon = reconstruction_nll(likelihood, decoder_out, x, decoder_logvar)
-    kl = losses.gaussian_kl(mean, logvar)
-    return recon, kl
 
 
 def binarize_batch(key: jax.Array, x: jax.Array, dynamic: bool) -> tuple[jax.Array, jax.Array]:
@@ -59,6 +111,161 @@ def binarize_batch(key: jax.Array, x: jax.Array, dynamic: bool) -> tuple[jax.Arr
     return x, rest_key
 
 
+# --- the single-stochastic-layer Gaussian VAE (MLP and convolutional) -------------------
+
+
+def make_gaussian_vae_terms(model, likelihood: str = "bernoulli", decoder_logvar: float = 0.0) -> TermsFn:
+    """``terms_fn`` of a VAE whose ``model.apply(..., x, key)`` returns (decoder_out, mean, logvar, z).
+
+    q(z|x) = N(mean, diag(exp(logvar))), p(z) = N(0, I); kl_per_dim is the
+    closed form 1/2 (exp(logvar) + mean^2 - 1 - logvar) per dimension.
+    """
+
+    def terms_fn(params, batch, key):
+        x = batch["x"]
+        decoder_out, mean, logvar, _ = model.apply({"params": params}, x, key)
+        kl_per_dim = 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)  # [B, D]
+        return {
+            "recon": reconstruction_nll(likelihood, decoder_out, x, decoder_logvar),
+            "kl": jnp.sum(kl_per_dim, axis=-1),
+            "kl_per_dim": kl_per_dim,
+        }
+
+    return terms_fn
+
+
+def make_gaussian_vae_log_weights(model, likelihood: str = "bernoulli", decoder_logvar: float = 0.0) -> LogWeightsFn:
+    """``log_weights_fn(params, batch, key, k) -> [B, k]`` for the same VAEs as :func:`make_gaussian_vae_terms`.
+
+    log w_j = log p(x|z_j) + log N(z_j; 0, I) - log q(z_j|x), z_j ~ q(z|x),
+    drawn by reparameterization from ``k`` independent keys. The encoder runs
+    once; the decoder runs on the ``B * k`` samples.
+    """
+
+    def log_weights_fn(params, batch, key, k):
+        x = batch["x"]
+        mean, logvar = model.apply({"params": params}, x, method=model.encode)  # [B, D]
+        eps = jax.random.normal(key, (x.shape[0], k, mean.shape[-1]), mean.dtype)
+        z = mean[:, None] + jnp.exp(0.5 * logvar[:, None]) * eps  # [B, k, D]
+        decoder_out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), method=model.decode)
+        x_rep = jnp.repeat(x, k, axis=0)  # [B*k, H, W, C], example-major like z
+        log_px_z = -reconstruction_nll(likelihood, decoder_out, x_rep, decoder_logvar).reshape(x.shape[0], k)
+        return losses.vae_log_weights(log_px_z, z, mean[:, None], logvar[:, None])
+
+    return log_weights_fn
+
+
+# --- ELBO, beta schedules, free bits, IWAE ----------------------------------------------
+
+
+def free_bits_kl(kl_per_dim: jax.Array, free_bits: float) -> jax.Array:
+    """The KL term with a per-dimension floor: sum_d max(KL_d, lambda), per example ``[B]``.
+
+    Free bits (Kingma et al. 2016, eq. 15) keep the objective from gaining
+    anything by pushing a latent dimension's KL below ``lambda`` nats, so the
+    optimizer has no incentive to collapse it. Kingma et al. floor the
+    minibatch mean of each dimension's KL; here the floor is applied per
+    example, so an example's loss does not depend on which other examples
+    share its batch: losses (and gradients) are invariant to batch size and
+    batch composition, and the per-example contract of :mod:`vae_jax.losses`
+    holds. (It is the stronger constraint: a dimension is kept "open" for each
+    example, not only on average.) With ``lambda = 0`` it is the plain KL.
+
+    Args:
+      kl_per_dim: ``[B, D]`` per-dimension KL terms.
+      free_bits: lambda, nats per dimension (>= 0).
+
+    Returns:
+      ``[B]``.
+    """
+    return jnp.sum(jnp.maximum(kl_per_dim, free_bits), axis=-1)
+
+
+def _extras(terms: dict) -> dict:
+    return {k: v for k, v in terms.items() if k not in ("recon", "kl", "kl_per_dim")}
+
+
+def make_elbo_objective(
+    terms_fn: TermsFn,
+    log_weights_fn: LogWeightsFn | None = None,
+    *,
+    beta_schedule: schedules.BetaSchedule | None = None,
+    free_bits: float = 0.0,
+    iwae_k: int = 1,
+    dynamic_binarize: bool = False,
+) -> tuple[LossFn, Callable]:
+    """``(loss_fn, eval_fn)`` for a VAE family given its ``terms_fn`` (see the module docstring).
+
+    Per example, the minimised objective is
+
+        recon + beta(step) * sum_d max(KL_d, free_bits)        (iwae_k = 1)
+        -log (1/k) sum_j w_j                                    (iwae_k > 1)
+
+    The first is the negative ELBO for beta = 1 and free_bits = 0 (Kingma &
+    Welling 2014), the beta-VAE for beta > 1 (Higgins et al. 2017), KL
+    annealing for a schedule (Bowman et al. 2016; Fu et al. 2019) and free
+    bits (Kingma et al. 2016) for free_bits > 0. The second is the IWAE bound
+    L_k (Burda et al. 2016); it needs ``log_weights_fn`` and is defined only
+    for beta = 1 and free_bits = 0 (the bound has no KL term to weigh or floor),
+    so ``beta_schedule`` must then be left None.
+
+    ``loss_fn(params, batch, key, step) -> (loss, metrics)``: ``loss`` is the
+    batch mean of the objective above; ``metrics`` are batch means of ``loss``,
+    ``neg_elbo`` (UNWEIGHTED recon + kl, always), ``recon``, ``kl``, ``beta``
+    (the schedule's value at ``step``), the extra terms, and ``neg_iwae_bound``
+    when iwae_k > 1 (the same value as ``loss``). With ``dynamic_binarize`` the batch is
+    Bernoulli-sampled from its gray values first (a key split from ``key``).
+
+    ``eval_fn(params, batch, key) -> dict of [B]``: ``neg_elbo``, ``recon``,
+    ``kl`` and the extras, with beta = 1 and no floor.
+    """
+    if free_bits < 0:
+        raise ValueError(f"free_bits must be >= 0, got {free_bits}")
+    if iwae_k < 1:
+        raise ValueError(f"iwae_k must be >= 1, got {iwae_k}")
+    if iwae_k > 1:
+        if log_weights_fn is None:
+            raise ValueError("iwae_k > 1 needs a log_weights_fn")
+        if free_bits != 0 or beta_schedule is not None:
+            raise ValueError("the IWAE objective (iwae_k > 1) is defined only for beta = 1 without free bits")
+    beta_schedule = schedules.constant(1.0) if beta_schedule is None else beta_schedule
+
+    def loss_fn(params, batch, key, step):
+        x, key = binarize_batch(key, batch["x"], dynamic_binarize)
+        batch = {**batch, "x": x}
+        terms_key, iwae_key = jax.random.split(key)
+        terms = terms_fn(params, batch, terms_key)
+        recon, kl = terms["recon"], terms["kl"]
+        beta = jnp.asarray(beta_schedule(step), recon.dtype)
+        metrics = {"neg_elbo": jnp.mean(recon + kl), "recon": jnp.mean(recon), "kl": jnp.mean(kl), "beta": beta}
+        metrics.update({name: jnp.mean(v) for name, v in _extras(terms).items()})
+        if iwae_k > 1:
+            per_example = -losses.iwae_bound(log_weights_fn(params, batch, iwae_key, iwae_k))
+            metrics["neg_iwae_bound"] = jnp.mean(per_example)
+        else:
+            kl_term = free_bits_kl(terms["kl_per_dim"], free_bits) if free_bits > 0 else kl
+            per_example = recon + beta * kl_term
+        loss = jnp.mean(per_example)
+        metrics["loss"] = loss
+        return loss, metrics
+
+    def eval_fn(params, batch, key):
+        terms = terms_fn(params, batch, key)
+        return {"neg_elbo": terms["recon"] + terms["kl"], "recon": terms["recon"], "kl": terms["kl"],
+                **_extras(terms)}
+
+    return loss_fn, eval_fn
+
+
+# --- the MLP VAE's objectives (kept for callers of the earlier API) ---------------------
+
+
+def vae_terms(model, params, x: jax.Array, key: jax.Array, likelihood: str, decoder_logvar: float):
+    """Per-example (reconstruction NLL, KL) ``[B]`` each, with one z sample per example."""
+    terms = make_gaussian_vae_terms(model, likelihood, decoder_logvar)(params, {"x": x}, key)
+    return terms["recon"], terms["kl"]
+
+
 def make_vae_loss(
     model,
     likelihood: str = "bernoulli",
@@ -66,30 +273,12 @@ def make_vae_loss(
     decoder_logvar: float = 0.0,
     dynamic_binarize: bool = False,
 ) -> LossFn:
-    """The negative ELBO, recon + beta * KL, averaged over the batch.
-
-    ``beta = 1`` is the VAE of Kingma & Welling (2014); ``beta > 1`` the
-    beta-VAE of Higgins et al. (2017). With ``dynamic_binarize`` the batch is
-    Bernoulli-sampled from its gray values with a key split from ``key``.
-    """
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-
-    def loss_fn(params, batch, key, step):
-        del step  # a constant beta
-        x, sample_key = binarize_batch(key, batch["x"], dynamic_binarize)
-        recon, kl = vae_terms(model, params, x, sample_key, likelihood, decoder_logvar)
-        loss = jnp.mean(recon + beta * kl)
-        return loss, {"loss": loss, "recon": jnp.mean(recon), "kl": jnp.mean(kl)}
-
+    """The negative ELBO recon + beta * KL averaged over the batch (:func:`make_elbo_objective`, constant beta)."""
+    loss_fn, _ = make_elbo_objective(make_gaussian_vae_terms(model, likelihood, decoder_logvar),
+                                     beta_schedule=schedules.constant(beta), dynamic_binarize=dynamic_binarize)
     return loss_fn
 
 
 def make_vae_eval(model, likelihood: str = "bernoulli", decoder_logvar: float = 0.0):
     """``eval_fn(params, batch, key) -> dict of [B] per-example metrics`` (beta = 1)."""
-
-    def eval_fn(params, batch, key):
-        recon, kl = vae_terms(model, params, batch["x"], key, likelihood, decoder_logvar)
-        return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
-
-    return eval_fn
+    return make_elbo_objective(make_gaussian_vae_terms(model, likelihood, decoder_logvar))[1]
