@@ -1,4 +1,12 @@
-"""Dataset specs -> float32 NHWC image arrays in [0, 1], split into train and test.
+"""Dataset specs -> NHWC image arrays, split into train and test.
+
+Images are kept in the form they came in: ``uint8`` in 0..255 when the source
+is 8-bit (image folders, TFDS, the embedded digits, ``uint8`` npz arrays),
+else float32 in [0, 1]. They stay ``uint8`` on the host and on the device and
+become float32 in [0, 1] one batch at a time inside the compiled train and
+evaluation steps (:func:`pixels_to_float`), so 20,000 images of 128x128x3
+take 1 GB instead of 4 GB. :attr:`Dataset.x_train` / :attr:`Dataset.x_test`
+give float32 copies for figures and host-side metrics.
 
 Specs:
   ``mnist``      full MNIST through TFDS when it is prepared or can be downloaded;
@@ -8,6 +16,10 @@ Specs:
   ``npz:PATH``   a NumPy archive with ``x_train, y_train, x_test, y_test`` (the Keras
                  ``mnist.npz`` layout) or just ``x`` (and optional ``y``), in which
                  case the last 10% is the test split.
+  ``folder:PATH`` a directory of image files (see :func:`load_image_folder`).
+
+``image_size`` (``--image-size``) > 0 resizes the shorter side of every image
+to that size and crops the centre square, for every spec.
 
 TensorFlow and TFDS are imported only when a TFDS dataset is actually read.
 Every user mistake raises :class:`DataError` with a one-line message.
@@ -15,6 +27,7 @@ Every user mistake raises :class:`DataError` with a one-line message.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import socket
@@ -22,18 +35,40 @@ import sys
 import threading
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 BINARIZE_CHOICES = ("none", "dynamic", "static")
+SPEC_FORMS = "'mnist', 'tfds:NAME', 'npz:PATH' or 'folder:PATH'"
 # TFDS downloads MNIST-like datasets from this host; if it cannot be reached
 # within a few seconds we fall back instead of hanging on a network time-out.
 _TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 _REACHABLE_TIMEOUT_S = 3.0
 _STATIC_BINARIZE_SEED = 0
+_FOLDER_SPLIT_SEED = 0
+# Bound on the pixels converted or sampled at once on the host (binarization, resizing).
+_HOST_CHUNK_PIXELS = 1 << 24
 
 
 class DataError(ValueError):
     """A dataset spec, file or array that cannot be used, with a one-line reason."""
+
+
+def pixels_to_float(x):
+    """Stored pixels -> float32 in [0, 1]: ``uint8`` is divided by 255, floats pass through.
+
+    Works on NumPy and JAX arrays alike; the train step and the evaluation
+    call it on each batch, so the data can stay ``uint8`` in device memory.
+    The dtype check is static (decided at trace time).
+    """
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    return x if x.dtype == np.float32 else x.astype(np.float32)
+
+
+def batch_to_float(batch: dict) -> dict:
+    """``batch`` with its images ``batch["x"]`` as float32 in [0, 1] (other entries untouched)."""
+    return {**batch, "x": pixels_to_float(batch["x"])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,44 +76,82 @@ class Dataset:
     """Train and test images (and optional labels) ready to put on a device.
 
     Attributes:
-      x_train, x_test: float32 ``[N, H, W, C]`` in [0, 1].
+      train_pixels, test_pixels: the stored images ``[N, H, W, C]``: ``uint8``
+        in 0..255 (8-bit sources and binarized data) or float32 in [0, 1].
+        This is what goes to the device; see :func:`pixels_to_float`.
       y_train, y_test: int32 ``[N]`` labels, or None.
       source: where the data really came from (recorded in ``summary.json``).
       binarize: ``none``, ``dynamic`` (train images are Bernoulli-sampled anew
         in every step; the test images once, with a fixed seed) or ``static``
-        (both splits sampled once, with a fixed seed).
+        (both splits sampled once, with a fixed seed). Binarized images are
+        stored as ``uint8`` 0 or 255.
+      class_names: the label names (``class_names[k]`` is label k) when known,
+        e.g. the sub-folder names of a ``folder:`` dataset.
     """
 
-    x_train: np.ndarray
+    train_pixels: np.ndarray
     y_train: np.ndarray | None
-    x_test: np.ndarray
+    test_pixels: np.ndarray
     y_test: np.ndarray | None
     source: str
     binarize: str = "none"
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def x_train(self) -> np.ndarray:
+        """float32 ``[N, H, W, C]`` in [0, 1]. A new array on each access when stored as ``uint8``
+        (4 bytes a pixel): index ``train_pixels`` and convert with :func:`pixels_to_float` for big sets."""
+        return pixels_to_float(self.train_pixels)
+
+    @property
+    def x_test(self) -> np.ndarray:
+        """float32 ``[N, H, W, C]`` in [0, 1] (see :attr:`x_train`)."""
+        return pixels_to_float(self.test_pixels)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])
+        return tuple(self.train_pixels.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_pixels.shape[0])
+
+    @property
+    def num_test(self) -> int:
+        return int(self.test_pixels.shape[0])
 
     @property
     def num_classes(self) -> int | None:
         if self.y_train is None:
             return None
+        if self.class_names is not None:
+            return len(self.class_names)
         return int(max(self.y_train.max(), -1 if self.y_test is None else self.y_test.max())) + 1
 
+    @property
+    def stored_bytes(self) -> int:
+        """Host (and device) memory of the stored images of both splits."""
+        return int(self.train_pixels.nbytes + self.test_pixels.nbytes)
+
     def describe(self) -> str:
-        """One line for logs: where the data came from and the split sizes."""
-        return f"{self.source} ({self.x_train.shape[0]} train, {self.x_test.shape[0]} test)"
+        """One line for logs: where the data came from, the split sizes and the image shape."""
+        h, w, c = self.image_shape
+        return f"{self.source} ({self.num_train} train, {self.num_test} test, {h}x{w}x{c})"
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "source": self.source,
             "binarize": self.binarize,
             "image_shape": list(self.image_shape),
-            "n_train": int(self.x_train.shape[0]),
-            "n_test": int(self.x_test.shape[0]),
+            "n_train": self.num_train,
+            "n_test": self.num_test,
             "labels": self.y_train is not None,
+            "stored_dtype": str(self.train_pixels.dtype),
+            "stored_megabytes": round(self.stored_bytes / 2**20, 3),
         }
+        if self.class_names is not None:
+            out["class_names"] = list(self.class_names)
+        return out
 
 
 def load_dataset(
@@ -86,38 +159,48 @@ def load_dataset(
     data_dir: str | None = None,
     binarize: str = "none",
     batch_size: int | None = None,
+    image_size: int = 0,
 ) -> Dataset:
     """Loads ``spec`` as a :class:`Dataset`.
 
     Args:
-      spec: ``mnist``, ``tfds:NAME`` or ``npz:PATH``.
+      spec: ``mnist``, ``tfds:NAME``, ``npz:PATH`` or ``folder:PATH``.
       data_dir: TFDS data directory (default: TFDS's own, ``~/tensorflow_datasets``).
       binarize: ``none`` (gray values as Bernoulli means), ``dynamic`` or ``static``.
       batch_size: if given, the train split must hold at least one batch.
+      image_size: 0 keeps the images' own size; S > 0 resizes the shorter side
+        of every image to S (bicubic, antialiased) and crops the centre S x S.
 
     Raises:
       DataError: with a one-line message naming the problem.
     """
     if binarize not in BINARIZE_CHOICES:
         raise DataError(f"--binarize must be one of {', '.join(BINARIZE_CHOICES)}, got {binarize!r}")
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 0:
+        raise DataError(f"--image-size must be 0 (keep the images' size) or a positive integer, got {image_size!r}")
     if not isinstance(spec, str) or not spec:
-        raise DataError("--dataset must be 'mnist', 'tfds:NAME' or 'npz:PATH', got an empty spec")
+        raise DataError(f"--dataset must be {SPEC_FORMS}, got an empty spec")
+    class_names = None
     if spec == "mnist":
         arrays, source = _load_mnist(data_dir)
     elif spec.startswith("tfds:"):
         name = spec[len("tfds:"):]
         if not name:
             raise DataError("--dataset tfds: needs a dataset name, e.g. tfds:fashion_mnist")
-        arrays, source = _load_tfds(name, data_dir), spec
+        arrays, source = _load_tfds(name, data_dir, image_size), spec
     elif spec.startswith("npz:"):
         arrays, source = _load_npz(spec[len("npz:"):]), spec
+    elif spec.startswith("folder:"):
+        folder = load_image_folder(spec[len("folder:"):], image_size)
+        arrays, source, class_names = folder[:4], spec, folder[4]
     else:
-        raise DataError(
-            f"--dataset must be 'mnist', 'tfds:NAME' or 'npz:PATH', got {spec!r}"
-        )
+        raise DataError(f"--dataset must be {SPEC_FORMS}, got {spec!r}")
     x_train, y_train, x_test, y_test = arrays
     x_train = _as_images(x_train, "x_train", source)
     x_test = _as_images(x_test, "x_test", source)
+    if image_size:
+        x_train = resize_center_crop(x_train, image_size)
+        x_test = resize_center_crop(x_test, image_size)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(
             f"{source}: train images are {x_train.shape[1:]} but test images are {x_test.shape[1:]}"
@@ -131,22 +214,29 @@ def load_dataset(
             f"{source}: the train split has {x_train.shape[0]} examples, fewer than one batch "
             f"(--batch-size {batch_size})"
         )
-    if x_test.shape[0] == 0:
-        raise DataError(f"{source}: the test split is empty")
     if binarize != "none":
         rng = np.random.default_rng(_STATIC_BINARIZE_SEED)
         x_test = _bernoulli(rng, x_test)
         if binarize == "static":
             x_train = _bernoulli(rng, x_train)
-    return Dataset(x_train, y_train, x_test, y_test, source, binarize)
+    return Dataset(x_train, y_train, x_test, y_test, source, binarize, class_names)
 
 
-def _bernoulli(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
-    return (rng.random(x.shape, dtype=np.float32) < x).astype(np.float32)
+def _bernoulli(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
+    """One Bernoulli draw per pixel with p = the pixel's value in [0, 1]; ``uint8`` 0 or 255.
+
+    Drawn a chunk of images at a time, so a large split never exists as float32.
+    """
+    out = np.empty(pixels.shape, np.uint8)
+    chunk = max(1, _HOST_CHUNK_PIXELS // max(1, int(np.prod(pixels.shape[1:]))))
+    for start in range(0, len(pixels), chunk):
+        p = pixels_to_float(pixels[start:start + chunk])
+        out[start:start + chunk] = np.where(rng.random(p.shape, dtype=np.float32) < p, 255, 0)
+    return out
 
 
 def _as_images(x: Any, name: str, source: str) -> np.ndarray:
-    """Validates and converts to float32 NHWC in [0, 1]."""
+    """Validates an image array; returns it ``[N, H, W, C]``, ``uint8`` kept as is, else float32 in [0, 1]."""
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[..., None]
@@ -156,9 +246,11 @@ def _as_images(x: Any, name: str, source: str) -> np.ndarray:
         )
     if x.shape[0] == 0:
         raise DataError(f"{source}: {name} holds no images")
+    if min(x.shape[1:]) == 0:
+        raise DataError(f"{source}: {name} has empty images, shape {x.shape}")
     if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        return x
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise DataError(f"{source}: {name} must be uint8 or float, got dtype {x.dtype}")
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
@@ -182,6 +274,8 @@ def _as_labels(y: Any, x: np.ndarray, name: str, source: str) -> np.ndarray | No
         raise DataError(
             f"{source}: {name} must be a vector of {x.shape[0]} labels (one per image), got shape {y.shape}"
         )
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise DataError(f"{source}: {name} must hold integer class labels, got dtype {y.dtype}")
     if not np.issubdtype(y.dtype, np.integer):
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
             raise DataError(f"{source}: {name} must hold integer class labels")
@@ -200,6 +294,53 @@ def _split_last(x: np.ndarray, y: np.ndarray | None, fraction: float = 0.1):
     return x[:-n_test], y_train, x[-n_test:], y_test
 
 
+# --- resizing ----------------------------------------------------------------------------
+
+
+def center_square(width: int, height: int) -> tuple[int, int, int, int]:
+    """The centred square ``(left, top, right, bottom)`` of side ``min(width, height)``."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def _resize_image(image, size: int):
+    """A PIL image's centre square resized to ``size x size`` (bicubic, antialiased when shrinking).
+
+    Same as resizing the shorter side to ``size`` and cropping the centre, in one resampling.
+    """
+    from PIL import Image
+
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=center_square(*image.size))
+
+
+def resize_center_crop(images: np.ndarray, size: int) -> np.ndarray:
+    """``[N, H, W, C]`` -> ``[N, size, size, C]``: shorter side resized to ``size``, centre cropped.
+
+    ``uint8`` images stay ``uint8``; float32 images are resampled in float and
+    clipped back to [0, 1] (bicubic filters overshoot a little at edges).
+    """
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    if (h, w) == (size, size):
+        return images
+    out = np.empty((n, size, size, c), images.dtype)
+    for i in range(n):
+        if images.dtype == np.uint8 and c in (1, 3):
+            image = Image.fromarray(images[i] if c == 3 else images[i, ..., 0])
+            out[i] = np.asarray(_resize_image(image, size)).reshape(size, size, c)
+            continue
+        for channel in range(c):
+            plane = images[i, ..., channel]
+            image = Image.fromarray(plane if plane.dtype == np.uint8 else plane.astype(np.float32), mode=None)
+            resized = np.asarray(_resize_image(image, size))
+            out[i, ..., channel] = resized if images.dtype == np.uint8 else np.clip(resized, 0.0, 1.0)
+    return out
+
+
 # --- npz -------------------------------------------------------------------------------
 
 
@@ -211,29 +352,234 @@ def _load_npz(path: str):
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as err:  # zipfile / pickle / format errors
-        raise DataError(f"--dataset npz:{path}: not a readable .npz archive ({type(err).__name__})") from None
+        raise DataError(f"--dataset npz:{path}: not a readable .npz archive ({_reason(err)})") from None
+    if not hasattr(archive, "files"):  # np.load also opens a bare .npy array
+        raise DataError(f"--dataset npz:{path}: a single .npy array, not a .npz archive of named arrays")
+
+    def read(key: str) -> np.ndarray:
+        # Members are read lazily: a truncated or corrupted archive fails here, not in np.load.
+        try:
+            return archive[key]
+        except Exception as err:
+            raise DataError(f"--dataset npz:{path}: array {key!r} cannot be read, the file is truncated or "
+                            f"corrupted ({_reason(err)})") from None
+
     with archive:
         keys = set(archive.files)
         if {"x_train", "x_test"} <= keys:
             return (
-                archive["x_train"],
-                archive["y_train"] if "y_train" in keys else None,
-                archive["x_test"],
-                archive["y_test"] if "y_test" in keys else None,
+                read("x_train"),
+                read("y_train") if "y_train" in keys else None,
+                read("x_test"),
+                read("y_test") if "y_test" in keys else None,
             )
         if "x" in keys:
-            x = archive["x"]
-            y = archive["y"] if "y" in keys else None
-            if np.ndim(x) < 1 or (y is not None and len(y) != len(x)):
+            x = read("x")
+            y = read("y") if "y" in keys else None
+            if np.ndim(x) < 1 or (y is not None and (np.ndim(y) < 1 or len(y) != len(x))):
                 raise DataError(
-                    f"--dataset npz:{path}: y has {len(y) if y is not None else 0} labels "
-                    f"but x has {len(x)} images"
+                    f"--dataset npz:{path}: y has {np.shape(y)[0] if np.ndim(y) else 0} labels "
+                    f"but x has {len(x) if np.ndim(x) else 0} images"
                 )
             return _split_last(x, y)
     raise DataError(
         f"--dataset npz:{path}: expected arrays x_train, y_train, x_test, y_test or x (and y); "
         f"found {', '.join(sorted(keys)) or 'none'}"
     )
+
+
+def _reason(err: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line errors."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+# --- image folders -----------------------------------------------------------------------
+
+# Formats Pillow reads (its write-only or container formats such as PDF are left out).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".webp",
+                    ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
+_GRAY_MODES = frozenset({"1", "L", "LA", "La"})
+_WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def _is_image_file(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _images_under(directory: str) -> list[str]:
+    """Every image file below ``directory`` (recursively, hidden entries skipped), sorted."""
+    found = []
+    for parent, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(parent, f) for f in sorted(files) if _is_image_file(f))
+    return found
+
+
+def _list_split(split_root: str, spec: str, exclude: tuple[str, ...] = (),
+                min_classes: int = 2) -> tuple[list[str], list[str] | None]:
+    """Image paths of one split and their class folder names (None when unlabelled).
+
+    Labelled when ``min_classes`` or more sub-folders hold images and no image
+    lies directly in ``split_root``; otherwise every image below it, unlabelled.
+    """
+    entries = sorted(e for e in os.listdir(split_root) if not e.startswith(".") and e not in exclude)
+    loose = [e for e in entries if _is_image_file(e) and os.path.isfile(os.path.join(split_root, e))]
+    classes = {}
+    for entry in entries:
+        if os.path.isdir(os.path.join(split_root, entry)):
+            paths = _images_under(os.path.join(split_root, entry))
+            if paths:
+                classes[entry] = paths
+    if len(classes) >= min_classes:
+        if loose:
+            raise DataError(
+                f"--dataset {spec}: {split_root} holds both images ({loose[0]}) and class sub-folders "
+                f"({', '.join(list(classes)[:3])}); put every image in a class folder, or none"
+            )
+        paths = [p for name in classes for p in classes[name]]
+        names = [name for name in classes for _ in classes[name]]
+        return paths, names
+    paths = [os.path.join(split_root, e) for e in loose] + [p for name in classes for p in classes[name]]
+    return paths, None
+
+
+def _header(path: str, spec: str) -> tuple[str, tuple[int, int]]:
+    """(mode, (width, height)) of an image file, read from its header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode, image.size
+    except Exception as err:  # UnidentifiedImageError, OSError, decompression-bomb errors...
+        raise DataError(f"--dataset {spec}: {path} is not a readable image: not an image, empty or truncated "
+                        f"({_reason(err)})") from None
+
+
+def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = None):
+    """Reads a directory of image files into ``uint8`` arrays.
+
+    Layout:
+      * Test split: the ``test/`` sub-folder when there is one (train is then
+        ``train/`` if present, else everything else); otherwise the last 10%
+        of all images after a fixed shuffle (seed 0) of the sorted paths.
+      * Labels: when two or more sub-folders of a split hold images (and no
+        image lies directly in it), each image's label is its folder's index
+        in the sorted train folder names (``class_names``); folders are
+        searched recursively. Otherwise the images are unlabelled.
+      * Channels: C = 1 when every image is grayscale (Pillow modes 1, L, LA);
+        otherwise C = 3 and grayscale images are repeated into RGB. Alpha is
+        dropped; palette images count as RGB; 16-bit and float images are
+        refused; animated formats give their first frame.
+      * Size: ``image_size`` = 0 keeps the images' own size, which must then
+        be the same for all; S > 0 resizes the shorter side to S and crops the
+        centre S x S (one bicubic resampling of the centre square).
+
+    Files are decoded by a thread pool (Pillow releases the GIL while
+    decoding and resampling) straight into one preallocated array.
+
+    Returns:
+      ``(x_train, y_train, x_test, y_test, class_names)``; ``x`` are ``uint8``
+      ``[N, H, W, C]``, ``y`` int32 ``[N]`` or None, ``class_names`` a tuple or None.
+
+    Raises:
+      DataError: one line naming the folder or the file and the problem.
+    """
+    spec = f"folder:{path}"
+    if not path:
+        raise DataError("--dataset folder: needs a directory, e.g. folder:data/faces")
+    if not os.path.isdir(path):
+        raise DataError(f"--dataset {spec}: no such directory")
+    test_root = os.path.join(path, "test")
+    if os.path.isdir(test_root):
+        train_root = os.path.join(path, "train")
+        if os.path.isdir(train_root):
+            train_paths, train_names = _list_split(train_root, spec)
+        else:
+            train_paths, train_names = _list_split(path, spec, exclude=("test",))
+        # A labelled train split makes even a single test class folder a label.
+        test_paths, test_names = _list_split(test_root, spec, min_classes=1 if train_names else 2)
+        if not test_paths:
+            raise DataError(f"--dataset {spec}: the test split {test_root} holds no image files")
+    else:
+        all_paths, all_names = _list_split(path, spec)
+        order = np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(len(all_paths))
+        all_paths = [all_paths[i] for i in order]
+        all_names = None if all_names is None else [all_names[i] for i in order]
+        n_test = max(1, int(round(0.1 * len(all_paths)))) if len(all_paths) > 1 else 0
+        split = len(all_paths) - n_test
+        train_paths, test_paths = all_paths[:split], all_paths[split:]
+        train_names = None if all_names is None else all_names[:split]
+        test_names = None if all_names is None else all_names[split:]
+    if not train_paths:
+        raise DataError(
+            f"--dataset {spec}: no image files for the train split ({', '.join(IMAGE_EXTENSIONS[:6])}, ...)"
+        )
+    if not test_paths:
+        raise DataError(f"--dataset {spec}: only one image; cannot split it into train and test")
+    if (train_names is None) != (test_names is None):
+        labelled = "train" if train_names is not None else "test"
+        raise DataError(f"--dataset {spec}: only the {labelled} split has class sub-folders; give both or neither")
+
+    class_names = y_train = y_test = None
+    if train_names is not None:
+        class_names = tuple(sorted(set(train_names)))
+        unknown = sorted(set(test_names) - set(class_names))
+        if unknown:
+            raise DataError(f"--dataset {spec}: test class folder {unknown[0]!r} has no train folder")
+        index = {name: k for k, name in enumerate(class_names)}
+        y_train = np.array([index[n] for n in train_names], np.int32)
+        y_test = np.array([index[n] for n in test_names], np.int32)
+
+    paths = train_paths + test_paths
+    with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
+        headers = list(pool.map(lambda p: _header(p, spec), paths))
+    for p, (mode, _) in zip(paths, headers):
+        if mode in _WIDE_MODES:
+            raise DataError(f"--dataset {spec}: {p} is a {mode} (16-bit or float) image; only 8-bit images are read")
+    channels = 1 if all(mode in _GRAY_MODES for mode, _ in headers) else 3
+    if image_size:
+        height = width = image_size
+    else:
+        sizes = {}
+        for p, (_, size) in zip(paths, headers):
+            sizes.setdefault(size, p)
+        if len(sizes) > 1:
+            (size_a, path_a), (size_b, path_b) = list(sizes.items())[:2]
+            raise DataError(
+                f"--dataset {spec}: images differ in size ({path_a} is {size_a[0]}x{size_a[1]}, {path_b} is "
+                f"{size_b[0]}x{size_b[1]}); pass --image-size N to resize and centre-crop them all to N x N"
+            )
+        width, height = headers[0][1]
+
+    images = np.empty((len(paths), height, width, channels), np.uint8)
+    target_mode = "L" if channels == 1 else "RGB"
+
+    def decode(i: int) -> None:
+        from PIL import Image
+
+        try:
+            with Image.open(paths[i]) as image:
+                if image_size and image.format == "JPEG":
+                    # Decode at a reduced scale when that still leaves the square >= image_size.
+                    scale = image_size / min(image.size)
+                    image.draft(image.mode, (int(np.ceil(image.size[0] * scale)), int(np.ceil(image.size[1] * scale))))
+                image = image.convert(target_mode)  # decodes the whole file: truncation shows here
+        except Exception as err:
+            raise DataError(f"--dataset {spec}: {paths[i]} cannot be decoded, the file is truncated or "
+                            f"corrupted ({_reason(err)})") from None
+        if image_size:
+            image = _resize_image(image, image_size)
+        images[i] = np.asarray(image).reshape(height, width, channels)
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers)
+    try:
+        for future in [pool.submit(decode, i) for i in range(len(paths))]:
+            future.result()  # re-raises the first failure
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    n_train = len(train_paths)
+    return images[:n_train], y_train, images[n_train:], y_test, class_names
 
 
 # --- TFDS ------------------------------------------------------------------------------
@@ -283,7 +629,7 @@ def _tfds_builder(name: str, data_dir: str | None):
         raise DataError(f"--dataset tfds:{name}: unknown TFDS dataset ({first_line})") from None
 
 
-def _load_tfds(name: str, data_dir: str | None):
+def _load_tfds(name: str, data_dir: str | None, image_size: int = 0):
     builder = _tfds_builder(name, data_dir)
     if not builder.is_prepared():
         if not _tfds_reachable():
@@ -293,15 +639,27 @@ def _load_tfds(name: str, data_dir: str | None):
                 "--data-dir where it is prepared"
             )
         builder.download_and_prepare()
-    return _tfds_arrays(builder, name)
+    return _tfds_arrays(builder, name, image_size)
 
 
-def _tfds_arrays(builder, name: str):
+def _tfds_arrays(builder, name: str, image_size: int = 0):
+    """The splits of a prepared TFDS image dataset as ``uint8`` arrays.
+
+    Read in batches of at most ~256 MB; with ``image_size`` each batch is
+    resized and centre-cropped as it arrives, so a set of large images
+    (CelebA: 162,770 train images of 218x178x3, 19 GB) is never held at
+    full size.
+    """
     tfds = _import_tfds()
     features = builder.info.features
     image_key = "image" if "image" in features else None
     if image_key is None:
         raise DataError(f"--dataset tfds:{name}: has no 'image' feature; not an image dataset")
+    image_shape = tuple(features[image_key].shape)
+    if None in image_shape:
+        raise DataError(f"--dataset tfds:{name}: images of varying size {image_shape} are not supported; "
+                        "export them to a directory and use --dataset folder:PATH --image-size N")
+    read_batch = int(min(10_000, max(1, (1 << 28) // int(np.prod(image_shape)))))
     label_key = "label" if "label" in features else None
     # A prepared dataset lists its splits; TFDS's mock data leaves them unknown.
     splits = set(builder.info.splits.keys()) or {"train", "test"}
@@ -310,8 +668,11 @@ def _tfds_arrays(builder, name: str):
 
     def read(split: str):
         images, labels = [], []
-        for batch in tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000)):
-            images.append(batch[image_key])
+        for batch in tfds.as_numpy(builder.as_dataset(split=split, batch_size=read_batch)):
+            batch_images = np.asarray(batch[image_key])
+            if batch_images.ndim == 3:
+                batch_images = batch_images[..., None]
+            images.append(resize_center_crop(batch_images, image_size) if image_size else batch_images)
             if label_key:
                 labels.append(batch[label_key])
         if not images:

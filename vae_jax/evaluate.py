@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import losses, objectives
+from vae_jax.data import batch_to_float
 
 EVAL_SEED = 20140101  # the evaluation key is fixed, and independent of the training seeds
 
@@ -45,10 +46,14 @@ def map_batches(fn: Callable, data: dict, batch_size: int) -> dict:
 
 
 def make_per_example_eval(eval_fn: Callable, batch_size: int):
-    """Jitted ``(params, data, key) -> dict of [N]`` per-example metrics for one model."""
+    """Jitted ``(params, data, key) -> dict of [N]`` per-example metrics for one model.
+
+    ``data["x"]`` may be ``uint8``: each batch is converted to float32 in [0, 1] for ``eval_fn``.
+    """
 
     def run(params, data, key):
-        return map_batches(lambda batch, i: eval_fn(params, batch, jax.random.fold_in(key, i)), data, batch_size)
+        return map_batches(
+            lambda batch, i: eval_fn(params, batch_to_float(batch), jax.random.fold_in(key, i)), data, batch_size)
 
     return jax.jit(run)
 
@@ -57,7 +62,8 @@ def make_replicated_eval(eval_fn: Callable, batch_size: int):
     """As :func:`make_per_example_eval`, vmapped over replica params: dict of ``[R, N]``."""
 
     def run(params, data, key):
-        return map_batches(lambda batch, i: eval_fn(params, batch, jax.random.fold_in(key, i)), data, batch_size)
+        return map_batches(
+            lambda batch, i: eval_fn(params, batch_to_float(batch), jax.random.fold_in(key, i)), data, batch_size)
 
     return jax.jit(jax.vmap(run, in_axes=(0, None, None)))
 
@@ -139,6 +145,7 @@ def evaluate_vae(
     @jax.jit
     def run(params, x):
         def per_batch(batch, i):
+            batch = batch_to_float(batch)  # x may be stored as uint8
             terms = eval_fn(params, batch, jax.random.fold_in(elbo_key, i))
             x_b = batch["x"]
             mean, _ = model.apply({"params": params}, x_b, method=model.encode)

@@ -47,7 +47,8 @@ class TrainConfig:
     """
 
     kind: ClassVar[str] = "train"
-    dataset: str = field("mnist", "dataset spec: mnist, tfds:NAME or npz:PATH")
+    dataset: str = field("mnist", "dataset spec: mnist, tfds:NAME, npz:PATH or folder:PATH")
+    image_size: int = field(0, "resize the shorter image side to N and crop the centre N x N (0: keep the size)")
     data_dir: str = field("", "TFDS data directory (default: TFDS's own)")
     binarize: str = field("none", "pixel binarization", choices=data_lib.BINARIZE_CHOICES)
     batch_size: int = field(128, "training batch size")
@@ -64,6 +65,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
+        require(self.image_size >= 0, "image_size", "0 (keep the images' size) or a positive integer", self.image_size)
         require(self.epochs >= 0, "epochs", "a non-negative integer", self.epochs)
         require(
             math.isfinite(self.learning_rate) and self.learning_rate > 0,
@@ -135,12 +137,17 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
     return data_lib.load_dataset(
-        config.dataset, data_dir=config.data_dir or None, binarize=config.binarize, batch_size=config.batch_size
+        config.dataset, data_dir=config.data_dir or None, binarize=config.binarize, batch_size=config.batch_size,
+        image_size=config.image_size,
     )
 
 
-def device_data(dataset_split_x: np.ndarray, labels: np.ndarray | None) -> dict:
-    data = {"x": jnp.asarray(dataset_split_x)}
+def device_data(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
+    """One split on the device in its stored form (``uint8`` stays ``uint8``: 1 byte a pixel).
+
+    The train step and the evaluation convert each batch with :func:`vae_jax.data.pixels_to_float`.
+    """
+    data = {"x": jnp.asarray(pixels)}
     if labels is not None:
         data["y"] = jnp.asarray(labels)
     return data
@@ -263,12 +270,12 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
         f.writelines(json.dumps(line) + "\n" for line in history)
     _write_json(os.path.join(workdir, "config.json"), config_record(config))
 
-    train_data = device_data(dataset.x_train, dataset.y_train)
-    test_data = device_data(dataset.x_test, dataset.y_test)
+    train_data = device_data(dataset.train_pixels, dataset.y_train)
+    test_data = device_data(dataset.test_pixels, dataset.y_test)
     train_step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn)
     epoch_fn = train_lib.make_replicated_epoch_fn(train_step, config.batch_size)
     eval_fn = evaluate.make_replicated_eval(task.eval_fn, config.eval_batch_size)
-    steps_per_epoch = dataset.x_train.shape[0] // config.batch_size
+    steps_per_epoch = dataset.num_train // config.batch_size
 
     test_metrics = None
     train_seconds = 0.0

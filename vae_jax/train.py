@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vae_jax.data import batch_to_float
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -71,9 +73,13 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     -> (params, model_state, metrics)`` makes the updates that are not
     gradient steps (a VQ-VAE's EMA codebook, dead-code restarts); its metrics
     are merged into the step's. It gets its own key, split from ``key``.
+
+    ``batch["x"]`` may hold ``uint8`` pixels (the data's stored form): the
+    step converts the batch to float32 in [0, 1] before ``loss_fn`` sees it.
     """
 
     def train_step(state: TrainState, batch: dict, key: jax.Array):
+        batch = batch_to_float(batch)
         if update_fn is not None:
             key, update_key = jax.random.split(key)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -1,0 +1,232 @@
+"""``folder:PATH`` datasets: layout, labels, channels, resizing and each broken file's one-line error.
+
+Every folder is generated here with Pillow from arrays the test keeps, so the
+loaded pixels are checked against those arrays (PNG is lossless) or against an
+independent resize with Pillow's two-step "shorter side, then crop".
+"""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vae_jax import data
+from vae_jax.data import DataError, load_dataset
+
+
+def _save(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+    return array
+
+
+def _random_rgb(rng, h, w):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _rows_by_content(images):
+    return {bytes(np.ascontiguousarray(im)): i for i, im in enumerate(images)}
+
+
+def test_class_folders_give_sorted_labels_and_a_fixed_tenth_as_test(tmp_path):
+    rng = np.random.default_rng(0)
+    written = {}  # pixel bytes -> class name
+    for name, count in [("zebra", 12), ("apple", 9), ("mango", 9)]:
+        for i in range(count):
+            im = _save(str(tmp_path / name / f"{i:03d}.png"), _random_rgb(rng, 6, 5))
+            written[im.tobytes()] = name
+    (tmp_path / "apple" / "notes.txt").write_text("not an image, skipped by extension")
+    (tmp_path / "mango" / "nested").mkdir()
+    written[_save(str(tmp_path / "mango" / "nested" / "deep.png"), _random_rgb(rng, 6, 5)).tobytes()] = "mango"
+
+    ds = load_dataset(f"folder:{tmp_path}")
+    again = load_dataset(f"folder:{tmp_path}")
+
+    assert ds.class_names == ("apple", "mango", "zebra") and ds.num_classes == 3
+    assert ds.train_pixels.dtype == np.uint8 and ds.image_shape == (6, 5, 3)
+    assert (ds.num_train, ds.num_test) == (28, 3)  # round(10% of 31) images held out
+    loaded = np.concatenate([ds.train_pixels, ds.test_pixels])
+    labels = np.concatenate([ds.y_train, ds.y_test])
+    # Train + test is exactly the set of written images (PNG is lossless), each with its folder's label.
+    assert sorted(im.tobytes() for im in loaded) == sorted(written)
+    for image, label in zip(loaded, labels):
+        assert ds.class_names[label] == written[image.tobytes()]
+    # The split is shuffled (not the last class folder) and fixed from one load to the next.
+    assert len(set(ds.y_test.tolist()) | set(ds.y_train[-3:].tolist())) > 1
+    np.testing.assert_array_equal(again.test_pixels, ds.test_pixels)
+    assert ds.summary()["class_names"] == ["apple", "mango", "zebra"]
+    assert ds.summary()["stored_dtype"] == "uint8"
+
+
+def test_a_test_subfolder_is_the_test_split(tmp_path):
+    rng = np.random.default_rng(1)
+    train = [_save(str(tmp_path / "train" / c / f"{i}.png"), _random_rgb(rng, 4, 4)) for c in "ab" for i in range(3)]
+    test = [_save(str(tmp_path / "test" / "b" / "x.png"), _random_rgb(rng, 4, 4))]
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert (ds.num_train, ds.num_test) == (6, 1)
+    np.testing.assert_array_equal(ds.test_pixels[0], test[0])
+    assert ds.y_test.tolist() == [1] and ds.class_names == ("a", "b")
+    assert sorted(im.tobytes() for im in ds.train_pixels) == sorted(im.tobytes() for im in train)
+
+    # Without train/: everything but test/ is the train split; loose images mean no labels.
+    flat = tmp_path / "flat"
+    for i in range(4):
+        _save(str(flat / f"{i}.png"), _random_rgb(rng, 4, 4))
+    _save(str(flat / "test" / "t.png"), _random_rgb(rng, 4, 4))
+    ds = load_dataset(f"folder:{flat}")
+    assert (ds.num_train, ds.num_test) == (4, 1) and ds.y_train is None and ds.class_names is None
+
+
+def test_grayscale_folders_have_one_channel_and_mixed_ones_three(tmp_path):
+    rng = np.random.default_rng(2)
+    grays = [_save(str(tmp_path / "gray" / f"{i}.png"), rng.integers(0, 256, (5, 5), dtype=np.uint8)) for i in range(10)]
+    ds = load_dataset(f"folder:{tmp_path / 'gray'}")
+    assert ds.image_shape == (5, 5, 1)
+    loaded = np.concatenate([ds.train_pixels, ds.test_pixels])[..., 0]
+    assert sorted(im.tobytes() for im in loaded) == sorted(g.tobytes() for g in grays)
+
+    for i, g in enumerate(grays):
+        _save(str(tmp_path / "mixed" / f"g{i}.png"), g)
+    _save(str(tmp_path / "mixed" / "color.png"), _random_rgb(rng, 5, 5))
+    ds = load_dataset(f"folder:{tmp_path / 'mixed'}")
+    assert ds.image_shape == (5, 5, 3)
+    loaded = np.concatenate([ds.train_pixels, ds.test_pixels])
+    gray_rows = [im for im in loaded if np.array_equal(im[..., 0], im[..., 1]) and np.array_equal(im[..., 0], im[..., 2])]
+    assert sorted(im[..., 0].tobytes() for im in gray_rows) == sorted(g.tobytes() for g in grays)
+
+
+def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
+    rng = np.random.default_rng(3)
+    size = 8
+    # Landscape and portrait images whose centre square is green and the margins red:
+    # after the centre crop no red may be left away from the border.
+    for name, (h, w) in {"wide": (20, 36), "tall": (30, 18)}.items():
+        im = np.zeros((h, w, 3), np.uint8)
+        im[..., 0] = 255
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        im[top:top + side, left:left + side] = (0, 255, 0)
+        _save(str(tmp_path / "bands" / f"{name}.png"), im)
+    ds = load_dataset(f"folder:{tmp_path / 'bands'}", image_size=size)
+    for im in np.concatenate([ds.train_pixels, ds.test_pixels]):
+        assert im.shape == (size, size, 3)
+        assert im[1:-1, 1:-1, 0].max() < 40 and im[1:-1, 1:-1, 1].min() > 215
+
+    # Smooth natural-like images against Pillow's two-step reference: shorter side to `size`, then crop.
+    yy, xx = np.mgrid[0:40, 0:60]  # 40 -> 8 and 60 -> 12 exactly, so both methods crop the same square
+    smooth = np.stack([128 + 100 * np.sin(xx / 9.0), 128 + 100 * np.cos(yy / 7.0), (xx + yy) * 2], -1)
+    smooth = np.clip(smooth, 0, 255).astype(np.uint8)
+    for i in range(10):
+        _save(str(tmp_path / "smooth" / f"{i}.png"), np.roll(smooth, 3 * i, axis=1))
+    ds = load_dataset(f"folder:{tmp_path / 'smooth'}", image_size=size)
+    for im in np.concatenate([ds.train_pixels, ds.test_pixels]):
+        shifts = [np.roll(smooth, 3 * i, axis=1) for i in range(10)]
+        refs = []
+        for s in shifts:
+            h, w = s.shape[:2]
+            new_w = round(w * size / h)
+            two_step = np.asarray(Image.fromarray(s).resize((new_w, size), Image.Resampling.BICUBIC), np.float64)
+            left = (new_w - size) // 2
+            refs.append(np.abs(two_step[:, left:left + size] - im).mean())
+        assert min(refs) < 1.5  # gray levels, mean over pixels
+
+
+def test_jpeg_folders_are_read(tmp_path):
+    # 64x48 JPEGs (portrait, like aligned face crops) read at 16x16: decoded at a reduced
+    # scale first (JPEG draft mode), then resampled. Compared with full decoding + resizing.
+    base = np.clip(128 + 60 * np.sin(np.mgrid[0:64, 0:48][1] / 6.0), 0, 255).astype(np.uint8)
+    os.makedirs(tmp_path / "faces", exist_ok=True)
+    for i in range(10):
+        image = np.stack([base, np.roll(base, 4 * i, axis=1), np.full_like(base, 20 * i)], -1)
+        Image.fromarray(image).save(tmp_path / "faces" / f"{i}.jpg", quality=95)
+    ds = load_dataset(f"folder:{tmp_path / 'faces'}", image_size=16)
+    assert ds.image_shape == (16, 16, 3) and ds.train_pixels.dtype == np.uint8
+    references = []
+    for path in sorted((tmp_path / "faces").iterdir()):
+        full = Image.open(path).convert("RGB")
+        references.append(np.asarray(full.resize((16, round(64 * 16 / 48)), Image.Resampling.BICUBIC), np.float64))
+    for im in np.concatenate([ds.train_pixels, ds.test_pixels]):
+        top = (references[0].shape[0] - 16) // 2
+        assert min(np.abs(r[top:top + 16] - im).mean() for r in references) < 4.0
+
+
+@pytest.mark.parametrize("kind", ["truncated_png", "truncated_jpg", "text_as_jpg", "empty_png"])
+def test_broken_files_are_one_line_errors_naming_the_file(tmp_path, kind):
+    rng = np.random.default_rng(5)
+    for i in range(5):
+        _save(str(tmp_path / f"ok{i}.png"), _random_rgb(rng, 32, 32))
+    if kind == "truncated_png":
+        bad = tmp_path / "bad.png"
+        _save(str(bad), _random_rgb(rng, 32, 32))
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    elif kind == "truncated_jpg":
+        bad = tmp_path / "bad.jpg"
+        Image.fromarray(_random_rgb(rng, 32, 32)).save(bad)
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    elif kind == "text_as_jpg":
+        bad = tmp_path / "bad.jpg"
+        bad.write_text("this is a text file, not a JPEG\n")
+    else:
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        load_dataset(f"folder:{tmp_path}")
+    message = str(err.value)
+    assert "\n" not in message and str(bad) in message
+    assert ("truncated" in message) if kind.startswith("truncated") else ("not a readable image" in message)
+
+
+def test_folder_layout_errors(tmp_path):
+    rng = np.random.default_rng(6)
+    with pytest.raises(DataError, match="no such directory"):
+        load_dataset(f"folder:{tmp_path / 'missing'}")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(DataError, match="no image files"):
+        load_dataset(f"folder:{tmp_path / 'empty'}")
+
+    _save(str(tmp_path / "sizes" / "a.png"), _random_rgb(rng, 8, 8))
+    _save(str(tmp_path / "sizes" / "b.png"), _random_rgb(rng, 9, 8))
+    with pytest.raises(DataError, match=r"images differ in size .*pass --image-size N") as err:
+        load_dataset(f"folder:{tmp_path / 'sizes'}")
+    assert "a.png is 8x8" in str(err.value) and "b.png is 8x9" in str(err.value)
+    assert load_dataset(f"folder:{tmp_path / 'sizes'}", image_size=4).image_shape == (4, 4, 3)
+
+    for c in "ab":
+        _save(str(tmp_path / "both" / c / "1.png"), _random_rgb(rng, 4, 4))
+    _save(str(tmp_path / "both" / "loose.png"), _random_rgb(rng, 4, 4))
+    with pytest.raises(DataError, match="holds both images .loose.png. and class sub-folders"):
+        load_dataset(f"folder:{tmp_path / 'both'}")
+
+    for c in "ab":
+        _save(str(tmp_path / "unseen" / "train" / c / "1.png"), _random_rgb(rng, 4, 4))
+    for c in "ac":
+        _save(str(tmp_path / "unseen" / "test" / c / "1.png"), _random_rgb(rng, 4, 4))
+    with pytest.raises(DataError, match="test class folder 'c' has no train folder"):
+        load_dataset(f"folder:{tmp_path / 'unseen'}")
+
+    wide = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000
+    os.makedirs(tmp_path / "wide", exist_ok=True)
+    for i in range(3):
+        Image.fromarray(wide).save(tmp_path / "wide" / f"{i}.png")
+    with pytest.raises(DataError, match="16-bit or float.*only 8-bit images"):
+        load_dataset(f"folder:{tmp_path / 'wide'}")
+
+
+def test_binarized_folder_data_is_stored_as_uint8(tmp_path):
+    for i in range(20):
+        _save(str(tmp_path / f"{i}.png"), np.full((4, 4), 77, np.uint8))
+    ds = load_dataset(f"folder:{tmp_path}", binarize="static")
+    assert ds.train_pixels.dtype == np.uint8 and set(np.unique(ds.train_pixels)) <= {0, 255}
+    np.testing.assert_allclose(ds.x_train.mean(), 77 / 255, atol=0.06)
+
+
+def test_thread_pool_size_does_not_change_the_result(tmp_path):
+    rng = np.random.default_rng(7)
+    for i in range(30):
+        _save(str(tmp_path / f"{i:02d}.png"), _random_rgb(rng, 12, 10))
+    one = data.load_image_folder(str(tmp_path), image_size=6, max_workers=1)
+    many = data.load_image_folder(str(tmp_path), image_size=6, max_workers=8)
+    np.testing.assert_array_equal(one[0], many[0])
+    np.testing.assert_array_equal(one[2], many[2])
