@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import objectives
+from vae_jax import objectives, schedules
 from vae_jax.cli import field, require
 from vae_jax.models.vae import VAE, init_params
 from vae_jax.runner import Task, TrainConfig
@@ -21,37 +21,88 @@ from vae_jax.tasks.common import apply_in_batches
 
 
 @dataclasses.dataclass(frozen=True)
-class VAEConfig(TrainConfig):
+class VAEObjectiveConfig(TrainConfig):
+    """The flags of the VAE objective, shared by every VAE family (see :func:`objectives.make_elbo_objective`)."""
+
+    kind: ClassVar[str] = "vae_objective"
+
+    likelihood: str = field(
+        "bernoulli", "decoder likelihood p(x|z): bernoulli (logits); gaussian N(mean, cI) with fixed c; "
+        "gaussian_shared_var (one learned variance for all pixels, sigma-VAE); gaussian_pixel_var (per-pixel "
+        "variance map)", choices=objectives.LIKELIHOODS)
+    decoder_logvar: float = field(
+        0.0, "log c of the fixed-variance Gaussian decoder N(f(z), cI) (--likelihood gaussian); the loss is "
+        "C*||x - f(z)||^2 + KL + const with C = 1/(2c): smaller c weighs reconstruction more against the KL")
+    beta: float = field(1.0, "weight of the KL term (beta-VAE when > 1); the end value of a beta schedule")
+    beta_schedule: str = field("constant", "beta over training steps: constant, linear warm-up from 0 "
+                               "(--beta-warmup-steps) or cyclical annealing (--beta-cycle-steps)",
+                               choices=schedules.SCHEDULES)
+    beta_warmup_steps: int = field(0, "steps of the linear beta warm-up (--beta-schedule linear)")
+    beta_cycle_steps: int = field(0, "steps per cycle of cyclical annealing (--beta-schedule cyclical)")
+    beta_ramp_fraction: float = field(0.5, "fraction of each cycle in which beta rises from 0 (cyclical)")
+    free_bits: float = field(0.0, "free bits: a floor in nats on each latent dimension's KL term in the objective "
+                             "(per example; 0 = off)")
+    iwae_k: int = field(1, "train on the importance-weighted bound with k samples (IWAE, k > 1; needs beta 1, "
+                        "a constant schedule and no free bits)")
+
+    def validate(self) -> None:
+        super().validate()
+        require(np.isfinite(self.beta) and self.beta >= 0, "beta", "a non-negative number", self.beta)
+        require(np.isfinite(self.decoder_logvar), "decoder_logvar", "a finite number", self.decoder_logvar)
+        if self.beta_schedule == "linear":
+            require(self.beta_warmup_steps > 0, "beta_warmup_steps",
+                    "a positive number of steps with --beta-schedule linear", self.beta_warmup_steps)
+        if self.beta_schedule == "cyclical":
+            require(self.beta_cycle_steps > 0, "beta_cycle_steps",
+                    "a positive number of steps with --beta-schedule cyclical", self.beta_cycle_steps)
+            require(0 < self.beta_ramp_fraction <= 1, "beta_ramp_fraction", "in (0, 1]", self.beta_ramp_fraction)
+        require(np.isfinite(self.free_bits) and self.free_bits >= 0, "free_bits", "a non-negative number of nats",
+                self.free_bits)
+        require(self.iwae_k >= 1, "iwae_k", "a positive integer", self.iwae_k)
+        if self.iwae_k > 1:
+            require(self.beta == 1 and self.beta_schedule == "constant" and self.free_bits == 0, "iwae_k",
+                    "1 unless --beta 1, --beta-schedule constant and --free-bits 0 (the IWAE bound has no KL "
+                    "term to weigh)", self.iwae_k)
+
+    def beta_fn(self) -> schedules.BetaSchedule:
+        return schedules.make_beta_schedule(self.beta_schedule, self.beta, self.beta_warmup_steps,
+                                            self.beta_cycle_steps, self.beta_ramp_fraction)
+
+    def objective(self, terms_fn, log_weights_fn=None):
+        """``(loss_fn, eval_fn)`` of :func:`objectives.make_elbo_objective` as these flags set it."""
+        return objectives.make_elbo_objective(
+            terms_fn, log_weights_fn,
+            beta_schedule=None if self.iwae_k > 1 else self.beta_fn(),
+            free_bits=self.free_bits, iwae_k=self.iwae_k, dynamic_binarize=self.binarize == "dynamic",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig(VAEObjectiveConfig):
     """The MLP VAE of Kingma & Welling (2014); the defaults are the classic 784-400-20."""
 
     kind: ClassVar[str] = "vae"
 
     latent_dim: int = field(20, "latent dimensions")
     hidden: tuple[int, ...] = field((400,), "encoder hidden widths (the decoder mirrors them)")
-    likelihood: str = field("bernoulli", "decoder likelihood p(x|z)", choices=objectives.LIKELIHOODS)
-    decoder_logvar: float = field(0.0, "log c of the Gaussian decoder N(f(z), cI) (gaussian likelihood only)")
-    beta: float = field(1.0, "weight of the KL term (beta-VAE when > 1)")
 
     def validate(self) -> None:
         super().validate()
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
         require(len(self.hidden) > 0 and all(w > 0 for w in self.hidden), "hidden",
                 "comma-separated positive widths like 400 or 512,256", ",".join(map(str, self.hidden)))
-        require(self.beta >= 0, "beta", "a non-negative number", self.beta)
-        require(np.isfinite(self.decoder_logvar), "decoder_logvar", "a finite number", self.decoder_logvar)
 
 
 def build_vae(config: VAEConfig, image_shape) -> VAE:
-    return VAE(latent_dim=config.latent_dim, hidden=tuple(config.hidden), image_shape=tuple(image_shape))
+    return VAE(latent_dim=config.latent_dim, hidden=tuple(config.hidden), image_shape=tuple(image_shape),
+               likelihood=config.likelihood)
 
 
 def vae_task(config: VAEConfig, image_shape) -> tuple[VAE, Task]:
     model = build_vae(config, image_shape)
-    loss_fn = objectives.make_vae_loss(
-        model, config.likelihood, config.beta, config.decoder_logvar,
-        dynamic_binarize=config.binarize == "dynamic",
-    )
-    eval_fn = objectives.make_vae_eval(model, config.likelihood, config.decoder_logvar)
+    terms_fn = objectives.make_gaussian_vae_terms(model, config.likelihood, config.decoder_logvar)
+    log_weights_fn = objectives.make_gaussian_vae_log_weights(model, config.likelihood, config.decoder_logvar)
+    loss_fn, eval_fn = config.objective(terms_fn, log_weights_fn)
     task = Task(init_params=lambda key: init_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn, headline="neg_elbo")
     return model, task
 
@@ -67,7 +118,7 @@ def encode_means(model, params, x: np.ndarray, batch_size: int = 1000) -> np.nda
 def decode_means(model, params, z: np.ndarray) -> np.ndarray:
     """Decoded images E[x|z] ``[N, H, W, C]`` in [0, 1]."""
     out = model.apply({"params": params}, jnp.asarray(z), method=model.decode)
-    return np.asarray(objectives.decoder_mean(out))
+    return np.asarray(objectives.decoder_mean(out, model.image_shape[-1]))
 
 
 def reconstruct(model, params, x: np.ndarray) -> np.ndarray:
