@@ -236,8 +236,15 @@ def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.Train
     return checkpoint.restore_latest(manager, template)
 
 
-def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None) -> TrainResult:
-    """Trains ``task`` as configured, resuming from the workdir's newest checkpoint."""
+def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None,
+          train_eval_examples: int = 0) -> TrainResult:
+    """Trains ``task`` as configured, resuming from the workdir's newest checkpoint.
+
+    With ``train_eval_examples = n > 0`` each epoch also evaluates ``task.eval_fn``
+    on the first n training examples (a fixed subset) and logs the means as
+    ``train_eval_*`` beside ``test_*``: the same metric on seen and unseen
+    images, so the generalisation gap can be read per epoch.
+    """
     start_time = time.time()
     seeds = config.seed_list()
     dataset = load_data(config) if dataset is None else dataset
@@ -277,6 +284,13 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     eval_fn = evaluate.make_replicated_eval(task.eval_fn, config.eval_batch_size)
     steps_per_epoch = dataset.num_train // config.batch_size
 
+    # -- train_eval: the eval metrics on a fixed subset of training examples -------------
+    train_eval_data = None
+    if train_eval_examples > 0:
+        n = min(train_eval_examples, dataset.num_train)
+        train_eval_data = device_data(dataset.train_pixels[:n], None if dataset.y_train is None else dataset.y_train[:n])
+    # -------------------------------------------------------------------------------------
+
     test_metrics = None
     train_seconds = 0.0
     bar = tqdm(
@@ -304,6 +318,9 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
             line[f"train_{name}"] = float(np.mean(values))
         for name, values in test_metrics.items():
             line[f"test_{name}"] = float(np.mean(values))
+        if train_eval_data is not None:  # train_eval (see the docstring)
+            seen = jax.device_get(eval_fn(state.params, train_eval_data, evaluate.eval_key()))
+            line.update({f"train_eval_{name}": float(np.mean(values)) for name, values in seen.items()})
         if len(seeds) > 1:
             line["per_seed"] = {
                 **{f"train_{k}": np.asarray(v).tolist() for k, v in train_metrics.items()},

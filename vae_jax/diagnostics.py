@@ -1,0 +1,147 @@
+"""Posterior-collapse diagnostics of a VAE: KL per latent dimension, active units, I(x; z) under q.
+
+A VAE whose decoder can model x without z can reach a good ELBO with q(z|x) =
+p(z) for every x ("posterior collapse", Bowman et al. 2016): the KL term is
+then 0 and z carries no information about x. Three views of it, all computed
+on held-out images from host arrays:
+
+* the mean KL per latent dimension, E_x KL(q(z_d|x) || p(z_d)) (nats): a
+  dimension whose mean KL is near 0 is unused;
+* active units (Burda et al. 2016): dimensions whose posterior mean varies
+  across the data, Var_x E_q[z_d] > 0.01 (:func:`vae_jax.evaluate.active_units`);
+* the mutual information I(x; z) under the encoder's joint q(x, z) =
+  p_data(x) q(z|x) (Hoffman & Johnson 2016; He et al. 2019):
+
+      I_q(x; z) = E_x E_{z~q(z|x)} [log q(z|x) - log q(z)],
+      q(z) = E_x q(z|x) ~= (1/N) sum_n q(z|x_n),
+
+  with the aggregate posterior q(z) estimated from the N test posteriors.
+  It is 0 for a collapsed posterior and never more than log N (the estimate
+  cannot tell more than N inputs apart), so use many test images.
+
+References:
+  Hoffman & Johnson, "ELBO surgery", NeurIPS 2016 AABI workshop.
+  He, Spokoyny, Neubig & Berg-Kirkpatrick, "Lagging Inference Networks and
+  Posterior Collapse in Variational Autoencoders", ICLR 2019.
+  Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import evaluate, losses
+
+# A dimension whose mean KL is below this (nats) counts as collapsed in the summary.
+COLLAPSED_KL_NATS = 0.01
+
+
+def aggregate_log_density(z: jax.Array, means: jax.Array, logvars: jax.Array, chunk: int = 256) -> jax.Array:
+    """log q(z) = log (1/N) sum_n N(z; means_n, diag(exp(logvars_n))) for each row of ``z``.
+
+    Args:
+      z: ``[M, D]`` points.
+      means, logvars: ``[N, D]`` the N posteriors forming the mixture.
+      chunk: rows of ``z`` handled at once (memory ``chunk * N * D``).
+
+    Returns:
+      ``[M]``.
+    """
+    m = z.shape[0]
+    pad = (-m) % chunk
+    z_chunks = jnp.pad(z, ((0, pad), (0, 0))).reshape(-1, chunk, z.shape[1])
+
+    def one_chunk(zc):  # [chunk, D] -> [chunk]
+        zc = jnp.broadcast_to(zc[:, None, :], (zc.shape[0], *means.shape))  # [chunk, N, D]
+        log_q = losses.gaussian_log_prob(zc, means[None], logvars[None])  # [chunk, N]
+        return losses.log_mean_exp(log_q, axis=1)
+
+    return jax.lax.map(one_chunk, z_chunks).reshape(-1)[:m]
+
+
+@jax.jit
+def _mutual_information(key, means, logvars):
+    z = losses.reparameterize(key, means, logvars)  # [N, D]: one z ~ q(z|x_n) per image
+    log_q_z_given_x = losses.gaussian_log_prob(z, means, logvars)  # [N]
+    return jnp.mean(log_q_z_given_x - aggregate_log_density(z, means, logvars))
+
+
+def mutual_information(posterior_means: np.ndarray, posterior_logvars: np.ndarray, key: jax.Array,
+                       num_samples: int = 1) -> float:
+    """Monte Carlo estimate of I_q(x; z) in nats from N posteriors q(z|x_n) = N(mean_n, diag(exp(logvar_n))).
+
+    E_n [log q(z_n|x_n) - log (1/N) sum_m q(z_n|x_m)] with z_n ~ q(z|x_n),
+    averaged over ``num_samples`` draws per image (keys split from ``key``).
+    The estimate lies in [0, log N] up to Monte Carlo noise.
+
+    Args:
+      posterior_means, posterior_logvars: ``[N, D]``.
+      key: PRNG key for the z draws.
+    """
+    means = jnp.asarray(posterior_means, jnp.float32)
+    logvars = jnp.asarray(posterior_logvars, jnp.float32)
+    values = [float(_mutual_information(k, means, logvars)) for k in jax.random.split(key, num_samples)]
+    return float(np.mean(values))
+
+
+def gaussian_kl_per_dim(posterior_means: np.ndarray, posterior_logvars: np.ndarray) -> np.ndarray:
+    """KL(q(z_d|x_n) || N(0, 1)) ``[N, D]``: 1/2 (exp(logvar) + mean^2 - 1 - logvar), in float64."""
+    means = np.asarray(posterior_means, np.float64)
+    logvars = np.asarray(posterior_logvars, np.float64)
+    return 0.5 * (np.exp(logvars) + means**2 - 1.0 - logvars)
+
+
+def collapse_diagnostics(posterior_means: np.ndarray, posterior_logvars: np.ndarray, key: jax.Array,
+                         kl_per_dim: np.ndarray | None = None, active_threshold: float = 0.01) -> dict:
+    """The collapse diagnostics of one latent layer, as a JSON-ready dict for ``summary.json``.
+
+    Args:
+      posterior_means, posterior_logvars: ``[N, D]`` q(z|x) of N held-out images.
+      key: PRNG key for the mutual-information estimate.
+      kl_per_dim: ``[N, D]`` KL terms per image and dimension when they are not
+        the closed form against N(0, I) (e.g. against a learned prior); by
+        default :func:`gaussian_kl_per_dim`.
+      active_threshold: the active-unit threshold on Var_x E_q[z_d].
+
+    Returns:
+      ``mean_kl_per_dim`` [D] (nats), ``kl_total`` (their sum), ``collapsed_dims``
+      (mean KL < 0.01 nats), ``active_units``, ``posterior_mean_variance`` [D],
+      ``mutual_information`` (nats) with its ceiling ``mutual_information_max``
+      = log N, ``latent_dim`` and ``n``.
+    """
+    kl = gaussian_kl_per_dim(posterior_means, posterior_logvars) if kl_per_dim is None else np.asarray(kl_per_dim)
+    mean_kl = kl.mean(axis=0)
+    count, variance = evaluate.active_units(np.asarray(posterior_means), active_threshold)
+    n = int(posterior_means.shape[0])
+    return {
+        "n": n,
+        "latent_dim": int(posterior_means.shape[1]),
+        "mean_kl_per_dim": [float(v) for v in mean_kl],
+        "kl_total": float(mean_kl.sum()),
+        "collapsed_dims": int(np.sum(mean_kl < COLLAPSED_KL_NATS)),
+        "active_units": int(count),
+        "active_units_threshold": active_threshold,
+        "posterior_mean_variance": [float(v) for v in variance],
+        "mutual_information": mutual_information(posterior_means, posterior_logvars, key),
+        "mutual_information_max": math.log(n),
+    }
+
+
+def encode_posteriors(model, params, x: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """(means, logvars) ``[N, D]`` each of a model with ``encode(x) -> (mean, logvar)`` (MLP and conv VAEs)."""
+    from vae_jax.tasks.common import apply_in_batches
+
+    encode = lambda xb: jnp.concatenate(model.apply({"params": params}, xb, method=model.encode), -1)  # noqa: E731
+    both = apply_in_batches(encode, x, batch_size)
+    d = both.shape[1] // 2
+    return both[:, :d], both[:, d:]
+
+
+def vae_collapse_diagnostics(model, params, x: np.ndarray, key: jax.Array) -> dict:
+    """:func:`collapse_diagnostics` of a one-level Gaussian VAE on the images ``x`` ``[N, H, W, C]``."""
+    means, logvars = encode_posteriors(model, params, x)
+    return collapse_diagnostics(means, logvars, key)
