@@ -127,3 +127,143 @@ def test_bad_specs_and_files(tmp_path):
     spec = _write_npz(tmp_path / "small.npz", x=np.zeros((20, 2, 2)))
     with pytest.raises(DataError, match=r"fewer than one batch \(--batch-size 64\)"):
         load_dataset(spec, batch_size=64)
+
+
+# --- uint8 storage: 1 byte a pixel on host and device, float per batch --------------------------------
+
+
+def _uint8_and_float_datasets(mnist_small):
+    """The same 512/128 digits stored as uint8 and as float32 (the float form computed on the host)."""
+    train_u8 = np.round(mnist_small.x_train * 255).astype(np.uint8)
+    test_u8 = np.round(mnist_small.x_test * 255).astype(np.uint8)
+    as_u8 = data.Dataset(train_u8, mnist_small.y_train, test_u8, mnist_small.y_test, "uint8 digits")
+    as_float = data.Dataset(train_u8.astype(np.float32) / 255, mnist_small.y_train,
+                            test_u8.astype(np.float32) / 255, mnist_small.y_test, "float digits")
+    return as_u8, as_float
+
+
+def test_8bit_sources_are_stored_as_uint8_and_read_as_float(tmp_path, monkeypatch, small_npz):
+    monkeypatch.setattr(data, "_tfds_reachable", lambda timeout=3.0: False)
+    for ds in (load_dataset("mnist", data_dir=str(tmp_path)), load_dataset(small_npz)):
+        n, h, w, c = ds.train_pixels.shape
+        assert ds.train_pixels.dtype == ds.test_pixels.dtype == np.uint8
+        assert ds.train_pixels.nbytes == n * h * w * c  # 1 byte a pixel, not 4
+        assert ds.stored_bytes == (n + ds.num_test) * h * w * c
+        assert ds.summary()["stored_dtype"] == "uint8"
+        np.testing.assert_allclose(ds.x_train, ds.train_pixels.astype(np.float64) / 255.0, rtol=1e-6)
+        assert ds.x_train.dtype == np.float32
+    # 20,000 RGB faces of 128x128 as stored: 0.92 GiB rather than 3.7 GiB as float32.
+    assert 20_000 * 128 * 128 * 3 / 2**30 < 1.0
+
+
+def test_uint8_data_stays_uint8_on_the_device(mnist_small):
+    from vae_jax import runner
+
+    as_u8, _ = _uint8_and_float_datasets(mnist_small)
+    on_device = runner.device_data(as_u8.train_pixels, as_u8.y_train)
+    assert on_device["x"].dtype == np.uint8 and on_device["x"].nbytes == as_u8.train_pixels.nbytes
+    batch = data.batch_to_float({"x": on_device["x"][:4], "y": on_device["y"][:4]})
+    assert batch["x"].dtype == np.float32 and batch["y"].dtype == np.int32
+    np.testing.assert_allclose(np.asarray(batch["x"]), as_u8.train_pixels[:4] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(batch["x"]), as_u8.x_train[:4])  # host and device agree exactly
+
+
+def test_training_from_uint8_equals_training_from_float(tmp_path, mnist_small):
+    """Same parameters and test metrics whether the run's data is uint8 or float32.
+
+    With dynamic binarization, which samples from the converted batch, so it covers both paths.
+    """
+    import chex
+    import jax
+
+    from vae_jax import runner, tasks
+
+    as_u8, as_float = _uint8_and_float_datasets(mnist_small)
+    results = {}
+    for name, ds in (("uint8", as_u8), ("float", as_float)):
+        config = tasks.VAEConfig(latent_dim=4, hidden=(32,), batch_size=64, epochs=1, workdir=str(tmp_path / name),
+                                 progress=False, eval_batch_size=64, binarize="dynamic")
+        _, task = tasks.vae_task(config, ds.image_shape)
+        results[name] = runner.train(config, task, ds)
+    chex.assert_trees_all_close(jax.device_get(results["uint8"].state.params),
+                                jax.device_get(results["float"].state.params), rtol=1e-5, atol=1e-6)
+    for metric, values in results["float"].test_metrics.items():
+        np.testing.assert_allclose(results["uint8"].test_metrics[metric], values, rtol=1e-5, atol=1e-5)
+    assert results["uint8"].summary["dataset"]["stored_dtype"] == "uint8"
+
+
+def test_binarized_data_is_stored_as_uint8(tmp_path):
+    x = np.full((100, 3, 3), 0.25, np.float32)
+    ds = load_dataset(_write_npz(tmp_path / "q.npz", x=x), binarize="static")
+    assert ds.train_pixels.dtype == ds.test_pixels.dtype == np.uint8
+    assert set(np.unique(ds.train_pixels)) <= {0, 255}
+
+
+def test_image_size_resizes_array_sources(tmp_path):
+    rng = np.random.default_rng(2)
+    constant = np.full((10, 12, 20, 3), 200, np.uint8)
+    ds = load_dataset(_write_npz(tmp_path / "c.npz", x=constant), image_size=6)
+    assert ds.image_shape == (6, 6, 3) and ds.train_pixels.dtype == np.uint8
+    assert np.all(ds.train_pixels == 200)  # a constant image stays constant
+    floats = rng.uniform(size=(10, 9, 7)).astype(np.float32)
+    ds = load_dataset(_write_npz(tmp_path / "f.npz", x=floats), image_size=14)
+    assert ds.image_shape == (14, 14, 1) and ds.train_pixels.dtype == np.float32
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0  # clipped after bicubic overshoot
+    # Upsampling the centre 7x7 square by 2: its mean is kept within a little.
+    np.testing.assert_allclose(ds.x_train.mean(axis=(1, 2, 3)), floats[:9, 1:8, :].mean(axis=(1, 2)), atol=0.03)
+    with pytest.raises(DataError, match="--image-size must be 0"):
+        load_dataset("mnist", image_size=-1)
+
+
+def test_tfds_images_are_resized_as_they_are_read(monkeypatch, tmp_path):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(data, "_tfds_reachable", lambda timeout=3.0: True)
+    with tfds.testing.mock_data(num_examples=12):
+        ds = load_dataset("tfds:mnist", data_dir=str(tmp_path), image_size=14)
+    assert ds.image_shape == (14, 14, 1) and ds.train_pixels.dtype == np.uint8 and ds.num_train == 12
+
+
+# --- broken files and arrays -----------------------------------------------------------------------------
+
+
+def test_truncated_or_corrupted_npz_is_a_one_line_error(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "t.npz"
+    np.savez(path, x=rng.integers(0, 256, (200, 8, 8), dtype=np.uint8))
+    whole = path.read_bytes()
+    cases = {
+        "half.npz": whole[: len(whole) // 2],  # the zip directory at the end is gone
+        "tail.npz": whole[:-10],
+        "flipped.npz": whole[:2000] + bytes([whole[2000] ^ 0xFF]) + whole[2001:],  # CRC mismatch in the member
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError) as err:
+            load_dataset(f"npz:{tmp_path / name}")
+        message = str(err.value)
+        assert "\n" not in message and str(tmp_path / name) in message
+        assert "not a readable .npz archive" in message or "truncated or corrupted" in message
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (dict(x=np.array([["a", "b"], ["c", "d"]] * 10).reshape(10, 2, 2)), "must be uint8 or float, got dtype <U1"),
+        (dict(x=np.ones((10, 2, 2), bool)), "must be uint8 or float, got dtype bool"),
+        (dict(x=np.ones((10, 2, 2), np.complex64)), "must be uint8 or float, got dtype complex64"),
+        (dict(x=np.zeros((10, 2, 2, 3, 1))), r"must have shape \(N, H, W\) or \(N, H, W, C\), got \(9, 2, 2, 3, 1\)"),
+        (dict(x_train=np.zeros((0, 2, 2)), x_test=np.zeros((3, 2, 2))), "x_train holds no images"),
+        (dict(x_train=np.zeros((4, 2, 2)), x_test=np.zeros((0, 2, 2))), "x_test holds no images"),
+        (dict(x=np.full((10, 2, 2), np.inf, np.float32)), "non-finite pixel values"),
+        (dict(x=np.zeros((10, 2, 2)), y=np.array(["a"] * 10)), "y_train must hold integer class labels, got dtype <U1"),
+        (dict(x=np.zeros((10, 2, 2)), y=np.full(10, 0.5)), "y_train must hold integer class labels"),
+        (dict(x_train=np.zeros((4, 2, 2)), y_train=np.zeros(4, int), x_test=np.zeros((2, 2, 2))),
+         "labels are given for one split only"),
+    ],
+)
+def test_wrong_dtypes_ranks_and_empty_splits_are_one_line_errors(tmp_path, arrays, message):
+    spec = _write_npz(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=message) as err:
+        load_dataset(spec)
+    assert "\n" not in str(err.value) and str(tmp_path / "bad.npz") in str(err.value)
