@@ -7,6 +7,7 @@ a fixed evaluation key, so repeating an evaluation gives the same numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -80,20 +81,32 @@ def iwae_log_weights(model, params, x: jax.Array, key: jax.Array, k: int, likeli
     return log_w.T
 
 
-def iwae_nll(model, params, x, key, k: int, likelihood: str, decoder_logvar: float = 0.0, k_chunk: int = 100):
-    """-L_k per example ``[B]``: the IWAE bound with ``k`` samples, drawn ``k_chunk`` at a time.
+def iwae_nll_from_log_weights(log_weights_fn: Callable, params, batch: dict, key: jax.Array, k: int,
+                              k_chunk: int = 100) -> jax.Array:
+    """-L_k per example ``[B]`` from a family's ``log_weights_fn(params, batch, key, k) -> [B, k]``.
 
-    Chunking keeps memory at ``B * k_chunk`` decoded images however large k is.
+    L_k = log (1/k) sum_j w_j (Burda et al. 2016). The k samples are drawn
+    ``k_chunk`` at a time (chunk i from ``fold_in(key, i)``), so memory stays
+    at ``B * k_chunk`` decoded images however large k is. Traceable.
     """
     k_chunk = min(k_chunk, k)
     num_chunks = -(-k // k_chunk)
+    batch_size = jax.tree_util.tree_leaves(batch)[0].shape[0]
 
     def chunk(i):
-        return iwae_log_weights(model, params, x, jax.random.fold_in(key, i), k_chunk, likelihood, decoder_logvar)
+        return log_weights_fn(params, batch, jax.random.fold_in(key, i), k_chunk)
 
     log_w = jax.lax.map(chunk, jnp.arange(num_chunks))  # [chunks, B, k_chunk]
-    log_w = jnp.moveaxis(log_w, 0, 1).reshape(x.shape[0], -1)[:, :k]  # [B, k]
+    log_w = jnp.moveaxis(log_w, 0, 1).reshape(batch_size, -1)[:, :k]  # [B, k]
     return -losses.iwae_bound(log_w, axis=-1)
+
+
+def iwae_nll(model, params, x, key, k: int, likelihood: str, decoder_logvar: float = 0.0, k_chunk: int = 100):
+    """-L_k per example ``[B]`` of an MLP/conv VAE (see :func:`iwae_nll_from_log_weights`)."""
+    def log_weights_fn(params, batch, key, k):
+        return iwae_log_weights(model, params, batch["x"], key, k, likelihood, decoder_logvar)
+
+    return iwae_nll_from_log_weights(log_weights_fn, params, {"x": x}, key, k, k_chunk)
 
 
 def active_units(posterior_means: np.ndarray, threshold: float = 0.01) -> tuple[int, np.ndarray]:
@@ -116,6 +129,120 @@ def bits_per_dim(nll_nats: float, num_dims: int) -> float:
     return float(nll_nats) / (num_dims * math.log(2.0))
 
 
+@dataclasses.dataclass(frozen=True)
+class VAEEvalParts:
+    """What evaluating one VAE family needs (the objective contract of :mod:`vae_jax.objectives`).
+
+    Attributes:
+      eval_fn: ``(params, batch, key) -> dict of [B]`` single-sample terms
+        (``neg_elbo``, ``recon``, ``kl`` and extras such as ``kl_z1``): the
+        training task's ``eval_fn``, so the neg-ELBO is the one ``summary.json``
+        reports.
+      log_weights_fn: ``(params, batch, key, k) -> [B, k]`` importance log-weights.
+      posterior_mean_fn: ``(params, batch) -> {layer name: [B, D_layer]}``
+        posterior means, for active units per latent layer.
+      needs_labels: whether ``batch`` must carry ``y`` (the conditional VAE).
+    """
+
+    eval_fn: Callable
+    log_weights_fn: Callable
+    posterior_mean_fn: Callable
+    needs_labels: bool = False
+
+
+def gaussian_vae_parts(model, eval_fn: Callable, likelihood: str, decoder_logvar: float = 0.0) -> VAEEvalParts:
+    """Parts of a one-level VAE with ``model.encode(x) -> (mean, logvar)`` and ``model.decode(z)`` (MLP, conv)."""
+    return VAEEvalParts(
+        eval_fn=eval_fn,
+        log_weights_fn=objectives.make_gaussian_vae_log_weights(model, likelihood, decoder_logvar),
+        posterior_mean_fn=lambda params, batch: {"z": model.apply({"params": params}, batch["x"], method=model.encode)[0]})
+
+
+def likelihood_measure(likelihood: str, x: np.ndarray) -> str:
+    """What -log p(x) means for this decoder and these targets (stored beside every NLL).
+
+    A Bernoulli decoder on gray-level targets gives a cross-entropy, not a
+    normalised log-likelihood; a Gaussian decoder gives a density of
+    continuous values, not a probability of discrete pixels.
+    """
+    binary = bool(np.all((x == 0) | (x == 1)))
+    if likelihood == "bernoulli":
+        return ("negative log-likelihood (binary targets)" if binary else
+                "cross-entropy (Bernoulli decoder on gray-level targets; not a normalised likelihood, "
+                "binarize the data for likelihoods comparable with the literature)")
+    return "negative log-density (Gaussian decoder on continuous pixel values; not a discrete likelihood)"
+
+
+IWAE_STREAM = 1  # the IWAE samples use fold_in(eval_key(), IWAE_STREAM), apart from the ELBO's key
+
+
+def evaluate_runs(
+    parts: VAEEvalParts,
+    replicated_params,
+    data: dict,
+    *,
+    iwae_k: int = 1000,
+    eval_batch_size: int = 500,
+    iwae_batch_size: int = 100,
+    k_chunk: int = 100,
+) -> list[dict]:
+    """Test metrics of each replica (seed) of a run, in nats per example unless said otherwise.
+
+    The single-sample terms (``neg_elbo``, ``recon``, ``kl``, extras) are
+    computed exactly as the training driver computes ``summary.json``'s test
+    metrics: the same ``eval_fn``, the same fixed evaluation key folded with
+    the batch index, the same batching (``eval_batch_size`` = the run's
+    ``--eval-batch-size``), vmapped over replicas; so they agree with
+    ``summary.json``. The IWAE-k bound uses its own key (``IWAE_STREAM``).
+
+    Args:
+      parts: the family's :class:`VAEEvalParts`.
+      replicated_params: params with a leading ``[R]`` replica axis.
+      data: ``{"x": [N, H, W, C]}`` (and ``"y": [N]``) test arrays; ``x`` float
+        in [0, 1] or the stored ``uint8``.
+
+    Returns:
+      One dict per replica: ``n``, ``neg_elbo``, ``recon``, ``kl`` (+ extras),
+      ``iwae_nll`` (-L_k, an upper bound on -log p(x)), ``iwae_k``,
+      ``bits_per_dim`` (``iwae_nll`` in bits per pixel and channel),
+      ``active_units`` (all layers), ``active_units_per_layer`` and
+      ``latent_dims`` ``{layer: D}``.
+    """
+    data = jax.tree_util.tree_map(jnp.asarray, data)
+    elbo = jax.device_get(make_replicated_eval(parts.eval_fn, eval_batch_size)(replicated_params, data, eval_key()))
+    iwae_key = jax.random.fold_in(eval_key(), IWAE_STREAM)
+
+    @jax.jit
+    def iwae_and_means(params):
+        def per_batch(batch, i):
+            batch = batch_to_float(batch)  # the test images may be stored as uint8
+            nll = iwae_nll_from_log_weights(parts.log_weights_fn, params, batch, jax.random.fold_in(iwae_key, i),
+                                            iwae_k, k_chunk)
+            return {"iwae_nll": nll, "posterior_means": parts.posterior_mean_fn(params, batch)}
+
+        return map_batches(per_batch, data, iwae_batch_size)
+
+    num_replicas = jax.tree_util.tree_leaves(replicated_params)[0].shape[0]
+    num_dims = int(np.prod(data["x"].shape[1:]))
+    results = []
+    for r in range(num_replicas):
+        params = jax.tree_util.tree_map(lambda a: a[r], replicated_params)
+        out = jax.device_get(iwae_and_means(params))
+        per_layer = {name: active_units(means)[0] for name, means in out["posterior_means"].items()}
+        iwae = float(np.mean(out["iwae_nll"]))
+        results.append({
+            "n": int(data["x"].shape[0]),
+            **{name: float(np.mean(values[r])) for name, values in elbo.items()},
+            "iwae_nll": iwae,
+            "iwae_k": int(iwae_k),
+            "bits_per_dim": bits_per_dim(iwae, num_dims),
+            "active_units": int(sum(per_layer.values())),
+            "active_units_per_layer": per_layer,
+            "latent_dims": {name: int(m.shape[-1]) for name, m in out["posterior_means"].items()},
+        })
+    return results
+
+
 def evaluate_vae(
     model,
     params,
@@ -127,7 +254,7 @@ def evaluate_vae(
     k_chunk: int = 100,
     key: jax.Array | None = None,
 ) -> dict:
-    """Test metrics of one VAE, in nats per example unless said otherwise.
+    """Test metrics of one MLP/conv VAE (single params), in nats per example unless said otherwise.
 
     Returns a dict with ``n``, ``neg_elbo``, ``recon``, ``kl`` (one z sample per
     image), ``iwae_nll`` and ``iwae_k`` (-L_k, an upper bound on -log p(x)),
@@ -135,8 +262,8 @@ def evaluate_vae(
     ``active_units`` and ``latent_dim``.
 
     With gray-level targets under a Bernoulli decoder these are
-    cross-entropies, not normalised log-likelihoods; binarize the data
-    (``--binarize``) for likelihoods comparable with the literature.
+    cross-entropies, not normalised log-likelihoods (:func:`likelihood_measure`);
+    binarize the data (``--binarize``) for likelihoods comparable with the literature.
     """
     key = eval_key() if key is None else key
     elbo_key, iwae_key = jax.random.split(key)
@@ -169,3 +296,21 @@ def evaluate_vae(
         "active_units": n_active,
         "latent_dim": int(out["posterior_mean"].shape[-1]),
     }
+
+
+def mean_kl_per_dim(terms_fn: Callable, params, data: dict, batch_size: int = 500) -> np.ndarray:
+    """Test-set mean of a family's ``kl_per_dim`` ``[D]`` (one z sample per image, the evaluation key).
+
+    A dimension whose mean KL is near 0 carries no information about x (it
+    has collapsed to the prior).
+    """
+    def per_batch(batch, i):
+        return {"kl_per_dim": terms_fn(params, batch_to_float(batch), jax.random.fold_in(eval_key(), i))["kl_per_dim"]}
+
+    out = jax.jit(lambda d: map_batches(per_batch, d, batch_size))(jax.tree_util.tree_map(jnp.asarray, data))
+    return np.asarray(jax.device_get(out["kl_per_dim"]), np.float64).mean(axis=0)
+
+
+def count_params(params) -> int:
+    """Number of scalars in a params pytree."""
+    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))

@@ -100,3 +100,22 @@ def save_curves(history: Sequence[dict], keys: Sequence[str], path: str, title: 
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def save_kl_per_dim(groups: dict, path: str, title: str = "KL per latent dimension") -> str:
+    """One bar panel per model or latent layer: ``{label: [D] mean KL per dimension (nats)}``.
+
+    Dimensions are sorted by KL, largest first, so collapsed dimensions
+    (KL near 0) gather on the right.
+    """
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 0.6, 3.2), squeeze=False)
+    for ax, (label, values) in zip(axes[0], groups.items()):
+        values = np.sort(np.asarray(values, np.float64))[::-1]
+        ax.bar(np.arange(len(values)), values, color="tab:blue")
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_title(f"{label} (sum {values.sum():.1f})", fontsize=9)
+        ax.set_xlabel("dimension (sorted)")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].set_ylabel("mean KL term (nats)")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

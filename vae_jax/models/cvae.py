@@ -1,0 +1,88 @@
+"""The conditional VAE (Sohn, Lee & Yan 2015; the lectures' CVAE), as flax.linen modules.
+
+A class label y enters both networks as a one-hot vector:
+
+    q(z | x, y) = N(mean(x, y), diag(exp(logvar(x, y))))     encoder on [flatten(x), onehot(y)]
+    p(x | z, y)                                               decoder on [z, onehot(y)]
+    p(z)        = N(0, I)                                     the prior does not depend on y
+
+so the ELBO of log p(x | y) is E_q[log p(x|z,y)] - KL(q(z|x,y) || N(0, I)), the
+plain VAE's with every distribution conditioned on y. Sampling for a requested
+class decodes z ~ N(0, I) together with that class's one-hot vector: z is left
+to carry what the label does not say (slant, thickness, style).
+
+The networks are the MLPs of :mod:`vae_jax.models.vae`; the decoder output
+follows the likelihood layout of :mod:`vae_jax.objectives` (C logit channels,
+or 2C with a learned variance).
+
+Reference:
+  Sohn, Lee & Yan, "Learning Structured Output Representation using Deep
+  Conditional Generative Models", NeurIPS 2015.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vae_jax import losses
+from vae_jax.models.vae import MLPDecoder, MLPEncoder, SharedLogVariance
+
+
+class CVAE(nn.Module):
+    """MLP conditional VAE: q(z|x,y), p(x|z,y), p(z) = N(0, I), y one-hot of ``num_classes``.
+
+    Attributes:
+      latent_dim: D, the size of z.
+      hidden: encoder hidden widths (the decoder mirrors them).
+      image_shape: ``(H, W, C)`` of the data.
+      num_classes: K, the number of labels (one-hot size).
+      likelihood: one of :data:`vae_jax.objectives.LIKELIHOODS`; sets the
+        decoder's output channels (C, or 2C with a learned variance).
+    """
+
+    latent_dim: int = 20
+    hidden: Sequence[int] = (400,)
+    image_shape: Sequence[int] = (28, 28, 1)
+    num_classes: int = 10
+    likelihood: str = "bernoulli"
+
+    def setup(self):
+        *spatial, channels = self.image_shape
+        out_shape = (*spatial, channels * (2 if self.likelihood == "gaussian_pixel_var" else 1))
+        self.encoder = MLPEncoder(tuple(self.hidden), self.latent_dim)
+        self.decoder = MLPDecoder(tuple(reversed(self.hidden)), out_shape)
+        self.shared_logvar = SharedLogVariance() if self.likelihood == "gaussian_shared_var" else None
+
+    def one_hot(self, y: jax.Array) -> jax.Array:
+        """``[B]`` int labels -> ``[B, K]`` float one-hot vectors."""
+        return jax.nn.one_hot(y, self.num_classes, dtype=jnp.float32)
+
+    def encode(self, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """q(z|x,y): images ``[B, H, W, C]`` and labels ``[B]`` -> (mean, logvar), each ``[B, D]``."""
+        h = jnp.concatenate([x.reshape(x.shape[0], -1), self.one_hot(y)], axis=-1)
+        return self.encoder(h)
+
+    def decode(self, z: jax.Array, y: jax.Array) -> jax.Array:
+        """p(x|z,y): ``z`` ``[B, D]`` and labels ``[B]`` -> decoder output ``[B, H, W, C or 2C]``.
+
+        Bernoulli: per-pixel logits; Gaussian: mean logits (the mean is their
+        sigmoid), then log-variances with a learned variance.
+        """
+        out = self.decoder(jnp.concatenate([z, self.one_hot(y)], axis=-1))
+        return out if self.shared_logvar is None else self.shared_logvar(out)
+
+    def __call__(self, x: jax.Array, y: jax.Array, key: jax.Array):
+        """One reparameterized pass: (decoder output, mean ``[B, D]``, logvar ``[B, D]``, z ``[B, D]``)."""
+        mean, logvar = self.encode(x, y)
+        z = losses.reparameterize(key, mean, logvar)
+        return self.decode(z, y), mean, logvar, z
+
+
+def init_params(model: CVAE, key: jax.Array) -> dict:
+    """Initial params for ``model`` from ``key`` (shapes only; no data needed)."""
+    x = jnp.zeros((1, *model.image_shape), jnp.float32)
+    return model.init(key, x, jnp.zeros((1,), jnp.int32), jax.random.key(0))["params"]

@@ -1,0 +1,115 @@
+"""A two-level hierarchical VAE (the lectures' "Hierarchical VAEs"), as flax.linen modules.
+
+Generative model (top-down) and inference model (bottom-up), all diagonal Gaussians:
+
+    p(z2) = N(0, I)                     q(z1 | x)  = N(mu_q1(x),  exp(lv_q1(x)))
+    p(z1 | z2) = N(mu_p1(z2), exp(lv_p1(z2)))   q(z2 | z1) = N(mu_q2(z1), exp(lv_q2(z1)))
+    p(x | z1)  the image likelihood
+
+With z1 ~ q(z1|x) and z2 ~ q(z2|z1) the ELBO is
+
+    log p(x) >= E_q[log p(x|z1)] - E_q[log q(z1|x) - log p(z1|z2)] - E_{q(z1|x)}[KL(q(z2|z1) || p(z2))].
+
+The lecture slide writes this as E_{q(z1|z2)}[log p(x|z1)] - KL(q(z1|x) || p(z1|x))
+- KL(q(z2|z1) || p(z2)); the expectation is over q(z1|x) and the first KL's
+second argument is the learned prior p(z1|z2), not p(z1|x) (which is the
+intractable posterior the encoder approximates). How each term is estimated
+is written in :func:`vae_jax.tasks.hvae.make_hvae_terms`.
+
+The networks are MLPs: the bottom encoder and the decoder are those of
+:mod:`vae_jax.models.vae`; q(z2|z1) and p(z1|z2) are small MLPs with Gaussian
+heads (``top_hidden`` wide).
+
+References:
+  Rezende, Mohamed & Wierstra, "Stochastic Backpropagation and Approximate
+  Inference in Deep Generative Models", ICML 2014 (stacked stochastic layers).
+  Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016
+  (the two-stochastic-layer architecture on MNIST).
+  Sønderby et al., "Ladder Variational Autoencoders", NeurIPS 2016.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vae_jax import losses
+from vae_jax.models.vae import MLPDecoder, MLPEncoder, SharedLogVariance
+
+
+class HVAE(nn.Module):
+    """Two stochastic layers: x -> z1 (``latent_dim``) -> z2 (``top_latent_dim``).
+
+    Attributes:
+      latent_dim: D1, the size of z1 (the layer the decoder reads).
+      top_latent_dim: D2, the size of z2 (the top layer, prior N(0, I)).
+      hidden: hidden widths of q(z1|x) (the decoder p(x|z1) mirrors them).
+      top_hidden: hidden widths of q(z2|z1) and of p(z1|z2).
+      image_shape: ``(H, W, C)``.
+      likelihood: one of :data:`vae_jax.objectives.LIKELIHOODS` (sets the
+        decoder's output channels, C or 2C).
+    """
+
+    latent_dim: int = 20
+    top_latent_dim: int = 10
+    hidden: Sequence[int] = (400,)
+    top_hidden: Sequence[int] = (100,)
+    image_shape: Sequence[int] = (28, 28, 1)
+    likelihood: str = "bernoulli"
+
+    def setup(self):
+        *spatial, channels = self.image_shape
+        out_shape = (*spatial, channels * (2 if self.likelihood == "gaussian_pixel_var" else 1))
+        self.encoder = MLPEncoder(tuple(self.hidden), self.latent_dim)  # q(z1|x)
+        self.top_encoder = MLPEncoder(tuple(self.top_hidden), self.top_latent_dim)  # q(z2|z1)
+        self.top_prior = MLPEncoder(tuple(reversed(self.top_hidden)), self.latent_dim)  # p(z1|z2)
+        self.decoder = MLPDecoder(tuple(reversed(self.hidden)), out_shape)  # p(x|z1)
+        self.shared_logvar = SharedLogVariance() if self.likelihood == "gaussian_shared_var" else None
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """q(z1|x): ``[B, H, W, C]`` -> (mean, logvar), each ``[B, D1]``."""
+        return self.encoder(x)
+
+    def encode_top(self, z1: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """q(z2|z1): ``[B, D1]`` -> (mean, logvar), each ``[B, D2]``."""
+        return self.top_encoder(z1)
+
+    def prior_bottom(self, z2: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """p(z1|z2): ``[B, D2]`` -> (mean, logvar), each ``[B, D1]``."""
+        return self.top_prior(z2)
+
+    def decode(self, z1: jax.Array) -> jax.Array:
+        """p(x|z1): ``[B, D1]`` -> decoder output ``[B, H, W, C or 2C]`` (logits / mean logits, log-variances)."""
+        out = self.decoder(z1)
+        return out if self.shared_logvar is None else self.shared_logvar(out)
+
+    def __call__(self, x: jax.Array, key: jax.Array) -> dict:
+        """One reparameterized pass z1 ~ q(z1|x), z2 ~ q(z2|z1).
+
+        Returns a dict: ``decoder_out`` ``[B, H, W, C']``; ``z1``, ``q1_mean``,
+        ``q1_logvar``, ``p1_mean``, ``p1_logvar`` ``[B, D1]``; ``z2``,
+        ``q2_mean``, ``q2_logvar`` ``[B, D2]``.
+        """
+        key1, key2 = jax.random.split(key)
+        q1_mean, q1_logvar = self.encode(x)
+        z1 = losses.reparameterize(key1, q1_mean, q1_logvar)
+        q2_mean, q2_logvar = self.encode_top(z1)
+        z2 = losses.reparameterize(key2, q2_mean, q2_logvar)
+        p1_mean, p1_logvar = self.prior_bottom(z2)
+        return {"decoder_out": self.decode(z1), "z1": z1, "q1_mean": q1_mean, "q1_logvar": q1_logvar,
+                "p1_mean": p1_mean, "p1_logvar": p1_logvar, "z2": z2, "q2_mean": q2_mean, "q2_logvar": q2_logvar}
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """Ancestral sampling z2 ~ N(0, I), z1 ~ p(z1|z2): decoder outputs ``[n, H, W, C']``."""
+        key2, key1 = jax.random.split(key)
+        z2 = jax.random.normal(key2, (n, self.top_latent_dim))
+        p1_mean, p1_logvar = self.prior_bottom(z2)
+        return self.decode(losses.reparameterize(key1, p1_mean, p1_logvar))
+
+
+def init_params(model: HVAE, key: jax.Array) -> dict:
+    """Initial params for ``model`` from ``key`` (shapes only; no data needed)."""
+    return model.init(key, jnp.zeros((1, *model.image_shape), jnp.float32), jax.random.key(0))["params"]

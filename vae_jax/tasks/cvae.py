@@ -1,0 +1,152 @@
+"""The conditional VAE's config, objective terms and training task, plus the queries its figures need.
+
+The CVAE follows the objective contract of :mod:`vae_jax.objectives`: its
+``terms_fn`` and ``log_weights_fn`` read the label ``batch["y"]`` and condition
+both q(z|x,y) and p(x|z,y) on it; every flag of the VAE objective (likelihood,
+beta and its schedule, free bits, IWAE training) applies unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import losses, objectives
+from vae_jax.cli import ConfigError, field, require
+from vae_jax.evaluate import VAEEvalParts
+from vae_jax.models.cvae import CVAE, init_params
+from vae_jax.runner import Task
+from vae_jax.tasks.vae import VAEObjectiveConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class CVAEConfig(VAEObjectiveConfig):
+    """The MLP conditional VAE: a one-hot label into encoder and decoder (Sohn et al. 2015)."""
+
+    kind: ClassVar[str] = "cvae"
+
+    latent_dim: int = field(2, "latent dimensions; small, so that the class is left to the label (with 20, a "
+                            "short run encodes the class in z and the decoder ignores y)")
+    hidden: tuple[int, ...] = field((400,), "encoder hidden widths (the decoder mirrors them)")
+    num_classes: int = field(0, "number of classes of the one-hot label (0: one more than the largest label "
+                             "in the data)")
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
+        require(len(self.hidden) > 0 and all(w > 0 for w in self.hidden), "hidden",
+                "comma-separated positive widths like 400 or 512,256", ",".join(map(str, self.hidden)))
+        require(self.num_classes >= 0, "num_classes", "a non-negative integer (0: from the data)", self.num_classes)
+
+
+def with_data_classes(config: CVAEConfig, dataset) -> CVAEConfig:
+    """``config`` with ``num_classes`` resolved from ``dataset``'s labels (a one-line error if it has none)."""
+    if dataset.num_classes is None:
+        raise ConfigError(f"--dataset {config.dataset}: {dataset.source} has no labels; the conditional VAE "
+                          "needs labelled data (mnist, a tfds set with labels, or an npz with y_train/y_test)")
+    if config.num_classes == 0:
+        return dataclasses.replace(config, num_classes=dataset.num_classes)
+    require(dataset.num_classes <= config.num_classes, "num_classes",
+            f"at least {dataset.num_classes} (the data's labels run to {dataset.num_classes - 1})", config.num_classes)
+    return config
+
+
+def build_cvae(config: CVAEConfig, image_shape) -> CVAE:
+    if config.num_classes <= 0:
+        raise ValueError("resolve num_classes from the data first (with_data_classes)")
+    return CVAE(latent_dim=config.latent_dim, hidden=tuple(config.hidden), image_shape=tuple(image_shape),
+                num_classes=config.num_classes, likelihood=config.likelihood)
+
+
+def make_cvae_terms(model: CVAE, likelihood: str = "bernoulli", decoder_logvar: float = 0.0):
+    """``terms_fn(params, batch, key)`` of the CVAE (the contract of :mod:`vae_jax.objectives`).
+
+    With z ~ q(z|x,y) (one reparameterized sample): ``recon`` = -log p(x|z,y)
+    ``[B]``; ``kl_per_dim`` ``[B, D]`` the closed form
+    1/2 (exp(logvar) + mean^2 - 1 - logvar) of KL(q(z|x,y) || N(0, I)); ``kl``
+    its sum. recon + kl is the negative ELBO of log p(x|y).
+    """
+
+    def terms_fn(params, batch, key):
+        x, y = batch["x"], batch["y"]
+        decoder_out, mean, logvar, _ = model.apply({"params": params}, x, y, key)
+        kl_per_dim = losses.gaussian_kl(mean, logvar, event_ndim=0)  # [B, D]
+        return {"recon": objectives.reconstruction_nll(likelihood, decoder_out, x, decoder_logvar),
+                "kl": jnp.sum(kl_per_dim, axis=-1), "kl_per_dim": kl_per_dim}
+
+    return terms_fn
+
+
+def make_cvae_log_weights(model: CVAE, likelihood: str = "bernoulli", decoder_logvar: float = 0.0):
+    """``log_weights_fn(params, batch, key, k) -> [B, k]``: log p(x|z_j,y) + log N(z_j; 0, I) - log q(z_j|x,y).
+
+    z_j ~ q(z|x,y) drawn by reparameterization; the encoder runs once, the
+    decoder on the ``B * k`` samples (each with its example's label).
+    """
+
+    def log_weights_fn(params, batch, key, k):
+        x, y = batch["x"], batch["y"]
+        mean, logvar = model.apply({"params": params}, x, y, method=model.encode)  # [B, D]
+        eps = jax.random.normal(key, (x.shape[0], k, mean.shape[-1]), mean.dtype)
+        z = mean[:, None] + jnp.exp(0.5 * logvar[:, None]) * eps  # [B, k, D]
+        decoder_out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), jnp.repeat(y, k),
+                                  method=model.decode)
+        x_rep = jnp.repeat(x, k, axis=0)  # [B*k, H, W, C], example-major like z
+        log_px_z = -objectives.reconstruction_nll(likelihood, decoder_out, x_rep, decoder_logvar).reshape(-1, k)
+        return losses.vae_log_weights(log_px_z, z, mean[:, None], logvar[:, None])
+
+    return log_weights_fn
+
+
+def cvae_task(config: CVAEConfig, image_shape) -> tuple[CVAE, Task]:
+    """The CVAE and its training task (batches must carry labels ``y``)."""
+    model = build_cvae(config, image_shape)
+    loss_fn, eval_fn = config.objective(make_cvae_terms(model, config.likelihood, config.decoder_logvar),
+                                        make_cvae_log_weights(model, config.likelihood, config.decoder_logvar))
+    task = Task(init_params=lambda key: init_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn, headline="neg_elbo")
+    return model, task
+
+
+def cvae_eval_parts(model: CVAE, task: Task, config: CVAEConfig) -> VAEEvalParts:
+    """What :func:`vae_jax.evaluate.evaluate_runs` needs: every quantity conditioned on the true label."""
+    return VAEEvalParts(
+        eval_fn=task.eval_fn,
+        log_weights_fn=make_cvae_log_weights(model, config.likelihood, config.decoder_logvar),
+        posterior_mean_fn=lambda params, batch: {
+            "z": model.apply({"params": params}, batch["x"], batch["y"], method=model.encode)[0]},
+        needs_labels=True,
+    )
+
+
+# --- queries for figures (host arrays out) -------------------------------------------
+
+
+def encode_means(model: CVAE, params, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Posterior means ``[N, D]`` of q(z|x,y)."""
+    encode = jax.jit(lambda xb, yb: model.apply({"params": params}, xb, yb, method=model.encode)[0])
+    return np.concatenate([np.asarray(encode(jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size])))
+                           for i in range(0, len(x), batch_size)])
+
+
+def decode_means(model: CVAE, params, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """E[x|z,y] ``[N, H, W, C]`` in [0, 1] for codes ``z`` ``[N, D]`` and labels ``y`` ``[N]``."""
+    out = jax.jit(lambda z, y: model.apply({"params": params}, z, y, method=model.decode))(
+        jnp.asarray(z), jnp.asarray(y, jnp.int32))
+    return np.asarray(objectives.decoder_mean(out, model.image_shape[-1]))
+
+
+def sample_class(model: CVAE, params, key: jax.Array, labels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """E[x|z,y] for z ~ N(0, I), one draw per requested label: ``[N, H, W, C]`` in [0, 1]."""
+    z = np.asarray(jax.random.normal(key, (len(labels), model.latent_dim)))
+    return np.concatenate([decode_means(model, params, z[i:i + batch_size], labels[i:i + batch_size])
+                           for i in range(0, len(labels), batch_size)])
+
+
+def interpolate_in_class(model: CVAE, params, z_a: np.ndarray, z_b: np.ndarray, label: int, steps: int = 10):
+    """Decodings of the straight line from ``z_a`` to ``z_b`` ``[D]`` with the label held at ``label``."""
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    return decode_means(model, params, (1.0 - t) * z_a + t * z_b, np.full(steps, label))
