@@ -446,6 +446,12 @@ def _list_split(split_root: str, spec: str, exclude: tuple[str, ...] = (),
     return paths, None
 
 
+def _fixed_shuffle(paths: list[str], names: list[str] | None):
+    """``paths`` (and their class names) in an order fixed by ``_FOLDER_SPLIT_SEED``."""
+    order = np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(len(paths))
+    return [paths[i] for i in order], None if names is None else [names[i] for i in order]
+
+
 def _header(path: str, spec: str) -> tuple[str, tuple[int, int]]:
     """(mode, (width, height)) of an image file, read from its header only."""
     from PIL import Image
@@ -465,6 +471,8 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
       * Test split: the ``test/`` sub-folder when there is one (train is then
         ``train/`` if present, else everything else); otherwise the last 10%
         of all images after a fixed shuffle (seed 0) of the sorted paths.
+        Either way each split comes in that fixed shuffled order, so its
+        first images (the ones figures show) mix the classes.
       * Labels: when two or more sub-folders of a split hold images (and no
         image lies directly in it), each image's label is its folder's index
         in the sorted train folder names (``class_names``); folders are
@@ -503,11 +511,11 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
         test_paths, test_names = _list_split(test_root, spec, min_classes=1 if train_names else 2)
         if not test_paths:
             raise DataError(f"--dataset {spec}: the test split {test_root} holds no image files")
+        # Listed class by class; shuffled so that the first test images (shown in figures) mix the classes.
+        train_paths, train_names = _fixed_shuffle(train_paths, train_names)
+        test_paths, test_names = _fixed_shuffle(test_paths, test_names)
     else:
-        all_paths, all_names = _list_split(path, spec)
-        order = np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(len(all_paths))
-        all_paths = [all_paths[i] for i in order]
-        all_names = None if all_names is None else [all_names[i] for i in order]
+        all_paths, all_names = _fixed_shuffle(*_list_split(path, spec))
         n_test = max(1, int(round(0.1 * len(all_paths)))) if len(all_paths) > 1 else 0
         split = len(all_paths) - n_test
         train_paths, test_paths = all_paths[:split], all_paths[split:]
@@ -662,7 +670,8 @@ def _tfds_arrays(builder, name: str, image_size: int = 0):
         raise DataError(f"--dataset tfds:{name}: images of varying size {image_shape} are not supported; "
                         "export them to a directory and use --dataset folder:PATH --image-size N")
     read_batch = int(min(10_000, max(1, (1 << 28) // int(np.prod(image_shape)))))
-    label_key = "label" if "label" in features else None
+    # Integer class labels only: LFW's "label" is a person's name (a Text feature).
+    label_key = "label" if "label" in features and isinstance(features["label"], tfds.features.ClassLabel) else None
     # A prepared dataset lists its splits; TFDS's mock data leaves them unknown.
     splits = set(builder.info.splits.keys()) or {"train", "test"}
     if "train" not in splits:
