@@ -35,7 +35,6 @@ import sys
 import threading
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 BINARIZE_CHOICES = ("none", "dynamic", "static")
