@@ -1,5 +1,6 @@
 """The data layer: every spec, the offline fallback, binarization, and each bad input's message."""
 
+import dataclasses
 import time
 
 import chex
@@ -267,3 +268,23 @@ def test_wrong_dtypes_ranks_and_empty_splits_are_one_line_errors(tmp_path, array
     with pytest.raises(DataError, match=message) as err:
         load_dataset(spec)
     assert "\n" not in str(err.value) and str(tmp_path / "bad.npz") in str(err.value)
+
+
+def test_a_workdir_saved_before_image_size_existed_still_resumes(tmp_path, mnist_small):
+    """config.json files written before --image-size existed lack it; they hold image_size = 0 runs."""
+    import json
+
+    from vae_jax import runner, tasks
+    from vae_jax.cli import ConfigError
+
+    config = tasks.VAEConfig(latent_dim=2, hidden=(8,), batch_size=128, epochs=1, workdir=str(tmp_path),
+                             progress=False, eval_batch_size=128)
+    _, task = tasks.vae_task(config, mnist_small.image_shape)
+    runner.train(config, task, mnist_small)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["image_size"]
+    path.write_text(json.dumps(saved))
+    runner._check_workdir_config(str(tmp_path), config)  # no error: the missing field had its default
+    with pytest.raises(ConfigError, match="other settings \\(--image-size\\)"):
+        runner._check_workdir_config(str(tmp_path), dataclasses.replace(config, image_size=16))

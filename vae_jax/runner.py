@@ -164,9 +164,11 @@ def _check_workdir_config(workdir: str, config: TrainConfig) -> None:
     if saved_kind != config.kind:
         raise ConfigError(f"--workdir {workdir} holds a {saved_kind} run, not a {config.kind} run; use another --workdir")
     current = dataclasses.asdict(config)
+    # A setting missing from an older config.json was added later; its default is how that run behaved.
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
     changed = sorted(
         k for k in set(saved) | set(current)
-        if k not in RESUMABLE_FIELDS and _jsonable(saved.get(k)) != _jsonable(current.get(k))
+        if k not in RESUMABLE_FIELDS and _jsonable(saved.get(k, defaults.get(k))) != _jsonable(current.get(k))
     )
     if changed:
         raise ConfigError(
