@@ -288,3 +288,29 @@ def test_a_workdir_saved_before_image_size_existed_still_resumes(tmp_path, mnist
     runner._check_workdir_config(str(tmp_path), config)  # no error: the missing field had its default
     with pytest.raises(ConfigError, match="other settings \\(--image-size\\)"):
         runner._check_workdir_config(str(tmp_path), dataclasses.replace(config, image_size=16))
+
+
+def test_evaluation_converts_uint8_batches(mnist_small):
+    """Per-example evaluation and evaluate_vae give the same numbers for uint8 and float32 test images."""
+    import jax
+
+    from vae_jax import evaluate, tasks
+
+    as_u8, _ = _uint8_and_float_datasets(mnist_small)
+    pixels = as_u8.test_pixels[:40]  # 40 with batches of 16: the last batch is padded
+
+    def mean_pixel(params, batch, key):
+        return {"mean": batch["x"].mean(axis=(1, 2, 3)) * params}
+
+    per_example = evaluate.make_per_example_eval(mean_pixel, batch_size=16)
+    out = per_example(1.0, {"x": pixels}, evaluate.eval_key())
+    np.testing.assert_allclose(out["mean"], pixels.mean(axis=(1, 2, 3)) / 255.0, rtol=1e-5)
+
+    config = tasks.VAEConfig(latent_dim=3, hidden=(16,))
+    model, task = tasks.vae_task(config, as_u8.image_shape)
+    params = task.init_params(jax.random.key(0))
+    from_u8 = evaluate.evaluate_vae(model, params, pixels, iwae_k=4, batch_size=16, k_chunk=2)
+    from_float = evaluate.evaluate_vae(model, params, pixels.astype(np.float32) / 255, iwae_k=4, batch_size=16,
+                                       k_chunk=2)
+    for name in ("neg_elbo", "recon", "kl", "iwae_nll"):
+        np.testing.assert_allclose(from_u8[name], from_float[name], rtol=1e-5)
