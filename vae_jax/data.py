@@ -336,7 +336,7 @@ def resize_center_crop(images: np.ndarray, size: int) -> np.ndarray:
             continue
         for channel in range(c):
             plane = images[i, ..., channel]
-            image = Image.fromarray(plane if plane.dtype == np.uint8 else plane.astype(np.float32), mode=None)
+            image = Image.fromarray(plane if plane.dtype == np.uint8 else plane.astype(np.float32))
             resized = np.asarray(_resize_image(image, size))
             out[i, ..., channel] = resized if images.dtype == np.uint8 else np.clip(resized, 0.0, 1.0)
     return out
