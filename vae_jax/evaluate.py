@@ -3,6 +3,13 @@
 All evaluation runs over the test set in fixed-size batches inside one
 compiled ``lax.map`` (the last batch is padded and the padding dropped), with
 a fixed evaluation key, so repeating an evaluation gives the same numbers.
+
+Every VAE family is evaluated through the objective contract of
+:mod:`vae_jax.objectives`: a family hands :func:`evaluate_runs` its
+:class:`VAEEvalParts` (its ``eval_fn``, its importance ``log_weights_fn`` and a
+posterior-mean function per latent layer), so the MLP and convolutional VAEs
+(:func:`gaussian_vae_parts`), the conditional VAE (conditioned on the true
+label) and the hierarchical VAE (active units per layer) share one path.
 """
 
 from __future__ import annotations
@@ -296,19 +303,6 @@ def evaluate_vae(
         "active_units": n_active,
         "latent_dim": int(out["posterior_mean"].shape[-1]),
     }
-
-
-def mean_kl_per_dim(terms_fn: Callable, params, data: dict, batch_size: int = 500) -> np.ndarray:
-    """Test-set mean of a family's ``kl_per_dim`` ``[D]`` (one z sample per image, the evaluation key).
-
-    A dimension whose mean KL is near 0 carries no information about x (it
-    has collapsed to the prior).
-    """
-    def per_batch(batch, i):
-        return {"kl_per_dim": terms_fn(params, batch_to_float(batch), jax.random.fold_in(eval_key(), i))["kl_per_dim"]}
-
-    out = jax.jit(lambda d: map_batches(per_batch, d, batch_size))(jax.tree_util.tree_map(jnp.asarray, data))
-    return np.asarray(jax.device_get(out["kl_per_dim"]), np.float64).mean(axis=0)
 
 
 def count_params(params) -> int:

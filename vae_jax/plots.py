@@ -115,6 +115,7 @@ def save_kl_per_dim(groups: dict, path: str, title: str = "KL per latent dimensi
         ax.axhline(0.0, color="black", linewidth=0.5)
         ax.set_title(f"{label} (sum {values.sum():.1f})", fontsize=9)
         ax.set_xlabel("dimension (sorted)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3, axis="y")
     axes[0, 0].set_ylabel("mean KL term (nats)")
     fig.suptitle(title, fontsize=10)

@@ -150,3 +150,20 @@ def interpolate_in_class(model: CVAE, params, z_a: np.ndarray, z_b: np.ndarray, 
     """Decodings of the straight line from ``z_a`` to ``z_b`` ``[D]`` with the label held at ``label``."""
     t = np.linspace(0.0, 1.0, steps)[:, None]
     return decode_means(model, params, (1.0 - t) * z_a + t * z_b, np.full(steps, label))
+
+
+def collapse_diagnostics(model: CVAE, params, x: np.ndarray, y: np.ndarray, key: jax.Array,
+                         batch_size: int = 500) -> dict:
+    """:func:`vae_jax.diagnostics.collapse_diagnostics` of q(z|x,y) on labelled images: ``{"z": ...}``.
+
+    Each image is encoded with its true label. The mutual-information
+    estimate is I_q(x; z) over these pairs; z repeating the class (what a
+    wide latent does when the decoder ignores y) counts in it too.
+    """
+    from vae_jax import diagnostics
+
+    encode = jax.jit(lambda xb, yb: jnp.concatenate(model.apply({"params": params}, xb, yb, method=model.encode), -1))
+    both = np.concatenate([np.asarray(encode(jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size])))
+                           for i in range(0, len(x), batch_size)])
+    d = model.latent_dim
+    return {"z": diagnostics.collapse_diagnostics(both[:, :d], both[:, d:], key)}

@@ -176,3 +176,34 @@ def sample(model: HVAE, params, key: jax.Array, n: int) -> np.ndarray:
     """E[x|z1] for ancestral draws z2 ~ N(0, I), z1 ~ p(z1|z2): ``[n, H, W, C]`` in [0, 1]."""
     out = model.apply({"params": params}, key, n, method=model.sample)
     return np.asarray(objectives.decoder_mean(out, model.image_shape[-1]))
+
+
+def collapse_diagnostics(model: HVAE, params, x: np.ndarray, key: jax.Array, batch_size: int = 500) -> dict:
+    """:func:`vae_jax.diagnostics.collapse_diagnostics` of each latent layer on images ``x``: ``{"z1": ..., "z2": ...}``.
+
+    z1: q(z1|x), with the per-dimension KL terms of the objective (the
+    single-sample log q(z1|x) - log p(z1|z2) per dimension, averaged over the
+    images; the learned prior p(z1|z2) has no closed-form KL here).
+    z2: q(z2|z1) at z1 = E[z1|x] (as in :func:`posterior_means`), against its
+    prior N(0, I) in closed form.
+    """
+    from vae_jax import diagnostics
+
+    pass_key, key1, key2 = jax.random.split(key, 3)
+
+    def layers(xb, i):
+        q1_mean, q1_logvar = model.apply({"params": params}, xb, method=model.encode)
+        q2_mean, q2_logvar = model.apply({"params": params}, q1_mean, method=model.encode_top)
+        out = model.apply({"params": params}, xb, jax.random.fold_in(pass_key, i))
+        kl_z1 = hvae_terms_from_pass(out, xb, model.likelihood, 0.0)["kl_per_dim"][:, :model.latent_dim]
+        return jnp.concatenate([q1_mean, q1_logvar, kl_z1, q2_mean, q2_logvar], axis=-1)
+
+    d1, d2 = model.latent_dim, model.top_latent_dim
+    layers = jax.jit(layers)
+    batches = [np.asarray(layers(jnp.asarray(x[i:i + batch_size]), i // batch_size))
+               for i in range(0, len(x), batch_size)]
+    both = np.concatenate(batches)
+    q1_mean, q1_logvar, kl_z1 = both[:, :d1], both[:, d1:2 * d1], both[:, 2 * d1:3 * d1]
+    q2_mean, q2_logvar = both[:, 3 * d1:3 * d1 + d2], both[:, 3 * d1 + d2:]
+    return {"z1": diagnostics.collapse_diagnostics(q1_mean, q1_logvar, key1, kl_per_dim=kl_z1),
+            "z2": diagnostics.collapse_diagnostics(q2_mean, q2_logvar, key2)}

@@ -1,0 +1,141 @@
+"""Train a two-level hierarchical VAE beside a one-level VAE of about the same parameter count, and compare them.
+
+    python -m experiments.hvae --epochs 30 --workdir runs/hvae
+    python -m experiments.hvae --epochs 2 --workdir /tmp/hvae-local     # smoke test
+
+The hierarchical VAE (x -> z1 -> z2, see vae_jax.models.hvae) trains in
+WORKDIR/hvae; the one-level MLP VAE, with z of the size of z1 and hidden
+widths scaled so its parameter count is the closest to the hierarchical
+model's, trains in WORKDIR/vae with the same objective flags, data, batch
+size, epochs and seeds. Both are then evaluated on the test split: neg-ELBO
+(single sample, as in summary.json), IWAE-k NLL with k = 500 (for more
+samples run ``python -m experiments.evaluate --workdir WORKDIR/hvae --iwae-k
+5000``), KL per layer and per dimension, and active units per layer.
+
+Outputs: WORKDIR/comparison.json (both models' parameter counts and test
+metrics and collapse diagnostics), kl_per_dim.png, samples.png (ancestral samples of both),
+reconstructions.png; each sub-workdir holds its own config.json,
+metrics.jsonl, summary.json and checkpoints/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+from vae_jax import diagnostics, evaluate, plots, runner
+from vae_jax.checkpoint import CheckpointError
+from vae_jax.cli import ConfigError, parse_config, user_errors
+from vae_jax.data import DataError
+from vae_jax.tasks import hvae, vae as vae_tasks
+
+EVAL_IWAE_K = 500
+
+
+def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.VAEConfig, int, int]:
+    """A one-level VAEConfig with z of size D1 whose parameter count is the closest to the HVAE's.
+
+    The VAE's hidden widths are the HVAE's ``hidden`` scaled by a common
+    factor (searched on a grid). Returns (config, VAE params, HVAE params).
+    """
+    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(vae_tasks.VAEObjectiveConfig)}
+    shared["workdir"] = os.path.join(config.workdir, "vae")
+
+    def count(model, init):
+        return evaluate.count_params(jax.eval_shape(lambda: init(model, jax.random.key(0))))
+
+    from vae_jax.models import hvae as hvae_model, vae as vae_model
+
+    target = count(hvae.build_hvae(config, image_shape), hvae_model.init_params)
+    best = None
+    for scale in np.linspace(0.8, 1.5, 71):
+        hidden = tuple(max(1, int(round(w * scale))) for w in config.hidden)
+        candidate = vae_tasks.VAEConfig(**shared, latent_dim=config.latent_dim, hidden=hidden)
+        n = count(vae_tasks.build_vae(candidate, image_shape), vae_model.init_params)
+        if best is None or abs(n - target) < abs(best[1] - target):
+            best = (candidate, n)
+    return best[0], best[1], target
+
+
+def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict) -> dict:
+    """Test metrics of the first seed of ``result`` (evaluate.evaluate_runs) and its collapse diagnostics."""
+    first = jax.tree_util.tree_map(lambda a: a[:1], result.state.params)
+    metrics = evaluate.evaluate_runs(parts, first, {"x": result.dataset.test_pixels}, iwae_k=EVAL_IWAE_K,
+                                     eval_batch_size=config.eval_batch_size)[0]
+    result.summary["collapse"] = collapse
+    runner.write_summary(config.workdir, result.summary)
+    return {**metrics, "mutual_information": {k: v["mutual_information"] for k, v in collapse.items()},
+            "mean_kl_per_dim": {k: v["mean_kl_per_dim"] for k, v in collapse.items()}}
+
+
+@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+def main(argv=None) -> dict:
+    config = parse_config(hvae.HVAEConfig, argv, description=__doc__.split("\n\n")[0])
+    top_workdir = config.workdir
+    dataset = runner.load_data(config)
+    config = dataclasses.replace(config, workdir=os.path.join(top_workdir, "hvae"))
+    vae_config, vae_params, hvae_params = matched_vae_config(config, dataset.image_shape)
+    vae_config = dataclasses.replace(vae_config, workdir=os.path.join(top_workdir, "vae"))
+
+    h_model, h_task = hvae.hvae_task(config, dataset.image_shape)
+    v_model, v_task = vae_tasks.vae_task(vae_config, dataset.image_shape)
+    print("training the hierarchical VAE", file=sys.stderr)
+    h_result = runner.train(config, h_task, dataset)
+    print("training the one-level VAE", file=sys.stderr)
+    v_result = runner.train(vae_config, v_task, dataset)
+
+    key = jax.random.key(config.seed)
+    h_params, v_params = h_result.params(0), v_result.params(0)
+    h_collapse = hvae.collapse_diagnostics(h_model, h_params, dataset.x_test, key)
+    v_collapse = {"z": diagnostics.vae_collapse_diagnostics(v_model, v_params, dataset.x_test, key)}
+    comparison = {
+        "hvae": {"params": hvae_params, "latent_dims": {"z1": config.latent_dim, "z2": config.top_latent_dim},
+                 "hidden": list(config.hidden), "top_hidden": list(config.top_hidden),
+                 **evaluate_model(hvae.hvae_eval_parts(h_model, h_task, config), h_result, config, h_collapse)},
+        "vae": {"params": vae_params, "latent_dims": {"z": vae_config.latent_dim}, "hidden": list(vae_config.hidden),
+                **evaluate_model(evaluate.gaussian_vae_parts(v_model, v_task.eval_fn, vae_config.likelihood,
+                                                             vae_config.decoder_logvar),
+                                 v_result, vae_config, v_collapse)},
+        "epochs": config.epochs, "seed": h_result.seeds[0], "dataset": dataset.summary(),
+        "measure": evaluate.likelihood_measure(config.likelihood, dataset.x_test),
+        # summed over metrics.jsonl, so a resumed run reports the training its checkpoints hold
+        "train_seconds": {"hvae": sum(line["seconds"] for line in h_result.history),
+                          "vae": sum(line["seconds"] for line in v_result.history)},
+    }
+
+    x_test = dataset.x_test[:10]
+    figures = [
+        plots.save_kl_per_dim({**{f"HVAE {k}": v for k, v in comparison["hvae"]["mean_kl_per_dim"].items()},
+                               "VAE z": comparison["vae"]["mean_kl_per_dim"]["z"]},
+                              os.path.join(top_workdir, "kl_per_dim.png"),
+                              "Test mean KL term per latent dimension (near 0: collapsed to the prior)"),
+        plots.save_image_rows([hvae.sample(h_model, h_params, key, 20), vae_tasks.sample_prior(v_model, v_params, key, 20)],
+                              ["HVAE", "VAE"], os.path.join(top_workdir, "samples.png"),
+                              "Ancestral samples: z2 ~ N(0, I), z1 ~ p(z1|z2) (HVAE); z ~ N(0, I) (VAE)"),
+        plots.save_image_rows([x_test, hvae.reconstruct(h_model, h_params, x_test),
+                               vae_tasks.reconstruct(v_model, v_params, x_test)], ["test", "HVAE", "VAE"],
+                              os.path.join(top_workdir, "reconstructions.png"), "Test images and reconstructions"),
+    ]
+    comparison["figures"] = [os.path.basename(p) for p in figures]
+    with open(os.path.join(top_workdir, "comparison.json"), "w") as f:
+        json.dump(comparison, f, indent=2)
+
+    print(f"data: {dataset.describe()}; {comparison['measure']}", file=sys.stderr)
+    for name in ("hvae", "vae"):
+        m = comparison[name]
+        kl_layers = ", ".join(f"KL {k} {sum(v):.2f}" for k, v in m["mean_kl_per_dim"].items())
+        mi = ", ".join(f"I(x;{k}) {v:.2f}" for k, v in m["mutual_information"].items())
+        units = ", ".join(f"{k} {m['active_units_per_layer'][k]}/{m['latent_dims'][k]}" for k in m["latent_dims"])
+        print(f"{name}: {m['params']} params; test neg-ELBO {m['neg_elbo']:.2f}, IWAE-{EVAL_IWAE_K} NLL "
+              f"{m['iwae_nll']:.2f} nats; {kl_layers}; active units {units}; {mi} nats")
+    print(f"outputs in {top_workdir}", file=sys.stderr)
+    return comparison
+
+
+if __name__ == "__main__":
+    main()
