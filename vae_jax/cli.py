@@ -3,7 +3,8 @@
 Every field of an experiment's config dataclass becomes a flag of the same
 name with dashes (``latent_dim`` -> ``--latent-dim``), typed from the field's
 annotation and defaulting to the field's default. ``bool`` fields get
-``--flag/--no-flag``; ``tuple[int, ...]`` fields take comma-separated values.
+``--flag/--no-flag``; ``tuple[int, ...]``, ``tuple[float, ...]`` and
+``tuple[str, ...]`` fields take comma-separated values.
 A field's ``metadata`` may hold ``help`` and ``choices``.
 """
 
@@ -34,13 +35,18 @@ def field(default, help: str, choices: tuple | None = None):
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _int_tuple(name: str):
-    def parse(text: str) -> tuple[int, ...]:
+_TUPLE_ITEMS = {int: ("integers", "N,N,..."), float: ("numbers", "X,X,..."), str: ("names", "NAME,NAME,...")}
+
+
+def _tuple_parser(name: str, item_type=int):
+    """Parses comma-separated ``item_type`` values (``int``, ``float`` or ``str``) into a tuple."""
+
+    def parse(text: str) -> tuple:
         try:
-            values = tuple(int(v) for v in text.split(",") if v.strip() != "")
+            values = tuple(item_type(v.strip()) for v in text.split(",") if v.strip() != "")
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{flag(name)} takes comma-separated integers, got {text!r}"
+                f"{flag(name)} takes comma-separated {_TUPLE_ITEMS[item_type][0]}, got {text!r}"
             ) from None
         return values
 
@@ -60,8 +66,11 @@ def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
-            kwargs["type"] = _int_tuple(f.name)
-            kwargs["metavar"] = "N,N,..."
+            item_type = typing.get_args(kind)[0]
+            if item_type not in _TUPLE_ITEMS:
+                raise TypeError(f"unsupported config field type {kind} for {f.name}")
+            kwargs["type"] = _tuple_parser(f.name, item_type)
+            kwargs["metavar"] = _TUPLE_ITEMS[item_type][1]
         elif kind in (int, float, str):
             kwargs["type"] = kind
         else:

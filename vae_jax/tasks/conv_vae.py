@@ -57,9 +57,19 @@ class ConvVAEConfig(VAEObjectiveConfig):
                                       "mirrors them); each halves the image")
     hidden: int = field(256, "width of a Dense layer between the flattened features and the latent heads (0: none)")
     kernel_size: int = field(4, "convolution kernel size")
+    workdir: str = field("runs/conv_vae", "output directory: config, metrics, checkpoints, figures")
+    # what experiments.conv_vae measures besides training
+    train_eval_examples: int = field(500, "training images evaluated each epoch, logged as train_eval_* beside "
+                                     "test_* (the train/test gap per epoch; 0: off)")
+    mixture_components: int = field(10, "components of the Gaussian mixture fitted to the aggregate posterior")
+    tsne_points: int = field(1000, "test points in the t-SNE figure")
 
     def validate(self) -> None:
         super().validate()
+        require(self.train_eval_examples >= 0, "train_eval_examples", "a non-negative integer",
+                self.train_eval_examples)
+        require(self.mixture_components > 0, "mixture_components", "a positive integer", self.mixture_components)
+        require(self.tsne_points >= 10, "tsne_points", "at least 10", self.tsne_points)
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
         require(len(self.channels) > 0 and all(c > 0 for c in self.channels), "channels",
                 "comma-separated positive channel counts like 32,64", ",".join(map(str, self.channels)))

@@ -1,0 +1,84 @@
+"""Train the convolutional VAE (MNIST by default; --preset faces128 for the lecture's face model).
+
+    python -m experiments.conv_vae --epochs 20 --workdir runs/conv_vae
+    python -m experiments.conv_vae --preset faces128 --dataset folder:data/faces --batch-size 16 \
+        --epochs 400 --workdir runs/faces128                      # the lecture's 128x128x3 face model
+    python -m experiments.conv_vae --epochs 2 --workdir /tmp/conv-local   # smoke test
+
+Outputs in the workdir: config.json, metrics.jsonl (with ``train_eval_*``:
+the test metrics on a fixed subset of training images, for the train/test
+gap per epoch), summary.json (with the collapse ``diagnostics`` and the
+``prior_vs_mixture`` sample quality), checkpoints/, and reconstructions.png
+(training and unseen test images), train_test_gap.png, samples.png,
+tsne.png (test posterior means, by label), mixture_samples.png (decodings of
+N(0, I) samples beside samples of a Gaussian mixture fitted to the aggregate
+posterior), kl_per_dim.png.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+
+from vae_jax import diagnostics, latent_metrics, latent_views, plots, runner, tasks
+from vae_jax.checkpoint import CheckpointError
+from vae_jax.cli import ConfigError, parse_config, user_errors
+from vae_jax.data import DataError
+from vae_jax.tasks import conv_vae
+
+
+def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str], dict]:
+    params, data, workdir = result.params(0), result.dataset, config.workdir
+    key_samples, key_mixture, key_mi = jax.random.split(jax.random.key(config.seed), 3)
+    x_train, x_test, n = data.x_train, data.x_test, 10
+    path = lambda name: os.path.join(workdir, name)  # noqa: E731
+    paths = [plots.save_image_rows(
+        [x_train[:n], tasks.reconstruct(model, params, x_train[:n]), x_test[:n],
+         tasks.reconstruct(model, params, x_test[:n])],
+        ["train", "reconstruction", "test (unseen)", "reconstruction"], path("reconstructions.png"),
+        f"Training and unseen test images and their reconstructions (seed {result.seeds[0]})")]
+    paths.append(plots.save_curves(result.history, ["train_eval_neg_elbo", "test_neg_elbo", "train_eval_recon", "test_recon"],
+                                   path("train_test_gap.png"), "neg-ELBO and reconstruction on seen (train_eval) vs unseen (test) images"))
+    paths.append(plots.save_grid(tasks.sample_prior(model, params, key_samples, 50), path("samples.png"),
+                                 "Decoded samples z ~ N(0, I)"))
+    report = {"diagnostics": diagnostics.vae_collapse_diagnostics(model, params, x_test, key_mi)}
+    paths.append(plots.save_kl_per_dim({"z": report["diagnostics"]["mean_kl_per_dim"]}, path("kl_per_dim.png"),
+                                       "Mean test KL per latent dimension"))
+    if data.y_test is not None:
+        means = tasks.encode_means(model, params, x_test[:config.tsne_points])
+        coords = means if means.shape[1] == 2 else latent_views.tsne_2d(means, config.seed)
+        paths.append(plots.save_latent_scatter(coords, data.y_test[:config.tsne_points], path("tsne.png"),
+                                               f"t-SNE of {len(means)} test posterior means", ("t-SNE 1", "t-SNE 2")))
+    classifier = None if data.y_train is None else latent_metrics.fit_digit_classifier(x_train, data.y_train)
+    quality, prior_images, mixture_images = latent_views.prior_vs_mixture(
+        model, params, x_train, key_mixture, n_components=config.mixture_components, classifier=classifier,
+        seed=config.seed)
+    report["prior_vs_mixture"] = quality
+    paths.append(plots.save_image_rows(
+        [prior_images[:12], mixture_images[:12]],
+        ["z ~ N(0, I)", f"z ~ GMM({config.mixture_components}) of q(z)"], path("mixture_samples.png"),
+        "Prior samples vs samples of a Gaussian mixture fitted to the aggregate posterior"))
+    return paths, report
+
+
+@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+def main(argv=None) -> None:
+    config = parse_config(conv_vae.ConvVAEConfig, argv, description=__doc__.split("\n\n")[0]).resolved()
+    dataset = runner.load_data(config)
+    model, task = conv_vae.conv_vae_task(config, dataset.image_shape)
+    result = runner.train(config, task, dataset, train_eval_examples=config.train_eval_examples)
+    figures, report = write_figures(config, model, result)
+    result.summary.update(report)
+    runner.write_summary(config.workdir, result.summary, figures)
+    test, last, diag = result.summary["test"], result.history[-1] if result.history else {}, report["diagnostics"]
+    print(f"data: {result.dataset.describe()}", file=sys.stderr)
+    print(f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "
+          f"{test['kl']['mean']:.2f}); train-subset neg-ELBO {last.get('train_eval_neg_elbo', float('nan')):.2f}; "
+          f"active units {diag['active_units']}/{diag['latent_dim']}, I(x;z) {diag['mutual_information']:.2f} nats; "
+          f"outputs in {config.workdir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

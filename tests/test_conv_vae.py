@@ -1,0 +1,89 @@
+"""The convolutional VAE: the faces128 preset's layer shapes, its loss, config errors, a short training run."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import objectives, runner
+from vae_jax.cli import ConfigError, parse_config
+from vae_jax.models.conv_vae import init_params
+from vae_jax.tasks.conv_vae import ConvVAEConfig, build_conv_vae, conv_vae_task
+
+
+def _shapes(tree):
+    return jax.tree_util.tree_map(lambda a: a.shape, tree)
+
+
+def test_faces128_preset_layer_shapes():
+    model = build_conv_vae(ConvVAEConfig(preset="faces128"), (128, 128, 3))
+    params = jax.eval_shape(lambda k: init_params(model, k), jax.random.key(0))
+    shapes = _shapes(params)
+    assert shapes["encoder"]["fc1"]["kernel"] == (1024, 64)  # mean head: 1024 -> 64
+    assert shapes["encoder"]["fc2"]["kernel"] == (1024, 64)  # log-variance head
+    assert shapes["decoder"]["fc3"]["kernel"] == (64, 1024)  # back up: 64 -> 1024
+    x = jax.ShapeDtypeStruct((16, 128, 128, 3), jnp.float32)
+    flat = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method=lambda m, x: m.encoder(x)), params, x)
+    out, mean, logvar, z = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, jax.random.key(1)), params, x)
+    chex.assert_shape([mean, logvar, z], (16, 64))
+    chex.assert_shape(out, (16, 128, 128, 3))
+    chex.assert_shape(flat, [(16, 64), (16, 64)])
+
+
+def test_faces128_loss_is_summed_squared_error_plus_kl_plus_constant():
+    # The preset's likelihood settings on a small colour model (the 128x128 forward pass is slow on CPU).
+    resolved = ConvVAEConfig(preset="faces128").resolved()
+    config = ConvVAEConfig(likelihood=resolved.likelihood, decoder_logvar=resolved.decoder_logvar,
+                           channels=(4, 8), hidden=0, latent_dim=6)
+    model, task = conv_vae_task(config, (32, 32, 3))
+    params = init_params(model, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    key = jax.random.key(2)
+    got = jax.jit(task.eval_fn)(params, {"x": x}, key)
+    out, mean, logvar, _ = jax.jit(model.apply)({"params": params}, x, key)
+    sse = np.square(np.asarray(x, np.float64) - np.asarray(jax.nn.sigmoid(out), np.float64)).sum(axis=(1, 2, 3))
+    kl = 0.5 * np.sum(np.exp(logvar) + np.square(mean) - 1 - logvar, axis=-1)  # summed over the latent dims
+    d = 32 * 32 * 3
+    np.testing.assert_allclose(got["neg_elbo"], sse + kl + 0.5 * d * math.log(math.pi), rtol=1e-5)
+
+
+def test_preset_refuses_other_images_and_other_architecture_flags():
+    with pytest.raises(ConfigError, match=r"--preset faces128 needs 128x128x3 images.*got 28x28x1"):
+        build_conv_vae(ConvVAEConfig(preset="faces128"), (28, 28, 1))
+    with pytest.raises(SystemExit):
+        parse_config(ConvVAEConfig, ["--preset", "faces128", "--latent-dim", "8"])
+    with pytest.raises(ConfigError, match="--latent-dim is set by --preset faces128"):
+        ConvVAEConfig(preset="faces128", latent_dim=8).validate()
+    with pytest.raises(ConfigError, match="--channels"):
+        build_conv_vae(ConvVAEConfig(channels=(8, 8, 8, 8, 8, 8)), (28, 28, 1))
+    with pytest.raises(ConfigError, match="--iwae-k"):
+        ConvVAEConfig(iwae_k=5, beta=2.0).validate()
+    with pytest.raises(ConfigError, match="--beta-warmup-steps"):
+        ConvVAEConfig(beta_schedule="linear").validate()
+    resolved = ConvVAEConfig(preset="faces128").resolved()
+    assert (resolved.latent_dim, resolved.likelihood, resolved.decoder_logvar) == (64, "gaussian", math.log(0.5))
+
+
+@pytest.mark.parametrize("likelihood,channels", [("bernoulli", 1), ("gaussian_pixel_var", 2),
+                                                 ("gaussian_shared_var", 2)])
+def test_decoder_output_channels_follow_the_likelihood(likelihood, channels):
+    model = build_conv_vae(ConvVAEConfig(likelihood=likelihood, channels=(4, 8), hidden=0, latent_dim=3), (28, 28, 1))
+    params = jax.eval_shape(lambda k: init_params(model, k), jax.random.key(0))
+    out = jax.eval_shape(lambda p: model.apply({"params": p}, jnp.zeros((2, 3)), method=model.decode), params)
+    assert out.shape == (2, 28, 28, channels) and channels == objectives.decoder_channels(likelihood, 1)
+
+
+def test_short_training_lowers_the_elbo_and_logs_the_train_test_gap(mnist_small, tmp_path):
+    config = ConvVAEConfig(channels=(8, 16), hidden=32, latent_dim=4, epochs=2, batch_size=64, learning_rate=3e-3,
+                           workdir=str(tmp_path / "run"), progress=False)
+    model, task = conv_vae_task(config, mnist_small.image_shape)
+    before = jax.jit(task.eval_fn)(init_params(model, jax.random.key(config.seed)), {"x": mnist_small.x_test}, jax.random.key(0))
+    result = runner.train(config, task, mnist_small, train_eval_examples=128)
+    assert result.history[-1]["test_neg_elbo"] < float(np.mean(before["neg_elbo"])) - 40
+    for line in result.history:
+        assert {"train_eval_neg_elbo", "train_eval_recon", "train_eval_kl", "test_neg_elbo"} <= set(line)
+    # Seen images fit at least about as well as unseen ones.
+    assert result.history[-1]["train_eval_neg_elbo"] < result.history[-1]["test_neg_elbo"] + 20

@@ -1,0 +1,93 @@
+"""Views of a trained VAE's latent space: t-SNE, the aggregate posterior as a Gaussian mixture, traversals.
+
+* :func:`tsne_2d` -- a 2-D t-SNE (van der Maaten & Hinton 2008) of latent codes.
+* "A VAE as a mixture of Gaussians": the aggregate posterior
+  q(z) = (1/N) sum_n q(z|x_n) is itself a mixture of N Gaussians, and the
+  decoder turns it into the data distribution. Prior samples z ~ N(0, I)
+  land where q(z) has little mass whenever q(z) differs from the prior (holes
+  between classes, unused corners). :func:`prior_vs_mixture` fits a
+  scikit-learn ``GaussianMixture`` with a few components to samples of q(z)
+  (one z ~ q(z|x_n) per training image), decodes samples of both and measures
+  each set with :mod:`vae_jax.latent_metrics` (nearest-training-image
+  distance, digit-classifier confidence).
+* :func:`latent_traversals` -- decodings of one code with a single dimension
+  swept over a range (Higgins et al. 2017).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from vae_jax import diagnostics, latent_metrics
+from vae_jax.tasks.vae import decode_means
+
+
+def tsne_2d(codes: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """A 2-D t-SNE embedding ``[N, 2]`` of ``codes`` ``[N, D]`` (scikit-learn, PCA initialisation)."""
+    from sklearn.manifold import TSNE
+
+    perplexity = min(perplexity, (len(codes) - 1) / 3.0)
+    return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
+        np.asarray(codes, np.float64))
+
+
+def sample_aggregate_posterior(posterior_means: np.ndarray, posterior_logvars: np.ndarray, seed: int) -> np.ndarray:
+    """One z ~ q(z|x_n) per row ``[N, D]``: a sample of the aggregate posterior q(z)."""
+    rng = np.random.default_rng(seed)
+    return posterior_means + np.exp(0.5 * posterior_logvars) * rng.standard_normal(posterior_means.shape)
+
+
+def fit_mixture(z: np.ndarray, n_components: int, seed: int = 0):
+    """A full-covariance ``sklearn.mixture.GaussianMixture`` fitted to the latent samples ``z`` ``[N, D]``."""
+    from sklearn.mixture import GaussianMixture
+
+    return GaussianMixture(n_components=n_components, covariance_type="full", random_state=seed,
+                           reg_covar=1e-4).fit(np.asarray(z, np.float64))
+
+
+def sample_quality(images: np.ndarray, x_train: np.ndarray, classifier=None) -> dict:
+    """Mean distance to the nearest training image, plus the classifier's confidence when one is given."""
+    out = {"nn_distance_mean": float(np.mean(latent_metrics.nearest_neighbor_distance(images, x_train)))}
+    if classifier is not None:
+        out.update(latent_metrics.classifier_confidence(classifier, images))
+    return out
+
+
+def prior_vs_mixture(model, params, x_train: np.ndarray, key: jax.Array, *, n_components: int = 10,
+                     num_samples: int = 500, classifier=None, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Decoded samples from N(0, I) and from a GaussianMixture fitted to q(z), and their measured quality.
+
+    Returns:
+      ``(quality, prior_images, mixture_images)``: ``quality`` has
+      ``prior`` and ``mixture`` dicts (:func:`sample_quality`), ``n_components``
+      and the mixture's average log-likelihood of N(0, I) samples vs of q(z)
+      samples; the images are ``[num_samples, H, W, C]``.
+    """
+    means, logvars = diagnostics.encode_posteriors(model, params, x_train)
+    z_q = sample_aggregate_posterior(means, logvars, seed)
+    mixture = fit_mixture(z_q, n_components, seed)
+    z_prior = np.asarray(jax.random.normal(key, (num_samples, means.shape[1])))
+    z_mixture, _ = mixture.sample(num_samples)
+    z_mixture = z_mixture[np.random.default_rng(seed).permutation(num_samples)]  # sklearn returns them by component
+    prior_images = decode_means(model, params, z_prior.astype(np.float32))
+    mixture_images = decode_means(model, params, z_mixture.astype(np.float32))
+    quality = {
+        "n_components": n_components,
+        "num_samples": num_samples,
+        "prior": sample_quality(prior_images, x_train, classifier),
+        "mixture": sample_quality(mixture_images, x_train, classifier),
+        "mixture_loglik_of_prior_samples": float(mixture.score(z_prior)),
+        "mixture_loglik_of_posterior_samples": float(mixture.score(z_q)),
+    }
+    return quality, prior_images, mixture_images
+
+
+def latent_traversals(model, params, x: np.ndarray, dims, values) -> np.ndarray:
+    """Decodings ``[len(dims), len(values), H, W, C]`` of x's posterior mean with dimension d set to each value."""
+    means, _ = diagnostics.encode_posteriors(model, params, x[None])
+    codes = np.repeat(np.repeat(means, len(dims), 0)[:, None], len(values), 1)  # [dims, values, D]
+    for i, d in enumerate(dims):
+        codes[i, :, d] = values
+    images = decode_means(model, params, codes.reshape(-1, means.shape[1]).astype(np.float32))
+    return images.reshape(len(dims), len(values), *images.shape[1:])
