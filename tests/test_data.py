@@ -222,7 +222,13 @@ def test_tfds_images_are_resized_as_they_are_read(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "_tfds_reachable", lambda timeout=3.0: True)
     with tfds.testing.mock_data(num_examples=12):
         ds = load_dataset("tfds:mnist", data_dir=str(tmp_path), image_size=14)
+        faces = {name: load_dataset(f"tfds:{name}", data_dir=str(tmp_path), image_size=16)
+                 for name in ("celeb_a", "lfw")}
     assert ds.image_shape == (14, 14, 1) and ds.train_pixels.dtype == np.uint8 and ds.num_train == 12
+    assert ds.y_train is not None
+    for name, face in faces.items():  # CelebA's 218x178 and LFW's 250x250 RGB images, centre-cropped
+        assert face.image_shape == (16, 16, 3) and face.train_pixels.dtype == np.uint8, name
+        assert face.y_train is None, name  # LFW's "label" is a person's name, not a class index
 
 
 # --- broken files and arrays -----------------------------------------------------------------------------
@@ -270,21 +276,17 @@ def test_wrong_dtypes_ranks_and_empty_splits_are_one_line_errors(tmp_path, array
     assert "\n" not in str(err.value) and str(tmp_path / "bad.npz") in str(err.value)
 
 
-def test_a_workdir_saved_before_image_size_existed_still_resumes(tmp_path, mnist_small):
+def test_a_workdir_saved_before_image_size_existed_still_resumes(tmp_path):
     """config.json files written before --image-size existed lack it; they hold image_size = 0 runs."""
     import json
 
     from vae_jax import runner, tasks
     from vae_jax.cli import ConfigError
 
-    config = tasks.VAEConfig(latent_dim=2, hidden=(8,), batch_size=128, epochs=1, workdir=str(tmp_path),
-                             progress=False, eval_batch_size=128)
-    _, task = tasks.vae_task(config, mnist_small.image_shape)
-    runner.train(config, task, mnist_small)
-    path = tmp_path / "config.json"
-    saved = json.loads(path.read_text())
+    config = tasks.VAEConfig(latent_dim=2, hidden=(8,), workdir=str(tmp_path))
+    saved = runner.config_record(config)  # what a run writes into config.json
     del saved["image_size"]
-    path.write_text(json.dumps(saved))
+    (tmp_path / "config.json").write_text(json.dumps(saved))
     runner._check_workdir_config(str(tmp_path), config)  # no error: the missing field had its default
     with pytest.raises(ConfigError, match="other settings \\(--image-size\\)"):
         runner._check_workdir_config(str(tmp_path), dataclasses.replace(config, image_size=16))
