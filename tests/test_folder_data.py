@@ -232,3 +232,17 @@ def test_thread_pool_size_does_not_change_the_result(tmp_path):
     many = data.load_image_folder(str(tmp_path), image_size=6, max_workers=8)
     np.testing.assert_array_equal(one[0], many[0])
     np.testing.assert_array_equal(one[2], many[2])
+
+
+def test_splits_from_class_folders_are_listed_in_a_mixed_order(tmp_path):
+    """Listed class by class, the test split would show one class in every figure; it comes shuffled."""
+    rng = np.random.default_rng(8)
+    for split, count in (("train", 10), ("test", 10)):
+        for c in "abc":
+            for i in range(count):
+                _save(str(tmp_path / split / c / f"{i}.png"), _random_rgb(rng, 3, 3))
+    ds = load_dataset(f"folder:{tmp_path}")
+    for labels in (ds.y_train, ds.y_test):
+        assert np.bincount(labels).tolist() == [10, 10, 10]
+        assert np.any(np.diff(labels) < 0)  # not sorted by class
+        assert len(set(labels[:6].tolist())) > 1
