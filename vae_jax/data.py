@@ -487,6 +487,11 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
     Files are decoded by a thread pool (Pillow releases the GIL while
     decoding and resampling) straight into one preallocated array.
 
+    Args:
+      path: the directory.
+      image_size: 0, or the side S of the square images to make.
+      max_workers: decoding threads (default: Python's ``ThreadPoolExecutor`` default).
+
     Returns:
       ``(x_train, y_train, x_test, y_test, class_names)``; ``x`` are ``uint8``
       ``[N, H, W, C]``, ``y`` int32 ``[N]`` or None, ``class_names`` a tuple or None.
