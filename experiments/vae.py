@@ -4,9 +4,12 @@
     python -m experiments.vae --seeds 8 --workdir runs/vae8        # 8 replicas in one program
     python -m experiments.vae --epochs 2 --workdir /tmp/vae-local  # smoke test
 
-Outputs in the workdir: config.json, metrics.jsonl, summary.json,
+Outputs in the workdir: config.json, metrics.jsonl, summary.json (with the
+collapse ``diagnostics``: mean KL per latent dimension, active units, I(x; z)),
 checkpoints/ (Orbax) and reconstructions.png, samples.png,
-interpolation.png, latent_space.png, loss_curves.png (from the first seed).
+interpolation.png, latent_space.png, loss_curves.png, kl_per_dim.png (from the
+first seed). The objective flags (--likelihood, --beta, --beta-schedule,
+--free-bits, --iwae-k) are described in ``--help``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 import jax
 import numpy as np
 
-from vae_jax import plots, runner, tasks
+from vae_jax import diagnostics, plots, runner, tasks
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -58,6 +61,10 @@ def write_figures(config, model, result: runner.TrainResult) -> list[str]:
                                            "Test posterior means", axis_labels))
     paths.append(plots.save_curves(result.history, ["train_loss", "test_neg_elbo", "test_recon", "test_kl"],
                                    os.path.join(workdir, "loss_curves.png"), "Training and test loss"))
+    result.summary["diagnostics"] = diagnostics.vae_collapse_diagnostics(model, params, x_test,
+                                                                         jax.random.key(config.seed))
+    paths.append(plots.save_kl_per_dim({"z": result.summary["diagnostics"]["mean_kl_per_dim"]},
+                                       os.path.join(workdir, "kl_per_dim.png"), "Mean test KL per latent dimension"))
     return paths
 
 
@@ -71,8 +78,10 @@ def main(argv=None) -> None:
     runner.write_summary(config.workdir, result.summary, figures)
     test = result.summary["test"]
     print(f"data: {result.dataset.describe()}", file=sys.stderr)
+    diag = result.summary["diagnostics"]
     print(f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
-          f"KL {test['kl']['mean']:.2f}); outputs in {config.workdir}", file=sys.stderr)
+          f"KL {test['kl']['mean']:.2f}); active units {diag['active_units']}/{diag['latent_dim']}, "
+          f"I(x;z) {diag['mutual_information']:.2f} nats; outputs in {config.workdir}", file=sys.stderr)
 
 
 if __name__ == "__main__":
