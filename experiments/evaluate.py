@@ -1,13 +1,28 @@
-"""Evaluate a trained VAE's newest checkpoint on a test split: ELBO, IWAE-k, bits/dim, active units.
+"""Evaluate a trained VAE's newest checkpoint on a test split: ELBO, IWAE-k NLL, bits/dim, active units.
 
     python -m experiments.evaluate --workdir runs/vae
-    python -m experiments.evaluate --workdir runs/vae --iwae-k 5000 --out runs/vae/eval_k5000.json
+    python -m experiments.evaluate --workdir runs/hvae/hvae --iwae-k 5000 --out runs/hvae/hvae/eval_k5000.json
     python -m experiments.evaluate --workdir runs/vae --dataset npz:other.npz
 
-Writes JSON (default WORKDIR/eval.json) with n, neg_elbo, recon, kl (nats per
-example), iwae_nll and iwae_k, bits_per_dim, active_units; for a run of
-several seeds, each seed's numbers and their mean and standard deviation.
-A fixed evaluation key makes repeated evaluations agree exactly.
+Works for every VAE family, read from the ``kind`` in the workdir's
+config.json: ``vae`` (experiments.vae), ``conv_vae`` (experiments.conv_vae),
+``cvae`` (experiments.cvae; every quantity conditioned on the true test
+label, i.e. -log p(x|y)) and ``hvae`` (experiments.hvae's WORKDIR/hvae and
+WORKDIR/vae). A workdir of another kind is named with the command that fits
+it; a directory that holds runs in sub-directories lists them.
+
+Writes JSON (default WORKDIR/eval.json) with the checkpoint it came from
+(epoch and path), n, neg_elbo, recon, kl (+ kl_z1, kl_z2 for the HVAE), in
+nats per example, iwae_nll and iwae_k, bits_per_dim, active units (per latent
+layer too), and ``measure``: what the NLL is (a cross-entropy when a
+Bernoulli decoder sees gray-level targets); for a run of several seeds, each
+seed's numbers and their mean and standard deviation.
+
+neg_elbo, recon and kl are computed as the training run computed
+summary.json's test metrics (same fixed key, same --eval-batch-size
+batching), so they equal summary.json's for the same checkpoint and data. The
+IWAE bound draws its own samples from a separate fixed key. Repeated
+evaluations agree exactly.
 """
 
 from __future__ import annotations
@@ -17,25 +32,105 @@ import json
 import os
 import sys
 
-import jax
 import numpy as np
 
-from vae_jax import data as data_lib, evaluate, runner, tasks
+from vae_jax import data as data_lib, evaluate, runner
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, user_errors
+
+
+def _vae_family():
+    from vae_jax.tasks import vae
+
+    def build(config, image_shape):
+        model, task = vae.vae_task(config, image_shape)
+        return task, evaluate.gaussian_vae_parts(model, task.eval_fn, config.likelihood, config.decoder_logvar)
+
+    return vae.VAEConfig, build
+
+
+def _conv_vae_family():
+    from vae_jax.tasks import conv_vae
+
+    def build(config, image_shape):
+        model, task = conv_vae.conv_vae_task(config, image_shape)
+        resolved = config.resolved()  # a preset fixes the likelihood and the decoder variance
+        return task, evaluate.gaussian_vae_parts(model, task.eval_fn, resolved.likelihood, resolved.decoder_logvar)
+
+    return conv_vae.ConvVAEConfig, build
+
+
+def _cvae_family():
+    from vae_jax.tasks import cvae
+
+    def build(config, image_shape):
+        model, task = cvae.cvae_task(config, image_shape)
+        return task, cvae.cvae_eval_parts(model, task, config)
+
+    return cvae.CVAEConfig, build
+
+
+def _hvae_family():
+    from vae_jax.tasks import hvae
+
+    def build(config, image_shape):
+        model, task = hvae.hvae_task(config, image_shape)
+        return task, hvae.hvae_eval_parts(model, task, config)
+
+    return hvae.HVAEConfig, build
+
+
+# kind (in config.json) -> () -> (config class, build(config, image_shape) -> (Task, VAEEvalParts))
+VAE_FAMILIES = {"vae": _vae_family, "conv_vae": _conv_vae_family, "cvae": _cvae_family, "hvae": _hvae_family}
+# Workdirs of other kinds: what they hold and which command reports on them.
+OTHER_KINDS = {
+    "autoencoder": ("an autoencoder run (no likelihood to evaluate)",
+                    "its test MSE/PSNR are in summary.json; rerun python -m experiments.autoencoder --workdir {w} "
+                    "to refresh them"),
+    "linear_ae": ("a linear-autoencoder run of experiments.pca_vs_linear_ae (no likelihood to evaluate)",
+                  "its results are in summary.json; see python -m experiments.pca_vs_linear_ae --help"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="workdir of an experiments.vae run")
+    parser.add_argument("--workdir", required=True,
+                        help=f"workdir of a VAE training run (kinds: {', '.join(VAE_FAMILIES)})")
     parser.add_argument("--dataset", default="", help="dataset spec to evaluate on (default: the run's)")
     parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")
     parser.add_argument("--iwae-k", type=int, default=1000, help="importance samples per test image")
-    parser.add_argument("--batch-size", type=int, default=100, help="test images per evaluation batch")
+    parser.add_argument("--batch-size", type=int, default=100, help="test images per IWAE batch")
     parser.add_argument("--k-chunk", type=int, default=100, help="importance samples decoded at a time")
     parser.add_argument("--out", default="", help="output JSON file (default: WORKDIR/eval.json)")
     return parser
+
+
+def run_kind(workdir: str) -> str:
+    """The ``kind`` in ``workdir``'s config.json; a one-line error that lists sub-workdirs when there is none."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        runs = sub_workdirs(workdir)
+        if runs:
+            listing = ", ".join(f"{os.path.join(workdir, name)} ({kind})" for name, kind in runs)
+            raise ConfigError(f"--workdir {workdir} holds no run itself but these runs: {listing}; "
+                              "pass one of them as --workdir")
+        raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
+    with open(path) as f:
+        return json.load(f).get("kind", "vae")  # workdirs written before kinds were recorded hold MLP VAEs
+
+
+def sub_workdirs(directory: str) -> list[tuple[str, str]]:
+    """(name, kind) of the immediate sub-directories of ``directory`` that hold a config.json."""
+    if not os.path.isdir(directory):
+        return []
+    found = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name, "config.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                found.append((name, json.load(f).get("kind", "vae")))
+    return found
 
 
 def trained_image_shape(workdir: str) -> tuple | None:
@@ -47,6 +142,18 @@ def trained_image_shape(workdir: str) -> tuple | None:
         return tuple(json.load(f)["dataset"]["image_shape"])
 
 
+def family_for(workdir: str):
+    """The builder of ``workdir``'s VAE family, or a one-line error saying what the workdir holds instead."""
+    kind = run_kind(workdir)
+    if kind in VAE_FAMILIES:
+        return VAE_FAMILIES[kind]
+    if kind in OTHER_KINDS:
+        what, command = OTHER_KINDS[kind]
+        raise ConfigError(f"--workdir {workdir} holds {what}; {command.format(w=workdir)}")
+    raise ConfigError(f"--workdir {workdir} holds a {kind!r} run; experiments.evaluate evaluates VAE runs "
+                      f"({', '.join(VAE_FAMILIES)})")
+
+
 @user_errors(ConfigError, data_lib.DataError, CheckpointError)
 def main(argv=None) -> dict:
     parser = build_parser()
@@ -54,36 +161,65 @@ def main(argv=None) -> dict:
     for name in ("iwae_k", "batch_size", "k_chunk"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    config = runner.load_run_config(args.workdir, tasks.VAEConfig)
+    config_cls, build = family_for(args.workdir)()
+    config = runner.load_run_config(args.workdir, config_cls)
     spec = args.dataset or config.dataset
-    dataset = data_lib.load_dataset(spec, data_dir=(args.data_dir or config.data_dir) or None, binarize=config.binarize)
+    dataset = data_lib.load_dataset(spec, data_dir=(args.data_dir or config.data_dir) or None,
+                                    binarize=config.binarize, image_size=config.image_size)
     trained_shape = trained_image_shape(args.workdir) or dataset.image_shape
     if dataset.image_shape != trained_shape:
         raise ConfigError(f"--dataset {spec}: images are {dataset.image_shape}, the model was trained on {trained_shape}")
-    model, task = tasks.vae_task(config, trained_shape)
+    task, parts = build(config, trained_shape)
+    data = {"x": dataset.test_pixels}
+    if parts.needs_labels:
+        if dataset.y_test is None:
+            raise ConfigError(f"--dataset {spec}: the conditional VAE is evaluated on -log p(x|y) and needs test "
+                              "labels; this data has none")
+        data["y"] = dataset.y_test
     epoch, state = runner.restore_state(config, task)
 
-    per_seed = []
-    for replica, seed in enumerate(config.seed_list()):
-        params = jax.tree_util.tree_map(lambda a: a[replica], state.params)
-        metrics = evaluate.evaluate_vae(model, params, dataset.x_test, config.likelihood, config.decoder_logvar,
-                                        iwae_k=args.iwae_k, batch_size=args.batch_size, k_chunk=args.k_chunk)
-        per_seed.append({"seed": seed, **metrics})
-    result = {"workdir": args.workdir, "checkpoint_epoch": int(epoch), "dataset": dataset.summary(), **per_seed[0]}
+    per_seed = evaluate.evaluate_runs(parts, state.params, data, iwae_k=args.iwae_k,
+                                      eval_batch_size=config.eval_batch_size, iwae_batch_size=args.batch_size,
+                                      k_chunk=args.k_chunk)
+    seeds = config.seed_list()
+    per_seed = [{"seed": seed, **m} for seed, m in zip(seeds, per_seed)]
+    likelihood = config.resolved().likelihood if hasattr(config, "resolved") else config.likelihood  # conv presets
+    measure = evaluate.likelihood_measure(likelihood, dataset.x_test)
+    result = {
+        "workdir": args.workdir,
+        "kind": config.kind,
+        "checkpoint_epoch": int(epoch),
+        "checkpoint": {"epoch": int(epoch), "path": os.path.join(os.path.abspath(config.workdir), "checkpoints",
+                                                                 str(int(epoch)))},
+        "dataset": dataset.summary(),
+        "measure": measure,
+        "neg_elbo_note": "single-sample neg-ELBO with the run's fixed evaluation key and --eval-batch-size "
+                         f"{config.eval_batch_size}: the same computation as summary.json's test metrics",
+        **per_seed[0],
+    }
     if len(per_seed) > 1:
         result["per_seed"] = per_seed
-        for key in ("neg_elbo", "recon", "kl", "iwae_nll", "bits_per_dim", "active_units"):
+        scalar_keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and k not in ("seed", "n", "iwae_k")]
+        for key in scalar_keys:
             values = np.array([m[key] for m in per_seed], np.float64)
             result[key] = float(values.mean())
             result[f"{key}_std"] = float(values.std())
+        result["active_units_per_layer"] = {layer: float(np.mean([m["active_units_per_layer"][layer] for m in per_seed]))
+                                            for layer in per_seed[0]["active_units_per_layer"]}
         del result["seed"]
     out = args.out or os.path.join(args.workdir, "eval.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"n={result['n']}  neg-ELBO {result['neg_elbo']:.2f}  IWAE-{args.iwae_k} NLL {result['iwae_nll']:.2f} nats  "
-          f"({result['bits_per_dim']:.4f} bits/dim)  active units {result['active_units']}/{config.latent_dim}  -> {out}",
-          file=sys.stderr)
+    word = "cross-entropy" if measure.startswith("cross-entropy") else "NLL"
+    units = ", ".join(f"{k} {result['active_units_per_layer'][k]:g}/{d}" for k, d in result["latent_dims"].items())
+    extras = "".join(f", {k} {result[k]:.2f}" for k in ("kl_z1", "kl_z2") if k in result)
+    print(f"{config.kind} checkpoint epoch {epoch}: n={result['n']}  neg-ELBO {result['neg_elbo']:.2f} "
+          f"(recon {result['recon']:.2f}, KL {result['kl']:.2f}{extras})  IWAE-{args.iwae_k} {word} "
+          f"{result['iwae_nll']:.2f} nats ({result['bits_per_dim']:.4f} bits/dim, {word})  active units {units}  "
+          f"-> {out}")
+    if word == "cross-entropy":
+        print("note: " + measure, file=sys.stderr)
     return result
 
 

@@ -1,0 +1,87 @@
+"""experiments.evaluate end to end on a tiny run of every VAE family, and what it says about other workdirs."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import evaluate as evaluate_exp
+from vae_jax import data as data_lib, runner
+from vae_jax.tasks import autoencoder, conv_vae, cvae, hvae, vae
+
+SHARED = dict(epochs=1, batch_size=128, eval_batch_size=50, progress=False, checkpoint_every=1)
+
+
+def _family_runs(spec, root):
+    dataset = data_lib.load_dataset(spec)
+    shape = dataset.image_shape
+    runs = {
+        "vae": (vae.VAEConfig(latent_dim=3, hidden=(32,), **SHARED), vae.vae_task),
+        "conv_vae": (conv_vae.ConvVAEConfig(latent_dim=3, channels=(4, 8), hidden=0, **SHARED), conv_vae.conv_vae_task),
+        "cvae": (cvae.with_data_classes(cvae.CVAEConfig(latent_dim=3, hidden=(32,), **SHARED), dataset),
+                 cvae.cvae_task),
+        "hvae": (hvae.HVAEConfig(latent_dim=3, top_latent_dim=2, hidden=(32,), top_hidden=(8,), seeds="2", **SHARED),
+                 hvae.hvae_task),
+    }
+    summaries = {}
+    for kind, (config, make_task) in runs.items():
+        config = dataclasses.replace(config, dataset=spec, workdir=os.path.join(root, kind))
+        _, task = make_task(config, shape)
+        summaries[kind] = runner.train(config, task, dataset).summary
+    return summaries
+
+
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory, mnist_small):
+    root = tmp_path_factory.mktemp("families")
+    path = root / "digits.npz"
+    np.savez(path, x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8), y_train=mnist_small.y_train,
+             x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8), y_test=mnist_small.y_test)
+    runs_root = str(root / "runs")
+    return runs_root, _family_runs(f"npz:{path}", runs_root)
+
+
+@pytest.mark.parametrize("kind", ["vae", "conv_vae", "cvae", "hvae"])
+def test_every_family_evaluates_and_matches_its_summary(family_runs, kind):
+    root, summaries = family_runs
+    workdir = os.path.join(root, kind)
+    result = evaluate_exp.main(["--workdir", workdir, "--iwae-k", "8", "--k-chunk", "3", "--batch-size", "64"])
+    assert json.load(open(os.path.join(workdir, "eval.json"))) == json.loads(json.dumps(result))
+    assert result["kind"] == kind and result["n"] == 128 and result["iwae_k"] == 8
+    assert result["checkpoint"]["epoch"] == 1 and os.path.isdir(result["checkpoint"]["path"])
+    # Computed as the training run computed summary.json's test metrics: the same numbers.
+    for name in ("neg_elbo", "recon", "kl"):
+        np.testing.assert_allclose(result[name], summaries[kind]["test"][name]["mean"], rtol=1e-5)
+    assert result["iwae_nll"] < result["neg_elbo"]
+    assert result["measure"].startswith("cross-entropy")  # gray-level digits under a Bernoulli decoder
+    np.testing.assert_allclose(result["bits_per_dim"], result["iwae_nll"] / (784 * np.log(2)), rtol=1e-6)
+    if kind == "hvae":
+        assert set(result["latent_dims"]) == {"z1", "z2"} and len(result["per_seed"]) == 2
+        np.testing.assert_allclose(result["kl"], result["kl_z1"] + result["kl_z2"], rtol=1e-5)
+        for seed_result in result["per_seed"]:
+            assert seed_result["active_units"] == sum(seed_result["active_units_per_layer"].values())
+
+
+def test_a_parent_directory_lists_its_runs(family_runs, capsys):
+    root, _ = family_runs
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_exp.main(["--workdir", root])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no run itself" in err
+    for kind in ("vae", "conv_vae", "cvae", "hvae"):
+        assert f"{os.path.join(root, kind)} ({kind})" in err
+
+
+def test_an_autoencoder_workdir_is_named_with_the_command_that_fits(tmp_path, capsys):
+    config = autoencoder.AEConfig(workdir=str(tmp_path))
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(runner.config_record(config), f)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_exp.main(["--workdir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds an autoencoder run" in err and "python -m experiments.autoencoder" in err
+    assert err.count("\n") == 1
