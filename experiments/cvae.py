@@ -11,8 +11,8 @@ says which class each sample shows: the fraction assigned to the requested
 class measures how well the label controls the output.
 
 Outputs in the workdir, besides the shared ones (config.json, metrics.jsonl,
-summary.json with ``class_control`` and the collapse diagnostics
-``collapse``, checkpoints/): class_samples.png (one
+summary.json with ``class_control`` and the collapse
+``diagnostics``, checkpoints/): class_samples.png (one
 row per class), class_interpolations.png (one z path decoded under every
 label), loss_curves.png, and cvae_samples.npz (``x`` ``[K*100, H, W, C]`` in
 [0, 1], ``y`` the requested labels), so anyone can judge the samples with
@@ -89,8 +89,8 @@ def main(argv=None) -> dict:
     figures = write_figures(config, model, params, result, samples, labels, control)
     result.summary["class_control"] = control
     data = result.dataset
-    result.summary["collapse"] = cvae.collapse_diagnostics(model, params, data.x_test, data.y_test,
-                                                           jax.random.key(config.seed))
+    result.summary["diagnostics"] = cvae.collapse_diagnostics(model, params, data.x_test, data.y_test,
+                                                              jax.random.key(config.seed))["z"]
     runner.write_summary(config.workdir, result.summary, figures)
     test = result.summary["test"]
     print(f"data: {dataset.describe()}", file=sys.stderr)

@@ -67,7 +67,8 @@ def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict) ->
     first = jax.tree_util.tree_map(lambda a: a[:1], result.state.params)
     metrics = evaluate.evaluate_runs(parts, first, {"x": result.dataset.test_pixels}, iwae_k=EVAL_IWAE_K,
                                      eval_batch_size=config.eval_batch_size)[0]
-    result.summary["collapse"] = collapse
+    # summary.json's collapse ``diagnostics``: per layer for the HVAE, one dict for the one-level VAE
+    result.summary["diagnostics"] = collapse if len(collapse) > 1 else collapse["z"]
     runner.write_summary(config.workdir, result.summary)
     return {**metrics, "mutual_information": {k: v["mutual_information"] for k, v in collapse.items()},
             "mean_kl_per_dim": {k: v["mean_kl_per_dim"] for k, v in collapse.items()}}
