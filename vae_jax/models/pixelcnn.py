@@ -81,15 +81,38 @@ def causal_mask(kernel_size: int, stack: str, mask_type: str) -> np.ndarray:
     return allowed[None, :].astype(np.float32)
 
 
+def crop_to_mask(mask: np.ndarray) -> tuple[np.ndarray, tuple[tuple[int, int], tuple[int, int]]]:
+    """The smallest window of a centred ``[kh, kw]`` mask holding its non-zero taps and the centre.
+
+    Returns:
+      ``(cropped_mask, padding)``: a convolution with the cropped kernel and
+      ``padding = ((top, bottom), (left, right))`` gives exactly the 'SAME'
+      convolution with the full masked kernel, without multiplying the always
+      zero taps (for a causal mask, the rows below and the columns right of the
+      centre: about half of a k×k kernel).
+    """
+    kh, kw = mask.shape
+    centre_row, centre_col = kh // 2, kw // 2
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    top, bottom = min(rows.min(initial=centre_row), centre_row), max(rows.max(initial=centre_row), centre_row)
+    left, right = min(cols.min(initial=centre_col), centre_col), max(cols.max(initial=centre_col), centre_col)
+    padding = ((centre_row - top, bottom - centre_row), (centre_col - left, right - centre_col))
+    return mask[top:bottom + 1, left:right + 1], padding
+
+
 class MaskedConv(nn.Module):
     """A 'SAME'-padded, stride-1 2-D convolution whose kernel is multiplied by a fixed 0/1 mask.
 
-    The masked kernel entries receive zero gradient, so they stay irrelevant;
-    the mask is a constant of the module, not a parameter.
+    Only the window of the kernel that :func:`crop_to_mask` keeps is a
+    parameter (the rest would always be multiplied by 0); inside it the masked
+    taps are multiplied by 0, receive zero gradient and stay irrelevant. The
+    mask is a constant of the module, not a parameter.
 
     Attributes:
       features: output channels.
-      mask: ``[kh, kw]`` 0/1 array (odd kh and kw), e.g. from :func:`causal_mask`.
+      mask: ``[kh, kw]`` 0/1 array centred on the output position (odd kh and
+        kw), e.g. from :func:`causal_mask`.
     """
 
     features: int
@@ -108,13 +131,13 @@ class MaskedConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C] -> [B, H, W, features]
-        mask = jnp.asarray(self.mask, x.dtype)
-        kh, kw = mask.shape
+        window, padding = crop_to_mask(np.asarray(self.mask))
+        kh, kw = window.shape
         kernel = self.param("kernel", self._init_kernel, (kh, kw, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        y = jax.lax.conv_general_dilated(
-            x, kernel * mask[:, :, None, None], window_strides=(1, 1),
-            padding=((kh // 2, kh // 2), (kw // 2, kw // 2)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        window = jnp.asarray(window, x.dtype)[:, :, None, None]
+        y = jax.lax.conv_general_dilated(x, kernel * window, window_strides=(1, 1), padding=padding,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + bias
 
 
@@ -180,7 +203,7 @@ class PixelCNN(nn.Module):
     num_codes: int
     features: int = 64
     num_layers: int = 5
-    kernel_size: int = 5
+    kernel_size: int = 3
     num_classes: int = 0
 
     def setup(self):

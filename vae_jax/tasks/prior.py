@@ -54,7 +54,8 @@ class PriorConfig(TrainConfig):
     batch_size: int = field(64, "training batch size (code grids)")
     channels: int = field(64, "channels of the PixelCNN's vertical and horizontal stacks")
     layers: int = field(5, "gated masked-convolution layers (mask A first, then B)")
-    kernel_size: int = field(5, "odd kernel size k of the masked convolutions (k×k vertical, 1×k horizontal)")
+    kernel_size: int = field(3, "odd kernel size k of the masked convolutions (k×k vertical, 1×k horizontal); "
+                                "L layers reach L·(k//2) rows up and columns left")
     conditional: bool = field(False, "condition the prior on the class labels (sample one class at a time)")
 
     def validate(self) -> None:
@@ -225,17 +226,22 @@ def sample_codes(model: PixelCNN, params, key: jax.Array, n: int, grid_shape: Se
       int32 ``[n, H', W']`` codes in [0, K).
     """
     grid_shape = tuple(int(s) for s in grid_shape)
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+    try:
+        temperature_value = float(temperature)
+    except (TypeError, ValueError):
+        temperature_value = math.nan
+    if not (math.isfinite(temperature_value) and temperature_value > 0):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-    if n < 1:
+    if int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = int(n)
     if model.num_classes:
         if labels is None or np.shape(labels) != (n,):
             raise ValueError(f"this prior is class-conditional: pass labels of shape ({n},)")
         labels = jnp.asarray(labels, jnp.int32)
     else:
         labels = None
-    codes = _sample_codes(model, params, key, jnp.float32(temperature), labels, n=n, grid_shape=grid_shape)
+    codes = _sample_codes(model, params, key, jnp.float32(temperature_value), labels, n=n, grid_shape=grid_shape)
     return np.asarray(codes)
 
 
