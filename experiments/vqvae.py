@@ -45,8 +45,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (Agg backend set by vae_jax.plots
 class VQVAEExperimentConfig(vq.VQVAEConfig):
     prior_epochs: int = field(10, "epochs of the PixelCNN prior on the codes (0: no stage 2)")
     prior_batch_size: int = field(64, "batch size of the prior")
-    prior_channels: int = field(64, "channels of the prior's masked-convolution stacks")
-    prior_layers: int = field(5, "gated layers of the prior")
+    prior_channels: int = field(32, "channels of the prior's masked-convolution stacks")
+    prior_layers: int = field(4, "gated layers of the prior")
     num_samples: int = field(500, "decoded samples measured per generator")
     vae_workdir: str = field("", "workdir of a trained experiments.vae run to compare with (default: train one)")
     vae_epochs: int = field(10, "epochs of the MLP VAE trained for the comparison (0: no VAE comparison)")

@@ -54,7 +54,7 @@ ON_OFF = ("off", "on")
 # The preset's values of the flags left at 0 / empty. "color32": 32x32 colour images,
 # an 8x8 grid and K = 512 as in the paper's CIFAR-10 model (beta = 0.25 for both).
 PRESETS = {
-    "mnist": {"codebook_size": 64, "code_dim": 16, "channels": (32, 64), "res_blocks": 1},
+    "mnist": {"codebook_size": 64, "code_dim": 16, "channels": (16, 32), "res_blocks": 1},
     "color32": {"codebook_size": 512, "code_dim": 64, "channels": (128, 256), "res_blocks": 2},
 }
 KMEANS_BATCH = 256  # images whose encoder outputs the k-means init clusters
@@ -77,8 +77,8 @@ class VQVAEConfig(TrainConfig):
     epochs: int = field(10, "number of epochs to train")
     checkpoint_every: int = field(1, "save a checkpoint every N epochs (codebook usage by epoch is read from them)")
     keep_checkpoints: int = field(100, "how many of the newest checkpoints to keep")
-    preset: str = field("mnist", "model size: mnist (7x7 grid, K=64, D=16) or color32 (8x8 grid, K=512, D=64)",
-                        choices=tuple(PRESETS))
+    preset: str = field("mnist", "model size: mnist (7x7 grid, K=64, D=16, channels 16,32) or color32 "
+                        "(8x8 grid, K=512, D=64, channels 128,256)", choices=tuple(PRESETS))
     codebook_size: int = field(0, "number of codes K (0: the preset's)")
     code_dim: int = field(0, "code dimension D (0: the preset's)")
     channels: tuple[int, ...] = field((), "channels after the two down-convolutions, like 32,64 (empty: the preset's)")
