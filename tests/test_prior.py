@@ -10,7 +10,7 @@ import pytest
 
 from vae_jax import data as data_lib, runner
 from vae_jax.cli import ConfigError
-from vae_jax.models.pixelcnn import MaskedConv, PixelCNN, causal_mask, crop_to_mask, init_params
+from vae_jax.models.pixelcnn import MaskedConv, PixelCNN, causal_mask, init_params, mask_taps
 from vae_jax.tasks import prior
 
 
@@ -220,18 +220,16 @@ def test_config_and_data_errors_name_the_argument(unconditional):
 
 
 @pytest.mark.parametrize("stack,mask_type", itertools.product(["vertical", "horizontal"], ["A", "B"]))
-def test_masked_conv_equals_the_full_masked_lax_convolution(stack, mask_type):
-    """The cropped kernel gives exactly the 'SAME' lax convolution with the full k×k masked kernel."""
+def test_masked_conv_equals_the_lax_convolution_with_the_full_masked_kernel(stack, mask_type):
     mask = causal_mask(5, stack, mask_type)
+    taps = mask_taps(mask)
+    assert len(taps) == mask.sum()
     layer = MaskedConv(features=3, mask=mask)
     x = jax.random.normal(jax.random.key(0), (2, 6, 7, 4))
     params = layer.init(jax.random.key(1), x)["params"]
-    window, padding = crop_to_mask(mask)
-    assert window.shape == ((3, 5) if stack == "vertical" else (1, 3))  # the causal half of the kernel
-    full = np.zeros((*mask.shape, 4, 3), np.float32)  # the cropped kernel placed back in the k×k frame
-    (top, _), (left, _) = padding
-    row0, col0 = mask.shape[0] // 2 - top, mask.shape[1] // 2 - left
-    full[row0:row0 + window.shape[0], col0:col0 + window.shape[1]] = params["kernel"]
-    expected = jax.lax.conv_general_dilated(x, full * mask[:, :, None, None], (1, 1), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert params["kernel"].shape == (len(taps), 4, 3)  # weights for the unmasked taps only
+    full = np.zeros((*mask.shape, 4, 3), np.float32)  # the k×k (or 1×k) HWIO kernel, zero where masked
+    for (dr, dc), weights in zip(taps, np.asarray(params["kernel"])):
+        full[mask.shape[0] // 2 + dr, mask.shape[1] // 2 + dc] = weights
+    expected = jax.lax.conv_general_dilated(x, full, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(layer.apply({"params": params}, x), expected + params["bias"], atol=1e-5)
