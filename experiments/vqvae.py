@@ -1,0 +1,193 @@
+"""Two-stage VQ-VAE: train the VQ-VAE, then a PixelCNN prior on its frozen codes, and measure the samples.
+
+    python -m experiments.vqvae --epochs 10 --prior-epochs 10 --workdir runs/vqvae
+    python -m experiments.vqvae --codebook grad,ema --kmeans-init off,on --workdir runs/vq_compare  # one table
+    python -m experiments.vqvae --epochs 1 --prior-epochs 1 --vae-epochs 1 --workdir /tmp/vq-local  # smoke test
+
+Stage 1 trains the VQ-VAE (:mod:`vae_jax.tasks.vqvae`) through the shared
+runner (``--seeds``, checkpoints, resume as in ``experiments.vae``). Stage 2
+encodes the training and test images to code grids with the first seed's
+model and trains the PixelCNN prior (:mod:`vae_jax.tasks.prior`) on them
+through the runner in the sub-workdir ``prior/`` with its own checkpoints.
+Prior samples are decoded and measured (distance to the nearest training
+image, a digit classifier's confidence) beside decoded uniform random code
+grids (the training-time prior) and the MLP VAE's N(0, I) samples (trained
+here in ``vae_baseline/``, or read from ``--vae-workdir``).
+
+Outputs in the workdir (per option combination in ``NAME/`` when lists are
+given, with ``comparison.md`` on top): config.json, metrics.jsonl,
+summary.json (``codebook_size``, ``codes_used`` and ``perplexity`` over the
+whole test set, ``prior_test_bits_per_dim``, ``sample_quality``,
+``usage_by_epoch``), checkpoints/, prior/, reconstructions.png, samples.png,
+codebook_usage.png, usage_by_epoch.png, loss_curves.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import jax
+import numpy as np
+
+from vae_jax import latent_metrics, plots, runner, tasks
+from vae_jax.checkpoint import CheckpointError
+from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
+from vae_jax.data import DataError
+from vae_jax.tasks import prior as prior_lib
+from vae_jax.tasks import vqvae as vq
+
+import matplotlib.pyplot as plt  # noqa: E402  (Agg backend set by vae_jax.plots)
+
+
+@dataclasses.dataclass(frozen=True)
+class VQVAEExperimentConfig(vq.VQVAEConfig):
+    prior_epochs: int = field(10, "epochs of the PixelCNN prior on the codes (0: no stage 2)")
+    prior_batch_size: int = field(64, "batch size of the prior")
+    prior_channels: int = field(32, "channels of the prior's masked-convolution stacks")
+    prior_layers: int = field(4, "gated layers of the prior")
+    num_samples: int = field(500, "decoded samples measured per generator")
+    vae_workdir: str = field("", "workdir of a trained experiments.vae run to compare with (default: train one)")
+    vae_epochs: int = field(10, "epochs of the MLP VAE trained for the comparison (0: no VAE comparison)")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("prior_epochs", "vae_epochs"):
+            require(getattr(self, name) >= 0, name, "a non-negative integer", getattr(self, name))
+        for name in ("prior_batch_size", "prior_channels", "prior_layers", "num_samples"):
+            require(getattr(self, name) > 0, name, "a positive integer", getattr(self, name))
+
+
+def stage_configs(config: VQVAEExperimentConfig, workdir: str):
+    """The VQ-VAE config of one option combination and its prior's (in ``workdir/prior``)."""
+    vq_config = vq.VQVAEConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(vq.VQVAEConfig)})
+    common = {f.name: getattr(config, f.name) for f in dataclasses.fields(runner.TrainConfig)}
+    prior_config = prior_lib.PriorConfig(**{**common, "binarize": "none", "seeds": "", "epochs": config.prior_epochs,
+                                            "checkpoint_every": 5, "keep_checkpoints": 1,
+                                            "batch_size": config.prior_batch_size, "channels": config.prior_channels,
+                                            "layers": config.prior_layers, "workdir": os.path.join(workdir, "prior")})
+    return dataclasses.replace(vq_config, workdir=workdir), prior_config
+
+
+def vae_samples(config, dataset, key):
+    """Decoded N(0, I) samples ``[num_samples, H, W, C]`` of an MLP VAE (None with ``--vae-epochs 0``)."""
+    if config.vae_workdir:
+        vae_config = runner.load_run_config(config.vae_workdir, tasks.VAEConfig)
+        model, task = tasks.vae_task(vae_config, dataset.image_shape)
+        _, state = runner.restore_state(vae_config, task)
+        params = jax.tree_util.tree_map(lambda a: a[0], state.params)
+    elif config.vae_epochs:
+        common = {f.name: getattr(config, f.name) for f in dataclasses.fields(runner.TrainConfig)}
+        vae_config = tasks.VAEConfig(**{**common, "seeds": "", "epochs": config.vae_epochs, "checkpoint_every": 5,
+                                        "keep_checkpoints": 1, "workdir": os.path.join(config.workdir, "vae_baseline")})
+        model, task = tasks.vae_task(vae_config, dataset.image_shape)
+        params = runner.train(vae_config, task, dataset).params(0)
+    else:
+        return None
+    return tasks.sample_prior(model, params, key, config.num_samples)
+
+
+def save_usage_histogram(counts: np.ndarray, path: str, title: str) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(np.arange(len(counts)), counts / counts.sum(), width=1.0)
+    ax.set_xlabel("code index k")
+    ax.set_ylabel("share of test grid cells")
+    ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def run_variant(config, vq_config, prior_config, dataset, classifier, vae_images) -> dict:
+    workdir, x_train, x_test = vq_config.workdir, dataset.x_train, dataset.x_test
+    model, task = vq.vqvae_task(vq_config, dataset.image_shape, x_train)
+    result = runner.train(vq_config, task, dataset)
+    params = result.params(0)
+    usage = [vq.code_usage(model, result.params(r), x_test) for r in range(len(result.seeds))]
+    summary = {**result.summary, "codebook_size": model.num_codes,
+               "codes_used": runner.mean_std([u["codes_used"] for u in usage]),
+               "perplexity": runner.mean_std([u["perplexity"] for u in usage]),
+               "usage_by_epoch": vq.usage_by_epoch(vq_config, task, model, x_test)}
+    test = result.summary["test"]
+    figures = [
+        plots.save_reconstructions(x_test[:10], vq.reconstruct(model, params, x_test[:10]),
+                                   os.path.join(workdir, "reconstructions.png"),
+                                   f"Test images and VQ-VAE reconstructions (MSE {test['mse']['mean']:.4f}, "
+                                   f"PSNR {test['psnr']['mean']:.1f} dB)"),
+        save_usage_histogram(usage[0]["counts"], os.path.join(workdir, "codebook_usage.png"),
+                             f"Codebook usage over the test set: {usage[0]['codes_used']}/{model.num_codes} codes "
+                             f"used, perplexity {usage[0]['perplexity']:.1f}"),
+        plots.save_curves(summary["usage_by_epoch"], ["codes_used", "perplexity"],
+                          os.path.join(workdir, "usage_by_epoch.png"),
+                          "Codebook usage over the test set by epoch", ylabel="codes"),
+        plots.save_curves(result.history, ["train_loss", "test_loss", "test_recon"],
+                          os.path.join(workdir, "loss_curves.png"), "VQ-VAE training and test loss"),
+    ]
+    key = jax.random.key(config.seed)
+    generated = {"uniform_codes": vq.decode_indices(model, params, vq.uniform_code_grids(
+        jax.random.fold_in(key, 1), config.num_samples, model.grid_shape, model.num_codes))}
+    if config.prior_epochs:
+        train_codes = vq.encode_indices(model, params, x_train)
+        test_codes = vq.encode_indices(model, params, x_test)
+        codes_data = prior_lib.codes_dataset(train_codes, test_codes, f"VQ-VAE codes of {dataset.source}")
+        prior_model, prior_task = prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)
+        prior_result = runner.train(prior_config, prior_task, codes_data)
+        summary["prior_test_bits_per_dim"] = prior_result.summary["test"]["bits_per_dim"]["mean"]
+        summary["prior_test_nll"] = prior_result.summary["test"]["nll"]["mean"]
+        summary["uniform_prior_bits_per_dim"] = float(np.log2(model.num_codes))
+        sampled = prior_lib.sample_codes(prior_model, prior_result.params(0), jax.random.fold_in(key, 2),
+                                         config.num_samples, model.grid_shape)
+        generated = {"prior_samples": vq.decode_indices(model, params, sampled), **generated}
+    if vae_images is not None:
+        generated["vae_normal_samples"] = vae_images
+    generated["test_reconstructions"] = vq.reconstruct(model, params, x_test[:config.num_samples])
+    summary["sample_quality"] = {name: vq.image_quality(images, x_train, classifier)
+                                 for name, images in generated.items()}
+    rows = [(name, images[:10]) for name, images in generated.items()]
+    figures.append(plots.save_image_rows([r for _, r in rows], [n.replace("_", " ") for n, _ in rows],
+                                         os.path.join(workdir, "samples.png"),
+                                         "Decoded samples: learned prior, uniform codes, VAE N(0, I); test reconstructions"))
+    runner.write_summary(workdir, summary, figures)
+    return summary
+
+
+def comparison_table(rows: list[tuple[str, dict]]) -> str:
+    lines = ["| options | test MSE | PSNR (dB) | codes used | perplexity | prior bits/dim | prior samples: "
+             "classifier max-prob | NN distance |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in rows:
+        quality = s["sample_quality"].get("prior_samples", {})
+        lines.append(f"| {name} | {s['test']['mse']['mean']:.4f} | {s['test']['psnr']['mean']:.2f} | "
+                     f"{s['codes_used']['mean']:.0f}/{s['codebook_size']} | {s['perplexity']['mean']:.1f} | "
+                     f"{s.get('prior_test_bits_per_dim', float('nan')):.3f} | "
+                     f"{quality.get('mean_max_prob', float('nan')):.3f} | {quality.get('nn_distance_mean', float('nan')):.2f} |")
+    return "\n".join(lines)
+
+
+@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+def main(argv=None) -> None:
+    config = parse_config(VQVAEExperimentConfig, argv, description=__doc__.split("\n\n")[0])
+    dataset = runner.load_data(config)
+    config.validate_for(dataset.image_shape)
+    classifier = None
+    if dataset.y_train is not None:
+        classifier = latent_metrics.fit_digit_classifier(dataset.x_train, dataset.y_train, seed=config.seed)
+    vae_images = vae_samples(config, dataset, jax.random.fold_in(jax.random.key(config.seed), 3))
+    rows = []
+    for name, variant in config.variants():
+        vq_config, prior_config = stage_configs(variant, variant.workdir)
+        summary = run_variant(config, vq_config, prior_config, dataset, classifier, vae_images)
+        rows.append((name or f"{vq_config.codebook}, k-means {vq_config.kmeans_init}, "
+                     f"dead-code steps {vq_config.dead_code_steps[0]}", summary))
+    table = comparison_table(rows)
+    if len(rows) > 1:
+        with open(os.path.join(config.workdir, "comparison.md"), "w") as f:
+            f.write(table + "\n")
+        runner.write_summary(config.workdir, {"variants": {name: s for name, s in rows}})
+    print(f"data: {dataset.describe()}", file=sys.stderr)
+    print(table, file=sys.stderr)
+    print(f"outputs in {config.workdir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

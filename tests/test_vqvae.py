@@ -1,0 +1,136 @@
+"""Tests of the conv VQ-VAE, its task (EMA codebook through the train step, usage over a set) and a short run."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import cli, evaluate, runner, train
+from vae_jax.tasks import vqvae as vq
+
+TINY = dict(codebook_size=16, code_dim=4, channels=(8, 16), res_blocks=0, batch_size=32, progress=False)
+
+
+def _config(tmp_path, **overrides):
+    config = vq.VQVAEConfig(**{**TINY, "workdir": str(tmp_path / "run"), **overrides})
+    config.validate()
+    return config
+
+
+@pytest.mark.parametrize("image_shape, grid", [((28, 28, 1), (7, 7)), ((32, 32, 3), (8, 8))])
+def test_model_grid_and_shapes(image_shape, grid):
+    model = vq.VQVAE(num_codes=10, code_dim=3, channels=(4, 8), num_res_blocks=1, image_shape=image_shape)
+    params = vq.init_vqvae_params(model, jax.random.key(0))
+    assert params["codebook"].shape == (10, 3)
+    x = jnp.zeros((2, *image_shape))
+    logits, quantized = model.apply({"params": params}, x)
+    assert logits.shape == (2, *image_shape) and quantized.indices.shape == (2, *grid)
+    assert model.grid_shape == grid
+    decoded = model.apply({"params": params}, jnp.zeros((2, *grid), jnp.int32), method=model.decode_indices)
+    assert decoded.shape == (2, *image_shape)
+
+
+def test_presets_and_flag_errors():
+    config = vq.VQVAEConfig(preset="color32")
+    assert (config.num_codes, config.dim, config.commitment) == (512, 64, 0.25)
+    assert vq.VQVAEConfig(codebook_size=32).num_codes == 32
+    for bad, flag in (({"codebook": "adam"}, "--codebook"), ({"kmeans_init": "yes"}, "--kmeans-init"),
+                      ({"ema_decay": 1.0}, "--ema-decay"), ({"channels": (8,)}, "--channels"),
+                      ({"dead_code_steps": (-1,)}, "--dead-code-steps")):
+        with pytest.raises(cli.ConfigError, match=flag):
+            vq.VQVAEConfig(**bad).validate()
+    with pytest.raises(cli.ConfigError, match="divisible by 4"):
+        vq.VQVAEConfig().validate_for((30, 30, 1))
+
+
+def test_a_bad_flag_exits_with_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_config(vq.VQVAEConfig, ["--codebook", "adam"])
+    assert exit_info.value.code == 2
+    assert "--codebook must be grad, ema or a list of them" in capsys.readouterr().err
+
+
+def test_option_lists_expand_to_sub_workdirs():
+    config = vq.VQVAEConfig(codebook="grad,ema", kmeans_init="on", dead_code_steps=(0, 50), workdir="w")
+    names = [name for name, _ in config.variants()]
+    assert names == ["grad_kmeans-on_dead-0", "grad_kmeans-on_dead-50", "ema_kmeans-on_dead-0", "ema_kmeans-on_dead-50"]
+    _, last = config.variants()[-1]
+    assert last.is_single() and last.codebook == "ema" and last.workdir == os.path.join("w", names[-1])
+    assert vq.VQVAEConfig().variants() == [("", vq.VQVAEConfig())]
+    with pytest.raises(ValueError, match="variants"):
+        vq.vqvae_task(config, (28, 28, 1))
+
+
+@pytest.mark.parametrize("mode", ["grad", "ema"])
+def test_codebook_gradient_only_in_grad_mode_and_only_on_used_codes(tmp_path, mnist_small, mode):
+    model, task = vq.vqvae_task(_config(tmp_path, codebook=mode), mnist_small.image_shape)
+    params = task.init_params(jax.random.key(0))
+    batch = {"x": jnp.asarray(mnist_small.x_train[:8])}
+    grads, (_, aux) = jax.grad(task.loss_fn, has_aux=True)(params, batch, jax.random.key(1), jnp.int32(0))
+    used = np.unique(np.asarray(aux["indices"]))
+    row_norms = np.abs(np.asarray(grads["codebook"])).sum(axis=1)
+    if mode == "ema":
+        np.testing.assert_array_equal(row_norms, 0.0)
+    else:
+        assert np.all(row_norms[used] > 0)
+        np.testing.assert_array_equal(np.delete(row_norms, used), 0.0)
+
+
+def test_ema_train_step_moves_used_codes_and_evaluation_changes_nothing(tmp_path, mnist_small):
+    config = _config(tmp_path, codebook="ema", dead_code_steps=(0,))
+    model, task = vq.vqvae_task(config, mnist_small.image_shape)
+    optimizer = runner.make_optimizer(config)
+    params = task.init_params(jax.random.key(0))
+    state = train.init_train_state(params, optimizer, task.init_model_state(params))
+    codebook0 = np.asarray(params["codebook"])
+    batch = {"x": jnp.asarray(mnist_small.x_train[:32])}
+    used = np.unique(np.asarray(vq.encode_indices(model, params, mnist_small.x_train[:32])))
+    step = train.make_train_step(task.loss_fn, optimizer, task.update_fn)
+    state, metrics = step(state, batch, jax.random.key(2))
+    codebook1 = np.asarray(state.params["codebook"])
+    moved = np.any(codebook1 != codebook0, axis=1)
+    np.testing.assert_array_equal(np.nonzero(moved)[0], used)
+    assert int(state.model_state["ema"]["count"]) == 1
+    assert float(metrics["batch_codes_used"]) == len(used)
+
+    before = jax.tree_util.tree_map(np.asarray, (state.params, state.model_state))
+    eval_fn = evaluate.make_per_example_eval(task.eval_fn, 64)
+    metrics = eval_fn(state.params, {"x": jnp.asarray(mnist_small.x_test)}, evaluate.eval_key())
+    assert metrics["mse"].shape == (128,)
+    after = jax.tree_util.tree_map(np.asarray, (state.params, state.model_state))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, after)
+
+
+def test_code_usage_counts_the_whole_set(tmp_path, mnist_small):
+    model, task = vq.vqvae_task(_config(tmp_path), mnist_small.image_shape)
+    params = task.init_params(jax.random.key(0))
+    usage = vq.code_usage(model, params, mnist_small.x_test, batch_size=50)
+    indices = vq.encode_indices(model, params, mnist_small.x_test)
+    expected = np.bincount(indices.reshape(-1), minlength=16)
+    np.testing.assert_array_equal(usage["counts"], expected)
+    p = expected[expected > 0] / expected.sum()
+    np.testing.assert_allclose(usage["perplexity"], np.exp(-np.sum(p * np.log(p))), rtol=1e-5)
+
+
+def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mnist_small):
+    config = _config(tmp_path, codebook_size=32, codebook="ema", kmeans_init="on", dead_code_steps=(20,),
+                     epochs=4, learning_rate=2e-3)
+    model, task = vq.vqvae_task(config, mnist_small.image_shape, mnist_small.x_train)
+    init_params = task.init_params(train.run_keys(0).init)  # seed 0's initial params, as the runner draws them
+    eval_fn = evaluate.make_per_example_eval(task.eval_fn, 128)
+    test = {"x": jnp.asarray(mnist_small.x_test)}
+    mse_before = float(jnp.mean(eval_fn(init_params, test, evaluate.eval_key())["mse"]))
+    result = runner.train(config, task, mnist_small)
+    mse_after = float(np.mean(result.test_metrics["mse"]))
+    usage = vq.code_usage(model, result.params(0), mnist_small.x_test)
+    assert mse_after < 0.7 * mse_before
+    assert usage["codes_used"] > 16
+    by_epoch = vq.usage_by_epoch(config, task, model, mnist_small.x_test)
+    assert [line["epoch"] for line in by_epoch] == [1, 2, 3, 4]
+    assert by_epoch[-1]["codes_used"] == usage["codes_used"]
+    with open(os.path.join(config.workdir, "config.json")) as f:
+        assert json.load(f)["kind"] == "vqvae"

@@ -1,0 +1,361 @@
+"""The VQ-VAE's config and training task, codebook usage over a dataset, and the queries its figures need.
+
+Loss per example (van den Oord et al. 2017), averaged over the batch::
+
+    recon(x) + ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2
+
+``recon`` is the decoder's negative log-likelihood summed over pixels:
+``bernoulli`` (binary cross-entropy with the gray values as Bernoulli means,
+nats) or ``gaussian`` (N(sigmoid(logits), exp(decoder_logvar)) per pixel).
+The two VQ terms are summed over the code grid. Every term is a per-example
+sum, so ``beta`` means the same at any batch size.
+
+Codebook options:
+
+* ``--codebook grad``: the codebook term above trains the codebook by
+  gradient. ``--codebook ema``: the loss drops that term (the codebook gets
+  zero gradient) and ``Task.update_fn`` moves the used codes to the EMA
+  cluster means after each optimizer step (:func:`vae_jax.quantize.ema_update`).
+* ``--kmeans-init on``: the codebook starts as k-means centres
+  (:func:`vae_jax.quantize.kmeans`) of the freshly initialised encoder's
+  outputs on a random batch of training images, drawn from the init key.
+  This is done in ``init_params`` rather than in the first step's update:
+  under the vmapped, scan-fused epoch a step-0 branch would be evaluated at
+  every step.
+* ``--dead-code-steps N``: after each step, codes unused for N steps move
+  onto random encoder outputs of that step (:func:`vae_jax.quantize.restart_dead_codes`).
+* ``--cosine``: l2-normalised vectors and codes.
+
+The non-gradient state (EMA averages, steps since each code was used) is
+``TrainState.model_state``: checkpointed with the run, changed only by
+``update_fn`` in training steps, never by evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import checkpoint, losses, objectives, quantize
+from vae_jax import train as train_lib
+from vae_jax.cli import ConfigError, field, require
+from vae_jax.models.vqvae import VQVAE, init_params as init_vqvae_params
+from vae_jax.runner import Task, TrainConfig, make_optimizer
+from vae_jax.tasks.common import apply_in_batches
+
+CODEBOOK_MODES = ("grad", "ema")
+ON_OFF = ("off", "on")
+# The preset's values of the flags left at 0 / empty. "color32": 32x32 colour images,
+# an 8x8 grid and K = 512 as in the paper's CIFAR-10 model (beta = 0.25 for both).
+PRESETS = {
+    "mnist": {"codebook_size": 64, "code_dim": 16, "channels": (16, 32), "res_blocks": 1},
+    "color32": {"codebook_size": 512, "code_dim": 64, "channels": (128, 256), "res_blocks": 2},
+}
+KMEANS_BATCH = 256  # images whose encoder outputs the k-means init clusters
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip() for w in text.split(",") if w.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
+class VQVAEConfig(TrainConfig):
+    """The conv VQ-VAE; ``--codebook``, ``--kmeans-init`` and ``--dead-code-steps`` take lists to compare options.
+
+    ``python -m experiments.vqvae --epochs 10 --workdir runs/vqvae``
+    """
+
+    kind: ClassVar[str] = "vqvae"
+
+    workdir: str = field("runs/vqvae", "output directory: config, metrics, checkpoints, figures")
+    epochs: int = field(10, "number of epochs to train")
+    checkpoint_every: int = field(1, "save a checkpoint every N epochs (codebook usage by epoch is read from them)")
+    keep_checkpoints: int = field(100, "how many of the newest checkpoints to keep")
+    preset: str = field("mnist", "model size: mnist (7x7 grid, K=64, D=16, channels 16,32) or color32 "
+                        "(8x8 grid, K=512, D=64, channels 128,256)", choices=tuple(PRESETS))
+    codebook_size: int = field(0, "number of codes K (0: the preset's)")
+    code_dim: int = field(0, "code dimension D (0: the preset's)")
+    channels: tuple[int, ...] = field((), "channels after the two down-convolutions, like 32,64 (empty: the preset's)")
+    res_blocks: int = field(-1, "residual blocks in encoder and decoder (-1: the preset's)")
+    commitment: float = field(0.25, "commitment weight beta")
+    codebook: str = field("ema", "codebook learning: grad or ema (a list like grad,ema compares both)")
+    ema_decay: float = field(0.99, "EMA decay of the codebook averages (--codebook ema)")
+    kmeans_init: str = field("off", "k-means initialisation of the codebook: off or on (off,on compares both)")
+    kmeans_iterations: int = field(10, "Lloyd iterations of the k-means initialisation")
+    dead_code_steps: tuple[int, ...] = field((0,), "restart codes unused for N steps, 0: never (a list compares)")
+    cosine: bool = field(False, "l2-normalised vectors and codes (nearest by cosine similarity)")
+    likelihood: str = field("bernoulli", "decoder likelihood p(x|z_q)", choices=objectives.LIKELIHOODS)
+    decoder_logvar: float = field(0.0, "log variance of the Gaussian decoder (gaussian likelihood only)")
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.codebook_size >= 0, "codebook_size", "a positive integer (or 0 for the preset's)",
+                self.codebook_size)
+        require(self.code_dim >= 0, "code_dim", "a positive integer (or 0 for the preset's)", self.code_dim)
+        require(len(self.channels) in (0, 2) and all(c > 0 for c in self.channels), "channels",
+                "two positive channel counts like 32,64", ",".join(map(str, self.channels)))
+        require(self.res_blocks >= -1, "res_blocks", "a non-negative integer (or -1 for the preset's)",
+                self.res_blocks)
+        require(math.isfinite(self.commitment) and self.commitment >= 0, "commitment", "a non-negative number",
+                self.commitment)
+        modes = _words(self.codebook)
+        require(bool(modes) and all(m in CODEBOOK_MODES for m in modes), "codebook",
+                "grad, ema or a list of them like grad,ema", self.codebook)
+        require(0.0 <= self.ema_decay < 1.0, "ema_decay", "a number in [0, 1)", self.ema_decay)
+        inits = _words(self.kmeans_init)
+        require(bool(inits) and all(i in ON_OFF for i in inits), "kmeans_init",
+                "on, off or a list like off,on", self.kmeans_init)
+        require(self.kmeans_iterations >= 0, "kmeans_iterations", "a non-negative integer", self.kmeans_iterations)
+        require(len(self.dead_code_steps) > 0 and all(n >= 0 for n in self.dead_code_steps), "dead_code_steps",
+                "non-negative step counts like 0 or 0,100", ",".join(map(str, self.dead_code_steps)))
+        require(math.isfinite(self.decoder_logvar), "decoder_logvar", "a finite number", self.decoder_logvar)
+
+    def validate_for(self, image_shape) -> None:
+        h, w = image_shape[:2]
+        if h % 4 or w % 4:
+            raise ConfigError(f"--dataset: the VQ-VAE needs image sides divisible by 4 (two stride-2 "
+                              f"down-convolutions), got {h}x{w}")
+
+    # --- resolved settings -----------------------------------------------------------
+
+    @property
+    def num_codes(self) -> int:
+        return self.codebook_size or PRESETS[self.preset]["codebook_size"]
+
+    @property
+    def dim(self) -> int:
+        return self.code_dim or PRESETS[self.preset]["code_dim"]
+
+    @property
+    def conv_channels(self) -> tuple[int, int]:
+        return tuple(self.channels) or PRESETS[self.preset]["channels"]
+
+    @property
+    def num_res_blocks(self) -> int:
+        return self.res_blocks if self.res_blocks >= 0 else PRESETS[self.preset]["res_blocks"]
+
+    def is_single(self) -> bool:
+        """True when every compared option holds one value (a config that trains one model)."""
+        return len(_words(self.codebook)) == 1 and len(_words(self.kmeans_init)) == 1 and len(self.dead_code_steps) == 1
+
+    def variants(self) -> list[tuple[str, "VQVAEConfig"]]:
+        """``[(name, config)]``, one single-option config per combination of the listed options.
+
+        With one combination it is ``[("", self)]``; with several each gets the
+        sub-workdir ``workdir/NAME`` with NAME like ``ema_kmeans-on_dead-100``.
+        """
+        combos = [(m, i, n) for m in _words(self.codebook) for i in _words(self.kmeans_init)
+                  for n in self.dead_code_steps]
+        if len(combos) == 1:
+            return [("", self)]
+        out = []
+        for mode, init, dead in combos:
+            name = f"{mode}_kmeans-{init}_dead-{dead}"
+            out.append((name, dataclasses.replace(self, codebook=mode, kmeans_init=init, dead_code_steps=(dead,),
+                                                  workdir=os.path.join(self.workdir, name))))
+        return out
+
+
+def build_vqvae(config: VQVAEConfig, image_shape) -> VQVAE:
+    return VQVAE(num_codes=config.num_codes, code_dim=config.dim, channels=config.conv_channels,
+                 num_res_blocks=config.num_res_blocks, image_shape=tuple(image_shape), cosine=config.cosine)
+
+
+def vqvae_terms(model: VQVAE, params, x: jax.Array, likelihood: str, decoder_logvar: float):
+    """Per-example terms ``[B]`` (``recon``, ``codebook_loss``, ``commitment``) and the :class:`Quantized` grid."""
+    logits, quantized = model.apply({"params": params}, x)
+    recon = objectives.reconstruction_nll(likelihood, logits, x, decoder_logvar)
+    terms = {
+        "recon": recon,
+        "codebook_loss": quantize.vq_codebook_loss(quantized.z_e, quantized.codes),
+        "commitment": quantize.vq_commitment_loss(quantized.z_e, quantized.codes),
+    }
+    return terms, logits, quantized
+
+
+def make_vqvae_update(config: VQVAEConfig, num_codes: int):
+    """``update_fn(params, model_state, aux, step, key) -> (params, model_state, metrics)`` of the codebook.
+
+    ``aux`` holds the step's ``z_e`` and ``indices``. Metrics: the batch's
+    ``batch_codes_used`` and ``batch_perplexity`` (of this batch only: the
+    honest whole-set numbers come from :func:`code_usage`) and, with
+    dead-code restarts, ``codes_restarted``.
+    """
+    ema = config.codebook == "ema"
+    dead_after = config.dead_code_steps[0]
+
+    def update_fn(params, model_state, aux, step, key):
+        del step
+        codebook = params["codebook"]
+        counts = quantize.code_counts(aux["indices"], num_codes)
+        metrics = {"batch_codes_used": quantize.codes_used(counts).astype(jnp.float32),
+                   "batch_perplexity": quantize.perplexity(counts)}
+        model_state = dict(model_state)
+        if ema:
+            codebook, ema_state = quantize.ema_update(quantize.EMAState(**model_state["ema"]), codebook,
+                                                      aux["z_e"], aux["indices"], config.ema_decay)
+        steps_unused = quantize.update_steps_unused(model_state["steps_unused"], counts)
+        if dead_after > 0:
+            codebook, steps_unused, dead = quantize.restart_dead_codes(key, codebook, steps_unused, aux["z_e"],
+                                                                       dead_after)
+            if ema:
+                ema_state = quantize.ema_reset_codes(ema_state, codebook, dead, config.ema_decay)
+            metrics["codes_restarted"] = jnp.sum(dead).astype(jnp.float32)
+        if ema:
+            model_state["ema"] = ema_state._asdict()
+        model_state["steps_unused"] = steps_unused
+        return {**params, "codebook": codebook}, model_state, metrics
+
+    return update_fn
+
+
+def vqvae_task(config: VQVAEConfig, image_shape, init_images: np.ndarray | None = None) -> tuple[VQVAE, Task]:
+    """The model and the :class:`Task` of one option combination (``config.is_single()``).
+
+    ``init_images`` (training images ``[N, H, W, C]``) are needed for
+    ``--kmeans-init on``: the k-means batch is drawn from them.
+    """
+    if not config.is_single():
+        raise ValueError("vqvae_task trains one option combination; expand lists with config.variants()")
+    config.validate_for(image_shape)
+    model = build_vqvae(config, image_shape)
+    num_codes, dim = config.num_codes, config.dim
+    use_kmeans = config.kmeans_init == "on"
+    grad_codebook = config.codebook == "grad"
+    if use_kmeans and init_images is None:
+        raise ValueError("--kmeans-init on needs init_images (a batch of training images)")
+    kmeans_images = None if not use_kmeans else jnp.asarray(init_images)
+    dynamic_binarize = config.binarize == "dynamic"
+
+    def init_params(key):
+        net_key, batch_key, kmeans_key = jax.random.split(key, 3)
+        params = init_vqvae_params(model, net_key)
+        if not use_kmeans:
+            return params
+        n = kmeans_images.shape[0]
+        idx = jax.random.choice(batch_key, n, (min(n, KMEANS_BATCH),), replace=False)
+        z_e = model.apply({"params": params}, kmeans_images[idx], method=model.encode)
+        centres = quantize.kmeans(kmeans_key, z_e, num_codes, config.kmeans_iterations, config.cosine)
+        return {**params, "codebook": centres}
+
+    def init_model_state(params):
+        del params
+        state = {"steps_unused": jnp.zeros((num_codes,), jnp.int32)}
+        if not grad_codebook:
+            state["ema"] = quantize.ema_init(num_codes, dim)._asdict()
+        return state
+
+    def loss_fn(params, batch, key, step):
+        del step
+        x, _ = objectives.binarize_batch(key, batch["x"], dynamic_binarize)
+        terms, _, quantized = vqvae_terms(model, params, x, config.likelihood, config.decoder_logvar)
+        per_example = terms["recon"] + config.commitment * terms["commitment"]
+        if grad_codebook:
+            per_example = per_example + terms["codebook_loss"]
+        loss = jnp.mean(per_example)
+        metrics = {"loss": loss, "recon": jnp.mean(terms["recon"]), "commitment": jnp.mean(terms["commitment"])}
+        aux = {"z_e": jax.lax.stop_gradient(quantized.z_e), "indices": quantized.indices}
+        return loss, (metrics, aux)
+
+    def eval_fn(params, batch, key):
+        del key
+        x = batch["x"]
+        terms, logits, _ = vqvae_terms(model, params, x, config.likelihood, config.decoder_logvar)
+        mse = losses.mean_squared_error(objectives.decoder_mean(logits), x)
+        per_example = terms["recon"] + config.commitment * terms["commitment"]
+        if grad_codebook:
+            per_example = per_example + terms["codebook_loss"]
+        # ||z_e - e||^2: the codebook and commitment terms have this same value (they differ in gradients only).
+        return {"loss": per_example, "recon": terms["recon"], "quantization_error": terms["commitment"],
+                "mse": mse, "psnr": losses.psnr_from_mse(mse)}
+
+    task = Task(init_params=init_params, loss_fn=loss_fn, eval_fn=eval_fn, headline="mse",
+                update_fn=make_vqvae_update(config, num_codes), init_model_state=init_model_state)
+    return model, task
+
+
+# --- codebook usage over a dataset, and queries for figures (host arrays out) --------
+
+
+def encode_indices(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Code-index grids ``[N, H/4, W/4]`` (int32) of images ``[N, H, W, C]``."""
+    return apply_in_batches(
+        lambda xb: model.apply({"params": params}, model.apply({"params": params}, xb, method=model.encode),
+                               method=model.quantize).indices, x, batch_size)
+
+
+def code_usage(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) -> dict:
+    """Codebook usage over all of ``x``: ``counts`` ``[K]``, ``codes_used``, ``perplexity`` (from the summed counts)."""
+    counts = np.bincount(encode_indices(model, params, x, batch_size).reshape(-1),
+                         minlength=model.num_codes).astype(np.float64)
+    return {"counts": counts, "codes_used": int(np.sum(counts > 0)),
+            "perplexity": float(quantize.perplexity(jnp.asarray(counts)))}
+
+
+def decode_indices(model: VQVAE, params, indices: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Images ``[N, H, W, C]`` in [0, 1] decoded from code-index grids ``[N, H/4, W/4]``."""
+    return apply_in_batches(
+        lambda ib: objectives.decoder_mean(model.apply({"params": params}, ib, method=model.decode_indices)),
+        np.asarray(indices, np.int32), batch_size)
+
+
+def reconstruct(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Reconstructions ``[N, H, W, C]`` in [0, 1]: decode the quantized grid of ``x``."""
+    return apply_in_batches(lambda xb: objectives.decoder_mean(model.apply({"params": params}, xb)[0]), x,
+                            batch_size)
+
+
+def uniform_code_grids(key: jax.Array, n: int, grid_shape, num_codes: int) -> np.ndarray:
+    """``n`` code grids with every cell uniform over the K codes (the VQ-VAE's training-time prior)."""
+    return np.asarray(jax.random.randint(key, (n, *grid_shape), 0, num_codes), np.int32)
+
+
+def usage_by_epoch(config: VQVAEConfig, task: Task, model: VQVAE, x: np.ndarray) -> list[dict]:
+    """``[{"epoch", "codes_used", "perplexity"}]`` over all of ``x`` for every checkpoint kept in the workdir.
+
+    Reads the Orbax checkpoints (one per ``--checkpoint-every`` epochs) and
+    measures each with :func:`code_usage`; with several seeds the numbers are
+    averaged over the replicas (and listed per seed).
+    """
+    manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
+    steps = sorted(manager.all_steps())
+    if not steps:
+        return []
+    keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
+    template = train_lib.init_replicated_state(task.init_params, make_optimizer(config), keys.init,
+                                               task.init_model_state)
+    import orbax.checkpoint as ocp
+
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    out = []
+    for step in steps:
+        state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        usage = [code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
+                 for r in range(len(config.seed_list()))]
+        out.append({"epoch": int(step),
+                    "codes_used": float(np.mean([u["codes_used"] for u in usage])),
+                    "perplexity": float(np.mean([u["perplexity"] for u in usage])),
+                    "per_seed_codes_used": [u["codes_used"] for u in usage],
+                    "per_seed_perplexity": [u["perplexity"] for u in usage]})
+    return out
+
+
+def image_quality(images: np.ndarray, x_train: np.ndarray, classifier=None) -> dict:
+    """How digit-like decoded ``images`` are (:mod:`vae_jax.latent_metrics`).
+
+    ``nn_distance_mean``: mean Euclidean distance to the nearest training
+    image; with a ``classifier`` (:func:`~vae_jax.latent_metrics.fit_digit_classifier`)
+    also its ``mean_max_prob`` and ``mean_entropy`` (nats) on them.
+    """
+    from vae_jax import latent_metrics
+
+    out = {"nn_distance_mean": float(np.mean(latent_metrics.nearest_neighbor_distance(images, x_train)))}
+    if classifier is not None:
+        out.update(latent_metrics.classifier_confidence(classifier, images))
+    return out
