@@ -106,7 +106,8 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
         headline="w",
     )
     ds = runner.data_lib.Dataset(np.zeros((8, 2, 2, 1), np.float32), None, np.zeros((2, 2, 2, 1), np.float32), None, "zeros")
-    config = TrainConfig(batch_size=8, epochs=10, learning_rate=0.4, workdir=str(tmp_path), progress=False, checkpoint_every=1)
+    config = TrainConfig(batch_size=8, epochs=10, learning_rate=0.4, workdir=str(tmp_path), progress=False, checkpoint_every=1,
+                         max_consecutive_skips=0)  # no step-level guard: the epoch-level stop
     with pytest.raises(runner.TrainingDiverged, match="non-finite training loss in epoch 4 .*last good checkpoint \\(epoch 3\\)"):
         runner.train(config, task, ds)
     epoch, state = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path)),
