@@ -20,14 +20,15 @@ import sys
 import jax
 import numpy as np
 
+from vae_jax import cli
 from vae_jax import data as data_lib, evaluate, runner, tasks
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--workdir", required=True, help="workdir of an experiments.vae run")
     parser.add_argument("--dataset", default="", help="dataset spec to evaluate on (default: the run's)")
     parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import random
-import resource
 import shutil
 import signal
 import socket
@@ -193,48 +192,62 @@ def _corrupt(step_dir: str, how: str) -> None:
         open(meta, "w").write('{"tree_met')
 
 
-@pytest.mark.parametrize("how", ["truncate", "garble", "delete", "metadata"])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(tmp_path, mnist_small, capsys, how):
-    straight_dir, damaged_dir = tmp_path / "straight", tmp_path / "damaged"
-    config = tiny_vae_config(straight_dir, epochs=3)
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory, mnist_small):
+    """A 3-epoch run with checkpoints 1, 2, 3: ``(workdir, config, task, final state leaves)``."""
+    workdir = tmp_path_factory.mktemp("three") / "run"
+    config = tiny_vae_config(workdir, epochs=3)
     _, task = tasks.vae_task(config, mnist_small.image_shape)
-    straight = runner.train(config, task, mnist_small)
-    runner.train(dataclasses.replace(config, workdir=str(damaged_dir), epochs=2), task, mnist_small)
-    shutil.copytree(damaged_dir / "checkpoints" / "2", tmp_path / "good2")
-    # Epoch 3's checkpoint is damaged on disk after it was written.
-    runner.train(dataclasses.replace(config, workdir=str(damaged_dir)), task, mnist_small)
-    _corrupt(str(damaged_dir / "checkpoints" / "3"), how)
+    result = runner.train(config, task, mnist_small)
+    assert runner.checkpoint_epochs(str(workdir)) == [1, 2, 3]
+    return workdir, config, task, [np.asarray(a) for a in jax.tree_util.tree_leaves(result.state)]
+
+
+@pytest.mark.parametrize("how", ["truncate", "garble", "delete", "metadata"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(tmp_path, mnist_small, capsys,
+                                                                      three_checkpoints, how):
+    straight_dir, config, task, straight = three_checkpoints
+    workdir = tmp_path / "damaged"
+    shutil.copytree(straight_dir, workdir)
+    _corrupt(str(workdir / "checkpoints" / "3"), how)  # damaged on disk after it was written
     capsys.readouterr()
-    resumed = runner.train(dataclasses.replace(config, workdir=str(damaged_dir), epochs=3), task, mnist_small)
+    resumed = runner.train(dataclasses.replace(config, workdir=str(workdir)), task, mnist_small)
     err = capsys.readouterr().err
-    assert f"warning: checkpoint 3 in {damaged_dir / 'checkpoints'} cannot be restored" in err
+    assert f"warning: checkpoint 3 in {workdir / 'checkpoints'} cannot be restored" in err
     assert "resuming from checkpoint 2, the newest good one; bad: 3" in err
     assert resumed.summary["resumed_from_epoch"] == 2
     # Epoch 3 was trained again from checkpoint 2: the same state as the uninterrupted run.
-    assert_same_leaves([np.asarray(a) for a in jax.tree_util.tree_leaves(resumed.state)],
-                       [np.asarray(a) for a in jax.tree_util.tree_leaves(straight.state)])
-    assert os.path.isdir(damaged_dir / "bad_checkpoints" / "3")  # kept for inspection, out of the way
-    assert runner.checkpoint_epochs(str(damaged_dir))[-1] == 3
+    assert_same_leaves([np.asarray(a) for a in jax.tree_util.tree_leaves(resumed.state)], straight)
+    assert os.path.isdir(workdir / "bad_checkpoints" / "3")  # kept for inspection, out of the way
+    assert runner.checkpoint_epochs(str(workdir)) == [1, 2, 3]
 
 
-def test_no_restorable_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_path, mnist_small):
-    config = tiny_vae_config(tmp_path, epochs=2)
-    _, task = tasks.vae_task(config, mnist_small.image_shape)
-    runner.train(config, task, mnist_small)
-    for epoch in runner.checkpoint_epochs(str(tmp_path)):
-        _corrupt(str(tmp_path / "checkpoints" / str(epoch)), "truncate")
-    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint in .* can be restored \(tried 2, 1\).*"
+def test_no_restorable_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_path, mnist_small,
+                                                                         three_checkpoints):
+    straight_dir, config, task, _ = three_checkpoints
+    workdir = tmp_path / "all_bad"
+    shutil.copytree(straight_dir, workdir)
+    for epoch in (1, 2, 3):
+        _corrupt(str(workdir / "checkpoints" / str(epoch)), "truncate")
+    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint in .* can be restored \(tried 3, 2, 1\).*"
                                                          r"--no-resume or use another --workdir"):
-        runner.train(dataclasses.replace(config, epochs=3), task, mnist_small)
-    assert runner.checkpoint_epochs(str(tmp_path)) == [1, 2]  # nothing moved or deleted
+        runner.train(dataclasses.replace(config, workdir=str(workdir), epochs=4), task, mnist_small)
+    assert runner.checkpoint_epochs(str(workdir)) == [1, 2, 3]  # nothing moved or deleted
 
 
-def _no_room_for_large_files(limit_bytes: int):
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+def without_room_for_large_files(argv: list[str], limit_bytes: int) -> list[str]:
+    """``argv`` (a ``python -m MODULE ...`` command) run with files limited to ``limit_bytes`` (RLIMIT_FSIZE).
 
-    return limit
+    A write past the limit fails with EFBIG, as a write to a full disk fails
+    with ENOSPC (SIGXFSZ is ignored so that the write returns the error).
+    """
+    assert argv[1] == "-m"
+    program = (
+        "import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes}, {limit_bytes})); "
+        f"sys.argv = {[argv[2]] + argv[3:]!r}; runpy.run_module({argv[2]!r}, run_name='__main__', alter_sys=True)"
+    )
+    return [argv[0], "-c", program]
 
 
 # --- processes: the commands a user runs -----------------------------------------------------
@@ -283,7 +296,7 @@ def final_leaves(workdir, epochs: int, mnist_shape=(28, 28, 1)) -> list[np.ndarr
     return leaves
 
 
-FAULT_EPOCHS = 30
+FAULT_EPOCHS = 12
 
 
 def write_digits_npz(path) -> str:
@@ -295,19 +308,19 @@ def write_digits_npz(path) -> str:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, subprocess_env):
-    """An uninterrupted run of the command the fault tests interrupt: ``(npz spec, final leaves)``."""
+    """An uninterrupted run of the command the fault tests interrupt: ``(npz spec, final leaves, workdir)``."""
     root = tmp_path_factory.mktemp("uninterrupted")
     spec = write_digits_npz(root / "digits.npz")
     workdir = root / "run"
     done = run_command(vae_command(spec, workdir, "--epochs", str(FAULT_EPOCHS), "--checkpoint-every", "1"),
                        subprocess_env)
     assert done.returncode == 0, done.stderr[-2000:]
-    return spec, final_leaves(workdir, FAULT_EPOCHS)
+    return spec, final_leaves(workdir, FAULT_EPOCHS), workdir
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_ends_bit_identical(tmp_path, subprocess_env, uninterrupted):
-    spec, reference = uninterrupted
+    spec, reference, _ = uninterrupted
     workdir = tmp_path / "killed"
     argv = vae_command(spec, workdir, "--epochs", str(FAULT_EPOCHS), "--checkpoint-every", "1")
     rng = random.Random(0)
@@ -315,7 +328,7 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(tmp_path, subp
     for attempt in range(3):  # bounded: three kills at random moments of epochs and saves
         process = subprocess.Popen(argv, env=subprocess_env, cwd=REPO, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
-        seen = wait_for_epochs(workdir, (attempt + 1) * 6, process)
+        seen = wait_for_epochs(workdir, (attempt + 1) * 3, process)
         time.sleep(rng.uniform(0.0, 0.3))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
@@ -333,7 +346,7 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(tmp_path, subp
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_143_and_the_resumed_run_is_bit_identical(
         tmp_path, subprocess_env, uninterrupted):
-    spec, reference = uninterrupted
+    spec, reference, _ = uninterrupted
     workdir = tmp_path / "terminated"
     # --checkpoint-every 1000: without the handler nothing would be saved before the end.
     argv = vae_command(spec, workdir, "--epochs", str(FAULT_EPOCHS), "--checkpoint-every", "1000")
@@ -357,7 +370,7 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_resumed_run_is_bit_identic
 @pytest.mark.slow
 def test_a_second_process_on_the_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, subprocess_env,
                                                                                   uninterrupted):
-    spec, _ = uninterrupted
+    spec, _, _ = uninterrupted
     workdir = tmp_path / "shared"
     argv = vae_command(spec, workdir, "--epochs", "400", "--checkpoint-every", "100")
     first = subprocess.Popen(argv, env=subprocess_env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -404,22 +417,21 @@ def test_a_live_owner_on_this_host_holds_the_lock_and_a_reused_pid_does_not(tmp_
 @pytest.mark.slow
 def test_a_save_that_runs_out_of_space_says_so_and_keeps_the_previous_checkpoint(tmp_path, subprocess_env,
                                                                                    uninterrupted):
-    spec, _ = uninterrupted
+    spec, reference, finished = uninterrupted
     workdir = tmp_path / "full"
-    first = run_command(vae_command(spec, workdir, "--epochs", "2", "--checkpoint-every", "1"), subprocess_env)
-    assert first.returncode == 0, first.stderr[-2000:]
-    before = final_leaves(workdir, 2)
-    # Files may not grow past 50 kB: the checkpoint's array data (about 200 kB) cannot be written.
-    full = run_command(vae_command(spec, workdir, "--epochs", "3", "--checkpoint-every", "1"), subprocess_env,
-                       preexec_fn=_no_room_for_large_files(50_000))
-    assert full.returncode == 2
-    lines = full.stderr.strip().splitlines()
-    assert lines[-1] == (f"error: could not save checkpoint 3 in {workdir / 'checkpoints'} (File too large; is the "
-                         "disk full or the directory read-only?); checkpoint 2 is intact"), full.stderr[-2000:]
+    shutil.copytree(finished, workdir)
+    more = FAULT_EPOCHS + 1
+    argv = vae_command(spec, workdir, "--epochs", str(more), "--checkpoint-every", "1")
+    # Files may not grow past 50 kB (as on a full disk, a write fails): the array data (~200 kB) cannot be saved.
+    full = run_command(without_room_for_large_files(argv, 50_000), subprocess_env)
+    assert full.returncode == 2, full.stderr[-2000:]
+    assert full.stderr.strip().splitlines()[-1] == (
+        f"error: could not save checkpoint {more} in {workdir / 'checkpoints'} (File too large; is the disk full or "
+        f"the directory read-only?); checkpoint {FAULT_EPOCHS} is intact")
     assert "Traceback" not in full.stderr
-    assert runner.checkpoint_epochs(str(workdir)) == [1, 2]
-    assert_same_leaves(final_leaves(workdir, 2), before)
-    # With room again, the same command resumes from checkpoint 2 over the failed save's leftovers.
-    again = run_command(vae_command(spec, workdir, "--epochs", "3", "--checkpoint-every", "1"), subprocess_env)
+    assert runner.checkpoint_epochs(str(workdir))[-1] == FAULT_EPOCHS
+    assert_same_leaves(final_leaves(workdir, FAULT_EPOCHS), reference)
+    # With room again, the same command resumes from that checkpoint over the failed save's leftovers.
+    again = run_command(argv, subprocess_env)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert runner.checkpoint_epochs(str(workdir)) == [1, 2, 3]
+    assert runner.checkpoint_epochs(str(workdir))[-1] == more

@@ -71,10 +71,17 @@ class _HelpFormatter(argparse.HelpFormatter):
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors are one line, ``error: ...``, with exit code 2 (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
     """One flag per field. A help text that says ``(default: ...)`` itself is left as it is;
     otherwise a non-empty default is appended as a user would type it."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+    parser = ArgumentParser(description=description, formatter_class=_HelpFormatter)
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         kind = hints[f.name]
