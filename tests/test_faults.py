@@ -170,6 +170,61 @@ def test_an_unstable_learning_rate_is_caught_at_the_step(tmp_path, mnist_small):
         assert all(np.all(np.isfinite(leaf)) for leaf in leaves if leaf.dtype.kind == "f")
 
 
+# --- signals and kills, in process -----------------------------------------------------------
+
+
+def signalling_task(signum: int, at_step: int, sent: list):
+    """:func:`mean_task` whose compiled step sends ``signum`` to this process once, at step ``at_step``."""
+    task = mean_task()
+    pid = os.getpid()
+
+    def send(step):
+        if not sent and np.any(np.asarray(step) == at_step):
+            sent.append(signum)
+            os.kill(pid, signum)
+
+    def loss_fn(params, batch, key, step):
+        jax.debug.callback(send, step)
+        return task.loss_fn(params, batch, key, step)
+
+    return dataclasses.replace(task, loss_fn=loss_fn)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_epoch_finishes_the_epoch_saves_and_resumes_bit_identical(tmp_path, signum):
+    x = np.random.default_rng(2).normal(size=(32, 2, 2, 1)).astype(np.float32)
+    ds = runner.data_lib.Dataset(x, None, x[:4], None, "normal")
+    config = TrainConfig(batch_size=8, epochs=4, learning_rate=0.05, workdir=str(tmp_path / "signalled"),
+                         progress=False, checkpoint_every=100)
+    handler_before = signal.getsignal(signum)
+    sent = []
+    with pytest.raises(faults.Interrupted) as stopped:  # step 5 is the second step of epoch 2
+        runner.train(config, signalling_task(signum, 5, sent), ds)
+    assert sent == [signum] and stopped.value.exit_code == 128 + signum
+    assert str(stopped.value) == (f"stopped by {signal.Signals(signum).name} after epoch 2; checkpoint 2 is saved in "
+                                  f"{config.workdir}; run the same command again to resume")
+    assert signal.getsignal(signum) is handler_before  # the handlers are put back
+    assert runner.checkpoint_epochs(config.workdir) == [2]
+    resumed = runner.train(config, mean_task(), ds)
+    straight = runner.train(dataclasses.replace(config, workdir=str(tmp_path / "straight")), mean_task(), ds)
+    assert resumed.summary["resumed_from_epoch"] == 2
+    np.testing.assert_array_equal(resumed.params(0)["w"], straight.params(0)["w"])
+    assert [line["train_loss"] for line in resumed.history] == [line["train_loss"] for line in straight.history]
+
+
+def test_a_torn_last_metrics_line_from_a_kill_is_dropped_on_resume(tmp_path):
+    x = np.random.default_rng(3).normal(size=(16, 2, 2, 1)).astype(np.float32)
+    ds = runner.data_lib.Dataset(x, None, x[:4], None, "normal")
+    config = TrainConfig(batch_size=8, epochs=2, workdir=str(tmp_path), progress=False, checkpoint_every=1)
+    runner.train(config, mean_task(), ds)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "seconds": 0.0, "train_lo')  # killed while appending epoch 3's line
+    resumed = runner.train(dataclasses.replace(config, epochs=3), mean_task(), ds)
+    with open(tmp_path / "metrics.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f] == [1, 2, 3]
+    assert [line["epoch"] for line in resumed.history] == [1, 2, 3]
+
+
 # --- checkpoints on disk ---------------------------------------------------------------------
 
 
