@@ -192,7 +192,7 @@ class StopSignals:
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         self._previous = {}
 
     def __enter__(self) -> "StopSignals":

@@ -467,8 +467,8 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
         skip_stop = faults.skip_limit_message(state, config.max_consecutive_skips, seeds, epoch + 1)
         if skip_stop:
             bar.close()
-            raise TrainingDiverged(f"{skip_stop}; {_checkpoint_on_disk(workdir)}; resume, or train again with a "
-                                   "lower --learning-rate in another --workdir (or add --overwrite)")
+            raise TrainingDiverged(f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or train again with "
+                                   "a lower --learning-rate in another --workdir (or add --overwrite)")
         if not config.max_consecutive_skips and not np.all(np.isfinite(train_loss)):
             bad = [s for s, v in zip(seeds, train_loss) if not np.isfinite(v)]
             bar.close()
