@@ -99,6 +99,7 @@ def main(argv=None) -> None:
         for sub_config in latent_metrics.matched_configs(config, latent_dim, config.workdir).values():
             runner.check_workdir(sub_config)
     dataset = runner.load_data(config)
+    runner.log(f"data: {dataset.describe()}")
     if dataset.y_train is None:
         raise ConfigError(f"--dataset {config.dataset} has no labels; the latent plots are coloured by label")
     os.makedirs(config.workdir, exist_ok=True)
@@ -154,7 +155,6 @@ def main(argv=None) -> None:
         "sample_quality": quality, "figures": [os.path.basename(p) for p in figures],
     }
     runner.write_summary(workdir, summary)
-    runner.log(f"data: {dataset.describe()}")
     print(f"classifier test accuracy {reference['classifier_test_accuracy']:.3f}; real test images: NN distance "
           f"{reference['test_images']['nn_distance_mean']:.2f}, max prob {reference['test_images']['mean_max_prob']:.3f}")
     for name, q in quality.items():
