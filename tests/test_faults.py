@@ -285,7 +285,7 @@ def test_no_restorable_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_p
     for epoch in (1, 2, 3):
         _corrupt(str(workdir / "checkpoints" / str(epoch)), "truncate")
     with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint in .* can be restored \(tried 3, 2, 1\).*"
-                                                         r"--no-resume or use another --workdir"):
+                                                         r"use another --workdir, or add --overwrite"):
         runner.train(dataclasses.replace(config, workdir=str(workdir), epochs=4), task, mnist_small)
     assert runner.checkpoint_epochs(str(workdir)) == [1, 2, 3]  # nothing moved or deleted
 

@@ -147,7 +147,8 @@ def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = 
         return epoch, state
     raise CheckpointError(
         f"no checkpoint in {manager.directory} can be restored (tried {', '.join(map(str, steps))}); they are "
-        "damaged or belong to another model; start over with --no-resume or use another --workdir"
+        "damaged or belong to another model (or another version of vae_jax); use another --workdir, or add "
+        "--overwrite to move this run aside and start afresh"
     )
 
 
