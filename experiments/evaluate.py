@@ -34,6 +34,7 @@ import sys
 
 import numpy as np
 
+from vae_jax import cli
 from vae_jax import data as data_lib, evaluate, runner
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, user_errors
@@ -93,8 +94,8 @@ OTHER_KINDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--workdir", required=True,
                         help=f"workdir of a VAE training run (kinds: {', '.join(VAE_FAMILIES)})")
     parser.add_argument("--dataset", default="", help="dataset spec to evaluate on (default: the run's)")

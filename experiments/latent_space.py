@@ -15,7 +15,8 @@ mean max-class probability and entropy on them.
 
 Outputs in the workdir: config.json, summary.json (``sample_quality`` per
 model and latent size), latents_2d.png, latent_grid_ae.png,
-latent_grid_vae.png, prior_samples.png, tsne.png.
+latent_grid_vae.png (with the latent coordinates on the axes),
+prior_samples.png, tsne.png. Results go to stdout, logs and progress to stderr.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 
 import jax
 import matplotlib
@@ -56,11 +56,14 @@ class LatentSpaceConfig(latent_metrics.AEVAEConfig):
         require(self.grid_size >= 2, "grid_size", "at least 2", self.grid_size)
 
 
-def latent_plane_grid(codes: np.ndarray, n: int) -> np.ndarray:
-    """``[n*n, 2]`` points on a grid spanning the 1st-99th percentile of ``codes`` per axis, top row = high z[1]."""
+def latent_plane_grid(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A grid spanning the 1st-99th percentile of ``codes`` per axis.
+
+    Returns ``(points [n*n, 2], z0 [n] left to right, z1 [n] top to bottom)``; the top row is the highest z[1].
+    """
     lo, hi = np.percentile(codes, 1, axis=0), np.percentile(codes, 99, axis=0)
     z0, z1 = np.linspace(lo[0], hi[0], n), np.linspace(hi[1], lo[1], n)
-    return np.stack(np.meshgrid(z0, z1), axis=-1).reshape(-1, 2)
+    return np.stack(np.meshgrid(z0, z1), axis=-1).reshape(-1, 2), z0, z1
 
 
 def save_side_by_side(coords: dict, labels, path: str, title: str, axis_labels) -> str:
@@ -91,7 +94,12 @@ def train_pair(config, latent_dim: int, dataset) -> dict:
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> None:
     config = parse_config(LatentSpaceConfig, argv, description=__doc__.split("\n\n")[0])
+    sizes = [2] + ([config.tsne_latent_dim] if config.tsne_latent_dim not in (0, 2) else [])
+    for latent_dim in sizes:  # every sub-workdir is checked before any data is loaded
+        for sub_config in latent_metrics.matched_configs(config, latent_dim, config.workdir).values():
+            runner.check_workdir(sub_config)
     dataset = runner.load_data(config)
+    runner.log(f"data: {dataset.describe()}")
     if dataset.y_train is None:
         raise ConfigError(f"--dataset {config.dataset} has no labels; the latent plots are coloured by label")
     os.makedirs(config.workdir, exist_ok=True)
@@ -107,7 +115,6 @@ def main(argv=None) -> None:
             **latent_metrics.classifier_confidence(classifier, x_test[:config.num_samples]),
         },
     }
-    sizes = [2] + ([config.tsne_latent_dim] if config.tsne_latent_dim not in (0, 2) else [])
     sample_key = jax.random.fold_in(jax.random.key(config.seed), 2024)
     quality, figures = {}, []
     for latent_dim in sizes:
@@ -121,11 +128,11 @@ def main(argv=None) -> None:
                 {NAMES[k]: c for k, c in codes.items()}, y_test, os.path.join(workdir, "latents_2d.png"),
                 "Test codes with a 2-D latent (AE: z; VAE: posterior mean)", ("z[0]", "z[1]")))
             for kind, (model, params) in trained.items():
-                grid = latent_metrics.decode_images(model, params, latent_plane_grid(codes[kind], config.grid_size))
-                figures.append(plots.save_grid(
-                    grid, os.path.join(workdir, f"latent_grid_{kind}.png"),
-                    f"{NAMES[kind]}: decodings over the plane spanned by its test codes (1st-99th pct)",
-                    ncols=config.grid_size))
+                points, z0, z1 = latent_plane_grid(codes[kind], config.grid_size)
+                figures.append(plots.save_latent_grid(
+                    latent_metrics.decode_images(model, params, points), z0, z1,
+                    os.path.join(workdir, f"latent_grid_{kind}.png"),
+                    f"{NAMES[kind]}: decodings over the plane spanned by its test codes (1st-99th pct)"))
             samples = [latent_metrics.decode_images(m, p, np.asarray(jax.random.normal(sample_key, (20, 2))))
                        for m, p in trained.values()]
             figures.append(plots.save_image_rows(
@@ -148,17 +155,15 @@ def main(argv=None) -> None:
         "sample_quality": quality, "figures": [os.path.basename(p) for p in figures],
     }
     runner.write_summary(workdir, summary)
-    print(f"data: {dataset.describe()}; classifier test accuracy "
-          f"{reference['classifier_test_accuracy']:.3f}; real test images: NN distance "
-          f"{reference['test_images']['nn_distance_mean']:.2f}, max prob {reference['test_images']['mean_max_prob']:.3f}",
-          file=sys.stderr)
+    print(f"classifier test accuracy {reference['classifier_test_accuracy']:.3f}; real test images: NN distance "
+          f"{reference['test_images']['nn_distance_mean']:.2f}, max prob {reference['test_images']['mean_max_prob']:.3f}")
     for name, q in quality.items():
         s, r = q["prior_samples"], q["test_reconstructions"]
         print(f"{name:8s} N(0,I) samples: NN distance {s['nn_distance_mean']:.2f} (reconstructions "
               f"{r['nn_distance_mean']:.2f}, ratio {q['nn_distance_ratio']:.2f}); classifier max prob "
               f"{s['mean_max_prob']:.3f} vs {r['mean_max_prob']:.3f}, entropy {s['mean_entropy']:.3f} vs "
-              f"{r['mean_entropy']:.3f}; code std {np.mean(q['code_std']):.2f}", file=sys.stderr)
-    print(f"outputs in {workdir}", file=sys.stderr)
+              f"{r['mean_entropy']:.3f}; code std {np.mean(q['code_std']):.2f}")
+    print(f"outputs in {workdir}")
 
 
 if __name__ == "__main__":

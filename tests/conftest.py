@@ -24,3 +24,9 @@ def small_npz(tmp_path, mnist_small):
     np.savez(path, x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8), y_train=mnist_small.y_train,
              x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8), y_test=mnist_small.y_test)
     return f"npz:{path}"
+
+
+@pytest.fixture(autouse=True)
+def _private_probe_cache(tmp_path_factory, monkeypatch):
+    """Each test remembers TFDS probe answers in its own cache folder, never the user's."""
+    monkeypatch.setenv("VAE_JAX_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -205,11 +205,12 @@ def test_experiment_writes_outputs_and_rejects_bad_flags(tmp_path, capsys, monke
         summary = json.load(f)
     assert {"inpaint_psnr", "masked_recon", "all_recon", "psnr", "mse"} <= set(summary["test"])
     assert summary["figures"] == ["reconstructions.png", "loss_curves.png", "psnr_curves.png"]
-    assert "inpainting PSNR on the masked region" in capsys.readouterr().err
+    assert "inpainting PSNR on the masked region" in capsys.readouterr().out  # the result line, on stdout
     with pytest.raises(SystemExit) as exit_info:
         ae_experiment.main(["--mask-ratio", "0", "--workdir", workdir])
     assert exit_info.value.code == 2
     assert "--mask-ratio must be a fraction strictly between 0 and 1, got 0.0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        ae_experiment.main(["--variant", "masked", "--patch-size", "40", "--workdir", workdir, "--epochs", "1"])
+        ae_experiment.main(["--variant", "masked", "--patch-size", "40", "--workdir", str(tmp_path / "fresh"),
+                            "--epochs", "1"])
     assert "error: --patch-size must be at most 28 for 28x28 images, got 40" in capsys.readouterr().err

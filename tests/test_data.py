@@ -116,7 +116,7 @@ def test_bad_npz_content_is_a_one_line_error(tmp_path, arrays, message):
 
 
 def test_bad_specs_and_files(tmp_path):
-    with pytest.raises(DataError, match="--dataset must be 'mnist', 'tfds:NAME', 'npz:PATH' or 'folder:PATH', got 'cifar'"):
+    with pytest.raises(DataError, match="--dataset must be one of mnist, mnist:embedded, tfds:NAME, npz:PATH, folder:PATH, got .cifar."):
         load_dataset("cifar")
     with pytest.raises(DataError, match="no such file"):
         load_dataset(f"npz:{tmp_path}/missing.npz")

@@ -86,7 +86,7 @@ def test_resuming_with_other_model_settings_is_refused(tmp_path, mnist_small):
     _, task = tasks.vae_task(small_config("x"), mnist_small.image_shape)
     runner.train(small_config(tmp_path, epochs=1), task, mnist_small)
     _, other_task = tasks.vae_task(small_config("x", latent_dim=4), mnist_small.image_shape)
-    with pytest.raises(runner.ConfigError, match="other settings \\(--latent-dim\\)"):
+    with pytest.raises(runner.ConfigError, match="other settings \\(--latent-dim 8 there, 4 here\\); use another --workdir"):
         runner.train(small_config(tmp_path, epochs=2, latent_dim=4), other_task, mnist_small)
 
 
@@ -106,8 +106,9 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
         headline="w",
     )
     ds = runner.data_lib.Dataset(np.zeros((8, 2, 2, 1), np.float32), None, np.zeros((2, 2, 2, 1), np.float32), None, "zeros")
-    config = TrainConfig(batch_size=8, epochs=10, learning_rate=0.4, workdir=str(tmp_path), progress=False, checkpoint_every=1)
-    with pytest.raises(runner.TrainingDiverged, match="non-finite training loss in epoch 4 .*last good checkpoint \\(epoch 3\\)"):
+    config = TrainConfig(batch_size=8, epochs=10, learning_rate=0.4, workdir=str(tmp_path), progress=False, checkpoint_every=1,
+                         max_consecutive_skips=0)  # no step-level guard: the epoch-level stop
+    with pytest.raises(runner.TrainingDiverged, match="non-finite training loss in epoch 4 .*the checkpoint of epoch 3 .* is kept"):
         runner.train(config, task, ds)
     epoch, state = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path)),
                                              train.init_replicated_state(task.init_params, optax.adam(0.4), jax.vmap(train.run_keys)(jnp.array([0])).init))

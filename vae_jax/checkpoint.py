@@ -1,20 +1,38 @@
-"""Orbax checkpoints of the whole train state, one per saved epoch.
+"""Orbax checkpoints of the whole train state, one per saved epoch, and what survives a crash.
 
 Orbax writes each checkpoint into a temporary directory and renames it only
-when it is complete, so a crash or a diverged run never leaves a half-written
-checkpoint in place of the last good one.
+when it is complete, so a kill during a save never leaves a half-written
+checkpoint under a step's name; the unfinished temporary directory is ignored
+(and cleaned up) by the next run. A checkpoint that was damaged later
+(truncated or deleted files, garbled bytes) is detected when it is restored:
+:func:`restore_latest` falls back to the newest checkpoint that restores, with
+a one-line warning naming each bad one, and (with ``quarantine=True``, as the
+training driver does) moves the bad ones to ``WORKDIR/bad_checkpoints/`` so
+the resumed run can save under their step numbers again. A save that fails
+(disk full, read-only directory) raises :class:`CheckpointError` saying so;
+the previous checkpoints are untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import re
+import shutil
+import sys
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be used, with a one-line reason."""
+
+
+BAD_DIR = "bad_checkpoints"
 
 
 def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
@@ -32,25 +50,116 @@ def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
-    manager.save(epoch, args=ocp.args.StandardSave(state), force=True)
-    manager.wait_until_finished()
+    """Saves ``state`` as checkpoint ``epoch`` and waits until it is on disk.
+
+    Raises:
+      CheckpointError: the save failed (e.g. disk full or a read-only
+        directory); the message names the directory, the OS error and the
+        newest earlier checkpoint, which is left intact.
+    """
+    previous = [s for s in manager.all_steps() if s < epoch]
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.CRITICAL)  # Orbax logs a failed write's traceback; ours is one line
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):  # a failed write also prints the traces of its pending writes
+            manager.save(epoch, args=ocp.args.StandardSave(state), force=True)
+            manager.wait_until_finished()
+    except Exception as err:  # Orbax wraps the OS error (TensorStore reports it as a code in the message)
+        reason = _os_error_reason(err)
+        kept = f"checkpoint {max(previous)} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(
+            f"could not save checkpoint {epoch} in {manager.directory} ({reason}; is the disk full or the "
+            f"directory read-only?); {kept}"
+        ) from None
+    finally:
+        absl_logger.setLevel(level)
+    sys.stderr.write(captured.getvalue())  # a successful save's warnings, if any
 
 
-def restore_latest(manager: ocp.CheckpointManager, template):
-    """Restores the newest checkpoint into the structure of ``template``.
+def _os_error_reason(err: BaseException) -> str:
+    """The OS error behind a failed save, e.g. ``No space left on device``, else the error's first line."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.strerror:
+            return err.strerror
+        code = re.search(r"os_error_code='(\d+)'", str(err))
+        if code:
+            return os.strerror(int(code.group(1)))
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return _one_line(err) if err is not None else "unknown error"
+
+
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, without TensorStore's pointer to its full details."""
+    text = (str(err).splitlines() or [""])[0].split(" See full TensorStore details")[0]
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _restore_one(manager: ocp.CheckpointManager, epoch: int, abstract, template):
+    state = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+    # Orbax does not check every leaf it reads back: check the structure and shapes ourselves.
+    if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(template):
+        raise ValueError("its tree structure differs from this model's train state")
+    for got, want in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(template)):
+        if np.shape(got) != np.shape(want):
+            raise ValueError(f"an array of shape {np.shape(got)} where this model has {np.shape(want)}")
+    return state
+
+
+def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = False):
+    """Restores the newest checkpoint that can be read into the structure of ``template``.
+
+    Checkpoints are tried newest first; each one that fails to restore gets a
+    one-line warning on stderr naming it and the error. With ``quarantine``
+    the bad ones newer than the restored one are moved to
+    ``WORKDIR/bad_checkpoints/STEP`` (kept for inspection, out of the way of
+    the next saves).
 
     Returns:
       ``(epoch, state)``, or ``(0, template)`` if there is no checkpoint.
+
+    Raises:
+      CheckpointError: checkpoints exist but none of them restores.
     """
-    epoch = manager.latest_step()
-    if epoch is None:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
         return 0, template
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-    try:
-        state = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
-    except Exception as err:
-        raise CheckpointError(
-            f"checkpoint {epoch} in {manager.directory} does not match this model and config "
-            f"({type(err).__name__}); use another --workdir or --no-resume"
-        ) from None
-    return epoch, state
+    bad = []
+    for epoch in steps:
+        try:
+            state = _restore_one(manager, epoch, abstract, template)
+        except Exception as err:
+            reason = _one_line(err)
+            print(f"warning: checkpoint {epoch} in {manager.directory} cannot be restored ({reason}); "
+                  "trying the next older one", file=sys.stderr)
+            bad.append(epoch)
+            continue
+        if bad:
+            moved = _quarantine(manager, bad) if quarantine else ""
+            print(f"warning: resuming from checkpoint {epoch}, the newest good one; "
+                  f"bad: {', '.join(map(str, bad))}{moved}", file=sys.stderr)
+        return epoch, state
+    raise CheckpointError(
+        f"no checkpoint in {manager.directory} can be restored (tried {', '.join(map(str, steps))}); they are "
+        "damaged or belong to another model (or another version of vae_jax); use another --workdir, or add "
+        "--overwrite to move this run aside and start afresh"
+    )
+
+
+def _quarantine(manager: ocp.CheckpointManager, bad_steps: list[int]) -> str:
+    directory = os.fspath(manager.directory)
+    target_root = os.path.join(os.path.dirname(directory), BAD_DIR)
+    os.makedirs(target_root, exist_ok=True)
+    for step in bad_steps:
+        target = os.path.join(target_root, str(step))
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        shutil.move(os.path.join(directory, str(step)), target)
+    manager.reload()
+    return f" (moved to {target_root})"

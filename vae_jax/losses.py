@@ -10,6 +10,13 @@ Conventions: images are NHWC, so image likelihoods default to
 ``event_ndim=3`` (H, W, C); latent vectors are ``[..., D]``, so latent
 densities default to ``event_ndim=1``.
 
+Shape mistakes are loud, not broadcast: the two arrays a loss compares must
+already agree (one may broadcast to the other, as x ``[B, H, W, C]`` against
+logits ``[K, B, H, W, C]``), and an image batch without its channel axis
+(``[B, 28, 28]`` under ``event_ndim=3``, which would sum the whole batch into
+one number) raises a ``ValueError`` naming the argument. :func:`neg_elbo`
+checks that its two terms are per-example values of the same shape.
+
 References:
   Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
   Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
@@ -37,6 +44,64 @@ def _sum_event(values: jax.Array, event_ndim: int) -> jax.Array:
     return jnp.sum(values, axis=tuple(range(values.ndim - event_ndim, values.ndim)))
 
 
+# An image's channel axis holds at most this many channels (gray, gray + alpha, RGB, RGBA).
+_MAX_IMAGE_CHANNELS = 4
+
+
+def _check_event(function: str, name: str, values: jax.Array, event_ndim: int) -> None:
+    """Raises ``ValueError`` when ``values`` is an image batch missing its channel axis
+    (``[B, H, W]`` under ``event_ndim=3`` would be read as one ``H x W x C`` image)."""
+    shape = jnp.shape(values)  # too few axes for the event is reported by _sum_event
+    if event_ndim == 3 and len(shape) == 3 and shape[-1] > _MAX_IMAGE_CHANNELS:
+        raise ValueError(
+            f"{function}: {name} has shape {shape}, which event_ndim=3 reads as ONE image of {shape[-1]} "
+            f"channels, summing the whole batch into one number; give the images a channel axis "
+            f"([B, H, W, 1]: {name}[..., None]) or pass event_ndim=2"
+        )
+
+
+def _check_pair(function: str, names: tuple[str, str], a: jax.Array, b: jax.Array) -> None:
+    """Raises ``ValueError`` unless one of ``a``, ``b`` already has their broadcast shape."""
+    shape_a, shape_b = jnp.shape(a), jnp.shape(b)
+    try:
+        shape = jnp.broadcast_shapes(shape_a, shape_b)
+    except ValueError:
+        shape = None
+    if shape not in (shape_a, shape_b):
+        raise ValueError(f"{function}: {names[0]} has shape {shape_a} and {names[1]} has shape {shape_b}; "
+                         "they must be the same shape (or one broadcast to the other)")
+
+
+def neg_elbo(reconstruction_nll: jax.Array, kl: jax.Array, beta: float = 1.0) -> jax.Array:
+    """The negative ELBO per example: -log p(x|z) + beta * KL(q(z|x) || p(z)), in nats.
+
+    -ELBO(x) = E_q[-log p(x|z)] + KL(q(z|x) || p(z)) (Kingma & Welling 2014,
+    eq. 3), with the expectation estimated by the samples behind
+    ``reconstruction_nll``; ``beta`` weights the KL (Higgins et al. 2017).
+
+    Args:
+      reconstruction_nll: ``[B]`` -log p(x|z), e.g. ``bernoulli_nll(logits, x)``.
+      kl: ``[B]`` KL term, e.g. ``gaussian_kl(mean, logvar)``.
+      beta: weight of the KL term.
+
+    Returns:
+      ``[B]``: one value per example; average it over the batch yourself.
+
+    Raises:
+      ValueError: unless both terms have the same shape with at least one
+        (batch) axis: a scalar reconstruction term added to a ``[B]`` KL would
+        otherwise broadcast and silently weight the KL by 1/B after a mean.
+    """
+    recon_shape, kl_shape = jnp.shape(reconstruction_nll), jnp.shape(kl)
+    if recon_shape != kl_shape or len(recon_shape) == 0:
+        raise ValueError(
+            f"neg_elbo: reconstruction_nll has shape {recon_shape} and kl has shape {kl_shape}; both must be "
+            "[B], one value per example (a reconstruction term with too few axes usually comes from images "
+            "without a channel axis, [B, H, W], under event_ndim=3: use x[..., None])"
+        )
+    return reconstruction_nll + beta * kl
+
+
 def gaussian_kl(mean: jax.Array, logvar: jax.Array, event_ndim: int = 1) -> jax.Array:
     """KL(N(mean, diag(exp(logvar))) || N(0, I)) in closed form, in nats.
 
@@ -52,6 +117,8 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array, event_ndim: int = 1) -> jax.
     Returns:
       ``[...]``: one KL value per example.
     """
+    _check_pair("gaussian_kl", ("mean", "logvar"), mean, logvar)
+    _check_event("gaussian_kl", "mean", mean, event_ndim)
     kl_per_dim = 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)
     return _sum_event(kl_per_dim, event_ndim)
 
@@ -98,7 +165,14 @@ def bernoulli_nll(logits: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.A
 
     Returns:
       ``[B]`` (the leading axes): one value per example.
+
+    Raises:
+      ValueError: if ``logits`` and ``x`` differ in shape (beyond one
+        broadcasting to the other), or images lack their channel axis.
     """
+    _check_pair("bernoulli_nll", ("logits", "x"), logits, x)
+    _check_event("bernoulli_nll", "x", x, event_ndim)
+    _check_event("bernoulli_nll", "logits", logits, event_ndim)
     return _sum_event(optax.sigmoid_binary_cross_entropy(logits, x), event_ndim)
 
 
@@ -121,6 +195,9 @@ def gaussian_nll(
     Returns:
       ``[B]`` (the leading axes): one value per example.
     """
+    _check_pair("gaussian_nll", ("x", "mean"), x, mean)
+    _check_event("gaussian_nll", "x", x, event_ndim)
+    _check_event("gaussian_nll", "mean", mean, event_ndim)
     logvar = jnp.broadcast_to(jnp.asarray(logvar, x.dtype), jnp.shape(x))
     nll = 0.5 * (LOG_2PI + logvar + jnp.square(x - mean) * jnp.exp(-logvar))
     return _sum_event(nll, event_ndim)
@@ -218,6 +295,8 @@ def squared_error(x_hat: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.Ar
     Returns:
       ``[B]`` (the leading axes): one value per example.
     """
+    _check_pair("squared_error", ("x_hat", "x"), x_hat, x)
+    _check_event("squared_error", "x", x, event_ndim)
     return _sum_event(jnp.square(x - x_hat), event_ndim)
 
 

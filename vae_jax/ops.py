@@ -125,6 +125,8 @@ def _check_rank(array, rank: int, name: str, layout: str) -> None:
 def _check_image_and_kernel(x, kernel) -> None:
     _check_rank(x, 4, "x", "NHWC")
     _check_rank(kernel, 4, "kernel", "HWIO")
+    if min(kernel.shape[:2]) < 1:
+        raise ValueError(f"kernel must have a spatial size of at least 1 x 1, got shape {kernel.shape}")
     if x.shape[3] != kernel.shape[2]:
         raise ValueError(
             f"kernel input channels ({kernel.shape[2]}, axis 2 of HWIO kernel of shape "
@@ -366,6 +368,8 @@ def conv_matrix(
       ``[oh * ow, H * W]``.
     """
     _check_rank(kernel, 2, "kernel", "[kh, kw] single-channel")
+    if min(kernel.shape) < 1:
+        raise ValueError(f"kernel must have a spatial size of at least 1 x 1, got shape {kernel.shape}")
     in_h, in_w = _pair(input_hw, "input_hw", 1)
     sh, sw = _pair(stride, "stride", 1)
     ph, pw = _pair(padding, "padding", 0)

@@ -69,6 +69,37 @@ def save_grid(images: np.ndarray, path: str, title: str, ncols: int = 10) -> str
     return _save(fig, path)
 
 
+def save_latent_grid(images: np.ndarray, z0_values: np.ndarray, z1_values: np.ndarray, path: str, title: str,
+                     axis_labels: tuple[str, str] = ("z[0]", "z[1]"), max_ticks: int = 7) -> str:
+    """Decodings over a 2-D latent plane (the "manifold" figure), with the latent coordinates on the axes.
+
+    Args:
+      images: ``[n1 * n0, H, W, C]`` decodings in row-major order: row ``i`` holds
+        z[1] = ``z1_values[i]`` (top row first), column ``j`` z[0] = ``z0_values[j]``.
+      z0_values: ``[n0]`` z[0] of the columns, left to right.
+      z1_values: ``[n1]`` z[1] of the rows, top to bottom.
+      max_ticks: at most this many labelled ticks per axis (evenly spread).
+    """
+    images = np.asarray(images)
+    n0, n1 = len(z0_values), len(z1_values)
+    if images.shape[0] != n0 * n1:
+        raise ValueError(f"images holds {images.shape[0]} decodings, expected {n1} rows x {n0} columns")
+    pad = 1
+    h, w = images.shape[1:3]
+    grid = image_grid(images, ncols=n0, pad=pad)
+    fig, ax = plt.subplots(figsize=(0.42 * n0 + 1.6, 0.42 * n1 + 1.2))
+    _show(ax, grid)
+    for values, size, set_ticks, set_labels in ((z0_values, w, ax.set_xticks, ax.set_xticklabels),
+                                                (z1_values, h, ax.set_yticks, ax.set_yticklabels)):
+        shown = np.unique(np.linspace(0, len(values) - 1, min(max_ticks, len(values))).round().astype(int))
+        set_ticks(shown * (size + pad) + (size - 1) / 2.0)
+        set_labels([f"{0.0 if abs(values[i]) < 1e-9 else values[i]:.2g}" for i in shown], fontsize=8)
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
 def save_latent_scatter(latents_2d: np.ndarray, labels: np.ndarray | None, path: str, title: str,
                         axis_labels: tuple[str, str] = ("z[0]", "z[1]")) -> str:
     """Scatter of ``[N, 2]`` latent coordinates, coloured by class label if given."""
@@ -86,14 +117,15 @@ def save_latent_scatter(latents_2d: np.ndarray, labels: np.ndarray | None, path:
 
 
 def save_curves(history: Sequence[dict], keys: Sequence[str], path: str, title: str = "Loss curves",
-                ylabel: str = "nats per example") -> str:
-    """Per-epoch curves of the given ``metrics.jsonl`` keys."""
+                ylabel: str = "nats per example", labels: dict[str, str] | None = None) -> str:
+    """Per-epoch curves of the given ``metrics.jsonl`` keys; ``labels`` maps a key to its legend text."""
+    labels = labels or {}
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [line["epoch"] for line in history]
     for key in keys:
         values = [line.get(key) for line in history]
         if any(v is not None for v in values):
-            ax.plot(epochs, values, marker="o", markersize=3, label=key)
+            ax.plot(epochs, values, marker="o", markersize=3, label=labels.get(key, key))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

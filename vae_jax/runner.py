@@ -7,6 +7,19 @@ trains R independent replicas (seeds) as one vmapped, jitted, scan-fused
 program, evaluates the test split every epoch, writes ``config.json``,
 ``metrics.jsonl`` and ``summary.json``, saves Orbax checkpoints and resumes
 from the newest one.
+
+A workdir's run is never destroyed or rewritten by accident:
+:func:`check_workdir` (called by every experiment before it loads any data)
+refuses ``--no-resume``, other settings or a shorter ``--epochs`` on a
+workdir that holds a run, unless ``--overwrite`` is given, which moves the
+whole old run (checkpoints, records, figures, ``eval.json``) into a dated
+sub-folder ``WORKDIR/replaced-YYYYmmdd-HHMMSS/``; nothing is deleted.
+``config.json`` and ``summary.json`` always describe the model in the
+checkpoints.
+
+Logs and progress go to stderr (a progress bar only on a terminal, unless
+``--progress`` is given; a redirected log gets one line per epoch), so that
+stdout holds only the results the experiments print.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, ClassVar
 
@@ -24,17 +38,20 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax import checkpoint, data as data_lib, evaluate, train as train_lib
+from vae_jax import checkpoint, data as data_lib, evaluate, faults, train as train_lib
 from vae_jax.cli import ConfigError, field, flag, require
 
 # Fields that may differ between a run and its resumption.
 RESUMABLE_FIELDS = frozenset(
-    {"epochs", "resume", "progress", "checkpoint_every", "keep_checkpoints", "workdir", "data_dir", "eval_batch_size"}
+    {"epochs", "resume", "overwrite", "progress", "checkpoint_every", "keep_checkpoints", "workdir", "data_dir",
+     "eval_batch_size", "max_consecutive_skips"}
 )
+# ``--overwrite`` moves the old run into WORKDIR/REPLACED_PREFIX + UTC time.
+REPLACED_PREFIX = "replaced-"
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss became NaN or infinite; the message says which checkpoint, if any, is on disk."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,21 +64,31 @@ class TrainConfig:
     """
 
     kind: ClassVar[str] = "train"
-    dataset: str = field("mnist", "dataset spec: mnist, tfds:NAME, npz:PATH or folder:PATH")
+    dataset: str = field("mnist", "dataset spec: mnist (full MNIST from TFDS, else the 5,000 embedded digits), "
+                                  "mnist:embedded (those digits, no TFDS check), tfds:NAME, npz:PATH or folder:PATH")
     image_size: int = field(0, "resize the shorter image side to N and crop the centre N x N (0: keep the size)")
-    data_dir: str = field("", "TFDS data directory (default: TFDS's own)")
+    data_dir: str = field("", "TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     binarize: str = field("none", "pixel binarization", choices=data_lib.BINARIZE_CHOICES)
     batch_size: int = field(128, "training batch size")
     epochs: int = field(30, "number of epochs to train")
     learning_rate: float = field(1e-3, "Adam learning rate")
     seed: int = field(0, "root seed of the run")
-    seeds: str = field("", "train several replicas at once: a count N (seeds SEED..SEED+N-1) or a list like 0,3,7")
+    seeds: str = field("", "train several replicas at once: a count N (seeds SEED..SEED+N-1) or a list like 0,3,7 "
+                           "(default: one replica, --seed)")
     workdir: str = field("runs/vae", "output directory: config, metrics, checkpoints, figures")
-    resume: bool = field(True, "continue from the newest checkpoint in the workdir")
+    resume: bool = field(True, "continue from the newest checkpoint in the workdir; --no-resume refuses a workdir "
+                               "that holds a run unless --overwrite is given")
+    overwrite: bool = field(False, "if the workdir holds a run that this command would not continue, move that run "
+                                   "(checkpoints, records, figures, eval.json) into WORKDIR/replaced-YYYYmmdd-HHMMSS/ "
+                                   "and start afresh; nothing is deleted")
     checkpoint_every: int = field(5, "save a checkpoint every N epochs (and at the end)")
     keep_checkpoints: int = field(3, "how many of the newest checkpoints to keep")
     eval_batch_size: int = field(500, "batch size for test-set evaluation")
-    progress: bool = field(True, "show a progress bar")
+    max_consecutive_skips: int = field(
+        20, "skip optimizer steps whose loss or gradients are not finite, and stop the run after this many "
+            "in a row (0: no step-level guard; the run stops at the end of an epoch with a non-finite loss)")
+    progress: bool | None = field(None, "show a progress bar on stderr (default: only when stderr is a terminal; "
+                                        "a redirected log gets one line per epoch instead)")
 
     def validate(self) -> None:
         require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
@@ -74,6 +101,8 @@ class TrainConfig:
         require(self.checkpoint_every > 0, "checkpoint_every", "a positive integer", self.checkpoint_every)
         require(self.keep_checkpoints > 0, "keep_checkpoints", "a positive integer", self.keep_checkpoints)
         require(self.eval_batch_size > 0, "eval_batch_size", "a positive integer", self.eval_batch_size)
+        require(self.max_consecutive_skips >= 0, "max_consecutive_skips", "a non-negative integer",
+                self.max_consecutive_skips)
         require(bool(self.workdir), "workdir", "a directory path", self.workdir)
         self.seed_list()  # raises on a malformed --seeds
 
@@ -153,16 +182,83 @@ def device_data(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
     return data
 
 
-def _check_workdir_config(workdir: str, config: TrainConfig) -> None:
-    """Refuses to resume a run whose saved config differs in anything but resumable fields."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
+@dataclasses.dataclass(frozen=True)
+class WorkdirPlan:
+    """What :func:`train` will do with a workdir, decided by :func:`check_workdir` before any data is loaded.
+
+    Attributes:
+      checkpoint_epoch: epoch of the newest checkpoint on disk, or None.
+      move_aside: ``--overwrite`` applies: the old run goes into ``WORKDIR/replaced-*/`` first.
+      nothing_to_train: the checkpoint already holds ``--epochs`` epochs; the records are left as they are.
+    """
+
+    workdir: str
+    checkpoint_epoch: int | None
+    move_aside: bool
+    nothing_to_train: bool
+
+
+def checkpoint_epochs(workdir: str) -> list[int]:
+    """Epochs of the finished checkpoints in ``WORKDIR/checkpoints`` (read from disk; creates nothing)."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
+def _read_json(path: str, what: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read the {what} ({type(err).__name__}); use another --workdir") from None
+
+
+def _setting(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+
+
+def check_workdir(config: TrainConfig) -> WorkdirPlan:
+    """Checks, without changing anything, that ``config`` may use its workdir; returns the plan.
+
+    A workdir holds a run when it has a checkpoint or a ``summary.json``. Such a
+    workdir is continued only with the settings it was trained with (fields in
+    :data:`RESUMABLE_FIELDS` may differ) and an ``--epochs`` no smaller than its
+    checkpoint's. ``--no-resume``, other settings or another kind of run are
+    refused unless ``--overwrite`` is given; every message names the safe path
+    (another ``--workdir``) first.
+
+    Raises:
+      ConfigError: with a one-line message naming the flag.
+    """
+    workdir = config.workdir
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir}: not a writable directory (a file is in the way)")
+    epochs = checkpoint_epochs(workdir)
+    checkpoint_epoch = epochs[-1] if epochs else None
+    has_summary = os.path.isfile(os.path.join(workdir, "summary.json"))
+    if checkpoint_epoch is None and not has_summary:
+        # Nothing trained here yet (at most the records of a start that never reached a checkpoint).
+        return WorkdirPlan(workdir, None, move_aside=config.overwrite and _run_entries(workdir) != [],
+                           nothing_to_train=False)
+    if config.overwrite:
+        return WorkdirPlan(workdir, checkpoint_epoch, move_aside=True, nothing_to_train=False)
+    aside = f"add --overwrite to move the old run into {os.path.join(workdir, REPLACED_PREFIX + 'DATE')}/"
+    held = f"a run trained for {checkpoint_epoch} epochs" if checkpoint_epoch else "a run (summary.json, no checkpoint)"
+    config_path = os.path.join(workdir, "config.json")
+    saved = _read_json(config_path, "run's settings") if os.path.isfile(config_path) else None
+    if saved is None:
+        raise ConfigError(f"--workdir {workdir} holds {held} but no config.json; use another --workdir, or {aside}")
     saved_kind = saved.pop("kind", config.kind)
     if saved_kind != config.kind:
-        raise ConfigError(f"--workdir {workdir} holds a {saved_kind} run, not a {config.kind} run; use another --workdir")
+        raise ConfigError(f"--workdir {workdir} holds a {saved_kind} run, not a {config.kind} run; "
+                          f"use another --workdir, or {aside}")
+    if not config.resume:
+        raise ConfigError(f"--no-resume: --workdir {workdir} holds {held}; use another --workdir, or {aside} "
+                          "and start afresh (or drop --no-resume to continue it)")
     current = dataclasses.asdict(config)
     # A setting missing from an older config.json was added later; its default is how that run behaved.
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
@@ -171,10 +267,63 @@ def _check_workdir_config(workdir: str, config: TrainConfig) -> None:
         if k not in RESUMABLE_FIELDS and _jsonable(saved.get(k, defaults.get(k))) != _jsonable(current.get(k))
     )
     if changed:
+        differences = ", ".join(f"{flag(k)} {_setting(saved.get(k))} there, {_setting(current.get(k))} here"
+                                for k in changed)
+        raise ConfigError(f"--workdir {workdir} holds a run with other settings ({differences}); "
+                          f"use another --workdir, or {aside}")
+    if checkpoint_epoch is None:
+        raise ConfigError(f"--workdir {workdir} has a summary.json but no checkpoint to continue from; "
+                          f"use another --workdir, or {aside}")
+    if config.epochs < checkpoint_epoch:
         raise ConfigError(
-            f"--workdir {workdir} holds a run with other settings ({', '.join(flag(k) for k in changed)}); "
-            "use another --workdir or --no-resume"
-        )
+            f"--epochs {config.epochs}: --workdir {workdir} holds a run trained for {checkpoint_epoch} epochs; "
+            f"pass --epochs {checkpoint_epoch} to use it as it is (or more to train it further), or use another "
+            f"--workdir for a shorter run")
+    return WorkdirPlan(workdir, checkpoint_epoch, move_aside=False, nothing_to_train=config.epochs == checkpoint_epoch)
+
+
+def _run_entries(workdir: str) -> list[str]:
+    """The workdir's entries that belong to its run: all but hidden files and earlier replaced runs."""
+    if not os.path.isdir(workdir):
+        return []
+    return sorted(name for name in os.listdir(workdir)
+                  if not name.startswith(".") and not name.startswith(REPLACED_PREFIX))
+
+
+def move_run_aside(workdir: str) -> str:
+    """Moves the run in ``workdir`` into a new ``WORKDIR/replaced-YYYYmmdd-HHMMSS/``; returns that folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    destination = os.path.join(workdir, REPLACED_PREFIX + stamp)
+    suffix = 1
+    while os.path.exists(destination):
+        suffix += 1
+        destination = os.path.join(workdir, f"{REPLACED_PREFIX}{stamp}-{suffix}")
+    os.makedirs(destination)
+    for name in _run_entries(workdir):
+        if os.path.join(workdir, name) != destination:
+            os.replace(os.path.join(workdir, name), os.path.join(destination, name))
+    return destination
+
+
+def _retire_eval_record(workdir: str, checkpoint_epoch: int) -> None:
+    """Renames an ``eval.json`` that describes a checkpoint about to be trained past, and says so."""
+    path = os.path.join(workdir, "eval.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            epoch = int(json.load(f).get("checkpoint_epoch", checkpoint_epoch))
+    except (OSError, ValueError, TypeError, AttributeError):
+        epoch = checkpoint_epoch
+    kept = os.path.join(workdir, f"eval-epoch{epoch}.json")
+    os.replace(path, kept)
+    log(f"eval.json described the epoch-{epoch} checkpoint; kept as {kept} (run experiments.evaluate again "
+        "after training)")
+
+
+def log(message: str) -> None:
+    """A log line on stderr (stdout is kept for results)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def config_record(config: TrainConfig) -> dict:
@@ -198,8 +347,15 @@ def _read_history(path: str, upto_epoch: int) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    return [line for line in lines if line["epoch"] <= upto_epoch]
+        lines = [_json_or_none(line) for line in f if line.strip()]  # a kill can tear the last line
+    return [line for line in lines if line is not None and line["epoch"] <= upto_epoch]
+
+
+def _json_or_none(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def mean_std(values) -> dict:
@@ -242,13 +398,33 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
           train_eval_examples: int = 0) -> TrainResult:
     """Trains ``task`` as configured, resuming from the workdir's newest checkpoint.
 
+    The workdir is locked for the run (:class:`vae_jax.faults.WorkdirLock`);
+    a first SIGINT/SIGTERM stops the run after the current epoch with a
+    checkpoint and raises :class:`vae_jax.faults.Interrupted`.
+
     With ``train_eval_examples = n > 0`` each epoch also evaluates ``task.eval_fn``
     on the first n training examples (a fixed subset) and logs the means as
     ``train_eval_*`` beside ``test_*``: the same metric on seen and unseen
     images, so the generalisation gap can be read per epoch.
     """
+    with faults.WorkdirLock(config.workdir), faults.StopSignals() as stop:
+        return _train(config, task, dataset, stop, train_eval_examples)
+
+
+def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, stop: faults.StopSignals,
+           train_eval_examples: int = 0) -> TrainResult:
+    """The body of :func:`train`.
+
+    The workdir is checked first (:func:`check_workdir`); with ``--overwrite``
+    an old run is moved into ``WORKDIR/replaced-*/``. When the checkpoint
+    already holds ``config.epochs`` epochs nothing is trained: the restored
+    state is evaluated and ``config.json``, ``metrics.jsonl`` and
+    ``summary.json`` are left as they are.
+
+    """
     start_time = time.time()
     seeds = config.seed_list()
+    plan = check_workdir(config)
     dataset = load_data(config) if dataset is None else dataset
     workdir = config.workdir
     try:
@@ -259,6 +435,8 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
         os.remove(probe)
     except OSError as err:
         raise ConfigError(f"--workdir {workdir}: not a writable directory ({err.strerror or type(err).__name__})") from None
+    if plan.move_aside:
+        log(f"--overwrite: moved the previous run in {workdir} to {move_run_aside(workdir)}")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 
     optimizer = make_optimizer(config)
@@ -267,21 +445,24 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
 
     manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
     start_epoch = 0
-    if config.resume:
-        if manager.latest_step() is not None:
-            _check_workdir_config(workdir, config)
-        start_epoch, state = checkpoint.restore_latest(manager, state)
-    elif manager.latest_step() is not None:
-        for step in manager.all_steps():
-            manager.delete(step)
+    if plan.checkpoint_epoch is not None and not plan.move_aside:
+        start_epoch, state = checkpoint.restore_latest(manager, state, quarantine=True)
+    nothing_to_train = start_epoch >= config.epochs
     history = _read_history(metrics_path, start_epoch)
-    with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
-        f.writelines(json.dumps(line) + "\n" for line in history)
-    _write_json(os.path.join(workdir, "config.json"), config_record(config))
+    if nothing_to_train:
+        log(f"nothing to train: {workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
+            "evaluating that checkpoint, records left as they are")
+    else:
+        if start_epoch:
+            log(f"resuming {workdir} from its epoch-{start_epoch} checkpoint")
+            _retire_eval_record(workdir, start_epoch)
+        with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
+            f.writelines(json.dumps(line) + "\n" for line in history)
+        _write_json(os.path.join(workdir, "config.json"), config_record(config))
 
     train_data = device_data(dataset.train_pixels, dataset.y_train)
     test_data = device_data(dataset.test_pixels, dataset.y_test)
-    train_step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn)
+    train_step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn, config.max_consecutive_skips)
     epoch_fn = train_lib.make_replicated_epoch_fn(train_step, config.batch_size)
     eval_fn = evaluate.make_replicated_eval(task.eval_fn, config.eval_batch_size)
     steps_per_epoch = dataset.num_train // config.batch_size
@@ -295,11 +476,11 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
 
     test_metrics = None
     train_seconds = 0.0
+    show_bar, log_epochs = progress_mode(config.progress)
     bar = tqdm(
         total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-        disable=not config.progress, unit="step", dynamic_ncols=True,
+        disable=not show_bar or nothing_to_train, unit="step", dynamic_ncols=True, file=sys.stderr,
     )
-    last_saved = start_epoch
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         state, train_metrics = epoch_fn(state, train_data, keys.data, keys.sample, jnp.int32(epoch))
@@ -307,12 +488,17 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         train_loss = np.asarray(train_metrics["loss"])
-        if not np.all(np.isfinite(train_loss)):
+        skip_stop = faults.skip_limit_message(state, config.max_consecutive_skips, seeds, epoch + 1)
+        if skip_stop:
+            bar.close()
+            raise TrainingDiverged(f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or train again with "
+                                   "a lower --learning-rate in another --workdir (or add --overwrite)")
+        if not config.max_consecutive_skips and not np.all(np.isfinite(train_loss)):
             bad = [s for s, v in zip(seeds, train_loss) if not np.isfinite(v)]
             bar.close()
             raise TrainingDiverged(
-                f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); the last good checkpoint "
-                f"(epoch {last_saved}) is kept in {workdir}; lower --learning-rate and resume"
+                f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); {_checkpoint_on_disk(workdir)}; "
+                "train again with a lower --learning-rate in another --workdir (or add --overwrite)"
             )
         test_metrics = jax.device_get(eval_fn(state.params, test_data, evaluate.eval_key()))
         line = {"epoch": epoch + 1, "seconds": seconds}
@@ -331,11 +517,16 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
         history.append(line)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(line) + "\n")
-        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stop.requested:
             checkpoint.save(manager, epoch + 1, state)
-            last_saved = epoch + 1
+        if stop.requested:
+            bar.close()
+            raise faults.Interrupted(stop.requested, epoch + 1, workdir)
         bar.update(steps_per_epoch)
         bar.set_postfix(loss=f"{line['train_loss']:.2f}", **{task.headline: f"{line[f'test_{task.headline}']:.2f}"})
+        if log_epochs:
+            log(f"epoch {epoch + 1}/{config.epochs}: train loss {line['train_loss']:.4g}, "
+                f"test {task.headline} {line[f'test_{task.headline}']:.4g} ({seconds:.1f} s)")
     bar.close()
 
     if test_metrics is None:  # nothing left to train: evaluate the restored state
@@ -352,8 +543,28 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
         "steps_per_second": (epochs_run * steps_per_epoch / train_seconds) if train_seconds else None,
         "device": str(jax.devices()[0]),
     }
-    _write_json(os.path.join(workdir, "summary.json"), summary)
+    summary_path = os.path.join(workdir, "summary.json")
+    if nothing_to_train and os.path.isfile(summary_path):
+        summary = _read_json(summary_path, "run's summary")  # it describes this checkpoint already
+    else:
+        _write_json(summary_path, summary)
     return TrainResult(state, seeds, dataset, history, test_metrics, summary)
+
+
+def progress_mode(progress: bool | None) -> tuple[bool, bool]:
+    """``(show a progress bar, log one line per epoch)`` for ``--progress`` (None: decide by the terminal)."""
+    if progress is not None:
+        return progress, False
+    on_terminal = sys.stderr.isatty()
+    return on_terminal, not on_terminal
+
+
+def _checkpoint_on_disk(workdir: str) -> str:
+    """What a failed run leaves behind, as read from disk."""
+    epochs = checkpoint_epochs(workdir)
+    if not epochs:
+        return f"no checkpoint was saved in {workdir} before that"
+    return f"the checkpoint of epoch {epochs[-1]} (saved before that) is kept in {os.path.join(workdir, 'checkpoints')}"
 
 
 def write_summary(workdir: str, summary: dict, figures: list[str] | None = None) -> None:

@@ -12,6 +12,12 @@ batches of device-resident data) and :func:`loop_epoch` (a Python loop that
 calls the jitted step once per batch). They compute the same thing; the
 fused one is faster. :func:`make_replicated_epoch_fn` vmaps the fused epoch
 over independent replicas (seeds) and jits it with the state donated.
+
+A step whose loss or gradients are not finite is skipped inside the compiled
+step (params, optimizer and model state unchanged; the step counter still
+advances, so the next step draws fresh randomness); the state counts skipped
+steps and the current run of consecutive ones, so the driver can stop a run
+that keeps producing them (see :func:`make_train_step`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ class TrainState:
     # Non-gradient state that a task's update_fn keeps (e.g. a VQ-VAE's EMA codebook
     # statistics and code-usage counters); an empty dict for most tasks.
     model_state: Any = flax.struct.field(default_factory=dict)
+    # Steps skipped for a non-finite loss or gradient: in all, and in the current unbroken run.
+    skipped_steps: jax.Array = flax.struct.field(default_factory=lambda: jnp.zeros((), jnp.int32))
+    consecutive_skips: jax.Array = flax.struct.field(default_factory=lambda: jnp.zeros((), jnp.int32))
 
 
 class RunKeys(NamedTuple):
@@ -57,7 +66,14 @@ def init_train_state(params, optimizer: optax.GradientTransformation, model_stat
                       model_state={} if model_state is None else model_state)
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, update_fn: Callable | None = None):
+def all_finite(tree) -> jax.Array:
+    """bool ``[]``: every element of every leaf of ``tree`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, update_fn: Callable | None = None,
+                    max_consecutive_skips: int = 0):
     """Returns the jitted ``train_step(state, batch, key) -> (state, metrics)``.
 
     ``loss_fn(params, batch, key, step) -> (loss, metrics)`` is differentiated
@@ -76,14 +92,29 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
 
     ``batch["x"]`` may hold ``uint8`` pixels (the data's stored form): the
     step converts the batch to float32 in [0, 1] before ``loss_fn`` sees it.
+
+    With ``max_consecutive_skips > 0`` a step whose loss or gradients hold a
+    NaN or infinity is skipped: the new params, optimizer state and model
+    state are selected elementwise from the old ones (``jnp.where``, so the
+    guard works under ``scan`` and ``vmap``, where a ``lax.cond`` would compute
+    both branches anyway), ``state.step`` still advances, and
+    ``state.skipped_steps``/``state.consecutive_skips`` count it. Once
+    ``max_consecutive_skips`` steps in a row were skipped the state is frozen
+    (every later step is skipped too) so the driver can stop the run at the end
+    of the epoch and name the step: the limit was reached at step
+    ``step - consecutive_skips + max_consecutive_skips``. The metrics get a
+    ``skipped`` entry (1.0 for a skipped step); :func:`epoch_mean` averages the
+    others over the applied steps only. With ``max_consecutive_skips = 0``
+    nothing is guarded (a non-finite update is applied).
     """
+    guarded = max_consecutive_skips > 0
 
     def train_step(state: TrainState, batch: dict, key: jax.Array):
         batch = batch_to_float(batch)
         if update_fn is not None:
             key, update_key = jax.random.split(key)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, out), grads = grad_fn(state.params, batch, key, state.step)
+        (loss, out), grads = grad_fn(state.params, batch, key, state.step)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         model_state = state.model_state
@@ -93,8 +124,19 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
             metrics, aux = out
             params, model_state, update_metrics = update_fn(params, model_state, aux, state.step, update_key)
             metrics = {**metrics, **update_metrics}
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
-        return new_state, metrics
+        skipped = jnp.zeros((), jnp.int32)
+        if guarded:
+            apply = all_finite((loss, grads)) & (state.consecutive_skips < max_consecutive_skips)
+            keep_old = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
+            params, opt_state, model_state = jax.tree_util.tree_map(
+                keep_old, (params, opt_state, model_state), (state.params, state.opt_state, state.model_state))
+            skipped = 1 - apply.astype(jnp.int32)
+        new_state = TrainState(
+            step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
+            skipped_steps=state.skipped_steps + skipped,
+            consecutive_skips=(state.consecutive_skips + 1) * skipped,
+        )
+        return new_state, {**metrics, "skipped": skipped.astype(jnp.float32)}
 
     return jax.jit(train_step, donate_argnums=0)
 
@@ -123,7 +165,7 @@ def make_epoch_fn(train_step: Callable, batch_size: int):
             return train_step(state, batch, jax.random.fold_in(sample_key, state.step))
 
         state, metrics = jax.lax.scan(body, state, batch_indices)
-        return state, jax.tree_util.tree_map(jnp.mean, metrics)
+        return state, epoch_mean(metrics)
 
     return epoch_fn
 
@@ -138,11 +180,35 @@ def loop_epoch(train_step: Callable, state: TrainState, data: dict, data_key, sa
         state, metrics = train_step(state, batch, jax.random.fold_in(sample_key, state.step))
         all_metrics.append(metrics)
     stacked = jax.tree_util.tree_map(lambda *m: jnp.stack(m), *all_metrics)
-    return state, jax.tree_util.tree_map(jnp.mean, stacked)
+    return state, epoch_mean(stacked)
+
+
+def epoch_mean(step_metrics: dict) -> dict:
+    """Epoch metrics from step metrics stacked on axis 0 (``[S]`` each, with ``skipped`` in {0, 1}).
+
+    Each metric is averaged over the applied steps only (NaN if every step was
+    skipped: there is no loss to report); ``skipped`` becomes the number of
+    skipped steps in the epoch.
+    """
+    metrics = dict(step_metrics)
+    skipped = metrics.pop("skipped")
+    applied = 1.0 - skipped  # [S]
+    count = jnp.sum(applied)
+
+    def mean_over_applied(values):  # values: [S, ...]
+        mask = applied.reshape(applied.shape + (1,) * (values.ndim - 1)) > 0
+        total = jnp.sum(jnp.where(mask, values, 0), axis=0)
+        return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+    out = jax.tree_util.tree_map(mean_over_applied, metrics)
+    out["skipped_steps"] = jnp.sum(skipped)
+    return out
 
 
 def make_replicated_epoch_fn(train_step: Callable, batch_size: int):
     """The fused epoch vmapped over replicas and jitted, with the state donated.
+
+    ``metrics[R]`` hold the :func:`epoch_mean` of each replica's steps.
 
     Signature: ``(state[R], data, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])``
     where ``[R]`` marks a leading replica axis; ``data`` and ``epoch`` are shared.

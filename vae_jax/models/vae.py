@@ -4,6 +4,17 @@ The default is the classic 784-400-20 model: one hidden layer of 400 ReLU
 units in the encoder and in the decoder, a 20-dimensional Gaussian latent.
 Params are plain pytrees, so ``model.apply`` is a pure function that can be
 jitted, differentiated and vmapped over seeds.
+
+Using it in your own code::
+
+    model = VAE(latent_dim=20)
+    variables = init_variables(model, jax.random.key(0))   # {"params": ...}
+    logits, mean, logvar, z = model.apply(variables, x, sample_key)
+    neg_elbo = losses.neg_elbo(losses.bernoulli_nll(logits, x), losses.gaussian_kl(mean, logvar))  # [B]
+
+``model.apply`` takes flax's variables dict ``{"params": params}``, not the
+bare params tree: pass ``init_variables(...)``, or wrap the tree from
+:func:`init_params` as ``{"params": params}`` (what an optimizer updates).
 """
 
 from __future__ import annotations
@@ -19,7 +30,11 @@ from vae_jax import losses
 
 
 class MLPEncoder(nn.Module):
-    """x ``[B, H, W, C]`` -> (mean, logvar), each ``[B, latent_dim]``."""
+    """The Gaussian encoder q(z|x): x ``[B, H, W, C]`` -> (mean, logvar), each ``[B, latent_dim]``.
+
+    The image is flattened and passed through ReLU layers of widths ``hidden``;
+    two linear heads give the posterior mean and log-variance.
+    """
 
     hidden: Sequence[int]
     latent_dim: int
@@ -35,7 +50,13 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """z ``[B, latent_dim]`` -> pixel logits (or means) ``[B, *image_shape]``."""
+    """The decoder: z ``[B, latent_dim]`` -> one unconstrained output per pixel, ``[B, *image_shape]``.
+
+    The output is read as logits: under a Bernoulli likelihood p(x|z) has
+    probabilities sigmoid(output); under the Gaussian likelihood of
+    :mod:`vae_jax.objectives` the mean of N(mean, cI) is sigmoid(output). In
+    both, E[x|z] = sigmoid(output) (:func:`vae_jax.objectives.decoder_mean`).
+    """
 
     hidden: Sequence[int]
     image_shape: Sequence[int]
@@ -66,12 +87,23 @@ class SharedLogVariance(nn.Module):
 class VAE(nn.Module):
     """MLP VAE: q(z|x) = N(mean(x), diag(exp(logvar(x)))), p(z) = N(0, I).
 
-    The decoder returns per-pixel logits of p(x|z) for a Bernoulli likelihood,
-    or per-pixel mean logits for a Gaussian one (the mean is their sigmoid).
-    Its hidden layers mirror the encoder's in reverse order. With a learned
-    decoder variance (``likelihood`` of :data:`vae_jax.objectives.LEARNED_VARIANCE`)
-    the output has 2C channels: mean logits, then log-variances (a per-pixel
-    map, or one shared learned scalar).
+    The decoder returns unconstrained per-pixel values read as logits. With a
+    Bernoulli likelihood they are the logits of p(x|z)
+    (``losses.bernoulli_nll(logits, x)``); with a Gaussian likelihood of
+    :mod:`vae_jax.objectives` sigmoid(logits) is the mean of N(mean, cI).
+    Either way E[x|z] = sigmoid(logits). The only likelihood the model itself
+    needs to know is a learned decoder variance (``likelihood`` in
+    :data:`vae_jax.objectives.LEARNED_VARIANCE`): then the output has 2C
+    channels, mean logits then log-variances (a per-pixel map, or one shared
+    learned scalar). The decoder's hidden layers mirror the encoder's in
+    reverse order.
+
+    Attributes:
+      latent_dim: D, the size of z.
+      hidden: encoder hidden widths (the decoder uses them reversed).
+      image_shape: ``(H, W, C)`` of one image; inputs are ``[B, H, W, C]``.
+      likelihood: the decoder likelihood (only the learned-variance ones
+        change the output's shape).
     """
 
     latent_dim: int = 20
@@ -87,20 +119,50 @@ class VAE(nn.Module):
         self.shared_logvar = SharedLogVariance() if self.likelihood == "gaussian_shared_var" else None
 
     def __call__(self, x: jax.Array, key: jax.Array):
-        """Returns (decoder output ``[B, H, W, C]``, mean, logvar, z)."""
+        """Encodes ``x``, draws one z per example with the reparameterization trick, decodes it.
+
+        Args:
+          x: images ``[B, H, W, C]`` in [0, 1].
+          key: PRNG key for z = mean + exp(logvar / 2) * eps.
+
+        Returns:
+          ``(logits [B, H, W, C], mean [B, D], logvar [B, D], z [B, D])``; the
+          logits are the decoder output described in the class docstring.
+        """
         mean, logvar = self.encoder(x)
         z = losses.reparameterize(key, mean, logvar)
         return self.decode(z), mean, logvar, z
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The posterior q(z|x): x ``[B, H, W, C]`` -> ``(mean [B, D], logvar [B, D])``.
+
+        Call as ``model.apply(variables, x, method=model.encode)``.
+        """
         return self.encoder(x)
 
     def decode(self, z: jax.Array) -> jax.Array:
+        """The decoder: z ``[B, D]`` -> logits ``[B, H, W, C]`` (2C channels with a learned variance).
+
+        E[x|z] is ``jax.nn.sigmoid`` of the first C channels. Call as
+        ``model.apply(variables, z, method=model.decode)``.
+        """
         out = self.decoder(z)
         return out if self.shared_logvar is None else self.shared_logvar(out)
 
 
-def init_params(model: VAE, key: jax.Array) -> dict:
-    """Initial params for ``model`` from ``key`` (shapes only; no data needed)."""
+def init_variables(model: VAE, key: jax.Array) -> dict:
+    """Initial flax variables ``{"params": params}`` for ``model``, ready for ``model.apply(variables, ...)``.
+
+    Only shapes are needed (no data): the model is traced once on zeros.
+    """
     x = jnp.zeros((1, *model.image_shape), jnp.float32)
-    return model.init(key, x, jax.random.key(0))["params"]
+    return {"params": model.init(key, x, jax.random.key(0))["params"]}
+
+
+def init_params(model: VAE, key: jax.Array) -> dict:
+    """Initial params for ``model``: the bare params tree (what an optimizer updates).
+
+    ``model.apply`` wants them wrapped: ``model.apply({"params": params}, x, key)``;
+    :func:`init_variables` returns that dict directly.
+    """
+    return init_variables(model, key)["params"]

@@ -1,0 +1,189 @@
+"""Workdirs never lose or misdescribe a run: refusals, --overwrite, records left alone, truthful messages,
+results on stdout and logs on stderr, and the help text.
+
+One small run is trained once per module; each test works on a copy of it.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import jax.numpy as jnp
+import pytest
+
+from experiments import vae as vae_exp
+from vae_jax import runner
+from vae_jax.runner import Task
+
+SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "64", "--checkpoint-every", "1"]
+
+
+def run_vae(capsys, dataset, workdir, *flags):
+    """Runs experiments.vae; returns (exit code, stdout, stderr)."""
+    try:
+        vae_exp.main(["--dataset", dataset, "--workdir", str(workdir), *SMALL, *flags])
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(workdir):
+    """Every file under ``workdir`` (relative path -> bytes)."""
+    files = {}
+    for root, _, names in os.walk(workdir):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, workdir)] = f.read()
+    return files
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, mnist_small):
+    """A finished 2-epoch run in a workdir, with an ``eval.json`` beside it; returns (npz spec, workdir)."""
+    import numpy as np
+
+    base = tmp_path_factory.mktemp("workdir")
+    spec_path = base / "digits.npz"
+    np.savez(spec_path, x_train=mnist_small.x_train, y_train=mnist_small.y_train,
+             x_test=mnist_small.x_test, y_test=mnist_small.y_test)
+    workdir = base / "run"
+    vae_exp.main(["--dataset", f"npz:{spec_path}", "--workdir", str(workdir), *SMALL, "--epochs", "2"])
+    with open(workdir / "eval.json", "w") as f:
+        json.dump({"checkpoint_epoch": 2, "neg_elbo": 123.0}, f)
+    return f"npz:{spec_path}", workdir
+
+
+@pytest.fixture()
+def run_copy(trained_run, tmp_path):
+    spec, workdir = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    return spec, copy
+
+
+def test_no_resume_on_a_run_is_refused_and_nothing_changes(capsys, run_copy):
+    spec, workdir = run_copy
+    before = snapshot(workdir)
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "2", "--no-resume")
+    assert code == 2 and out == ""
+    message = err.strip().splitlines()[-1]
+    assert message.startswith(f"error: --no-resume: --workdir {workdir} holds a run trained for 2 epochs")
+    # The safe path comes first, the destructive one names what it does.
+    assert message.index("use another --workdir") < message.index("--overwrite")
+    assert "replaced-" in message
+    assert snapshot(workdir) == before
+
+
+def test_overwrite_moves_the_old_run_aside_with_its_derived_files(capsys, run_copy):
+    spec, workdir = run_copy
+    before = snapshot(workdir)
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "1", "--no-resume", "--overwrite")
+    assert code == 0, err
+    assert "--overwrite: moved the previous run" in err
+    (aside,) = [name for name in os.listdir(workdir) if name.startswith(runner.REPLACED_PREFIX)]
+    assert snapshot(workdir / aside) == before  # every file of the old run, unchanged
+    # Nothing of the old run is left beside the new one: no eval.json describing a model that is gone.
+    assert not os.path.exists(workdir / "eval.json")
+    assert runner.checkpoint_epochs(workdir) == [1]
+    with open(workdir / "metrics.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f] == [1]
+    assert json.load(open(workdir / "summary.json"))["epochs"] == 1
+
+
+def test_other_settings_are_refused_before_any_data_is_loaded(capsys, run_copy):
+    _, workdir = run_copy
+    # The dataset spec names a missing file: the workdir check must come first.
+    code, out, err = run_vae(capsys, "npz:/no/such/file.npz", workdir, "--epochs", "2", "--latent-dim", "3")
+    assert code == 2 and out == ""
+    message = err.strip().splitlines()[-1]
+    assert "holds a run with other settings" in message
+    assert "--dataset npz:" in message and "--latent-dim 2 there, 3 here" in message
+    assert message.index("use another --workdir") < message.index("--overwrite")
+
+
+def test_fewer_epochs_than_the_checkpoint_is_refused_and_records_are_kept(capsys, run_copy):
+    spec, workdir = run_copy
+    before = snapshot(workdir)
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "1")
+    assert code == 2 and out == ""
+    assert "--epochs 1: --workdir" in err and "holds a run trained for 2 epochs" in err and "--epochs 2" in err
+    assert snapshot(workdir) == before
+
+
+def test_the_same_epochs_trains_nothing_and_keeps_the_records(capsys, run_copy):
+    spec, workdir = run_copy
+    records = {name: open(workdir / name).read() for name in ["config.json", "metrics.jsonl"]}
+    summary = json.load(open(workdir / "summary.json"))
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "2")
+    assert code == 0, err
+    assert "nothing to train" in err
+    assert "after 2 epochs" in out
+    assert {name: open(workdir / name).read() for name in records} == records
+    assert json.load(open(workdir / "summary.json")) == summary
+    assert os.path.isfile(workdir / "eval.json")  # still describes the checkpoint on disk
+
+
+def test_training_further_retires_the_old_eval_record_and_splits_stdout_from_stderr(capsys, run_copy):
+    spec, workdir = run_copy
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3")
+    assert code == 0, err
+    assert "resuming" in err and "eval-epoch2.json" in err
+    assert not os.path.exists(workdir / "eval.json")
+    assert json.load(open(workdir / "eval-epoch2.json"))["checkpoint_epoch"] == 2
+    summary = json.load(open(workdir / "summary.json"))
+    assert summary["epochs"] == 3 and summary["resumed_from_epoch"] == 2
+    assert json.load(open(workdir / "config.json"))["epochs"] == 3
+    # stdout: the one result line, stated from the summary.
+    test = summary["test"]
+    assert out.splitlines() == [
+        f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
+        f"KL {test['kl']['mean']:.2f}) after 3 epochs; outputs in {workdir}"]
+    # stderr is not a terminal here: no progress bar, one plain line per trained epoch.
+    assert err.startswith("data: ")
+    assert "\r" not in err
+    assert [line[:11] for line in err.splitlines() if line.startswith("epoch ")] == ["epoch 3/3: "]
+
+
+def test_progress_mode():
+    assert runner.progress_mode(True) == (True, False)
+    assert runner.progress_mode(False) == (False, False)
+    # pytest captures stderr: not a terminal, so no bar and a line per epoch.
+    assert runner.progress_mode(None) == (False, True)
+
+
+def test_divergence_message_says_no_checkpoint_when_there_is_none(tmp_path, mnist_small):
+    settings = dict(batch_size=64, epochs=2, workdir=str(tmp_path / "run"), progress=False, checkpoint_every=5,
+                    eval_batch_size=64)
+    if "max_consecutive_skips" in {f.name for f in dataclasses.fields(runner.TrainConfig)}:
+        settings["max_consecutive_skips"] = 0  # stop at the end of the epoch, with no step-level guard
+    config = runner.TrainConfig(**settings)
+
+    def nan_loss(params, batch, key, step):  # a one-parameter model whose loss is NaN from the start
+        loss = jnp.mean(batch["x"]) * params["w"] * jnp.nan
+        return loss, {"loss": loss}
+
+    def eval_fn(params, batch, key):
+        return {"loss": jnp.zeros(batch["x"].shape[0])}
+
+    task = Task(lambda key: {"w": jnp.ones(())}, nan_loss, eval_fn, headline="loss")
+    with pytest.raises(runner.TrainingDiverged) as info:
+        runner.train(config, task, mnist_small)
+    assert runner.checkpoint_epochs(tmp_path / "run") == []
+    assert "no checkpoint was saved" in str(info.value)
+    assert "is kept" not in str(info.value)
+
+
+def test_help_text_reads_cleanly(capsys):
+    with pytest.raises(SystemExit):
+        vae_exp.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert "(default: )" not in text and "(default: (400,))" not in text
+    assert "(default: TFDS's own) (default" not in text
+    assert "--hidden N,N,... encoder hidden widths (the decoder mirrors them) (default: 400)" in text
+    assert "(default: one replica, --seed)" in text
+    assert "WORKDIR/replaced-YYYYmmdd-HHMMSS/" in text and "nothing is deleted" in text
+    assert "mnist:embedded" in text
