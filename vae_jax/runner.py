@@ -24,12 +24,14 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax import checkpoint, data as data_lib, evaluate, train as train_lib
+from vae_jax import checkpoint, data as data_lib, evaluate, parallel, train as train_lib
 from vae_jax.cli import ConfigError, field, flag, require
 
 # Fields that may differ between a run and its resumption.
 RESUMABLE_FIELDS = frozenset(
     {"epochs", "resume", "progress", "checkpoint_every", "keep_checkpoints", "workdir", "data_dir", "eval_batch_size"}
+    # How a run is laid out and watched does not change what it computes (up to float reduction order).
+    | {"devices", "seed_layout", "compile_cache", "tensorboard"}
 )
 
 
@@ -61,6 +63,10 @@ class TrainConfig:
     keep_checkpoints: int = field(3, "how many of the newest checkpoints to keep")
     eval_batch_size: int = field(500, "batch size for test-set evaluation")
     progress: bool = field(True, "show a progress bar")
+    # Devices, speed and monitoring (vae_jax.parallel, vae_jax.compile_cache, vae_jax.tensorboard).
+    devices: str = field("1", "local devices to train on: a count N or 'all' (batch split over them, seeds too)")
+    seed_layout: str = field("auto", "how several seeds share a device: one vmapped program, a loop, or auto",
+                             choices=parallel.SEED_LAYOUTS)
 
     def validate(self) -> None:
         require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
@@ -266,8 +272,12 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     train_data = device_data(dataset.x_train, dataset.y_train)
     test_data = device_data(dataset.x_test, dataset.y_test)
     train_step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn)
-    epoch_fn = train_lib.make_replicated_epoch_fn(train_step, config.batch_size)
-    eval_fn = evaluate.make_replicated_eval(task.eval_fn, config.eval_batch_size)
+    # Devices and seed layout: vae_jax.parallel compiles the epoch and evaluation for them.
+    plan = parallel.make_plan(len(seeds), config.batch_size, config.devices, config.seed_layout)
+    state, keys = plan.place_replicated(state), plan.place_replicated(keys)
+    train_data, test_data = plan.place_shared(train_data), plan.place_shared(test_data)
+    epoch_fn = parallel.make_epoch_program(train_step, config.batch_size, plan)
+    eval_fn = parallel.make_eval_program(task.eval_fn, config.eval_batch_size, plan)
     steps_per_epoch = dataset.x_train.shape[0] // config.batch_size
 
     test_metrics = None
@@ -325,6 +335,7 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
         "train_seconds": train_seconds,
         "steps_per_second": (epochs_run * steps_per_epoch / train_seconds) if train_seconds else None,
         "device": str(jax.devices()[0]),
+        **plan.summary(),
     }
     _write_json(os.path.join(workdir, "summary.json"), summary)
     return TrainResult(state, seeds, dataset, history, test_metrics, summary)
