@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax import checkpoint, data as data_lib, evaluate, parallel, train as train_lib
+from vae_jax import caches, checkpoint, data as data_lib, evaluate, parallel, plots, tensorboard, train as train_lib
 from vae_jax.cli import ConfigError, field, flag, require
 
 # Fields that may differ between a run and its resumption.
@@ -67,6 +67,8 @@ class TrainConfig:
     devices: str = field("1", "local devices to train on: a count N or 'all' (batch split over them, seeds too)")
     seed_layout: str = field("auto", "how several seeds share a device: one vmapped program, a loop, or auto",
                              choices=parallel.SEED_LAYOUTS)
+    compile_cache: bool = field(True, "keep compiled XLA programs in the user cache dir (~/.cache/vae_jax/xla)")
+    tensorboard: bool = field(True, "write TensorBoard scalars and figures to the workdir")
 
     def validate(self) -> None:
         require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
@@ -200,8 +202,18 @@ def _read_history(path: str, upto_epoch: int) -> list[dict]:
 
 
 def mean_std(values) -> dict:
+    """Mean, std (ddof 0) and the 95% Student-t interval of the mean over seeds (None for one seed).
+
+    The interval is ``mean ± t_{0.975, R-1} s / sqrt(R)`` with ``s`` the sample std (ddof 1).
+    """
     values = np.asarray(values, np.float64)
-    return {"mean": float(values.mean()), "std": float(values.std()), "per_seed": values.tolist()}
+    ci95 = None
+    if values.size > 1:
+        from scipy import stats
+
+        half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+        ci95 = [float(values.mean() - half), float(values.mean() + half)]
+    return {"mean": float(values.mean()), "std": float(values.std()), "ci95": ci95, "per_seed": values.tolist()}
 
 
 def load_run_config(workdir: str, config_cls):
@@ -238,6 +250,8 @@ def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.Train
 def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None) -> TrainResult:
     """Trains ``task`` as configured, resuming from the workdir's newest checkpoint."""
     start_time = time.time()
+    if config.compile_cache:  # before anything compiles
+        caches.enable_compilation_cache()
     seeds = config.seed_list()
     dataset = load_data(config) if dataset is None else dataset
     workdir = config.workdir
@@ -280,6 +294,7 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     eval_fn = parallel.make_eval_program(task.eval_fn, config.eval_batch_size, plan)
     steps_per_epoch = dataset.x_train.shape[0] // config.batch_size
 
+    board = tensorboard.EpochWriter(workdir) if config.tensorboard and jax.process_index() == 0 else None
     test_metrics = None
     train_seconds = 0.0
     bar = tqdm(
@@ -315,6 +330,8 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
         history.append(line)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(line) + "\n")
+        if board is not None:
+            board.log_epoch(line, seeds)
         if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
             checkpoint.save(manager, epoch + 1, state)
             last_saved = epoch + 1
@@ -336,7 +353,15 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
         "steps_per_second": (epochs_run * steps_per_epoch / train_seconds) if train_seconds else None,
         "device": str(jax.devices()[0]),
         **plan.summary(),
+        "tensorboard": board is not None,
     }
+    if len(seeds) > 1 and history:
+        curves = plots.save_seed_curves(history, seeds, [k for k in history[-1]["per_seed"] if k.startswith("test_")],
+                                        os.path.join(workdir, "seed_curves.png"),
+                                        f"Test metrics of {len(seeds)} seeds, per epoch")
+        summary["figures"] = [os.path.basename(curves)]
+    if board is not None:
+        board.close()
     _write_json(os.path.join(workdir, "summary.json"), summary)
     return TrainResult(state, seeds, dataset, history, test_metrics, summary)
 
@@ -344,5 +369,10 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
 def write_summary(workdir: str, summary: dict, figures: list[str] | None = None) -> None:
     """Writes ``summary.json``; ``figures`` (paths) are listed in it by file name."""
     if figures is not None:
-        summary["figures"] = [os.path.basename(p) for p in figures]
+        names = [os.path.basename(p) for p in figures]
+        summary["figures"] = names + [n for n in summary.get("figures", []) if n not in names]
+        if summary.get("tensorboard"):
+            board = tensorboard.EpochWriter(workdir)
+            board.log_figures([os.path.join(workdir, n) for n in summary["figures"]], summary["epochs"])
+            board.close()
     _write_json(os.path.join(workdir, "summary.json"), summary)
