@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import objectives
+from vae_jax import objectives, precision as precision_lib
 from vae_jax.cli import field, require
 from vae_jax.models.vae import VAE, init_params
 from vae_jax.runner import Task, TrainConfig
@@ -31,6 +31,8 @@ class VAEConfig(TrainConfig):
     likelihood: str = field("bernoulli", "decoder likelihood p(x|z)", choices=objectives.LIKELIHOODS)
     decoder_logvar: float = field(0.0, "log c of the Gaussian decoder N(f(z), cI) (gaussian likelihood only)")
     beta: float = field(1.0, "weight of the KL term (beta-VAE when > 1)")
+    precision: str = field("f32", "training compute: f32, or bf16 (bfloat16 compute; float32 params, "
+                           "optimizer state and losses)", choices=precision_lib.PRECISIONS)
 
     def validate(self) -> None:
         super().validate()
@@ -48,7 +50,7 @@ def build_vae(config: VAEConfig, image_shape) -> VAE:
 def vae_task(config: VAEConfig, image_shape) -> tuple[VAE, Task]:
     model = build_vae(config, image_shape)
     loss_fn = objectives.make_vae_loss(
-        model, config.likelihood, config.beta, config.decoder_logvar,
+        precision_lib.compute_in(model, config.precision), config.likelihood, config.beta, config.decoder_logvar,
         dynamic_binarize=config.binarize == "dynamic",
     )
     eval_fn = objectives.make_vae_eval(model, config.likelihood, config.decoder_logvar)
