@@ -17,7 +17,7 @@ import sys
 import jax
 import numpy as np
 
-from vae_jax import plots, runner, tasks
+from vae_jax import distributed, plots, runner, tasks
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     dataset = runner.load_data(config)
     model, task = tasks.vae_task(config, dataset.image_shape)
     result = runner.train(config, task, dataset)
-    figures = write_figures(config, model, result)
+    figures = write_figures(config, model, result) if distributed.is_main_process() else []  # one writer
     runner.write_summary(config.workdir, result.summary, figures)
     test = result.summary["test"]
     print(f"data: {result.dataset.describe()}", file=sys.stderr)

@@ -73,8 +73,8 @@ def choose_seed_layout(requested: str, num_replicas: int, batch_size: int, platf
 
 
 def parse_devices(spec: str, available: int | None = None) -> int:
-    """``--devices``: ``all`` or a count N between 1 and the number of local devices."""
-    available = jax.local_device_count() if available is None else available
+    """``--devices``: ``all`` or a count N between 1 and the number of devices (of every process when distributed)."""
+    available = jax.device_count() if available is None else available
     text = str(spec).strip().lower()
     if text == "all":
         return available
@@ -83,7 +83,7 @@ def parse_devices(spec: str, available: int | None = None) -> int:
     except ValueError:
         count = 0
     if not 1 <= count <= available:
-        raise ConfigError(f"--devices must be 'all' or a count from 1 to {available} (the local devices), got {spec!r}")
+        raise ConfigError(f"--devices must be 'all' or a count from 1 to {available} (the devices), got {spec!r}")
     return count
 
 
@@ -112,13 +112,13 @@ class Plan:
         """Puts a pytree with a leading ``[R]`` axis on the mesh, split along ``replica`` (as is on one device)."""
         if self.mesh is None:
             return tree
-        return jax.device_put(tree, self.sharding(P(REPLICA_AXIS)))
+        return _put(tree, self.sharding(P(REPLICA_AXIS)))
 
     def place_shared(self, tree):
         """Puts data every replica reads (the dataset) on every device of the mesh (as is on one device)."""
         if self.mesh is None:
             return tree
-        return jax.device_put(tree, self.sharding(P()))
+        return _put(tree, self.sharding(P()))
 
     def summary(self) -> dict:
         """What ``summary.json`` records about the layout."""
@@ -133,15 +133,29 @@ class Plan:
         }
 
 
+def _put(tree, sharding: NamedSharding):
+    """``jax.device_put``; across processes, each process builds its shards from its own (identical) host copy."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(a):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(a)), impl=jax.random.key_impl(a))
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
 def make_plan(num_replicas: int, batch_size: int, devices: str = "1", seed_layout: str = "auto") -> Plan:
-    """The :class:`Plan` for R replicas on ``--devices`` local devices.
+    """The :class:`Plan` for R replicas on ``--devices`` devices (of every process when distributed).
 
     With N > 1 devices the mesh is ``(r, d) = (gcd(R, N), N / gcd(R, N))``
     (``(1, N)`` under the ``loop`` layout, which runs one replica at a time);
     ``--batch-size`` must divide evenly over the ``d`` data shards.
     """
     count = parse_devices(devices)
-    platform = jax.local_devices()[0].platform
+    platform = jax.devices()[0].platform
     layout = choose_seed_layout(seed_layout, num_replicas, batch_size, platform)
     if count == 1:
         return Plan(num_replicas, layout)
@@ -152,7 +166,7 @@ def make_plan(num_replicas: int, batch_size: int, devices: str = "1", seed_layou
             f"--batch-size {batch_size} cannot be split evenly over {data_shards} data shards "
             f"(--devices {devices} with {num_replicas} replica(s)); use a multiple of {data_shards} or fewer --devices"
         )
-    grid = np.asarray(jax.local_devices()[:count]).reshape(replica_shards, data_shards)
+    grid = np.asarray(jax.devices()[:count]).reshape(replica_shards, data_shards)
     return Plan(num_replicas, layout, Mesh(grid, (REPLICA_AXIS, DATA_AXIS)))
 
 

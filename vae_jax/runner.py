@@ -24,14 +24,15 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax import caches, checkpoint, data as data_lib, evaluate, parallel, plots, tensorboard, train as train_lib
+from vae_jax import (caches, checkpoint, data as data_lib, distributed, evaluate, parallel, plots, streaming,
+                     tensorboard, train as train_lib)
 from vae_jax.cli import ConfigError, field, flag, require
 
 # Fields that may differ between a run and its resumption.
 RESUMABLE_FIELDS = frozenset(
     {"epochs", "resume", "progress", "checkpoint_every", "keep_checkpoints", "workdir", "data_dir", "eval_batch_size"}
     # How a run is laid out and watched does not change what it computes (up to float reduction order).
-    | {"devices", "seed_layout", "compile_cache", "tensorboard"}
+    | {"devices", "seed_layout", "compile_cache", "tensorboard", "distributed", "stream"}
 )
 
 
@@ -64,11 +65,15 @@ class TrainConfig:
     eval_batch_size: int = field(500, "batch size for test-set evaluation")
     progress: bool = field(True, "show a progress bar")
     # Devices, speed and monitoring (vae_jax.parallel, vae_jax.compile_cache, vae_jax.tensorboard).
-    devices: str = field("1", "local devices to train on: a count N or 'all' (batch split over them, seeds too)")
+    devices: str = field("1", "devices to train on: a count N or 'all' (batch split over them, seeds too)")
     seed_layout: str = field("auto", "how several seeds share a device: one vmapped program, a loop, or auto",
                              choices=parallel.SEED_LAYOUTS)
     compile_cache: bool = field(True, "keep compiled XLA programs in the user cache dir (~/.cache/vae_jax/xla)")
     tensorboard: bool = field(True, "write TensorBoard scalars and figures to the workdir")
+    stream: bool = field(False, "stream batches from host memory (Grain) instead of keeping the training split on "
+                         "the device; automatic when it would fill more than half the device's memory")
+    distributed: bool = field(False, "one of several processes (hosts) of a run: jax.distributed.initialize() "
+                              "from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID")
 
     def validate(self) -> None:
         require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
@@ -186,6 +191,8 @@ def _jsonable(value):
 
 
 def _write_json(path: str, obj) -> None:
+    if not distributed.is_main_process():  # one writer per run
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
@@ -250,6 +257,8 @@ def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.Train
 def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None) -> TrainResult:
     """Trains ``task`` as configured, resuming from the workdir's newest checkpoint."""
     start_time = time.time()
+    if config.distributed:  # before anything touches a device
+        distributed.initialize()
     if config.compile_cache:  # before anything compiles
         caches.enable_compilation_cache()
     seeds = config.seed_list()
@@ -269,6 +278,7 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(seeds))
     state = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
 
+    distributed.wait_for_all("train_start")  # before the first collective (Orbax's directory sync)
     manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
     start_epoch = 0
     if config.resume:
@@ -279,11 +289,15 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
         for step in manager.all_steps():
             manager.delete(step)
     history = _read_history(metrics_path, start_epoch)
-    with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
-        f.writelines(json.dumps(line) + "\n" for line in history)
+    if distributed.is_main_process():
+        with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
+            f.writelines(json.dumps(line) + "\n" for line in history)
     _write_json(os.path.join(workdir, "config.json"), config_record(config))
 
-    train_data = device_data(dataset.x_train, dataset.y_train)
+    stream = streaming.should_stream(config.stream, dataset.x_train.nbytes)  # host-side batches: vae_jax.streaming
+    if stream and jax.process_count() > 1:
+        raise ConfigError("--stream does not work with --distributed yet; leave out one of them")
+    train_data = None if stream else device_data(dataset.x_train, dataset.y_train)
     test_data = device_data(dataset.x_test, dataset.y_test)
     train_step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn)
     # Devices and seed layout: vae_jax.parallel compiles the epoch and evaluation for them.
@@ -291,6 +305,9 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     state, keys = plan.place_replicated(state), plan.place_replicated(keys)
     train_data, test_data = plan.place_shared(train_data), plan.place_shared(test_data)
     epoch_fn = parallel.make_epoch_program(train_step, config.batch_size, plan)
+    if stream:
+        host_arrays = {"x": dataset.x_train, **({} if dataset.y_train is None else {"y": dataset.y_train})}
+        epoch_fn = streaming.make_stream_epoch(train_step, config.batch_size, plan, host_arrays)
     eval_fn = parallel.make_eval_program(task.eval_fn, config.eval_batch_size, plan)
     steps_per_epoch = dataset.x_train.shape[0] // config.batch_size
 
@@ -299,13 +316,13 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     train_seconds = 0.0
     bar = tqdm(
         total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-        disable=not config.progress, unit="step", dynamic_ncols=True,
+        disable=not config.progress or not distributed.is_main_process(), unit="step", dynamic_ncols=True,
     )
     last_saved = start_epoch
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         state, train_metrics = epoch_fn(state, train_data, keys.data, keys.sample, jnp.int32(epoch))
-        train_metrics = jax.device_get(train_metrics)  # waits for the epoch
+        train_metrics = distributed.to_host(train_metrics)  # waits for the epoch
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         train_loss = np.asarray(train_metrics["loss"])
@@ -316,7 +333,7 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
                 f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); the last good checkpoint "
                 f"(epoch {last_saved}) is kept in {workdir}; lower --learning-rate and resume"
             )
-        test_metrics = jax.device_get(eval_fn(state.params, test_data, evaluate.eval_key()))
+        test_metrics = distributed.to_host(eval_fn(state.params, test_data, evaluate.eval_key()))
         line = {"epoch": epoch + 1, "seconds": seconds}
         for name, values in train_metrics.items():
             line[f"train_{name}"] = float(np.mean(values))
@@ -328,8 +345,9 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
                 **{f"test_{k}": np.mean(v, axis=-1).tolist() for k, v in test_metrics.items()},
             }
         history.append(line)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        if distributed.is_main_process():
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(line) + "\n")
         if board is not None:
             board.log_epoch(line, seeds)
         if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
@@ -340,7 +358,7 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     bar.close()
 
     if test_metrics is None:  # nothing left to train: evaluate the restored state
-        test_metrics = jax.device_get(eval_fn(state.params, test_data, evaluate.eval_key()))
+        test_metrics = distributed.to_host(eval_fn(state.params, test_data, evaluate.eval_key()))
     epochs_run = config.epochs - start_epoch
     summary = {
         "seeds": seeds,
@@ -354,8 +372,9 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
         "device": str(jax.devices()[0]),
         **plan.summary(),
         "tensorboard": board is not None,
+        "streamed": stream,
     }
-    if len(seeds) > 1 and history:
+    if len(seeds) > 1 and history and distributed.is_main_process():
         curves = plots.save_seed_curves(history, seeds, [k for k in history[-1]["per_seed"] if k.startswith("test_")],
                                         os.path.join(workdir, "seed_curves.png"),
                                         f"Test metrics of {len(seeds)} seeds, per epoch")
@@ -363,6 +382,8 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     if board is not None:
         board.close()
     _write_json(os.path.join(workdir, "summary.json"), summary)
+    if jax.process_count() > 1:  # host copies: the figures read replicas that live on other processes
+        state = distributed.to_host(state)
     return TrainResult(state, seeds, dataset, history, test_metrics, summary)
 
 
@@ -371,7 +392,7 @@ def write_summary(workdir: str, summary: dict, figures: list[str] | None = None)
     if figures is not None:
         names = [os.path.basename(p) for p in figures]
         summary["figures"] = names + [n for n in summary.get("figures", []) if n not in names]
-        if summary.get("tensorboard"):
+        if summary.get("tensorboard") and distributed.is_main_process():
             board = tensorboard.EpochWriter(workdir)
             board.log_figures([os.path.join(workdir, n) for n in summary["figures"]], summary["epochs"])
             board.close()
