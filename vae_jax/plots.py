@@ -116,6 +116,7 @@ def save_seed_curves(history: Sequence[dict], seeds: Sequence[int], keys: Sequen
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(key, fontsize=9)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, ncol=2 if len(seeds) > 6 else 1)
     fig.suptitle(title, fontsize=10)

@@ -375,8 +375,9 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
         "streamed": stream,
     }
     if len(seeds) > 1 and history and distributed.is_main_process():
-        curves = plots.save_seed_curves(history, seeds, [k for k in history[-1]["per_seed"] if k.startswith("test_")],
-                                        os.path.join(workdir, "seed_curves.png"),
+        test_keys = sorted((k for k in history[-1]["per_seed"] if k.startswith("test_")),
+                           key=lambda k: k != f"test_{task.headline}")  # the headline first
+        curves = plots.save_seed_curves(history, seeds, test_keys, os.path.join(workdir, "seed_curves.png"),
                                         f"Test metrics of {len(seeds)} seeds, per epoch")
         summary["figures"] = [os.path.basename(curves)]
     if board is not None:
