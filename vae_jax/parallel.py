@@ -179,8 +179,12 @@ def _expand(tree):
     return jax.tree_util.tree_map(lambda a: a[None], tree)
 
 
-def _over_replicas(fn: Callable, layout: str, in_axes: tuple, spmd_axis_name: str | None) -> Callable:
-    """``fn`` of one replica -> the same over a leading replica axis of the ``in_axes == 0`` arguments."""
+def over_replicas(fn: Callable, layout: str, in_axes: tuple, spmd_axis_name: str | None) -> Callable:
+    """``fn`` of one replica -> the same over a leading replica axis of the ``in_axes == 0`` arguments.
+
+    ``layout`` is a :class:`Plan`'s ``seed_layout`` (``single``, ``vmap`` or ``loop``); under ``vmap`` the
+    replica axis is laid out along the mesh axis ``spmd_axis_name`` (None: no mesh).
+    """
     if layout == "single":
 
         def single(*args):
@@ -221,7 +225,7 @@ def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan):
 
     epoch_fn = train_lib.make_epoch_fn(step, batch_size)
     spmd_axis = None if plan.mesh is None else REPLICA_AXIS
-    program = _over_replicas(epoch_fn, plan.seed_layout, (0, None, 0, 0, None), spmd_axis)
+    program = over_replicas(epoch_fn, plan.seed_layout, (0, None, 0, 0, None), spmd_axis)
     if plan.mesh is None:
         return jax.jit(program, donate_argnums=0)
     per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
@@ -240,7 +244,7 @@ def make_eval_program(eval_fn: Callable, batch_size: int, plan: Plan):
         return evaluate.map_batches(lambda batch, i: eval_fn(params, batch, jax.random.fold_in(key, i)), data, batch_size)
 
     spmd_axis = None if plan.mesh is None else REPLICA_AXIS
-    program = _over_replicas(run, plan.seed_layout, (0, None, None), spmd_axis)
+    program = over_replicas(run, plan.seed_layout, (0, None, None), spmd_axis)
     if plan.mesh is None:
         return jax.jit(program)
     per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
