@@ -1,15 +1,32 @@
-"""Time the default MLP VAE's training epoch: per-step jit loop vs scan-fused epoch vs PyTorch eager.
+"""Time the training path `experiments.vae` runs, beside a minimal flax + optax scan loop and PyTorch eager.
 
-    python -m experiments.benchmark                       # batch 16, 128, 512; 1 and 8 seeds
-    python -m experiments.benchmark --repeats 5 --out runs/benchmark.json
+    python -m experiments.benchmark --out runs/benchmark.json                 # every section
+    python -m experiments.benchmark --sections epoch,seeds --repeats 3        # some sections
+    python -m experiments.benchmark --sections epoch --batch-sizes 128 --repeats 2  # quick look
 
 All variants train the same model (784-400-20, Bernoulli decoder, Adam 1e-3)
 on the same data for one epoch (N // batch steps). Each repeat times every
 variant once, in turn, so machine noise hits all alike; the median over
-repeats is reported. Achieved GFLOP/s counts the model's matrix multiplies
-(forward, and twice that backward) and is set beside a plain float32
-matrix-multiply rate measured in the same run. PyTorch is timed only when
-``torch`` is importable (``pip install -e ".[bench]"``).
+repeats is reported. Sections:
+
+  epoch    per-epoch seconds at each batch size of: ``runner_path``, the very
+           program ``runner.train`` (so ``experiments.vae``) compiles for one
+           seed (``vae_jax.parallel.make_epoch_program``, its seed layout is
+           reported); ``minimal_scan_loop``, a ~100-line flax + optax
+           ``lax.scan`` loop written here from scratch; ``vmapped_one_seed``,
+           the vmapped replicated epoch with R = 1; ``jit_step_loop``, the
+           jitted step called from Python; ``torch_eager`` when ``torch`` is
+           importable (``pip install -e ".[bench]"``). Achieved GFLOP/s counts
+           the model's matrix multiplies and is set beside a plain float32
+           matrix-multiply rate measured in the same run.
+  seeds    N = 1, 8, 32 seeds at batch 16 and 128: the ``vmap`` and ``loop``
+           layouts against N x one seed, and the layout ``--seed-layout auto``
+           picks.
+  target   seconds (and epochs) of the runner path to reach a test neg-ELBO.
+  devices  the runner path on 1 and 8 simulated CPU devices (a subprocess with
+           ``--xla_force_host_platform_device_count=8``).
+  startup  whole-process seconds of ``experiments.vae --epochs 1`` with a cold
+           cache, a cold compilation cache only, and warm caches.
 """
 
 from __future__ import annotations
@@ -19,17 +36,70 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from vae_jax import cli
-from vae_jax import data as data_lib, tasks, train
+from vae_jax import data as data_lib, evaluate, parallel, tasks, train
 from vae_jax.cli import user_errors
+
+SECTIONS = ("epoch", "seeds", "target", "devices", "startup")
+
+
+# --- a minimal flax + optax scan-fused training loop: the yardstick -------------------------
+
+
+class MinimalVAE(nn.Module):
+    """784-400-20 VAE with a Bernoulli decoder, written without the library."""
+
+    @nn.compact
+    def __call__(self, x, key):
+        x = x.reshape(x.shape[0], -1)
+        h = nn.relu(nn.Dense(400)(x))
+        mean, logvar = nn.Dense(20)(h), nn.Dense(20)(h)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+        logits = nn.Dense(784)(nn.relu(nn.Dense(400)(z)))
+        recon = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x), axis=-1)
+        kl = 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, axis=-1)
+        return jnp.mean(recon + kl)
+
+
+def make_minimal_epoch(batch_size: int, learning_rate: float = 1e-3):
+    """``(init(key) -> (params, opt_state), epoch(params, opt_state, x, key) -> (params, opt_state, loss))``, jitted."""
+    model = MinimalVAE()
+    optimizer = optax.adam(learning_rate)
+
+    def init(key):
+        params = model.init(key, jnp.zeros((1, 784)), key)
+        return params, optimizer.init(params)
+
+    def epoch(params, opt_state, x, key):
+        perm_key, step_key = jax.random.split(key)
+        steps = x.shape[0] // batch_size
+        order = jax.random.permutation(perm_key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
+
+        def step(carry, inputs):
+            params, opt_state = carry
+            idx, key = inputs
+            loss, grads = jax.value_and_grad(model.apply)(params, x[idx], key)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (order, jax.random.split(step_key, steps)))
+        return params, opt_state, jnp.mean(losses)
+
+    return jax.jit(init), jax.jit(epoch, donate_argnums=(0, 1))
+
+
+# --- what is timed --------------------------------------------------------------------------
 
 
 def model_flops_per_example(latent_dim: int = 20, hidden: int = 400, pixels: int = 784) -> int:
@@ -52,51 +122,67 @@ def matmul_gflops(size: int = 1024, repeats: int = 10) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
+def _timed(fn, *args) -> float:
+    jax.block_until_ready(args)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t0
+
+
+class RunnerPath:
+    """The epoch program ``runner.train`` builds for ``config`` (same task, optimizer, keys, plan and data placement)."""
+
+    def __init__(self, x: np.ndarray, config: tasks.VAEConfig, seed_layout: str | None = None):
+        from vae_jax import runner
+
+        _, self.task = tasks.vae_task(config, x.shape[1:])
+        self.config = config
+        self.optimizer = runner.make_optimizer(config)
+        self.seeds = config.seed_list()
+        self.plan = parallel.make_plan(len(self.seeds), config.batch_size, config.devices,
+                                       seed_layout or config.seed_layout)
+        self.train_step = train.make_train_step(self.task.loss_fn, self.optimizer, self.task.update_fn)
+        self.epoch_fn = parallel.make_epoch_program(self.train_step, config.batch_size, self.plan)
+        self.data = self.plan.place_shared(runner.device_data(x, None))
+
+    def fresh(self):
+        keys = jax.vmap(train.run_keys)(jnp.asarray(self.seeds))
+        state = train.init_replicated_state(self.task.init_params, self.optimizer, keys.init)
+        return self.plan.place_replicated(state), self.plan.place_replicated(keys)
+
+    def time_epoch(self) -> float:
+        state, keys = self.fresh()
+        return _timed(self.epoch_fn, state, self.data, keys.data, keys.sample, jnp.int32(0))
+
+
 class JaxVariants:
-    """Compiled epoch functions of one batch size, and a fresh state for each call."""
+    """Every JAX variant of one batch size, compiled once, each timed on a fresh state."""
 
     def __init__(self, x: np.ndarray, batch_size: int):
-        config = tasks.VAEConfig(batch_size=batch_size)
-        _, self.task = tasks.vae_task(config, x.shape[1:])
-        self.optimizer = optax.adam(config.learning_rate)
+        self.runner = RunnerPath(x, tasks.VAEConfig(batch_size=batch_size))
         self.batch_size = batch_size
-        self.data = {"x": jnp.asarray(x)}
-        step = train.make_train_step(self.task.loss_fn, self.optimizer)
-        self.jit_step = step
-        self.fused = jax.jit(train.make_epoch_fn(step, batch_size), donate_argnums=0)
-        self.replicated = train.make_replicated_epoch_fn(step, batch_size)
+        self.data = self.runner.data
+        self.jit_step = self.runner.train_step
+        self.vmapped = train.make_replicated_epoch_fn(self.jit_step, batch_size)
+        self.minimal_init, self.minimal_epoch = make_minimal_epoch(batch_size)
+        self.x = jnp.asarray(x)
 
-    def state(self, seeds):
-        keys = jax.vmap(train.run_keys)(jnp.asarray(seeds))
-        return train.init_replicated_state(self.task.init_params, self.optimizer, keys.init), keys
+    def time_runner_path(self) -> float:
+        return self.runner.time_epoch()
 
-    def single(self):
+    def time_minimal_scan_loop(self) -> float:
+        params, opt_state = self.minimal_init(jax.random.key(0))
+        return _timed(self.minimal_epoch, params, opt_state, self.x, jax.random.key(1))
+
+    def time_vmapped_one_seed(self) -> float:
+        state, keys = self.runner.fresh()
+        return _timed(self.vmapped, state, self.data, keys.data, keys.sample, jnp.int32(0))
+
+    def time_jit_step_loop(self) -> float:
         keys = train.run_keys(0)
-        return train.init_train_state(self.task.init_params(keys.init), self.optimizer), keys
-
-    def time_loop(self) -> float:
-        state, keys = self.single()
-        jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        state, metrics = train.loop_epoch(self.jit_step, state, self.data, keys.data, keys.sample, 0, self.batch_size)
-        jax.block_until_ready((state, metrics))
-        return time.perf_counter() - t0
-
-    def time_fused(self) -> float:
-        state, keys = self.single()
-        jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        out = self.fused(state, self.data, keys.data, keys.sample, jnp.int32(0))
-        jax.block_until_ready(out)
-        return time.perf_counter() - t0
-
-    def time_seeds(self, n: int) -> float:
-        state, keys = self.state(list(range(n)))
-        jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        out = self.replicated(state, self.data, keys.data, keys.sample, jnp.int32(0))
-        jax.block_until_ready(out)
-        return time.perf_counter() - t0
+        state = train.init_train_state(self.runner.task.init_params(keys.init), self.runner.optimizer)
+        return _timed(lambda s: train.loop_epoch(self.jit_step, s, self.data, keys.data, keys.sample, 0,
+                                                 self.batch_size), state)
 
 
 class TorchVariant:
@@ -112,9 +198,9 @@ class TorchVariant:
 
     def time_epoch(self) -> float:
         torch = self.torch
-        nn = torch.nn
-        enc, mean_l, logvar_l = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
-        dec1, dec2 = nn.Linear(20, 400), nn.Linear(400, 784)
+        nn_ = torch.nn
+        enc, mean_l, logvar_l = nn_.Linear(784, 400), nn_.Linear(400, 20), nn_.Linear(400, 20)
+        dec1, dec2 = nn_.Linear(20, 400), nn_.Linear(400, 784)
         params = [p for m in (enc, mean_l, logvar_l, dec1, dec2) for p in m.parameters()]
         opt = torch.optim.Adam(params, lr=1e-3)
         perm = torch.randperm(len(self.x))
@@ -126,7 +212,7 @@ class TorchVariant:
             mean, logvar = mean_l(h), logvar_l(h)
             z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
             logits = dec2(torch.relu(dec1(z)))
-            recon = nn.functional.binary_cross_entropy_with_logits(logits, xb, reduction="sum")
+            recon = nn_.functional.binary_cross_entropy_with_logits(logits, xb, reduction="sum")
             kl = 0.5 * torch.sum(torch.exp(logvar) + mean**2 - 1.0 - logvar)
             loss = (recon + kl) / self.batch_size
             opt.zero_grad()
@@ -143,50 +229,165 @@ def torch_available() -> bool:
     return True
 
 
-def run(x: np.ndarray, batch_sizes, seeds_counts, repeats: int) -> dict:
-    use_torch = torch_available()
-    results = {"batch_sizes": {}, "seeds": {}}
+def _medians(timers: dict, repeats: int) -> dict:
+    """Calls every timer once (compile/warm-up), then ``repeats`` interleaved rounds; median seconds and all times."""
+    for fn in timers.values():
+        fn()
+    times = {name: [] for name in timers}
+    for _ in range(repeats):
+        for name, fn in timers.items():
+            times[name].append(fn())
+    return {name: {"seconds_per_epoch": statistics.median(ts), "all_seconds": ts} for name, ts in times.items()}
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+def epoch_section(x: np.ndarray, batch_sizes, repeats: int, matmul: float) -> dict:
+    results = {}
     for batch_size in batch_sizes:
         jv = JaxVariants(x, batch_size)
-        tv = TorchVariant(x, batch_size) if use_torch else None
-        jv.time_loop(), jv.time_fused()  # compile
-        if tv:
-            tv.time_epoch()  # warm up
-        times = {"jit_step_loop": [], "scan_fused_epoch": [], "torch_eager": []}
-        for _ in range(repeats):  # interleaved
-            times["jit_step_loop"].append(jv.time_loop())
-            times["scan_fused_epoch"].append(jv.time_fused())
-            if tv:
-                times["torch_eager"].append(tv.time_epoch())
+        timers = {"runner_path": jv.time_runner_path, "minimal_scan_loop": jv.time_minimal_scan_loop,
+                  "vmapped_one_seed": jv.time_vmapped_one_seed, "jit_step_loop": jv.time_jit_step_loop}
+        if torch_available():
+            timers["torch_eager"] = TorchVariant(x, batch_size).time_epoch
+        row = _medians(timers, repeats)
         steps = len(x) // batch_size
         flops = model_flops_per_example() * steps * batch_size
-        row = {"steps_per_epoch": steps}
-        for name, ts in times.items():
-            if ts:
-                med = statistics.median(ts)
-                row[name] = {"seconds_per_epoch": med, "gflops": flops / med / 1e9, "all_seconds": ts}
-        if tv:
-            row["fused_speedup_over_torch"] = row["torch_eager"]["seconds_per_epoch"] / row["scan_fused_epoch"]["seconds_per_epoch"]
-        row["fused_speedup_over_loop"] = row["jit_step_loop"]["seconds_per_epoch"] / row["scan_fused_epoch"]["seconds_per_epoch"]
-        results["batch_sizes"][str(batch_size)] = row
-        print(f"batch {batch_size}: " + ", ".join(f"{k} {v['seconds_per_epoch']:.3f}s" for k, v in row.items() if isinstance(v, dict)),
-              file=sys.stderr)
-
-    jv = JaxVariants(x, 128)
-    for n in seeds_counts:
-        jv.time_seeds(n)  # compile
-    seed_times = {n: [] for n in seeds_counts}
-    for _ in range(repeats):
-        for n in seeds_counts:
-            seed_times[n].append(jv.time_seeds(n))
-    for n, ts in seed_times.items():
-        results["seeds"][str(n)] = {"seconds_per_epoch": statistics.median(ts), "all_seconds": ts}
-    if 1 in seed_times and len(seeds_counts) > 1:
-        one = results["seeds"]["1"]["seconds_per_epoch"]
-        for n in seeds_counts:
-            if n > 1:
-                results["seeds"][str(n)]["vs_n_single_runs"] = (n * one) / results["seeds"][str(n)]["seconds_per_epoch"]
+        for entry in row.values():
+            entry["gflops"] = flops / entry["seconds_per_epoch"] / 1e9
+            entry["percent_of_matmul"] = 100 * entry["gflops"] / matmul
+        runner_s = row["runner_path"]["seconds_per_epoch"]
+        row = {"steps_per_epoch": steps, "runner_path_layout": jv.runner.plan.seed_layout,
+               "runner_path_vs_minimal": runner_s / row["minimal_scan_loop"]["seconds_per_epoch"], **row}
+        if "torch_eager" in row:
+            row["runner_path_speedup_over_torch"] = row["torch_eager"]["seconds_per_epoch"] / runner_s
+        results[str(batch_size)] = row
+        print(f"epoch, batch {batch_size}: " + ", ".join(
+            f"{k} {v['seconds_per_epoch']:.3f}s" for k, v in row.items() if isinstance(v, dict)), file=sys.stderr)
     return results
+
+
+def seeds_section(x: np.ndarray, batch_sizes, seed_counts, repeats: int) -> dict:
+    results = {}
+    for batch_size in batch_sizes:
+        one = RunnerPath(x, tasks.VAEConfig(batch_size=batch_size))
+        timers = {"1": one.time_epoch}
+        for n in (n for n in seed_counts if n > 1):
+            for layout in ("vmap", "loop"):
+                path = RunnerPath(x, tasks.VAEConfig(batch_size=batch_size, seeds=str(n)), seed_layout=layout)
+                timers[f"{n}_{layout}"] = path.time_epoch
+        medians = _medians(timers, repeats)
+        single = medians["1"]["seconds_per_epoch"]
+        row = {"one_seed": medians["1"]}
+        for n in (n for n in seed_counts if n > 1):
+            entry = {layout: medians[f"{n}_{layout}"] for layout in ("vmap", "loop")}
+            for layout in ("vmap", "loop"):
+                entry[layout]["speedup_over_n_single_runs"] = n * single / entry[layout]["seconds_per_epoch"]
+            entry["faster"] = min(("vmap", "loop"), key=lambda k: entry[k]["seconds_per_epoch"])
+            entry["auto_picks"] = parallel.choose_seed_layout("auto", n, batch_size, jax.devices()[0].platform)
+            row[str(n)] = entry
+            print(f"seeds, batch {batch_size}, N={n}: vmap {entry['vmap']['seconds_per_epoch']:.3f}s, "
+                  f"loop {entry['loop']['seconds_per_epoch']:.3f}s, N x one seed {n * single:.3f}s", file=sys.stderr)
+        results[str(batch_size)] = row
+    return results
+
+
+def target_section(x: np.ndarray, x_test: np.ndarray, target: float, max_epochs: int, batch_size: int = 128) -> dict:
+    """Training seconds (evaluation excluded) of the runner path until the test neg-ELBO is at most ``target``."""
+    path = RunnerPath(x, tasks.VAEConfig(batch_size=batch_size))
+    eval_fn = parallel.make_eval_program(path.task.eval_fn, 500, path.plan)
+    test = path.plan.place_shared({"x": jnp.asarray(x_test)})
+    path.time_epoch()  # compile
+    state, keys = path.fresh()
+    seconds, curve = 0.0, []
+    for epoch in range(max_epochs):
+        t0 = time.perf_counter()
+        state, _ = path.epoch_fn(state, path.data, keys.data, keys.sample, jnp.int32(epoch))
+        jax.block_until_ready(state)
+        seconds += time.perf_counter() - t0
+        neg_elbo = float(np.mean(jax.device_get(eval_fn(state.params, test, evaluate.eval_key()))["neg_elbo"]))
+        curve.append({"epoch": epoch + 1, "train_seconds": seconds, "test_neg_elbo": neg_elbo})
+        if neg_elbo <= target:
+            break
+    reached = curve[-1]["test_neg_elbo"] <= target
+    print(f"target: test neg-ELBO {curve[-1]['test_neg_elbo']:.2f} after {len(curve)} epochs, {seconds:.1f}s"
+          + ("" if reached else f" (target {target} not reached)"), file=sys.stderr)
+    return {"target_neg_elbo": target, "batch_size": batch_size, "reached": reached,
+            "seconds": seconds if reached else None, "epochs": len(curve) if reached else None, "curve": curve}
+
+
+def devices_probe(x: np.ndarray, batch_size: int, repeats: int) -> dict:
+    """Runner-path epoch seconds on 1 device and on every local device (run inside the 8-device subprocess)."""
+    paths = {str(n): RunnerPath(x, tasks.VAEConfig(batch_size=batch_size, devices=str(n)))
+             for n in sorted({1, jax.local_device_count()})}
+    medians = _medians({n: p.time_epoch for n, p in paths.items()}, repeats)
+    for n, p in paths.items():
+        medians[n]["mesh"] = p.plan.summary()["mesh"]
+        medians[n]["examples_per_second"] = (len(x) // batch_size) * batch_size / medians[n]["seconds_per_epoch"]
+    return medians
+
+
+def devices_section(args, batch_size: int = 128) -> dict:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "experiments.benchmark", "--devices-probe", "--dataset", args.dataset,
+           "--batch-sizes", str(batch_size), "--repeats", str(args.repeats)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    print("devices: " + ", ".join(f"{n} device(s) {v['seconds_per_epoch']:.3f}s" for n, v in result.items()),
+          file=sys.stderr)
+    return {"simulated_cpu_devices": True, "batch_size": batch_size, **result}
+
+
+def startup_section(args, epochs: int = 1) -> dict:
+    """Whole-process seconds of ``experiments.vae`` with cold and warm caches (a fresh cache directory)."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "VAE_JAX_CACHE_DIR": os.path.join(tmp, "cache")}
+        cmd = [sys.executable, "-m", "experiments.vae", "--epochs", str(epochs), "--dataset", args.dataset,
+               "--no-progress", "--no-tensorboard", "--no-resume"]
+        for name in ("cold_caches", "cold_compilation_cache", "warm_caches"):
+            if name == "cold_compilation_cache":
+                import shutil
+
+                shutil.rmtree(os.path.join(tmp, "cache", "xla"), ignore_errors=True)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd + ["--workdir", os.path.join(tmp, name)], env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - t0
+            if proc.returncode != 0:
+                return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+            results[name] = {"seconds": seconds}
+    results["epochs"] = epochs
+    print("startup: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in results.items() if isinstance(v, dict)),
+          file=sys.stderr)
+    return results
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _int_list(parser, flag_name: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        parser.error(f"{flag_name} takes comma-separated positive integers, got {text!r}")
+    return values
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "jax": jax.__version__, "device": str(jax.devices()[0]),
+            "device_kind": jax.devices()[0].device_kind}
+    if torch_available():
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    return info
 
 
 @user_errors(data_lib.DataError)
@@ -194,36 +395,54 @@ def main(argv=None) -> dict:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dataset", default="mnist", help="dataset spec (28x28x1 images)")
-    parser.add_argument("--batch-sizes", default="16,128,512", help="comma-separated batch sizes")
-    parser.add_argument("--seeds", default="1,8", help="comma-separated replica counts for the vmapped run (batch 128)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
+    parser.add_argument("--batch-sizes", default="16,128,512", help="batch sizes of the epoch section")
+    parser.add_argument("--seed-batch-sizes", default="16,128", help="batch sizes of the seeds section")
+    parser.add_argument("--seeds", default="1,8,32", help="seed counts N of the seeds section")
+    parser.add_argument("--target-neg-elbo", type=float, default=125.0, help="test neg-ELBO (nats) of the target section")
+    parser.add_argument("--max-epochs", type=int, default=30, help="epoch limit of the target section")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per variant (median reported)")
     parser.add_argument("--out", default="runs/benchmark.json", help="output JSON file")
+    parser.add_argument("--devices-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-        seeds_counts = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        parser.error("--batch-sizes and --seeds take comma-separated positive integers")
-    if min(batch_sizes + seeds_counts) <= 0 or args.repeats <= 0:
-        parser.error("--batch-sizes, --seeds and --repeats must be positive")
-    dataset = data_lib.load_dataset(args.dataset, batch_size=max(batch_sizes))
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        parser.error(f"--sections takes names from {', '.join(SECTIONS)}, got {args.sections!r}")
+    batch_sizes = _int_list(parser, "--batch-sizes", args.batch_sizes)
+    seed_batch_sizes = _int_list(parser, "--seed-batch-sizes", args.seed_batch_sizes)
+    seed_counts = _int_list(parser, "--seeds", args.seeds)
+    if args.repeats <= 0 or args.max_epochs <= 0:
+        parser.error("--repeats and --max-epochs must be positive")
+    dataset = data_lib.load_dataset(args.dataset, batch_size=max(batch_sizes + seed_batch_sizes))
     if dataset.image_shape != (28, 28, 1):
         parser.error(f"--dataset must have 28x28x1 images for the 784-400-20 model, got {dataset.image_shape}")
-    results = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "jax": jax.__version__, "device": str(jax.devices()[0])},
-        "dataset": dataset.summary(),
-        "matmul_gflops": matmul_gflops(),
-        "model_flops_per_example": model_flops_per_example(),
-        **run(dataset.x_train, batch_sizes, seeds_counts, args.repeats),
-    }
-    if torch_available():
-        import torch
-
-        results["machine"]["torch"] = torch.__version__
-        results["machine"]["torch_threads"] = torch.get_num_threads()
+    x = dataset.x_train
+    if args.devices_probe:
+        print("RESULT" + json.dumps(devices_probe(x, batch_sizes[0], args.repeats)))
+        return {}
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    try:  # before the long run, not after it
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out {args.out}: cannot write ({err.strerror or type(err).__name__})")
+    if not os.access(out_dir, os.W_OK):
+        parser.error(f"--out {args.out}: cannot write (permission denied)")
+    matmul = matmul_gflops()
+    results = {"machine": machine(), "dataset": dataset.summary(), "matmul_gflops": matmul,
+               "model_flops_per_example": model_flops_per_example(), "repeats": args.repeats,
+               "timed_runner_path": "vae_jax.parallel.make_epoch_program, the epoch runner.train (experiments.vae) runs"}
+    if "epoch" in sections:
+        results["epoch"] = epoch_section(x, batch_sizes, args.repeats, matmul)
+    if "seeds" in sections:
+        results["seeds"] = seeds_section(x, seed_batch_sizes, seed_counts, args.repeats)
+    if "target" in sections:
+        results["target"] = target_section(x, dataset.x_test, args.target_neg_elbo, args.max_epochs)
+    if "devices" in sections:
+        results["devices"] = devices_section(args)
+    if "startup" in sections:
+        results["startup"] = startup_section(args)
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
     except OSError as err:
@@ -233,19 +452,43 @@ def main(argv=None) -> dict:
 
 
 def print_table(results: dict) -> None:
-    print(f"matrix multiply: {results['matmul_gflops']:.1f} GFLOP/s (float32, 1024x1024)")
-    print("batch | jit loop s/epoch | fused s/epoch | torch s/epoch | fused/torch | fused GFLOP/s (% of matmul)")
-    for bs, row in results["batch_sizes"].items():
-        torch_s = row.get("torch_eager", {}).get("seconds_per_epoch")
-        fused = row["scan_fused_epoch"]
-        torch_text = "n/a" if torch_s is None else f"{torch_s:.3f}"
-        ratio_text = "n/a" if torch_s is None else f"{row['fused_speedup_over_torch']:.2f}x"
-        print(f"{bs:>5} | {row['jit_step_loop']['seconds_per_epoch']:.3f} | {fused['seconds_per_epoch']:.3f} | "
-              f"{torch_text} | {ratio_text} | "
-              f"{fused['gflops']:.1f} ({100 * fused['gflops'] / results['matmul_gflops']:.0f}%)")
-    for n, row in results["seeds"].items():
-        extra = f", {row['vs_n_single_runs']:.2f}x faster than {n} single runs" if "vs_n_single_runs" in row else ""
-        print(f"{n} vmapped seed(s), batch 128: {row['seconds_per_epoch']:.3f} s/epoch{extra}")
+    print(f"machine: {results['machine']['processor']}, {results['machine']['cpu_count']} cores, "
+          f"{results['machine']['device']}; matrix multiply {results['matmul_gflops']:.1f} GFLOP/s (float32, 1024x1024)")
+    if "epoch" in results:
+        print("batch | runner path s/epoch (layout) | minimal scan s/epoch | runner/minimal | vmapped R=1 | "
+              "jit step loop | torch eager | runner GFLOP/s (% of matmul)")
+        for bs, row in results["epoch"].items():
+            torch_s = row.get("torch_eager", {}).get("seconds_per_epoch")
+            print(f"{bs:>5} | {row['runner_path']['seconds_per_epoch']:.3f} ({row['runner_path_layout']}) | "
+                  f"{row['minimal_scan_loop']['seconds_per_epoch']:.3f} | {row['runner_path_vs_minimal']:.2f} | "
+                  f"{row['vmapped_one_seed']['seconds_per_epoch']:.3f} | {row['jit_step_loop']['seconds_per_epoch']:.3f} | "
+                  f"{'n/a' if torch_s is None else f'{torch_s:.3f}'} | {row['runner_path']['gflops']:.1f} "
+                  f"({row['runner_path']['percent_of_matmul']:.0f}%)")
+    if "seeds" in results:
+        print("seeds: batch | N | vmap s/epoch (x N single) | loop s/epoch (x N single) | faster | auto picks")
+        for bs, row in results["seeds"].items():
+            for n, entry in row.items():
+                if n == "one_seed":
+                    continue
+                print(f"{bs:>5} | {n:>3} | {entry['vmap']['seconds_per_epoch']:.3f} "
+                      f"({entry['vmap']['speedup_over_n_single_runs']:.2f}x) | {entry['loop']['seconds_per_epoch']:.3f} "
+                      f"({entry['loop']['speedup_over_n_single_runs']:.2f}x) | {entry['faster']} | {entry['auto_picks']}")
+    if "target" in results:
+        t = results["target"]
+        print(f"time to test neg-ELBO <= {t['target_neg_elbo']}: " + (
+            f"{t['seconds']:.1f} s of training, {t['epochs']} epochs" if t["reached"] else "not reached"))
+    if "devices" in results and "error" not in results["devices"]:
+        for n, v in results["devices"].items():
+            if isinstance(v, dict):
+                print(f"{n} simulated CPU device(s), batch {results['devices']['batch_size']}: "
+                      f"{v['seconds_per_epoch']:.3f} s/epoch, {v['examples_per_second']:.0f} examples/s, mesh {v['mesh']}")
+    if "startup" in results and "error" not in results["startup"]:
+        s = results["startup"]
+        print(f"experiments.vae --epochs {s['epochs']} whole process: cold caches {s['cold_caches']['seconds']:.1f} s, "
+              f"cold compilation cache {s['cold_compilation_cache']['seconds']:.1f} s, warm {s['warm_caches']['seconds']:.1f} s")
+    for name in ("devices", "startup"):
+        if "error" in results.get(name, {}):
+            print(f"{name}: failed ({results[name]['error']})")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import os
 import jax
 import numpy as np
 
-from vae_jax import diagnostics, plots, runner, tasks
+from vae_jax import diagnostics, distributed, plots, runner, tasks
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
     runner.log(f"data: {dataset.describe()}")
     model, task = tasks.vae_task(config, dataset.image_shape)
     result = runner.train(config, task, dataset)
-    figures = write_figures(config, model, result)
+    figures = write_figures(config, model, result) if distributed.is_main_process() else []  # one writer
     runner.write_summary(config.workdir, result.summary, figures)
     test = result.summary["test"]
     diag = result.summary["diagnostics"]

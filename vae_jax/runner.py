@@ -38,13 +38,16 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax import checkpoint, data as data_lib, evaluate, faults, train as train_lib
+from vae_jax import (caches, checkpoint, data as data_lib, distributed, evaluate, faults, parallel, streaming,
+                     tensorboard, train as train_lib)
 from vae_jax.cli import ConfigError, field, flag, require
 
 # Fields that may differ between a run and its resumption.
 RESUMABLE_FIELDS = frozenset(
     {"epochs", "resume", "overwrite", "progress", "checkpoint_every", "keep_checkpoints", "workdir", "data_dir",
      "eval_batch_size", "max_consecutive_skips"}
+    # How a run is laid out and watched does not change what it computes (up to float reduction order).
+    | {"devices", "seed_layout", "compile_cache", "tensorboard", "distributed", "stream"}
 )
 # ``--overwrite`` moves the old run into WORKDIR/REPLACED_PREFIX + UTC time.
 REPLACED_PREFIX = "replaced-"
@@ -89,6 +92,16 @@ class TrainConfig:
             "in a row (0: no step-level guard; the run stops at the end of an epoch with a non-finite loss)")
     progress: bool | None = field(None, "show a progress bar on stderr (default: only when stderr is a terminal; "
                                         "a redirected log gets one line per epoch instead)")
+    # Devices, speed and monitoring (vae_jax.parallel, vae_jax.compile_cache, vae_jax.tensorboard).
+    devices: str = field("1", "devices to train on: a count N or 'all' (batch split over them, seeds too)")
+    seed_layout: str = field("auto", "how several seeds share a device: one vmapped program, a loop, or auto",
+                             choices=parallel.SEED_LAYOUTS)
+    compile_cache: bool = field(True, "keep compiled XLA programs in the user cache dir (~/.cache/vae_jax/xla)")
+    tensorboard: bool = field(True, "write TensorBoard scalars and figures to the workdir")
+    stream: bool = field(False, "stream batches from host memory (Grain) instead of keeping the training split on "
+                         "the device; automatic when it would fill more than half the device's memory")
+    distributed: bool = field(False, "one of several processes (hosts) of a run: jax.distributed.initialize() "
+                              "from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID")
 
     def validate(self) -> None:
         require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
@@ -336,6 +349,8 @@ def _jsonable(value):
 
 
 def _write_json(path: str, obj) -> None:
+    if not distributed.is_main_process():  # one writer per run
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
@@ -359,8 +374,18 @@ def _json_or_none(text: str):
 
 
 def mean_std(values) -> dict:
+    """Mean, std (ddof 0) and the 95% Student-t interval of the mean over seeds (None for one seed).
+
+    The interval is ``mean ± t_{0.975, R-1} s / sqrt(R)`` with ``s`` the sample std (ddof 1).
+    """
     values = np.asarray(values, np.float64)
-    return {"mean": float(values.mean()), "std": float(values.std()), "per_seed": values.tolist()}
+    ci95 = None
+    if values.size > 1:
+        from scipy import stats
+
+        half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+        ci95 = [float(values.mean() - half), float(values.mean() + half)]
+    return {"mean": float(values.mean()), "std": float(values.std()), "ci95": ci95, "per_seed": values.tolist()}
 
 
 def load_run_config(workdir: str, config_cls):
@@ -423,6 +448,10 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
 
     """
     start_time = time.time()
+    if config.distributed:  # before anything touches a device
+        distributed.initialize()
+    if config.compile_cache:  # before anything compiles
+        caches.enable_compilation_cache()
     seeds = config.seed_list()
     plan = check_workdir(config)
     dataset = load_data(config) if dataset is None else dataset
@@ -443,6 +472,7 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(seeds))
     state = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
 
+    distributed.wait_for_all("train_start")  # before the first collective (Orbax's directory sync)
     manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
     start_epoch = 0
     if plan.checkpoint_epoch is not None and not plan.move_aside:
@@ -456,35 +486,49 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
         if start_epoch:
             log(f"resuming {workdir} from its epoch-{start_epoch} checkpoint")
             _retire_eval_record(workdir, start_epoch)
-        with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
-            f.writelines(json.dumps(line) + "\n" for line in history)
+        if distributed.is_main_process():
+            with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
+                f.writelines(json.dumps(line) + "\n" for line in history)
         _write_json(os.path.join(workdir, "config.json"), config_record(config))
 
-    train_data = device_data(dataset.train_pixels, dataset.y_train)
+    stream = streaming.should_stream(config.stream, dataset.train_pixels.nbytes)  # host-side batches: vae_jax.streaming
+    if stream and jax.process_count() > 1:
+        raise ConfigError("--stream does not work with --distributed yet; leave out one of them")
+    train_data = None if stream else device_data(dataset.train_pixels, dataset.y_train)
     test_data = device_data(dataset.test_pixels, dataset.y_test)
     train_step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn, config.max_consecutive_skips)
-    epoch_fn = train_lib.make_replicated_epoch_fn(train_step, config.batch_size)
-    eval_fn = evaluate.make_replicated_eval(task.eval_fn, config.eval_batch_size)
+    # Devices and seed layout: vae_jax.parallel compiles the epoch and evaluation for them.
+    layout = parallel.make_plan(len(seeds), config.batch_size, config.devices, config.seed_layout)
+    state, keys = layout.place_replicated(state), layout.place_replicated(keys)
+    train_data, test_data = layout.place_shared(train_data), layout.place_shared(test_data)
+    epoch_fn = parallel.make_epoch_program(train_step, config.batch_size, layout)
+    if stream:
+        host_arrays = {"x": dataset.train_pixels, **({} if dataset.y_train is None else {"y": dataset.y_train})}
+        epoch_fn = streaming.make_stream_epoch(train_step, config.batch_size, layout, host_arrays)
+    eval_fn = parallel.make_eval_program(task.eval_fn, config.eval_batch_size, layout)
     steps_per_epoch = dataset.num_train // config.batch_size
 
     # -- train_eval: the eval metrics on a fixed subset of training examples -------------
     train_eval_data = None
     if train_eval_examples > 0:
         n = min(train_eval_examples, dataset.num_train)
-        train_eval_data = device_data(dataset.train_pixels[:n], None if dataset.y_train is None else dataset.y_train[:n])
+        train_eval_data = layout.place_shared(
+            device_data(dataset.train_pixels[:n], None if dataset.y_train is None else dataset.y_train[:n]))
     # -------------------------------------------------------------------------------------
 
+    board = tensorboard.EpochWriter(workdir) if config.tensorboard and jax.process_index() == 0 else None
     test_metrics = None
     train_seconds = 0.0
     show_bar, log_epochs = progress_mode(config.progress)
     bar = tqdm(
         total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-        disable=not show_bar or nothing_to_train, unit="step", dynamic_ncols=True, file=sys.stderr,
+        disable=not show_bar or nothing_to_train or not distributed.is_main_process(), unit="step",
+        dynamic_ncols=True, file=sys.stderr,
     )
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         state, train_metrics = epoch_fn(state, train_data, keys.data, keys.sample, jnp.int32(epoch))
-        train_metrics = jax.device_get(train_metrics)  # waits for the epoch
+        train_metrics = distributed.to_host(train_metrics)  # waits for the epoch
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         train_loss = np.asarray(train_metrics["loss"])
@@ -500,14 +544,14 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
                 f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); {_checkpoint_on_disk(workdir)}; "
                 "train again with a lower --learning-rate in another --workdir (or add --overwrite)"
             )
-        test_metrics = jax.device_get(eval_fn(state.params, test_data, evaluate.eval_key()))
+        test_metrics = distributed.to_host(eval_fn(state.params, test_data, evaluate.eval_key()))
         line = {"epoch": epoch + 1, "seconds": seconds}
         for name, values in train_metrics.items():
             line[f"train_{name}"] = float(np.mean(values))
         for name, values in test_metrics.items():
             line[f"test_{name}"] = float(np.mean(values))
         if train_eval_data is not None:  # train_eval (see the docstring)
-            seen = jax.device_get(eval_fn(state.params, train_eval_data, evaluate.eval_key()))
+            seen = distributed.to_host(eval_fn(state.params, train_eval_data, evaluate.eval_key()))
             line.update({f"train_eval_{name}": float(np.mean(values)) for name, values in seen.items()})
         if len(seeds) > 1:
             line["per_seed"] = {
@@ -515,12 +559,17 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
                 **{f"test_{k}": np.mean(v, axis=-1).tolist() for k, v in test_metrics.items()},
             }
         history.append(line)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        if distributed.is_main_process():
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+        if board is not None:
+            board.log_epoch(line, seeds)
         if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stop.requested:
             checkpoint.save(manager, epoch + 1, state)
         if stop.requested:
             bar.close()
+            if board is not None:
+                board.close()
             raise faults.Interrupted(stop.requested, epoch + 1, workdir)
         bar.update(steps_per_epoch)
         bar.set_postfix(loss=f"{line['train_loss']:.2f}", **{task.headline: f"{line[f'test_{task.headline}']:.2f}"})
@@ -530,7 +579,7 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     bar.close()
 
     if test_metrics is None:  # nothing left to train: evaluate the restored state
-        test_metrics = jax.device_get(eval_fn(state.params, test_data, evaluate.eval_key()))
+        test_metrics = distributed.to_host(eval_fn(state.params, test_data, evaluate.eval_key()))
     epochs_run = config.epochs - start_epoch
     summary = {
         "seeds": seeds,
@@ -542,12 +591,27 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
         "train_seconds": train_seconds,
         "steps_per_second": (epochs_run * steps_per_epoch / train_seconds) if train_seconds else None,
         "device": str(jax.devices()[0]),
+        **layout.summary(),
+        "tensorboard": board is not None,
+        "streamed": stream,
     }
+    if len(seeds) > 1 and history and "per_seed" in history[-1] and distributed.is_main_process():
+        from vae_jax import plots  # matplotlib only when a figure is drawn
+
+        test_keys = sorted((k for k in history[-1]["per_seed"] if k.startswith("test_")),
+                           key=lambda k: k != f"test_{task.headline}")  # the headline first
+        curves = plots.save_seed_curves(history, seeds, test_keys, os.path.join(workdir, "seed_curves.png"),
+                                        f"Test metrics of {len(seeds)} seeds, per epoch")
+        summary["figures"] = [os.path.basename(curves)]
+    if board is not None:
+        board.close()
     summary_path = os.path.join(workdir, "summary.json")
     if nothing_to_train and os.path.isfile(summary_path):
         summary = _read_json(summary_path, "run's summary")  # it describes this checkpoint already
     else:
         _write_json(summary_path, summary)
+    if jax.process_count() > 1:  # host copies: the figures read replicas that live on other processes
+        state = distributed.to_host(state)
     return TrainResult(state, seeds, dataset, history, test_metrics, summary)
 
 
@@ -570,5 +634,10 @@ def _checkpoint_on_disk(workdir: str) -> str:
 def write_summary(workdir: str, summary: dict, figures: list[str] | None = None) -> None:
     """Writes ``summary.json``; ``figures`` (paths) are listed in it by file name."""
     if figures is not None:
-        summary["figures"] = [os.path.basename(p) for p in figures]
+        names = [os.path.basename(p) for p in figures]
+        summary["figures"] = names + [n for n in summary.get("figures", []) if n not in names]
+        if summary.get("tensorboard") and distributed.is_main_process():
+            board = tensorboard.EpochWriter(workdir)
+            board.log_figures([os.path.join(workdir, n) for n in summary["figures"]], summary["epochs"])
+            board.close()
     _write_json(os.path.join(workdir, "summary.json"), summary)

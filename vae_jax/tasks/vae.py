@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import objectives, schedules
+from vae_jax import objectives, precision as precision_lib, schedules
 from vae_jax.cli import field, require
 from vae_jax.models.vae import VAE, init_params
 from vae_jax.runner import Task, TrainConfig
@@ -85,6 +85,8 @@ class VAEConfig(VAEObjectiveConfig):
 
     latent_dim: int = field(20, "latent dimensions")
     hidden: tuple[int, ...] = field((400,), "encoder hidden widths (the decoder mirrors them)")
+    precision: str = field("f32", "training compute: f32, or bf16 (bfloat16 compute; float32 params, "
+                           "optimizer state and losses)", choices=precision_lib.PRECISIONS)
 
     def validate(self) -> None:
         super().validate()
@@ -100,9 +102,13 @@ def build_vae(config: VAEConfig, image_shape) -> VAE:
 
 def vae_task(config: VAEConfig, image_shape) -> tuple[VAE, Task]:
     model = build_vae(config, image_shape)
+    compute_model = precision_lib.compute_in(model, config.precision)  # training compute; evaluation in f32
+    loss_fn, _ = config.objective(
+        objectives.make_gaussian_vae_terms(compute_model, config.likelihood, config.decoder_logvar),
+        objectives.make_gaussian_vae_log_weights(compute_model, config.likelihood, config.decoder_logvar))
     terms_fn = objectives.make_gaussian_vae_terms(model, config.likelihood, config.decoder_logvar)
     log_weights_fn = objectives.make_gaussian_vae_log_weights(model, config.likelihood, config.decoder_logvar)
-    loss_fn, eval_fn = config.objective(terms_fn, log_weights_fn)
+    _, eval_fn = config.objective(terms_fn, log_weights_fn)
     task = Task(init_params=lambda key: init_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn, headline="neg_elbo")
     return model, task
 

@@ -1,0 +1,74 @@
+"""Start-up caches: the embedded digits round-trip through .npy, and a second process hits the compilation cache."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from vae_jax import caches, data
+
+
+def test_cached_arrays_build_once_then_load_the_same_arrays(tmp_path):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return np.arange(6, dtype=np.uint8).reshape(2, 3), np.array([0.5, -1.0], np.float32)
+
+    first = caches.cached_arrays("demo-v1", build, directory=str(tmp_path))
+    second = caches.cached_arrays("demo-v1", build, directory=str(tmp_path))
+    assert len(calls) == 1
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+    (tmp_path / "demo-v1" / "1.npy").write_bytes(b"damaged")  # a damaged entry is rebuilt, not trusted
+    third = caches.cached_arrays("demo-v1", build, directory=str(tmp_path))
+    assert len(calls) == 2
+    np.testing.assert_array_equal(third[1], first[1])
+
+
+def test_unwritable_cache_directory_leaves_the_arrays_uncached(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = caches.cached_arrays("x", lambda: (np.ones(3),), directory=str(blocker / "sub"))
+    np.testing.assert_array_equal(out[0], np.ones(3))
+
+
+def test_embedded_mnist_from_the_cache_equals_a_fresh_parse(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAE_JAX_CACHE_DIR", str(tmp_path))
+    cached = data.embedded_mnist()  # parses and writes the cache
+    assert any(p.name.startswith("embedded_mnist") for p in (tmp_path / "arrays").iterdir())
+    loaded = data.embedded_mnist()  # loads the .npy files
+    fresh = data.parse_embedded_mnist()
+    for a, b, c in zip(cached, loaded, fresh):
+        np.testing.assert_array_equal(b, c)
+        np.testing.assert_array_equal(a, c)
+        assert b.dtype == c.dtype
+
+
+COMPILE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp
+    from vae_jax import caches
+    events = []
+    jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+    caches.enable_compilation_cache(sys.argv[1])
+    f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+    f(jnp.ones((8, 8))).block_until_ready()
+    print("RESULT" + json.dumps({"hits": events.count("/jax/compilation_cache/cache_hits")}))
+""")
+
+
+def test_a_second_process_loads_its_programs_from_the_compilation_cache(tmp_path):
+    cache_dir = tmp_path / "xla"
+    hits = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, str(cache_dir)], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        hits.append(json.loads(proc.stdout.split("RESULT", 1)[1])["hits"])
+    assert hits[0] == 0 and hits[1] >= 1
+    assert any(cache_dir.iterdir())

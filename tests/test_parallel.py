@@ -1,0 +1,171 @@
+"""Seed layouts and device meshes: the one-seed path is the plain scan epoch, loops equal single runs, meshes match one device."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vae_jax import evaluate, parallel, runner, tasks, train
+from vae_jax.cli import ConfigError
+
+BATCH = 64
+
+
+@pytest.fixture(scope="module")
+def setup(mnist_small):
+    config = tasks.VAEConfig(latent_dim=8, hidden=(32,), batch_size=BATCH)
+    _, task = tasks.vae_task(config, mnist_small.image_shape)
+    optimizer = optax.adam(1e-3)
+    step = train.make_train_step(task.loss_fn, optimizer)
+    data = {"x": jnp.asarray(mnist_small.x_train)}
+    return task, optimizer, step, data
+
+
+def _two_epochs(fn, state, data, keys):
+    for epoch in range(2):
+        state, metrics = fn(state, data, keys.data, keys.sample, jnp.int32(epoch))
+    return jax.device_get((state, metrics))
+
+
+def _replicated_run(setup, program, seeds):
+    task, optimizer, _, data = setup
+    keys = jax.vmap(train.run_keys)(jnp.asarray(seeds))
+    return _two_epochs(program, train.init_replicated_state(task.init_params, optimizer, keys.init), data, keys)
+
+
+def _plain_run(setup, seed):
+    """The reference: a single model's jitted scan epoch, no replica axis anywhere."""
+    task, optimizer, step, data = setup
+    keys = train.run_keys(seed)
+    state = train.init_train_state(task.init_params(keys.init), optimizer)
+    return _two_epochs(jax.jit(train.make_epoch_fn(step, BATCH), donate_argnums=0), state, data, keys)
+
+
+def _replica(tree, k):
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[k], tree)
+
+
+def test_one_seed_runs_the_plain_scan_epoch_bit_for_bit(setup):
+    one = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, parallel.Plan(1, "single")), [3])
+    plain = _plain_run(setup, 3)
+    for a, b in zip(jax.tree_util.tree_leaves(_replica(one, 0)), jax.tree_util.tree_leaves(plain)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_one_seed_program_has_no_replica_batching(setup):
+    """The compiled one-seed epoch holds the same HLO as the plain epoch's (up to the size-1 reshapes)."""
+    task, optimizer, step, data = setup
+    keys = jax.vmap(train.run_keys)(jnp.asarray([0]))
+    state = train.init_replicated_state(task.init_params, optimizer, keys.init)
+    single = parallel.make_epoch_program(step, BATCH, parallel.Plan(1, "single"))
+    vmapped = parallel.make_epoch_program(step, BATCH, parallel.Plan(1, "vmap"))
+    args = (state, data, keys.data, keys.sample, jnp.int32(0))
+    dots = [fn.lower(*args).as_text().count("dot_general") for fn in (single, vmapped)]
+    batched = [fn.lower(*args).as_text().count("batching_dims") for fn in (single, vmapped)]
+    assert dots[0] == dots[1] > 0
+    assert batched[0] == 0 < batched[1]
+
+
+def test_loop_layout_replica_k_is_the_single_run_with_seed_k_and_vmap_agrees(setup):
+    seeds = [3, 5]
+    loop = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, parallel.Plan(2, "loop")), seeds)
+    vmap = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, parallel.Plan(2, "vmap")), seeds)
+    for k, seed in enumerate(seeds):
+        plain = _plain_run(setup, seed)
+        for a, b in zip(jax.tree_util.tree_leaves(_replica(loop, k)), jax.tree_util.tree_leaves(plain)):
+            np.testing.assert_array_equal(a, b)
+        # Batched matrix multiplies round differently: equal up to float32 rounding.
+        for a, b in zip(jax.tree_util.tree_leaves(_replica(vmap, k)), jax.tree_util.tree_leaves(plain)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_eval_layouts_agree_with_one_model_evaluations(setup, mnist_small):
+    task, optimizer, _, _ = setup
+    keys = jax.vmap(train.run_keys)(jnp.asarray([1, 2]))
+    params = train.init_replicated_state(task.init_params, optimizer, keys.init).params
+    test = {"x": jnp.asarray(mnist_small.x_test)}
+    one_model = evaluate.make_per_example_eval(task.eval_fn, 50)
+    reference = np.stack([np.asarray(one_model(_replica(params, r), test, jax.random.key(0))["neg_elbo"]) for r in range(2)])
+    for layout in ("vmap", "loop"):
+        out = parallel.make_eval_program(task.eval_fn, 50, parallel.Plan(2, layout))(params, test, jax.random.key(0))
+        np.testing.assert_allclose(np.asarray(out["neg_elbo"]), reference, rtol=1e-5)
+    first = jax.tree_util.tree_map(lambda a: a[:1], params)
+    out = parallel.make_eval_program(task.eval_fn, 50, parallel.Plan(1, "single"))(first, test, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(out["neg_elbo"]), reference[:1])
+
+
+def test_seed_layout_rule_and_device_errors():
+    assert parallel.choose_seed_layout("auto", 1, 16, "cpu") == "single"
+    assert parallel.choose_seed_layout("loop", 1, 16, "cpu") == "single"
+    assert parallel.choose_seed_layout("auto", 8, 16, "cpu") == "vmap"
+    assert parallel.choose_seed_layout("auto", 8, parallel.CPU_LOOP_MIN_BATCH, "cpu") == "loop"
+    assert parallel.choose_seed_layout("auto", 8, 4096, "gpu") == "vmap"
+    assert parallel.choose_seed_layout("vmap", 8, 4096, "cpu") == "vmap"
+    assert parallel.parse_devices("all", available=4) == 4
+    assert parallel.parse_devices("2", available=4) == 2
+    for bad in ("0", "5", "two"):
+        with pytest.raises(ConfigError, match="--devices must be 'all' or a count from 1 to 4"):
+            parallel.parse_devices(bad, available=4)
+
+
+def test_runner_records_the_layout(tmp_path, mnist_small):
+    config = tasks.VAEConfig(latent_dim=4, hidden=(16,), batch_size=BATCH, epochs=1, workdir=str(tmp_path),
+                             progress=False, eval_batch_size=64, seeds="2")
+    _, task = tasks.vae_task(config, mnist_small.image_shape)
+    summary = runner.train(config, task, mnist_small).summary
+    assert summary["device_count"] == 1 and summary["mesh"] is None
+    assert summary["seed_layout"] == parallel.choose_seed_layout("auto", 2, BATCH, jax.devices()[0].platform)
+
+
+MESH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    from vae_jax import data, runner, tasks
+    x_train, y_train, x_test, y_test = data.embedded_mnist()
+    ds = data.Dataset(x_train[:256, ..., None] / np.float32(255), y_train[:256],
+                      x_test[:64, ..., None] / np.float32(255), y_test[:64], "slice")
+    def config(name, **kw):
+        kw = {"batch_size": 64, **kw}
+        return tasks.VAEConfig(latent_dim=4, hidden=(32,), epochs=1, workdir=sys.argv[1] + "/" + name,
+                               progress=False, eval_batch_size=64, checkpoint_every=10, **kw)
+    _, task = tasks.vae_task(config("x"), ds.image_shape)
+    runs = {"one": config("one", seeds="0,1"), "data8": config("data8", devices="all"),
+            "seeds2x4": config("seeds2x4", devices="8", seeds="0,1")}
+    out = {"device_count": jax.device_count()}
+    for name, cfg in runs.items():
+        result = runner.train(cfg, task, ds)
+        out[name] = {"summary": {k: result.summary[k] for k in ("device_count", "mesh", "seed_layout")},
+                     "params": [np.asarray(a).tolist() for a in jax.tree_util.tree_leaves(result.state.params)],
+                     "loss": [line["train_loss"] for line in result.history]}
+    try:
+        runner.train(config("bad", devices="8", batch_size=60), task, ds)
+    except runner.ConfigError as err:
+        out["error"] = str(err)
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_eight_simulated_devices_match_one_device(tmp_path):
+    """Data parallel (1 x 8) and seeds x data (2 x 4) meshes train what one device trains."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert out["device_count"] == 8
+    assert out["data8"]["summary"] == {"device_count": 8, "mesh": {"replica": 1, "data": 8}, "seed_layout": "single"}
+    assert out["seeds2x4"]["summary"]["mesh"] == {"replica": 2, "data": 4}
+    assert out["seeds2x4"]["summary"]["seed_layout"] == "vmap"
+    one = [np.asarray(a) for a in out["one"]["params"]]
+    for a, b in zip(one, out["seeds2x4"]["params"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(one, out["data8"]["params"]):  # seed 0 is replica 0 of the two-seed run
+        np.testing.assert_allclose(a[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
+    assert "--batch-size 60 cannot be split evenly over 8 data shards" in out["error"]

@@ -1,0 +1,68 @@
+"""Streaming from host memory or disk (Grain) draws the same batches and keys as the device-resident epoch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vae_jax import parallel, runner, streaming, tasks, train
+
+BATCH = 64
+
+
+@pytest.fixture(scope="module")
+def setup(mnist_small):
+    config = tasks.VAEConfig(latent_dim=4, hidden=(32,), batch_size=BATCH)
+    _, task = tasks.vae_task(config, mnist_small.image_shape)
+    optimizer = optax.adam(1e-3)
+    return task, optimizer, train.make_train_step(task.loss_fn, optimizer)
+
+
+def test_grain_batches_are_the_rows_of_the_epoch_permutation_read_from_a_memory_map(tmp_path, mnist_small):
+    path = tmp_path / "x.npy"
+    np.save(path, mnist_small.x_train)
+    x = np.load(path, mmap_mode="r")
+    keys = jax.vmap(train.run_keys)(jnp.asarray([0, 1]))
+    order = streaming.epoch_batch_indices(keys.data, 3, len(x), BATCH)  # [num_batches, R, B]
+    expected = np.stack([np.asarray(train.epoch_batches(k, jnp.asarray(3), len(x), BATCH)) for k in keys.data], axis=1)
+    np.testing.assert_array_equal(order, expected)
+    batches = list(streaming.batch_dataset({"x": x}, order))
+    assert len(batches) == len(x) // BATCH
+    for idx, batch in zip(order, batches):
+        assert isinstance(batch["x"], jax.Array) and batch["x"].shape == (2, BATCH, 28, 28, 1)
+        np.testing.assert_array_equal(np.asarray(batch["x"]), mnist_small.x_train[idx])
+
+
+@pytest.mark.parametrize("seeds", [[3], [3, 5]])
+def test_streamed_epochs_train_what_the_resident_epochs_train(setup, mnist_small, seeds):
+    task, optimizer, step = setup
+    plan = parallel.Plan(len(seeds), "single" if len(seeds) == 1 else "vmap")
+    resident = parallel.make_epoch_program(step, BATCH, plan)
+    streamed = streaming.make_stream_epoch(step, BATCH, plan, {"x": mnist_small.x_train})
+    keys = jax.vmap(train.run_keys)(jnp.asarray(seeds))
+    out = {}
+    for name, fn, data in (("resident", resident, {"x": jnp.asarray(mnist_small.x_train)}), ("streamed", streamed, None)):
+        state = train.init_replicated_state(task.init_params, optimizer, keys.init)
+        for epoch in range(2):
+            state, metrics = fn(state, data, keys.data, keys.sample, jnp.int32(epoch))
+        out[name] = jax.device_get((state, metrics))
+    assert int(out["streamed"][0].step[0]) == 2 * (len(mnist_small.x_train) // BATCH)
+    for a, b in zip(jax.tree_util.tree_leaves(out["resident"]), jax.tree_util.tree_leaves(out["streamed"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_runner_streams_on_request_and_when_the_device_is_too_small(tmp_path, mnist_small):
+    config = tasks.VAEConfig(latent_dim=4, hidden=(16,), batch_size=BATCH, epochs=1, workdir=str(tmp_path),
+                             progress=False, eval_batch_size=64, stream=True, tensorboard=False)
+    _, task = tasks.vae_task(config, mnist_small.image_shape)
+    result = runner.train(config, task, mnist_small)
+    assert result.summary["streamed"] and np.isfinite(result.history[0]["train_loss"])
+
+    class SmallDevice:
+        def memory_stats(self):
+            return {"bytes_limit": 1000}
+
+    assert streaming.should_stream(False, 600, SmallDevice())
+    assert not streaming.should_stream(False, 400, SmallDevice())
+    assert streaming.should_stream(True, 1, SmallDevice())

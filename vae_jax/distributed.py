@@ -1,0 +1,72 @@
+"""Several processes (hosts) training one run: start-up, who writes, and bringing results to the host.
+
+``--distributed`` calls :func:`initialize` first thing in ``runner.train``.
+Every process then sees all devices of all processes (``jax.devices()``),
+the run's mesh (:mod:`vae_jax.parallel`) spans them, and one jitted program
+runs on all of them: the batch of each step is split over every device of
+every process and XLA's collectives (NCCL on GPUs, ICI on TPUs, Gloo on CPUs)
+reduce the gradients. Each process holds the (device-resident) dataset and
+feeds its own devices their part of each batch. Only process 0 writes
+``config.json``, ``metrics.jsonl``, ``summary.json``, TensorBoard events and
+figures; every process takes part in Orbax checkpointing, which writes each
+array shard once.
+
+The coordinator comes from the usual environment: ``JAX_COORDINATOR_ADDRESS``
+(``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``
+when set, otherwise JAX's own detection (Slurm, Open MPI, Cloud TPU, ...).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+
+def initialize() -> None:
+    """``jax.distributed.initialize`` from the environment (see the module docstring); a no-op when already done."""
+    if jax.distributed.is_initialized():
+        return
+    kwargs = {}
+    if os.environ.get("JAX_NUM_PROCESSES"):
+        kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+    if os.environ.get("JAX_PROCESS_ID"):
+        kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+    # CPU processes need a collectives library to talk to each other (GPUs and TPUs have their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+
+
+def wait_for_all(name: str, timeout_s: int = 600) -> None:
+    """Blocks until every process reaches the barrier ``name`` (a no-op in a single-process run).
+
+    The barrier goes through the coordination service, not a collective: the
+    first collective sets up the CPU collectives (Gloo), which gives up when the
+    processes arrive more than 30 s apart (as after loading data at different
+    speeds).
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the coordination client has no public handle
+
+    jax_distributed.global_state.client.wait_at_barrier(f"vae_jax_{name}", timeout_in_ms=timeout_s * 1000)
+
+
+def is_main_process() -> bool:
+    """True in process 0, the one that writes logs and figures (and in a single-process run)."""
+    return jax.process_index() == 0
+
+
+def to_host(tree):
+    """``jax.device_get`` that also works for arrays spread over several processes (gathered to every process)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    def fetch(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    return jax.tree_util.tree_map(fetch, tree)

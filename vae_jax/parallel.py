@@ -1,0 +1,252 @@
+"""How a run's replicas (seeds) and its batch are laid out on devices, and the compiled programs that follow.
+
+:func:`make_plan` turns ``--devices`` and ``--seed-layout`` into a
+:class:`Plan`; :func:`make_epoch_program` and :func:`make_eval_program` build
+the jitted epoch and evaluation of ``R`` replicas for it. Their signatures are
+those of :func:`vae_jax.train.make_replicated_epoch_fn` and
+:func:`vae_jax.evaluate.make_replicated_eval`: every state leaf, key and
+result has a leading replica axis ``[R]``.
+
+Seed layouts (how R replicas run on one device):
+  * one seed (R = 1): the un-vmapped scan-fused epoch. The replica axis of
+    size 1 is dropped and restored at trace time (``a[0]`` / ``a[None]``
+    inside ``jit``, free with donated buffers), so a one-seed run compiles
+    exactly the program of a minimal single-model ``lax.scan`` loop.
+  * ``vmap``: one program over all replicas, ``jax.vmap`` of the epoch. Its
+    matrix multiplies are batched over replicas, which pays when a single
+    replica's multiplies are too small to keep the device busy (small batches).
+  * ``loop``: one program that runs the un-vmapped epoch for each replica in
+    turn (``lax.map`` over the replica axis): replica k computes exactly what a
+    single-seed run with seed k computes.
+  * ``auto``: :func:`choose_seed_layout`'s rule.
+
+Devices (``--devices N|all``): with more than one device the run uses a
+:class:`jax.sharding.Mesh` with axes ``("replica", "data")`` of shape
+``(r, d)``, ``r = gcd(R, N)``, ``d = N / r``: replicas are split over the
+``replica`` axis, and each replica's batch over the ``data`` axis (the global
+batch stays ``--batch-size``, so one step is the same computation as on one
+device up to the order of float reductions). Parameters and optimizer state
+are replicated along ``data``; XLA inserts the gradient all-reduce. Nothing
+here communicates by hand: the shardings are given to ``jax.jit`` and
+``jax.lax.with_sharding_constraint`` and the SPMD partitioner does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vae_jax import evaluate, train as train_lib
+from vae_jax.cli import ConfigError
+
+SEED_LAYOUTS = ("auto", "vmap", "loop")
+REPLICA_AXIS = "replica"
+DATA_AXIS = "data"
+# --seed-layout auto on CPU: batches at least this large run replicas in a loop
+# (a single replica's matrix multiplies already fill the cores), smaller ones vmapped.
+# Provisional: on the 2-core development CPU 8 vmapped seeds at batch 128 ran 1.05x faster than
+# 8 single runs, so the loop starts above that; recalibrate with the benchmark's seeds section.
+CPU_LOOP_MIN_BATCH = 512
+
+
+def choose_seed_layout(requested: str, num_replicas: int, batch_size: int, platform: str) -> str:
+    """The seed layout a run uses: ``single`` for one replica, else ``vmap`` or ``loop``.
+
+    ``auto`` vmaps on accelerators (a GPU/TPU is rarely filled by one small
+    replica) and, on CPU, loops over replicas from a batch of
+    :data:`CPU_LOOP_MIN_BATCH` up.
+    """
+    if requested not in SEED_LAYOUTS:
+        raise ConfigError(f"--seed-layout must be one of {', '.join(SEED_LAYOUTS)}, got {requested!r}")
+    if num_replicas == 1:
+        return "single"
+    if requested != "auto":
+        return requested
+    if platform == "cpu" and batch_size >= CPU_LOOP_MIN_BATCH:
+        return "loop"
+    return "vmap"
+
+
+def parse_devices(spec: str, available: int | None = None) -> int:
+    """``--devices``: ``all`` or a count N between 1 and the number of devices (of every process when distributed)."""
+    available = jax.device_count() if available is None else available
+    text = str(spec).strip().lower()
+    if text == "all":
+        return available
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= available:
+        raise ConfigError(f"--devices must be 'all' or a count from 1 to {available} (the devices), got {spec!r}")
+    return count
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Where a run's replicas and batches live.
+
+    Attributes:
+      num_replicas: R, the number of seeds trained together.
+      seed_layout: ``single``, ``vmap`` or ``loop``.
+      mesh: a ``("replica", "data")`` mesh, or None on one device.
+    """
+
+    num_replicas: int
+    seed_layout: str
+    mesh: Mesh | None = None
+
+    @property
+    def num_devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.devices.size
+
+    def sharding(self, spec: P) -> NamedSharding | None:
+        return None if self.mesh is None else NamedSharding(self.mesh, spec)
+
+    def place_replicated(self, tree):
+        """Puts a pytree with a leading ``[R]`` axis on the mesh, split along ``replica`` (as is on one device)."""
+        if self.mesh is None:
+            return tree
+        return _put(tree, self.sharding(P(REPLICA_AXIS)))
+
+    def place_shared(self, tree):
+        """Puts data every replica reads (the dataset) on every device of the mesh (as is on one device)."""
+        if self.mesh is None:
+            return tree
+        return _put(tree, self.sharding(P()))
+
+    def summary(self) -> dict:
+        """What ``summary.json`` records about the layout."""
+        devices = [jax.devices()[0]] if self.mesh is None else list(self.mesh.devices.flat)
+        return {
+            "seed_layout": self.seed_layout,
+            "device_count": self.num_devices,
+            "mesh": None if self.mesh is None else dict(zip(self.mesh.axis_names, map(int, self.mesh.devices.shape))),
+            "platform": devices[0].platform,
+            "device_kind": devices[0].device_kind,
+            "process_count": jax.process_count(),
+        }
+
+
+def _put(tree, sharding: NamedSharding):
+    """``jax.device_put``; across processes, each process builds its shards from its own (identical) host copy."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(a):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(a)), impl=jax.random.key_impl(a))
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def make_plan(num_replicas: int, batch_size: int, devices: str = "1", seed_layout: str = "auto") -> Plan:
+    """The :class:`Plan` for R replicas on ``--devices`` devices (of every process when distributed).
+
+    With N > 1 devices the mesh is ``(r, d) = (gcd(R, N), N / gcd(R, N))``
+    (``(1, N)`` under the ``loop`` layout, which runs one replica at a time);
+    ``--batch-size`` must divide evenly over the ``d`` data shards.
+    """
+    count = parse_devices(devices)
+    platform = jax.devices()[0].platform
+    layout = choose_seed_layout(seed_layout, num_replicas, batch_size, platform)
+    if count == 1:
+        return Plan(num_replicas, layout)
+    replica_shards = 1 if layout == "loop" else math.gcd(num_replicas, count)
+    data_shards = count // replica_shards
+    if batch_size % data_shards:
+        raise ConfigError(
+            f"--batch-size {batch_size} cannot be split evenly over {data_shards} data shards "
+            f"(--devices {devices} with {num_replicas} replica(s)); use a multiple of {data_shards} or fewer --devices"
+        )
+    grid = np.asarray(jax.devices()[:count]).reshape(replica_shards, data_shards)
+    return Plan(num_replicas, layout, Mesh(grid, (REPLICA_AXIS, DATA_AXIS)))
+
+
+def _first(tree):
+    return jax.tree_util.tree_map(lambda a: a[0], tree)
+
+
+def _expand(tree):
+    return jax.tree_util.tree_map(lambda a: a[None], tree)
+
+
+def over_replicas(fn: Callable, layout: str, in_axes: tuple, spmd_axis_name: str | None) -> Callable:
+    """``fn`` of one replica -> the same over a leading replica axis of the ``in_axes == 0`` arguments.
+
+    ``layout`` is a :class:`Plan`'s ``seed_layout`` (``single``, ``vmap`` or ``loop``); under ``vmap`` the
+    replica axis is laid out along the mesh axis ``spmd_axis_name`` (None: no mesh).
+    """
+    if layout == "single":
+
+        def single(*args):
+            args = [_first(a) if ax == 0 else a for a, ax in zip(args, in_axes)]
+            return _expand(fn(*args))
+
+        return single
+    if layout == "vmap":
+        return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=spmd_axis_name)
+    if layout == "loop":
+
+        def loop(*args):
+            mapped = [a for a, ax in zip(args, in_axes) if ax == 0]
+
+            def one(per_replica):
+                it = iter(per_replica)
+                return fn(*[next(it) if ax == 0 else a for a, ax in zip(args, in_axes)])
+
+            return jax.lax.map(one, mapped)
+
+        return loop
+    raise ValueError(f"unknown seed layout {layout!r}")
+
+
+def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan):
+    """The jitted epoch of R replicas: ``(state[R], data, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])``.
+
+    The state is donated. On a mesh, each step's batch is constrained to be
+    split along ``data`` and everything with a replica axis along ``replica``.
+    """
+    step = train_step
+    if plan.mesh is not None:
+        batch_sharding = plan.sharding(P(DATA_AXIS))
+
+        def step(state, batch, key):
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            return train_step(state, batch, key)
+
+    epoch_fn = train_lib.make_epoch_fn(step, batch_size)
+    spmd_axis = None if plan.mesh is None else REPLICA_AXIS
+    program = over_replicas(epoch_fn, plan.seed_layout, (0, None, 0, 0, None), spmd_axis)
+    if plan.mesh is None:
+        return jax.jit(program, donate_argnums=0)
+    per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
+    return jax.jit(program, donate_argnums=0, in_shardings=(per_replica, shared, per_replica, per_replica, shared),
+                   out_shardings=(per_replica, per_replica))
+
+
+def make_eval_program(eval_fn: Callable, batch_size: int, plan: Plan):
+    """The jitted per-example evaluation of R replicas: ``(params[R], data, key) -> dict of [R, N]``.
+
+    The same computation as :func:`vae_jax.evaluate.make_replicated_eval`,
+    laid out as the plan says.
+    """
+
+    def run(params, data, key):
+        return evaluate.map_batches(lambda batch, i: eval_fn(params, batch, jax.random.fold_in(key, i)), data, batch_size)
+
+    spmd_axis = None if plan.mesh is None else REPLICA_AXIS
+    program = over_replicas(run, plan.seed_layout, (0, None, None), spmd_axis)
+    if plan.mesh is None:
+        return jax.jit(program)
+    per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
+    return jax.jit(program, in_shardings=(per_replica, shared, shared), out_shardings=per_replica)
+

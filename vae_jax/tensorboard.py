@@ -1,0 +1,63 @@
+"""TensorBoard event files in a run's workdir: per-epoch train/test scalars (mean and per seed) and figures.
+
+Written with ``tensorboardX`` (a maintained writer of the event format that
+needs no TensorFlow). View every run under ``runs/`` with::
+
+    pip install tensorboard && tensorboard --logdir runs/
+
+Tags: ``train/NAME`` and ``test/NAME`` hold the mean over seeds;
+``train/NAME/seed_S`` and ``test/NAME/seed_S`` each seed's value when a run
+trains several; ``figures/FILE`` the PNG figures of the run (at its last epoch).
+Only process 0 writes (see :func:`vae_jax.runner.train`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+# metrics.jsonl keys that are bookkeeping, not metrics.
+_NOT_METRICS = ("epoch", "seconds", "per_seed")
+
+
+class EpochWriter:
+    """Writes one epoch's ``metrics.jsonl`` line as scalars, and figures as images, to ``logdir``."""
+
+    def __init__(self, logdir: str):
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(logdir=logdir)
+
+    def log_epoch(self, line: dict, seeds: Sequence[int]) -> None:
+        """Scalars of one ``metrics.jsonl`` line (keys ``train_NAME``/``test_NAME``) at step ``line["epoch"]``."""
+        step = int(line["epoch"])
+        for key, value in line.items():
+            if key not in _NOT_METRICS:
+                self._writer.add_scalar(_tag(key), float(value), step)
+        self._writer.add_scalar("time/epoch_seconds", float(line["seconds"]), step)
+        for key, values in line.get("per_seed", {}).items():
+            for seed, value in zip(seeds, values):
+                self._writer.add_scalar(f"{_tag(key)}/seed_{seed}", float(value), step)
+        self._writer.flush()
+
+    def log_figures(self, paths: Sequence[str], step: int) -> None:
+        """PNG figures as images (tag ``figures/FILE``)."""
+        from PIL import Image
+
+        for path in paths:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))  # [H, W, 3] uint8
+            self._writer.add_image(f"figures/{os.path.splitext(os.path.basename(path))[0]}", pixels, step,
+                                   dataformats="HWC")
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _tag(key: str) -> str:
+    split, _, name = key.partition("_")
+    return f"{split}/{name}" if split in ("train", "test") and name else key
+
