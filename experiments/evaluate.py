@@ -96,7 +96,7 @@ OTHER_KINDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--workdir", required=True,
+    parser.add_argument("--workdir", required=True, default=argparse.SUPPRESS,
                         help=f"workdir of a VAE training run (kinds: {', '.join(VAE_FAMILIES)})")
     parser.add_argument("--dataset", default="", help="dataset spec to evaluate on (default: the run's)")
     parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")

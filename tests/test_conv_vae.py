@@ -87,3 +87,28 @@ def test_short_training_lowers_the_elbo_and_logs_the_train_test_gap(mnist_small,
         assert {"train_eval_neg_elbo", "train_eval_recon", "train_eval_kl", "test_neg_elbo"} <= set(line)
     # Seen images fit at least about as well as unseen ones.
     assert result.history[-1]["train_eval_neg_elbo"] < result.history[-1]["test_neg_elbo"] + 20
+
+
+def test_experiment_end_to_end(tmp_path, small_npz, capsys):
+    import json
+    import os
+
+    from experiments import conv_vae as conv_vae_exp
+
+    workdir = str(tmp_path / "run")
+    conv_vae_exp.main(["--dataset", small_npz, "--epochs", "1", "--channels", "4,8", "--hidden", "16",
+                       "--latent-dim", "3", "--batch-size", "128", "--train-eval-examples", "64",
+                       "--mixture-components", "2", "--tsne-points", "60", "--workdir", workdir, "--no-progress"])
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    for name in ["reconstructions.png", "train_test_gap.png", "samples.png", "tsne.png", "mixture_samples.png",
+                 "kl_per_dim.png"]:
+        assert name in summary["figures"] and os.path.isfile(os.path.join(workdir, name)), name
+    diag = summary["diagnostics"]
+    assert len(diag["mean_kl_per_dim"]) == 3 and 0 <= diag["mutual_information"] <= diag["mutual_information_max"] + 0.1
+    assert {"prior", "mixture"} <= set(summary["prior_vs_mixture"])
+    assert "mean_max_prob" in summary["prior_vs_mixture"]["mixture"]
+    line = json.loads(open(os.path.join(workdir, "metrics.jsonl")).readline())
+    assert {"train_eval_neg_elbo", "test_neg_elbo"} <= set(line)
+    with pytest.raises(SystemExit):
+        conv_vae_exp.main(["--dataset", small_npz, "--preset", "faces128", "--workdir", str(tmp_path / "f")])
+    assert "--preset faces128 needs 128x128x3 images" in capsys.readouterr().err

@@ -213,7 +213,8 @@ def make_elbo_objective(
     batch mean of the objective above; ``metrics`` are batch means of ``loss``,
     ``neg_elbo`` (UNWEIGHTED recon + kl, always), ``recon``, ``kl``, ``beta``
     (the schedule's value at ``step``), the extra terms, and ``neg_iwae_bound``
-    when iwae_k > 1 (the same value as ``loss``). With ``dynamic_binarize`` the batch is
+    when iwae_k > 1 (the same value as ``loss``; the single-sample terms are then computed
+    as well, for the metrics only). With ``dynamic_binarize`` the batch is
     Bernoulli-sampled from its gray values first (a key split from ``key``).
 
     ``eval_fn(params, batch, key) -> dict of [B]``: ``neg_elbo``, ``recon``,

@@ -106,8 +106,8 @@ class ConvVAE(nn.Module):
 
     image_shape: Sequence[int] = (28, 28, 1)
     latent_dim: int = 16
-    channels: Sequence[int] = (32, 64)
-    hidden: int = 256
+    channels: Sequence[int] = (16, 32)
+    hidden: int = 128
     kernel_size: int = 4
     likelihood: str = "bernoulli"
 

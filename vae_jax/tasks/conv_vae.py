@@ -53,9 +53,9 @@ class ConvVAEConfig(VAEObjectiveConfig):
                         "32,32,64,64,128,256, --hidden 0, --likelihood gaussian, --decoder-logvar log(1/2))",
                         choices=PRESETS)
     latent_dim: int = field(16, "latent dimensions")
-    channels: tuple[int, ...] = field((32, 64), "channels of the stride-2 encoder convolutions (the decoder "
+    channels: tuple[int, ...] = field((16, 32), "channels of the stride-2 encoder convolutions (the decoder "
                                       "mirrors them); each halves the image")
-    hidden: int = field(256, "width of a Dense layer between the flattened features and the latent heads (0: none)")
+    hidden: int = field(128, "width of a Dense layer between the flattened features and the latent heads (0: none)")
     kernel_size: int = field(4, "convolution kernel size")
     workdir: str = field("runs/conv_vae", "output directory: config, metrics, checkpoints, figures")
     # what experiments.conv_vae measures besides training
@@ -72,7 +72,7 @@ class ConvVAEConfig(VAEObjectiveConfig):
         require(self.tsne_points >= 10, "tsne_points", "at least 10", self.tsne_points)
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
         require(len(self.channels) > 0 and all(c > 0 for c in self.channels), "channels",
-                "comma-separated positive channel counts like 32,64", ",".join(map(str, self.channels)))
+                "comma-separated positive channel counts like 16,32", ",".join(map(str, self.channels)))
         require(self.hidden >= 0, "hidden", "a non-negative width (0: no hidden layer)", self.hidden)
         require(self.kernel_size >= 2, "kernel_size", "an integer >= 2", self.kernel_size)
         if self.preset == "faces128":

@@ -1,0 +1,41 @@
+"""experiments.cvae and experiments.hvae end to end on a tiny run, as a user runs them."""
+
+import json
+import os
+
+import numpy as np
+
+from experiments import cvae as cvae_exp, hvae as hvae_exp
+
+
+def test_cvae_writes_samples_figures_and_the_measured_class_control(tmp_path, small_npz, mnist_small):
+    workdir = str(tmp_path / "cvae")
+    summary = cvae_exp.main(["--dataset", small_npz, "--epochs", "1", "--hidden", "32", "--batch-size", "128",
+                             "--workdir", workdir, "--no-progress"])
+    for name in ("class_samples.png", "class_interpolations.png", "loss_curves.png", "cvae_samples.npz"):
+        assert os.path.isfile(os.path.join(workdir, name)), name
+    samples = np.load(os.path.join(workdir, "cvae_samples.npz"))
+    assert samples["x"].shape == (1000, 28, 28, 1) and samples["x"].min() >= 0 and samples["x"].max() <= 1
+    np.testing.assert_array_equal(np.bincount(samples["y"]), np.full(10, 100))
+    control = json.load(open(os.path.join(workdir, "summary.json")))["class_control"]
+    assert control == json.loads(json.dumps(summary["class_control"]))
+    assert 0.0 <= control["requested_class_fraction"] <= 1.0 and control["classifier_test_accuracy"] > 0.5
+    per_class = np.array(control["requested_class_fraction_per_class"])
+    np.testing.assert_allclose(per_class.mean(), control["requested_class_fraction"], rtol=1e-6)  # 100 per class
+    assert summary["diagnostics"]["latent_dim"] == 2
+
+
+def test_hvae_compares_with_a_one_level_vae_of_matched_size(tmp_path, small_npz):
+    root = str(tmp_path / "hvae")
+    comparison = hvae_exp.main(["--dataset", small_npz, "--epochs", "1", "--hidden", "32", "--top-hidden", "8",
+                                "--latent-dim", "4", "--top-latent-dim", "2", "--workdir", root, "--no-progress"])
+    assert json.load(open(os.path.join(root, "comparison.json")))["figures"] == comparison["figures"]
+    h, v = comparison["hvae"], comparison["vae"]
+    assert abs(h["params"] - v["params"]) / h["params"] < 0.05
+    assert set(h["active_units_per_layer"]) == {"z1", "z2"} and set(v["active_units_per_layer"]) == {"z"}
+    np.testing.assert_allclose(h["neg_elbo"], h["recon"] + h["kl_z1"] + h["kl_z2"], rtol=1e-5)
+    for name in ("hvae", "vae"):
+        summary = json.load(open(os.path.join(root, name, "summary.json")))
+        np.testing.assert_allclose(comparison[name]["neg_elbo"], summary["test"]["neg_elbo"]["mean"], rtol=1e-5)
+        assert comparison[name]["iwae_nll"] < comparison[name]["neg_elbo"]
+    assert set(json.load(open(os.path.join(root, "hvae", "summary.json")))["diagnostics"]) == {"z1", "z2"}
