@@ -134,3 +134,31 @@ def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mni
     assert by_epoch[-1]["codes_used"] == usage["codes_used"]
     with open(os.path.join(config.workdir, "config.json")) as f:
         assert json.load(f)["kind"] == "vqvae"
+
+
+def test_experiment_end_to_end_compares_options(tmp_path, small_npz):
+    from experiments import vqvae as experiment
+
+    workdir = tmp_path / "vq"
+    argv = ["--dataset", small_npz, "--workdir", str(workdir), "--codebook", "grad,ema", "--epochs", "1",
+            "--batch-size", "64", "--codebook-size", "16", "--code-dim", "4", "--channels", "8,16",
+            "--res-blocks", "0", "--prior-epochs", "1", "--prior-channels", "8", "--prior-layers", "2",
+            "--vae-epochs", "1", "--num-samples", "20", "--no-progress"]
+    experiment.main(argv)
+    assert (workdir / "comparison.md").read_text().count("\n") == 4  # header, rule, two rows
+    for name in ("grad_kmeans-off_dead-0", "ema_kmeans-off_dead-0"):
+        run = workdir / name
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["codebook_size"] == 16
+        assert 1 <= summary["codes_used"]["mean"] <= 16
+        assert 1.0 <= summary["perplexity"]["mean"] <= summary["codes_used"]["mean"] + 1e-6
+        assert 0 < summary["prior_test_bits_per_dim"] and summary["uniform_prior_bits_per_dim"] == 4.0
+        assert set(summary["sample_quality"]) == {"prior_samples", "uniform_codes", "vae_normal_samples",
+                                                  "test_reconstructions"}
+        assert [line["epoch"] for line in summary["usage_by_epoch"]] == [1]
+        for figure in summary["figures"]:
+            assert (run / figure).stat().st_size > 0
+        assert json.loads((run / "prior" / "config.json").read_text())["kind"] == "vq_prior"
+    with pytest.raises(SystemExit) as exit_info:  # a workdir of another run is refused with a one-line error
+        experiment.main(argv[:-1] + ["--commitment", "0.5", "--no-progress"])
+    assert exit_info.value.code == 2
