@@ -147,7 +147,8 @@ def run_variant(config, vq_config, prior_config, dataset, classifier, vae_images
     rows = [(name, images[:10]) for name, images in generated.items()]
     figures.append(plots.save_image_rows([r for _, r in rows], [n.replace("_", " ") for n, _ in rows],
                                          os.path.join(workdir, "samples.png"),
-                                         "Decoded samples: learned prior, uniform codes, VAE N(0, I); test reconstructions"))
+                                         "Decoded samples: learned prior, uniform codes, VAE N(0, I); "
+                                         "test reconstructions"))
     runner.write_summary(workdir, summary, figures)
     return summary
 
@@ -160,7 +161,8 @@ def comparison_table(rows: list[tuple[str, dict]]) -> str:
         lines.append(f"| {name} | {s['test']['mse']['mean']:.4f} | {s['test']['psnr']['mean']:.2f} | "
                      f"{s['codes_used']['mean']:.0f}/{s['codebook_size']} | {s['perplexity']['mean']:.1f} | "
                      f"{s.get('prior_test_bits_per_dim', float('nan')):.3f} | "
-                     f"{quality.get('mean_max_prob', float('nan')):.3f} | {quality.get('nn_distance_mean', float('nan')):.2f} |")
+                     f"{quality.get('mean_max_prob', float('nan')):.3f} | "
+                     f"{quality.get('nn_distance_mean', float('nan')):.2f} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,5 @@
 """Tests of the conv VQ-VAE, its task (EMA codebook through the train step, usage over a set) and a short run."""
 
-import dataclasses
 import json
 import os
 
