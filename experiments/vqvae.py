@@ -147,20 +147,24 @@ def run_variant(config, vq_config, prior_config, dataset, classifier, vae_images
     rows = [(name, images[:10]) for name, images in generated.items()]
     figures.append(plots.save_image_rows([r for _, r in rows], [n.replace("_", " ") for n, _ in rows],
                                          os.path.join(workdir, "samples.png"),
-                                         "Decoded samples: learned prior, uniform codes, VAE N(0, I); test reconstructions"))
+                                         "Decoded samples: learned prior, uniform codes, VAE N(0, I); "
+                                         "test reconstructions"))
     runner.write_summary(workdir, summary, figures)
     return summary
 
 
 def comparison_table(rows: list[tuple[str, dict]]) -> str:
+    def number(value, digits):
+        return "-" if value is None else f"{value:.{digits}f}"
+
     lines = ["| options | test MSE | PSNR (dB) | codes used | perplexity | prior bits/dim | prior samples: "
              "classifier max-prob | NN distance |", "|---|---|---|---|---|---|---|---|"]
     for name, s in rows:
         quality = s["sample_quality"].get("prior_samples", {})
         lines.append(f"| {name} | {s['test']['mse']['mean']:.4f} | {s['test']['psnr']['mean']:.2f} | "
                      f"{s['codes_used']['mean']:.0f}/{s['codebook_size']} | {s['perplexity']['mean']:.1f} | "
-                     f"{s.get('prior_test_bits_per_dim', float('nan')):.3f} | "
-                     f"{quality.get('mean_max_prob', float('nan')):.3f} | {quality.get('nn_distance_mean', float('nan')):.2f} |")
+                     f"{number(s.get('prior_test_bits_per_dim'), 3)} | {number(quality.get('mean_max_prob'), 3)} | "
+                     f"{number(quality.get('nn_distance_mean'), 2)} |")
     return "\n".join(lines)
 
 

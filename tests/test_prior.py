@@ -143,6 +143,15 @@ def test_class_labels_change_the_conditional_prior(conditional):
     codes = jnp.zeros((2, 4, 4), jnp.int32)
     logits = model.apply({"params": params}, codes, jnp.array([0, 2]))
     assert not np.allclose(logits[0], logits[1])
+    # p(c | y) is a distribution over all 3^4 grids of a 2×2 grid for each class y
+    all_grids = np.array(list(itertools.product(range(NUM_CODES), repeat=4)), np.int32).reshape(-1, 2, 2)
+    for label in (0, 3):
+        labels = np.full(len(all_grids), label)
+        np.testing.assert_allclose(np.exp(-prior.code_nll(model, params, all_grids, labels)).sum(), 1.0, rtol=1e-5)
+    labels = np.array([0, 1, 2, 3])
+    samples = prior.sample_codes(model, params, jax.random.key(0), 4, (2, 2), labels=labels)
+    np.testing.assert_array_equal(samples, prior.sample_codes(model, params, jax.random.key(0), 4, (2, 2), labels=labels))
+    assert samples.shape == (4, 2, 2) and samples.min() >= 0 and samples.max() < NUM_CODES
     with pytest.raises(ValueError, match="labels"):
         prior.sample_codes(model, params, jax.random.key(0), 2, (4, 4))
 
