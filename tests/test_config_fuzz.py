@@ -23,7 +23,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import experiments
-from vae_jax import cli
 
 EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__))
 
@@ -209,8 +208,6 @@ def test_fuzzed_command_lines_fail_with_one_line_before_compiling(name, capsys, 
 
 
 def test_the_reporting_of_a_flag_error_names_the_flag_and_what_is_accepted(capsys, tmp_path):
-    from experiments import vae
-
     for argv, expected in [
         (["--batch-size", "0"], "error: --batch-size must be a positive integer, got 0"),
         (["--beta", "-1"], "error: --beta must be a non-negative number, got -1.0"),
