@@ -67,6 +67,7 @@ def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
             manager.save(epoch, args=ocp.args.StandardSave(state), force=True)
             manager.wait_until_finished()
     except Exception as err:  # Orbax wraps the OS error (TensorStore reports it as a code in the message)
+        _quiet_aborted_writes()
         reason = _os_error_reason(err)
         kept = f"checkpoint {max(previous)} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(
@@ -76,6 +77,27 @@ def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
     finally:
         absl_logger.setLevel(level)
     sys.stderr.write(captured.getvalue())  # a successful save's warnings, if any
+
+
+def _quiet_aborted_writes() -> None:
+    """After a failed save, drop the "Event loop is closed" errors of the writes Orbax abandoned.
+
+    TensorStore completes the other pending writes on its own threads after
+    Orbax has closed their event loop; each completion then prints that
+    RuntimeError's traceback (through ``sys.excepthook``), burying the one-line
+    error. Nothing else is affected.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_drops_aborted_writes", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(exc_type, exc, tb)
+
+    hook._drops_aborted_writes = True
+    sys.excepthook = hook
 
 
 def _os_error_reason(err: BaseException) -> str:
