@@ -4,7 +4,7 @@ Orbax writes each checkpoint into a temporary directory and renames it only
 when it is complete, so a kill during a save never leaves a half-written
 checkpoint under a step's name; the unfinished temporary directory is ignored
 (and cleaned up) by the next run. A checkpoint that was damaged later
-(truncated or deleted files, garbled bytes) is detected when it is restored:
+(truncated or deleted files, bytes that no longer decode) is detected when it is restored:
 :func:`restore_latest` falls back to the newest checkpoint that restores, with
 a one-line warning naming each bad one, and (with ``quarantine=True``, as the
 training driver does) moves the bad ones to ``WORKDIR/bad_checkpoints/`` so
