@@ -20,10 +20,9 @@ import pkgutil
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import experiments
-from vae_jax import cli
 
 EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__))
 
@@ -102,12 +101,12 @@ def test_every_experiment_has_help_and_one_line_errors_for_unknown_flags(name, c
 
 @pytest.fixture(scope="module")
 def digits_npz(tmp_path_factory):
-    """64 train / 32 test embedded MNIST digits as an ``npz:`` spec."""
+    """1,024 train / 32 test embedded MNIST digits as an ``npz:`` spec (the default batch sizes fit)."""
     from vae_jax import data
 
     x_train, y_train, x_test, y_test = data.embedded_mnist()
     path = tmp_path_factory.mktemp("fuzz") / "digits.npz"
-    np.savez(path, x_train=x_train[:64], y_train=y_train[:64], x_test=x_test[:32], y_test=y_test[:32])
+    np.savez(path, x_train=x_train[:1024], y_train=y_train[:1024], x_test=x_test[:32], y_test=y_test[:32])
     return f"npz:{path}"
 
 
@@ -137,13 +136,34 @@ def _value_strategy(action: argparse.Action, digits_npz: str, workdir: str):
     return _TUPLE_TEXT  # comma-separated integers
 
 
+def _plausible_value(action: argparse.Action, digits_npz: str, workdir: str):
+    """A value a user would likely type, or None for flags without an obvious one (left out then)."""
+    if action.dest == "dataset":
+        return st.just(digits_npz)
+    if action.dest in ("workdir", "out"):
+        return st.just(workdir)
+    if action.choices is not None:
+        return st.sampled_from(list(action.choices))
+    if action.type is int:
+        return st.sampled_from(["1", "2", "3"])
+    if action.type is float:
+        return st.sampled_from(["0.5", "0.1", "1.0"])
+    if action.type is None or action.type is str:
+        return None
+    return st.sampled_from(["16", "16,8"])
+
+
 def _argv_strategy(parser: argparse.ArgumentParser, digits_npz: str, workdir: str):
+    """Command lines: half of them with plausible values only (which mostly run), half with any values."""
     actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
 
     @st.composite
     def command_line(draw):
         argv = []
-        chosen = draw(st.lists(st.sampled_from(actions), max_size=6, unique_by=lambda a: a.dest))
+        plausible = draw(st.booleans())
+        candidates = [a for a in actions if not plausible or a.nargs == 0
+                      or _plausible_value(a, digits_npz, workdir) is not None]
+        chosen = draw(st.lists(st.sampled_from(candidates), max_size=5, unique_by=lambda a: a.dest))
         required = [a for a in actions if a.required and a not in chosen]
         for action in chosen + required:
             if isinstance(action, argparse.BooleanOptionalAction):
@@ -151,7 +171,8 @@ def _argv_strategy(parser: argparse.ArgumentParser, digits_npz: str, workdir: st
             elif action.nargs == 0:
                 argv.append(action.option_strings[0])
             else:
-                argv += [action.option_strings[0], draw(_value_strategy(action, digits_npz, workdir))]
+                values = _plausible_value(action, digits_npz, workdir) if plausible else None
+                argv += [action.option_strings[0], draw(values or _value_strategy(action, digits_npz, workdir))]
         if not any(a.dest == "dataset" for a in chosen) and any(a.dest == "dataset" for a in actions):
             argv += ["--dataset", digits_npz]  # never the network-backed default
         if not any(a.dest == "workdir" for a in chosen + required) and any(a.dest == "workdir" for a in actions):
@@ -169,11 +190,12 @@ def test_fuzzed_command_lines_fail_with_one_line_before_compiling(name, capsys, 
     workdir = str(tmp_path_factory.mktemp(f"fuzz_{name}"))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
 
-    @settings(max_examples=15, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=10, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(argv=_argv_strategy(parser, digits_npz, workdir))
     def check(argv):
         outcome, code, err = run_main(name, argv, capsys)
+        event(outcome)  # pytest --hypothesis-show-statistics shows how often each outcome was drawn
         if outcome == "exit":
             lines = err.strip().splitlines()
             assert code == 2, (argv, code, err)
@@ -186,8 +208,6 @@ def test_fuzzed_command_lines_fail_with_one_line_before_compiling(name, capsys, 
 
 
 def test_the_reporting_of_a_flag_error_names_the_flag_and_what_is_accepted(capsys, tmp_path):
-    from experiments import vae
-
     for argv, expected in [
         (["--batch-size", "0"], "error: --batch-size must be a positive integer, got 0"),
         (["--beta", "-1"], "error: --beta must be a non-negative number, got -1.0"),

@@ -1,4 +1,4 @@
-"""The building-block ops, fed random (often malformed) arrays and arguments, eagerly and under ``jit``.
+"""The building-block ops (and the evaluation helpers), fed random, often malformed arrays and arguments.
 
 Property: each call either returns an array of the documented shape or raises
 a ``ValueError`` whose message names one of the function's arguments (and so
@@ -137,3 +137,33 @@ def test_conv_matrix_on_malformed_inputs(k_shape, input_hw, stride, padding):
         (hh, ww), (sh, sw), (ph, pw) = pair(input_hw), pair(stride), pair(padding)
         kh, kw = k_shape
         assert out.shape == (conv_size(hh, kh, sh, ph) * conv_size(ww, kw, sw, pw), hh * ww)
+
+
+@SETTINGS
+@given(shapes=st.lists(SHAPE, min_size=0, max_size=3), batch_size=st.one_of(st.integers(-1, 5), st.sampled_from([2.0, None])))
+def test_map_batches_on_malformed_inputs(shapes, batch_size):
+    from vae_jax import evaluate
+
+    data = {f"a{i}": np.ones(shape, np.float32) for i, shape in enumerate(shapes)}
+    try:
+        out = evaluate.map_batches(lambda batch, i: {k: v * 2 for k, v in batch.items()}, data, batch_size)
+    except ValueError as err:
+        assert "batch_size" in str(err) or "data" in str(err), str(err)
+        return
+    for k, v in data.items():  # a batched identity up to the factor 2: every example comes back in place
+        np.testing.assert_array_equal(out[k], 2 * v)
+
+
+def test_evaluation_entry_points_name_the_bad_argument():
+    import pytest
+
+    from vae_jax import evaluate
+
+    with pytest.raises(ValueError, match="posterior_means must be \\[N, D\\] with N >= 1, got shape \\(5,\\)"):
+        evaluate.active_units(np.zeros(5))
+    with pytest.raises(ValueError, match="num_dims must be a positive integer, got 0"):
+        evaluate.bits_per_dim(80.0, 0)
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
+        evaluate.iwae_nll(None, None, np.zeros((2, 4)), None, k=0, likelihood="bernoulli")
+    with pytest.raises(ValueError, match="k_chunk must be a positive integer, got -1"):
+        evaluate.iwae_nll(None, None, np.zeros((2, 4)), None, k=5, likelihood="bernoulli", k_chunk=-1)

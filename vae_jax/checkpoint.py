@@ -4,7 +4,7 @@ Orbax writes each checkpoint into a temporary directory and renames it only
 when it is complete, so a kill during a save never leaves a half-written
 checkpoint under a step's name; the unfinished temporary directory is ignored
 (and cleaned up) by the next run. A checkpoint that was damaged later
-(truncated or deleted files, garbled bytes) is detected when it is restored:
+(truncated or deleted files, bytes that no longer decode) is detected when it is restored:
 :func:`restore_latest` falls back to the newest checkpoint that restores, with
 a one-line warning naming each bad one, and (with ``quarantine=True``, as the
 training driver does) moves the bad ones to ``WORKDIR/bad_checkpoints/`` so
@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -67,6 +68,8 @@ def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
             manager.save(epoch, args=ocp.args.StandardSave(state), force=True)
             manager.wait_until_finished()
     except Exception as err:  # Orbax wraps the OS error (TensorStore reports it as a code in the message)
+        level = logging.CRITICAL  # keep Orbax quiet about the writes it abandoned, here and later
+        _quiet_aborted_writes()
         reason = _os_error_reason(err)
         kept = f"checkpoint {max(previous)} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(
@@ -76,6 +79,46 @@ def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
     finally:
         absl_logger.setLevel(level)
     sys.stderr.write(captured.getvalue())  # a successful save's warnings, if any
+
+
+def _quiet_aborted_writes() -> None:
+    """After a failed save, drop the tracebacks of the writes Orbax abandoned.
+
+    TensorStore completes (or fails) the other pending writes on its own
+    threads after Orbax has closed their event loop; each then prints a
+    traceback ("Event loop is closed", or the same write error naming the
+    temporary checkpoint directory) through ``sys.excepthook``, ``sys.unraisablehook`` or ``threading.excepthook``, burying the
+    one-line error. Other exceptions are reported as before.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_drops_aborted_writes", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        if not hook_drops(exc):
+            previous(exc_type, exc, tb)
+
+    previous_thread_hook = threading.excepthook
+
+    def thread_hook(args):
+        if not hook_drops(args.exc_value):
+            previous_thread_hook(args)
+
+    def hook_drops(exc) -> bool:
+        text = str(exc)
+        return text == "Event loop is closed" or ".orbax-checkpoint-tmp" in text
+
+    previous_unraisable_hook = sys.unraisablehook
+
+    def unraisable_hook(args):
+        if not hook_drops(args.exc_value):
+            previous_unraisable_hook(args)
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception was never retrieved"
+    hook._drops_aborted_writes = True
+    sys.excepthook = hook
+    threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable_hook
 
 
 def _os_error_reason(err: BaseException) -> str:

@@ -28,6 +28,11 @@ from vae_jax.data import batch_to_float
 EVAL_SEED = 20140101  # the evaluation key is fixed, and independent of the training seeds
 
 
+def _check_positive_int(value, name: str) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def eval_key() -> jax.Array:
     return jax.random.key(EVAL_SEED)
 
@@ -38,7 +43,15 @@ def map_batches(fn: Callable, data: dict, batch_size: int) -> dict:
     Returns the outputs concatenated back to ``[N, ...]``. Traceable: call it
     inside ``jit``; only one batch's intermediates are alive at a time.
     """
-    n = jax.tree_util.tree_leaves(data)[0].shape[0]
+    _check_positive_int(batch_size, "batch_size")
+    leaves = jax.tree_util.tree_leaves(data)
+    if not leaves or any(jnp.ndim(a) == 0 for a in leaves):
+        raise ValueError(f"data must hold arrays with the examples on axis 0, got shapes "
+                         f"{[jnp.shape(a) for a in leaves]}")
+    n = leaves[0].shape[0]
+    if n == 0 or any(a.shape[0] != n for a in leaves):
+        raise ValueError(f"data must hold at least one example and the same number in every array, got shapes "
+                         f"{[jnp.shape(a) for a in leaves]}")
     batch_size = min(batch_size, n)
     num_batches = -(-n // batch_size)
     pad = num_batches * batch_size - n
@@ -96,6 +109,8 @@ def iwae_nll_from_log_weights(log_weights_fn: Callable, params, batch: dict, key
     ``k_chunk`` at a time (chunk i from ``fold_in(key, i)``), so memory stays
     at ``B * k_chunk`` decoded images however large k is. Traceable.
     """
+    _check_positive_int(k, "k")
+    _check_positive_int(k_chunk, "k_chunk")
     k_chunk = min(k_chunk, k)
     num_chunks = -(-k // k_chunk)
     batch_size = jax.tree_util.tree_leaves(batch)[0].shape[0]
@@ -127,12 +142,16 @@ def active_units(posterior_means: np.ndarray, threshold: float = 0.01) -> tuple[
     Returns:
       (number of active units, per-dimension variance ``[D]``).
     """
-    variance = np.var(np.asarray(posterior_means, np.float64), axis=0)
+    posterior_means = np.asarray(posterior_means, np.float64)
+    if posterior_means.ndim != 2 or posterior_means.shape[0] < 1:
+        raise ValueError(f"posterior_means must be [N, D] with N >= 1, got shape {posterior_means.shape}")
+    variance = np.var(posterior_means, axis=0)
     return int(np.sum(variance > threshold)), variance
 
 
 def bits_per_dim(nll_nats: float, num_dims: int) -> float:
     """Converts a per-example NLL in nats to bits per dimension."""
+    _check_positive_int(num_dims, "num_dims")
     return float(nll_nats) / (num_dims * math.log(2.0))
 
 

@@ -81,9 +81,9 @@ class TrainConfig:
     workdir: str = field("runs/vae", "output directory: config, metrics, checkpoints, figures")
     resume: bool = field(True, "continue from the newest checkpoint in the workdir; --no-resume refuses a workdir "
                                "that holds a run unless --overwrite is given")
-    overwrite: bool = field(False, "if the workdir holds a run that this command would not continue, move that run "
-                                   "(checkpoints, records, figures, eval.json) into WORKDIR/replaced-YYYYmmdd-HHMMSS/ "
-                                   "and start afresh; nothing is deleted")
+    overwrite: bool = field(False, "start afresh even if the workdir holds a run: that run (checkpoints, records, "
+                                   "figures, eval.json) is moved into WORKDIR/replaced-YYYYmmdd-HHMMSS/; nothing is "
+                                   "deleted")
     checkpoint_every: int = field(5, "save a checkpoint every N epochs (and at the end)")
     keep_checkpoints: int = field(3, "how many of the newest checkpoints to keep")
     eval_batch_size: int = field(500, "batch size for test-set evaluation")
