@@ -287,9 +287,10 @@ def test_a_workdir_saved_before_image_size_existed_still_resumes(tmp_path):
     saved = runner.config_record(config)  # what a run writes into config.json
     del saved["image_size"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    runner._check_workdir_config(str(tmp_path), config)  # no error: the missing field had its default
-    with pytest.raises(ConfigError, match="other settings \\(--image-size\\)"):
-        runner._check_workdir_config(str(tmp_path), dataclasses.replace(config, image_size=16))
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)  # the workdir holds a run (its checkpoint of epoch 3)
+    runner.check_workdir(dataclasses.replace(config, epochs=3))  # no error: the missing field had its default
+    with pytest.raises(ConfigError, match="other settings \\(--image-size 0 there, 16 here\\)"):
+        runner.check_workdir(dataclasses.replace(config, epochs=3, image_size=16))
 
 
 def test_evaluation_converts_uint8_batches(mnist_small):

@@ -222,7 +222,7 @@ def test_config_and_data_errors_name_the_argument(unconditional):
     with pytest.raises(data_lib.DataError, match="train_labels"):
         prior.codes_dataset(codes, codes, source="x", train_labels=np.zeros(4), test_labels=np.zeros(5))
     dataset = prior.codes_dataset(codes[..., None], codes, source="x")
-    assert dataset.x_train.shape == (5, 4, 4, 1) and dataset.x_train.dtype == np.int32
+    assert dataset.train_pixels.shape == (5, 4, 4, 1) and dataset.train_pixels.dtype == np.int32
     model, params = unconditional
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         prior.code_nll(model, params, codes + 3)

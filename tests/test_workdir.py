@@ -141,7 +141,8 @@ def test_training_further_retires_the_old_eval_record_and_splits_stdout_from_std
     test = summary["test"]
     assert out.splitlines() == [
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
-        f"KL {test['kl']['mean']:.2f}) after 3 epochs; outputs in {workdir}"]
+        f"KL {test['kl']['mean']:.2f}) after 3 epochs; active units {summary['diagnostics']['active_units']}/2, "
+        f"I(x;z) {summary['diagnostics']['mutual_information']:.2f} nats; outputs in {workdir}"]
     # stderr is not a terminal here: no progress bar, one plain line per trained epoch.
     assert err.startswith("data: ")
     assert "\r" not in err

@@ -65,7 +65,9 @@ class DataError(ValueError):
 
 
 def pixels_to_float(x):
-    """Stored pixels -> float32 in [0, 1]: ``uint8`` is divided by 255, floats pass through.
+    """Stored pixels -> float32 in [0, 1]: ``uint8`` is divided by 255, floats become float32.
+
+    Other integer arrays (a VQ-VAE prior's code grids) are not pixels and pass through unchanged.
 
     Works on NumPy and JAX arrays alike; the train step and the evaluation
     call it on each batch, so the data can stay ``uint8`` in device memory.
@@ -75,6 +77,8 @@ def pixels_to_float(x):
         # A multiplication, not a division: XLA turns x / 255 into x * (1 / 255) anyway, and
         # this way the host (NumPy) and the device (XLA) give bit-identical floats.
         return x.astype(np.float32) * np.float32(1.0 / 255.0)
+    if not np.issubdtype(x.dtype, np.floating):
+        return x
     return x if x.dtype == np.float32 else x.astype(np.float32)
 
 

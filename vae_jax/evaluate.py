@@ -66,27 +66,28 @@ def map_batches(fn: Callable, data: dict, batch_size: int) -> dict:
     return jax.tree_util.tree_map(lambda o: o.reshape(num_batches * batch_size, *o.shape[2:])[:n], out)
 
 
-def make_per_example_eval(eval_fn: Callable, batch_size: int):
-    """Jitted ``(params, data, key) -> dict of [N]`` per-example metrics for one model.
+def per_example_eval(eval_fn: Callable, batch_size: int) -> Callable:
+    """``(params, data, key) -> dict of [N]``: ``eval_fn`` over ``data`` in batches (traceable, not jitted).
 
-    ``data["x"]`` may be ``uint8``: each batch is converted to float32 in [0, 1] for ``eval_fn``.
+    ``data["x"]`` may be ``uint8``: each batch is converted to float32 in [0, 1]
+    for ``eval_fn``; batch i gets the key ``fold_in(key, i)``.
     """
 
     def run(params, data, key):
         return map_batches(
             lambda batch, i: eval_fn(params, batch_to_float(batch), jax.random.fold_in(key, i)), data, batch_size)
 
-    return jax.jit(run)
+    return run
+
+
+def make_per_example_eval(eval_fn: Callable, batch_size: int):
+    """Jitted :func:`per_example_eval` of one model: ``(params, data, key) -> dict of [N]``."""
+    return jax.jit(per_example_eval(eval_fn, batch_size))
 
 
 def make_replicated_eval(eval_fn: Callable, batch_size: int):
     """As :func:`make_per_example_eval`, vmapped over replica params: dict of ``[R, N]``."""
-
-    def run(params, data, key):
-        return map_batches(
-            lambda batch, i: eval_fn(params, batch_to_float(batch), jax.random.fold_in(key, i)), data, batch_size)
-
-    return jax.jit(jax.vmap(run, in_axes=(0, None, None)))
+    return jax.jit(jax.vmap(per_example_eval(eval_fn, batch_size), in_axes=(0, None, None)))
 
 
 def iwae_log_weights(model, params, x: jax.Array, key: jax.Array, k: int, likelihood: str, decoder_logvar: float = 0.0):

@@ -240,9 +240,7 @@ def make_eval_program(eval_fn: Callable, batch_size: int, plan: Plan):
     laid out as the plan says.
     """
 
-    def run(params, data, key):
-        return evaluate.map_batches(lambda batch, i: eval_fn(params, batch, jax.random.fold_in(key, i)), data, batch_size)
-
+    run = evaluate.per_example_eval(eval_fn, batch_size)
     spmd_axis = None if plan.mesh is None else REPLICA_AXIS
     program = over_replicas(run, plan.seed_layout, (0, None, None), spmd_axis)
     if plan.mesh is None:

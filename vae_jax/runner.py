@@ -280,7 +280,7 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
         if k not in RESUMABLE_FIELDS and _jsonable(saved.get(k, defaults.get(k))) != _jsonable(current.get(k))
     )
     if changed:
-        differences = ", ".join(f"{flag(k)} {_setting(saved.get(k))} there, {_setting(current.get(k))} here"
+        differences = ", ".join(f"{flag(k)} {_setting(saved.get(k, defaults.get(k)))} there, {_setting(current.get(k))} here"
                                 for k in changed)
         raise ConfigError(f"--workdir {workdir} holds a run with other settings ({differences}); "
                           f"use another --workdir, or {aside}")
