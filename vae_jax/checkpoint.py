@@ -16,7 +16,9 @@ the previous checkpoints are untouched.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -34,6 +36,9 @@ class CheckpointError(ValueError):
 
 
 BAD_DIR = "bad_checkpoints"
+# SHA-256 of every file of a checkpoint, written beside them once Orbax has finished the save.
+# Orbax and TensorStore do not checksum every byte, so without it some flipped bytes restore silently.
+CHECKSUMS = "vae_jax_sha256.json"
 
 
 def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
@@ -79,6 +84,58 @@ def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
     finally:
         absl_logger.setLevel(level)
     sys.stderr.write(captured.getvalue())  # a successful save's warnings, if any
+    _write_checksums(os.path.join(os.fspath(manager.directory), str(epoch)))
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+    """``{relative path: sha256 hex}`` of every file in a checkpoint folder but the checksum file itself."""
+    digests = {}
+    for folder, _, names in os.walk(step_dir):
+        for name in names:
+            path = os.path.join(folder, name)
+            relative = os.path.relpath(path, step_dir)
+            if relative in (CHECKSUMS, CHECKSUMS + ".tmp"):
+                continue
+            sha = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    sha.update(block)
+            digests[relative] = sha.hexdigest()
+    return digests
+
+
+def _write_checksums(step_dir: str) -> None:
+    """Writes the checksum file of a finished checkpoint atomically (temporary file, then rename).
+
+    A process killed before the rename leaves a complete checkpoint without
+    checksums, which restores as before (see :func:`_verify_checksums`).
+    """
+    if not os.path.isdir(step_dir):
+        return
+    digests = _file_digests(step_dir)
+    path = os.path.join(step_dir, CHECKSUMS)
+    with open(path + ".tmp", "w") as f:
+        json.dump(digests, f, indent=0, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def _verify_checksums(step_dir: str) -> None:
+    """Raises ``ValueError`` naming the first file that is missing, added or changed since the save.
+
+    A checkpoint without a checksum file (written by an older version, or
+    killed between Orbax's rename and ours) is not checked.
+    """
+    path = os.path.join(step_dir, CHECKSUMS)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        expected = json.load(f)
+    actual = _file_digests(step_dir)
+    for name in sorted(set(expected) | set(actual)):
+        if name not in actual:
+            raise ValueError(f"{name} is missing")
+        if expected.get(name) != actual[name]:
+            raise ValueError(f"{name} does not match its checksum" if name in expected else f"{name} was added")
 
 
 def _quiet_aborted_writes() -> None:
@@ -144,6 +201,7 @@ def _one_line(err: BaseException, limit: int = 160) -> str:
 
 
 def _restore_one(manager: ocp.CheckpointManager, epoch: int, abstract, template):
+    _verify_checksums(os.path.join(os.fspath(manager.directory), str(epoch)))
     state = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
     # Orbax does not check every leaf it reads back: check the structure and shapes ourselves.
     if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(template):
