@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
-from vae_jax.models.vae import MLPDecoder, MLPEncoder, SharedLogVariance
+from vae_jax.models.vae import MLPEncoder, make_mlp_decoder
 
 
 class CVAE(nn.Module):
@@ -51,11 +51,8 @@ class CVAE(nn.Module):
     likelihood: str = "bernoulli"
 
     def setup(self):
-        *spatial, channels = self.image_shape
-        out_shape = (*spatial, channels * (2 if self.likelihood == "gaussian_pixel_var" else 1))
         self.encoder = MLPEncoder(tuple(self.hidden), self.latent_dim)
-        self.decoder = MLPDecoder(tuple(reversed(self.hidden)), out_shape)
-        self.shared_logvar = SharedLogVariance() if self.likelihood == "gaussian_shared_var" else None
+        self.decoder, self.shared_logvar = make_mlp_decoder(self.hidden, self.image_shape, self.likelihood)
 
     def one_hot(self, y: jax.Array) -> jax.Array:
         """``[B]`` int labels -> ``[B, K]`` float one-hot vectors."""

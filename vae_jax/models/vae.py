@@ -84,6 +84,18 @@ class SharedLogVariance(nn.Module):
         return jnp.concatenate([mean_logits, jnp.broadcast_to(logvar, mean_logits.shape)], axis=-1)
 
 
+def make_mlp_decoder(hidden: Sequence[int], image_shape: Sequence[int], likelihood: str):
+    """``(MLPDecoder, SharedLogVariance or None)`` for ``likelihood``: the decoder mirrors ``hidden``.
+
+    A per-pixel learned variance doubles the decoder's output channels; a
+    shared one appends a single learned log-variance after it.
+    """
+    *spatial, channels = image_shape
+    out_shape = (*spatial, channels * (2 if likelihood == "gaussian_pixel_var" else 1))
+    shared_logvar = SharedLogVariance() if likelihood == "gaussian_shared_var" else None
+    return MLPDecoder(tuple(reversed(tuple(hidden))), out_shape), shared_logvar
+
+
 class VAE(nn.Module):
     """MLP VAE: q(z|x) = N(mean(x), diag(exp(logvar(x)))), p(z) = N(0, I).
 
@@ -112,11 +124,8 @@ class VAE(nn.Module):
     likelihood: str = "bernoulli"
 
     def setup(self):
-        *spatial, channels = self.image_shape
-        out_shape = (*spatial, channels * (2 if self.likelihood == "gaussian_pixel_var" else 1))
         self.encoder = MLPEncoder(tuple(self.hidden), self.latent_dim)
-        self.decoder = MLPDecoder(tuple(reversed(self.hidden)), out_shape)
-        self.shared_logvar = SharedLogVariance() if self.likelihood == "gaussian_shared_var" else None
+        self.decoder, self.shared_logvar = make_mlp_decoder(self.hidden, self.image_shape, self.likelihood)
 
     def __call__(self, x: jax.Array, key: jax.Array):
         """Encodes ``x``, draws one z per example with the reparameterization trick, decodes it.
