@@ -58,6 +58,8 @@ _STATIC_BINARIZE_SEED = 0
 _FOLDER_SPLIT_SEED = 0
 # Bound on the pixels converted or sampled at once on the host (binarization, resizing).
 _HOST_CHUNK_PIXELS = 1 << 24
+# The largest --image-size: a 4096 x 4096 x 3 uint8 image is 48 MiB; larger sides are a typo, not a dataset.
+MAX_IMAGE_SIZE = 4096
 
 
 class DataError(ValueError):
@@ -192,8 +194,10 @@ def load_dataset(
     """
     if binarize not in BINARIZE_CHOICES:
         raise DataError(f"--binarize must be one of {', '.join(BINARIZE_CHOICES)}, got {binarize!r}")
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 0:
-        raise DataError(f"--image-size must be 0 (keep the images' size) or a positive integer, got {image_size!r}")
+    if (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 0
+            or image_size > MAX_IMAGE_SIZE):
+        raise DataError(f"--image-size must be 0 (keep the images' size) or a side length from 1 to "
+                        f"{MAX_IMAGE_SIZE} pixels, got {image_size!r}")
     if not isinstance(spec, str) or not spec:
         raise DataError(f"--dataset must be one of {', '.join(SPECS)}, got an empty spec")
     class_names = None

@@ -35,7 +35,15 @@ def initialize() -> None:
         kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
     # CPU processes need a collectives library to talk to each other (GPUs and TPUs have their own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**kwargs)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as err:  # JAX already running here, or no coordinator to be found
+        from vae_jax.cli import ConfigError
+
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--distributed: jax.distributed.initialize() failed ({first_line[:200]}); this "
+                          "experiment supports --distributed only when JAX has not run before training, with "
+                          "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set") from None
 
 
 def wait_for_all(name: str, timeout_s: int = 600) -> None:

@@ -105,7 +105,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
-        require(self.image_size >= 0, "image_size", "0 (keep the images' size) or a positive integer", self.image_size)
+        require(0 <= self.image_size <= data_lib.MAX_IMAGE_SIZE, "image_size",
+                f"0 (keep the images' size) or a side length from 1 to {data_lib.MAX_IMAGE_SIZE} pixels", self.image_size)
         require(self.epochs >= 0, "epochs", "a non-negative integer", self.epochs)
         require(
             math.isfinite(self.learning_rate) and self.learning_rate > 0,
