@@ -219,8 +219,9 @@ def skip_limit_message(state, max_consecutive_skips: int, seeds: list[int], epoc
         return None
     import numpy as np  # local: this module stays importable without the numeric stack
 
-    consecutive = np.asarray(state.consecutive_skips)
-    steps = np.asarray(state.step)
+    from vae_jax import distributed  # the counters may be spread over several processes
+
+    consecutive, steps = (np.asarray(a) for a in distributed.to_host((state.consecutive_skips, state.step)))
     stopped = np.nonzero(consecutive >= max_consecutive_skips)[0]
     if stopped.size == 0:
         return None

@@ -24,6 +24,7 @@ stdout holds only the results the experiments print.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -424,7 +425,7 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
           train_eval_examples: int = 0) -> TrainResult:
     """Trains ``task`` as configured, resuming from the workdir's newest checkpoint.
 
-    The workdir is locked for the run (:class:`vae_jax.faults.WorkdirLock`);
+    The workdir is locked for the run by process 0 (:class:`vae_jax.faults.WorkdirLock`);
     a first SIGINT/SIGTERM stops the run after the current epoch with a
     checkpoint and raises :class:`vae_jax.faults.Interrupted`.
 
@@ -433,7 +434,10 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     ``train_eval_*`` beside ``test_*``: the same metric on seen and unseen
     images, so the generalisation gap can be read per epoch.
     """
-    with faults.WorkdirLock(config.workdir), faults.StopSignals() as stop:
+    if config.distributed:  # before anything touches a device, and before the lock: only process 0 takes it
+        distributed.initialize()
+    lock = faults.WorkdirLock(config.workdir) if distributed.is_main_process() else contextlib.nullcontext()
+    with lock, faults.StopSignals() as stop:
         return _train(config, task, dataset, stop, train_eval_examples)
 
 
