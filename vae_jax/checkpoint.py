@@ -30,6 +30,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vae_jax import distributed
+
 
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be used, with a one-line reason."""
@@ -84,7 +86,9 @@ def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
     finally:
         absl_logger.setLevel(level)
     sys.stderr.write(captured.getvalue())  # a successful save's warnings, if any
-    _write_checksums(os.path.join(os.fspath(manager.directory), str(epoch)))
+    if distributed.is_main_process():  # one writer: processes sharing the folder would race on the rename
+        _write_checksums(os.path.join(os.fspath(manager.directory), str(epoch)))
+    distributed.wait_for_all(f"checksums_{epoch}")  # no process moves on (or restores) before the file is there
 
 
 def _file_digests(step_dir: str) -> dict[str, str]:
