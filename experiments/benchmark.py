@@ -25,8 +25,10 @@ repeats is reported. Sections:
   target   seconds (and epochs) of the runner path to reach a test neg-ELBO.
   devices  the runner path on 1 and 8 simulated CPU devices (a subprocess with
            ``--xla_force_host_platform_device_count=8``).
-  startup  whole-process seconds of ``experiments.vae --epochs 1`` with a cold
-           cache, a cold compilation cache only, and warm caches.
+  startup  whole-process seconds of ``experiments.vae --epochs 10``
+           (``--startup-epochs``) with cold caches, a cold compilation cache
+           only, and warm caches; and of ``experiments.torch_vae``, the same
+           job in PyTorch eager, when ``torch`` is importable.
 """
 
 from __future__ import annotations
@@ -341,25 +343,35 @@ def devices_section(args, batch_size: int = 128) -> dict:
     return {"simulated_cpu_devices": True, "batch_size": batch_size, **result}
 
 
-def startup_section(args, epochs: int = 1) -> dict:
-    """Whole-process seconds of ``experiments.vae`` with cold and warm caches (a fresh cache directory)."""
-    results = {}
+def startup_section(args, epochs: int = 10) -> dict:
+    """Whole-process seconds of ``experiments.vae --epochs N`` with cold and warm caches (a fresh cache directory),
+    and of its PyTorch equivalent ``experiments.torch_vae`` when torch is importable."""
+    import shutil
+
+    results = {"epochs": epochs}
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "VAE_JAX_CACHE_DIR": os.path.join(tmp, "cache")}
-        cmd = [sys.executable, "-m", "experiments.vae", "--epochs", str(epochs), "--dataset", args.dataset,
-               "--no-progress", "--no-tensorboard", "--no-resume"]
-        for name in ("cold_caches", "cold_compilation_cache", "warm_caches"):
+        common = ["--epochs", str(epochs), "--dataset", args.dataset]
+        runs = [("cold_caches", "experiments.vae"), ("cold_compilation_cache", "experiments.vae"),
+                ("warm_caches", "experiments.vae")]
+        if torch_available():
+            runs.append(("torch_eager", "experiments.torch_vae"))
+        for name, module in runs:
             if name == "cold_compilation_cache":
-                import shutil
-
                 shutil.rmtree(os.path.join(tmp, "cache", "xla"), ignore_errors=True)
+            flags = [] if module == "experiments.torch_vae" else ["--no-progress", "--no-tensorboard", "--no-resume"]
+            workdir = os.path.join(tmp, name)
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd + ["--workdir", os.path.join(tmp, name)], env=env, capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-m", module, *common, *flags, "--workdir", workdir], env=env,
+                                  capture_output=True, text=True)
             seconds = time.perf_counter() - t0
             if proc.returncode != 0:
-                return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
-            results[name] = {"seconds": seconds}
-    results["epochs"] = epochs
+                return {"error": f"{module}: " + (proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                                                  else f"exit {proc.returncode}")}
+            with open(os.path.join(workdir, "summary.json")) as f:
+                summary = json.load(f)
+            test = summary["test_neg_elbo"] if module == "experiments.torch_vae" else summary["test"]["neg_elbo"]["mean"]
+            results[name] = {"seconds": seconds, "test_neg_elbo": test}
     print("startup: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in results.items() if isinstance(v, dict)),
           file=sys.stderr)
     return results
@@ -401,6 +413,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", default="1,8,32", help="seed counts N of the seeds section")
     parser.add_argument("--target-neg-elbo", type=float, default=125.0, help="test neg-ELBO (nats) of the target section")
     parser.add_argument("--max-epochs", type=int, default=30, help="epoch limit of the target section")
+    parser.add_argument("--startup-epochs", type=int, default=10, help="--epochs of the startup section's whole runs")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per variant (median reported)")
     parser.add_argument("--out", default="runs/benchmark.json", help="output JSON file")
     parser.add_argument("--devices-probe", action="store_true", help=argparse.SUPPRESS)
@@ -412,8 +425,8 @@ def main(argv=None) -> dict:
     batch_sizes = _int_list(parser, "--batch-sizes", args.batch_sizes)
     seed_batch_sizes = _int_list(parser, "--seed-batch-sizes", args.seed_batch_sizes)
     seed_counts = _int_list(parser, "--seeds", args.seeds)
-    if args.repeats <= 0 or args.max_epochs <= 0:
-        parser.error("--repeats and --max-epochs must be positive")
+    if args.repeats <= 0 or args.max_epochs <= 0 or args.startup_epochs <= 0:
+        parser.error("--repeats, --max-epochs and --startup-epochs must be positive")
     dataset = data_lib.load_dataset(args.dataset, batch_size=max(batch_sizes + seed_batch_sizes))
     if dataset.image_shape != (28, 28, 1):
         parser.error(f"--dataset must have 28x28x1 images for the 784-400-20 model, got {dataset.image_shape}")
@@ -441,7 +454,7 @@ def main(argv=None) -> dict:
     if "devices" in sections:
         results["devices"] = devices_section(args)
     if "startup" in sections:
-        results["startup"] = startup_section(args)
+        results["startup"] = startup_section(args, args.startup_epochs)
     try:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
@@ -484,8 +497,11 @@ def print_table(results: dict) -> None:
                       f"{v['seconds_per_epoch']:.3f} s/epoch, {v['examples_per_second']:.0f} examples/s, mesh {v['mesh']}")
     if "startup" in results and "error" not in results["startup"]:
         s = results["startup"]
+        torch_run = s.get("torch_eager")
         print(f"experiments.vae --epochs {s['epochs']} whole process: cold caches {s['cold_caches']['seconds']:.1f} s, "
-              f"cold compilation cache {s['cold_compilation_cache']['seconds']:.1f} s, warm {s['warm_caches']['seconds']:.1f} s")
+              f"cold compilation cache {s['cold_compilation_cache']['seconds']:.1f} s, warm {s['warm_caches']['seconds']:.1f} s "
+              f"(test neg-ELBO {s['warm_caches']['test_neg_elbo']:.2f}); experiments.torch_vae: "
+              + ("n/a" if torch_run is None else f"{torch_run['seconds']:.1f} s (test neg-ELBO {torch_run['test_neg_elbo']:.2f})"))
     for name in ("devices", "startup"):
         if "error" in results.get(name, {}):
             print(f"{name}: failed ({results[name]['error']})")

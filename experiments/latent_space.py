@@ -32,7 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae_jax import latent_metrics, plots, runner  # noqa: E402
+from vae_jax import latent_metrics, latent_views, plots, runner  # noqa: E402
 from vae_jax.checkpoint import CheckpointError  # noqa: E402
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors  # noqa: E402
 from vae_jax.data import DataError  # noqa: E402
@@ -110,10 +110,7 @@ def main(argv=None) -> None:
     classifier = latent_metrics.fit_digit_classifier(x_train, dataset.y_train, seed=config.seed)
     reference = {
         "classifier_test_accuracy": float(classifier.score(x_test.reshape(len(x_test), -1), y_test)),
-        "test_images": {
-            "nn_distance_mean": float(np.mean(latent_metrics.nearest_neighbor_distance(x_test[:config.num_samples], x_train))),
-            **latent_metrics.classifier_confidence(classifier, x_test[:config.num_samples]),
-        },
+        "test_images": latent_metrics.image_quality(x_test[:config.num_samples], x_train, classifier),
     }
     sample_key = jax.random.fold_in(jax.random.key(config.seed), 2024)
     quality, figures = {}, []
@@ -139,13 +136,9 @@ def main(argv=None) -> None:
                 samples, [NAMES[k] for k in trained], os.path.join(workdir, "prior_samples.png"),
                 "Decodings of the same 20 draws z ~ N(0, I), 2-D latent"))
         else:
-            from sklearn.manifold import TSNE
-
             idx = np.random.default_rng(config.seed).permutation(len(x_test))[:config.tsne_points]
-            embedded = {
-                f"{NAMES[k]} ({latent_dim}-D)": TSNE(n_components=2, init="pca", perplexity=30,
-                                                    random_state=config.seed).fit_transform(c[idx])
-                for k, c in codes.items()}
+            embedded = {f"{NAMES[k]} ({latent_dim}-D)": latent_views.tsne_2d(c[idx], config.seed)
+                        for k, c in codes.items()}
             figures.append(save_side_by_side(embedded, y_test[idx], os.path.join(workdir, "tsne.png"),
                                              f"t-SNE of {len(idx)} test codes", ("t-SNE 1", "t-SNE 2")))
 

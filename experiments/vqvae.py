@@ -142,7 +142,7 @@ def run_variant(config, vq_config, prior_config, dataset, classifier, vae_images
     if vae_images is not None:
         generated["vae_normal_samples"] = vae_images
     generated["test_reconstructions"] = vq.reconstruct(model, params, x_test[:config.num_samples])
-    summary["sample_quality"] = {name: vq.image_quality(images, x_train, classifier)
+    summary["sample_quality"] = {name: latent_metrics.image_quality(images, x_train, classifier)
                                  for name, images in generated.items()}
     rows = [(name, images[:10]) for name, images in generated.items()]
     figures.append(plots.save_image_rows([r for _, r in rows], [n.replace("_", " ") for n, _ in rows],

@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from vae_jax import evaluate, parallel, runner, tasks, train
+from vae_jax.tasks import conv_vae
 from vae_jax.cli import ConfigError
 
 BATCH = 64
@@ -84,6 +85,36 @@ def test_loop_layout_replica_k_is_the_single_run_with_seed_k_and_vmap_agrees(set
         # Batched matrix multiplies round differently: equal up to float32 rounding.
         for a, b in zip(jax.tree_util.tree_leaves(_replica(vmap, k)), jax.tree_util.tree_leaves(plain)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout,seeds", [("single", [3]), ("vmap", [3, 5]), ("loop", [3, 5])])
+def test_step_loop_epoch_trains_what_the_scan_epoch_trains(setup, layout, seeds):
+    """--epoch-loop steps: the same batches, keys and updates as the scan-fused epoch (XLA may fuse differently)."""
+    plan = parallel.Plan(len(seeds), layout)
+    scan = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, plan, "scan"), seeds)
+    steps = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, plan, "steps"), seeds)
+    for a, b in zip(jax.tree_util.tree_leaves(steps), jax.tree_util.tree_leaves(scan)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_epoch_loop_steps_only_for_convolutions_on_cpu(mnist_small):
+    optimizer = optax.adam(1e-3)
+    batch = {"x": jax.ShapeDtypeStruct((4, 28, 28, 1), jnp.float32)}
+    found = {}
+    for name, build in (("mlp", lambda: tasks.vae_task(tasks.VAEConfig(latent_dim=2, hidden=(8,)), (28, 28, 1))),
+                        ("conv", lambda: conv_vae.conv_vae_task(conv_vae.ConvVAEConfig(latent_dim=2, channels=(4,), hidden=0),
+                                                             (28, 28, 1)))):
+        _, task = build()
+        state = train.init_train_state(task.init_params(jax.random.key(0)), optimizer)
+        step = train.make_train_step(task.loss_fn, optimizer)
+        found[name] = parallel.has_convolution(step, state, batch, jax.random.key(1))
+    assert found == {"mlp": False, "conv": True}
+    assert parallel.choose_epoch_loop("auto", "cpu", lambda: True) == "steps"
+    assert parallel.choose_epoch_loop("auto", "cpu", lambda: False) == "scan"
+    assert parallel.choose_epoch_loop("auto", "gpu", lambda: True) == "scan"
+    assert parallel.choose_epoch_loop("scan", "cpu", lambda: True) == "scan"
+    with pytest.raises(ConfigError, match="--epoch-loop"):
+        parallel.choose_epoch_loop("fast", "cpu", lambda: True)
 
 
 def test_eval_layouts_agree_with_one_model_evaluations(setup, mnist_small):

@@ -140,6 +140,19 @@ def classifier_confidence(classifier, images: np.ndarray) -> dict[str, float]:
     return {"mean_max_prob": float(np.mean(np.max(probs, axis=1))), "mean_entropy": float(np.mean(entropy))}
 
 
+def image_quality(images: np.ndarray, x_train: np.ndarray, classifier=None) -> dict:
+    """How digit-like ``images`` ``[N, H, W, C]`` are.
+
+    ``nn_distance_mean``: mean Euclidean distance to the nearest training
+    image; with a ``classifier`` (:func:`fit_digit_classifier`) also its
+    ``mean_max_prob`` and ``mean_entropy`` (nats) on them.
+    """
+    out = {"nn_distance_mean": float(np.mean(nearest_neighbor_distance(images, x_train)))}
+    if classifier is not None:
+        out.update(classifier_confidence(classifier, images))
+    return out
+
+
 def prior_sample_quality(kind: str, model, params, key: jax.Array, x_train: np.ndarray, x_test: np.ndarray,
                          classifier, num_samples: int = 1000) -> dict:
     """Decodes ``num_samples`` z ~ N(0, I) and the test reconstructions and measures both.
@@ -158,8 +171,7 @@ def prior_sample_quality(kind: str, model, params, key: jax.Array, x_train: np.n
     recons = decode_images(model, params, codes[:num_samples])
     out = {}
     for name, images in (("prior_samples", samples), ("test_reconstructions", recons)):
-        out[name] = {"nn_distance_mean": float(np.mean(nearest_neighbor_distance(images, x_train))),
-                     **classifier_confidence(classifier, images)}
+        out[name] = image_quality(images, x_train, classifier)
     out["nn_distance_ratio"] = out["prior_samples"]["nn_distance_mean"] / out["test_reconstructions"]["nn_distance_mean"]
     out["code_std"] = [float(s) for s in codes.std(axis=0)]
     out["code_mean_norm"] = float(np.linalg.norm(codes.mean(axis=0)))

@@ -46,21 +46,13 @@ def fit_mixture(z: np.ndarray, n_components: int, seed: int = 0):
                            reg_covar=1e-4).fit(np.asarray(z, np.float64))
 
 
-def sample_quality(images: np.ndarray, x_train: np.ndarray, classifier=None) -> dict:
-    """Mean distance to the nearest training image, plus the classifier's confidence when one is given."""
-    out = {"nn_distance_mean": float(np.mean(latent_metrics.nearest_neighbor_distance(images, x_train)))}
-    if classifier is not None:
-        out.update(latent_metrics.classifier_confidence(classifier, images))
-    return out
-
-
 def prior_vs_mixture(model, params, x_train: np.ndarray, key: jax.Array, *, n_components: int = 10,
                      num_samples: int = 500, classifier=None, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
     """Decoded samples from N(0, I) and from a GaussianMixture fitted to q(z), and their measured quality.
 
     Returns:
       ``(quality, prior_images, mixture_images)``: ``quality`` has
-      ``prior`` and ``mixture`` dicts (:func:`sample_quality`), ``n_components``
+      ``prior`` and ``mixture`` dicts (:func:`vae_jax.latent_metrics.image_quality`), ``n_components``
       and the mixture's average log-likelihood of N(0, I) samples vs of q(z)
       samples; the images are ``[num_samples, H, W, C]``.
     """
@@ -75,8 +67,8 @@ def prior_vs_mixture(model, params, x_train: np.ndarray, key: jax.Array, *, n_co
     quality = {
         "n_components": n_components,
         "num_samples": num_samples,
-        "prior": sample_quality(prior_images, x_train, classifier),
-        "mixture": sample_quality(mixture_images, x_train, classifier),
+        "prior": latent_metrics.image_quality(prior_images, x_train, classifier),
+        "mixture": latent_metrics.image_quality(mixture_images, x_train, classifier),
         "mixture_loglik_of_prior_samples": float(mixture.score(z_prior)),
         "mixture_loglik_of_posterior_samples": float(mixture.score(z_q)),
     }

@@ -20,6 +20,17 @@ Seed layouts (how R replicas run on one device):
     single-seed run with seed k computes.
   * ``auto``: :func:`choose_seed_layout`'s rule.
 
+Epoch loops (how one epoch's steps run):
+  * ``scan``: the whole epoch is one compiled ``lax.scan`` over the steps
+    (no Python between steps): the fast path.
+  * ``steps``: a Python loop calling the jitted step once per batch, the
+    batches gathered on the device as under ``scan``; the same computation.
+    XLA:CPU runs a convolution's gradient several times slower inside a
+    compiled loop than in a program of its own (a conv VAE epoch measured
+    3.6x slower under ``scan`` on a 2-core CPU, the fully unrolled epoch as
+    fast as the step loop), so models with convolutions train this way on CPU.
+  * ``auto``: ``steps`` on CPU when the train step has a convolution, else ``scan``.
+
 Devices (``--devices N|all``): with more than one device the run uses a
 :class:`jax.sharding.Mesh` with axes ``("replica", "data")`` of shape
 ``(r, d)``, ``r = gcd(R, N)``, ``d = N / r``: replicas are split over the
@@ -46,6 +57,7 @@ from vae_jax import evaluate, train as train_lib
 from vae_jax.cli import ConfigError
 
 SEED_LAYOUTS = ("auto", "vmap", "loop")
+EPOCH_LOOPS = ("auto", "scan", "steps")
 REPLICA_AXIS = "replica"
 DATA_AXIS = "data"
 # --seed-layout auto on CPU: batches at least this large run replicas in a loop
@@ -71,6 +83,20 @@ def choose_seed_layout(requested: str, num_replicas: int, batch_size: int, platf
     if platform == "cpu" and batch_size >= CPU_LOOP_MIN_BATCH:
         return "loop"
     return "vmap"
+
+
+def has_convolution(fn: Callable, *args) -> bool:
+    """True when ``fn(*args)`` (traced, not run; ``args`` may be ``jax.ShapeDtypeStruct``) holds a convolution."""
+    return "conv_general_dilated" in str(jax.make_jaxpr(fn)(*args))
+
+
+def choose_epoch_loop(requested: str, platform: str, has_conv: Callable[[], bool]) -> str:
+    """``scan`` or ``steps`` for ``--epoch-loop``; ``has_conv()`` is asked only when it decides."""
+    if requested not in EPOCH_LOOPS:
+        raise ConfigError(f"--epoch-loop must be one of {', '.join(EPOCH_LOOPS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "steps" if platform == "cpu" and has_conv() else "scan"
 
 
 def parse_devices(spec: str, available: int | None = None) -> int:
@@ -209,11 +235,13 @@ def over_replicas(fn: Callable, layout: str, in_axes: tuple, spmd_axis_name: str
     raise ValueError(f"unknown seed layout {layout!r}")
 
 
-def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan):
-    """The jitted epoch of R replicas: ``(state[R], data, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])``.
+def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan, epoch_loop: str = "scan"):
+    """The epoch of R replicas: ``(state[R], data, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])``.
 
-    The state is donated. On a mesh, each step's batch is constrained to be
-    split along ``data`` and everything with a replica axis along ``replica``.
+    ``epoch_loop`` ``scan``: one jitted program; ``steps``: a Python loop over
+    a jitted step of the R replicas (see the module docstring). The state is
+    donated. On a mesh, each step's batch is constrained to be split along
+    ``data`` and everything with a replica axis along ``replica``.
     """
     step = train_step
     if plan.mesh is not None:
@@ -223,14 +251,53 @@ def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan):
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             return train_step(state, batch, key)
 
-    epoch_fn = train_lib.make_epoch_fn(step, batch_size)
     spmd_axis = None if plan.mesh is None else REPLICA_AXIS
+    per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
+    if epoch_loop == "steps":
+        return _step_loop_epoch(step, batch_size, plan, spmd_axis)
+    epoch_fn = train_lib.make_epoch_fn(step, batch_size)
     program = over_replicas(epoch_fn, plan.seed_layout, (0, None, 0, 0, None), spmd_axis)
     if plan.mesh is None:
         return jax.jit(program, donate_argnums=0)
-    per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
     return jax.jit(program, donate_argnums=0, in_shardings=(per_replica, shared, per_replica, per_replica, shared),
                    out_shardings=(per_replica, per_replica))
+
+
+def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, spmd_axis: str | None):
+    """The epoch of :func:`vae_jax.train.make_epoch_fn` as a Python loop over one jitted step of R replicas."""
+
+    def one_step(state, data, order, s, sample_key):  # order: [S, B] this replica's batches; s: the step's index
+        idx = jax.lax.dynamic_index_in_dim(order, s, keepdims=False)
+        batch = jax.tree_util.tree_map(lambda a: a[idx], data)
+        return step(state, batch, jax.random.fold_in(sample_key, state.step))
+
+    def batch_order(data_key, epoch, num_examples):  # [S, B], as the scan-fused epoch draws them
+        return train_lib.epoch_batches(data_key, epoch, num_examples, batch_size)
+
+    step_program = over_replicas(one_step, plan.seed_layout, (0, None, 0, None, 0), spmd_axis)
+    order_program = jax.vmap(batch_order, in_axes=(0, None, None))
+    if plan.mesh is None:
+        step_program = jax.jit(step_program, donate_argnums=0)
+        order_program = jax.jit(order_program, static_argnums=2)
+    else:
+        per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
+        step_program = jax.jit(step_program, donate_argnums=0, out_shardings=(per_replica, per_replica),
+                               in_shardings=(per_replica, shared, per_replica, shared, per_replica))
+        order_program = jax.jit(order_program, static_argnums=2, in_shardings=(per_replica, shared),
+                                out_shardings=per_replica)
+    summarize = jax.jit(jax.vmap(train_lib.epoch_mean))  # {name: [R, S]} -> {name: [R]}
+
+    def epoch_fn(state, data, data_keys, sample_keys, epoch):
+        num_examples = jax.tree_util.tree_leaves(data)[0].shape[0]
+        order = order_program(data_keys, jnp.asarray(epoch, jnp.int32), num_examples)  # [R, S, B]
+        step_metrics = []
+        for s in range(order.shape[1]):
+            state, metrics = step_program(state, data, order, jnp.asarray(s, jnp.int32), sample_keys)
+            step_metrics.append(metrics)
+        stacked = jax.tree_util.tree_map(lambda *m: jnp.stack(m, axis=1), *step_metrics)
+        return state, summarize(stacked)
+
+    return epoch_fn
 
 
 def make_eval_program(eval_fn: Callable, batch_size: int, plan: Plan):

@@ -48,10 +48,20 @@ RESUMABLE_FIELDS = frozenset(
     {"epochs", "resume", "overwrite", "progress", "checkpoint_every", "keep_checkpoints", "workdir", "data_dir",
      "eval_batch_size", "max_consecutive_skips"}
     # How a run is laid out and watched does not change what it computes (up to float reduction order).
-    | {"devices", "seed_layout", "compile_cache", "tensorboard", "distributed", "stream"}
+    | {"devices", "seed_layout", "epoch_loop", "compile_cache", "tensorboard", "distributed", "stream"}
 )
 # ``--overwrite`` moves the old run into WORKDIR/REPLACED_PREFIX + UTC time.
 REPLACED_PREFIX = "replaced-"
+
+
+def _step_has_convolution(train_step, state, dataset, batch_size: int) -> bool:
+    """Whether one replica's train step on a batch of ``dataset`` holds a convolution (traced, not run)."""
+    one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
+    canonical = jax.dtypes.canonicalize_dtype
+    batch = {"x": jax.ShapeDtypeStruct((batch_size, *dataset.train_pixels.shape[1:]), canonical(dataset.train_pixels.dtype))}
+    if dataset.y_train is not None:
+        batch["y"] = jax.ShapeDtypeStruct((batch_size,), canonical(dataset.y_train.dtype))
+    return parallel.has_convolution(train_step, one, batch, jax.random.key(0))
 
 
 class TrainingDiverged(RuntimeError):
@@ -97,6 +107,9 @@ class TrainConfig:
     devices: str = field("1", "devices to train on: a count N or 'all' (batch split over them, seeds too)")
     seed_layout: str = field("auto", "how several seeds share a device: one vmapped program, a loop, or auto",
                              choices=parallel.SEED_LAYOUTS)
+    epoch_loop: str = field("auto", "how an epoch's steps run: one compiled lax.scan (scan), a Python loop over the "
+                            "jitted step (steps), or auto: steps on CPU for models with convolutions, which XLA:CPU "
+                            "runs several times slower inside a compiled loop", choices=parallel.EPOCH_LOOPS)
     compile_cache: bool = field(True, "keep compiled XLA programs in the user cache dir (~/.cache/vae_jax/xla)")
     tensorboard: bool = field(True, "write TensorBoard scalars and figures to the workdir")
     stream: bool = field(False, "stream batches from host memory (Grain) instead of keeping the training split on "
@@ -506,7 +519,9 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     layout = parallel.make_plan(len(seeds), config.batch_size, config.devices, config.seed_layout)
     state, keys = layout.place_replicated(state), layout.place_replicated(keys)
     train_data, test_data = layout.place_shared(train_data), layout.place_shared(test_data)
-    epoch_fn = parallel.make_epoch_program(train_step, config.batch_size, layout)
+    epoch_loop = parallel.choose_epoch_loop(config.epoch_loop, jax.devices()[0].platform,
+                                            lambda: _step_has_convolution(train_step, state, dataset, config.batch_size))
+    epoch_fn = parallel.make_epoch_program(train_step, config.batch_size, layout, epoch_loop)
     if stream:
         host_arrays = {"x": dataset.train_pixels, **({} if dataset.y_train is None else {"y": dataset.y_train})}
         epoch_fn = streaming.make_stream_epoch(train_step, config.batch_size, layout, host_arrays)
@@ -599,6 +614,7 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
         **layout.summary(),
         "tensorboard": board is not None,
         "streamed": stream,
+        "epoch_loop": "streamed steps" if stream else epoch_loop,
     }
     if len(seeds) > 1 and history and "per_seed" in history[-1] and distributed.is_main_process():
         from vae_jax import plots  # matplotlib only when a figure is drawn

@@ -107,9 +107,5 @@ def build_conv_vae(config: ConvVAEConfig, image_shape) -> ConvVAE:
 
 def conv_vae_task(config: ConvVAEConfig, image_shape) -> tuple[ConvVAE, Task]:
     model = build_conv_vae(config, image_shape)
-    config = config.resolved()
-    terms_fn = objectives.make_gaussian_vae_terms(model, config.likelihood, config.decoder_logvar)
-    log_weights_fn = objectives.make_gaussian_vae_log_weights(model, config.likelihood, config.decoder_logvar)
-    loss_fn, eval_fn = config.objective(terms_fn, log_weights_fn)
-    task = Task(init_params=lambda key: init_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn, headline="neg_elbo")
-    return model, task
+    return model, config.resolved().elbo_task(model, init_params, objectives.make_gaussian_vae_terms,
+                                              objectives.make_gaussian_vae_log_weights)

@@ -105,10 +105,7 @@ def make_cvae_log_weights(model: CVAE, likelihood: str = "bernoulli", decoder_lo
 def cvae_task(config: CVAEConfig, image_shape) -> tuple[CVAE, Task]:
     """The CVAE and its training task (batches must carry labels ``y``)."""
     model = build_cvae(config, image_shape)
-    loss_fn, eval_fn = config.objective(make_cvae_terms(model, config.likelihood, config.decoder_logvar),
-                                        make_cvae_log_weights(model, config.likelihood, config.decoder_logvar))
-    task = Task(init_params=lambda key: init_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn, headline="neg_elbo")
-    return model, task
+    return model, config.elbo_task(model, init_params, make_cvae_terms, make_cvae_log_weights)
 
 
 def cvae_eval_parts(model: CVAE, task: Task, config: CVAEConfig) -> VAEEvalParts:

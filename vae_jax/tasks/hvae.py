@@ -134,10 +134,7 @@ def make_hvae_log_weights(model: HVAE, likelihood: str = "bernoulli", decoder_lo
 
 def hvae_task(config: HVAEConfig, image_shape) -> tuple[HVAE, Task]:
     model = build_hvae(config, image_shape)
-    loss_fn, eval_fn = config.objective(make_hvae_terms(model, config.likelihood, config.decoder_logvar),
-                                        make_hvae_log_weights(model, config.likelihood, config.decoder_logvar))
-    task = Task(init_params=lambda key: init_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn, headline="neg_elbo")
-    return model, task
+    return model, config.elbo_task(model, init_params, make_hvae_terms, make_hvae_log_weights)
 
 
 def posterior_means(model: HVAE, params, x: jax.Array) -> dict:

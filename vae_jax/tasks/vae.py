@@ -76,6 +76,18 @@ class VAEObjectiveConfig(TrainConfig):
             free_bits=self.free_bits, iwae_k=self.iwae_k, dynamic_binarize=self.binarize == "dynamic",
         )
 
+    def elbo_task(self, model, init_params, make_terms, make_log_weights) -> Task:
+        """The training :class:`Task` of ``model`` under these flags, its headline the negative ELBO.
+
+        ``make_terms`` / ``make_log_weights`` are a family's
+        ``(model, likelihood, decoder_logvar) -> terms_fn / log_weights_fn``
+        (see :mod:`vae_jax.objectives`); ``init_params(model, key)`` its initialiser.
+        """
+        loss_fn, eval_fn = self.objective(make_terms(model, self.likelihood, self.decoder_logvar),
+                                          make_log_weights(model, self.likelihood, self.decoder_logvar))
+        return Task(init_params=lambda key: init_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn,
+                    headline="neg_elbo")
+
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig(VAEObjectiveConfig):

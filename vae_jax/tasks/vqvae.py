@@ -344,18 +344,3 @@ def usage_by_epoch(config: VQVAEConfig, task: Task, model: VQVAE, x: np.ndarray)
                     "per_seed_codes_used": [u["codes_used"] for u in usage],
                     "per_seed_perplexity": [u["perplexity"] for u in usage]})
     return out
-
-
-def image_quality(images: np.ndarray, x_train: np.ndarray, classifier=None) -> dict:
-    """How digit-like decoded ``images`` are (:mod:`vae_jax.latent_metrics`).
-
-    ``nn_distance_mean``: mean Euclidean distance to the nearest training
-    image; with a ``classifier`` (:func:`~vae_jax.latent_metrics.fit_digit_classifier`)
-    also its ``mean_max_prob`` and ``mean_entropy`` (nats) on them.
-    """
-    from vae_jax import latent_metrics
-
-    out = {"nn_distance_mean": float(np.mean(latent_metrics.nearest_neighbor_distance(images, x_train)))}
-    if classifier is not None:
-        out.update(latent_metrics.classifier_confidence(classifier, images))
-    return out
