@@ -53,8 +53,8 @@ def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.
 
     target = count(hvae.build_hvae(config, image_shape), hvae_model.init_params)
     best = None
-    for scale in np.linspace(0.8, 1.5, 71):
-        hidden = tuple(max(1, int(round(w * scale))) for w in config.hidden)
+    for hidden in dict.fromkeys(tuple(max(1, int(round(w * scale))) for w in config.hidden)
+                                for scale in np.linspace(0.8, 1.5, 71)):  # each distinct width once
         candidate = vae_tasks.VAEConfig(**shared, latent_dim=config.latent_dim, hidden=hidden)
         n = count(vae_tasks.build_vae(candidate, image_shape), vae_model.init_params)
         if best is None or abs(n - target) < abs(best[1] - target):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vae_jax import data
+from vae_jax import caches, data
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,21 @@ def small_npz(tmp_path, mnist_small):
     return f"npz:{path}"
 
 
+@pytest.fixture(scope="session")
+def _session_xla_cache(tmp_path_factory):
+    """One XLA compilation cache for the whole session (never the user's), this process's from the first compile.
+
+    Training processes started by tests compile the same small programs again
+    and again; sharing the cache lets each load them instead.
+    """
+    directory = tmp_path_factory.mktemp("xla_cache")
+    caches.enable_compilation_cache(str(directory))
+    return directory
+
+
 @pytest.fixture(autouse=True)
-def _private_probe_cache(tmp_path_factory, monkeypatch):
-    """Each test remembers TFDS probe answers in its own cache folder, never the user's."""
-    monkeypatch.setenv("VAE_JAX_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+def _private_probe_cache(tmp_path_factory, monkeypatch, _session_xla_cache):
+    """Each test remembers TFDS probe answers in its own cache folder, never the user's; compiled programs are shared."""
+    folder = tmp_path_factory.mktemp("cache")
+    (folder / "xla").symlink_to(_session_xla_cache, target_is_directory=True)
+    monkeypatch.setenv("VAE_JAX_CACHE_DIR", str(folder))
