@@ -143,7 +143,8 @@ class RunnerPath:
         self.seeds = config.seed_list()
         self.plan = parallel.make_plan(len(self.seeds), config.batch_size, config.devices,
                                        seed_layout or config.seed_layout)
-        self.train_step = train.make_train_step(self.task.loss_fn, self.optimizer, self.task.update_fn)
+        self.train_step = train.make_train_step(self.task.loss_fn, self.optimizer, self.task.update_fn,
+                                                config.max_consecutive_skips)  # guarded, as runner.train's
         self.epoch_fn = parallel.make_epoch_program(self.train_step, config.batch_size, self.plan)
         self.data = self.plan.place_shared(runner.device_data(x, None))
 
@@ -160,8 +161,8 @@ class RunnerPath:
 class JaxVariants:
     """Every JAX variant of one batch size, compiled once, each timed on a fresh state."""
 
-    def __init__(self, x: np.ndarray, batch_size: int):
-        self.runner = RunnerPath(x, tasks.VAEConfig(batch_size=batch_size))
+    def __init__(self, x: np.ndarray, pixels: np.ndarray, batch_size: int):
+        self.runner = RunnerPath(pixels, tasks.VAEConfig(batch_size=batch_size))
         self.batch_size = batch_size
         self.data = self.runner.data
         self.jit_step = self.runner.train_step
@@ -245,10 +246,10 @@ def _medians(timers: dict, repeats: int) -> dict:
 # --- sections -------------------------------------------------------------------------------
 
 
-def epoch_section(x: np.ndarray, batch_sizes, repeats: int, matmul: float) -> dict:
+def epoch_section(x: np.ndarray, pixels: np.ndarray, batch_sizes, repeats: int, matmul: float) -> dict:
     results = {}
     for batch_size in batch_sizes:
-        jv = JaxVariants(x, batch_size)
+        jv = JaxVariants(x, pixels, batch_size)
         timers = {"runner_path": jv.time_runner_path, "minimal_scan_loop": jv.time_minimal_scan_loop,
                   "vmapped_one_seed": jv.time_vmapped_one_seed, "jit_step_loop": jv.time_jit_step_loop}
         if torch_available():
@@ -430,9 +431,10 @@ def main(argv=None) -> dict:
     dataset = data_lib.load_dataset(args.dataset, batch_size=max(batch_sizes + seed_batch_sizes))
     if dataset.image_shape != (28, 28, 1):
         parser.error(f"--dataset must have 28x28x1 images for the 784-400-20 model, got {dataset.image_shape}")
-    x = dataset.x_train
+    x = dataset.x_train  # float32 in [0, 1], for the minimal loop and PyTorch
+    pixels = dataset.train_pixels  # the stored form (uint8 for the digits), which runner.train puts on the device
     if args.devices_probe:
-        print("RESULT" + json.dumps(devices_probe(x, batch_sizes[0], args.repeats)))
+        print("RESULT" + json.dumps(devices_probe(pixels, batch_sizes[0], args.repeats)))
         return {}
     out_dir = os.path.dirname(os.path.abspath(args.out))
     try:  # before the long run, not after it
@@ -446,11 +448,11 @@ def main(argv=None) -> dict:
                "model_flops_per_example": model_flops_per_example(), "repeats": args.repeats,
                "timed_runner_path": "vae_jax.parallel.make_epoch_program, the epoch runner.train (experiments.vae) runs"}
     if "epoch" in sections:
-        results["epoch"] = epoch_section(x, batch_sizes, args.repeats, matmul)
+        results["epoch"] = epoch_section(x, pixels, batch_sizes, args.repeats, matmul)
     if "seeds" in sections:
-        results["seeds"] = seeds_section(x, seed_batch_sizes, seed_counts, args.repeats)
+        results["seeds"] = seeds_section(pixels, seed_batch_sizes, seed_counts, args.repeats)
     if "target" in sections:
-        results["target"] = target_section(x, dataset.x_test, args.target_neg_elbo, args.max_epochs)
+        results["target"] = target_section(pixels, dataset.test_pixels, args.target_neg_elbo, args.max_epochs)
     if "devices" in sections:
         results["devices"] = devices_section(args)
     if "startup" in sections:

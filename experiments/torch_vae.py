@@ -17,16 +17,17 @@ The benchmark's ``startup`` section runs both as separate processes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
+from vae_jax import cli
+
 
 def main(argv=None) -> dict:
     start = time.perf_counter()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--dataset", default="mnist", help="dataset spec, as experiments.vae takes it")
@@ -74,9 +75,12 @@ def main(argv=None) -> dict:
         kl = 0.5 * torch.sum(torch.exp(logvar) + mean**2 - 1.0 - logvar)
         return (recon + kl) / len(x)
 
+    try:
+        os.makedirs(os.path.join(args.workdir, "checkpoints"), exist_ok=True)
+    except OSError as err:
+        parser.error(f"--workdir {args.workdir}: cannot write ({err.strerror or type(err).__name__})")
     model = VAE()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    os.makedirs(os.path.join(args.workdir, "checkpoints"), exist_ok=True)
     history = []
     steps = len(x_train) // args.batch_size  # full batches only, as experiments.vae
     for epoch in range(1, args.epochs + 1):
