@@ -1,9 +1,20 @@
-"""Shared fixtures: a small slice of the real embedded MNIST digits, loaded once."""
+"""Shared fixtures: a small slice of the real embedded MNIST digits, loaded once.
 
-import numpy as np
-import pytest
+The suite compiles with XLA's backend optimisation level 0 (set here, before
+any backend starts, and inherited by the training processes tests start): the
+tests' tiny programs run for milliseconds but take seconds to compile at the
+default level (random-number kernels most of all), and the level changes how
+fast compiled code runs, not what it computes.
+"""
 
-from vae_jax import caches, data
+import os
+
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from vae_jax import caches, data  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,8 @@ def _run(workdir, epochs: int, processes: int) -> list[dict]:
     """Runs RUN_SCRIPT in ``processes`` processes; their outputs go to files (a full pipe would block a process
     that its peers wait for at the shutdown barrier)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()  # one device per process
+                                if not flag.startswith("--xla_force_host_platform_device_count"))
     distributed = "1" if processes > 1 else "0"
     if processes > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES=str(processes))

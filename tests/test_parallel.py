@@ -185,7 +185,8 @@ MESH_SCRIPT = textwrap.dedent("""
 
 def test_eight_simulated_devices_match_one_device(tmp_path):
     """Data parallel (1 x 8) and seeds x data (2 x 4) meshes train what one device trains."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"}
     proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(tmp_path)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
