@@ -94,3 +94,16 @@ def test_torch_reference_of_the_main_job(tmp_path, small_npz, capsys):
         assert (tmp_path / "run" / name).stat().st_size > 0
     # 512 gray-level digits, two epochs: well below the untrained model's ~545 nats (784 log 2), above 0
     assert 0 < summary["test_neg_elbo"] < 400
+
+
+def test_latent_view_is_scikit_learns_pca_up_to_the_sign_of_each_component():
+    from sklearn.decomposition import PCA
+
+    means = np.random.default_rng(0).normal(size=(300, 6)) * np.array([3.0, 2.0, 1.0, 0.5, 0.2, 0.1])
+    coords, labels = vae_exp.latent_view(means)
+    reference = PCA(n_components=2).fit_transform(means)
+    signs = np.sign(np.sum(coords * reference, axis=0))
+    np.testing.assert_allclose(coords, reference * signs, atol=1e-9)
+    assert labels[0].startswith("PC 1")
+    two_d = means[:, :2]
+    np.testing.assert_array_equal(vae_exp.latent_view(two_d)[0], two_d)  # 2-D latents are drawn as they are
