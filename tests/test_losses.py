@@ -3,6 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 import numpy as np
 import pytest
 from scipy import stats
@@ -48,6 +49,18 @@ def test_bernoulli_nll_matches_direct_formula():
     nll = losses.bernoulli_nll(jnp.asarray(logits), jnp.asarray(x))
     chex.assert_shape(nll, (3,))
     np.testing.assert_allclose(nll, direct, rtol=1e-5)
+
+
+def test_bernoulli_nll_and_its_gradient_match_optax_and_sigmoid_minus_x():
+    logits = jnp.concatenate([jnp.asarray(_rand(6, 2, 50) * 8), jnp.zeros((2, 1))], axis=1)  # a tie at 0 too
+    x = jnp.asarray(np.random.default_rng(7).uniform(size=logits.shape).astype(np.float32))
+    reference = optax.sigmoid_binary_cross_entropy(logits, x).sum(axis=1)
+    np.testing.assert_allclose(losses.bernoulli_nll(logits, x, event_ndim=1), reference, rtol=1e-6)
+    grad = jax.grad(lambda l: losses.bernoulli_nll(l, x, event_ndim=1).sum())(logits)
+    np.testing.assert_allclose(grad, jax.nn.sigmoid(logits) - x, atol=1e-6)  # d/dl [softplus(l) - x l]
+    mask = (np.arange(51) % 3 == 0).astype(np.float32)
+    np.testing.assert_allclose(losses.masked_bernoulli_nll(logits, x, mask, event_ndim=1),
+                               (optax.sigmoid_binary_cross_entropy(logits, x) * mask).sum(axis=1), rtol=1e-6)
 
 
 @pytest.mark.parametrize("magnitude", [1e4, 1e9])
