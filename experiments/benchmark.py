@@ -19,6 +19,12 @@ repeats is reported. Sections:
            importable (``pip install -e ".[bench]"``). Achieved GFLOP/s counts
            the model's matrix multiplies and is set beside a plain float32
            matrix-multiply rate measured in the same run.
+  profile  one epoch of the runner path and of the minimal loop at
+           ``--profile-batch-size`` under ``jax.profiler.trace``: XLA's own
+           time per executed op (own time, nested ops subtracted), grouped by
+           kind (matrix multiplies, fused elementwise, fused reductions, copies
+           and slices, control flow) and the top ops, and the runner path's
+           extra time by kind.
   seeds    N = 1, 8, 32 seeds at batch 16 and 128: the ``vmap`` and ``loop``
            layouts against N x one seed, and the layout ``--seed-layout auto``
            picks.
@@ -37,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -53,7 +60,7 @@ from vae_jax import cli
 from vae_jax import data as data_lib, evaluate, parallel, tasks, train
 from vae_jax.cli import user_errors
 
-SECTIONS = ("epoch", "seeds", "target", "devices", "startup")
+SECTIONS = ("epoch", "profile", "seeds", "target", "devices", "startup")
 
 
 # --- a minimal flax + optax scan-fused training loop: the yardstick -------------------------
@@ -344,6 +351,128 @@ def devices_section(args, batch_size: int = 128) -> dict:
     return {"simulated_cpu_devices": True, "batch_size": batch_size, **result}
 
 
+DATA_MOVEMENT = {"copy", "slice", "dynamic-slice", "dynamic-update-slice", "gather", "scatter", "transpose",
+                 "concatenate", "pad", "bitcast", "broadcast", "reshape", "iota", "parameter", "constant", "tuple",
+                 "get-tuple-element", "convert"}
+
+
+def hlo_opcodes(hlo_text: str) -> dict[str, set[str]]:
+    """For each instruction of a compiled module (``compiled.as_text()``), the HLO opcodes it runs: its own, or
+    for a fusion those of the computation it calls."""
+    instruction = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? ([a-z][\w\-]*)\((.*)$")
+    computations: dict[str, set[str]] = {}
+    calls: dict[str, tuple[str, str | None]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header and " = " not in line:
+            current = computations.setdefault(header.group(1), set())
+            continue
+        match = instruction.match(line)
+        if match and current is not None:
+            name, opcode, rest = match.groups()
+            current.add(opcode)
+            called = re.search(r"calls=%?([\w.\-]+)", rest)
+            calls[name] = (opcode, called.group(1) if called else None)
+    return {name: (computations.get(called, {opcode}) if opcode == "fusion" and called else {opcode})
+            for name, (opcode, called) in calls.items()}
+
+
+def op_kind(opcodes: set[str]) -> str:
+    """What an executed op does, from the HLO opcodes it runs (see :func:`hlo_opcodes`)."""
+    if opcodes & {"dot", "convolution"}:
+        return "matrix multiplies (with fused epilogues)"
+    if opcodes & {"while", "conditional", "call"}:
+        return "control flow (own time)"
+    if "reduce" in opcodes:
+        return "reductions (fused)"
+    if opcodes <= DATA_MOVEMENT:
+        return "copies, slices, gathers"
+    return "elementwise (fused)"
+
+
+def op_self_times(trace_events: list[dict]) -> dict[str, dict[str, float]]:
+    """Microseconds of own time (nested ops subtracted) per HLO op, per compiled module, from a profiler trace.
+
+    ``trace_events``: the ``traceEvents`` of the Perfetto JSON that ``jax.profiler.trace(...,
+    create_perfetto_trace=True)`` writes; XLA:CPU records each executed op with ``args.hlo_module``
+    and ``args.hlo_op``. A ``while`` op's events enclose those of its body on the same thread.
+    """
+    by_thread: dict = {}
+    for event in trace_events:
+        args = event.get("args") or {}
+        if event.get("ph") == "X" and "hlo_op" in args and "dur" in event:
+            by_thread.setdefault((event.get("pid"), event.get("tid")), []).append(
+                {"ts": float(event["ts"]), "dur": float(event["dur"]), "module": args.get("hlo_module", "?"),
+                 "op": args["hlo_op"]})
+    totals: dict[str, dict[str, float]] = {}
+    for events in by_thread.values():
+        events.sort(key=lambda e: (e["ts"], -e["dur"]))
+        stack: list[dict] = []
+        for event in events:
+            while stack and stack[-1]["ts"] + stack[-1]["dur"] <= event["ts"]:
+                stack.pop()
+            event["own"] = event["dur"]
+            if stack:
+                stack[-1]["own"] -= event["dur"]
+            stack.append(event)
+        for event in events:
+            ops = totals.setdefault(event["module"], {})
+            ops[event["op"]] = ops.get(event["op"], 0.0) + max(event["own"], 0.0)
+    return totals
+
+
+def profile_epoch(fn, name: str, opcodes: dict[str, set[str]]) -> dict:
+    """One call of ``fn`` (an epoch) under XLA's profiler: op time by kind (``opcodes`` of its compiled module,
+    :func:`hlo_opcodes`) and the top ops."""
+    import glob
+    import gzip
+
+    fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            seconds = fn()
+        paths = glob.glob(os.path.join(tmp, "**", "perfetto_trace.json.gz"), recursive=True)
+        if not paths:
+            return {"error": "the profiler wrote no perfetto_trace.json.gz"}
+        with gzip.open(paths[0]) as f:
+            trace = json.load(f)
+    modules = op_self_times(trace["traceEvents"] if isinstance(trace, dict) else trace)
+    if not modules:
+        return {"error": "the trace holds no XLA op events"}
+    module = max(modules, key=lambda m: sum(modules[m].values()))  # the epoch program
+    ops = modules[module]
+    total = sum(ops.values())
+    kinds: dict[str, float] = {}
+    for op, us in ops.items():
+        kind = op_kind(opcodes.get(op, {op.split(".")[0]}))
+        kinds[kind] = kinds.get(kind, 0.0) + us
+    top = sorted(ops.items(), key=lambda item: -item[1])[:12]
+    print(f"profile {name}: {seconds:.3f}s wall, {total / 1e3:.1f} ms in ops of {module}: " + ", ".join(
+        f"{k} {100 * v / total:.0f}%" for k, v in sorted(kinds.items(), key=lambda item: -item[1])), file=sys.stderr)
+    return {"wall_seconds": seconds, "module": module, "op_ms": total / 1e3,
+            "ms_by_kind": {k: v / 1e3 for k, v in sorted(kinds.items(), key=lambda item: -item[1])},
+            "top_ops_ms": {op: us / 1e3 for op, us in top}}
+
+
+def profile_section(x: np.ndarray, pixels: np.ndarray, batch_size: int) -> dict:
+    """Where one epoch's time goes, by XLA's own op timings: the runner path beside the minimal scan loop."""
+    jv = JaxVariants(x, pixels, batch_size)
+    state, keys = jv.runner.fresh()
+    runner_hlo = jv.runner.epoch_fn.lower(state, jv.data, keys.data, keys.sample, jnp.int32(0)).compile().as_text()
+    params, opt_state = jv.minimal_init(jax.random.key(0))
+    minimal_hlo = jv.minimal_epoch.lower(params, opt_state, jv.x, jax.random.key(1)).compile().as_text()
+    result = {"batch_size": batch_size,
+              "runner_path": profile_epoch(jv.time_runner_path, "runner_path", hlo_opcodes(runner_hlo)),
+              "minimal_scan_loop": profile_epoch(jv.time_minimal_scan_loop, "minimal_scan_loop",
+                                                 hlo_opcodes(minimal_hlo))}
+    runner_kinds = result["runner_path"].get("ms_by_kind", {})
+    minimal_kinds = result["minimal_scan_loop"].get("ms_by_kind", {})
+    result["runner_minus_minimal_ms_by_kind"] = {k: runner_kinds.get(k, 0.0) - minimal_kinds.get(k, 0.0)
+                                                 for k in sorted(set(runner_kinds) | set(minimal_kinds))}
+    return result
+
+
 def startup_section(args, epochs: int = 10) -> dict:
     """Whole-process seconds of ``experiments.vae --epochs N`` with cold and warm caches (a fresh cache directory),
     and of its PyTorch equivalent ``experiments.torch_vae`` when torch is importable."""
@@ -410,6 +539,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dataset", default="mnist", help="dataset spec (28x28x1 images)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--batch-sizes", default="16,128,512", help="batch sizes of the epoch section")
+    parser.add_argument("--profile-batch-size", type=int, default=128, help="batch size of the profile section")
     parser.add_argument("--seed-batch-sizes", default="16,128", help="batch sizes of the seeds section")
     parser.add_argument("--seeds", default="1,8,32", help="seed counts N of the seeds section")
     parser.add_argument("--target-neg-elbo", type=float, default=125.0, help="test neg-ELBO (nats) of the target section")
@@ -426,9 +556,10 @@ def main(argv=None) -> dict:
     batch_sizes = _int_list(parser, "--batch-sizes", args.batch_sizes)
     seed_batch_sizes = _int_list(parser, "--seed-batch-sizes", args.seed_batch_sizes)
     seed_counts = _int_list(parser, "--seeds", args.seeds)
-    if args.repeats <= 0 or args.max_epochs <= 0 or args.startup_epochs <= 0:
-        parser.error("--repeats, --max-epochs and --startup-epochs must be positive")
-    dataset = data_lib.load_dataset(args.dataset, batch_size=max(batch_sizes + seed_batch_sizes))
+    if args.repeats <= 0 or args.max_epochs <= 0 or args.startup_epochs <= 0 or args.profile_batch_size <= 0:
+        parser.error("--repeats, --max-epochs, --startup-epochs and --profile-batch-size must be positive")
+    dataset = data_lib.load_dataset(args.dataset, batch_size=max(batch_sizes + seed_batch_sizes
+                                                                 + [args.profile_batch_size]))
     if dataset.image_shape != (28, 28, 1):
         parser.error(f"--dataset must have 28x28x1 images for the 784-400-20 model, got {dataset.image_shape}")
     x = dataset.x_train  # float32 in [0, 1], for the minimal loop and PyTorch
@@ -449,6 +580,8 @@ def main(argv=None) -> dict:
                "timed_runner_path": "vae_jax.parallel.make_epoch_program, the epoch runner.train (experiments.vae) runs"}
     if "epoch" in sections:
         results["epoch"] = epoch_section(x, pixels, batch_sizes, args.repeats, matmul)
+    if "profile" in sections:
+        results["profile"] = profile_section(x, pixels, args.profile_batch_size)
     if "seeds" in sections:
         results["seeds"] = seeds_section(pixels, seed_batch_sizes, seed_counts, args.repeats)
     if "target" in sections:
@@ -488,6 +621,14 @@ def print_table(results: dict) -> None:
                 print(f"{bs:>5} | {n:>3} | {entry['vmap']['seconds_per_epoch']:.3f} "
                       f"({entry['vmap']['speedup_over_n_single_runs']:.2f}x) | {entry['loop']['seconds_per_epoch']:.3f} "
                       f"({entry['loop']['speedup_over_n_single_runs']:.2f}x) | {entry['faster']} | {entry['auto_picks']}")
+    if "profile" in results:
+        for name in ("runner_path", "minimal_scan_loop"):
+            p = results["profile"][name]
+            if "error" in p:
+                print(f"profile {name}: failed ({p['error']})")
+                continue
+            print(f"profile, batch {results['profile']['batch_size']}, {name}: {p['wall_seconds']:.3f} s wall, "
+                  f"{p['op_ms']:.1f} ms in XLA ops: " + ", ".join(f"{k} {v:.1f} ms" for k, v in p["ms_by_kind"].items()))
     if "target" in results:
         t = results["target"]
         print(f"time to test neg-ELBO <= {t['target_neg_elbo']}: " + (
