@@ -160,9 +160,13 @@ class RunnerPath:
         state = train.init_replicated_state(self.task.init_params, self.optimizer, keys.init)
         return self.plan.place_replicated(state), self.plan.place_replicated(keys)
 
-    def time_epoch(self) -> float:
+    def epoch_args(self) -> tuple:
+        """The arguments of one timed epoch: a fresh state, the data, the seed's keys, epoch 0."""
         state, keys = self.fresh()
-        return _timed(self.epoch_fn, state, self.data, keys.data, keys.sample, jnp.int32(0))
+        return state, self.data, keys.data, keys.sample, jnp.int32(0)
+
+    def time_epoch(self) -> float:
+        return _timed(self.epoch_fn, *self.epoch_args())
 
 
 class JaxVariants:
@@ -180,13 +184,15 @@ class JaxVariants:
     def time_runner_path(self) -> float:
         return self.runner.time_epoch()
 
-    def time_minimal_scan_loop(self) -> float:
+    def minimal_args(self) -> tuple:
         params, opt_state = self.minimal_init(jax.random.key(0))
-        return _timed(self.minimal_epoch, params, opt_state, self.x, jax.random.key(1))
+        return params, opt_state, self.x, jax.random.key(1)
+
+    def time_minimal_scan_loop(self) -> float:
+        return _timed(self.minimal_epoch, *self.minimal_args())
 
     def time_vmapped_one_seed(self) -> float:
-        state, keys = self.runner.fresh()
-        return _timed(self.vmapped, state, self.data, keys.data, keys.sample, jnp.int32(0))
+        return _timed(self.vmapped, *self.runner.epoch_args())
 
     def time_jit_step_loop(self) -> float:
         keys = train.run_keys(0)
@@ -458,10 +464,8 @@ def profile_epoch(fn, name: str, opcodes: dict[str, set[str]]) -> dict:
 def profile_section(x: np.ndarray, pixels: np.ndarray, batch_size: int) -> dict:
     """Where one epoch's time goes, by XLA's own op timings: the runner path beside the minimal scan loop."""
     jv = JaxVariants(x, pixels, batch_size)
-    state, keys = jv.runner.fresh()
-    runner_hlo = jv.runner.epoch_fn.lower(state, jv.data, keys.data, keys.sample, jnp.int32(0)).compile().as_text()
-    params, opt_state = jv.minimal_init(jax.random.key(0))
-    minimal_hlo = jv.minimal_epoch.lower(params, opt_state, jv.x, jax.random.key(1)).compile().as_text()
+    runner_hlo = jv.runner.epoch_fn.lower(*jv.runner.epoch_args()).compile().as_text()
+    minimal_hlo = jv.minimal_epoch.lower(*jv.minimal_args()).compile().as_text()
     result = {"batch_size": batch_size,
               "runner_path": profile_epoch(jv.time_runner_path, "runner_path", hlo_opcodes(runner_hlo)),
               "minimal_scan_loop": profile_epoch(jv.time_minimal_scan_loop, "minimal_scan_loop",
