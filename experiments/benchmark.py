@@ -7,13 +7,16 @@
 All variants train the same model (784-400-20, Bernoulli decoder, Adam 1e-3)
 on the same data for one epoch (N // batch steps). Each repeat times every
 variant once, in turn, so machine noise hits all alike; the median over
-repeats is reported. Sections:
+repeats is reported (the JSON also keeps the minimum and every time). Sections:
 
   epoch    per-epoch seconds at each batch size of: ``runner_path``, the very
            program ``runner.train`` (so ``experiments.vae``) compiles for one
            seed (``vae_jax.parallel.make_epoch_program``, its seed layout is
            reported); ``minimal_scan_loop``, a ~100-line flax + optax
-           ``lax.scan`` loop written here from scratch; ``vmapped_one_seed``,
+           ``lax.scan`` loop written here from scratch;
+           ``runner_path_unguarded``, the runner path with
+           ``--max-consecutive-skips 0`` (no step-level NaN/inf guard, which
+           the minimal loop lacks too); ``vmapped_one_seed``,
            the vmapped replicated epoch with R = 1; ``jit_step_loop``, the
            jitted step called from Python; ``torch_eager`` when ``torch`` is
            importable (``pip install -e ".[bench]"``). Achieved GFLOP/s counts
@@ -174,6 +177,8 @@ class JaxVariants:
 
     def __init__(self, x: np.ndarray, pixels: np.ndarray, batch_size: int):
         self.runner = RunnerPath(pixels, tasks.VAEConfig(batch_size=batch_size))
+        # The same path without the step-level NaN/inf guard (--max-consecutive-skips 0): the guard's cost.
+        self.unguarded = RunnerPath(pixels, tasks.VAEConfig(batch_size=batch_size, max_consecutive_skips=0))
         self.batch_size = batch_size
         self.data = self.runner.data
         self.jit_step = self.runner.train_step
@@ -183,6 +188,9 @@ class JaxVariants:
 
     def time_runner_path(self) -> float:
         return self.runner.time_epoch()
+
+    def time_runner_path_unguarded(self) -> float:
+        return self.unguarded.time_epoch()
 
     def minimal_args(self) -> tuple:
         params, opt_state = self.minimal_init(jax.random.key(0))
@@ -253,7 +261,8 @@ def _medians(timers: dict, repeats: int) -> dict:
     for _ in range(repeats):
         for name, fn in timers.items():
             times[name].append(fn())
-    return {name: {"seconds_per_epoch": statistics.median(ts), "all_seconds": ts} for name, ts in times.items()}
+    return {name: {"seconds_per_epoch": statistics.median(ts), "min_seconds": min(ts), "all_seconds": ts}
+            for name, ts in times.items()}
 
 
 # --- sections -------------------------------------------------------------------------------
@@ -264,7 +273,7 @@ def epoch_section(x: np.ndarray, pixels: np.ndarray, batch_sizes, repeats: int, 
     for batch_size in batch_sizes:
         jv = JaxVariants(x, pixels, batch_size)
         timers = {"runner_path": jv.time_runner_path, "minimal_scan_loop": jv.time_minimal_scan_loop,
-                  "vmapped_one_seed": jv.time_vmapped_one_seed, "jit_step_loop": jv.time_jit_step_loop}
+                  "runner_path_unguarded": jv.time_runner_path_unguarded, "vmapped_one_seed": jv.time_vmapped_one_seed, "jit_step_loop": jv.time_jit_step_loop}
         if torch_available():
             timers["torch_eager"] = TorchVariant(x, batch_size).time_epoch
         row = _medians(timers, repeats)
@@ -275,7 +284,9 @@ def epoch_section(x: np.ndarray, pixels: np.ndarray, batch_sizes, repeats: int, 
             entry["percent_of_matmul"] = 100 * entry["gflops"] / matmul
         runner_s = row["runner_path"]["seconds_per_epoch"]
         row = {"steps_per_epoch": steps, "runner_path_layout": jv.runner.plan.seed_layout,
-               "runner_path_vs_minimal": runner_s / row["minimal_scan_loop"]["seconds_per_epoch"], **row}
+               "runner_path_vs_minimal": runner_s / row["minimal_scan_loop"]["seconds_per_epoch"],
+               "runner_path_unguarded_vs_minimal": (row["runner_path_unguarded"]["seconds_per_epoch"]
+                                                    / row["minimal_scan_loop"]["seconds_per_epoch"]), **row}
         if "torch_eager" in row:
             row["runner_path_speedup_over_torch"] = row["torch_eager"]["seconds_per_epoch"] / runner_s
         results[str(batch_size)] = row
@@ -607,13 +618,14 @@ def print_table(results: dict) -> None:
     print(f"machine: {results['machine']['processor']}, {results['machine']['cpu_count']} cores, "
           f"{results['machine']['device']}; matrix multiply {results['matmul_gflops']:.1f} GFLOP/s (float32, 1024x1024)")
     if "epoch" in results:
-        print("batch | runner path s/epoch (layout) | minimal scan s/epoch | runner/minimal | vmapped R=1 | "
-              "jit step loop | torch eager | runner GFLOP/s (% of matmul)")
+        print("batch | runner path s/epoch (layout) | minimal scan s/epoch | runner/minimal | runner unguarded "
+              "(/minimal) | vmapped R=1 | jit step loop | torch eager | runner GFLOP/s (% of matmul)")
         for bs, row in results["epoch"].items():
             torch_s = row.get("torch_eager", {}).get("seconds_per_epoch")
             print(f"{bs:>5} | {row['runner_path']['seconds_per_epoch']:.3f} ({row['runner_path_layout']}) | "
                   f"{row['minimal_scan_loop']['seconds_per_epoch']:.3f} | {row['runner_path_vs_minimal']:.2f} | "
-                  f"{row['vmapped_one_seed']['seconds_per_epoch']:.3f} | {row['jit_step_loop']['seconds_per_epoch']:.3f} | "
+                  f"{row['runner_path_unguarded']['seconds_per_epoch']:.3f} "
+                  f"({row['runner_path_unguarded_vs_minimal']:.2f}) | {row['vmapped_one_seed']['seconds_per_epoch']:.3f} | {row['jit_step_loop']['seconds_per_epoch']:.3f} | "
                   f"{'n/a' if torch_s is None else f'{torch_s:.3f}'} | {row['runner_path']['gflops']:.1f} "
                   f"({row['runner_path']['percent_of_matmul']:.0f}%)")
     if "seeds" in results:

@@ -159,3 +159,27 @@ def test_update_fn_keeps_model_state_across_steps_and_checkpoints(tmp_path):
     resumed = runner.train(dataclasses.replace(config, epochs=3), task, ds)
     np.testing.assert_allclose(np.asarray(resumed.state.model_state["total"])[0], 3 * x.sum() / 4, rtol=1e-6)
     assert int(np.asarray(resumed.state.model_state["last_step"])[0]) == 11
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_finite_sum_agrees_with_numpy_isfinite_on_every_leaf(seed):
+    rng = np.random.default_rng(seed)
+    shapes = [(7, 5), (5,), (3, 2, 4), ()]
+    leaves = [rng.normal(size=s).astype(np.float32) * 10.0 ** rng.integers(-3, 4) for s in shapes]
+    if seed % 3:  # poison 1 or 2 random elements with NaN, +inf or -inf
+        for _ in range(seed % 3):
+            leaf = leaves[rng.integers(len(leaves))]
+            leaf.reshape(-1)[rng.integers(leaf.size)] = rng.choice([np.nan, np.inf, -np.inf])
+    tree = {"a": leaves[0], "b": [leaves[1], leaves[2].astype(jnp.bfloat16)], "loss": leaves[3],
+            "count": np.arange(3, dtype=np.int32)}
+    expected = all(np.all(np.isfinite(leaf)) for leaf in leaves)
+    assert bool(train.finite_sum(tree)) == expected
+    assert bool(jax.jit(train.finite_sum)(tree)) == expected
+
+
+def test_finite_sum_edge_cases():
+    assert bool(train.finite_sum({}))  # nothing to sum
+    assert not bool(train.finite_sum([np.array([np.inf, -np.inf], np.float32)]))  # inf - inf is NaN, still caught
+    assert bool(train.finite_sum([np.array([3e38, -3e38], np.float32)]))
+    # The documented exception: finite entries whose float32 sum overflows count as not finite.
+    assert not bool(train.finite_sum([np.full(4, 1e38, np.float32)]))

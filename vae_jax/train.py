@@ -67,10 +67,19 @@ def init_train_state(params, optimizer: optax.GradientTransformation, model_stat
                       model_state={} if model_state is None else model_state)
 
 
-def all_finite(tree) -> jax.Array:
-    """bool ``[]``: every element of every leaf of ``tree`` is finite."""
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+def finite_sum(tree) -> jax.Array:
+    """bool ``[]``: the float32 sum of every element of every floating leaf of ``tree`` is finite.
+
+    False whenever an element is NaN or +-inf (NaN propagates through the sum, an infinity
+    dominates it, and +inf with -inf gives NaN), and also when finite elements add up beyond
+    float32's range (|sum| > 3.4e38: gradients no sane step has). It is the train step's skip
+    test because a sum is the cheapest pass over the gradients: on a 2-core CPU, 59 us for the
+    784-400-20 VAE's 0.65 M gradients against 128 us for ``all(isfinite(g))``, which reduces
+    a boolean array per leaf. Integer leaves are always finite and are left out.
+    """
+    sums = [jnp.sum(leaf, dtype=jnp.float32) for leaf in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return jnp.isfinite(jnp.sum(jnp.stack(sums))) if sums else jnp.asarray(True)
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, update_fn: Callable | None = None,
@@ -95,12 +104,16 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     step converts the batch to float32 in [0, 1] before ``loss_fn`` sees it.
 
     With ``max_consecutive_skips > 0`` a step whose loss or gradients hold a
-    NaN or infinity is skipped: the optimizer update (and ``update_fn``) sits
-    in the taken branch of a ``lax.cond``, the other branch keeps the old
-    params, optimizer state and model state. Without vmap only the taken
-    branch runs, so the update stays one fused pass over the parameters (the
-    guard measured 3% of a batch-128 epoch this way, 14% as an elementwise
-    select after the update); under vmap the cond becomes that select.
+    NaN or infinity is skipped (the test is :func:`finite_sum`): the optimizer
+    update (and ``update_fn``) sits in the taken branch of a ``lax.cond``, the
+    other branch keeps the old params, optimizer state and model state.
+    Without vmap only the taken branch runs; under vmap the cond becomes an
+    elementwise select. The guard is not free: the update must wait for the
+    test over all gradients, and XLA:CPU runs a branch's elementwise ops
+    without the thread partitioning it gives them in the loop body. On a
+    2-core CPU (``experiments.benchmark``, 784-400-20 VAE) it cost 8% of a
+    batch-128 epoch and 18% of a batch-16 one; a select after the update, and
+    an Adam update gated elementwise without the cond, measured no faster.
     ``state.step`` still advances, and
     ``state.skipped_steps``/``state.consecutive_skips`` count it. Once
     ``max_consecutive_skips`` steps in a row were skipped the state is frozen
@@ -134,7 +147,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
 
         skipped = jnp.zeros((), jnp.int32)
         if guarded:
-            apply = all_finite((loss, grads)) & (state.consecutive_skips < max_consecutive_skips)
+            apply = finite_sum((loss, grads)) & (state.consecutive_skips < max_consecutive_skips)
             shapes = jax.eval_shape(update, None)[1]
 
             def keep(_):
