@@ -13,16 +13,27 @@ RUN_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from vae_jax import data, runner, tasks
+
+    class CountingArray(np.ndarray):  # counts the training rows this process reads
+        rows_read = 0
+
+        def __getitem__(self, index):
+            if isinstance(index, np.ndarray):
+                CountingArray.rows_read += len(index)
+            return np.asarray(self)[index]
+
     x_train, y_train, x_test, y_test = data.embedded_mnist()
-    ds = data.Dataset(x_train[:256, ..., None] / np.float32(255), y_train[:256],
+    ds = data.Dataset((x_train[:256, ..., None] / np.float32(255)).view(CountingArray), y_train[:256],
                       x_test[:64, ..., None] / np.float32(255), y_test[:64], "slice")
-    workdir, epochs, distributed = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+    workdir, epochs, distributed, seeds, stream = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5] == "1"
     config = tasks.VAEConfig(latent_dim=4, hidden=(32,), batch_size=64, epochs=epochs, workdir=workdir, progress=False,
-                             eval_batch_size=64, checkpoint_every=1, devices="all", distributed=distributed, seeds="0,1")
+                             eval_batch_size=64, checkpoint_every=1, devices="all", distributed=distributed, seeds=seeds,
+                             stream=stream)
     _, task = tasks.vae_task(config, ds.image_shape)
     result = runner.train(config, task, ds)
     print("RESULT" + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
                                  "mesh": result.summary["mesh"], "resumed_from": result.summary["resumed_from_epoch"],
+                                 "streamed": result.summary["streamed"], "rows_read": CountingArray.rows_read,
                                  "params": [np.asarray(a).tolist() for a in jax.tree_util.tree_leaves(result.state.params)]}))
 """)
 
@@ -33,7 +44,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(workdir, epochs: int, processes: int) -> list[dict]:
+def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool = False) -> list[dict]:
     """Runs RUN_SCRIPT in ``processes`` processes; their outputs go to files (a full pipe would block a process
     that its peers wait for at the shutdown barrier)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -46,7 +57,8 @@ def _run(workdir, epochs: int, processes: int) -> list[dict]:
     for i in range(processes):
         out, err = open(f"{workdir}.{epochs}.{i}.out", "w+"), open(f"{workdir}.{epochs}.{i}.err", "w+")
         logs.append((out, err))
-        procs.append(subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(workdir), str(epochs), distributed],
+        procs.append(subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(workdir), str(epochs), distributed,
+                                       seeds, "1" if stream else "0"],
                                       env={**env, "JAX_PROCESS_ID": str(i)}, stdout=out, stderr=err, text=True))
     results = []
     for proc, (out, err) in zip(procs, logs):
@@ -76,3 +88,16 @@ def test_two_processes_train_what_one_process_trains_and_resume_from_the_sharded
     assert all(o["resumed_from"] == 2 for o in resumed)
     lines = (tmp_path / "pair" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_streamed_batches_split_over_two_processes_each_reading_its_half(tmp_path):
+    # One seed on two processes: the mesh's data axis spans them, so each process holds half of every batch
+    # and, streaming, reads only those rows from its host arrays.
+    single = _run(tmp_path / "single", 2, processes=1, seeds="1")[0]  # device-resident, one process
+    pair = _run(tmp_path / "pair", 2, processes=2, seeds="1", stream=True)
+    steps = 2 * (256 // 64)
+    for out in pair:
+        assert out["streamed"] and out["mesh"] == {"replica": 1, "data": 2}
+        assert out["rows_read"] == steps * 64 // 2  # its half of each batch, nothing more
+        for a, b in zip(single["params"], out["params"]):  # the gradient all-reduce only reorders float sums
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

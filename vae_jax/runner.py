@@ -510,8 +510,6 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
         _write_json(os.path.join(workdir, "config.json"), config_record(config))
 
     stream = streaming.should_stream(config.stream, dataset.train_pixels.nbytes)  # host-side batches: vae_jax.streaming
-    if stream and jax.process_count() > 1:
-        raise ConfigError("--stream does not work with --distributed yet; leave out one of them")
     train_data = None if stream else device_data(dataset.train_pixels, dataset.y_train)
     test_data = device_data(dataset.test_pixels, dataset.y_test)
     train_step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn, config.max_consecutive_skips)

@@ -13,19 +13,21 @@ train the same model (tested; they differ only by the float rounding of a
 fused scan body against separate step calls).
 
 The loader is Grain (``grain.MapDataset``): a random-access source of batch
-indices, a ``map`` that gathers the rows from the host arrays (NumPy arrays or
-``np.load(..., mmap_mode="r")`` memory maps, so only the rows of the batch are
-read from disk), a thread that prefetches batches on the host and a second
-buffer of batches already transferred to the devices
-(``grain.experimental.device_put``), each with the run's batch sharding. Grain
+indices and a ``map`` that gathers the rows from the host arrays (NumPy arrays
+or ``np.load(..., mmap_mode="r")`` memory maps, so only the rows of the batch
+are read from disk), run ahead of training by a Grain prefetch thread. Grain
 was picked over TFDS's ``data_source`` because it reads any random-access
 source (our arrays, memory maps, ArrayRecord files) without TensorFlow, and is
-JAX's own data loader (deterministic, checkpointable iterators, per-process
-sharding for several hosts).
+JAX's own data loader (deterministic, checkpointable iterators).
 
-Limitation: streaming runs in one process (any number of its devices);
-``--stream`` with ``--distributed`` is refused, as reading each process's
-part of every batch is not implemented yet.
+Several processes (``--distributed``): every process computes the same global
+batch indices, but gathers only the rows that its own devices hold under the
+batch's sharding (``Sharding.addressable_devices_indices_map``), and the
+global batch is assembled from those shards with
+``jax.make_array_from_single_device_arrays``. With the batch split along the
+mesh's ``data`` axis over two hosts, each host reads half of every batch;
+with seeds split along ``replica``, each host reads its own seeds' batches.
+In one process the same code reads every row (all devices are its own).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import parallel, train as train_lib
+from vae_jax import distributed, parallel, train as train_lib
 
 # Stream automatically when the training split needs more than this fraction of the device's memory.
 AUTO_STREAM_FRACTION = 0.5
@@ -59,24 +61,53 @@ def should_stream(requested: bool, train_bytes: int, device=None) -> bool:
 def epoch_batch_indices(data_keys: jax.Array, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
     """Host copy of every replica's batch indices ``[num_batches, R, batch_size]``, as the resident epoch draws them."""
     order = jax.vmap(lambda key: train_lib.epoch_batches(key, jnp.asarray(epoch), num_examples, batch_size))(data_keys)
-    return np.asarray(jax.device_get(order)).transpose(1, 0, 2)
+    return np.asarray(distributed.to_host(order)).transpose(1, 0, 2)
 
 
-def batch_dataset(arrays: dict, batch_indices: np.ndarray, sharding=None, prefetch: int = 4):
-    """A Grain dataset of the batches ``{name: [R, B, ...]}`` for ``batch_indices[num_batches, R, B]``, on the devices.
+def local_shards(sharding: jax.sharding.Sharding, shape: tuple) -> list[tuple[jax.Device, tuple]]:
+    """``(device, index)`` of each shard of a global array of ``shape`` that this process holds.
 
-    Rows are gathered on a host thread ``prefetch`` batches ahead and moved to
-    the devices (``sharding``, default the first device) two batches ahead.
+    ``index`` is a tuple of slices into the global array, as ``jax.make_array_from_callback`` passes them.
+    """
+    return list(sharding.addressable_devices_indices_map(tuple(shape)).items())
+
+
+def batch_dataset(arrays: dict, batch_indices: np.ndarray, sharding: jax.sharding.Sharding | None = None,
+                  prefetch: int = 4):
+    """The batches ``{name: [R, B, ...]}`` of ``batch_indices[num_batches, R, B]`` as global ``jax.Array``s.
+
+    A Grain prefetch thread gathers, ``prefetch`` batches ahead, only the rows
+    of this process's shards of each batch under ``sharding`` (default: the
+    first local device); the loop then puts each shard on its device and
+    assembles the global batch.
     """
     import grain
 
-    def gather(indices):  # [R, B] -> {name: [R, B, ...]}
-        return {name: np.asarray(array[indices.reshape(-1)]).reshape(*indices.shape, *array.shape[1:])
-                for name, array in arrays.items()}
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    replicas, batch = batch_indices.shape[1:]
+    shards = {name: local_shards(sharding, (replicas, batch, *array.shape[1:])) for name, array in arrays.items()}
 
-    dataset = grain.MapDataset.source(batch_indices).map(gather).to_iter_dataset()
-    return grain.experimental.device_put(dataset, sharding or jax.local_devices()[0], cpu_buffer_size=prefetch,
-                                         device_buffer_size=2)
+    def gather(indices):  # [R, B] -> {name: [rows of each local shard]}
+        out = {}
+        for name, array in arrays.items():
+            cache = {}  # devices that replicate one shard read its rows once
+            for _, index in shards[name]:
+                key = tuple((sl.start, sl.stop) for sl in index[:2])
+                if key not in cache:
+                    rows = indices[index[0], index[1]]  # [r, b] of this shard
+                    cache[key] = np.asarray(array[rows.reshape(-1)]).reshape(*rows.shape, *array.shape[1:])
+            out[name] = [cache[tuple((sl.start, sl.stop) for sl in index[:2])] for _, index in shards[name]]
+        return out
+
+    def assemble(host_shards):
+        return {name: jax.make_array_from_single_device_arrays(
+            (replicas, batch, *arrays[name].shape[1:]), sharding,
+            [jax.device_put(rows, device) for rows, (device, _) in zip(host_shards[name], shards[name])])
+            for name in arrays}
+
+    read_options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
+    host_batches = grain.MapDataset.source(batch_indices).map(gather).to_iter_dataset(read_options)
+    return (assemble(host_shards) for host_shards in host_batches)
 
 
 def make_stream_epoch(train_step: Callable, batch_size: int, plan: parallel.Plan, arrays: dict):
@@ -96,7 +127,7 @@ def make_stream_epoch(train_step: Callable, batch_size: int, plan: parallel.Plan
 
     def epoch_fn(state, unused_data, data_keys, sample_keys, epoch):
         del unused_data
-        order = epoch_batch_indices(data_keys, int(epoch), num_examples, batch_size)
+        order = epoch_batch_indices(data_keys, int(epoch), num_examples, batch_size)  # every process: all of it
         all_metrics = []
         for batch in batch_dataset(arrays, order, sharding):
             state, metrics = step(state, batch, sample_keys)
