@@ -4,8 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from vae_jax import precision, tasks, train
+from vae_jax.cli import ConfigError
+from vae_jax.tasks import conv_vae, cvae, hvae
 
 
 def _setup(mnist_small, precision_name):
@@ -53,3 +56,37 @@ def test_bf16_training_tracks_float32_training(mnist_small):
 def test_f32_leaves_the_model_alone():
     marker = object()
     assert precision.compute_in(marker, "f32") is marker
+
+
+FAMILY_TASKS = {
+    "cvae": lambda p, shape: cvae.cvae_task(cvae.CVAEConfig(latent_dim=4, hidden=(32,), num_classes=10, precision=p), shape)[1],
+    "hvae": lambda p, shape: hvae.hvae_task(hvae.HVAEConfig(latent_dim=4, top_latent_dim=2, hidden=(32,),
+                                                            top_hidden=(16,), precision=p), shape)[1],
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_TASKS))
+def test_every_mlp_vae_family_computes_in_bf16_and_matches_its_float32_loss(mnist_small, family):
+    f32, bf16 = (FAMILY_TASKS[family](p, mnist_small.image_shape) for p in ("f32", "bf16"))
+    params = f32.init_params(jax.random.key(0))
+    batch = {"x": jnp.asarray(mnist_small.x_train[:32]), "y": jnp.asarray(mnist_small.y_train[:32])}
+    key, step = jax.random.key(1), jnp.int32(0)
+    jaxpr = jax.make_jaxpr(lambda p: bf16.loss_fn(p, batch, key, step))(params)
+    heavy = [e for e in jaxpr.eqns if e.primitive.name in ("dot_general", "conv_general_dilated")]
+    assert heavy and all(v.aval.dtype == jnp.bfloat16 for e in heavy for v in e.invars)
+    (loss16, metrics16), grads16 = jax.value_and_grad(bf16.loss_fn, has_aux=True)(params, batch, key, step)
+    (loss32, _), grads32 = jax.value_and_grad(f32.loss_fn, has_aux=True)(params, batch, key, step)
+    assert loss16.dtype == jnp.float32 and all(v.dtype == jnp.float32 for v in metrics16.values())
+    np.testing.assert_allclose(float(loss16), float(loss32), rtol=0.01)  # bf16 rounds to ~0.4% relative
+    flat16, flat32 = (np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(t)]) for t in (grads16, grads32))
+    assert flat16.dtype == np.float32
+    cosine = flat16 @ flat32 / np.linalg.norm(flat16) / np.linalg.norm(flat32)
+    assert cosine > 0.99, cosine
+    # Evaluation stays float32: the same eval values from both tasks.
+    np.testing.assert_array_equal(np.asarray(bf16.eval_fn(params, batch, key)["neg_elbo"]),
+                                  np.asarray(f32.eval_fn(params, batch, key)["neg_elbo"]))
+
+
+def test_the_convolutional_vae_refuses_bf16_naming_the_flag():
+    with pytest.raises(ConfigError, match="--precision must be f32 for the convolutional VAE"):
+        conv_vae.ConvVAEConfig(precision="bf16").validate()

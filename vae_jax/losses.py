@@ -230,13 +230,19 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
 
     The reparameterization trick (Kingma & Welling 2014, section 2.4): the
     sample is a differentiable function of (mean, logvar); all randomness is in
-    the explicit key, so the same key gives the same z.
+    the explicit key, so the same key gives the same z. ``eps`` is drawn in at
+    least float32 and then cast to the dtype of ``mean``: a bfloat16 model gets
+    the float32 draw rounded, the same noise that float32 training sees.
 
     Returns:
-      ``z`` with the shape of ``mean``.
+      ``z`` with the shape and dtype of ``mean``.
     """
-    eps = jax.random.normal(key, jnp.shape(mean), dtype=jnp.result_type(mean))
-    return mean + jnp.exp(0.5 * logvar) * eps
+    return mean + jnp.exp(0.5 * logvar) * standard_normal(key, jnp.shape(mean), jnp.result_type(mean))
+
+
+def standard_normal(key: jax.Array, shape, dtype) -> jax.Array:
+    """N(0, I) draws of ``shape`` in ``dtype``, drawn in at least float32 (see :func:`reparameterize`)."""
+    return jax.random.normal(key, shape, jnp.promote_types(dtype, jnp.float32)).astype(dtype)
 
 
 def log_mean_exp(log_w: jax.Array, axis: int = -1) -> jax.Array:

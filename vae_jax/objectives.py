@@ -145,7 +145,7 @@ def make_gaussian_vae_log_weights(model, likelihood: str = "bernoulli", decoder_
     def log_weights_fn(params, batch, key, k):
         x = batch["x"]
         mean, logvar = model.apply({"params": params}, x, method=model.encode)  # [B, D]
-        eps = jax.random.normal(key, (x.shape[0], k, mean.shape[-1]), mean.dtype)
+        eps = losses.standard_normal(key, (x.shape[0], k, mean.shape[-1]), mean.dtype)
         z = mean[:, None] + jnp.exp(0.5 * logvar[:, None]) * eps  # [B, k, D]
         decoder_out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), method=model.decode)
         x_rep = jnp.repeat(x, k, axis=0)  # [B*k, H, W, C], example-major like z

@@ -54,13 +54,13 @@ class CVAE(nn.Module):
         self.encoder = MLPEncoder(tuple(self.hidden), self.latent_dim)
         self.decoder, self.shared_logvar = make_mlp_decoder(self.hidden, self.image_shape, self.likelihood)
 
-    def one_hot(self, y: jax.Array) -> jax.Array:
-        """``[B]`` int labels -> ``[B, K]`` float one-hot vectors."""
-        return jax.nn.one_hot(y, self.num_classes, dtype=jnp.float32)
+    def one_hot(self, y: jax.Array, dtype=jnp.float32) -> jax.Array:
+        """``[B]`` int labels -> ``[B, K]`` one-hot vectors in ``dtype`` (that of the input they join)."""
+        return jax.nn.one_hot(y, self.num_classes, dtype=dtype)
 
     def encode(self, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
         """q(z|x,y): images ``[B, H, W, C]`` and labels ``[B]`` -> (mean, logvar), each ``[B, D]``."""
-        h = jnp.concatenate([x.reshape(x.shape[0], -1), self.one_hot(y)], axis=-1)
+        h = jnp.concatenate([x.reshape(x.shape[0], -1), self.one_hot(y, x.dtype)], axis=-1)
         return self.encoder(h)
 
     def decode(self, z: jax.Array, y: jax.Array) -> jax.Array:
@@ -69,7 +69,7 @@ class CVAE(nn.Module):
         Bernoulli: per-pixel logits; Gaussian: mean logits (the mean is their
         sigmoid), then log-variances with a learned variance.
         """
-        out = self.decoder(jnp.concatenate([z, self.one_hot(y)], axis=-1))
+        out = self.decoder(jnp.concatenate([z, self.one_hot(y, z.dtype)], axis=-1))
         return out if self.shared_logvar is None else self.shared_logvar(out)
 
     def __call__(self, x: jax.Array, y: jax.Array, key: jax.Array):

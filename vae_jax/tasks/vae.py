@@ -44,6 +44,8 @@ class VAEObjectiveConfig(TrainConfig):
                              "(per example; 0 = off)")
     iwae_k: int = field(1, "train on the importance-weighted bound with k samples (IWAE, k > 1; needs beta 1, "
                         "a constant schedule and no free bits)")
+    precision: str = field("f32", "training compute: f32, or bf16 (bfloat16 compute; float32 params, "
+                           "optimizer state and losses; evaluation in float32)", choices=precision_lib.PRECISIONS)
 
     def validate(self) -> None:
         super().validate()
@@ -82,9 +84,16 @@ class VAEObjectiveConfig(TrainConfig):
         ``make_terms`` / ``make_log_weights`` are a family's
         ``(model, likelihood, decoder_logvar) -> terms_fn / log_weights_fn``
         (see :mod:`vae_jax.objectives`); ``init_params(model, key)`` its initialiser.
+        The training loss computes in ``--precision`` (:func:`vae_jax.precision.compute_in`);
+        evaluation always in float32.
         """
-        loss_fn, eval_fn = self.objective(make_terms(model, self.likelihood, self.decoder_logvar),
-                                          make_log_weights(model, self.likelihood, self.decoder_logvar))
+
+        def objective(net):
+            return self.objective(make_terms(net, self.likelihood, self.decoder_logvar),
+                                  make_log_weights(net, self.likelihood, self.decoder_logvar))
+
+        loss_fn, _ = objective(precision_lib.compute_in(model, self.precision))
+        _, eval_fn = objective(model)
         return Task(init_params=lambda key: init_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn,
                     headline="neg_elbo")
 
@@ -97,8 +106,6 @@ class VAEConfig(VAEObjectiveConfig):
 
     latent_dim: int = field(20, "latent dimensions")
     hidden: tuple[int, ...] = field((400,), "encoder hidden widths (the decoder mirrors them)")
-    precision: str = field("f32", "training compute: f32, or bf16 (bfloat16 compute; float32 params, "
-                           "optimizer state and losses)", choices=precision_lib.PRECISIONS)
 
     def validate(self) -> None:
         super().validate()
@@ -114,15 +121,8 @@ def build_vae(config: VAEConfig, image_shape) -> VAE:
 
 def vae_task(config: VAEConfig, image_shape) -> tuple[VAE, Task]:
     model = build_vae(config, image_shape)
-    compute_model = precision_lib.compute_in(model, config.precision)  # training compute; evaluation in f32
-    loss_fn, _ = config.objective(
-        objectives.make_gaussian_vae_terms(compute_model, config.likelihood, config.decoder_logvar),
-        objectives.make_gaussian_vae_log_weights(compute_model, config.likelihood, config.decoder_logvar))
-    terms_fn = objectives.make_gaussian_vae_terms(model, config.likelihood, config.decoder_logvar)
-    log_weights_fn = objectives.make_gaussian_vae_log_weights(model, config.likelihood, config.decoder_logvar)
-    _, eval_fn = config.objective(terms_fn, log_weights_fn)
-    task = Task(init_params=lambda key: init_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn, headline="neg_elbo")
-    return model, task
+    return model, config.elbo_task(model, init_params, objectives.make_gaussian_vae_terms,
+                                   objectives.make_gaussian_vae_log_weights)
 
 
 # --- queries for figures (host arrays out) -------------------------------------------
