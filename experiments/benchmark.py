@@ -22,6 +22,10 @@ repeats is reported (the JSON also keeps the minimum and every time). Sections:
            importable (``pip install -e ".[bench]"``). Achieved GFLOP/s counts
            the model's matrix multiplies and is set beside a plain float32
            matrix-multiply rate measured in the same run.
+  conv     the default conv VAE of ``experiments.conv_vae`` at
+           ``--conv-batch-size``: its runner path with the epoch loop
+           ``--epoch-loop auto`` picks (``steps`` on CPU), the scan-fused
+           epoch, and the same network in PyTorch eager.
   profile  one epoch of the runner path and of the minimal loop at
            ``--profile-batch-size`` under ``jax.profiler.trace``: XLA's own
            time per executed op (own time, nested ops subtracted), grouped by
@@ -63,7 +67,7 @@ from vae_jax import cli
 from vae_jax import data as data_lib, evaluate, parallel, tasks, train
 from vae_jax.cli import user_errors
 
-SECTIONS = ("epoch", "profile", "seeds", "target", "devices", "startup")
+SECTIONS = ("epoch", "conv", "profile", "seeds", "target", "devices", "startup")
 
 
 # --- a minimal flax + optax scan-fused training loop: the yardstick -------------------------
@@ -142,12 +146,14 @@ def _timed(fn, *args) -> float:
 
 
 class RunnerPath:
-    """The epoch program ``runner.train`` builds for ``config`` (same task, optimizer, keys, plan and data placement)."""
+    """The epoch program ``runner.train`` builds for ``config`` (same task, optimizer, keys, plan, epoch loop and
+    data placement); ``task_fn(config, image_shape) -> (model, task)`` builds the task (default: the MLP VAE)."""
 
-    def __init__(self, x: np.ndarray, config: tasks.VAEConfig, seed_layout: str | None = None):
+    def __init__(self, x: np.ndarray, config, seed_layout: str | None = None, task_fn=tasks.vae_task,
+                 epoch_loop: str | None = None):
         from vae_jax import runner
 
-        _, self.task = tasks.vae_task(config, x.shape[1:])
+        _, self.task = task_fn(config, x.shape[1:])
         self.config = config
         self.optimizer = runner.make_optimizer(config)
         self.seeds = config.seed_list()
@@ -155,8 +161,15 @@ class RunnerPath:
                                        seed_layout or config.seed_layout)
         self.train_step = train.make_train_step(self.task.loss_fn, self.optimizer, self.task.update_fn,
                                                 config.max_consecutive_skips)  # guarded, as runner.train's
-        self.epoch_fn = parallel.make_epoch_program(self.train_step, config.batch_size, self.plan)
+        self.epoch_loop = parallel.choose_epoch_loop(epoch_loop or config.epoch_loop, jax.devices()[0].platform,
+                                                     lambda: self._has_convolution(x))
+        self.epoch_fn = parallel.make_epoch_program(self.train_step, config.batch_size, self.plan, self.epoch_loop)
         self.data = self.plan.place_shared(runner.device_data(x, None))
+
+    def _has_convolution(self, x: np.ndarray) -> bool:
+        state = jax.eval_shape(lambda: train.init_train_state(self.task.init_params(jax.random.key(0)), self.optimizer))
+        batch = {"x": jax.ShapeDtypeStruct((self.config.batch_size, *x.shape[1:]), x.dtype)}
+        return parallel.has_convolution(self.train_step, state, batch, jax.random.key(0))
 
     def fresh(self):
         keys = jax.vmap(train.run_keys)(jnp.asarray(self.seeds))
@@ -245,6 +258,50 @@ class TorchVariant:
         return time.perf_counter() - t0
 
 
+class TorchConvVariant:
+    """The default convolutional VAE (``experiments.conv_vae``: convs 16, 32 of 4x4 stride 2, hidden 128, latent 16,
+    Bernoulli decoder) in PyTorch, trained eagerly with the same loss, optimizer and batch.
+
+    PyTorch's padding 1 gives XLA's SAME output sizes for these 4x4 stride-2 layers (28 -> 14 -> 7 and back), so
+    both do the same arithmetic per step.
+    """
+
+    def __init__(self, x: np.ndarray, batch_size: int):
+        import torch
+
+        self.torch = torch
+        torch.manual_seed(0)
+        self.x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # NCHW
+        self.batch_size = batch_size
+
+    def time_epoch(self) -> float:
+        torch = self.torch
+        nn_ = torch.nn
+        encoder = nn_.Sequential(nn_.Conv2d(1, 16, 4, 2, 1), nn_.ReLU(), nn_.Conv2d(16, 32, 4, 2, 1), nn_.ReLU(),
+                                 nn_.Flatten(), nn_.Linear(32 * 7 * 7, 128), nn_.ReLU())
+        mean_l, logvar_l = nn_.Linear(128, 16), nn_.Linear(128, 16)
+        decoder = nn_.Sequential(nn_.Linear(16, 128), nn_.ReLU(), nn_.Linear(128, 32 * 7 * 7), nn_.ReLU(),
+                                 nn_.Unflatten(1, (32, 7, 7)), nn_.ConvTranspose2d(32, 16, 4, 2, 1), nn_.ReLU(),
+                                 nn_.ConvTranspose2d(16, 1, 4, 2, 1))
+        params = [p for m in (encoder, mean_l, logvar_l, decoder) for p in m.parameters()]
+        opt = torch.optim.Adam(params, lr=1e-3)
+        perm = torch.randperm(len(self.x))
+        steps = len(self.x) // self.batch_size
+        t0 = time.perf_counter()
+        for i in range(steps):
+            xb = self.x[perm[i * self.batch_size:(i + 1) * self.batch_size]]
+            h = encoder(xb)
+            mean, logvar = mean_l(h), logvar_l(h)
+            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            recon = nn_.functional.binary_cross_entropy_with_logits(decoder(z), xb, reduction="sum")
+            kl = 0.5 * torch.sum(torch.exp(logvar) + mean**2 - 1.0 - logvar)
+            loss = (recon + kl) / self.batch_size
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - t0
+
+
 def torch_available() -> bool:
     try:
         import torch  # noqa: F401
@@ -318,6 +375,30 @@ def seeds_section(x: np.ndarray, batch_sizes, seed_counts, repeats: int) -> dict
                   f"loop {entry['loop']['seconds_per_epoch']:.3f}s, N x one seed {n * single:.3f}s", file=sys.stderr)
         results[str(batch_size)] = row
     return results
+
+
+def conv_section(x: np.ndarray, pixels: np.ndarray, batch_size: int, repeats: int) -> dict:
+    """The default conv VAE (``experiments.conv_vae``): its runner path (the epoch loop ``--epoch-loop auto``
+    picks), the same with the scan-fused epoch, and PyTorch eager."""
+    from vae_jax.tasks import conv_vae
+
+    config = conv_vae.ConvVAEConfig(batch_size=batch_size)
+    runner_path = RunnerPath(pixels, config, task_fn=conv_vae.conv_vae_task)
+    timers = {"runner_path": runner_path.time_epoch}
+    if runner_path.epoch_loop != "scan":
+        timers["runner_path_scan"] = RunnerPath(pixels, config, task_fn=conv_vae.conv_vae_task,
+                                                epoch_loop="scan").time_epoch
+    if torch_available():
+        timers["torch_eager"] = TorchConvVariant(x, batch_size).time_epoch
+    row = _medians(timers, repeats)
+    result = {"batch_size": batch_size, "steps_per_epoch": len(x) // batch_size,
+              "runner_path_epoch_loop": runner_path.epoch_loop, **row}
+    if "torch_eager" in row:
+        result["runner_path_speedup_over_torch"] = (row["torch_eager"]["seconds_per_epoch"]
+                                                    / row["runner_path"]["seconds_per_epoch"])
+    print(f"conv, batch {batch_size}: " + ", ".join(
+        f"{k} {v['seconds_per_epoch']:.3f}s" for k, v in row.items()), file=sys.stderr)
+    return result
 
 
 def target_section(x: np.ndarray, x_test: np.ndarray, target: float, max_epochs: int, batch_size: int = 128) -> dict:
@@ -557,6 +638,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--profile-batch-size", type=int, default=128, help="batch size of the profile section")
     parser.add_argument("--seed-batch-sizes", default="16,128", help="batch sizes of the seeds section")
     parser.add_argument("--seeds", default="1,8,32", help="seed counts N of the seeds section")
+    parser.add_argument("--conv-batch-size", type=int, default=128, help="batch size of the conv section")
     parser.add_argument("--target-neg-elbo", type=float, default=125.0, help="test neg-ELBO (nats) of the target section")
     parser.add_argument("--max-epochs", type=int, default=30, help="epoch limit of the target section")
     parser.add_argument("--startup-epochs", type=int, default=10, help="--epochs of the startup section's whole runs")
@@ -571,10 +653,11 @@ def main(argv=None) -> dict:
     batch_sizes = _int_list(parser, "--batch-sizes", args.batch_sizes)
     seed_batch_sizes = _int_list(parser, "--seed-batch-sizes", args.seed_batch_sizes)
     seed_counts = _int_list(parser, "--seeds", args.seeds)
-    if args.repeats <= 0 or args.max_epochs <= 0 or args.startup_epochs <= 0 or args.profile_batch_size <= 0:
-        parser.error("--repeats, --max-epochs, --startup-epochs and --profile-batch-size must be positive")
+    if min(args.repeats, args.max_epochs, args.startup_epochs, args.profile_batch_size, args.conv_batch_size) <= 0:
+        parser.error("--repeats, --max-epochs, --startup-epochs, --profile-batch-size and --conv-batch-size "
+                     "must be positive")
     dataset = data_lib.load_dataset(args.dataset, batch_size=max(batch_sizes + seed_batch_sizes
-                                                                 + [args.profile_batch_size]))
+                                                                 + [args.profile_batch_size, args.conv_batch_size]))
     if dataset.image_shape != (28, 28, 1):
         parser.error(f"--dataset must have 28x28x1 images for the 784-400-20 model, got {dataset.image_shape}")
     x = dataset.x_train  # float32 in [0, 1], for the minimal loop and PyTorch
@@ -595,6 +678,8 @@ def main(argv=None) -> dict:
                "timed_runner_path": "vae_jax.parallel.make_epoch_program, the epoch runner.train (experiments.vae) runs"}
     if "epoch" in sections:
         results["epoch"] = epoch_section(x, pixels, batch_sizes, args.repeats, matmul)
+    if "conv" in sections:
+        results["conv"] = conv_section(x, pixels, args.conv_batch_size, args.repeats)
     if "profile" in sections:
         results["profile"] = profile_section(x, pixels, args.profile_batch_size)
     if "seeds" in sections:
@@ -628,6 +713,14 @@ def print_table(results: dict) -> None:
                   f"({row['runner_path_unguarded_vs_minimal']:.2f}) | {row['vmapped_one_seed']['seconds_per_epoch']:.3f} | {row['jit_step_loop']['seconds_per_epoch']:.3f} | "
                   f"{'n/a' if torch_s is None else f'{torch_s:.3f}'} | {row['runner_path']['gflops']:.1f} "
                   f"({row['runner_path']['percent_of_matmul']:.0f}%)")
+    if "conv" in results:
+        c = results["conv"]
+        torch_s = c.get("torch_eager", {}).get("seconds_per_epoch")
+        scan_s = c.get("runner_path_scan", {}).get("seconds_per_epoch")
+        print(f"conv VAE, batch {c['batch_size']}: runner path {c['runner_path']['seconds_per_epoch']:.3f} s/epoch "
+              f"({c['runner_path_epoch_loop']})" + ("" if scan_s is None else f", scan-fused {scan_s:.3f} s")
+              + (", torch eager n/a" if torch_s is None else f", torch eager {torch_s:.3f} s "
+                 f"({c['runner_path_speedup_over_torch']:.2f}x)"))
     if "seeds" in results:
         print("seeds: batch | N | vmap s/epoch (x N single) | loop s/epoch (x N single) | faster | auto picks")
         for bs, row in results["seeds"].items():

@@ -181,3 +181,16 @@ def test_unpool_mode_uses_the_encoders_indices():
     np.testing.assert_array_equal(a[0, ::2, ::2, 0], x[0, :, :, 0])
     np.testing.assert_array_equal(b[0, 1::2, 1::2, 0], x[0, :, :, 0])
     assert float(jnp.sum(jnp.abs(a[0, 1::2, 1::2]))) == 0.0
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_conv_transpose_layer_is_flax_conv_transpose_with_the_same_parameters(padding):
+    x = jax.random.normal(jax.random.key(0), (3, 7, 7, 5))
+    theirs = nn.ConvTranspose(4, (4, 4), strides=(2, 2), padding=padding)
+    mine = layers.ConvTranspose(4, (4, 4), strides=(2, 2), padding=padding)
+    params = theirs.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal(mine.init(jax.random.key(1), x), params)  # same names, shapes and initial values
+    params = jax.tree_util.tree_map(lambda a: a + 0.1, params)  # a non-zero bias too
+    np.testing.assert_allclose(mine.apply(params, x), theirs.apply(params, x), atol=1e-5)
+    grads = [jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (mine, theirs)]
+    chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)

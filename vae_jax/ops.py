@@ -54,6 +54,7 @@ __all__ = [
     "conv2d",
     "conv_matrix",
     "conv_output_size",
+    "conv_transpose",
     "conv_transpose2d",
     "conv_transpose_output_size",
     "elu",
@@ -340,6 +341,102 @@ def _conv_transpose2d(x, kernel, stride, padding, output_padding):
             )  # [N, s(H-1) + kh + ah, s(W-1) + kw + aw, O]
             full = placed if full is None else full + placed
     return full[:, ph : ph + oh, pw : pw + ow, :]
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def lax_transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
+    """(low, high) padding of the stride-1, ``s``-dilated convolution that ``jax.lax.conv_transpose`` runs.
+
+    ``padding`` is ``"SAME"`` or ``"VALID"`` of the forward convolution: SAME pads ``k + s - 2`` in all,
+    ``k - 1`` before when ``s > k - 1``, else half rounded up; VALID pads ``k - 1`` before and
+    ``k - 1 + max(k - s, 0) + s - 1 - (k - 1)`` after (lax's convention, which flax's ``ConvTranspose`` uses).
+    """
+    if padding == "SAME":
+        total = k + s - 2
+        low = k - 1 if s > k - 1 else -(-total // 2)
+    elif padding == "VALID":
+        total = k + s - 2 + max(k - s, 0)
+        low = k - 1
+    else:
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    return low, total - low
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, strides: IntOrPair = 1, padding: str = "SAME") -> jax.Array:
+    """``jax.lax.conv_transpose`` (NHWC, HWIO, SAME/VALID; what ``flax.linen.ConvTranspose`` computes), with a faster
+    kernel gradient.
+
+    The value is lax's: a stride-1 convolution of ``x`` dilated by ``strides``
+    (``s - 1`` zeros between elements) and padded by
+    :func:`lax_transpose_padding`, with ``kernel`` as given. The input
+    gradient is lax's too. The kernel gradient,
+
+        dk[a, b, i, o] = sum_{n, r, c} x[n, r, c, i] g[n, low + s*r - a, low + s*c - b, o],
+
+    is the same sum as the weight gradient of a *strided* convolution of the
+    output cotangent ``g`` (stride ``s``, low padding ``k - 1 - low``) at
+    cotangent ``x``, with the kernel flipped and its channel axes swapped.
+    XLA computes the first form as a convolution over the dilated input, which
+    XLA:CPU runs about 10x slower than a strided convolution's weight gradient
+    (22 ms against 2 ms for the forward pass of the conv VAE's 7x7x32 ->
+    14x14x16 layer at batch 128, on a 2-core CPU); this op asks XLA for the
+    second. Tested against ``jax.vjp`` of ``lax.conv_transpose``.
+
+    Args:
+      x: ``[N, H, W, C]``.
+      kernel: ``[kh, kw, C, O]``.
+      strides: int or ``(sh, sw)``, >= 1.
+      padding: ``"SAME"`` or ``"VALID"``.
+
+    Returns:
+      ``[N, oh, ow, O]``: ``oh = H * sh`` for SAME, ``(H - 1) * sh + kh`` for VALID (lax's sizes).
+    """
+    _check_image_and_kernel(x, kernel)
+    strides = _pair(strides, "strides", 1)
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    return _conv_transpose(x, kernel, strides, padding)
+
+
+def _lax_conv_transpose(x, kernel, strides, padding):
+    pads = [lax_transpose_padding(k, s, padding) for k, s in zip(kernel.shape[:2], strides)]
+    return lax.conv_general_dilated(x, kernel, (1, 1), pads, lhs_dilation=strides, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_transpose(x, kernel, strides, padding):
+    return _lax_conv_transpose(x, kernel, strides, padding)
+
+
+def _conv_transpose_fwd(x, kernel, strides, padding):
+    return _lax_conv_transpose(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_transpose_bwd(strides, padding, residuals, g):
+    x, kernel = residuals
+    _, x_vjp = jax.vjp(lambda x_: _lax_conv_transpose(x_, kernel, strides, padding), x)
+    (dx,) = x_vjp(g)
+    # The strided convolution u = conv(g, v) with u[n, r, c, i] = sum g[n, s*r + a' - P, ...] v[a', ..., o, i],
+    # a' = k - 1 - a, P = k - 1 - low: its weight gradient at cotangent x is dk flipped and channel-swapped.
+    pads = []
+    for axis, (k, s) in enumerate(zip(kernel.shape[:2], strides)):
+        low = lax_transpose_padding(k, s, padding)[0]
+        before = k - 1 - low
+        after = (x.shape[1 + axis] - 1) * s + k - g.shape[1 + axis] - before  # u gets exactly x's size
+        pads.append((before, after))
+    crop = tuple(slice(max(-lo, 0), g.shape[1 + i] - max(-hi, 0)) for i, (lo, hi) in enumerate(pads))
+    g_in = g[:, crop[0], crop[1], :]  # a negative padding is a crop
+    pads = [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
+    v_shape = (*kernel.shape[:2], kernel.shape[3], kernel.shape[2])  # [kh, kw, O, C]
+    _, v_vjp = jax.vjp(lambda v: lax.conv_general_dilated(g_in, v, strides, pads, dimension_numbers=_NHWC),
+                       jnp.zeros(v_shape, kernel.dtype))
+    (dv,) = v_vjp(x.astype(g.dtype))
+    return dx, jnp.swapaxes(dv[::-1, ::-1], 2, 3).astype(kernel.dtype)
+
+
+_conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 
 
 def conv_matrix(

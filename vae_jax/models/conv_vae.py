@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
+from vae_jax.models.layers import ConvTranspose
 from vae_jax.models.vae import SharedLogVariance
 
 # The lecture's 128x128x3 face model: 128 -> 64 -> 32 -> 16 -> 8 -> 4 -> 2 spatially.
@@ -88,8 +89,9 @@ class ConvDecoder(nn.Module):
         h = h.reshape(z.shape[0], h0, w0, c0)
         up = [*reversed(self.channels[:-1]), self.out_channels]
         for i, c in enumerate(up):
-            h = nn.ConvTranspose(c, (self.kernel_size, self.kernel_size), strides=(2, 2), padding="SAME",
-                                 name=f"deconv_{i}")(h)
+            # nn.ConvTranspose's parameters and values, with a kernel gradient XLA:CPU computes ~10x faster.
+            h = ConvTranspose(c, (self.kernel_size, self.kernel_size), strides=(2, 2), padding="SAME",
+                              name=f"deconv_{i}")(h)
             if i < len(up) - 1:
                 h = nn.relu(h)
         return h[:, : self.image_shape[0], : self.image_shape[1]]

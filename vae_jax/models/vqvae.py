@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import quantize
+from vae_jax.models.layers import ConvTranspose
 
 
 class ResidualBlock(nn.Module):
@@ -74,8 +75,9 @@ class VQVAE(nn.Module):
         self.enc_out = nn.Conv(self.code_dim, (1, 1))
         self.dec_in = nn.Conv(c2, (3, 3), padding="SAME")
         self.dec_res = [ResidualBlock(max(c2 // 2, 1)) for _ in range(self.num_res_blocks)]
-        self.dec_up1 = nn.ConvTranspose(c1, (4, 4), strides=(2, 2), padding="SAME")
-        self.dec_up2 = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME")
+        # nn.ConvTranspose's parameters and values, with a kernel gradient XLA:CPU computes ~10x faster.
+        self.dec_up1 = ConvTranspose(c1, (4, 4), strides=(2, 2), padding="SAME")
+        self.dec_up2 = ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME")
         # The paper's PyTorch ports draw codes from U(-1/K, 1/K); unit-variance-per-vector
         # codes are nearer to the encoder outputs' scale, so fewer start dead.
         self.codebook = self.param("codebook", nn.initializers.variance_scaling(1.0, "fan_out", "uniform"),
