@@ -47,6 +47,7 @@ repeats is reported (the JSON also keeps the minimum and every time). Sections:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -161,15 +162,12 @@ class RunnerPath:
                                        seed_layout or config.seed_layout)
         self.train_step = train.make_train_step(self.task.loss_fn, self.optimizer, self.task.update_fn,
                                                 config.max_consecutive_skips)  # guarded, as runner.train's
-        self.epoch_loop = parallel.choose_epoch_loop(epoch_loop or config.epoch_loop, jax.devices()[0].platform,
-                                                     lambda: self._has_convolution(x))
+        self.epoch_loop = parallel.choose_epoch_loop(
+            epoch_loop or config.epoch_loop, jax.devices()[0].platform,
+            lambda: runner.step_has_convolution(self.train_step, jax.eval_shape(lambda: self.fresh()[0]), x, None,
+                                                config.batch_size))
         self.epoch_fn = parallel.make_epoch_program(self.train_step, config.batch_size, self.plan, self.epoch_loop)
         self.data = self.plan.place_shared(runner.device_data(x, None))
-
-    def _has_convolution(self, x: np.ndarray) -> bool:
-        state = jax.eval_shape(lambda: train.init_train_state(self.task.init_params(jax.random.key(0)), self.optimizer))
-        batch = {"x": jax.ShapeDtypeStruct((self.config.batch_size, *x.shape[1:]), x.dtype)}
-        return parallel.has_convolution(self.train_step, state, batch, jax.random.key(0))
 
     def fresh(self):
         keys = jax.vmap(train.run_keys)(jnp.asarray(self.seeds))
@@ -190,8 +188,7 @@ class JaxVariants:
 
     def __init__(self, x: np.ndarray, pixels: np.ndarray, batch_size: int):
         self.runner = RunnerPath(pixels, tasks.VAEConfig(batch_size=batch_size))
-        # The same path without the step-level NaN/inf guard (--max-consecutive-skips 0): the guard's cost.
-        self.unguarded = RunnerPath(pixels, tasks.VAEConfig(batch_size=batch_size, max_consecutive_skips=0))
+        self.pixels = pixels
         self.batch_size = batch_size
         self.data = self.runner.data
         self.jit_step = self.runner.train_step
@@ -201,6 +198,11 @@ class JaxVariants:
 
     def time_runner_path(self) -> float:
         return self.runner.time_epoch()
+
+    @functools.cached_property
+    def unguarded(self) -> RunnerPath:
+        """The same path without the step-level NaN/inf guard (``--max-consecutive-skips 0``): the guard's cost."""
+        return RunnerPath(self.pixels, tasks.VAEConfig(batch_size=self.batch_size, max_consecutive_skips=0))
 
     def time_runner_path_unguarded(self) -> float:
         return self.unguarded.time_epoch()
@@ -313,7 +315,8 @@ def epoch_section(x: np.ndarray, pixels: np.ndarray, batch_sizes, repeats: int, 
     for batch_size in batch_sizes:
         jv = JaxVariants(x, pixels, batch_size)
         timers = {"runner_path": jv.time_runner_path, "minimal_scan_loop": jv.time_minimal_scan_loop,
-                  "runner_path_unguarded": jv.time_runner_path_unguarded, "vmapped_one_seed": jv.time_vmapped_one_seed, "jit_step_loop": jv.time_jit_step_loop}
+                  "runner_path_unguarded": jv.time_runner_path_unguarded,
+                  "vmapped_one_seed": jv.time_vmapped_one_seed, "jit_step_loop": jv.time_jit_step_loop}
         if torch_available():
             timers["torch_eager"] = TorchVariant(x, batch_size).time_epoch
         row = _medians(timers, repeats)
@@ -693,7 +696,8 @@ def print_table(results: dict) -> None:
             print(f"{bs:>5} | {row['runner_path']['seconds_per_epoch']:.3f} ({row['runner_path_layout']}) | "
                   f"{row['minimal_scan_loop']['seconds_per_epoch']:.3f} | {row['runner_path_vs_minimal']:.2f} | "
                   f"{row['runner_path_unguarded']['seconds_per_epoch']:.3f} "
-                  f"({row['runner_path_unguarded_vs_minimal']:.2f}) | {row['vmapped_one_seed']['seconds_per_epoch']:.3f} | {row['jit_step_loop']['seconds_per_epoch']:.3f} | "
+                  f"({row['runner_path_unguarded_vs_minimal']:.2f}) | "
+                  f"{row['vmapped_one_seed']['seconds_per_epoch']:.3f} | {row['jit_step_loop']['seconds_per_epoch']:.3f} | "
                   f"{'n/a' if torch_s is None else f'{torch_s:.3f}'} | {row['runner_path']['gflops']:.1f} "
                   f"({row['runner_path']['percent_of_matmul']:.0f}%)")
     if "conv" in results:

@@ -346,21 +346,19 @@ def _conv_transpose2d(x, kernel, stride, padding, output_padding):
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def lax_transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
+def _lax_transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
     """(low, high) padding of the stride-1, ``s``-dilated convolution that ``jax.lax.conv_transpose`` runs.
 
-    ``padding`` is ``"SAME"`` or ``"VALID"`` of the forward convolution: SAME pads ``k + s - 2`` in all,
-    ``k - 1`` before when ``s > k - 1``, else half rounded up; VALID pads ``k - 1`` before and
-    ``k - 1 + max(k - s, 0) + s - 1 - (k - 1)`` after (lax's convention, which flax's ``ConvTranspose`` uses).
+    ``padding`` is ``"SAME"`` or ``"VALID"`` of the forward convolution (lax's convention, which flax's
+    ``ConvTranspose`` uses): SAME pads ``k + s - 2`` in all, ``k - 1`` before when ``s > k - 1``, else half
+    rounded up; VALID pads ``k - 1`` before and ``s - 1 + max(k - s, 0)`` after.
     """
     if padding == "SAME":
         total = k + s - 2
         low = k - 1 if s > k - 1 else -(-total // 2)
-    elif padding == "VALID":
+    else:  # VALID
         total = k + s - 2 + max(k - s, 0)
         low = k - 1
-    else:
-        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
     return low, total - low
 
 
@@ -368,10 +366,10 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: IntOrPair = 1, padd
     """``jax.lax.conv_transpose`` (NHWC, HWIO, SAME/VALID; what ``flax.linen.ConvTranspose`` computes), with a faster
     kernel gradient.
 
-    The value is lax's: a stride-1 convolution of ``x`` dilated by ``strides``
-    (``s - 1`` zeros between elements) and padded by
-    :func:`lax_transpose_padding`, with ``kernel`` as given. The input
-    gradient is lax's too. The kernel gradient,
+    The value and the input gradient are lax's: a stride-1 convolution of
+    ``x`` dilated by ``strides`` (``s - 1`` zeros between elements), padded by
+    ``low`` before (lax's padding for SAME/VALID), with ``kernel`` as given.
+    The kernel gradient,
 
         dk[a, b, i, o] = sum_{n, r, c} x[n, r, c, i] g[n, low + s*r - a, low + s*c - b, o],
 
@@ -401,8 +399,7 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: IntOrPair = 1, padd
 
 
 def _lax_conv_transpose(x, kernel, strides, padding):
-    pads = [lax_transpose_padding(k, s, padding) for k, s in zip(kernel.shape[:2], strides)]
-    return lax.conv_general_dilated(x, kernel, (1, 1), pads, lhs_dilation=strides, dimension_numbers=_NHWC)
+    return lax.conv_transpose(x, kernel, strides, padding, dimension_numbers=_NHWC)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -422,7 +419,7 @@ def _conv_transpose_bwd(strides, padding, residuals, g):
     # a' = k - 1 - a, P = k - 1 - low: its weight gradient at cotangent x is dk flipped and channel-swapped.
     pads = []
     for axis, (k, s) in enumerate(zip(kernel.shape[:2], strides)):
-        low = lax_transpose_padding(k, s, padding)[0]
+        low = _lax_transpose_padding(k, s, padding)[0]
         before = k - 1 - low
         after = (x.shape[1 + axis] - 1) * s + k - g.shape[1 + axis] - before  # u gets exactly x's size
         pads.append((before, after))

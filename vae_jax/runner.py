@@ -54,13 +54,16 @@ RESUMABLE_FIELDS = frozenset(
 REPLACED_PREFIX = "replaced-"
 
 
-def _step_has_convolution(train_step, state, dataset, batch_size: int) -> bool:
-    """Whether one replica's train step on a batch of ``dataset`` holds a convolution (traced, not run)."""
+def step_has_convolution(train_step, state, pixels: np.ndarray, labels: np.ndarray | None, batch_size: int) -> bool:
+    """Whether one replica's train step on a batch of ``pixels`` (and ``labels``) holds a convolution.
+
+    ``state`` has a leading replica axis (arrays or ``jax.ShapeDtypeStruct``); the step is traced, not run.
+    """
     one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
     canonical = jax.dtypes.canonicalize_dtype
-    batch = {"x": jax.ShapeDtypeStruct((batch_size, *dataset.train_pixels.shape[1:]), canonical(dataset.train_pixels.dtype))}
-    if dataset.y_train is not None:
-        batch["y"] = jax.ShapeDtypeStruct((batch_size,), canonical(dataset.y_train.dtype))
+    batch = {"x": jax.ShapeDtypeStruct((batch_size, *pixels.shape[1:]), canonical(pixels.dtype))}
+    if labels is not None:
+        batch["y"] = jax.ShapeDtypeStruct((batch_size,), canonical(labels.dtype))
     return parallel.has_convolution(train_step, one, batch, jax.random.key(0))
 
 
@@ -518,7 +521,8 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     state, keys = layout.place_replicated(state), layout.place_replicated(keys)
     train_data, test_data = layout.place_shared(train_data), layout.place_shared(test_data)
     epoch_loop = parallel.choose_epoch_loop(config.epoch_loop, jax.devices()[0].platform,
-                                            lambda: _step_has_convolution(train_step, state, dataset, config.batch_size))
+                                            lambda: step_has_convolution(train_step, state, dataset.train_pixels,
+                                                                         dataset.y_train, config.batch_size))
     epoch_fn = parallel.make_epoch_program(train_step, config.batch_size, layout, epoch_loop)
     if stream:
         host_arrays = {"x": dataset.train_pixels, **({} if dataset.y_train is None else {"y": dataset.y_train})}

@@ -90,13 +90,16 @@ def batch_dataset(arrays: dict, batch_indices: np.ndarray, sharding: jax.shardin
     def gather(indices):  # [R, B] -> {name: [rows of each local shard]}
         out = {}
         for name, array in arrays.items():
-            cache = {}  # devices that replicate one shard read its rows once
-            for _, index in shards[name]:
+            read = {}  # devices that replicate one shard read its rows once
+
+            def rows_of(index):
                 key = tuple((sl.start, sl.stop) for sl in index[:2])
-                if key not in cache:
+                if key not in read:
                     rows = indices[index[0], index[1]]  # [r, b] of this shard
-                    cache[key] = np.asarray(array[rows.reshape(-1)]).reshape(*rows.shape, *array.shape[1:])
-            out[name] = [cache[tuple((sl.start, sl.stop) for sl in index[:2])] for _, index in shards[name]]
+                    read[key] = np.asarray(array[rows.reshape(-1)]).reshape(*rows.shape, *array.shape[1:])
+                return read[key]
+
+            out[name] = [rows_of(index) for _, index in shards[name]]
         return out
 
     def assemble(host_shards):
