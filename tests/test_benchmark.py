@@ -49,9 +49,27 @@ def test_profile_epoch_reports_the_matrix_multiplies_of_a_scan_of_matmuls():
 
     fn = jax.jit(epoch)
     w, xs = jnp.ones((128, 128)) * 0.01, jnp.ones((20, 64, 128))
-    result = benchmark.profile_epoch(lambda: benchmark._timed(fn, w, xs), "scan",
+    timed = benchmark.SteadyEpochs(lambda: w, lambda w, i: fn(w, xs))
+    result = benchmark.profile_epoch(timed, "scan",
                                      benchmark.hlo_opcodes(fn.lower(w, xs).compile().as_text()))
     assert "error" not in result, result
     assert result["ms_by_kind"].get("matrix multiplies (with fused epilogues)", 0.0) > 0.0
     np.testing.assert_allclose(sum(result["ms_by_kind"].values()), result["op_ms"], rtol=1e-6)
     assert result["top_ops_ms"] and result["wall_seconds"] > 0
+
+
+def test_steady_epochs_continue_one_training_and_time_each_epoch():
+    starts, seen = [], []
+
+    def start():
+        starts.append(1)
+        return jnp.zeros(())
+
+    def epoch(carry, i):
+        seen.append((float(carry), i))
+        return carry + i + 1
+
+    timed = benchmark.SteadyEpochs(start, epoch)
+    seconds = [timed() for _ in range(3)]
+    assert starts == [1] and seen == [(0.0, 0), (1.0, 1), (3.0, 2)] and float(timed.carry) == 6.0
+    assert all(s >= 0 for s in seconds)

@@ -582,16 +582,24 @@ def test_conv_transpose_values_and_both_gradients_match_lax_conv_transpose(strid
     # ops.conv_transpose computes its kernel gradient as a strided convolution's weight gradient;
     # the reference is jax.vjp of lax.conv_transpose, over kernel sizes below, at and above the stride.
     dn = ("NHWC", "HWIO", "NHWC")
+
+    def reference(a, b):
+        return lax.conv_transpose(a, b, (stride, stride), padding, dimension_numbers=dn)
+
+    @jax.jit  # one program per shape (op-by-op dispatch would compile every primitive separately)
+    def values_and_gradients(x, kernel, key):
+        ref, ref_vjp = jax.vjp(reference, x, kernel)
+        out, out_vjp = jax.vjp(lambda a, b: ops.conv_transpose(a, b, stride, padding), x, kernel)
+        g = jax.random.normal(key, ref.shape)
+        return ref, out, ref_vjp(g), out_vjp(g)
+
     for k, (h, w) in [(1, (5, 6)), (2, (7, 7)), (3, (1, 4)), (4, (7, 5)), (5, (3, 3))]:
         kx, kk, kg = jax.random.split(jax.random.key(100 * k + 10 * stride + len(padding)), 3)
         x, kernel = jax.random.normal(kx, (2, h, w, 3)), jax.random.normal(kk, (k, k, 3, 4))
-        ref, ref_vjp = jax.vjp(lambda a, b: lax.conv_transpose(a, b, (stride, stride), padding, dimension_numbers=dn),
-                               x, kernel)
-        out, out_vjp = jax.vjp(lambda a, b: ops.conv_transpose(a, b, stride, padding), x, kernel)
-        g = jax.random.normal(kg, ref.shape)
+        ref, out, ref_grads, out_grads = values_and_gradients(x, kernel, kg)
         chex.assert_shape(out, ref.shape)
         np.testing.assert_allclose(out, ref, atol=1e-5)
-        for mine, theirs in zip(out_vjp(g), ref_vjp(g)):
+        for mine, theirs in zip(out_grads, ref_grads):
             np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="padding must be 'SAME' or 'VALID'"):
         ops.conv_transpose(x, kernel, 2, "CIRCULAR")

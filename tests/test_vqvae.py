@@ -26,10 +26,11 @@ def test_model_grid_and_shapes(image_shape, grid):
     params = vq.init_vqvae_params(model, jax.random.key(0))
     assert params["codebook"].shape == (10, 3)
     x = jnp.zeros((2, *image_shape))
-    logits, quantized = model.apply({"params": params}, x)
+    logits, quantized = jax.jit(model.apply)({"params": params}, x)
     assert logits.shape == (2, *image_shape) and quantized.indices.shape == (2, *grid)
     assert model.grid_shape == grid
-    decoded = model.apply({"params": params}, jnp.zeros((2, *grid), jnp.int32), method=model.decode_indices)
+    decoded = jax.jit(lambda p, i: model.apply(p, i, method=model.decode_indices))({"params": params},
+                                                                                  jnp.zeros((2, *grid), jnp.int32))
     assert decoded.shape == (2, *image_shape)
 
 
@@ -69,7 +70,7 @@ def test_codebook_gradient_only_in_grad_mode_and_only_on_used_codes(tmp_path, mn
     model, task = vq.vqvae_task(_config(tmp_path, codebook=mode), mnist_small.image_shape)
     params = task.init_params(jax.random.key(0))
     batch = {"x": jnp.asarray(mnist_small.x_train[:8])}
-    grads, (_, aux) = jax.grad(task.loss_fn, has_aux=True)(params, batch, jax.random.key(1), jnp.int32(0))
+    grads, (_, aux) = jax.jit(jax.grad(task.loss_fn, has_aux=True))(params, batch, jax.random.key(1), jnp.int32(0))
     used = np.unique(np.asarray(aux["indices"]))
     row_norms = np.abs(np.asarray(grads["codebook"])).sum(axis=1)
     if mode == "ema":
