@@ -19,9 +19,9 @@ Seed layouts (how R replicas run on one device):
     turn on its slice of the replica axis: replica k runs the very program a
     single-seed run with seed k compiles (the compilation cache shares it), so
     R seeds cost R one-seed epochs plus a split and a concatenation of the
-    state. (A ``lax.map`` over replicas inside one program was measured 8-24%
-    slower than that on a 2-core CPU; :func:`over_replicas` keeps it for the
-    streamed step.)
+    state. (A ``lax.map`` over replicas inside one program ran as fast in steady
+    state, timed side by side on a 2-core CPU, but compiles a program of its
+    own; :func:`over_replicas` keeps it for the streamed step.)
   * ``auto``: :func:`choose_seed_layout`'s rule.
 
 Epoch loops (how one epoch's steps run):
@@ -66,8 +66,8 @@ REPLICA_AXIS = "replica"
 DATA_AXIS = "data"
 # --seed-layout auto on CPU: batches at least this large run replicas in a loop, smaller ones vmapped.
 # Measured with the benchmark's seeds section on the 2-core development CPU (784-400-20 VAE), the loop
-# beat vmap at every size tried: batch 16, 8 seeds 3.85 s vs 6.26 s per epoch (32 seeds 17.1 s vs 26.6 s);
-# batch 128, 8 seeds 1.58 s vs 1.75 s (32 seeds 6.06 s vs 7.54 s). So on CPU the loop is always taken.
+# beat vmap at every size tried: batch 16, 8 seeds 3.17 s vs 6.73 s per epoch (32 seeds 11.7 s vs 28.6 s);
+# batch 128, 8 seeds 1.23 s vs 1.65 s (32 seeds 5.26 s vs 7.59 s). So on CPU the loop is always taken.
 CPU_LOOP_MIN_BATCH = 1
 
 

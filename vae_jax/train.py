@@ -111,10 +111,10 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     elementwise select. The guard is not free: the update must wait for the
     test over all gradients, and XLA:CPU runs a branch's elementwise ops
     without the thread partitioning it gives them in the loop body. On a
-    2-core CPU (``experiments.benchmark``, 784-400-20 VAE, two runs) it cost
-    8-11% of a batch-128 epoch and 13-18% of a batch-16 one; a select after the
-    update, and an Adam update gated elementwise without the cond, measured no
-    faster.
+    2-core CPU (``experiments.benchmark``, 784-400-20 VAE, two runs, against the
+    unguarded step) it cost about 4% of a batch-512 epoch, 11-15% of a
+    batch-128 one and 13-30% of a batch-16 one; a select after the update, and
+    an Adam update gated elementwise without the cond, measured no faster.
     ``state.step`` still advances, and
     ``state.skipped_steps``/``state.consecutive_skips`` count it. Once
     ``max_consecutive_skips`` steps in a row were skipped the state is frozen
