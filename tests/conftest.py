@@ -49,9 +49,18 @@ def _session_xla_cache(tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="session")
+def _session_arrays_cache(tmp_path_factory):
+    """One cache of parsed arrays for the whole session (never the user's): the embedded digits are parsed once
+    (seconds), not once per test or per training process a test starts."""
+    return tmp_path_factory.mktemp("arrays_cache")
+
+
 @pytest.fixture(autouse=True)
-def _private_probe_cache(tmp_path_factory, monkeypatch, _session_xla_cache):
-    """Each test remembers TFDS probe answers in its own cache folder, never the user's; compiled programs are shared."""
+def _private_probe_cache(tmp_path_factory, monkeypatch, _session_xla_cache, _session_arrays_cache):
+    """Each test remembers TFDS probe answers in its own cache folder, never the user's; compiled programs and
+    parsed arrays are shared."""
     folder = tmp_path_factory.mktemp("cache")
     (folder / "xla").symlink_to(_session_xla_cache, target_is_directory=True)
+    (folder / "arrays").symlink_to(_session_arrays_cache, target_is_directory=True)
     monkeypatch.setenv("VAE_JAX_CACHE_DIR", str(folder))
