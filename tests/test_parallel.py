@@ -171,7 +171,8 @@ MESH_SCRIPT = textwrap.dedent("""
                                progress=False, eval_batch_size=64, checkpoint_every=10, **kw)
     _, task = tasks.vae_task(config("x"), ds.image_shape)
     runs = {"one": config("one", seeds="0,1"), "data8": config("data8", devices="all"),
-            "seeds2x4": config("seeds2x4", devices="8", seeds="0,1")}
+            "seeds2x4": config("seeds2x4", devices="8", seeds="0,1"),
+            "loop1x2": config("loop1x2", devices="2", seeds="0,1", seed_layout="loop")}
     out = {"device_count": jax.device_count()}
     for name, cfg in runs.items():
         result = runner.train(cfg, task, ds)
@@ -187,7 +188,7 @@ MESH_SCRIPT = textwrap.dedent("""
 
 
 def test_eight_simulated_devices_match_one_device(tmp_path):
-    """Data parallel (1 x 8) and seeds x data (2 x 4) meshes train what one device trains."""
+    """Data parallel (1 x 8), seeds x data (2 x 4) and the seed loop over a 1 x 2 mesh train what one device trains."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"}
     proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(tmp_path)], env=env, capture_output=True,
@@ -198,9 +199,11 @@ def test_eight_simulated_devices_match_one_device(tmp_path):
     assert out["data8"]["summary"] == {"device_count": 8, "mesh": {"replica": 1, "data": 8}, "seed_layout": "single"}
     assert out["seeds2x4"]["summary"]["mesh"] == {"replica": 2, "data": 4}
     assert out["seeds2x4"]["summary"]["seed_layout"] == "vmap"
+    assert out["loop1x2"]["summary"] == {"device_count": 2, "mesh": {"replica": 1, "data": 2}, "seed_layout": "loop"}
     one = [np.asarray(a) for a in out["one"]["params"]]
-    for a, b in zip(one, out["seeds2x4"]["params"]):
+    for a, b, c in zip(one, out["seeds2x4"]["params"], out["loop1x2"]["params"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)  # one seed at a time, each batch split over 2
     for a, b in zip(one, out["data8"]["params"]):  # seed 0 is replica 0 of the two-seed run
         np.testing.assert_allclose(a[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
     assert "--batch-size 60 cannot be split evenly over 8 data shards" in out["error"]
