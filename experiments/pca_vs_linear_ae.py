@@ -1,7 +1,7 @@
 """A linear autoencoder trained by gradient descent against PCA with the same m components.
 
     python -m experiments.pca_vs_linear_ae --components 16 --epochs 300 --workdir runs/pca_vs_linear_ae
-    python -m experiments.pca_vs_linear_ae --components 10 --seeds 4       # 4 replicas in one program
+    python -m experiments.pca_vs_linear_ae --components 10 --seeds 4       # 4 replicas in one run
     python -m experiments.pca_vs_linear_ae --epochs 20 --workdir /tmp/pca-local  # smoke test
 
 The lecture's claim: a 1-layer encoder and decoder with no non-linearity have

@@ -1,7 +1,7 @@
 """Train the MLP VAE (default 784-400-20 on MNIST) and write metrics, checkpoints and figures.
 
     python -m experiments.vae --epochs 30 --latent-dim 20 --workdir runs/vae
-    python -m experiments.vae --seeds 8 --workdir runs/vae8        # 8 replicas in one program
+    python -m experiments.vae --seeds 8 --workdir runs/vae8        # 8 replicas in one run
     python -m experiments.vae --epochs 2 --workdir /tmp/vae-local  # smoke test
 
 Outputs in the workdir: config.json, metrics.jsonl, summary.json (with the
