@@ -199,11 +199,16 @@ class RunnerPath:
         state, keys = self.fresh()
         return state, self.data, keys.data, keys.sample, jnp.int32(0)
 
+    def steady(self, epoch_fn) -> SteadyEpochs:
+        """Epochs of ``epoch_fn`` (this path's signature) on this path's fresh state, data and keys, each continuing
+        the last (see :class:`SteadyEpochs`)."""
+        return SteadyEpochs(self.fresh, lambda carry, i: (epoch_fn(carry[0], self.data, carry[1].data,
+                                                                    carry[1].sample, jnp.int32(i))[0], carry[1]))
+
     @functools.cached_property
     def time_epoch(self) -> SteadyEpochs:
-        """Times one epoch of this path, continuing from the last (see :class:`SteadyEpochs`)."""
-        return SteadyEpochs(self.fresh, lambda carry, i: (self.epoch_fn(carry[0], self.data, carry[1].data,
-                                                                         carry[1].sample, jnp.int32(i))[0], carry[1]))
+        """Times one epoch of this path, continuing from the last."""
+        return self.steady(self.epoch_fn)
 
 
 class JaxVariants:
@@ -244,9 +249,7 @@ class JaxVariants:
 
     @functools.cached_property
     def time_vmapped_one_seed(self) -> SteadyEpochs:
-        vmapped = jax.jit(self.vmapped, donate_argnums=0)
-        return SteadyEpochs(self.runner.fresh, lambda carry, i: (vmapped(carry[0], self.data, carry[1].data,
-                                                                          carry[1].sample, jnp.int32(i))[0], carry[1]))
+        return self.runner.steady(jax.jit(self.vmapped, donate_argnums=0))
 
     @functools.cached_property
     def time_jit_step_loop(self) -> SteadyEpochs:

@@ -59,10 +59,15 @@ class VQVAEExperimentConfig(vq.VQVAEConfig):
             require(getattr(self, name) > 0, name, "a positive integer", getattr(self, name))
 
 
+def train_settings(config) -> dict:
+    """The experiment's shared training settings (every ``runner.TrainConfig`` field), for a stage's config."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(runner.TrainConfig)}
+
+
 def stage_configs(config: VQVAEExperimentConfig, workdir: str):
     """The VQ-VAE config of one option combination and its prior's (in ``workdir/prior``)."""
     vq_config = vq.VQVAEConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(vq.VQVAEConfig)})
-    common = {f.name: getattr(config, f.name) for f in dataclasses.fields(runner.TrainConfig)}
+    common = train_settings(config)
     prior_config = prior_lib.PriorConfig(**{**common, "binarize": "none", "seeds": "", "epochs": config.prior_epochs,
                                             "checkpoint_every": 5, "keep_checkpoints": 1,
                                             "batch_size": config.prior_batch_size, "channels": config.prior_channels,
@@ -72,7 +77,7 @@ def stage_configs(config: VQVAEExperimentConfig, workdir: str):
 
 def vae_baseline_config(config) -> tasks.VAEConfig:
     """The MLP VAE trained for ``--vae-epochs`` (in ``workdir/vae_baseline``) to compare samples with."""
-    common = {f.name: getattr(config, f.name) for f in dataclasses.fields(runner.TrainConfig)}
+    common = train_settings(config)
     return tasks.VAEConfig(**{**common, "seeds": "", "epochs": config.vae_epochs, "checkpoint_every": 5,
                               "keep_checkpoints": 1, "workdir": os.path.join(config.workdir, "vae_baseline")})
 

@@ -275,8 +275,9 @@ def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan, epoch_
     ``epoch_loop`` ``scan``: one jitted program; ``steps``: a Python loop over
     a jitted step of the R replicas (see the module docstring). Under the
     ``loop`` seed layout, the one-seed program runs for each replica in turn.
-    The state is donated (under ``loop``, each replica's slice). On a mesh, each step's batch is constrained to be split along
-    ``data`` and everything with a replica axis along ``replica``.
+    The state is donated (under ``loop``, each replica's slice). On a mesh,
+    each step's batch is constrained to be split along ``data`` and
+    everything with a replica axis along ``replica``.
     """
     if plan.seed_layout == "loop":
         one = make_epoch_program(train_step, batch_size, _one_replica(plan), epoch_loop)
