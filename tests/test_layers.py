@@ -194,3 +194,37 @@ def test_conv_transpose_layer_is_flax_conv_transpose_with_the_same_parameters(pa
     np.testing.assert_allclose(mine.apply(params, x), theirs.apply(params, x), atol=1e-5)
     grads = [jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (mine, theirs)]
     chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding,strides", [("SAME", 2), ("VALID", 1), ("SAME", (1, 2))])
+def test_conv_layer_is_flax_conv_with_the_same_parameters_and_program(padding, strides):
+    x = jax.random.normal(jax.random.key(0), (3, 9, 8, 5))
+    theirs = nn.Conv(4, (4, 3), strides=strides, padding=padding)
+    mine = layers.Conv(4, (4, 3), strides=strides, padding=padding)
+    params = theirs.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal(mine.init(jax.random.key(1), x), params)  # same names, shapes and initial values
+    params = jax.tree_util.tree_map(lambda a: a + 0.1, params)  # a non-zero bias too
+    # The same XLA convolution and bias add: bit-identical values and gradients.
+    np.testing.assert_array_equal(mine.apply(params, x), theirs.apply(params, x))
+    grads = [jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (mine, theirs)]
+    chex.assert_trees_all_equal(grads[0], grads[1])
+
+
+def test_add_bias_sums_a_bfloat16_bias_gradient_in_float32():
+    # 64 x 28 x 28 positions, like a decoder's last layer at batch 64; reference: the float64 sum of the
+    # cotangent, the closed-form gradient of <cotangent, y + b> with respect to b.
+    y = jax.random.normal(jax.random.key(0), (64, 28, 28, 2)).astype(jnp.bfloat16)
+    cotangent = jax.random.uniform(jax.random.key(1), y.shape, minval=0.0, maxval=0.01).astype(jnp.bfloat16)
+    bias = jnp.zeros((2,), jnp.bfloat16)
+    expected = np.asarray(cotangent, np.float64).sum(axis=(0, 1, 2))  # about 250 per channel
+
+    def gradient(add):
+        return jax.jit(jax.grad(lambda b: jnp.vdot(add(y, b).astype(jnp.float32), cotangent.astype(jnp.float32))))(bias)
+
+    ours = gradient(layers.add_bias)
+    assert ours.dtype == jnp.bfloat16 and layers.add_bias(y, bias).dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(ours, np.float64), expected, rtol=2 ** -8)  # one bfloat16 rounding
+    plain = np.asarray(gradient(lambda a, b: a + b), np.float64)  # summed in bfloat16: stalls far below
+    assert np.all(plain < 0.5 * expected), (plain, expected)
+    y32 = y.astype(jnp.float32)
+    np.testing.assert_array_equal(layers.add_bias(y32, bias.astype(jnp.float32) + 1), y32 + 1)

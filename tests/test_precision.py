@@ -7,7 +7,6 @@ import optax
 import pytest
 
 from vae_jax import precision, tasks, train
-from vae_jax.cli import ConfigError
 from vae_jax.tasks import conv_vae, cvae, hvae
 
 
@@ -47,17 +46,23 @@ def test_f32_leaves_the_model_alone():
 
 FAMILY_TASKS = {
     "vae": lambda p, shape: tasks.vae_task(tasks.VAEConfig(latent_dim=8, hidden=(64,), precision=p), shape)[1],
+    # one learned variance broadcast over every pixel: its gradient sums B x H x W terms
+    "vae-shared-variance": lambda p, shape: tasks.vae_task(tasks.VAEConfig(
+        latent_dim=8, hidden=(64,), likelihood="gaussian_shared_var", precision=p), shape)[1],
     "cvae": lambda p, shape: cvae.cvae_task(cvae.CVAEConfig(latent_dim=4, hidden=(32,), num_classes=10, precision=p), shape)[1],
     "hvae": lambda p, shape: hvae.hvae_task(hvae.HVAEConfig(latent_dim=4, top_latent_dim=2, hidden=(32,),
                                                             top_hidden=(16,), precision=p), shape)[1],
+    # convolution biases, each added at every position of B x H x W
+    "conv_vae": lambda p, shape: conv_vae.conv_vae_task(conv_vae.ConvVAEConfig(
+        latent_dim=4, channels=(8, 16), hidden=0, precision=p), shape)[1],
 }
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_TASKS))
-def test_every_mlp_vae_family_computes_in_bf16_and_matches_its_float32_loss(mnist_small, family):
+def test_every_vae_family_computes_in_bf16_and_matches_its_float32_loss_and_gradients(mnist_small, family):
     f32, bf16 = (FAMILY_TASKS[family](p, mnist_small.image_shape) for p in ("f32", "bf16"))
     params = f32.init_params(jax.random.key(0))
-    batch = {"x": jnp.asarray(mnist_small.x_train[:32]), "y": jnp.asarray(mnist_small.y_train[:32])}
+    batch = {"x": jnp.asarray(mnist_small.x_train[:64]), "y": jnp.asarray(mnist_small.y_train[:64])}
     key, step = jax.random.key(1), jnp.int32(0)
     jaxpr = jax.make_jaxpr(lambda p: bf16.loss_fn(p, batch, key, step))(params)
     heavy = [e for e in jaxpr.eqns if e.primitive.name in ("dot_general", "conv_general_dilated")]
@@ -66,15 +71,14 @@ def test_every_mlp_vae_family_computes_in_bf16_and_matches_its_float32_loss(mnis
     (loss32, _), grads32 = jax.jit(jax.value_and_grad(f32.loss_fn, has_aux=True))(params, batch, key, step)
     assert loss16.dtype == jnp.float32 and all(v.dtype == jnp.float32 for v in metrics16.values())
     np.testing.assert_allclose(float(loss16), float(loss32), rtol=0.01)  # bf16 rounds to ~0.4% relative
-    flat16, flat32 = (np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(t)]) for t in (grads16, grads32))
-    assert flat16.dtype == np.float32
-    cosine = flat16 @ flat32 / np.linalg.norm(flat16) / np.linalg.norm(flat32)
-    assert cosine > 0.99, cosine
+    # Every parameter's gradient, not just their concatenation: a bias or a shared variance whose gradient
+    # were summed in bfloat16 over B x H x W terms would stall at a few percent of its float32 value while
+    # the big kernels kept the overall cosine near 1 (measured: 97-99% off). With float32 sums, measured at
+    # most 11% per leaf (the HVAE's encoder, the conv VAE's first convolution: behind every rounded layer).
+    for (path, g32), g16 in zip(jax.tree_util.tree_leaves_with_path(grads32), jax.tree_util.tree_leaves(grads16)):
+        assert g16.dtype == jnp.float32
+        error = np.linalg.norm(np.asarray(g16) - np.asarray(g32)) / np.linalg.norm(np.asarray(g32))
+        assert error < 0.2, (jax.tree_util.keystr(path), error)
     # Evaluation stays float32: the same eval values from both tasks.
     np.testing.assert_array_equal(np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)["neg_elbo"]),
                                   np.asarray(jax.jit(f32.eval_fn)(params, batch, key)["neg_elbo"]))
-
-
-def test_the_convolutional_vae_refuses_bf16_naming_the_flag():
-    with pytest.raises(ConfigError, match="--precision must be f32 for the convolutional VAE"):
-        conv_vae.ConvVAEConfig(precision="bf16").validate()

@@ -11,6 +11,13 @@ Micikevicius et al. 2018, "Mixed Precision Training"). bfloat16 keeps float32's
 exponent range, so no loss scaling is needed. Evaluation and figures use the
 unwrapped float32 model.
 
+One sum needs float32 on purpose: a bias's gradient adds up the output's
+gradient over every position the bias was added at (B x H x W for a
+convolution, every pixel for a shared decoder variance), and summed in
+bfloat16 it stalls after a few hundred terms. The models add their biases and
+shared variances in float32 (:func:`vae_jax.models.layers.add_bias`), which
+makes those sums float32.
+
 On CPU bfloat16 is emulated and usually slower: the option exists for GPUs
 and TPUs, and is tested on CPU for agreement with float32.
 """

@@ -10,9 +10,12 @@ convolutions that double it back to the image; the last one outputs the
 likelihood's channels (logits or mean logits, plus log-variances for a
 learned per-pixel variance). p(z) = N(0, I).
 
-The layers are ``flax.linen.Conv``/``ConvTranspose`` (XLA's convolutions);
-``vae_jax.models.layers`` writes the same operations from their definitions,
-which is clearer but too slow and memory-hungry for 128x128 images.
+The layers are ``vae_jax.models.layers.Conv``/``ConvTranspose``: XLA's
+convolutions with ``flax.linen.Conv``/``ConvTranspose``'s parameters, whose
+bias gradients stay float32 under ``--precision bf16``.
+``vae_jax.models.layers.Conv2d``/``ConvTranspose2d`` write the same operations
+from their definitions, which is clearer but too slow and memory-hungry for
+128x128 images.
 
 The lecture's face model (``7.2.Conv_VAE``): 128x128x3 images, an encoder to a
 1024-vector, ``fc1``/``fc2`` 1024 -> 64 for the mean and log-variance, ``fc3``
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
-from vae_jax.models.layers import ConvTranspose
+from vae_jax.models.layers import Conv, ConvTranspose
 from vae_jax.models.vae import SharedLogVariance
 
 # The lecture's 128x128x3 face model: 128 -> 64 -> 32 -> 16 -> 8 -> 4 -> 2 spatially.
@@ -60,7 +63,7 @@ class ConvEncoder(nn.Module):
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = x
         for i, c in enumerate(self.channels):
-            h = nn.relu(nn.Conv(c, (self.kernel_size, self.kernel_size), strides=2, padding="SAME",
+            h = nn.relu(Conv(c, (self.kernel_size, self.kernel_size), strides=2, padding="SAME",
                                 name=f"conv_{i}")(h))
         h = h.reshape(h.shape[0], -1)  # [B, h * w * c]: the flat vector (1024 for the faces preset)
         if self.hidden:

@@ -75,12 +75,6 @@ class ConvVAEConfig(VAEObjectiveConfig):
                 "comma-separated positive channel counts like 16,32", ",".join(map(str, self.channels)))
         require(self.hidden >= 0, "hidden", "a non-negative width (0: no hidden layer)", self.hidden)
         require(self.kernel_size >= 2, "kernel_size", "an integer >= 2", self.kernel_size)
-        # JAX sums a bias's gradient in the bias's dtype. A convolution bias is shared by every position of
-        # B x H x W, and that many bfloat16 additions lose it: on CPU the last transposed convolution's bias
-        # gradient came out 8 instead of 275 (the MLP families' biases, summed over the batch only, keep
-        # their float32 gradients to 1%). So the convolutional VAE trains in float32 only.
-        require(self.precision == "f32", "precision", "f32 for the convolutional VAE (its convolution biases' "
-                "gradients would be summed in bfloat16 over every pixel position)", self.precision)
         if self.preset == "faces128":
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
             for name, value in FACES128_FLAGS.items():
