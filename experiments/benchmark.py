@@ -12,15 +12,17 @@ once, in turn, so machine noise hits all alike; the median over repeats is
 reported (the JSON also keeps the minimum and every time). Sections:
 
   epoch    per-epoch seconds at each batch size of: ``runner_path``, the very
-           program ``runner.train`` (so ``experiments.vae``) compiles for one
-           seed (``vae_jax.parallel.make_epoch_program``, its seed layout is
-           reported); ``minimal_scan_loop``, a ~100-line flax + optax
-           ``lax.scan`` loop written here from scratch;
+           epoch ``runner.train`` (so ``experiments.vae``) runs for one seed
+           (``runner.make_epoch``: the unguarded program of
+           ``vae_jax.parallel.make_epoch_program`` with the state copy and the
+           end-of-epoch finiteness check of ``vae_jax.train.ReplayOnFault``;
+           its seed layout is reported); ``minimal_scan_loop``, a ~100-line
+           flax + optax ``lax.scan`` loop written here from scratch;
            ``runner_path_unguarded``, the runner path with
-           ``--max-consecutive-skips 0`` (no step-level NaN/inf guard, which
-           the minimal loop lacks too); ``vmapped_one_seed``,
-           the vmapped replicated epoch with R = 1; ``jit_step_loop``, the
-           jitted step called from Python; ``torch_eager`` when ``torch`` is
+           ``--max-consecutive-skips 0`` (no fault protection at all, which
+           the minimal loop lacks too); ``vmapped_one_seed``, the vmapped
+           replicated epoch with R = 1; ``jit_step_loop``, the jitted step
+           called from Python; ``torch_eager`` when ``torch`` is
            importable (``pip install -e ".[bench]"``). Achieved GFLOP/s counts
            the model's matrix multiplies and is set beside a plain float32
            matrix-multiply rate measured in the same run.
@@ -180,13 +182,15 @@ class RunnerPath:
         self.seeds = config.seed_list()
         self.plan = parallel.make_plan(len(self.seeds), config.batch_size, config.devices,
                                        seed_layout or config.seed_layout)
-        self.train_step = train.make_train_step(self.task.loss_fn, self.optimizer, self.task.update_fn,
-                                                config.max_consecutive_skips)  # guarded, as runner.train's
         self.epoch_loop = parallel.choose_epoch_loop(
             epoch_loop or config.epoch_loop, jax.devices()[0].platform,
             lambda: runner.loss_has_convolution(self.task.loss_fn, jax.eval_shape(lambda: self.fresh()[0]), x, None,
                                                 config.batch_size))
-        self.epoch_fn = parallel.make_epoch_program(self.train_step, config.batch_size, self.plan, self.epoch_loop)
+        # runner.train's epoch: with the guard on, the unguarded program, replayed with the guard after a fault
+        self.epoch_fn = runner.make_epoch(self.task, self.optimizer, config, self.plan, self.epoch_loop)
+        # the program that runs each epoch (the fault-free one)
+        self.program = getattr(self.epoch_fn, "fast", self.epoch_fn)
+        self.train_step = train.make_train_step(self.task.loss_fn, self.optimizer, self.task.update_fn)  # its step
         self.data = self.plan.place_shared(runner.device_data(x, None))
 
     def fresh(self):
@@ -229,7 +233,7 @@ class JaxVariants:
 
     @functools.cached_property
     def unguarded(self) -> RunnerPath:
-        """The same path without the step-level NaN/inf guard (``--max-consecutive-skips 0``): the guard's cost."""
+        """The same path without fault protection (``--max-consecutive-skips 0``): what the protection costs."""
         return RunnerPath(self.pixels, tasks.VAEConfig(batch_size=self.batch_size, max_consecutive_skips=0))
 
     def time_runner_path_unguarded(self) -> float:
@@ -586,7 +590,7 @@ def profile_epoch(fn, name: str, opcodes: dict[str, set[str]]) -> dict:
 def profile_section(x: np.ndarray, pixels: np.ndarray, batch_size: int) -> dict:
     """Where one epoch's time goes, by XLA's own op timings: the runner path beside the minimal scan loop."""
     jv = JaxVariants(x, pixels, batch_size)
-    runner_hlo = jv.runner.epoch_fn.lower(*jv.runner.epoch_args()).compile().as_text()
+    runner_hlo = jv.runner.program.lower(*jv.runner.epoch_args()).compile().as_text()
     minimal_hlo = jv.minimal_epoch.lower(*jv.minimal_args()).compile().as_text()
     result = {"batch_size": batch_size,
               "runner_path": profile_epoch(jv.time_runner_path, "runner_path", hlo_opcodes(runner_hlo)),

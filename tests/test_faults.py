@@ -81,7 +81,7 @@ def assert_same_leaves(a: list[np.ndarray], b: list[np.ndarray]) -> None:
 # --- non-finite steps ----------------------------------------------------------------------
 
 
-def test_nan_batches_are_skipped_and_the_rest_matches_a_plain_optax_loop(tmp_path):
+def test_nan_batches_are_skipped_and_the_rest_matches_a_plain_optax_loop(tmp_path, capsys):
     x = np.random.default_rng(0).normal(size=(32, 2, 2, 1)).astype(np.float32)
     x[5, 0, 1, 0] = np.nan  # example 5 poisons the one batch per epoch that holds it
     ds = runner.data_lib.Dataset(x, None, x[:4], None, "with a NaN")
@@ -108,6 +108,50 @@ def test_nan_batches_are_skipped_and_the_rest_matches_a_plain_optax_loop(tmp_pat
     assert [line["train_skipped_steps"] for line in result.history] == [1.0, 1.0, 1.0]
     assert int(result.state.skipped_steps[0]) == 3 and int(result.state.step[0]) == 12
     assert all(np.isfinite(line["train_loss"]) for line in result.history)  # the mean over applied steps
+    # Each epoch ran unguarded first, left a NaN in Adam's state, and was run again with the guard.
+    assert capsys.readouterr().err.count("the epoch was run again with the step guard") == 3
+
+
+def _guarded_and_fast_epochs(task, optimizer, batch_size):
+    return [jax.jit(train.make_epoch_fn(train.make_train_step(task.loss_fn, optimizer, max_consecutive_skips=skips),
+                                        batch_size), donate_argnums=0) for skips in (5, 0)]
+
+
+@pytest.mark.parametrize("poison", [None, np.nan, np.inf, 1e34])
+def test_replay_on_fault_returns_the_guarded_epoch_bit_for_bit(poison):
+    x = np.random.default_rng(2).normal(size=(24, 2, 2, 1)).astype(np.float32)
+    if poison is not None:
+        x[7, 1, 0, 0] = poison  # 1e34: finite, but its gradient's square overflows (and so would their sum)
+    data, task, optimizer, keys = {"x": jnp.asarray(x)}, mean_task(), optax.adam(0.05), train.run_keys(0)
+    guarded, fast = _guarded_and_fast_epochs(task, optimizer, 4)
+    replay = train.ReplayOnFault(fast, guarded)
+
+    def fresh():
+        return train.init_train_state(task.init_params(keys.init), optimizer)
+
+    state, expected = fresh(), fresh()
+    for epoch in range(2):
+        state, metrics = replay(state, data, keys.data, keys.sample, jnp.int32(epoch))
+        expected, expected_metrics = guarded(expected, data, keys.data, keys.sample, jnp.int32(epoch))
+        assert_same_leaves([np.asarray(a) for a in jax.tree_util.tree_leaves((state, metrics))],
+                           [np.asarray(a) for a in jax.tree_util.tree_leaves((expected, expected_metrics))])
+    assert replay.replays == (0 if poison is None else 2)
+    assert int(state.skipped_steps) == (0 if poison is None else 2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e20])
+def test_a_gradient_the_guard_would_skip_stays_in_adams_state(bad):
+    # Why ReplayOnFault may check only the epoch's end: one such gradient element, then many finite steps,
+    # and Adam's state is still not finite (1e20: finite, but its square overflows float32, as any element
+    # of gradients whose float32 sum overflows must for models under 10^19 parameters).
+    optimizer = optax.adam(1e-3)
+    params = {"w": jnp.ones((3,))}
+    opt_state = optimizer.init(params)
+    grads = [jnp.asarray([0.1, bad, -0.2], jnp.float32)] + [jnp.asarray([0.1, 0.3, -0.2], jnp.float32)] * 50
+    for g in grads:
+        updates, opt_state = optimizer.update({"w": g}, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    assert not bool(train.finite_sum((params, opt_state)))
 
 
 def test_scan_and_loop_epochs_agree_when_steps_are_skipped():

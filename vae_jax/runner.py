@@ -233,6 +233,28 @@ class WorkdirPlan:
     nothing_to_train: bool
 
 
+def make_epoch(task: Task, optimizer: optax.GradientTransformation, config: TrainConfig, layout: parallel.Plan,
+               epoch_loop: str, host_arrays: dict | None = None) -> Callable:
+    """The epoch function :func:`train` calls: ``(state[R], data, data_keys[R], sample_keys[R], epoch)
+    -> (state[R], metrics[R])``, streamed from ``host_arrays`` when given (:mod:`vae_jax.streaming`), else
+    the device-resident program of :func:`vae_jax.parallel.make_epoch_program`.
+
+    With ``--max-consecutive-skips`` > 0 it is a :class:`vae_jax.train.ReplayOnFault`: the unguarded
+    epoch, run again with the step guard only when a non-finite step left its mark (the guarded program
+    compiles only then).
+    """
+
+    def build(max_consecutive_skips: int) -> Callable:
+        step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn, max_consecutive_skips)
+        if host_arrays is not None:
+            return streaming.make_stream_epoch(step, config.batch_size, layout, host_arrays)
+        return parallel.make_epoch_program(step, config.batch_size, layout, epoch_loop)
+
+    if not config.max_consecutive_skips:
+        return build(0)
+    return train_lib.ReplayOnFault(build(0), build(config.max_consecutive_skips))
+
+
 def checkpoint_epochs(workdir: str) -> list[int]:
     """Epochs of the finished checkpoints in ``WORKDIR/checkpoints`` (read from disk; creates nothing)."""
     directory = os.path.join(workdir, "checkpoints")
@@ -519,7 +541,6 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     stream = streaming.should_stream(config.stream, dataset.train_pixels.nbytes)  # host-side batches: vae_jax.streaming
     train_data = None if stream else device_data(dataset.train_pixels, dataset.y_train)
     test_data = device_data(dataset.test_pixels, dataset.y_test)
-    train_step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn, config.max_consecutive_skips)
     # Devices and seed layout: vae_jax.parallel compiles the epoch and evaluation for them.
     layout = parallel.make_plan(len(seeds), config.batch_size, config.devices, config.seed_layout)
     state, keys = layout.place_replicated(state), layout.place_replicated(keys)
@@ -527,10 +548,10 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     epoch_loop = parallel.choose_epoch_loop(config.epoch_loop, jax.devices()[0].platform,
                                             lambda: loss_has_convolution(task.loss_fn, state, dataset.train_pixels,
                                                                          dataset.y_train, config.batch_size))
-    epoch_fn = parallel.make_epoch_program(train_step, config.batch_size, layout, epoch_loop)
+    host_arrays = None
     if stream:
         host_arrays = {"x": dataset.train_pixels, **({} if dataset.y_train is None else {"y": dataset.y_train})}
-        epoch_fn = streaming.make_stream_epoch(train_step, config.batch_size, layout, host_arrays)
+    epoch_fn = make_epoch(task, optimizer, config, layout, epoch_loop, host_arrays)
     eval_fn = parallel.make_eval_program(task.eval_fn, config.eval_batch_size, layout)
     steps_per_epoch = dataset.num_train // config.batch_size
 
@@ -553,9 +574,13 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     )
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
+        replays = getattr(epoch_fn, "replays", 0)
         state, train_metrics = epoch_fn(state, train_data, keys.data, keys.sample, jnp.int32(epoch))
         train_metrics = distributed.to_host(train_metrics)  # waits for the epoch
         seconds = time.perf_counter() - t0
+        if getattr(epoch_fn, "replays", 0) > replays and distributed.is_main_process():
+            tqdm.write(f"epoch {epoch + 1}: a non-finite loss or gradient; the epoch was run again with the step "
+                       "guard", file=sys.stderr)
         train_seconds += seconds
         train_loss = np.asarray(train_metrics["loss"])
         skip_stop = faults.skip_limit_message(state, config.max_consecutive_skips, seeds, epoch + 1)

@@ -17,7 +17,10 @@ A step whose loss or gradients are not finite is skipped inside the compiled
 step (params, optimizer and model state unchanged; the step counter still
 advances, so the next step draws fresh randomness); the state counts skipped
 steps and the current run of consecutive ones, so the driver can stop a run
-that keeps producing them (see :func:`make_train_step`).
+that keeps producing them (see :func:`make_train_step`). :class:`ReplayOnFault`
+gets the guard's results without paying for it on every step: it runs each
+epoch unguarded and runs it again with the guard only when a fault left its
+mark.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vae_jax import distributed
 from vae_jax.data import batch_to_float
 
 
@@ -168,6 +172,56 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         return new_state, {**metrics, "skipped": skipped.astype(jnp.float32)}
 
     return jax.jit(train_step, donate_argnums=0)
+
+
+class ReplayOnFault:
+    """An epoch function with the step guard's results at the speed of the unguarded epoch.
+
+    ``fast`` and ``guarded`` are the same epoch program (signature
+    ``(state, *args) -> (state, metrics)``, state donated) built on the train
+    step without and with the guard (:func:`make_train_step` with
+    ``max_consecutive_skips`` 0 and > 0). The guard's test is a second pass over
+    every gradient that the update must wait for: 10-20% of an epoch of the
+    784-400-20 VAE at batch 16-128 on a 2-core CPU. So each call keeps a copy of
+    the state, runs ``fast``, and checks once, at the end, that the epoch's
+    mean ``loss`` and every float in the new state are finite
+    (:func:`finite_sum`); only if not does it run ``guarded`` from the copy
+    and return that.
+
+    This is exactly a guarded run for an optimizer whose state keeps a
+    non-finite gradient, as Adam's does: the guard skips a step when its loss
+    or the sum of its gradients is not finite. A non-finite loss makes the
+    epoch's mean loss non-finite; a NaN or infinite gradient element puts
+    NaN or inf into Adam's second moment ``nu <- b2 nu + (1 - b2) g^2``, where
+    it stays; and finite gradients whose float32 sum overflows (3.4e38) hold
+    an element above 3.4e38 / N > 1.8e19 for any model of N < 10^19
+    parameters, whose square overflows ``nu`` to inf. Without such a step the
+    two programs compute the same values (bit-identical on CPU, tested).
+    Costs: one copy of the state per epoch (held while the epoch runs) and a
+    device-to-host read of one boolean; an epoch with a fault runs twice.
+    """
+
+    def __init__(self, fast: Callable, guarded: Callable):
+        self.fast, self.guarded = fast, guarded
+        self.replays = 0  # epochs that were run again with the guard
+
+    def __call__(self, state: TrainState, *args):
+        backup = _copy(state)
+        new_state, metrics = self.fast(state, *args)
+        if bool(distributed.to_host(_epoch_finite(new_state, metrics["loss"]))):
+            return new_state, metrics
+        self.replays += 1
+        return self.guarded(backup, *args)
+
+
+@jax.jit
+def _copy(tree):
+    return jax.tree_util.tree_map(jnp.copy, tree)
+
+
+@jax.jit
+def _epoch_finite(state: TrainState, loss: jax.Array) -> jax.Array:
+    return finite_sum((loss, state.params, state.opt_state, state.model_state))
 
 
 def epoch_batches(data_key: jax.Array, epoch: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
