@@ -30,7 +30,7 @@ reported (the JSON also keeps the minimum and every time). Sections:
            ``--conv-batch-size``: its runner path with the epoch loop
            ``--epoch-loop auto`` picks (``steps`` on CPU), the scan-fused
            epoch, and the same network in PyTorch eager.
-  profile  one epoch of the runner path and of the minimal loop at
+  profile  three epochs of the runner path and of the minimal loop at
            ``--profile-batch-size`` under ``jax.profiler.trace``: XLA's own
            time per executed op (own time, nested ops subtracted), grouped by
            kind (matrix multiplies, fused elementwise, fused reductions, copies
@@ -554,16 +554,16 @@ def op_self_times(trace_events: list[dict]) -> dict[str, dict[str, float]]:
     return totals
 
 
-def profile_epoch(fn, name: str, opcodes: dict[str, set[str]]) -> dict:
-    """One call of ``fn`` (an epoch) under XLA's profiler: op time by kind (``opcodes`` of its compiled module,
-    :func:`hlo_opcodes`) and the top ops."""
+def profile_epoch(fn, name: str, opcodes: dict[str, set[str]], epochs: int = 3) -> dict:
+    """``epochs`` calls of ``fn`` (an epoch) under XLA's profiler, per epoch: op time by kind (``opcodes`` of its
+    compiled module, :func:`hlo_opcodes`) and the top ops; the wall time is the median epoch's."""
     import glob
     import gzip
 
     fn()
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
-            seconds = fn()
+            seconds = statistics.median(fn() for _ in range(epochs))
         paths = glob.glob(os.path.join(tmp, "**", "perfetto_trace.json.gz"), recursive=True)
         if not paths:
             return {"error": "the profiler wrote no perfetto_trace.json.gz"}
@@ -573,7 +573,7 @@ def profile_epoch(fn, name: str, opcodes: dict[str, set[str]]) -> dict:
     if not modules:
         return {"error": "the trace holds no XLA op events"}
     module = max(modules, key=lambda m: sum(modules[m].values()))  # the epoch program
-    ops = modules[module]
+    ops = {op: us / epochs for op, us in modules[module].items()}
     total = sum(ops.values())
     kinds: dict[str, float] = {}
     for op, us in ops.items():
@@ -709,7 +709,7 @@ def main(argv=None) -> dict:
     matmul = matmul_gflops()
     results = {"machine": machine(), "dataset": dataset.summary(), "matmul_gflops": matmul,
                "model_flops_per_example": model_flops_per_example(), "repeats": args.repeats,
-               "timed_runner_path": "vae_jax.parallel.make_epoch_program, the epoch runner.train (experiments.vae) runs"}
+               "timed_runner_path": "runner.make_epoch, the epoch runner.train (experiments.vae) runs"}
     if "epoch" in sections:
         results["epoch"] = epoch_section(x, pixels, batch_sizes, args.repeats, matmul)
     if "conv" in sections:

@@ -241,7 +241,11 @@ def make_epoch(task: Task, optimizer: optax.GradientTransformation, config: Trai
 
     With ``--max-consecutive-skips`` > 0 it is a :class:`vae_jax.train.ReplayOnFault`: the unguarded
     epoch, run again with the step guard only when a non-finite step left its mark (the guarded program
-    compiles only then).
+    compiles only then). Except for the ``steps`` epoch loop over resident data (what ``--epoch-loop auto``
+    picks for convolutional models on CPU), which keeps the guarded step: there XLA:CPU compiles the
+    guarded conv VAE step faster than the unguarded one (1.04-1.05 against 1.24-1.28 s per batch-128 epoch,
+    measured side by side; the unguarded program spends more time in its convolution fusions and in
+    transposes), so there every step keeps its guard.
     """
 
     def build(max_consecutive_skips: int) -> Callable:
@@ -252,6 +256,8 @@ def make_epoch(task: Task, optimizer: optax.GradientTransformation, config: Trai
 
     if not config.max_consecutive_skips:
         return build(0)
+    if epoch_loop == "steps" and host_arrays is None:
+        return build(config.max_consecutive_skips)
     return train_lib.ReplayOnFault(build(0), build(config.max_consecutive_skips))
 
 
