@@ -245,7 +245,9 @@ def make_epoch(task: Task, optimizer: optax.GradientTransformation, config: Trai
     picks for convolutional models on CPU), which keeps the guarded step: there XLA:CPU compiles the
     guarded conv VAE step faster than the unguarded one (1.04-1.05 against 1.24-1.28 s per batch-128 epoch,
     measured side by side; the unguarded program spends more time in its convolution fusions and in
-    transposes), so there every step keeps its guard.
+    transposes), so there every step keeps its guard. Multi-process runs (``--distributed``) keep it too:
+    the end-of-epoch check would add a cross-process reduction to every epoch, and nothing was measured
+    there to weigh against that.
     """
 
     def build(max_consecutive_skips: int) -> Callable:
@@ -256,7 +258,7 @@ def make_epoch(task: Task, optimizer: optax.GradientTransformation, config: Trai
 
     if not config.max_consecutive_skips:
         return build(0)
-    if epoch_loop == "steps" and host_arrays is None:
+    if (epoch_loop == "steps" and host_arrays is None) or jax.process_count() > 1:
         return build(config.max_consecutive_skips)
     return train_lib.ReplayOnFault(build(0), build(config.max_consecutive_skips))
 
