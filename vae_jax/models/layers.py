@@ -156,7 +156,31 @@ class ConvTranspose2d(nn.Module):
         return _drop_batch(y, added)
 
 
-class Conv(nn.Module):
+class _XlaConvLayer(nn.Module):
+    """The attributes, parameters and bias of a ``flax.linen`` convolution layer (the bias added by
+    :func:`add_bias`); a subclass's ``convolve(x, kernel)`` is the convolution itself."""
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: IntOrPair = 1
+    padding: str = "SAME"
+    use_bias: bool = True
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
+        y = self.convolve(x, kernel.astype(x.dtype))
+        if self.use_bias:
+            y = add_bias(y, self.param("bias", self.bias_init, (self.features,)))
+        return y
+
+
+class Conv(_XlaConvLayer):
     """``flax.linen.Conv`` for NHWC images and SAME/VALID padding, with its bias added by :func:`add_bias`.
 
     The same parameters (``kernel [kh, kw, C, O]``, ``bias [O]``), initialisers,
@@ -168,25 +192,12 @@ class Conv(nn.Module):
     Call: ``x [N, H, W, C] -> [N, oh, ow, O]`` (``oh = ceil(H / sh)`` for SAME).
     """
 
-    features: int
-    kernel_size: Sequence[int]
-    strides: IntOrPair = 1
-    padding: str = "SAME"
-    use_bias: bool = True
-    kernel_init: Initializer = nn.initializers.lecun_normal()
-    bias_init: Initializer = nn.initializers.zeros_init()
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
-        y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), _pair(self.strides), self.padding,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        if self.use_bias:
-            y = add_bias(y, self.param("bias", self.bias_init, (self.features,)))
-        return y
+    def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return jax.lax.conv_general_dilated(x, kernel, _pair(self.strides), self.padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-class ConvTranspose(nn.Module):
+class ConvTranspose(_XlaConvLayer):
     """``flax.linen.ConvTranspose`` for SAME/VALID padding, on :func:`vae_jax.ops.conv_transpose`.
 
     The same parameters (``kernel [kh, kw, C, O]``, ``bias [O]``), initialisers
@@ -200,21 +211,8 @@ class ConvTranspose(nn.Module):
     Call: ``x [N, H, W, C] -> [N, oh, ow, O]`` (``oh = H * sh`` for SAME).
     """
 
-    features: int
-    kernel_size: Sequence[int]
-    strides: Sequence[int] = (1, 1)
-    padding: str = "SAME"
-    use_bias: bool = True
-    kernel_init: Initializer = nn.initializers.lecun_normal()
-    bias_init: Initializer = nn.initializers.zeros_init()
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
-        y = ops.conv_transpose(x, kernel.astype(x.dtype), tuple(self.strides), self.padding)
-        if self.use_bias:
-            y = add_bias(y, self.param("bias", self.bias_init, (self.features,)))
-        return y
+    def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return ops.conv_transpose(x, kernel, _pair(self.strides), self.padding)
 
 
 class MaxPoolWithIndices(nn.Module):
