@@ -131,12 +131,15 @@ def collapse_diagnostics(posterior_means: np.ndarray, posterior_logvars: np.ndar
     }
 
 
+def _posterior_moments(model, params, x):
+    return jnp.concatenate(model.apply({"params": params}, x, method=model.encode), -1)
+
+
 def encode_posteriors(model, params, x: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """(means, logvars) ``[N, D]`` each of a model with ``encode(x) -> (mean, logvar)`` (MLP and conv VAEs)."""
     from vae_jax.tasks.common import apply_in_batches
 
-    encode = lambda xb: jnp.concatenate(model.apply({"params": params}, xb, method=model.encode), -1)  # noqa: E731
-    both = apply_in_batches(encode, x, batch_size)
+    both = apply_in_batches(_posterior_moments, model, params, x, batch_size=batch_size)
     d = both.shape[1] // 2
     return both[:, :d], both[:, d:]
 

@@ -75,9 +75,13 @@ def encode(kind: str, model, params, x: np.ndarray) -> np.ndarray:
     return tasks.ae_encode(model, params, x) if kind == "ae" else tasks.encode_means(model, params, x)
 
 
+def _decode_logits(model, params, z):
+    return model.apply({"params": params}, z, method=model.decode)
+
+
 def decode_logits(model, params, z: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Decoder logits ``[N, H, W, C]`` of codes ``[N, D]`` (both models' ``decode`` returns logits)."""
-    return tasks.apply_in_batches(lambda zb: model.apply({"params": params}, zb, method=model.decode), z, batch_size)
+    return tasks.apply_in_batches(_decode_logits, model, params, np.asarray(z, np.float32), batch_size=batch_size)
 
 
 def decode_images(model, params, z: np.ndarray) -> np.ndarray:

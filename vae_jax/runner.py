@@ -191,8 +191,11 @@ class TrainResult:
     summary: dict[str, Any]
 
     def params(self, replica: int = 0):
-        """The params of one replica (a plain pytree)."""
-        return jax.tree_util.tree_map(lambda a: a[replica], self.state.params)
+        """The params of one replica (a plain pytree of device arrays).
+
+        Sliced on the host: indexing each device array would compile a slicing program per leaf shape.
+        """
+        return jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a)[replica], self.state.params))
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:

@@ -220,18 +220,29 @@ def ae_task(config: AEConfig, image_shape) -> tuple[AutoEncoder, Task]:
 # --- autoencoder queries for figures (host arrays out) --------------------------------
 
 
+def _ae_code(model: AutoEncoder, params, x):
+    return model.apply({"params": params}, x, method=model.encode)
+
+
+def _ae_decode(model: AutoEncoder, params, z, output: str):
+    return decoder_image(output, model.apply({"params": params}, z, method=model.decode))
+
+
+def _ae_reconstruct(model: AutoEncoder, params, x, output: str):
+    return decoder_image(output, model.apply({"params": params}, x)[0])
+
+
 def ae_encode(model: AutoEncoder, params, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Codes z ``[N, D]`` of images ``[N, H, W, C]``."""
-    return apply_in_batches(lambda xb: model.apply({"params": params}, xb, method=model.encode), x, batch_size)
+    return apply_in_batches(_ae_code, model, params, x, batch_size=batch_size)
 
 
-def ae_decode(model: AutoEncoder, params, z: np.ndarray, output: str = "sigmoid") -> np.ndarray:
+def ae_decode(model: AutoEncoder, params, z: np.ndarray, output: str = "sigmoid", batch_size: int = 1000) -> np.ndarray:
     """Decoded images ``[N, H, W, C]`` of codes ``[N, D]`` (not for ``upsampling="unpool"``: see the model)."""
-    out = model.apply({"params": params}, jnp.asarray(z), method=model.decode)
-    return np.asarray(decoder_image(output, out))
+    return apply_in_batches(_ae_decode, model, params, np.asarray(z, np.float32), batch_size=batch_size, output=output)
 
 
 def ae_reconstruct(model: AutoEncoder, params, x: np.ndarray, output: str = "sigmoid",
                    batch_size: int = 1000) -> np.ndarray:
     """Reconstructions ``[N, H, W, C]`` of (possibly corrupted) inputs ``x``, all ways up included."""
-    return apply_in_batches(lambda xb: decoder_image(output, model.apply({"params": params}, xb)[0]), x, batch_size)
+    return apply_in_batches(_ae_reconstruct, model, params, x, batch_size=batch_size, output=output)

@@ -20,6 +20,7 @@ from vae_jax.cli import ConfigError, field, require
 from vae_jax.evaluate import VAEEvalParts
 from vae_jax.models.cvae import CVAE, init_params
 from vae_jax.runner import Task
+from vae_jax.tasks.common import apply_in_batches
 from vae_jax.tasks.vae import VAEObjectiveConfig
 
 
@@ -122,25 +123,29 @@ def cvae_eval_parts(model: CVAE, task: Task, config: CVAEConfig) -> VAEEvalParts
 # --- queries for figures (host arrays out) -------------------------------------------
 
 
+def _encode_mean(model: CVAE, params, x, y):
+    return model.apply({"params": params}, x, y, method=model.encode)[0]
+
+
+def _decode_mean(model: CVAE, params, z, y):
+    return objectives.decoder_mean(model.apply({"params": params}, z, y, method=model.decode), model.image_shape[-1])
+
+
 def encode_means(model: CVAE, params, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Posterior means ``[N, D]`` of q(z|x,y)."""
-    encode = jax.jit(lambda xb, yb: model.apply({"params": params}, xb, yb, method=model.encode)[0])
-    return np.concatenate([np.asarray(encode(jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size])))
-                           for i in range(0, len(x), batch_size)])
+    return apply_in_batches(_encode_mean, model, params, x, np.asarray(y, np.int32), batch_size=batch_size)
 
 
-def decode_means(model: CVAE, params, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+def decode_means(model: CVAE, params, z: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """E[x|z,y] ``[N, H, W, C]`` in [0, 1] for codes ``z`` ``[N, D]`` and labels ``y`` ``[N]``."""
-    out = jax.jit(lambda z, y: model.apply({"params": params}, z, y, method=model.decode))(
-        jnp.asarray(z), jnp.asarray(y, jnp.int32))
-    return np.asarray(objectives.decoder_mean(out, model.image_shape[-1]))
+    return apply_in_batches(_decode_mean, model, params, np.asarray(z, np.float32), np.asarray(y, np.int32),
+                            batch_size=batch_size)
 
 
 def sample_class(model: CVAE, params, key: jax.Array, labels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """E[x|z,y] for z ~ N(0, I), one draw per requested label: ``[N, H, W, C]`` in [0, 1]."""
     z = np.asarray(jax.random.normal(key, (len(labels), model.latent_dim)))
-    return np.concatenate([decode_means(model, params, z[i:i + batch_size], labels[i:i + batch_size])
-                           for i in range(0, len(labels), batch_size)])
+    return decode_means(model, params, z, labels, batch_size)
 
 
 def interpolate_in_class(model: CVAE, params, z_a: np.ndarray, z_b: np.ndarray, label: int, steps: int = 10):

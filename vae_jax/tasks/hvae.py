@@ -160,13 +160,14 @@ def hvae_eval_parts(model: HVAE, task: Task, config: HVAEConfig) -> VAEEvalParts
 # --- queries for figures (host arrays out) -------------------------------------------
 
 
+def _reconstruct(model: HVAE, params, x):
+    z1, _ = model.apply({"params": params}, x, method=model.encode)
+    return objectives.decoder_mean(model.apply({"params": params}, z1, method=model.decode), model.image_shape[-1])
+
+
 def reconstruct(model: HVAE, params, x: np.ndarray) -> np.ndarray:
     """E[x|z1] at z1 = E[z1|x] ``[N, H, W, C]`` in [0, 1]."""
-    def recon(xb):
-        z1, _ = model.apply({"params": params}, xb, method=model.encode)
-        return objectives.decoder_mean(model.apply({"params": params}, z1, method=model.decode), model.image_shape[-1])
-
-    return apply_in_batches(recon, x)
+    return apply_in_batches(_reconstruct, model, params, x)
 
 
 def sample(model: HVAE, params, key: jax.Array, n: int) -> np.ndarray:

@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 import dataclasses
+import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import objectives, precision as precision_lib, schedules
+from vae_jax import diagnostics, objectives, precision as precision_lib, schedules
 from vae_jax.cli import field, require
 from vae_jax.models.vae import VAE, init_params
 from vae_jax.runner import Task, TrainConfig
@@ -128,25 +128,38 @@ def vae_task(config: VAEConfig, image_shape) -> tuple[VAE, Task]:
 # --- queries for figures (host arrays out) -------------------------------------------
 
 
-def encode_means(model, params, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Posterior means ``[N, D]`` of ``x``."""
-    return apply_in_batches(lambda xb: model.apply({"params": params}, xb, method=model.encode)[0], x, batch_size)
+def _decode_mean(model, params, z):
+    return objectives.decoder_mean(model.apply({"params": params}, z, method=model.decode), model.image_shape[-1])
 
 
-def decode_means(model, params, z: np.ndarray) -> np.ndarray:
+def _reconstruct(model, params, x):
+    mean, _ = model.apply({"params": params}, x, method=model.encode)
+    return _decode_mean(model, params, mean)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _prior_samples(model, params, key, n: int):
+    return _decode_mean(model, params, jax.random.normal(key, (n, model.latent_dim)))
+
+
+def encode_means(model, params, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """Posterior means ``[N, D]`` of ``x`` (the program :func:`vae_jax.diagnostics.encode_posteriors` runs)."""
+    return diagnostics.encode_posteriors(model, params, x, batch_size)[0]
+
+
+def decode_means(model, params, z: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Decoded images E[x|z] ``[N, H, W, C]`` in [0, 1]."""
-    out = model.apply({"params": params}, jnp.asarray(z), method=model.decode)
-    return np.asarray(objectives.decoder_mean(out, model.image_shape[-1]))
+    return apply_in_batches(_decode_mean, model, params, np.asarray(z, np.float32), batch_size=batch_size)
 
 
-def reconstruct(model, params, x: np.ndarray) -> np.ndarray:
+def reconstruct(model, params, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Decodes the posterior means of ``x`` (the usual deterministic reconstruction)."""
-    return decode_means(model, params, encode_means(model, params, x))
+    return apply_in_batches(_reconstruct, model, params, x, batch_size=batch_size)
 
 
 def sample_prior(model, params, key: jax.Array, n: int) -> np.ndarray:
     """E[x|z] for n draws z ~ N(0, I)."""
-    return decode_means(model, params, jax.random.normal(key, (n, model.latent_dim)))
+    return np.asarray(_prior_samples(model, params, key, n))
 
 
 def interpolate(model, params, x_a: np.ndarray, x_b: np.ndarray, steps: int = 10) -> np.ndarray:

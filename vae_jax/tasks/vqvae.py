@@ -283,11 +283,22 @@ def vqvae_task(config: VQVAEConfig, image_shape, init_images: np.ndarray | None 
 # --- codebook usage over a dataset, and queries for figures (host arrays out) --------
 
 
+def _code_indices(model: VQVAE, params, x):
+    z_e = model.apply({"params": params}, x, method=model.encode)
+    return model.apply({"params": params}, z_e, method=model.quantize).indices
+
+
+def _decode_indices(model: VQVAE, params, indices):
+    return objectives.decoder_mean(model.apply({"params": params}, indices, method=model.decode_indices))
+
+
+def _reconstruct(model: VQVAE, params, x):
+    return objectives.decoder_mean(model.apply({"params": params}, x)[0])
+
+
 def encode_indices(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Code-index grids ``[N, H/4, W/4]`` (int32) of images ``[N, H, W, C]``."""
-    return apply_in_batches(
-        lambda xb: model.apply({"params": params}, model.apply({"params": params}, xb, method=model.encode),
-                               method=model.quantize).indices, x, batch_size)
+    return apply_in_batches(_code_indices, model, params, x, batch_size=batch_size)
 
 
 def code_usage(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) -> dict:
@@ -300,15 +311,12 @@ def code_usage(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) -> d
 
 def decode_indices(model: VQVAE, params, indices: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Images ``[N, H, W, C]`` in [0, 1] decoded from code-index grids ``[N, H/4, W/4]``."""
-    return apply_in_batches(
-        lambda ib: objectives.decoder_mean(model.apply({"params": params}, ib, method=model.decode_indices)),
-        np.asarray(indices, np.int32), batch_size)
+    return apply_in_batches(_decode_indices, model, params, np.asarray(indices, np.int32), batch_size=batch_size)
 
 
 def reconstruct(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Reconstructions ``[N, H, W, C]`` in [0, 1]: decode the quantized grid of ``x``."""
-    return apply_in_batches(lambda xb: objectives.decoder_mean(model.apply({"params": params}, xb)[0]), x,
-                            batch_size)
+    return apply_in_batches(_reconstruct, model, params, x, batch_size=batch_size)
 
 
 def uniform_code_grids(key: jax.Array, n: int, grid_shape, num_codes: int) -> np.ndarray:
