@@ -196,7 +196,8 @@ def test_conv_transpose_layer_is_flax_conv_transpose_with_the_same_parameters(pa
     chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("padding,strides", [("SAME", 2), ("VALID", 1), ("SAME", (1, 2))])
+@pytest.mark.parametrize("padding,strides", [("SAME", 2), ("VALID", 1), ("SAME", (1, 2)), (((1, 1), (1, 1)), 2),
+                                              (((0, 2), (1, 0)), 1)])
 def test_conv_layer_is_flax_conv_with_the_same_parameters_and_program(padding, strides):
     x = jax.random.normal(jax.random.key(0), (3, 9, 8, 5))
     theirs = nn.Conv(4, (4, 3), strides=strides, padding=padding)

@@ -82,3 +82,38 @@ def test_every_vae_family_computes_in_bf16_and_matches_its_float32_loss_and_grad
     # Evaluation stays float32: the same eval values from both tasks.
     np.testing.assert_array_equal(np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)["neg_elbo"]),
                                   np.asarray(jax.jit(f32.eval_fn)(params, batch, key)["neg_elbo"]))
+
+
+def test_vqvae_computes_its_network_in_bf16_and_searches_the_codebook_in_float32(mnist_small):
+    from vae_jax.tasks import vqvae
+
+    def task(p):  # the codebook learned by gradient, so every parameter has one to compare
+        config = vqvae.VQVAEConfig(codebook_size=16, code_dim=8, channels=(8, 16), codebook="grad", precision=p)
+        return vqvae.vqvae_task(config, mnist_small.image_shape)
+
+    (model, f32), (_, bf16) = task("f32"), task("bf16")
+    params = f32.init_params(jax.random.key(0))
+    batch = {"x": jnp.asarray(mnist_small.x_train[:64])}
+    key, step = jax.random.key(1), jnp.int32(0)
+    jaxpr = jax.make_jaxpr(lambda p: bf16.loss_fn(p, batch, key, step))(params)
+    convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+    dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]  # the distances to the codes
+    assert convs and all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
+    assert dots and all(v.aval.dtype == jnp.float32 for e in dots for v in e.invars)
+    # The codes chosen from bf16 encoder outputs: the float32 nearest codes of those outputs (NumPy search).
+    z_e = np.asarray(precision.compute_in(model, "bf16").apply({"params": params}, batch["x"], method=model.encode),
+                     np.float64).reshape(-1, 8)
+    codebook = np.asarray(params["codebook"], np.float64)
+    nearest = np.argmin(((z_e[:, None, :] - codebook[None]) ** 2).sum(-1), axis=1)
+    _, (_, aux) = jax.jit(bf16.loss_fn)(params, batch, key, step)
+    np.testing.assert_array_equal(np.asarray(aux["indices"]).reshape(-1), nearest)
+    (loss16, metrics16), grads16 = jax.jit(jax.value_and_grad(bf16.loss_fn, has_aux=True))(params, batch, key, step)
+    (loss32, _), grads32 = jax.jit(jax.value_and_grad(f32.loss_fn, has_aux=True))(params, batch, key, step)
+    assert loss16.dtype == jnp.float32 and all(v.dtype == jnp.float32 for v in metrics16[0].values())
+    np.testing.assert_allclose(float(loss16), float(loss32), rtol=0.01)
+    for (path, g32), g16 in zip(jax.tree_util.tree_leaves_with_path(grads32), jax.tree_util.tree_leaves(grads16)):
+        assert g16.dtype == jnp.float32
+        error = np.linalg.norm(np.asarray(g16) - np.asarray(g32)) / np.linalg.norm(np.asarray(g32))
+        assert error < 0.2, (jax.tree_util.keystr(path), error)
+    np.testing.assert_array_equal(np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)["loss"]),
+                                  np.asarray(jax.jit(f32.eval_fn)(params, batch, key)["loss"]))

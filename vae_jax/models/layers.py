@@ -163,7 +163,7 @@ class _XlaConvLayer(nn.Module):
     features: int
     kernel_size: Sequence[int]
     strides: IntOrPair = 1
-    padding: str = "SAME"
+    padding: str | Sequence[tuple[int, int]] = "SAME"  # "SAME", "VALID" or ((top, bottom), (left, right))
     use_bias: bool = True
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros_init()
@@ -181,7 +181,8 @@ class _XlaConvLayer(nn.Module):
 
 
 class Conv(_XlaConvLayer):
-    """``flax.linen.Conv`` for NHWC images and SAME/VALID padding, with its bias added by :func:`add_bias`.
+    """``flax.linen.Conv`` for NHWC images and SAME, VALID or explicit padding, with its bias added by
+    :func:`add_bias`.
 
     The same parameters (``kernel [kh, kw, C, O]``, ``bias [O]``), initialisers,
     values and XLA convolution as ``nn.Conv(features, kernel_size, strides,
@@ -193,7 +194,8 @@ class Conv(_XlaConvLayer):
     """
 
     def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return jax.lax.conv_general_dilated(x, kernel, _pair(self.strides), self.padding,
+        padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
+        return jax.lax.conv_general_dilated(x, kernel, _pair(self.strides), padding,
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 

@@ -11,10 +11,12 @@ a 3x3 convolution, ``num_res_blocks`` residual blocks
 convolution to the code dimension D. The decoder mirrors it: a 3x3 conv
 from D, the residual blocks, and two 4x4 stride-2 transposed convolutions
 back to the image size. The image is ``sigmoid(logits)``
-(:func:`vae_jax.objectives.decoder_mean`). The convolutions are
-``flax.linen.Conv``/``ConvTranspose`` (XLA's convolution), which are much
-faster on a CPU than the from-the-definition layers of
-:mod:`vae_jax.models.layers`.
+(:func:`vae_jax.objectives.decoder_mean`). The convolutions are XLA's
+(:class:`~vae_jax.models.layers.Conv` and ``ConvTranspose``: ``flax.linen``'s
+parameters and values, with biases added in float32 under bfloat16 compute),
+much faster on a CPU than the from-the-definition layers of
+:mod:`vae_jax.models.layers`. The network computes in the dtype of its
+input; :meth:`VQVAE.quantize` always searches the codebook in float32.
 
 The codebook is the parameter ``params["codebook"]`` ``[K, D]``; with an EMA
 codebook the loss gives it no gradient and
@@ -30,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import quantize
-from vae_jax.models.layers import ConvTranspose
+from vae_jax.models.layers import Conv, ConvTranspose
 
 
 class ResidualBlock(nn.Module):
@@ -40,8 +42,8 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.Conv(self.hidden, (3, 3), padding="SAME", name="conv3x3")(nn.relu(x))
-        return x + nn.Conv(x.shape[-1], (1, 1), name="conv1x1")(nn.relu(h))
+        h = Conv(self.hidden, (3, 3), padding="SAME", name="conv3x3")(nn.relu(x))
+        return x + Conv(x.shape[-1], (1, 1), name="conv1x1")(nn.relu(h))
 
 
 class VQVAE(nn.Module):
@@ -68,12 +70,12 @@ class VQVAE(nn.Module):
         if h % 4 or w % 4:
             raise ValueError(f"image height and width must be divisible by 4, got {h}x{w}")
         c1, c2 = self.channels
-        self.enc_down1 = nn.Conv(c1, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
-        self.enc_down2 = nn.Conv(c2, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
-        self.enc_conv = nn.Conv(c2, (3, 3), padding="SAME")
+        self.enc_down1 = Conv(c1, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
+        self.enc_down2 = Conv(c2, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
+        self.enc_conv = Conv(c2, (3, 3), padding="SAME")
         self.enc_res = [ResidualBlock(max(c2 // 2, 1)) for _ in range(self.num_res_blocks)]
-        self.enc_out = nn.Conv(self.code_dim, (1, 1))
-        self.dec_in = nn.Conv(c2, (3, 3), padding="SAME")
+        self.enc_out = Conv(self.code_dim, (1, 1))
+        self.dec_in = Conv(c2, (3, 3), padding="SAME")
         self.dec_res = [ResidualBlock(max(c2 // 2, 1)) for _ in range(self.num_res_blocks)]
         # nn.ConvTranspose's parameters and values, with a kernel gradient XLA:CPU computes ~10x faster.
         self.dec_up1 = ConvTranspose(c1, (4, 4), strides=(2, 2), padding="SAME")
@@ -98,8 +100,9 @@ class VQVAE(nn.Module):
         return self.enc_out(nn.relu(h))
 
     def quantize(self, z_e: jax.Array) -> quantize.Quantized:
-        """Nearest codes of ``z_e`` ``[..., D]`` (:func:`vae_jax.quantize.vector_quantize`)."""
-        return quantize.vector_quantize(z_e, self.codebook, self.cosine)
+        """Nearest codes of ``z_e`` ``[..., D]`` (:func:`vae_jax.quantize.vector_quantize`), in float32 always:
+        under bfloat16 compute the codebook search and the VQ terms keep float32's precision."""
+        return quantize.vector_quantize(z_e.astype(jnp.float32), self.codebook.astype(jnp.float32), self.cosine)
 
     def decode(self, z_q: jax.Array) -> jax.Array:
         """Logits ``[B, H, W, C]`` of quantized grids ``[B, H/4, W/4, D]``."""
@@ -116,8 +119,9 @@ class VQVAE(nn.Module):
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, quantize.Quantized]:
         """x ``[B, H, W, C]`` -> (logits ``[B, H, W, C]``, :class:`~vae_jax.quantize.Quantized` of its grid)."""
-        quantized = self.quantize(self.encode(x))
-        return self.decode(quantized.z_q), quantized
+        z_e = self.encode(x)
+        quantized = self.quantize(z_e)
+        return self.decode(quantized.z_q.astype(z_e.dtype)), quantized
 
 
 def init_params(model: VQVAE, key: jax.Array) -> dict:

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, losses, objectives, quantize
+from vae_jax import checkpoint, losses, objectives, precision as precision_lib, quantize
 from vae_jax import train as train_lib
 from vae_jax.cli import ConfigError, field, require
 from vae_jax.models.vqvae import VQVAE, init_params as init_vqvae_params
@@ -92,6 +92,9 @@ class VQVAEConfig(TrainConfig):
     cosine: bool = field(False, "l2-normalised vectors and codes (nearest by cosine similarity)")
     likelihood: str = field("bernoulli", "decoder likelihood p(x|z_q)", choices=objectives.LIKELIHOODS)
     decoder_logvar: float = field(0.0, "log variance of the Gaussian decoder (gaussian likelihood only)")
+    precision: str = field("f32", "training compute: f32, or bf16 (bfloat16 encoder and decoder; the codebook "
+                           "search, VQ terms, params, optimizer state and losses in float32; evaluation in float32)",
+                           choices=precision_lib.PRECISIONS)
 
     def validate(self) -> None:
         super().validate()
@@ -167,9 +170,16 @@ def build_vqvae(config: VQVAEConfig, image_shape) -> VQVAE:
                  num_res_blocks=config.num_res_blocks, image_shape=tuple(image_shape), cosine=config.cosine)
 
 
-def vqvae_terms(model: VQVAE, params, x: jax.Array, likelihood: str, decoder_logvar: float):
-    """Per-example terms ``[B]`` (``recon``, ``codebook_loss``, ``commitment``) and the :class:`Quantized` grid."""
-    logits, quantized = model.apply({"params": params}, x)
+def vqvae_terms(model: VQVAE, params, x: jax.Array, likelihood: str, decoder_logvar: float, precision: str = "f32"):
+    """Per-example terms ``[B]`` (``recon``, ``codebook_loss``, ``commitment``) and the :class:`Quantized` grid.
+
+    The encoder and the decoder compute in ``precision`` (:func:`vae_jax.precision.compute_in`); the
+    codebook search and the VQ terms in float32, on the float32 codebook.
+    """
+    network = precision_lib.compute_in(model, precision)
+    z_e = network.apply({"params": params}, x, method=model.encode)  # float32 out
+    quantized = model.apply({"params": params}, z_e, method=model.quantize)
+    logits = network.apply({"params": params}, quantized.z_q, method=model.decode)
     recon = objectives.reconstruction_nll(likelihood, logits, x, decoder_logvar)
     terms = {
         "recon": recon,
@@ -254,7 +264,7 @@ def vqvae_task(config: VQVAEConfig, image_shape, init_images: np.ndarray | None 
     def loss_fn(params, batch, key, step):
         del step
         x, _ = objectives.binarize_batch(key, batch["x"], dynamic_binarize)
-        terms, _, quantized = vqvae_terms(model, params, x, config.likelihood, config.decoder_logvar)
+        terms, _, quantized = vqvae_terms(model, params, x, config.likelihood, config.decoder_logvar, config.precision)
         per_example = terms["recon"] + config.commitment * terms["commitment"]
         if grad_codebook:
             per_example = per_example + terms["codebook_loss"]
