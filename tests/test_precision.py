@@ -117,3 +117,43 @@ def test_vqvae_computes_its_network_in_bf16_and_searches_the_codebook_in_float32
     _assert_close_loss_and_every_gradient(f32.loss_fn, bf16.loss_fn, params, batch, key, step)
     np.testing.assert_array_equal(np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)["loss"]),
                                   np.asarray(jax.jit(f32.eval_fn)(params, batch, key)["loss"]))
+
+
+AE_VARIANTS = {  # every way up of the conv decoder, and the variants whose loss adds more than a reconstruction
+    "mlp": dict(arch="mlp", hidden=(64, 32)),
+    "conv-transpose": dict(arch="conv", channels=(8, 16), upsampling="transpose"),
+    "conv-upsample": dict(arch="conv", channels=(8, 16), upsampling="upsample"),
+    "conv-unpool": dict(arch="conv", channels=(8, 16), upsampling="unpool"),
+    "denoising": dict(arch="mlp", hidden=(64,), variant="denoising"),
+    "masked": dict(arch="mlp", hidden=(64,), variant="masked"),
+    "contractive": dict(arch="mlp", hidden=(64,), variant="contractive", contractive_weight=1.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AE_VARIANTS))
+def test_autoencoders_compute_in_bf16_and_match_their_float32_loss_and_gradients(mnist_small, name):
+    def task(p):
+        return tasks.ae_task(tasks.AEConfig(latent_dim=8, precision=p, **AE_VARIANTS[name]), mnist_small.image_shape)[1]
+
+    f32, bf16 = task("f32"), task("bf16")
+    params = f32.init_params(jax.random.key(0))
+    batch = {"x": jnp.asarray(mnist_small.x_train[:64])}
+    key, step = jax.random.key(1), jnp.int32(0)
+    jaxpr = jax.make_jaxpr(lambda p: bf16.loss_fn(p, batch, key, step))(params)
+    heavy = [e for e in _all_eqns(jaxpr.jaxpr) if e.primitive.name in ("dot_general", "conv_general_dilated")]
+    assert heavy and all(v.aval.dtype == jnp.bfloat16 for e in heavy for v in e.invars)
+    _assert_close_loss_and_every_gradient(f32.loss_fn, bf16.loss_fn, params, batch, key, step)
+    headline = tasks.AE_HEADLINE[AE_VARIANTS[name].get("variant", "plain")]
+    np.testing.assert_array_equal(np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)[headline]),
+                                  np.asarray(jax.jit(f32.eval_fn)(params, batch, key)[headline]))
+
+
+def _all_eqns(jaxpr):
+    """The equations of ``jaxpr`` and of every jaxpr nested in them (jvp, custom_vjp, pjit, scan bodies)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _all_eqns(inner)

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax.cli import field
+
 PRECISIONS = ("f32", "bf16")
 _DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -66,3 +68,9 @@ def compute_in(module, precision: str):
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return module if precision == "f32" else ComputeIn(module, _DTYPES[precision])
+
+
+def config_field(bf16_compute: str = "bfloat16 compute"):
+    """A config's ``precision`` field (``--precision f32|bf16``); ``bf16_compute`` says what bf16 runs in bfloat16."""
+    return field("f32", f"training compute: f32, or bf16 ({bf16_compute}; float32 params, optimizer state and "
+                 "losses; evaluation in float32)", choices=PRECISIONS)

@@ -83,7 +83,7 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 class Conv2d(nn.Module):
-    """Learned convolution on ``ops.conv2d`` (cross-correlation) plus bias.
+    """Learned convolution on ``ops.conv2d`` (cross-correlation) plus bias (added by :func:`add_bias`).
 
     Attributes:
       features: output channels ``O``.
@@ -113,12 +113,12 @@ class Conv2d(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
         y = ops.conv2d(x, kernel, self.stride, padding)
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,))
+            y = add_bias(y, self.param("bias", self.bias_init, (self.features,)))
         return _drop_batch(y, added)
 
 
 class ConvTranspose2d(nn.Module):
-    """Learned transposed convolution on ``ops.conv_transpose2d`` plus bias.
+    """Learned transposed convolution on ``ops.conv_transpose2d`` plus bias (:func:`add_bias`).
 
     Each input pixel scales the ``[kh, kw, C, O]`` kernel and adds it into
     the output at ``stride`` times its position; ``padding`` is then cropped
@@ -152,7 +152,7 @@ class ConvTranspose2d(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
         y = ops.conv_transpose2d(x, kernel, self.stride, self.padding, self.output_padding)
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,))
+            y = add_bias(y, self.param("bias", self.bias_init, (self.features,)))
         return _drop_batch(y, added)
 
 

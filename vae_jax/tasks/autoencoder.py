@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import corruption, losses, objectives, penalties
+from vae_jax import corruption, losses, objectives, penalties, precision as precision_lib
 from vae_jax.cli import field, require
 from vae_jax.models.autoencoder import ARCHS, UPSAMPLINGS, AutoEncoder, conv_level_sizes
 from vae_jax.models.autoencoder import init_params as init_autoencoder_params
@@ -62,6 +62,7 @@ class AEConfig(TrainConfig):
     contractive_method: str = field("exact", "contractive: exact Jacobian or Hutchinson estimate",
                                     choices=penalties.CONTRACTIVE_METHODS)
     hutchinson_samples: int = field(1, "contractive: random probes per example for --contractive-method hutchinson")
+    precision: str = precision_lib.config_field("bfloat16 encoder and decoder")
 
     def validate(self) -> None:
         super().validate()
@@ -133,17 +134,20 @@ def make_ae_terms(model: AutoEncoder, config: AEConfig, image_shape, evaluation:
     ``denoised_mse``, ``denoised_psnr`` (denoising); ``masked_recon``,
     ``all_recon`` (also in training), ``inpaint_mse``, ``inpaint_psnr``,
     ``masked_input_psnr`` on the masked region (masked); ``jacobian_fro2``,
-    always exact (contractive).
+    always exact (contractive). Training terms run the network in ``config.precision``
+    (:func:`vae_jax.precision.compute_in`), evaluation terms in float32.
     """
     variant = config.variant
     noise_fn = corruption.make_noise_fn(config.noise, config.noise_std, config.noise_rate)
     hw = tuple(image_shape[:2])
 
+    network = precision_lib.compute_in(model, "f32" if evaluation else config.precision)  # evaluation: float32
+
     def apply(params, x):
-        return model.apply({"params": params}, x)
+        return network.apply({"params": params}, x)
 
     def encode_one(params):
-        return lambda xi: model.apply({"params": params}, xi[None], method=model.encode)[0]
+        return lambda xi: network.apply({"params": params}, xi[None], method=model.encode)[0]
 
     def terms_fn(params, x, key):
         terms = {}

@@ -44,8 +44,7 @@ class VAEObjectiveConfig(TrainConfig):
                              "(per example; 0 = off)")
     iwae_k: int = field(1, "train on the importance-weighted bound with k samples (IWAE, k > 1; needs beta 1, "
                         "a constant schedule and no free bits)")
-    precision: str = field("f32", "training compute: f32, or bf16 (bfloat16 compute; float32 params, "
-                           "optimizer state and losses; evaluation in float32)", choices=precision_lib.PRECISIONS)
+    precision: str = precision_lib.config_field()
 
     def validate(self) -> None:
         super().validate()
