@@ -71,7 +71,8 @@ def stage_configs(config: VQVAEExperimentConfig, workdir: str):
     prior_config = prior_lib.PriorConfig(**{**common, "binarize": "none", "seeds": "", "epochs": config.prior_epochs,
                                             "checkpoint_every": 5, "keep_checkpoints": 1,
                                             "batch_size": config.prior_batch_size, "channels": config.prior_channels,
-                                            "layers": config.prior_layers, "workdir": os.path.join(workdir, "prior")})
+                                            "layers": config.prior_layers, "precision": config.precision,
+                                            "workdir": os.path.join(workdir, "prior")})
     return dataclasses.replace(vq_config, workdir=workdir), prior_config
 
 

@@ -229,3 +229,36 @@ def test_add_bias_sums_a_bfloat16_bias_gradient_in_float32():
     assert np.all(plain < 0.5 * expected), (plain, expected)
     y32 = y.astype(jnp.float32)
     np.testing.assert_array_equal(layers.add_bias(y32, bias.astype(jnp.float32) + 1), y32 + 1)
+
+
+@pytest.mark.parametrize("shape,use_bias", [((6, 5), True), ((2, 3, 4, 5), True), ((2, 3, 4, 5), False)])
+def test_dense_layer_is_flax_dense_with_the_same_parameters_and_program(shape, use_bias):
+    x = jax.random.normal(jax.random.key(0), shape)
+    theirs, mine = nn.Dense(7, use_bias=use_bias), layers.Dense(7, use_bias=use_bias)
+    params = theirs.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal(mine.init(jax.random.key(1), x), params)  # same names, shapes and initial values
+    params = jax.tree_util.tree_map(lambda a: a + 0.1, params)
+    np.testing.assert_array_equal(mine.apply(params, x), theirs.apply(params, x))
+    grads = [jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (mine, theirs)]
+    chex.assert_trees_all_equal(grads[0], grads[1])
+
+
+def test_embed_layer_is_flax_embed_and_sums_a_bfloat16_table_gradient_in_float32():
+    indices = jax.random.randint(jax.random.key(0), (64, 7, 7), 0, 4)  # ~784 lookups of each of 4 rows
+    theirs, mine = nn.Embed(4, 3), layers.Embed(4, 3)
+    params = theirs.init(jax.random.key(1), indices)
+    chex.assert_trees_all_equal(mine.init(jax.random.key(1), indices), params)
+    np.testing.assert_array_equal(mine.apply(params, indices), theirs.apply(params, indices))
+    # The table's gradient under bfloat16: row r gets the sum of the cotangent over the positions holding r.
+    cotangent = jax.random.uniform(jax.random.key(2), (*indices.shape, 3), minval=0.0, maxval=0.01)
+    cotangent = cotangent.astype(jnp.bfloat16)
+    one_hot = np.asarray(jax.nn.one_hot(indices, 4), np.float64)  # [B, H, W, 4]
+    expected = np.einsum("bhwr,bhwf->rf", one_hot, np.asarray(cotangent, np.float64))  # about 4 per entry
+    table16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), params)
+
+    def gradient(module):
+        loss = lambda p: jnp.vdot(module.apply(p, indices).astype(jnp.float32), cotangent.astype(jnp.float32))
+        return np.asarray(jax.jit(jax.grad(loss))(table16)["params"]["embedding"], np.float64)
+
+    np.testing.assert_allclose(gradient(mine), expected, rtol=2 ** -8)  # one bfloat16 rounding
+    assert np.max(np.abs(gradient(theirs) - expected) / expected) > 0.05  # flax's bfloat16 scatter-add drifts

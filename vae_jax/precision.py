@@ -16,7 +16,9 @@ gradient over every position the bias was added at (B x H x W for a
 convolution, every pixel for a shared decoder variance), and summed in
 bfloat16 it stalls after a few hundred terms. The models add their biases and
 shared variances in float32 (:func:`vae_jax.models.layers.add_bias`), which
-makes those sums float32.
+makes those sums float32; an embedding table's gradient (each row summed over
+every lookup of it) is summed in float32 the same way
+(:class:`vae_jax.models.layers.Embed`).
 
 On CPU bfloat16 is emulated and usually slower: the option exists for GPUs
 and TPUs, and is tested on CPU for agreement with float32.

@@ -16,6 +16,10 @@ Shapes: every layer takes ``[N, H, W, C]`` or a single unbatched image
 attributes or static call arguments, so every layer works under ``jax.jit``
 and ``jax.vmap``. The pooling indices are ordinary int32 arrays: return them
 from the encoder (next to the latent code) and pass them to the decoder.
+
+``Dense``, ``Embed``, ``Conv`` and ``ConvTranspose`` are ``flax.linen``'s layers (same parameters,
+initialisers and values) whose bias, or embedding lookup, keeps float32 gradient sums when the
+layer computes in bfloat16 (:mod:`vae_jax.precision`).
 """
 
 from __future__ import annotations
@@ -154,6 +158,44 @@ class ConvTranspose2d(nn.Module):
         if self.use_bias:
             y = add_bias(y, self.param("bias", self.bias_init, (self.features,)))
         return _drop_batch(y, added)
+
+
+class Dense(nn.Module):
+    """``flax.linen.Dense`` (the same ``kernel [in, features]``, ``bias``, initialisers and XLA program, tested)
+    with its bias added by :func:`add_bias`, so that under bfloat16 compute the bias's gradient, summed over
+    every position of every example it was added at, is a float32 sum. Computes in the input's dtype.
+    """
+
+    features: int
+    use_bias: bool = True
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        y = jax.lax.dot_general(x, kernel.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+        if self.use_bias:
+            y = add_bias(y, self.param("bias", self.bias_init, (self.features,)))
+        return y
+
+
+class Embed(nn.Module):
+    """``flax.linen.Embed`` (the same ``embedding [num_embeddings, features]`` and initialiser) whose lookup
+    runs in float32 when the table is narrower, so that the table's gradient -- each row the sum of the
+    gradients at every position that looked it up -- is a float32 sum; the rows come out in the table's dtype.
+    """
+
+    num_embeddings: int
+    features: int
+    embedding_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+
+    @nn.compact
+    def __call__(self, indices: jax.Array) -> jax.Array:
+        table = self.param("embedding", self.embedding_init, (self.num_embeddings, self.features))
+        if jnp.finfo(table.dtype).bits >= 32:
+            return jnp.take(table, indices, axis=0)
+        return jnp.take(table.astype(jnp.float32), indices, axis=0).astype(table.dtype)
 
 
 class _XlaConvLayer(nn.Module):

@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax.models.layers import Dense, Embed, add_bias
+
 STACKS = ("vertical", "horizontal")
 MASK_TYPES = ("A", "B")
 
@@ -129,7 +131,7 @@ class MaskedConv(nn.Module):
         padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
         shifted = jnp.concatenate(
             [padded[:, top + dr:top + dr + height, left + dc:left + dc + width] for dr, dc in taps], axis=-1)
-        return shifted @ kernel.reshape(len(taps) * in_channels, self.features) + bias
+        return add_bias(shifted @ kernel.reshape(len(taps) * in_channels, self.features), bias)
 
 
 def gated_activation(pre: jax.Array) -> jax.Array:
@@ -162,12 +164,12 @@ class GatedLayer(nn.Module):
         v_pre = MaskedConv(two_f, causal_mask(self.kernel_size, "vertical", self.mask_type), name="vertical")(v)
         h_pre = MaskedConv(two_f, causal_mask(self.kernel_size, "horizontal", self.mask_type), name="horizontal")(h)
         # v_pre at (i, j) depends on rows strictly above i only, so the horizontal stack may read it at (i, j).
-        h_pre = h_pre + nn.Dense(two_f, name="vertical_to_horizontal")(v_pre)
+        h_pre = h_pre + Dense(two_f, name="vertical_to_horizontal")(v_pre)
         if class_embedding is not None:  # [B, 2F] per stack, broadcast over the grid
-            v_pre = v_pre + nn.Dense(two_f, use_bias=False, name="class_vertical")(class_embedding)[:, None, None]
-            h_pre = h_pre + nn.Dense(two_f, use_bias=False, name="class_horizontal")(class_embedding)[:, None, None]
+            v_pre = v_pre + Dense(two_f, use_bias=False, name="class_vertical")(class_embedding)[:, None, None]
+            h_pre = h_pre + Dense(two_f, use_bias=False, name="class_horizontal")(class_embedding)[:, None, None]
         v_out = gated_activation(v_pre)
-        h_out = nn.Dense(self.features, name="horizontal_out")(gated_activation(h_pre))
+        h_out = Dense(self.features, name="horizontal_out")(gated_activation(h_pre))
         if self.mask_type == "B":
             h_out = h + h_out
         return v_out, h_out
@@ -198,13 +200,13 @@ class PixelCNN(nn.Module):
     num_classes: int = 0
 
     def setup(self):
-        self.embed = nn.Embed(self.num_codes, self.features)
+        self.embed = Embed(self.num_codes, self.features)
         if self.num_classes:
-            self.class_embed = nn.Embed(self.num_classes, self.features)
+            self.class_embed = Embed(self.num_classes, self.features)
         self.layers = [GatedLayer(self.features, self.kernel_size, "A" if i == 0 else "B")
                        for i in range(self.num_layers)]
-        self.hidden_out = nn.Dense(self.features)
-        self.logits_out = nn.Dense(self.num_codes)
+        self.hidden_out = Dense(self.features)
+        self.logits_out = Dense(self.num_codes)
 
     def __call__(self, codes: jax.Array, labels: jax.Array | None = None) -> jax.Array:
         """Logits ``[B, H, W, K]`` of codes ``[B, H, W]`` (and labels ``[B]`` when conditional)."""

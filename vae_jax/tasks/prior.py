@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import data as data_lib
+from vae_jax import data as data_lib, precision as precision_lib
 from vae_jax.cli import field, require
 from vae_jax.models.pixelcnn import PixelCNN, init_params as init_pixelcnn_params
 from vae_jax.runner import Task, TrainConfig
@@ -57,6 +57,7 @@ class PriorConfig(TrainConfig):
     kernel_size: int = field(3, "odd kernel size k of the masked convolutions (k×k vertical, 1×k horizontal); "
                                 "L layers reach L·(k//2) rows up and columns left")
     conditional: bool = field(False, "condition the prior on the class labels (sample one class at a time)")
+    precision: str = precision_lib.config_field("bfloat16 network; the softmax cross-entropy in float32")
 
     def validate(self) -> None:
         super().validate()
@@ -117,15 +118,17 @@ def prior_task(config: PriorConfig, grid_shape: Sequence[int], num_codes: int,
         raise ValueError("--conditional needs class labels: pass num_classes (and labels in the dataset)")
     model = build_prior(config, num_codes, num_classes)
 
-    def grid_metrics(params, batch):
+    network = precision_lib.compute_in(model, config.precision)  # training only; evaluation in float32
+
+    def grid_metrics(params, batch, net=model):
         codes = batch["x"][..., 0]  # [B, H', W']
         labels = batch["y"] if config.conditional else None
-        nll = grid_nll(model.apply({"params": params}, codes, labels), codes)  # [B]
+        nll = grid_nll(net.apply({"params": params}, codes, labels), codes)  # [B]; float32 logits
         return {"nll": nll, "bits_per_dim": code_bits_per_dim(nll, grid_shape)}
 
     def loss_fn(params, batch, key, step):
         del key, step  # the prior's loss is deterministic
-        metrics = {name: jnp.mean(values) for name, values in grid_metrics(params, batch).items()}
+        metrics = {name: jnp.mean(values) for name, values in grid_metrics(params, batch, network).items()}
         return metrics["nll"], {"loss": metrics["nll"], **metrics}
 
     def eval_fn(params, batch, key):

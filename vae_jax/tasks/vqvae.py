@@ -92,8 +92,8 @@ class VQVAEConfig(TrainConfig):
     cosine: bool = field(False, "l2-normalised vectors and codes (nearest by cosine similarity)")
     likelihood: str = field("bernoulli", "decoder likelihood p(x|z_q)", choices=objectives.LIKELIHOODS)
     decoder_logvar: float = field(0.0, "log variance of the Gaussian decoder (gaussian likelihood only)")
-    precision: str = precision_lib.config_field("bfloat16 encoder and decoder; the codebook search and VQ terms "
-                                                "in float32")
+    precision: str = precision_lib.config_field("bfloat16 encoder and decoder, and the PixelCNN prior of "
+                                                "experiments.vqvae; the codebook search and VQ terms in float32")
 
     def validate(self) -> None:
         super().validate()
