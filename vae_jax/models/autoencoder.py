@@ -94,16 +94,16 @@ class AutoEncoder(nn.Module):
             raise ValueError(f"image_shape must be (H, W, C), got {tuple(self.image_shape)!r}")
         hidden = tuple(self.hidden)
         if self.arch == "mlp":
-            self.encoder_layers = [nn.Dense(w, name=f"enc_dense_{i}") for i, w in enumerate(hidden)]
-            self.decoder_layers = [nn.Dense(w, name=f"dec_dense_{i}") for i, w in enumerate(reversed(hidden))]
-            self.decoder_out = nn.Dense(math.prod(self.image_shape), name="dec_out")
+            self.encoder_layers = [layers.Dense(w, name=f"enc_dense_{i}") for i, w in enumerate(hidden)]
+            self.decoder_layers = [layers.Dense(w, name=f"dec_dense_{i}") for i, w in enumerate(reversed(hidden))]
+            self.decoder_out = layers.Dense(math.prod(self.image_shape), name="dec_out")
         else:
             if not hidden:
                 raise ValueError("hidden must hold at least one channel count for arch 'conv'")
             self.encoder_convs = [layers.Conv2d(c, 3, name=f"enc_conv_{i}") for i, c in enumerate(hidden)]
             self.pool = layers.MaxPoolWithIndices(2)
             h, w = conv_level_sizes(*self.image_shape[:2], len(hidden))[-1]
-            self.decoder_in = nn.Dense(h * w * hidden[-1], name="dec_in")
+            self.decoder_in = layers.Dense(h * w * hidden[-1], name="dec_in")
             # Up-block i undoes pool i: from hidden[i] channels to hidden[i - 1] (hidden[0] for the first).
             self.up_blocks = [
                 layers.UpBlock(hidden[max(i - 1, 0)], mode=_UP_MODE[self.upsampling], factor=2, kernel_size=3,
@@ -111,7 +111,7 @@ class AutoEncoder(nn.Module):
                 for i in range(len(hidden))
             ]
             self.decoder_out = layers.Conv2d(self.image_shape[-1], 3, name="dec_out")
-        self.to_code = nn.Dense(self.latent_dim, name="code")
+        self.to_code = layers.Dense(self.latent_dim, name="code")
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x ``[B, H, W, C]`` -> (decoder output ``[B, H, W, C]`` logits, z ``[B, latent_dim]``)."""

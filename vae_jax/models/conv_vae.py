@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
-from vae_jax.models.layers import Conv, ConvTranspose
+from vae_jax.models.layers import Conv, ConvTranspose, Dense
 from vae_jax.models.vae import SharedLogVariance
 
 # The lecture's 128x128x3 face model: 128 -> 64 -> 32 -> 16 -> 8 -> 4 -> 2 spatially.
@@ -67,9 +67,9 @@ class ConvEncoder(nn.Module):
                                 name=f"conv_{i}")(h))
         h = h.reshape(h.shape[0], -1)  # [B, h * w * c]: the flat vector (1024 for the faces preset)
         if self.hidden:
-            h = nn.relu(nn.Dense(self.hidden, name="hidden")(h))
-        mean = nn.Dense(self.latent_dim, name="fc1")(h)
-        logvar = nn.Dense(self.latent_dim, name="fc2")(h)
+            h = nn.relu(Dense(self.hidden, name="hidden")(h))
+        mean = Dense(self.latent_dim, name="fc1")(h)
+        logvar = Dense(self.latent_dim, name="fc2")(h)
         return mean, logvar
 
 
@@ -87,8 +87,8 @@ class ConvDecoder(nn.Module):
         h0, w0, c0 = bottleneck_shape(self.image_shape, self.channels)
         h = z
         if self.hidden:
-            h = nn.relu(nn.Dense(self.hidden, name="hidden")(h))
-        h = nn.relu(nn.Dense(h0 * w0 * c0, name="fc3")(h))
+            h = nn.relu(Dense(self.hidden, name="hidden")(h))
+        h = nn.relu(Dense(h0 * w0 * c0, name="fc3")(h))
         h = h.reshape(z.shape[0], h0, w0, c0)
         up = [*reversed(self.channels[:-1]), self.out_channels]
         for i, c in enumerate(up):

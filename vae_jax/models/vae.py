@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
+from vae_jax.models.layers import Dense
 
 
 class MLPEncoder(nn.Module):
@@ -43,9 +44,9 @@ class MLPEncoder(nn.Module):
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = x.reshape(x.shape[0], -1)
         for width in self.hidden:
-            h = nn.relu(nn.Dense(width)(h))
-        mean = nn.Dense(self.latent_dim, name="mean")(h)
-        logvar = nn.Dense(self.latent_dim, name="logvar")(h)
+            h = nn.relu(Dense(width)(h))
+        mean = Dense(self.latent_dim, name="mean")(h)
+        logvar = Dense(self.latent_dim, name="logvar")(h)
         return mean, logvar
 
 
@@ -65,8 +66,8 @@ class MLPDecoder(nn.Module):
     def __call__(self, z: jax.Array) -> jax.Array:
         h = z
         for width in self.hidden:
-            h = nn.relu(nn.Dense(width)(h))
-        out = nn.Dense(math.prod(self.image_shape), name="out")(h)
+            h = nn.relu(Dense(width)(h))
+        out = Dense(math.prod(self.image_shape), name="out")(h)
         return out.reshape(z.shape[0], *self.image_shape)
 
 
