@@ -40,11 +40,14 @@ __all__ = [
     "Conv2d",
     "ConvTranspose",
     "ConvTranspose2d",
+    "Dense",
+    "Embed",
     "MaxPoolWithIndices",
     "MaxUnpool",
     "UpBlock",
     "UpsampleConv",
     "add_bias",
+    "float32_or_wider",
 ]
 
 UP_MODES = ("transposed_conv", "upsample_conv", "unpool")
@@ -70,6 +73,11 @@ def _pair(value: IntOrPair) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
+def float32_or_wider(dtype) -> jnp.dtype:
+    """``dtype`` when it has float32's precision or more, else float32: the dtype a long sum is kept in."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     """``y + bias`` (bias along the last axis), added in float32 when ``y`` is a narrower float.
 
@@ -81,9 +89,8 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     64). Adding in float32 makes the sum float32; the result is rounded back
     to ``y``'s dtype. For float32 ``y`` this is the plain ``y + bias``.
     """
-    if jnp.finfo(y.dtype).bits >= 32:
-        return y + bias.astype(y.dtype)
-    return (y.astype(jnp.float32) + bias.astype(jnp.float32)).astype(y.dtype)
+    wide = float32_or_wider(y.dtype)
+    return (y.astype(wide) + bias.astype(wide)).astype(y.dtype)
 
 
 class Conv2d(nn.Module):
@@ -188,14 +195,12 @@ class Embed(nn.Module):
 
     num_embeddings: int
     features: int
-    embedding_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+    embedding_init: Initializer = nn.linear.default_embed_init
 
     @nn.compact
     def __call__(self, indices: jax.Array) -> jax.Array:
         table = self.param("embedding", self.embedding_init, (self.num_embeddings, self.features))
-        if jnp.finfo(table.dtype).bits >= 32:
-            return jnp.take(table, indices, axis=0)
-        return jnp.take(table.astype(jnp.float32), indices, axis=0).astype(table.dtype)
+        return jnp.take(table.astype(float32_or_wider(table.dtype)), indices, axis=0).astype(table.dtype)
 
 
 class _XlaConvLayer(nn.Module):

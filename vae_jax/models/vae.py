@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
-from vae_jax.models.layers import Dense
+from vae_jax.models.layers import Dense, float32_or_wider
 
 
 class MLPEncoder(nn.Module):
@@ -84,7 +84,7 @@ class SharedLogVariance(nn.Module):
         logvar = self.param("decoder_logvar", nn.initializers.zeros, ())
         # Broadcast in (at least) float32: the parameter's gradient is a sum over every pixel of every image,
         # which in bfloat16 stops growing after a few hundred terms (4 instead of 288 at batch 128, on CPU).
-        wide = jnp.promote_types(mean_logits.dtype, jnp.float32)
+        wide = float32_or_wider(mean_logits.dtype)
         return jnp.concatenate([mean_logits.astype(wide), jnp.broadcast_to(logvar.astype(wide), mean_logits.shape)],
                                axis=-1)
 
