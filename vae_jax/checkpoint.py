@@ -57,6 +57,19 @@ def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, options=options)
 
 
+def close(manager: ocp.CheckpointManager) -> None:
+    """Closes ``manager`` (joins its threads), quietly.
+
+    Every save waits for its write (:func:`save`), so the only errors left
+    for the close are those of a write that failed and was already reported.
+    """
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            manager.close()
+    except Exception:  # the failed save raised CheckpointError for it already
+        pass
+
+
 def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
     """Saves ``state`` as checkpoint ``epoch`` and waits until it is on disk.
 

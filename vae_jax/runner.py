@@ -466,12 +466,15 @@ def load_run_config(workdir: str, config_cls):
 def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.TrainState]:
     """The newest checkpointed train state (all replicas) of the run ``config`` describes."""
     manager = checkpoint.make_manager(config.workdir)
-    if manager.latest_step() is None:
-        raise checkpoint.CheckpointError(f"--workdir {config.workdir}: no checkpoint to restore")
-    optimizer = make_optimizer(config)
-    keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
-    template = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
-    return checkpoint.restore_latest(manager, template)
+    try:
+        if manager.latest_step() is None:
+            raise checkpoint.CheckpointError(f"--workdir {config.workdir}: no checkpoint to restore")
+        optimizer = make_optimizer(config)
+        keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
+        template = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
+        return checkpoint.restore_latest(manager, template)
+    finally:
+        checkpoint.close(manager)
 
 
 def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None,
@@ -490,20 +493,21 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     if config.distributed:  # before anything touches a device, and before the lock: only process 0 takes it
         distributed.initialize()
     lock = faults.WorkdirLock(config.workdir) if distributed.is_main_process() else contextlib.nullcontext()
-    with lock, faults.StopSignals() as stop:
-        return _train(config, task, dataset, stop, train_eval_examples)
+    with lock, faults.StopSignals() as stop, contextlib.ExitStack() as closing:
+        return _train(config, task, dataset, stop, closing, train_eval_examples)
 
 
 def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, stop: faults.StopSignals,
-           train_eval_examples: int = 0) -> TrainResult:
+           closing: contextlib.ExitStack, train_eval_examples: int = 0) -> TrainResult:
     """The body of :func:`train`.
 
     The workdir is checked first (:func:`check_workdir`); with ``--overwrite``
     an old run is moved into ``WORKDIR/replaced-*/``. When the checkpoint
     already holds ``config.epochs`` epochs nothing is trained: the restored
     state is evaluated and ``config.json``, ``metrics.jsonl`` and
-    ``summary.json`` are left as they are.
-
+    ``summary.json`` are left as they are. The checkpoint manager and the
+    TensorBoard writer are closed through ``closing`` however the run ends
+    (their threads joined before the workdir lock is released).
     """
     start_time = time.time()
     if config.distributed:  # before anything touches a device
@@ -532,6 +536,7 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
 
     distributed.wait_for_all("train_start")  # before the first collective (Orbax's directory sync)
     manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
+    closing.callback(checkpoint.close, manager)
     start_epoch = 0
     if plan.checkpoint_epoch is not None and not plan.move_aside:
         start_epoch, state = checkpoint.restore_latest(manager, state, quarantine=True)
@@ -575,6 +580,8 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     # -------------------------------------------------------------------------------------
 
     board = tensorboard.EpochWriter(workdir) if config.tensorboard and jax.process_index() == 0 else None
+    if board is not None:
+        closing.callback(board.close)
     test_metrics = None
     train_seconds = 0.0
     show_bar, log_epochs = progress_mode(config.progress)
@@ -630,8 +637,6 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
             checkpoint.save(manager, epoch + 1, state)
         if stop.requested:
             bar.close()
-            if board is not None:
-                board.close()
             raise faults.Interrupted(stop.requested, epoch + 1, workdir)
         bar.update(steps_per_epoch)
         bar.set_postfix(loss=f"{line['train_loss']:.2f}", **{task.headline: f"{line[f'test_{task.headline}']:.2f}"})
@@ -666,8 +671,6 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
         curves = plots.save_seed_curves(history, seeds, test_keys, os.path.join(workdir, "seed_curves.png"),
                                         f"Test metrics of {len(seeds)} seeds, per epoch")
         summary["figures"] = [os.path.basename(curves)]
-    if board is not None:
-        board.close()
     summary_path = os.path.join(workdir, "summary.json")
     if nothing_to_train and os.path.isfile(summary_path):
         summary = _read_json(summary_path, "run's summary")  # it describes this checkpoint already
