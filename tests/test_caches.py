@@ -80,3 +80,39 @@ def test_a_second_process_loads_its_programs_from_the_compilation_cache(tmp_path
         hits.append(json.loads(proc.stdout.split("RESULT", 1)[1])["hits"])
     assert hits[0] == 0 and hits[1] >= 1
     assert any(cache_dir.iterdir())
+
+
+def test_run_once_options_lower_the_cpu_optimisation_level_unless_xla_flags_set_it(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    assert caches.run_once_compiler_options() == {"xla_backend_optimization_level": caches.RUN_ONCE_OPTIMIZATION_LEVEL}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")  # the user's choice wins
+    assert caches.run_once_compiler_options() is None
+
+
+def test_the_initial_state_compiled_to_run_once_equals_xlas_default_compile_bit_for_bit(monkeypatch):
+    """The runner's initial train state (random initializers, optimizer state) of a conv VAE, compiled with the
+    run-once options, against the same program compiled at XLA:CPU's default level (3) with its default emitters."""
+    import jax
+    import jax.numpy as jnp
+
+    from vae_jax import runner, train as train_lib
+    from vae_jax.tasks import conv_vae
+
+    config = conv_vae.ConvVAEConfig(channels=(4,), hidden=0, latent_dim=2)
+    _, task = conv_vae.conv_vae_task(config, (16, 16, 1))
+    optimizer = runner.make_optimizer(config)
+    init_keys = jax.vmap(train_lib.run_keys)(jnp.asarray([3, 4])).init
+    monkeypatch.setenv("XLA_FLAGS", "")  # as for a user: the run-once options apply
+    train_lib._jitted_init.cache_clear()
+    state = train_lib.init_replicated_state(task.init_params, optimizer, init_keys)
+    train_lib._jitted_init.cache_clear()
+
+    def init_one(key):
+        return train_lib.init_train_state(task.init_params(key), optimizer)
+
+    default = jax.jit(jax.vmap(init_one)).lower(init_keys).compile(
+        compiler_options={"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True})(init_keys)
+    leaves, expected = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(default)
+    assert len(leaves) == len(expected) > 10
+    for a, b in zip(leaves, expected):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

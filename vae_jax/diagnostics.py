@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import evaluate, losses
+from vae_jax import caches, evaluate, losses
 
 # A dimension whose mean KL is below this (nats) counts as collapsed in the summary.
 COLLAPSED_KL_NATS = 0.01
@@ -63,7 +63,7 @@ def aggregate_log_density(z: jax.Array, means: jax.Array, logvars: jax.Array, ch
     return jax.lax.map(one_chunk, z_chunks).reshape(-1)[:m]
 
 
-@jax.jit
+@caches.jit_run_once
 def _mutual_information(key, means, logvars):
     z = losses.reparameterize(key, means, logvars)  # [N, D]: one z ~ q(z|x_n) per image
     log_q_z_given_x = losses.gaussian_log_prob(z, means, logvars)  # [N]

@@ -113,13 +113,13 @@ def nearest_neighbor_distance(queries: np.ndarray, references: np.ndarray, chunk
     q_all = jnp.asarray(np.asarray(queries, np.float32).reshape(len(queries), -1))
     r = jnp.asarray(np.asarray(references, np.float32).reshape(len(references), -1))
     r_sq = jnp.sum(r * r, axis=1)  # [M]
+    return np.concatenate([np.asarray(_nearest(q_all[i:i + chunk], r, r_sq)) for i in range(0, len(q_all), chunk)])
 
-    @jax.jit
-    def nearest(q):  # [n, d] -> [n]
-        d2 = jnp.sum(q * q, axis=1)[:, None] + r_sq[None, :] - 2.0 * q @ r.T  # [n, M]
-        return jnp.sqrt(jnp.maximum(jnp.min(d2, axis=1), 0.0))
 
-    return np.concatenate([np.asarray(nearest(q_all[i:i + chunk])) for i in range(0, len(q_all), chunk)])
+@jax.jit
+def _nearest(q, r, r_sq):  # [n, d], [M, d], [M] -> [n]; the references are inputs, not constants of the program
+    d2 = jnp.sum(q * q, axis=1)[:, None] + r_sq[None, :] - 2.0 * q @ r.T  # [n, M]
+    return jnp.sqrt(jnp.maximum(jnp.min(d2, axis=1), 0.0))
 
 
 def fit_digit_classifier(x_train: np.ndarray, y_train: np.ndarray, max_examples: int = 10000, seed: int = 0):

@@ -11,15 +11,18 @@ whole program again at each call.
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import numpy as np
 
+from vae_jax import caches
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+
+@caches.jit_run_once(static_argnums=(0, 1, 2))
 def run_query(query, model, options: tuple, params, *arrays):
-    """``query(model, params, *arrays, **dict(options))``, compiled once per (query, model, options, shapes)."""
+    """``query(model, params, *arrays, **dict(options))``, compiled once per (query, model, options, shapes).
+
+    Queries run once or a few times per process (figures, diagnostics): compiled by
+    :func:`vae_jax.caches.jit_run_once`.
+    """
     return query(model, params, *arrays, **dict(options))
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
 
-from vae_jax import diagnostics, objectives, precision as precision_lib, schedules
+from vae_jax import caches, diagnostics, objectives, precision as precision_lib, schedules
 from vae_jax.cli import field, require
 from vae_jax.models.vae import VAE, init_params
 from vae_jax.runner import Task, TrainConfig
@@ -136,7 +135,7 @@ def _reconstruct(model, params, x):
     return _decode_mean(model, params, mean)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@caches.jit_run_once(static_argnums=(0, 3))
 def _prior_samples(model, params, key, n: int):
     return _decode_mean(model, params, jax.random.normal(key, (n, model.latent_dim)))
 

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, losses, objectives, precision as precision_lib, quantize
+from vae_jax import caches, checkpoint, losses, objectives, precision as precision_lib, quantize
 from vae_jax import train as train_lib
 from vae_jax.cli import ConfigError, field, require
 from vae_jax.models.vqvae import VQVAE, init_params as init_vqvae_params
@@ -330,7 +330,12 @@ def reconstruct(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) -> 
 
 def uniform_code_grids(key: jax.Array, n: int, grid_shape, num_codes: int) -> np.ndarray:
     """``n`` code grids with every cell uniform over the K codes (the VQ-VAE's training-time prior)."""
-    return np.asarray(jax.random.randint(key, (n, *grid_shape), 0, num_codes), np.int32)
+    return np.asarray(_uniform_codes(key, (n, *grid_shape), num_codes), np.int32)
+
+
+@caches.jit_run_once(static_argnums=(1, 2))
+def _uniform_codes(key, shape: tuple, num_codes: int):
+    return jax.random.randint(key, shape, 0, num_codes)
 
 
 def usage_by_epoch(config: VQVAEConfig, task: Task, model: VQVAE, x: np.ndarray) -> list[dict]:
@@ -340,24 +345,24 @@ def usage_by_epoch(config: VQVAEConfig, task: Task, model: VQVAE, x: np.ndarray)
     measures each with :func:`code_usage`; with several seeds the numbers are
     averaged over the replicas (and listed per seed).
     """
-    manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
-    steps = sorted(manager.all_steps())
-    if not steps:
-        return []
+    import orbax.checkpoint as ocp
+
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
     template = train_lib.init_replicated_state(task.init_params, make_optimizer(config), keys.init,
                                                task.init_model_state)
-    import orbax.checkpoint as ocp
-
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
     out = []
-    for step in steps:
-        state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        usage = [code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
-                 for r in range(len(config.seed_list()))]
-        out.append({"epoch": int(step),
-                    "codes_used": float(np.mean([u["codes_used"] for u in usage])),
-                    "perplexity": float(np.mean([u["perplexity"] for u in usage])),
-                    "per_seed_codes_used": [u["codes_used"] for u in usage],
-                    "per_seed_perplexity": [u["perplexity"] for u in usage]})
+    try:
+        for step in sorted(manager.all_steps()):
+            state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            usage = [code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
+                     for r in range(len(config.seed_list()))]
+            out.append({"epoch": int(step),
+                        "codes_used": float(np.mean([u["codes_used"] for u in usage])),
+                        "perplexity": float(np.mean([u["perplexity"] for u in usage])),
+                        "per_seed_codes_used": [u["codes_used"] for u in usage],
+                        "per_seed_perplexity": [u["perplexity"] for u in usage]})
+    finally:
+        checkpoint.close(manager)
     return out
