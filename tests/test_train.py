@@ -73,7 +73,13 @@ def test_replica_k_of_a_vmapped_run_equals_a_single_run_with_seed_k(tmp_path, mn
 def test_resume_continues_the_run_bit_for_bit(tmp_path, mnist_small):
     _, task = tasks.vae_task(small_config("x"), mnist_small.image_shape)
     straight = runner.train(small_config(tmp_path / "straight", epochs=4, seeds="2"), task, mnist_small)
-    runner.train(small_config(tmp_path / "resumed", epochs=2, seeds="2"), task, mnist_small)
+    half = runner.train(small_config(tmp_path / "resumed", epochs=2, seeds="2"), task, mnist_small)
+    # restore_state reads the checkpoint into a traced (never compiled) template: the state the run ended with
+    epoch, restored = runner.restore_state(small_config(tmp_path / "resumed", epochs=2, seeds="2"), task)
+    assert epoch == 2
+    for a, b in zip(jax.tree_util.tree_leaves(half.state), jax.tree_util.tree_leaves(restored), strict=True):
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     resumed = runner.train(small_config(tmp_path / "resumed", epochs=4, seeds="2"), task, mnist_small)
     assert resumed.summary["resumed_from_epoch"] == 2
     for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):

@@ -471,7 +471,7 @@ def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.Train
             raise checkpoint.CheckpointError(f"--workdir {config.workdir}: no checkpoint to restore")
         optimizer = make_optimizer(config)
         keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
-        template = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
+        template = train_lib.abstract_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
         return checkpoint.restore_latest(manager, template)
     finally:
         checkpoint.close(manager)

@@ -348,9 +348,8 @@ def usage_by_epoch(config: VQVAEConfig, task: Task, model: VQVAE, x: np.ndarray)
     import orbax.checkpoint as ocp
 
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
-    template = train_lib.init_replicated_state(task.init_params, make_optimizer(config), keys.init,
-                                               task.init_model_state)
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    abstract = train_lib.abstract_replicated_state(task.init_params, make_optimizer(config), keys.init,
+                                                   task.init_model_state)
     manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
     out = []
     try:
