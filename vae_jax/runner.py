@@ -463,16 +463,21 @@ def load_run_config(workdir: str, config_cls):
     return config_cls(**values)
 
 
+def state_template(config: TrainConfig, task: Task) -> train_lib.TrainState:
+    """The shapes and dtypes of the train state (all replicas) of the run ``config`` describes, traced but not
+    compiled (:func:`vae_jax.train.abstract_replicated_state`): a template to restore its checkpoints into."""
+    keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
+    return train_lib.abstract_replicated_state(task.init_params, make_optimizer(config), keys.init,
+                                               task.init_model_state)
+
+
 def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.TrainState]:
     """The newest checkpointed train state (all replicas) of the run ``config`` describes."""
     manager = checkpoint.make_manager(config.workdir)
     try:
         if manager.latest_step() is None:
             raise checkpoint.CheckpointError(f"--workdir {config.workdir}: no checkpoint to restore")
-        optimizer = make_optimizer(config)
-        keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
-        template = train_lib.abstract_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
-        return checkpoint.restore_latest(manager, template)
+        return checkpoint.restore_latest(manager, state_template(config, task))
     finally:
         checkpoint.close(manager)
 

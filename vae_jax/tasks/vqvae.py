@@ -43,10 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import caches, checkpoint, losses, objectives, precision as precision_lib, quantize
-from vae_jax import train as train_lib
 from vae_jax.cli import ConfigError, field, require
 from vae_jax.models.vqvae import VQVAE, init_params as init_vqvae_params
-from vae_jax.runner import Task, TrainConfig, make_optimizer
+from vae_jax.runner import Task, TrainConfig, state_template
 from vae_jax.tasks.common import apply_in_batches
 
 CODEBOOK_MODES = ("grad", "ema")
@@ -347,9 +346,7 @@ def usage_by_epoch(config: VQVAEConfig, task: Task, model: VQVAE, x: np.ndarray)
     """
     import orbax.checkpoint as ocp
 
-    keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
-    abstract = train_lib.abstract_replicated_state(task.init_params, make_optimizer(config), keys.init,
-                                                   task.init_model_state)
+    abstract = state_template(config, task)
     manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
     out = []
     try:
