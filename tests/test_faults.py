@@ -536,3 +536,27 @@ def test_a_save_that_runs_out_of_space_says_so_and_keeps_the_previous_checkpoint
     again = run_command(argv, subprocess_env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert runner.checkpoint_epochs(str(workdir))[-1] == more
+
+
+def test_processes_probing_one_workdir_at_once_never_remove_each_others_probe(tmp_path):
+    """A distributed run's processes all probe the shared workdir at start; none may fail on another's probe."""
+    import threading
+
+    errors, start = [], threading.Barrier(4)
+
+    def probe_many():
+        start.wait()
+        for _ in range(300):
+            try:
+                runner.probe_workdir(str(tmp_path / "shared"))
+            except runner.ConfigError as err:
+                errors.append(str(err))
+                return
+
+    threads = [threading.Thread(target=probe_many) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == [] and os.listdir(tmp_path / "shared") == []  # and no probe is left behind
+    with pytest.raises(runner.ConfigError, match="--workdir .*: not a writable directory"):
+        (tmp_path / "file").write_text("")
+        runner.probe_workdir(str(tmp_path / "file" / "run"))

@@ -271,13 +271,16 @@ def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = 
 
 
 def _quarantine(manager: ocp.CheckpointManager, bad_steps: list[int]) -> str:
+    """Moves the bad checkpoints aside (process 0 moves them; every process reloads the manager after)."""
     directory = os.fspath(manager.directory)
     target_root = os.path.join(os.path.dirname(directory), BAD_DIR)
-    os.makedirs(target_root, exist_ok=True)
-    for step in bad_steps:
-        target = os.path.join(target_root, str(step))
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        shutil.move(os.path.join(directory, str(step)), target)
+    if distributed.is_main_process():  # processes sharing the folder would race on the moves
+        os.makedirs(target_root, exist_ok=True)
+        for step in bad_steps:
+            target = os.path.join(target_root, str(step))
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            shutil.move(os.path.join(directory, str(step)), target)
+    distributed.wait_for_all("quarantine_" + "_".join(map(str, bad_steps)))
     manager.reload()
     return f" (moved to {target_root})"

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Any, Callable, ClassVar
 
@@ -403,6 +404,20 @@ def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
+def probe_workdir(workdir: str) -> None:
+    """Creates ``workdir`` if needed and checks that a file can be written in it (a ConfigError if not).
+
+    The probe file has a name of its own, so that processes probing one workdir at once (a distributed
+    run's) never remove each other's.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test."):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--workdir {workdir}: not a writable directory ({err.strerror or type(err).__name__})") from None
+
+
 def _write_json(path: str, obj) -> None:
     if not distributed.is_main_process():  # one writer per run
         return
@@ -523,15 +538,10 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     plan = check_workdir(config)
     dataset = load_data(config) if dataset is None else dataset
     workdir = config.workdir
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as err:
-        raise ConfigError(f"--workdir {workdir}: not a writable directory ({err.strerror or type(err).__name__})") from None
-    if plan.move_aside:
+    probe_workdir(workdir)
+    # Every process has read (check_workdir) and probed the workdir before process 0 changes anything in it.
+    distributed.wait_for_all("workdir_checked")
+    if plan.move_aside and distributed.is_main_process():
         log(f"--overwrite: moved the previous run in {workdir} to {move_run_aside(workdir)}")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 
@@ -553,7 +563,8 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     else:
         if start_epoch:
             log(f"resuming {workdir} from its epoch-{start_epoch} checkpoint")
-            _retire_eval_record(workdir, start_epoch)
+            if distributed.is_main_process():
+                _retire_eval_record(workdir, start_epoch)
         if distributed.is_main_process():
             with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
                 f.writelines(json.dumps(line) + "\n" for line in history)
