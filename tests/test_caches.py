@@ -116,3 +116,24 @@ def test_the_initial_state_compiled_to_run_once_equals_xlas_default_compile_bit_
     assert len(leaves) == len(expected) > 10
     for a, b in zip(leaves, expected):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_run_once_program_called_inside_a_traced_function_compiles_with_it(monkeypatch):
+    """JAX takes compiler options only from the outermost jit: inside jit, eval_shape and vmap the run-once
+    program is a plain jit (it raised before), with the values of the top-level call."""
+    import jax
+    import jax.numpy as jnp
+
+    monkeypatch.setenv("XLA_FLAGS", "")  # as for a user: the run-once options apply at top level
+
+    @caches.jit_run_once
+    def noise(key, scale):
+        return scale * jax.random.normal(key, (3,))
+
+    key = jax.random.key(7)
+    expected = np.asarray(noise(key, 2.0))
+    np.testing.assert_allclose(np.asarray(jax.jit(noise)(key, 2.0)), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda k: noise(k, 2.0) + 0)(key)), expected, rtol=1e-6)
+    assert jax.eval_shape(lambda: noise(key, 2.0)).shape == (3,)
+    batched = jax.vmap(noise, in_axes=(None, 0))(key, jnp.asarray([1.0, 2.0]))
+    np.testing.assert_allclose(np.asarray(batched)[1], expected, rtol=1e-6)

@@ -89,22 +89,32 @@ def jit_run_once(fun: Callable | None = None, **jit_kwargs) -> Callable:
     diagnostics), or quick to run (the epoch's shuffle).
 
     Usable as a decorator (``@jit_run_once`` or ``@jit_run_once(static_argnums=...)``) at import:
-    the jitted function is built at the first call, when the backend is known.
+    the jitted function is built at the first call, when the backend is known. Called while another
+    function is traced (inside ``jax.jit``, ``jax.eval_shape``, ...), where JAX takes compiler options only
+    from the outermost ``jit``, it is a plain ``jax.jit`` of ``fun``, compiled as part of that function.
     """
     if fun is None:
         return functools.partial(jit_run_once, **jit_kwargs)
 
     @functools.cache
-    def program():
+    def program(top_level: bool):
         import jax
 
-        return jax.jit(fun, compiler_options=run_once_compiler_options(), **jit_kwargs)
+        options = run_once_compiler_options() if top_level else None
+        return jax.jit(fun, compiler_options=options, **jit_kwargs)
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
-        return program()(*args, **kwargs)
+        return program(not _tracing())(*args, **kwargs)
 
     return call
+
+
+def _tracing() -> bool:
+    """True while JAX traces a function (the caller runs inside ``jit``, ``eval_shape``, ``vmap``, ...)."""
+    from jax._src import core  # no public equivalent; tested in tests/test_caches.py
+
+    return not core.trace_state_clean()
 
 
 def cached_arrays(name: str, build_fn: Callable[[], tuple], directory: str | None = None) -> tuple:
