@@ -137,3 +137,12 @@ def test_a_run_once_program_called_inside_a_traced_function_compiles_with_it(mon
     assert jax.eval_shape(lambda: noise(key, 2.0)).shape == (3,)
     batched = jax.vmap(noise, in_axes=(None, 0))(key, jnp.asarray([1.0, 2.0]))
     np.testing.assert_allclose(np.asarray(batched)[1], expected, rtol=1e-6)
+
+    from vae_jax import runner, tasks, train as train_lib  # the runner's initial state, traced (as the benchmark does)
+    config = tasks.VAEConfig(latent_dim=2, hidden=(8,))
+    _, task = tasks.vae_task(config, (4, 4, 1))
+    optimizer, init_keys = runner.make_optimizer(config), jax.vmap(train_lib.run_keys)(jnp.asarray([0])).init
+    train_lib._jitted_init.cache_clear()
+    state = jax.eval_shape(lambda: train_lib.init_replicated_state(task.init_params, optimizer, init_keys))
+    train_lib._jitted_init.cache_clear()
+    assert jax.tree_util.tree_leaves(state.params)[0].shape[0] == 1

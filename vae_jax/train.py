@@ -339,4 +339,4 @@ def _jitted_init(init_params_fn: Callable, optimizer, init_model_state_fn: Calla
         model_state = None if init_model_state_fn is None else init_model_state_fn(params)
         return init_train_state(params, optimizer, model_state)
 
-    return jax.jit(jax.vmap(init_one), compiler_options=caches.run_once_compiler_options())
+    return caches.jit_run_once(jax.vmap(init_one))
