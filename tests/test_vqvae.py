@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import cli, evaluate, runner, train
+from vae_jax import checkpoint, cli, evaluate, runner, train
 from vae_jax.tasks import vqvae as vq
 
 TINY = dict(codebook_size=16, code_dim=4, channels=(8, 16), res_blocks=0, batch_size=32, progress=False)
@@ -116,7 +116,7 @@ def test_code_usage_counts_the_whole_set(tmp_path, mnist_small):
     np.testing.assert_allclose(usage["perplexity"], np.exp(-np.sum(p * np.log(p))), rtol=1e-5)
 
 
-def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mnist_small):
+def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mnist_small, capsys):
     config = _config(tmp_path, codebook_size=32, codebook="ema", kmeans_init="on", dead_code_steps=(20,),
                      epochs=3, learning_rate=2e-3)
     model, task = vq.vqvae_task(config, mnist_small.image_shape, mnist_small.x_train)
@@ -134,6 +134,18 @@ def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mni
     assert by_epoch[-1]["codes_used"] == usage["codes_used"]
     with open(os.path.join(config.workdir, "config.json")) as f:
         assert json.load(f)["kind"] == "vqvae"
+    # Flipped bytes in epoch 2's largest file: caught by its SHA-256 manifest, left out with a warning.
+    step_dir = os.path.join(config.workdir, "checkpoints", "2")
+    files = [os.path.join(folder, name) for folder, _, names in os.walk(step_dir) for name in names
+             if name != checkpoint.CHECKSUMS]
+    with open(max(files, key=os.path.getsize), "r+b") as f:
+        f.seek(8)
+        byte = f.read(1)
+        f.seek(8)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    capsys.readouterr()
+    assert vq.usage_by_epoch(config, task, model, mnist_small.x_test) == [by_epoch[0], by_epoch[2]]
+    assert "warning: checkpoint 2 in" in capsys.readouterr().err
 
 
 def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys):

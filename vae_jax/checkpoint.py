@@ -206,10 +206,10 @@ def _os_error_reason(err: BaseException) -> str:
             return os.strerror(int(code.group(1)))
         seen.add(id(err))
         err = err.__cause__ or err.__context__
-    return _one_line(err) if err is not None else "unknown error"
+    return one_line(err) if err is not None else "unknown error"
 
 
-def _one_line(err: BaseException, limit: int = 160) -> str:
+def one_line(err: BaseException, limit: int = 160) -> str:
     """``Type: first line of the message``, without TensorStore's pointer to its full details."""
     text = (str(err).splitlines() or [""])[0].split(" See full TensorStore details")[0]
     if len(text) > limit:
@@ -217,7 +217,19 @@ def _one_line(err: BaseException, limit: int = 160) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _restore_one(manager: ocp.CheckpointManager, epoch: int, abstract, template):
+def restore_epoch(manager: ocp.CheckpointManager, epoch: int, template, abstract=None):
+    """The checkpoint of ``epoch`` read into the structure of ``template`` (arrays or ``jax.ShapeDtypeStruct``s).
+
+    Its files are checked against their SHA-256 manifest first and its leaves' shapes against
+    ``template`` after (Orbax does not check every leaf). ``abstract``: ``template`` as
+    ``ShapeDtypeStruct``s, when the caller already has it.
+
+    Raises:
+      Exception: whatever stops it (a ``ValueError`` naming a damaged file or a mismatched shape, Orbax's
+      or the file system's errors); :func:`restore_latest` turns them into warnings.
+    """
+    if abstract is None:
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
     _verify_checksums(os.path.join(os.fspath(manager.directory), str(epoch)))
     state = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
     # Orbax does not check every leaf it reads back: check the structure and shapes ourselves.
@@ -251,9 +263,9 @@ def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = 
     bad = []
     for epoch in steps:
         try:
-            state = _restore_one(manager, epoch, abstract, template)
+            state = restore_epoch(manager, epoch, template, abstract)
         except Exception as err:
-            reason = _one_line(err)
+            reason = one_line(err)
             print(f"warning: checkpoint {epoch} in {manager.directory} cannot be restored ({reason}); "
                   "trying the next older one", file=sys.stderr)
             bad.append(epoch)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from typing import ClassVar
 
 import jax
@@ -342,16 +343,21 @@ def usage_by_epoch(config: VQVAEConfig, task: Task, model: VQVAE, x: np.ndarray)
 
     Reads the Orbax checkpoints (one per ``--checkpoint-every`` epochs) and
     measures each with :func:`code_usage`; with several seeds the numbers are
-    averaged over the replicas (and listed per seed).
+    averaged over the replicas (and listed per seed). Each checkpoint is
+    verified as a resume verifies it (:func:`vae_jax.checkpoint.restore_epoch`:
+    SHA-256 manifest, leaf shapes); one that fails is left out with a one-line warning.
     """
-    import orbax.checkpoint as ocp
-
     abstract = state_template(config, task)
     manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
     out = []
     try:
         for step in sorted(manager.all_steps()):
-            state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            try:
+                state = checkpoint.restore_epoch(manager, step, abstract)
+            except Exception as err:
+                print(f"warning: checkpoint {step} in {manager.directory} cannot be restored "
+                      f"({checkpoint.one_line(err)}); its codebook usage is left out", file=sys.stderr)
+                continue
             usage = [code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
                      for r in range(len(config.seed_list()))]
             out.append({"epoch": int(step),
