@@ -187,11 +187,11 @@ class RunnerPath:
             lambda: runner.loss_has_convolution(self.task.loss_fn, jax.eval_shape(lambda: self.fresh()[0]), x, None,
                                                 config.batch_size))
         # runner.train's epoch: with the guard on, the unguarded program, replayed with the guard after a fault
-        self.epoch_fn = runner.make_epoch(self.task, self.optimizer, config, self.plan, self.epoch_loop)
+        self.epoch_fn = runner.make_epoch(self.task, self.optimizer, config, self.plan, self.epoch_loop, len(x))
         # the program that runs each epoch (the fault-free one)
         self.program = getattr(self.epoch_fn, "fast", self.epoch_fn)
         self.train_step = train.make_train_step(self.task.loss_fn, self.optimizer, self.task.update_fn)  # its step
-        self.data = self.plan.place_shared(runner.device_data(x, None))
+        self.data = self.plan.place_examples(runner.host_split(x, None))
 
     def fresh(self):
         keys = jax.vmap(train.run_keys)(jnp.asarray(self.seeds))

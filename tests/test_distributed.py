@@ -1,5 +1,6 @@
 """Two processes on loopback train one run (jax.distributed + Gloo on CPU): same result as one process, one writer,
-sharded resume, and streamed batches of which each process reads only its half."""
+sharded resume, a resident training split of which each process holds half the rows, and streamed batches of which
+each process reads only its half."""
 
 import json
 import os
@@ -12,7 +13,17 @@ import numpy as np
 
 TRAIN_SOURCE = textwrap.dedent("""
     import jax, numpy as np
-    from vae_jax import data, runner, tasks
+    from vae_jax import data, parallel, runner, tasks
+
+    placed_rows = []  # rows of the resident training split on this process's devices, and of the whole split
+    place_examples = parallel.Plan.place_examples
+
+    def recording_place_examples(self, arrays):
+        placed = place_examples(self, arrays)
+        placed_rows.append([[s.data.shape[0] for s in placed["x"].addressable_shards], placed["x"].shape[0]])
+        return placed
+
+    parallel.Plan.place_examples = recording_place_examples
 
     class CountingArray(np.ndarray):  # counts the training rows this process reads
         rows_read = 0
@@ -33,7 +44,7 @@ TRAIN_SOURCE = textwrap.dedent("""
         result = runner.train(config, task, ds)
         return {"process": jax.process_index(), "processes": jax.process_count(), "mesh": result.summary["mesh"],
                 "resumed_from": result.summary["resumed_from_epoch"], "streamed": result.summary["streamed"],
-                "rows_read": CountingArray.rows_read,
+                "rows_read": CountingArray.rows_read, "placed_rows": placed_rows,
                 "params": [np.asarray(a).tolist() for a in jax.tree_util.tree_leaves(result.state.params)]}
 """)
 RUN_SCRIPT = TRAIN_SOURCE + textwrap.dedent("""
@@ -86,7 +97,7 @@ def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool 
     return results
 
 
-def test_two_processes_train_what_one_process_trains_resume_and_stream_their_halves_of_each_batch(tmp_path):
+def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_their_halves(tmp_path):
     single = _run_here(tmp_path / "single", 2)
     pair = _run(tmp_path / "pair", 2, processes=2)
     assert [o["process"] for o in pair] == [0, 1] and all(o["processes"] == 2 for o in pair)
@@ -100,6 +111,15 @@ def test_two_processes_train_what_one_process_trains_resume_and_stream_their_hal
     assert all(o["resumed_from"] == 2 for o in resumed)
     lines = (tmp_path / "pair" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+    # Resident, one seed: the training split's rows are split along the data axis, which spans the two
+    # processes: each puts only its 128 of the 256 rows on its device, and they train the one-process model.
+    resident = _run(tmp_path / "resident", 2, processes=2, seeds="1")
+    for out in resident:
+        assert not out["streamed"] and out["mesh"] == {"replica": 1, "data": 2}
+        assert out["placed_rows"] == [[[128], 256]]
+        for a, b in zip(single["params"], out["params"]):
+            np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
 
     # Streaming, one seed: the mesh's data axis spans the two processes, so each holds half of every batch
     # and reads only those rows from its host arrays. Seed 0 is replica 0 of the one-process run.

@@ -162,9 +162,11 @@ MESH_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from vae_jax import data, runner, tasks
+    from vae_jax import parallel
     x_train, y_train, x_test, y_test = data.embedded_mnist()
-    ds = data.Dataset(x_train[:256, ..., None] / np.float32(255), y_train[:256],
-                      x_test[:64, ..., None] / np.float32(255), y_test[:64], "slice")
+    # 250 rows: not a multiple of 8 or 4, so the split is padded to lay it out over 8 (or 4) data shards
+    ds = data.Dataset(x_train[:250, ..., None] / np.float32(255), y_train[:250],
+                      x_test[:60, ..., None] / np.float32(255), y_test[:60], "slice")
     def config(name, **kw):
         kw = {"batch_size": 64, **kw}
         return tasks.VAEConfig(latent_dim=4, hidden=(32,), epochs=1, workdir=sys.argv[1] + "/" + name,
@@ -178,7 +180,16 @@ MESH_SCRIPT = textwrap.dedent("""
         result = runner.train(cfg, task, ds)
         out[name] = {"summary": {k: result.summary[k] for k in ("device_count", "mesh", "seed_layout")},
                      "params": [np.asarray(a).tolist() for a in jax.tree_util.tree_leaves(result.state.params)],
-                     "loss": [line["train_loss"] for line in result.history]}
+                     "loss": [line["train_loss"] for line in result.history],
+                     "test": [line.get("per_seed", {"test_neg_elbo": [line["test_neg_elbo"]]})["test_neg_elbo"]
+                              for line in result.history]}
+    placed = parallel.make_plan(2, 64, "8").place_examples({"x": ds.train_pixels, "y": ds.y_train})  # 2 x 4 mesh
+    out["shards"] = {name: sorted((s.index[0].start, s.index[0].stop, s.data.shape[0], s.device.id,
+                                   bool(np.array_equal(np.asarray(s.data)[:max(0, 250 - s.index[0].start)],
+                                                       np.asarray(host)[s.index[0]]))
+                                   and not np.asarray(s.data)[max(0, 250 - s.index[0].start):].any())
+                                  for s in placed[name].addressable_shards)
+                     for name, host in (("x", ds.train_pixels), ("y", ds.y_train))}
     try:
         runner.train(config("bad", devices="8", batch_size=60), task, ds)
     except runner.ConfigError as err:
@@ -207,3 +218,12 @@ def test_eight_simulated_devices_match_one_device(tmp_path):
     for a, b in zip(one, out["data8"]["params"]):  # seed 0 is replica 0 of the two-seed run
         np.testing.assert_allclose(a[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
     assert "--batch-size 60 cannot be split evenly over 8 data shards" in out["error"]
+    for a, b, c in zip(out["one"]["test"], out["data8"]["test"], out["seeds2x4"]["test"]):  # devices share batches
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
+        np.testing.assert_allclose(a, c, rtol=1e-5)
+    # The training split over a 2 x 4 mesh: each device holds its 63 of the 252 padded rows (the last 2 zeros);
+    # the two replica shards hold the same rows.
+    for name in ("x", "y"):
+        shards = out["shards"][name]
+        assert [s[:3] for s in shards] == [[start, start + 63, 63] for start in (0, 0, 63, 63, 126, 126, 189, 189)]
+        assert len({s[3] for s in shards}) == 8 and all(s[4] for s in shards)

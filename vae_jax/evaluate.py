@@ -37,11 +37,13 @@ def eval_key() -> jax.Array:
     return jax.random.key(EVAL_SEED)
 
 
-def map_batches(fn: Callable, data: dict, batch_size: int) -> dict:
+def map_batches(fn: Callable, data: dict, batch_size: int, batch_sharding=None) -> dict:
     """Applies ``fn(batch, batch_index) -> dict of [b, ...]`` over ``data`` in batches.
 
     Returns the outputs concatenated back to ``[N, ...]``. Traceable: call it
     inside ``jit``; only one batch's intermediates are alive at a time.
+    ``batch_sharding``: each batch is constrained to it before ``fn``
+    (``jax.lax.with_sharding_constraint``; a batch split over devices splits their work).
     """
     _check_positive_int(batch_size, "batch_size")
     leaves = jax.tree_util.tree_leaves(data)
@@ -61,21 +63,27 @@ def map_batches(fn: Callable, data: dict, batch_size: int) -> dict:
             a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)], axis=0)
         return a.reshape(num_batches, batch_size, *a.shape[1:])
 
+    def body(args):
+        batch, i = args
+        if batch_sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        return fn(batch, i)
+
     batched = jax.tree_util.tree_map(split, data)
-    out = jax.lax.map(lambda args: fn(*args), (batched, jnp.arange(num_batches)))
+    out = jax.lax.map(body, (batched, jnp.arange(num_batches)))
     return jax.tree_util.tree_map(lambda o: o.reshape(num_batches * batch_size, *o.shape[2:])[:n], out)
 
 
-def per_example_eval(eval_fn: Callable, batch_size: int) -> Callable:
+def per_example_eval(eval_fn: Callable, batch_size: int, batch_sharding=None) -> Callable:
     """``(params, data, key) -> dict of [N]``: ``eval_fn`` over ``data`` in batches (traceable, not jitted).
 
     ``data["x"]`` may be ``uint8``: each batch is converted to float32 in [0, 1]
-    for ``eval_fn``; batch i gets the key ``fold_in(key, i)``.
+    for ``eval_fn``; batch i gets the key ``fold_in(key, i)``. ``batch_sharding``: as in :func:`map_batches`.
     """
 
     def run(params, data, key):
-        return map_batches(
-            lambda batch, i: eval_fn(params, batch_to_float(batch), jax.random.fold_in(key, i)), data, batch_size)
+        return map_batches(lambda batch, i: eval_fn(params, batch_to_float(batch), jax.random.fold_in(key, i)),
+                           data, batch_size, batch_sharding)
 
     return run
 

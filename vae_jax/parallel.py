@@ -41,7 +41,13 @@ Devices (``--devices N|all``): with more than one device the run uses a
 ``replica`` axis, and each replica's batch over the ``data`` axis (the global
 batch stays ``--batch-size``, so one step is the same computation as on one
 device up to the order of float reductions). Parameters and optimizer state
-are replicated along ``data``; XLA inserts the gradient all-reduce. Nothing
+are replicated along ``data``; XLA inserts the gradient all-reduce. The
+training split's rows are split along ``data`` as well
+(:meth:`Plan.place_examples`): a device holds 1/d of them and XLA gathers each
+step's batch from the shards (each device gathers the rows it holds, one
+reduction over ``data`` assembles the batch; on 8 simulated CPU devices as
+fast as the replicated split, measured). Evaluation batches are split along
+``data`` (:func:`make_eval_program`). Nothing
 here communicates by hand: the shardings are given to ``jax.jit`` and
 ``jax.lax.with_sharding_constraint`` and the SPMD partitioner does the rest.
 """
@@ -147,11 +153,46 @@ class Plan:
             return tree
         return _put(tree, self.sharding(P(REPLICA_AXIS)))
 
+    @property
+    def data_shards(self) -> int:
+        """``d``, the size of the mesh's ``data`` axis (1 on one device)."""
+        return 1 if self.mesh is None else int(self.mesh.shape[DATA_AXIS])
+
     def place_shared(self, tree):
-        """Puts data every replica reads (the dataset) on every device of the mesh (as is on one device)."""
+        """Puts data every replica reads in full (an evaluation split) on every device of the mesh (as is on one device)."""
         if self.mesh is None:
             return tree
         return _put(tree, self.sharding(P()))
+
+    def place_examples(self, arrays: dict) -> dict:
+        """Puts a training split ``{name: host array [N, ...]}`` on the devices, its rows split along ``data``.
+
+        On a mesh each device holds ``ceil(N / d)`` rows (``d`` data shards;
+        replicas read the same rows) and each process copies only the rows of
+        its own devices from ``arrays``. The rows are padded with zeros to a
+        multiple of ``d``; no program reads the padding: give the epoch programs
+        ``num_examples=N``. A step's batch, drawn from all ``N`` rows, is
+        gathered from the shards by XLA (each device gathers the rows it holds,
+        then one reduction over ``data`` assembles the batch). On one device:
+        the arrays as they are, on the device.
+        """
+        if self.mesh is None:
+            return jax.tree_util.tree_map(jnp.asarray, arrays)
+        sharding, shards = self.sharding(P(DATA_AXIS)), self.data_shards
+
+        def put(host):
+            n = host.shape[0]
+            shape = (-(-n // shards) * shards, *host.shape[1:])
+
+            def rows(index):  # index: the slices of one device's shard of the padded array
+                start, stop, _ = index[0].indices(shape[0])
+                block = np.zeros((stop - start, *shape[1:]), host.dtype)
+                block[:max(0, min(stop, n) - start)] = host[start:min(stop, n)]
+                return block
+
+            return jax.make_array_from_callback(shape, sharding, rows)
+
+        return jax.tree_util.tree_map(put, arrays)
 
     def summary(self) -> dict:
         """What ``summary.json`` records about the layout."""
@@ -269,18 +310,21 @@ def _replica_loop(program: Callable, plan: Plan, in_axes: tuple) -> Callable:
     return run
 
 
-def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan, epoch_loop: str = "scan"):
+def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan, epoch_loop: str = "scan",
+                       num_examples: int | None = None):
     """The epoch of R replicas: ``(state[R], data, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])``.
 
     ``epoch_loop`` ``scan``: one jitted program; ``steps``: a Python loop over
     a jitted step of the R replicas (see the module docstring). Under the
     ``loop`` seed layout, the one-seed program runs for each replica in turn.
     The state is donated (under ``loop``, each replica's slice). On a mesh,
+    the data is expected split along ``data`` (:meth:`Plan.place_examples`),
     each step's batch is constrained to be split along ``data`` and
-    everything with a replica axis along ``replica``.
+    everything with a replica axis along ``replica``. ``num_examples``: the
+    split's own row count when its rows were padded (default: all rows).
     """
     if plan.seed_layout == "loop":
-        one = make_epoch_program(train_step, batch_size, _one_replica(plan), epoch_loop)
+        one = make_epoch_program(train_step, batch_size, _one_replica(plan), epoch_loop, num_examples)
         return _replica_loop(one, plan, (0, None, 0, 0, None))
     step = train_step
     if plan.mesh is not None:
@@ -291,18 +335,18 @@ def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan, epoch_
             return train_step(state, batch, key)
 
     spmd_axis = None if plan.mesh is None else REPLICA_AXIS
-    per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
+    per_replica, shared, rows = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P()), plan.sharding(P(DATA_AXIS))
     if epoch_loop == "steps":
-        return _step_loop_epoch(step, batch_size, plan, spmd_axis)
-    epoch_fn = train_lib.make_epoch_fn(step, batch_size)
+        return _step_loop_epoch(step, batch_size, plan, spmd_axis, num_examples)
+    epoch_fn = train_lib.make_epoch_fn(step, batch_size, num_examples)
     program = over_replicas(epoch_fn, plan.seed_layout, (0, None, 0, 0, None), spmd_axis)
     if plan.mesh is None:
         return jax.jit(program, donate_argnums=0)
-    return jax.jit(program, donate_argnums=0, in_shardings=(per_replica, shared, per_replica, per_replica, shared),
+    return jax.jit(program, donate_argnums=0, in_shardings=(per_replica, rows, per_replica, per_replica, shared),
                    out_shardings=(per_replica, per_replica))
 
 
-def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, spmd_axis: str | None):
+def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, spmd_axis: str | None, num_examples: int | None):
     """The epoch of :func:`vae_jax.train.make_epoch_fn` as a Python loop over one jitted step of R replicas."""
 
     def one_step(state, data, order, s, sample_key):  # order: [S, B] this replica's batches; s: the step's index
@@ -319,16 +363,16 @@ def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, spmd_axis: str
         step_program = jax.jit(step_program, donate_argnums=0)
         order_program = caches.jit_run_once(order_program, static_argnums=2)  # the shuffle: integer work, quick to run
     else:
-        per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
+        per_replica, shared, rows = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P()), plan.sharding(P(DATA_AXIS))
         step_program = jax.jit(step_program, donate_argnums=0, out_shardings=(per_replica, per_replica),
-                               in_shardings=(per_replica, shared, per_replica, shared, per_replica))
+                               in_shardings=(per_replica, rows, per_replica, shared, per_replica))
         order_program = caches.jit_run_once(order_program, static_argnums=2, in_shardings=(per_replica, shared),
                                             out_shardings=per_replica)
     summarize = jax.jit(jax.vmap(train_lib.epoch_mean))  # {name: [R, S]} -> {name: [R]}
 
     def epoch_fn(state, data, data_keys, sample_keys, epoch):
-        num_examples = jax.tree_util.tree_leaves(data)[0].shape[0]
-        order = order_program(data_keys, jnp.asarray(epoch, jnp.int32), num_examples)  # [R, S, B]
+        count = num_examples or jax.tree_util.tree_leaves(data)[0].shape[0]
+        order = order_program(data_keys, jnp.asarray(epoch, jnp.int32), count)  # [R, S, B]
         step_metrics = []
         for s in range(order.shape[1]):
             state, metrics = step_program(state, data, order, jnp.asarray(s, jnp.int32), sample_keys)
@@ -343,12 +387,14 @@ def make_eval_program(eval_fn: Callable, batch_size: int, plan: Plan):
     """The jitted per-example evaluation of R replicas: ``(params[R], data, key) -> dict of [R, N]``.
 
     The same computation as :func:`vae_jax.evaluate.make_replicated_eval`,
-    laid out as the plan says.
+    laid out as the plan says: on a mesh, ``data`` is on every device
+    (:meth:`Plan.place_shared`) and each batch is split along ``data``, so
+    the devices of a replica share its evaluation.
     """
 
     if plan.seed_layout == "loop":
         return _replica_loop(make_eval_program(eval_fn, batch_size, _one_replica(plan)), plan, (0, None, None))
-    run = evaluate.per_example_eval(eval_fn, batch_size)
+    run = evaluate.per_example_eval(eval_fn, batch_size, plan.sharding(P(DATA_AXIS)))
     spmd_axis = None if plan.mesh is None else REPLICA_AXIS
     program = over_replicas(run, plan.seed_layout, (0, None, None), spmd_axis)
     if plan.mesh is None:

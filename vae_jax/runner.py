@@ -210,15 +210,17 @@ def load_data(config: TrainConfig) -> data_lib.Dataset:
     )
 
 
+def host_split(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
+    """One split as the programs read it, ``{"x": pixels}`` and ``"y"`` when it has labels (host arrays)."""
+    return {"x": pixels} if labels is None else {"x": pixels, "y": labels}
+
+
 def device_data(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
     """One split on the device in its stored form (``uint8`` stays ``uint8``: 1 byte a pixel).
 
     The train step and the evaluation convert each batch with :func:`vae_jax.data.pixels_to_float`.
     """
-    data = {"x": jnp.asarray(pixels)}
-    if labels is not None:
-        data["y"] = jnp.asarray(labels)
-    return data
+    return jax.tree_util.tree_map(jnp.asarray, host_split(pixels, labels))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,10 +240,11 @@ class WorkdirPlan:
 
 
 def make_epoch(task: Task, optimizer: optax.GradientTransformation, config: TrainConfig, layout: parallel.Plan,
-               epoch_loop: str, host_arrays: dict | None = None) -> Callable:
+               epoch_loop: str, num_examples: int, host_arrays: dict | None = None) -> Callable:
     """The epoch function :func:`train` calls: ``(state[R], data, data_keys[R], sample_keys[R], epoch)
     -> (state[R], metrics[R])``, streamed from ``host_arrays`` when given (:mod:`vae_jax.streaming`), else
-    the device-resident program of :func:`vae_jax.parallel.make_epoch_program`.
+    the device-resident program of :func:`vae_jax.parallel.make_epoch_program` over the training split's
+    ``num_examples`` rows (:meth:`vae_jax.parallel.Plan.place_examples`).
 
     With ``--max-consecutive-skips`` > 0 it is a :class:`vae_jax.train.ReplayOnFault`: the unguarded
     epoch, run again with the step guard only when a non-finite step left its mark (the guarded program
@@ -258,7 +261,7 @@ def make_epoch(task: Task, optimizer: optax.GradientTransformation, config: Trai
         step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn, max_consecutive_skips)
         if host_arrays is not None:
             return streaming.make_stream_epoch(step, config.batch_size, layout, host_arrays)
-        return parallel.make_epoch_program(step, config.batch_size, layout, epoch_loop)
+        return parallel.make_epoch_program(step, config.batch_size, layout, epoch_loop, num_examples)
 
     if not config.max_consecutive_skips:
         return build(0)
@@ -570,20 +573,20 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
                 f.writelines(json.dumps(line) + "\n" for line in history)
         _write_json(os.path.join(workdir, "config.json"), config_record(config))
 
-    stream = streaming.should_stream(config.stream, dataset.train_pixels.nbytes)  # host-side batches: vae_jax.streaming
-    train_data = None if stream else device_data(dataset.train_pixels, dataset.y_train)
-    test_data = device_data(dataset.test_pixels, dataset.y_test)
     # Devices and seed layout: vae_jax.parallel compiles the epoch and evaluation for them.
     layout = parallel.make_plan(len(seeds), config.batch_size, config.devices, config.seed_layout)
     state, keys = layout.place_replicated(state), layout.place_replicated(keys)
-    train_data, test_data = layout.place_shared(train_data), layout.place_shared(test_data)
+    # The training split stays on the devices, its rows split over the mesh's data shards, unless a device's
+    # part would take more than half its memory: then batches stream from the host (vae_jax.streaming).
+    host_arrays = host_split(dataset.train_pixels, dataset.y_train)
+    stream = streaming.should_stream(config.stream, dataset.train_pixels.nbytes // layout.data_shards)
+    train_data = None if stream else layout.place_examples(host_arrays)
+    test_data = layout.place_shared(device_data(dataset.test_pixels, dataset.y_test))
     epoch_loop = parallel.choose_epoch_loop(config.epoch_loop, jax.devices()[0].platform,
                                             lambda: loss_has_convolution(task.loss_fn, state, dataset.train_pixels,
                                                                          dataset.y_train, config.batch_size))
-    host_arrays = None
-    if stream:
-        host_arrays = {"x": dataset.train_pixels, **({} if dataset.y_train is None else {"y": dataset.y_train})}
-    epoch_fn = make_epoch(task, optimizer, config, layout, epoch_loop, host_arrays)
+    epoch_fn = make_epoch(task, optimizer, config, layout, epoch_loop, dataset.num_train,
+                          host_arrays if stream else None)
     eval_fn = parallel.make_eval_program(task.eval_fn, config.eval_batch_size, layout)
     steps_per_epoch = dataset.num_train // config.batch_size
 

@@ -1,8 +1,8 @@
 """Training on data bigger than device memory: batches streamed from host memory (or a memory-mapped file) by Grain.
 
 The device-resident, scan-fused epoch (:mod:`vae_jax.parallel`) stays the
-fast path; ``--stream`` (or a training split larger than half the device's
-memory, where the device reports its memory) switches to
+fast path; ``--stream`` (or a device's part of the training split larger than
+half its memory, where the device reports its memory) switches to
 :func:`make_stream_epoch`, which keeps the arrays on the host and runs the
 jitted train step once per batch.
 
@@ -46,7 +46,8 @@ AUTO_STREAM_FRACTION = 0.5
 
 
 def should_stream(requested: bool, train_bytes: int, device=None) -> bool:
-    """``--stream``, or the training split would take more than half of the device's memory (when it says)."""
+    """``--stream``, or ``train_bytes`` (a device's part of the training split) would take more than half of
+    the device's memory (when it says)."""
     if requested:
         return True
     device = device or jax.local_devices()[0]

@@ -234,17 +234,20 @@ def epoch_batches(data_key: jax.Array, epoch: jax.Array, num_examples: int, batc
     return perm[: num_batches * batch_size].reshape(num_batches, batch_size)
 
 
-def make_epoch_fn(train_step: Callable, batch_size: int):
+def make_epoch_fn(train_step: Callable, batch_size: int, num_examples: int | None = None):
     """Returns ``epoch_fn(state, data, data_key, sample_key, epoch) -> (state, metrics)``.
 
     ``data`` is a dict of device-resident arrays with the examples on axis 0
     (``{"x": [N, H, W, C], "y": [N]}``). The whole epoch is one ``lax.scan``;
     ``metrics`` are the step metrics averaged over the epoch's batches.
+    ``num_examples``: the batches are drawn from the first ``num_examples``
+    rows (default: all of them; less when the rows were padded to split them
+    evenly over devices, :meth:`vae_jax.parallel.Plan.place_examples`).
     """
 
     def epoch_fn(state: TrainState, data: dict, data_key, sample_key, epoch):
-        num_examples = jax.tree_util.tree_leaves(data)[0].shape[0]
-        batch_indices = epoch_batches(data_key, epoch, num_examples, batch_size)
+        count = num_examples or jax.tree_util.tree_leaves(data)[0].shape[0]
+        batch_indices = epoch_batches(data_key, epoch, count, batch_size)
 
         def body(state, idx):
             batch = jax.tree_util.tree_map(lambda a: a[idx], data)
