@@ -49,8 +49,12 @@ TRAIN_SOURCE = textwrap.dedent("""
 """)
 RUN_SCRIPT = TRAIN_SOURCE + textwrap.dedent("""
     import json, sys
+    import os
+    from vae_jax import cli, faults
     workdir, epochs, distributed, seeds, stream = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5] == "1"
-    print("RESULT" + json.dumps(train(workdir, epochs, distributed, seeds, stream)))
+    workdir = workdir.replace("PROCESS", os.environ.get("JAX_PROCESS_ID", "0"))  # a workdir per process (tests)
+    main = cli.user_errors(cli.ConfigError)(lambda: print("RESULT" + json.dumps(train(workdir, epochs, distributed, seeds, stream))))
+    main()
 """)
 
 
@@ -67,9 +71,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool = False) -> list[dict]:
+def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool = False,
+         expect_failure: bool = False) -> list:
     """Runs RUN_SCRIPT in ``processes`` processes; their outputs go to files (a full pipe would block a process
-    that its peers wait for at the shutdown barrier)."""
+    that its peers wait for at the shutdown barrier). Returns each one's result, or with ``expect_failure``
+    each one's ``(exit code, stderr)``."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env["XLA_FLAGS"] = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()  # one device per process
                                 if not flag.startswith("--xla_force_host_platform_device_count"))
@@ -77,8 +83,10 @@ def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool 
     if processes > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES=str(processes))
     logs, procs = [], []
+    base = str(workdir).replace("PROCESS", "")  # the logs' place when each process has a workdir of its own
+    os.makedirs(os.path.dirname(base), exist_ok=True)
     for i in range(processes):
-        out, err = open(f"{workdir}.{epochs}.{i}.out", "w+"), open(f"{workdir}.{epochs}.{i}.err", "w+")
+        out, err = open(f"{base}.{epochs}.{i}.out", "w+"), open(f"{base}.{epochs}.{i}.err", "w+")
         logs.append((out, err))
         procs.append(subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(workdir), str(epochs), distributed,
                                        seeds, "1" if stream else "0"],
@@ -90,6 +98,9 @@ def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool 
         err.seek(0)
         stderr = "\n".join(line for line in err.read().splitlines()
                            if not line.startswith(("[Gloo]", "E1", "W1", "I1", "    @")))
+        if expect_failure:
+            results.append((proc.returncode, stderr))
+            continue
         assert proc.returncode == 0, stderr[-3000:]
         results.append(json.loads(out.read().split("RESULT", 1)[1]))
         out.close()
@@ -131,3 +142,19 @@ def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_t
         for a, b in zip(single["params"], out["params"]):  # the gradient all-reduce only reorders float sums
             np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
 
+
+
+def test_one_process_stopping_with_an_error_stops_the_others_at_their_next_barrier(tmp_path):
+    """Process 1's workdir cannot be written: it stops with the one-line error, and process 0, waiting for it at
+    the workdir barrier, stops at once naming it (instead of waiting out the coordination service's timeouts)."""
+    import time
+
+    (tmp_path / "file1").write_text("")  # process 1's workdir lies under a file
+    (tmp_path / "file0").mkdir()
+    start = time.monotonic()
+    (code0, err0), (code1, err1) = _run(str(tmp_path / "filePROCESS" / "run"), 1, processes=2, expect_failure=True)
+    seconds = time.monotonic() - start
+    assert code1 == 2 and "error: --workdir" in err1 and "not a writable directory" in err1
+    assert code0 == 1, err0[-2000:]
+    assert "error: --distributed: process 1 stopped (--workdir" in err0 and "process 0 stops too" in err0
+    assert seconds < 120  # the barrier timeout is 600 s, the coordination service's shutdown barrier's 300 s

@@ -21,7 +21,9 @@ when set, otherwise JAX's own detection (Slurm, Open MPI, Cloud TPU, ...).
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 
 import jax
 import numpy as np
@@ -49,19 +51,69 @@ def initialize() -> None:
                           "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set") from None
 
 
-def wait_for_all(name: str, timeout_s: int = 600) -> None:
+_BARRIERS = itertools.count()  # every process passes the same barriers in the same order
+_STOPPED = "vae_jax/stopped/"  # key prefix: a process that stopped with an error says so under it
+
+
+def _client():
+    from jax._src import distributed as jax_distributed  # the coordination client has no public handle
+
+    return jax_distributed.global_state.client
+
+
+def wait_for_all(name: str, timeout_s: int = 600, poll_s: float = 0.05) -> None:
     """Blocks until every process reaches the barrier ``name`` (a no-op in a single-process run).
 
-    The barrier goes through the coordination service, not a collective: the
-    first collective sets up the CPU collectives (Gloo), which gives up when the
-    processes arrive more than 30 s apart (as after loading data at different
-    speeds).
+    The barrier goes through the coordination service's key-value store, not a
+    collective: the first collective sets up the CPU collectives (Gloo), which
+    gives up when the processes arrive more than 30 s apart (as after loading
+    data at different speeds). Each process writes its arrival and polls for
+    the others'; it also polls for a process that stopped with an error
+    (:func:`report_stop`) and then raises
+    :class:`vae_jax.faults.ProcessStopped` naming it and its error, so that one
+    process's bad flag or unwritable workdir stops every process at once
+    instead of leaving the others waiting out the timeout.
+
+    Raises:
+      ProcessStopped: another process reported that it stopped.
+      TimeoutError: not every process arrived within ``timeout_s``.
     """
     if jax.process_count() == 1:
         return
-    from jax._src import distributed as jax_distributed  # the coordination client has no public handle
+    from vae_jax.faults import ProcessStopped
 
-    jax_distributed.global_state.client.wait_at_barrier(f"vae_jax_{name}", timeout_in_ms=timeout_s * 1000)
+    client = _client()
+    prefix = f"vae_jax/barrier/{next(_BARRIERS)}_{name}/"
+    client.key_value_set(prefix + str(jax.process_index()), "arrived")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stopped = sorted(client.key_value_dir_get(_STOPPED))
+        if stopped:
+            key, message = stopped[0]
+            raise ProcessStopped(f"--distributed: process {key.rsplit('/', 1)[-1]} stopped ({message}); "
+                                 f"process {jax.process_index()} stops too")
+        if len(client.key_value_dir_get(prefix)) >= jax.process_count():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"--distributed: not every process reached {name!r} within {timeout_s} s")
+        time.sleep(poll_s)
+
+
+def report_stop(err: BaseException) -> None:
+    """Tells the other processes that this one stopped with ``err`` (their :func:`wait_for_all` raises).
+
+    Nothing happens in a single-process run, when ``jax.distributed`` is not
+    running, or when ``err`` is itself another process's stop.
+    """
+    from vae_jax.faults import ProcessStopped
+
+    if isinstance(err, ProcessStopped) or not jax.distributed.is_initialized() or jax.process_count() == 1:
+        return
+    message = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    try:
+        _client().key_value_set(_STOPPED + str(jax.process_index()), message)
+    except Exception:  # the coordinator itself is gone: nothing to tell
+        pass
 
 
 def is_main_process() -> bool:

@@ -50,6 +50,11 @@ class Interrupted(RunStopped):
         )
 
 
+class ProcessStopped(RunStopped):
+    """Another process of a distributed run stopped with an error: this one stops too (see
+    :func:`vae_jax.distributed.wait_for_all`)."""
+
+
 class WorkdirBusy(ConfigError):
     """Another live process holds the workdir's lock."""
 

@@ -515,9 +515,13 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     """
     if config.distributed:  # before anything touches a device, and before the lock: only process 0 takes it
         distributed.initialize()
-    lock = faults.WorkdirLock(config.workdir) if distributed.is_main_process() else contextlib.nullcontext()
-    with lock, faults.StopSignals() as stop, contextlib.ExitStack() as closing:
-        return _train(config, task, dataset, stop, closing, train_eval_examples)
+    try:
+        lock = faults.WorkdirLock(config.workdir) if distributed.is_main_process() else contextlib.nullcontext()
+        with lock, faults.StopSignals() as stop, contextlib.ExitStack() as closing:
+            return _train(config, task, dataset, stop, closing, train_eval_examples)
+    except BaseException as err:  # with --distributed, the other processes stop at their next barrier
+        distributed.report_stop(err)
+        raise
 
 
 def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, stop: faults.StopSignals,
