@@ -123,12 +123,13 @@ def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_t
     lines = (tmp_path / "pair" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
-    # Resident, one seed: the training split's rows are split along the data axis, which spans the two
-    # processes: each puts only its 128 of the 256 rows on its device, and they train the one-process model.
+    # Resident, one seed: the splits' rows are split along the data axis, which spans the two processes:
+    # each puts only its 128 of the 256 training rows and 32 of the 64 test rows on its device, and they
+    # train the one-process model.
     resident = _run(tmp_path / "resident", 2, processes=2, seeds="1")
     for out in resident:
         assert not out["streamed"] and out["mesh"] == {"replica": 1, "data": 2}
-        assert out["placed_rows"] == [[[128], 256]]
+        assert out["placed_rows"] == [[[128], 256], [[32], 64]]
         for a, b in zip(single["params"], out["params"]):
             np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
 

@@ -41,7 +41,10 @@ def map_batches(fn: Callable, data: dict, batch_size: int, batch_sharding=None) 
     """Applies ``fn(batch, batch_index) -> dict of [b, ...]`` over ``data`` in batches.
 
     Returns the outputs concatenated back to ``[N, ...]``. Traceable: call it
-    inside ``jit``; only one batch's intermediates are alive at a time.
+    inside ``jit``; only one batch's intermediates are alive at a time. Batch
+    i holds rows ``i * batch_size`` on, taken from ``data`` by index (the last
+    one padded with copies of the last row, whose outputs are dropped), so
+    ``data`` split over devices is never gathered whole: each batch is.
     ``batch_sharding``: each batch is constrained to it before ``fn``
     (``jax.lax.with_sharding_constraint``; a batch split over devices splits their work).
     """
@@ -56,21 +59,15 @@ def map_batches(fn: Callable, data: dict, batch_size: int, batch_sharding=None) 
                          f"{[jnp.shape(a) for a in leaves]}")
     batch_size = min(batch_size, n)
     num_batches = -(-n // batch_size)
-    pad = num_batches * batch_size - n
 
-    def split(a):
-        if pad:
-            a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)], axis=0)
-        return a.reshape(num_batches, batch_size, *a.shape[1:])
-
-    def body(args):
-        batch, i = args
+    def body(i):
+        rows = jnp.minimum(i * batch_size + jnp.arange(batch_size), n - 1)
+        batch = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[rows], data)
         if batch_sharding is not None:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         return fn(batch, i)
 
-    batched = jax.tree_util.tree_map(split, data)
-    out = jax.lax.map(body, (batched, jnp.arange(num_batches)))
+    out = jax.lax.map(body, jnp.arange(num_batches))
     return jax.tree_util.tree_map(lambda o: o.reshape(num_batches * batch_size, *o.shape[2:])[:n], out)
 
 

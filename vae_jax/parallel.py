@@ -46,8 +46,9 @@ training split's rows are split along ``data`` as well
 (:meth:`Plan.place_examples`): a device holds 1/d of them and XLA gathers each
 step's batch from the shards (each device gathers the rows it holds, one
 reduction over ``data`` assembles the batch; on 8 simulated CPU devices as
-fast as the replicated split, measured). Evaluation batches are split along
-``data`` (:func:`make_eval_program`). Nothing
+fast as the replicated split, measured). The runner places the test split
+the same way, and evaluation batches are split along ``data``
+(:func:`make_eval_program`). Nothing
 here communicates by hand: the shardings are given to ``jax.jit`` and
 ``jax.lax.with_sharding_constraint`` and the SPMD partitioner does the rest.
 """
@@ -159,19 +160,20 @@ class Plan:
         return 1 if self.mesh is None else int(self.mesh.shape[DATA_AXIS])
 
     def place_shared(self, tree):
-        """Puts data every replica reads in full (an evaluation split) on every device of the mesh (as is on one device)."""
+        """Puts data every replica reads in full on every device of the mesh (as is on one device)."""
         if self.mesh is None:
             return tree
         return _put(tree, self.sharding(P()))
 
     def place_examples(self, arrays: dict) -> dict:
-        """Puts a training split ``{name: host array [N, ...]}`` on the devices, its rows split along ``data``.
+        """Puts a split ``{name: host array [N, ...]}`` on the devices, its rows split along ``data``.
 
         On a mesh each device holds ``ceil(N / d)`` rows (``d`` data shards;
         replicas read the same rows) and each process copies only the rows of
         its own devices from ``arrays``. The rows are padded with zeros to a
-        multiple of ``d``; no program reads the padding: give the epoch programs
-        ``num_examples=N``. A step's batch, drawn from all ``N`` rows, is
+        multiple of ``d``: give the epoch programs ``num_examples=N`` (they then
+        never read the padding), and drop the evaluation's results past row
+        ``N``. A step's batch, drawn from all ``N`` rows, is
         gathered from the shards by XLA (each device gathers the rows it holds,
         then one reduction over ``data`` assembles the batch). On one device:
         the arrays as they are, on the device.
@@ -318,8 +320,10 @@ def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan, epoch_
     a jitted step of the R replicas (see the module docstring). Under the
     ``loop`` seed layout, the one-seed program runs for each replica in turn.
     The state is donated (under ``loop``, each replica's slice). On a mesh,
-    the data is expected split along ``data`` (:meth:`Plan.place_examples`),
-    each step's batch is constrained to be split along ``data`` and
+    the data may be split along ``data`` (:meth:`Plan.place_examples`, what
+    the runner does) or on every device (:meth:`Plan.place_shared`; the
+    program compiles for the layout it is given), each step's batch is
+    constrained to be split along ``data`` and
     everything with a replica axis along ``replica``. ``num_examples``: the
     split's own row count when its rows were padded (default: all rows).
     """
@@ -335,14 +339,14 @@ def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan, epoch_
             return train_step(state, batch, key)
 
     spmd_axis = None if plan.mesh is None else REPLICA_AXIS
-    per_replica, shared, rows = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P()), plan.sharding(P(DATA_AXIS))
+    per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
     if epoch_loop == "steps":
         return _step_loop_epoch(step, batch_size, plan, spmd_axis, num_examples)
     epoch_fn = train_lib.make_epoch_fn(step, batch_size, num_examples)
     program = over_replicas(epoch_fn, plan.seed_layout, (0, None, 0, 0, None), spmd_axis)
     if plan.mesh is None:
         return jax.jit(program, donate_argnums=0)
-    return jax.jit(program, donate_argnums=0, in_shardings=(per_replica, rows, per_replica, per_replica, shared),
+    return jax.jit(program, donate_argnums=0, in_shardings=(per_replica, None, per_replica, per_replica, shared),
                    out_shardings=(per_replica, per_replica))
 
 
@@ -363,9 +367,9 @@ def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, spmd_axis: str
         step_program = jax.jit(step_program, donate_argnums=0)
         order_program = caches.jit_run_once(order_program, static_argnums=2)  # the shuffle: integer work, quick to run
     else:
-        per_replica, shared, rows = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P()), plan.sharding(P(DATA_AXIS))
+        per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
         step_program = jax.jit(step_program, donate_argnums=0, out_shardings=(per_replica, per_replica),
-                               in_shardings=(per_replica, rows, per_replica, shared, per_replica))
+                               in_shardings=(per_replica, None, per_replica, shared, per_replica))
         order_program = caches.jit_run_once(order_program, static_argnums=2, in_shardings=(per_replica, shared),
                                             out_shardings=per_replica)
     summarize = jax.jit(jax.vmap(train_lib.epoch_mean))  # {name: [R, S]} -> {name: [R]}
@@ -387,9 +391,11 @@ def make_eval_program(eval_fn: Callable, batch_size: int, plan: Plan):
     """The jitted per-example evaluation of R replicas: ``(params[R], data, key) -> dict of [R, N]``.
 
     The same computation as :func:`vae_jax.evaluate.make_replicated_eval`,
-    laid out as the plan says: on a mesh, ``data`` is on every device
-    (:meth:`Plan.place_shared`) and each batch is split along ``data``, so
-    the devices of a replica share its evaluation.
+    laid out as the plan says: on a mesh each batch is split along ``data``,
+    so the devices of a replica share its evaluation. ``data`` may be split
+    along ``data`` (:meth:`Plan.place_examples`, what the runner does: the
+    results then hold a row for each padding row too, after the split's own
+    rows) or on every device (:meth:`Plan.place_shared`).
     """
 
     if plan.seed_layout == "loop":
@@ -400,5 +406,5 @@ def make_eval_program(eval_fn: Callable, batch_size: int, plan: Plan):
     if plan.mesh is None:
         return jax.jit(program)
     per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
-    return jax.jit(program, in_shardings=(per_replica, shared, shared), out_shardings=per_replica)
+    return jax.jit(program, in_shardings=(per_replica, None, shared), out_shardings=per_replica)
 

@@ -211,16 +211,13 @@ def load_data(config: TrainConfig) -> data_lib.Dataset:
 
 
 def host_split(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
-    """One split as the programs read it, ``{"x": pixels}`` and ``"y"`` when it has labels (host arrays)."""
-    return {"x": pixels} if labels is None else {"x": pixels, "y": labels}
+    """One split as the programs read it, ``{"x": pixels}`` and ``"y"`` when it has labels (host arrays).
 
-
-def device_data(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
-    """One split on the device in its stored form (``uint8`` stays ``uint8``: 1 byte a pixel).
-
-    The train step and the evaluation convert each batch with :func:`vae_jax.data.pixels_to_float`.
+    It goes to the devices in its stored form (``uint8`` stays ``uint8``: 1 byte a pixel;
+    :meth:`vae_jax.parallel.Plan.place_examples`); the train step and the evaluation convert each
+    batch with :func:`vae_jax.data.pixels_to_float`.
     """
-    return jax.tree_util.tree_map(jnp.asarray, host_split(pixels, labels))
+    return {"x": pixels} if labels is None else {"x": pixels, "y": labels}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -585,21 +582,28 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     host_arrays = host_split(dataset.train_pixels, dataset.y_train)
     stream = streaming.should_stream(config.stream, dataset.train_pixels.nbytes // layout.data_shards)
     train_data = None if stream else layout.place_examples(host_arrays)
-    test_data = layout.place_shared(device_data(dataset.test_pixels, dataset.y_test))
+    # The evaluation splits too: each batch is split over the data shards (results past a split's rows are padding).
+    test_data = layout.place_examples(host_split(dataset.test_pixels, dataset.y_test))
     epoch_loop = parallel.choose_epoch_loop(config.epoch_loop, jax.devices()[0].platform,
                                             lambda: loss_has_convolution(task.loss_fn, state, dataset.train_pixels,
                                                                          dataset.y_train, config.batch_size))
     epoch_fn = make_epoch(task, optimizer, config, layout, epoch_loop, dataset.num_train,
                           host_arrays if stream else None)
-    eval_fn = parallel.make_eval_program(task.eval_fn, config.eval_batch_size, layout)
+    eval_program = parallel.make_eval_program(task.eval_fn, config.eval_batch_size, layout)
+
+    def evaluate_split(params, data, count: int) -> dict:  # {name: [R, count]} on the host
+        results = distributed.to_host(eval_program(params, data, evaluate.eval_key()))
+        return {name: values[:, :count] for name, values in results.items()}
+
     steps_per_epoch = dataset.num_train // config.batch_size
 
     # -- train_eval: the eval metrics on a fixed subset of training examples -------------
     train_eval_data = None
     if train_eval_examples > 0:
-        n = min(train_eval_examples, dataset.num_train)
-        train_eval_data = layout.place_shared(
-            device_data(dataset.train_pixels[:n], None if dataset.y_train is None else dataset.y_train[:n]))
+        train_eval_count = min(train_eval_examples, dataset.num_train)
+        train_eval_data = layout.place_examples(host_split(
+            dataset.train_pixels[:train_eval_count],
+            None if dataset.y_train is None else dataset.y_train[:train_eval_count]))
     # -------------------------------------------------------------------------------------
 
     board = tensorboard.EpochWriter(workdir) if config.tensorboard and jax.process_index() == 0 else None
@@ -636,14 +640,14 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
                 f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); {_checkpoint_on_disk(workdir)}; "
                 "train again with a lower --learning-rate in another --workdir (or add --overwrite)"
             )
-        test_metrics = distributed.to_host(eval_fn(state.params, test_data, evaluate.eval_key()))
+        test_metrics = evaluate_split(state.params, test_data, dataset.num_test)
         line = {"epoch": epoch + 1, "seconds": seconds}
         for name, values in train_metrics.items():
             line[f"train_{name}"] = float(np.mean(values))
         for name, values in test_metrics.items():
             line[f"test_{name}"] = float(np.mean(values))
         if train_eval_data is not None:  # train_eval (see the docstring)
-            seen = distributed.to_host(eval_fn(state.params, train_eval_data, evaluate.eval_key()))
+            seen = evaluate_split(state.params, train_eval_data, train_eval_count)
             line.update({f"train_eval_{name}": float(np.mean(values)) for name, values in seen.items()})
         if len(seeds) > 1:
             line["per_seed"] = {
@@ -669,7 +673,7 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     bar.close()
 
     if test_metrics is None:  # nothing left to train: evaluate the restored state
-        test_metrics = distributed.to_host(eval_fn(state.params, test_data, evaluate.eval_key()))
+        test_metrics = evaluate_split(state.params, test_data, dataset.num_test)
     epochs_run = config.epochs - start_epoch
     summary = {
         "seeds": seeds,
