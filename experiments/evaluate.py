@@ -3,6 +3,7 @@
     python -m experiments.evaluate --workdir runs/vae
     python -m experiments.evaluate --workdir runs/hvae/hvae --iwae-k 5000 --out runs/hvae/hvae/eval_k5000.json
     python -m experiments.evaluate --workdir runs/vae --dataset npz:other.npz
+    python -m experiments.evaluate --workdir runs/vae --iwae-k 5000 --devices all   # batches split over devices
 
 Works for every VAE family, read from the ``kind`` in the workdir's
 config.json: ``vae`` (experiments.vae), ``conv_vae`` (experiments.conv_vae),
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iwae-k", type=int, default=1000, help="importance samples per test image")
     parser.add_argument("--batch-size", type=int, default=100, help="test images per IWAE batch")
     parser.add_argument("--k-chunk", type=int, default=100, help="importance samples decoded at a time")
+    parser.add_argument("--devices", default="1", help="'all' or a count N: each batch is split over N devices "
+                        "(they share the work; the same samples, the same results to float rounding)")
     parser.add_argument("--out", default="", help="output JSON file (default: WORKDIR/eval.json)")
     return parser
 
@@ -143,6 +146,19 @@ def trained_image_shape(workdir: str) -> tuple | None:
         return tuple(json.load(f)["dataset"]["image_shape"])
 
 
+def batch_sharding(devices: str):
+    """``--devices``: None for one device, else each batch split along a mesh of the first N devices."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from vae_jax import parallel
+
+    count = parallel.parse_devices(devices)
+    if count == 1:
+        return None
+    return NamedSharding(Mesh(np.asarray(jax.devices()[:count]), (parallel.DATA_AXIS,)), P(parallel.DATA_AXIS))
+
+
 def family_for(workdir: str):
     """The builder of ``workdir``'s VAE family, or a one-line error saying what the workdir holds instead."""
     kind = run_kind(workdir)
@@ -162,6 +178,7 @@ def main(argv=None) -> dict:
     for name in ("iwae_k", "batch_size", "k_chunk"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    sharding = batch_sharding(args.devices)
     config_cls, build = family_for(args.workdir)()
     config = runner.load_run_config(args.workdir, config_cls)
     spec = args.dataset or config.dataset
@@ -181,7 +198,7 @@ def main(argv=None) -> dict:
 
     per_seed = evaluate.evaluate_runs(parts, state.params, data, iwae_k=args.iwae_k,
                                       eval_batch_size=config.eval_batch_size, iwae_batch_size=args.batch_size,
-                                      k_chunk=args.k_chunk)
+                                      k_chunk=args.k_chunk, batch_sharding=sharding)
     seeds = config.seed_list()
     per_seed = [{"seed": seed, **m} for seed, m in zip(seeds, per_seed)]
     likelihood = config.resolved().likelihood if hasattr(config, "resolved") else config.likelihood  # conv presets

@@ -190,6 +190,14 @@ MESH_SCRIPT = textwrap.dedent("""
                                    and not np.asarray(s.data)[max(0, 250 - s.index[0].start):].any())
                                   for s in placed[name].addressable_shards)
                      for name, host in (("x", ds.train_pixels), ("y", ds.y_train))}
+    from experiments import evaluate as evaluate_experiment  # the IWAE evaluation, each batch split over 8 devices
+    np.savez(sys.argv[1] + "/test.npz", x_train=x_train[:250], y_train=y_train[:250], x_test=x_test[:60],
+             y_test=y_test[:60])
+    evals = {n: evaluate_experiment.main(["--workdir", sys.argv[1] + "/one", "--devices", n, "--iwae-k", "40",
+                                          "--batch-size", "20", "--k-chunk", "20",
+                                          "--dataset", "npz:" + sys.argv[1] + "/test.npz",
+                                          "--out", sys.argv[1] + f"/eval{n}.json"]) for n in ("1", "all")}
+    out["eval"] = {n: {k: r[k] for k in ("neg_elbo", "iwae_nll", "active_units", "n")} for n, r in evals.items()}
     try:
         runner.train(config("bad", devices="8", batch_size=60), task, ds)
     except runner.ConfigError as err:
@@ -218,6 +226,10 @@ def test_eight_simulated_devices_match_one_device(tmp_path):
     for a, b in zip(one, out["data8"]["params"]):  # seed 0 is replica 0 of the two-seed run
         np.testing.assert_allclose(a[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
     assert "--batch-size 60 cannot be split evenly over 8 data shards" in out["error"]
+    one, eight = out["eval"]["1"], out["eval"]["all"]  # experiments.evaluate --devices all: the same evaluation
+    assert one["n"] == eight["n"] == 60 and one["active_units"] == eight["active_units"]
+    np.testing.assert_allclose([one["neg_elbo"], one["iwae_nll"]], [eight["neg_elbo"], eight["iwae_nll"]], rtol=1e-5)
+    np.testing.assert_allclose(one["neg_elbo"], np.mean(out["one"]["test"][-1]), rtol=1e-5)  # = the run's own
     for a, b, c in zip(out["one"]["test"], out["data8"]["test"], out["seeds2x4"]["test"]):  # devices share batches
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
         np.testing.assert_allclose(a, c, rtol=1e-5)

@@ -90,9 +90,12 @@ def make_per_example_eval(eval_fn: Callable, batch_size: int):
     return jax.jit(per_example_eval(eval_fn, batch_size))
 
 
-def make_replicated_eval(eval_fn: Callable, batch_size: int):
-    """As :func:`make_per_example_eval`, vmapped over replica params: dict of ``[R, N]``."""
-    return jax.jit(jax.vmap(per_example_eval(eval_fn, batch_size), in_axes=(0, None, None)))
+def make_replicated_eval(eval_fn: Callable, batch_size: int, batch_sharding=None):
+    """As :func:`make_per_example_eval`, vmapped over replica params: dict of ``[R, N]``.
+
+    ``batch_sharding``: as in :func:`map_batches` (each batch split over its devices).
+    """
+    return jax.jit(jax.vmap(per_example_eval(eval_fn, batch_size, batch_sharding), in_axes=(0, None, None)))
 
 
 def iwae_log_weights(model, params, x: jax.Array, key: jax.Array, k: int, likelihood: str, decoder_logvar: float = 0.0):
@@ -217,6 +220,7 @@ def evaluate_runs(
     eval_batch_size: int = 500,
     iwae_batch_size: int = 100,
     k_chunk: int = 100,
+    batch_sharding=None,
 ) -> list[dict]:
     """Test metrics of each replica (seed) of a run, in nats per example unless said otherwise.
 
@@ -232,6 +236,10 @@ def evaluate_runs(
       replicated_params: params with a leading ``[R]`` replica axis.
       data: ``{"x": [N, H, W, C]}`` (and ``"y": [N]``) test arrays; ``x`` float
         in [0, 1] or the stored ``uint8``.
+      batch_sharding: each batch of both evaluations is split over the devices of
+        this sharding (``experiments.evaluate --devices``), which share the work;
+        the samples are the same (JAX's random bits do not depend on sharding),
+        the results equal one device's to float rounding.
 
     Returns:
       One dict per replica: ``n``, ``neg_elbo``, ``recon``, ``kl`` (+ extras),
@@ -241,7 +249,11 @@ def evaluate_runs(
       ``latent_dims`` ``{layer: D}``.
     """
     data = jax.tree_util.tree_map(jnp.asarray, data)
-    elbo = jax.device_get(make_replicated_eval(parts.eval_fn, eval_batch_size)(replicated_params, data, eval_key()))
+    if batch_sharding is not None:  # params and data on every device of the mesh; each batch is then split
+        everywhere = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+        replicated_params, data = jax.device_put((replicated_params, data), everywhere)
+    elbo = jax.device_get(make_replicated_eval(parts.eval_fn, eval_batch_size, batch_sharding)(
+        replicated_params, data, eval_key()))
     iwae_key = jax.random.fold_in(eval_key(), IWAE_STREAM)
 
     @jax.jit
@@ -252,7 +264,7 @@ def evaluate_runs(
                                             iwae_k, k_chunk)
             return {"iwae_nll": nll, "posterior_means": parts.posterior_mean_fn(params, batch)}
 
-        return map_batches(per_batch, data, iwae_batch_size)
+        return map_batches(per_batch, data, iwae_batch_size, batch_sharding)
 
     num_replicas = jax.tree_util.tree_leaves(replicated_params)[0].shape[0]
     num_dims = int(np.prod(data["x"].shape[1:]))
