@@ -122,6 +122,19 @@ def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_t
     assert all(o["resumed_from"] == 2 for o in resumed)
     lines = (tmp_path / "pair" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    # Checkpoint 3 damaged on the shared disk: both processes find it bad, resume from 2, and process 0 alone
+    # moves it aside (the others wait for it, then reload).
+    step_dir = tmp_path / "pair" / "checkpoints" / "3"
+    biggest = max((p for p in step_dir.rglob("*") if p.is_file() and p.name != "vae_jax_sha256.json"),
+                  key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    biggest.write_bytes(bytes(data))
+    recovered = _run(tmp_path / "pair", 4, processes=2)
+    assert all(o["resumed_from"] == 2 for o in recovered)
+    assert (tmp_path / "pair" / "bad_checkpoints" / "3").is_dir()  # (checkpoints/3 is epoch 3 trained again)
+    lines = (tmp_path / "pair" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
 
     # Resident, one seed: the splits' rows are split along the data axis, which spans the two processes:
     # each puts only its 128 of the 256 training rows and 32 of the 64 test rows on its device, and they

@@ -270,8 +270,8 @@ def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = 
                   "trying the next older one", file=sys.stderr)
             bad.append(epoch)
             continue
+        moved = _quarantine(manager, bad) if quarantine else ""
         if bad:
-            moved = _quarantine(manager, bad) if quarantine else ""
             print(f"warning: resuming from checkpoint {epoch}, the newest good one; "
                   f"bad: {', '.join(map(str, bad))}{moved}", file=sys.stderr)
         return epoch, state
@@ -283,7 +283,14 @@ def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = 
 
 
 def _quarantine(manager: ocp.CheckpointManager, bad_steps: list[int]) -> str:
-    """Moves the bad checkpoints aside (process 0 moves them; every process reloads the manager after)."""
+    """Moves the bad checkpoints aside; every process of a distributed run calls it, bad ones or not.
+
+    Process 0 moves them once every process has read the checkpoints (so all of them found the same bad
+    ones), and the others reload the manager once they are moved.
+    """
+    distributed.wait_for_all("checkpoints_read")
+    if not bad_steps:
+        return ""
     directory = os.fspath(manager.directory)
     target_root = os.path.join(os.path.dirname(directory), BAD_DIR)
     if distributed.is_main_process():  # processes sharing the folder would race on the moves
@@ -293,6 +300,6 @@ def _quarantine(manager: ocp.CheckpointManager, bad_steps: list[int]) -> str:
             if os.path.exists(target):
                 shutil.rmtree(target)
             shutil.move(os.path.join(directory, str(step)), target)
-    distributed.wait_for_all("quarantine_" + "_".join(map(str, bad_steps)))
+    distributed.wait_for_all("checkpoints_quarantined")
     manager.reload()
     return f" (moved to {target_root})"
