@@ -248,8 +248,9 @@ def evaluate_runs(
       ``active_units`` (all layers), ``active_units_per_layer`` and
       ``latent_dims`` ``{layer: D}``.
     """
-    data = jax.tree_util.tree_map(jnp.asarray, data)
-    if batch_sharding is not None:  # params and data on every device of the mesh; each batch is then split
+    if batch_sharding is None:
+        data = jax.tree_util.tree_map(jnp.asarray, data)
+    else:  # params and data from the host straight to every device of the mesh; each batch is then split
         everywhere = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
         replicated_params, data = jax.device_put((replicated_params, data), everywhere)
     elbo = jax.device_get(make_replicated_eval(parts.eval_fn, eval_batch_size, batch_sharding)(

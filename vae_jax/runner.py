@@ -601,9 +601,7 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     train_eval_data = None
     if train_eval_examples > 0:
         train_eval_count = min(train_eval_examples, dataset.num_train)
-        train_eval_data = layout.place_examples(host_split(
-            dataset.train_pixels[:train_eval_count],
-            None if dataset.y_train is None else dataset.y_train[:train_eval_count]))
+        train_eval_data = layout.place_examples({name: a[:train_eval_count] for name, a in host_arrays.items()})
     # -------------------------------------------------------------------------------------
 
     board = tensorboard.EpochWriter(workdir) if config.tensorboard and jax.process_index() == 0 else None
