@@ -83,6 +83,77 @@ def test_npz_x_only_keeps_the_last_tenth_as_test(tmp_path):
     assert ds.y_train is None
 
 
+def test_uncompressed_npz_is_memory_mapped_and_read_from_disk_as_rows_are_used(tmp_path):
+    rng = np.random.default_rng(4)
+    x_train = rng.integers(0, 256, (300, 6, 5), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (40, 6, 5), dtype=np.uint8)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=x_train, y_train=np.arange(300) % 3, x_test=x_test, y_test=np.arange(40) % 3)
+    ds = load_dataset(f"npz:{path}", memory_map=True)
+    assert ds.memory_mapped and ds.summary()["memory_mapped"]
+    np.testing.assert_array_equal(ds.train_pixels[..., 0], x_train)
+    np.testing.assert_array_equal(ds.test_pixels[..., 0], x_test)
+    np.testing.assert_array_equal(ds.y_train, np.arange(300) % 3)
+    assert ds.train_pixels.dtype == np.uint8 and ds.y_train.dtype == np.int32
+    # The rows are the file's bytes: bytes written into the file after loading show in the loaded array.
+    whole = path.read_bytes()
+    row = x_train[123].tobytes()
+    assert whole.count(row) == 1
+    start = whole.index(row)
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(bytes(255 - b for b in row))
+    np.testing.assert_array_equal(ds.train_pixels[123, ..., 0], 255 - x_train[123])
+    np.testing.assert_array_equal(ds.train_pixels[122, ..., 0], x_train[122])
+    # Without memory_map, and from a compressed archive, the arrays are read into memory.
+    np.savez(path, x_train=x_train, y_train=np.arange(300) % 3, x_test=x_test, y_test=np.arange(40) % 3)
+    assert not load_dataset(f"npz:{path}").memory_mapped
+    np.savez_compressed(tmp_path / "c.npz", x=x_train)
+    compressed = load_dataset(f"npz:{tmp_path / 'c.npz'}", memory_map=True)
+    assert not compressed.memory_mapped
+    np.testing.assert_array_equal(compressed.train_pixels[..., 0], x_train[:270])
+
+
+def test_memory_mapped_float_npz_is_checked_and_stays_mapped(tmp_path):
+    x = np.random.default_rng(5).uniform(size=(50, 4, 4, 3)).astype(np.float32)
+    np.savez(tmp_path / "f.npz", x=x)
+    ds = load_dataset(f"npz:{tmp_path / 'f.npz'}", memory_map=True)
+    assert ds.memory_mapped and ds.train_pixels.dtype == np.float32
+    np.testing.assert_array_equal(ds.x_train, x[:45])  # an x-only archive: its splits are views of the map
+    np.testing.assert_array_equal(ds.x_test, x[45:])
+    x[49, 0, 0, 0] = 1.5  # past the range, in the last chunk of the test split
+    np.savez(tmp_path / "bad.npz", x=x)
+    with pytest.raises(DataError, match=r"got range \[0.*, 1.5\]"):
+        load_dataset(f"npz:{tmp_path / 'bad.npz'}", memory_map=True)
+    x64 = np.random.default_rng(5).uniform(size=(20, 3, 3)).astype(np.float64)
+    np.savez(tmp_path / "f64.npz", x=x64)
+    ds64 = load_dataset(f"npz:{tmp_path / 'f64.npz'}", memory_map=True)
+    assert not ds64.memory_mapped and ds64.train_pixels.dtype == np.float32  # converted: a copy in memory
+    np.testing.assert_allclose(ds64.train_pixels[..., 0], x64[:18], rtol=1e-7)
+
+
+def test_save_npz_writes_what_load_dataset_reads_back(tmp_path):
+    rng = np.random.default_rng(6)
+    original = data.Dataset(rng.integers(0, 256, (30, 5, 5, 3), dtype=np.uint8), np.arange(30, dtype=np.int32) % 4,
+                            rng.integers(0, 256, (6, 5, 5, 3), dtype=np.uint8), np.arange(6, dtype=np.int32) % 4,
+                            "made here", class_names=("cat", "dog", "emu", "yak"))
+    path = data.save_npz(original, str(tmp_path / "out.npz"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz"]  # no temporary file left beside it
+    for memory_map in (False, True):
+        back = load_dataset(f"npz:{path}", memory_map=memory_map)
+        assert back.memory_mapped == memory_map and back.class_names == original.class_names
+        for name in ("train_pixels", "y_train", "test_pixels", "y_test"):
+            np.testing.assert_array_equal(getattr(back, name), getattr(original, name))
+            assert getattr(back, name).dtype == getattr(original, name).dtype
+    np.savez(tmp_path / "names.npz", x_train=original.train_pixels, y_train=original.y_train,
+             x_test=original.test_pixels, y_test=original.y_test, class_names=np.array(["cat", "dog"]))
+    with pytest.raises(DataError, match=r"label 3 has no name \(2 class_names\)"):
+        load_dataset(f"npz:{tmp_path / 'names.npz'}")
+    np.savez(tmp_path / "names2.npz", x=original.train_pixels, class_names=np.arange(3))
+    with pytest.raises(DataError, match="class_names must be a 1-D array of strings"):
+        load_dataset(f"npz:{tmp_path / 'names2.npz'}")
+
+
 def test_static_binarization_is_fixed_and_keeps_the_mean(tmp_path):
     x = np.full((4000, 2, 2), 0.3, np.float32)
     spec = _write_npz(tmp_path / "g.npz", x=x)
@@ -108,10 +179,11 @@ def test_static_binarization_is_fixed_and_keeps_the_mean(tmp_path):
         (dict(x_train=np.zeros((10, 2, 2)), x_test=np.zeros((2, 3, 3))), "train images are"),
     ],
 )
-def test_bad_npz_content_is_a_one_line_error(tmp_path, arrays, message):
+@pytest.mark.parametrize("memory_map", [False, True])
+def test_bad_npz_content_is_a_one_line_error(tmp_path, arrays, message, memory_map):
     spec = _write_npz(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError, match=message) as err:
-        load_dataset(spec)
+        load_dataset(spec, memory_map=memory_map)
     assert "\n" not in str(err.value)
 
 
@@ -246,11 +318,13 @@ def test_truncated_or_corrupted_npz_is_a_one_line_error(tmp_path):
     }
     for name, content in cases.items():
         (tmp_path / name).write_bytes(content)
-        with pytest.raises(DataError) as err:
-            load_dataset(f"npz:{tmp_path / name}")
-        message = str(err.value)
-        assert "\n" not in message and str(tmp_path / name) in message
-        assert "not a readable .npz archive" in message or "truncated or corrupted" in message
+        # Memory-mapped members are not CRC-checked (that would read the whole file): a flipped byte is a pixel.
+        for memory_map in (False, True) if name != "flipped.npz" else (False,):
+            with pytest.raises(DataError) as err:
+                load_dataset(f"npz:{tmp_path / name}", memory_map=memory_map)
+            message = str(err.value)
+            assert "\n" not in message and str(tmp_path / name) in message
+            assert "not a readable .npz archive" in message or "truncated or corrupted" in message
 
 
 @pytest.mark.parametrize(
@@ -269,10 +343,11 @@ def test_truncated_or_corrupted_npz_is_a_one_line_error(tmp_path):
          "labels are given for one split only"),
     ],
 )
-def test_wrong_dtypes_ranks_and_empty_splits_are_one_line_errors(tmp_path, arrays, message):
+@pytest.mark.parametrize("memory_map", [False, True])
+def test_wrong_dtypes_ranks_and_empty_splits_are_one_line_errors(tmp_path, arrays, message, memory_map):
     spec = _write_npz(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError, match=message) as err:
-        load_dataset(spec)
+        load_dataset(spec, memory_map=memory_map)
     assert "\n" not in str(err.value) and str(tmp_path / "bad.npz") in str(err.value)
 
 

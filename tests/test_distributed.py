@@ -11,6 +11,8 @@ import textwrap
 
 import numpy as np
 
+from vae_jax import data as data_lib
+
 TRAIN_SOURCE = textwrap.dedent("""
     import jax, numpy as np
     from vae_jax import data, parallel, runner, tasks
@@ -33,18 +35,33 @@ TRAIN_SOURCE = textwrap.dedent("""
                 CountingArray.rows_read += len(index)
             return np.asarray(self)[index]
 
-    def train(workdir, epochs, distributed, seeds, stream):
-        x_train, y_train, x_test, y_test = data.embedded_mnist()
-        ds = data.Dataset((x_train[:256, ..., None] / np.float32(255)).view(CountingArray), y_train[:256],
-                          x_test[:64, ..., None] / np.float32(255), y_test[:64], "slice")
+    def mapped_kib(path):  # this process's resident pages of its memory maps of the file at path (/proc/self/smaps)
+        total, inside = 0, False
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                fields = line.split()
+                if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                    inside = len(fields) >= 6 and fields[5] == path
+                elif inside and fields[0] == "Rss:":
+                    total += int(fields[1])
+        return total
+
+    def train(workdir, epochs, distributed, seeds, stream, npz=""):
         config = tasks.VAEConfig(latent_dim=4, hidden=(32,), batch_size=64, epochs=epochs, workdir=workdir,
                                  progress=False, eval_batch_size=64, checkpoint_every=1, devices="all",
-                                 distributed=distributed, seeds=seeds, stream=stream)
+                                 distributed=distributed, seeds=seeds, stream=stream, dataset="npz:" + npz)
+        if npz:  # memory-mapped by runner.load_data when distributed
+            ds = runner.load_data(config)
+        else:
+            x_train, y_train, x_test, y_test = data.embedded_mnist()
+            ds = data.Dataset((x_train[:256, ..., None] / np.float32(255)).view(CountingArray), y_train[:256],
+                              x_test[:64, ..., None] / np.float32(255), y_test[:64], "slice")
         _, task = tasks.vae_task(config, ds.image_shape)
         result = runner.train(config, task, ds)
         return {"process": jax.process_index(), "processes": jax.process_count(), "mesh": result.summary["mesh"],
                 "resumed_from": result.summary["resumed_from_epoch"], "streamed": result.summary["streamed"],
                 "rows_read": CountingArray.rows_read, "placed_rows": placed_rows,
+                "memory_mapped": ds.memory_mapped, "mapped_kib": mapped_kib(npz) if npz else 0,
                 "params": [np.asarray(a).tolist() for a in jax.tree_util.tree_leaves(result.state.params)]}
 """)
 RUN_SCRIPT = TRAIN_SOURCE + textwrap.dedent("""
@@ -52,17 +69,19 @@ RUN_SCRIPT = TRAIN_SOURCE + textwrap.dedent("""
     import os
     from vae_jax import cli, faults
     workdir, epochs, distributed, seeds, stream = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5] == "1"
+    npz = sys.argv[6]
     workdir = workdir.replace("PROCESS", os.environ.get("JAX_PROCESS_ID", "0"))  # a workdir per process (tests)
-    main = cli.user_errors(cli.ConfigError)(lambda: print("RESULT" + json.dumps(train(workdir, epochs, distributed, seeds, stream))))
+    main = cli.user_errors(cli.ConfigError)(
+        lambda: print("RESULT" + json.dumps(train(workdir, epochs, distributed, seeds, stream, npz))))
     main()
 """)
 
 
-def _run_here(workdir, epochs: int, seeds: str = "0,1") -> dict:
+def _run_here(workdir, epochs: int, seeds: str = "0,1", npz: str = "") -> dict:
     """TRAIN_SOURCE's run in this process (one device, not distributed)."""
     namespace = {}
     exec(TRAIN_SOURCE, namespace)
-    return namespace["train"](str(workdir), epochs, False, seeds, False)
+    return namespace["train"](str(workdir), epochs, False, seeds, False, npz)
 
 
 def _free_port() -> int:
@@ -72,7 +91,7 @@ def _free_port() -> int:
 
 
 def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool = False,
-         expect_failure: bool = False) -> list:
+         expect_failure: bool = False, npz: str = "") -> list:
     """Runs RUN_SCRIPT in ``processes`` processes; their outputs go to files (a full pipe would block a process
     that its peers wait for at the shutdown barrier). Returns each one's result, or with ``expect_failure``
     each one's ``(exit code, stderr)``."""
@@ -89,7 +108,7 @@ def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool 
         out, err = open(f"{base}.{epochs}.{i}.out", "w+"), open(f"{base}.{epochs}.{i}.err", "w+")
         logs.append((out, err))
         procs.append(subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(workdir), str(epochs), distributed,
-                                       seeds, "1" if stream else "0"],
+                                       seeds, "1" if stream else "0", npz],
                                       env={**env, "JAX_PROCESS_ID": str(i)}, stdout=out, stderr=err, text=True))
     results = []
     for proc, (out, err) in zip(procs, logs):
@@ -136,14 +155,24 @@ def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_t
     lines = (tmp_path / "pair" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
 
-    # Resident, one seed: the splits' rows are split along the data axis, which spans the two processes:
-    # each puts only its 128 of the 256 training rows and 32 of the 64 test rows on its device, and they
-    # train the one-process model.
-    resident = _run(tmp_path / "resident", 2, processes=2, seeds="1")
+    # Resident, one seed, from an uncompressed npz that each process memory-maps: the splits' rows are split
+    # along the data axis, which spans the two processes: each puts only its 2048 of the 4096 training rows and
+    # 32 of the 64 test rows on its device, has read from the file only about that half (the pages of its maps
+    # that it touched: the kernel maps whole page-cache folios, measured up to 2 MiB beyond the rows read), and
+    # they train the one-process model. The digits are tiled 3 x 3 (84 x 84, 28 MiB of images) to make the file
+    # large against the folios.
+    x_train, y_train, x_test, y_test = (np.tile(a, (1, 3, 3)) if a.ndim == 3 else a for a in data_lib.embedded_mnist())
+    npz = str(tmp_path / "digits.npz")
+    np.savez(npz, x_train=x_train[:4096], y_train=y_train[:4096], x_test=x_test[:64], y_test=y_test[:64])
+    images_kib = (4096 + 64) * 84 * 84 / 1024
+    single_npz = _run_here(tmp_path / "single_npz", 2, seeds="1", npz=npz)
+    assert not single_npz["memory_mapped"]  # one process, not streaming: read into memory
+    resident = _run(tmp_path / "resident", 2, processes=2, seeds="1", npz=npz)
     for out in resident:
-        assert not out["streamed"] and out["mesh"] == {"replica": 1, "data": 2}
-        assert out["placed_rows"] == [[[128], 256], [[32], 64]]
-        for a, b in zip(single["params"], out["params"]):
+        assert out["memory_mapped"] and not out["streamed"] and out["mesh"] == {"replica": 1, "data": 2}
+        assert out["placed_rows"] == [[[2048], 4096], [[32], 64]]
+        assert 0.45 * images_kib < out["mapped_kib"] < 0.65 * images_kib, (out["mapped_kib"], images_kib)  # not all
+        for a, b in zip(single_npz["params"], out["params"]):
             np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
 
     # Streaming, one seed: the mesh's data axis spans the two processes, so each holds half of every batch

@@ -37,11 +37,16 @@ import difflib
 import glob
 import json
 import logging
+import math
+import mmap
 import os
 import socket
+import struct
 import sys
+import tempfile
 import threading
 import time
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -147,6 +152,14 @@ class Dataset:
         return int(max(self.y_train.max(), -1 if self.y_test is None else self.y_test.max())) + 1
 
     @property
+    def memory_mapped(self) -> bool:
+        """Whether the training images are a memory map of a file (read from disk as rows are used)."""
+        base = self.train_pixels
+        while base is not None and not isinstance(base, (np.memmap, mmap.mmap)):
+            base = getattr(base, "base", None)
+        return base is not None
+
+    @property
     def stored_bytes(self) -> int:
         """Host (and device) memory of the stored images of both splits."""
         return int(self.train_pixels.nbytes + self.test_pixels.nbytes)
@@ -166,6 +179,7 @@ class Dataset:
             "labels": self.y_train is not None,
             "stored_dtype": str(self.train_pixels.dtype),
             "stored_megabytes": round(self.stored_bytes / 2**20, 3),
+            "memory_mapped": self.memory_mapped,
         }
         if self.class_names is not None:
             out["class_names"] = list(self.class_names)
@@ -178,6 +192,7 @@ def load_dataset(
     binarize: str = "none",
     batch_size: int | None = None,
     image_size: int = 0,
+    memory_map: bool = False,
 ) -> Dataset:
     """Loads ``spec`` as a :class:`Dataset`.
 
@@ -188,6 +203,14 @@ def load_dataset(
       batch_size: if given, the train split must hold at least one batch.
       image_size: 0 keeps the images' own size; S > 0 resizes the shorter side
         of every image to S (bicubic, antialiased) and crops the centre S x S.
+      memory_map: ``npz:`` archives written uncompressed (``np.savez``,
+        :func:`save_npz`) are memory-mapped instead of read: the images stay on
+        disk and a row is read when it is used (``--stream`` and
+        ``--distributed`` ask for this, so each process reads only its rows).
+        ``uint8`` images stay mapped; float32 ones are checked for their range
+        a chunk at a time and stay mapped; other dtypes, resizing and static
+        binarization make in-memory copies. Mapped members are not CRC-checked
+        (that would read the whole file).
 
     Raises:
       DataError: with a one-line message naming the problem.
@@ -211,7 +234,8 @@ def load_dataset(
             raise DataError("--dataset tfds: needs a dataset name, e.g. tfds:fashion_mnist")
         arrays, source = _load_tfds(name, data_dir, image_size), spec
     elif spec.startswith("npz:"):
-        arrays, source = _load_npz(spec[len("npz:"):]), spec
+        arrays, class_names = _load_npz(spec[len("npz:"):], memory_map)
+        source = spec
     elif spec.startswith("folder:"):
         folder = load_image_folder(spec[len("folder:"):], image_size)
         arrays, source, class_names = folder[:4], spec, folder[4]
@@ -231,6 +255,10 @@ def load_dataset(
     y_test = _as_labels(y_test, x_test, "y_test", source)
     if (y_train is None) != (y_test is None):
         raise DataError(f"{source}: labels are given for one split only")
+    if class_names is not None and y_train is not None:
+        top = max(int(y_train.max()), int(y_test.max()))
+        if top >= len(class_names):
+            raise DataError(f"{source}: label {top} has no name ({len(class_names)} class_names)")
     if batch_size is not None and x_train.shape[0] < batch_size:
         raise DataError(
             f"{source}: the train split has {x_train.shape[0]} examples, fewer than one batch "
@@ -290,10 +318,15 @@ def _as_images(x: Any, name: str, source: str) -> np.ndarray:
         return x
     if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise DataError(f"{source}: {name} must be uint8 or float, got dtype {x.dtype}")
-    x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{source}: {name} has non-finite pixel values (NaN or inf)")
-    lo, hi = float(x.min()), float(x.max())
+    # Checked a chunk of images at a time, so a float32 memory map is read once and stays a map.
+    x = x.astype(np.float32, copy=False)
+    chunk = max(1, _HOST_CHUNK_PIXELS // max(1, int(np.prod(x.shape[1:]))))
+    lo, hi = np.inf, -np.inf
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk]
+        if not np.all(np.isfinite(part)):
+            raise DataError(f"{source}: {name} has non-finite pixel values (NaN or inf)")
+        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
     if lo < 0.0 or hi > 1.0:
         raise DataError(
             f"{source}: {name} pixel values must be uint8 in [0, 255] or float in [0, 1], "
@@ -382,7 +415,40 @@ def resize_center_crop(images: np.ndarray, size: int) -> np.ndarray:
 # --- npz -------------------------------------------------------------------------------
 
 
-def _load_npz(path: str):
+def _mapped_npz_member(path: str, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """Member ``info`` of the ``.npz`` at ``path`` as a read-only memory map, or None when it cannot be mapped.
+
+    ``np.savez`` stores each array as an uncompressed ``.npy`` file inside the zip,
+    so its bytes lie in the archive as they are: after the zip's local header
+    (30 bytes, the name, an extra field) and the ``.npy`` header. Compressed
+    members (``np.savez_compressed``), object arrays and ``.npy`` header versions
+    other than 1.0 and 2.0 are read instead (None).
+    """
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
+        offset = f.tell()
+    if dtype.hasobject:
+        return None
+    if offset + dtype.itemsize * math.prod(shape) > os.path.getsize(path):
+        raise ValueError(f"{info.filename} runs past the end of the file")
+    return np.memmap(path, dtype, "r", offset, shape, order="F" if fortran_order else "C")
+
+
+def _load_npz(path: str, memory_map: bool = False):
     if not path:
         raise DataError("--dataset npz: needs a file path, e.g. npz:data/mnist.npz")
     if not os.path.isfile(path):
@@ -397,6 +463,10 @@ def _load_npz(path: str):
     def read(key: str) -> np.ndarray:
         # Members are read lazily: a truncated or corrupted archive fails here, not in np.load.
         try:
+            if memory_map:
+                mapped = _mapped_npz_member(path, archive.zip.getinfo(key + ".npy"))
+                if mapped is not None:
+                    return mapped
             return archive[key]
         except Exception as err:
             raise DataError(f"--dataset npz:{path}: array {key!r} cannot be read, the file is truncated or "
@@ -404,13 +474,20 @@ def _load_npz(path: str):
 
     with archive:
         keys = set(archive.files)
+        class_names = None
+        if "class_names" in keys:
+            names = read("class_names")
+            if names.ndim != 1 or not names.size or names.dtype.kind != "U":
+                raise DataError(f"--dataset npz:{path}: class_names must be a 1-D array of strings, got "
+                                f"{names.dtype} of shape {names.shape}")
+            class_names = tuple(names.tolist())
         if {"x_train", "x_test"} <= keys:
             return (
                 read("x_train"),
                 read("y_train") if "y_train" in keys else None,
                 read("x_test"),
                 read("y_test") if "y_test" in keys else None,
-            )
+            ), class_names
         if "x" in keys:
             x = read("x")
             y = read("y") if "y" in keys else None
@@ -419,11 +496,40 @@ def _load_npz(path: str):
                     f"--dataset npz:{path}: y has {np.shape(y)[0] if np.ndim(y) else 0} labels "
                     f"but x has {len(x) if np.ndim(x) else 0} images"
                 )
-            return _split_last(x, y)
+            return _split_last(x, y), class_names
     raise DataError(
         f"--dataset npz:{path}: expected arrays x_train, y_train, x_test, y_test or x (and y); "
         f"found {', '.join(sorted(keys)) or 'none'}"
     )
+
+
+def save_npz(dataset: "Dataset", path: str) -> str:
+    """Writes ``dataset`` to ``path`` as an uncompressed ``.npz`` that ``--dataset npz:PATH`` reads back.
+
+    The arrays are stored as they are (``uint8`` images stay ``uint8``), with
+    ``class_names`` when the dataset has them. Uncompressed, so that
+    ``load_dataset(..., memory_map=True)`` (``--stream``, ``--distributed``) maps
+    it instead of reading it: each process then reads from disk only the rows
+    it uses. Written to a temporary file beside ``path`` and renamed into place,
+    so an interrupted write never leaves a half archive under ``path``.
+    Returns ``path``.
+    """
+    arrays = {"x_train": dataset.train_pixels, "x_test": dataset.test_pixels}
+    if dataset.y_train is not None:
+        arrays.update(y_train=dataset.y_train, y_test=dataset.y_test)
+    if dataset.class_names is not None:
+        arrays["class_names"] = np.asarray(dataset.class_names, dtype=str)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(suffix=".npz", prefix=".partial-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return path
 
 
 def _reason(err: BaseException) -> str:

@@ -204,9 +204,11 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
+    """The config's dataset. With ``--stream`` or ``--distributed`` an uncompressed ``npz:`` archive is
+    memory-mapped, so a process reads from disk only the rows it puts on its devices or streams."""
     return data_lib.load_dataset(
         config.dataset, data_dir=config.data_dir or None, binarize=config.binarize, batch_size=config.batch_size,
-        image_size=config.image_size,
+        image_size=config.image_size, memory_map=config.stream or config.distributed,
     )
 
 
