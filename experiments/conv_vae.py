@@ -32,7 +32,7 @@ from vae_jax.tasks import conv_vae
 def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str], dict]:
     params, data, workdir = result.params(0), result.dataset, config.workdir
     key_samples, key_mixture, key_mi = jax.random.split(jax.random.key(config.seed), 3)
-    x_train, x_test, n = data.x_train, data.x_test, 10
+    x_train, x_test, n = data.x_train_first(), data.x_test, 10  # the first 10,000 training images at most
     path = lambda name: os.path.join(workdir, name)  # noqa: E731
     paths = [plots.save_image_rows(
         [x_train[:n], tasks.reconstruct(model, params, x_train[:n]), x_test[:n],
@@ -51,7 +51,8 @@ def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str],
         coords = means if means.shape[1] == 2 else latent_views.tsne_2d(means, config.seed)
         paths.append(plots.save_latent_scatter(coords, data.y_test[:config.tsne_points], path("tsne.png"),
                                                f"t-SNE of {len(means)} test posterior means", ("t-SNE 1", "t-SNE 2")))
-    classifier = None if data.y_train is None else latent_metrics.fit_digit_classifier(x_train, data.y_train)
+    classifier = None if data.y_train is None else latent_metrics.fit_digit_classifier(data.train_pixels,
+                                                                                       data.y_train)
     quality, prior_images, mixture_images = latent_views.prior_vs_mixture(
         model, params, x_train, key_mixture, n_components=config.mixture_components, classifier=classifier,
         seed=config.seed)

@@ -106,8 +106,8 @@ def main(argv=None) -> None:
     with open(os.path.join(config.workdir, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(config), f, indent=2)
     workdir = config.workdir
-    x_train, x_test, y_test = dataset.x_train, dataset.x_test, dataset.y_test
-    classifier = latent_metrics.fit_digit_classifier(x_train, dataset.y_train, seed=config.seed)
+    x_train, x_test, y_test = dataset.x_train_first(), dataset.x_test, dataset.y_test  # 10,000 at most
+    classifier = latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
     reference = {
         "classifier_test_accuracy": float(classifier.score(x_test.reshape(len(x_test), -1), y_test)),
         "test_images": latent_metrics.image_quality(x_test[:config.num_samples], x_train, classifier),

@@ -31,7 +31,7 @@ import sys
 import jax
 import numpy as np
 
-from vae_jax import latent_metrics, plots, runner, tasks
+from vae_jax import data as data_lib, latent_metrics, plots, runner, tasks
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
 from vae_jax.data import DataError
@@ -122,7 +122,8 @@ def save_usage_histogram(counts: np.ndarray, path: str, title: str) -> str:
 
 
 def run_variant(config, vq_config, prior_config, dataset, classifier, vae_images) -> dict:
-    workdir, x_train, x_test = vq_config.workdir, dataset.x_train, dataset.x_test
+    # x_train: the first 10,000 training images at most (the k-means batch, nearest-neighbour distances)
+    workdir, x_train, x_test = vq_config.workdir, dataset.x_train_first(), dataset.x_test
     model, task = vq.vqvae_task(vq_config, dataset.image_shape, x_train)
     result = runner.train(vq_config, task, dataset)
     params = result.params(0)
@@ -150,7 +151,8 @@ def run_variant(config, vq_config, prior_config, dataset, classifier, vae_images
     generated = {"uniform_codes": vq.decode_indices(model, params, vq.uniform_code_grids(
         jax.random.fold_in(key, 1), config.num_samples, model.grid_shape, model.num_codes))}
     if config.prior_epochs:
-        train_codes = vq.encode_indices(model, params, x_train)
+        train_codes = np.concatenate([vq.encode_indices(model, params, x)
+                                      for x in data_lib.float_chunks(dataset.train_pixels)])
         test_codes = vq.encode_indices(model, params, x_test)
         codes_data = prior_lib.codes_dataset(train_codes, test_codes, f"VQ-VAE codes of {dataset.source}")
         prior_model, prior_task = prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)
@@ -198,7 +200,7 @@ def main(argv=None) -> None:
     config.validate_for(dataset.image_shape)
     classifier = None
     if dataset.y_train is not None:
-        classifier = latent_metrics.fit_digit_classifier(dataset.x_train, dataset.y_train, seed=config.seed)
+        classifier = latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
     vae_images = vae_samples(config, dataset, jax.random.fold_in(jax.random.key(config.seed), 3))
     rows = []
     for name, variant in config.variants():

@@ -89,11 +89,16 @@ def test_short_training_lowers_the_elbo_and_logs_the_train_test_gap(mnist_small,
     assert result.history[-1]["train_eval_neg_elbo"] < result.history[-1]["test_neg_elbo"] + 20
 
 
-def test_experiment_end_to_end(tmp_path, small_npz, capsys):
+def test_experiment_end_to_end(tmp_path, small_npz, capsys, monkeypatch):
     import json
     import os
 
     from experiments import conv_vae as conv_vae_exp
+    from vae_jax import data
+
+    # The figures and analyses read at most ANALYSIS_TRAIN_EXAMPLES training images: never the whole split.
+    monkeypatch.setattr(data, "ANALYSIS_TRAIN_EXAMPLES", 300)
+    monkeypatch.setattr(data.Dataset, "x_train", property(lambda self: pytest.fail("whole training split converted")))
 
     workdir = str(tmp_path / "run")
     conv_vae_exp.main(["--dataset", small_npz, "--epochs", "1", "--channels", "4,8", "--hidden", "16",

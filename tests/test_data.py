@@ -132,6 +132,18 @@ def test_memory_mapped_float_npz_is_checked_and_stays_mapped(tmp_path):
     np.testing.assert_allclose(ds64.train_pixels[..., 0], x64[:18], rtol=1e-7)
 
 
+def test_analyses_read_a_bounded_float_copy_of_the_training_split(monkeypatch):
+    pixels = np.random.default_rng(7).integers(0, 256, (25, 3, 3, 1), dtype=np.uint8)
+    ds = data.Dataset(pixels, None, pixels[:5], None, "made here")
+    reference = pixels.astype(np.float64) / 255
+    np.testing.assert_allclose(ds.x_train_first(10), reference[:10], rtol=1e-6)
+    monkeypatch.setattr(data, "ANALYSIS_TRAIN_EXAMPLES", 7)
+    np.testing.assert_allclose(ds.x_train_first(), reference[:7], rtol=1e-6)
+    chunks = list(data.float_chunks(pixels))
+    assert [len(c) for c in chunks] == [7, 7, 7, 4] and all(c.dtype == np.float32 for c in chunks)
+    np.testing.assert_allclose(np.concatenate(chunks), reference, rtol=1e-6)
+
+
 def test_save_npz_writes_what_load_dataset_reads_back(tmp_path):
     rng = np.random.default_rng(6)
     original = data.Dataset(rng.integers(0, 256, (30, 5, 5, 3), dtype=np.uint8), np.arange(30, dtype=np.int32) % 4,

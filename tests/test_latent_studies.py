@@ -5,6 +5,7 @@ import math
 import os
 
 import numpy as np
+import pytest
 import scipy.stats
 
 from experiments import latent_space, latent_sweep
@@ -54,7 +55,12 @@ def test_latent_sweep_end_to_end(tmp_path, small_npz):
         assert sub_config["latent_dim"] == d and sub_config["hidden"] == [64] and sub_config["epochs"] == 2
 
 
-def test_latent_space_end_to_end(tmp_path, small_npz, mnist_small):
+def test_latent_space_end_to_end(tmp_path, small_npz, mnist_small, monkeypatch):
+    from vae_jax import data
+
+    # Distances are to the first ANALYSIS_TRAIN_EXAMPLES training images; the whole split is never converted.
+    monkeypatch.setattr(data, "ANALYSIS_TRAIN_EXAMPLES", 300)
+    monkeypatch.setattr(data.Dataset, "x_train", property(lambda self: pytest.fail("whole training split converted")))
     workdir = str(tmp_path / "space")
     latent_space.main(["--dataset", small_npz, "--epochs", "2", "--hidden", "64", "--batch-size", "64",
                        "--tsne-latent-dim", "5", "--tsne-points", "60", "--num-samples", "100",
@@ -72,7 +78,7 @@ def test_latent_space_end_to_end(tmp_path, small_npz, mnist_small):
         np.testing.assert_allclose(quality["nn_distance_ratio"], quality["prior_samples"]["nn_distance_mean"]
                                    / quality["test_reconstructions"]["nn_distance_mean"])
     # The real-image reference, by NumPy brute force on the same (uint8-rounded) images.
-    x_train = np.round(mnist_small.x_train.reshape(512, -1) * 255) / 255
+    x_train = np.round(mnist_small.train_pixels[:300].reshape(300, -1) * 255) / 255
     x_test = np.round(mnist_small.x_test.reshape(128, -1) * 255) / 255
     brute = np.linalg.norm(x_test[:100, None] - x_train[None], axis=-1).min(axis=1).mean()
     np.testing.assert_allclose(summary["reference"]["test_images"]["nn_distance_mean"], brute, rtol=1e-4)

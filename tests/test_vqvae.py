@@ -148,8 +148,13 @@ def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mni
     assert "warning: checkpoint 2 in" in capsys.readouterr().err
 
 
-def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys):
+def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys, monkeypatch):
     from experiments import vqvae as experiment
+    from vae_jax import data
+
+    # The k-means batch, distances and the prior's training codes never convert the whole training split.
+    monkeypatch.setattr(data, "ANALYSIS_TRAIN_EXAMPLES", 300)
+    monkeypatch.setattr(data.Dataset, "x_train", property(lambda self: pytest.fail("whole training split converted")))
 
     workdir = tmp_path / "vq"
     argv = ["--dataset", small_npz, "--workdir", str(workdir), "--codebook", "grad,ema", "--epochs", "1",

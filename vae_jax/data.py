@@ -19,7 +19,9 @@ Specs:
   ``tfds:NAME``  any TFDS image dataset (``tfds:fashion_mnist``, ``tfds:cifar10``...).
   ``npz:PATH``   a NumPy archive with ``x_train, y_train, x_test, y_test`` (the Keras
                  ``mnist.npz`` layout) or just ``x`` (and optional ``y``), in which
-                 case the last 10% is the test split.
+                 case the last 10% is the test split; optionally ``class_names``.
+                 Written uncompressed (``np.savez``, :func:`save_npz`) it can be
+                 memory-mapped (``memory_map``).
   ``folder:PATH`` a directory of image files (see :func:`load_image_folder`).
 
 ``image_size`` (``--image-size``) > 0 resizes the shorter side of every image
@@ -67,6 +69,12 @@ _HOST_CHUNK_PIXELS = 1 << 24
 MAX_IMAGE_SIZE = 4096
 
 
+# Post-training analyses that compare with training images (nearest-neighbour distances, a mixture fitted to
+# q(z), the k-means codebook init) read at most this many of them, so a large split is never copied whole as
+# float32 (CelebA at 128 px: 32 GB).
+ANALYSIS_TRAIN_EXAMPLES = 10_000
+
+
 class DataError(ValueError):
     """A dataset spec, file or array that cannot be used, with a one-line reason."""
 
@@ -87,6 +95,14 @@ def pixels_to_float(x):
     if not np.issubdtype(x.dtype, np.floating):
         return x
     return x if x.dtype == np.float32 else x.astype(np.float32)
+
+
+def float_chunks(pixels, chunk: int | None = None):
+    """``pixels`` ``[N, ...]`` as float32 chunks of ``chunk`` (default :data:`ANALYSIS_TRAIN_EXAMPLES`) rows
+    (:func:`pixels_to_float`), in order: a pass over a large split that never holds all of it as float32."""
+    chunk = chunk or ANALYSIS_TRAIN_EXAMPLES
+    for start in range(0, len(pixels), chunk):
+        yield pixels_to_float(pixels[start:start + chunk])
 
 
 def batch_to_float(batch: dict) -> dict:
@@ -130,6 +146,12 @@ class Dataset:
     def x_test(self) -> np.ndarray:
         """float32 ``[N, H, W, C]`` in [0, 1] (see :attr:`x_train`)."""
         return pixels_to_float(self.test_pixels)
+
+    def x_train_first(self, count: int | None = None) -> np.ndarray:
+        """float32 ``[min(count, N), H, W, C]`` in [0, 1]: the first ``count`` (default
+        :data:`ANALYSIS_TRAIN_EXAMPLES`) training images, the reference set of the post-training analyses;
+        all of them when the split is smaller."""
+        return pixels_to_float(self.train_pixels[:ANALYSIS_TRAIN_EXAMPLES if count is None else count])
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

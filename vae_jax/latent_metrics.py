@@ -123,13 +123,17 @@ def _nearest(q, r, r_sq):  # [n, d], [M, d], [M] -> [n]; the references are inpu
 
 
 def fit_digit_classifier(x_train: np.ndarray, y_train: np.ndarray, max_examples: int = 10000, seed: int = 0):
-    """A multinomial logistic regression on flattened pixels (scikit-learn), fit on at most ``max_examples``."""
+    """A multinomial logistic regression on flattened pixels (scikit-learn), fit on at most ``max_examples``
+    drawn at random. ``x_train`` may be stored pixels (``uint8``): only the drawn rows are converted."""
     from sklearn.linear_model import LogisticRegression
+
+    from vae_jax.data import pixels_to_float
 
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x_train))[:max_examples]
     classifier = LogisticRegression(max_iter=300, C=0.1)
-    classifier.fit(np.asarray(x_train[idx], np.float64).reshape(len(idx), -1), np.asarray(y_train[idx]))
+    x = np.asarray(pixels_to_float(x_train[idx]), np.float64)
+    classifier.fit(x.reshape(len(idx), -1), np.asarray(y_train[idx]))
     return classifier
 
 
