@@ -5,11 +5,13 @@ Every process then sees all devices of all processes (``jax.devices()``),
 the run's mesh (:mod:`vae_jax.parallel`) spans them, and one jitted program
 runs on all of them: the batch of each step is split over every device of
 every process and XLA's collectives (NCCL on GPUs, ICI on TPUs, Gloo on CPUs)
-reduce the gradients. Each process loads the training and test splits into
-host memory and copies to its own devices only their rows (the rows are split
-along the mesh's ``data`` axis, :meth:`vae_jax.parallel.Plan.place_examples`); with
-``--stream`` it reads from its host arrays only its devices' part of each batch
-(:mod:`vae_jax.streaming`). Only process 0 writes
+reduce the gradients. Each process copies to its own devices only their rows of
+the training and test splits (the rows are split along the mesh's ``data``
+axis, :meth:`vae_jax.parallel.Plan.place_examples`); with ``--stream`` it reads
+from its host arrays only its devices' part of each batch
+(:mod:`vae_jax.streaming`). An uncompressed ``npz:`` archive is memory-mapped
+(``runner.load_data``), so a process reads from the file only those rows; other
+sources are loaded whole into every process's memory. Only process 0 writes
 ``config.json``, ``metrics.jsonl``, ``summary.json``, TensorBoard events and
 figures; every process takes part in Orbax checkpointing, which writes each
 array shard once.
