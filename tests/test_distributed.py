@@ -1,6 +1,6 @@
 """Two processes on loopback train one run (jax.distributed + Gloo on CPU): same result as one process, one writer,
-sharded resume, a resident training split of which each process holds half the rows, and streamed batches of which
-each process reads only its half."""
+sharded resume, a resident training split of which each process holds (and, memory-mapped, reads) half the rows,
+streamed batches of which each process reads only its half; and how they stop when one fails or is killed."""
 
 import json
 import os
@@ -10,8 +10,11 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from vae_jax import data as data_lib
+
+pytestmark = pytest.mark.slow  # every test here starts two training processes
 
 TRAIN_SOURCE = textwrap.dedent("""
     import os, signal
