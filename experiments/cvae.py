@@ -27,7 +27,7 @@ import sys
 import jax
 import numpy as np
 
-from vae_jax import classifier as classifier_lib, plots, runner
+from vae_jax import classifier as classifier_lib, distributed, plots, runner
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -85,7 +85,8 @@ def main(argv=None) -> dict:
     result = runner.train(config, task, dataset)
     params = result.params(0)
     control, samples, labels = class_control(config, model, params, dataset)
-    np.savez_compressed(os.path.join(config.workdir, "cvae_samples.npz"), x=samples.astype(np.float32), y=labels)
+    if distributed.is_main_process():  # one writer
+        np.savez_compressed(os.path.join(config.workdir, "cvae_samples.npz"), x=samples.astype(np.float32), y=labels)
     figures = write_figures(config, model, params, result, samples, labels, control)
     result.summary["class_control"] = control
     data = result.dataset

@@ -21,7 +21,6 @@ metrics.jsonl, summary.json and checkpoints/.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -123,8 +122,7 @@ def main(argv=None) -> dict:
                               os.path.join(top_workdir, "reconstructions.png"), "Test images and reconstructions"),
     ]
     comparison["figures"] = [os.path.basename(p) for p in figures]
-    with open(os.path.join(top_workdir, "comparison.json"), "w") as f:
-        json.dump(comparison, f, indent=2)
+    runner.write_json(os.path.join(top_workdir, "comparison.json"), comparison)
 
     print(f"data: {dataset.describe()}; {comparison['measure']}", file=sys.stderr)
     for name in ("hvae", "vae"):

@@ -22,7 +22,6 @@ prior_samples.png, tsne.png. Results go to stdout, logs and progress to stderr.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -32,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae_jax import latent_metrics, latent_views, plots, runner  # noqa: E402
+from vae_jax import distributed, latent_metrics, latent_views, plots, runner  # noqa: E402
 from vae_jax.checkpoint import CheckpointError  # noqa: E402
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors  # noqa: E402
 from vae_jax.data import DataError  # noqa: E402
@@ -75,10 +74,7 @@ def save_side_by_side(coords: dict, labels, path: str, title: str, axis_labels) 
         ax.set_ylabel(axis_labels[1])
     fig.colorbar(points, ax=axes, label="label", ticks=range(10))
     fig.suptitle(title, fontsize=10)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return plots.save_figure(fig, path)
 
 
 def train_pair(config, latent_dim: int, dataset) -> dict:
@@ -103,8 +99,9 @@ def main(argv=None) -> None:
     if dataset.y_train is None:
         raise ConfigError(f"--dataset {config.dataset} has no labels; the latent plots are coloured by label")
     os.makedirs(config.workdir, exist_ok=True)
-    with open(os.path.join(config.workdir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
+    if config.distributed:  # before anything asks which process this is
+        distributed.initialize()
+    runner.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
     workdir = config.workdir
     x_train, x_test, y_test = dataset.x_train_first(), dataset.x_test, dataset.y_test  # 10,000 at most
     classifier = latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)

@@ -19,7 +19,6 @@ latent_sweep.png.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -29,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae_jax import evaluate, latent_metrics, runner  # noqa: E402
+from vae_jax import distributed, evaluate, latent_metrics, plots, runner  # noqa: E402
 from vae_jax.checkpoint import CheckpointError  # noqa: E402
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors  # noqa: E402
 from vae_jax.data import DataError  # noqa: E402
@@ -83,19 +82,18 @@ def save_sweep_plot(table: list[dict], path: str) -> str:
         ax.legend(fontsize=8)
     fig.suptitle("Same MLP autoencoder with and without the KL term, by latent size", fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return plots.save_figure(fig, path)
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> None:
     config = parse_config(LatentSweepConfig, argv, description=__doc__.split("\n\n")[0])
     dataset = runner.load_data(config)
-    os.makedirs(config.workdir, exist_ok=True)
-    with open(os.path.join(config.workdir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
+    if config.distributed:  # before anything asks which process this is
+        distributed.initialize()
+    if distributed.is_main_process():
+        os.makedirs(config.workdir, exist_ok=True)
+    runner.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
     table = []
     for latent_dim in config.latent_sizes:
         configs = latent_metrics.matched_configs(config, latent_dim, config.workdir)

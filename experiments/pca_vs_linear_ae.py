@@ -83,10 +83,7 @@ def save_basis_geometry(angles_deg, w_d: np.ndarray, u: np.ndarray, path: str) -
         ax.set_ylabel("AE column")
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return plots.save_figure(fig, path)
 
 
 def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_deg) -> list[str]:

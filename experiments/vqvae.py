@@ -31,7 +31,7 @@ import sys
 import jax
 import numpy as np
 
-from vae_jax import data as data_lib, latent_metrics, plots, runner, tasks
+from vae_jax import data as data_lib, distributed, latent_metrics, plots, runner, tasks
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
 from vae_jax.data import DataError
@@ -116,9 +116,7 @@ def save_usage_histogram(counts: np.ndarray, path: str, title: str) -> str:
     ax.set_xlabel("code index k")
     ax.set_ylabel("share of test grid cells")
     ax.set_title(title, fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return plots.save_figure(fig, path)
 
 
 def run_variant(config, vq_config, prior_config, dataset, classifier, vae_images) -> dict:
@@ -210,8 +208,9 @@ def main(argv=None) -> None:
                      f"dead-code steps {vq_config.dead_code_steps[0]}", summary))
     table = comparison_table(rows)
     if len(rows) > 1:
-        with open(os.path.join(config.workdir, "comparison.md"), "w") as f:
-            f.write(table + "\n")
+        if distributed.is_main_process():  # one writer
+            with open(os.path.join(config.workdir, "comparison.md"), "w") as f:
+                f.write(table + "\n")
         runner.write_summary(config.workdir, {"variants": {name: s for name, s in rows}})
     print(f"data: {dataset.describe()}", file=sys.stderr)
     print(table, file=sys.stderr)

@@ -35,7 +35,7 @@ def test_latent_grid_has_the_latent_values_on_its_axes(tmp_path, monkeypatch):
     z0, z1 = np.array([-1.0, 0.0, 1.0]), np.array([2.0, 0.5, -1.0, -2.5])
     images = np.zeros((12, 5, 5, 1))
     captured = {}
-    original_save = plots._save
+    original_save = plots.save_figure
 
     def keep_axes(fig, path):
         captured["ax"] = fig.axes[0]
@@ -43,10 +43,43 @@ def test_latent_grid_has_the_latent_values_on_its_axes(tmp_path, monkeypatch):
         captured["yticks"] = [t.get_text() for t in fig.axes[0].get_yticklabels()]
         return original_save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", keep_axes)
+    monkeypatch.setattr(plots, "save_figure", keep_axes)
     plots.save_latent_grid(images, z0, z1, str(tmp_path / "grid.png"), "grid")
     assert captured["xticks"] == ["-1", "0", "1"] and captured["yticks"] == ["2", "0.5", "-1", "-2.5"]
     assert (tmp_path / "grid.png").stat().st_size > 0
     with pytest.raises(ValueError, match="holds 11 decodings, expected 4 rows x 3 columns"):
         plots.save_latent_grid(images[:11], z0, z1, str(tmp_path / "bad.png"), "grid")
     plt.close("all")
+
+
+def test_only_process_0_writes_figures_and_records(tmp_path, monkeypatch):
+    """In a --distributed run every process draws the same figures and lists the same paths; process 0 alone
+    writes them (and the JSON records)."""
+    import ast
+    import pathlib
+
+    from vae_jax import distributed, runner
+
+    images = np.zeros((4, 5, 5, 1))
+    for main, expected in ((True, True), (False, False)):
+        monkeypatch.setattr(distributed, "is_main_process", lambda main=main: main)
+        path = tmp_path / f"grid_{main}.png"
+        assert plots.save_grid(images, str(path), "grid") == str(path)
+        runner.write_json(str(tmp_path / f"record_{main}.json"), {"a": 1})
+        assert path.exists() == expected and (tmp_path / f"record_{main}.json").exists() == expected
+    # The training experiments write nothing themselves except through those helpers (or behind the same check).
+    writers = {"savefig", "savez", "savez_compressed", "dump", "write_text", "write_bytes"}
+    for module in sorted(pathlib.Path("experiments").glob("*.py")):
+        if module.name in {"benchmark.py", "building_blocks.py", "torch_vae.py", "evaluate.py", "__init__.py"}:
+            continue  # no training run: a benchmark, a study of ops, the PyTorch yardstick, a one-process evaluation
+        tree = ast.parse(module.read_text())
+        guarded = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "is_main_process" in ast.unparse(node.test):
+                guarded.update(id(n) for n in ast.walk(node))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or id(node) in guarded:
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            mode = node.args[1].value if name == "open" and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) else ""
+            assert name not in writers and "w" not in str(mode), f"{module}:{node.lineno} writes outside process 0's helpers"

@@ -2,6 +2,8 @@
 
 Every function takes NumPy arrays (call ``jax.device_get`` first), writes one
 PNG and returns its path. Matplotlib runs on the non-interactive Agg backend.
+In a ``--distributed`` run only process 0 writes (:func:`save_figure`); the
+others return the same paths without writing.
 """
 
 from __future__ import annotations
@@ -38,9 +40,17 @@ def _show(ax, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+def save_figure(fig, path: str) -> str:
+    """Writes ``fig`` to ``path`` (PNG, 110 dpi, tight) and closes it; returns ``path``.
+
+    Only process 0 of a ``--distributed`` run writes: the others close the figure and return
+    the path, so every process lists the same figures and one writes them.
+    """
+    from vae_jax import distributed
+
+    if distributed.is_main_process():
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -53,7 +63,7 @@ def save_image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: str
         _show(ax, image_grid(row, ncols=len(row)))
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, path: str, title: str = "Test reconstructions") -> str:
@@ -67,7 +77,7 @@ def save_grid(images: np.ndarray, path: str, title: str, ncols: int = 10) -> str
     fig, ax = plt.subplots(figsize=(ncols * 0.6 + 0.4, grid.shape[0] / grid.shape[1] * ncols * 0.6 + 0.6))
     _show(ax, grid)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_latent_grid(images: np.ndarray, z0_values: np.ndarray, z1_values: np.ndarray, path: str, title: str,
@@ -98,7 +108,7 @@ def save_latent_grid(images: np.ndarray, z0_values: np.ndarray, z1_values: np.nd
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_latent_scatter(latents_2d: np.ndarray, labels: np.ndarray | None, path: str, title: str,
@@ -114,7 +124,7 @@ def save_latent_scatter(latents_2d: np.ndarray, labels: np.ndarray | None, path:
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_curves(history: Sequence[dict], keys: Sequence[str], path: str, title: str = "Loss curves",
@@ -133,7 +143,7 @@ def save_curves(history: Sequence[dict], keys: Sequence[str], path: str, title: 
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_kl_per_dim(groups: dict, path: str, title: str = "KL per latent dimension") -> str:
@@ -153,7 +163,7 @@ def save_kl_per_dim(groups: dict, path: str, title: str = "KL per latent dimensi
         ax.grid(alpha=0.3, axis="y")
     axes[0, 0].set_ylabel("mean KL term (nats)")
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_seed_curves(history: Sequence[dict], seeds: Sequence[int], keys: Sequence[str], path: str,
@@ -174,4 +184,4 @@ def save_seed_curves(history: Sequence[dict], seeds: Sequence[int], keys: Sequen
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, ncol=2 if len(seeds) > 6 else 1)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -420,7 +420,9 @@ def probe_workdir(workdir: str) -> None:
         raise ConfigError(f"--workdir {workdir}: not a writable directory ({err.strerror or type(err).__name__})") from None
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
+    """Writes ``obj`` as JSON to ``path`` (through a temporary file and a rename); only process 0 of a
+    ``--distributed`` run writes."""
     if not distributed.is_main_process():  # one writer per run
         return
     tmp = path + ".tmp"
@@ -580,7 +582,7 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
         if distributed.is_main_process():
             with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
                 f.writelines(json.dumps(line) + "\n" for line in history)
-        _write_json(os.path.join(workdir, "config.json"), config_record(config))
+        write_json(os.path.join(workdir, "config.json"), config_record(config))
 
     # Devices and seed layout: vae_jax.parallel compiles the epoch and evaluation for them.
     layout = parallel.make_plan(len(seeds), config.batch_size, config.devices, config.seed_layout)
@@ -708,7 +710,7 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     if nothing_to_train and os.path.isfile(summary_path):
         summary = _read_json(summary_path, "run's summary")  # it describes this checkpoint already
     else:
-        _write_json(summary_path, summary)
+        write_json(summary_path, summary)
     if jax.process_count() > 1:  # host copies: the figures read replicas that live on other processes
         state = distributed.to_host(state)
     return TrainResult(state, seeds, dataset, history, test_metrics, summary)
@@ -739,4 +741,4 @@ def write_summary(workdir: str, summary: dict, figures: list[str] | None = None)
             board = tensorboard.EpochWriter(workdir)
             board.log_figures([os.path.join(workdir, n) for n in summary["figures"]], summary["epochs"])
             board.close()
-    _write_json(os.path.join(workdir, "summary.json"), summary)
+    write_json(os.path.join(workdir, "summary.json"), summary)
