@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae_jax import distributed, latent_metrics, latent_views, plots, runner  # noqa: E402
+from vae_jax import latent_metrics, latent_views, plots, runner  # noqa: E402
 from vae_jax.checkpoint import CheckpointError  # noqa: E402
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors  # noqa: E402
 from vae_jax.data import DataError  # noqa: E402
@@ -99,8 +99,6 @@ def main(argv=None) -> None:
     if dataset.y_train is None:
         raise ConfigError(f"--dataset {config.dataset} has no labels; the latent plots are coloured by label")
     os.makedirs(config.workdir, exist_ok=True)
-    if config.distributed:  # before anything asks which process this is
-        distributed.initialize()
     runner.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
     workdir = config.workdir
     x_train, x_test, y_test = dataset.x_train_first(), dataset.x_test, dataset.y_test  # 10,000 at most

@@ -89,8 +89,6 @@ def save_sweep_plot(table: list[dict], path: str) -> str:
 def main(argv=None) -> None:
     config = parse_config(LatentSweepConfig, argv, description=__doc__.split("\n\n")[0])
     dataset = runner.load_data(config)
-    if config.distributed:  # before anything asks which process this is
-        distributed.initialize()
     if distributed.is_main_process():
         os.makedirs(config.workdir, exist_ok=True)
     runner.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))

@@ -107,3 +107,16 @@ def test_latent_view_is_scikit_learns_pca_up_to_the_sign_of_each_component():
     assert labels[0].startswith("PC 1")
     two_d = means[:, :2]
     np.testing.assert_array_equal(vae_exp.latent_view(two_d)[0], two_d)  # 2-D latents are drawn as they are
+
+
+def test_distributed_starts_jax_distributed_as_soon_as_the_flags_are_parsed(monkeypatch):
+    """Experiments build models and data (touching JAX) before they train, and jax.distributed must start before
+    anything touches JAX: parsing --distributed starts it (the VQ-VAE experiment failed before this)."""
+    from vae_jax import cli, distributed, tasks
+
+    calls = []
+    monkeypatch.setattr(distributed, "initialize", lambda: calls.append("initialize"))
+    cli.parse_config(tasks.VAEConfig, [])
+    assert calls == []
+    config = cli.parse_config(tasks.VAEConfig, ["--distributed"])
+    assert config.distributed and calls == ["initialize"]

@@ -116,7 +116,12 @@ def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
 
 
 def parse_config(config_cls, argv=None, description: str = ""):
-    """Parses ``argv`` into ``config_cls``; bad values exit with a one-line error."""
+    """Parses ``argv`` into ``config_cls``; bad values exit with a one-line error.
+
+    With ``--distributed`` it starts ``jax.distributed`` at once
+    (:func:`vae_jax.distributed.initialize`): that must come before anything
+    touches JAX, and experiments build models and data before they train.
+    """
     parser = build_parser(config_cls, description)
     args = parser.parse_args(argv)
     config = config_cls(**vars(args))
@@ -124,6 +129,10 @@ def parse_config(config_cls, argv=None, description: str = ""):
         config.validate()
     except ConfigError as err:
         parser.error(str(err))
+    if getattr(config, "distributed", False):
+        from vae_jax import distributed  # imports jax: only here
+
+        distributed.initialize()
     return config
 
 
