@@ -36,7 +36,7 @@ import sys
 import numpy as np
 
 from vae_jax import cli
-from vae_jax import data as data_lib, evaluate, runner
+from vae_jax import data as data_lib, evaluate, parallel, runner
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, user_errors
 
@@ -146,19 +146,6 @@ def trained_image_shape(workdir: str) -> tuple | None:
         return tuple(json.load(f)["dataset"]["image_shape"])
 
 
-def batch_sharding(devices: str):
-    """``--devices``: None for one device, else each batch split along a mesh of the first N devices."""
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-    from vae_jax import parallel
-
-    count = parallel.parse_devices(devices)
-    if count == 1:
-        return None
-    return NamedSharding(Mesh(np.asarray(jax.devices()[:count]), (parallel.DATA_AXIS,)), P(parallel.DATA_AXIS))
-
-
 def family_for(workdir: str):
     """The builder of ``workdir``'s VAE family, or a one-line error saying what the workdir holds instead."""
     kind = run_kind(workdir)
@@ -178,7 +165,7 @@ def main(argv=None) -> dict:
     for name in ("iwae_k", "batch_size", "k_chunk"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    sharding = batch_sharding(args.devices)
+    sharding = parallel.eval_batch_sharding(args.devices)
     config_cls, build = family_for(args.workdir)()
     config = runner.load_run_config(args.workdir, config_cls)
     spec = args.dataset or config.dataset

@@ -27,7 +27,7 @@ import sys
 import jax
 import numpy as np
 
-from vae_jax import diagnostics, evaluate, plots, runner
+from vae_jax import diagnostics, evaluate, parallel, plots, runner
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -64,8 +64,10 @@ def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.
 def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict) -> dict:
     """Test metrics of the first seed of ``result`` (evaluate.evaluate_runs) and its collapse diagnostics."""
     first = jax.tree_util.tree_map(lambda a: a[:1], result.state.params)
+    # --devices: the devices share each batch (in a --distributed run each process evaluates on its own device)
+    sharding = parallel.eval_batch_sharding(config.devices) if jax.process_count() == 1 else None
     metrics = evaluate.evaluate_runs(parts, first, {"x": result.dataset.test_pixels}, iwae_k=EVAL_IWAE_K,
-                                     eval_batch_size=config.eval_batch_size)[0]
+                                     eval_batch_size=config.eval_batch_size, batch_sharding=sharding)[0]
     # summary.json's collapse ``diagnostics``: per layer for the HVAE, one dict for the one-level VAE
     result.summary["diagnostics"] = collapse if len(collapse) > 1 else collapse["z"]
     runner.write_summary(config.workdir, result.summary)

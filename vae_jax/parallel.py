@@ -112,6 +112,16 @@ def choose_epoch_loop(requested: str, platform: str, has_conv: Callable[[], bool
     return "steps" if platform == "cpu" and has_conv() else "scan"
 
 
+def eval_batch_sharding(devices: str) -> NamedSharding | None:
+    """``--devices`` for an evaluation outside training (``experiments.evaluate``, the HVAE experiment's
+    IWAE bound): None for one device, else each batch split along a 1-D ``data`` mesh of the first N devices
+    (:func:`vae_jax.evaluate.evaluate_runs`'s ``batch_sharding``)."""
+    count = parse_devices(devices)
+    if count == 1:
+        return None
+    return NamedSharding(Mesh(np.asarray(jax.devices()[:count]), (DATA_AXIS,)), P(DATA_AXIS))
+
+
 def parse_devices(spec: str, available: int | None = None) -> int:
     """``--devices``: ``all`` or a count N between 1 and the number of devices (of every process when distributed)."""
     available = jax.device_count() if available is None else available
