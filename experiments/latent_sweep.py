@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae_jax import distributed, evaluate, latent_metrics, plots, runner  # noqa: E402
+from vae_jax import evaluate, latent_metrics, plots, runner  # noqa: E402
 from vae_jax.checkpoint import CheckpointError  # noqa: E402
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors  # noqa: E402
 from vae_jax.data import DataError  # noqa: E402
@@ -89,8 +89,7 @@ def save_sweep_plot(table: list[dict], path: str) -> str:
 def main(argv=None) -> None:
     config = parse_config(LatentSweepConfig, argv, description=__doc__.split("\n\n")[0])
     dataset = runner.load_data(config)
-    if distributed.is_main_process():
-        os.makedirs(config.workdir, exist_ok=True)
+    os.makedirs(config.workdir, exist_ok=True)
     runner.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
     table = []
     for latent_dim in config.latent_sizes:

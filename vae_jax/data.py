@@ -310,13 +310,18 @@ def _spec_suggestion(spec: str) -> str:
     return ""
 
 
+def _rows_per_chunk(shape: tuple) -> int:
+    """How many images of ``shape`` ``[N, ...]`` a host-side pass handles at once (:data:`_HOST_CHUNK_PIXELS`)."""
+    return max(1, _HOST_CHUNK_PIXELS // max(1, int(np.prod(shape[1:]))))
+
+
 def _bernoulli(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
     """One Bernoulli draw per pixel with p = the pixel's value in [0, 1]; ``uint8`` 0 or 255.
 
     Drawn a chunk of images at a time, so a large split never exists as float32.
     """
     out = np.empty(pixels.shape, np.uint8)
-    chunk = max(1, _HOST_CHUNK_PIXELS // max(1, int(np.prod(pixels.shape[1:]))))
+    chunk = _rows_per_chunk(pixels.shape)
     for start in range(0, len(pixels), chunk):
         p = pixels_to_float(pixels[start:start + chunk])
         out[start:start + chunk] = np.where(rng.random(p.shape, dtype=np.float32) < p, 255, 0)
@@ -342,7 +347,7 @@ def _as_images(x: Any, name: str, source: str) -> np.ndarray:
         raise DataError(f"{source}: {name} must be uint8 or float, got dtype {x.dtype}")
     # Checked a chunk of images at a time, so a float32 memory map is read once and stays a map.
     x = x.astype(np.float32, copy=False)
-    chunk = max(1, _HOST_CHUNK_PIXELS // max(1, int(np.prod(x.shape[1:]))))
+    chunk = _rows_per_chunk(x.shape)
     lo, hi = np.inf, -np.inf
     for start in range(0, len(x), chunk):
         part = x[start:start + chunk]

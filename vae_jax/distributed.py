@@ -101,6 +101,11 @@ def wait_for_all(name: str, timeout_s: int = 600, poll_s: float = 0.05) -> None:
         time.sleep(poll_s)
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first line of ``err``'s message (its type's name when it has none), at most ``limit`` characters."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
 def report_stop(err: BaseException) -> None:
     """Tells the other processes that this one stopped with ``err`` (their :func:`wait_for_all` raises).
 
@@ -111,9 +116,8 @@ def report_stop(err: BaseException) -> None:
 
     if isinstance(err, ProcessStopped) or not jax.distributed.is_initialized() or jax.process_count() == 1:
         return
-    message = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
     try:
-        _client().key_value_set(_STOPPED + str(jax.process_index()), message)
+        _client().key_value_set(_STOPPED + str(jax.process_index()), first_line(err))
     except Exception:  # the coordinator itself is gone: nothing to tell
         pass
 

@@ -523,9 +523,8 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     except BaseException as err:  # with --distributed, the other processes stop at their next barrier
         distributed.report_stop(err)
         if config.distributed and jax.process_count() > 1 and isinstance(err, jax.errors.JaxRuntimeError):
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             raise faults.PeerLost(
-                f"--distributed: process {jax.process_index()} stops: {first_line}; "
+                f"--distributed: process {jax.process_index()} stops: {distributed.first_line(err)}; "
                 f"{_checkpoint_on_disk(config.workdir)}; if another process died, start every process again to "
                 "resume") from None
         raise
