@@ -246,3 +246,80 @@ def test_splits_from_class_folders_are_listed_in_a_mixed_order(tmp_path):
         assert np.bincount(labels).tolist() == [10, 10, 10]
         assert np.any(np.diff(labels) < 0)  # not sorted by class
         assert len(set(labels[:6].tolist())) > 1
+
+
+def test_decode_once_writes_a_mapped_copy_that_equals_the_folder_and_is_reused_until_the_source_changes(
+        tmp_path, monkeypatch):
+    """``runner.decode_once`` (what every process of a --distributed run loads a folder or TFDS dataset through):
+    the same arrays, labels and class names as reading the folder directly, memory-mapped from the workdir's
+    copy; a second load does not decode; another --image-size, or a file added to the folder, decodes again;
+    --binarize static gives the direct load's draws."""
+    from vae_jax import runner, tasks
+
+    rng = np.random.default_rng(3)
+    for cls in ("cat", "dog"):
+        for i in range(12):
+            _save(str(tmp_path / "pets" / cls / f"{i}.png"), _random_rgb(rng, 20, 24))
+    spec = f"folder:{tmp_path / 'pets'}"
+    workdir = str(tmp_path / "run")
+
+    def config(**kw):
+        return tasks.VAEConfig(**{"dataset": spec, "workdir": workdir, "batch_size": 4, "image_size": 16, **kw})
+
+    direct = load_dataset(spec, image_size=16)
+    decoded = runner.decode_once(config())
+    assert decoded.memory_mapped and decoded.source == direct.source == spec
+    assert decoded.class_names == direct.class_names == ("cat", "dog")
+    for name in ("train_pixels", "y_train", "test_pixels", "y_test"):
+        np.testing.assert_array_equal(getattr(decoded, name), getattr(direct, name))
+    copy = os.path.join(workdir, runner.DECODED_DATA)
+    assert data.read_npz_notes(copy)["key"] == runner.decoded_data_key(config())
+
+    decodes = []
+    real_load_image_folder = data.load_image_folder
+    monkeypatch.setattr(data, "load_image_folder", lambda *a, **k: decodes.append(a) or real_load_image_folder(*a, **k))
+    again = runner.decode_once(config())
+    assert decodes == [] and again.memory_mapped
+    np.testing.assert_array_equal(again.train_pixels, direct.train_pixels)
+
+    assert runner.decode_once(config(image_size=8)).image_shape == (8, 8, 3) and len(decodes) == 1
+    _save(str(tmp_path / "pets" / "dog" / "new.png"), _random_rgb(rng, 20, 24))
+    grown = runner.decode_once(config(image_size=8))
+    assert len(decodes) == 2 and grown.num_train + grown.num_test == 25
+
+    static = runner.decode_once(config(image_size=8, binarize="static"))
+    direct_static = load_dataset(spec, image_size=8, binarize="static")
+    assert len(decodes) == 3  # the binarization is applied to the copy, not baked into it
+    np.testing.assert_array_equal(static.train_pixels, direct_static.train_pixels)
+    np.testing.assert_array_equal(static.test_pixels, direct_static.test_pixels)
+
+
+def test_decode_once_errors_are_one_line(tmp_path):
+    from vae_jax import runner, tasks
+    from vae_jax.cli import ConfigError
+
+    _save(str(tmp_path / "faces" / "a.png"), np.zeros((8, 8), np.uint8))
+    _save(str(tmp_path / "faces" / "b.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"^--workdir .*file/run: not a writable directory"):
+        runner.decode_once(tasks.VAEConfig(dataset=f"folder:{tmp_path / 'faces'}", workdir=str(tmp_path / "file" / "run"),
+                                           batch_size=1))
+    with pytest.raises(DataError, match=r"^--dataset folder:.*missing: no such directory$"):
+        runner.decode_once(tasks.VAEConfig(dataset=f"folder:{tmp_path / 'missing'}", workdir=str(tmp_path / "run"),
+                                           batch_size=1))
+    assert data.read_npz_notes(str(tmp_path / "faces" / "a.png")) is None  # not an archive: no notes
+
+
+def test_decode_once_keeps_the_source_and_keys_tfds_sets_by_whether_they_are_prepared(tmp_path, monkeypatch):
+    from vae_jax import runner, tasks
+
+    config = tasks.VAEConfig(dataset="mnist:embedded", workdir=str(tmp_path / "run"))
+    decoded, direct = runner.decode_once(config), load_dataset("mnist:embedded")
+    assert decoded.source == direct.source == data.EMBEDDED_MNIST_SOURCE and decoded.memory_mapped
+    np.testing.assert_array_equal(decoded.test_pixels, direct.test_pixels)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    mnist = tasks.VAEConfig(dataset="mnist")
+    assert runner.decoded_data_key(mnist)["tfds_prepared"] is False  # offline: the embedded digits stand in
+    os.makedirs(tmp_path / "tfds" / "mnist" / "3.0.1")
+    (tmp_path / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+    assert runner.decoded_data_key(mnist)["tfds_prepared"] is True  # so a copy of the embedded ones is not reused

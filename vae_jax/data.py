@@ -530,7 +530,10 @@ def _load_npz(path: str, memory_map: bool = False):
     )
 
 
-def save_npz(dataset: "Dataset", path: str) -> str:
+NOTES_MEMBER = "vae_jax_notes"  # an npz member that save_npz may add: a JSON object as a 0-d string array
+
+
+def save_npz(dataset: "Dataset", path: str, notes: dict | None = None) -> str:
     """Writes ``dataset`` to ``path`` as an uncompressed ``.npz`` that ``--dataset npz:PATH`` reads back.
 
     The arrays are stored as they are (``uint8`` images stay ``uint8``), with
@@ -539,13 +542,16 @@ def save_npz(dataset: "Dataset", path: str) -> str:
     it instead of reading it: each process then reads from disk only the rows
     it uses. Written to a temporary file beside ``path`` and renamed into place,
     so an interrupted write never leaves a half archive under ``path``.
-    Returns ``path``.
+    ``notes`` (a JSON-serialisable dict) is stored beside the arrays and read
+    back by :func:`read_npz_notes`; loading ignores it. Returns ``path``.
     """
     arrays = {"x_train": dataset.train_pixels, "x_test": dataset.test_pixels}
     if dataset.y_train is not None:
         arrays.update(y_train=dataset.y_train, y_test=dataset.y_test)
     if dataset.class_names is not None:
         arrays["class_names"] = np.asarray(dataset.class_names, dtype=str)
+    if notes is not None:
+        arrays[NOTES_MEMBER] = np.asarray(json.dumps(notes, sort_keys=True))
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(suffix=".npz", prefix=".partial-", dir=directory)
     try:
@@ -557,6 +563,29 @@ def save_npz(dataset: "Dataset", path: str) -> str:
             os.remove(temporary)
         raise
     return path
+
+
+def read_npz_notes(path: str) -> dict | None:
+    """The ``notes`` that :func:`save_npz` stored in ``path``; None when there are none or the file is not
+    a readable archive (missing, truncated, another kind of file)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if NOTES_MEMBER not in archive.files:
+                return None
+            notes = json.loads(str(archive[NOTES_MEMBER]))
+    except Exception:  # OSError, zipfile and format errors, bad JSON: no usable notes
+        return None
+    return notes if isinstance(notes, dict) else None
+
+
+def folder_fingerprint(path: str) -> dict:
+    """What the image files under ``path`` are, in brief: their number, total bytes and newest modification
+    time (nanoseconds). It changes when a file is added, removed, replaced or rewritten."""
+    count = size = newest = 0
+    for name in _images_under(path):
+        stat = os.stat(name)
+        count, size, newest = count + 1, size + stat.st_size, max(newest, stat.st_mtime_ns)
+    return {"files": count, "bytes": size, "newest_mtime_ns": newest}
 
 
 def _reason(err: BaseException) -> str:

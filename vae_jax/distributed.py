@@ -10,8 +10,9 @@ the training and test splits (the rows are split along the mesh's ``data``
 axis, :meth:`vae_jax.parallel.Plan.place_examples`); with ``--stream`` it reads
 from its host arrays only its devices' part of each batch
 (:mod:`vae_jax.streaming`). An uncompressed ``npz:`` archive is memory-mapped
-(``runner.load_data``), so a process reads from the file only those rows; other
-sources are loaded whole into every process's memory. Only process 0 writes
+(``runner.load_data``), so a process reads from the file only those rows; any
+other source is decoded once, by process 0, into the workdir and mapped the same
+way (``runner.decode_once``). Only process 0 writes
 ``config.json``, ``metrics.jsonl``, ``summary.json``, TensorBoard events and
 figures; every process takes part in Orbax checkpointing, which writes each
 array shard once.

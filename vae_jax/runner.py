@@ -205,11 +205,85 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
     """The config's dataset. With ``--stream`` or ``--distributed`` an uncompressed ``npz:`` archive is
-    memory-mapped, so a process reads from disk only the rows it puts on its devices or streams."""
-    return data_lib.load_dataset(
-        config.dataset, data_dir=config.data_dir or None, binarize=config.binarize, batch_size=config.batch_size,
-        image_size=config.image_size, memory_map=config.stream or config.distributed,
-    )
+    memory-mapped, so a process reads from disk only the rows it puts on its devices or streams. Any other
+    source in a run of several processes is decoded once, by process 0 (:func:`decode_once`)."""
+    if config.distributed:  # before anything touches a device (a no-op once cli.parse_config has started it)
+        distributed.initialize()
+    try:
+        if config.distributed and jax.process_count() > 1 and not config.dataset.startswith("npz:"):
+            return decode_once(config)
+        return data_lib.load_dataset(
+            config.dataset, data_dir=config.data_dir or None, binarize=config.binarize,
+            batch_size=config.batch_size, image_size=config.image_size,
+            memory_map=config.stream or config.distributed,
+        )
+    except BaseException as err:  # with --distributed, the other processes stop at their next barrier
+        distributed.report_stop(err)
+        raise
+
+
+DECODED_DATA = ".decoded-data.npz"  # in the workdir; hidden, so --overwrite leaves it for the next run
+DECODE_WAIT_S = 4 * 3600  # how long the other processes wait for process 0 to decode the dataset
+
+
+def decoded_data_key(config: TrainConfig) -> dict:
+    """What the decoded copy in the workdir was made from: the dataset flags; for ``folder:`` the files'
+    :func:`vae_jax.data.folder_fingerprint`; for ``mnist`` and ``tfds:NAME`` whether TFDS had the set
+    prepared on disk (``mnist`` falls back to the embedded digits when not). Binarization is applied when
+    the copy is loaded."""
+    spec = config.dataset
+    key = {"dataset": spec, "data_dir": config.data_dir, "image_size": config.image_size}
+    if spec.startswith("folder:") and os.path.isdir(spec[len("folder:"):]):
+        key["folder"] = data_lib.folder_fingerprint(spec[len("folder:"):])
+    elif spec == "mnist" or spec.startswith("tfds:"):
+        key["tfds_prepared"] = data_lib.tfds_prepared_on_disk(spec.split(":", 1)[-1], config.data_dir or None)
+    return key
+
+
+def decode_once(config: TrainConfig) -> data_lib.Dataset:
+    """The config's dataset, decoded by process 0 alone into ``WORKDIR/.decoded-data.npz`` and memory-mapped
+    by every process, so that each one reads from disk only the rows it uses.
+
+    A TFDS dataset or an image folder has to be decoded whole (JPEG or PNG files, TFRecords) before any of
+    its rows can be used: every process of a ``--distributed`` run would decode all of it into its own
+    memory (CelebA at 128 px: about 8 GB a process). Instead process 0 decodes it (resized with
+    ``--image-size``), writes it uncompressed with :func:`vae_jax.data.save_npz` and the
+    :func:`decoded_data_key` it was made from, and every process, process 0 included, then maps that file
+    (:func:`vae_jax.data.load_dataset` with ``memory_map``) and applies ``--binarize``: the same arrays as
+    loading the source directly. A later run in the same workdir (a resume, or ``--overwrite``, which leaves
+    hidden files in place) maps the file without decoding while the key matches. The workdir must be on a
+    file system that every process sees, as Orbax's checkpoints already require.
+
+    Raises:
+      ConfigError: the workdir cannot be written. DataError: the source cannot be read, or process 0's
+        file cannot be read by this process.
+    """
+    path = os.path.join(config.workdir, DECODED_DATA)
+    if distributed.is_main_process():
+        key = decoded_data_key(config)
+        notes = data_lib.read_npz_notes(path)
+        if notes is None or notes.get("key") != key:
+            probe_workdir(config.workdir)
+            started = time.perf_counter()
+            dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir or None,
+                                            batch_size=config.batch_size, image_size=config.image_size)
+            try:
+                data_lib.save_npz(dataset, path, notes={"key": key, "source": dataset.source})
+            except OSError as err:
+                raise ConfigError(f"--workdir {config.workdir}: cannot write the decoded dataset {DECODED_DATA} "
+                                  f"({err.strerror or type(err).__name__})") from None
+            log(f"data: {dataset.source} decoded once into {path} ({dataset.stored_bytes / 2**20:.1f} MiB, "
+                f"{time.perf_counter() - started:.1f} s); every process maps it")
+            del dataset
+    distributed.wait_for_all("data_decoded", timeout_s=DECODE_WAIT_S)
+    notes = data_lib.read_npz_notes(path)
+    if notes is None or "source" not in notes:
+        raise data_lib.DataError(f"--distributed: process 0's decoded dataset {path} cannot be read by process "
+                                 f"{jax.process_index()}; the --workdir must be on a file system that every "
+                                 "process sees")
+    dataset = data_lib.load_dataset("npz:" + path, binarize=config.binarize, batch_size=config.batch_size,
+                                    memory_map=True)
+    return dataclasses.replace(dataset, source=notes["source"])
 
 
 def host_split(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
