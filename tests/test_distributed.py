@@ -45,6 +45,17 @@ TRAIN_SOURCE = textwrap.dedent("""
                     os.kill(os.getpid(), signal.SIGKILL)
             return np.asarray(self)[index]
 
+    if os.environ.get("JAX_PROCESS_ID") == "1" and os.environ.get("DIE_AT_SAVE"):  # a test kills process 1 (SIGKILL)
+        from vae_jax import checkpoint  # on its way to save this checkpoint: between epochs, not in a collective
+        save = checkpoint.save
+
+        def dying_save(manager, epoch, state):
+            if epoch == int(os.environ["DIE_AT_SAVE"]):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return save(manager, epoch, state)
+
+        checkpoint.save = dying_save
+
     def mapped_kib(path):  # this process's resident pages of its memory maps of the file at path (/proc/self/smaps)
         total, inside = 0, False
         with open("/proc/self/smaps") as f:
@@ -80,11 +91,11 @@ TRAIN_SOURCE = textwrap.dedent("""
 RUN_SCRIPT = TRAIN_SOURCE + textwrap.dedent("""
     import json, sys
     import os
-    from vae_jax import cli, faults
+    from vae_jax import checkpoint, cli, faults
     workdir, epochs, distributed, seeds, stream = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5] == "1"
     spec = sys.argv[6]
     workdir = workdir.replace("PROCESS", os.environ.get("JAX_PROCESS_ID", "0"))  # a workdir per process (tests)
-    main = cli.user_errors(cli.ConfigError, data.DataError)(
+    main = cli.user_errors(cli.ConfigError, data.DataError, checkpoint.CheckpointError)(
         lambda: print("RESULT" + json.dumps(train(workdir, epochs, distributed, seeds, stream, spec))))
     main()
 """)
@@ -104,11 +115,11 @@ def _free_port() -> int:
 
 
 def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool = False,
-         expect_failure: bool = False, spec: str = "", die_at_rows: int = 0) -> list:
+         expect_failure: bool = False, spec: str = "", die_at_rows: int = 0, env: dict | None = None) -> list:
     """Runs RUN_SCRIPT in ``processes`` processes; their outputs go to files (a full pipe would block a process
     that its peers wait for at the shutdown barrier). Returns each one's result, or with ``expect_failure``
     each one's ``(exit code, stderr)``."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "DIE_AT_ROWS": str(die_at_rows)}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "DIE_AT_ROWS": str(die_at_rows), **(env or {})}
     env["XLA_FLAGS"] = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()  # one device per process
                                 if not flag.startswith("--xla_force_host_platform_device_count"))
     distributed = "1" if processes > 1 else "0"
@@ -262,3 +273,29 @@ def test_a_process_killed_mid_epoch_stops_the_others_at_once_and_the_run_resumes
     assert all(o["resumed_from"] == 1 for o in resumed)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_a_process_killed_between_epochs_stops_the_one_waiting_for_it_within_the_peer_timeout(tmp_path):
+    """Process 1 is killed (SIGKILL) on its way to saving checkpoint 2, while process 0 saves it. Process 0's save
+    fails (one line), and JAX's shutdown barrier then waits for process 1: the peer watch sees process 1's
+    heartbeat stop and ends process 0 with a one-line error after VAE_JAX_PEER_TIMEOUT_S (5 s here), where JAX's
+    own heartbeat timeout aborted it with a stack dump after 100 s (measured before the watch: exit -6 after
+    109 s). Both processes started again resume from epoch 1."""
+    import time
+
+    start = time.monotonic()
+    (code0, err0), (code1, _) = _run(tmp_path / "run", 3, processes=2, seeds="1", expect_failure=True,
+                                     env={"DIE_AT_SAVE": "2", "VAE_JAX_PEER_TIMEOUT_S": "5"})
+    seconds = time.monotonic() - start
+    assert code1 == -9
+    assert code0 == 1, err0[-2000:]
+    # Orbax's save fails in a collective with the dead process, and process 0 says so; then, at exit, JAX's
+    # shutdown barrier waits for process 1 until the peer watch ends it.
+    saving, lost = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert saving.startswith("error: could not save checkpoint 2 in ") and "Connection reset by peer" in saving
+    assert "or did another process of this --distributed run stop?); checkpoint 1 is intact" in saving
+    assert lost.startswith("error: --distributed: process 1 stopped answering (no heartbeat for 5 s")
+    assert "process 0 stops: the checkpoint of epoch 1 (saved before that) is kept in" in lost
+    assert seconds < 60  # two start-ups, two epochs and the 5 s; JAX's heartbeat timeout alone is 100 s
+    resumed = _run(tmp_path / "run", 3, processes=2, seeds="1")
+    assert all(o["resumed_from"] == 1 for o in resumed)

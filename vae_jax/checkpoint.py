@@ -92,10 +92,10 @@ def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
         _quiet_aborted_writes()
         reason = _os_error_reason(err)
         kept = f"checkpoint {max(previous)} is intact" if previous else "no earlier checkpoint exists"
-        raise CheckpointError(
-            f"could not save checkpoint {epoch} in {manager.directory} ({reason}; is the disk full or the "
-            f"directory read-only?); {kept}"
-        ) from None
+        causes = ("is the disk full or the directory read-only, or did another process of this --distributed "
+                  "run stop?" if jax.process_count() > 1 else "is the disk full or the directory read-only?")
+        raise CheckpointError(f"could not save checkpoint {epoch} in {manager.directory} ({reason}; {causes}); "
+                              f"{kept}") from None
     finally:
         absl_logger.setLevel(level)
     sys.stderr.write(captured.getvalue())  # a successful save's warnings, if any
@@ -197,7 +197,7 @@ def _quiet_aborted_writes() -> None:
 
 def _os_error_reason(err: BaseException) -> str:
     """The OS error behind a failed save, e.g. ``No space left on device``, else the error's first line."""
-    seen = set()
+    first, seen = err, set()
     while err is not None and id(err) not in seen:
         if isinstance(err, OSError) and err.strerror:
             return err.strerror
@@ -206,7 +206,7 @@ def _os_error_reason(err: BaseException) -> str:
             return os.strerror(int(code.group(1)))
         seen.add(id(err))
         err = err.__cause__ or err.__context__
-    return one_line(err) if err is not None else "unknown error"
+    return one_line(first)
 
 
 def one_line(err: BaseException, limit: int = 160) -> str:

@@ -24,9 +24,13 @@ when set, otherwise JAX's own detection (Slurm, Open MPI, Cloud TPU, ...).
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import sys
+import threading
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -52,6 +56,83 @@ def initialize() -> None:
         raise ConfigError(f"--distributed: jax.distributed.initialize() failed ({first_line[:200]}); this "
                           "experiment supports --distributed only when JAX has not run before training, with "
                           "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set") from None
+    if jax.process_count() > 1:
+        _start_peer_watch()
+
+
+# -- peers that die ------------------------------------------------------------------------------
+# A process killed outright (SIGKILL, out of memory, its host lost) tells no one. A collective with it fails at
+# once (vae_jax.faults.PeerLost), but a process waiting for it at a barrier (Orbax's checkpoint barriers,
+# wait_for_all, JAX's shutdown barrier at exit) learns of it only from the coordination service's heartbeat
+# timeout (100 s), after which JAX aborts it with a stack dump. So every process beats a counter in the
+# coordination service's key-value store once a second and watches the others' counters; when one stands still
+# for PEER_TIMEOUT_S, the watcher prints one line and exits (os._exit: JAX's shutdown barrier would wait for the
+# dead process). A process that ends marks itself done (atexit) and stops beating, so one that finishes early is
+# not taken for dead; it keeps watching the others until it exits.
+
+_ALIVE = "vae_jax/alive/"
+_DONE = "done"
+HEARTBEAT_S = 1.0
+PEER_TIMEOUT_S = float(os.environ.get("VAE_JAX_PEER_TIMEOUT_S", "20"))
+_DEFAULT_HINT = "start every process again to resume from the last checkpoint"
+_peer_lost_hint: Callable[[], str] = lambda: _DEFAULT_HINT  # noqa: E731
+_done = threading.Event()
+_beat_lock = threading.Lock()  # no beat may overwrite the done mark
+
+
+def set_peer_lost_hint(hint: Callable[[], str]) -> None:
+    """What the line printed when a peer is lost says after naming it (``runner.train``: the checkpoint kept)."""
+    global _peer_lost_hint
+    _peer_lost_hint = hint
+
+
+def _start_peer_watch() -> None:
+    client, me, count = _client(), jax.process_index(), jax.process_count()
+    atexit.register(_mark_done, client, me)
+    threading.Thread(target=_watch_peers, args=(client, me, count), name="vae_jax-peer-watch", daemon=True).start()
+
+
+def _mark_done(client, me: int) -> None:
+    with _beat_lock:
+        _done.set()
+        try:
+            client.key_value_set(_ALIVE + str(me), _DONE, allow_overwrite=True)
+        except Exception:  # the coordinator is gone: nothing to tell
+            pass
+
+
+def _watch_peers(client, me: int, count: int) -> None:
+    """The peer watch's thread (see above): beats, and exits the process when another process's beat stops."""
+    started = time.monotonic()
+    changed = {peer: ("", started) for peer in range(count) if peer != me}  # last beat seen, and when it changed
+    beat = 0
+    while changed or not _done.is_set():  # beat until done, watch while a peer may still die
+        try:
+            with _beat_lock:
+                if not _done.is_set():
+                    beat += 1
+                    client.key_value_set(_ALIVE + str(me), str(beat), allow_overwrite=True)
+            beats = dict(client.key_value_dir_get(_ALIVE))
+        except Exception:  # the coordinator is gone (JAX itself ends this process then)
+            return
+        now = time.monotonic()
+        for peer in list(changed):
+            value = beats.get(_ALIVE + str(peer), "")
+            if value == _DONE:
+                del changed[peer]
+            elif value != changed[peer][0]:
+                changed[peer] = (value, now)
+        lost = sorted(peer for peer, (_, since) in changed.items() if now - since > PEER_TIMEOUT_S)
+        if lost:
+            try:
+                hint = _peer_lost_hint()
+            except Exception:
+                hint = _DEFAULT_HINT
+            print(f"error: --distributed: process {lost[0]} stopped answering (no heartbeat for "
+                  f"{PEER_TIMEOUT_S:g} s: killed, out of memory, or its host lost); process {me} stops: {hint}",
+                  file=sys.stderr, flush=True)
+            os._exit(1)
+        time.sleep(HEARTBEAT_S)
 
 
 _BARRIERS = itertools.count()  # every process passes the same barriers in the same order

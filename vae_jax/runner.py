@@ -590,6 +590,8 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     """
     if config.distributed:  # before anything touches a device, and before the lock: only process 0 takes it
         distributed.initialize()
+        distributed.set_peer_lost_hint(
+            lambda: f"{_checkpoint_on_disk(config.workdir)}; start every process again to resume")
     try:
         lock = faults.WorkdirLock(config.workdir) if distributed.is_main_process() else contextlib.nullcontext()
         with lock, faults.StopSignals() as stop, contextlib.ExitStack() as closing:
