@@ -1,6 +1,7 @@
 """The data layer: every spec, the offline fallback, binarization, and each bad input's message."""
 
 import dataclasses
+import os
 import time
 
 import chex
@@ -151,6 +152,9 @@ def test_save_npz_writes_what_load_dataset_reads_back(tmp_path):
                             "made here", class_names=("cat", "dog", "emu", "yak"))
     path = data.save_npz(original, str(tmp_path / "out.npz"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz"]  # no temporary file left beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # readable by whoever may read a new file here
     for memory_map in (False, True):
         back = load_dataset(f"npz:{path}", memory_map=memory_map)
         assert back.memory_mapped == memory_map and back.class_names == original.class_names

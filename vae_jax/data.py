@@ -555,6 +555,9 @@ def save_npz(dataset: "Dataset", path: str, notes: dict | None = None) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(suffix=".npz", prefix=".partial-", dir=directory)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # a new file's usual permissions, not mkstemp's owner-only ones
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(temporary, path)
