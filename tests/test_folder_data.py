@@ -274,6 +274,10 @@ def test_decode_once_writes_a_mapped_copy_that_equals_the_folder_and_is_reused_u
         np.testing.assert_array_equal(getattr(decoded, name), getattr(direct, name))
     copy = os.path.join(workdir, runner.DECODED_DATA)
     assert data.read_npz_notes(copy)["key"] == runner.decoded_data_key(config())
+    reread = runner.decoded_copy(config())  # what experiments.evaluate reads for this run
+    assert reread.memory_mapped and reread.source == spec
+    np.testing.assert_array_equal(reread.test_pixels, direct.test_pixels)
+    assert runner.decoded_copy(config(image_size=8)) is None  # another key: not this copy
 
     decodes = []
     real_load_image_folder = data.load_image_folder

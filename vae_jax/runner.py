@@ -281,6 +281,20 @@ def decode_once(config: TrainConfig) -> data_lib.Dataset:
         raise data_lib.DataError(f"--distributed: process 0's decoded dataset {path} cannot be read by process "
                                  f"{jax.process_index()}; the --workdir must be on a file system that every "
                                  "process sees")
+    return _map_decoded(config, path, notes)
+
+
+def decoded_copy(config: TrainConfig) -> data_lib.Dataset | None:
+    """The workdir's decoded copy of the config's dataset (:func:`decode_once`), memory-mapped, when it
+    matches :func:`decoded_data_key`; else None. ``experiments.evaluate`` reads a run's data through it."""
+    path = os.path.join(config.workdir, DECODED_DATA)
+    notes = data_lib.read_npz_notes(path)
+    if notes is None or notes.get("key") != decoded_data_key(config) or "source" not in notes:
+        return None
+    return _map_decoded(config, path, notes)
+
+
+def _map_decoded(config: TrainConfig, path: str, notes: dict) -> data_lib.Dataset:
     dataset = data_lib.load_dataset("npz:" + path, binarize=config.binarize, batch_size=config.batch_size,
                                     memory_map=True)
     return dataclasses.replace(dataset, source=notes["source"])
