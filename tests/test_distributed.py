@@ -280,7 +280,7 @@ def test_a_process_killed_between_epochs_stops_the_one_waiting_for_it_within_the
     fails (one line), and JAX's shutdown barrier then waits for process 1: the peer watch sees process 1's
     heartbeat stop and ends process 0 with a one-line error after VAE_JAX_PEER_TIMEOUT_S (5 s here), where JAX's
     own heartbeat timeout aborted it with a stack dump after 100 s (measured before the watch: exit -6 after
-    109 s). Both processes started again resume from epoch 1."""
+    109 s). Checkpoint 1 is what is left to resume from."""
     import time
 
     start = time.monotonic()
@@ -297,5 +297,5 @@ def test_a_process_killed_between_epochs_stops_the_one_waiting_for_it_within_the
     assert lost.startswith("error: --distributed: process 1 stopped answering (no heartbeat for 5 s")
     assert "process 0 stops: the checkpoint of epoch 1 (saved before that) is kept in" in lost
     assert seconds < 60  # two start-ups, two epochs and the 5 s; JAX's heartbeat timeout alone is 100 s
-    resumed = _run(tmp_path / "run", 3, processes=2, seeds="1")
-    assert all(o["resumed_from"] == 1 for o in resumed)
+    # What a restart resumes from (restarting after a kill is the test above's).
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]

@@ -120,3 +120,17 @@ def test_distributed_starts_jax_distributed_as_soon_as_the_flags_are_parsed(monk
     assert calls == []
     config = cli.parse_config(tasks.VAEConfig, ["--distributed"])
     assert config.distributed and calls == ["initialize"]
+
+
+def test_the_peer_timeout_comes_from_the_environment_and_a_bad_value_is_one_line(monkeypatch):
+    from vae_jax import distributed
+    from vae_jax.cli import ConfigError
+
+    monkeypatch.delenv("VAE_JAX_PEER_TIMEOUT_S", raising=False)
+    assert distributed.peer_timeout_s() == distributed.PEER_TIMEOUT_S == 20.0
+    monkeypatch.setenv("VAE_JAX_PEER_TIMEOUT_S", " 7.5 ")
+    assert distributed.peer_timeout_s() == 7.5
+    for bad in ("soon", "0", "2", "-5", "inf", "nan"):  # at least two missed heartbeats, and a finite wait
+        monkeypatch.setenv("VAE_JAX_PEER_TIMEOUT_S", bad)
+        with pytest.raises(ConfigError, match=rf"^VAE_JAX_PEER_TIMEOUT_S must be a number of seconds above 2 .*got '{bad}'$"):
+            distributed.peer_timeout_s()

@@ -45,6 +45,7 @@ def initialize() -> None:
         kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
     if os.environ.get("JAX_PROCESS_ID"):
         kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+    timeout_s = peer_timeout_s()  # a bad value fails before any process waits for this one
     # CPU processes need a collectives library to talk to each other (GPUs and TPUs have their own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
@@ -57,7 +58,7 @@ def initialize() -> None:
                           "experiment supports --distributed only when JAX has not run before training, with "
                           "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set") from None
     if jax.process_count() > 1:
-        _start_peer_watch()
+        _start_peer_watch(timeout_s)
 
 
 # -- peers that die ------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def initialize() -> None:
 _ALIVE = "vae_jax/alive/"
 _DONE = "done"
 HEARTBEAT_S = 1.0
-PEER_TIMEOUT_S = float(os.environ.get("VAE_JAX_PEER_TIMEOUT_S", "20"))
+PEER_TIMEOUT_S = 20.0  # the default; VAE_JAX_PEER_TIMEOUT_S sets another
 _DEFAULT_HINT = "start every process again to resume from the last checkpoint"
 _peer_lost_hint: Callable[[], str] = lambda: _DEFAULT_HINT  # noqa: E731
 _done = threading.Event()
@@ -86,10 +87,29 @@ def set_peer_lost_hint(hint: Callable[[], str]) -> None:
     _peer_lost_hint = hint
 
 
-def _start_peer_watch() -> None:
+def peer_timeout_s() -> float:
+    """``VAE_JAX_PEER_TIMEOUT_S`` (seconds), else :data:`PEER_TIMEOUT_S`; a ConfigError when it is not a finite
+    number above two heartbeats (2 s)."""
+    text = os.environ.get("VAE_JAX_PEER_TIMEOUT_S", "").strip()
+    if not text:
+        return PEER_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 2 * HEARTBEAT_S or seconds == float("inf"):
+        from vae_jax.cli import ConfigError
+
+        raise ConfigError(f"VAE_JAX_PEER_TIMEOUT_S must be a number of seconds above {2 * HEARTBEAT_S:g} (how long "
+                          f"a silent process is waited for), got {text!r}")
+    return seconds
+
+
+def _start_peer_watch(timeout_s: float) -> None:
     client, me, count = _client(), jax.process_index(), jax.process_count()
     atexit.register(_mark_done, client, me)
-    threading.Thread(target=_watch_peers, args=(client, me, count), name="vae_jax-peer-watch", daemon=True).start()
+    threading.Thread(target=_watch_peers, args=(client, me, count, timeout_s), name="vae_jax-peer-watch",
+                     daemon=True).start()
 
 
 def _mark_done(client, me: int) -> None:
@@ -101,7 +121,7 @@ def _mark_done(client, me: int) -> None:
             pass
 
 
-def _watch_peers(client, me: int, count: int) -> None:
+def _watch_peers(client, me: int, count: int, timeout_s: float) -> None:
     """The peer watch's thread (see above): beats, and exits the process when another process's beat stops."""
     started = time.monotonic()
     changed = {peer: ("", started) for peer in range(count) if peer != me}  # last beat seen, and when it changed
@@ -122,14 +142,14 @@ def _watch_peers(client, me: int, count: int) -> None:
                 del changed[peer]
             elif value != changed[peer][0]:
                 changed[peer] = (value, now)
-        lost = sorted(peer for peer, (_, since) in changed.items() if now - since > PEER_TIMEOUT_S)
+        lost = sorted(peer for peer, (_, since) in changed.items() if now - since > timeout_s)
         if lost:
             try:
                 hint = _peer_lost_hint()
             except Exception:
                 hint = _DEFAULT_HINT
             print(f"error: --distributed: process {lost[0]} stopped answering (no heartbeat for "
-                  f"{PEER_TIMEOUT_S:g} s: killed, out of memory, or its host lost); process {me} stops: {hint}",
+                  f"{timeout_s:g} s: killed, out of memory, or its host lost); process {me} stops: {hint}",
                   file=sys.stderr, flush=True)
             os._exit(1)
         time.sleep(HEARTBEAT_S)
