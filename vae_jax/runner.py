@@ -275,6 +275,9 @@ def decode_once(config: TrainConfig) -> data_lib.Dataset:
             log(f"data: {dataset.source} decoded once into {path} ({dataset.stored_bytes / 2**20:.1f} MiB, "
                 f"{time.perf_counter() - started:.1f} s); every process maps it")
             del dataset
+    else:
+        log(f"data: process {jax.process_index()} waits for process 0 to decode {config.dataset} into {path} "
+            "(once per workdir)")
     distributed.wait_for_all("data_decoded", timeout_s=DECODE_WAIT_S)
     notes = data_lib.read_npz_notes(path)
     if notes is None or "source" not in notes:
