@@ -279,9 +279,9 @@ def test_decode_once_writes_a_mapped_copy_that_equals_the_folder_and_is_reused_u
     np.testing.assert_array_equal(reread.test_pixels, direct.test_pixels)
     assert runner.decoded_copy(config(image_size=8)) is None  # another key: not this copy
 
-    decodes = []
-    real_load_image_folder = data.load_image_folder
-    monkeypatch.setattr(data, "load_image_folder", lambda *a, **k: decodes.append(a) or real_load_image_folder(*a, **k))
+    decodes = []  # the folder's listings and headers read (what precedes each decode)
+    real_plan = data._plan_image_folder
+    monkeypatch.setattr(data, "_plan_image_folder", lambda *a, **k: decodes.append(a) or real_plan(*a, **k))
     again = runner.decode_once(config())
     assert decodes == [] and again.memory_mapped
     np.testing.assert_array_equal(again.train_pixels, direct.train_pixels)
@@ -292,8 +292,8 @@ def test_decode_once_writes_a_mapped_copy_that_equals_the_folder_and_is_reused_u
     assert len(decodes) == 2 and grown.num_train + grown.num_test == 25
 
     static = runner.decode_once(config(image_size=8, binarize="static"))
+    assert len(decodes) == 2  # the binarization is applied to the copy, not baked into it
     direct_static = load_dataset(spec, image_size=8, binarize="static")
-    assert len(decodes) == 3  # the binarization is applied to the copy, not baked into it
     np.testing.assert_array_equal(static.train_pixels, direct_static.train_pixels)
     np.testing.assert_array_equal(static.test_pixels, direct_static.test_pixels)
 
@@ -327,3 +327,26 @@ def test_decode_once_keeps_the_source_and_keys_tfds_sets_by_whether_they_are_pre
     os.makedirs(tmp_path / "tfds" / "mnist" / "3.0.1")
     (tmp_path / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
     assert runner.decoded_data_key(mnist)["tfds_prepared"] is True  # so a copy of the embedded ones is not reused
+
+
+def test_save_image_folder_npz_decodes_a_chunk_at_a_time_into_the_archive_save_npz_would_write(tmp_path):
+    """Chunks of 7 rows (the splits' 21 and 3 images: whole and partial chunks): the archive holds the folder's
+    arrays, labels and class names, maps (the images stay on disk) and reads back through np.load's checked
+    path (zip CRCs) too."""
+    rng = np.random.default_rng(5)
+    for cls in ("ant", "bee", "cow"):
+        for i in range(8):
+            _save(str(tmp_path / "zoo" / cls / f"{i}.png"), _random_rgb(rng, 9, 11))
+    direct = load_dataset(f"folder:{tmp_path / 'zoo'}", image_size=6)
+    path = data.save_image_folder_npz(str(tmp_path / "zoo"), str(tmp_path / "zoo.npz"), image_size=6,
+                                      notes={"made": "here"}, chunk_bytes=7 * 6 * 6 * 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo", "zoo.npz"]  # no temporary file left
+    assert data.read_npz_notes(path) == {"made": "here"}
+    for memory_map in (True, False):
+        back = load_dataset(f"npz:{path}", memory_map=memory_map)
+        assert back.memory_mapped == memory_map and back.class_names == ("ant", "bee", "cow")
+        for name in ("train_pixels", "y_train", "test_pixels", "y_test"):
+            np.testing.assert_array_equal(getattr(back, name), getattr(direct, name))
+    with np.load(path) as archive:  # every member's CRC checked
+        assert sorted(archive.files) == ["class_names", "vae_jax_notes", "x_test", "x_train", "y_test", "y_train"]
+        np.testing.assert_array_equal(archive["x_train"], direct.train_pixels)

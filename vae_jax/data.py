@@ -34,6 +34,7 @@ Every user mistake raises :class:`DataError` with a one-line message.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import difflib
 import glob
@@ -545,27 +546,41 @@ def save_npz(dataset: "Dataset", path: str, notes: dict | None = None) -> str:
     ``notes`` (a JSON-serialisable dict) is stored beside the arrays and read
     back by :func:`read_npz_notes`; loading ignores it. Returns ``path``.
     """
-    arrays = {"x_train": dataset.train_pixels, "x_test": dataset.test_pixels}
-    if dataset.y_train is not None:
-        arrays.update(y_train=dataset.y_train, y_test=dataset.y_test)
-    if dataset.class_names is not None:
-        arrays["class_names"] = np.asarray(dataset.class_names, dtype=str)
+    arrays = {"x_train": dataset.train_pixels, "x_test": dataset.test_pixels,
+              **_small_members(dataset.y_train, dataset.y_test, dataset.class_names, notes)}
+    with _atomic_file(path) as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def _small_members(y_train, y_test, class_names, notes: dict | None) -> dict[str, np.ndarray]:
+    """The arrays beside the images in an archive of :func:`save_npz`: labels, class names, notes."""
+    arrays = {}
+    if y_train is not None:
+        arrays.update(y_train=y_train, y_test=y_test)
+    if class_names is not None:
+        arrays["class_names"] = np.asarray(class_names, dtype=str)
     if notes is not None:
         arrays[NOTES_MEMBER] = np.asarray(json.dumps(notes, sort_keys=True))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(suffix=".npz", prefix=".partial-", dir=directory)
+    return arrays
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str):
+    """A binary file to write that appears at ``path`` (renamed into place) only when the block succeeds; it
+    gets a new file's usual permissions (the umask's), not ``mkstemp``'s owner-only ones."""
+    fd, temporary = tempfile.mkstemp(suffix=".npz", prefix=".partial-", dir=os.path.dirname(os.path.abspath(path)))
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # a new file's usual permissions, not mkstemp's owner-only ones
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            yield f
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
-    return path
 
 
 def read_npz_notes(path: str) -> dict | None:
@@ -701,6 +716,30 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
     Raises:
       DataError: one line naming the folder or the file and the problem.
     """
+    plan = _plan_image_folder(path, image_size, max_workers)
+    paths = plan.train_paths + plan.test_paths
+    images = np.empty((len(paths), *plan.shape), np.uint8)
+    _decode_images(plan, paths, images, max_workers)
+    n_train = len(plan.train_paths)
+    return images[:n_train], plan.y_train, images[n_train:], plan.y_test, plan.class_names
+
+
+@dataclasses.dataclass(frozen=True)
+class _FolderPlan:
+    """What :func:`load_image_folder` reads, found from the listing and the files' headers (nothing decoded)."""
+
+    spec: str
+    train_paths: list[str]
+    test_paths: list[str]
+    y_train: np.ndarray | None
+    y_test: np.ndarray | None
+    class_names: tuple[str, ...] | None
+    shape: tuple[int, int, int]  # (H, W, C) of the arrays made
+    image_size: int
+
+
+def _plan_image_folder(path: str, image_size: int, max_workers: int | None) -> _FolderPlan:
+    """The splits, labels, channels and size of :func:`load_image_folder` (see its docstring)."""
     spec = f"folder:{path}"
     if not path:
         raise DataError("--dataset folder: needs a directory, e.g. folder:data/faces")
@@ -768,7 +807,14 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
             )
         width, height = headers[0][1]
 
-    images = np.empty((len(paths), height, width, channels), np.uint8)
+    return _FolderPlan(spec, train_paths, test_paths, y_train, y_test, class_names, (height, width, channels),
+                       image_size)
+
+
+def _decode_images(plan: _FolderPlan, paths: list[str], out: np.ndarray, max_workers: int | None) -> None:
+    """Decodes ``paths[i]`` into ``out[i]`` (``uint8`` ``[len(paths), H, W, C]``) with a thread pool."""
+    spec, image_size = plan.spec, plan.image_size
+    height, width, channels = plan.shape
     target_mode = "L" if channels == 1 else "RGB"
 
     def decode(i: int) -> None:
@@ -786,7 +832,7 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
                             f"corrupted ({_reason(err)})") from None
         if image_size:
             image = _resize_image(image, image_size)
-        images[i] = np.asarray(image).reshape(height, width, channels)
+        out[i] = np.asarray(image).reshape(height, width, channels)
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers)
     try:
@@ -794,8 +840,38 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
             future.result()  # re-raises the first failure
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    n_train = len(train_paths)
-    return images[:n_train], y_train, images[n_train:], y_test, class_names
+
+
+def save_image_folder_npz(folder: str, path: str, image_size: int = 0, notes: dict | None = None,
+                          chunk_bytes: int = 1 << 26, max_workers: int | None = None) -> str:
+    """Decodes the image folder ``folder`` into an uncompressed ``.npz`` at ``path`` a chunk at a time.
+
+    The archive holds what :func:`save_npz` would write for ``load_dataset("folder:" + folder,
+    image_size=image_size)`` (the same arrays, labels and ``class_names``; ``notes`` as there), but the
+    images are decoded ``chunk_bytes`` at a time straight into the archive, so a set larger than memory
+    can be decoded once and memory-mapped (``--dataset npz:PATH``). Written to a temporary file beside
+    ``path`` and renamed into place. Returns ``path``.
+
+    Raises:
+      DataError: as :func:`load_image_folder`.
+    """
+    plan = _plan_image_folder(folder, image_size, max_workers)
+    rows = max(1, chunk_bytes // math.prod(plan.shape))
+    buffer = np.empty((min(rows, max(len(plan.train_paths), len(plan.test_paths))), *plan.shape), np.uint8)
+    with _atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, paths in (("x_train", plan.train_paths), ("x_test", plan.test_paths)):
+            with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_2_0(member, {"descr": np.lib.format.dtype_to_descr(buffer.dtype),
+                                                              "fortran_order": False,
+                                                              "shape": (len(paths), *plan.shape)})
+                for start in range(0, len(paths), len(buffer)):
+                    chunk = buffer[:len(paths[start:start + len(buffer)])]
+                    _decode_images(plan, paths[start:start + len(buffer)], chunk, max_workers)
+                    member.write(memoryview(chunk).cast("B"))
+        for name, array in _small_members(plan.y_train, plan.y_test, plan.class_names, notes).items():
+            with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+    return path
 
 
 # --- TFDS ------------------------------------------------------------------------------

@@ -247,8 +247,10 @@ def decode_once(config: TrainConfig) -> data_lib.Dataset:
     A TFDS dataset or an image folder has to be decoded whole (JPEG or PNG files, TFRecords) before any of
     its rows can be used: every process of a ``--distributed`` run would decode all of it into its own
     memory (CelebA at 128 px: about 8 GB a process). Instead process 0 decodes it (resized with
-    ``--image-size``), writes it uncompressed with :func:`vae_jax.data.save_npz` and the
-    :func:`decoded_data_key` it was made from, and every process, process 0 included, then maps that file
+    ``--image-size``; a folder a chunk at a time straight into the file,
+    :func:`vae_jax.data.save_image_folder_npz`, a TFDS set in memory first,
+    :func:`vae_jax.data.save_npz`), writes it uncompressed with the :func:`decoded_data_key` it was made
+    from, and every process, process 0 included, then maps that file
     (:func:`vae_jax.data.load_dataset` with ``memory_map``) and applies ``--binarize``: the same arrays as
     loading the source directly. A later run in the same workdir (a resume, or ``--overwrite``, which leaves
     hidden files in place) maps the file without decoding while the key matches. The workdir must be on a
@@ -265,16 +267,22 @@ def decode_once(config: TrainConfig) -> data_lib.Dataset:
         if notes is None or notes.get("key") != key:
             probe_workdir(config.workdir)
             started = time.perf_counter()
-            dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir or None,
-                                            batch_size=config.batch_size, image_size=config.image_size)
             try:
-                data_lib.save_npz(dataset, path, notes={"key": key, "source": dataset.source})
+                if config.dataset.startswith("folder:"):  # decoded a chunk at a time into the file
+                    source = config.dataset
+                    data_lib.save_image_folder_npz(config.dataset[len("folder:"):], path, config.image_size,
+                                                   notes={"key": key, "source": source})
+                else:
+                    dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir or None,
+                                                    batch_size=config.batch_size, image_size=config.image_size)
+                    source = dataset.source
+                    data_lib.save_npz(dataset, path, notes={"key": key, "source": source})
+                    del dataset
             except OSError as err:
                 raise ConfigError(f"--workdir {config.workdir}: cannot write the decoded dataset {DECODED_DATA} "
                                   f"({err.strerror or type(err).__name__})") from None
-            log(f"data: {dataset.source} decoded once into {path} ({dataset.stored_bytes / 2**20:.1f} MiB, "
+            log(f"data: {source} decoded once into {path} ({os.path.getsize(path) / 2**20:.1f} MiB, "
                 f"{time.perf_counter() - started:.1f} s); every process maps it")
-            del dataset
     else:
         log(f"data: process {jax.process_index()} waits for process 0 to decode {config.dataset} into {path} "
             "(once per workdir)")
