@@ -66,12 +66,16 @@ def initialize() -> None:
 # once (vae_jax.faults.PeerLost), but a process waiting for it at a barrier (Orbax's checkpoint barriers,
 # wait_for_all, JAX's shutdown barrier at exit) learns of it only from the coordination service's heartbeat
 # timeout (100 s), after which JAX aborts it with a stack dump. So every process beats a counter in the
-# coordination service's key-value store once a second and watches the others' counters; when one stands still
-# for PEER_TIMEOUT_S, the watcher prints one line and exits (os._exit: JAX's shutdown barrier would wait for the
-# dead process). A process that ends marks itself done (atexit) and stops beating, so one that finishes early is
-# not taken for dead; it keeps watching the others until it exits.
+# coordination service's key-value store once a second, and process 0 watches the counters (one read a second;
+# the others read one key, so the store's load grows with the number of processes, not its square). When one
+# stands still for PEER_TIMEOUT_S, process 0 names it under LOST and every process prints one line and exits
+# (os._exit: JAX's shutdown barrier would wait for the dead process); process 0 exits last, as the others need
+# the coordinator (it runs in process 0) to read that key. When process 0 itself dies, JAX ends the others
+# within a second. A process that ends marks itself done (atexit) and stops beating, so one that finishes early
+# is not taken for dead; the watch goes on until the process exits.
 
 _ALIVE = "vae_jax/alive/"
+_LOST = "vae_jax/lost"
 _DONE = "done"
 HEARTBEAT_S = 1.0
 PEER_TIMEOUT_S = 20.0  # the default; VAE_JAX_PEER_TIMEOUT_S sets another
@@ -121,38 +125,55 @@ def _mark_done(client, me: int) -> None:
             pass
 
 
-def _watch_peers(client, me: int, count: int, timeout_s: float) -> None:
-    """The peer watch's thread (see above): beats, and exits the process when another process's beat stops."""
+def _watch_peers(client, me: int, count: int, timeout_s: float, stop: Callable[[int], None] = os._exit) -> None:
+    """The peer watch's thread (see above): beats; process 0 finds a silent process, and every process stops
+    (``stop(1)``) once one is named under ``LOST``."""
     started = time.monotonic()
-    changed = {peer: ("", started) for peer in range(count) if peer != me}  # last beat seen, and when it changed
+    changed = {peer: ("", started) for peer in range(1, count)} if me == 0 else {}  # last beat, when it changed
     beat = 0
-    while changed or not _done.is_set():  # beat until done, watch while a peer may still die
+    while True:
         try:
             with _beat_lock:
                 if not _done.is_set():
                     beat += 1
                     client.key_value_set(_ALIVE + str(me), str(beat), allow_overwrite=True)
-            beats = dict(client.key_value_dir_get(_ALIVE))
-        except Exception:  # the coordinator is gone (JAX itself ends this process then)
-            return
-        now = time.monotonic()
-        for peer in list(changed):
-            value = beats.get(_ALIVE + str(peer), "")
-            if value == _DONE:
-                del changed[peer]
-            elif value != changed[peer][0]:
-                changed[peer] = (value, now)
-        lost = sorted(peer for peer, (_, since) in changed.items() if now - since > timeout_s)
-        if lost:
+            if me == 0:
+                lost = _silent_peer(dict(client.key_value_dir_get(_ALIVE)), changed, timeout_s)
+                if lost is not None:
+                    client.key_value_set(_LOST, str(lost), allow_overwrite=True)
+            else:
+                lost = client.key_value_try_get(_LOST)
+        except Exception:  # no such key yet (try_get), or the coordinator is gone (JAX itself ends this process)
+            lost = None
+            if me == 0:
+                return
+        if lost is not None:
             try:
                 hint = _peer_lost_hint()
             except Exception:
                 hint = _DEFAULT_HINT
-            print(f"error: --distributed: process {lost[0]} stopped answering (no heartbeat for "
-                  f"{timeout_s:g} s: killed, out of memory, or its host lost); process {me} stops: {hint}",
-                  file=sys.stderr, flush=True)
-            os._exit(1)
+            print(f"error: --distributed: process {lost} stopped answering (no heartbeat for {timeout_s:g} s: "
+                  f"killed, out of memory, or its host lost); process {me} stops: {hint}", file=sys.stderr,
+                  flush=True)
+            if me == 0:  # the others read the key from the coordinator, which ends with this process
+                time.sleep(2 * HEARTBEAT_S)
+            stop(1)
+            return
         time.sleep(HEARTBEAT_S)
+
+
+def _silent_peer(beats: dict[str, str], changed: dict[int, tuple[str, float]], timeout_s: float) -> int | None:
+    """Process 0's look at the beats: updates ``changed`` (peer -> last beat seen, and when it changed; peers
+    that are done leave it) and returns a peer silent for ``timeout_s``, or None."""
+    now = time.monotonic()
+    for peer in list(changed):
+        value = beats.get(_ALIVE + str(peer), "")
+        if value == _DONE:
+            del changed[peer]
+        elif value != changed[peer][0]:
+            changed[peer] = (value, now)
+    silent = sorted(peer for peer, (_, since) in changed.items() if now - since > timeout_s)
+    return silent[0] if silent else None
 
 
 _BARRIERS = itertools.count()  # every process passes the same barriers in the same order
