@@ -311,9 +311,10 @@ def _spec_suggestion(spec: str) -> str:
     return ""
 
 
-def _rows_per_chunk(shape: tuple) -> int:
-    """How many images of ``shape`` ``[N, ...]`` a host-side pass handles at once (:data:`_HOST_CHUNK_PIXELS`)."""
-    return max(1, _HOST_CHUNK_PIXELS // max(1, int(np.prod(shape[1:]))))
+def _rows_per_chunk(shape: tuple, pixels: int = _HOST_CHUNK_PIXELS) -> int:
+    """How many images of ``shape`` ``[N, ...]`` a host-side pass handles at once: ``pixels`` of them
+    (default :data:`_HOST_CHUNK_PIXELS`), at least one image."""
+    return max(1, pixels // max(1, int(np.prod(shape[1:]))))
 
 
 def _bernoulli(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
@@ -856,7 +857,7 @@ def save_image_folder_npz(folder: str, path: str, image_size: int = 0, notes: di
       DataError: as :func:`load_image_folder`.
     """
     plan = _plan_image_folder(folder, image_size, max_workers)
-    rows = max(1, chunk_bytes // math.prod(plan.shape))
+    rows = _rows_per_chunk((0, *plan.shape), chunk_bytes)  # uint8: a byte a pixel
     buffer = np.empty((min(rows, max(len(plan.train_paths), len(plan.test_paths))), *plan.shape), np.uint8)
     with _atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, paths in (("x_train", plan.train_paths), ("x_test", plan.test_paths)):
@@ -865,9 +866,9 @@ def save_image_folder_npz(folder: str, path: str, image_size: int = 0, notes: di
                                                               "fortran_order": False,
                                                               "shape": (len(paths), *plan.shape)})
                 for start in range(0, len(paths), len(buffer)):
-                    chunk = buffer[:len(paths[start:start + len(buffer)])]
-                    _decode_images(plan, paths[start:start + len(buffer)], chunk, max_workers)
-                    member.write(memoryview(chunk).cast("B"))
+                    part = paths[start:start + len(buffer)]
+                    _decode_images(plan, part, buffer[:len(part)], max_workers)
+                    member.write(memoryview(buffer[:len(part)]).cast("B"))
         for name, array in _small_members(plan.y_train, plan.y_test, plan.class_names, notes).items():
             with archive.open(name + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
