@@ -129,7 +129,7 @@ def run_variant(config, vq_config, prior_config, dataset, classifier, vae_images
     summary = {**result.summary, "codebook_size": model.num_codes,
                "codes_used": runner.mean_std([u["codes_used"] for u in usage]),
                "perplexity": runner.mean_std([u["perplexity"] for u in usage]),
-               "usage_by_epoch": vq.usage_by_epoch(vq_config, task, model, x_test)}
+               "usage_by_epoch": runner.usage_by_epoch(vq_config, task, model, x_test)}
     test = result.summary["test"]
     figures = [
         plots.save_reconstructions(x_test[:10], vq.reconstruct(model, params, x_test[:10]),

@@ -129,7 +129,7 @@ def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mni
     usage = vq.code_usage(model, result.params(0), mnist_small.x_test)
     assert mse_after < 0.7 * mse_before
     assert usage["codes_used"] > 16
-    by_epoch = vq.usage_by_epoch(config, task, model, mnist_small.x_test)
+    by_epoch = runner.usage_by_epoch(config, task, model, mnist_small.x_test)
     assert [line["epoch"] for line in by_epoch] == [1, 2, 3]
     assert by_epoch[-1]["codes_used"] == usage["codes_used"]
     with open(os.path.join(config.workdir, "config.json")) as f:
@@ -144,7 +144,7 @@ def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mni
         f.seek(8)
         f.write(bytes([byte[0] ^ 0xFF]))
     capsys.readouterr()
-    assert vq.usage_by_epoch(config, task, model, mnist_small.x_test) == [by_epoch[0], by_epoch[2]]
+    assert runner.usage_by_epoch(config, task, model, mnist_small.x_test) == [by_epoch[0], by_epoch[2]]
     assert "warning: checkpoint 2 in" in capsys.readouterr().err
 
 

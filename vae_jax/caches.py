@@ -111,10 +111,24 @@ def jit_run_once(fun: Callable | None = None, **jit_kwargs) -> Callable:
 
 
 def _tracing() -> bool:
-    """True while JAX traces a function (the caller runs inside ``jit``, ``eval_shape``, ``vmap``, ...)."""
-    from jax._src import core  # no public equivalent; tested in tests/test_caches.py
+    """True while JAX traces a function (the caller runs inside ``jit``, ``eval_shape``, ``vmap``, ...): the
+    current trace state differs from the top-level one (read once in a fresh thread, whose state is clean)."""
+    from jax.extend.core import get_opaque_trace_state
 
-    return not core.trace_state_clean()
+    return get_opaque_trace_state(convention="flax") != _top_level_trace_state()
+
+
+@functools.cache
+def _top_level_trace_state():
+    import threading
+
+    from jax.extend.core import get_opaque_trace_state
+
+    state = []
+    reader = threading.Thread(target=lambda: state.append(get_opaque_trace_state(convention="flax")))
+    reader.start()
+    reader.join()
+    return state[0]
 
 
 def cached_arrays(name: str, build_fn: Callable[[], tuple], directory: str | None = None) -> tuple:

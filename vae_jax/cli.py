@@ -19,23 +19,7 @@ import sys
 import textwrap
 import typing
 
-
-class ConfigError(ValueError):
-    """An invalid config value; the message names the flag."""
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def field(default, help: str, choices: tuple | None = None):
-    """A config field with its help text (and allowed values)."""
-    metadata = {"help": help}
-    if choices is not None:
-        metadata["choices"] = choices
-    if isinstance(default, (list, dict, set)):
-        raise TypeError("config defaults must be immutable")
-    return dataclasses.field(default=default, metadata=metadata)
+from vae_jax.errors import ConfigError, RunStopped, field, flag, require  # noqa: F401 (re-exported)
 
 
 _TUPLE_ITEMS = {int: ("integers", "N,N,..."), float: ("numbers", "X,X,..."), str: ("names", "NAME,NAME,...")}
@@ -136,21 +120,13 @@ def parse_config(config_cls, argv=None, description: str = ""):
     return config
 
 
-def require(condition: bool, name: str, expected: str, value) -> None:
-    """Raises :class:`ConfigError` naming the flag unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(f"{flag(name)} must be {expected}, got {value!r}")
-
-
 def user_errors(*error_types):
     """Decorator for ``main``: the listed errors print ``error: ...`` and exit 2.
 
-    A run stopped by a fault (:class:`vae_jax.faults.RunStopped`, e.g. SIGTERM
+    A run stopped by a fault (:class:`vae_jax.errors.RunStopped`, e.g. SIGTERM
     after saving a checkpoint) prints its one line and exits with its own
     code (``128 + signum`` for a signal), whether listed or not.
     """
-    from vae_jax.faults import RunStopped  # faults imports this module
-
     def decorate(main):
         @functools.wraps(main)
         def wrapped(*args, **kwargs):

@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from vae_jax.arrays import batch_to_float, pixels_to_float  # noqa: F401 (re-exported)
+
 BINARIZE_CHOICES = ("none", "dynamic", "static")
 # TFDS downloads MNIST-like datasets from this host; if it cannot be reached
 # within a few seconds we fall back instead of hanging on a network time-out.
@@ -80,35 +82,12 @@ class DataError(ValueError):
     """A dataset spec, file or array that cannot be used, with a one-line reason."""
 
 
-def pixels_to_float(x):
-    """Stored pixels -> float32 in [0, 1]: ``uint8`` is divided by 255, floats become float32.
-
-    Other integer arrays (a VQ-VAE prior's code grids) are not pixels and pass through unchanged.
-
-    Works on NumPy and JAX arrays alike; the train step and the evaluation
-    call it on each batch, so the data can stay ``uint8`` in device memory.
-    The dtype check is static (decided at trace time).
-    """
-    if x.dtype == np.uint8:
-        # A multiplication, not a division: XLA turns x / 255 into x * (1 / 255) anyway, and
-        # this way the host (NumPy) and the device (XLA) give bit-identical floats.
-        return x.astype(np.float32) * np.float32(1.0 / 255.0)
-    if not np.issubdtype(x.dtype, np.floating):
-        return x
-    return x if x.dtype == np.float32 else x.astype(np.float32)
-
-
 def float_chunks(pixels, chunk: int | None = None):
     """``pixels`` ``[N, ...]`` as float32 chunks of ``chunk`` (default :data:`ANALYSIS_TRAIN_EXAMPLES`) rows
     (:func:`pixels_to_float`), in order: a pass over a large split that never holds all of it as float32."""
     chunk = chunk or ANALYSIS_TRAIN_EXAMPLES
     for start in range(0, len(pixels), chunk):
         yield pixels_to_float(pixels[start:start + chunk])
-
-
-def batch_to_float(batch: dict) -> dict:
-    """``batch`` with its images ``batch["x"]`` as float32 in [0, 1] (other entries untouched)."""
-    return {**batch, "x": pixels_to_float(batch["x"])}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -137,7 +137,7 @@ def _posterior_moments(model, params, x):
 
 def encode_posteriors(model, params, x: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """(means, logvars) ``[N, D]`` each of a model with ``encode(x) -> (mean, logvar)`` (MLP and conv VAEs)."""
-    from vae_jax.tasks.common import apply_in_batches
+    from vae_jax.arrays import apply_in_batches
 
     both = apply_in_batches(_posterior_moments, model, params, x, batch_size=batch_size)
     d = both.shape[1] // 2

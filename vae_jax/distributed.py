@@ -33,7 +33,9 @@ import time
 from typing import Callable
 
 import jax
-import numpy as np
+
+from vae_jax.arrays import to_host  # noqa: F401 (re-exported: the driver's name for it)
+from vae_jax.errors import ConfigError, ProcessStopped
 
 
 def initialize() -> None:
@@ -51,8 +53,6 @@ def initialize() -> None:
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as err:  # JAX already running here, or no coordinator to be found
-        from vae_jax.cli import ConfigError
-
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"--distributed: jax.distributed.initialize() failed ({first_line[:200]}); this "
                           "experiment supports --distributed only when JAX has not run before training, with "
@@ -102,8 +102,6 @@ def peer_timeout_s() -> float:
     except ValueError:
         seconds = float("nan")
     if not seconds > 2 * HEARTBEAT_S or seconds == float("inf"):
-        from vae_jax.cli import ConfigError
-
         raise ConfigError(f"VAE_JAX_PEER_TIMEOUT_S must be a number of seconds above {2 * HEARTBEAT_S:g} (how long "
                           f"a silent process is waited for), got {text!r}")
     return seconds
@@ -205,8 +203,6 @@ def wait_for_all(name: str, timeout_s: int = 600, poll_s: float = 0.05) -> None:
     """
     if jax.process_count() == 1:
         return
-    from vae_jax.faults import ProcessStopped
-
     client = _client()
     prefix = f"vae_jax/barrier/{next(_BARRIERS)}_{name}/"
     client.key_value_set(prefix + str(jax.process_index()), "arrived")
@@ -235,8 +231,6 @@ def report_stop(err: BaseException) -> None:
     Nothing happens in a single-process run, when ``jax.distributed`` is not
     running, or when ``err`` is itself another process's stop.
     """
-    from vae_jax.faults import ProcessStopped
-
     if isinstance(err, ProcessStopped) or not jax.distributed.is_initialized() or jax.process_count() == 1:
         return
     try:
@@ -248,17 +242,3 @@ def report_stop(err: BaseException) -> None:
 def is_main_process() -> bool:
     """True in process 0, the one that writes logs and figures (and in a single-process run)."""
     return jax.process_index() == 0
-
-
-def to_host(tree):
-    """``jax.device_get`` that also works for arrays spread over several processes (gathered to every process)."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    def fetch(a):
-        if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
-            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-        return np.asarray(a)
-
-    return jax.tree_util.tree_map(fetch, tree)

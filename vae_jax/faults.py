@@ -26,15 +26,9 @@ import sys
 import threading
 import time
 
-from vae_jax.cli import ConfigError
+from vae_jax.errors import ConfigError, PeerLost, ProcessStopped, RunStopped  # noqa: F401 (re-exported)
 
 LOCK_NAME = ".lock"
-
-
-class RunStopped(RuntimeError):
-    """A run that stopped before its last epoch, with the exit code a command should return."""
-
-    exit_code = 1
 
 
 class Interrupted(RunStopped):
@@ -48,26 +42,6 @@ class Interrupted(RunStopped):
             f"stopped by {name} after epoch {epoch}; checkpoint {epoch} is saved in {workdir}; "
             "run the same command again to resume"
         )
-
-
-class ProcessStopped(RunStopped):
-    """Another process of a distributed run stopped with an error: this one stops too (see
-    :func:`vae_jax.distributed.wait_for_all`)."""
-
-
-class PeerLost(RunStopped):
-    """JAX failed inside a distributed run, most often a collective whose peer process died.
-
-    The process stops at once (:func:`vae_jax.cli.user_errors` exits with ``os._exit``),
-    without JAX's shutdown barrier: that barrier waits for the lost process until the
-    coordination service's heartbeat timeout (100 s) and then aborts the process with a
-    stack dump. Measured with two processes on loopback and process 1 killed mid-epoch:
-    process 0 ended 79 s later with SIGABRT before, in about a second with this one line now.
-    A peer that dies while this process waits at a barrier is found by the peer watch of
-    :mod:`vae_jax.distributed` instead (no collective fails there).
-    """
-
-    exit_immediately = True
 
 
 class WorkdirBusy(ConfigError):

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import losses, tasks
-from vae_jax.cli import field, require
-from vae_jax.runner import TrainConfig
+from vae_jax.errors import field, require
+from vae_jax.protocol import TrainConfig
 
 MODEL_KINDS = ("ae", "vae")
 
@@ -127,7 +127,7 @@ def fit_digit_classifier(x_train: np.ndarray, y_train: np.ndarray, max_examples:
     drawn at random. ``x_train`` may be stored pixels (``uint8``): only the drawn rows are converted."""
     from sklearn.linear_model import LogisticRegression
 
-    from vae_jax.data import pixels_to_float
+    from vae_jax.arrays import pixels_to_float
 
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x_train))[:max_examples]

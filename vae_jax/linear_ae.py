@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax.cli import field, require
-from vae_jax.runner import Task, TrainConfig
+from vae_jax.errors import field, require
+from vae_jax.protocol import Task, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)

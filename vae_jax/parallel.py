@@ -65,10 +65,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vae_jax import caches, evaluate, train as train_lib
-from vae_jax.cli import ConfigError
+from vae_jax.errors import ConfigError
+from vae_jax.protocol import EPOCH_LOOPS, SEED_LAYOUTS
 
-SEED_LAYOUTS = ("auto", "vmap", "loop")
-EPOCH_LOOPS = ("auto", "scan", "steps")
 REPLICA_AXIS = "replica"
 DATA_AXIS = "data"
 # --seed-layout auto on CPU: batches at least this large run replicas in a loop, smaller ones vmapped.

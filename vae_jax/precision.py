@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax.cli import field
+from vae_jax.errors import field
 
 PRECISIONS = ("f32", "bf16")
 _DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}

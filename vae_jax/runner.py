@@ -27,12 +27,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +41,9 @@ from tqdm.auto import tqdm
 
 from vae_jax import (caches, checkpoint, data as data_lib, distributed, evaluate, faults, parallel, streaming,
                      tensorboard, train as train_lib)
-from vae_jax.cli import ConfigError, field, flag, require
+from vae_jax.errors import ConfigError, field, flag, require  # noqa: F401 (field, require: re-exported)
+from vae_jax.protocol import Task, TrainConfig  # noqa: F401 (re-exported: the names experiments know)
+from vae_jax.tasks import vqvae as vqvae_tasks
 
 # Fields that may differ between a run and its resumption.
 RESUMABLE_FIELDS = frozenset(
@@ -74,112 +75,6 @@ def loss_has_convolution(loss_fn, state, pixels: np.ndarray, labels: np.ndarray 
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the message says which checkpoint, if any, is on disk."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Flags shared by every training experiment.
-
-    ``kind`` (a class attribute, not a flag) names the model family; it is
-    written into ``config.json`` so a workdir says what it holds and
-    :func:`load_run_config` can tell a user which command fits it.
-    """
-
-    kind: ClassVar[str] = "train"
-    dataset: str = field("mnist", "dataset spec: mnist (full MNIST from TFDS, else the 5,000 embedded digits), "
-                                  "mnist:embedded (those digits, no TFDS check), tfds:NAME, npz:PATH or folder:PATH")
-    image_size: int = field(0, "resize the shorter image side to N and crop the centre N x N (0: keep the size)")
-    data_dir: str = field("", "TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    binarize: str = field("none", "pixel binarization", choices=data_lib.BINARIZE_CHOICES)
-    batch_size: int = field(128, "training batch size")
-    epochs: int = field(30, "number of epochs to train")
-    learning_rate: float = field(1e-3, "Adam learning rate")
-    seed: int = field(0, "root seed of the run")
-    seeds: str = field("", "train several replicas at once: a count N (seeds SEED..SEED+N-1) or a list like 0,3,7 "
-                           "(default: one replica, --seed)")
-    workdir: str = field("runs/vae", "output directory: config, metrics, checkpoints, figures")
-    resume: bool = field(True, "continue from the newest checkpoint in the workdir; --no-resume refuses a workdir "
-                               "that holds a run unless --overwrite is given")
-    overwrite: bool = field(False, "start afresh even if the workdir holds a run: that run (checkpoints, records, "
-                                   "figures, eval.json) is moved into WORKDIR/replaced-YYYYmmdd-HHMMSS/; nothing is "
-                                   "deleted")
-    checkpoint_every: int = field(5, "save a checkpoint every N epochs (and at the end)")
-    keep_checkpoints: int = field(3, "how many of the newest checkpoints to keep")
-    eval_batch_size: int = field(500, "batch size for test-set evaluation")
-    max_consecutive_skips: int = field(
-        20, "skip optimizer steps whose loss or gradients are not finite, and stop the run after this many "
-            "in a row (0: no step-level guard; the run stops at the end of an epoch with a non-finite loss)")
-    progress: bool | None = field(None, "show a progress bar on stderr (default: only when stderr is a terminal; "
-                                        "a redirected log gets one line per epoch instead)")
-    # Devices, speed and monitoring (vae_jax.parallel, vae_jax.compile_cache, vae_jax.tensorboard).
-    devices: str = field("1", "devices to train on: a count N or 'all' (batch split over them, seeds too)")
-    seed_layout: str = field("auto", "how several seeds share a device: one vmapped program, a loop, or auto",
-                             choices=parallel.SEED_LAYOUTS)
-    epoch_loop: str = field("auto", "how an epoch's steps run: one compiled lax.scan (scan), a Python loop over the "
-                            "jitted step (steps), or auto: steps on CPU for models with convolutions, which XLA:CPU "
-                            "runs several times slower inside a compiled loop", choices=parallel.EPOCH_LOOPS)
-    compile_cache: bool = field(True, "keep compiled XLA programs in the user cache dir (~/.cache/vae_jax/xla)")
-    tensorboard: bool = field(True, "write TensorBoard scalars and figures to the workdir")
-    stream: bool = field(False, "stream batches from host memory (Grain) instead of keeping the training split on "
-                         "the device; automatic when it would fill more than half the device's memory")
-    distributed: bool = field(False, "one of several processes (hosts) of a run: jax.distributed.initialize() "
-                              "from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID")
-
-    def validate(self) -> None:
-        require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
-        require(0 <= self.image_size <= data_lib.MAX_IMAGE_SIZE, "image_size",
-                f"0 (keep the images' size) or a side length from 1 to {data_lib.MAX_IMAGE_SIZE} pixels", self.image_size)
-        require(self.epochs >= 0, "epochs", "a non-negative integer", self.epochs)
-        require(
-            math.isfinite(self.learning_rate) and self.learning_rate > 0,
-            "learning_rate", "a positive number", self.learning_rate,
-        )
-        require(self.checkpoint_every > 0, "checkpoint_every", "a positive integer", self.checkpoint_every)
-        require(self.keep_checkpoints > 0, "keep_checkpoints", "a positive integer", self.keep_checkpoints)
-        require(self.eval_batch_size > 0, "eval_batch_size", "a positive integer", self.eval_batch_size)
-        require(self.max_consecutive_skips >= 0, "max_consecutive_skips", "a non-negative integer",
-                self.max_consecutive_skips)
-        require(bool(self.workdir), "workdir", "a directory path", self.workdir)
-        self.seed_list()  # raises on a malformed --seeds
-
-    def seed_list(self) -> list[int]:
-        """The replicas' seeds: ``[seed]``, ``seed..seed+N-1`` for ``--seeds N``, or the list given."""
-        text = self.seeds.strip()
-        if not text:
-            return [self.seed]
-        try:
-            values = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise ConfigError(f"--seeds must be a count N or a list like 0,3,7, got {self.seeds!r}") from None
-        if "," not in text:
-            require(values[0] > 0, "seeds", "a positive count", self.seeds)
-            return list(range(self.seed, self.seed + values[0]))
-        require(len(set(values)) == len(values), "seeds", "a list of distinct seeds", self.seeds)
-        return values
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """How to initialise, train and evaluate one model.
-
-    Attributes:
-      init_params: ``key -> params``.
-      loss_fn: ``(params, batch, key, step) -> (loss, metrics)``; batch is ``{"x": ..., "y": ...}``.
-        With ``update_fn`` it returns ``(loss, (metrics, aux))``.
-      eval_fn: ``(params, batch, key) -> dict of [B]`` per-example test metrics.
-      headline: the eval metric shown in the progress bar.
-      update_fn: optional non-gradient update after each optimizer step,
-        ``(params, model_state, aux, step, key) -> (params, model_state, metrics)``
-        (see :func:`vae_jax.train.make_train_step`).
-      init_model_state: optional ``params -> model_state``, the state ``update_fn`` keeps.
-    """
-
-    init_params: Callable
-    loss_fn: Callable
-    eval_fn: Callable
-    headline: str
-    update_fn: Callable | None = None
-    init_model_state: Callable | None = None
 
 
 @dataclasses.dataclass
@@ -598,6 +493,38 @@ def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.Train
         return checkpoint.restore_latest(manager, state_template(config, task))
     finally:
         checkpoint.close(manager)
+
+
+def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> list[dict]:
+    """``[{"epoch", "codes_used", "perplexity"}]`` over all of ``x`` for every checkpoint kept in the workdir.
+
+    Reads the Orbax checkpoints (one per ``--checkpoint-every`` epochs) and
+    measures each with :func:`vae_jax.tasks.vqvae.code_usage` (a VQ-VAE ``model``); with several seeds the numbers are
+    averaged over the replicas (and listed per seed). Each checkpoint is
+    verified as a resume verifies it (:func:`vae_jax.checkpoint.restore_epoch`:
+    SHA-256 manifest, leaf shapes); one that fails is left out with a one-line warning.
+    """
+    abstract = state_template(config, task)
+    manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
+    out = []
+    try:
+        for step in sorted(manager.all_steps()):
+            try:
+                state = checkpoint.restore_epoch(manager, step, abstract)
+            except Exception as err:
+                print(f"warning: checkpoint {step} in {manager.directory} cannot be restored "
+                      f"({checkpoint.one_line(err)}); its codebook usage is left out", file=sys.stderr)
+                continue
+            usage = [vqvae_tasks.code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
+                     for r in range(len(config.seed_list()))]
+            out.append({"epoch": int(step),
+                        "codes_used": float(np.mean([u["codes_used"] for u in usage])),
+                        "perplexity": float(np.mean([u["perplexity"] for u in usage])),
+                        "per_seed_codes_used": [u["codes_used"] for u in usage],
+                        "per_seed_perplexity": [u["perplexity"] for u in usage]})
+    finally:
+        checkpoint.close(manager)
+    return out
 
 
 def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None,

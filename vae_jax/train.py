@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vae_jax import caches, distributed
-from vae_jax.data import batch_to_float
+from vae_jax import arrays, caches
+from vae_jax.arrays import batch_to_float
 
 
 @flax.struct.dataclass
@@ -211,7 +211,7 @@ class ReplayOnFault:
     def __call__(self, state: TrainState, *args):
         backup = _copy(state)
         new_state, metrics = self.fast(state, *args)
-        if bool(distributed.to_host(_epoch_finite(new_state, metrics["loss"]))):
+        if bool(arrays.to_host(_epoch_finite(new_state, metrics["loss"]))):
             return new_state, metrics
         self.replays += 1
         return self.guarded(backup, *args)

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import corruption, losses, objectives, penalties, precision as precision_lib
-from vae_jax.cli import field, require
+from vae_jax.errors import field, require
 from vae_jax.models.autoencoder import ARCHS, UPSAMPLINGS, AutoEncoder, conv_level_sizes
 from vae_jax.models.autoencoder import init_params as init_autoencoder_params
-from vae_jax.runner import Task, TrainConfig
+from vae_jax.protocol import Task, TrainConfig
 from vae_jax.tasks.common import apply_in_batches
 
 

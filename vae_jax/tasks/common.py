@@ -1,4 +1,5 @@
-"""Helpers shared by every family's task module: batched model queries on host arrays.
+"""Helpers shared by every family's task module: batched model queries on host arrays (defined in
+:mod:`vae_jax.arrays`, which the maths uses too).
 
 A query is a module-level function ``query(model, params, *batches, **options) -> array``.
 :func:`apply_in_batches` runs it through one jitted program with the model (a hashable flax module)
@@ -9,32 +10,4 @@ applied the model op by op, or jitted a fresh closure per call, compiled each la
 whole program again at each call.
 """
 
-from __future__ import annotations
-
-import numpy as np
-
-from vae_jax import caches
-
-
-@caches.jit_run_once(static_argnums=(0, 1, 2))
-def run_query(query, model, options: tuple, params, *arrays):
-    """``query(model, params, *arrays, **dict(options))``, compiled once per (query, model, options, shapes).
-
-    Queries run once or a few times per process (figures, diagnostics): compiled by
-    :func:`vae_jax.caches.jit_run_once`.
-    """
-    return query(model, params, *arrays, **dict(options))
-
-
-def apply_in_batches(query, model, params, *arrays: np.ndarray, batch_size: int = 1000, **options) -> np.ndarray:
-    """``query(model, params, *batches, **options)`` on ``arrays`` (same length), ``batch_size`` rows at a time.
-
-    Returns the results concatenated on the host. ``query`` should be a module-level function: a
-    closure made afresh at each call is a new static argument, so it compiles again every time.
-    """
-    arrays = tuple(np.asarray(a) for a in arrays)
-    static = tuple(sorted(options.items()))
-    return np.concatenate([
-        np.asarray(run_query(query, model, static, params, *(a[i:i + batch_size] for a in arrays)))
-        for i in range(0, len(arrays[0]), batch_size)
-    ])
+from vae_jax.arrays import apply_in_batches, run_query  # noqa: F401 (re-exported)

@@ -12,9 +12,9 @@ import math
 from typing import ClassVar
 
 from vae_jax import objectives
-from vae_jax.cli import ConfigError, field, flag, require
+from vae_jax.errors import ConfigError, field, flag, require
 from vae_jax.models.conv_vae import FACES128, ConvVAE, bottleneck_shape, init_params
-from vae_jax.runner import Task
+from vae_jax.protocol import Task
 from vae_jax.tasks.vae import VAEObjectiveConfig
 
 PRESETS = ("none", "faces128")

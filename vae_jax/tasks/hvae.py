@@ -38,10 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import losses, objectives
-from vae_jax.cli import field, require
+from vae_jax.errors import field, require
 from vae_jax.evaluate import VAEEvalParts
 from vae_jax.models.hvae import HVAE, init_params
-from vae_jax.runner import Task
+from vae_jax.protocol import Task
 from vae_jax.tasks.common import apply_in_batches
 from vae_jax.tasks.vae import VAEObjectiveConfig
 

@@ -34,9 +34,9 @@ import numpy as np
 import optax
 
 from vae_jax import data as data_lib, precision as precision_lib
-from vae_jax.cli import field, require
+from vae_jax.errors import field, require
 from vae_jax.models.pixelcnn import PixelCNN, init_params as init_pixelcnn_params
-from vae_jax.runner import Task, TrainConfig
+from vae_jax.protocol import Task, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)

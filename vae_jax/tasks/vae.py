@@ -13,9 +13,9 @@ import jax
 import numpy as np
 
 from vae_jax import caches, diagnostics, objectives, precision as precision_lib, schedules
-from vae_jax.cli import field, require
+from vae_jax.errors import field, require
 from vae_jax.models.vae import VAE, init_params
-from vae_jax.runner import Task, TrainConfig
+from vae_jax.protocol import Task, TrainConfig
 from vae_jax.tasks.common import apply_in_batches
 
 

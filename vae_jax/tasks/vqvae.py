@@ -36,17 +36,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import caches, checkpoint, losses, objectives, precision as precision_lib, quantize
-from vae_jax.cli import ConfigError, field, require
+from vae_jax import caches, losses, objectives, precision as precision_lib, quantize
+from vae_jax.errors import ConfigError, field, require
 from vae_jax.models.vqvae import VQVAE, init_params as init_vqvae_params
-from vae_jax.runner import Task, TrainConfig, state_template
+from vae_jax.protocol import Task, TrainConfig
 from vae_jax.tasks.common import apply_in_batches
 
 CODEBOOK_MODES = ("grad", "ema")
@@ -336,35 +335,3 @@ def uniform_code_grids(key: jax.Array, n: int, grid_shape, num_codes: int) -> np
 @caches.jit_run_once(static_argnums=(1, 2))
 def _uniform_codes(key, shape: tuple, num_codes: int):
     return jax.random.randint(key, shape, 0, num_codes)
-
-
-def usage_by_epoch(config: VQVAEConfig, task: Task, model: VQVAE, x: np.ndarray) -> list[dict]:
-    """``[{"epoch", "codes_used", "perplexity"}]`` over all of ``x`` for every checkpoint kept in the workdir.
-
-    Reads the Orbax checkpoints (one per ``--checkpoint-every`` epochs) and
-    measures each with :func:`code_usage`; with several seeds the numbers are
-    averaged over the replicas (and listed per seed). Each checkpoint is
-    verified as a resume verifies it (:func:`vae_jax.checkpoint.restore_epoch`:
-    SHA-256 manifest, leaf shapes); one that fails is left out with a one-line warning.
-    """
-    abstract = state_template(config, task)
-    manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
-    out = []
-    try:
-        for step in sorted(manager.all_steps()):
-            try:
-                state = checkpoint.restore_epoch(manager, step, abstract)
-            except Exception as err:
-                print(f"warning: checkpoint {step} in {manager.directory} cannot be restored "
-                      f"({checkpoint.one_line(err)}); its codebook usage is left out", file=sys.stderr)
-                continue
-            usage = [code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
-                     for r in range(len(config.seed_list()))]
-            out.append({"epoch": int(step),
-                        "codes_used": float(np.mean([u["codes_used"] for u in usage])),
-                        "perplexity": float(np.mean([u["perplexity"] for u in usage])),
-                        "per_seed_codes_used": [u["codes_used"] for u in usage],
-                        "per_seed_perplexity": [u["perplexity"] for u in usage]})
-    finally:
-        checkpoint.close(manager)
-    return out

@@ -1,0 +1,76 @@
+"""Array helpers every layer may use: stored pixels to floats, device arrays to the host, batched model
+queries on host arrays (:func:`apply_in_batches`).
+
+A base module (NumPy, JAX and :mod:`vae_jax.caches` only): the maths (:mod:`vae_jax.evaluate`), the train step, the data layer
+and the driver all call these, so they live below all of them (the layer table is in
+:mod:`vae_jax.protocol`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vae_jax import caches
+
+
+def pixels_to_float(x):
+    """Stored pixels -> float32 in [0, 1]: ``uint8`` is divided by 255, floats become float32.
+
+    Other integer arrays (a VQ-VAE prior's code grids) are not pixels and pass through unchanged.
+
+    Works on NumPy and JAX arrays alike; the train step and the evaluation
+    call it on each batch, so the data can stay ``uint8`` in device memory.
+    The dtype check is static (decided at trace time).
+    """
+    if x.dtype == np.uint8:
+        # A multiplication, not a division: XLA turns x / 255 into x * (1 / 255) anyway, and
+        # this way the host (NumPy) and the device (XLA) give bit-identical floats.
+        return x.astype(np.float32) * np.float32(1.0 / 255.0)
+    if not np.issubdtype(x.dtype, np.floating):
+        return x
+    return x if x.dtype == np.float32 else x.astype(np.float32)
+
+
+def batch_to_float(batch: dict) -> dict:
+    """``batch`` with its images ``batch["x"]`` as float32 in [0, 1] (other entries untouched)."""
+    return {**batch, "x": pixels_to_float(batch["x"])}
+
+
+def to_host(tree):
+    """``jax.device_get`` that also works for arrays spread over several processes (gathered to every process)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    def fetch(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    return jax.tree_util.tree_map(fetch, tree)
+
+
+@caches.jit_run_once(static_argnums=(0, 1, 2))
+def run_query(query, model, options: tuple, params, *arrays):
+    """``query(model, params, *arrays, **dict(options))``, compiled once per (query, model, options, shapes).
+
+    Queries run once or a few times per process (figures, diagnostics): compiled by
+    :func:`vae_jax.caches.jit_run_once`.
+    """
+    return query(model, params, *arrays, **dict(options))
+
+
+def apply_in_batches(query, model, params, *arrays: np.ndarray, batch_size: int = 1000, **options) -> np.ndarray:
+    """``query(model, params, *batches, **options)`` on ``arrays`` (same length), ``batch_size`` rows at a time.
+
+    Returns the results concatenated on the host. ``query`` should be a module-level function: a
+    closure made afresh at each call is a new static argument, so it compiles again every time.
+    """
+    arrays = tuple(np.asarray(a) for a in arrays)
+    static = tuple(sorted(options.items()))
+    return np.concatenate([
+        np.asarray(run_query(query, model, static, params, *(a[i:i + batch_size] for a in arrays)))
+        for i in range(0, len(arrays[0]), batch_size)
+    ])
