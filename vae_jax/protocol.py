@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 from vae_jax.data import BINARIZE_CHOICES, MAX_IMAGE_SIZE
 from vae_jax.errors import ConfigError, field, require
 
 SEED_LAYOUTS = ("auto", "vmap", "loop")
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 EPOCH_LOOPS = ("auto", "scan", "steps")
 
 
@@ -62,7 +63,14 @@ class TrainConfig:
     binarize: str = field("none", "pixel binarization", choices=BINARIZE_CHOICES)
     batch_size: int = field(128, "training batch size")
     epochs: int = field(30, "number of epochs to train")
-    learning_rate: float = field(1e-3, "Adam learning rate")
+    learning_rate: float = field(1e-3, "Adam learning rate (the peak of a schedule)")
+    lr_schedule: str = field("constant", "learning rate over the optimizer steps: constant, cosine decay to 0, or a "
+                             "linear warmup from 0 for --warmup-steps then cosine decay", choices=LR_SCHEDULES)
+    warmup_steps: int = field(0, "optimizer steps of linear warmup (--lr-schedule warmup_cosine)")
+    decay_steps: int = field(0, "optimizer steps over which a cosine schedule decays, warmup included (0: --epochs "
+                             "times the steps per epoch; raising --epochs on resume then stretches the schedule)")
+    grad_clip: float = field(0.0, "clip the gradients to this global norm before Adam (0: no clipping)")
+    weight_decay: float = field(0.0, "decoupled weight decay, AdamW (0: plain Adam)")
     seed: int = field(0, "root seed of the run")
     seeds: str = field("", "train several replicas at once: a count N (seeds SEED..SEED+N-1) or a list like 0,3,7 "
                            "(default: one replica, --seed)")
@@ -103,6 +111,16 @@ class TrainConfig:
             math.isfinite(self.learning_rate) and self.learning_rate > 0,
             "learning_rate", "a positive number", self.learning_rate,
         )
+        require(self.warmup_steps >= 0, "warmup_steps", "a non-negative integer", self.warmup_steps)
+        require(self.warmup_steps == 0 or self.lr_schedule == "warmup_cosine", "warmup_steps",
+                "0 unless --lr-schedule warmup_cosine", self.warmup_steps)
+        require(self.decay_steps >= 0, "decay_steps", "a non-negative integer", self.decay_steps)
+        require(self.decay_steps == 0 or self.decay_steps > self.warmup_steps, "decay_steps",
+                f"0 or more than --warmup-steps {self.warmup_steps}", self.decay_steps)
+        require(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "0 (off) or a positive number",
+                self.grad_clip)
+        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+                "0 (off) or a positive number", self.weight_decay)
         require(self.checkpoint_every > 0, "checkpoint_every", "a positive integer", self.checkpoint_every)
         require(self.keep_checkpoints > 0, "keep_checkpoints", "a positive integer", self.keep_checkpoints)
         require(self.eval_batch_size > 0, "eval_batch_size", "a positive integer", self.eval_batch_size)
@@ -141,6 +159,8 @@ class Task:
         ``(params, model_state, aux, step, key) -> (params, model_state, metrics)``
         (see :func:`vae_jax.train.make_train_step`).
       init_model_state: optional ``params -> model_state``, the state ``update_fn`` keeps.
+      optimizer: optional ``optax.GradientTransformation`` that replaces the one the config's flags build
+        (:func:`vae_jax.train.make_optimizer`).
     """
 
     init_params: Callable
@@ -149,3 +169,4 @@ class Task:
     headline: str
     update_fn: Callable | None = None
     init_model_state: Callable | None = None
+    optimizer: Any = None

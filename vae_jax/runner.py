@@ -94,8 +94,14 @@ class TrainResult:
         return jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a)[replica], self.state.params))
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    return optax.adam(config.learning_rate)
+def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
+    """The optimizer the config's flags describe (:func:`vae_jax.train.make_optimizer`)."""
+    return train_lib.make_optimizer(config, total_steps)
+
+
+def task_optimizer(config: TrainConfig, task: Task, total_steps: int | None = None) -> optax.GradientTransformation:
+    """The task's own optimizer (``task.optimizer``) if it has one, else the config's."""
+    return task.optimizer if task.optimizer is not None else make_optimizer(config, total_steps)
 
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
@@ -480,7 +486,7 @@ def state_template(config: TrainConfig, task: Task) -> train_lib.TrainState:
     """The shapes and dtypes of the train state (all replicas) of the run ``config`` describes, traced but not
     compiled (:func:`vae_jax.train.abstract_replicated_state`): a template to restore its checkpoints into."""
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
-    return train_lib.abstract_replicated_state(task.init_params, make_optimizer(config), keys.init,
+    return train_lib.abstract_replicated_state(task.init_params, task_optimizer(config, task), keys.init,
                                                task.init_model_state)
 
 
@@ -586,7 +592,7 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
         log(f"--overwrite: moved the previous run in {workdir} to {move_run_aside(workdir)}")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 
-    optimizer = make_optimizer(config)
+    optimizer = task_optimizer(config, task, config.epochs * (dataset.num_train // config.batch_size))
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(seeds))
     state = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
 

@@ -35,6 +35,7 @@ import optax
 
 from vae_jax import arrays, caches
 from vae_jax.arrays import batch_to_float
+from vae_jax.errors import ConfigError
 
 
 @flax.struct.dataclass
@@ -69,6 +70,43 @@ def run_keys(seed: int | jax.Array) -> RunKeys:
 def init_train_state(params, optimizer: optax.GradientTransformation, model_state: Any = None) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       model_state={} if model_state is None else model_state)
+
+
+def learning_rate_schedule(config, total_steps: int | None = None):
+    """The learning rate of ``config`` (a :class:`vae_jax.protocol.TrainConfig`) by optimizer step.
+
+    ``--lr-schedule constant``: the float ``--learning-rate`` itself (so the default optimizer is exactly
+    ``optax.adam(learning_rate)``); ``cosine``: ``lr * (1 + cos(pi t / T)) / 2`` for ``t < T``, then 0
+    (:func:`optax.cosine_decay_schedule`); ``warmup_cosine``: ``lr * t / W`` for ``t < W``, then the cosine
+    decay over the remaining ``T - W`` steps (:func:`optax.warmup_cosine_decay_schedule`). ``T`` is
+    ``--decay-steps``, else ``total_steps`` (the run's steps); a state template, whose shapes do not depend on
+    ``T``, passes None.
+    """
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    decay_steps = config.decay_steps or total_steps or config.warmup_steps + 1
+    if decay_steps <= config.warmup_steps:
+        raise ConfigError(f"--warmup-steps {config.warmup_steps} must be fewer than the {decay_steps} steps the "
+                          "schedule decays over (--decay-steps, else --epochs times the steps per epoch)")
+    if config.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(config.learning_rate, decay_steps)
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps, decay_steps)
+
+
+def make_optimizer(config, total_steps: int | None = None) -> optax.GradientTransformation:
+    """The optimizer ``config``'s flags describe: Adam (``--weight-decay`` > 0: AdamW) at
+    :func:`learning_rate_schedule`, after clipping the gradients to the global norm ``--grad-clip`` if > 0.
+
+    The defaults give exactly ``optax.adam(config.learning_rate)``.
+    """
+    learning_rate = learning_rate_schedule(config, total_steps)
+    if config.weight_decay > 0:
+        optimizer = optax.adamw(learning_rate, weight_decay=config.weight_decay)
+    else:
+        optimizer = optax.adam(learning_rate)
+    if config.grad_clip > 0:
+        optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip), optimizer)
+    return optimizer
 
 
 def finite_sum(tree) -> jax.Array:
@@ -292,6 +330,19 @@ def epoch_mean(step_metrics: dict) -> dict:
     out = jax.tree_util.tree_map(mean_over_applied, metrics)
     out["skipped_steps"] = jnp.sum(skipped)
     return out
+
+
+def replicated_epoch_mean(step_metrics: list[dict]) -> dict:
+    """:func:`epoch_mean` of each replica, from a Python list of step metrics ``{name: [R]}``: ``{name: [R]}``.
+
+    The per-step programs (``--epoch-loop steps``, ``--stream``) reduce their steps with it, so every path
+    reports the same epoch metrics as the scan-fused epoch.
+    """
+    stacked = jax.tree_util.tree_map(lambda *m: jnp.stack(m, axis=1), *step_metrics)  # {name: [R, S]}
+    return _replicated_epoch_mean(stacked)
+
+
+_replicated_epoch_mean = jax.jit(jax.vmap(epoch_mean))
 
 
 def make_replicated_epoch_fn(train_step: Callable, batch_size: int):
