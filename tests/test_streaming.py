@@ -1,5 +1,6 @@
 """Streaming from host memory or disk (Grain) draws the same batches and keys as the device-resident epoch."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +49,7 @@ def test_streamed_epochs_train_what_the_resident_epochs_train(setup, mnist_small
             state, metrics = fn(state, data, keys.data, keys.sample, jnp.int32(epoch))
         out[name] = jax.device_get((state, metrics))
     assert int(out["streamed"][0].step[0]) == 2 * (len(mnist_small.x_train) // BATCH)
-    for a, b in zip(jax.tree_util.tree_leaves(out["resident"]), jax.tree_util.tree_leaves(out["streamed"])):
+    for a, b in zip(jax.tree_util.tree_leaves(out["resident"]), jax.tree_util.tree_leaves(out["streamed"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -66,3 +67,37 @@ def test_runner_streams_on_request_and_when_the_device_is_too_small(tmp_path, mn
     assert streaming.should_stream(False, 600, SmallDevice())
     assert not streaming.should_stream(False, 400, SmallDevice())
     assert streaming.should_stream(True, 1, SmallDevice())
+
+
+def test_streamed_epoch_metrics_equal_the_resident_ones_with_a_skipped_step(setup, mnist_small):
+    """A step with a NaN loss is skipped: every path leaves it out of the epoch's means and counts it."""
+    task, optimizer, _ = setup
+
+    def loss_fn(params, batch, key, step):  # the third step (step 2) of the run has a NaN loss
+        loss, metrics = task.loss_fn(params, batch, key, step)
+        return jnp.where(step == 2, jnp.nan, loss), metrics
+
+    step = train.make_train_step(loss_fn, optimizer, max_consecutive_skips=5)
+    plan = parallel.Plan(1, "single")
+    keys = jax.vmap(train.run_keys)(jnp.asarray([3]))
+    data = {"x": jnp.asarray(mnist_small.x_train)}
+    out = {}
+    for name, fn in (("scan", parallel.make_epoch_program(step, BATCH, plan, "scan")),
+                     ("steps", parallel.make_epoch_program(step, BATCH, plan, "steps")),
+                     ("streamed", streaming.make_stream_epoch(step, BATCH, plan, {"x": mnist_small.x_train}))):
+        state = train.init_replicated_state(task.init_params, optimizer, keys.init)
+        state, metrics = fn(state, data, keys.data, keys.sample, jnp.int32(0))
+        out[name] = jax.device_get(metrics)
+    # Independently: the mean of the applied steps' losses, from a plain loop over the same step.
+    state = train.init_train_state(task.init_params(train.run_keys(3).init), optimizer)
+    order = train.epoch_batches(train.run_keys(3).data, jnp.asarray(0), len(mnist_small.x_train), BATCH)
+    losses = []
+    for idx in order:
+        state, metrics = step(state, {"x": data["x"][idx]}, jax.random.fold_in(train.run_keys(3).sample, state.step))
+        losses.append(float(metrics["loss"]))
+    assert np.isnan(losses[2]) and np.all(np.isfinite(np.delete(losses, 2)))
+    assert "skipped" not in out["streamed"] and "skipped_steps" in out["streamed"]
+    np.testing.assert_array_equal(out["streamed"]["skipped_steps"], [1.0])
+    np.testing.assert_allclose(out["streamed"]["loss"], [np.mean(np.delete(losses, 2))], rtol=1e-5)
+    chex.assert_trees_all_close(out["streamed"], out["scan"], rtol=1e-5)
+    chex.assert_trees_all_close(out["streamed"], out["steps"], rtol=1e-5)

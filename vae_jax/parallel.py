@@ -381,7 +381,6 @@ def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, spmd_axis: str
                                in_shardings=(per_replica, None, per_replica, shared, per_replica))
         order_program = caches.jit_run_once(order_program, static_argnums=2, in_shardings=(per_replica, shared),
                                             out_shardings=per_replica)
-    summarize = jax.jit(jax.vmap(train_lib.epoch_mean))  # {name: [R, S]} -> {name: [R]}
 
     def epoch_fn(state, data, data_keys, sample_keys, epoch):
         count = num_examples or jax.tree_util.tree_leaves(data)[0].shape[0]
@@ -390,8 +389,7 @@ def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, spmd_axis: str
         for s in range(order.shape[1]):
             state, metrics = step_program(state, data, order, jnp.asarray(s, jnp.int32), sample_keys)
             step_metrics.append(metrics)
-        stacked = jax.tree_util.tree_map(lambda *m: jnp.stack(m, axis=1), *step_metrics)
-        return state, summarize(stacked)
+        return state, train_lib.replicated_epoch_mean(step_metrics)
 
     return epoch_fn
 

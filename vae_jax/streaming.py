@@ -136,7 +136,6 @@ def make_stream_epoch(train_step: Callable, batch_size: int, plan: parallel.Plan
         for batch in batch_dataset(arrays, order, sharding):
             state, metrics = step(state, batch, sample_keys)
             all_metrics.append(metrics)
-        metrics = jax.tree_util.tree_map(lambda *m: jnp.mean(jnp.stack(m, axis=-1), axis=-1), *all_metrics)
-        return state, metrics
+        return state, train_lib.replicated_epoch_mean(all_metrics)  # as the resident epoch reduces them
 
     return epoch_fn
