@@ -114,7 +114,7 @@ def test_the_initial_state_compiled_to_run_once_equals_xlas_default_compile_bit_
         compiler_options={"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True})(init_keys)
     leaves, expected = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(default)
     assert len(leaves) == len(expected) > 10
-    for a, b in zip(leaves, expected):
+    for a, b in zip(leaves, expected, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

@@ -157,7 +157,7 @@ def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_t
     assert [o["process"] for o in pair] == [0, 1] and all(o["processes"] == 2 for o in pair)
     assert pair[0]["mesh"] == {"replica": 2, "data": 1}  # seed 0 on process 0's device, seed 1 on process 1's
     for out in pair:  # every process gets the gathered replicas; replica k = seed k of the one-process run
-        for a, b in zip(single["params"], out["params"]):
+        for a, b in zip(single["params"], out["params"], strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     lines = (tmp_path / "pair" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer: no line twice
@@ -198,7 +198,7 @@ def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_t
         assert out["source"] == spec
         assert out["placed_rows"] == [[[2048], 4096], [[32], 64]]
         assert 0.45 * images_kib < out["mapped_kib"] < 0.65 * images_kib, (out["mapped_kib"], images_kib)  # not all
-        for a, b in zip(single_folder["params"], out["params"]):
+        for a, b in zip(single_folder["params"], out["params"], strict=True):
             # The all-reduce's order of float sums can flip Adam's sign(g) on near-zero gradients: a few of the
             # 225,792 weights moved by up to 1e-4 (measured), well below a step (learning rate 1e-3).
             a, b = np.asarray(a)[0], np.asarray(b)[0]
@@ -212,7 +212,7 @@ def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_t
     for out in streamed:
         assert out["streamed"] and out["mesh"] == {"replica": 1, "data": 2}
         assert out["rows_read"] == steps * 64 // 2  # its half of each batch, nothing more
-        for a, b in zip(single["params"], out["params"]):  # the gradient all-reduce only reorders float sums
+        for a, b in zip(single["params"], out["params"], strict=True):  # the gradient all-reduce only reorders float sums
             np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
 
 

@@ -85,6 +85,6 @@ def test_two_runs_give_identical_losses_and_parameters(tmp_path, mnist_small):
     losses_a = [json.loads(line)["train_loss"] for line in open(tmp_path / "a" / "metrics.jsonl")]
     losses_b = [json.loads(line)["train_loss"] for line in open(tmp_path / "b" / "metrics.jsonl")]
     assert losses_a == losses_b
-    for x, y in zip(jax.tree_util.tree_leaves(a.state), jax.tree_util.tree_leaves(b.state)):
+    for x, y in zip(jax.tree_util.tree_leaves(a.state), jax.tree_util.tree_leaves(b.state), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert not list((tmp_path / "a").glob("events.out.tfevents.*"))  # --no-tensorboard writes none

@@ -56,7 +56,7 @@ def _replica(tree, k):
 def test_one_seed_runs_the_plain_scan_epoch_bit_for_bit(setup):
     one = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, parallel.Plan(1, "single")), [3])
     plain = _plain_run(setup, 3)
-    for a, b in zip(jax.tree_util.tree_leaves(_replica(one, 0)), jax.tree_util.tree_leaves(plain)):
+    for a, b in zip(jax.tree_util.tree_leaves(_replica(one, 0)), jax.tree_util.tree_leaves(plain), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -80,10 +80,10 @@ def test_loop_layout_replica_k_is_the_single_run_with_seed_k_and_vmap_agrees(set
     vmap = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, parallel.Plan(2, "vmap")), seeds)
     for k, seed in enumerate(seeds):
         plain = _plain_run(setup, seed)
-        for a, b in zip(jax.tree_util.tree_leaves(_replica(loop, k)), jax.tree_util.tree_leaves(plain)):
+        for a, b in zip(jax.tree_util.tree_leaves(_replica(loop, k)), jax.tree_util.tree_leaves(plain), strict=True):
             np.testing.assert_array_equal(a, b)
         # Batched matrix multiplies round differently: equal up to float32 rounding.
-        for a, b in zip(jax.tree_util.tree_leaves(_replica(vmap, k)), jax.tree_util.tree_leaves(plain)):
+        for a, b in zip(jax.tree_util.tree_leaves(_replica(vmap, k)), jax.tree_util.tree_leaves(plain), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -93,7 +93,7 @@ def test_step_loop_epoch_trains_what_the_scan_epoch_trains(setup, layout, seeds)
     plan = parallel.Plan(len(seeds), layout)
     scan = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, plan, "scan"), seeds)
     steps = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, plan, "steps"), seeds)
-    for a, b in zip(jax.tree_util.tree_leaves(steps), jax.tree_util.tree_leaves(scan)):
+    for a, b in zip(jax.tree_util.tree_leaves(steps), jax.tree_util.tree_leaves(scan), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -220,10 +220,10 @@ def test_eight_simulated_devices_match_one_device(tmp_path):
     assert out["seeds2x4"]["summary"]["seed_layout"] == "vmap"
     assert out["loop1x2"]["summary"] == {"device_count": 2, "mesh": {"replica": 1, "data": 2}, "seed_layout": "loop"}
     one = [np.asarray(a) for a in out["one"]["params"]]
-    for a, b, c in zip(one, out["seeds2x4"]["params"], out["loop1x2"]["params"]):
+    for a, b, c in zip(one, out["seeds2x4"]["params"], out["loop1x2"]["params"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)  # one seed at a time, each batch split over 2
-    for a, b in zip(one, out["data8"]["params"]):  # seed 0 is replica 0 of the two-seed run
+    for a, b in zip(one, out["data8"]["params"], strict=True):  # seed 0 is replica 0 of the two-seed run
         np.testing.assert_allclose(a[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
     assert "--batch-size 60 cannot be split evenly over 8 data shards" in out["error"]
     one, eight = out["eval"]["1"], out["eval"]["all"]  # experiments.evaluate --devices all: the same evaluation

@@ -56,7 +56,7 @@ def _assert_close_loss_and_every_gradient(f32_loss_fn, bf16_loss_fn, params, bat
     # the big kernels kept the overall cosine near 1 (measured: 97-99% off; the VQ-VAE's biases 20-38%).
     # With float32 sums, measured at most 11% per leaf (the HVAE's encoder, the conv VAE's first
     # convolution: behind every rounded layer), 5% for the VQ-VAE.
-    for (path, g32), g16 in zip(jax.tree_util.tree_leaves_with_path(grads32), jax.tree_util.tree_leaves(grads16)):
+    for (path, g32), g16 in zip(jax.tree_util.tree_leaves_with_path(grads32), jax.tree_util.tree_leaves(grads16), strict=True):
         assert g16.dtype == jnp.float32
         if not np.any(g32):  # a parameter the loss does not reach (the PixelCNN's last vertical stack)
             np.testing.assert_array_equal(g16, 0.0)

@@ -238,7 +238,7 @@ def test_masked_conv_equals_the_lax_convolution_with_the_full_masked_kernel(stac
     params = layer.init(jax.random.key(1), x)["params"]
     assert params["kernel"].shape == (len(taps), 4, 3)  # weights for the unmasked taps only
     full = np.zeros((*mask.shape, 4, 3), np.float32)  # the k×k (or 1×k) HWIO kernel, zero where masked
-    for (dr, dc), weights in zip(taps, np.asarray(params["kernel"])):
+    for (dr, dc), weights in zip(taps, np.asarray(params["kernel"]), strict=True):
         full[mask.shape[0] // 2 + dr, mask.shape[1] // 2 + dc] = weights
     expected = jax.lax.conv_general_dilated(x, full, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(layer.apply({"params": params}, x), expected + params["bias"], atol=1e-5)

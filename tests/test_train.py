@@ -82,7 +82,7 @@ def test_resume_continues_the_run_bit_for_bit(tmp_path, mnist_small):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     resumed = runner.train(small_config(tmp_path / "resumed", epochs=4, seeds="2"), task, mnist_small)
     assert resumed.summary["resumed_from_epoch"] == 2
-    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
+    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert [line["epoch"] for line in resumed.history] == [1, 2, 3, 4]
     assert [line["train_loss"] for line in resumed.history] == [line["train_loss"] for line in straight.history]
