@@ -20,7 +20,11 @@ def test_public_names_are_where_users_look_first():
 
     assert vae_jax.VAE is models.VAE is models.vae.VAE
     assert vae_jax.AutoEncoder is models.AutoEncoder is models.autoencoder.AutoEncoder
-    assert vae_jax.losses is losses and vae_jax.data.load_dataset
+    assert vae_jax.losses is losses
+    dataset = vae_jax.data.load_dataset("mnist:embedded")  # the public loader returns the embedded digits
+    assert dataset.x_train.shape == (4500, 28, 28, 1) and dataset.x_test.shape == (500, 28, 28, 1)
+    assert sorted(np.unique(dataset.y_test)) == list(range(10)) and np.bincount(dataset.y_test).tolist() == [50] * 10
+    assert dataset.x_train.min() == 0.0 and dataset.x_train.max() == 1.0  # pixels scaled to [0, 1]
 
 
 def test_import_loads_neither_tensorflow_nor_orbax():
