@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -54,6 +55,9 @@ def test_every_family_evaluates_and_matches_its_summary(family_runs, kind):
     # Computed as the training run computed summary.json's test metrics: the same numbers.
     for name in ("neg_elbo", "recon", "kl"):
         np.testing.assert_allclose(result[name], summaries[kind]["test"][name]["mean"], rtol=1e-5)
+    np.testing.assert_allclose(result["neg_elbo"], result["recon"] + result["kl"], rtol=1e-5)
+    if kind in ("vae", "conv_vae"):  # the KL term against its closed form in NumPy, from the checkpoint's encoder
+        np.testing.assert_allclose(result["kl"], _numpy_kl(workdir, kind), rtol=1e-4)
     assert result["iwae_nll"] < result["neg_elbo"]
     assert result["measure"].startswith("cross-entropy")  # gray-level digits under a Bernoulli decoder
     np.testing.assert_allclose(result["bits_per_dim"], result["iwae_nll"] / (784 * np.log(2)), rtol=1e-6)
@@ -62,6 +66,22 @@ def test_every_family_evaluates_and_matches_its_summary(family_runs, kind):
         np.testing.assert_allclose(result["kl"], result["kl_z1"] + result["kl_z2"], rtol=1e-5)
         for seed_result in result["per_seed"]:
             assert seed_result["active_units"] == sum(seed_result["active_units_per_layer"].values())
+
+
+def _numpy_kl(workdir, kind):
+    """Mean over the test split of KL(N(mean, exp(logvar)) || N(0, I)) = sum_d (exp(lv) + mean^2 - 1 - lv) / 2,
+    in float64 from the restored encoder's outputs."""
+    from vae_jax import diagnostics
+
+    config_cls, make_task = {"vae": (vae.VAEConfig, vae.vae_task),
+                             "conv_vae": (conv_vae.ConvVAEConfig, conv_vae.conv_vae_task)}[kind]
+    config = runner.load_run_config(workdir, config_cls)
+    dataset = data_lib.load_dataset(config.dataset)
+    model, task = make_task(config, dataset.image_shape)
+    _, state = runner.restore_state(config, task)
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a)[0], state.params)
+    mean, logvar = (np.asarray(a, np.float64) for a in diagnostics.encode_posteriors(model, params, dataset.x_test))
+    return np.mean(np.sum(0.5 * (np.exp(logvar) + mean ** 2 - 1.0 - logvar), axis=-1))
 
 
 def test_a_parent_directory_lists_its_runs(family_runs, capsys):
