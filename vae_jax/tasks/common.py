@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from vae_jax import caches
+from vae_jax.models.params import bare_params
 
 
 @caches.jit_run_once(static_argnums=(0, 1, 2))
@@ -31,7 +32,9 @@ def apply_in_batches(query, model, params, *arrays: np.ndarray, batch_size: int 
 
     Returns the results concatenated on the host. ``query`` should be a module-level function: a
     closure made afresh at each call is a new static argument, so it compiles again every time.
+    ``params``: the bare tree or flax's variables ``{"params": ...}``.
     """
+    params = bare_params(params)
     arrays = tuple(np.asarray(a) for a in arrays)
     static = tuple(sorted(options.items()))
     return np.concatenate([

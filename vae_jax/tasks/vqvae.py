@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import caches, checkpoint, losses, objectives, precision as precision_lib, quantize
+from vae_jax import caches, losses, objectives, precision as precision_lib, quantize
 from vae_jax.cli import ConfigError, field, require
 from vae_jax.models.vqvae import VQVAE, init_params as init_vqvae_params
 from vae_jax.runner import Task, TrainConfig, state_template
@@ -347,6 +347,8 @@ def usage_by_epoch(config: VQVAEConfig, task: Task, model: VQVAE, x: np.ndarray)
     verified as a resume verifies it (:func:`vae_jax.checkpoint.restore_epoch`:
     SHA-256 manifest, leaf shapes); one that fails is left out with a one-line warning.
     """
+    from vae_jax import checkpoint  # Orbax: only here
+
     abstract = state_template(config, task)
     manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
     out = []
