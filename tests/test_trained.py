@@ -53,10 +53,21 @@ def runs(tmp_path_factory, mnist_small):
            autoencoder.ae_task)
     flags = ["--dataset", spec, "--epochs", "1", "--batch-size", "128", "--no-progress", "--no-tensorboard"]
     cvae_exp.main([*flags, "--workdir", os.path.join(runs_root, "cvae"), "--latent-dim", "2", "--hidden", "32"])
-    vqvae_exp.main([*flags, "--workdir", os.path.join(runs_root, "vqvae"), "--prior-epochs", "3", "--vae-epochs", "0",
-                    "--num-samples", "20", "--codebook-size", "16", "--code-dim", "4", "--channels", "4,8",
-                    "--res-blocks", "0", "--prior-channels", "8", "--prior-layers", "2"])
+    _train_vqvae(os.path.join(runs_root, "vqvae"), spec, dataset)
     return runs_root, spec, dataset
+
+
+def _train_vqvae(workdir, spec, dataset):
+    """Both stages as experiments.vqvae lays them out (its configs), without its sample-quality measurements."""
+    config = vqvae_exp.VQVAEExperimentConfig(dataset=spec, workdir=workdir, prior_epochs=3, codebook_size=16,
+                                             code_dim=4, channels=(4, 8), res_blocks=0, prior_channels=8,
+                                             prior_layers=2, **SHARED)
+    vq_config, prior_config = vqvae_exp.stage_configs(config, workdir)
+    model, task = vq.vqvae_task(vq_config, dataset.image_shape)
+    params = runner.train(vq_config, task, dataset).params(0)
+    codes = prior_lib.codes_dataset(vq.encode_indices(model, params, dataset.x_train),
+                                    vq.encode_indices(model, params, dataset.x_test), "VQ-VAE codes")
+    runner.train(prior_config, prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)[1], codes)
 
 
 def _workdir(runs, kind):
