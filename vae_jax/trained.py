@@ -265,9 +265,9 @@ def _as_key(key, name: str = "key") -> jax.Array:
     raise ConfigError(f"{name} must be a jax.random.key(...) or an integer seed, got {key!r}")
 
 
-def _check_count(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"n must be a positive integer, got {n!r}")
+def _check_count(n, name: str = "n", smallest: int = 1, note: str = "a positive integer") -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < smallest:
+        raise ConfigError(f"{name} must be {note}, got {n!r}")
     return int(n)
 
 
@@ -360,16 +360,13 @@ class TrainedModel:
         """
         x = self._images(x)
         labels = self._labels(labels, len(x))
-        if isinstance(iwae_k, bool) or not isinstance(iwae_k, (int, np.integer)) or iwae_k < 0:
-            raise ConfigError(f"iwae_k must be a non-negative integer (0: no IWAE bound), got {iwae_k!r}")
-        for name, value in (("batch_size", batch_size), ("k_chunk", k_chunk)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        record = ("vae_jax.evaluate.eval_key() (seed %d)" % evaluate.EVAL_SEED if key is None else
+        iwae_k = _check_count(iwae_k, "iwae_k", 0, "a non-negative integer (0: no IWAE bound)")
+        batch_size, k_chunk = _check_count(batch_size, "batch_size"), _check_count(k_chunk, "k_chunk")
+        record = (f"vae_jax.evaluate.eval_key() (seed {evaluate.EVAL_SEED})" if key is None else
                   f"seed {int(key)}" if isinstance(key, (int, np.integer)) else "the key passed")
         key = evaluate.eval_key() if key is None else _as_key(key)
         data = {"x": x} if labels is None else {"x": x, "y": labels}
-        return {**self._evaluate(data, int(iwae_k), key, batch_size, k_chunk), "key": record,
+        return {**self._evaluate(data, iwae_k, key, batch_size, k_chunk), "key": record,
                 "key_data": np.asarray(jax.random.key_data(key)).tolist()}
 
     # --- checks at the edge
