@@ -33,57 +33,15 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 
 from vae_jax import cli
-from vae_jax import data as data_lib, evaluate, parallel, runner
+from vae_jax import data as data_lib, evaluate, parallel, runner, trained
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, user_errors
 
 
-def _vae_family():
-    from vae_jax.tasks import vae
-
-    def build(config, image_shape):
-        model, task = vae.vae_task(config, image_shape)
-        return task, evaluate.gaussian_vae_parts(model, task.eval_fn, config.likelihood, config.decoder_logvar)
-
-    return vae.VAEConfig, build
-
-
-def _conv_vae_family():
-    from vae_jax.tasks import conv_vae
-
-    def build(config, image_shape):
-        model, task = conv_vae.conv_vae_task(config, image_shape)
-        resolved = config.resolved()  # a preset fixes the likelihood and the decoder variance
-        return task, evaluate.gaussian_vae_parts(model, task.eval_fn, resolved.likelihood, resolved.decoder_logvar)
-
-    return conv_vae.ConvVAEConfig, build
-
-
-def _cvae_family():
-    from vae_jax.tasks import cvae
-
-    def build(config, image_shape):
-        model, task = cvae.cvae_task(config, image_shape)
-        return task, cvae.cvae_eval_parts(model, task, config)
-
-    return cvae.CVAEConfig, build
-
-
-def _hvae_family():
-    from vae_jax.tasks import hvae
-
-    def build(config, image_shape):
-        model, task = hvae.hvae_task(config, image_shape)
-        return task, hvae.hvae_eval_parts(model, task, config)
-
-    return hvae.HVAEConfig, build
-
-
-# kind (in config.json) -> () -> (config class, build(config, image_shape) -> (Task, VAEEvalParts))
-VAE_FAMILIES = {"vae": _vae_family, "conv_vae": _conv_vae_family, "cvae": _cvae_family, "hvae": _hvae_family}
 # Workdirs of other kinds: what they hold and which command reports on them.
 OTHER_KINDS = {
     "autoencoder": ("an autoencoder run (no likelihood to evaluate)",
@@ -98,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--workdir", required=True, default=argparse.SUPPRESS,
-                        help=f"workdir of a VAE training run (kinds: {', '.join(VAE_FAMILIES)})")
+                        help=f"workdir of a VAE training run (kinds: {', '.join(trained.VAE_KINDS)})")
     parser.add_argument("--dataset", default="", help="dataset spec to evaluate on (default: the run's)")
     parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")
     parser.add_argument("--iwae-k", type=int, default=1000, help="importance samples per test image")
@@ -106,56 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k-chunk", type=int, default=100, help="importance samples decoded at a time")
     parser.add_argument("--devices", default="1", help="'all' or a count N: each batch is split over N devices "
                         "(they share the work; the same samples, the same results to float rounding)")
+    parser.add_argument("--eval-seed", type=int, default=evaluate.EVAL_SEED,
+                        help="seed of the evaluation key (the default is the fixed key summary.json's test "
+                        "metrics use; TrainedModel.evaluate(key=S) gives the same numbers)")
     parser.add_argument("--out", default="", help="output JSON file (default: WORKDIR/eval.json)")
     return parser
 
 
-def run_kind(workdir: str) -> str:
-    """The ``kind`` in ``workdir``'s config.json; a one-line error that lists sub-workdirs when there is none."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        runs = sub_workdirs(workdir)
-        if runs:
-            listing = ", ".join(f"{os.path.join(workdir, name)} ({kind})" for name, kind in runs)
-            raise ConfigError(f"--workdir {workdir} holds no run itself but these runs: {listing}; "
-                              "pass one of them as --workdir")
-        raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
-    with open(path) as f:
-        return json.load(f).get("kind", "vae")  # workdirs written before kinds were recorded hold MLP VAEs
-
-
-def sub_workdirs(directory: str) -> list[tuple[str, str]]:
-    """(name, kind) of the immediate sub-directories of ``directory`` that hold a config.json."""
-    if not os.path.isdir(directory):
-        return []
-    found = []
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name, "config.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                found.append((name, json.load(f).get("kind", "vae")))
-    return found
-
-
-def trained_image_shape(workdir: str) -> tuple | None:
-    """The image shape the run trained on, from its summary.json (None if it has none yet)."""
-    path = os.path.join(workdir, "summary.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return tuple(json.load(f)["dataset"]["image_shape"])
-
-
-def family_for(workdir: str):
-    """The builder of ``workdir``'s VAE family, or a one-line error saying what the workdir holds instead."""
-    kind = run_kind(workdir)
-    if kind in VAE_FAMILIES:
-        return VAE_FAMILIES[kind]
+def vae_config(workdir: str):
+    """``(family, config)`` of ``workdir``'s VAE run, or a one-line error saying what the workdir holds instead."""
+    kind = trained.run_kind(workdir)
     if kind in OTHER_KINDS:
         what, command = OTHER_KINDS[kind]
         raise ConfigError(f"--workdir {workdir} holds {what}; {command.format(w=workdir)}")
-    raise ConfigError(f"--workdir {workdir} holds a {kind!r} run; experiments.evaluate evaluates VAE runs "
-                      f"({', '.join(VAE_FAMILIES)})")
+    if kind not in trained.VAE_KINDS:
+        raise ConfigError(f"--workdir {workdir} holds a {kind!r} run; experiments.evaluate evaluates VAE runs "
+                          f"({', '.join(trained.VAE_KINDS)}); python -m experiments.reconstruct works on any run")
+    return trained.FAMILIES[kind], trained.load_config(workdir)[1]
 
 
 @user_errors(ConfigError, data_lib.DataError, CheckpointError)
@@ -166,28 +91,30 @@ def main(argv=None) -> dict:
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     sharding = parallel.eval_batch_sharding(args.devices)
-    config_cls, build = family_for(args.workdir)()
-    config = runner.load_run_config(args.workdir, config_cls)
+    family, config = vae_config(args.workdir)
     spec = args.dataset or config.dataset
     # The run's own data: its workdir's decoded copy when a --distributed run left one (runner.decode_once).
     decoded = None if args.dataset or args.data_dir else runner.decoded_copy(config)
     dataset = decoded or data_lib.load_dataset(spec, data_dir=(args.data_dir or config.data_dir) or None,
                                                binarize=config.binarize, image_size=config.image_size)
-    trained_shape = trained_image_shape(args.workdir) or dataset.image_shape
+    trained_shape = trained.trained_image_shape(args.workdir) or dataset.image_shape
     if dataset.image_shape != trained_shape:
         raise ConfigError(f"--dataset {spec}: images are {dataset.image_shape}, the model was trained on {trained_shape}")
-    task, parts = build(config, trained_shape)
+    model, task = family.build(config, trained_shape)
+    parts = family.eval_parts(model, task, config)
     data = {"x": dataset.test_pixels}
     if parts.needs_labels:
         if dataset.y_test is None:
             raise ConfigError(f"--dataset {spec}: the conditional VAE is evaluated on -log p(x|y) and needs test "
                               "labels; this data has none")
         data["y"] = dataset.y_test
-    epoch, state = runner.restore_state(config, task)
+    epoch, state = trained.restore_checkpoint(config, task)
 
+    # The computation TrainedModel.evaluate runs on one seed (vae_jax.trained): the same numbers.
     per_seed = evaluate.evaluate_runs(parts, state.params, data, iwae_k=args.iwae_k,
                                       eval_batch_size=config.eval_batch_size, iwae_batch_size=args.batch_size,
-                                      k_chunk=args.k_chunk, batch_sharding=sharding)
+                                      k_chunk=args.k_chunk, batch_sharding=sharding,
+                                      key=jax.random.key(args.eval_seed))
     seeds = config.seed_list()
     per_seed = [{"seed": seed, **m} for seed, m in zip(seeds, per_seed)]
     likelihood = config.resolved().likelihood if hasattr(config, "resolved") else config.likelihood  # conv presets
@@ -198,6 +125,7 @@ def main(argv=None) -> dict:
         "checkpoint_epoch": int(epoch),
         "checkpoint": {"epoch": int(epoch), "path": os.path.join(os.path.abspath(config.workdir), "checkpoints",
                                                                  str(int(epoch)))},
+        "eval_seed": args.eval_seed,
         "dataset": dataset.summary(),
         "measure": measure,
         "neg_elbo_note": "single-sample neg-ELBO with the run's fixed evaluation key and --eval-batch-size "

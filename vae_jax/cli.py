@@ -120,6 +120,26 @@ def parse_config(config_cls, argv=None, description: str = ""):
     return config
 
 
+def int_list(name: str):
+    """An argparse ``type`` for comma-separated integers like ``3,7`` (a one-line error naming ``--name``)."""
+    return _tuple_parser(name, int)
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """``--workdir`` (a run's workdir or an exported file), ``--seed`` and ``--epoch``: which trained model."""
+    parser.add_argument("--workdir", required=True, default=argparse.SUPPRESS,
+                        help="a training run's workdir (any family), or a file vae_jax.export_run wrote")
+    parser.add_argument("--seed", type=int, default=None, help="which seed of a --seeds N run (default: the first)")
+    parser.add_argument("--epoch", type=int, default=None,
+                        help="the checkpoint of this epoch (default: the newest one that restores)")
+
+
+def check_out(parser: argparse.ArgumentParser, path: str, suffix: str) -> None:
+    """Exits with a one-line error unless ``--out`` is a ``suffix`` file path (not a directory)."""
+    if not path.lower().endswith(suffix) or os.path.isdir(path):
+        parser.error(f"--out must be a {suffix} file path, got {path!r}")
+
+
 def user_errors(*error_types):
     """Decorator for ``main``: the listed errors print ``error: ...`` and exit 2.
 

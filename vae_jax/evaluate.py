@@ -24,6 +24,7 @@ import numpy as np
 
 from vae_jax import losses, objectives
 from vae_jax.arrays import batch_to_float
+from vae_jax.models.params import bare_params
 
 EVAL_SEED = 20140101  # the evaluation key is fixed, and independent of the training seeds
 
@@ -134,6 +135,7 @@ def iwae_nll_from_log_weights(log_weights_fn: Callable, params, batch: dict, key
 
 def iwae_nll(model, params, x, key, k: int, likelihood: str, decoder_logvar: float = 0.0, k_chunk: int = 100):
     """-L_k per example ``[B]`` of an MLP/conv VAE (see :func:`iwae_nll_from_log_weights`)."""
+    params = bare_params(params)
     def log_weights_fn(params, batch, key, k):
         return iwae_log_weights(model, params, batch["x"], key, k, likelihood, decoder_logvar)
 
@@ -221,6 +223,7 @@ def evaluate_runs(
     iwae_batch_size: int = 100,
     k_chunk: int = 100,
     batch_sharding=None,
+    key: jax.Array | None = None,
 ) -> list[dict]:
     """Test metrics of each replica (seed) of a run, in nats per example unless said otherwise.
 
@@ -240,30 +243,37 @@ def evaluate_runs(
         this sharding (``experiments.evaluate --devices``), which share the work;
         the samples are the same (JAX's random bits do not depend on sharding),
         the results equal one device's to float rounding.
+      key: the evaluation key (default :func:`eval_key`, the key ``summary.json``'s metrics use).
 
     Returns:
       One dict per replica: ``n``, ``neg_elbo``, ``recon``, ``kl`` (+ extras),
-      ``iwae_nll`` (-L_k, an upper bound on -log p(x)), ``iwae_k``,
-      ``bits_per_dim`` (``iwae_nll`` in bits per pixel and channel),
+      ``iwae_nll`` (-L_k, an upper bound on -log p(x); absent with ``iwae_k=0``), ``iwae_k``,
+      ``bits_per_dim`` (absent with ``iwae_k=0``) (``iwae_nll`` in bits per pixel and channel),
       ``active_units`` (all layers), ``active_units_per_layer`` and
       ``latent_dims`` ``{layer: D}``.
     """
+    replicated_params = bare_params(replicated_params)
+    key = eval_key() if key is None else key
+    if isinstance(iwae_k, bool) or not isinstance(iwae_k, (int, np.integer)) or iwae_k < 0:
+        raise ValueError(f"iwae_k must be a non-negative integer (0: no IWAE bound), got {iwae_k!r}")
     if batch_sharding is None:
         data = jax.tree_util.tree_map(jnp.asarray, data)
     else:  # params and data from the host straight to every device of the mesh; each batch is then split
         everywhere = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
         replicated_params, data = jax.device_put((replicated_params, data), everywhere)
     elbo = jax.device_get(make_replicated_eval(parts.eval_fn, eval_batch_size, batch_sharding)(
-        replicated_params, data, eval_key()))
-    iwae_key = jax.random.fold_in(eval_key(), IWAE_STREAM)
+        replicated_params, data, key))
+    iwae_key = jax.random.fold_in(key, IWAE_STREAM)
 
     @jax.jit
     def iwae_and_means(params):
         def per_batch(batch, i):
             batch = batch_to_float(batch)  # the test images may be stored as uint8
-            nll = iwae_nll_from_log_weights(parts.log_weights_fn, params, batch, jax.random.fold_in(iwae_key, i),
-                                            iwae_k, k_chunk)
-            return {"iwae_nll": nll, "posterior_means": parts.posterior_mean_fn(params, batch)}
+            out = {"posterior_means": parts.posterior_mean_fn(params, batch)}
+            if iwae_k:
+                out["iwae_nll"] = iwae_nll_from_log_weights(parts.log_weights_fn, params, batch,
+                                                            jax.random.fold_in(iwae_key, i), iwae_k, k_chunk)
+            return out
 
         return map_batches(per_batch, data, iwae_batch_size, batch_sharding)
 
@@ -274,13 +284,15 @@ def evaluate_runs(
         params = jax.tree_util.tree_map(lambda a: a[r], replicated_params)
         out = jax.device_get(iwae_and_means(params))
         per_layer = {name: active_units(means)[0] for name, means in out["posterior_means"].items()}
-        iwae = float(np.mean(out["iwae_nll"]))
+        bound = {}
+        if iwae_k:
+            iwae = float(np.mean(out["iwae_nll"]))
+            bound = {"iwae_nll": iwae, "bits_per_dim": bits_per_dim(iwae, num_dims)}
         results.append({
             "n": int(data["x"].shape[0]),
             **{name: float(np.mean(values[r])) for name, values in elbo.items()},
-            "iwae_nll": iwae,
+            **bound,
             "iwae_k": int(iwae_k),
-            "bits_per_dim": bits_per_dim(iwae, num_dims),
             "active_units": int(sum(per_layer.values())),
             "active_units_per_layer": per_layer,
             "latent_dims": {name: int(m.shape[-1]) for name, m in out["posterior_means"].items()},
@@ -309,7 +321,10 @@ def evaluate_vae(
     With gray-level targets under a Bernoulli decoder these are
     cross-entropies, not normalised log-likelihoods (:func:`likelihood_measure`);
     binarize the data (``--binarize``) for likelihoods comparable with the literature.
+
+    ``params``: the bare params tree or flax's variables ``{"params": ...}`` (either is accepted).
     """
+    params = bare_params(params)
     key = eval_key() if key is None else key
     elbo_key, iwae_key = jax.random.split(key)
     eval_fn = objectives.make_vae_eval(model, likelihood, decoder_logvar)

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax import (caches, checkpoint, data as data_lib, distributed, evaluate, faults, parallel, streaming,
+from vae_jax import (caches, data as data_lib, distributed, evaluate, faults, parallel, streaming,
                      tensorboard, train as train_lib)
 from vae_jax.errors import ConfigError, field, flag, require  # noqa: F401 (field, require: re-exported)
 from vae_jax.protocol import Task, TrainConfig  # noqa: F401 (re-exported: the names experiments know)
@@ -468,15 +468,20 @@ def load_run_config(workdir: str, config_cls):
     if not os.path.isfile(path):
         raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
     with open(path) as f:
-        saved = json.load(f)
+        return config_from_record(json.load(f), config_cls, workdir)
+
+
+def config_from_record(saved: dict, config_cls, where: str):
+    """``config_cls`` from what :func:`config_record` wrote (read from ``where``, named in the one-line errors)."""
+    saved = dict(saved)
     saved_kind = saved.pop("kind", config_cls.kind)
     if saved_kind != config_cls.kind:
-        raise ConfigError(f"--workdir {workdir} holds a {saved_kind} run, not a {config_cls.kind} run")
+        raise ConfigError(f"--workdir {where} holds a {saved_kind} run, not a {config_cls.kind} run")
     known = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(saved) - set(known))
     if unknown:
         raise ConfigError(
-            f"--workdir {workdir}: config.json has settings this experiment does not know ({', '.join(unknown)})"
+            f"--workdir {where}: config.json has settings this experiment does not know ({', '.join(unknown)})"
         )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
     return config_cls(**values)
@@ -492,6 +497,8 @@ def state_template(config: TrainConfig, task: Task) -> train_lib.TrainState:
 
 def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.TrainState]:
     """The newest checkpointed train state (all replicas) of the run ``config`` describes."""
+    from vae_jax import checkpoint  # Orbax: imported when a checkpoint is read or written, not with the runner
+
     manager = checkpoint.make_manager(config.workdir)
     try:
         if manager.latest_step() is None:
@@ -510,6 +517,8 @@ def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> lis
     verified as a resume verifies it (:func:`vae_jax.checkpoint.restore_epoch`:
     SHA-256 manifest, leaf shapes); one that fails is left out with a one-line warning.
     """
+    from vae_jax import checkpoint  # Orbax: imported when a checkpoint is read, not with the runner
+
     abstract = state_template(config, task)
     manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
     out = []
@@ -595,6 +604,8 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     optimizer = task_optimizer(config, task, config.epochs * (dataset.num_train // config.batch_size))
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(seeds))
     state = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
+
+    from vae_jax import checkpoint  # Orbax: imported when a run trains, not with the runner
 
     distributed.wait_for_all("train_start")  # before the first collective (Orbax's directory sync)
     manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)

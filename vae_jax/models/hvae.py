@@ -102,12 +102,15 @@ class HVAE(nn.Module):
         return {"decoder_out": self.decode(z1), "z1": z1, "q1_mean": q1_mean, "q1_logvar": q1_logvar,
                 "p1_mean": p1_mean, "p1_logvar": p1_logvar, "z2": z2, "q2_mean": q2_mean, "q2_logvar": q2_logvar}
 
-    def sample(self, key: jax.Array, n: int) -> jax.Array:
-        """Ancestral sampling z2 ~ N(0, I), z1 ~ p(z1|z2): decoder outputs ``[n, H, W, C']``."""
+    def sample(self, key: jax.Array, n: int, temperature: float = 1.0) -> jax.Array:
+        """Ancestral sampling z2 ~ N(0, t²I), z1 ~ N(mean, t² var) of p(z1|z2): decoder outputs ``[n, H, W, C']``.
+
+        ``temperature`` t scales both layers' standard deviations (1: the model's prior).
+        """
         key2, key1 = jax.random.split(key)
-        z2 = jax.random.normal(key2, (n, self.top_latent_dim))
+        z2 = jax.random.normal(key2, (n, self.top_latent_dim)) * temperature
         p1_mean, p1_logvar = self.prior_bottom(z2)
-        return self.decode(losses.reparameterize(key1, p1_mean, p1_logvar))
+        return self.decode(losses.reparameterize(key1, p1_mean, p1_logvar + 2.0 * jnp.log(temperature)))
 
 
 def init_params(model: HVAE, key: jax.Array) -> dict:

@@ -131,19 +131,39 @@ def _decode_mean(model: CVAE, params, z, y):
     return objectives.decoder_mean(model.apply({"params": params}, z, y, method=model.decode), model.image_shape[-1])
 
 
+def check_labels(model: CVAE, labels, name: str = "labels") -> np.ndarray:
+    """``labels`` as int32 ``[N]`` after checking they are integers of the trained classes (a one-line error).
+
+    A one-hot of a label outside ``[0, num_classes)`` is all zeros (or the wrong class): the decoder would
+    return an image for it all the same.
+    """
+    values = np.asarray(labels)
+    if values.ndim != 1 or values.dtype == bool or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{name} must be a 1-D array of integer classes in [0, {model.num_classes}), "
+                         f"got {values.dtype} of shape {list(values.shape)}")
+    if values.size and (values.min() < 0 or values.max() >= model.num_classes):
+        bad = values[(values < 0) | (values >= model.num_classes)][0]
+        raise ValueError(f"{name} must lie in [0, {model.num_classes}) (the trained classes), got {int(bad)}")
+    return values.astype(np.int32)
+
+
 def encode_means(model: CVAE, params, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Posterior means ``[N, D]`` of q(z|x,y)."""
-    return apply_in_batches(_encode_mean, model, params, x, np.asarray(y, np.int32), batch_size=batch_size)
+    return apply_in_batches(_encode_mean, model, params, x, check_labels(model, y, "y"), batch_size=batch_size)
 
 
 def decode_means(model: CVAE, params, z: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """E[x|z,y] ``[N, H, W, C]`` in [0, 1] for codes ``z`` ``[N, D]`` and labels ``y`` ``[N]``."""
-    return apply_in_batches(_decode_mean, model, params, np.asarray(z, np.float32), np.asarray(y, np.int32),
+    return apply_in_batches(_decode_mean, model, params, np.asarray(z, np.float32), check_labels(model, y, "y"),
                             batch_size=batch_size)
 
 
 def sample_class(model: CVAE, params, key: jax.Array, labels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """E[x|z,y] for z ~ N(0, I), one draw per requested label: ``[N, H, W, C]`` in [0, 1]."""
+    """E[x|z,y] for z ~ N(0, I), one draw per requested label: ``[N, H, W, C]`` in [0, 1].
+
+    ``labels``: int ``[N]`` in ``[0, num_classes)``; anything else is a ``ValueError``.
+    """
+    labels = check_labels(model, labels)
     z = np.asarray(jax.random.normal(key, (len(labels), model.latent_dim)))
     return decode_means(model, params, z, labels, batch_size)
 

@@ -31,6 +31,7 @@ for this family or read them as a heuristic.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import jax
@@ -41,6 +42,7 @@ from vae_jax import losses, objectives
 from vae_jax.errors import field, require
 from vae_jax.evaluate import VAEEvalParts
 from vae_jax.models.hvae import HVAE, init_params
+from vae_jax.models.params import bare_params
 from vae_jax.protocol import Task
 from vae_jax.tasks.common import apply_in_batches
 from vae_jax.tasks.vae import VAEObjectiveConfig
@@ -170,10 +172,40 @@ def reconstruct(model: HVAE, params, x: np.ndarray) -> np.ndarray:
     return apply_in_batches(_reconstruct, model, params, x)
 
 
-def sample(model: HVAE, params, key: jax.Array, n: int) -> np.ndarray:
-    """E[x|z1] for ancestral draws z2 ~ N(0, I), z1 ~ p(z1|z2): ``[n, H, W, C]`` in [0, 1]."""
-    out = model.apply({"params": params}, key, n, method=model.sample)
-    return np.asarray(objectives.decoder_mean(out, model.image_shape[-1]))
+def _decode_mean(model: HVAE, params, z1):
+    return objectives.decoder_mean(model.apply({"params": params}, z1, method=model.decode), model.image_shape[-1])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_layers(model: HVAE, params, x):
+    return posterior_means(model, params, x)
+
+
+def encode_layers(model: HVAE, params, x: np.ndarray, batch_size: int = 1000) -> dict:
+    """:func:`posterior_means` of images ``x``: ``{"z1": [N, D1], "z2": [N, D2]}`` on the host."""
+    params = bare_params(params)
+    parts = [jax.device_get(_encode_layers(model, params, x[i:i + batch_size]))
+             for i in range(0, len(x), batch_size)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in ("z1", "z2")}
+
+
+def decode_means(model: HVAE, params, z1: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """E[x|z1] ``[N, H, W, C]`` in [0, 1] of bottom-layer latents ``z1`` ``[N, D1]``."""
+    return apply_in_batches(_decode_mean, model, params, np.asarray(z1, np.float32), batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _sample(model: HVAE, params, key, n: int, temperature):
+    return objectives.decoder_mean(model.apply({"params": params}, key, n, temperature, method=model.sample),
+                                   model.image_shape[-1])
+
+
+def sample(model: HVAE, params, key: jax.Array, n: int, temperature: float = 1.0) -> np.ndarray:
+    """E[x|z1] for ancestral draws z2 ~ N(0, I), z1 ~ p(z1|z2): ``[n, H, W, C]`` in [0, 1].
+
+    ``temperature`` scales both layers' prior standard deviations (:meth:`HVAE.sample`).
+    """
+    return np.asarray(_sample(model, bare_params(params), key, n, jnp.float32(temperature)))
 
 
 def collapse_diagnostics(model: HVAE, params, x: np.ndarray, key: jax.Array, batch_size: int = 500) -> dict:

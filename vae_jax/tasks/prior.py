@@ -35,6 +35,7 @@ import optax
 
 from vae_jax import data as data_lib, precision as precision_lib
 from vae_jax.errors import field, require
+from vae_jax.models.params import bare_params
 from vae_jax.models.pixelcnn import PixelCNN, init_params as init_pixelcnn_params
 from vae_jax.protocol import Task, TrainConfig
 
@@ -244,7 +245,8 @@ def sample_codes(model: PixelCNN, params, key: jax.Array, n: int, grid_shape: Se
         labels = jnp.asarray(labels, jnp.int32)
     else:
         labels = None
-    codes = _sample_codes(model, params, key, jnp.float32(temperature_value), labels, n=n, grid_shape=grid_shape)
+    codes = _sample_codes(model, bare_params(params), key, jnp.float32(temperature_value), labels, n=n,
+                          grid_shape=grid_shape)
     return np.asarray(codes)
 
 
@@ -273,5 +275,6 @@ def code_nll(model: PixelCNN, params, codes, labels=None, batch_size: int = 500)
     out = []
     for start in range(0, codes.shape[0], batch_size):
         batch_labels = None if not model.num_classes else jnp.asarray(labels[start:start + batch_size], jnp.int32)
-        out.append(np.asarray(_batch_nll(model, params, jnp.asarray(codes[start:start + batch_size]), batch_labels)))
+        batch = jnp.asarray(codes[start:start + batch_size])
+        out.append(np.asarray(_batch_nll(model, bare_params(params), batch, batch_labels)))
     return np.concatenate(out)

@@ -14,6 +14,7 @@ import numpy as np
 
 from vae_jax import caches, diagnostics, objectives, precision as precision_lib, schedules
 from vae_jax.errors import field, require
+from vae_jax.models.params import bare_params
 from vae_jax.models.vae import VAE, init_params
 from vae_jax.protocol import Task, TrainConfig
 from vae_jax.tasks.common import apply_in_batches
@@ -157,7 +158,7 @@ def reconstruct(model, params, x: np.ndarray, batch_size: int = 1000) -> np.ndar
 
 def sample_prior(model, params, key: jax.Array, n: int) -> np.ndarray:
     """E[x|z] for n draws z ~ N(0, I)."""
-    return np.asarray(_prior_samples(model, params, key, n))
+    return np.asarray(_prior_samples(model, bare_params(params), key, n))
 
 
 def interpolate(model, params, x_a: np.ndarray, x_b: np.ndarray, steps: int = 10) -> np.ndarray:

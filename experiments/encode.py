@@ -1,0 +1,59 @@
+"""Encode a dataset with a trained model of any family and write the codes (and labels) as .npz.
+
+    python -m experiments.encode --workdir runs/vae --dataset mnist --out codes.npz
+    python -m experiments.encode --workdir runs/hvae/hvae --dataset mnist --split all --out codes.npz
+    python -m experiments.encode --workdir runs/vqvae --dataset mnist --out codes.npz   # code-index grids
+
+The codes are ``vae_jax.load_run(W).encode(x)``: posterior means ``z``
+``[N, D]`` (the HVAE: ``z1`` and ``z2``; the conditional VAE encodes with
+the data's labels), the VQ-VAE's int32 code indices ``z`` ``[N, H/4, W/4]``,
+an autoencoder's code ``z`` ``[N, D]``; ``y`` holds the labels when the
+data has them. ``--dataset`` is prepared as the run trained; its images must
+have the model's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from vae_jax import cli, trained
+from vae_jax.checkpoint import CheckpointError
+from vae_jax.cli import ConfigError, user_errors
+from vae_jax.data import DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cli.add_run_flags(parser)
+    parser.add_argument("--dataset", default="", help="dataset spec, e.g. mnist or folder:PATH (default: the run's)")
+    parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")
+    parser.add_argument("--split", default="test", choices=trained.SPLITS, help="which images")
+    parser.add_argument("--out", default="codes.npz", help="the .npz of codes (and labels)")
+    return parser
+
+
+@user_errors(ConfigError, DataError, CheckpointError)
+def main(argv=None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cli.check_out(parser, args.out, ".npz")
+    run = trained.load_run(args.workdir, seed=args.seed, epoch=args.epoch)
+    spec = args.dataset or run.config.dataset
+    x, y = trained.load_images(run, spec, args.split, args.data_dir)
+    if run.conditional and y is None:
+        raise ConfigError(f"--dataset {spec}: the conditional VAE encodes with the images' labels; this data has none")
+    codes = run.encode(x, labels=y if run.conditional else None)
+    arrays = dict(codes) if isinstance(codes, dict) else {"z": codes}
+    if y is not None:
+        arrays["y"] = y
+    np.savez_compressed(args.out, **arrays)
+    shapes = ", ".join(f"{name} {list(a.shape)} {a.dtype}" for name, a in arrays.items())
+    print(f"{run.family} codes of {spec} ({args.split}, n={len(x)}): {shapes} -> {args.out}")
+    return arrays
+
+
+if __name__ == "__main__":
+    main()
