@@ -121,6 +121,9 @@ def parse_config(config_cls, argv=None, description: str = ""):
     With ``--distributed`` it starts ``jax.distributed`` at once
     (:func:`vae_jax.distributed.initialize`): that must come before anything
     touches JAX, and experiments build models and data before they train.
+    Then a config's ``check_setup()``, where it has one
+    (:meth:`vae_jax.runner.TrainConfig.check_setup`), checks the workdir and
+    the devices, so that no flag that needs no data fails after data loads.
     """
     parser = build_parser(config_cls, description)
     args = parser.parse_args(argv)
@@ -133,6 +136,11 @@ def parse_config(config_cls, argv=None, description: str = ""):
         from vae_jax import distributed  # imports jax: only here
 
         distributed.initialize()
+    if hasattr(config, "check_setup"):  # the checks that read the file system and the devices (no data)
+        try:
+            config.check_setup()
+        except ConfigError as err:
+            parser.error(str(err))
     return config
 
 
