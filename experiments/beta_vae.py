@@ -110,6 +110,8 @@ def format_table(rows: list[dict]) -> str:
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> dict:
     config = parse_config(BetaVAESweepConfig, argv, description=__doc__.split("\n\n")[0])
+    for setting in config.settings():  # every sub-workdir is checked before any data is loaded
+        runner.check_workdir(setting)
     dataset = runner.load_data(config)
     trained = [(setting, *train_setting(setting, dataset)) for setting in config.settings()]
     return runner.report_on_main(config.workdir, lambda: report(config, dataset, trained))

@@ -66,6 +66,7 @@ def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str],
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> dict:
     config = parse_config(conv_vae.ConvVAEConfig, argv, description=__doc__.split("\n\n")[0]).resolved()
+    runner.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
     dataset = runner.load_data(config)
     model, task = conv_vae.conv_vae_task(config, dataset.image_shape)
     result = runner.train(config, task, dataset, train_eval_examples=config.train_eval_examples)

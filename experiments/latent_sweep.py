@@ -87,6 +87,9 @@ def save_sweep_plot(table: list[dict], path: str) -> str:
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> dict:
     config = parse_config(LatentSweepConfig, argv, description=__doc__.split("\n\n")[0])
+    for latent_dim in config.latent_sizes:  # every sub-workdir is checked before any data is loaded
+        for sub_config in latent_metrics.matched_configs(config, latent_dim, config.workdir).values():
+            runner.check_workdir(sub_config)
     dataset = runner.load_data(config)
     os.makedirs(config.workdir, exist_ok=True)
     runner.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))

@@ -112,6 +112,7 @@ def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_de
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> dict:
     config = parse_config(linear_ae.LinearAEConfig, argv, description=__doc__.split("\n\n")[0])
+    runner.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
     dataset = runner.load_data(config)
     d = int(np.prod(dataset.image_shape))
     if config.components > min(d, len(dataset.x_train)):

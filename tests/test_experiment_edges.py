@@ -161,6 +161,54 @@ def test_flags_that_need_no_data_are_refused_before_data_loads_and_before_any_wr
     assert _listing(workdir) == before
 
 
+@pytest.mark.parametrize("module, argv", [("conv_vae", []), ("pca_vs_linear_ae", []), ("beta_vae", ["--betas", "4"]),
+                                          ("latent_sweep", ["--latent-sizes", "2"])])
+def test_a_workdir_holding_a_run_with_other_settings_is_refused_before_data_loads(tmp_path, capsys, module, argv):
+    """The experiment's (first) run, as a config.json and a checkpoint folder, trained with --seed 0 and
+    continued with --seed 1: one line naming the setting, before the (missing) dataset is read; nothing in
+    the workdir changes."""
+    workdir = tmp_path / "run"
+    config = _first_run_config(module, workdir, argv)
+    os.makedirs(os.path.join(config.workdir, "checkpoints", "1"))
+    with open(os.path.join(config.workdir, "config.json"), "w") as f:
+        json.dump(runner.config_record(config), f)
+    before = _listing(workdir)
+    line = _refused(capsys, module, ["--dataset", "npz:/no/such/data.npz", "--workdir", str(workdir),
+                                     "--epochs", "1", "--seed", "1", *argv])
+    assert f"--workdir {config.workdir} holds a run with other settings (--seed 0 there, 1 here)" in line, line
+    assert _listing(workdir) == before
+
+
+def _first_run_config(module: str, workdir, argv: list[str]):
+    """The config of the first run ``experiments.<module>`` trains with ``argv``, ``--epochs 1 --seed 0``."""
+    from experiments import beta_vae, latent_sweep
+    from vae_jax import cli, latent_metrics, linear_ae
+    from vae_jax.tasks.conv_vae import ConvVAEConfig
+
+    classes = {"conv_vae": ConvVAEConfig, "pca_vs_linear_ae": linear_ae.LinearAEConfig,
+               "beta_vae": beta_vae.BetaVAESweepConfig, "latent_sweep": latent_sweep.LatentSweepConfig}
+    config = cli.parse_config(classes[module], ["--dataset", "npz:/no/such/data.npz", "--workdir", str(workdir),
+                                               "--epochs", "1", "--seed", "0", *argv])
+    if module == "beta_vae":
+        return config.settings()[0]
+    if module == "latent_sweep":
+        return latent_metrics.matched_configs(config, 2, str(workdir))["ae"]
+    return config
+
+
+def test_distributed_without_a_coordinator_is_refused_before_anything_is_written(tmp_path):
+    """--distributed without JAX_COORDINATOR_ADDRESS: one line naming --distributed, exit 2, no workdir (in a
+    process of its own: jax.distributed can start once per process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")} | {"JAX_PLATFORMS": "cpu"}
+    workdir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "experiments.vae", "--distributed", "--workdir", str(workdir),
+                           "--dataset", "npz:/no/such/data.npz"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and line.startswith("error: --distributed: jax.distributed.initialize() failed")
+    assert proc.stdout == "" and not workdir.exists()
+
+
 def test_a_workdir_inside_another_run_is_refused(tmp_path, capsys, small_npz):
     """A workdir in a run's checkpoints/ (or anywhere below a directory with a run's config.json) is refused
     with one line naming --workdir and that run; a run's own sub-runs (an HVAE's WORKDIR/hvae and WORKDIR/vae)
