@@ -93,7 +93,7 @@ def metric_labels(config: tasks.AEConfig) -> dict[str, str]:
     }
 
 
-def report(config: tasks.AEConfig, summary: dict) -> str:
+def result_line(config: tasks.AEConfig, summary: dict) -> str:
     test = {name: stats["mean"] for name, stats in summary["test"].items()}
     clean = " (clean input)" if config.variant in ("denoising", "masked") else ""
     parts = [f"test MSE {test['mse']:.4f}, PSNR {test['psnr']:.2f} dB{clean}"]
@@ -117,13 +117,17 @@ def main(argv=None) -> dict:
     runner.log(f"data: {dataset.describe()}")
     model, task = tasks.ae_task(config, dataset.image_shape)
     result = runner.train(config, task, dataset)
+    return runner.report_on_main(config.workdir, lambda: report(config, model, result))
+
+
+def report(config: tasks.AEConfig, model, result: runner.TrainResult) -> dict:
+    """Figures, ``summary.json`` and the result line (process 0 alone); returns the summary."""
     figures = write_figures(config, model, result)
     labels = metric_labels(config)
     result.summary["metric_descriptions"] = {k: labels[k].split(": ", 1)[1] for k in result.summary["test"] if k in labels}
     runner.write_summary(config.workdir, result.summary, figures)
-    print(f"{config.variant} autoencoder: {report(config, result.summary)}; outputs in {config.workdir}")
+    print(f"{config.variant} autoencoder: {result_line(config, result.summary)}; outputs in {config.workdir}")
     return result.summary
-
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import sys
 from typing import ClassVar
 
 import jax
@@ -72,9 +71,14 @@ class BetaVAESweepConfig(tasks.VAEConfig):
         return out
 
 
-def run_setting(setting: tasks.VAEConfig, dataset, traversal_dims: int) -> tuple[dict, str]:
+def train_setting(setting: tasks.VAEConfig, dataset) -> tuple:
     model, task = tasks.vae_task(setting, dataset.image_shape)
-    result = runner.train(setting, task, dataset)
+    return model, runner.train(setting, task, dataset)
+
+
+def measure_setting(setting: tasks.VAEConfig, model, result: runner.TrainResult, dataset,
+                    traversal_dims: int) -> tuple[dict, str]:
+    """The setting's table row and traversal figure; writes its ``summary.json`` (process 0)."""
     params = result.params(0)
     diag = diagnostics.vae_collapse_diagnostics(model, params, dataset.x_test, jax.random.key(setting.seed))
     result.summary["diagnostics"] = diag
@@ -104,24 +108,35 @@ def format_table(rows: list[dict]) -> str:
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     config = parse_config(BetaVAESweepConfig, argv, description=__doc__.split("\n\n")[0])
+    for setting in config.settings():  # every sub-workdir is checked before any data is loaded
+        runner.check_workdir(setting)
     dataset = runner.load_data(config)
-    os.makedirs(config.workdir, exist_ok=True)
+    trained = [(setting, *train_setting(setting, dataset)) for setting in config.settings()]
+    return runner.report_on_main(config.workdir, lambda: report(config, dataset, trained))
+
+
+def report(config: BetaVAESweepConfig, dataset, trained: list) -> dict:
+    """Each setting's row and traversals, the KL figure, ``summary.json`` and the table (process 0 alone).
+
+    ``trained`` holds ``(setting, model, TrainResult)`` of every setting. Returns the summary.
+    """
     rows, figures = [], []
-    for setting in config.settings():
-        row, figure = run_setting(setting, dataset, config.traversal_dims)
+    for setting, model, result in trained:
+        row, figure = measure_setting(setting, model, result, dataset, config.traversal_dims)
         rows.append(row)
         figures.append(figure)
     figures.append(plots.save_kl_per_dim({r["setting"]: r["mean_kl_per_dim"] for r in rows},
                                          os.path.join(config.workdir, "kl_per_dim.png"),
                                          "Mean test KL per latent dimension, per setting"))
-    runner.write_summary(config.workdir, {"kind": config.kind, "dataset": dataset.summary(), "epochs": config.epochs,
-                                          "seed": config.seed, "table": rows}, figures)
-    print(f"data: {dataset.describe()}", file=sys.stderr)
-    print(format_table(rows), file=sys.stderr)
-    print(f"outputs in {config.workdir}", file=sys.stderr)
-
+    summary = {"kind": config.kind, "dataset": dataset.summary(), "epochs": config.epochs, "seed": config.seed,
+               "table": rows}
+    runner.write_summary(config.workdir, summary, figures)
+    runner.log(f"data: {dataset.describe()}")
+    print(format_table(rows))
+    print(f"outputs in {config.workdir}")
+    return summary
 
 if __name__ == "__main__":
     main()

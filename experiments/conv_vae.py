@@ -18,7 +18,6 @@ posterior), kl_per_dim.png.
 from __future__ import annotations
 
 import os
-import sys
 
 import jax
 
@@ -65,21 +64,27 @@ def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str],
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     config = parse_config(conv_vae.ConvVAEConfig, argv, description=__doc__.split("\n\n")[0]).resolved()
+    runner.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
     dataset = runner.load_data(config)
     model, task = conv_vae.conv_vae_task(config, dataset.image_shape)
     result = runner.train(config, task, dataset, train_eval_examples=config.train_eval_examples)
-    figures, report = write_figures(config, model, result)
-    result.summary.update(report)
+    return runner.report_on_main(config.workdir, lambda: report(config, model, result))
+
+
+def report(config, model, result: runner.TrainResult) -> dict:
+    """Figures, ``summary.json`` and the result line (process 0 alone); returns the summary."""
+    figures, measured = write_figures(config, model, result)
+    result.summary.update(measured)
     runner.write_summary(config.workdir, result.summary, figures)
-    test, last, diag = result.summary["test"], result.history[-1] if result.history else {}, report["diagnostics"]
-    print(f"data: {result.dataset.describe()}", file=sys.stderr)
+    test, last, diag = result.summary["test"], result.history[-1] if result.history else {}, measured["diagnostics"]
+    runner.log(f"data: {result.dataset.describe()}")
     print(f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "
           f"{test['kl']['mean']:.2f}); train-subset neg-ELBO {last.get('train_eval_neg_elbo', float('nan')):.2f}; "
           f"active units {diag['active_units']}/{diag['latent_dim']}, I(x;z) {diag['mutual_information']:.2f} nats; "
-          f"outputs in {config.workdir}", file=sys.stderr)
-
+          f"outputs in {config.workdir}")
+    return result.summary
 
 if __name__ == "__main__":
     main()

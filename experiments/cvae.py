@@ -22,12 +22,11 @@ their own classifier.
 from __future__ import annotations
 
 import os
-import sys
 
 import jax
 import numpy as np
 
-from vae_jax import classifier as classifier_lib, distributed, plots, runner
+from vae_jax import classifier as classifier_lib, plots, runner
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -83,24 +82,26 @@ def main(argv=None) -> dict:
     config = cvae.with_data_classes(config, dataset)
     model, task = cvae.cvae_task(config, dataset.image_shape)
     result = runner.train(config, task, dataset)
-    params = result.params(0)
-    control, samples, labels = class_control(config, model, params, dataset)
-    if distributed.is_main_process():  # one writer
-        np.savez_compressed(os.path.join(config.workdir, "cvae_samples.npz"), x=samples.astype(np.float32), y=labels)
+    return runner.report_on_main(config.workdir, lambda: report(config, model, result))
+
+
+def report(config, model, result: runner.TrainResult) -> dict:
+    """Class control, figures, ``summary.json`` and the result line (process 0 alone); returns the summary."""
+    params, data = result.params(0), result.dataset
+    control, samples, labels = class_control(config, model, params, data)
+    np.savez_compressed(os.path.join(config.workdir, "cvae_samples.npz"), x=samples.astype(np.float32), y=labels)
     figures = write_figures(config, model, params, result, samples, labels, control)
     result.summary["class_control"] = control
-    data = result.dataset
     result.summary["diagnostics"] = cvae.collapse_diagnostics(model, params, data.x_test, data.y_test,
                                                               jax.random.key(config.seed))["z"]
     runner.write_summary(config.workdir, result.summary, figures)
     test = result.summary["test"]
-    print(f"data: {dataset.describe()}", file=sys.stderr)
+    runner.log(f"data: {data.describe()}")
     print(f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "
           f"{test['kl']['mean']:.2f}); classifier test accuracy {control['classifier_test_accuracy']:.3f}; "
           f"samples assigned to the requested class {control['requested_class_fraction']:.3f}; "
           f"outputs in {config.workdir}")
     return result.summary
-
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 import jax
 import numpy as np
@@ -86,11 +85,20 @@ def main(argv=None) -> dict:
 
     h_model, h_task = hvae.hvae_task(config, dataset.image_shape)
     v_model, v_task = vae_tasks.vae_task(vae_config, dataset.image_shape)
-    print("training the hierarchical VAE", file=sys.stderr)
+    runner.log("training the hierarchical VAE")
     h_result = runner.train(config, h_task, dataset)
-    print("training the one-level VAE", file=sys.stderr)
+    runner.log("training the one-level VAE")
     v_result = runner.train(vae_config, v_task, dataset)
+    trained = {"hvae": (h_model, h_task, h_result, hvae_params), "vae": (v_model, v_task, v_result, vae_params)}
+    return runner.report_on_main(top_workdir, lambda: report(config, vae_config, top_workdir, dataset, trained))
 
+
+def report(config, vae_config, top_workdir: str, dataset, trained: dict) -> dict:
+    """The evaluation, figures, ``comparison.json`` and the result lines (process 0 alone); returns the comparison.
+
+    ``trained`` maps ``hvae`` and ``vae`` to ``(model, task, TrainResult, parameter count)``.
+    """
+    (h_model, h_task, h_result, hvae_params), (v_model, v_task, v_result, vae_params) = trained["hvae"], trained["vae"]
     key = jax.random.key(config.seed)
     h_params, v_params = h_result.params(0), v_result.params(0)
     h_collapse = hvae.collapse_diagnostics(h_model, h_params, dataset.x_test, key)
@@ -126,7 +134,7 @@ def main(argv=None) -> dict:
     comparison["figures"] = [os.path.basename(p) for p in figures]
     runner.write_json(os.path.join(top_workdir, "comparison.json"), comparison)
 
-    print(f"data: {dataset.describe()}; {comparison['measure']}", file=sys.stderr)
+    runner.log(f"data: {dataset.describe()}; {comparison['measure']}")
     for name in ("hvae", "vae"):
         m = comparison[name]
         kl_layers = ", ".join(f"KL {k} {sum(v):.2f}" for k, v in m["mean_kl_per_dim"].items())
@@ -134,7 +142,7 @@ def main(argv=None) -> dict:
         units = ", ".join(f"{k} {m['active_units_per_layer'][k]}/{m['latent_dims'][k]}" for k in m["latent_dims"])
         print(f"{name}: {m['params']} params; test neg-ELBO {m['neg_elbo']:.2f}, IWAE-{EVAL_IWAE_K} NLL "
               f"{m['iwae_nll']:.2f} nats; {kl_layers}; active units {units}; {mi} nats")
-    print(f"outputs in {top_workdir}", file=sys.stderr)
+    print(f"outputs in {top_workdir}")
     return comparison
 
 

@@ -88,7 +88,7 @@ def train_pair(config, latent_dim: int, dataset) -> dict:
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     config = parse_config(LatentSpaceConfig, argv, description=__doc__.split("\n\n")[0])
     sizes = [2] + ([config.tsne_latent_dim] if config.tsne_latent_dim not in (0, 2) else [])
     for latent_dim in sizes:  # every sub-workdir is checked before any data is loaded
@@ -100,6 +100,15 @@ def main(argv=None) -> None:
         raise ConfigError(f"--dataset {config.dataset} has no labels; the latent plots are coloured by label")
     os.makedirs(config.workdir, exist_ok=True)
     runner.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
+    trained_by_size = {latent_dim: train_pair(config, latent_dim, dataset) for latent_dim in sizes}
+    return runner.report_on_main(config.workdir, lambda: report(config, dataset, trained_by_size))
+
+
+def report(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
+    """Sample quality, figures, ``summary.json`` and the result lines (process 0 alone); returns the summary.
+
+    ``trained_by_size`` maps each latent size to :func:`train_pair`'s ``{kind: (model, params)}``.
+    """
     workdir = config.workdir
     x_train, x_test, y_test = dataset.x_train_first(), dataset.x_test, dataset.y_test  # 10,000 at most
     classifier = latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
@@ -109,8 +118,7 @@ def main(argv=None) -> None:
     }
     sample_key = jax.random.fold_in(jax.random.key(config.seed), 2024)
     quality, figures = {}, []
-    for latent_dim in sizes:
-        trained = train_pair(config, latent_dim, dataset)
+    for latent_dim, trained in trained_by_size.items():
         codes = {kind: latent_metrics.encode(kind, m, p, x_test) for kind, (m, p) in trained.items()}
         for kind, (model, params) in trained.items():
             quality[f"{kind}_z{latent_dim}"] = latent_metrics.prior_sample_quality(
@@ -152,6 +160,7 @@ def main(argv=None) -> None:
               f"{s['mean_max_prob']:.3f} vs {r['mean_max_prob']:.3f}, entropy {s['mean_entropy']:.3f} vs "
               f"{r['mean_entropy']:.3f}; code std {np.mean(q['code_std']):.2f}")
     print(f"outputs in {workdir}")
+    return summary
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 import matplotlib
 
@@ -86,8 +85,11 @@ def save_sweep_plot(table: list[dict], path: str) -> str:
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     config = parse_config(LatentSweepConfig, argv, description=__doc__.split("\n\n")[0])
+    for latent_dim in config.latent_sizes:  # every sub-workdir is checked before any data is loaded
+        for sub_config in latent_metrics.matched_configs(config, latent_dim, config.workdir).values():
+            runner.check_workdir(sub_config)
     dataset = runner.load_data(config)
     os.makedirs(config.workdir, exist_ok=True)
     runner.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
@@ -98,11 +100,19 @@ def main(argv=None) -> None:
         for kind in latent_metrics.MODEL_KINDS:
             row[kind] = train_and_measure(kind, configs[kind], dataset)
         table.append(row)
-        print(f"D={latent_dim:4d}  AE bce {row['ae']['test_bce']['mean']:8.2f} mse {row['ae']['test_mse']['mean']:.4f}  "
-              f"VAE bce {row['vae']['test_bce']['mean']:8.2f} mse {row['vae']['test_mse']['mean']:.4f} "
-              f"neg-ELBO {row['vae']['test_neg_elbo']['mean']:8.2f} (KL {row['vae']['test_kl']['mean']:.2f}, "
-              f"{row['vae']['active_units']['mean']:.0f} active units)",
-              file=sys.stderr)
+        runner.log(row_line(row))  # progress: the table is printed at the end
+    return runner.report_on_main(config.workdir, lambda: report(config, dataset, table))
+
+
+def row_line(row: dict) -> str:
+    return (f"D={row['latent_dim']:4d}  AE bce {row['ae']['test_bce']['mean']:8.2f} mse "
+            f"{row['ae']['test_mse']['mean']:.4f}  VAE bce {row['vae']['test_bce']['mean']:8.2f} mse "
+            f"{row['vae']['test_mse']['mean']:.4f} neg-ELBO {row['vae']['test_neg_elbo']['mean']:8.2f} (KL "
+            f"{row['vae']['test_kl']['mean']:.2f}, {row['vae']['active_units']['mean']:.0f} active units)")
+
+
+def report(config: LatentSweepConfig, dataset, table: list[dict]) -> dict:
+    """The figure, ``summary.json`` and the table (process 0 alone); returns the summary."""
     figure = save_sweep_plot(table, os.path.join(config.workdir, "latent_sweep.png"))
     summary = {
         "seeds": config.seed_list(),
@@ -119,9 +129,10 @@ def main(argv=None) -> None:
         "sub_workdirs": sorted(d for d in os.listdir(config.workdir) if os.path.isdir(os.path.join(config.workdir, d))),
     }
     runner.write_summary(config.workdir, summary)
-    print(f"data: {dataset.describe()}; outputs in "
-          f"{config.workdir}", file=sys.stderr)
-
+    runner.log(f"data: {dataset.describe()}")
+    print("\n".join(row_line(row) for row in table))
+    print(f"outputs in {config.workdir}")
+    return summary
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,6 @@ components.png, basis_geometry.png, reconstructions.png, loss_curves.png.
 from __future__ import annotations
 
 import os
-import sys
 
 import matplotlib
 
@@ -111,8 +110,9 @@ def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_de
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     config = parse_config(linear_ae.LinearAEConfig, argv, description=__doc__.split("\n\n")[0])
+    runner.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
     dataset = runner.load_data(config)
     d = int(np.prod(dataset.image_shape))
     if config.components > min(d, len(dataset.x_train)):
@@ -121,7 +121,11 @@ def main(argv=None) -> None:
     pca_fit = linear_ae.pca(dataset.x_train, config.components)
     _, task = linear_ae.linear_ae_task(config.components, pca_fit.mean.astype(np.float32))
     result = runner.train(config, task, dataset)
+    return runner.report_on_main(config.workdir, lambda: report(config, pca_fit, dataset, result))
 
+
+def report(config: linear_ae.LinearAEConfig, pca_fit, dataset, result: runner.TrainResult) -> dict:
+    """The comparison, figures, ``summary.json`` and the result lines (process 0 alone); returns the summary."""
     replicas = [compare(pca_fit, result.params(i), dataset) for i in range(len(result.seeds))]
     first = replicas[0]
     summary = result.summary
@@ -144,16 +148,15 @@ def main(argv=None) -> None:
     runner.write_summary(config.workdir, summary, figures)
 
     ortho = first["decoder_orthogonality"]
-    print(f"data: {dataset.describe()}; m = {config.components}",
-          file=sys.stderr)
+    runner.log(f"data: {dataset.describe()}; m = {config.components}")
     print(f"principal angles span(W_d) vs PCA: max {first['max_principal_angle_deg']:.2f} deg, "
-          f"mean {first['mean_principal_angle_deg']:.2f} deg", file=sys.stderr)
+          f"mean {first['mean_principal_angle_deg']:.2f} deg")
     print(f"test MSE per pixel: PCA {summary['pca']['mse_test']:.5f}, linear AE {first['mse_test']:.5f} "
-          f"(train {summary['pca']['mse_train']:.5f} vs {first['mse_train']:.5f})", file=sys.stderr)
+          f"(train {summary['pca']['mse_train']:.5f} vs {first['mse_train']:.5f})")
     print(f"AE basis: max |cos| between columns {ortho['max_abs_cosine']:.3f}, column norms "
           f"{ortho['column_norm_min']:.2f}..{ortho['column_norm_max']:.2f} (PCA: 0 and 1); mean best |cos| of a column "
-          f"with one PCA component {first['mean_best_abs_cosine_to_a_pca_component']:.3f}; outputs in {config.workdir}",
-          file=sys.stderr)
+          f"with one PCA component {first['mean_best_abs_cosine_to_a_pca_component']:.3f}; outputs in {config.workdir}")
+    return summary
 
 
 if __name__ == "__main__":

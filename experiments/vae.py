@@ -20,7 +20,7 @@ import os
 import jax
 import numpy as np
 
-from vae_jax import diagnostics, distributed, linear_ae, runner, tasks
+from vae_jax import diagnostics, linear_ae, runner, tasks
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -117,8 +117,12 @@ def main(argv=None) -> dict:
     runner.log(f"data: {dataset.describe()}")
     model, task = tasks.vae_task(config, dataset.image_shape)
     result = runner.train(config, task, dataset)
-    figures = write_figures(config, model, result) if distributed.is_main_process() else []  # one writer
-    runner.write_summary(config.workdir, result.summary, figures)
+    return runner.report_on_main(config.workdir, lambda: report(config, model, result))
+
+
+def report(config, model, result: runner.TrainResult) -> dict:
+    """Figures, ``summary.json`` and the result line (process 0 alone); returns the summary."""
+    runner.write_summary(config.workdir, result.summary, write_figures(config, model, result))
     test = result.summary["test"]
     diag = result.summary["diagnostics"]
     print(f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
@@ -126,7 +130,6 @@ def main(argv=None) -> dict:
           f"{diag['active_units']}/{diag['latent_dim']}, I(x;z) {diag['mutual_information']:.2f} nats; "
           f"outputs in {config.workdir}")
     return result.summary
-
 
 if __name__ == "__main__":
     main()

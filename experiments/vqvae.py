@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 import jax
 import numpy as np
 
-from vae_jax import data as data_lib, distributed, latent_metrics, plots, runner, tasks
+from vae_jax import data as data_lib, latent_metrics, plots, runner, tasks
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
 from vae_jax.data import DataError
@@ -119,17 +118,38 @@ def save_usage_histogram(counts: np.ndarray, path: str, title: str) -> str:
     return plots.save_figure(fig, path)
 
 
-def run_variant(config, vq_config, prior_config, dataset, classifier, vae_images) -> dict:
-    # x_train: the first 10,000 training images at most (the k-means batch, nearest-neighbour distances)
-    workdir, x_train, x_test = vq_config.workdir, dataset.x_train_first(), dataset.x_test
-    model, task = vq.vqvae_task(vq_config, dataset.image_shape, x_train)
+def train_variant(config, vq_config, prior_config, dataset) -> dict:
+    """Trains one option combination's VQ-VAE and, with ``--prior-epochs``, its prior on the codes (every
+    process of a ``--distributed`` run); returns ``model``, ``result``, ``usage_by_epoch`` and ``prior``
+    (model, result) or None."""
+    model, task = vq.vqvae_task(vq_config, dataset.image_shape, dataset.x_train_first())
     result = runner.train(vq_config, task, dataset)
+    # read from the checkpoints, which every process opens together
+    trained = {"model": model, "result": result, "prior": None,
+               "usage_by_epoch": runner.usage_by_epoch(vq_config, task, model, dataset.x_test)}
+    if config.prior_epochs:
+        params = result.params(0)
+        train_codes = np.concatenate([vq.encode_indices(model, params, x)
+                                      for x in data_lib.float_chunks(dataset.train_pixels)])
+        test_codes = vq.encode_indices(model, params, dataset.x_test)
+        codes_data = prior_lib.codes_dataset(train_codes, test_codes, f"VQ-VAE codes of {dataset.source}")
+        prior_model, prior_task = prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)
+        trained["prior"] = (prior_model, runner.train(prior_config, prior_task, codes_data))
+    return trained
+
+
+def report_variant(config, vq_config, dataset, classifier, vae_images, trained: dict) -> dict:
+    """One option combination's usage, sample quality, figures and ``summary.json`` (process 0); returns the
+    summary."""
+    # x_train: the first 10,000 training images at most (the nearest-neighbour distances)
+    workdir, x_train, x_test = vq_config.workdir, dataset.x_train_first(), dataset.x_test
+    model, result = trained["model"], trained["result"]
     params = result.params(0)
     usage = [vq.code_usage(model, result.params(r), x_test) for r in range(len(result.seeds))]
     summary = {**result.summary, "codebook_size": model.num_codes,
                "codes_used": runner.mean_std([u["codes_used"] for u in usage]),
                "perplexity": runner.mean_std([u["perplexity"] for u in usage]),
-               "usage_by_epoch": runner.usage_by_epoch(vq_config, task, model, x_test)}
+               "usage_by_epoch": trained["usage_by_epoch"]}
     test = result.summary["test"]
     figures = [
         plots.save_reconstructions(x_test[:10], vq.reconstruct(model, params, x_test[:10]),
@@ -148,13 +168,8 @@ def run_variant(config, vq_config, prior_config, dataset, classifier, vae_images
     key = jax.random.key(config.seed)
     generated = {"uniform_codes": vq.decode_indices(model, params, vq.uniform_code_grids(
         jax.random.fold_in(key, 1), config.num_samples, model.grid_shape, model.num_codes))}
-    if config.prior_epochs:
-        train_codes = np.concatenate([vq.encode_indices(model, params, x)
-                                      for x in data_lib.float_chunks(dataset.train_pixels)])
-        test_codes = vq.encode_indices(model, params, x_test)
-        codes_data = prior_lib.codes_dataset(train_codes, test_codes, f"VQ-VAE codes of {dataset.source}")
-        prior_model, prior_task = prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)
-        prior_result = runner.train(prior_config, prior_task, codes_data)
+    if trained["prior"] is not None:
+        prior_model, prior_result = trained["prior"]
         summary["prior_test_bits_per_dim"] = prior_result.summary["test"]["bits_per_dim"]["mean"]
         summary["prior_test_nll"] = prior_result.summary["test"]["nll"]["mean"]
         summary["uniform_prior_bits_per_dim"] = float(np.log2(model.num_codes))
@@ -191,31 +206,42 @@ def comparison_table(rows: list[tuple[str, dict]]) -> str:
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     config = parse_config(VQVAEExperimentConfig, argv, description=__doc__.split("\n\n")[0])
     check_workdirs(config)
     dataset = runner.load_data(config)
     config.validate_for(dataset.image_shape)
+    vae_images = vae_samples(config, dataset, jax.random.fold_in(jax.random.key(config.seed), 3))
+    trained = []
+    for name, variant in config.variants():
+        vq_config, prior_config = stage_configs(variant, variant.workdir)
+        trained.append((name, vq_config, train_variant(config, vq_config, prior_config, dataset)))
+    return runner.report_on_main(config.workdir, lambda: report(config, dataset, vae_images, trained))
+
+
+def report(config, dataset, vae_images, trained: list) -> dict:
+    """Every option combination's records and figures, the comparison table (``comparison.md`` for several)
+    and the result lines (process 0 alone). ``trained`` holds ``(name, VQ-VAE config, train_variant's dict)``.
+    Returns the summary of the run (the only combination's, or ``{"variants": ...}``)."""
     classifier = None
     if dataset.y_train is not None:
         classifier = latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
-    vae_images = vae_samples(config, dataset, jax.random.fold_in(jax.random.key(config.seed), 3))
     rows = []
-    for name, variant in config.variants():
-        vq_config, prior_config = stage_configs(variant, variant.workdir)
-        summary = run_variant(config, vq_config, prior_config, dataset, classifier, vae_images)
+    for name, vq_config, variant in trained:
+        summary = report_variant(config, vq_config, dataset, classifier, vae_images, variant)
         rows.append((name or f"{vq_config.codebook}, k-means {vq_config.kmeans_init}, "
                      f"dead-code steps {vq_config.dead_code_steps[0]}", summary))
     table = comparison_table(rows)
+    result = rows[0][1]
     if len(rows) > 1:
-        if distributed.is_main_process():  # one writer
-            with open(os.path.join(config.workdir, "comparison.md"), "w") as f:
-                f.write(table + "\n")
-        runner.write_summary(config.workdir, {"variants": {name: s for name, s in rows}})
-    print(f"data: {dataset.describe()}", file=sys.stderr)
-    print(table, file=sys.stderr)
-    print(f"outputs in {config.workdir}", file=sys.stderr)
-
+        with open(os.path.join(config.workdir, "comparison.md"), "w") as f:
+            f.write(table + "\n")
+        result = {"variants": {name: s for name, s in rows}}
+        runner.write_summary(config.workdir, result)
+    runner.log(f"data: {dataset.describe()}")
+    print(table)
+    print(f"outputs in {config.workdir}")
+    return result
 
 if __name__ == "__main__":
     main()

@@ -51,4 +51,5 @@ def test_tiny_sweep_end_to_end(tmp_path, small_npz, capsys):
         assert os.path.isfile(os.path.join(workdir, f"traversals_{name}.png"))
     assert rows["beta8_constant_fb0"]["kl"] < rows["beta1_constant_fb0"]["kl"]  # a heavier KL weight, less KL
     assert "kl_per_dim.png" in summary["figures"]
-    assert "beta8_constant_fb0" in capsys.readouterr().err  # the printed table
+    out, err = capsys.readouterr()
+    assert "beta8_constant_fb0" in out and "data: " in err  # the table on stdout, the logs on stderr

@@ -104,6 +104,8 @@ def test_experiment_end_to_end(tmp_path, small_npz, capsys, monkeypatch):
     conv_vae_exp.main(["--dataset", small_npz, "--epochs", "1", "--channels", "4,8", "--hidden", "16",
                        "--latent-dim", "3", "--batch-size", "128", "--train-eval-examples", "64",
                        "--mixture-components", "2", "--tsne-points", "60", "--workdir", workdir, "--no-progress"])
+    out, err = capsys.readouterr()  # the result line on stdout, the logs on stderr
+    assert out.startswith("test neg-ELBO ") and out.strip().endswith(f"outputs in {workdir}") and "data: " in err
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     for name in ["reconstructions.png", "train_test_gap.png", "samples.png", "tsne.png", "mixture_samples.png",
                  "kl_per_dim.png"]:

@@ -30,6 +30,7 @@ def test_hvae_compares_with_a_one_level_vae_of_matched_size(tmp_path, small_npz)
     comparison = hvae_exp.main(["--dataset", small_npz, "--epochs", "1", "--hidden", "32", "--top-hidden", "8",
                                 "--latent-dim", "4", "--top-latent-dim", "2", "--workdir", root, "--no-progress"])
     assert json.load(open(os.path.join(root, "comparison.json")))["figures"] == comparison["figures"]
+    assert not os.path.exists(os.path.join(root, "config.json"))  # no run of its own around the two sub-runs
     h, v = comparison["hvae"], comparison["vae"]
     assert abs(h["params"] - v["params"]) / h["params"] < 0.05
     assert set(h["active_units_per_layer"]) == {"z1", "z2"} and set(v["active_units_per_layer"]) == {"z"}

@@ -162,6 +162,8 @@ def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys, mon
             "--res-blocks", "0", "--prior-epochs", "1", "--prior-channels", "8", "--prior-layers", "2",
             "--vae-epochs", "1", "--num-samples", "20", "--no-progress"]
     experiment.main(argv)
+    out, err = capsys.readouterr()  # the table and where it lies on stdout, the logs on stderr
+    assert out == (workdir / "comparison.md").read_text() + f"outputs in {workdir}\n" and "data: " in err
     assert (workdir / "comparison.md").read_text().count("\n") == 4  # header, rule, two rows
     for name in ("grad_kmeans-off_dead-0", "ema_kmeans-off_dead-0"):
         run = workdir / name

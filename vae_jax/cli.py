@@ -105,6 +105,8 @@ def parse_config(config_cls, argv=None, description: str = ""):
     With ``--distributed`` it starts ``jax.distributed`` at once
     (:func:`vae_jax.distributed.initialize`): that must come before anything
     touches JAX, and experiments build models and data before they train.
+    Then a training config's :func:`vae_jax.runner.check_setup` checks the workdir and
+    the devices, so that no flag that needs no data fails after data loads.
     """
     parser = build_parser(config_cls, description)
     args = parser.parse_args(argv)
@@ -117,6 +119,15 @@ def parse_config(config_cls, argv=None, description: str = ""):
         from vae_jax import distributed  # imports jax: only here
 
         distributed.initialize()
+    from vae_jax.protocol import TrainConfig
+
+    if isinstance(config, TrainConfig):  # the checks that read the file system and the devices (no data)
+        from vae_jax import runner  # the driver: imported once a training experiment's flags are parsed
+
+        try:
+            runner.check_setup(config)
+        except ConfigError as err:
+            parser.error(str(err))
     return config
 
 

@@ -106,7 +106,7 @@ class TrainConfig:
         require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
         require(0 <= self.image_size <= MAX_IMAGE_SIZE, "image_size",
                 f"0 (keep the images' size) or a side length from 1 to {MAX_IMAGE_SIZE} pixels", self.image_size)
-        require(self.epochs >= 0, "epochs", "a non-negative integer", self.epochs)
+        require(self.epochs > 0, "epochs", "a positive integer", self.epochs)
         require(
             math.isfinite(self.learning_rate) and self.learning_rate > 0,
             "learning_rate", "a positive number", self.learning_rate,

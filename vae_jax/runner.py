@@ -184,9 +184,6 @@ def decode_once(config: TrainConfig) -> data_lib.Dataset:
                                   f"({err.strerror or type(err).__name__})") from None
             log(f"data: {source} decoded once into {path} ({os.path.getsize(path) / 2**20:.1f} MiB, "
                 f"{time.perf_counter() - started:.1f} s); every process maps it")
-    else:
-        log(f"data: process {jax.process_index()} waits for process 0 to decode {config.dataset} into {path} "
-            "(once per workdir)")
     distributed.wait_for_all("data_decoded", timeout_s=DECODE_WAIT_S)
     notes = data_lib.read_npz_notes(path)
     if notes is None or "source" not in notes:
@@ -353,6 +350,51 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
     return WorkdirPlan(workdir, checkpoint_epoch, move_aside=False, nothing_to_train=config.epochs == checkpoint_epoch)
 
 
+def check_setup(config: TrainConfig) -> None:
+    """Checks the flags that need no data against the file system and the devices, writing nothing.
+
+    The workdir must not lie inside another run (:func:`enclosing_run`) and must be a directory that can be
+    made and written; ``--devices``, ``--seeds``, ``--seed-layout`` and ``--batch-size`` must fit the devices
+    (:func:`vae_jax.parallel.make_plan`, of every process with ``--distributed``). ``cli.parse_config`` runs
+    this before an experiment loads any data; a resumed run's settings are checked by :func:`check_workdir`.
+
+    Raises:
+      ConfigError: with a one-line message naming the flag.
+    """
+    run = enclosing_run(config.workdir)
+    if run is not None:
+        raise ConfigError(f"--workdir {config.workdir} is inside the run in {run} (it holds that run's "
+                          "config.json); use a directory outside it")
+    existing = os.path.abspath(config.workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--workdir {config.workdir}: not a writable directory (the file {existing} is in the way)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {config.workdir}: not a writable directory ({existing} cannot be written)")
+    parallel.make_plan(len(config.seed_list()), config.batch_size, config.devices, config.seed_layout)
+
+
+def enclosing_run(workdir: str) -> str | None:
+    """The nearest directory above ``workdir`` that holds a run's ``config.json`` (a JSON object with a
+    ``workdir`` setting, as every experiment writes), or None. A run's own sub-runs (a VQ-VAE's ``prior/``)
+    are laid out by its experiment; a workdir a user names must not lie inside another run."""
+    here = os.path.abspath(workdir)
+    while os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+        path = os.path.join(here, "config.json")
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(saved, dict) and "workdir" in saved:
+            return here
+    return None
+
+
 def _run_entries(workdir: str) -> list[str]:
     """The workdir's entries that belong to its run: all but hidden files and earlier replaced runs."""
     if not os.path.isdir(workdir):
@@ -393,8 +435,22 @@ def _retire_eval_record(workdir: str, checkpoint_epoch: int) -> None:
 
 
 def log(message: str) -> None:
-    """A log line on stderr (stdout is kept for results)."""
-    print(message, file=sys.stderr, flush=True)
+    """A log line on stderr (stdout is kept for results); only process 0 of a ``--distributed`` run logs."""
+    if distributed.is_main_process():
+        print(message, file=sys.stderr, flush=True)
+
+
+def report_on_main(workdir: str, report: Callable[[], Any]):
+    """``report()`` (figures, records, result lines) in process 0 alone; returns its value.
+
+    Every other process of a ``--distributed`` run prints one line saying where process 0 writes the results
+    and returns None. An experiment keeps everything after training that only process 0 does in ``report``,
+    so that no later line of the other processes depends on it.
+    """
+    if distributed.is_main_process():
+        return report()
+    print(f"process {jax.process_index()}: the results are written by process 0 in {workdir}", flush=True)
+    return None
 
 
 def config_record(config: TrainConfig) -> dict:

@@ -35,6 +35,7 @@ class CVAEConfig(VAEObjectiveConfig):
     hidden: tuple[int, ...] = field((400,), "encoder hidden widths (the decoder mirrors them)")
     num_classes: int = field(0, "number of classes of the one-hot label (0: one more than the largest label "
                              "in the data)")
+    workdir: str = field("runs/cvae", "output directory: config, metrics, checkpoints, figures")
 
     def validate(self) -> None:
         super().validate()

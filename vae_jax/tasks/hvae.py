@@ -58,6 +58,8 @@ class HVAEConfig(VAEObjectiveConfig):
     top_latent_dim: int = field(10, "dimensions of z2, the top latent layer (prior N(0, I))")
     hidden: tuple[int, ...] = field((400,), "hidden widths of q(z1|x) (the decoder p(x|z1) mirrors them)")
     top_hidden: tuple[int, ...] = field((100,), "hidden widths of q(z2|z1) and p(z1|z2)")
+    workdir: str = field("runs/hvae", "output directory: the HVAE in WORKDIR/hvae, the matched one-level VAE in "
+                         "WORKDIR/vae, the comparison and figures on top")
 
     def validate(self) -> None:
         super().validate()
