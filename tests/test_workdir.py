@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from experiments import vae as vae_exp
-from vae_jax import runner
+from vae_jax import data, runner
 from vae_jax.runner import Task
 
 SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "64", "--checkpoint-every", "1"]
@@ -142,7 +142,8 @@ def test_training_further_retires_the_old_eval_record_and_splits_stdout_from_std
     assert out.splitlines() == [
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
         f"KL {test['kl']['mean']:.2f}) after 3 epochs; active units {summary['diagnostics']['active_units']}/2, "
-        f"I(x;z) {summary['diagnostics']['mutual_information']:.2f} nats; outputs in {workdir}"]
+        f"I(x;z) {summary['diagnostics']['mutual_information']:.2f} nats; outputs in {workdir}; "
+        f"data {data.describe_record(summary['dataset'] | {'source': spec})}"]
     # stderr is not a terminal here: no progress bar, one plain line per trained epoch.
     assert err.startswith("data: ")
     assert "\r" not in err
@@ -188,3 +189,80 @@ def test_help_text_reads_cleanly(capsys):
     assert "(default: one replica, --seed)" in text
     assert "WORKDIR/replaced-YYYYmmdd-HHMMSS/" in text and "nothing is deleted" in text
     assert "mnist:embedded" in text
+
+
+def _npz_fingerprint(path):
+    """sha256 of the documented subsample of an npz's splits, computed here from the file (data_fingerprint's
+    definition: per split its shape and dtype as text, 64 evenly spaced images, then all labels as int64)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    with np.load(path) as archive:
+        for x_name, y_name in (("x_train", "y_train"), ("x_test", "y_test")):
+            x = archive[x_name]
+            x = x[..., None] if x.ndim == 3 else x
+            n, k = len(x), min(len(x), 64)
+            digest.update(f"({n}, {x.shape[1]}, {x.shape[2]}, {x.shape[3]}) {x.dtype}".encode())
+            for i in range(k):
+                digest.update(x[i * (n - 1) // (k - 1)].tobytes())
+            digest.update(archive[y_name].astype("<i8").tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def test_the_data_a_run_used_is_recorded_and_a_resume_on_the_same_data_works(capsys, run_copy):
+    spec, workdir = run_copy
+    record = json.load(open(workdir / "data.json"))
+    assert record == {"source": spec, "n_train": 512, "n_test": 128, "image_shape": [28, 28, 1],
+                      "fingerprint": _npz_fingerprint(spec[len("npz:"):])}
+    assert json.load(open(workdir / "summary.json"))["dataset"]["fingerprint"] == record["fingerprint"]
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3")
+    assert code == 0, err
+    assert "resuming" in err
+    assert out.rstrip().endswith(f"; data {spec} (512 train, 128 test, 28x28x1, fingerprint "
+                                 f"{record['fingerprint'][7:19]})")
+
+
+def test_a_resume_on_other_data_under_the_same_name_is_refused_before_training(capsys, run_copy, mnist_small):
+    import numpy as np
+
+    spec, workdir = run_copy
+    # Other digits of the same shapes, written over the file the run trained on.
+    x_train, y_train, x_test, y_test = np.flip(mnist_small.x_train, 0), mnist_small.y_train[::-1], \
+        mnist_small.x_test, mnist_small.y_test
+    np.savez(spec[len("npz:"):], x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    before = snapshot(workdir)
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3")
+    assert code == 2 and out == ""
+    message = err.strip().splitlines()[-1]
+    trained = json.load(open(workdir / "data.json"))["fingerprint"][7:19]
+    now = _npz_fingerprint(spec[len("npz:"):])[7:19]
+    assert trained != now
+    assert message.startswith(f"error: --dataset {spec}: --workdir {workdir} was trained on {spec} (512 train, "
+                              f"128 test, 28x28x1, fingerprint {trained}), but this data is {spec} (512 train, "
+                              f"128 test, 28x28x1, fingerprint {now})")
+    assert snapshot(workdir) == before
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3", "--overwrite")  # starting over is allowed
+    assert code == 0, err
+    assert json.load(open(workdir / "data.json"))["fingerprint"][7:19] == now
+
+
+def test_mnist_offline_resumed_where_tfds_trained_it_is_refused(capsys, run_copy, monkeypatch):
+    """``--dataset mnist`` trained on TFDS's MNIST, resumed on a machine without it: the embedded digits."""
+    from vae_jax import data
+
+    _, workdir = run_copy
+    config = json.load(open(workdir / "config.json"))
+    json.dump({**config, "dataset": "mnist"}, open(workdir / "config.json", "w"))
+    json.dump({"source": "tfds:mnist", "n_train": 60000, "n_test": 10000, "image_shape": [28, 28, 1],
+               "fingerprint": "sha256:" + "0" * 64}, open(workdir / "data.json", "w"))
+    monkeypatch.setattr(data, "tfds_prepared_on_disk", lambda *a: False)
+    monkeypatch.setattr(data, "_tfds_reachable", lambda *a: False)
+    code, out, err = run_vae(capsys, "mnist", workdir, "--epochs", "3")
+    assert code == 2 and out == ""
+    message = err.strip().splitlines()[-1]
+    assert message.startswith(f"error: --dataset mnist: --workdir {workdir} was trained on tfds:mnist (60000 train, "
+                              "10000 test, 28x28x1, fingerprint 000000000000), but this data is mnist:embedded "
+                              "(4500 train, 500 test, 28x28x1, fingerprint ")
+    assert "--overwrite" in message

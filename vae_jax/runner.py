@@ -48,6 +48,8 @@ from vae_jax.cli import ConfigError, field, flag, require
 RESUMABLE_FIELDS = frozenset(
     {"epochs", "resume", "overwrite", "progress", "checkpoint_every", "keep_checkpoints", "workdir", "data_dir",
      "eval_batch_size", "max_consecutive_skips"}
+    # What the data is, with or without these, is checked against WORKDIR/data.json (check_run_data).
+    | {"skip_unreadable"}
     # How a run is laid out and watched does not change what it computes (up to float reduction order).
     | {"devices", "seed_layout", "epoch_loop", "compile_cache", "tensorboard", "distributed", "stream"}
 )
@@ -91,6 +93,8 @@ class TrainConfig:
     image_size: int = field(0, "resize the shorter image side to N and crop the centre N x N (0: keep the size)")
     data_dir: str = field("", "TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     binarize: str = field("none", "pixel binarization", choices=data_lib.BINARIZE_CHOICES)
+    skip_unreadable: bool = field(False, "folder:PATH datasets leave out image files that cannot be read or "
+                                         "decoded (listed on stderr and in summary.json) instead of stopping")
     batch_size: int = field(128, "training batch size")
     epochs: int = field(30, "number of epochs to train")
     learning_rate: float = field(1e-3, "Adam learning rate")
@@ -215,7 +219,7 @@ def load_data(config: TrainConfig) -> data_lib.Dataset:
         return data_lib.load_dataset(
             config.dataset, data_dir=config.data_dir or None, binarize=config.binarize,
             batch_size=config.batch_size, image_size=config.image_size,
-            memory_map=config.stream or config.distributed,
+            memory_map=config.stream or config.distributed, skip_unreadable=config.skip_unreadable,
         )
     except BaseException as err:  # with --distributed, the other processes stop at their next barrier
         distributed.report_stop(err)
@@ -235,6 +239,7 @@ def decoded_data_key(config: TrainConfig) -> dict:
     key = {"dataset": spec, "data_dir": config.data_dir, "image_size": config.image_size}
     if spec.startswith("folder:") and os.path.isdir(spec[len("folder:"):]):
         key["folder"] = data_lib.folder_fingerprint(spec[len("folder:"):])
+        key["skip_unreadable"] = config.skip_unreadable
     elif spec == "mnist" or spec.startswith("tfds:"):
         key["tfds_prepared"] = data_lib.tfds_prepared_on_disk(spec.split(":", 1)[-1], config.data_dir or None)
     return key
@@ -271,7 +276,8 @@ def decode_once(config: TrainConfig) -> data_lib.Dataset:
                 if config.dataset.startswith("folder:"):  # decoded a chunk at a time into the file
                     source = config.dataset
                     data_lib.save_image_folder_npz(config.dataset[len("folder:"):], path, config.image_size,
-                                                   notes={"key": key, "source": source})
+                                                   notes={"key": key, "source": source},
+                                                   skip_unreadable=config.skip_unreadable)
                 else:
                     dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir or None,
                                                     batch_size=config.batch_size, image_size=config.image_size)
@@ -308,7 +314,7 @@ def decoded_copy(config: TrainConfig) -> data_lib.Dataset | None:
 def _map_decoded(config: TrainConfig, path: str, notes: dict) -> data_lib.Dataset:
     dataset = data_lib.load_dataset("npz:" + path, binarize=config.binarize, batch_size=config.batch_size,
                                     memory_map=True)
-    return dataclasses.replace(dataset, source=notes["source"])
+    return dataclasses.replace(dataset, source=notes["source"], skipped=tuple(notes.get("skipped", ())))
 
 
 def host_split(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
@@ -450,6 +456,34 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
             f"pass --epochs {checkpoint_epoch} to use it as it is (or more to train it further), or use another "
             f"--workdir for a shorter run")
     return WorkdirPlan(workdir, checkpoint_epoch, move_aside=False, nothing_to_train=config.epochs == checkpoint_epoch)
+
+
+DATA_RECORD = "data.json"  # in the workdir, beside config.json: the data the run trained on (Dataset.record)
+
+
+def check_run_data(config: TrainConfig, record: dict) -> None:
+    """Refuses to continue the run in ``config.workdir`` on data other than its ``data.json`` records.
+
+    ``record`` is the :meth:`vae_jax.data.Dataset.record` of the data loaded now. The same ``--dataset``
+    can name other data on another machine or day: ``mnist`` is TFDS's 70,000 digits or, offline, the
+    5,000 embedded ones; a file or folder can be replaced. A run without ``data.json`` (written before it
+    existed) is not checked.
+
+    Raises:
+      ConfigError: one line naming ``--dataset`` and both sources.
+    """
+    path = os.path.join(config.workdir, DATA_RECORD)
+    if not os.path.isfile(path):
+        return
+    trained = _read_json(path, "record of the run's data")
+    keys = ("source", "n_train", "n_test", "image_shape", "fingerprint")
+    if all(_jsonable(trained.get(k)) == _jsonable(record.get(k)) for k in keys):
+        return
+    raise ConfigError(
+        f"--dataset {config.dataset}: --workdir {config.workdir} was trained on {data_lib.describe_record(trained)}, "
+        f"but this data is {data_lib.describe_record(record)}; continue it on the same data, use another "
+        f"--workdir, or add --overwrite to move the old run into "
+        f"{os.path.join(config.workdir, REPLACED_PREFIX + 'DATE')}/")
 
 
 def _run_entries(workdir: str) -> list[str]:
@@ -651,6 +685,9 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     seeds = config.seed_list()
     plan = check_workdir(config)
     dataset = load_data(config) if dataset is None else dataset
+    data_record = dataset.record()
+    if plan.checkpoint_epoch is not None and not plan.move_aside:
+        check_run_data(config, data_record)
     workdir = config.workdir
     probe_workdir(workdir)
     # Every process has read (check_workdir) and probed the workdir before process 0 changes anything in it.
@@ -683,6 +720,7 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
             with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
                 f.writelines(json.dumps(line) + "\n" for line in history)
         write_json(os.path.join(workdir, "config.json"), config_record(config))
+        write_json(os.path.join(workdir, DATA_RECORD), data_record)
 
     # Devices and seed layout: vae_jax.parallel compiles the epoch and evaluation for them.
     layout = parallel.make_plan(len(seeds), config.batch_size, config.devices, config.seed_layout)
