@@ -266,3 +266,14 @@ def test_mnist_offline_resumed_where_tfds_trained_it_is_refused(capsys, run_copy
                               "10000 test, 28x28x1, fingerprint 000000000000), but this data is mnist:embedded "
                               "(4500 train, 500 test, 28x28x1, fingerprint ")
     assert "--overwrite" in message
+
+
+def test_an_image_size_the_run_already_had_is_no_change(capsys, run_copy):
+    """A run trained with --image-size 0 on 28x28 digits continues with --image-size 28 (a --preset faces128 run
+    from before the preset set --image-size 128 continues likewise); another size is a change."""
+    spec, workdir = run_copy
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "2", "--image-size", "14")
+    assert code == 2 and "--image-size 0 there, 14 here" in err
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3", "--image-size", "28")
+    assert code == 0, err
+    assert "resuming" in err and json.load(open(workdir / "config.json"))["image_size"] == 28

@@ -333,6 +333,8 @@ def load_dataset(
     x_train = _as_images(x_train, "x_train", source)
     x_test = _as_images(x_test, "x_test", source)
     if image_size:
+        if not spec.startswith(("folder:", "tfds:")):  # those two resize as they decode, and log it there
+            _log_resizing(source, {(x.shape[2], x.shape[1]) for x in (x_train, x_test)}, image_size)
         x_train = resize_center_crop(x_train, image_size)
         x_test = resize_center_crop(x_test, image_size)
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -462,6 +464,16 @@ def _split_last(x: np.ndarray, y: np.ndarray | None, fraction: float = 0.1):
 
 
 # --- resizing ----------------------------------------------------------------------------
+
+
+def _log_resizing(source: str, sizes: set[tuple[int, int]], image_size: int) -> None:
+    """Says on stderr that images of ``sizes`` (width, height) are resized to ``image_size`` (none: no line)."""
+    other = sorted(size for size in sizes if size != (image_size, image_size))
+    if not other:
+        return
+    listed = ", ".join(f"{w}x{h}" for w, h in other[:3]) + (", ..." if len(other) > 3 else "")
+    print(f"data: {source}: images of {listed} are resized to {image_size}x{image_size} (shorter side to "
+          f"{image_size}, then the centre square; --image-size {image_size})", file=sys.stderr)
 
 
 def center_square(width: int, height: int) -> tuple[int, int, int, int]:
@@ -926,6 +938,7 @@ def _plan_image_folder(path: str, image_size: int, max_workers: int | None,
     channels = 1 if all(mode in _GRAY_MODES for mode, _ in headers) else 3
     if image_size:
         height = width = image_size
+        _log_resizing(spec, {size for _, size in headers}, image_size)
     else:
         sizes = {}
         for p, (_, size) in zip(paths, headers):
@@ -1168,6 +1181,8 @@ def _tfds_arrays(builder, name: str, image_size: int = 0):
     if None in image_shape:
         raise DataError(f"--dataset tfds:{name}: images of varying size {image_shape} are not supported; "
                         "export them to a directory and use --dataset folder:PATH --image-size N")
+    if image_size:
+        _log_resizing(f"tfds:{name}", {(image_shape[1], image_shape[0])}, image_size)
     read_batch = int(min(10_000, max(1, (1 << 28) // int(np.prod(image_shape)))))
     # Integer class labels only: LFW's "label" is a person's name (a Text feature).
     label_key = "label" if "label" in features and isinstance(features["label"], tfds.features.ClassLabel) else None

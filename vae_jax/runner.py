@@ -442,6 +442,8 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
         k for k in set(saved) | set(current)
         if k not in RESUMABLE_FIELDS and _jsonable(saved.get(k, defaults.get(k))) != _jsonable(current.get(k))
     )
+    if "image_size" in changed and _trained_at_size(workdir, saved.get("image_size", 0), config.image_size):
+        changed.remove("image_size")
     if changed:
         differences = ", ".join(f"{flag(k)} {_setting(saved.get(k, defaults.get(k)))} there, {_setting(current.get(k))} here"
                                 for k in changed)
@@ -484,6 +486,21 @@ def check_run_data(config: TrainConfig, record: dict) -> None:
         f"but this data is {data_lib.describe_record(record)}; continue it on the same data, use another "
         f"--workdir, or add --overwrite to move the old run into "
         f"{os.path.join(config.workdir, REPLACED_PREFIX + 'DATE')}/")
+
+
+def _trained_at_size(workdir: str, saved_size: int, image_size: int) -> bool:
+    """Whether a run trained with ``--image-size 0`` (the images' own size) trained on ``image_size`` squares, so
+    that asking for ``image_size`` now changes nothing (a ``--preset faces128`` run from before the preset set
+    ``--image-size 128``). Read from ``data.json`` or ``summary.json``; False when neither says."""
+    if saved_size != 0 or not image_size:
+        return False
+    for name in (DATA_RECORD, "summary.json"):
+        path = os.path.join(workdir, name)
+        if os.path.isfile(path):
+            record = _read_json(path, "run's records")
+            shape = record.get("image_shape") or record.get("dataset", {}).get("image_shape")
+            return bool(shape) and list(shape[:2]) == [image_size, image_size]
+    return False
 
 
 def _run_entries(workdir: str) -> list[str]:
