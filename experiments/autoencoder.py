@@ -121,7 +121,8 @@ def main(argv=None) -> dict:
     labels = metric_labels(config)
     result.summary["metric_descriptions"] = {k: labels[k].split(": ", 1)[1] for k in result.summary["test"] if k in labels}
     runner.write_summary(config.workdir, result.summary, figures)
-    print(f"{config.variant} autoencoder: {report(config, result.summary)}; outputs in {config.workdir}")
+    print(f"{config.variant} autoencoder: {report(config, result.summary)}; outputs in {config.workdir}; "
+          f"data {result.dataset.describe()}")
     return result.summary
 
 

@@ -271,6 +271,7 @@ def test_decode_once_writes_a_mapped_copy_that_equals_the_folder_and_is_reused_u
     decoded = runner.decode_once(config())
     assert decoded.memory_mapped and decoded.source == direct.source == spec
     assert decoded.class_names == direct.class_names == ("cat", "dog")
+    assert decoded.record() == direct.record()  # what data.json records: the same in every process
     for name in ("train_pixels", "y_train", "test_pixels", "y_test"):
         np.testing.assert_array_equal(getattr(decoded, name), getattr(direct, name))
     copy = os.path.join(workdir, runner.DECODED_DATA)
