@@ -265,7 +265,20 @@ def test_mnist_offline_resumed_where_tfds_trained_it_is_refused(capsys, run_copy
     assert message.startswith(f"error: --dataset mnist: --workdir {workdir} was trained on tfds:mnist (60000 train, "
                               "10000 test, 28x28x1, fingerprint 000000000000), but this data is mnist:embedded "
                               "(4500 train, 500 test, 28x28x1, fingerprint ")
-    assert "--overwrite" in message
+    assert "continue it on the same data (--dataset tfds:mnist)" in message and "--overwrite" in message
+
+
+def test_a_run_of_mnist_that_fell_back_continues_under_the_spec_it_resolved_to(capsys, run_copy):
+    """Started as ``--dataset mnist`` offline (the embedded digits), continued as ``--dataset mnist:embedded``
+    so that a machine with TFDS's MNIST does not swap the data: allowed, and the data is still checked."""
+    spec, workdir = run_copy
+    config = json.load(open(workdir / "config.json"))
+    json.dump({**config, "dataset": "mnist"}, open(workdir / "config.json", "w"))
+    record = json.load(open(workdir / "data.json"))
+    json.dump({**record, "source": "mnist:embedded"}, open(workdir / "data.json", "w"))
+    code, out, err = run_vae(capsys, "mnist:embedded", workdir, "--epochs", "3")
+    # The settings pass; the data check then finds the fixture's 512 digits are not the 4,500 loaded now.
+    assert code == 2 and "was trained on mnist:embedded (512 train" in err and "other settings" not in err
 
 
 def test_an_image_size_the_run_already_had_is_no_change(capsys, run_copy):

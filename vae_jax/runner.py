@@ -444,6 +444,8 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
     )
     if "image_size" in changed and _trained_at_size(workdir, saved.get("image_size", 0), config.image_size):
         changed.remove("image_size")
+    if "dataset" in changed and _trained_on_spec(workdir) == config.dataset:  # mnist resolved to mnist:embedded
+        changed.remove("dataset")
     if changed:
         differences = ", ".join(f"{flag(k)} {_setting(saved.get(k, defaults.get(k)))} there, {_setting(current.get(k))} here"
                                 for k in changed)
@@ -481,11 +483,20 @@ def check_run_data(config: TrainConfig, record: dict) -> None:
     keys = ("source", "n_train", "n_test", "image_shape", "fingerprint")
     if all(_jsonable(trained.get(k)) == _jsonable(record.get(k)) for k in keys):
         return
+    same = f" (--dataset {trained.get('source')})" if trained.get("source") != record.get("source") else ""
     raise ConfigError(
         f"--dataset {config.dataset}: --workdir {config.workdir} was trained on {data_lib.describe_record(trained)}, "
-        f"but this data is {data_lib.describe_record(record)}; continue it on the same data, use another "
+        f"but this data is {data_lib.describe_record(record)}; continue it on the same data{same}, use another "
         f"--workdir, or add --overwrite to move the old run into "
         f"{os.path.join(config.workdir, REPLACED_PREFIX + 'DATE')}/")
+
+
+def _trained_on_spec(workdir: str) -> str | None:
+    """The resolved ``--dataset`` the run in ``workdir`` trained on (``data.json``), e.g. ``mnist:embedded`` for a
+    run of ``--dataset mnist`` that fell back to the embedded digits; None when not recorded. Naming it is
+    no change of settings: :func:`check_run_data` checks the data itself once it is loaded."""
+    path = os.path.join(workdir, DATA_RECORD)
+    return _read_json(path, "record of the run's data").get("source") if os.path.isfile(path) else None
 
 
 def _trained_at_size(workdir: str, saved_size: int, image_size: int) -> bool:
