@@ -224,14 +224,17 @@ def test_the_data_a_run_used_is_recorded_and_a_resume_on_the_same_data_works(cap
                                  f"{record['fingerprint'][7:19]})")
 
 
-def test_a_resume_on_other_data_under_the_same_name_is_refused_before_training(capsys, run_copy, mnist_small):
+def test_a_resume_on_other_data_under_the_same_name_is_refused_before_training(capsys, run_copy, mnist_small,
+                                                                               request):
     import numpy as np
 
     spec, workdir = run_copy
-    # Other digits of the same shapes, written over the file the run trained on.
-    x_train, y_train, x_test, y_test = np.flip(mnist_small.x_train, 0), mnist_small.y_train[::-1], \
-        mnist_small.x_test, mnist_small.y_test
-    np.savez(spec[len("npz:"):], x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    # Other digits of the same shapes, written over the file the run trained on (the module's other tests use it
+    # after this one: it is put back at the end).
+    original = open(spec[len("npz:"):], "rb").read()
+    request.addfinalizer(lambda: open(spec[len("npz:"):], "wb").write(original))
+    np.savez(spec[len("npz:"):], x_train=np.flip(mnist_small.x_train, 0), y_train=mnist_small.y_train[::-1],
+             x_test=mnist_small.x_test, y_test=mnist_small.y_test)
     before = snapshot(workdir)
     code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3")
     assert code == 2 and out == ""
