@@ -191,6 +191,11 @@ def test_help_text_reads_cleanly(capsys):
     assert "mnist:embedded" in text
 
 
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
 def _npz_fingerprint(path):
     """sha256 of the documented subsample of an npz's splits, computed here from the file (data_fingerprint's
     definition: per split its shape and dtype as text, 64 evenly spaced images, then all labels as int64)."""
@@ -257,9 +262,9 @@ def test_mnist_offline_resumed_where_tfds_trained_it_is_refused(capsys, run_copy
 
     _, workdir = run_copy
     config = json.load(open(workdir / "config.json"))
-    json.dump({**config, "dataset": "mnist"}, open(workdir / "config.json", "w"))
-    json.dump({"source": "tfds:mnist", "n_train": 60000, "n_test": 10000, "image_shape": [28, 28, 1],
-               "fingerprint": "sha256:" + "0" * 64}, open(workdir / "data.json", "w"))
+    _write_json(workdir / "config.json", {**config, "dataset": "mnist"})
+    _write_json(workdir / "data.json", {"source": "tfds:mnist", "n_train": 60000, "n_test": 10000,
+                                        "image_shape": [28, 28, 1], "fingerprint": "sha256:" + "0" * 64})
     monkeypatch.setattr(data, "tfds_prepared_on_disk", lambda *a: False)
     monkeypatch.setattr(data, "_tfds_reachable", lambda *a: False)
     code, out, err = run_vae(capsys, "mnist", workdir, "--epochs", "3")
@@ -274,12 +279,12 @@ def test_mnist_offline_resumed_where_tfds_trained_it_is_refused(capsys, run_copy
 def test_a_run_of_mnist_that_fell_back_continues_under_the_spec_it_resolved_to(capsys, run_copy):
     """Started as ``--dataset mnist`` offline (the embedded digits), continued as ``--dataset mnist:embedded``
     so that a machine with TFDS's MNIST does not swap the data: allowed, and the data is still checked."""
-    spec, workdir = run_copy
+    _, workdir = run_copy
     config = json.load(open(workdir / "config.json"))
-    json.dump({**config, "dataset": "mnist"}, open(workdir / "config.json", "w"))
+    _write_json(workdir / "config.json", {**config, "dataset": "mnist"})
     record = json.load(open(workdir / "data.json"))
-    json.dump({**record, "source": "mnist:embedded"}, open(workdir / "data.json", "w"))
-    code, out, err = run_vae(capsys, "mnist:embedded", workdir, "--epochs", "3")
+    _write_json(workdir / "data.json", {**record, "source": "mnist:embedded"})
+    code, _, err = run_vae(capsys, "mnist:embedded", workdir, "--epochs", "3")
     # The settings pass; the data check then finds the fixture's 512 digits are not the 4,500 loaded now.
     assert code == 2 and "was trained on mnist:embedded (512 train" in err and "other settings" not in err
 
@@ -290,6 +295,6 @@ def test_an_image_size_the_run_already_had_is_no_change(capsys, run_copy):
     spec, workdir = run_copy
     code, out, err = run_vae(capsys, spec, workdir, "--epochs", "2", "--image-size", "14")
     assert code == 2 and "--image-size 0 there, 14 here" in err
-    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3", "--image-size", "28")
+    code, _, err = run_vae(capsys, spec, workdir, "--epochs", "3", "--image-size", "28")
     assert code == 0, err
     assert "resuming" in err and json.load(open(workdir / "config.json"))["image_size"] == 28
