@@ -12,6 +12,7 @@ import shutil
 import jax.numpy as jnp
 import pytest
 
+from experiments import evaluate as evaluate_exp
 from experiments import vae as vae_exp
 from vae_jax import data, runner
 from vae_jax.runner import Task
@@ -250,6 +251,11 @@ def test_a_resume_on_other_data_under_the_same_name_is_refused_before_training(c
     assert message.startswith(f"error: --dataset {spec}: --workdir {workdir} was trained on {spec} (512 train, "
                               f"128 test, 28x28x1, fingerprint {trained}), but this data is {spec} (512 train, "
                               f"128 test, 28x28x1, fingerprint {now})")
+    assert snapshot(workdir) == before
+    with pytest.raises(SystemExit) as stop:  # experiments.evaluate on the run's own --dataset: the same check
+        evaluate_exp.main(["--workdir", str(workdir), "--iwae-k", "2"])
+    assert stop.value.code == 2
+    assert f"but this data is {spec} (512 train, 128 test, 28x28x1, fingerprint {now})" in capsys.readouterr().err
     assert snapshot(workdir) == before
     code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3", "--overwrite")  # starting over is allowed
     assert code == 0, err

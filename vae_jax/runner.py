@@ -476,19 +476,29 @@ def check_run_data(config: TrainConfig, record: dict) -> None:
     Raises:
       ConfigError: one line naming ``--dataset`` and both sources.
     """
-    path = os.path.join(config.workdir, DATA_RECORD)
-    if not os.path.isfile(path):
+    mismatch = data_mismatch(config.workdir, record)
+    if mismatch is None:
         return
+    trained_spec = _trained_on_spec(config.workdir)
+    same = f" (--dataset {trained_spec})" if trained_spec != record.get("source") else ""
+    raise ConfigError(
+        f"--dataset {config.dataset}: {mismatch}; continue it on the same data{same}, use another --workdir, or add "
+        f"--overwrite to move the old run into {os.path.join(config.workdir, REPLACED_PREFIX + 'DATE')}/")
+
+
+def data_mismatch(workdir: str, record: dict) -> str | None:
+    """``"--workdir W was trained on A, but this data is B"`` when ``record`` (a
+    :meth:`vae_jax.data.Dataset.record`) is not the data of ``WORKDIR/data.json``; None when it is, or when the
+    run has no ``data.json``."""
+    path = os.path.join(workdir, DATA_RECORD)
+    if not os.path.isfile(path):
+        return None
     trained = _read_json(path, "record of the run's data")
     keys = ("source", "n_train", "n_test", "image_shape", "fingerprint")
     if all(_jsonable(trained.get(k)) == _jsonable(record.get(k)) for k in keys):
-        return
-    same = f" (--dataset {trained.get('source')})" if trained.get("source") != record.get("source") else ""
-    raise ConfigError(
-        f"--dataset {config.dataset}: --workdir {config.workdir} was trained on {data_lib.describe_record(trained)}, "
-        f"but this data is {data_lib.describe_record(record)}; continue it on the same data{same}, use another "
-        f"--workdir, or add --overwrite to move the old run into "
-        f"{os.path.join(config.workdir, REPLACED_PREFIX + 'DATE')}/")
+        return None
+    return (f"--workdir {workdir} was trained on {data_lib.describe_record(trained)}, but this data is "
+            f"{data_lib.describe_record(record)}")
 
 
 def _trained_on_spec(workdir: str) -> str | None:
