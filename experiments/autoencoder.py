@@ -126,7 +126,8 @@ def report(config: tasks.AEConfig, model, result: runner.TrainResult) -> dict:
     labels = metric_labels(config)
     result.summary["metric_descriptions"] = {k: labels[k].split(": ", 1)[1] for k in result.summary["test"] if k in labels}
     runner.write_summary(config.workdir, result.summary, figures)
-    print(f"{config.variant} autoencoder: {result_line(config, result.summary)}; outputs in {config.workdir}")
+    print(f"{config.variant} autoencoder: {result_line(config, result.summary)}; outputs in {config.workdir}; "
+          f"data {result.dataset.describe()}")
     return result.summary
 
 if __name__ == "__main__":

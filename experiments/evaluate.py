@@ -96,7 +96,12 @@ def main(argv=None) -> dict:
     # The run's own data: its workdir's decoded copy when a --distributed run left one (runner.decode_once).
     decoded = None if args.dataset or args.data_dir else runner.decoded_copy(config)
     dataset = decoded or data_lib.load_dataset(spec, data_dir=(args.data_dir or config.data_dir) or None,
-                                               binarize=config.binarize, image_size=config.image_size)
+                                               binarize=config.binarize, image_size=config.image_size,
+                                               skip_unreadable=config.skip_unreadable)
+    mismatch = None if args.dataset else runner.data_mismatch(args.workdir, dataset.record())
+    if mismatch:  # the run's own --dataset names other data here (mnist offline, a replaced file or folder)
+        raise ConfigError(f"--dataset {spec}: {mismatch}; evaluate it where its data is, or pass --dataset "
+                          "to evaluate it on other data on purpose")
     trained_shape = trained.trained_image_shape(args.workdir) or dataset.image_shape
     if dataset.image_shape != trained_shape:
         raise ConfigError(f"--dataset {spec}: images are {dataset.image_shape}, the model was trained on {trained_shape}")

@@ -29,8 +29,9 @@ from vae_jax import data  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def mnist_small():
-    """A Dataset of 512 train / 128 test real MNIST digits (from the embedded fallback)."""
+def mnist_small(_session_cache):
+    """A Dataset of 512 train / 128 test real MNIST digits (from the embedded fallback), parsed into the
+    session's cache (never the user's)."""
     x_train, y_train, x_test, y_test = data.embedded_mnist()
     return data.Dataset(
         x_train[:512, ..., None].astype(np.float32) / 255.0, y_train[:512],
@@ -65,11 +66,27 @@ def _session_arrays_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("arrays_cache")
 
 
+def _cache_folder(tmp_path_factory, name: str, xla_cache, arrays_cache):
+    """A new cache folder whose compiled programs and parsed arrays are the session's."""
+    folder = tmp_path_factory.mktemp(name)
+    (folder / "xla").symlink_to(xla_cache, target_is_directory=True)
+    (folder / "arrays").symlink_to(arrays_cache, target_is_directory=True)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory, _session_xla_cache, _session_arrays_cache):
+    """The cache folder of session-scoped fixtures (``mnist_small`` parses the digits into it), set before any
+    of them runs: the per-test folder below is set only after the session fixtures a test uses."""
+    folder = _cache_folder(tmp_path_factory, "session_cache", _session_xla_cache, _session_arrays_cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VAE_JAX_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(autouse=True)
-def _private_probe_cache(tmp_path_factory, monkeypatch, _session_xla_cache, _session_arrays_cache):
+def _private_probe_cache(tmp_path_factory, monkeypatch, _session_cache, _session_xla_cache, _session_arrays_cache):
     """Each test remembers TFDS probe answers in its own cache folder, never the user's; compiled programs and
     parsed arrays are shared."""
-    folder = tmp_path_factory.mktemp("cache")
-    (folder / "xla").symlink_to(_session_xla_cache, target_is_directory=True)
-    (folder / "arrays").symlink_to(_session_arrays_cache, target_is_directory=True)
+    folder = _cache_folder(tmp_path_factory, "cache", _session_xla_cache, _session_arrays_cache)
     monkeypatch.setenv("VAE_JAX_CACHE_DIR", str(folder))

@@ -10,6 +10,8 @@ import numpy as np
 
 from vae_jax import caches, data
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_cached_arrays_build_once_then_load_the_same_arrays(tmp_path):
     calls = []
@@ -146,3 +148,24 @@ def test_a_run_once_program_called_inside_a_traced_function_compiles_with_it(mon
     state = jax.eval_shape(lambda: train_lib.init_replicated_state(task.init_params, optimizer, init_keys))
     train_lib._jitted_init.cache_clear()
     assert jax.tree_util.tree_leaves(state.params)[0].shape[0] == 1
+
+
+def test_mnist_small_fixture_loads_the_embedded_digits(mnist_small):
+    """Run on its own by the test below; here too it checks the fixture's slice."""
+    assert (mnist_small.num_train, mnist_small.num_test, mnist_small.image_shape) == (512, 128, (28, 28, 1))
+
+
+def test_the_suite_never_writes_to_the_users_cache(tmp_path):
+    """A pytest of a test that uses the session fixture ``mnist_small``, with a fresh home and no cache
+    variables: nothing may appear in that home's ~/.cache/vae_jax (the user's cache)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("VAE_JAX_CACHE_DIR", "XDG_CACHE_HOME")}
+    env["HOME"] = str(home)
+    this = f"{os.path.relpath(__file__, REPO)}::test_mnist_small_fixture_loads_the_embedded_digits"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+                             "-n", "0", this], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
+    assert not (home / ".cache" / "vae_jax").exists()

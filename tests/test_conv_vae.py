@@ -1,6 +1,7 @@
 """The convolutional VAE: the faces128 preset's layer shapes, its loss, config errors, a short training run."""
 
 import math
+import os
 
 import chex
 import jax
@@ -118,4 +119,64 @@ def test_experiment_end_to_end(tmp_path, small_npz, capsys, monkeypatch):
     assert {"train_eval_neg_elbo", "test_neg_elbo"} <= set(line)
     with pytest.raises(SystemExit):
         conv_vae_exp.main(["--dataset", small_npz, "--preset", "faces128", "--workdir", str(tmp_path / "f")])
-    assert "--preset faces128 needs 128x128x3 images" in capsys.readouterr().err
+    assert "--preset faces128 trains on colour images" in capsys.readouterr().err  # digits: resized, but gray
+
+
+def _photos(folder, count, mode, side=200):
+    """``count`` random ``side`` x ``side`` PNGs (``mode`` RGB or L) in ``folder``; returns their paths."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(21)
+    shape = (side, side, 3) if mode == "RGB" else (side, side)
+    paths = [str(folder / f"{i}.png") for i in range(count)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return paths
+
+
+def test_faces128_resizes_a_folder_of_200px_photos_to_128(tmp_path, capsys):
+    """The preset sets --image-size 128: 200x200 photos are resized (PIL bicubic, as computed here) and the
+    model takes them; the log says so."""
+    from PIL import Image
+
+    paths = _photos(tmp_path / "photos", 5, "RGB")
+    config = parse_config(ConvVAEConfig, ["--preset", "faces128", "--dataset", f"folder:{tmp_path / 'photos'}",
+                                          "--batch-size", "2", "--workdir", str(tmp_path / "run")]).resolved()
+    assert config.image_size == 128
+    dataset = runner.load_data(config)
+    assert "images of 200x200 are resized to 128x128" in capsys.readouterr().err
+    expected = sorted(np.asarray(Image.open(p).convert("RGB").resize((128, 128), Image.Resampling.BICUBIC)).tobytes()
+                      for p in paths)
+    got = sorted(im.tobytes() for im in np.concatenate([dataset.train_pixels, dataset.test_pixels]))
+    assert got == expected
+    model = build_conv_vae(config, dataset.image_shape)
+    params = jax.eval_shape(lambda k: init_params(model, k), jax.random.key(0))
+    mean = jax.eval_shape(lambda p: model.apply({"params": p}, jnp.zeros((1, 128, 128, 3)), method=model.encode)[0],
+                          params)
+    assert mean.shape == (1, 64)
+    assert not os.path.exists(tmp_path / "run")
+    ConvVAEConfig(preset="faces128", image_size=128).validate()  # saying what the preset says is fine
+
+
+def test_faces128_refuses_a_contradicting_image_size_before_loading_and_grayscale_photos(tmp_path, capsys):
+    from experiments import conv_vae as conv_vae_exp
+
+    with pytest.raises(SystemExit) as stop:  # the folder does not exist: nothing is loaded before the error
+        conv_vae_exp.main(["--preset", "faces128", "--image-size", "64", "--dataset", f"folder:{tmp_path / 'none'}",
+                           "--workdir", str(tmp_path / "run")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --image-size 64 contradicts --preset faces128, which trains on 128x128 images: leave --image-size "
+        "out (the preset resizes and centre-crops the images to 128x128), or use --preset none (see --help)")
+    assert not os.path.exists(tmp_path / "run")
+    _photos(tmp_path / "gray", 4, "L")
+    spec = f"folder:{tmp_path / 'gray'}"
+    with pytest.raises(SystemExit) as stop:
+        conv_vae_exp.main(["--preset", "faces128", "--dataset", spec, "--batch-size", "2",
+                           "--workdir", str(tmp_path / "run")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --preset faces128 trains on colour images; --dataset {spec} holds grayscale ones (128x128x1): use "
+        "a folder of colour photos, or --preset none for grayscale images")
+    assert not os.path.exists(tmp_path / "run")

@@ -5,6 +5,7 @@ loaded pixels are checked against those arrays (PNG is lossless) or against an
 independent resize with Pillow's two-step "shorter side, then crop".
 """
 
+import json
 import os
 
 import numpy as np
@@ -270,6 +271,7 @@ def test_decode_once_writes_a_mapped_copy_that_equals_the_folder_and_is_reused_u
     decoded = runner.decode_once(config())
     assert decoded.memory_mapped and decoded.source == direct.source == spec
     assert decoded.class_names == direct.class_names == ("cat", "dog")
+    assert decoded.record() == direct.record()  # what data.json records: the same in every process
     for name in ("train_pixels", "y_train", "test_pixels", "y_test"):
         np.testing.assert_array_equal(getattr(decoded, name), getattr(direct, name))
     copy = os.path.join(workdir, runner.DECODED_DATA)
@@ -350,3 +352,70 @@ def test_save_image_folder_npz_decodes_a_chunk_at_a_time_into_the_archive_save_n
     with np.load(path) as archive:  # every member's CRC checked
         assert sorted(archive.files) == ["class_names", "vae_jax_notes", "x_test", "x_train", "y_test", "y_train"]
         np.testing.assert_array_equal(archive["x_train"], direct.train_pixels)
+
+
+def _folder_with_two_broken_files(folder, rng, count=9):
+    """``count`` good 6x6 RGB PNGs (returned as arrays) and two broken files: an empty one (its header cannot be
+    read) and a truncated one (its header reads, its pixels do not); returns (good arrays, broken paths)."""
+    good = [_save(str(folder / f"{i:02d}.png"), _random_rgb(rng, 6, 6)) for i in range(count)]
+    empty = folder / "empty.png"
+    empty.write_bytes(b"")
+    cut = folder / "cut.png"
+    _save(str(cut), _random_rgb(rng, 6, 6))
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    return good, sorted([str(empty), str(cut)])
+
+
+def test_skip_unreadable_leaves_out_broken_files_lists_them_and_keeps_the_rest(tmp_path, capsys):
+    from vae_jax import runner, tasks
+
+    good, broken = _folder_with_two_broken_files(tmp_path / "photos", np.random.default_rng(11))
+    spec = f"folder:{tmp_path / 'photos'}"
+    with pytest.raises(DataError) as err:
+        load_dataset(spec)
+    assert "\n" not in str(err.value) and "pass --skip-unreadable" in str(err.value)
+    assert any(path in str(err.value) for path in broken)
+
+    ds = load_dataset(spec, skip_unreadable=True, batch_size=4)
+    logged = capsys.readouterr().err
+    assert sorted(ds.skipped) == broken
+    assert ds.summary()["skipped_unreadable"] == {"count": 2, "files": list(ds.skipped)}
+    assert all(path in logged for path in broken) and "left out 2 unreadable files" in logged
+    assert "not a readable image" in logged and "cannot be decoded" in logged  # both kinds of failure
+    kept = sorted(bytes(im) for im in np.concatenate([ds.train_pixels, ds.test_pixels]))
+    assert kept == sorted(bytes(im) for im in good)  # exactly the good files, each once, as PIL decodes them
+    assert ds.num_test >= 1
+
+    with pytest.raises(DataError, match=f"the train split has {ds.num_train} examples after --skip-unreadable left "
+                                        f"out 2 files, fewer than one batch \\(--batch-size 100\\)"):
+        load_dataset(spec, skip_unreadable=True, batch_size=100)
+
+    # A --distributed run's decoded copy leaves out the same files and remembers them.
+    config = tasks.VAEConfig(dataset=spec, workdir=str(tmp_path / "run"), batch_size=4, skip_unreadable=True)
+    decoded = runner.decode_once(config)
+    assert sorted(decoded.skipped) == broken and decoded.record() == ds.record()
+
+
+def test_skip_unreadable_refuses_a_split_left_without_images(tmp_path):
+    rng = np.random.default_rng(12)
+    for i in range(4):
+        _save(str(tmp_path / "train" / f"{i}.png"), _random_rgb(rng, 4, 4))
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "only.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="left the test split without images"):
+        load_dataset(f"folder:{tmp_path}", skip_unreadable=True)
+
+
+def test_skip_unreadable_through_a_training_run(tmp_path, capsys):
+    from experiments import vae as vae_exp
+
+    _, broken = _folder_with_two_broken_files(tmp_path / "photos", np.random.default_rng(13), count=12)
+    flags = ["--dataset", f"folder:{tmp_path / 'photos'}", "--workdir", str(tmp_path / "run"), "--batch-size", "4",
+             "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--no-tensorboard"]
+    with pytest.raises(SystemExit) as stop:
+        vae_exp.main(flags)
+    assert stop.value.code == 2 and "pass --skip-unreadable" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    vae_exp.main(flags + ["--skip-unreadable"])
+    summary = json.load(open(tmp_path / "run" / "summary.json"))
+    assert sorted(summary["dataset"]["skipped_unreadable"]["files"]) == broken

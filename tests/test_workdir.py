@@ -12,8 +12,9 @@ import shutil
 import jax.numpy as jnp
 import pytest
 
+from experiments import evaluate as evaluate_exp
 from experiments import vae as vae_exp
-from vae_jax import runner
+from vae_jax import data, runner
 from vae_jax.runner import Task
 
 SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "64", "--checkpoint-every", "1"]
@@ -142,7 +143,8 @@ def test_training_further_retires_the_old_eval_record_and_splits_stdout_from_std
     assert out.splitlines() == [
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
         f"KL {test['kl']['mean']:.2f}) after 3 epochs; active units {summary['diagnostics']['active_units']}/2, "
-        f"I(x;z) {summary['diagnostics']['mutual_information']:.2f} nats; outputs in {workdir}"]
+        f"I(x;z) {summary['diagnostics']['mutual_information']:.2f} nats; outputs in {workdir}; "
+        f"data {data.describe_record(summary['dataset'] | {'source': spec})}"]
     # stderr is not a terminal here: no progress bar, one plain line per trained epoch.
     assert err.startswith("data: ")
     assert "\r" not in err
@@ -188,3 +190,117 @@ def test_help_text_reads_cleanly(capsys):
     assert "(default: one replica, --seed)" in text
     assert "WORKDIR/replaced-YYYYmmdd-HHMMSS/" in text and "nothing is deleted" in text
     assert "mnist:embedded" in text
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def _npz_fingerprint(path):
+    """sha256 of the documented subsample of an npz's splits, computed here from the file (data_fingerprint's
+    definition: per split its shape and dtype as text, its first 32 and last 32 images, then all labels as int64)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    with np.load(path) as archive:
+        for x_name, y_name in (("x_train", "y_train"), ("x_test", "y_test")):
+            x = archive[x_name]
+            x = x[..., None] if x.ndim == 3 else x
+            n = len(x)
+            digest.update(f"({n}, {x.shape[1]}, {x.shape[2]}, {x.shape[3]}) {x.dtype}".encode())
+            for i in sorted(set(range(min(n, 32))) | set(range(max(n - 32, 0), n))):
+                digest.update(x[i].tobytes())
+            digest.update(archive[y_name].astype("<i8").tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def test_the_data_a_run_used_is_recorded_and_a_resume_on_the_same_data_works(capsys, run_copy):
+    spec, workdir = run_copy
+    record = json.load(open(workdir / "data.json"))
+    assert record == {"source": spec, "n_train": 512, "n_test": 128, "image_shape": [28, 28, 1],
+                      "fingerprint": _npz_fingerprint(spec[len("npz:"):])}
+    assert json.load(open(workdir / "summary.json"))["dataset"]["fingerprint"] == record["fingerprint"]
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3")
+    assert code == 0, err
+    assert "resuming" in err
+    assert out.rstrip().endswith(f"; data {spec} (512 train, 128 test, 28x28x1, fingerprint "
+                                 f"{record['fingerprint'][7:19]})")
+
+
+def test_a_resume_on_other_data_under_the_same_name_is_refused_before_training(capsys, run_copy, mnist_small,
+                                                                               request):
+    import numpy as np
+
+    spec, workdir = run_copy
+    # Other digits of the same shapes, written over the file the run trained on (the module's other tests use it
+    # after this one: it is put back at the end).
+    original = open(spec[len("npz:"):], "rb").read()
+    request.addfinalizer(lambda: open(spec[len("npz:"):], "wb").write(original))
+    np.savez(spec[len("npz:"):], x_train=np.flip(mnist_small.x_train, 0), y_train=mnist_small.y_train[::-1],
+             x_test=mnist_small.x_test, y_test=mnist_small.y_test)
+    before = snapshot(workdir)
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3")
+    assert code == 2 and out == ""
+    message = err.strip().splitlines()[-1]
+    trained = json.load(open(workdir / "data.json"))["fingerprint"][7:19]
+    now = _npz_fingerprint(spec[len("npz:"):])[7:19]
+    assert trained != now
+    assert message.startswith(f"error: --dataset {spec}: --workdir {workdir} was trained on {spec} (512 train, "
+                              f"128 test, 28x28x1, fingerprint {trained}), but this data is {spec} (512 train, "
+                              f"128 test, 28x28x1, fingerprint {now})")
+    assert snapshot(workdir) == before
+    with pytest.raises(SystemExit) as stop:  # experiments.evaluate on the run's own --dataset: the same check
+        evaluate_exp.main(["--workdir", str(workdir), "--iwae-k", "2"])
+    assert stop.value.code == 2
+    assert f"but this data is {spec} (512 train, 128 test, 28x28x1, fingerprint {now})" in capsys.readouterr().err
+    assert snapshot(workdir) == before
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3", "--overwrite")  # starting over is allowed
+    assert code == 0, err
+    assert json.load(open(workdir / "data.json"))["fingerprint"][7:19] == now
+
+
+def test_mnist_offline_resumed_where_tfds_trained_it_is_refused(capsys, run_copy, monkeypatch):
+    """``--dataset mnist`` trained on TFDS's MNIST, resumed on a machine without it: the embedded digits."""
+    from vae_jax import data
+
+    _, workdir = run_copy
+    config = json.load(open(workdir / "config.json"))
+    _write_json(workdir / "config.json", {**config, "dataset": "mnist"})
+    _write_json(workdir / "data.json", {"source": "tfds:mnist", "n_train": 60000, "n_test": 10000,
+                                        "image_shape": [28, 28, 1], "fingerprint": "sha256:" + "0" * 64})
+    monkeypatch.setattr(data, "tfds_prepared_on_disk", lambda *a: False)
+    monkeypatch.setattr(data, "_tfds_reachable", lambda *a: False)
+    code, out, err = run_vae(capsys, "mnist", workdir, "--epochs", "3")
+    assert code == 2 and out == ""
+    message = err.strip().splitlines()[-1]
+    assert message.startswith(f"error: --dataset mnist: --workdir {workdir} was trained on tfds:mnist (60000 train, "
+                              "10000 test, 28x28x1, fingerprint 000000000000), but this data is mnist:embedded "
+                              "(4500 train, 500 test, 28x28x1, fingerprint ")
+    assert "continue it on the same data (--dataset tfds:mnist)" in message and "--overwrite" in message
+
+
+def test_a_run_of_mnist_that_fell_back_continues_under_the_spec_it_resolved_to(capsys, run_copy):
+    """Started as ``--dataset mnist`` offline (the embedded digits), continued as ``--dataset mnist:embedded``
+    so that a machine with TFDS's MNIST does not swap the data: allowed, and the data is still checked."""
+    _, workdir = run_copy
+    config = json.load(open(workdir / "config.json"))
+    _write_json(workdir / "config.json", {**config, "dataset": "mnist"})
+    record = json.load(open(workdir / "data.json"))
+    _write_json(workdir / "data.json", {**record, "source": "mnist:embedded"})
+    code, _, err = run_vae(capsys, "mnist:embedded", workdir, "--epochs", "3")
+    # The settings pass; the data check then finds the fixture's 512 digits are not the 4,500 loaded now.
+    assert code == 2 and "was trained on mnist:embedded (512 train" in err and "other settings" not in err
+
+
+def test_an_image_size_the_run_already_had_is_no_change(capsys, run_copy):
+    """A run trained with --image-size 0 on 28x28 digits continues with --image-size 28 (a --preset faces128 run
+    from before the preset set --image-size 128 continues likewise); another size is a change."""
+    spec, workdir = run_copy
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "2", "--image-size", "14")
+    assert code == 2 and "--image-size 0 there, 14 here" in err
+    code, _, err = run_vae(capsys, spec, workdir, "--epochs", "3", "--image-size", "28")
+    assert code == 0, err
+    assert "resuming" in err and json.load(open(workdir / "config.json"))["image_size"] == 28

@@ -25,7 +25,12 @@ Specs:
   ``folder:PATH`` a directory of image files (see :func:`load_image_folder`).
 
 ``image_size`` (``--image-size``) > 0 resizes the shorter side of every image
-to that size and crops the centre square, for every spec.
+to that size and crops the centre square, for every spec (one stderr line says so).
+
+What was loaded is identified by :meth:`Dataset.record`: the resolved spec
+(``mnist:embedded`` or ``tfds:mnist`` for ``mnist``), the split sizes, the image
+shape and a :func:`data_fingerprint`; training runs keep it in
+``WORKDIR/data.json`` and refuse to continue on other data.
 
 TensorFlow and TFDS are imported only when a TFDS dataset is actually read.
 Every user mistake raises :class:`DataError` with a one-line message.
@@ -38,6 +43,7 @@ import contextlib
 import dataclasses
 import difflib
 import glob
+import hashlib
 import json
 import logging
 import math
@@ -106,6 +112,9 @@ class Dataset:
         stored as ``uint8`` 0 or 255.
       class_names: the label names (``class_names[k]`` is label k) when known,
         e.g. the sub-folder names of a ``folder:`` dataset.
+      fingerprint: :func:`data_fingerprint` of the images as read, before binarization ("" when the
+        dataset was built by hand: :meth:`record` then computes it from the stored arrays).
+      skipped: the image files left out by ``--skip-unreadable`` (a ``folder:`` dataset).
     """
 
     train_pixels: np.ndarray
@@ -115,6 +124,8 @@ class Dataset:
     source: str
     binarize: str = "none"
     class_names: tuple[str, ...] | None = None
+    fingerprint: str = ""
+    skipped: tuple[str, ...] = ()
 
     @property
     def x_train(self) -> np.ndarray:
@@ -166,13 +177,29 @@ class Dataset:
         """Host (and device) memory of the stored images of both splits."""
         return int(self.train_pixels.nbytes + self.test_pixels.nbytes)
 
+    @property
+    def spec(self) -> str:
+        """The ``--dataset`` spec that loads exactly this data, with no fallback: ``mnist:embedded`` when
+        ``mnist`` fell back to the embedded digits, ``tfds:mnist`` when TFDS had it, else the spec itself."""
+        return "mnist:embedded" if self.source == EMBEDDED_MNIST_SOURCE else self.source
+
+    def record(self) -> dict[str, Any]:
+        """What identifies the data a run used (``WORKDIR/data.json``): the resolved :attr:`spec`, the split
+        sizes, the image shape and the :func:`data_fingerprint`. Two loads of the same data give equal records."""
+        fingerprint = self.fingerprint or data_fingerprint(self.train_pixels, self.y_train, self.test_pixels,
+                                                           self.y_test)
+        return {"source": self.spec, "n_train": self.num_train, "n_test": self.num_test,
+                "image_shape": list(self.image_shape), "fingerprint": fingerprint}
+
     def describe(self) -> str:
-        """One line for logs: where the data came from, the split sizes and the image shape."""
-        h, w, c = self.image_shape
-        return f"{self.source} ({self.num_train} train, {self.num_test} test, {h}x{w}x{c})"
+        """One line for logs and result lines: the resolved source, the split sizes, the image shape and the
+        start of the fingerprint (:meth:`record`)."""
+        return describe_record(self.record())
 
     def summary(self) -> dict[str, Any]:
         out = {
+            **self.record(),
+            "spec": self.spec,
             "source": self.source,
             "binarize": self.binarize,
             "image_shape": list(self.image_shape),
@@ -185,7 +212,47 @@ class Dataset:
         }
         if self.class_names is not None:
             out["class_names"] = list(self.class_names)
+        if self.skipped:
+            out["skipped_unreadable"] = {"count": len(self.skipped), "files": list(self.skipped)}
         return out
+
+
+def describe_record(record: dict) -> str:
+    """A :meth:`Dataset.record` in one line: ``mnist:embedded (4500 train, 500 test, 28x28x1, fingerprint
+    1f2e3d4c5b6a)`` (the first 12 hex digits of the fingerprint)."""
+    shape = "x".join(map(str, record.get("image_shape", ())))
+    fingerprint = str(record.get("fingerprint", "")).removeprefix("sha256:")[:12]
+    return (f"{record.get('source')} ({record.get('n_train')} train, {record.get('n_test')} test, {shape}, "
+            f"fingerprint {fingerprint})")
+
+
+FINGERPRINT_ROWS = 32  # images read from each end of each split by the fingerprint
+
+
+def fingerprint_images(x, count: int = FINGERPRINT_ROWS):
+    """The images of a split ``x`` ``[N, ...]`` that :func:`data_fingerprint` reads: its first ``count`` and its
+    last ``count`` (all of them when ``N <= 2 * count``), in order. Two contiguous blocks, so a memory-mapped
+    split is read in two places only (each process of a ``--distributed`` run keeps its own rows resident)."""
+    n = len(x)
+    head = np.asarray(x[:count])
+    return head if n <= count else np.concatenate([head, np.asarray(x[max(count, n - count):])])
+
+
+def data_fingerprint(x_train, y_train, x_test, y_test) -> str:
+    """``sha256:HEX`` of a fixed subsample of a dataset, cheap enough for any size.
+
+    For each split (train, then test) the hash reads, in order: the images' shape and dtype as text
+    (``"(N, H, W, C) uint8"``), the C-ordered bytes of the :func:`fingerprint_images` (the first and last 32),
+    and when there are labels their ``int64`` little-endian bytes (all of them). It tells apart different
+    files, folders and fallbacks under the same ``--dataset`` name, not every edit of a single pixel.
+    """
+    digest = hashlib.sha256()
+    for x, y in ((x_train, y_train), (x_test, y_test)):
+        digest.update(f"{tuple(int(d) for d in x.shape)} {np.dtype(x.dtype).name}".encode())
+        digest.update(np.ascontiguousarray(fingerprint_images(x)).tobytes())
+        if y is not None:
+            digest.update(np.asarray(y, dtype="<i8").tobytes())
+    return "sha256:" + digest.hexdigest()
 
 
 def load_dataset(
@@ -195,6 +262,7 @@ def load_dataset(
     batch_size: int | None = None,
     image_size: int = 0,
     memory_map: bool = False,
+    skip_unreadable: bool = False,
 ) -> Dataset:
     """Loads ``spec`` as a :class:`Dataset`.
 
@@ -213,6 +281,9 @@ def load_dataset(
         a chunk at a time and stay mapped; other dtypes, resizing and static
         binarization make in-memory copies. Mapped members are not CRC-checked
         (that would read the whole file).
+      skip_unreadable: ``folder:`` datasets leave out the files that cannot be
+        decoded (listed in :attr:`Dataset.skipped` and on stderr) instead of
+        stopping at the first one.
 
     Raises:
       DataError: with a one-line message naming the problem.
@@ -225,7 +296,7 @@ def load_dataset(
                         f"{MAX_IMAGE_SIZE} pixels, got {image_size!r}")
     if not isinstance(spec, str) or not spec:
         raise DataError(f"--dataset must be one of {', '.join(SPECS)}, got an empty spec")
-    class_names = None
+    class_names, skipped = None, ()
     if spec == "mnist":
         arrays, source = _load_mnist(data_dir)
     elif spec == "mnist:embedded":
@@ -239,14 +310,16 @@ def load_dataset(
         arrays, class_names = _load_npz(spec[len("npz:"):], memory_map)
         source = spec
     elif spec.startswith("folder:"):
-        folder = load_image_folder(spec[len("folder:"):], image_size)
-        arrays, source, class_names = folder[:4], spec, folder[4]
+        folder = load_image_folder(spec[len("folder:"):], image_size, skip_unreadable=skip_unreadable)
+        arrays, source, class_names, skipped = folder[:4], spec, folder[4], folder[5]
     else:
         raise DataError(f"--dataset must be one of {', '.join(SPECS)}, got {spec!r}{_spec_suggestion(spec)}")
     x_train, y_train, x_test, y_test = arrays
     x_train = _as_images(x_train, "x_train", source)
     x_test = _as_images(x_test, "x_test", source)
     if image_size:
+        if not spec.startswith(("folder:", "tfds:")):  # those two resize as they decode, and log it there
+            _log_resizing(source, {(x.shape[2], x.shape[1]) for x in (x_train, x_test)}, image_size)
         x_train = resize_center_crop(x_train, image_size)
         x_test = resize_center_crop(x_test, image_size)
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -262,16 +335,18 @@ def load_dataset(
         if top >= len(class_names):
             raise DataError(f"{source}: label {top} has no name ({len(class_names)} class_names)")
     if batch_size is not None and x_train.shape[0] < batch_size:
+        left = f" after --skip-unreadable left out {len(skipped)} files" if skipped else ""
         raise DataError(
-            f"{source}: the train split has {x_train.shape[0]} examples, fewer than one batch "
-            f"(--batch-size {batch_size})"
+            f"{source}: the train split has {x_train.shape[0]} examples{left}, fewer than one batch "
+            f"(--batch-size {batch_size}); pass a --batch-size of at most {x_train.shape[0]}"
         )
+    fingerprint = data_fingerprint(x_train, y_train, x_test, y_test)
     if binarize != "none":
         rng = np.random.default_rng(_STATIC_BINARIZE_SEED)
         x_test = _bernoulli(rng, x_test)
         if binarize == "static":
             x_train = _bernoulli(rng, x_train)
-    return Dataset(x_train, y_train, x_test, y_test, source, binarize, class_names)
+    return Dataset(x_train, y_train, x_test, y_test, source, binarize, class_names, fingerprint, skipped)
 
 
 def _spec_suggestion(spec: str) -> str:
@@ -374,6 +449,16 @@ def _split_last(x: np.ndarray, y: np.ndarray | None, fraction: float = 0.1):
 
 
 # --- resizing ----------------------------------------------------------------------------
+
+
+def _log_resizing(source: str, sizes: set[tuple[int, int]], image_size: int) -> None:
+    """Says on stderr that images of ``sizes`` (width, height) are resized to ``image_size`` (none: no line)."""
+    other = sorted(size for size in sizes if size != (image_size, image_size))
+    if not other:
+        return
+    listed = ", ".join(f"{w}x{h}" for w, h in other[:3]) + (", ..." if len(other) > 3 else "")
+    print(f"data: {source}: images of {listed} are resized to {image_size}x{image_size} (shorter side to "
+          f"{image_size}, then the centre square; --image-size {image_size})", file=sys.stderr)
 
 
 def center_square(width: int, height: int) -> tuple[int, int, int, int]:
@@ -648,6 +733,9 @@ def _fixed_shuffle(paths: list[str], names: list[str] | None):
     return [paths[i] for i in order], None if names is None else [names[i] for i in order]
 
 
+SKIP_HINT = "; pass --skip-unreadable to leave such files out"
+
+
 def _header(path: str, spec: str) -> tuple[str, tuple[int, int]]:
     """(mode, (width, height)) of an image file, read from its header only."""
     from PIL import Image
@@ -657,10 +745,11 @@ def _header(path: str, spec: str) -> tuple[str, tuple[int, int]]:
             return image.mode, image.size
     except Exception as err:  # UnidentifiedImageError, OSError, decompression-bomb errors...
         raise DataError(f"--dataset {spec}: {path} is not a readable image: not an image, empty or truncated "
-                        f"({_reason(err)})") from None
+                        f"({_reason(err)}){SKIP_HINT}") from None
 
 
-def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = None):
+def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = None,
+                      skip_unreadable: bool = False):
     """Reads a directory of image files into ``uint8`` arrays.
 
     Layout:
@@ -688,20 +777,70 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
       path: the directory.
       image_size: 0, or the side S of the square images to make.
       max_workers: decoding threads (default: Python's ``ThreadPoolExecutor`` default).
+      skip_unreadable: leave out the files that cannot be read or decoded (each listed on
+        stderr) instead of stopping at the first; a split left without images is an error.
 
     Returns:
-      ``(x_train, y_train, x_test, y_test, class_names)``; ``x`` are ``uint8``
-      ``[N, H, W, C]``, ``y`` int32 ``[N]`` or None, ``class_names`` a tuple or None.
+      ``(x_train, y_train, x_test, y_test, class_names, skipped)``; ``x`` are ``uint8``
+      ``[N, H, W, C]``, ``y`` int32 ``[N]`` or None, ``class_names`` a tuple or None,
+      ``skipped`` the paths of the files left out (empty without ``skip_unreadable``).
 
     Raises:
       DataError: one line naming the folder or the file and the problem.
     """
-    plan = _plan_image_folder(path, image_size, max_workers)
+    plan = _plan_image_folder(path, image_size, max_workers, skip_unreadable)
     paths = plan.train_paths + plan.test_paths
     images = np.empty((len(paths), *plan.shape), np.uint8)
-    _decode_images(plan, paths, images, max_workers)
-    n_train = len(plan.train_paths)
-    return images[:n_train], plan.y_train, images[n_train:], plan.y_test, plan.class_names
+    failed = {} if skip_unreadable else None
+    _decode_images(plan, paths, images, max_workers, failed)
+    if failed:  # files whose header read but whose pixels did not: left out now, a copy of the rest
+        keep = np.ones(len(paths), bool)
+        keep[list(failed)] = False
+        plan = _without(plan, {paths[i]: message for i, message in failed.items()})
+        images = images[keep]
+    _log_skipped(plan)
+    n_train = len(plan.train_paths)  # the kept rows are still in order: train, then test
+    return images[:n_train], plan.y_train, images[n_train:], plan.y_test, plan.class_names, tuple(plan.skipped)
+
+
+def _without(plan: _FolderPlan, unreadable: dict[str, str]) -> _FolderPlan:
+    """``plan`` without the files ``unreadable`` maps to their one-line reasons (added to ``plan.skipped``).
+
+    Raises:
+      DataError: a split is left without images.
+    """
+    def keep(paths, labels, split):
+        kept = [i for i, p in enumerate(paths) if p not in unreadable]
+        if not kept:
+            raise DataError(f"--dataset {plan.spec}: --skip-unreadable left the {split} split without images "
+                            f"(all {len(paths)} of its files are unreadable)")
+        return [paths[i] for i in kept], None if labels is None else labels[kept]
+
+    train_paths, y_train = keep(plan.train_paths, plan.y_train, "train")
+    test_paths, y_test = keep(plan.test_paths, plan.y_test, "test")
+    return dataclasses.replace(plan, train_paths=train_paths, test_paths=test_paths, y_train=y_train, y_test=y_test,
+                               skipped={**plan.skipped, **unreadable})
+
+
+def _without_undecodable(plan: _FolderPlan, buffer: np.ndarray, max_workers: int | None) -> _FolderPlan:
+    """``plan`` without the files whose pixels cannot be decoded, found by decoding them into ``buffer``
+    ``[rows, H, W, C]`` a chunk at a time."""
+    paths, failed = plan.train_paths + plan.test_paths, {}
+    for start in range(0, len(paths), len(buffer)):
+        part, chunk_failed = paths[start:start + len(buffer)], {}
+        _decode_images(plan, part, buffer[:len(part)], max_workers, chunk_failed)
+        failed.update({part[i]: message for i, message in chunk_failed.items()})
+    return _without(plan, failed) if failed else plan
+
+
+def _log_skipped(plan: _FolderPlan) -> None:
+    """One stderr line per file --skip-unreadable left out, then their count."""
+    if not plan.skipped:
+        return
+    for message in plan.skipped.values():
+        print(f"data: skipped {message.removeprefix(f'--dataset {plan.spec}: ')}", file=sys.stderr)
+    print(f"data: --skip-unreadable left out {len(plan.skipped)} unreadable files of --dataset {plan.spec}; "
+          f"{len(plan.train_paths)} train and {len(plan.test_paths)} test images remain", file=sys.stderr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -716,9 +855,11 @@ class _FolderPlan:
     class_names: tuple[str, ...] | None
     shape: tuple[int, int, int]  # (H, W, C) of the arrays made
     image_size: int
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> why (--skip-unreadable)
 
 
-def _plan_image_folder(path: str, image_size: int, max_workers: int | None) -> _FolderPlan:
+def _plan_image_folder(path: str, image_size: int, max_workers: int | None,
+                       skip_unreadable: bool = False) -> _FolderPlan:
     """The splits, labels, channels and size of :func:`load_image_folder` (see its docstring)."""
     spec = f"folder:{path}"
     if not path:
@@ -768,13 +909,21 @@ def _plan_image_folder(path: str, image_size: int, max_workers: int | None) -> _
 
     paths = train_paths + test_paths
     with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
-        headers = list(pool.map(lambda p: _header(p, spec), paths))
+        headers = list(pool.map(lambda p: _header_or_reason(p, spec, skip_unreadable), paths))
+    unreadable = {p: h for p, h in zip(paths, headers) if isinstance(h, str)}
+    if unreadable:
+        plan = _FolderPlan(spec, train_paths, test_paths, y_train, y_test, class_names, (0, 0, 0), image_size)
+        plan = _without(plan, unreadable)
+        train_paths, test_paths, y_train, y_test = plan.train_paths, plan.test_paths, plan.y_train, plan.y_test
+        paths = train_paths + test_paths
+        headers = [h for h in headers if not isinstance(h, str)]
     for p, (mode, _) in zip(paths, headers):
         if mode in _WIDE_MODES:
             raise DataError(f"--dataset {spec}: {p} is a {mode} (16-bit or float) image; only 8-bit images are read")
     channels = 1 if all(mode in _GRAY_MODES for mode, _ in headers) else 3
     if image_size:
         height = width = image_size
+        _log_resizing(spec, {size for _, size in headers}, image_size)
     else:
         sizes = {}
         for p, (_, size) in zip(paths, headers):
@@ -788,11 +937,26 @@ def _plan_image_folder(path: str, image_size: int, max_workers: int | None) -> _
         width, height = headers[0][1]
 
     return _FolderPlan(spec, train_paths, test_paths, y_train, y_test, class_names, (height, width, channels),
-                       image_size)
+                       image_size, unreadable)
 
 
-def _decode_images(plan: _FolderPlan, paths: list[str], out: np.ndarray, max_workers: int | None) -> None:
-    """Decodes ``paths[i]`` into ``out[i]`` (``uint8`` ``[len(paths), H, W, C]``) with a thread pool."""
+def _header_or_reason(path: str, spec: str, skip_unreadable: bool):
+    """:func:`_header`, or with ``skip_unreadable`` the one-line reason (a str) when the file cannot be read."""
+    try:
+        return _header(path, spec)
+    except DataError as err:
+        if not skip_unreadable:
+            raise
+        return str(err)[:-len(SKIP_HINT)]
+
+
+def _decode_images(plan: _FolderPlan, paths: list[str], out: np.ndarray, max_workers: int | None,
+                   failed: dict[int, str] | None = None) -> None:
+    """Decodes ``paths[i]`` into ``out[i]`` (``uint8`` ``[len(paths), H, W, C]``) with a thread pool.
+
+    A file that cannot be decoded raises a DataError, or with ``failed`` (a dict) is recorded there as
+    ``failed[i] = message`` and ``out[i]`` is left as it was.
+    """
     spec, image_size = plan.spec, plan.image_size
     height, width, channels = plan.shape
     target_mode = "L" if channels == 1 else "RGB"
@@ -808,8 +972,12 @@ def _decode_images(plan: _FolderPlan, paths: list[str], out: np.ndarray, max_wor
                     image.draft(image.mode, (int(np.ceil(image.size[0] * scale)), int(np.ceil(image.size[1] * scale))))
                 image = image.convert(target_mode)  # decodes the whole file: truncation shows here
         except Exception as err:
-            raise DataError(f"--dataset {spec}: {paths[i]} cannot be decoded, the file is truncated or "
-                            f"corrupted ({_reason(err)})") from None
+            message = (f"--dataset {spec}: {paths[i]} cannot be decoded, the file is truncated or corrupted "
+                       f"({_reason(err)})")
+            if failed is None:
+                raise DataError(message + SKIP_HINT) from None
+            failed[i] = message
+            return
         if image_size:
             image = _resize_image(image, image_size)
         out[i] = np.asarray(image).reshape(height, width, channels)
@@ -823,7 +991,8 @@ def _decode_images(plan: _FolderPlan, paths: list[str], out: np.ndarray, max_wor
 
 
 def save_image_folder_npz(folder: str, path: str, image_size: int = 0, notes: dict | None = None,
-                          chunk_bytes: int = 1 << 26, max_workers: int | None = None) -> str:
+                          chunk_bytes: int = 1 << 26, max_workers: int | None = None,
+                          skip_unreadable: bool = False) -> str:
     """Decodes the image folder ``folder`` into an uncompressed ``.npz`` at ``path`` a chunk at a time.
 
     The archive holds what :func:`save_npz` would write for ``load_dataset("folder:" + folder,
@@ -832,12 +1001,20 @@ def save_image_folder_npz(folder: str, path: str, image_size: int = 0, notes: di
     can be decoded once and memory-mapped (``--dataset npz:PATH``). Written to a temporary file beside
     ``path`` and renamed into place. Returns ``path``.
 
+    With ``skip_unreadable`` the files are decoded once more first, to find the ones to leave out before the
+    arrays' sizes are written; their paths are added to the notes as ``"skipped"``.
+
     Raises:
       DataError: as :func:`load_image_folder`.
     """
-    plan = _plan_image_folder(folder, image_size, max_workers)
+    plan = _plan_image_folder(folder, image_size, max_workers, skip_unreadable)
     rows = _rows_per_chunk((0, *plan.shape), chunk_bytes)  # uint8: a byte a pixel
     buffer = np.empty((min(rows, max(len(plan.train_paths), len(plan.test_paths))), *plan.shape), np.uint8)
+    if skip_unreadable:
+        plan = _without_undecodable(plan, buffer, max_workers)
+        _log_skipped(plan)
+        if plan.skipped:
+            notes = {**(notes or {}), "skipped": list(plan.skipped)}
     with _atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, paths in (("x_train", plan.train_paths), ("x_test", plan.test_paths)):
             with archive.open(name + ".npy", "w", force_zip64=True) as member:
@@ -989,6 +1166,8 @@ def _tfds_arrays(builder, name: str, image_size: int = 0):
     if None in image_shape:
         raise DataError(f"--dataset tfds:{name}: images of varying size {image_shape} are not supported; "
                         "export them to a directory and use --dataset folder:PATH --image-size N")
+    if image_size:
+        _log_resizing(f"tfds:{name}", {(image_shape[1], image_shape[0])}, image_size)
     read_batch = int(min(10_000, max(1, (1 << 28) // int(np.prod(image_shape)))))
     # Integer class labels only: LFW's "label" is a person's name (a Text feature).
     label_key = "label" if "label" in features and isinstance(features["label"], tfds.features.ClassLabel) else None

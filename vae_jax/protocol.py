@@ -61,6 +61,8 @@ class TrainConfig:
     image_size: int = field(0, "resize the shorter image side to N and crop the centre N x N (0: keep the size)")
     data_dir: str = field("", "TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     binarize: str = field("none", "pixel binarization", choices=BINARIZE_CHOICES)
+    skip_unreadable: bool = field(False, "folder:PATH datasets leave out image files that cannot be read or "
+                                         "decoded (listed on stderr and in summary.json) instead of stopping")
     batch_size: int = field(128, "training batch size")
     epochs: int = field(30, "number of epochs to train")
     learning_rate: float = field(1e-3, "Adam learning rate (the peak of a schedule)")

@@ -49,6 +49,8 @@ from vae_jax.tasks import vqvae as vqvae_tasks
 RESUMABLE_FIELDS = frozenset(
     {"epochs", "resume", "overwrite", "progress", "checkpoint_every", "keep_checkpoints", "workdir", "data_dir",
      "eval_batch_size", "max_consecutive_skips"}
+    # What the data is, with or without these, is checked against WORKDIR/data.json (check_run_data).
+    | {"skip_unreadable"}
     # How a run is laid out and watched does not change what it computes (up to float reduction order).
     | {"devices", "seed_layout", "epoch_loop", "compile_cache", "tensorboard", "distributed", "stream"}
 )
@@ -116,7 +118,7 @@ def load_data(config: TrainConfig) -> data_lib.Dataset:
         return data_lib.load_dataset(
             config.dataset, data_dir=config.data_dir or None, binarize=config.binarize,
             batch_size=config.batch_size, image_size=config.image_size,
-            memory_map=config.stream or config.distributed,
+            memory_map=config.stream or config.distributed, skip_unreadable=config.skip_unreadable,
         )
     except BaseException as err:  # with --distributed, the other processes stop at their next barrier
         distributed.report_stop(err)
@@ -136,6 +138,7 @@ def decoded_data_key(config: TrainConfig) -> dict:
     key = {"dataset": spec, "data_dir": config.data_dir, "image_size": config.image_size}
     if spec.startswith("folder:") and os.path.isdir(spec[len("folder:"):]):
         key["folder"] = data_lib.folder_fingerprint(spec[len("folder:"):])
+        key["skip_unreadable"] = config.skip_unreadable
     elif spec == "mnist" or spec.startswith("tfds:"):
         key["tfds_prepared"] = data_lib.tfds_prepared_on_disk(spec.split(":", 1)[-1], config.data_dir or None)
     return key
@@ -172,7 +175,8 @@ def decode_once(config: TrainConfig) -> data_lib.Dataset:
                 if config.dataset.startswith("folder:"):  # decoded a chunk at a time into the file
                     source = config.dataset
                     data_lib.save_image_folder_npz(config.dataset[len("folder:"):], path, config.image_size,
-                                                   notes={"key": key, "source": source})
+                                                   notes={"key": key, "source": source},
+                                                   skip_unreadable=config.skip_unreadable)
                 else:
                     dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir or None,
                                                     batch_size=config.batch_size, image_size=config.image_size)
@@ -206,7 +210,7 @@ def decoded_copy(config: TrainConfig) -> data_lib.Dataset | None:
 def _map_decoded(config: TrainConfig, path: str, notes: dict) -> data_lib.Dataset:
     dataset = data_lib.load_dataset("npz:" + path, binarize=config.binarize, batch_size=config.batch_size,
                                     memory_map=True)
-    return dataclasses.replace(dataset, source=notes["source"])
+    return dataclasses.replace(dataset, source=notes["source"], skipped=tuple(notes.get("skipped", ())))
 
 
 def host_split(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
@@ -334,6 +338,10 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
         k for k in set(saved) | set(current)
         if k not in RESUMABLE_FIELDS and _jsonable(saved.get(k, defaults.get(k))) != _jsonable(current.get(k))
     )
+    if "image_size" in changed and _trained_at_size(workdir, saved.get("image_size", 0), config.image_size):
+        changed.remove("image_size")
+    if "dataset" in changed and _trained_on_spec(workdir) == config.dataset:  # mnist resolved to mnist:embedded
+        changed.remove("dataset")
     if changed:
         differences = ", ".join(f"{flag(k)} {_setting(saved.get(k, defaults.get(k)))} there, {_setting(current.get(k))} here"
                                 for k in changed)
@@ -393,6 +401,68 @@ def enclosing_run(workdir: str) -> str | None:
         if isinstance(saved, dict) and "workdir" in saved:
             return here
     return None
+
+
+DATA_RECORD = "data.json"  # in the workdir, beside config.json: the data the run trained on (Dataset.record)
+
+
+def check_run_data(config: TrainConfig, record: dict) -> None:
+    """Refuses to continue the run in ``config.workdir`` on data other than its ``data.json`` records.
+
+    ``record`` is the :meth:`vae_jax.data.Dataset.record` of the data loaded now. The same ``--dataset``
+    can name other data on another machine or day: ``mnist`` is TFDS's 70,000 digits or, offline, the
+    5,000 embedded ones; a file or folder can be replaced. A run without ``data.json`` (written before it
+    existed) is not checked.
+
+    Raises:
+      ConfigError: one line naming ``--dataset`` and both sources.
+    """
+    mismatch = data_mismatch(config.workdir, record)
+    if mismatch is None:
+        return
+    trained_spec = _trained_on_spec(config.workdir)
+    same = f" (--dataset {trained_spec})" if trained_spec != record.get("source") else ""
+    raise ConfigError(
+        f"--dataset {config.dataset}: {mismatch}; continue it on the same data{same}, use another --workdir, or add "
+        f"--overwrite to move the old run into {os.path.join(config.workdir, REPLACED_PREFIX + 'DATE')}/")
+
+
+def data_mismatch(workdir: str, record: dict) -> str | None:
+    """``"--workdir W was trained on A, but this data is B"`` when ``record`` (a
+    :meth:`vae_jax.data.Dataset.record`) is not the data of ``WORKDIR/data.json``; None when it is, or when the
+    run has no ``data.json``."""
+    path = os.path.join(workdir, DATA_RECORD)
+    if not os.path.isfile(path):
+        return None
+    trained = _read_json(path, "record of the run's data")
+    keys = ("source", "n_train", "n_test", "image_shape", "fingerprint")
+    if all(_jsonable(trained.get(k)) == _jsonable(record.get(k)) for k in keys):
+        return None
+    return (f"--workdir {workdir} was trained on {data_lib.describe_record(trained)}, but this data is "
+            f"{data_lib.describe_record(record)}")
+
+
+def _trained_on_spec(workdir: str) -> str | None:
+    """The resolved ``--dataset`` the run in ``workdir`` trained on (``data.json``), e.g. ``mnist:embedded`` for a
+    run of ``--dataset mnist`` that fell back to the embedded digits; None when not recorded. Naming it is
+    no change of settings: :func:`check_run_data` checks the data itself once it is loaded."""
+    path = os.path.join(workdir, DATA_RECORD)
+    return _read_json(path, "record of the run's data").get("source") if os.path.isfile(path) else None
+
+
+def _trained_at_size(workdir: str, saved_size: int, image_size: int) -> bool:
+    """Whether a run trained with ``--image-size 0`` (the images' own size) trained on ``image_size`` squares, so
+    that asking for ``image_size`` now changes nothing (a ``--preset faces128`` run from before the preset set
+    ``--image-size 128``). Read from ``data.json`` or ``summary.json``; False when neither says."""
+    if saved_size != 0 or not image_size:
+        return False
+    for name in (DATA_RECORD, "summary.json"):
+        path = os.path.join(workdir, name)
+        if os.path.isfile(path):
+            record = _read_json(path, "run's records")
+            shape = record.get("image_shape") or record.get("dataset", {}).get("image_shape")
+            return bool(shape) and list(shape[:2]) == [image_size, image_size]
+    return False
 
 
 def _run_entries(workdir: str) -> list[str]:
@@ -649,6 +719,9 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     seeds = config.seed_list()
     plan = check_workdir(config)
     dataset = load_data(config) if dataset is None else dataset
+    data_record = dataset.record()
+    if plan.checkpoint_epoch is not None and not plan.move_aside:
+        check_run_data(config, data_record)
     workdir = config.workdir
     probe_workdir(workdir)
     # Every process has read (check_workdir) and probed the workdir before process 0 changes anything in it.
@@ -683,6 +756,7 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
             with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
                 f.writelines(json.dumps(line) + "\n" for line in history)
         write_json(os.path.join(workdir, "config.json"), config_record(config))
+        write_json(os.path.join(workdir, DATA_RECORD), data_record)
 
     # Devices and seed layout: vae_jax.parallel compiles the epoch and evaluation for them.
     layout = parallel.make_plan(len(seeds), config.batch_size, config.devices, config.seed_layout)

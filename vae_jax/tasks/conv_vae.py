@@ -23,6 +23,7 @@ PRESETS = ("none", "faces128")
 # a Gaussian decoder with fixed variance c = 1/2 (C = 1/(2c) = 1), whose -log p(x|z) is
 # ||x - f(z)||^2 + (D/2) log(pi); the reported ELBO keeps that constant.
 FACES128_FLAGS = {
+    "image_size": FACES128["image_shape"][0],  # a folder of other sizes is resized and centre-cropped to 128x128
     "latent_dim": FACES128["latent_dim"],
     "channels": FACES128["channels"],
     "hidden": FACES128["hidden"],
@@ -39,7 +40,11 @@ class ConvVAEConfig(VAEObjectiveConfig):
     1024-vector, fc1/fc2 1024 -> 64, fc3 64 -> 1024, transposed convolutions
     back to 128x128x3) trained on summed squared error + KL, i.e. the Gaussian
     likelihood with c = 1/2, which differs from the lecture's MSE-sum + KLD by
-    the constant (D/2) log(pi), D = 128*128*3. The lecture notebook computes
+    the constant (D/2) log(pi), D = 128*128*3. The preset sets ``--image-size 128``: images of another
+    size are resized (shorter side to 128) and centre-cropped. Grayscale images are refused with a
+    one-line error rather than repeated into RGB: the face model is a colour model, and a grayscale set is
+    more often the wrong ``--dataset`` (the default ``mnist``) than a wish to train it on gray faces
+    (``--preset none`` trains the conv VAE on any channel count). The lecture notebook computes
     the KLD with ``torch.mean`` (dividing the KL by batch x 64); that is not
     the ELBO, and here the KL is summed over the 64 dimensions as the ELBO
     requires. Run it with ``--dataset folder:PATH`` of face images:
@@ -49,9 +54,9 @@ class ConvVAEConfig(VAEObjectiveConfig):
 
     kind: ClassVar[str] = "conv_vae"
 
-    preset: str = field("none", "faces128: the lecture's 128x128x3 face model (sets --latent-dim 64, --channels "
-                        "32,32,64,64,128,256, --hidden 0, --likelihood gaussian, --decoder-logvar log(1/2))",
-                        choices=PRESETS)
+    preset: str = field("none", "faces128: the lecture's 128x128x3 face model on colour images (sets --image-size "
+                        "128, --latent-dim 64, --channels 32,32,64,64,128,256, --hidden 0, --likelihood gaussian, "
+                        "--decoder-logvar log(1/2))", choices=PRESETS)
     latent_dim: int = field(16, "latent dimensions")
     channels: tuple[int, ...] = field((16, 32), "channels of the stride-2 encoder convolutions (the decoder "
                                       "mirrors them); each halves the image")
@@ -77,6 +82,11 @@ class ConvVAEConfig(VAEObjectiveConfig):
         require(self.kernel_size >= 2, "kernel_size", "an integer >= 2", self.kernel_size)
         if self.preset == "faces128":
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            side = FACES128_FLAGS["image_size"]
+            if self.image_size not in (0, side):
+                raise ConfigError(f"--image-size {self.image_size} contradicts --preset faces128, which trains on "
+                                  f"{side}x{side} images: leave --image-size out (the preset resizes and centre-crops "
+                                  f"the images to {side}x{side}), or use --preset none")
             for name, value in FACES128_FLAGS.items():
                 mine = getattr(self, name)
                 if mine != defaults[name] and mine != value:
@@ -95,8 +105,12 @@ def build_conv_vae(config: ConvVAEConfig, image_shape) -> ConvVAE:
     config = config.resolved()
     image_shape = tuple(int(d) for d in image_shape)
     if config.preset == "faces128" and image_shape != FACES128["image_shape"]:
+        got = "x".join(map(str, image_shape))
+        if image_shape[:2] == FACES128["image_shape"][:2] and image_shape[2] == 1:
+            raise ConfigError(f"--preset faces128 trains on colour images; --dataset {config.dataset} holds grayscale "
+                              f"ones ({got}): use a folder of colour photos, or --preset none for grayscale images")
         raise ConfigError(f"--preset faces128 needs 128x128x3 images (e.g. --dataset folder:PATH of face images), "
-                          f"got {'x'.join(map(str, image_shape))}")
+                          f"got {got}")
     h, w, _ = bottleneck_shape(image_shape, config.channels)
     if h < 1 or w < 1 or min(image_shape[:2]) < 2 ** len(config.channels) // 2:
         raise ConfigError(f"--channels {','.join(map(str, config.channels))}: {len(config.channels)} halvings do "
