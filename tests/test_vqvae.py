@@ -40,7 +40,7 @@ def test_presets_and_flag_errors():
     assert vq.VQVAEConfig(codebook_size=32).num_codes == 32
     for bad, flag in (({"codebook": "adam"}, "--codebook"), ({"kmeans_init": "yes"}, "--kmeans-init"),
                       ({"ema_decay": 1.0}, "--ema-decay"), ({"channels": (8,)}, "--channels"),
-                      ({"dead_code_steps": (-1,)}, "--dead-code-steps")):
+                      ({"dead_code_steps": (-1,)}, "--dead-code-steps"), ({"ema_rule": "haiku"}, "--ema-rule")):
         with pytest.raises(cli.ConfigError, match=flag):
             vq.VQVAEConfig(**bad).validate()
     with pytest.raises(cli.ConfigError, match="divisible by 4"):
@@ -80,8 +80,9 @@ def test_codebook_gradient_only_in_grad_mode_and_only_on_used_codes(tmp_path, mn
         np.testing.assert_array_equal(np.delete(row_norms, used), 0.0)
 
 
-def test_ema_train_step_moves_used_codes_and_evaluation_changes_nothing(tmp_path, mnist_small):
-    config = _config(tmp_path, codebook="ema", dead_code_steps=(0,))
+@pytest.mark.parametrize("rule", ["keep", "sonnet"])
+def test_ema_train_step_moves_used_codes_and_evaluation_changes_nothing(tmp_path, mnist_small, rule):
+    config = _config(tmp_path, codebook="ema", dead_code_steps=(0,), ema_rule=rule)
     model, task = vq.vqvae_task(config, mnist_small.image_shape)
     optimizer = runner.make_optimizer(config)
     params = task.init_params(jax.random.key(0))
@@ -93,7 +94,11 @@ def test_ema_train_step_moves_used_codes_and_evaluation_changes_nothing(tmp_path
     state, metrics = step(state, batch, jax.random.key(2))
     codebook1 = np.asarray(state.params["codebook"])
     moved = np.any(codebook1 != codebook0, axis=1)
-    np.testing.assert_array_equal(np.nonzero(moved)[0], used)
+    if rule == "keep":
+        np.testing.assert_array_equal(np.nonzero(moved)[0], used)
+    else:  # Sonnet/Haiku: every code rewritten, the never-used ones to 0 (their averages are 0)
+        np.testing.assert_array_equal(np.nonzero(np.any(codebook1 != 0, axis=1))[0], used)
+        assert np.all(moved)
     assert int(state.model_state["ema"]["count"]) == 1
     assert float(metrics["batch_codes_used"]) == len(used)
 
