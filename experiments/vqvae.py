@@ -4,6 +4,11 @@
     python -m experiments.vqvae --codebook grad,ema --kmeans-init off,on --workdir runs/vq_compare  # one table
     python -m experiments.vqvae --epochs 1 --prior-epochs 1 --vae-epochs 1 --workdir /tmp/vq-local  # smoke test
 
+The default codebook is the best measured setting (docs/notes/vqvae_codebook.md):
+EMA with dead-code restarts after 100 steps, no k-means init. ``--dead-code-steps 0``
+gives the earlier default (EMA alone), ``--codebook grad --dead-code-steps 0`` the
+paper's gradient codebook, ``--ema-rule sonnet`` Sonnet's and Haiku's EMA step.
+
 Stage 1 trains the VQ-VAE (:mod:`vae_jax.tasks.vqvae`) through the shared
 runner (``--seeds``, checkpoints, resume as in ``experiments.vae``). Stage 2
 encodes the training and test images to code grids with the first seed's

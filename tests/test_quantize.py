@@ -1,5 +1,7 @@
 """Tests of vae_jax.quantize against NumPy brute force, hand computations and jax.grad."""
 
+import doctest
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -77,7 +79,7 @@ def test_codebook_loss_trains_only_the_chosen_codes():
 
     def loss(z, cb):
         q = quantize.vector_quantize(z, cb)
-        return jnp.sum(quantize.vq_codebook_loss(q.z_e, q.codes))
+        return jnp.sum(quantize.vq_codebook_loss(q))
 
     grad_z, grad_cb = jax.grad(loss, argnums=(0, 1))(z_e, codebook)
     np.testing.assert_array_equal(np.asarray(grad_z), 0.0)
@@ -98,7 +100,7 @@ def test_commitment_loss_gives_no_gradient_to_the_codebook():
 
     def loss(z, cb):
         q = quantize.vector_quantize(z, cb)
-        return jnp.sum(quantize.vq_commitment_loss(q.z_e, q.codes))
+        return jnp.sum(quantize.vq_commitment_loss(q))
 
     grad_z, grad_cb = jax.grad(loss, argnums=(0, 1))(z_e, codebook)
     np.testing.assert_array_equal(np.asarray(grad_cb), 0.0)
@@ -111,9 +113,43 @@ def test_vq_losses_are_per_example_sums_over_the_grid():
     q = quantize.vector_quantize(z_e, codebook)
     expected = np.sum((np.asarray(z_e) - np.asarray(q.codes)) ** 2, axis=(1, 2, 3))
     for fn in (quantize.vq_codebook_loss, quantize.vq_commitment_loss):
-        values = fn(q.z_e, q.codes)
+        values = fn(q)
         chex.assert_shape(values, (2,))
         np.testing.assert_allclose(np.asarray(values), expected, rtol=1e-5)
+
+
+def test_vq_losses_of_a_sequence_need_its_event_ndim():
+    z_e, codebook = jnp.asarray(_random(20, 3, 5, 4)), jnp.asarray(_random(21, 6, 4))  # [B, T, D]
+    q = quantize.vector_quantize(z_e, codebook)
+    for fn in (quantize.vq_codebook_loss, quantize.vq_commitment_loss):
+        with pytest.raises(ValueError, match=r"event_ndim=3 needs rank >= 4.*2 for \[B, T, D\]"):
+            fn(q)  # the default event_ndim=3 would sum the whole batch into one number
+        expected = np.sum((np.asarray(z_e) - np.asarray(codebook)[np.asarray(q.indices)]) ** 2, axis=(1, 2))
+        np.testing.assert_allclose(np.asarray(fn(q, event_ndim=2)), expected, rtol=1e-5)
+
+
+def test_vq_losses_take_the_quantized_so_the_codebook_always_gets_its_gradient():
+    z_e, codebook = _setup()
+    q = quantize.vector_quantize(z_e, codebook)
+    for fn in (quantize.vq_codebook_loss, quantize.vq_commitment_loss):
+        with pytest.raises(TypeError, match="takes the Quantized that vector_quantize returns"):
+            fn(q.z_e, q.z_q)  # z_q instead of codes used to give the codebook no gradient, silently
+
+    idx = np.argmin(((np.asarray(z_e)[..., None, :] - np.asarray(codebook)) ** 2).sum(-1), axis=-1)  # NumPy
+
+    def by_hand(cb):  # sum_n ||sg[z_n] - e_{k(n)}||^2 with the NumPy nearest codes
+        return jnp.sum(jnp.square(z_e - cb[idx]))
+
+    grad = jax.grad(lambda cb: jnp.sum(quantize.vq_codebook_loss(quantize.vector_quantize(z_e, cb))))(codebook)
+    chex.assert_trees_all_close(grad, jax.grad(by_hand)(codebook), atol=1e-5)
+    assert np.abs(np.asarray(grad)).sum() > 0
+
+
+def test_the_pairing_example_in_the_docstring_runs():
+    finder = doctest.DocTestFinder()
+    (test,) = finder.find(quantize.vq_codebook_loss, "vq_codebook_loss", globs={})
+    result = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE).run(test)
+    assert result.attempted >= 5 and result.failed == 0
 
 
 # --- usage statistics -----------------------------------------------------------------
@@ -192,6 +228,48 @@ def test_ema_reset_reads_as_weight_vectors_at_the_new_code():
     np.testing.assert_allclose(float(new.cluster_size[2]) / debias, 3.0, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(new.code_sum[2]) / debias, 3.0 * np.asarray(codebook[2]), rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(new.cluster_size)[[0, 1, 3]], np.asarray(state.cluster_size)[[0, 1, 3]])
+
+
+def _haiku_vector_quantizer_ema(steps, embeddings, decay, eps):
+    """Haiku's VectorQuantizerEMA training updates in NumPy: its [D, K] layout, one debiased
+    ExponentialMovingAverage (hidden, counter) each for the cluster sizes and dw."""
+    d, k = embeddings.shape
+    ema = {"size": [np.zeros(k), 0], "dw": [np.zeros((d, k)), 0]}
+
+    def moving_average(name, value):
+        hidden, counter = ema[name]
+        counter += 1
+        hidden = hidden * decay + value * (1 - decay)
+        ema[name] = [hidden, counter]
+        return hidden / (1.0 - decay**counter)
+
+    for flat_inputs, idx in steps:
+        encodings = np.eye(k)[idx]  # [N, K]
+        cluster_size = moving_average("size", encodings.sum(0))
+        dw = moving_average("dw", flat_inputs.T @ encodings)  # [D, K]
+        n = cluster_size.sum()
+        cluster_size = (cluster_size + eps) / (n + k * eps) * n
+        embeddings = dw / cluster_size.reshape(1, -1)
+    return embeddings
+
+
+def test_sonnet_rule_matches_haikus_vector_quantizer_ema():
+    k, d, decay, eps = 6, 3, 0.9, 1e-5
+    codebook = _random(22, k, d)
+    steps = [(_random(23, 5, d), np.array([0, 0, 2, 3, 0])), (_random(24, 4, d), np.array([2, 2, 5, 0])),
+             (_random(25, 3, d), np.array([3, 3, 3]))]  # code 1 and 4 never used, 5 used once
+    state, cb = quantize.ema_init(k, d), jnp.asarray(codebook)
+    update = jax.jit(quantize.ema_update, static_argnames=("decay", "epsilon", "rule"))
+    for t, (z, idx) in enumerate(steps, start=1):
+        cb, state = update(state, cb, jnp.asarray(z), jnp.asarray(idx), decay=decay, epsilon=eps, rule="sonnet")
+        expected = _haiku_vector_quantizer_ema(steps[:t], codebook.T, decay, eps).T
+        np.testing.assert_allclose(np.asarray(cb), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(cb)[[1, 4]], 0.0)  # never used: 0, where "keep" keeps them
+    kept, _ = quantize.ema_update(quantize.ema_init(k, d), jnp.asarray(codebook), jnp.asarray(steps[0][0]),
+                                  jnp.asarray(steps[0][1]), decay, eps)
+    np.testing.assert_array_equal(np.asarray(kept)[[1, 4]], codebook[[1, 4]])
+    with pytest.raises(ValueError, match="rule must be one of keep, sonnet"):
+        quantize.ema_update(state, cb, jnp.asarray(z), jnp.asarray(idx), rule="haiku")
 
 
 # --- dead-code restart ----------------------------------------------------------------

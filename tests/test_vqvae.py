@@ -40,11 +40,31 @@ def test_presets_and_flag_errors():
     assert vq.VQVAEConfig(codebook_size=32).num_codes == 32
     for bad, flag in (({"codebook": "adam"}, "--codebook"), ({"kmeans_init": "yes"}, "--kmeans-init"),
                       ({"ema_decay": 1.0}, "--ema-decay"), ({"channels": (8,)}, "--channels"),
-                      ({"dead_code_steps": (-1,)}, "--dead-code-steps")):
+                      ({"dead_code_steps": (-1,)}, "--dead-code-steps"), ({"ema_rule": "haiku"}, "--ema-rule")):
         with pytest.raises(cli.ConfigError, match=flag):
             vq.VQVAEConfig(**bad).validate()
     with pytest.raises(cli.ConfigError, match="divisible by 4"):
         vq.VQVAEConfig().validate_for((30, 30, 1))
+
+
+def test_default_codebook_is_ema_with_dead_code_restarts_and_the_old_one_is_a_flag_away(tmp_path):
+    config = cli.parse_config(vq.VQVAEConfig, ["--workdir", str(tmp_path / "run")])
+    assert (config.codebook, config.kmeans_init, config.dead_code_steps, config.ema_rule) == ("ema", "off", (100,),
+                                                                                              "keep")
+    old = cli.parse_config(vq.VQVAEConfig, ["--dead-code-steps", "0"])
+    assert old.dead_code_steps == (0,) and old.codebook == "ema"
+    assert cli.parse_config(vq.VQVAEConfig, ["--codebook", "grad"]).codebook == "grad"
+    # The default update restarts a code unused for 100 steps onto one of the step's encoder outputs.
+    _, task = vq.vqvae_task(config, (28, 28, 1))
+    codebook = jnp.asarray(np.random.default_rng(0).normal(size=(64, 16)), jnp.float32)
+    z_e = jnp.asarray(np.random.default_rng(1).normal(size=(2, 7, 7, 16)), jnp.float32)
+    state = {**task.init_model_state(None), "steps_unused": jnp.full((64,), 99, jnp.int32)}
+    aux = {"z_e": z_e, "indices": jnp.zeros((2, 7, 7), jnp.int32)}  # only code 0 used
+    params, state, metrics = task.update_fn({"codebook": codebook}, state, aux, jnp.int32(0), jax.random.key(0))
+    assert float(metrics["codes_restarted"]) == 63
+    flat = np.asarray(z_e).reshape(-1, 16)
+    for row in np.asarray(params["codebook"])[1:]:
+        assert np.min(np.abs(flat - row).sum(axis=1)) == 0.0
 
 
 def test_a_bad_flag_exits_with_a_one_line_error(capsys):
@@ -80,8 +100,9 @@ def test_codebook_gradient_only_in_grad_mode_and_only_on_used_codes(tmp_path, mn
         np.testing.assert_array_equal(np.delete(row_norms, used), 0.0)
 
 
-def test_ema_train_step_moves_used_codes_and_evaluation_changes_nothing(tmp_path, mnist_small):
-    config = _config(tmp_path, codebook="ema", dead_code_steps=(0,))
+@pytest.mark.parametrize("rule", ["keep", "sonnet"])
+def test_ema_train_step_moves_used_codes_and_evaluation_changes_nothing(tmp_path, mnist_small, rule):
+    config = _config(tmp_path, codebook="ema", dead_code_steps=(0,), ema_rule=rule)
     model, task = vq.vqvae_task(config, mnist_small.image_shape)
     optimizer = runner.make_optimizer(config)
     params = task.init_params(jax.random.key(0))
@@ -93,7 +114,11 @@ def test_ema_train_step_moves_used_codes_and_evaluation_changes_nothing(tmp_path
     state, metrics = step(state, batch, jax.random.key(2))
     codebook1 = np.asarray(state.params["codebook"])
     moved = np.any(codebook1 != codebook0, axis=1)
-    np.testing.assert_array_equal(np.nonzero(moved)[0], used)
+    if rule == "keep":
+        np.testing.assert_array_equal(np.nonzero(moved)[0], used)
+    else:  # Sonnet/Haiku: every code rewritten, the never-used ones to 0 (their averages are 0)
+        np.testing.assert_array_equal(np.nonzero(np.any(codebook1 != 0, axis=1))[0], used)
+        assert np.all(moved)
     assert int(state.model_state["ema"]["count"]) == 1
     assert float(metrics["batch_codes_used"]) == len(used)
 
@@ -165,7 +190,7 @@ def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys, mon
     out, err = capsys.readouterr()  # the table and where it lies on stdout, the logs on stderr
     assert out == (workdir / "comparison.md").read_text() + f"outputs in {workdir}\n" and "data: " in err
     assert (workdir / "comparison.md").read_text().count("\n") == 4  # header, rule, two rows
-    for name in ("grad_kmeans-off_dead-0", "ema_kmeans-off_dead-0"):
+    for name in ("grad_kmeans-off_dead-100", "ema_kmeans-off_dead-100"):
         run = workdir / name
         summary = json.loads((run / "summary.json").read_text())
         assert summary["codebook_size"] == 16
@@ -183,4 +208,4 @@ def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys, mon
         experiment.main(argv[:-1] + ["--commitment", "0.5", "--no-progress"])
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()  # before any data is loaded or anything trained
-    assert "--commitment 0.25 there, 0.5 here" in line and "grad_kmeans-off_dead-0" in line
+    assert "--commitment 0.25 there, 0.5 here" in line and "grad_kmeans-off_dead-100" in line

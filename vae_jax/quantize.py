@@ -17,8 +17,11 @@ through to the encoder: ``z_q = z_e + sg[e_k - z_e]``.
 
 Per-example contract (as in :mod:`vae_jax.losses`): the losses sum over the
 trailing ``event_ndim`` axes (the grid and the code dimension; 3 for a
-``[B, H', W', D]`` grid) and keep every leading axis; they never reduce over
-the batch.
+``[B, H', W', D]`` grid, 2 for a ``[B, T, D]`` sequence) and keep every
+leading axis; they never reduce over the batch, and an input with no axis
+left before the event raises. They take the :class:`Quantized` that
+:func:`vector_quantize` returns, which pairs ``z_e`` with the right array
+(``codes``, not ``z_q``) for them.
 
 Codebook learning options (Razavi, van den Oord & Vinyals, "Generating
 Diverse High-Fidelity Images with VQ-VAE-2", NeurIPS 2019, and the 2017
@@ -26,7 +29,8 @@ paper's appendix A.1):
 
 * :func:`ema_update`: exponential moving averages of the cluster sizes and
   sums, Laplace-smoothed, zero-debiased (Kingma & Ba's bias correction) so the
-  first steps are not pulled towards the zero initial averages;
+  first steps are not pulled towards the zero initial averages; unused codes
+  kept, or (``rule="sonnet"``) rewritten as Sonnet and Haiku do;
 * :func:`kmeans`: k-means++ seeding and Lloyd steps over encoder outputs;
 * :func:`restart_dead_codes`: codes unused for N steps are moved onto randomly
   chosen recent encoder outputs;
@@ -121,29 +125,73 @@ def vector_quantize(z_e: jax.Array, codebook: jax.Array, cosine: bool = False) -
                      distances=distances.reshape(*lead, codebook.shape[0]))
 
 
-def vq_codebook_loss(z_e: jax.Array, codes: jax.Array, event_ndim: int = 3) -> jax.Array:
+def _check_quantized(function: str, quantized, event_ndim: int) -> None:
+    """Raises unless ``quantized`` is a :class:`Quantized` whose ``z_e`` keeps a batch axis under ``event_ndim``."""
+    if not isinstance(quantized, Quantized):
+        raise TypeError(f"{function} takes the Quantized that vector_quantize returns (its codes carry the "
+                        f"codebook's gradient, z_q none), got {type(quantized).__name__}: "
+                        f"call {function}(vector_quantize(z_e, codebook))")
+    shape = jnp.shape(quantized.z_e)
+    if len(shape) <= event_ndim:
+        raise ValueError(f"{function}: z_e has shape {shape} (rank {len(shape)}), but event_ndim={event_ndim} "
+                         f"needs rank >= {event_ndim + 1} to keep a batch axis; pass event_ndim=rank-1 "
+                         f"(2 for [B, T, D] sequences, 3 for [B, H', W', D] grids)")
+
+
+def vq_codebook_loss(quantized: Quantized, event_ndim: int = 3) -> jax.Array:
     """``||sg[z_e] - e||^2`` per example, summed over the grid and code dimension.
 
     Trains only the codebook (moves the chosen codes towards the encoder
-    outputs). Pass ``Quantized.codes`` (not ``z_q``, whose gradient goes to
-    the encoder) and ``Quantized.z_e``.
+    outputs). It takes the whole :class:`Quantized`, so it always pairs
+    ``z_e`` with ``codes`` (the gathered codebook rows, which carry the
+    codebook's gradient), never with ``z_q`` (equal in value, but its gradient
+    goes to the encoder: paired with ``z_q`` the codebook would learn nothing).
+
+    Args:
+      quantized: what :func:`vector_quantize` returned for ``z_e`` ``[B, ..., D]``.
+      event_ndim: trailing axes of ``z_e`` that form one example: 3 for a
+        ``[B, H', W', D]`` grid, 2 for a ``[B, T, D]`` sequence, 1 for ``[B, D]``.
 
     Returns:
-      ``[B]`` (the axes before the trailing ``event_ndim``).
+      ``[B]`` (the axes before the trailing ``event_ndim``); average it yourself.
+
+    Raises:
+      TypeError: for anything but a :class:`Quantized` (two arrays, say).
+      ValueError: when ``z_e`` has no axis left before the trailing
+        ``event_ndim`` (``[B, T, D]`` under the default 3 would sum the batch).
+
+    Example, the VQ-VAE's VQ terms of a ``[B, T, D]`` sequence (``beta`` = 0.25):
+
+    >>> import jax, jax.numpy as jnp
+    >>> from vae_jax import quantize
+    >>> z_e = jnp.array([[[0.75, 0.25], [0.0, 1.5]]])  # [B=1, T=2, D=2] encoder outputs
+    >>> codebook = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # [K=2, D=2]
+    >>> def vq_terms(z_e, codebook):
+    ...     q = quantize.vector_quantize(z_e, codebook)
+    ...     return quantize.vq_codebook_loss(q, 2) + 0.25 * quantize.vq_commitment_loss(q, 2)  # [B]
+    >>> vq_terms(z_e, codebook)  # (1 + 0.25) * (0.125 + 0.25)
+    Array([0.46875], dtype=float32)
+    >>> jax.grad(lambda cb: vq_terms(z_e, cb).sum())(codebook)  # 2 (e_k - z_e), summed over its vectors
+    Array([[ 0.5, -0.5],
+           [ 0. , -1. ]], dtype=float32)
     """
-    return _sum_event(jnp.square(jax.lax.stop_gradient(z_e) - codes), event_ndim)
+    _check_quantized("vq_codebook_loss", quantized, event_ndim)
+    return _sum_event(jnp.square(jax.lax.stop_gradient(quantized.z_e) - quantized.codes), event_ndim)
 
 
-def vq_commitment_loss(z_e: jax.Array, codes: jax.Array, event_ndim: int = 3) -> jax.Array:
+def vq_commitment_loss(quantized: Quantized, event_ndim: int = 3) -> jax.Array:
     """``||z_e - sg[e]||^2`` per example, summed over the grid and code dimension.
 
     Makes the encoder commit to its code; gives the codebook no gradient.
-    The VQ-VAE weighs it by ``beta`` (0.25 in the paper).
+    The VQ-VAE weighs it by ``beta`` (0.25 in the paper). Takes the whole
+    :class:`Quantized` (``z_e`` with the gradient to the encoder, not ``z_q``);
+    ``event_ndim`` and the errors as in :func:`vq_codebook_loss`.
 
     Returns:
       ``[B]``.
     """
-    return _sum_event(jnp.square(z_e - jax.lax.stop_gradient(codes)), event_ndim)
+    _check_quantized("vq_commitment_loss", quantized, event_ndim)
+    return _sum_event(jnp.square(quantized.z_e - jax.lax.stop_gradient(quantized.codes)), event_ndim)
 
 
 # --- codebook usage -------------------------------------------------------------------
@@ -199,8 +247,11 @@ def ema_init(num_codes: int, code_dim: int) -> EMAState:
                     jnp.zeros((), jnp.int32))
 
 
+EMA_RULES = ("keep", "sonnet")  # what ema_update does to the codes not used in a step
+
+
 def ema_update(state: EMAState, codebook: jax.Array, z_e: jax.Array, indices: jax.Array,
-               decay: float = 0.99, epsilon: float = 1e-5) -> tuple[jax.Array, EMAState]:
+               decay: float = 0.99, epsilon: float = 1e-5, rule: str = "keep") -> tuple[jax.Array, EMAState]:
     """One EMA codebook step (van den Oord et al. 2017, appendix A.1; Razavi et al. 2019).
 
     With ``n_k`` the number of vectors of ``z_e`` assigned to code k and
@@ -212,11 +263,18 @@ def ema_update(state: EMAState, codebook: jax.Array, z_e: jax.Array, indices: ja
     ``m^_k = m_k / (1 - decay^t)`` after t updates (so the first step gives
     the cluster means, not means pulled 99% towards zero). The cluster
     sizes are Laplace-smoothed, ``N~_k = (N^_k + eps) / (n + K eps) * n``
-    with ``n = sum_k N^_k``, so that no division is by zero, and the codes
-    used in this step become ``e_k = m^_k / N~_k``. Codes not used in this
-    step keep their vector (their averages decay together, so their ratio,
-    and the code, would barely move; a never-used code would otherwise be
-    set to 0).
+    with ``n = sum_k N^_k``, so that no division is by zero, and the new
+    codes are ``e_k = m^_k / N~_k``.
+
+    ``rule`` says which codes take that value:
+
+    * ``"keep"`` (default): only the codes used in this step; the others keep
+      their vector (their averages decay together, so their ratio, and the
+      code, would barely move; a never-used code would be set to 0).
+    * ``"sonnet"``: every code, as Sonnet 2's and Haiku's
+      ``VectorQuantizerEMA`` do (their ``ExponentialMovingAverage`` debiases
+      the same way): a code never used becomes 0, so their runs can be
+      reproduced exactly.
 
     Args:
       state: :class:`EMAState`.
@@ -225,10 +283,13 @@ def ema_update(state: EMAState, codebook: jax.Array, z_e: jax.Array, indices: ja
       indices: ``[...]`` their code indices.
       decay: EMA decay in [0, 1).
       epsilon: Laplace smoothing constant.
+      rule: ``"keep"`` or ``"sonnet"`` (:data:`EMA_RULES`).
 
     Returns:
       ``(codebook [K, D], state)``. Call it only in training steps.
     """
+    if rule not in EMA_RULES:
+        raise ValueError(f"ema_update: rule must be one of {', '.join(EMA_RULES)}, got {rule!r}")
     num_codes, dim = codebook.shape
     flat = jax.lax.stop_gradient(z_e).reshape(-1, dim).astype(jnp.float32)  # [N, D]
     one_hot = jax.nn.one_hot(indices.reshape(-1), num_codes, dtype=jnp.float32)  # [N, K]
@@ -242,10 +303,10 @@ def ema_update(state: EMAState, codebook: jax.Array, z_e: jax.Array, indices: ja
     sum_hat = code_sum / debias
     total = jnp.sum(size_hat)
     smoothed = (size_hat + epsilon) / (total + num_codes * epsilon) * total  # [K]
-    new_codes = sum_hat / smoothed[:, None]
-    used = batch_size > 0
-    codebook = jnp.where(used[:, None], new_codes.astype(codebook.dtype), codebook)
-    return codebook, EMAState(cluster_size, code_sum, count)
+    new_codes = (sum_hat / smoothed[:, None]).astype(codebook.dtype)
+    if rule == "keep":
+        new_codes = jnp.where((batch_size > 0)[:, None], new_codes, codebook)
+    return new_codes, EMAState(cluster_size, code_sum, count)
 
 
 def ema_reset_codes(state: EMAState, codebook: jax.Array, reset: jax.Array, decay: float = 0.99,
