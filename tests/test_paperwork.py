@@ -25,8 +25,12 @@ def pyproject() -> dict:
 
 def test_citation_is_valid_cff():
     pytest.importorskip("cffconvert")
-    result = subprocess.run([sys.executable, "-m", "cffconvert.cli.cli", "--validate", "-i",
-                             os.path.join(ROOT, "CITATION.cff")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "cffconvert.cli.cli", "--validate", "-i", os.path.join(ROOT, "CITATION.cff")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
