@@ -48,6 +48,9 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 napoleon_use_ivar = True  # dataclass fields listed once, under the class
 
+# Flags such as --seed stay two hyphens (no en dashes).
+smartquotes = False
+
 html_theme = "sphinx_book_theme"
 html_title = "vae_jax"
 html_theme_options = {
