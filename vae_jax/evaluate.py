@@ -35,6 +35,7 @@ def _check_positive_int(value, name: str) -> None:
 
 
 def eval_key() -> jax.Array:
+    """The fixed key of every evaluation, so a checkpoint evaluated twice gives the same numbers."""
     return jax.random.key(EVAL_SEED)
 
 

@@ -218,12 +218,12 @@ def orthogonality(columns: np.ndarray) -> dict[str, float]:
     """How far the columns of ``columns`` [d, m] are from an orthonormal (or orthogonal) basis.
 
     Returns:
-      ``max_abs_cosine``: the largest |cos| of the angle between two distinct
-        columns (0 for an orthogonal basis).
-      ``mean_abs_cosine``: the mean of the same over all pairs.
-      ``offdiag_gram_ratio``: ||G - diag(G)||_F / ||G||_F with G = W^T W (0
-        for orthogonal columns, whatever their lengths).
-      ``column_norm_min`` / ``column_norm_max``: column lengths (1 for orthonormal).
+      A dict with ``max_abs_cosine``, the largest ``|cos|`` of the angle between
+      two distinct columns (0 for an orthogonal basis); ``mean_abs_cosine``, the
+      mean of the same over all pairs; ``offdiag_gram_ratio``,
+      ``||G - diag(G)||_F / ||G||_F`` with ``G = W^T W`` (0 for orthogonal
+      columns, whatever their lengths); ``column_norm_min`` /
+      ``column_norm_max``, the column lengths (1 for orthonormal).
     """
     w = np.asarray(columns, np.float64)
     gram = w.T @ w  # [m, m]
@@ -242,7 +242,7 @@ def orthogonality(columns: np.ndarray) -> dict[str, float]:
 
 
 def cosine_matrix(columns: np.ndarray) -> np.ndarray:
-    """|cos| between every pair of columns ``[m, m]`` (identity for an orthogonal basis)."""
+    """``|cos|`` between every pair of columns ``[m, m]`` (identity for an orthogonal basis)."""
     w = np.asarray(columns, np.float64)
     w = w / np.linalg.norm(w, axis=0, keepdims=True)
     return np.abs(w.T @ w)
@@ -259,6 +259,7 @@ def align_basis(columns: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def degrees(radians) -> list[float]:
+    """Angles in radians as a list of Python floats in degrees (for JSON summaries)."""
     return [float(v) for v in np.degrees(np.asarray(radians))]
 
 

@@ -131,8 +131,11 @@ def gaussian_kl_between(
 ) -> jax.Array:
     """KL(N(mean_q, diag(exp(logvar_q))) || N(mean_p, diag(exp(logvar_p)))).
 
-    KL = 1/2 * sum_i (logvar_p - logvar_q
-                      + (exp(logvar_q) + (mean_q - mean_p)^2) / exp(logvar_p) - 1).
+    ::
+
+      KL = 1/2 * sum_i (logvar_p - logvar_q
+                        + (exp(logvar_q) + (mean_q - mean_p)^2) / exp(logvar_p) - 1).
+
     Used between a posterior and a learned prior in hierarchical VAEs
     (Sønderby et al. 2016; Vahdat & Kautz 2020). With ``mean_p = 0`` and
     ``logvar_p = 0`` it equals :func:`gaussian_kl`.
@@ -153,7 +156,7 @@ def bernoulli_nll(logits: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.A
     """-log p(x | logits) for independent Bernoulli pixels, in nats.
 
     -log p = sum softplus(l) - x * l, which is the binary cross-entropy and
-    stays finite and exact for |logits| of 1e4 and more. ``x`` may hold gray
+    stays finite and exact for ``|logits|`` of 1e4 and more. ``x`` may hold gray
     values in [0, 1] (used as Bernoulli means, as the reference VAE does);
     then this is the cross-entropy, not a normalised log-likelihood.
 
