@@ -78,8 +78,14 @@ def test_only_process_0_writes_figures_and_records(tmp_path, monkeypatch):
     for module in training:
         tree = ast.parse(module.read_text())
         guarded = set()
+        # Process 0's report step: the functions that runner.report_on_main(workdir, lambda: NAME(...)) calls.
+        reports = {n.func.id for call in ast.walk(tree) if isinstance(call, ast.Call)
+                   and getattr(call.func, "attr", "") == "report_on_main"
+                   for n in ast.walk(call) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
         for node in ast.walk(tree):
             if isinstance(node, ast.If) and "is_main_process" in ast.unparse(node.test):
+                guarded.update(id(n) for n in ast.walk(node))
+            if isinstance(node, ast.FunctionDef) and node.name in reports:
                 guarded.update(id(n) for n in ast.walk(node))
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call) or id(node) in guarded:

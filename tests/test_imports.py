@@ -17,12 +17,16 @@ LAYERS = {
     "base": ["errors", "arrays", "caches"],
     "maths": ["ops", "losses", "quantize", "schedules", "objectives", "penalties", "corruption", "evaluate",
               "diagnostics", "precision", "models", "models.*"],
-    "data": ["data", ""],  # "": the package's __init__ (the small public API: data, losses, models, ops)
+    "data": ["data"],
     "protocol": ["protocol"],
     "families": ["tasks", "tasks.*", "linear_ae", "classifier", "latent_metrics", "latent_views"],
     "step": ["train"],
-    "driver": ["runner", "parallel", "streaming", "faults", "distributed", "checkpoint", "tensorboard", "plots"],
+    "driver": ["runner", "parallel", "streaming", "faults", "distributed", "checkpoint", "tensorboard", "plots",
+               "trained"],
     "cli": ["cli"],
+    # "": the package's __init__ (the small public API: data, losses, models, ops; load_run and export_run
+    # from vae_jax.trained when first used). No module imports the package itself.
+    "package": [""],
 }
 # The rules a review found broken, spelled out; the rank check below implies each of them.
 FORBIDDEN = [("maths", "driver"), ("maths", "data"), ("maths", "cli"), ("families", "driver"), ("families", "cli"),

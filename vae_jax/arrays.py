@@ -8,6 +8,8 @@ and the driver all call these, so they live below all of them (the layer table i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from vae_jax import caches
@@ -52,6 +54,20 @@ def to_host(tree):
     return jax.tree_util.tree_map(fetch, tree)
 
 
+def bare_params(tree):
+    """The bare params tree of ``tree``.
+
+    ``model.init`` returns flax's variables ``{"params": ...}`` and
+    ``model.apply`` wants them so; the queries of :mod:`vae_jax.tasks`, the
+    evaluation and the samplers take the bare tree inside. Either is accepted:
+    a mapping whose only key is ``"params"`` is unwrapped, anything else is
+    returned as it is.
+    """
+    if isinstance(tree, Mapping) and set(tree.keys()) == {"params"} and isinstance(tree["params"], Mapping):
+        return tree["params"]
+    return tree
+
+
 @caches.jit_run_once(static_argnums=(0, 1, 2))
 def run_query(query, model, options: tuple, params, *arrays):
     """``query(model, params, *arrays, **dict(options))``, compiled once per (query, model, options, shapes).
@@ -67,7 +83,9 @@ def apply_in_batches(query, model, params, *arrays: np.ndarray, batch_size: int 
 
     Returns the results concatenated on the host. ``query`` should be a module-level function: a
     closure made afresh at each call is a new static argument, so it compiles again every time.
+    ``params``: the bare tree or flax's variables ``{"params": ...}``.
     """
+    params = bare_params(params)
     arrays = tuple(np.asarray(a) for a in arrays)
     static = tuple(sorted(options.items()))
     return np.concatenate([

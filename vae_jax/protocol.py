@@ -27,8 +27,9 @@ protocol ``protocol`` (:class:`Task`, :class:`TrainConfig`, the optimizer flags)
 families ``tasks/*``, ``linear_ae``, ``classifier``, ``latent_metrics``, ``latent_views``
 step     ``train`` (train state, the step, the epoch, the optimizer from the config)
 driver   ``runner``, ``parallel``, ``streaming``, ``faults``, ``distributed``, ``checkpoint``, ``tensorboard``,
-         ``plots``
+         ``plots``, ``trained`` (a trained run as one object: ``load_run``, ``export_run``)
 cli      ``cli`` (argparse; ``parse_config``, ``user_errors``)
+package  ``vae_jax`` itself (re-exports; ``load_run`` and ``export_run`` imported when first used)
 ======== =====================================================================================================
 """
 

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from vae_jax import evaluate, runner
-from vae_jax.cli import ConfigError
+from vae_jax.errors import ConfigError
 from vae_jax.data import pixels_to_float
 from vae_jax.tasks import autoencoder as ae_tasks, conv_vae as conv_tasks, cvae as cvae_tasks, hvae as hvae_tasks
 from vae_jax.tasks import prior as prior_tasks, vae as vae_tasks, vqvae as vq_tasks
