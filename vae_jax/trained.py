@@ -544,6 +544,7 @@ MODEL_CLASSES = {"vae": GaussianVAEModel, "conv_vae": GaussianVAEModel, "cvae": 
 
 
 def make_trained_model(kind: str, *args, **kwargs) -> TrainedModel:
+    """The :class:`TrainedModel` subclass of the family ``kind`` (``config.json``'s ``kind``), built from ``args``."""
     return MODEL_CLASSES[kind](kind, *args, **kwargs)
 
 
