@@ -63,27 +63,50 @@ def write_figures(config: tasks.AEConfig, model, result: runner.TrainResult) -> 
         rows, labels = [x, output], ["original", "reconstruction"]
     arch = config.arch if config.arch == "mlp" else f"conv, {config.upsampling}"
     workdir = config.workdir
-    paths = [plots.save_image_rows(rows, labels, os.path.join(workdir, "reconstructions.png"),
-                                   f"{config.variant} autoencoder ({arch}): test digits (seed {result.seeds[0]})")]
+    paths = [
+        plots.save_image_rows(
+            rows,
+            labels,
+            os.path.join(workdir, "reconstructions.png"),
+            f"{config.variant} autoencoder ({arch}): test digits (seed {result.seeds[0]})",
+        )
+    ]
     loss_keys = ["train_loss", "test_loss", "test_recon"]
     if config.variant == "masked":
         loss_keys += ["test_masked_recon", "test_all_recon"]
     if config.variant == "contractive":
         loss_keys += ["test_penalty"]
     unit = "nats" if config.loss == "bce" else "squared error"
-    paths.append(plots.save_curves(result.history, loss_keys, os.path.join(workdir, "loss_curves.png"),
-                                   "Training and test loss", ylabel=f"{unit} per example"))
+    paths.append(
+        plots.save_curves(
+            result.history,
+            loss_keys,
+            os.path.join(workdir, "loss_curves.png"),
+            "Training and test loss",
+            ylabel=f"{unit} per example",
+        )
+    )
     psnr_keys = ["test_psnr", "test_noisy_psnr", "test_denoised_psnr", "test_inpaint_psnr", "test_masked_input_psnr"]
-    paths.append(plots.save_curves(result.history, psnr_keys, os.path.join(workdir, "psnr_curves.png"),
-                                   "Test PSNR (higher is better)", ylabel="dB",
-                                   labels={f"test_{k}": text for k, text in metric_labels(config).items()}))
+    paths.append(
+        plots.save_curves(
+            result.history,
+            psnr_keys,
+            os.path.join(workdir, "psnr_curves.png"),
+            "Test PSNR (higher is better)",
+            ylabel="dB",
+            labels={f"test_{k}": text for k, text in metric_labels(config).items()},
+        )
+    )
     return paths
 
 
 def metric_labels(config: tasks.AEConfig) -> dict[str, str]:
     """What each PSNR metric compares, for the figure legend and ``summary.json``."""
-    clean = "psnr: output for the clean input vs clean" if config.variant in ("denoising", "masked") else \
-        "psnr: reconstruction vs input"
+    clean = (
+        "psnr: output for the clean input vs clean"
+        if config.variant in ("denoising", "masked")
+        else "psnr: reconstruction vs input"
+    )
     return {
         "psnr": clean,
         "noisy_psnr": "noisy_psnr: noisy input vs clean",
@@ -98,11 +121,15 @@ def result_line(config: tasks.AEConfig, summary: dict) -> str:
     clean = " (clean input)" if config.variant in ("denoising", "masked") else ""
     parts = [f"test MSE {test['mse']:.4f}, PSNR {test['psnr']:.2f} dB{clean}"]
     if config.variant == "denoising":
-        parts.append(f"noisy input {test['noisy_psnr']:.2f} dB -> output for the noisy input (denoised) "
-                     f"{test['denoised_psnr']:.2f} dB")
+        parts.append(
+            f"noisy input {test['noisy_psnr']:.2f} dB -> output for the noisy input (denoised) "
+            f"{test['denoised_psnr']:.2f} dB"
+        )
     elif config.variant == "masked":
-        parts.append(f"inpainting PSNR on the masked region {test['inpaint_psnr']:.2f} dB "
-                     f"(blank input {test['masked_input_psnr']:.2f} dB)")
+        parts.append(
+            f"inpainting PSNR on the masked region {test['inpaint_psnr']:.2f} dB "
+            f"(blank input {test['masked_input_psnr']:.2f} dB)"
+        )
     elif config.variant == "contractive":
         parts.append(f"||dz/dx||_F^2 {test['jacobian_fro2']:.3f}")
     return "; ".join(parts)
@@ -124,11 +151,16 @@ def report(config: tasks.AEConfig, model, result: runner.TrainResult) -> dict:
     """Figures, ``summary.json`` and the result line (process 0 alone); returns the summary."""
     figures = write_figures(config, model, result)
     labels = metric_labels(config)
-    result.summary["metric_descriptions"] = {k: labels[k].split(": ", 1)[1] for k in result.summary["test"] if k in labels}
+    result.summary["metric_descriptions"] = {
+        k: labels[k].split(": ", 1)[1] for k in result.summary["test"] if k in labels
+    }
     runner.write_summary(config.workdir, result.summary, figures)
-    print(f"{config.variant} autoencoder: {result_line(config, result.summary)}; outputs in {config.workdir}; "
-          f"data {result.dataset.describe()}")
+    print(
+        f"{config.variant} autoencoder: {result_line(config, result.summary)}; outputs in {config.workdir}; "
+        f"data {result.dataset.describe()}"
+    )
     return result.summary
+
 
 if __name__ == "__main__":
     main()

@@ -61,7 +61,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -69,8 +70,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import cli
-from vae_jax import data as data_lib, evaluate, parallel, tasks, train
+from vae_jax import cli, evaluate, parallel, tasks, train
+from vae_jax import data as data_lib
 from vae_jax.cli import user_errors
 
 SECTIONS = ("epoch", "conv", "profile", "seeds", "target", "devices", "startup")
@@ -115,7 +116,9 @@ def make_minimal_epoch(batch_size: int, learning_rate: float = 1e-3):
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
-        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (order, jax.random.split(step_key, steps)))
+        (params, opt_state), losses = jax.lax.scan(
+            step, (params, opt_state), (order, jax.random.split(step_key, steps))
+        )
         return params, opt_state, jnp.mean(losses)
 
     return jax.jit(init), jax.jit(epoch, donate_argnums=(0, 1))
@@ -172,20 +175,30 @@ class RunnerPath:
     """The epoch program ``runner.train`` builds for ``config`` (same task, optimizer, keys, plan, epoch loop and
     data placement); ``task_fn(config, image_shape) -> (model, task)`` builds the task (default: the MLP VAE)."""
 
-    def __init__(self, x: np.ndarray, config, seed_layout: str | None = None, task_fn=tasks.vae_task,
-                 epoch_loop: str | None = None):
+    def __init__(
+        self,
+        x: np.ndarray,
+        config,
+        seed_layout: str | None = None,
+        task_fn=tasks.vae_task,
+        epoch_loop: str | None = None,
+    ):
         from vae_jax import runner
 
         _, self.task = task_fn(config, x.shape[1:])
         self.config = config
         self.optimizer = runner.make_optimizer(config)
         self.seeds = config.seed_list()
-        self.plan = parallel.make_plan(len(self.seeds), config.batch_size, config.devices,
-                                       seed_layout or config.seed_layout)
+        self.plan = parallel.make_plan(
+            len(self.seeds), config.batch_size, config.devices, seed_layout or config.seed_layout
+        )
         self.epoch_loop = parallel.choose_epoch_loop(
-            epoch_loop or config.epoch_loop, jax.devices()[0].platform,
-            lambda: runner.loss_has_convolution(self.task.loss_fn, jax.eval_shape(lambda: self.fresh()[0]), x, None,
-                                                config.batch_size))
+            epoch_loop or config.epoch_loop,
+            jax.devices()[0].platform,
+            lambda: runner.loss_has_convolution(
+                self.task.loss_fn, jax.eval_shape(lambda: self.fresh()[0]), x, None, config.batch_size
+            ),
+        )
         # runner.train's epoch: with the guard on, the unguarded program, replayed with the guard after a fault
         self.epoch_fn = runner.make_epoch(self.task, self.optimizer, config, self.plan, self.epoch_loop, len(x))
         # the program that runs each epoch (the fault-free one)
@@ -206,8 +219,10 @@ class RunnerPath:
     def steady(self, epoch_fn) -> SteadyEpochs:
         """Epochs of ``epoch_fn`` (this path's signature) on this path's fresh state, data and keys, each continuing
         the last (see :class:`SteadyEpochs`)."""
-        return SteadyEpochs(self.fresh, lambda carry, i: (epoch_fn(carry[0], self.data, carry[1].data,
-                                                                    carry[1].sample, jnp.int32(i))[0], carry[1]))
+        return SteadyEpochs(
+            self.fresh,
+            lambda carry, i: (epoch_fn(carry[0], self.data, carry[1].data, carry[1].sample, jnp.int32(i))[0], carry[1]),
+        )
 
     @functools.cached_property
     def time_epoch(self) -> SteadyEpochs:
@@ -262,8 +277,12 @@ class JaxVariants:
         def start():
             return train.init_train_state(self.runner.task.init_params(keys.init), self.runner.optimizer)
 
-        return SteadyEpochs(start, lambda state, i: train.loop_epoch(self.jit_step, state, self.data, keys.data,
-                                                                     keys.sample, i, self.batch_size)[0])
+        return SteadyEpochs(
+            start,
+            lambda state, i: train.loop_epoch(
+                self.jit_step, state, self.data, keys.data, keys.sample, i, self.batch_size
+            )[0],
+        )
 
 
 class TorchVariant:
@@ -283,8 +302,12 @@ class TorchVariant:
     def networks(self) -> tuple:
         """``(encoder, mean head, log-variance head, decoder)``, freshly initialised."""
         nn_ = self.torch.nn
-        return (nn_.Sequential(nn_.Linear(784, 400), nn_.ReLU()), nn_.Linear(400, 20), nn_.Linear(400, 20),
-                nn_.Sequential(nn_.Linear(20, 400), nn_.ReLU(), nn_.Linear(400, 784)))
+        return (
+            nn_.Sequential(nn_.Linear(784, 400), nn_.ReLU()),
+            nn_.Linear(400, 20),
+            nn_.Linear(400, 20),
+            nn_.Sequential(nn_.Linear(20, 400), nn_.ReLU(), nn_.Linear(400, 784)),
+        )
 
     @functools.cached_property
     def trained(self) -> tuple:
@@ -301,7 +324,7 @@ class TorchVariant:
         steps = len(self.x) // self.batch_size
         t0 = time.perf_counter()
         for i in range(steps):
-            xb = self.x[perm[i * self.batch_size:(i + 1) * self.batch_size]]
+            xb = self.x[perm[i * self.batch_size : (i + 1) * self.batch_size]]
             h = encoder(xb)
             mean, logvar = mean_l(h), logvar_l(h)
             z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
@@ -327,11 +350,25 @@ class TorchConvVariant(TorchVariant):
 
     def networks(self) -> tuple:
         nn_ = self.torch.nn
-        encoder = nn_.Sequential(nn_.Conv2d(1, 16, 4, 2, 1), nn_.ReLU(), nn_.Conv2d(16, 32, 4, 2, 1), nn_.ReLU(),
-                                 nn_.Flatten(), nn_.Linear(32 * 7 * 7, 128), nn_.ReLU())
-        decoder = nn_.Sequential(nn_.Linear(16, 128), nn_.ReLU(), nn_.Linear(128, 32 * 7 * 7), nn_.ReLU(),
-                                 nn_.Unflatten(1, (32, 7, 7)), nn_.ConvTranspose2d(32, 16, 4, 2, 1), nn_.ReLU(),
-                                 nn_.ConvTranspose2d(16, 1, 4, 2, 1))
+        encoder = nn_.Sequential(
+            nn_.Conv2d(1, 16, 4, 2, 1),
+            nn_.ReLU(),
+            nn_.Conv2d(16, 32, 4, 2, 1),
+            nn_.ReLU(),
+            nn_.Flatten(),
+            nn_.Linear(32 * 7 * 7, 128),
+            nn_.ReLU(),
+        )
+        decoder = nn_.Sequential(
+            nn_.Linear(16, 128),
+            nn_.ReLU(),
+            nn_.Linear(128, 32 * 7 * 7),
+            nn_.ReLU(),
+            nn_.Unflatten(1, (32, 7, 7)),
+            nn_.ConvTranspose2d(32, 16, 4, 2, 1),
+            nn_.ReLU(),
+            nn_.ConvTranspose2d(16, 1, 4, 2, 1),
+        )
         return encoder, nn_.Linear(128, 16), nn_.Linear(128, 16), decoder
 
 
@@ -351,8 +388,10 @@ def _medians(timers: dict, repeats: int) -> dict:
     for _ in range(repeats):
         for name, fn in timers.items():
             times[name].append(fn())
-    return {name: {"seconds_per_epoch": statistics.median(ts), "min_seconds": min(ts), "all_seconds": ts}
-            for name, ts in times.items()}
+    return {
+        name: {"seconds_per_epoch": statistics.median(ts), "min_seconds": min(ts), "all_seconds": ts}
+        for name, ts in times.items()
+    }
 
 
 # --- sections -------------------------------------------------------------------------------
@@ -362,9 +401,13 @@ def epoch_section(x: np.ndarray, pixels: np.ndarray, batch_sizes, repeats: int, 
     results = {}
     for batch_size in batch_sizes:
         jv = JaxVariants(x, pixels, batch_size)
-        timers = {"runner_path": jv.time_runner_path, "minimal_scan_loop": jv.time_minimal_scan_loop,
-                  "runner_path_unguarded": jv.time_runner_path_unguarded,
-                  "vmapped_one_seed": jv.time_vmapped_one_seed, "jit_step_loop": jv.time_jit_step_loop}
+        timers = {
+            "runner_path": jv.time_runner_path,
+            "minimal_scan_loop": jv.time_minimal_scan_loop,
+            "runner_path_unguarded": jv.time_runner_path_unguarded,
+            "vmapped_one_seed": jv.time_vmapped_one_seed,
+            "jit_step_loop": jv.time_jit_step_loop,
+        }
         if torch_available():
             timers["torch_eager"] = TorchVariant(x, batch_size).time_epoch
         row = _medians(timers, repeats)
@@ -376,18 +419,27 @@ def epoch_section(x: np.ndarray, pixels: np.ndarray, batch_sizes, repeats: int, 
         runner_s = row["runner_path"]["seconds_per_epoch"]
         # Each round times the runner path and then the minimal loop: the median of the rounds' own ratios
         # cancels the machine's drift between rounds, which the ratio of the two medians keeps.
-        paired = statistics.median(r / m for r, m in zip(row["runner_path"]["all_seconds"],
-                                                         row["minimal_scan_loop"]["all_seconds"]))
-        row = {"steps_per_epoch": steps, "runner_path_layout": jv.runner.plan.seed_layout,
-               "runner_path_vs_minimal": runner_s / row["minimal_scan_loop"]["seconds_per_epoch"],
-               "runner_path_vs_minimal_paired": paired,
-               "runner_path_unguarded_vs_minimal": (row["runner_path_unguarded"]["seconds_per_epoch"]
-                                                    / row["minimal_scan_loop"]["seconds_per_epoch"]), **row}
+        paired = statistics.median(
+            r / m for r, m in zip(row["runner_path"]["all_seconds"], row["minimal_scan_loop"]["all_seconds"])
+        )
+        row = {
+            "steps_per_epoch": steps,
+            "runner_path_layout": jv.runner.plan.seed_layout,
+            "runner_path_vs_minimal": runner_s / row["minimal_scan_loop"]["seconds_per_epoch"],
+            "runner_path_vs_minimal_paired": paired,
+            "runner_path_unguarded_vs_minimal": (
+                row["runner_path_unguarded"]["seconds_per_epoch"] / row["minimal_scan_loop"]["seconds_per_epoch"]
+            ),
+            **row,
+        }
         if "torch_eager" in row:
             row["runner_path_speedup_over_torch"] = row["torch_eager"]["seconds_per_epoch"] / runner_s
         results[str(batch_size)] = row
-        print(f"epoch, batch {batch_size}: " + ", ".join(
-            f"{k} {v['seconds_per_epoch']:.3f}s" for k, v in row.items() if isinstance(v, dict)), file=sys.stderr)
+        print(
+            f"epoch, batch {batch_size}: "
+            + ", ".join(f"{k} {v['seconds_per_epoch']:.3f}s" for k, v in row.items() if isinstance(v, dict)),
+            file=sys.stderr,
+        )
     return results
 
 
@@ -410,8 +462,11 @@ def seeds_section(x: np.ndarray, batch_sizes, seed_counts, repeats: int) -> dict
             entry["faster"] = min(("vmap", "loop"), key=lambda k: entry[k]["seconds_per_epoch"])
             entry["auto_picks"] = parallel.choose_seed_layout("auto", n, batch_size, jax.devices()[0].platform)
             row[str(n)] = entry
-            print(f"seeds, batch {batch_size}, N={n}: vmap {entry['vmap']['seconds_per_epoch']:.3f}s, "
-                  f"loop {entry['loop']['seconds_per_epoch']:.3f}s, N x one seed {n * single:.3f}s", file=sys.stderr)
+            print(
+                f"seeds, batch {batch_size}, N={n}: vmap {entry['vmap']['seconds_per_epoch']:.3f}s, "
+                f"loop {entry['loop']['seconds_per_epoch']:.3f}s, N x one seed {n * single:.3f}s",
+                file=sys.stderr,
+            )
         results[str(batch_size)] = row
     return results
 
@@ -425,18 +480,26 @@ def conv_section(x: np.ndarray, pixels: np.ndarray, batch_size: int, repeats: in
     runner_path = RunnerPath(pixels, config, task_fn=conv_vae.conv_vae_task)
     timers = {"runner_path": runner_path.time_epoch}
     if runner_path.epoch_loop != "scan":
-        timers["runner_path_scan"] = RunnerPath(pixels, config, task_fn=conv_vae.conv_vae_task,
-                                                epoch_loop="scan").time_epoch
+        timers["runner_path_scan"] = RunnerPath(
+            pixels, config, task_fn=conv_vae.conv_vae_task, epoch_loop="scan"
+        ).time_epoch
     if torch_available():
         timers["torch_eager"] = TorchConvVariant(x, batch_size).time_epoch
     row = _medians(timers, repeats)
-    result = {"batch_size": batch_size, "steps_per_epoch": len(x) // batch_size,
-              "runner_path_epoch_loop": runner_path.epoch_loop, **row}
+    result = {
+        "batch_size": batch_size,
+        "steps_per_epoch": len(x) // batch_size,
+        "runner_path_epoch_loop": runner_path.epoch_loop,
+        **row,
+    }
     if "torch_eager" in row:
-        result["runner_path_speedup_over_torch"] = (row["torch_eager"]["seconds_per_epoch"]
-                                                    / row["runner_path"]["seconds_per_epoch"])
-    print(f"conv, batch {batch_size}: " + ", ".join(
-        f"{k} {v['seconds_per_epoch']:.3f}s" for k, v in row.items()), file=sys.stderr)
+        result["runner_path_speedup_over_torch"] = (
+            row["torch_eager"]["seconds_per_epoch"] / row["runner_path"]["seconds_per_epoch"]
+        )
+    print(
+        f"conv, batch {batch_size}: " + ", ".join(f"{k} {v['seconds_per_epoch']:.3f}s" for k, v in row.items()),
+        file=sys.stderr,
+    )
     return result
 
 
@@ -458,16 +521,27 @@ def target_section(x: np.ndarray, x_test: np.ndarray, target: float, max_epochs:
         if neg_elbo <= target:
             break
     reached = curve[-1]["test_neg_elbo"] <= target
-    print(f"target: test neg-ELBO {curve[-1]['test_neg_elbo']:.2f} after {len(curve)} epochs, {seconds:.1f}s"
-          + ("" if reached else f" (target {target} not reached)"), file=sys.stderr)
-    return {"target_neg_elbo": target, "batch_size": batch_size, "reached": reached,
-            "seconds": seconds if reached else None, "epochs": len(curve) if reached else None, "curve": curve}
+    print(
+        f"target: test neg-ELBO {curve[-1]['test_neg_elbo']:.2f} after {len(curve)} epochs, {seconds:.1f}s"
+        + ("" if reached else f" (target {target} not reached)"),
+        file=sys.stderr,
+    )
+    return {
+        "target_neg_elbo": target,
+        "batch_size": batch_size,
+        "reached": reached,
+        "seconds": seconds if reached else None,
+        "epochs": len(curve) if reached else None,
+        "curve": curve,
+    }
 
 
 def devices_probe(x: np.ndarray, batch_size: int, repeats: int) -> dict:
     """Runner-path epoch seconds on 1 device and on every local device (run inside the 8-device subprocess)."""
-    paths = {str(n): RunnerPath(x, tasks.VAEConfig(batch_size=batch_size, devices=str(n)))
-             for n in sorted({1, jax.local_device_count()})}
+    paths = {
+        str(n): RunnerPath(x, tasks.VAEConfig(batch_size=batch_size, devices=str(n)))
+        for n in sorted({1, jax.local_device_count()})
+    }
     medians = _medians({n: p.time_epoch for n, p in paths.items()}, repeats)
     for n, p in paths.items():
         medians[n]["mesh"] = p.plan.summary()["mesh"]
@@ -477,20 +551,49 @@ def devices_probe(x: np.ndarray, batch_size: int, repeats: int) -> dict:
 
 def devices_section(args, batch_size: int = 128) -> dict:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "-m", "experiments.benchmark", "--devices-probe", "--dataset", args.dataset,
-           "--batch-sizes", str(batch_size), "--repeats", str(args.repeats)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.benchmark",
+        "--devices-probe",
+        "--dataset",
+        args.dataset,
+        "--batch-sizes",
+        str(batch_size),
+        "--repeats",
+        str(args.repeats),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
-    print("devices: " + ", ".join(f"{n} device(s) {v['seconds_per_epoch']:.3f}s" for n, v in result.items()),
-          file=sys.stderr)
+    print(
+        "devices: " + ", ".join(f"{n} device(s) {v['seconds_per_epoch']:.3f}s" for n, v in result.items()),
+        file=sys.stderr,
+    )
     return {"simulated_cpu_devices": True, "batch_size": batch_size, **result}
 
 
-DATA_MOVEMENT = {"copy", "slice", "dynamic-slice", "dynamic-update-slice", "gather", "scatter", "transpose",
-                 "concatenate", "pad", "bitcast", "broadcast", "reshape", "iota", "parameter", "constant", "tuple",
-                 "get-tuple-element", "convert"}
+DATA_MOVEMENT = {
+    "copy",
+    "slice",
+    "dynamic-slice",
+    "dynamic-update-slice",
+    "gather",
+    "scatter",
+    "transpose",
+    "concatenate",
+    "pad",
+    "bitcast",
+    "broadcast",
+    "reshape",
+    "iota",
+    "parameter",
+    "constant",
+    "tuple",
+    "get-tuple-element",
+    "convert",
+}
 
 
 def hlo_opcodes(hlo_text: str) -> dict[str, set[str]]:
@@ -511,8 +614,10 @@ def hlo_opcodes(hlo_text: str) -> dict[str, set[str]]:
             current.add(opcode)
             called = re.search(r"calls=%?([\w.\-]+)", rest)
             calls[name] = (opcode, called.group(1) if called else None)
-    return {name: (computations.get(called, {opcode}) if opcode == "fusion" and called else {opcode})
-            for name, (opcode, called) in calls.items()}
+    return {
+        name: (computations.get(called, {opcode}) if opcode == "fusion" and called else {opcode})
+        for name, (opcode, called) in calls.items()
+    }
 
 
 def op_kind(opcodes: set[str]) -> str:
@@ -540,8 +645,13 @@ def op_self_times(trace_events: list[dict]) -> dict[str, dict[str, float]]:
         args = event.get("args") or {}
         if event.get("ph") == "X" and "hlo_op" in args and "dur" in event:
             by_thread.setdefault((event.get("pid"), event.get("tid")), []).append(
-                {"ts": float(event["ts"]), "dur": float(event["dur"]), "module": args.get("hlo_module", "?"),
-                 "op": args["hlo_op"]})
+                {
+                    "ts": float(event["ts"]),
+                    "dur": float(event["dur"]),
+                    "module": args.get("hlo_module", "?"),
+                    "op": args["hlo_op"],
+                }
+            )
     totals: dict[str, dict[str, float]] = {}
     for events in by_thread.values():
         events.sort(key=lambda e: (e["ts"], -e["dur"]))
@@ -585,11 +695,18 @@ def profile_epoch(fn, name: str, opcodes: dict[str, set[str]], epochs: int = 3) 
         kind = op_kind(opcodes.get(op, {op.split(".")[0]}))
         kinds[kind] = kinds.get(kind, 0.0) + us
     top = sorted(ops.items(), key=lambda item: -item[1])[:12]
-    print(f"profile {name}: {seconds:.3f}s wall, {total / 1e3:.1f} ms in ops of {module}: " + ", ".join(
-        f"{k} {100 * v / total:.0f}%" for k, v in sorted(kinds.items(), key=lambda item: -item[1])), file=sys.stderr)
-    return {"wall_seconds": seconds, "module": module, "op_ms": total / 1e3,
-            "ms_by_kind": {k: v / 1e3 for k, v in sorted(kinds.items(), key=lambda item: -item[1])},
-            "top_ops_ms": {op: us / 1e3 for op, us in top}}
+    print(
+        f"profile {name}: {seconds:.3f}s wall, {total / 1e3:.1f} ms in ops of {module}: "
+        + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(kinds.items(), key=lambda item: -item[1])),
+        file=sys.stderr,
+    )
+    return {
+        "wall_seconds": seconds,
+        "module": module,
+        "op_ms": total / 1e3,
+        "ms_by_kind": {k: v / 1e3 for k, v in sorted(kinds.items(), key=lambda item: -item[1])},
+        "top_ops_ms": {op: us / 1e3 for op, us in top},
+    }
 
 
 def profile_section(x: np.ndarray, pixels: np.ndarray, batch_size: int) -> dict:
@@ -597,14 +714,16 @@ def profile_section(x: np.ndarray, pixels: np.ndarray, batch_size: int) -> dict:
     jv = JaxVariants(x, pixels, batch_size)
     runner_hlo = jv.runner.program.lower(*jv.runner.epoch_args()).compile().as_text()
     minimal_hlo = jv.minimal_epoch.lower(*jv.minimal_args()).compile().as_text()
-    result = {"batch_size": batch_size,
-              "runner_path": profile_epoch(jv.time_runner_path, "runner_path", hlo_opcodes(runner_hlo)),
-              "minimal_scan_loop": profile_epoch(jv.time_minimal_scan_loop, "minimal_scan_loop",
-                                                 hlo_opcodes(minimal_hlo))}
+    result = {
+        "batch_size": batch_size,
+        "runner_path": profile_epoch(jv.time_runner_path, "runner_path", hlo_opcodes(runner_hlo)),
+        "minimal_scan_loop": profile_epoch(jv.time_minimal_scan_loop, "minimal_scan_loop", hlo_opcodes(minimal_hlo)),
+    }
     runner_kinds = result["runner_path"].get("ms_by_kind", {})
     minimal_kinds = result["minimal_scan_loop"].get("ms_by_kind", {})
-    result["runner_minus_minimal_ms_by_kind"] = {k: runner_kinds.get(k, 0.0) - minimal_kinds.get(k, 0.0)
-                                                 for k in sorted(set(runner_kinds) | set(minimal_kinds))}
+    result["runner_minus_minimal_ms_by_kind"] = {
+        k: runner_kinds.get(k, 0.0) - minimal_kinds.get(k, 0.0) for k in sorted(set(runner_kinds) | set(minimal_kinds))
+    }
     return result
 
 
@@ -617,8 +736,11 @@ def startup_section(args, epochs: int = 10) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "VAE_JAX_CACHE_DIR": os.path.join(tmp, "cache")}
         common = ["--epochs", str(epochs), "--dataset", args.dataset]
-        runs = [("cold_caches", "experiments.vae"), ("cold_compilation_cache", "experiments.vae"),
-                ("warm_caches", "experiments.vae")]
+        runs = [
+            ("cold_caches", "experiments.vae"),
+            ("cold_compilation_cache", "experiments.vae"),
+            ("warm_caches", "experiments.vae"),
+        ]
         if torch_available():
             runs.append(("torch_eager", "experiments.torch_vae"))
         for name, module in runs:
@@ -627,18 +749,28 @@ def startup_section(args, epochs: int = 10) -> dict:
             flags = [] if module == "experiments.torch_vae" else ["--no-progress", "--no-tensorboard", "--no-resume"]
             workdir = os.path.join(tmp, name)
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", module, *common, *flags, "--workdir", workdir], env=env,
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-m", module, *common, *flags, "--workdir", workdir],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             seconds = time.perf_counter() - t0
             if proc.returncode != 0:
-                return {"error": f"{module}: " + (proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
-                                                  else f"exit {proc.returncode}")}
+                return {
+                    "error": f"{module}: "
+                    + (proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+                }
             with open(os.path.join(workdir, "summary.json")) as f:
                 summary = json.load(f)
-            test = summary["test_neg_elbo"] if module == "experiments.torch_vae" else summary["test"]["neg_elbo"]["mean"]
+            test = (
+                summary["test_neg_elbo"] if module == "experiments.torch_vae" else summary["test"]["neg_elbo"]["mean"]
+            )
             results[name] = {"seconds": seconds, "test_neg_elbo": test}
-    print("startup: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in results.items() if isinstance(v, dict)),
-          file=sys.stderr)
+    print(
+        "startup: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in results.items() if isinstance(v, dict)),
+        file=sys.stderr,
+    )
     return results
 
 
@@ -656,9 +788,14 @@ def _int_list(parser, flag_name: str, text: str) -> list[int]:
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "jax": jax.__version__, "device": str(jax.devices()[0]),
-            "device_kind": jax.devices()[0].device_kind}
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0]),
+        "device_kind": jax.devices()[0].device_kind,
+    }
     if torch_available():
         import torch
 
@@ -669,8 +806,9 @@ def machine() -> dict:
 
 @user_errors(data_lib.DataError)
 def main(argv=None) -> dict:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--dataset", default="mnist", help="dataset spec (28x28x1 images)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--batch-sizes", default="16,128,512", help="batch sizes of the epoch section")
@@ -678,7 +816,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed-batch-sizes", default="16,128", help="batch sizes of the seeds section")
     parser.add_argument("--seeds", default="1,8,32", help="seed counts N of the seeds section")
     parser.add_argument("--conv-batch-size", type=int, default=128, help="batch size of the conv section")
-    parser.add_argument("--target-neg-elbo", type=float, default=125.0, help="test neg-ELBO (nats) of the target section")
+    parser.add_argument(
+        "--target-neg-elbo", type=float, default=125.0, help="test neg-ELBO (nats) of the target section"
+    )
     parser.add_argument("--max-epochs", type=int, default=30, help="epoch limit of the target section")
     parser.add_argument("--startup-epochs", type=int, default=10, help="--epochs of the startup section's whole runs")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per variant (median reported)")
@@ -693,10 +833,12 @@ def main(argv=None) -> dict:
     seed_batch_sizes = _int_list(parser, "--seed-batch-sizes", args.seed_batch_sizes)
     seed_counts = _int_list(parser, "--seeds", args.seeds)
     if min(args.repeats, args.max_epochs, args.startup_epochs, args.profile_batch_size, args.conv_batch_size) <= 0:
-        parser.error("--repeats, --max-epochs, --startup-epochs, --profile-batch-size and --conv-batch-size "
-                     "must be positive")
-    dataset = data_lib.load_dataset(args.dataset, batch_size=max(batch_sizes + seed_batch_sizes
-                                                                 + [args.profile_batch_size, args.conv_batch_size]))
+        parser.error(
+            "--repeats, --max-epochs, --startup-epochs, --profile-batch-size and --conv-batch-size must be positive"
+        )
+    dataset = data_lib.load_dataset(
+        args.dataset, batch_size=max(batch_sizes + seed_batch_sizes + [args.profile_batch_size, args.conv_batch_size])
+    )
     if dataset.image_shape != (28, 28, 1):
         parser.error(f"--dataset must have 28x28x1 images for the 784-400-20 model, got {dataset.image_shape}")
     x = dataset.x_train  # float32 in [0, 1], for the minimal loop and PyTorch
@@ -712,9 +854,14 @@ def main(argv=None) -> dict:
     if not os.access(out_dir, os.W_OK):
         parser.error(f"--out {args.out}: cannot write (permission denied)")
     matmul = matmul_gflops()
-    results = {"machine": machine(), "dataset": dataset.summary(), "matmul_gflops": matmul,
-               "model_flops_per_example": model_flops_per_example(), "repeats": args.repeats,
-               "timed_runner_path": "runner.make_epoch, the epoch runner.train (experiments.vae) runs"}
+    results = {
+        "machine": machine(),
+        "dataset": dataset.summary(),
+        "matmul_gflops": matmul,
+        "model_flops_per_example": model_flops_per_example(),
+        "repeats": args.repeats,
+        "timed_runner_path": "runner.make_epoch, the epoch runner.train (experiments.vae) runs",
+    }
     if "epoch" in sections:
         results["epoch"] = epoch_section(x, pixels, batch_sizes, args.repeats, matmul)
     if "conv" in sections:
@@ -739,62 +886,88 @@ def main(argv=None) -> dict:
 
 
 def print_table(results: dict) -> None:
-    print(f"machine: {results['machine']['processor']}, {results['machine']['cpu_count']} cores, "
-          f"{results['machine']['device']}; matrix multiply {results['matmul_gflops']:.1f} GFLOP/s (float32, 1024x1024)")
+    print(
+        f"machine: {results['machine']['processor']}, {results['machine']['cpu_count']} cores, "
+        f"{results['machine']['device']}; matrix multiply {results['matmul_gflops']:.1f} GFLOP/s (float32, 1024x1024)"
+    )
     if "epoch" in results:
-        print("batch | runner path s/epoch (layout) | minimal scan s/epoch | runner/minimal (paired) | runner unguarded "
-              "(/minimal) | vmapped R=1 | jit step loop | torch eager | runner GFLOP/s (% of matmul)")
+        print(
+            "batch | runner path s/epoch (layout) | minimal scan s/epoch | runner/minimal (paired) | runner unguarded "
+            "(/minimal) | vmapped R=1 | jit step loop | torch eager | runner GFLOP/s (% of matmul)"
+        )
         for bs, row in results["epoch"].items():
             torch_s = row.get("torch_eager", {}).get("seconds_per_epoch")
-            print(f"{bs:>5} | {row['runner_path']['seconds_per_epoch']:.3f} ({row['runner_path_layout']}) | "
-                  f"{row['minimal_scan_loop']['seconds_per_epoch']:.3f} | {row['runner_path_vs_minimal']:.2f} "
-                  f"({row['runner_path_vs_minimal_paired']:.3f}) | "
-                  f"{row['runner_path_unguarded']['seconds_per_epoch']:.3f} "
-                  f"({row['runner_path_unguarded_vs_minimal']:.2f}) | "
-                  f"{row['vmapped_one_seed']['seconds_per_epoch']:.3f} | {row['jit_step_loop']['seconds_per_epoch']:.3f} | "
-                  f"{'n/a' if torch_s is None else f'{torch_s:.3f}'} | {row['runner_path']['gflops']:.1f} "
-                  f"({row['runner_path']['percent_of_matmul']:.0f}%)")
+            print(
+                f"{bs:>5} | {row['runner_path']['seconds_per_epoch']:.3f} ({row['runner_path_layout']}) | "
+                f"{row['minimal_scan_loop']['seconds_per_epoch']:.3f} | {row['runner_path_vs_minimal']:.2f} "
+                f"({row['runner_path_vs_minimal_paired']:.3f}) | "
+                f"{row['runner_path_unguarded']['seconds_per_epoch']:.3f} "
+                f"({row['runner_path_unguarded_vs_minimal']:.2f}) | "
+                f"{row['vmapped_one_seed']['seconds_per_epoch']:.3f} | {row['jit_step_loop']['seconds_per_epoch']:.3f} | "
+                f"{'n/a' if torch_s is None else f'{torch_s:.3f}'} | {row['runner_path']['gflops']:.1f} "
+                f"({row['runner_path']['percent_of_matmul']:.0f}%)"
+            )
     if "conv" in results:
         c = results["conv"]
         torch_s = c.get("torch_eager", {}).get("seconds_per_epoch")
         scan_s = c.get("runner_path_scan", {}).get("seconds_per_epoch")
-        print(f"conv VAE, batch {c['batch_size']}: runner path {c['runner_path']['seconds_per_epoch']:.3f} s/epoch "
-              f"({c['runner_path_epoch_loop']})" + ("" if scan_s is None else f", scan-fused {scan_s:.3f} s")
-              + (", torch eager n/a" if torch_s is None else f", torch eager {torch_s:.3f} s "
-                 f"({c['runner_path_speedup_over_torch']:.2f}x)"))
+        print(
+            f"conv VAE, batch {c['batch_size']}: runner path {c['runner_path']['seconds_per_epoch']:.3f} s/epoch "
+            f"({c['runner_path_epoch_loop']})"
+            + ("" if scan_s is None else f", scan-fused {scan_s:.3f} s")
+            + (
+                ", torch eager n/a"
+                if torch_s is None
+                else f", torch eager {torch_s:.3f} s ({c['runner_path_speedup_over_torch']:.2f}x)"
+            )
+        )
     if "seeds" in results:
         print("seeds: batch | N | vmap s/epoch (x N single) | loop s/epoch (x N single) | faster | auto picks")
         for bs, row in results["seeds"].items():
             for n, entry in row.items():
                 if n == "one_seed":
                     continue
-                print(f"{bs:>5} | {n:>3} | {entry['vmap']['seconds_per_epoch']:.3f} "
-                      f"({entry['vmap']['speedup_over_n_single_runs']:.2f}x) | {entry['loop']['seconds_per_epoch']:.3f} "
-                      f"({entry['loop']['speedup_over_n_single_runs']:.2f}x) | {entry['faster']} | {entry['auto_picks']}")
+                print(
+                    f"{bs:>5} | {n:>3} | {entry['vmap']['seconds_per_epoch']:.3f} "
+                    f"({entry['vmap']['speedup_over_n_single_runs']:.2f}x) | {entry['loop']['seconds_per_epoch']:.3f} "
+                    f"({entry['loop']['speedup_over_n_single_runs']:.2f}x) | {entry['faster']} | {entry['auto_picks']}"
+                )
     if "profile" in results:
         for name in ("runner_path", "minimal_scan_loop"):
             p = results["profile"][name]
             if "error" in p:
                 print(f"profile {name}: failed ({p['error']})")
                 continue
-            print(f"profile, batch {results['profile']['batch_size']}, {name}: {p['wall_seconds']:.3f} s wall, "
-                  f"{p['op_ms']:.1f} ms in XLA ops: " + ", ".join(f"{k} {v:.1f} ms" for k, v in p["ms_by_kind"].items()))
+            print(
+                f"profile, batch {results['profile']['batch_size']}, {name}: {p['wall_seconds']:.3f} s wall, "
+                f"{p['op_ms']:.1f} ms in XLA ops: " + ", ".join(f"{k} {v:.1f} ms" for k, v in p["ms_by_kind"].items())
+            )
     if "target" in results:
         t = results["target"]
-        print(f"time to test neg-ELBO <= {t['target_neg_elbo']}: " + (
-            f"{t['seconds']:.1f} s of training, {t['epochs']} epochs" if t["reached"] else "not reached"))
+        print(
+            f"time to test neg-ELBO <= {t['target_neg_elbo']}: "
+            + (f"{t['seconds']:.1f} s of training, {t['epochs']} epochs" if t["reached"] else "not reached")
+        )
     if "devices" in results and "error" not in results["devices"]:
         for n, v in results["devices"].items():
             if isinstance(v, dict):
-                print(f"{n} simulated CPU device(s), batch {results['devices']['batch_size']}: "
-                      f"{v['seconds_per_epoch']:.3f} s/epoch, {v['examples_per_second']:.0f} examples/s, mesh {v['mesh']}")
+                print(
+                    f"{n} simulated CPU device(s), batch {results['devices']['batch_size']}: "
+                    f"{v['seconds_per_epoch']:.3f} s/epoch, {v['examples_per_second']:.0f} examples/s, mesh {v['mesh']}"
+                )
     if "startup" in results and "error" not in results["startup"]:
         s = results["startup"]
         torch_run = s.get("torch_eager")
-        print(f"experiments.vae --epochs {s['epochs']} whole process: cold caches {s['cold_caches']['seconds']:.1f} s, "
-              f"cold compilation cache {s['cold_compilation_cache']['seconds']:.1f} s, warm {s['warm_caches']['seconds']:.1f} s "
-              f"(test neg-ELBO {s['warm_caches']['test_neg_elbo']:.2f}); experiments.torch_vae: "
-              + ("n/a" if torch_run is None else f"{torch_run['seconds']:.1f} s (test neg-ELBO {torch_run['test_neg_elbo']:.2f})"))
+        print(
+            f"experiments.vae --epochs {s['epochs']} whole process: cold caches {s['cold_caches']['seconds']:.1f} s, "
+            f"cold compilation cache {s['cold_compilation_cache']['seconds']:.1f} s, warm {s['warm_caches']['seconds']:.1f} s "
+            f"(test neg-ELBO {s['warm_caches']['test_neg_elbo']:.2f}); experiments.torch_vae: "
+            + (
+                "n/a"
+                if torch_run is None
+                else f"{torch_run['seconds']:.1f} s (test neg-ELBO {torch_run['test_neg_elbo']:.2f})"
+            )
+        )
     for name in ("devices", "startup"):
         if "error" in results.get(name, {}):
             print(f"{name}: failed ({results[name]['error']})")

@@ -47,15 +47,31 @@ class BetaVAESweepConfig(tasks.VAEConfig):
     def validate(self) -> None:
         defaults = tasks.VAEConfig()
         for name, lists in (("beta", "betas"), ("beta_schedule", "schedules"), ("free_bits", "free_bits_values")):
-            require(getattr(self, name) == getattr(defaults, name), name,
-                    f"left out in a sweep (use --{lists.replace('_', '-')})", getattr(self, name))
+            require(
+                getattr(self, name) == getattr(defaults, name),
+                name,
+                f"left out in a sweep (use --{lists.replace('_', '-')})",
+                getattr(self, name),
+            )
         super().validate()
-        require(len(self.betas) > 0 and all(np.isfinite(b) and b >= 0 for b in self.betas), "betas",
-                "comma-separated non-negative numbers like 1,4", self.betas)
-        require(len(self.schedules) > 0 and set(self.schedules) <= set(schedules.SCHEDULES), "schedules",
-                f"comma-separated names from {','.join(schedules.SCHEDULES)}", ",".join(self.schedules))
-        require(len(self.free_bits_values) > 0 and all(f >= 0 for f in self.free_bits_values), "free_bits_values",
-                "comma-separated non-negative numbers like 0,0.5", self.free_bits_values)
+        require(
+            len(self.betas) > 0 and all(np.isfinite(b) and b >= 0 for b in self.betas),
+            "betas",
+            "comma-separated non-negative numbers like 1,4",
+            self.betas,
+        )
+        require(
+            len(self.schedules) > 0 and set(self.schedules) <= set(schedules.SCHEDULES),
+            "schedules",
+            f"comma-separated names from {','.join(schedules.SCHEDULES)}",
+            ",".join(self.schedules),
+        )
+        require(
+            len(self.free_bits_values) > 0 and all(f >= 0 for f in self.free_bits_values),
+            "free_bits_values",
+            "comma-separated non-negative numbers like 0,0.5",
+            self.free_bits_values,
+        )
         require(self.traversal_dims > 0, "traversal_dims", "a positive integer", self.traversal_dims)
         for setting in self.settings():
             setting.validate()  # e.g. --schedules linear needs --beta-warmup-steps
@@ -66,8 +82,17 @@ class BetaVAESweepConfig(tasks.VAEConfig):
         out = []
         for beta, schedule, free_bits in itertools.product(self.betas, self.schedules, self.free_bits_values):
             name = f"beta{beta:g}_{schedule}_fb{free_bits:g}"
-            out.append(tasks.VAEConfig(**{**base, "beta": beta, "beta_schedule": schedule, "free_bits": free_bits,
-                                          "workdir": os.path.join(self.workdir, name)}))
+            out.append(
+                tasks.VAEConfig(
+                    **{
+                        **base,
+                        "beta": beta,
+                        "beta_schedule": schedule,
+                        "free_bits": free_bits,
+                        "workdir": os.path.join(self.workdir, name),
+                    }
+                )
+            )
         return out
 
 
@@ -76,8 +101,9 @@ def train_setting(setting: tasks.VAEConfig, dataset) -> tuple:
     return model, runner.train(setting, task, dataset)
 
 
-def measure_setting(setting: tasks.VAEConfig, model, result: runner.TrainResult, dataset,
-                    traversal_dims: int) -> tuple[dict, str]:
+def measure_setting(
+    setting: tasks.VAEConfig, model, result: runner.TrainResult, dataset, traversal_dims: int
+) -> tuple[dict, str]:
     """The setting's table row and traversal figure; writes its ``summary.json`` (process 0)."""
     params = result.params(0)
     diag = diagnostics.vae_collapse_diagnostics(model, params, dataset.x_test, jax.random.key(setting.seed))
@@ -86,24 +112,36 @@ def measure_setting(setting: tasks.VAEConfig, model, result: runner.TrainResult,
     strips = latent_views.latent_traversals(model, params, dataset.x_test[0], dims, TRAVERSAL_VALUES)
     name = os.path.basename(setting.workdir)
     figure = plots.save_image_rows(
-        list(strips), [f"z[{d}] KL {diag['mean_kl_per_dim'][d]:.2f}" for d in dims],
+        list(strips),
+        [f"z[{d}] KL {diag['mean_kl_per_dim'][d]:.2f}" for d in dims],
         os.path.join(os.path.dirname(setting.workdir), f"traversals_{name}.png"),
-        f"{name}: one dimension swept over -3..3 (others at the posterior mean)")
+        f"{name}: one dimension swept over -3..3 (others at the posterior mean)",
+    )
     runner.write_summary(setting.workdir, result.summary)
     test = result.summary["test"]
-    row = {"setting": name, "beta": setting.beta, "schedule": setting.beta_schedule, "free_bits": setting.free_bits,
-           **{k: test[k]["mean"] for k in ("neg_elbo", "recon", "kl")},
-           "active_units": diag["active_units"], "latent_dim": diag["latent_dim"],
-           "mutual_information": diag["mutual_information"], "collapsed_dims": diag["collapsed_dims"],
-           "mean_kl_per_dim": diag["mean_kl_per_dim"], "train_seconds": result.summary["train_seconds"]}
+    row = {
+        "setting": name,
+        "beta": setting.beta,
+        "schedule": setting.beta_schedule,
+        "free_bits": setting.free_bits,
+        **{k: test[k]["mean"] for k in ("neg_elbo", "recon", "kl")},
+        "active_units": diag["active_units"],
+        "latent_dim": diag["latent_dim"],
+        "mutual_information": diag["mutual_information"],
+        "collapsed_dims": diag["collapsed_dims"],
+        "mean_kl_per_dim": diag["mean_kl_per_dim"],
+        "train_seconds": result.summary["train_seconds"],
+    }
     return row, figure
 
 
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'setting':<28}{'neg-ELBO':>10}{'recon':>10}{'KL':>8}{'active':>8}{'I(x;z)':>8}"]
     for r in rows:
-        lines.append(f"{r['setting']:<28}{r['neg_elbo']:>10.2f}{r['recon']:>10.2f}{r['kl']:>8.2f}"
-                     f"{r['active_units']:>4}/{r['latent_dim']:<3}{r['mutual_information']:>8.2f}")
+        lines.append(
+            f"{r['setting']:<28}{r['neg_elbo']:>10.2f}{r['recon']:>10.2f}{r['kl']:>8.2f}"
+            f"{r['active_units']:>4}/{r['latent_dim']:<3}{r['mutual_information']:>8.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -127,16 +165,26 @@ def report(config: BetaVAESweepConfig, dataset, trained: list) -> dict:
         row, figure = measure_setting(setting, model, result, dataset, config.traversal_dims)
         rows.append(row)
         figures.append(figure)
-    figures.append(plots.save_kl_per_dim({r["setting"]: r["mean_kl_per_dim"] for r in rows},
-                                         os.path.join(config.workdir, "kl_per_dim.png"),
-                                         "Mean test KL per latent dimension, per setting"))
-    summary = {"kind": config.kind, "dataset": dataset.summary(), "epochs": config.epochs, "seed": config.seed,
-               "table": rows}
+    figures.append(
+        plots.save_kl_per_dim(
+            {r["setting"]: r["mean_kl_per_dim"] for r in rows},
+            os.path.join(config.workdir, "kl_per_dim.png"),
+            "Mean test KL per latent dimension, per setting",
+        )
+    )
+    summary = {
+        "kind": config.kind,
+        "dataset": dataset.summary(),
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "table": rows,
+    }
     runner.write_summary(config.workdir, summary, figures)
     runner.log(f"data: {dataset.describe()}")
     print(format_table(rows))
     print(f"outputs in {config.workdir}")
     return summary
+
 
 if __name__ == "__main__":
     main()

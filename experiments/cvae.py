@@ -26,7 +26,8 @@ import os
 import jax
 import numpy as np
 
-from vae_jax import classifier as classifier_lib, plots, runner
+from vae_jax import classifier as classifier_lib
+from vae_jax import plots, runner
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -40,13 +41,18 @@ def class_control(config, model, params, dataset) -> tuple[dict, np.ndarray, np.
     key = jax.random.key(config.seed)
     labels = np.repeat(np.arange(config.num_classes), SAMPLES_PER_CLASS)
     samples = cvae.sample_class(model, params, jax.random.fold_in(key, 1), labels)
-    judge = classifier_lib.train_classifier(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
-                                            config.num_classes, jax.random.fold_in(key, 2))
+    judge = classifier_lib.train_classifier(
+        dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, config.num_classes, jax.random.fold_in(key, 2)
+    )
     measured = classifier_lib.requested_class_fraction(judge, samples, labels, config.num_classes)
-    record = {"samples_per_class": SAMPLES_PER_CLASS, "classifier": "MLP 256 ReLU, 10 epochs Adam on the train split",
-              "classifier_test_accuracy": judge.test_accuracy, "requested_class_fraction": measured["overall"],
-              "requested_class_fraction_per_class": measured["per_class"],
-              "mean_probability_of_requested_class": measured["mean_probability"]}
+    record = {
+        "samples_per_class": SAMPLES_PER_CLASS,
+        "classifier": "MLP 256 ReLU, 10 epochs Adam on the train split",
+        "classifier_test_accuracy": judge.test_accuracy,
+        "requested_class_fraction": measured["overall"],
+        "requested_class_fraction_per_class": measured["per_class"],
+        "mean_probability_of_requested_class": measured["mean_probability"],
+    }
     return record, samples, labels
 
 
@@ -56,9 +62,14 @@ def write_figures(config, model, params, result, samples, labels, control) -> li
     for c in range(config.num_classes):
         rows.append(samples[labels == c][:10])
         row_labels.append(f"y={c} ({100 * control['requested_class_fraction_per_class'][c]:.0f}%)")
-    paths = [plots.save_image_rows(rows, row_labels, os.path.join(workdir, "class_samples.png"),
-                                   "Samples z ~ N(0, I) decoded with each requested label (% the classifier "
-                                   "assigns to it)")]
+    paths = [
+        plots.save_image_rows(
+            rows,
+            row_labels,
+            os.path.join(workdir, "class_samples.png"),
+            "Samples z ~ N(0, I) decoded with each requested label (% the classifier assigns to it)",
+        )
+    ]
     # Two test digits' codes (encoded with their own labels) give two styles; the same z path is decoded
     # under every label, so each column holds the style fixed and each row the class.
     x_test, y_test = data.x_test, data.y_test
@@ -66,12 +77,22 @@ def write_figures(config, model, params, result, samples, labels, control) -> li
     b = int(np.nonzero(y_test != y_test[a])[0][0])
     z = cvae.encode_means(model, params, x_test[[a, b]], y_test[[a, b]])
     strips = [cvae.interpolate_in_class(model, params, z[0], z[1], c, steps=10) for c in range(config.num_classes)]
-    paths.append(plots.save_image_rows(
-        [x_test[[a, b]], *strips], ["style ends", *[f"y={c}" for c in range(config.num_classes)]],
-        os.path.join(workdir, "class_interpolations.png"),
-        "The line between two test images' codes, decoded under each label"))
-    paths.append(plots.save_curves(result.history, ["train_loss", "test_neg_elbo", "test_recon", "test_kl"],
-                                   os.path.join(workdir, "loss_curves.png"), "Training and test loss"))
+    paths.append(
+        plots.save_image_rows(
+            [x_test[[a, b]], *strips],
+            ["style ends", *[f"y={c}" for c in range(config.num_classes)]],
+            os.path.join(workdir, "class_interpolations.png"),
+            "The line between two test images' codes, decoded under each label",
+        )
+    )
+    paths.append(
+        plots.save_curves(
+            result.history,
+            ["train_loss", "test_neg_elbo", "test_recon", "test_kl"],
+            os.path.join(workdir, "loss_curves.png"),
+            "Training and test loss",
+        )
+    )
     return paths
 
 
@@ -92,16 +113,20 @@ def report(config, model, result: runner.TrainResult) -> dict:
     np.savez_compressed(os.path.join(config.workdir, "cvae_samples.npz"), x=samples.astype(np.float32), y=labels)
     figures = write_figures(config, model, params, result, samples, labels, control)
     result.summary["class_control"] = control
-    result.summary["diagnostics"] = cvae.collapse_diagnostics(model, params, data.x_test, data.y_test,
-                                                              jax.random.key(config.seed))["z"]
+    result.summary["diagnostics"] = cvae.collapse_diagnostics(
+        model, params, data.x_test, data.y_test, jax.random.key(config.seed)
+    )["z"]
     runner.write_summary(config.workdir, result.summary, figures)
     test = result.summary["test"]
     runner.log(f"data: {data.describe()}")
-    print(f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "
-          f"{test['kl']['mean']:.2f}); classifier test accuracy {control['classifier_test_accuracy']:.3f}; "
-          f"samples assigned to the requested class {control['requested_class_fraction']:.3f}; "
-          f"outputs in {config.workdir}")
+    print(
+        f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "
+        f"{test['kl']['mean']:.2f}); classifier test accuracy {control['classifier_test_accuracy']:.3f}; "
+        f"samples assigned to the requested class {control['requested_class_fraction']:.3f}; "
+        f"outputs in {config.workdir}"
+    )
     return result.summary
+
 
 if __name__ == "__main__":
     main()

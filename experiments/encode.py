@@ -25,8 +25,9 @@ from vae_jax.data import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     cli.add_run_flags(parser)
     parser.add_argument("--dataset", default="", help="dataset spec, e.g. mnist or folder:PATH (default: the run's)")
     parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")

@@ -36,37 +36,52 @@ import sys
 import jax
 import numpy as np
 
-from vae_jax import cli
-from vae_jax import data as data_lib, evaluate, parallel, runner, trained
+from vae_jax import cli, evaluate, parallel, runner, trained
+from vae_jax import data as data_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, user_errors
 
-
 # Workdirs of other kinds: what they hold and which command reports on them.
 OTHER_KINDS = {
-    "autoencoder": ("an autoencoder run (no likelihood to evaluate)",
-                    "its test MSE/PSNR are in summary.json; rerun python -m experiments.autoencoder --workdir {w} "
-                    "to refresh them"),
-    "linear_ae": ("a linear-autoencoder run of experiments.pca_vs_linear_ae (no likelihood to evaluate)",
-                  "its results are in summary.json; see python -m experiments.pca_vs_linear_ae --help"),
+    "autoencoder": (
+        "an autoencoder run (no likelihood to evaluate)",
+        "its test MSE/PSNR are in summary.json; rerun python -m experiments.autoencoder --workdir {w} to refresh them",
+    ),
+    "linear_ae": (
+        "a linear-autoencoder run of experiments.pca_vs_linear_ae (no likelihood to evaluate)",
+        "its results are in summary.json; see python -m experiments.pca_vs_linear_ae --help",
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--workdir", required=True, default=argparse.SUPPRESS,
-                        help=f"workdir of a VAE training run (kinds: {', '.join(trained.VAE_KINDS)})")
+    parser = cli.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--workdir",
+        required=True,
+        default=argparse.SUPPRESS,
+        help=f"workdir of a VAE training run (kinds: {', '.join(trained.VAE_KINDS)})",
+    )
     parser.add_argument("--dataset", default="", help="dataset spec to evaluate on (default: the run's)")
     parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")
     parser.add_argument("--iwae-k", type=int, default=1000, help="importance samples per test image")
     parser.add_argument("--batch-size", type=int, default=100, help="test images per IWAE batch")
     parser.add_argument("--k-chunk", type=int, default=100, help="importance samples decoded at a time")
-    parser.add_argument("--devices", default="1", help="'all' or a count N: each batch is split over N devices "
-                        "(they share the work; the same samples, the same results to float rounding)")
-    parser.add_argument("--eval-seed", type=int, default=evaluate.EVAL_SEED,
-                        help="seed of the evaluation key (the default is the fixed key summary.json's test "
-                        "metrics use; TrainedModel.evaluate(key=S) gives the same numbers)")
+    parser.add_argument(
+        "--devices",
+        default="1",
+        help="'all' or a count N: each batch is split over N devices "
+        "(they share the work; the same samples, the same results to float rounding)",
+    )
+    parser.add_argument(
+        "--eval-seed",
+        type=int,
+        default=evaluate.EVAL_SEED,
+        help="seed of the evaluation key (the default is the fixed key summary.json's test "
+        "metrics use; TrainedModel.evaluate(key=S) gives the same numbers)",
+    )
     parser.add_argument("--out", default="", help="output JSON file (default: WORKDIR/eval.json)")
     return parser
 
@@ -78,8 +93,10 @@ def vae_config(workdir: str):
         what, command = OTHER_KINDS[kind]
         raise ConfigError(f"--workdir {workdir} holds {what}; {command.format(w=workdir)}")
     if kind not in trained.VAE_KINDS:
-        raise ConfigError(f"--workdir {workdir} holds a {kind!r} run; experiments.evaluate evaluates VAE runs "
-                          f"({', '.join(trained.VAE_KINDS)}); python -m experiments.reconstruct works on any run")
+        raise ConfigError(
+            f"--workdir {workdir} holds a {kind!r} run; experiments.evaluate evaluates VAE runs "
+            f"({', '.join(trained.VAE_KINDS)}); python -m experiments.reconstruct works on any run"
+        )
     return trained.FAMILIES[kind], trained.load_config(workdir)[1]
 
 
@@ -95,31 +112,48 @@ def main(argv=None) -> dict:
     spec = args.dataset or config.dataset
     # The run's own data: its workdir's decoded copy when a --distributed run left one (runner.decode_once).
     decoded = None if args.dataset or args.data_dir else runner.decoded_copy(config)
-    dataset = decoded or data_lib.load_dataset(spec, data_dir=(args.data_dir or config.data_dir) or None,
-                                               binarize=config.binarize, image_size=config.image_size,
-                                               skip_unreadable=config.skip_unreadable)
+    dataset = decoded or data_lib.load_dataset(
+        spec,
+        data_dir=(args.data_dir or config.data_dir) or None,
+        binarize=config.binarize,
+        image_size=config.image_size,
+        skip_unreadable=config.skip_unreadable,
+    )
     mismatch = None if args.dataset else runner.data_mismatch(args.workdir, dataset.record())
     if mismatch:  # the run's own --dataset names other data here (mnist offline, a replaced file or folder)
-        raise ConfigError(f"--dataset {spec}: {mismatch}; evaluate it where its data is, or pass --dataset "
-                          "to evaluate it on other data on purpose")
+        raise ConfigError(
+            f"--dataset {spec}: {mismatch}; evaluate it where its data is, or pass --dataset "
+            "to evaluate it on other data on purpose"
+        )
     trained_shape = trained.trained_image_shape(args.workdir) or dataset.image_shape
     if dataset.image_shape != trained_shape:
-        raise ConfigError(f"--dataset {spec}: images are {dataset.image_shape}, the model was trained on {trained_shape}")
+        raise ConfigError(
+            f"--dataset {spec}: images are {dataset.image_shape}, the model was trained on {trained_shape}"
+        )
     model, task = family.build(config, trained_shape)
     parts = family.eval_parts(model, task, config)
     data = {"x": dataset.test_pixels}
     if parts.needs_labels:
         if dataset.y_test is None:
-            raise ConfigError(f"--dataset {spec}: the conditional VAE is evaluated on -log p(x|y) and needs test "
-                              "labels; this data has none")
+            raise ConfigError(
+                f"--dataset {spec}: the conditional VAE is evaluated on -log p(x|y) and needs test "
+                "labels; this data has none"
+            )
         data["y"] = dataset.y_test
     epoch, state = trained.restore_checkpoint(config, task)
 
     # The computation TrainedModel.evaluate runs on one seed (vae_jax.trained): the same numbers.
-    per_seed = evaluate.evaluate_runs(parts, state.params, data, iwae_k=args.iwae_k,
-                                      eval_batch_size=config.eval_batch_size, iwae_batch_size=args.batch_size,
-                                      k_chunk=args.k_chunk, batch_sharding=sharding,
-                                      key=jax.random.key(args.eval_seed))
+    per_seed = evaluate.evaluate_runs(
+        parts,
+        state.params,
+        data,
+        iwae_k=args.iwae_k,
+        eval_batch_size=config.eval_batch_size,
+        iwae_batch_size=args.batch_size,
+        k_chunk=args.k_chunk,
+        batch_sharding=sharding,
+        key=jax.random.key(args.eval_seed),
+    )
     seeds = config.seed_list()
     per_seed = [{"seed": seed, **m} for seed, m in zip(seeds, per_seed)]
     likelihood = config.resolved().likelihood if hasattr(config, "resolved") else config.likelihood  # conv presets
@@ -128,24 +162,30 @@ def main(argv=None) -> dict:
         "workdir": args.workdir,
         "kind": config.kind,
         "checkpoint_epoch": int(epoch),
-        "checkpoint": {"epoch": int(epoch), "path": os.path.join(os.path.abspath(config.workdir), "checkpoints",
-                                                                 str(int(epoch)))},
+        "checkpoint": {
+            "epoch": int(epoch),
+            "path": os.path.join(os.path.abspath(config.workdir), "checkpoints", str(int(epoch))),
+        },
         "eval_seed": args.eval_seed,
         "dataset": dataset.summary(),
         "measure": measure,
         "neg_elbo_note": "single-sample neg-ELBO with the run's fixed evaluation key and --eval-batch-size "
-                         f"{config.eval_batch_size}: the same computation as summary.json's test metrics",
+        f"{config.eval_batch_size}: the same computation as summary.json's test metrics",
         **per_seed[0],
     }
     if len(per_seed) > 1:
         result["per_seed"] = per_seed
-        scalar_keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and k not in ("seed", "n", "iwae_k")]
+        scalar_keys = [
+            k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and k not in ("seed", "n", "iwae_k")
+        ]
         for key in scalar_keys:
             values = np.array([m[key] for m in per_seed], np.float64)
             result[key] = float(values.mean())
             result[f"{key}_std"] = float(values.std())
-        result["active_units_per_layer"] = {layer: float(np.mean([m["active_units_per_layer"][layer] for m in per_seed]))
-                                            for layer in per_seed[0]["active_units_per_layer"]}
+        result["active_units_per_layer"] = {
+            layer: float(np.mean([m["active_units_per_layer"][layer] for m in per_seed]))
+            for layer in per_seed[0]["active_units_per_layer"]
+        }
         del result["seed"]
     out = args.out or os.path.join(args.workdir, "eval.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -154,10 +194,12 @@ def main(argv=None) -> dict:
     word = "cross-entropy" if measure.startswith("cross-entropy") else "NLL"
     units = ", ".join(f"{k} {result['active_units_per_layer'][k]:g}/{d}" for k, d in result["latent_dims"].items())
     extras = "".join(f", {k} {result[k]:.2f}" for k in ("kl_z1", "kl_z2") if k in result)
-    print(f"{config.kind} checkpoint epoch {epoch}: n={result['n']}  neg-ELBO {result['neg_elbo']:.2f} "
-          f"(recon {result['recon']:.2f}, KL {result['kl']:.2f}{extras})  IWAE-{args.iwae_k} {word} "
-          f"{result['iwae_nll']:.2f} nats ({result['bits_per_dim']:.4f} bits/dim, {word})  active units {units}  "
-          f"-> {out}")
+    print(
+        f"{config.kind} checkpoint epoch {epoch}: n={result['n']}  neg-ELBO {result['neg_elbo']:.2f} "
+        f"(recon {result['recon']:.2f}, KL {result['kl']:.2f}{extras})  IWAE-{args.iwae_k} {word} "
+        f"{result['iwae_nll']:.2f} nats ({result['bits_per_dim']:.4f} bits/dim, {word})  active units {units}  "
+        f"-> {out}"
+    )
     if word == "cross-entropy":
         print("note: " + measure, file=sys.stderr)
     return result

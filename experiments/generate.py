@@ -29,15 +29,25 @@ from vae_jax.cli import ConfigError, user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     cli.add_run_flags(parser)
     parser.add_argument("--n", type=int, default=64, help="number of samples")
     parser.add_argument("--label", type=int, default=None, help="the class of every sample (conditional VAE)")
-    parser.add_argument("--labels", type=cli.int_list("labels"), default=None, metavar="N,N,...",
-                        help="classes to split the samples between (conditional VAE)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="scales the prior's std (Gaussian latents) or divides its logits (VQ-VAE prior)")
+    parser.add_argument(
+        "--labels",
+        type=cli.int_list("labels"),
+        default=None,
+        metavar="N,N,...",
+        help="classes to split the samples between (conditional VAE)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="scales the prior's std (Gaussian latents) or divides its logits (VQ-VAE prior)",
+    )
     parser.add_argument("--key", type=int, default=0, help="seed of the sampling key")
     parser.add_argument("--out", default="samples.png", help="the PNG grid (the .npz goes beside it)")
     return parser
@@ -48,7 +58,7 @@ def requested_labels(args) -> np.ndarray | None:
     if args.label is not None:
         return np.full(args.n, args.label)
     if args.labels:
-        return np.repeat(np.asarray(args.labels), -(-args.n // len(args.labels)))[:args.n]
+        return np.repeat(np.asarray(args.labels), -(-args.n // len(args.labels)))[: args.n]
     return None
 
 
@@ -68,8 +78,10 @@ def main(argv=None) -> dict:
     labels = requested_labels(args)
     run = trained.load_run(args.workdir, seed=args.seed, epoch=args.epoch)
     if run.conditional and labels is None:
-        raise ConfigError(f"--label/--labels: {args.workdir} is a conditional VAE; give the classes to draw "
-                          f"(0 to {run.model.num_classes - 1})")
+        raise ConfigError(
+            f"--label/--labels: {args.workdir} is a conditional VAE; give the classes to draw "
+            f"(0 to {run.model.num_classes - 1})"
+        )
     if labels is not None and not run.conditional:
         raise ConfigError(f"--label/--labels: {args.workdir} holds a {run.family} model, which is not conditional")
     x = run.sample(args.n, args.key, labels=labels, temperature=args.temperature)
@@ -79,8 +91,10 @@ def main(argv=None) -> dict:
     plots.save_grid(x, args.out, title, ncols=min(args.n, 10))
     arrays = {"x": np.asarray(x, np.float32)} if labels is None else {"x": np.asarray(x, np.float32), "y": labels}
     np.savez_compressed(npz, **arrays)
-    print(f"{args.n} samples from {args.workdir} ({run.family}, epoch {run.epoch}, seed {run.seed}{what}, "
-          f"key {args.key}, temperature {args.temperature:g}) -> {args.out}, {npz}")
+    print(
+        f"{args.n} samples from {args.workdir} ({run.family}, epoch {run.epoch}, seed {run.seed}{what}, "
+        f"key {args.key}, temperature {args.temperature:g}) -> {args.out}, {npz}"
+    )
     return {"x": x, "y": labels, "png": args.out, "npz": npz}
 
 

@@ -30,7 +30,8 @@ from vae_jax import diagnostics, evaluate, parallel, plots, runner
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
-from vae_jax.tasks import hvae, vae as vae_tasks
+from vae_jax.tasks import hvae
+from vae_jax.tasks import vae as vae_tasks
 
 EVAL_IWAE_K = 500
 
@@ -47,12 +48,14 @@ def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.
     def count(model, init):
         return evaluate.count_params(jax.eval_shape(lambda: init(model, jax.random.key(0))))
 
-    from vae_jax.models import hvae as hvae_model, vae as vae_model
+    from vae_jax.models import hvae as hvae_model
+    from vae_jax.models import vae as vae_model
 
     target = count(hvae.build_hvae(config, image_shape), hvae_model.init_params)
     best = None
-    for hidden in dict.fromkeys(tuple(max(1, int(round(w * scale))) for w in config.hidden)
-                                for scale in np.linspace(0.8, 1.5, 71)):  # each distinct width once
+    for hidden in dict.fromkeys(
+        tuple(max(1, int(round(w * scale))) for w in config.hidden) for scale in np.linspace(0.8, 1.5, 71)
+    ):  # each distinct width once
         candidate = vae_tasks.VAEConfig(**shared, latent_dim=config.latent_dim, hidden=hidden)
         n = count(vae_tasks.build_vae(candidate, image_shape), vae_model.init_params)
         if best is None or abs(n - target) < abs(best[1] - target):
@@ -65,13 +68,22 @@ def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict) ->
     first = jax.tree_util.tree_map(lambda a: a[:1], result.state.params)
     # --devices: the devices share each batch (in a --distributed run each process evaluates on its own device)
     sharding = parallel.eval_batch_sharding(config.devices) if jax.process_count() == 1 else None
-    metrics = evaluate.evaluate_runs(parts, first, {"x": result.dataset.test_pixels}, iwae_k=EVAL_IWAE_K,
-                                     eval_batch_size=config.eval_batch_size, batch_sharding=sharding)[0]
+    metrics = evaluate.evaluate_runs(
+        parts,
+        first,
+        {"x": result.dataset.test_pixels},
+        iwae_k=EVAL_IWAE_K,
+        eval_batch_size=config.eval_batch_size,
+        batch_sharding=sharding,
+    )[0]
     # summary.json's collapse ``diagnostics``: per layer for the HVAE, one dict for the one-level VAE
     result.summary["diagnostics"] = collapse if len(collapse) > 1 else collapse["z"]
     runner.write_summary(config.workdir, result.summary)
-    return {**metrics, "mutual_information": {k: v["mutual_information"] for k, v in collapse.items()},
-            "mean_kl_per_dim": {k: v["mean_kl_per_dim"] for k, v in collapse.items()}}
+    return {
+        **metrics,
+        "mutual_information": {k: v["mutual_information"] for k, v in collapse.items()},
+        "mean_kl_per_dim": {k: v["mean_kl_per_dim"] for k, v in collapse.items()},
+    }
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
@@ -104,32 +116,57 @@ def report(config, vae_config, top_workdir: str, dataset, trained: dict) -> dict
     h_collapse = hvae.collapse_diagnostics(h_model, h_params, dataset.x_test, key)
     v_collapse = {"z": diagnostics.vae_collapse_diagnostics(v_model, v_params, dataset.x_test, key)}
     comparison = {
-        "hvae": {"params": hvae_params, "latent_dims": {"z1": config.latent_dim, "z2": config.top_latent_dim},
-                 "hidden": list(config.hidden), "top_hidden": list(config.top_hidden),
-                 **evaluate_model(hvae.hvae_eval_parts(h_model, h_task, config), h_result, config, h_collapse)},
-        "vae": {"params": vae_params, "latent_dims": {"z": vae_config.latent_dim}, "hidden": list(vae_config.hidden),
-                **evaluate_model(evaluate.gaussian_vae_parts(v_model, v_task.eval_fn, vae_config.likelihood,
-                                                             vae_config.decoder_logvar),
-                                 v_result, vae_config, v_collapse)},
-        "epochs": config.epochs, "seed": h_result.seeds[0], "dataset": dataset.summary(),
+        "hvae": {
+            "params": hvae_params,
+            "latent_dims": {"z1": config.latent_dim, "z2": config.top_latent_dim},
+            "hidden": list(config.hidden),
+            "top_hidden": list(config.top_hidden),
+            **evaluate_model(hvae.hvae_eval_parts(h_model, h_task, config), h_result, config, h_collapse),
+        },
+        "vae": {
+            "params": vae_params,
+            "latent_dims": {"z": vae_config.latent_dim},
+            "hidden": list(vae_config.hidden),
+            **evaluate_model(
+                evaluate.gaussian_vae_parts(v_model, v_task.eval_fn, vae_config.likelihood, vae_config.decoder_logvar),
+                v_result,
+                vae_config,
+                v_collapse,
+            ),
+        },
+        "epochs": config.epochs,
+        "seed": h_result.seeds[0],
+        "dataset": dataset.summary(),
         "measure": evaluate.likelihood_measure(config.likelihood, dataset.x_test),
         # summed over metrics.jsonl, so a resumed run reports the training its checkpoints hold
-        "train_seconds": {"hvae": sum(line["seconds"] for line in h_result.history),
-                          "vae": sum(line["seconds"] for line in v_result.history)},
+        "train_seconds": {
+            "hvae": sum(line["seconds"] for line in h_result.history),
+            "vae": sum(line["seconds"] for line in v_result.history),
+        },
     }
 
     x_test = dataset.x_test[:10]
     figures = [
-        plots.save_kl_per_dim({**{f"HVAE {k}": v for k, v in comparison["hvae"]["mean_kl_per_dim"].items()},
-                               "VAE z": comparison["vae"]["mean_kl_per_dim"]["z"]},
-                              os.path.join(top_workdir, "kl_per_dim.png"),
-                              "Test mean KL term per latent dimension (near 0: collapsed to the prior)"),
-        plots.save_image_rows([hvae.sample(h_model, h_params, key, 20), vae_tasks.sample_prior(v_model, v_params, key, 20)],
-                              ["HVAE", "VAE"], os.path.join(top_workdir, "samples.png"),
-                              "Ancestral samples: z2 ~ N(0, I), z1 ~ p(z1|z2) (HVAE); z ~ N(0, I) (VAE)"),
-        plots.save_image_rows([x_test, hvae.reconstruct(h_model, h_params, x_test),
-                               vae_tasks.reconstruct(v_model, v_params, x_test)], ["test", "HVAE", "VAE"],
-                              os.path.join(top_workdir, "reconstructions.png"), "Test images and reconstructions"),
+        plots.save_kl_per_dim(
+            {
+                **{f"HVAE {k}": v for k, v in comparison["hvae"]["mean_kl_per_dim"].items()},
+                "VAE z": comparison["vae"]["mean_kl_per_dim"]["z"],
+            },
+            os.path.join(top_workdir, "kl_per_dim.png"),
+            "Test mean KL term per latent dimension (near 0: collapsed to the prior)",
+        ),
+        plots.save_image_rows(
+            [hvae.sample(h_model, h_params, key, 20), vae_tasks.sample_prior(v_model, v_params, key, 20)],
+            ["HVAE", "VAE"],
+            os.path.join(top_workdir, "samples.png"),
+            "Ancestral samples: z2 ~ N(0, I), z1 ~ p(z1|z2) (HVAE); z ~ N(0, I) (VAE)",
+        ),
+        plots.save_image_rows(
+            [x_test, hvae.reconstruct(h_model, h_params, x_test), vae_tasks.reconstruct(v_model, v_params, x_test)],
+            ["test", "HVAE", "VAE"],
+            os.path.join(top_workdir, "reconstructions.png"),
+            "Test images and reconstructions",
+        ),
     ]
     comparison["figures"] = [os.path.basename(p) for p in figures]
     runner.write_json(os.path.join(top_workdir, "comparison.json"), comparison)
@@ -140,8 +177,10 @@ def report(config, vae_config, top_workdir: str, dataset, trained: dict) -> dict
         kl_layers = ", ".join(f"KL {k} {sum(v):.2f}" for k, v in m["mean_kl_per_dim"].items())
         mi = ", ".join(f"I(x;{k}) {v:.2f}" for k, v in m["mutual_information"].items())
         units = ", ".join(f"{k} {m['active_units_per_layer'][k]}/{m['latent_dims'][k]}" for k in m["latent_dims"])
-        print(f"{name}: {m['params']} params; test neg-ELBO {m['neg_elbo']:.2f}, IWAE-{EVAL_IWAE_K} NLL "
-              f"{m['iwae_nll']:.2f} nats; {kl_layers}; active units {units}; {mi} nats")
+        print(
+            f"{name}: {m['params']} params; test neg-ELBO {m['neg_elbo']:.2f}, IWAE-{EVAL_IWAE_K} NLL "
+            f"{m['iwae_nll']:.2f} nats; {kl_layers}; active units {units}; {mi} nats"
+        )
     print(f"outputs in {top_workdir}")
     return comparison
 

@@ -114,7 +114,7 @@ def report(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
     classifier = latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
     reference = {
         "classifier_test_accuracy": float(classifier.score(x_test.reshape(len(x_test), -1), y_test)),
-        "test_images": latent_metrics.image_quality(x_test[:config.num_samples], x_train, classifier),
+        "test_images": latent_metrics.image_quality(x_test[: config.num_samples], x_train, classifier),
     }
     sample_key = jax.random.fold_in(jax.random.key(config.seed), 2024)
     quality, figures = {}, []
@@ -122,43 +122,79 @@ def report(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
         codes = {kind: latent_metrics.encode(kind, m, p, x_test) for kind, (m, p) in trained.items()}
         for kind, (model, params) in trained.items():
             quality[f"{kind}_z{latent_dim}"] = latent_metrics.prior_sample_quality(
-                kind, model, params, sample_key, x_train, x_test, classifier, config.num_samples)
+                kind, model, params, sample_key, x_train, x_test, classifier, config.num_samples
+            )
         if latent_dim == 2:
-            figures.append(save_side_by_side(
-                {NAMES[k]: c for k, c in codes.items()}, y_test, os.path.join(workdir, "latents_2d.png"),
-                "Test codes with a 2-D latent (AE: z; VAE: posterior mean)", ("z[0]", "z[1]")))
+            figures.append(
+                save_side_by_side(
+                    {NAMES[k]: c for k, c in codes.items()},
+                    y_test,
+                    os.path.join(workdir, "latents_2d.png"),
+                    "Test codes with a 2-D latent (AE: z; VAE: posterior mean)",
+                    ("z[0]", "z[1]"),
+                )
+            )
             for kind, (model, params) in trained.items():
                 points, z0, z1 = latent_plane_grid(codes[kind], config.grid_size)
-                figures.append(plots.save_latent_grid(
-                    latent_metrics.decode_images(model, params, points), z0, z1,
-                    os.path.join(workdir, f"latent_grid_{kind}.png"),
-                    f"{NAMES[kind]}: decodings over the plane spanned by its test codes (1st-99th pct)"))
-            samples = [latent_metrics.decode_images(m, p, np.asarray(jax.random.normal(sample_key, (20, 2))))
-                       for m, p in trained.values()]
-            figures.append(plots.save_image_rows(
-                samples, [NAMES[k] for k in trained], os.path.join(workdir, "prior_samples.png"),
-                "Decodings of the same 20 draws z ~ N(0, I), 2-D latent"))
+                figures.append(
+                    plots.save_latent_grid(
+                        latent_metrics.decode_images(model, params, points),
+                        z0,
+                        z1,
+                        os.path.join(workdir, f"latent_grid_{kind}.png"),
+                        f"{NAMES[kind]}: decodings over the plane spanned by its test codes (1st-99th pct)",
+                    )
+                )
+            samples = [
+                latent_metrics.decode_images(m, p, np.asarray(jax.random.normal(sample_key, (20, 2))))
+                for m, p in trained.values()
+            ]
+            figures.append(
+                plots.save_image_rows(
+                    samples,
+                    [NAMES[k] for k in trained],
+                    os.path.join(workdir, "prior_samples.png"),
+                    "Decodings of the same 20 draws z ~ N(0, I), 2-D latent",
+                )
+            )
         else:
-            idx = np.random.default_rng(config.seed).permutation(len(x_test))[:config.tsne_points]
-            embedded = {f"{NAMES[k]} ({latent_dim}-D)": latent_views.tsne_2d(c[idx], config.seed)
-                        for k, c in codes.items()}
-            figures.append(save_side_by_side(embedded, y_test[idx], os.path.join(workdir, "tsne.png"),
-                                             f"t-SNE of {len(idx)} test codes", ("t-SNE 1", "t-SNE 2")))
+            idx = np.random.default_rng(config.seed).permutation(len(x_test))[: config.tsne_points]
+            embedded = {
+                f"{NAMES[k]} ({latent_dim}-D)": latent_views.tsne_2d(c[idx], config.seed) for k, c in codes.items()
+            }
+            figures.append(
+                save_side_by_side(
+                    embedded,
+                    y_test[idx],
+                    os.path.join(workdir, "tsne.png"),
+                    f"t-SNE of {len(idx)} test codes",
+                    ("t-SNE 1", "t-SNE 2"),
+                )
+            )
 
     summary = {
-        "seeds": config.seed_list(), "figures_from_seed": config.seed, "epochs": config.epochs,
-        "dataset": dataset.summary(), "num_samples": config.num_samples, "reference": reference,
-        "sample_quality": quality, "figures": [os.path.basename(p) for p in figures],
+        "seeds": config.seed_list(),
+        "figures_from_seed": config.seed,
+        "epochs": config.epochs,
+        "dataset": dataset.summary(),
+        "num_samples": config.num_samples,
+        "reference": reference,
+        "sample_quality": quality,
+        "figures": [os.path.basename(p) for p in figures],
     }
     runner.write_summary(workdir, summary)
-    print(f"classifier test accuracy {reference['classifier_test_accuracy']:.3f}; real test images: NN distance "
-          f"{reference['test_images']['nn_distance_mean']:.2f}, max prob {reference['test_images']['mean_max_prob']:.3f}")
+    print(
+        f"classifier test accuracy {reference['classifier_test_accuracy']:.3f}; real test images: NN distance "
+        f"{reference['test_images']['nn_distance_mean']:.2f}, max prob {reference['test_images']['mean_max_prob']:.3f}"
+    )
     for name, q in quality.items():
         s, r = q["prior_samples"], q["test_reconstructions"]
-        print(f"{name:8s} N(0,I) samples: NN distance {s['nn_distance_mean']:.2f} (reconstructions "
-              f"{r['nn_distance_mean']:.2f}, ratio {q['nn_distance_ratio']:.2f}); classifier max prob "
-              f"{s['mean_max_prob']:.3f} vs {r['mean_max_prob']:.3f}, entropy {s['mean_entropy']:.3f} vs "
-              f"{r['mean_entropy']:.3f}; code std {np.mean(q['code_std']):.2f}")
+        print(
+            f"{name:8s} N(0,I) samples: NN distance {s['nn_distance_mean']:.2f} (reconstructions "
+            f"{r['nn_distance_mean']:.2f}, ratio {q['nn_distance_ratio']:.2f}); classifier max prob "
+            f"{s['mean_max_prob']:.3f} vs {r['mean_max_prob']:.3f}, entropy {s['mean_entropy']:.3f} vs "
+            f"{r['mean_entropy']:.3f}; code std {np.mean(q['code_std']):.2f}"
+        )
     print(f"outputs in {workdir}")
     return summary
 

@@ -40,23 +40,32 @@ class LatentSweepConfig(latent_metrics.AEVAEConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(len(self.latent_sizes) > 0 and all(d > 0 for d in self.latent_sizes), "latent_sizes",
-                "comma-separated positive sizes like 1,2,10,20", ",".join(map(str, self.latent_sizes)))
+        require(
+            len(self.latent_sizes) > 0 and all(d > 0 for d in self.latent_sizes),
+            "latent_sizes",
+            "comma-separated positive sizes like 1,2,10,20",
+            ",".join(map(str, self.latent_sizes)),
+        )
 
 
 def train_and_measure(kind: str, config, dataset) -> dict:
     """Trains one model (resuming its sub-workdir) and returns its row entries, mean/std over seeds."""
     model, task = latent_metrics.build_task(kind, config, dataset.image_shape)
     result = runner.train(config, task, dataset)
-    per_seed = [latent_metrics.deterministic_reconstruction(kind, model, result.params(i), dataset.x_test)
-                for i in range(len(result.seeds))]
+    per_seed = [
+        latent_metrics.deterministic_reconstruction(kind, model, result.params(i), dataset.x_test)
+        for i in range(len(result.seeds))
+    ]
     row = {f"test_{name}": runner.mean_std([np.mean(m[name]) for m in per_seed]) for name in ("bce", "mse")}
     if kind == "vae":
         for name in ("neg_elbo", "recon", "kl"):
             row[f"test_{name}"] = result.summary["test"][name]
-        row["active_units"] = runner.mean_std([
-            evaluate.active_units(latent_metrics.encode(kind, model, result.params(i), dataset.x_test))[0]
-            for i in range(len(result.seeds))])
+        row["active_units"] = runner.mean_std(
+            [
+                evaluate.active_units(latent_metrics.encode(kind, model, result.params(i), dataset.x_test))[0]
+                for i in range(len(result.seeds))
+            ]
+        )
     row["train_seconds"] = result.summary["train_seconds"]
     return row
 
@@ -105,10 +114,12 @@ def main(argv=None) -> dict:
 
 
 def row_line(row: dict) -> str:
-    return (f"D={row['latent_dim']:4d}  AE bce {row['ae']['test_bce']['mean']:8.2f} mse "
-            f"{row['ae']['test_mse']['mean']:.4f}  VAE bce {row['vae']['test_bce']['mean']:8.2f} mse "
-            f"{row['vae']['test_mse']['mean']:.4f} neg-ELBO {row['vae']['test_neg_elbo']['mean']:8.2f} (KL "
-            f"{row['vae']['test_kl']['mean']:.2f}, {row['vae']['active_units']['mean']:.0f} active units)")
+    return (
+        f"D={row['latent_dim']:4d}  AE bce {row['ae']['test_bce']['mean']:8.2f} mse "
+        f"{row['ae']['test_mse']['mean']:.4f}  VAE bce {row['vae']['test_bce']['mean']:8.2f} mse "
+        f"{row['vae']['test_mse']['mean']:.4f} neg-ELBO {row['vae']['test_neg_elbo']['mean']:8.2f} (KL "
+        f"{row['vae']['test_kl']['mean']:.2f}, {row['vae']['active_units']['mean']:.0f} active units)"
+    )
 
 
 def report(config: LatentSweepConfig, dataset, table: list[dict]) -> dict:
@@ -133,6 +144,7 @@ def report(config: LatentSweepConfig, dataset, table: list[dict]) -> dict:
     print("\n".join(row_line(row) for row in table))
     print(f"outputs in {config.workdir}")
     return summary
+
 
 if __name__ == "__main__":
     main()

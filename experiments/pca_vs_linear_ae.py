@@ -42,15 +42,19 @@ def compare(pca_fit: linear_ae.PCAResult, params, dataset) -> dict:
     a = np.random.default_rng(0).normal(size=(w_d.shape[1],) * 2)
     w_e = linear_ae.encoder_matrix(params)
     flat_test = dataset.x_test.reshape(len(dataset.x_test), -1) - mean
-    same_map_gap = float(np.max(np.abs(flat_test @ w_e.T @ w_d.T - flat_test @ (np.linalg.inv(a) @ w_e).T @ (w_d @ a).T)))
+    same_map_gap = float(
+        np.max(np.abs(flat_test @ w_e.T @ w_d.T - flat_test @ (np.linalg.inv(a) @ w_e).T @ (w_d @ a).T))
+    )
     return {
         "principal_angles_deg": angles,
         "max_principal_angle_deg": max(angles),
         "mean_principal_angle_deg": float(np.mean(angles)),
         "mse_train": linear_ae.mean_squared_error(
-            dataset.x_train, linear_ae.linear_ae_reconstruct(params, dataset.x_train, mean)),
+            dataset.x_train, linear_ae.linear_ae_reconstruct(params, dataset.x_train, mean)
+        ),
         "mse_test": linear_ae.mean_squared_error(
-            dataset.x_test, linear_ae.linear_ae_reconstruct(params, dataset.x_test, mean)),
+            dataset.x_test, linear_ae.linear_ae_reconstruct(params, dataset.x_test, mean)
+        ),
         "decoder_orthogonality": linear_ae.orthogonality(w_d),
         # 1 would mean each AE column is (a multiple of) one PCA component; below 1, columns mix components.
         "mean_best_abs_cosine_to_a_pca_component": float(cos_to_pca.max(axis=1).mean()),
@@ -91,21 +95,38 @@ def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_de
     workdir = config.workdir
     w_d = linear_ae.decoder_columns(params)
     u = pca_fit.components.T
-    paths = [plots.save_image_rows(
-        [signed_images(u, shape), signed_images(w_d, shape), signed_images(linear_ae.align_basis(w_d, u), shape)],
-        ["PCA u_i", "AE W_d[:, i]", "W_d A ≈ U"],
-        os.path.join(workdir, "components.png"),
-        f"Top-{config.components} PCA components, the linear AE's decoder columns, and the AE columns recombined "
-        "(least squares) into PCA's (gray = 0)")]
+    paths = [
+        plots.save_image_rows(
+            [signed_images(u, shape), signed_images(w_d, shape), signed_images(linear_ae.align_basis(w_d, u), shape)],
+            ["PCA u_i", "AE W_d[:, i]", "W_d A ≈ U"],
+            os.path.join(workdir, "components.png"),
+            f"Top-{config.components} PCA components, the linear AE's decoder columns, and the AE columns recombined "
+            "(least squares) into PCA's (gray = 0)",
+        )
+    ]
     paths.append(save_basis_geometry(angles_deg, w_d, u, os.path.join(workdir, "basis_geometry.png")))
     x = data.x_test[:10]
-    paths.append(plots.save_image_rows(
-        [x, np.clip(pca_fit.reconstruct(x.astype(np.float64)), 0, 1),
-         np.clip(linear_ae.linear_ae_reconstruct(params, x, pca_fit.mean.astype(np.float32)), 0, 1)],
-        ["original", "PCA", "linear AE"], os.path.join(workdir, "reconstructions.png"),
-        f"Test digits reconstructed from {config.components} components"))
-    paths.append(plots.save_curves(result.history, ["train_loss", "test_sq_error"], os.path.join(workdir, "loss_curves.png"),
-                                   "Linear AE squared error per image", ylabel="sum of squared pixel errors"))
+    paths.append(
+        plots.save_image_rows(
+            [
+                x,
+                np.clip(pca_fit.reconstruct(x.astype(np.float64)), 0, 1),
+                np.clip(linear_ae.linear_ae_reconstruct(params, x, pca_fit.mean.astype(np.float32)), 0, 1),
+            ],
+            ["original", "PCA", "linear AE"],
+            os.path.join(workdir, "reconstructions.png"),
+            f"Test digits reconstructed from {config.components} components",
+        )
+    )
+    paths.append(
+        plots.save_curves(
+            result.history,
+            ["train_loss", "test_sq_error"],
+            os.path.join(workdir, "loss_curves.png"),
+            "Linear AE squared error per image",
+            ylabel="sum of squared pixel errors",
+        )
+    )
     return paths
 
 
@@ -116,8 +137,9 @@ def main(argv=None) -> dict:
     dataset = runner.load_data(config)
     d = int(np.prod(dataset.image_shape))
     if config.components > min(d, len(dataset.x_train)):
-        raise ConfigError(f"--components must be at most {min(d, len(dataset.x_train))} for this data, "
-                          f"got {config.components}")
+        raise ConfigError(
+            f"--components must be at most {min(d, len(dataset.x_train))} for this data, got {config.components}"
+        )
     pca_fit = linear_ae.pca(dataset.x_train, config.components)
     _, task = linear_ae.linear_ae_task(config.components, pca_fit.mean.astype(np.float32))
     result = runner.train(config, task, dataset)
@@ -131,8 +153,12 @@ def report(config: linear_ae.LinearAEConfig, pca_fit, dataset, result: runner.Tr
     summary = result.summary
     summary["components"] = config.components
     summary["pca"] = {
-        "mse_train": linear_ae.mean_squared_error(dataset.x_train, pca_fit.reconstruct(dataset.x_train.astype(np.float64))),
-        "mse_test": linear_ae.mean_squared_error(dataset.x_test, pca_fit.reconstruct(dataset.x_test.astype(np.float64))),
+        "mse_train": linear_ae.mean_squared_error(
+            dataset.x_train, pca_fit.reconstruct(dataset.x_train.astype(np.float64))
+        ),
+        "mse_test": linear_ae.mean_squared_error(
+            dataset.x_test, pca_fit.reconstruct(dataset.x_test.astype(np.float64))
+        ),
         "explained_variance_ratio": float(pca_fit.explained_variance.sum() / pca_fit.total_variance),
         "orthogonality": linear_ae.orthogonality(pca_fit.components.T),
     }
@@ -149,13 +175,19 @@ def report(config: linear_ae.LinearAEConfig, pca_fit, dataset, result: runner.Tr
 
     ortho = first["decoder_orthogonality"]
     runner.log(f"data: {dataset.describe()}; m = {config.components}")
-    print(f"principal angles span(W_d) vs PCA: max {first['max_principal_angle_deg']:.2f} deg, "
-          f"mean {first['mean_principal_angle_deg']:.2f} deg")
-    print(f"test MSE per pixel: PCA {summary['pca']['mse_test']:.5f}, linear AE {first['mse_test']:.5f} "
-          f"(train {summary['pca']['mse_train']:.5f} vs {first['mse_train']:.5f})")
-    print(f"AE basis: max |cos| between columns {ortho['max_abs_cosine']:.3f}, column norms "
-          f"{ortho['column_norm_min']:.2f}..{ortho['column_norm_max']:.2f} (PCA: 0 and 1); mean best |cos| of a column "
-          f"with one PCA component {first['mean_best_abs_cosine_to_a_pca_component']:.3f}; outputs in {config.workdir}")
+    print(
+        f"principal angles span(W_d) vs PCA: max {first['max_principal_angle_deg']:.2f} deg, "
+        f"mean {first['mean_principal_angle_deg']:.2f} deg"
+    )
+    print(
+        f"test MSE per pixel: PCA {summary['pca']['mse_test']:.5f}, linear AE {first['mse_test']:.5f} "
+        f"(train {summary['pca']['mse_train']:.5f} vs {first['mse_train']:.5f})"
+    )
+    print(
+        f"AE basis: max |cos| between columns {ortho['max_abs_cosine']:.3f}, column norms "
+        f"{ortho['column_norm_min']:.2f}..{ortho['column_norm_max']:.2f} (PCA: 0 and 1); mean best |cos| of a column "
+        f"with one PCA component {first['mean_best_abs_cosine_to_a_pca_component']:.3f}; outputs in {config.workdir}"
+    )
     return summary
 
 

@@ -26,8 +26,9 @@ from vae_jax.data import DataError, pixels_to_float
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     cli.add_run_flags(parser)
     parser.add_argument("--dataset", default="", help="dataset spec, e.g. mnist or folder:PATH (default: the run's)")
     parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")
@@ -48,16 +49,23 @@ def main(argv=None) -> dict:
     spec = args.dataset or run.config.dataset
     x, y = trained.load_images(run, spec, args.split, args.data_dir)
     if run.conditional and y is None:
-        raise ConfigError(f"--dataset {spec}: the conditional VAE reconstructs with the images' labels; this data "
-                          "has none")
+        raise ConfigError(
+            f"--dataset {spec}: the conditional VAE reconstructs with the images' labels; this data has none"
+        )
     x = pixels_to_float(x)
     recon = run.reconstruct(x, labels=y if run.conditional else None)
     errors = np.mean(np.square(recon - x), axis=(1, 2, 3))  # [N] per-pixel MSE of each image
     shown = min(args.n, len(x))
-    plots.save_reconstructions(x[:shown], recon[:shown], args.out,
-                               f"{spec} ({args.split}) and {run.family} reconstructions (MSE {errors.mean():.4f})")
-    print(f"reconstruction MSE per pixel of the {shown} shown: {' '.join(f'{e:.4f}' for e in errors[:shown])}; "
-          f"mean over the {args.split} split {errors.mean():.5f} (n={len(x)}) -> {args.out}")
+    plots.save_reconstructions(
+        x[:shown],
+        recon[:shown],
+        args.out,
+        f"{spec} ({args.split}) and {run.family} reconstructions (MSE {errors.mean():.4f})",
+    )
+    print(
+        f"reconstruction MSE per pixel of the {shown} shown: {' '.join(f'{e:.4f}' for e in errors[:shown])}; "
+        f"mean over the {args.split} split {errors.mean():.5f} (n={len(x)}) -> {args.out}"
+    )
     return {"errors": errors, "mean_error": float(errors.mean()), "reconstructions": recon[:shown]}
 
 

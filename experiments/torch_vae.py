@@ -40,10 +40,9 @@ def main(argv=None) -> dict:
         import torch
     except ImportError:
         parser.error("this reference needs PyTorch: pip install torch")
+    import numpy as np
     from torch import nn
     from torch.nn import functional as F
-
-    import numpy as np
 
     from vae_jax import data as data_lib
 
@@ -58,7 +57,11 @@ def main(argv=None) -> dict:
     class VAE(nn.Module):
         def __init__(self, pixels=784, hidden=400, latent=20):
             super().__init__()
-            self.enc, self.mean, self.logvar = nn.Linear(pixels, hidden), nn.Linear(hidden, latent), nn.Linear(hidden, latent)
+            self.enc, self.mean, self.logvar = (
+                nn.Linear(pixels, hidden),
+                nn.Linear(hidden, latent),
+                nn.Linear(hidden, latent),
+            )
             self.dec1, self.dec2 = nn.Linear(latent, hidden), nn.Linear(hidden, pixels)
 
         def decode(self, z):
@@ -88,7 +91,7 @@ def main(argv=None) -> dict:
         perm = torch.randperm(len(x_train))
         total = 0.0
         for i in range(steps):
-            xb = x_train[perm[i * args.batch_size:(i + 1) * args.batch_size]]
+            xb = x_train[perm[i * args.batch_size : (i + 1) * args.batch_size]]
             logits, mean, logvar = model(xb)
             loss = neg_elbo(logits, xb, mean, logvar)
             optimizer.zero_grad()
@@ -104,8 +107,10 @@ def main(argv=None) -> dict:
         history.append({"epoch": epoch, "train_loss": total / steps, "test_neg_elbo": test})
         print(json.dumps(history[-1]), file=sys.stderr)
         if epoch % 5 == 0 or epoch == args.epochs:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
-                       os.path.join(args.workdir, "checkpoints", f"{epoch}.pt"))
+            torch.save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+                os.path.join(args.workdir, "checkpoints", f"{epoch}.pt"),
+            )
 
     import matplotlib
 
@@ -115,8 +120,10 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         recon = torch.sigmoid(model(x_test[:10])[0]).numpy()
         samples = torch.sigmoid(model.decode(torch.randn(50, 20))).numpy()
-    for name, images, rows in (("reconstructions", np.concatenate([x_test[:10].numpy(), recon]), 2),
-                               ("samples", samples, 5)):
+    for name, images, rows in (
+        ("reconstructions", np.concatenate([x_test[:10].numpy(), recon]), 2),
+        ("samples", samples, 5),
+    ):
         fig, axes = plt.subplots(rows, len(images) // rows, figsize=(len(images) // rows, rows))
         for ax, image in zip(axes.flat, images):
             ax.imshow(image.reshape(28, 28), cmap="gray", vmin=0, vmax=1)
@@ -129,8 +136,13 @@ def main(argv=None) -> dict:
     ax.legend()
     fig.savefig(os.path.join(args.workdir, "loss_curves.png"), dpi=80)
     plt.close(fig)
-    summary = {"epochs": args.epochs, "test_neg_elbo": history[-1]["test_neg_elbo"], "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
+    summary = {
+        "epochs": args.epochs,
+        "test_neg_elbo": history[-1]["test_neg_elbo"],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "seconds": time.perf_counter() - start,
+    }
     with open(os.path.join(args.workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"test neg-ELBO {summary['test_neg_elbo']:.2f} nats after {args.epochs} epochs; outputs in {args.workdir}")

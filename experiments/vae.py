@@ -76,8 +76,14 @@ def write_figures(config, model, result: runner.TrainResult) -> list[str]:
     x_test = data.x_test
     paths = []
     recon = tasks.reconstruct(model, params, x_test[:10])
-    paths.append(plots.save_reconstructions(x_test[:10], recon, os.path.join(workdir, "reconstructions.png"),
-                                            f"Test digits and their reconstructions (seed {result.seeds[0]})"))
+    paths.append(
+        plots.save_reconstructions(
+            x_test[:10],
+            recon,
+            os.path.join(workdir, "reconstructions.png"),
+            f"Test digits and their reconstructions (seed {result.seeds[0]})",
+        )
+    )
     samples = tasks.sample_prior(model, params, jax.random.key(config.seed), 50)
     paths.append(plots.save_grid(samples, os.path.join(workdir, "samples.png"), "Decoded samples z ~ N(0, I)"))
     candidates = x_test[:INTERPOLATION_CANDIDATES]
@@ -85,26 +91,52 @@ def write_figures(config, model, result: runner.TrainResult) -> list[str]:
     a, b = interpolation_endpoints(tasks.reconstruct(model, params, candidates), labels)
     strip = tasks.interpolate(model, params, x_test[a], x_test[b], steps=10)
     names = "" if labels is None else f" (a {labels[a]} and a {labels[b]})"
-    paths.append(plots.save_image_rows(
-        [np.stack([x_test[a], x_test[b]]), strip], ["endpoints", "z path"], os.path.join(workdir, "interpolation.png"),
-        f"Decodings along the line between the posterior means of two test digits{names}"))
+    paths.append(
+        plots.save_image_rows(
+            [np.stack([x_test[a], x_test[b]]), strip],
+            ["endpoints", "z path"],
+            os.path.join(workdir, "interpolation.png"),
+            f"Decodings along the line between the posterior means of two test digits{names}",
+        )
+    )
     means = tasks.encode_means(model, params, x_test)
     coords, axis_labels = latent_view(means)
-    paths.append(plots.save_latent_scatter(coords, data.y_test, os.path.join(workdir, "latent_space.png"),
-                                           "Test posterior means", axis_labels))
+    paths.append(
+        plots.save_latent_scatter(
+            coords, data.y_test, os.path.join(workdir, "latent_space.png"), "Test posterior means", axis_labels
+        )
+    )
     if config.latent_dim == 2:
         z0 = manifold_grid(MANIFOLD_SIDE)
         z1 = z0[::-1]  # top row = highest z[1]
         plane = np.stack(np.meshgrid(z0, z1), axis=-1).reshape(-1, 2)
-        paths.append(plots.save_latent_grid(
-            tasks.decode_means(model, params, plane), z0, z1, os.path.join(workdir, "latent_manifold.png"),
-            "Decodings E[x|z] over the latent plane (5%-95% quantiles of the prior)"))
-    paths.append(plots.save_curves(result.history, ["train_loss", "test_neg_elbo", "test_recon", "test_kl"],
-                                   os.path.join(workdir, "loss_curves.png"), "Training and test loss"))
-    result.summary["diagnostics"] = diagnostics.vae_collapse_diagnostics(model, params, x_test,
-                                                                         jax.random.key(config.seed))
-    paths.append(plots.save_kl_per_dim({"z": result.summary["diagnostics"]["mean_kl_per_dim"]},
-                                       os.path.join(workdir, "kl_per_dim.png"), "Mean test KL per latent dimension"))
+        paths.append(
+            plots.save_latent_grid(
+                tasks.decode_means(model, params, plane),
+                z0,
+                z1,
+                os.path.join(workdir, "latent_manifold.png"),
+                "Decodings E[x|z] over the latent plane (5%-95% quantiles of the prior)",
+            )
+        )
+    paths.append(
+        plots.save_curves(
+            result.history,
+            ["train_loss", "test_neg_elbo", "test_recon", "test_kl"],
+            os.path.join(workdir, "loss_curves.png"),
+            "Training and test loss",
+        )
+    )
+    result.summary["diagnostics"] = diagnostics.vae_collapse_diagnostics(
+        model, params, x_test, jax.random.key(config.seed)
+    )
+    paths.append(
+        plots.save_kl_per_dim(
+            {"z": result.summary["diagnostics"]["mean_kl_per_dim"]},
+            os.path.join(workdir, "kl_per_dim.png"),
+            "Mean test KL per latent dimension",
+        )
+    )
     return paths
 
 
@@ -125,11 +157,14 @@ def report(config, model, result: runner.TrainResult) -> dict:
     runner.write_summary(config.workdir, result.summary, write_figures(config, model, result))
     test = result.summary["test"]
     diag = result.summary["diagnostics"]
-    print(f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
-          f"KL {test['kl']['mean']:.2f}) after {result.summary['epochs']} epochs; active units "
-          f"{diag['active_units']}/{diag['latent_dim']}, I(x;z) {diag['mutual_information']:.2f} nats; "
-          f"outputs in {config.workdir}; data {result.dataset.describe()}")
+    print(
+        f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
+        f"KL {test['kl']['mean']:.2f}) after {result.summary['epochs']} epochs; active units "
+        f"{diag['active_units']}/{diag['latent_dim']}, I(x;z) {diag['mutual_information']:.2f} nats; "
+        f"outputs in {config.workdir}; data {result.dataset.describe()}"
+    )
     return result.summary
+
 
 if __name__ == "__main__":
     main()

@@ -33,16 +33,16 @@ import dataclasses
 import os
 
 import jax
+import matplotlib.pyplot as plt  # noqa: E402  (Agg backend set by vae_jax.plots)
 import numpy as np
 
-from vae_jax import data as data_lib, latent_metrics, plots, runner, tasks
+from vae_jax import data as data_lib
+from vae_jax import latent_metrics, plots, runner, tasks
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
 from vae_jax.data import DataError
 from vae_jax.tasks import prior as prior_lib
 from vae_jax.tasks import vqvae as vq
-
-import matplotlib.pyplot as plt  # noqa: E402  (Agg backend set by vae_jax.plots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,19 +72,37 @@ def stage_configs(config: VQVAEExperimentConfig, workdir: str):
     """The VQ-VAE config of one option combination and its prior's (in ``workdir/prior``)."""
     vq_config = vq.VQVAEConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(vq.VQVAEConfig)})
     common = train_settings(config)
-    prior_config = prior_lib.PriorConfig(**{**common, "binarize": "none", "seeds": "", "epochs": config.prior_epochs,
-                                            "checkpoint_every": 5, "keep_checkpoints": 1,
-                                            "batch_size": config.prior_batch_size, "channels": config.prior_channels,
-                                            "layers": config.prior_layers, "precision": config.precision,
-                                            "workdir": os.path.join(workdir, "prior")})
+    prior_config = prior_lib.PriorConfig(
+        **{
+            **common,
+            "binarize": "none",
+            "seeds": "",
+            "epochs": config.prior_epochs,
+            "checkpoint_every": 5,
+            "keep_checkpoints": 1,
+            "batch_size": config.prior_batch_size,
+            "channels": config.prior_channels,
+            "layers": config.prior_layers,
+            "precision": config.precision,
+            "workdir": os.path.join(workdir, "prior"),
+        }
+    )
     return dataclasses.replace(vq_config, workdir=workdir), prior_config
 
 
 def vae_baseline_config(config) -> tasks.VAEConfig:
     """The MLP VAE trained for ``--vae-epochs`` (in ``workdir/vae_baseline``) to compare samples with."""
     common = train_settings(config)
-    return tasks.VAEConfig(**{**common, "seeds": "", "epochs": config.vae_epochs, "checkpoint_every": 5,
-                              "keep_checkpoints": 1, "workdir": os.path.join(config.workdir, "vae_baseline")})
+    return tasks.VAEConfig(
+        **{
+            **common,
+            "seeds": "",
+            "epochs": config.vae_epochs,
+            "checkpoint_every": 5,
+            "keep_checkpoints": 1,
+            "workdir": os.path.join(config.workdir, "vae_baseline"),
+        }
+    )
 
 
 def check_workdirs(config) -> None:
@@ -130,12 +148,17 @@ def train_variant(config, vq_config, prior_config, dataset) -> dict:
     model, task = vq.vqvae_task(vq_config, dataset.image_shape, dataset.x_train_first())
     result = runner.train(vq_config, task, dataset)
     # read from the checkpoints, which every process opens together
-    trained = {"model": model, "result": result, "prior": None,
-               "usage_by_epoch": runner.usage_by_epoch(vq_config, task, model, dataset.x_test)}
+    trained = {
+        "model": model,
+        "result": result,
+        "prior": None,
+        "usage_by_epoch": runner.usage_by_epoch(vq_config, task, model, dataset.x_test),
+    }
     if config.prior_epochs:
         params = result.params(0)
-        train_codes = np.concatenate([vq.encode_indices(model, params, x)
-                                      for x in data_lib.float_chunks(dataset.train_pixels)])
+        train_codes = np.concatenate(
+            [vq.encode_indices(model, params, x) for x in data_lib.float_chunks(dataset.train_pixels)]
+        )
         test_codes = vq.encode_indices(model, params, dataset.x_test)
         codes_data = prior_lib.codes_dataset(train_codes, test_codes, f"VQ-VAE codes of {dataset.source}")
         prior_model, prior_task = prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)
@@ -151,46 +174,74 @@ def report_variant(config, vq_config, dataset, classifier, vae_images, trained: 
     model, result = trained["model"], trained["result"]
     params = result.params(0)
     usage = [vq.code_usage(model, result.params(r), x_test) for r in range(len(result.seeds))]
-    summary = {**result.summary, "codebook_size": model.num_codes,
-               "codes_used": runner.mean_std([u["codes_used"] for u in usage]),
-               "perplexity": runner.mean_std([u["perplexity"] for u in usage]),
-               "usage_by_epoch": trained["usage_by_epoch"]}
+    summary = {
+        **result.summary,
+        "codebook_size": model.num_codes,
+        "codes_used": runner.mean_std([u["codes_used"] for u in usage]),
+        "perplexity": runner.mean_std([u["perplexity"] for u in usage]),
+        "usage_by_epoch": trained["usage_by_epoch"],
+    }
     test = result.summary["test"]
     figures = [
-        plots.save_reconstructions(x_test[:10], vq.reconstruct(model, params, x_test[:10]),
-                                   os.path.join(workdir, "reconstructions.png"),
-                                   f"Test images and VQ-VAE reconstructions (MSE {test['mse']['mean']:.4f}, "
-                                   f"PSNR {test['psnr']['mean']:.1f} dB)"),
-        save_usage_histogram(usage[0]["counts"], os.path.join(workdir, "codebook_usage.png"),
-                             f"Codebook usage over the test set: {usage[0]['codes_used']}/{model.num_codes} codes "
-                             f"used, perplexity {usage[0]['perplexity']:.1f}"),
-        plots.save_curves(summary["usage_by_epoch"], ["codes_used", "perplexity"],
-                          os.path.join(workdir, "usage_by_epoch.png"),
-                          "Codebook usage over the test set by epoch", ylabel="codes"),
-        plots.save_curves(result.history, ["train_loss", "test_loss", "test_recon"],
-                          os.path.join(workdir, "loss_curves.png"), "VQ-VAE training and test loss"),
+        plots.save_reconstructions(
+            x_test[:10],
+            vq.reconstruct(model, params, x_test[:10]),
+            os.path.join(workdir, "reconstructions.png"),
+            f"Test images and VQ-VAE reconstructions (MSE {test['mse']['mean']:.4f}, "
+            f"PSNR {test['psnr']['mean']:.1f} dB)",
+        ),
+        save_usage_histogram(
+            usage[0]["counts"],
+            os.path.join(workdir, "codebook_usage.png"),
+            f"Codebook usage over the test set: {usage[0]['codes_used']}/{model.num_codes} codes "
+            f"used, perplexity {usage[0]['perplexity']:.1f}",
+        ),
+        plots.save_curves(
+            summary["usage_by_epoch"],
+            ["codes_used", "perplexity"],
+            os.path.join(workdir, "usage_by_epoch.png"),
+            "Codebook usage over the test set by epoch",
+            ylabel="codes",
+        ),
+        plots.save_curves(
+            result.history,
+            ["train_loss", "test_loss", "test_recon"],
+            os.path.join(workdir, "loss_curves.png"),
+            "VQ-VAE training and test loss",
+        ),
     ]
     key = jax.random.key(config.seed)
-    generated = {"uniform_codes": vq.decode_indices(model, params, vq.uniform_code_grids(
-        jax.random.fold_in(key, 1), config.num_samples, model.grid_shape, model.num_codes))}
+    generated = {
+        "uniform_codes": vq.decode_indices(
+            model,
+            params,
+            vq.uniform_code_grids(jax.random.fold_in(key, 1), config.num_samples, model.grid_shape, model.num_codes),
+        )
+    }
     if trained["prior"] is not None:
         prior_model, prior_result = trained["prior"]
         summary["prior_test_bits_per_dim"] = prior_result.summary["test"]["bits_per_dim"]["mean"]
         summary["prior_test_nll"] = prior_result.summary["test"]["nll"]["mean"]
         summary["uniform_prior_bits_per_dim"] = float(np.log2(model.num_codes))
-        sampled = prior_lib.sample_codes(prior_model, prior_result.params(0), jax.random.fold_in(key, 2),
-                                         config.num_samples, model.grid_shape)
+        sampled = prior_lib.sample_codes(
+            prior_model, prior_result.params(0), jax.random.fold_in(key, 2), config.num_samples, model.grid_shape
+        )
         generated = {"prior_samples": vq.decode_indices(model, params, sampled), **generated}
     if vae_images is not None:
         generated["vae_normal_samples"] = vae_images
-    generated["test_reconstructions"] = vq.reconstruct(model, params, x_test[:config.num_samples])
-    summary["sample_quality"] = {name: latent_metrics.image_quality(images, x_train, classifier)
-                                 for name, images in generated.items()}
+    generated["test_reconstructions"] = vq.reconstruct(model, params, x_test[: config.num_samples])
+    summary["sample_quality"] = {
+        name: latent_metrics.image_quality(images, x_train, classifier) for name, images in generated.items()
+    }
     rows = [(name, images[:10]) for name, images in generated.items()]
-    figures.append(plots.save_image_rows([r for _, r in rows], [n.replace("_", " ") for n, _ in rows],
-                                         os.path.join(workdir, "samples.png"),
-                                         "Decoded samples: learned prior, uniform codes, VAE N(0, I); "
-                                         "test reconstructions"))
+    figures.append(
+        plots.save_image_rows(
+            [r for _, r in rows],
+            [n.replace("_", " ") for n, _ in rows],
+            os.path.join(workdir, "samples.png"),
+            "Decoded samples: learned prior, uniform codes, VAE N(0, I); test reconstructions",
+        )
+    )
     runner.write_summary(workdir, summary, figures)
     return summary
 
@@ -199,14 +250,19 @@ def comparison_table(rows: list[tuple[str, dict]]) -> str:
     def number(value, digits):
         return "-" if value is None else f"{value:.{digits}f}"
 
-    lines = ["| options | test MSE | PSNR (dB) | codes used | perplexity | prior bits/dim | prior samples: "
-             "classifier max-prob | NN distance |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| options | test MSE | PSNR (dB) | codes used | perplexity | prior bits/dim | prior samples: "
+        "classifier max-prob | NN distance |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in rows:
         quality = s["sample_quality"].get("prior_samples", {})
-        lines.append(f"| {name} | {s['test']['mse']['mean']:.4f} | {s['test']['psnr']['mean']:.2f} | "
-                     f"{s['codes_used']['mean']:.0f}/{s['codebook_size']} | {s['perplexity']['mean']:.1f} | "
-                     f"{number(s.get('prior_test_bits_per_dim'), 3)} | {number(quality.get('mean_max_prob'), 3)} | "
-                     f"{number(quality.get('nn_distance_mean'), 2)} |")
+        lines.append(
+            f"| {name} | {s['test']['mse']['mean']:.4f} | {s['test']['psnr']['mean']:.2f} | "
+            f"{s['codes_used']['mean']:.0f}/{s['codebook_size']} | {s['perplexity']['mean']:.1f} | "
+            f"{number(s.get('prior_test_bits_per_dim'), 3)} | {number(quality.get('mean_max_prob'), 3)} | "
+            f"{number(quality.get('nn_distance_mean'), 2)} |"
+        )
     return "\n".join(lines)
 
 
@@ -234,8 +290,14 @@ def report(config, dataset, vae_images, trained: list) -> dict:
     rows = []
     for name, vq_config, variant in trained:
         summary = report_variant(config, vq_config, dataset, classifier, vae_images, variant)
-        rows.append((name or f"{vq_config.codebook}, k-means {vq_config.kmeans_init}, "
-                     f"dead-code steps {vq_config.dead_code_steps[0]}", summary))
+        rows.append(
+            (
+                name
+                or f"{vq_config.codebook}, k-means {vq_config.kmeans_init}, "
+                f"dead-code steps {vq_config.dead_code_steps[0]}",
+                summary,
+            )
+        )
     table = comparison_table(rows)
     result = rows[0][1]
     if len(rows) > 1:
@@ -247,6 +309,7 @@ def report(config, dataset, vae_images, trained: list) -> dict:
     print(table)
     print(f"outputs in {config.workdir}")
     return result
+
 
 if __name__ == "__main__":
     main()

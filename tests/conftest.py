@@ -15,8 +15,9 @@ training processes that tests start share one (see ``_session_xla_cache``).
 
 import os
 
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
-                                    "--xla_cpu_use_fusion_emitters=false"]).strip()
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"]
+).strip()
 
 import jax  # noqa: E402
 
@@ -34,8 +35,10 @@ def mnist_small(_session_cache):
     session's cache (never the user's)."""
     x_train, y_train, x_test, y_test = data.embedded_mnist()
     return data.Dataset(
-        x_train[:512, ..., None].astype(np.float32) / 255.0, y_train[:512],
-        x_test[:128, ..., None].astype(np.float32) / 255.0, y_test[:128],
+        x_train[:512, ..., None].astype(np.float32) / 255.0,
+        y_train[:512],
+        x_test[:128, ..., None].astype(np.float32) / 255.0,
+        y_test[:128],
         source="embedded MNIST slice",
     )
 
@@ -44,8 +47,13 @@ def mnist_small(_session_cache):
 def small_npz(tmp_path, mnist_small):
     """``mnist_small`` written as a Keras-layout ``.npz`` (uint8 images); returns its ``npz:`` spec."""
     path = tmp_path / "digits.npz"
-    np.savez(path, x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8), y_train=mnist_small.y_train,
-             x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8), y_test=mnist_small.y_test)
+    np.savez(
+        path,
+        x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8),
+        y_train=mnist_small.y_train,
+        x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8),
+        y_test=mnist_small.y_test,
+    )
     return f"npz:{path}"
 
 

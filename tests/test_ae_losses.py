@@ -17,8 +17,12 @@ def _images(seed, shape=(3, 5, 4, 2)):
 def test_squared_error_forms_match_numpy_loops():
     x_hat, x = _images(0)
     b, h, w, c = x.shape
-    loop_sum = np.array([sum((x[n, i, j, k] - x_hat[n, i, j, k]) ** 2
-                             for i in range(h) for j in range(w) for k in range(c)) for n in range(b)])
+    loop_sum = np.array(
+        [
+            sum((x[n, i, j, k] - x_hat[n, i, j, k]) ** 2 for i in range(h) for j in range(w) for k in range(c))
+            for n in range(b)
+        ]
+    )
     chex.assert_shape(losses.squared_error(x_hat, x), (b,))
     np.testing.assert_allclose(losses.squared_error(x_hat, x), loop_sum, rtol=1e-5)
     np.testing.assert_allclose(losses.mean_squared_error(x_hat, x), loop_sum / (h * w * c), rtol=1e-5)

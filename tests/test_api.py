@@ -15,8 +15,7 @@ from vae_jax import losses
 
 
 def test_public_names_are_where_users_look_first():
-    from vae_jax import VAE, AutoEncoder, init_params, init_variables  # noqa: F401
-    from vae_jax import models
+    from vae_jax import VAE, AutoEncoder, init_params, init_variables, models  # noqa: F401
 
     assert vae_jax.VAE is models.VAE is models.vae.VAE
     assert vae_jax.AutoEncoder is models.AutoEncoder is models.autoencoder.AutoEncoder
@@ -74,8 +73,9 @@ def test_neg_elbo_is_the_per_example_sum_of_its_terms():
     x = rng.uniform(size=(5, 4, 3, 1)).astype(np.float32)
     mean, logvar = rng.normal(size=(5, 2)).astype(np.float32), rng.normal(size=(5, 2)).astype(np.float32)
     value = losses.neg_elbo(losses.bernoulli_nll(logits, x), losses.gaussian_kl(mean, logvar), beta=0.5)
-    expected = (_bce_numpy(logits, x).sum(axis=(1, 2, 3))
-                + 0.5 * 0.5 * (np.exp(logvar) + mean**2 - 1 - logvar).sum(axis=1))
+    expected = _bce_numpy(logits, x).sum(axis=(1, 2, 3)) + 0.5 * 0.5 * (np.exp(logvar) + mean**2 - 1 - logvar).sum(
+        axis=1
+    )
     np.testing.assert_allclose(value, expected, rtol=1e-5)
 
 

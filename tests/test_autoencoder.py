@@ -20,13 +20,16 @@ def _apply(model, params, *args, **kwargs):
     return model.apply({"params": params}, *args, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(arch="mlp", hidden=(32, 16)),
-    dict(arch="mlp", hidden=()),
-    dict(arch="conv", hidden=(4, 8), upsampling="transpose"),
-    dict(arch="conv", hidden=(4, 8), upsampling="upsample"),
-    dict(arch="conv", hidden=(4, 8), upsampling="unpool"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(arch="mlp", hidden=(32, 16)),
+        dict(arch="mlp", hidden=()),
+        dict(arch="conv", hidden=(4, 8), upsampling="transpose"),
+        dict(arch="conv", hidden=(4, 8), upsampling="upsample"),
+        dict(arch="conv", hidden=(4, 8), upsampling="unpool"),
+    ],
+)
 def test_shapes_and_encode_decode_agree_with_call(kwargs):
     model = AutoEncoder(latent_dim=5, image_shape=(12, 12, 1), **kwargs)
     params = init_params(model, jax.random.key(0))
@@ -59,8 +62,9 @@ def test_unpool_decoder_uses_the_indices():
     z, indices = _apply(model, params, x, method=model.encode_with_indices)
     chex.assert_shape(indices[0], (2, 3, 3, 3))
     other = (jnp.zeros_like(indices[0]),)
-    assert not np.allclose(_apply(model, params, z, indices, method=model.decode),
-                           _apply(model, params, z, other, method=model.decode))
+    assert not np.allclose(
+        _apply(model, params, z, indices, method=model.decode), _apply(model, params, z, other, method=model.decode)
+    )
     with pytest.raises(ValueError, match='decode needs the pooling indices for upsampling="unpool"'):
         _apply(model, params, z, method=model.decode)
 
@@ -78,7 +82,10 @@ def test_model_errors_name_the_attribute():
     x = jnp.zeros((1, 28, 28, 1))
     cases = [
         (dict(arch="rnn"), "arch must be one of \\('mlp', 'conv'\\), got 'rnn'"),
-        (dict(upsampling="pixelshuffle"), "upsampling must be one of \\('transpose', 'upsample', 'unpool'\\), got 'pixelshuffle'"),
+        (
+            dict(upsampling="pixelshuffle"),
+            "upsampling must be one of \\('transpose', 'upsample', 'unpool'\\), got 'pixelshuffle'",
+        ),
         (dict(latent_dim=0), "latent_dim must be a positive integer, got 0"),
         (dict(hidden=(8, 0)), "hidden must hold positive widths, got \\(8, 0\\)"),
         (dict(arch="conv", hidden=()), "hidden must hold at least one channel count for arch 'conv'"),
@@ -90,21 +97,30 @@ def test_model_errors_name_the_attribute():
         AutoEncoder(image_shape=(28, 28)).init(jax.random.key(0), jnp.zeros((1, 28, 28)))
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(latent_dim=0), "--latent-dim must be a positive integer, got 0"),
-    (dict(hidden=(64, -1)), "--hidden must be comma-separated positive widths like 512,256 (or empty for a linear AE), got '64,-1'"),
-    (dict(channels=()), "--channels must be comma-separated positive channel counts like 32,64, got ''"),
-    (dict(variant="sparse"), "--variant must be one of plain, denoising, masked, contractive, got 'sparse'"),
-    (dict(loss="l1"), "--loss must be one of bce, mse, got 'l1'"),
-    (dict(output="linear"), "--output must be sigmoid with --loss bce (a linear output has no Bernoulli likelihood), got 'linear'"),
-    (dict(noise_std=-0.1), "--noise-std must be a non-negative number, got -0.1"),
-    (dict(noise_rate=1.5), "--noise-rate must be a fraction in [0, 1], got 1.5"),
-    (dict(mask_ratio=1.0), "--mask-ratio must be a fraction strictly between 0 and 1, got 1.0"),
-    (dict(patch_size=0), "--patch-size must be a positive integer, got 0"),
-    (dict(contractive_weight=float("nan")), "--contractive-weight must be a non-negative number, got nan"),
-    (dict(hutchinson_samples=0), "--hutchinson-samples must be a positive integer, got 0"),
-    (dict(batch_size=0), "--batch-size must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(latent_dim=0), "--latent-dim must be a positive integer, got 0"),
+        (
+            dict(hidden=(64, -1)),
+            "--hidden must be comma-separated positive widths like 512,256 (or empty for a linear AE), got '64,-1'",
+        ),
+        (dict(channels=()), "--channels must be comma-separated positive channel counts like 32,64, got ''"),
+        (dict(variant="sparse"), "--variant must be one of plain, denoising, masked, contractive, got 'sparse'"),
+        (dict(loss="l1"), "--loss must be one of bce, mse, got 'l1'"),
+        (
+            dict(output="linear"),
+            "--output must be sigmoid with --loss bce (a linear output has no Bernoulli likelihood), got 'linear'",
+        ),
+        (dict(noise_std=-0.1), "--noise-std must be a non-negative number, got -0.1"),
+        (dict(noise_rate=1.5), "--noise-rate must be a fraction in [0, 1], got 1.5"),
+        (dict(mask_ratio=1.0), "--mask-ratio must be a fraction strictly between 0 and 1, got 1.0"),
+        (dict(patch_size=0), "--patch-size must be a positive integer, got 0"),
+        (dict(contractive_weight=float("nan")), "--contractive-weight must be a non-negative number, got nan"),
+        (dict(hutchinson_samples=0), "--hutchinson-samples must be a positive integer, got 0"),
+        (dict(batch_size=0), "--batch-size must be a positive integer, got 0"),
+    ],
+)
 def test_config_errors_name_the_flag(changes, message):
     config = dataclasses.replace(tasks.AEConfig(), **changes)
     with pytest.raises(ConfigError) as err:
@@ -118,8 +134,9 @@ def test_config_errors_that_depend_on_the_data():
     assert str(err.value) == "--patch-size must be at most 28 for 28x28 images, got 29"
     with pytest.raises(ConfigError) as err:
         tasks.ae_task(tasks.AEConfig(arch="conv", channels=(2,) * 6), (28, 28, 1))
-    assert str(err.value) == ("--channels must be few enough down-blocks for 28x28 images (each halves the size), "
-                              "got '2,2,2,2,2,2'")
+    assert str(err.value) == (
+        "--channels must be few enough down-blocks for 28x28 images (each halves the size), got '2,2,2,2,2,2'"
+    )
 
 
 def _batch(mnist_small, n=16):
@@ -132,8 +149,17 @@ def test_eval_metrics_are_per_example_repeatable_and_consistent(mnist_small):
     expected = {
         "plain": {"loss", "recon", "mse", "psnr"},
         "denoising": {"loss", "recon", "mse", "psnr", "noisy_psnr", "denoised_mse", "denoised_psnr"},
-        "masked": {"loss", "recon", "mse", "psnr", "masked_recon", "all_recon", "inpaint_mse", "inpaint_psnr",
-                   "masked_input_psnr"},
+        "masked": {
+            "loss",
+            "recon",
+            "mse",
+            "psnr",
+            "masked_recon",
+            "all_recon",
+            "inpaint_mse",
+            "inpaint_psnr",
+            "masked_input_psnr",
+        },
         "contractive": {"loss", "recon", "mse", "psnr", "penalty", "jacobian_fro2"},
     }
     for variant in tasks.AE_VARIANTS:
@@ -165,22 +191,34 @@ def test_mse_loss_with_linear_output_is_the_squared_error_of_the_output(mnist_sm
     batch = _batch(mnist_small, 4)
     out, _ = _apply(model, params, batch["x"])
     loss, metrics = task.loss_fn(params, batch, jax.random.key(1), 0)
-    np.testing.assert_allclose(loss, np.mean(np.sum((np.asarray(out) - np.asarray(batch["x"])) ** 2, (1, 2, 3))),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        loss, np.mean(np.sum((np.asarray(out) - np.asarray(batch["x"])) ** 2, (1, 2, 3))), rtol=1e-5
+    )
     images = tasks.ae_decode(model, params, tasks.ae_encode(model, params, np.asarray(batch["x"])), "linear")
     np.testing.assert_allclose(images, out, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant, extra", [
-    ("plain", {}),
-    ("denoising", dict(noise="salt_and_pepper", noise_rate=0.2)),
-    ("masked", dict(mask_ratio=0.4, patch_size=4)),
-    ("contractive", dict(contractive_weight=0.1)),
-    ("plain", dict(arch="conv", channels=(4, 8), upsampling="unpool", learning_rate=3e-3)),
-])
+@pytest.mark.parametrize(
+    "variant, extra",
+    [
+        ("plain", {}),
+        ("denoising", dict(noise="salt_and_pepper", noise_rate=0.2)),
+        ("masked", dict(mask_ratio=0.4, patch_size=4)),
+        ("contractive", dict(contractive_weight=0.1)),
+        ("plain", dict(arch="conv", channels=(4, 8), upsampling="unpool", learning_rate=3e-3)),
+    ],
+)
 def test_a_few_epochs_lower_the_test_loss(mnist_small, tmp_path, variant, extra):
-    config = tasks.AEConfig(variant=variant, hidden=(64,), latent_dim=8, epochs=3, batch_size=64,
-                            workdir=str(tmp_path), progress=False, **extra)
+    config = tasks.AEConfig(
+        variant=variant,
+        hidden=(64,),
+        latent_dim=8,
+        epochs=3,
+        batch_size=64,
+        workdir=str(tmp_path),
+        progress=False,
+        **extra,
+    )
     config.validate()
     model, task = tasks.ae_task(config, mnist_small.image_shape)
     init = task.init_params(jax.random.split(jax.random.key(0), 3)[0])
@@ -196,10 +234,29 @@ def test_a_few_epochs_lower_the_test_loss(mnist_small, tmp_path, variant, extra)
 def test_experiment_writes_outputs_and_rejects_bad_flags(tmp_path, capsys, monkeypatch, mnist_small):
     monkeypatch.setattr(runner, "load_data", lambda config: mnist_small)
     workdir = str(tmp_path / "run")
-    ae_experiment.main(["--variant", "masked", "--epochs", "1", "--hidden", "32", "--workdir", workdir,
-                        "--no-progress", "--batch-size", "64"])
-    for name in ("config.json", "metrics.jsonl", "summary.json", "reconstructions.png", "loss_curves.png",
-                 "psnr_curves.png"):
+    ae_experiment.main(
+        [
+            "--variant",
+            "masked",
+            "--epochs",
+            "1",
+            "--hidden",
+            "32",
+            "--workdir",
+            workdir,
+            "--no-progress",
+            "--batch-size",
+            "64",
+        ]
+    )
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "reconstructions.png",
+        "loss_curves.png",
+        "psnr_curves.png",
+    ):
         assert os.path.exists(os.path.join(workdir, name)), name
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
@@ -211,6 +268,7 @@ def test_experiment_writes_outputs_and_rejects_bad_flags(tmp_path, capsys, monke
     assert exit_info.value.code == 2
     assert "--mask-ratio must be a fraction strictly between 0 and 1, got 0.0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        ae_experiment.main(["--variant", "masked", "--patch-size", "40", "--workdir", str(tmp_path / "fresh"),
-                            "--epochs", "1"])
+        ae_experiment.main(
+            ["--variant", "masked", "--patch-size", "40", "--workdir", str(tmp_path / "fresh"), "--epochs", "1"]
+        )
     assert "error: --patch-size must be at most 28 for 28x28 images, got 40" in capsys.readouterr().err

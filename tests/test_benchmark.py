@@ -9,11 +9,20 @@ from experiments import benchmark
 
 def test_op_self_times_subtract_nested_ops_per_thread_and_module():
     def op(ts, dur, name, tid=1, module="jit_epoch"):
-        return {"ph": "X", "pid": 7, "tid": tid, "ts": ts, "dur": dur, "name": name,
-                "args": {"hlo_module": module, "hlo_op": name}}
+        return {
+            "ph": "X",
+            "pid": 7,
+            "tid": tid,
+            "ts": ts,
+            "dur": dur,
+            "name": name,
+            "args": {"hlo_module": module, "hlo_op": name},
+        }
 
     events = [
-        op(0, 100, "while.1"), op(10, 30, "add_fusion"), op(50, 40, "dot.2"),  # the loop body inside the while
+        op(0, 100, "while.1"),
+        op(10, 30, "add_fusion"),
+        op(50, 40, "dot.2"),  # the loop body inside the while
         op(60, 5, "dot.2", tid=2),  # another thread: not nested in the while
         op(200, 20, "add_fusion"),  # after the while: counted again
         op(300, 8, "copy.1", module="jit_init"),  # another program, later
@@ -45,13 +54,13 @@ def test_profile_epoch_reports_the_matrix_multiplies_of_a_scan_of_matmuls():
     def epoch(w, xs):
         def step(w, x):
             return w - 1e-3 * (x.T @ jnp.tanh(x @ w)), None
+
         return jax.lax.scan(step, w, xs)[0]
 
     fn = jax.jit(epoch)
     w, xs = jnp.ones((128, 128)) * 0.01, jnp.ones((20, 64, 128))
     timed = benchmark.SteadyEpochs(lambda: w, lambda w, i: fn(w, xs))
-    result = benchmark.profile_epoch(timed, "scan",
-                                     benchmark.hlo_opcodes(fn.lower(w, xs).compile().as_text()))
+    result = benchmark.profile_epoch(timed, "scan", benchmark.hlo_opcodes(fn.lower(w, xs).compile().as_text()))
     assert "error" not in result, result
     assert result["ms_by_kind"].get("matrix multiplies (with fused epilogues)", 0.0) > 0.0
     np.testing.assert_allclose(sum(result["ms_by_kind"].values()), result["op_ms"], rtol=1e-6)

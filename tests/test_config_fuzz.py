@@ -20,7 +20,8 @@ import pkgutil
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 import experiments
 
@@ -161,8 +162,9 @@ def _argv_strategy(parser: argparse.ArgumentParser, digits_npz: str, workdir: st
     def command_line(draw):
         argv = []
         plausible = draw(st.booleans())
-        candidates = [a for a in actions if not plausible or a.nargs == 0
-                      or _plausible_value(a, digits_npz, workdir) is not None]
+        candidates = [
+            a for a in actions if not plausible or a.nargs == 0 or _plausible_value(a, digits_npz, workdir) is not None
+        ]
         chosen = draw(st.lists(st.sampled_from(candidates), max_size=5, unique_by=lambda a: a.dest))
         required = [a for a in actions if a.required and a not in chosen]
         for action in chosen + required:
@@ -172,7 +174,10 @@ def _argv_strategy(parser: argparse.ArgumentParser, digits_npz: str, workdir: st
                 argv.append(action.option_strings[0])
             else:
                 values = _plausible_value(action, digits_npz, workdir) if plausible else None
-                argv += [action.option_strings[0], draw(values if values is not None else _value_strategy(action, digits_npz, workdir))]
+                argv += [
+                    action.option_strings[0],
+                    draw(values if values is not None else _value_strategy(action, digits_npz, workdir)),
+                ]
         if not any(a.dest == "dataset" for a in chosen) and any(a.dest == "dataset" for a in actions):
             argv += ["--dataset", digits_npz]  # never the network-backed default
         if not any(a.dest == "workdir" for a in chosen + required) and any(a.dest == "workdir" for a in actions):
@@ -184,14 +189,20 @@ def _argv_strategy(parser: argparse.ArgumentParser, digits_npz: str, workdir: st
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n != "torch_vae"])  # PyTorch: compiles nothing
-def test_fuzzed_command_lines_fail_with_one_line_before_compiling(name, capsys, monkeypatch, tmp_path_factory,
-                                                                  digits_npz):
+def test_fuzzed_command_lines_fail_with_one_line_before_compiling(
+    name, capsys, monkeypatch, tmp_path_factory, digits_npz
+):
     parser = experiment_parser(name, monkeypatch)
     workdir = str(tmp_path_factory.mktemp(f"fuzz_{name}"))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
 
-    @settings(max_examples=10, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(
+        max_examples=10,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
     @given(argv=_argv_strategy(parser, digits_npz, workdir))
     def check(argv):
         outcome, code, err = run_main(name, argv, capsys)

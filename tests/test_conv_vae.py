@@ -37,8 +37,9 @@ def test_faces128_preset_layer_shapes():
 def test_faces128_loss_is_summed_squared_error_plus_kl_plus_constant():
     # The preset's likelihood settings on a small colour model (the 128x128 forward pass is slow on CPU).
     resolved = ConvVAEConfig(preset="faces128").resolved()
-    config = ConvVAEConfig(likelihood=resolved.likelihood, decoder_logvar=resolved.decoder_logvar,
-                           channels=(4, 8), hidden=0, latent_dim=6)
+    config = ConvVAEConfig(
+        likelihood=resolved.likelihood, decoder_logvar=resolved.decoder_logvar, channels=(4, 8), hidden=0, latent_dim=6
+    )
     model, task = conv_vae_task(config, (32, 32, 3))
     params = init_params(model, jax.random.key(0))
     x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
@@ -68,8 +69,9 @@ def test_preset_refuses_other_images_and_other_architecture_flags():
     assert (resolved.latent_dim, resolved.likelihood, resolved.decoder_logvar) == (64, "gaussian", math.log(0.5))
 
 
-@pytest.mark.parametrize("likelihood,channels", [("bernoulli", 1), ("gaussian_pixel_var", 2),
-                                                 ("gaussian_shared_var", 2)])
+@pytest.mark.parametrize(
+    "likelihood,channels", [("bernoulli", 1), ("gaussian_pixel_var", 2), ("gaussian_shared_var", 2)]
+)
 def test_decoder_output_channels_follow_the_likelihood(likelihood, channels):
     model = build_conv_vae(ConvVAEConfig(likelihood=likelihood, channels=(4, 8), hidden=0, latent_dim=3), (28, 28, 1))
     params = jax.eval_shape(lambda k: init_params(model, k), jax.random.key(0))
@@ -78,10 +80,20 @@ def test_decoder_output_channels_follow_the_likelihood(likelihood, channels):
 
 
 def test_short_training_lowers_the_elbo_and_logs_the_train_test_gap(mnist_small, tmp_path):
-    config = ConvVAEConfig(channels=(8, 16), hidden=32, latent_dim=4, epochs=2, batch_size=64, learning_rate=3e-3,
-                           workdir=str(tmp_path / "run"), progress=False)
+    config = ConvVAEConfig(
+        channels=(8, 16),
+        hidden=32,
+        latent_dim=4,
+        epochs=2,
+        batch_size=64,
+        learning_rate=3e-3,
+        workdir=str(tmp_path / "run"),
+        progress=False,
+    )
     model, task = conv_vae_task(config, mnist_small.image_shape)
-    before = jax.jit(task.eval_fn)(init_params(model, jax.random.key(config.seed)), {"x": mnist_small.x_test}, jax.random.key(0))
+    before = jax.jit(task.eval_fn)(
+        init_params(model, jax.random.key(config.seed)), {"x": mnist_small.x_test}, jax.random.key(0)
+    )
     result = runner.train(config, task, mnist_small, train_eval_examples=128)
     assert result.history[-1]["test_neg_elbo"] < float(np.mean(before["neg_elbo"])) - 40
     for line in result.history:
@@ -102,14 +114,42 @@ def test_experiment_end_to_end(tmp_path, small_npz, capsys, monkeypatch):
     monkeypatch.setattr(data.Dataset, "x_train", property(lambda self: pytest.fail("whole training split converted")))
 
     workdir = str(tmp_path / "run")
-    conv_vae_exp.main(["--dataset", small_npz, "--epochs", "1", "--channels", "4,8", "--hidden", "16",
-                       "--latent-dim", "3", "--batch-size", "128", "--train-eval-examples", "64",
-                       "--mixture-components", "2", "--tsne-points", "60", "--workdir", workdir, "--no-progress"])
+    conv_vae_exp.main(
+        [
+            "--dataset",
+            small_npz,
+            "--epochs",
+            "1",
+            "--channels",
+            "4,8",
+            "--hidden",
+            "16",
+            "--latent-dim",
+            "3",
+            "--batch-size",
+            "128",
+            "--train-eval-examples",
+            "64",
+            "--mixture-components",
+            "2",
+            "--tsne-points",
+            "60",
+            "--workdir",
+            workdir,
+            "--no-progress",
+        ]
+    )
     out, err = capsys.readouterr()  # the result line on stdout, the logs on stderr
     assert out.startswith("test neg-ELBO ") and out.strip().endswith(f"outputs in {workdir}") and "data: " in err
     summary = json.load(open(os.path.join(workdir, "summary.json")))
-    for name in ["reconstructions.png", "train_test_gap.png", "samples.png", "tsne.png", "mixture_samples.png",
-                 "kl_per_dim.png"]:
+    for name in [
+        "reconstructions.png",
+        "train_test_gap.png",
+        "samples.png",
+        "tsne.png",
+        "mixture_samples.png",
+        "kl_per_dim.png",
+    ]:
         assert name in summary["figures"] and os.path.isfile(os.path.join(workdir, name)), name
     diag = summary["diagnostics"]
     assert len(diag["mean_kl_per_dim"]) == 3 and 0 <= diag["mutual_information"] <= diag["mutual_information_max"] + 0.1
@@ -141,19 +181,32 @@ def test_faces128_resizes_a_folder_of_200px_photos_to_128(tmp_path, capsys):
     from PIL import Image
 
     paths = _photos(tmp_path / "photos", 5, "RGB")
-    config = parse_config(ConvVAEConfig, ["--preset", "faces128", "--dataset", f"folder:{tmp_path / 'photos'}",
-                                          "--batch-size", "2", "--workdir", str(tmp_path / "run")]).resolved()
+    config = parse_config(
+        ConvVAEConfig,
+        [
+            "--preset",
+            "faces128",
+            "--dataset",
+            f"folder:{tmp_path / 'photos'}",
+            "--batch-size",
+            "2",
+            "--workdir",
+            str(tmp_path / "run"),
+        ],
+    ).resolved()
     assert config.image_size == 128
     dataset = runner.load_data(config)
     assert "images of 200x200 are resized to 128x128" in capsys.readouterr().err
-    expected = sorted(np.asarray(Image.open(p).convert("RGB").resize((128, 128), Image.Resampling.BICUBIC)).tobytes()
-                      for p in paths)
+    expected = sorted(
+        np.asarray(Image.open(p).convert("RGB").resize((128, 128), Image.Resampling.BICUBIC)).tobytes() for p in paths
+    )
     got = sorted(im.tobytes() for im in np.concatenate([dataset.train_pixels, dataset.test_pixels]))
     assert got == expected
     model = build_conv_vae(config, dataset.image_shape)
     params = jax.eval_shape(lambda k: init_params(model, k), jax.random.key(0))
-    mean = jax.eval_shape(lambda p: model.apply({"params": p}, jnp.zeros((1, 128, 128, 3)), method=model.encode)[0],
-                          params)
+    mean = jax.eval_shape(
+        lambda p: model.apply({"params": p}, jnp.zeros((1, 128, 128, 3)), method=model.encode)[0], params
+    )
     assert mean.shape == (1, 64)
     assert not os.path.exists(tmp_path / "run")
     ConvVAEConfig(preset="faces128", image_size=128).validate()  # saying what the preset says is fine
@@ -163,20 +216,33 @@ def test_faces128_refuses_a_contradicting_image_size_before_loading_and_grayscal
     from experiments import conv_vae as conv_vae_exp
 
     with pytest.raises(SystemExit) as stop:  # the folder does not exist: nothing is loaded before the error
-        conv_vae_exp.main(["--preset", "faces128", "--image-size", "64", "--dataset", f"folder:{tmp_path / 'none'}",
-                           "--workdir", str(tmp_path / "run")])
+        conv_vae_exp.main(
+            [
+                "--preset",
+                "faces128",
+                "--image-size",
+                "64",
+                "--dataset",
+                f"folder:{tmp_path / 'none'}",
+                "--workdir",
+                str(tmp_path / "run"),
+            ]
+        )
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --image-size 64 contradicts --preset faces128, which trains on 128x128 images: leave --image-size "
-        "out (the preset resizes and centre-crops the images to 128x128), or use --preset none (see --help)")
+        "out (the preset resizes and centre-crops the images to 128x128), or use --preset none (see --help)"
+    )
     assert not os.path.exists(tmp_path / "run")
     _photos(tmp_path / "gray", 4, "L")
     spec = f"folder:{tmp_path / 'gray'}"
     with pytest.raises(SystemExit) as stop:
-        conv_vae_exp.main(["--preset", "faces128", "--dataset", spec, "--batch-size", "2",
-                           "--workdir", str(tmp_path / "run")])
+        conv_vae_exp.main(
+            ["--preset", "faces128", "--dataset", spec, "--batch-size", "2", "--workdir", str(tmp_path / "run")]
+        )
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: --preset faces128 trains on colour images; --dataset {spec} holds grayscale ones (128x128x1): use "
-        "a folder of colour photos, or --preset none for grayscale images")
+        "a folder of colour photos, or --preset none for grayscale images"
+    )
     assert not os.path.exists(tmp_path / "run")

@@ -17,9 +17,11 @@ def _gray(shape=BIG, seed=0):
 
 def test_same_key_same_corruption_other_key_other_corruption():
     x = _gray((8, 6, 6, 3))
-    fns = [lambda k, v: corruption.gaussian_noise(k, v, 0.3),
-           lambda k, v: corruption.salt_and_pepper(k, v, 0.3),
-           lambda k, v: corruption.pixel_dropout(k, v, 0.3)]
+    fns = [
+        lambda k, v: corruption.gaussian_noise(k, v, 0.3),
+        lambda k, v: corruption.salt_and_pepper(k, v, 0.3),
+        lambda k, v: corruption.pixel_dropout(k, v, 0.3),
+    ]
     for fn in fns:
         a = fn(jax.random.key(1), x)
         chex.assert_shape(a, x.shape)
@@ -103,7 +105,9 @@ def test_errors_name_the_argument():
         corruption.gaussian_noise(key, x, -1.0)
     with pytest.raises(ValueError, match="x must be images \\[..., H, W, C\\], got shape \\(4, 4\\)"):
         corruption.pixel_dropout(key, x[0, ..., 0], 0.1)
-    with pytest.raises(ValueError, match="noise must be one of \\('gaussian', 'salt_and_pepper', 'dropout'\\), got 'blur'"):
+    with pytest.raises(
+        ValueError, match="noise must be one of \\('gaussian', 'salt_and_pepper', 'dropout'\\), got 'blur'"
+    ):
         corruption.make_noise_fn("blur")
     with pytest.raises(ValueError, match="mask_ratio must be in \\[0, 1\\], got 2.0"):
         corruption.random_patch_mask(key, (2,), (4, 4), 2.0, 2)

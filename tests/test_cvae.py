@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vae_jax import classifier as classifier_lib, data as data_lib
+from vae_jax import classifier as classifier_lib
+from vae_jax import data as data_lib
 from vae_jax.cli import ConfigError
 from vae_jax.models.cvae import CVAE, init_params
 from vae_jax.tasks import cvae
@@ -73,19 +74,21 @@ def test_log_weights_against_scipy_densities():
     k = 5
     key = jax.random.key(4)
     log_w = np.asarray(cvae.make_cvae_log_weights(model)(params, batch, key, k))
-    mean, logvar = (np.asarray(a, np.float64) for a in model.apply({"params": params}, batch["x"], batch["y"],
-                                                                   method=model.encode))
+    mean, logvar = (
+        np.asarray(a, np.float64) for a in model.apply({"params": params}, batch["x"], batch["y"], method=model.encode)
+    )
     eps = np.asarray(jax.random.normal(key, (3, k, D)), np.float64)  # the draws the function makes
     std = np.exp(0.5 * logvar)
     z = mean[:, None] + std[:, None] * eps
     for b in range(3):
-        logits = np.asarray(model.apply({"params": params}, z[b].astype(np.float32), np.full(k, batch["y"][b]),
-                                        method=model.decode), np.float64).reshape(k, -1)
+        logits = np.asarray(
+            model.apply({"params": params}, z[b].astype(np.float32), np.full(k, batch["y"][b]), method=model.decode),
+            np.float64,
+        ).reshape(k, -1)
         x = np.asarray(batch["x"][b], np.float64).reshape(-1)
         p = 1.0 / (1.0 + np.exp(-logits))
         log_px = np.sum(x * np.log(p) + (1 - x) * np.log1p(-p), axis=1)  # cross-entropy with gray targets
-        direct = (log_px + stats.norm.logpdf(z[b]).sum(-1)
-                  - stats.norm.logpdf(z[b], mean[b], std[b]).sum(-1))
+        direct = log_px + stats.norm.logpdf(z[b]).sum(-1) - stats.norm.logpdf(z[b], mean[b], std[b]).sum(-1)
         np.testing.assert_allclose(log_w[b], direct, rtol=1e-4)
 
 
@@ -97,8 +100,10 @@ def test_iwae_bound_dominates_the_elbo_of_the_same_samples_and_tightens_with_k(m
     log_w = log_weights_fn(params, batch, jax.random.key(5), 50)  # [B, 50]
     bound = jax.nn.logsumexp(log_w, axis=1) - np.log(50)
     assert np.all(np.asarray(bound) >= np.asarray(log_w.mean(axis=1)) - 1e-4)  # per example, same samples
-    nll = {k: float(-(jax.nn.logsumexp(log_weights_fn(params, batch, jax.random.key(k), k), 1) - np.log(k)).mean())
-           for k in (1, 10, 100)}
+    nll = {
+        k: float(-(jax.nn.logsumexp(log_weights_fn(params, batch, jax.random.key(k), k), 1) - np.log(k)).mean())
+        for k in (1, 10, 100)
+    }
     assert nll[100] < nll[10] < nll[1]
 
 
@@ -133,8 +138,16 @@ def test_config_errors_name_the_flag_and_data_without_labels_is_refused(mnist_sm
 
 
 def test_classifier_learns_digits_and_the_requested_class_fraction_counts_by_hand(mnist_small):
-    judge = classifier_lib.train_classifier(mnist_small.x_train, mnist_small.y_train, mnist_small.x_test,
-                                            mnist_small.y_test, 10, jax.random.key(0), epochs=15, hidden=(64,))
+    judge = classifier_lib.train_classifier(
+        mnist_small.x_train,
+        mnist_small.y_train,
+        mnist_small.x_test,
+        mnist_small.y_test,
+        10,
+        jax.random.key(0),
+        epochs=15,
+        hidden=(64,),
+    )
     predicted = judge.predict(mnist_small.x_test)
     np.testing.assert_allclose(judge.test_accuracy, np.mean(predicted == mnist_small.y_test))
     assert judge.test_accuracy > 0.7  # 512 training digits; chance is 0.1

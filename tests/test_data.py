@@ -68,8 +68,9 @@ def test_npz_keras_layout_uint8(tmp_path):
     rng = np.random.default_rng(0)
     x_train = rng.integers(0, 256, (20, 6, 5), dtype=np.uint8)
     x_test = rng.integers(0, 256, (4, 6, 5), dtype=np.uint8)
-    spec = _write_npz(tmp_path / "d.npz", x_train=x_train, y_train=np.arange(20) % 3,
-                      x_test=x_test, y_test=np.arange(4) % 3)
+    spec = _write_npz(
+        tmp_path / "d.npz", x_train=x_train, y_train=np.arange(20) % 3, x_test=x_test, y_test=np.arange(4) % 3
+    )
     ds = load_dataset(spec)
     np.testing.assert_allclose(ds.x_train[..., 0], x_train / 255.0, rtol=1e-6)
     assert ds.image_shape == (6, 5, 1) and ds.num_classes == 3
@@ -147,9 +148,14 @@ def test_analyses_read_a_bounded_float_copy_of_the_training_split(monkeypatch):
 
 def test_save_npz_writes_what_load_dataset_reads_back(tmp_path):
     rng = np.random.default_rng(6)
-    original = data.Dataset(rng.integers(0, 256, (30, 5, 5, 3), dtype=np.uint8), np.arange(30, dtype=np.int32) % 4,
-                            rng.integers(0, 256, (6, 5, 5, 3), dtype=np.uint8), np.arange(6, dtype=np.int32) % 4,
-                            "made here", class_names=("cat", "dog", "emu", "yak"))
+    original = data.Dataset(
+        rng.integers(0, 256, (30, 5, 5, 3), dtype=np.uint8),
+        np.arange(30, dtype=np.int32) % 4,
+        rng.integers(0, 256, (6, 5, 5, 3), dtype=np.uint8),
+        np.arange(6, dtype=np.int32) % 4,
+        "made here",
+        class_names=("cat", "dog", "emu", "yak"),
+    )
     path = data.save_npz(original, str(tmp_path / "out.npz"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz"]  # no temporary file left beside it
     umask = os.umask(0)
@@ -161,8 +167,14 @@ def test_save_npz_writes_what_load_dataset_reads_back(tmp_path):
         for name in ("train_pixels", "y_train", "test_pixels", "y_test"):
             np.testing.assert_array_equal(getattr(back, name), getattr(original, name))
             assert getattr(back, name).dtype == getattr(original, name).dtype
-    np.savez(tmp_path / "names.npz", x_train=original.train_pixels, y_train=original.y_train,
-             x_test=original.test_pixels, y_test=original.y_test, class_names=np.array(["cat", "dog"]))
+    np.savez(
+        tmp_path / "names.npz",
+        x_train=original.train_pixels,
+        y_train=original.y_train,
+        x_test=original.test_pixels,
+        y_test=original.y_test,
+        class_names=np.array(["cat", "dog"]),
+    )
     with pytest.raises(DataError, match=r"label 3 has no name \(2 class_names\)"):
         load_dataset(f"npz:{tmp_path / 'names.npz'}")
     np.savez(tmp_path / "names2.npz", x=original.train_pixels, class_names=np.arange(3))
@@ -190,8 +202,15 @@ def test_static_binarization_is_fixed_and_keeps_the_mean(tmp_path):
         (dict(x=np.full((10, 2, 2), 2.0)), r"float in \[0, 1\], got range \[2, 2\]"),
         (dict(x=np.zeros((10, 2))), r"must have shape \(N, H, W\) or \(N, H, W, C\)"),
         (dict(x=np.zeros((10, 2, 2)), y=np.zeros(7)), "y has 7 labels but x has 10 images"),
-        (dict(x_train=np.zeros((10, 2, 2)), y_train=np.zeros(9, int), x_test=np.zeros((2, 2, 2)),
-              y_test=np.zeros(2, int)), "y_train must be a vector of 10 labels"),
+        (
+            dict(
+                x_train=np.zeros((10, 2, 2)),
+                y_train=np.zeros(9, int),
+                x_test=np.zeros((2, 2, 2)),
+                y_test=np.zeros(2, int),
+            ),
+            "y_train must be a vector of 10 labels",
+        ),
         (dict(x_train=np.zeros((10, 2, 2)), x_test=np.zeros((2, 3, 3))), "train images are"),
     ],
 )
@@ -204,7 +223,9 @@ def test_bad_npz_content_is_a_one_line_error(tmp_path, arrays, message, memory_m
 
 
 def test_bad_specs_and_files(tmp_path):
-    with pytest.raises(DataError, match="--dataset must be one of mnist, mnist:embedded, tfds:NAME, npz:PATH, folder:PATH, got .cifar."):
+    with pytest.raises(
+        DataError, match="--dataset must be one of mnist, mnist:embedded, tfds:NAME, npz:PATH, folder:PATH, got .cifar."
+    ):
         load_dataset("cifar")
     with pytest.raises(DataError, match="no such file"):
         load_dataset(f"npz:{tmp_path}/missing.npz")
@@ -226,8 +247,13 @@ def _uint8_and_float_datasets(mnist_small):
     train_u8 = np.round(mnist_small.x_train * 255).astype(np.uint8)
     test_u8 = np.round(mnist_small.x_test * 255).astype(np.uint8)
     as_u8 = data.Dataset(train_u8, mnist_small.y_train, test_u8, mnist_small.y_test, "uint8 digits")
-    as_float = data.Dataset(train_u8.astype(np.float32) / 255, mnist_small.y_train,
-                            test_u8.astype(np.float32) / 255, mnist_small.y_test, "float digits")
+    as_float = data.Dataset(
+        train_u8.astype(np.float32) / 255,
+        mnist_small.y_train,
+        test_u8.astype(np.float32) / 255,
+        mnist_small.y_test,
+        "float digits",
+    )
     return as_u8, as_float
 
 
@@ -270,12 +296,24 @@ def test_training_from_uint8_equals_training_from_float(tmp_path, mnist_small):
     as_u8, as_float = _uint8_and_float_datasets(mnist_small)
     results = {}
     for name, ds in (("uint8", as_u8), ("float", as_float)):
-        config = tasks.VAEConfig(latent_dim=4, hidden=(32,), batch_size=64, epochs=1, workdir=str(tmp_path / name),
-                                 progress=False, eval_batch_size=64, binarize="dynamic")
+        config = tasks.VAEConfig(
+            latent_dim=4,
+            hidden=(32,),
+            batch_size=64,
+            epochs=1,
+            workdir=str(tmp_path / name),
+            progress=False,
+            eval_batch_size=64,
+            binarize="dynamic",
+        )
         _, task = tasks.vae_task(config, ds.image_shape)
         results[name] = runner.train(config, task, ds)
-    chex.assert_trees_all_close(jax.device_get(results["uint8"].state.params),
-                                jax.device_get(results["float"].state.params), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+        jax.device_get(results["uint8"].state.params),
+        jax.device_get(results["float"].state.params),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     for metric, values in results["float"].test_metrics.items():
         np.testing.assert_allclose(results["uint8"].test_metrics[metric], values, rtol=1e-5, atol=1e-5)
     assert results["uint8"].summary["dataset"]["stored_dtype"] == "uint8"
@@ -310,8 +348,9 @@ def test_tfds_images_are_resized_as_they_are_read(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "_tfds_reachable", lambda timeout=3.0: True)
     with tfds.testing.mock_data(num_examples=12):
         ds = load_dataset("tfds:mnist", data_dir=str(tmp_path), image_size=14)
-        faces = {name: load_dataset(f"tfds:{name}", data_dir=str(tmp_path), image_size=16)
-                 for name in ("celeb_a", "lfw")}
+        faces = {
+            name: load_dataset(f"tfds:{name}", data_dir=str(tmp_path), image_size=16) for name in ("celeb_a", "lfw")
+        }
     assert ds.image_shape == (14, 14, 1) and ds.train_pixels.dtype == np.uint8 and ds.num_train == 12
     assert ds.y_train is not None
     for name, face in faces.items():  # CelebA's 218x178 and LFW's 250x250 RGB images, centre-cropped
@@ -355,8 +394,10 @@ def test_truncated_or_corrupted_npz_is_a_one_line_error(tmp_path):
         (dict(x=np.full((10, 2, 2), np.inf, np.float32)), "non-finite pixel values"),
         (dict(x=np.zeros((10, 2, 2)), y=np.array(["a"] * 10)), "y_train must hold integer class labels, got dtype <U1"),
         (dict(x=np.zeros((10, 2, 2)), y=np.full(10, 0.5)), "y_train must hold integer class labels"),
-        (dict(x_train=np.zeros((4, 2, 2)), y_train=np.zeros(4, int), x_test=np.zeros((2, 2, 2))),
-         "labels are given for one split only"),
+        (
+            dict(x_train=np.zeros((4, 2, 2)), y_train=np.zeros(4, int), x_test=np.zeros((2, 2, 2))),
+            "labels are given for one split only",
+        ),
     ],
 )
 @pytest.mark.parametrize("memory_map", [False, True])
@@ -404,7 +445,8 @@ def test_evaluation_converts_uint8_batches(mnist_small):
     model, task = tasks.vae_task(config, as_u8.image_shape)
     params = task.init_params(jax.random.key(0))
     from_u8 = evaluate.evaluate_vae(model, params, pixels, iwae_k=4, batch_size=16, k_chunk=2)
-    from_float = evaluate.evaluate_vae(model, params, pixels.astype(np.float32) / 255, iwae_k=4, batch_size=16,
-                                       k_chunk=2)
+    from_float = evaluate.evaluate_vae(
+        model, params, pixels.astype(np.float32) / 255, iwae_k=4, batch_size=16, k_chunk=2
+    )
     for name in ("neg_elbo", "recon", "kl", "iwae_nll"):
         np.testing.assert_allclose(from_u8[name], from_float[name], rtol=1e-5)

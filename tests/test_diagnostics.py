@@ -23,7 +23,7 @@ def test_mutual_information_matches_the_linear_gaussian_closed_form():
     assert abs(estimate - exact.sum()) < 0.06, (estimate, exact.sum())
     # Per dimension too (the estimator on one coordinate at a time).
     for d in range(3):
-        est_d = diagnostics.mutual_information(means[:, d:d + 1], logvars[:, d:d + 1], jax.random.key(d))
+        est_d = diagnostics.mutual_information(means[:, d : d + 1], logvars[:, d : d + 1], jax.random.key(d))
         assert abs(est_d - exact[d]) < 0.05, (d, est_d, exact[d])
 
 

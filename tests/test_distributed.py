@@ -114,14 +114,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool = False,
-         expect_failure: bool = False, spec: str = "", die_at_rows: int = 0, env: dict | None = None) -> list:
+def _run(
+    workdir,
+    epochs: int,
+    processes: int,
+    seeds: str = "0,1",
+    stream: bool = False,
+    expect_failure: bool = False,
+    spec: str = "",
+    die_at_rows: int = 0,
+    env: dict | None = None,
+) -> list:
     """Runs RUN_SCRIPT in ``processes`` processes; their outputs go to files (a full pipe would block a process
     that its peers wait for at the shutdown barrier). Returns each one's result, or with ``expect_failure``
     each one's ``(exit code, stderr)``."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "DIE_AT_ROWS": str(die_at_rows), **(env or {})}
-    env["XLA_FLAGS"] = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()  # one device per process
-                                if not flag.startswith("--xla_force_host_platform_device_count"))
+    env["XLA_FLAGS"] = " ".join(
+        flag
+        for flag in env.get("XLA_FLAGS", "").split()  # one device per process
+        if not flag.startswith("--xla_force_host_platform_device_count")
+    )
     distributed = "1" if processes > 1 else "0"
     if processes > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES=str(processes))
@@ -131,16 +143,33 @@ def _run(workdir, epochs: int, processes: int, seeds: str = "0,1", stream: bool 
     for i in range(processes):
         out, err = open(f"{base}.{epochs}.{i}.out", "w+"), open(f"{base}.{epochs}.{i}.err", "w+")
         logs.append((out, err))
-        procs.append(subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(workdir), str(epochs), distributed,
-                                       seeds, "1" if stream else "0", spec],
-                                      env={**env, "JAX_PROCESS_ID": str(i)}, stdout=out, stderr=err, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    RUN_SCRIPT,
+                    str(workdir),
+                    str(epochs),
+                    distributed,
+                    seeds,
+                    "1" if stream else "0",
+                    spec,
+                ],
+                env={**env, "JAX_PROCESS_ID": str(i)},
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+        )
     results = []
     for proc, (out, err) in zip(procs, logs):
         proc.wait(timeout=600)
         out.seek(0)
         err.seek(0)
-        stderr = "\n".join(line for line in err.read().splitlines()
-                           if not line.startswith(("[Gloo]", "E1", "W1", "I1", "    @")))
+        stderr = "\n".join(
+            line for line in err.read().splitlines() if not line.startswith(("[Gloo]", "E1", "W1", "I1", "    @"))
+        )
         if expect_failure:
             results.append((proc.returncode, stderr))
             continue
@@ -164,8 +193,10 @@ def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_t
     # Checkpoint 2 damaged on the shared disk: both processes find it bad, resume (the sharded restore) from
     # checkpoint 1, and process 0 alone moves it aside (the others wait for it, then reload).
     step_dir = tmp_path / "pair" / "checkpoints" / "2"
-    biggest = max((p for p in step_dir.rglob("*") if p.is_file() and p.name != "vae_jax_sha256.json"),
-                  key=lambda p: p.stat().st_size)
+    biggest = max(
+        (p for p in step_dir.rglob("*") if p.is_file() and p.name != "vae_jax_sha256.json"),
+        key=lambda p: p.stat().st_size,
+    )
     data = bytearray(biggest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     biggest.write_bytes(bytes(data))
@@ -212,9 +243,10 @@ def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_t
     for out in streamed:
         assert out["streamed"] and out["mesh"] == {"replica": 1, "data": 2}
         assert out["rows_read"] == steps * 64 // 2  # its half of each batch, nothing more
-        for a, b in zip(single["params"], out["params"], strict=True):  # the gradient all-reduce only reorders float sums
+        for a, b in zip(
+            single["params"], out["params"], strict=True
+        ):  # the gradient all-reduce only reorders float sums
             np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
-
 
 
 def test_one_process_stopping_with_an_error_stops_the_others_at_their_next_barrier(tmp_path):
@@ -242,8 +274,9 @@ def test_a_dataset_that_process_0_cannot_decode_stops_the_process_waiting_for_it
         Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "4.png").write_bytes(b"not a png")
     start = time.monotonic()
-    (code0, err0), (code1, err1) = _run(tmp_path / "run", 1, processes=2, expect_failure=True,
-                                        spec=f"folder:{tmp_path}")
+    (code0, err0), (code1, err1) = _run(
+        tmp_path / "run", 1, processes=2, expect_failure=True, spec=f"folder:{tmp_path}"
+    )
     assert code0 == 2 and "error: --dataset folder:" in err0 and "4.png is not a readable image" in err0
     assert code1 == 1, err1[-2000:]
     assert "error: --distributed: process 0 stopped (--dataset folder:" in err1 and "process 1 stops too" in err1
@@ -260,8 +293,9 @@ def test_a_process_killed_mid_epoch_stops_the_others_at_once_and_the_run_resumes
 
     start = time.monotonic()
     # 4 steps an epoch of 32 rows each per process: die when reading step 7's rows (Grain reads ahead a little).
-    (code0, err0), (code1, _) = _run(tmp_path / "run", 3, processes=2, seeds="1", stream=True,
-                                     expect_failure=True, die_at_rows=6 * 32 + 1)
+    (code0, err0), (code1, _) = _run(
+        tmp_path / "run", 3, processes=2, seeds="1", stream=True, expect_failure=True, die_at_rows=6 * 32 + 1
+    )
     seconds = time.monotonic() - start
     assert code1 == -9
     assert code0 == 1, err0[-2000:]
@@ -284,8 +318,14 @@ def test_a_process_killed_between_epochs_stops_the_one_waiting_for_it_within_the
     import time
 
     start = time.monotonic()
-    (code0, err0), (code1, _) = _run(tmp_path / "run", 3, processes=2, seeds="1", expect_failure=True,
-                                     env={"DIE_AT_SAVE": "2", "VAE_JAX_PEER_TIMEOUT_S": "5"})
+    (code0, err0), (code1, _) = _run(
+        tmp_path / "run",
+        3,
+        processes=2,
+        seeds="1",
+        expect_failure=True,
+        env={"DIE_AT_SAVE": "2", "VAE_JAX_PEER_TIMEOUT_S": "5"},
+    )
     seconds = time.monotonic() - start
     assert code1 == -9
     assert code0 == 1, err0[-2000:]

@@ -38,8 +38,9 @@ def test_iwae_with_one_sample_is_the_elbo_and_tightens_with_k(mnist_small):
     mean, logvar = model.apply({"params": params}, x, method=model.encode)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, (1, *mean.shape))[0]
     out = model.apply({"params": params}, z, method=model.decode)
-    direct = (-losses.bernoulli_nll(out, x) + losses.standard_normal_log_prob(z)
-              - losses.gaussian_log_prob(z, mean, logvar))
+    direct = (
+        -losses.bernoulli_nll(out, x) + losses.standard_normal_log_prob(z) - losses.gaussian_log_prob(z, mean, logvar)
+    )
     np.testing.assert_allclose(log_w[:, 0], direct, rtol=1e-5)
     # On average over images, -L_k <= -L_1 (Burda et al. 2016, theorem 1).
     nll_1 = evaluate.iwae_nll(model, params, x, key, 1, "bernoulli").mean()

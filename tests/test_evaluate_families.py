@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from experiments import evaluate as evaluate_exp
-from vae_jax import data as data_lib, runner
+from vae_jax import data as data_lib
+from vae_jax import runner
 from vae_jax.tasks import autoencoder, conv_vae, cvae, hvae, vae
 
 SHARED = dict(epochs=1, batch_size=128, eval_batch_size=50, progress=False, checkpoint_every=1)
@@ -21,10 +22,14 @@ def _family_runs(spec, root):
     runs = {
         "vae": (vae.VAEConfig(latent_dim=3, hidden=(32,), **SHARED), vae.vae_task),
         "conv_vae": (conv_vae.ConvVAEConfig(latent_dim=3, channels=(4, 8), hidden=0, **SHARED), conv_vae.conv_vae_task),
-        "cvae": (cvae.with_data_classes(cvae.CVAEConfig(latent_dim=3, hidden=(32,), **SHARED), dataset),
-                 cvae.cvae_task),
-        "hvae": (hvae.HVAEConfig(latent_dim=3, top_latent_dim=2, hidden=(32,), top_hidden=(8,), seeds="2", **SHARED),
-                 hvae.hvae_task),
+        "cvae": (
+            cvae.with_data_classes(cvae.CVAEConfig(latent_dim=3, hidden=(32,), **SHARED), dataset),
+            cvae.cvae_task,
+        ),
+        "hvae": (
+            hvae.HVAEConfig(latent_dim=3, top_latent_dim=2, hidden=(32,), top_hidden=(8,), seeds="2", **SHARED),
+            hvae.hvae_task,
+        ),
     }
     summaries = {}
     for kind, (config, make_task) in runs.items():
@@ -38,8 +43,13 @@ def _family_runs(spec, root):
 def family_runs(tmp_path_factory, mnist_small):
     root = tmp_path_factory.mktemp("families")
     path = root / "digits.npz"
-    np.savez(path, x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8), y_train=mnist_small.y_train,
-             x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8), y_test=mnist_small.y_test)
+    np.savez(
+        path,
+        x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8),
+        y_train=mnist_small.y_train,
+        x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8),
+        y_test=mnist_small.y_test,
+    )
     runs_root = str(root / "runs")
     return runs_root, _family_runs(f"npz:{path}", runs_root)
 
@@ -73,15 +83,17 @@ def _numpy_kl(workdir, kind):
     in float64 from the restored encoder's outputs."""
     from vae_jax import diagnostics
 
-    config_cls, make_task = {"vae": (vae.VAEConfig, vae.vae_task),
-                             "conv_vae": (conv_vae.ConvVAEConfig, conv_vae.conv_vae_task)}[kind]
+    config_cls, make_task = {
+        "vae": (vae.VAEConfig, vae.vae_task),
+        "conv_vae": (conv_vae.ConvVAEConfig, conv_vae.conv_vae_task),
+    }[kind]
     config = runner.load_run_config(workdir, config_cls)
     dataset = data_lib.load_dataset(config.dataset)
     model, task = make_task(config, dataset.image_shape)
     _, state = runner.restore_state(config, task)
     params = jax.tree_util.tree_map(lambda a: np.asarray(a)[0], state.params)
     mean, logvar = (np.asarray(a, np.float64) for a in diagnostics.encode_posteriors(model, params, dataset.x_test))
-    return np.mean(np.sum(0.5 * (np.exp(logvar) + mean ** 2 - 1.0 - logvar), axis=-1))
+    return np.mean(np.sum(0.5 * (np.exp(logvar) + mean**2 - 1.0 - logvar), axis=-1))
 
 
 def test_a_parent_directory_lists_its_runs(family_runs, capsys):

@@ -20,11 +20,40 @@ TINY = {
     "vae": ["--hidden", "16", "--latent-dim", "2"],
     "cvae": ["--hidden", "16"],
     "hvae": ["--hidden", "16", "--top-hidden", "8", "--latent-dim", "4", "--top-latent-dim", "2"],
-    "conv_vae": ["--channels", "4,8", "--hidden", "16", "--latent-dim", "3", "--train-eval-examples", "64",
-                 "--mixture-components", "2", "--tsne-points", "60"],
-    "vqvae": ["--codebook-size", "16", "--code-dim", "4", "--channels", "8,16", "--res-blocks", "0",
-              "--prior-epochs", "1", "--prior-channels", "8", "--prior-layers", "2", "--vae-epochs", "0",
-              "--num-samples", "20"],
+    "conv_vae": [
+        "--channels",
+        "4,8",
+        "--hidden",
+        "16",
+        "--latent-dim",
+        "3",
+        "--train-eval-examples",
+        "64",
+        "--mixture-components",
+        "2",
+        "--tsne-points",
+        "60",
+    ],
+    "vqvae": [
+        "--codebook-size",
+        "16",
+        "--code-dim",
+        "4",
+        "--channels",
+        "8,16",
+        "--res-blocks",
+        "0",
+        "--prior-epochs",
+        "1",
+        "--prior-channels",
+        "8",
+        "--prior-layers",
+        "2",
+        "--vae-epochs",
+        "0",
+        "--num-samples",
+        "20",
+    ],
     "autoencoder": ["--hidden", "16"],
     "beta_vae": ["--hidden", "16", "--latent-dim", "3", "--betas", "4", "--traversal-dims", "2"],
     "pca_vs_linear_ae": ["--components", "4"],
@@ -72,18 +101,32 @@ def test_every_experiment_ends_cleanly_in_every_process_of_a_distributed_run(tmp
     result lines on stdout (logs on stderr), process 1 prints one line per experiment naming process 0's
     workdir and writes none of the records (summary.json, figures: only checkpoints and hidden files)."""
     root = str(tmp_path / "runs")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}",
-           "JAX_NUM_PROCESSES": "2"}
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()  # one device per process
-                                if not f.startswith("--xla_force_host_platform_device_count"))
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}",
+        "JAX_NUM_PROCESSES": "2",
+    }
+    env["XLA_FLAGS"] = " ".join(
+        f
+        for f in env.get("XLA_FLAGS", "").split()  # one device per process
+        if not f.startswith("--xla_force_host_platform_device_count")
+    )
     names = {name: [*COMMON, *argv] for name, argv in TINY.items()}
 
     logs, procs = [], []
     for i in range(2):
         out, err = open(tmp_path / f"{i}.out", "w+"), open(tmp_path / f"{i}.err", "w+")
         logs.append((out, err))
-        procs.append(subprocess.Popen([sys.executable, "-c", RUN_ALL, root, small_npz, json.dumps(names)],
-                                      env={**env, "JAX_PROCESS_ID": str(i)}, stdout=out, stderr=err, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", RUN_ALL, root, small_npz, json.dumps(names)],
+                env={**env, "JAX_PROCESS_ID": str(i)},
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+        )
     deadline = time.monotonic() + 1200
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
         if any(p.poll() not in (None, 0) for p in procs):  # one failed: the other would wait for it
@@ -97,7 +140,7 @@ def test_every_experiment_ends_cleanly_in_every_process_of_a_distributed_run(tmp
         out.seek(0)
         err.seek(0)
         results.append((proc.returncode, out.read(), err.read()))
-    for i, (code, stdout, stderr) in enumerate(results):
+    for i, (code, _stdout, stderr) in enumerate(results):
         assert code == 0 and "Traceback" not in stderr, f"process {i}: exit {code}\n{stderr[-4000:]}"
     stdout0, stderr0 = _sections(results[0][1]), _sections(results[0][2])
     stdout1, stderr1 = _sections(results[1][1]), _sections(results[1][2])
@@ -108,11 +151,17 @@ def test_every_experiment_ends_cleanly_in_every_process_of_a_distributed_run(tmp
         assert any(f.endswith(".png") for _, _, files in os.walk(workdir) for f in files), name
         assert workdir in stdout0[name], (name, stdout0[name])  # the result line names the outputs
         assert "data:" in stderr0[name] and "data:" not in stdout0[name], name  # logs on stderr
-        lines = [line for line in (stdout1[name] + stderr1[name]).splitlines()
-                 if line.strip() and not line.startswith(("[Gloo]", "E1", "W1", "I1"))]
+        lines = [
+            line
+            for line in (stdout1[name] + stderr1[name]).splitlines()
+            if line.strip() and not line.startswith(("[Gloo]", "E1", "W1", "I1"))
+        ]
         assert lines == [f"process 1: the results are written by process 0 in {workdir}"], (name, lines)
-    records = [p for p in json.loads(stdout1["written"]) if "/checkpoints/" not in p and not os.path.isdir(p)
-               and not os.path.basename(p).startswith(".")]  # Orbax's shards, write probes
+    records = [
+        p
+        for p in json.loads(stdout1["written"])
+        if "/checkpoints/" not in p and not os.path.isdir(p) and not os.path.basename(p).startswith(".")
+    ]  # Orbax's shards, write probes
     assert records == []
 
 
@@ -131,22 +180,29 @@ def _refused(capsys, module: str, argv: list[str]) -> str:
 
 
 def _listing(path) -> list[str] | None:
-    return None if not os.path.exists(path) else sorted(
-        os.path.relpath(os.path.join(d, f), path) for d, dirs, files in os.walk(path) for f in dirs + files)
+    return (
+        None
+        if not os.path.exists(path)
+        else sorted(os.path.relpath(os.path.join(d, f), path) for d, dirs, files in os.walk(path) for f in dirs + files)
+    )
 
 
-@pytest.mark.parametrize("module, flags, named", [
-    ("vae", ["--epochs", "0"], "--epochs"),
-    ("vqvae", ["--epochs", "0"], "--epochs"),
-    ("vae", ["--devices", "4"], "--devices"),  # the tests' JAX has one device
-    ("cvae", ["--seeds", "3", "--devices", "4"], "--devices"),
-    ("conv_vae", ["--preset", "faces128", "--latent-dim", "3"], "--latent-dim"),
-    ("hvae", ["--workdir", "FILE/run"], "--workdir"),
-    ("beta_vae", ["--workdir", "FILE/run"], "--workdir"),
-])
+@pytest.mark.parametrize(
+    "module, flags, named",
+    [
+        ("vae", ["--epochs", "0"], "--epochs"),
+        ("vqvae", ["--epochs", "0"], "--epochs"),
+        ("vae", ["--devices", "4"], "--devices"),  # the tests' JAX has one device
+        ("cvae", ["--seeds", "3", "--devices", "4"], "--devices"),
+        ("conv_vae", ["--preset", "faces128", "--latent-dim", "3"], "--latent-dim"),
+        ("hvae", ["--workdir", "FILE/run"], "--workdir"),
+        ("beta_vae", ["--workdir", "FILE/run"], "--workdir"),
+    ],
+)
 @pytest.mark.parametrize("workdir_state", ["absent", "holding a file"])
 def test_flags_that_need_no_data_are_refused_before_data_loads_and_before_any_write(
-        tmp_path, capsys, module, flags, named, workdir_state):
+    tmp_path, capsys, module, flags, named, workdir_state
+):
     """Each error is one line naming its flag, exit code 2; the dataset (which does not exist) is never read
     (its error would come instead) and the workdir is left as it was: absent, or with the same files."""
     workdir = tmp_path / "run"
@@ -161,8 +217,15 @@ def test_flags_that_need_no_data_are_refused_before_data_loads_and_before_any_wr
     assert _listing(workdir) == before
 
 
-@pytest.mark.parametrize("module, argv", [("conv_vae", []), ("pca_vs_linear_ae", []), ("beta_vae", ["--betas", "4"]),
-                                          ("latent_sweep", ["--latent-sizes", "2"])])
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("conv_vae", []),
+        ("pca_vs_linear_ae", []),
+        ("beta_vae", ["--betas", "4"]),
+        ("latent_sweep", ["--latent-sizes", "2"]),
+    ],
+)
 def test_a_workdir_holding_a_run_with_other_settings_is_refused_before_data_loads(tmp_path, capsys, module, argv):
     """The experiment's (first) run, as a config.json and a checkpoint folder, trained with --seed 0 and
     continued with --seed 1: one line naming the setting, before the (missing) dataset is read; nothing in
@@ -173,8 +236,11 @@ def test_a_workdir_holding_a_run_with_other_settings_is_refused_before_data_load
     with open(os.path.join(config.workdir, "config.json"), "w") as f:
         json.dump(runner.config_record(config), f)
     before = _listing(workdir)
-    line = _refused(capsys, module, ["--dataset", "npz:/no/such/data.npz", "--workdir", str(workdir),
-                                     "--epochs", "1", "--seed", "1", *argv])
+    line = _refused(
+        capsys,
+        module,
+        ["--dataset", "npz:/no/such/data.npz", "--workdir", str(workdir), "--epochs", "1", "--seed", "1", *argv],
+    )
     assert f"--workdir {config.workdir} holds a run with other settings (--seed 0 there, 1 here)" in line, line
     assert _listing(workdir) == before
 
@@ -185,10 +251,16 @@ def _first_run_config(module: str, workdir, argv: list[str]):
     from vae_jax import cli, latent_metrics, linear_ae
     from vae_jax.tasks.conv_vae import ConvVAEConfig
 
-    classes = {"conv_vae": ConvVAEConfig, "pca_vs_linear_ae": linear_ae.LinearAEConfig,
-               "beta_vae": beta_vae.BetaVAESweepConfig, "latent_sweep": latent_sweep.LatentSweepConfig}
-    config = cli.parse_config(classes[module], ["--dataset", "npz:/no/such/data.npz", "--workdir", str(workdir),
-                                               "--epochs", "1", "--seed", "0", *argv])
+    classes = {
+        "conv_vae": ConvVAEConfig,
+        "pca_vs_linear_ae": linear_ae.LinearAEConfig,
+        "beta_vae": beta_vae.BetaVAESweepConfig,
+        "latent_sweep": latent_sweep.LatentSweepConfig,
+    }
+    config = cli.parse_config(
+        classes[module],
+        ["--dataset", "npz:/no/such/data.npz", "--workdir", str(workdir), "--epochs", "1", "--seed", "0", *argv],
+    )
     if module == "beta_vae":
         return config.settings()[0]
     if module == "latent_sweep":
@@ -201,9 +273,22 @@ def test_distributed_without_a_coordinator_is_refused_before_anything_is_written
     process of its own: jax.distributed can start once per process)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")} | {"JAX_PLATFORMS": "cpu"}
     workdir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "experiments.vae", "--distributed", "--workdir", str(workdir),
-                           "--dataset", "npz:/no/such/data.npz"], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.vae",
+            "--distributed",
+            "--workdir",
+            str(workdir),
+            "--dataset",
+            "npz:/no/such/data.npz",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     (line,) = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and line.startswith("error: --distributed: jax.distributed.initialize() failed")
     assert proc.stdout == "" and not workdir.exists()

@@ -12,10 +12,35 @@ from experiments import vae as vae_exp
 
 def test_vae_then_evaluate(tmp_path, small_npz):
     workdir = str(tmp_path / "run")
-    vae_exp.main(["--dataset", small_npz, "--epochs", "3", "--hidden", "64", "--latent-dim", "4",
-                  "--batch-size", "64", "--seeds", "2", "--workdir", workdir, "--no-progress"])
-    for name in ["config.json", "metrics.jsonl", "summary.json", "reconstructions.png", "samples.png",
-                 "interpolation.png", "latent_space.png", "loss_curves.png"]:
+    vae_exp.main(
+        [
+            "--dataset",
+            small_npz,
+            "--epochs",
+            "3",
+            "--hidden",
+            "64",
+            "--latent-dim",
+            "4",
+            "--batch-size",
+            "64",
+            "--seeds",
+            "2",
+            "--workdir",
+            workdir,
+            "--no-progress",
+        ]
+    )
+    for name in [
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "reconstructions.png",
+        "samples.png",
+        "interpolation.png",
+        "latent_space.png",
+        "loss_curves.png",
+    ]:
         assert os.path.isfile(os.path.join(workdir, name)), name
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -78,8 +103,10 @@ def test_torch_reference_of_the_main_job(tmp_path, small_npz, capsys):
 
     from experiments import torch_vae
 
-    for argv, expected in [(["--epochs", "0"], "--epochs and --batch-size must be positive"),
-                           (["--dataset", "npz:/no/such.npz"], "npz:/no/such.npz")]:
+    for argv, expected in [
+        (["--epochs", "0"], "--epochs and --batch-size must be positive"),
+        (["--dataset", "npz:/no/such.npz"], "npz:/no/such.npz"),
+    ]:
         with pytest.raises(SystemExit) as exit_info:
             torch_vae.main(argv + ["--workdir", str(tmp_path / "bad")])
         assert exit_info.value.code == 2
@@ -87,8 +114,9 @@ def test_torch_reference_of_the_main_job(tmp_path, small_npz, capsys):
         assert line.startswith("error: ") and (expected in line or "needs PyTorch" in line), line
     if importlib.util.find_spec("torch") is None:
         pytest.skip("torch is not installed (pip install torch)")
-    summary = torch_vae.main(["--dataset", small_npz, "--epochs", "2", "--batch-size", "64",
-                              "--workdir", str(tmp_path / "run")])
+    summary = torch_vae.main(
+        ["--dataset", small_npz, "--epochs", "2", "--batch-size", "64", "--workdir", str(tmp_path / "run")]
+    )
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2.pt"]
     for name in ("reconstructions.png", "samples.png", "loss_curves.png", "summary.json"):
         assert (tmp_path / "run" / name).stat().st_size > 0
@@ -132,7 +160,9 @@ def test_the_peer_timeout_comes_from_the_environment_and_a_bad_value_is_one_line
     assert distributed.peer_timeout_s() == 7.5
     for bad in ("soon", "0", "2", "-5", "inf", "nan"):  # at least two missed heartbeats, and a finite wait
         monkeypatch.setenv("VAE_JAX_PEER_TIMEOUT_S", bad)
-        with pytest.raises(ConfigError, match=rf"^VAE_JAX_PEER_TIMEOUT_S must be a number of seconds above 2 .*got '{bad}'$"):
+        with pytest.raises(
+            ConfigError, match=rf"^VAE_JAX_PEER_TIMEOUT_S must be a number of seconds above 2 .*got '{bad}'$"
+        ):
             distributed.peer_timeout_s()
 
 
@@ -154,8 +184,7 @@ class _FakeStore:
         return self.kv[key]
 
 
-def test_the_peer_watch_stops_every_process_when_one_goes_silent_and_spares_the_busy_and_the_done(
-        monkeypatch, capsys):
+def test_the_peer_watch_stops_every_process_when_one_goes_silent_and_spares_the_busy_and_the_done(monkeypatch, capsys):
     """Four processes on a fake store, beats every 20 ms, timeout 0.3 s: process 1 beats (busy but alive),
     process 2 has ended (done), process 3 is silent. Process 0 names process 3, and processes 0 and 1 stop with
     one line each; while process 3 beats too, nothing stops."""
@@ -190,6 +219,8 @@ def test_the_peer_watch_stops_every_process_when_one_goes_silent_and_spares_the_
     keep_beating[1] = False
     assert store.kv[distributed._LOST] == "3" and sorted(stops) == [(0, 1), (1, 1)]
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert sorted(lines) == [f"error: --distributed: process 3 stopped answering (no heartbeat for 0.3 s: killed, "
-                             f"out of memory, or its host lost); process {me} stops: {distributed._DEFAULT_HINT}"
-                             for me in (0, 1)]
+    assert sorted(lines) == [
+        f"error: --distributed: process 3 stopped answering (no heartbeat for 0.3 s: killed, "
+        f"out of memory, or its host lost); process {me} stops: {distributed._DEFAULT_HINT}"
+        for me in (0, 1)
+    ]

@@ -61,8 +61,9 @@ def log_task():
 
 
 def tiny_vae_config(workdir, **overrides) -> tasks.VAEConfig:
-    values = dict(hidden=(16,), latent_dim=2, batch_size=64, epochs=3, checkpoint_every=1, workdir=str(workdir),
-                  progress=False)
+    values = dict(
+        hidden=(16,), latent_dim=2, batch_size=64, epochs=3, checkpoint_every=1, workdir=str(workdir), progress=False
+    )
     values.update(overrides)
     return tasks.VAEConfig(**values)
 
@@ -113,8 +114,15 @@ def test_nan_batches_are_skipped_and_the_rest_matches_a_plain_optax_loop(tmp_pat
 
 
 def _guarded_and_fast_epochs(task, optimizer, batch_size):
-    return [jax.jit(train.make_epoch_fn(train.make_train_step(task.loss_fn, optimizer, max_consecutive_skips=skips),
-                                        batch_size), donate_argnums=0) for skips in (5, 0)]
+    return [
+        jax.jit(
+            train.make_epoch_fn(
+                train.make_train_step(task.loss_fn, optimizer, max_consecutive_skips=skips), batch_size
+            ),
+            donate_argnums=0,
+        )
+        for skips in (5, 0)
+    ]
 
 
 @pytest.mark.parametrize("poison", [None, np.nan, np.inf, 1e34])
@@ -133,8 +141,10 @@ def test_replay_on_fault_returns_the_guarded_epoch_bit_for_bit(poison):
     for epoch in range(2):
         state, metrics = replay(state, data, keys.data, keys.sample, jnp.int32(epoch))
         expected, expected_metrics = guarded(expected, data, keys.data, keys.sample, jnp.int32(epoch))
-        assert_same_leaves([np.asarray(a) for a in jax.tree_util.tree_leaves((state, metrics))],
-                           [np.asarray(a) for a in jax.tree_util.tree_leaves((expected, expected_metrics))])
+        assert_same_leaves(
+            [np.asarray(a) for a in jax.tree_util.tree_leaves((state, metrics))],
+            [np.asarray(a) for a in jax.tree_util.tree_leaves((expected, expected_metrics))],
+        )
     assert replay.replays == (0 if poison is None else 2)
     assert int(state.skipped_steps) == (0 if poison is None else 2)
 
@@ -173,10 +183,18 @@ def test_scan_and_loop_epochs_agree_when_steps_are_skipped():
 
 def test_consecutive_skips_stop_the_run_naming_the_step_and_the_workdir_resumes(tmp_path, capsys):
     # One step per epoch: steps 1-3 are finite (w falls below 0 in step 3), every later one is NaN.
-    ds = runner.data_lib.Dataset(np.zeros((8, 2, 2, 1), np.float32), None, np.zeros((2, 2, 2, 1), np.float32),
-                                 None, "zeros")
-    config = TrainConfig(batch_size=8, epochs=10, learning_rate=0.4, workdir=str(tmp_path), progress=False,
-                         checkpoint_every=1, max_consecutive_skips=2)
+    ds = runner.data_lib.Dataset(
+        np.zeros((8, 2, 2, 1), np.float32), None, np.zeros((2, 2, 2, 1), np.float32), None, "zeros"
+    )
+    config = TrainConfig(
+        batch_size=8,
+        epochs=10,
+        learning_rate=0.4,
+        workdir=str(tmp_path),
+        progress=False,
+        checkpoint_every=1,
+        max_consecutive_skips=2,
+    )
     with pytest.raises(runner.TrainingDiverged, match=r"2 optimizer steps in a row .*\(steps 4-5, seed 0, epoch 5"):
         runner.train(config, log_task(), ds)
     # The epoch in which the limit was reached is not checkpointed; the frozen state of epoch 4 is.
@@ -190,10 +208,18 @@ def test_consecutive_skips_stop_the_run_naming_the_step_and_the_workdir_resumes(
 
 
 def test_without_the_guard_the_epoch_level_stop_keeps_the_last_checkpoint(tmp_path):
-    ds = runner.data_lib.Dataset(np.zeros((8, 2, 2, 1), np.float32), None, np.zeros((2, 2, 2, 1), np.float32),
-                                 None, "zeros")
-    config = TrainConfig(batch_size=8, epochs=10, learning_rate=0.4, workdir=str(tmp_path), progress=False,
-                         checkpoint_every=1, max_consecutive_skips=0)
+    ds = runner.data_lib.Dataset(
+        np.zeros((8, 2, 2, 1), np.float32), None, np.zeros((2, 2, 2, 1), np.float32), None, "zeros"
+    )
+    config = TrainConfig(
+        batch_size=8,
+        epochs=10,
+        learning_rate=0.4,
+        workdir=str(tmp_path),
+        progress=False,
+        checkpoint_every=1,
+        max_consecutive_skips=0,
+    )
     with pytest.raises(runner.TrainingDiverged, match="non-finite training loss in epoch 4"):
         runner.train(config, log_task(), ds)
     epoch, state = runner.restore_state(config, log_task())
@@ -238,15 +264,23 @@ def signalling_task(signum: int, at_step: int, sent: list):
 def test_a_signal_mid_epoch_finishes_the_epoch_saves_and_resumes_bit_identical(tmp_path, signum):
     x = np.random.default_rng(2).normal(size=(32, 2, 2, 1)).astype(np.float32)
     ds = runner.data_lib.Dataset(x, None, x[:4], None, "normal")
-    config = TrainConfig(batch_size=8, epochs=4, learning_rate=0.05, workdir=str(tmp_path / "signalled"),
-                         progress=False, checkpoint_every=100)
+    config = TrainConfig(
+        batch_size=8,
+        epochs=4,
+        learning_rate=0.05,
+        workdir=str(tmp_path / "signalled"),
+        progress=False,
+        checkpoint_every=100,
+    )
     handler_before = signal.getsignal(signum)
     sent = []
     with pytest.raises(faults.Interrupted) as stopped:  # step 5 is the second step of epoch 2
         runner.train(config, signalling_task(signum, 5, sent), ds)
     assert sent == [signum] and stopped.value.exit_code == 128 + signum
-    assert str(stopped.value) == (f"stopped by {signal.Signals(signum).name} after epoch 2; checkpoint 2 is saved in "
-                                  f"{config.workdir}; run the same command again to resume")
+    assert str(stopped.value) == (
+        f"stopped by {signal.Signals(signum).name} after epoch 2; checkpoint 2 is saved in "
+        f"{config.workdir}; run the same command again to resume"
+    )
     assert signal.getsignal(signum) is handler_before  # the handlers are put back
     assert runner.checkpoint_epochs(config.workdir) == [2]
     resumed = runner.train(config, mean_task(), ds)
@@ -273,8 +307,9 @@ def test_a_torn_last_metrics_line_from_a_kill_is_dropped_on_resume(tmp_path):
 
 
 def _corrupt(step_dir: str, how: str) -> None:
-    files = sorted((os.path.getsize(os.path.join(d, f)), os.path.join(d, f))
-                   for d, _, names in os.walk(step_dir) for f in names)
+    files = sorted(
+        (os.path.getsize(os.path.join(d, f)), os.path.join(d, f)) for d, _, names in os.walk(step_dir) for f in names
+    )
     biggest = files[-1][1]
     if how == "truncate":
         with open(biggest, "r+b") as f:
@@ -302,12 +337,18 @@ def three_checkpoints(tmp_path_factory, mnist_small):
     return workdir, config, task, [np.asarray(a) for a in jax.tree_util.tree_leaves(result.state)]
 
 
-@pytest.mark.parametrize("how", [
-    "truncate", "delete", "metadata",
-    "garble",  # flipped bytes: caught by the checkpoint's SHA-256 manifest
-])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(tmp_path, mnist_small, capsys,
-                                                                      three_checkpoints, how):
+@pytest.mark.parametrize(
+    "how",
+    [
+        "truncate",
+        "delete",
+        "metadata",
+        "garble",  # flipped bytes: caught by the checkpoint's SHA-256 manifest
+    ],
+)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(
+    tmp_path, mnist_small, capsys, three_checkpoints, how
+):
     straight_dir, config, task, straight = three_checkpoints
     workdir = tmp_path / "damaged"
     shutil.copytree(straight_dir, workdir)
@@ -324,15 +365,17 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(tmp_path,
     assert runner.checkpoint_epochs(str(workdir)) == [1, 2, 3]
 
 
-def test_no_restorable_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_path, mnist_small,
-                                                                         three_checkpoints):
+def test_no_restorable_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_path, mnist_small, three_checkpoints):
     straight_dir, config, task, _ = three_checkpoints
     workdir = tmp_path / "all_bad"
     shutil.copytree(straight_dir, workdir)
     for epoch in (1, 2, 3):
         _corrupt(str(workdir / "checkpoints" / str(epoch)), "truncate")
-    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint in .* can be restored \(tried 3, 2, 1\).*"
-                                                         r"use another --workdir, or add --overwrite"):
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=r"no checkpoint in .* can be restored \(tried 3, 2, 1\).*"
+        r"use another --workdir, or add --overwrite",
+    ):
         runner.train(dataclasses.replace(config, workdir=str(workdir), epochs=4), task, mnist_small)
     assert runner.checkpoint_epochs(str(workdir)) == [1, 2, 3]  # nothing moved or deleted
 
@@ -356,8 +399,23 @@ def without_room_for_large_files(argv: list[str], limit_bytes: int) -> list[str]
 
 
 def vae_command(npz_spec: str, workdir, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "experiments.vae", "--dataset", npz_spec, "--hidden", "16", "--latent-dim", "2",
-            "--batch-size", "64", "--workdir", str(workdir), "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "experiments.vae",
+        "--dataset",
+        npz_spec,
+        "--hidden",
+        "16",
+        "--latent-dim",
+        "2",
+        "--batch-size",
+        "64",
+        "--workdir",
+        str(workdir),
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -414,8 +472,9 @@ def uninterrupted(tmp_path_factory, subprocess_env):
     root = tmp_path_factory.mktemp("uninterrupted")
     spec = write_digits_npz(root / "digits.npz")
     workdir = root / "run"
-    done = run_command(vae_command(spec, workdir, "--epochs", str(FAULT_EPOCHS), "--checkpoint-every", "1"),
-                       subprocess_env)
+    done = run_command(
+        vae_command(spec, workdir, "--epochs", str(FAULT_EPOCHS), "--checkpoint-every", "1"), subprocess_env
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return spec, final_leaves(workdir, FAULT_EPOCHS), workdir
 
@@ -428,8 +487,9 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(tmp_path, subp
     rng = random.Random(0)
     kills = 0
     for attempt in range(3):  # bounded: three kills at random moments of epochs and saves
-        process = subprocess.Popen(argv, env=subprocess_env, cwd=REPO, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            argv, env=subprocess_env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         seen = wait_for_epochs(workdir, (attempt + 1) * 3, process)
         time.sleep(rng.uniform(0.0, 0.3))
         if process.poll() is None:
@@ -447,13 +507,15 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(tmp_path, subp
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_143_and_the_resumed_run_is_bit_identical(
-        tmp_path, subprocess_env, uninterrupted):
+    tmp_path, subprocess_env, uninterrupted
+):
     spec, reference, _ = uninterrupted
     workdir = tmp_path / "terminated"
     # --checkpoint-every 1000: without the handler nothing would be saved before the end.
     argv = vae_command(spec, workdir, "--epochs", str(FAULT_EPOCHS), "--checkpoint-every", "1000")
-    process = subprocess.Popen(argv, env=subprocess_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        argv, env=subprocess_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert wait_for_epochs(workdir, 3, process) >= 3
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
@@ -470,8 +532,9 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_resumed_run_is_bit_identic
 
 
 @pytest.mark.slow
-def test_a_second_process_on_the_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, subprocess_env,
-                                                                                  uninterrupted):
+def test_a_second_process_on_the_workdir_is_refused_and_a_stale_lock_taken_over(
+    tmp_path, subprocess_env, uninterrupted
+):
     spec, _, _ = uninterrupted
     workdir = tmp_path / "shared"
     argv = vae_command(spec, workdir, "--epochs", "400", "--checkpoint-every", "100")
@@ -481,8 +544,9 @@ def test_a_second_process_on_the_workdir_is_refused_and_a_stale_lock_taken_over(
         second = run_command(argv, subprocess_env)
         assert second.returncode == 2
         lines = second.stderr.strip().splitlines()
-        assert lines[-1].startswith(f"error: --workdir {workdir} is in use by pid {first.pid} on "
-                                    f"{socket.gethostname()}"), second.stderr[-2000:]
+        assert lines[-1].startswith(
+            f"error: --workdir {workdir} is in use by pid {first.pid} on {socket.gethostname()}"
+        ), second.stderr[-2000:]
         assert "Traceback" not in second.stderr
     finally:
         first.send_signal(signal.SIGKILL)  # leaves its lock behind, as a crashed process would
@@ -498,8 +562,12 @@ def test_a_live_owner_on_this_host_holds_the_lock_and_a_reused_pid_does_not(tmp_
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock_path = tmp_path / faults.LOCK_NAME
-        record = {"pid": sleeper.pid, "host": socket.gethostname(),
-                  "process_start": faults._process_start_time(sleeper.pid), "started": "then"}
+        record = {
+            "pid": sleeper.pid,
+            "host": socket.gethostname(),
+            "process_start": faults._process_start_time(sleeper.pid),
+            "started": "then",
+        }
         lock_path.write_text(json.dumps(record))
         with pytest.raises(faults.WorkdirBusy, match=f"in use by pid {sleeper.pid} on {socket.gethostname()}"):
             faults.WorkdirLock(str(tmp_path)).acquire()
@@ -517,8 +585,9 @@ def test_a_live_owner_on_this_host_holds_the_lock_and_a_reused_pid_does_not(tmp_
 
 
 @pytest.mark.slow
-def test_a_save_that_runs_out_of_space_says_so_and_keeps_the_previous_checkpoint(tmp_path, subprocess_env,
-                                                                                   uninterrupted):
+def test_a_save_that_runs_out_of_space_says_so_and_keeps_the_previous_checkpoint(
+    tmp_path, subprocess_env, uninterrupted
+):
     spec, reference, finished = uninterrupted
     workdir = tmp_path / "full"
     shutil.copytree(finished, workdir)
@@ -528,8 +597,10 @@ def test_a_save_that_runs_out_of_space_says_so_and_keeps_the_previous_checkpoint
     full = run_command(without_room_for_large_files(argv, 50_000), subprocess_env)
     assert full.returncode == 2, full.stderr[-2000:]
     # The one-line error (Orbax's abandoned writes are silenced after it, though a late one may still print).
-    assert (f"error: could not save checkpoint {more} in {workdir / 'checkpoints'} (File too large; is the disk full "
-            f"or the directory read-only?); checkpoint {FAULT_EPOCHS} is intact") in full.stderr.splitlines()
+    assert (
+        f"error: could not save checkpoint {more} in {workdir / 'checkpoints'} (File too large; is the disk full "
+        f"or the directory read-only?); checkpoint {FAULT_EPOCHS} is intact"
+    ) in full.stderr.splitlines()
     assert runner.checkpoint_epochs(str(workdir))[-1] == FAULT_EPOCHS
     assert_same_leaves(final_leaves(workdir, FAULT_EPOCHS), reference)
     # With room again, the same command resumes from that checkpoint over the failed save's leftovers.

@@ -16,8 +16,10 @@ def test_interpolation_endpoints_are_the_most_different_pair_of_different_classe
     recon = rng.uniform(size=(12, 4, 4, 1))
     labels = rng.integers(0, 3, 12)
     a, b = vae_exp.interpolation_endpoints(recon, labels)
-    best = max(((i, j) for i, j in itertools.combinations(range(12), 2) if labels[i] != labels[j]),
-               key=lambda ij: np.sum((recon[ij[0]] - recon[ij[1]]) ** 2))
+    best = max(
+        ((i, j) for i, j in itertools.combinations(range(12), 2) if labels[i] != labels[j]),
+        key=lambda ij: np.sum((recon[ij[0]] - recon[ij[1]]) ** 2),
+    )
     assert labels[a] != labels[b] and {a, b} == set(best)
     a, b = vae_exp.interpolation_endpoints(recon, None)  # unlabelled: the most different pair overall
     best = max(itertools.combinations(range(12), 2), key=lambda ij: np.sum((recon[ij[0]] - recon[ij[1]]) ** 2))
@@ -70,18 +72,34 @@ def test_only_process_0_writes_figures_and_records(tmp_path, monkeypatch):
     # The training experiments write nothing themselves except through those helpers (or behind the same check).
     writers = {"savefig", "savez", "savez_compressed", "dump", "write_text", "write_bytes"}
     modules = sorted((pathlib.Path(__file__).resolve().parents[1] / "experiments").glob("*.py"))
-    training = [m for m in modules if m.name not in {"benchmark.py", "building_blocks.py", "torch_vae.py",
-                                                     "evaluate.py", "generate.py",
-                                                     "reconstruct.py", "encode.py", "__init__.py"}]
+    training = [
+        m
+        for m in modules
+        if m.name
+        not in {
+            "benchmark.py",
+            "building_blocks.py",
+            "torch_vae.py",
+            "evaluate.py",
+            "generate.py",
+            "reconstruct.py",
+            "encode.py",
+            "__init__.py",
+        }
+    ]
     # (no training run: a benchmark, a study of ops, the PyTorch yardstick, one-process uses of a trained model)
     assert {m.name for m in training} >= {"vae.py", "vqvae.py", "autoencoder.py", "hvae.py", "cvae.py"}
     for module in training:
         tree = ast.parse(module.read_text())
         guarded = set()
         # Process 0's report step: the functions that runner.report_on_main(workdir, lambda: NAME(...)) calls.
-        reports = {n.func.id for call in ast.walk(tree) if isinstance(call, ast.Call)
-                   and getattr(call.func, "attr", "") == "report_on_main"
-                   for n in ast.walk(call) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        reports = {
+            n.func.id
+            for call in ast.walk(tree)
+            if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "report_on_main"
+            for n in ast.walk(call)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.If) and "is_main_process" in ast.unparse(node.test):
                 guarded.update(id(n) for n in ast.walk(node))
@@ -91,5 +109,11 @@ def test_only_process_0_writes_figures_and_records(tmp_path, monkeypatch):
             if not isinstance(node, ast.Call) or id(node) in guarded:
                 continue
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            mode = node.args[1].value if name == "open" and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) else ""
-            assert name not in writers and "w" not in str(mode), f"{module}:{node.lineno} writes outside process 0's helpers"
+            mode = (
+                node.args[1].value
+                if name == "open" and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+                else ""
+            )
+            assert name not in writers and "w" not in str(mode), (
+                f"{module}:{node.lineno} writes outside process 0's helpers"
+            )

@@ -100,7 +100,6 @@ def test_grayscale_folders_have_one_channel_and_mixed_ones_three(tmp_path):
 
 
 def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
-    rng = np.random.default_rng(3)
     size = 8
     # Landscape and portrait images whose centre square is green and the margins red:
     # after the centre crop no red may be left away from the border.
@@ -109,7 +108,7 @@ def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
         im[..., 0] = 255
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        im[top:top + side, left:left + side] = (0, 255, 0)
+        im[top : top + side, left : left + side] = (0, 255, 0)
         _save(str(tmp_path / "bands" / f"{name}.png"), im)
     ds = load_dataset(f"folder:{tmp_path / 'bands'}", image_size=size)
     for im in np.concatenate([ds.train_pixels, ds.test_pixels]):
@@ -131,7 +130,7 @@ def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
             new_w = round(w * size / h)
             two_step = np.asarray(Image.fromarray(s).resize((new_w, size), Image.Resampling.BICUBIC), np.float64)
             left = (new_w - size) // 2
-            refs.append(np.abs(two_step[:, left:left + size] - im).mean())
+            refs.append(np.abs(two_step[:, left : left + size] - im).mean())
         assert min(refs) < 1.5  # gray levels, mean over pixels
 
 
@@ -151,7 +150,7 @@ def test_jpeg_folders_are_read(tmp_path):
         references.append(np.asarray(full.resize((16, round(64 * 16 / 48)), Image.Resampling.BICUBIC), np.float64))
     for im in np.concatenate([ds.train_pixels, ds.test_pixels]):
         top = (references[0].shape[0] - 16) // 2
-        assert min(np.abs(r[top:top + 16] - im).mean() for r in references) < 4.0
+        assert min(np.abs(r[top : top + 16] - im).mean() for r in references) < 4.0
 
 
 @pytest.mark.parametrize("kind", ["truncated_png", "truncated_jpg", "text_as_jpg", "empty_png"])
@@ -250,7 +249,8 @@ def test_splits_from_class_folders_are_listed_in_a_mixed_order(tmp_path):
 
 
 def test_decode_once_writes_a_mapped_copy_that_equals_the_folder_and_is_reused_until_the_source_changes(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     """``runner.decode_once`` (what every process of a --distributed run loads a folder or TFDS dataset through):
     the same arrays, labels and class names as reading the folder directly, memory-mapped from the workdir's
     copy; a second load does not decode; another --image-size, or a file added to the folder, decodes again;
@@ -308,11 +308,15 @@ def test_decode_once_errors_are_one_line(tmp_path):
     _save(str(tmp_path / "faces" / "b.png"), np.zeros((8, 8), np.uint8))
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match=r"^--workdir .*file/run: not a writable directory"):
-        runner.decode_once(tasks.VAEConfig(dataset=f"folder:{tmp_path / 'faces'}", workdir=str(tmp_path / "file" / "run"),
-                                           batch_size=1))
+        runner.decode_once(
+            tasks.VAEConfig(
+                dataset=f"folder:{tmp_path / 'faces'}", workdir=str(tmp_path / "file" / "run"), batch_size=1
+            )
+        )
     with pytest.raises(DataError, match=r"^--dataset folder:.*missing: no such directory$"):
-        runner.decode_once(tasks.VAEConfig(dataset=f"folder:{tmp_path / 'missing'}", workdir=str(tmp_path / "run"),
-                                           batch_size=1))
+        runner.decode_once(
+            tasks.VAEConfig(dataset=f"folder:{tmp_path / 'missing'}", workdir=str(tmp_path / "run"), batch_size=1)
+        )
     assert data.read_npz_notes(str(tmp_path / "faces" / "a.png")) is None  # not an archive: no notes
 
 
@@ -340,8 +344,13 @@ def test_save_image_folder_npz_decodes_a_chunk_at_a_time_into_the_archive_save_n
         for i in range(8):
             _save(str(tmp_path / "zoo" / cls / f"{i}.png"), _random_rgb(rng, 9, 11))
     direct = load_dataset(f"folder:{tmp_path / 'zoo'}", image_size=6)
-    path = data.save_image_folder_npz(str(tmp_path / "zoo"), str(tmp_path / "zoo.npz"), image_size=6,
-                                      notes={"made": "here"}, chunk_bytes=7 * 6 * 6 * 3)
+    path = data.save_image_folder_npz(
+        str(tmp_path / "zoo"),
+        str(tmp_path / "zoo.npz"),
+        image_size=6,
+        notes={"made": "here"},
+        chunk_bytes=7 * 6 * 6 * 3,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo", "zoo.npz"]  # no temporary file left
     assert data.read_npz_notes(path) == {"made": "here"}
     for memory_map in (True, False):
@@ -386,8 +395,11 @@ def test_skip_unreadable_leaves_out_broken_files_lists_them_and_keeps_the_rest(t
     assert kept == sorted(bytes(im) for im in good)  # exactly the good files, each once, as PIL decodes them
     assert ds.num_test >= 1
 
-    with pytest.raises(DataError, match=f"the train split has {ds.num_train} examples after --skip-unreadable left "
-                                        f"out 2 files, fewer than one batch \\(--batch-size 100\\)"):
+    with pytest.raises(
+        DataError,
+        match=f"the train split has {ds.num_train} examples after --skip-unreadable left "
+        f"out 2 files, fewer than one batch \\(--batch-size 100\\)",
+    ):
         load_dataset(spec, skip_unreadable=True, batch_size=100)
 
     # A --distributed run's decoded copy leaves out the same files and remembers them.
@@ -410,8 +422,21 @@ def test_skip_unreadable_through_a_training_run(tmp_path, capsys):
     from experiments import vae as vae_exp
 
     _, broken = _folder_with_two_broken_files(tmp_path / "photos", np.random.default_rng(13), count=12)
-    flags = ["--dataset", f"folder:{tmp_path / 'photos'}", "--workdir", str(tmp_path / "run"), "--batch-size", "4",
-             "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--no-tensorboard"]
+    flags = [
+        "--dataset",
+        f"folder:{tmp_path / 'photos'}",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "--latent-dim",
+        "2",
+        "--no-tensorboard",
+    ]
     with pytest.raises(SystemExit) as stop:
         vae_exp.main(flags)
     assert stop.value.code == 2 and "pass --skip-unreadable" in capsys.readouterr().err

@@ -74,8 +74,9 @@ def test_kl_z1_single_sample_estimate_is_unbiased_against_an_independent_monte_c
         q2_mean, q2_logvar = _apply(model, params, model.encode_top, z1.astype(np.float32))
         z2 = q2_mean + np.exp(0.5 * q2_logvar) * rng.standard_normal((n, D2))
         p1_mean, p1_logvar = _apply(model, params, model.prior_bottom, z2.astype(np.float32))
-        reference = (stats.norm.logpdf(z1, q1_mean[b], q1_std).sum(-1)
-                     - stats.norm.logpdf(z1, p1_mean, np.exp(0.5 * p1_logvar)).sum(-1))
+        reference = stats.norm.logpdf(z1, q1_mean[b], q1_std).sum(-1) - stats.norm.logpdf(
+            z1, p1_mean, np.exp(0.5 * p1_logvar)
+        ).sum(-1)
         se = np.sqrt(reference.var() / n + kl_z1[:, b].var() / n)
         assert abs(kl_z1[:, b].mean() - reference.mean()) < 4 * se, (b, kl_z1[:, b].mean(), reference.mean(), se)
 
@@ -84,20 +85,24 @@ def test_log_weights_average_to_the_elbo_and_iwae_dominates_it():
     model, params = _model()
     x = _x(b=3)
     n = 20_000
-    log_w = np.asarray(jax.jit(lambda k: hvae.make_hvae_log_weights(model)(params, {"x": x}, k, n))(
-        jax.random.key(7)), np.float64)  # [B, n]
+    log_w = np.asarray(
+        jax.jit(lambda k: hvae.make_hvae_log_weights(model)(params, {"x": x}, k, n))(jax.random.key(7)), np.float64
+    )  # [B, n]
     keys = jax.random.split(jax.random.key(8), n)
     terms_fn = hvae.make_hvae_terms(model)
-    neg_elbo = np.asarray(jax.jit(jax.vmap(lambda k: (lambda t: t["recon"] + t["kl"])(terms_fn(params, {"x": x}, k))))(
-        keys), np.float64)  # [n, B]
+    neg_elbo = np.asarray(
+        jax.jit(jax.vmap(lambda k: (lambda t: t["recon"] + t["kl"])(terms_fn(params, {"x": x}, k))))(keys), np.float64
+    )  # [n, B]
     for b in range(3):
         se = np.sqrt(log_w[b].var() / n + neg_elbo[:, b].var() / n)
         assert abs(log_w[b].mean() + neg_elbo[:, b].mean()) < 4 * se
     # Per example, L_k >= the mean of the same k log-weights (Jensen), and -L_k falls with k on average.
     some = log_w[:, :50]
     assert np.all(np.log(np.mean(np.exp(some - some.max(1, keepdims=True)), 1)) + some.max(1) >= some.mean(1) - 1e-9)
-    nll = {k: -np.mean(np.log(np.mean(np.exp(log_w[:, :k] - log_w[:, :k].max(1, keepdims=True)), 1))
-                       + log_w[:, :k].max(1)) for k in (1, 10, 1000)}
+    nll = {
+        k: -np.mean(np.log(np.mean(np.exp(log_w[:, :k] - log_w[:, :k].max(1, keepdims=True)), 1)) + log_w[:, :k].max(1))
+        for k in (1, 10, 1000)
+    }
     assert nll[1000] < nll[10] < nll[1]
 
 
@@ -115,10 +120,15 @@ def test_log_weights_against_scipy_densities_for_the_draws_made():
     logits = np.asarray(model.apply({"params": params}, z1_flat, method=model.decode), np.float64).reshape(2 * k, -1)
     xs = np.repeat(np.asarray(x, np.float64).reshape(2, -1), k, axis=0)
     log_px = np.sum(xs * -np.logaddexp(0, -logits) + (1 - xs) * -np.logaddexp(0, logits), axis=1)
-    direct = (log_px + stats.norm.logpdf(z1_flat, p1_mean, np.exp(0.5 * p1_logvar)).sum(-1)
-              + stats.norm.logpdf(z2).sum(-1)
-              - stats.norm.logpdf(z1.reshape(-1, D1), np.repeat(q1_mean, k, 0), np.repeat(np.exp(0.5 * q1_logvar), k, 0)).sum(-1)
-              - stats.norm.logpdf(z2, q2_mean, np.exp(0.5 * q2_logvar)).sum(-1))
+    direct = (
+        log_px
+        + stats.norm.logpdf(z1_flat, p1_mean, np.exp(0.5 * p1_logvar)).sum(-1)
+        + stats.norm.logpdf(z2).sum(-1)
+        - stats.norm.logpdf(z1.reshape(-1, D1), np.repeat(q1_mean, k, 0), np.repeat(np.exp(0.5 * q1_logvar), k, 0)).sum(
+            -1
+        )
+        - stats.norm.logpdf(z2, q2_mean, np.exp(0.5 * q2_logvar)).sum(-1)
+    )
     np.testing.assert_allclose(log_w.reshape(-1), direct, rtol=1e-4, atol=1e-3)
 
 
@@ -129,8 +139,9 @@ def test_per_example_terms_do_not_depend_on_the_batch():
     for layer in ("encoder", "top_encoder"):
         params[layer]["logvar"]["kernel"] = jnp.zeros_like(params[layer]["logvar"]["kernel"])
         params[layer]["logvar"]["bias"] = jnp.full_like(params[layer]["logvar"]["bias"], -60.0)
-    _, task = hvae.hvae_task(hvae.HVAEConfig(latent_dim=D1, top_latent_dim=D2, hidden=(16,), top_hidden=(8,)),
-                             (6, 5, 1))
+    _, task = hvae.hvae_task(
+        hvae.HVAEConfig(latent_dim=D1, top_latent_dim=D2, hidden=(16,), top_hidden=(8,)), (6, 5, 1)
+    )
     x = _x(b=7)
     whole = task.eval_fn(params, {"x": x}, jax.random.key(0))
     for lo, hi in ((0, 3), (3, 7)):

@@ -15,22 +15,53 @@ PACKAGE = REPO / "vae_jax"
 # Lowest first; a module may import from its own layer and the layers above it in this list.
 LAYERS = {
     "base": ["errors", "arrays", "caches"],
-    "maths": ["ops", "losses", "quantize", "schedules", "objectives", "penalties", "corruption", "evaluate",
-              "diagnostics", "precision", "models", "models.*"],
+    "maths": [
+        "ops",
+        "losses",
+        "quantize",
+        "schedules",
+        "objectives",
+        "penalties",
+        "corruption",
+        "evaluate",
+        "diagnostics",
+        "precision",
+        "models",
+        "models.*",
+    ],
     "data": ["data"],
     "protocol": ["protocol"],
     "families": ["tasks", "tasks.*", "linear_ae", "classifier", "latent_metrics", "latent_views"],
     "step": ["train"],
-    "driver": ["runner", "parallel", "streaming", "faults", "distributed", "checkpoint", "tensorboard", "plots",
-               "trained"],
+    "driver": [
+        "runner",
+        "parallel",
+        "streaming",
+        "faults",
+        "distributed",
+        "checkpoint",
+        "tensorboard",
+        "plots",
+        "trained",
+    ],
     "cli": ["cli"],
     # "": the package's __init__ (the small public API: data, losses, models, ops; load_run and export_run
     # from vae_jax.trained when first used). No module imports the package itself.
     "package": [""],
 }
 # The rules a review found broken, spelled out; the rank check below implies each of them.
-FORBIDDEN = [("maths", "driver"), ("maths", "data"), ("maths", "cli"), ("families", "driver"), ("families", "cli"),
-             ("step", "driver"), ("step", "cli"), ("data", "driver"), ("data", "cli"), ("driver", "cli")]
+FORBIDDEN = [
+    ("maths", "driver"),
+    ("maths", "data"),
+    ("maths", "cli"),
+    ("families", "driver"),
+    ("families", "cli"),
+    ("step", "driver"),
+    ("step", "cli"),
+    ("data", "driver"),
+    ("data", "cli"),
+    ("driver", "cli"),
+]
 # The one private JAX import left: the coordination service's key-value store (heartbeats, the error-aware
 # barrier) has no public handle in JAX; see vae_jax.distributed._client.
 PRIVATE_JAX_ALLOWED = {("vae_jax/distributed.py", "jax._src.distributed")}
@@ -75,14 +106,17 @@ def internal_imports(module: str, path: pathlib.Path) -> set[str]:
     for name, members in imported_names(path):
         if name != "vae_jax" and not name.startswith("vae_jax."):
             continue
-        base = name[len("vae_jax."):] if name != "vae_jax" else ""
+        base = name[len("vae_jax.") :] if name != "vae_jax" else ""
         targets = [f"{base}.{m}".lstrip(".") for m in members if f"{base}.{m}".lstrip(".") in MODULES]
         if base and (not members or len(targets) < len(members)):
             targets.append(base)  # names defined in the module ``base`` itself
         for target in targets:
             parts = target.split(".")
-            found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)
-                      if not (module + ".").startswith(".".join(parts[:i]) + ".")}
+            found |= {
+                ".".join(parts[:i])
+                for i in range(1, len(parts) + 1)
+                if not (module + ".").startswith(".".join(parts[:i]) + ".")
+            }
     return found - {"", module}
 
 
@@ -100,15 +134,18 @@ def test_the_scan_sees_the_package_and_known_imports():
 
 def test_every_module_has_a_layer_and_imports_point_down():
     rank = {layer: i for i, layer in enumerate(LAYERS)}
-    upward = [f"vae_jax.{m} ({layer_of(m)}) imports vae_jax.{d} ({layer_of(d)})"
-              for m, deps in GRAPH.items() for d in sorted(deps) if rank[layer_of(d)] > rank[layer_of(m)]]
+    upward = [
+        f"vae_jax.{m} ({layer_of(m)}) imports vae_jax.{d} ({layer_of(d)})"
+        for m, deps in GRAPH.items()
+        for d in sorted(deps)
+        if rank[layer_of(d)] > rank[layer_of(m)]
+    ]
     assert not upward, "\n".join(upward)
 
 
 @pytest.mark.parametrize("importer, imported", FORBIDDEN)
 def test_layer_rule(importer, imported):
-    broken = [(m, d) for m, deps in GRAPH.items() for d in deps
-              if layer_of(m) == importer and layer_of(d) == imported]
+    broken = [(m, d) for m, deps in GRAPH.items() for d in deps if layer_of(m) == importer and layer_of(d) == imported]
     assert not broken
 
 
@@ -120,7 +157,7 @@ def test_no_import_circle():
         stack.append(module)
         for dep in sorted(GRAPH[module]):
             if state.get(dep) == "open":
-                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(dep) :] + [dep]))
             if dep not in state:
                 visit(dep)
         stack.pop()
@@ -145,14 +182,20 @@ def test_the_circle_check_finds_a_circle():
 def test_no_private_jax_imports():
     files = sorted(PACKAGE.rglob("*.py")) + sorted((REPO / "experiments").glob("*.py"))
     assert len(files) > 50
-    private = {(str(p.relative_to(REPO)), ".".join([name, *members[:1]]) if name == "jax._src" else name)
-               for p in files for name, members in imported_names(p) if name.split(".")[:2] == ["jax", "_src"]}
+    private = {
+        (str(p.relative_to(REPO)), ".".join([name, *members[:1]]) if name == "jax._src" else name)
+        for p in files
+        for name, members in imported_names(p)
+        if name.split(".")[:2] == ["jax", "_src"]
+    }
     assert private <= PRIVATE_JAX_ALLOWED, sorted(private - PRIVATE_JAX_ALLOWED)
 
 
 def test_importing_the_families_loads_no_driver_dependencies():
-    code = ("import sys, vae_jax.tasks, vae_jax.linear_ae, vae_jax.train\n"
-            "heavy = {'orbax', 'tqdm', 'tensorflow', 'grain', 'matplotlib'}\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
+    code = (
+        "import sys, vae_jax.tasks, vae_jax.linear_ae, vae_jax.train\n"
+        "heavy = {'orbax', 'tqdm', 'tensorflow', 'grain', 'matplotlib'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stdout

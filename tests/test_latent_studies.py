@@ -35,8 +35,23 @@ def test_classifier_confidence_matches_scipy_entropy(mnist_small):
 
 def test_latent_sweep_end_to_end(tmp_path, small_npz):
     workdir = str(tmp_path / "sweep")
-    latent_sweep.main(["--dataset", small_npz, "--latent-sizes", "2,8", "--epochs", "2", "--hidden", "64",
-                       "--batch-size", "64", "--workdir", workdir, "--no-progress"])
+    latent_sweep.main(
+        [
+            "--dataset",
+            small_npz,
+            "--latent-sizes",
+            "2,8",
+            "--epochs",
+            "2",
+            "--hidden",
+            "64",
+            "--batch-size",
+            "64",
+            "--workdir",
+            workdir,
+            "--no-progress",
+        ]
+    )
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     assert os.path.isfile(os.path.join(workdir, "latent_sweep.png"))
     assert summary["sub_workdirs"] == ["ae_z2", "ae_z8", "vae_z2", "vae_z8"]
@@ -45,7 +60,9 @@ def test_latent_sweep_end_to_end(tmp_path, small_npz):
         d = row["latent_dim"]
         assert {"test_bce", "test_mse"} <= set(row["ae"])
         assert {"test_bce", "test_mse", "test_neg_elbo", "test_kl", "active_units"} <= set(row["vae"])
-        assert all(np.isfinite(v["mean"]) for model in ("ae", "vae") for k, v in row[model].items() if k != "train_seconds")
+        assert all(
+            np.isfinite(v["mean"]) for model in ("ae", "vae") for k, v in row[model].items() if k != "train_seconds"
+        )
         assert 0 <= row["vae"]["active_units"]["mean"] <= d
         # The runner evaluated each sub-run on its own (through the model's forward pass); the AE's BCE
         # there is the same quantity the sweep measures by decoding the codes.
@@ -62,9 +79,29 @@ def test_latent_space_end_to_end(tmp_path, small_npz, mnist_small, monkeypatch):
     monkeypatch.setattr(data, "ANALYSIS_TRAIN_EXAMPLES", 300)
     monkeypatch.setattr(data.Dataset, "x_train", property(lambda self: pytest.fail("whole training split converted")))
     workdir = str(tmp_path / "space")
-    latent_space.main(["--dataset", small_npz, "--epochs", "2", "--hidden", "64", "--batch-size", "64",
-                       "--tsne-latent-dim", "5", "--tsne-points", "60", "--num-samples", "100",
-                       "--grid-size", "4", "--workdir", workdir, "--no-progress"])
+    latent_space.main(
+        [
+            "--dataset",
+            small_npz,
+            "--epochs",
+            "2",
+            "--hidden",
+            "64",
+            "--batch-size",
+            "64",
+            "--tsne-latent-dim",
+            "5",
+            "--tsne-points",
+            "60",
+            "--num-samples",
+            "100",
+            "--grid-size",
+            "4",
+            "--workdir",
+            workdir,
+            "--no-progress",
+        ]
+    )
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     for name in ["latents_2d.png", "latent_grid_ae.png", "latent_grid_vae.png", "prior_samples.png", "tsne.png"]:
         assert os.path.isfile(os.path.join(workdir, name)), name
@@ -75,8 +112,10 @@ def test_latent_space_end_to_end(tmp_path, small_npz, mnist_small, monkeypatch):
             assert all(np.isfinite(v) for v in quality[part].values())
             assert 0.1 <= quality[part]["mean_max_prob"] <= 1.0 and 0 <= quality[part]["mean_entropy"] <= math.log(10)
         assert len(quality["code_std"]) == int(name.split("_z")[1])
-        np.testing.assert_allclose(quality["nn_distance_ratio"], quality["prior_samples"]["nn_distance_mean"]
-                                   / quality["test_reconstructions"]["nn_distance_mean"])
+        np.testing.assert_allclose(
+            quality["nn_distance_ratio"],
+            quality["prior_samples"]["nn_distance_mean"] / quality["test_reconstructions"]["nn_distance_mean"],
+        )
     # The real-image reference, by NumPy brute force on the same (uint8-rounded) images.
     x_train = np.round(mnist_small.train_pixels[:300].reshape(300, -1) * 255) / 255
     x_test = np.round(mnist_small.x_test.reshape(128, -1) * 255) / 255

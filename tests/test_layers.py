@@ -22,10 +22,12 @@ def normal(seed, shape):
 
 def with_random_bias(variables, seed=7):
     """Replaces zero-initialised biases so that the tests see them."""
+
     def replace(path, leaf):
         if path[-1].key == "bias":
             return normal(seed, leaf.shape)
         return leaf
+
     return jax.tree_util.tree_map_with_path(replace, variables)
 
 
@@ -49,7 +51,9 @@ def test_conv_transpose2d_layer_matches_flax_conv_transpose(k, s, p, a):
     params = variables["params"]
     chex.assert_shape(params["kernel"], (k, k, 3, 2))
     # flax's transpose_kernel=True takes the forward conv's kernel (O and I swapped).
-    reference = nn.ConvTranspose(2, (k, k), strides=(s, s), padding=[(k - p - 1, k - p - 1 + a)] * 2, transpose_kernel=True)
+    reference = nn.ConvTranspose(
+        2, (k, k), strides=(s, s), padding=[(k - p - 1, k - p - 1 + a)] * 2, transpose_kernel=True
+    )
     ref = reference.apply({"params": {"kernel": jnp.swapaxes(params["kernel"], 2, 3), "bias": params["bias"]}}, x)
     out = layer.apply(variables, x)
     chex.assert_shape(out, (2, s * 3 + k - 2 * p + a, s * 4 + k - 2 * p + a, 2))
@@ -98,8 +102,9 @@ def test_up_block_transposed_conv_multiplies_the_size_by_factor(factor, kernel_s
     p = max(0, -(-(kernel_size - factor) // 2))
     a = factor - kernel_size + 2 * p
     q = kernel_size - p - 1  # padding of the zero-inserted input
-    ref = lax.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (factor, factor), [(q, q + a)] * 2,
-                             dimension_numbers=DN, transpose_kernel=True)
+    ref = lax.conv_transpose(
+        x, jnp.swapaxes(kernel, 2, 3), (factor, factor), [(q, q + a)] * 2, dimension_numbers=DN, transpose_kernel=True
+    )
     np.testing.assert_allclose(out, ref, atol=ATOL)
 
 
@@ -115,7 +120,9 @@ def test_up_block_output_hw_and_its_errors():
         upsample.init(jax.random.PRNGKey(0), x, output_hw=(7, 7))
     with pytest.raises(ValueError, match=r"indices are required for mode=\"unpool\""):
         layers.UpBlock(features=2, mode="unpool").init(jax.random.PRNGKey(0), x)
-    with pytest.raises(ValueError, match=r"mode must be one of \('transposed_conv', 'upsample_conv', 'unpool'\), got 'deconv'"):
+    with pytest.raises(
+        ValueError, match=r"mode must be one of \('transposed_conv', 'upsample_conv', 'unpool'\), got 'deconv'"
+    ):
         layers.UpBlock(features=2, mode="deconv").init(jax.random.PRNGKey(0), x)
     with pytest.raises(ValueError, match=r"x must be \[N, H, W, C\] or \[H, W, C\]"):
         layers.Conv2d(2).init(jax.random.PRNGKey(0), jnp.zeros((4, 4)))
@@ -196,8 +203,9 @@ def test_conv_transpose_layer_is_flax_conv_transpose_with_the_same_parameters(pa
     chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("padding,strides", [("SAME", 2), ("VALID", 1), ("SAME", (1, 2)), (((1, 1), (1, 1)), 2),
-                                              (((0, 2), (1, 0)), 1)])
+@pytest.mark.parametrize(
+    "padding,strides", [("SAME", 2), ("VALID", 1), ("SAME", (1, 2)), (((1, 1), (1, 1)), 2), (((0, 2), (1, 0)), 1)]
+)
 def test_conv_layer_is_flax_conv_with_the_same_parameters_and_program(padding, strides):
     x = jax.random.normal(jax.random.key(0), (3, 9, 8, 5))
     theirs = nn.Conv(4, (4, 3), strides=strides, padding=padding)
@@ -224,7 +232,7 @@ def test_add_bias_sums_a_bfloat16_bias_gradient_in_float32():
 
     ours = gradient(layers.add_bias)
     assert ours.dtype == jnp.bfloat16 and layers.add_bias(y, bias).dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(ours, np.float64), expected, rtol=2 ** -8)  # one bfloat16 rounding
+    np.testing.assert_allclose(np.asarray(ours, np.float64), expected, rtol=2**-8)  # one bfloat16 rounding
     plain = np.asarray(gradient(lambda a, b: a + b), np.float64)  # summed in bfloat16: stalls far below
     assert np.all(plain < 0.5 * expected), (plain, expected)
     y32 = y.astype(jnp.float32)
@@ -260,5 +268,5 @@ def test_embed_layer_is_flax_embed_and_sums_a_bfloat16_table_gradient_in_float32
         loss = lambda p: jnp.vdot(module.apply(p, indices).astype(jnp.float32), cotangent.astype(jnp.float32))
         return np.asarray(jax.jit(jax.grad(loss))(table16)["params"]["embedding"], np.float64)
 
-    np.testing.assert_allclose(gradient(mine), expected, rtol=2 ** -8)  # one bfloat16 rounding
+    np.testing.assert_allclose(gradient(mine), expected, rtol=2**-8)  # one bfloat16 rounding
     assert np.max(np.abs(gradient(theirs) - expected) / expected) > 0.05  # flax's bfloat16 scatter-add drifts

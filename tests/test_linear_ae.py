@@ -71,11 +71,31 @@ def test_align_basis_recovers_target_from_any_basis_of_its_span():
 
 def test_pca_experiment_small_finds_the_pca_subspace(tmp_path, mnist_small):
     path = tmp_path / "digits.npz"
-    np.savez(path, x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8), y_train=mnist_small.y_train,
-             x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8), y_test=mnist_small.y_test)
+    np.savez(
+        path,
+        x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8),
+        y_train=mnist_small.y_train,
+        x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8),
+        y_test=mnist_small.y_test,
+    )
     workdir = str(tmp_path / "run")
-    pca_vs_linear_ae.main(["--dataset", f"npz:{path}", "--components", "6", "--epochs", "200", "--batch-size", "64",
-                           "--learning-rate", "3e-3", "--workdir", workdir, "--no-progress"])
+    pca_vs_linear_ae.main(
+        [
+            "--dataset",
+            f"npz:{path}",
+            "--components",
+            "6",
+            "--epochs",
+            "200",
+            "--batch-size",
+            "64",
+            "--learning-rate",
+            "3e-3",
+            "--workdir",
+            workdir,
+            "--no-progress",
+        ]
+    )
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     for name in ["components.png", "basis_geometry.png", "reconstructions.png", "loss_curves.png", "metrics.jsonl"]:
         assert os.path.isfile(os.path.join(workdir, name)), name

@@ -3,8 +3,8 @@
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 import numpy as np
+import optax
 import pytest
 from scipy import stats
 
@@ -59,8 +59,11 @@ def test_bernoulli_nll_and_its_gradient_match_optax_and_sigmoid_minus_x():
     grad = jax.grad(lambda l: losses.bernoulli_nll(l, x, event_ndim=1).sum())(logits)
     np.testing.assert_allclose(grad, jax.nn.sigmoid(logits) - x, atol=1e-6)  # d/dl [softplus(l) - x l]
     mask = (np.arange(51) % 3 == 0).astype(np.float32)
-    np.testing.assert_allclose(losses.masked_bernoulli_nll(logits, x, mask, event_ndim=1),
-                               (optax.sigmoid_binary_cross_entropy(logits, x) * mask).sum(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.masked_bernoulli_nll(logits, x, mask, event_ndim=1),
+        (optax.sigmoid_binary_cross_entropy(logits, x) * mask).sum(axis=1),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("magnitude", [1e4, 1e9])
@@ -90,7 +93,9 @@ def test_reparameterize_is_deterministic_per_key_and_has_the_right_moments():
     logvar = jnp.array([0.0, np.log(4.0)])
     key = jax.random.key(0)
     np.testing.assert_array_equal(losses.reparameterize(key, mean, logvar), losses.reparameterize(key, mean, logvar))
-    assert not np.allclose(losses.reparameterize(jax.random.key(1), mean, logvar), losses.reparameterize(key, mean, logvar))
+    assert not np.allclose(
+        losses.reparameterize(jax.random.key(1), mean, logvar), losses.reparameterize(key, mean, logvar)
+    )
     z = losses.reparameterize(key, jnp.broadcast_to(mean, (200_000, 2)), jnp.broadcast_to(logvar, (200_000, 2)))
     np.testing.assert_allclose(z.mean(0), [1.0, -2.0], atol=0.02)
     np.testing.assert_allclose(z.std(0), [1.0, 2.0], rtol=0.01)

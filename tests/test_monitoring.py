@@ -12,8 +12,16 @@ from vae_jax import runner, tasks
 
 
 def small_config(workdir, **overrides):
-    base = dict(latent_dim=4, hidden=(32,), batch_size=64, epochs=2, workdir=str(workdir), progress=False,
-                checkpoint_every=10, eval_batch_size=64)
+    base = dict(
+        latent_dim=4,
+        hidden=(32,),
+        batch_size=64,
+        epochs=2,
+        workdir=str(workdir),
+        progress=False,
+        checkpoint_every=10,
+        eval_batch_size=64,
+    )
     return tasks.VAEConfig(**{**base, **overrides})
 
 
@@ -26,9 +34,9 @@ def read_events(workdir):
         blob = open(path, "rb").read()
         offset = 0
         while offset < len(blob):
-            (length,) = struct.unpack("<Q", blob[offset:offset + 8])
+            (length,) = struct.unpack("<Q", blob[offset : offset + 8])
             event = event_pb2.Event()
-            event.ParseFromString(blob[offset + 12: offset + 12 + length])  # skip the length's crc32
+            event.ParseFromString(blob[offset + 12 : offset + 12 + length])  # skip the length's crc32
             events.append(event)
             offset += 12 + length + 4
     return events
@@ -78,7 +86,10 @@ def test_summary_holds_the_student_t_interval_and_the_seed_curves(two_seed_run):
 
 
 def test_two_runs_give_identical_losses_and_parameters(tmp_path, mnist_small):
-    config_a, config_b = small_config(tmp_path / "a", tensorboard=False), small_config(tmp_path / "b", tensorboard=False)
+    config_a, config_b = (
+        small_config(tmp_path / "a", tensorboard=False),
+        small_config(tmp_path / "b", tensorboard=False),
+    )
     _, task = tasks.vae_task(config_a, mnist_small.image_shape)
     a = runner.train(config_a, task, mnist_small)
     b = runner.train(config_b, task, mnist_small)

@@ -68,8 +68,9 @@ def test_shared_variance_model_has_one_learned_scalar():
     assert out.shape == (2, 4, 4, 2)
     np.testing.assert_array_equal(out[..., 1], 0.0)  # the shared log-variance, initialised at 0
     pixel = VAE(latent_dim=3, hidden=(8,), image_shape=(4, 4, 3), likelihood="gaussian_pixel_var")
-    assert pixel.apply({"params": init_params(pixel, jax.random.key(0))}, jnp.zeros((2, 3)),
-                       method=pixel.decode).shape == (2, 4, 4, 6)
+    assert pixel.apply(
+        {"params": init_params(pixel, jax.random.key(0))}, jnp.zeros((2, 3)), method=pixel.decode
+    ).shape == (2, 4, 4, 6)
 
 
 # --- objective-level properties on a deterministic toy family ---------------------------
@@ -172,15 +173,17 @@ def test_gaussian_vae_terms_against_scipy_densities():
     terms = objectives.make_gaussian_vae_terms(model, "gaussian", -1.0)(params, batch, key)
     mean, logvar = (np.asarray(a, np.float64) for a in model.apply({"params": params}, batch["x"], method=model.encode))
     z = mean + np.exp(0.5 * logvar) * np.asarray(jax.random.normal(key, mean.shape))
-    mu_x = expit(np.asarray(model.apply({"params": params}, jnp.asarray(z, jnp.float32), method=model.decode),
-                            np.float64))
+    mu_x = expit(
+        np.asarray(model.apply({"params": params}, jnp.asarray(z, jnp.float32), method=model.decode), np.float64)
+    )
     recon = -stats.norm.logpdf(np.asarray(batch["x"]), mu_x, np.exp(-0.5)).sum(axis=(1, 2, 3))
     np.testing.assert_allclose(terms["recon"], recon, rtol=1e-4)
     # KL per dimension by numerical integration of q log(q/p) on a grid.
     grid = np.linspace(-12, 12, 20001)
     q = stats.norm.pdf(grid[None, None], mean[..., None], np.exp(0.5 * logvar)[..., None])
-    integrand = q * (stats.norm.logpdf(grid[None, None], mean[..., None], np.exp(0.5 * logvar)[..., None])
-                     - stats.norm.logpdf(grid))
+    integrand = q * (
+        stats.norm.logpdf(grid[None, None], mean[..., None], np.exp(0.5 * logvar)[..., None]) - stats.norm.logpdf(grid)
+    )
     kl_numeric = np.trapezoid(integrand, grid, axis=-1)
     np.testing.assert_allclose(terms["kl_per_dim"], kl_numeric, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(terms["kl"], kl_numeric.sum(-1), rtol=1e-4, atol=1e-6)
@@ -197,7 +200,9 @@ def test_iwae_objective_with_one_sample_is_the_elbo_in_expectation():
     one_sample_iwae = -log_w  # -L_1 per draw (iwae_bound over a single sample is its log-weight)
     np.testing.assert_allclose(
         -np.asarray(jax.vmap(lambda w: objectives.losses.iwae_bound(w[:, None]), 1, 1)(jnp.asarray(log_w[:, :5]))),
-        one_sample_iwae[:, :5], rtol=1e-6)
+        one_sample_iwae[:, :5],
+        rtol=1e-6,
+    )
     keys = jax.random.split(jax.random.key(100), 2000)
     recon = np.asarray(jax.jit(jax.vmap(lambda k: terms_fn(params, batch, k)["recon"], out_axes=1))(keys), np.float64)
     kl = np.asarray(terms_fn(params, batch, jax.random.key(0))["kl"])
@@ -217,4 +222,3 @@ def test_iwae_loss_is_the_negative_log_mean_exp_of_the_log_weights():
     expected = -(np.log(np.mean(np.exp(log_w - log_w.max(1, keepdims=True)), axis=1)) + log_w.max(1))
     np.testing.assert_allclose(loss, expected.mean(), rtol=1e-5)
     assert float(metrics["neg_iwae_bound"]) == float(loss)
-    

@@ -129,8 +129,15 @@ def test_conv_transpose2d_all_definitions_agree(seed):
     out = ops.conv_transpose2d(x, kernel, s, p, a)
     h, w = x.shape[1:3]
     kh = kernel.shape[0]
-    chex.assert_shape(out, (2, ops.conv_transpose_output_size(h, kh, s, p, a),
-                            ops.conv_transpose_output_size(w, kh, s, p, a), kernel.shape[3]))
+    chex.assert_shape(
+        out,
+        (
+            2,
+            ops.conv_transpose_output_size(h, kh, s, p, a),
+            ops.conv_transpose_output_size(w, kh, s, p, a),
+            kernel.shape[3],
+        ),
+    )
     # The definition as NumPy loops.
     np.testing.assert_allclose(out, numpy_transposed_conv(x, kernel, s, p, a), atol=ATOL)
     # (b) zero insertion + padding k - p - 1 + flipped kernel.
@@ -143,10 +150,12 @@ def test_conv_transpose2d_all_definitions_agree(seed):
         chex.assert_equal_shape([y, x])
         np.testing.assert_allclose(out, vjp(x)[0], atol=ATOL)
     # jax.lax.conv_transpose, with the forward kernel (transpose_kernel) and the flipped one.
-    ref_grad_style = lax.conv_transpose(x, forward_kernel, (s, s), [(kh - p - 1, kh - p - 1 + a)] * 2,
-                                        dimension_numbers=DN, transpose_kernel=True)
-    ref_direct = lax.conv_transpose(x, kernel[::-1, ::-1], (s, s), [(kh - p - 1, kh - p - 1 + a)] * 2,
-                                    dimension_numbers=DN)
+    ref_grad_style = lax.conv_transpose(
+        x, forward_kernel, (s, s), [(kh - p - 1, kh - p - 1 + a)] * 2, dimension_numbers=DN, transpose_kernel=True
+    )
+    ref_direct = lax.conv_transpose(
+        x, kernel[::-1, ::-1], (s, s), [(kh - p - 1, kh - p - 1 + a)] * 2, dimension_numbers=DN
+    )
     np.testing.assert_allclose(out, ref_grad_style, atol=ATOL)
     np.testing.assert_allclose(out, ref_direct, atol=ATOL)
 
@@ -156,8 +165,14 @@ def test_conv_transpose2d_all_definitions_agree(seed):
 def test_conv_transpose2d_matches_flax_conv_transpose(seed, transpose_kernel):
     x, kernel, s, p, a = random_case(20 + seed)
     k = kernel.shape[0]
-    layer = nn.ConvTranspose(kernel.shape[3], (k, k), strides=(s, s), use_bias=False,
-                             padding=[(k - p - 1, k - p - 1 + a)] * 2, transpose_kernel=transpose_kernel)
+    layer = nn.ConvTranspose(
+        kernel.shape[3],
+        (k, k),
+        strides=(s, s),
+        use_bias=False,
+        padding=[(k - p - 1, k - p - 1 + a)] * 2,
+        transpose_kernel=transpose_kernel,
+    )
     # flax's default kernel is the flipped one; with transpose_kernel=True it
     # is the forward convolution's kernel (channels swapped).
     flax_kernel = jnp.swapaxes(kernel, 2, 3) if transpose_kernel else kernel[::-1, ::-1]
@@ -276,7 +291,9 @@ def numpy_max_pool(x, window, stride):
     return pooled, indices
 
 
-@pytest.mark.parametrize("shape,window,stride", [((2, 6, 6, 3), 2, 2), ((1, 7, 5, 2), 3, 2), ((2, 5, 8, 1), 2, 1), ((1, 9, 9, 2), 3, 3)])
+@pytest.mark.parametrize(
+    "shape,window,stride", [((2, 6, 6, 3), 2, 2), ((1, 7, 5, 2), 3, 2), ((2, 5, 8, 1), 2, 1), ((1, 9, 9, 2), 3, 3)]
+)
 def test_max_pool_with_indices_matches_numpy_brute_force(shape, window, stride):
     x = np.random.default_rng(window * 10 + stride).normal(size=shape).astype(np.float32)
     pooled, indices = ops.max_pool_with_indices(jnp.asarray(x), window, stride)
@@ -335,7 +352,9 @@ def test_max_pool_gradient_matches_lax_reduce_window():
     x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 6, 6, 2)), jnp.float32)
     g = jnp.asarray(np.random.default_rng(3).normal(size=(2, 3, 3, 2)), jnp.float32)
     ours = jax.grad(lambda v: jnp.sum(ops.max_pool_with_indices(v, 2)[0] * g))(x)
-    ref = jax.grad(lambda v: jnp.sum(lax.reduce_window(v, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") * g))(x)
+    ref = jax.grad(lambda v: jnp.sum(lax.reduce_window(v, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") * g))(
+        x
+    )
     np.testing.assert_allclose(ours, ref, atol=1e-6)
 
 
@@ -344,8 +363,21 @@ def test_avg_pool_matches_numpy_and_flax(window, stride):
     x = np.random.default_rng(window).normal(size=(2, 7, 8, 3)).astype(np.float32)
     out = ops.avg_pool(jnp.asarray(x), window, stride)
     oh, ow = (7 - window) // stride + 1, (8 - window) // stride + 1
-    expected = np.array([[[x[:, stride * r : stride * r + window, stride * c : stride * c + window].mean(axis=(1, 2))
-                           for c in range(ow)] for r in range(oh)]]).squeeze(0).transpose(2, 0, 1, 3)
+    expected = (
+        np.array(
+            [
+                [
+                    [
+                        x[:, stride * r : stride * r + window, stride * c : stride * c + window].mean(axis=(1, 2))
+                        for c in range(ow)
+                    ]
+                    for r in range(oh)
+                ]
+            ]
+        )
+        .squeeze(0)
+        .transpose(2, 0, 1, 3)
+    )
     np.testing.assert_allclose(out, expected, atol=1e-5)
     np.testing.assert_allclose(out, nn.avg_pool(jnp.asarray(x), (window, window), (stride, stride)), atol=1e-5)
 
@@ -387,7 +419,11 @@ GRID = jnp.linspace(-5.0, 5.0, 1001)
         (ops.tanh, np.tanh, lambda x: 1 / np.cosh(x) ** 2),
         (ops.relu, lambda x: np.maximum(0, x), lambda x: (x > 0).astype(float)),
         (ops.leaky_relu, lambda x: np.maximum(0.1 * x, x), lambda x: np.where(x >= 0, 1.0, 0.1)),
-        (lambda x: ops.elu(x, 0.5), lambda x: np.where(x >= 0, x, 0.5 * np.expm1(x)), lambda x: np.where(x > 0, 1.0, 0.5 * np.exp(x))),
+        (
+            lambda x: ops.elu(x, 0.5),
+            lambda x: np.where(x >= 0, x, 0.5 * np.expm1(x)),
+            lambda x: np.where(x > 0, 1.0, 0.5 * np.exp(x)),
+        ),
     ],
 )
 def test_activations_and_their_gradients_match_closed_forms(fn, value, derivative):
@@ -484,7 +520,10 @@ K = jnp.zeros((3, 3, 2, 1))
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: ops.conv2d(X, jnp.zeros((5, 5, 2, 1))), r"kernel: spatial size \(5, 5\) is larger than the padded input"),
+        (
+            lambda: ops.conv2d(X, jnp.zeros((5, 5, 2, 1))),
+            r"kernel: spatial size \(5, 5\) is larger than the padded input",
+        ),
         (lambda: ops.conv2d(X, K, stride=0), r"stride must be >= 1"),
         (lambda: ops.conv2d(X, K, padding=-1), r"padding must be >= 0"),
         (lambda: ops.conv2d(X, K, stride=1.5), r"stride must be an int or a pair"),
@@ -492,17 +531,32 @@ K = jnp.zeros((3, 3, 2, 1))
         (lambda: ops.conv2d(X, K[0]), r"kernel must have rank 4 \(HWIO\)"),
         (lambda: ops.conv2d(X, jnp.zeros((3, 3, 5, 1))), r"kernel input channels \(5"),
         (lambda: ops.conv_transpose2d(X, K, stride=-1), r"stride must be >= 1"),
-        (lambda: ops.conv_transpose2d(X, K, stride=2, output_padding=2), r"output_padding must be smaller than the stride 2"),
-        (lambda: ops.conv_transpose2d(jnp.zeros((1, 1, 1, 2)), K, padding=2), r"p: padding 2 crops away the whole output"),
+        (
+            lambda: ops.conv_transpose2d(X, K, stride=2, output_padding=2),
+            r"output_padding must be smaller than the stride 2",
+        ),
+        (
+            lambda: ops.conv_transpose2d(jnp.zeros((1, 1, 1, 2)), K, padding=2),
+            r"p: padding 2 crops away the whole output",
+        ),
         (lambda: ops.conv_output_size(3, 5, 1, 0), r"k: kernel size 5 is larger than the padded input"),
         (lambda: ops.conv_output_size(3, 2, 0, 0), r"s must be >= 1"),
         (lambda: ops.conv_matrix(K, (4, 4)), r"kernel must have rank 2"),
         (lambda: ops.max_pool_with_indices(X, 5), r"window \(5, 5\) is larger than the spatial size of x \(4, 4\)"),
         (lambda: ops.max_pool_with_indices(X, 2, stride=0), r"stride must be >= 1"),
-        (lambda: ops.max_unpool(X[:, :2, :2], jnp.zeros((1, 2, 2, 1), jnp.int32), (4, 4)), r"indices must have the shape of pooled"),
+        (
+            lambda: ops.max_unpool(X[:, :2, :2], jnp.zeros((1, 2, 2, 1), jnp.int32), (4, 4)),
+            r"indices must have the shape of pooled",
+        ),
         (lambda: ops.max_unpool(X[:, :2, :2], jnp.zeros((1, 2, 2, 2)), (4, 4)), r"indices must be integers"),
-        (lambda: ops.max_unpool(X[:, :2, :2], jnp.zeros((1, 2, 2, 2), jnp.int32), (4,)), r"output_shape must be \(H, W\)"),
-        (lambda: ops.max_unpool(X[:, :2, :2], jnp.zeros((1, 2, 2, 2), jnp.int32), (2, 4, 4, 2)), r"output_shape .* must keep the batch"),
+        (
+            lambda: ops.max_unpool(X[:, :2, :2], jnp.zeros((1, 2, 2, 2), jnp.int32), (4,)),
+            r"output_shape must be \(H, W\)",
+        ),
+        (
+            lambda: ops.max_unpool(X[:, :2, :2], jnp.zeros((1, 2, 2, 2), jnp.int32), (2, 4, 4, 2)),
+            r"output_shape .* must keep the batch",
+        ),
         (lambda: ops.avg_pool(X, 2, stride=0), r"stride must be >= 1"),
         (lambda: ops.upsample(X, 2, "bicubic"), r"method must be one of \('nearest', 'bilinear'\), got 'bicubic'"),
         (lambda: ops.upsample(X, 0), r"scale must be >= 1"),
@@ -533,8 +587,15 @@ def test_building_blocks_experiment_end_to_end(tmp_path):
     assert building_blocks.main(["--workdir", str(tmp_path / "run")]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     names = {figure["file"] for figure in summary["figures"]}
-    assert {"convolution.png", "pooling.png", "upsampling.png", "unpooling.png", "transposed_conv.png",
-            "conv_matrix.png", "activations.png"} <= names
+    assert {
+        "convolution.png",
+        "pooling.png",
+        "upsampling.png",
+        "unpooling.png",
+        "transposed_conv.png",
+        "conv_matrix.png",
+        "activations.png",
+    } <= names
     for name in names:
         path = tmp_path / "run" / name
         assert path.stat().st_size > 1000

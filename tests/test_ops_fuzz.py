@@ -14,7 +14,8 @@ import inspect
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vae_jax import ops
 
@@ -63,8 +64,12 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=N
 @SETTINGS
 @given(x_shape=SHAPE, k_shape=SHAPE, dtype=DTYPE, stride=SIZE_ARG, padding=SIZE_ARG, use_jit=st.booleans())
 def test_conv2d_on_malformed_inputs(x_shape, k_shape, dtype, stride, padding, use_jit):
-    out = _outcome(ops.conv2d, {"x": array(x_shape, dtype), "kernel": array(k_shape, np.float32)},
-                   {"stride": stride, "padding": padding}, use_jit)
+    out = _outcome(
+        ops.conv2d,
+        {"x": array(x_shape, dtype), "kernel": array(k_shape, np.float32)},
+        {"stride": stride, "padding": padding},
+        use_jit,
+    )
     if out is not None:
         (sh, sw), (ph, pw) = pair(stride), pair(padding)
         n, h, w, _ = x_shape
@@ -73,11 +78,14 @@ def test_conv2d_on_malformed_inputs(x_shape, k_shape, dtype, stride, padding, us
 
 
 @SETTINGS
-@given(x_shape=SHAPE, k_shape=SHAPE, stride=SIZE_ARG, padding=SIZE_ARG, output_padding=SIZE_ARG,
-       use_jit=st.booleans())
+@given(x_shape=SHAPE, k_shape=SHAPE, stride=SIZE_ARG, padding=SIZE_ARG, output_padding=SIZE_ARG, use_jit=st.booleans())
 def test_conv_transpose2d_on_malformed_inputs(x_shape, k_shape, stride, padding, output_padding, use_jit):
-    out = _outcome(ops.conv_transpose2d, {"x": array(x_shape, np.float32), "kernel": array(k_shape, np.float32)},
-                   {"stride": stride, "padding": padding, "output_padding": output_padding}, use_jit)
+    out = _outcome(
+        ops.conv_transpose2d,
+        {"x": array(x_shape, np.float32), "kernel": array(k_shape, np.float32)},
+        {"stride": stride, "padding": padding, "output_padding": output_padding},
+        use_jit,
+    )
     if out is not None:
         (sh, sw), (ph, pw), (oph, opw) = pair(stride), pair(padding), pair(output_padding)
         n, h, w, _ = x_shape
@@ -86,8 +94,13 @@ def test_conv_transpose2d_on_malformed_inputs(x_shape, k_shape, stride, padding,
 
 
 @SETTINGS
-@given(x_shape=SHAPE, window=SIZE_ARG, stride=st.one_of(st.none(), SIZE_ARG), use_jit=st.booleans(),
-       pool=st.sampled_from(["max", "avg"]))
+@given(
+    x_shape=SHAPE,
+    window=SIZE_ARG,
+    stride=st.one_of(st.none(), SIZE_ARG),
+    use_jit=st.booleans(),
+    pool=st.sampled_from(["max", "avg"]),
+)
 def test_pooling_on_malformed_inputs(x_shape, window, stride, use_jit, pool):
     fn = ops.max_pool_with_indices if pool == "max" else ops.avg_pool
     out = _outcome(fn, {"x": array(x_shape, np.float32)}, {"window": window, "stride": stride}, use_jit)
@@ -99,12 +112,20 @@ def test_pooling_on_malformed_inputs(x_shape, window, stride, use_jit, pool):
 
 
 @SETTINGS
-@given(p_shape=SHAPE, i_shape=SHAPE, i_dtype=DTYPE,
-       output_shape=st.one_of(st.tuples(DIM, DIM), st.tuples(DIM, DIM, DIM, DIM), st.sampled_from([3, "x", (2,)])),
-       use_jit=st.booleans())
+@given(
+    p_shape=SHAPE,
+    i_shape=SHAPE,
+    i_dtype=DTYPE,
+    output_shape=st.one_of(st.tuples(DIM, DIM), st.tuples(DIM, DIM, DIM, DIM), st.sampled_from([3, "x", (2,)])),
+    use_jit=st.booleans(),
+)
 def test_max_unpool_on_malformed_inputs(p_shape, i_shape, i_dtype, output_shape, use_jit):
-    out = _outcome(ops.max_unpool, {"pooled": array(p_shape, np.float32), "indices": array(i_shape, i_dtype)},
-                   {"output_shape": output_shape}, use_jit)
+    out = _outcome(
+        ops.max_unpool,
+        {"pooled": array(p_shape, np.float32), "indices": array(i_shape, i_dtype)},
+        {"output_shape": output_shape},
+        use_jit,
+    )
     if out is not None:
         h, w = output_shape[-3:-1] if len(output_shape) == 4 else output_shape
         assert out.shape == (p_shape[0], h, w, p_shape[3])
@@ -131,8 +152,12 @@ def test_maxout_on_malformed_inputs(x_shape, pieces, use_jit):
 @SETTINGS
 @given(k_shape=SHAPE, input_hw=SIZE_ARG, stride=SIZE_ARG, padding=SIZE_ARG)
 def test_conv_matrix_on_malformed_inputs(k_shape, input_hw, stride, padding):
-    out = _outcome(ops.conv_matrix, {"kernel": jnp.ones(k_shape)},
-                   {"input_hw": input_hw, "stride": stride, "padding": padding}, use_jit=False)
+    out = _outcome(
+        ops.conv_matrix,
+        {"kernel": jnp.ones(k_shape)},
+        {"input_hw": input_hw, "stride": stride, "padding": padding},
+        use_jit=False,
+    )
     if out is not None:
         (hh, ww), (sh, sw), (ph, pw) = pair(input_hw), pair(stride), pair(padding)
         kh, kw = k_shape
@@ -140,7 +165,10 @@ def test_conv_matrix_on_malformed_inputs(k_shape, input_hw, stride, padding):
 
 
 @SETTINGS
-@given(shapes=st.lists(SHAPE, min_size=0, max_size=3), batch_size=st.one_of(st.integers(-1, 5), st.sampled_from([2.0, None])))
+@given(
+    shapes=st.lists(SHAPE, min_size=0, max_size=3),
+    batch_size=st.one_of(st.integers(-1, 5), st.sampled_from([2.0, None])),
+)
 def test_map_batches_on_malformed_inputs(shapes, batch_size):
     from vae_jax import evaluate
 

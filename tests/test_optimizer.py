@@ -27,12 +27,12 @@ def numpy_adam(grads, params, lr_at, clip=0.0, weight_decay=0.0):
     for t, g in enumerate(grads, start=1):
         g = {k: x.astype(np.float64) for k, x in g.items()}
         if clip > 0:
-            norm = math.sqrt(sum(float(np.sum(x ** 2)) for x in g.values()))
+            norm = math.sqrt(sum(float(np.sum(x**2)) for x in g.values()))
             g = {k: x * min(1.0, clip / norm) for k, x in g.items()}
         for k in params:
             m[k] = B1 * m[k] + (1 - B1) * g[k]
             v[k] = B2 * v[k] + (1 - B2) * g[k] ** 2
-            step = (m[k] / (1 - B1 ** t)) / (np.sqrt(v[k] / (1 - B2 ** t)) + EPS) + weight_decay * params[k]
+            step = (m[k] / (1 - B1**t)) / (np.sqrt(v[k] / (1 - B2**t)) + EPS) + weight_decay * params[k]
             params[k] = params[k] - lr_at(t - 1) * step
     return params
 
@@ -59,8 +59,9 @@ def config(**overrides):
 
 def test_the_defaults_build_exactly_optax_adam():
     params, grads = tiny_problem()
-    chex.assert_trees_all_equal(optax_run(train.make_optimizer(config()), grads, params),
-                                optax_run(optax.adam(0.01), grads, params))
+    chex.assert_trees_all_equal(
+        optax_run(train.make_optimizer(config()), grads, params), optax_run(optax.adam(0.01), grads, params)
+    )
 
 
 @pytest.mark.parametrize("clip, weight_decay", [(0.0, 0.0), (1.0, 0.0), (0.0, 0.1), (2.0, 0.05)])
@@ -78,11 +79,17 @@ def cosine(lr, t, steps):
     return lr * 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps))
 
 
-@pytest.mark.parametrize("name, overrides, closed_form", [
-    ("cosine", dict(decay_steps=10), lambda t: cosine(0.01, t, 10)),
-    ("warmup_cosine", dict(warmup_steps=4, decay_steps=10),
-     lambda t: 0.01 * t / 4 if t < 4 else cosine(0.01, t - 4, 6)),
-])
+@pytest.mark.parametrize(
+    "name, overrides, closed_form",
+    [
+        ("cosine", dict(decay_steps=10), lambda t: cosine(0.01, t, 10)),
+        (
+            "warmup_cosine",
+            dict(warmup_steps=4, decay_steps=10),
+            lambda t: 0.01 * t / 4 if t < 4 else cosine(0.01, t - 4, 6),
+        ),
+    ],
+)
 def test_schedules_match_their_closed_form(name, overrides, closed_form):
     schedule = train.learning_rate_schedule(config(lr_schedule=name, **overrides))
     for t in range(13):
@@ -100,13 +107,16 @@ def test_a_cosine_schedule_spans_the_run_unless_decay_steps_is_given():
     np.testing.assert_allclose(float(schedule(10)), cosine(0.01, 10, 40), rtol=1e-6)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(grad_clip=-1.0), "--grad-clip must be 0 \\(off\\) or a positive number, got -1.0"),
-    (dict(weight_decay=float("nan")), "--weight-decay must be 0 \\(off\\) or a positive number, got nan"),
-    (dict(warmup_steps=5), "--warmup-steps must be 0 unless --lr-schedule warmup_cosine, got 5"),
-    (dict(lr_schedule="warmup_cosine", warmup_steps=10, decay_steps=10), "--decay-steps must be 0 or more than"),
-    (dict(decay_steps=-1), "--decay-steps must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(grad_clip=-1.0), "--grad-clip must be 0 \\(off\\) or a positive number, got -1.0"),
+        (dict(weight_decay=float("nan")), "--weight-decay must be 0 \\(off\\) or a positive number, got nan"),
+        (dict(warmup_steps=5), "--warmup-steps must be 0 unless --lr-schedule warmup_cosine, got 5"),
+        (dict(lr_schedule="warmup_cosine", warmup_steps=10, decay_steps=10), "--decay-steps must be 0 or more than"),
+        (dict(decay_steps=-1), "--decay-steps must be a non-negative integer"),
+    ],
+)
 def test_bad_optimizer_flags_name_the_flag(overrides, message):
     with pytest.raises(ConfigError, match=message):
         config(**overrides).validate()
@@ -124,19 +134,32 @@ def test_optimizer_flags_change_what_a_run_computes_so_a_resume_must_keep_them()
 
 
 def test_a_default_run_equals_a_hand_built_adam_loop(tmp_path, mnist_small):
-    cfg = tasks.VAEConfig(latent_dim=2, hidden=(16,), batch_size=128, epochs=1, workdir=str(tmp_path / "a"),
-                          progress=False, tensorboard=False, eval_batch_size=500, seed=3)
+    cfg = tasks.VAEConfig(
+        latent_dim=2,
+        hidden=(16,),
+        batch_size=128,
+        epochs=1,
+        workdir=str(tmp_path / "a"),
+        progress=False,
+        tensorboard=False,
+        eval_batch_size=500,
+        seed=3,
+    )
     _, task = tasks.vae_task(cfg, mnist_small.image_shape)
     result = runner.train(cfg, task, mnist_small)
     # The same run with the task's own optax.adam: bit for bit the same (the defaults are plain Adam).
-    own = runner.train(dataclasses.replace(cfg, workdir=str(tmp_path / "b")),
-                       dataclasses.replace(task, optimizer=optax.adam(cfg.learning_rate)), mnist_small)
+    own = runner.train(
+        dataclasses.replace(cfg, workdir=str(tmp_path / "b")),
+        dataclasses.replace(task, optimizer=optax.adam(cfg.learning_rate)),
+        mnist_small,
+    )
     chex.assert_trees_all_equal(result.params(0), own.params(0))
     # A plain Python loop over the jitted step with optax.adam, outside the runner (float order may differ).
     optimizer, keys = optax.adam(cfg.learning_rate), train.run_keys(3)
     state = train.init_train_state(task.init_params(keys.init), optimizer)
     data = {"x": jnp.asarray(mnist_small.x_train), "y": jnp.asarray(mnist_small.y_train)}
-    state, _ = train.loop_epoch(train.make_train_step(task.loss_fn, optimizer), state, data, keys.data,
-                                keys.sample, 0, cfg.batch_size)
+    state, _ = train.loop_epoch(
+        train.make_train_step(task.loss_fn, optimizer), state, data, keys.data, keys.sample, 0, cfg.batch_size
+    )
     assert int(state.step) == len(mnist_small.x_train) // cfg.batch_size
     chex.assert_trees_all_close(result.params(0), jax.device_get(state.params), rtol=1e-4, atol=1e-6)

@@ -13,8 +13,8 @@ import optax
 import pytest
 
 from vae_jax import evaluate, parallel, runner, tasks, train
-from vae_jax.tasks import conv_vae
 from vae_jax.cli import ConfigError
+from vae_jax.tasks import conv_vae
 
 BATCH = 64
 
@@ -101,9 +101,13 @@ def test_auto_epoch_loop_steps_only_for_convolutions_on_cpu(mnist_small):
     optimizer = optax.adam(1e-3)
     batch = {"x": jax.ShapeDtypeStruct((4, 28, 28, 1), jnp.float32)}
     found = {}
-    for name, build in (("mlp", lambda: tasks.vae_task(tasks.VAEConfig(latent_dim=2, hidden=(8,)), (28, 28, 1))),
-                        ("conv", lambda: conv_vae.conv_vae_task(conv_vae.ConvVAEConfig(latent_dim=2, channels=(4,), hidden=0),
-                                                             (28, 28, 1)))):
+    for name, build in (
+        ("mlp", lambda: tasks.vae_task(tasks.VAEConfig(latent_dim=2, hidden=(8,)), (28, 28, 1))),
+        (
+            "conv",
+            lambda: conv_vae.conv_vae_task(conv_vae.ConvVAEConfig(latent_dim=2, channels=(4,), hidden=0), (28, 28, 1)),
+        ),
+    ):
         _, task = build()
         state = train.init_train_state(task.init_params(jax.random.key(0)), optimizer)
         step = train.make_train_step(task.loss_fn, optimizer)
@@ -126,7 +130,9 @@ def test_eval_layouts_agree_with_one_model_evaluations(setup, mnist_small):
     params = train.init_replicated_state(task.init_params, optimizer, keys.init).params
     test = {"x": jnp.asarray(mnist_small.x_test)}
     one_model = evaluate.make_per_example_eval(task.eval_fn, 50)
-    reference = np.stack([np.asarray(one_model(_replica(params, r), test, jax.random.key(0))["neg_elbo"]) for r in range(2)])
+    reference = np.stack(
+        [np.asarray(one_model(_replica(params, r), test, jax.random.key(0))["neg_elbo"]) for r in range(2)]
+    )
     for layout in ("vmap", "loop"):
         out = parallel.make_eval_program(task.eval_fn, 50, parallel.Plan(2, layout))(params, test, jax.random.key(0))
         np.testing.assert_allclose(np.asarray(out["neg_elbo"]), reference, rtol=1e-5)
@@ -150,8 +156,16 @@ def test_seed_layout_rule_and_device_errors():
 
 
 def test_runner_records_the_layout(tmp_path, mnist_small):
-    config = tasks.VAEConfig(latent_dim=4, hidden=(16,), batch_size=BATCH, epochs=1, workdir=str(tmp_path),
-                             progress=False, eval_batch_size=64, seeds="2")
+    config = tasks.VAEConfig(
+        latent_dim=4,
+        hidden=(16,),
+        batch_size=BATCH,
+        epochs=1,
+        workdir=str(tmp_path),
+        progress=False,
+        eval_batch_size=64,
+        seeds="2",
+    )
     _, task = tasks.vae_task(config, mnist_small.image_shape)
     summary = runner.train(config, task, mnist_small).summary
     assert summary["device_count"] == 1 and summary["mesh"] is None
@@ -208,10 +222,14 @@ MESH_SCRIPT = textwrap.dedent("""
 
 def test_eight_simulated_devices_match_one_device(tmp_path):
     """Data parallel (1 x 8), seeds x data (2 x 4) and the seed loop over a 1 x 2 mesh train what one device trains."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"}
-    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", MESH_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert out["device_count"] == 8

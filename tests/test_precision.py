@@ -56,7 +56,9 @@ def _assert_close_loss_and_every_gradient(f32_loss_fn, bf16_loss_fn, params, bat
     # the big kernels kept the overall cosine near 1 (measured: 97-99% off; the VQ-VAE's biases 20-38%).
     # With float32 sums, measured at most 11% per leaf (the HVAE's encoder, the conv VAE's first
     # convolution: behind every rounded layer), 5% for the VQ-VAE.
-    for (path, g32), g16 in zip(jax.tree_util.tree_leaves_with_path(grads32), jax.tree_util.tree_leaves(grads16), strict=True):
+    for (path, g32), g16 in zip(
+        jax.tree_util.tree_leaves_with_path(grads32), jax.tree_util.tree_leaves(grads16), strict=True
+    ):
         assert g16.dtype == jnp.float32
         if not np.any(g32):  # a parameter the loss does not reach (the PixelCNN's last vertical stack)
             np.testing.assert_array_equal(g16, 0.0)
@@ -68,14 +70,19 @@ def _assert_close_loss_and_every_gradient(f32_loss_fn, bf16_loss_fn, params, bat
 FAMILY_TASKS = {
     "vae": lambda p, shape: tasks.vae_task(tasks.VAEConfig(latent_dim=8, hidden=(64,), precision=p), shape)[1],
     # one learned variance broadcast over every pixel: its gradient sums B x H x W terms
-    "vae-shared-variance": lambda p, shape: tasks.vae_task(tasks.VAEConfig(
-        latent_dim=8, hidden=(64,), likelihood="gaussian_shared_var", precision=p), shape)[1],
-    "cvae": lambda p, shape: cvae.cvae_task(cvae.CVAEConfig(latent_dim=4, hidden=(32,), num_classes=10, precision=p), shape)[1],
-    "hvae": lambda p, shape: hvae.hvae_task(hvae.HVAEConfig(latent_dim=4, top_latent_dim=2, hidden=(32,),
-                                                            top_hidden=(16,), precision=p), shape)[1],
+    "vae-shared-variance": lambda p, shape: tasks.vae_task(
+        tasks.VAEConfig(latent_dim=8, hidden=(64,), likelihood="gaussian_shared_var", precision=p), shape
+    )[1],
+    "cvae": lambda p, shape: cvae.cvae_task(
+        cvae.CVAEConfig(latent_dim=4, hidden=(32,), num_classes=10, precision=p), shape
+    )[1],
+    "hvae": lambda p, shape: hvae.hvae_task(
+        hvae.HVAEConfig(latent_dim=4, top_latent_dim=2, hidden=(32,), top_hidden=(16,), precision=p), shape
+    )[1],
     # convolution biases, each added at every position of B x H x W
-    "conv_vae": lambda p, shape: conv_vae.conv_vae_task(conv_vae.ConvVAEConfig(
-        latent_dim=4, channels=(8, 16), hidden=0, precision=p), shape)[1],
+    "conv_vae": lambda p, shape: conv_vae.conv_vae_task(
+        conv_vae.ConvVAEConfig(latent_dim=4, channels=(8, 16), hidden=0, precision=p), shape
+    )[1],
 }
 
 
@@ -90,8 +97,10 @@ def test_every_vae_family_computes_in_bf16_and_matches_its_float32_loss_and_grad
     assert heavy and all(v.aval.dtype == jnp.bfloat16 for e in heavy for v in e.invars)
     _assert_close_loss_and_every_gradient(f32.loss_fn, bf16.loss_fn, params, batch, key, step)
     # Evaluation stays float32: the same eval values from both tasks.
-    np.testing.assert_array_equal(np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)["neg_elbo"]),
-                                  np.asarray(jax.jit(f32.eval_fn)(params, batch, key)["neg_elbo"]))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)["neg_elbo"]),
+        np.asarray(jax.jit(f32.eval_fn)(params, batch, key)["neg_elbo"]),
+    )
 
 
 def test_vqvae_computes_its_network_in_bf16_and_searches_the_codebook_in_float32(mnist_small):
@@ -111,15 +120,18 @@ def test_vqvae_computes_its_network_in_bf16_and_searches_the_codebook_in_float32
     assert convs and all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
     assert dots and all(v.aval.dtype == jnp.float32 for e in dots for v in e.invars)
     # The codes chosen from bf16 encoder outputs: the float32 nearest codes of those outputs (NumPy search).
-    z_e = np.asarray(precision.compute_in(model, "bf16").apply({"params": params}, batch["x"], method=model.encode),
-                     np.float64).reshape(-1, 8)
+    z_e = np.asarray(
+        precision.compute_in(model, "bf16").apply({"params": params}, batch["x"], method=model.encode), np.float64
+    ).reshape(-1, 8)
     codebook = np.asarray(params["codebook"], np.float64)
     nearest = np.argmin(((z_e[:, None, :] - codebook[None]) ** 2).sum(-1), axis=1)
     _, (_, aux) = jax.jit(bf16.loss_fn)(params, batch, key, step)
     np.testing.assert_array_equal(np.asarray(aux["indices"]).reshape(-1), nearest)
     _assert_close_loss_and_every_gradient(f32.loss_fn, bf16.loss_fn, params, batch, key, step)
-    np.testing.assert_array_equal(np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)["loss"]),
-                                  np.asarray(jax.jit(f32.eval_fn)(params, batch, key)["loss"]))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)["loss"]),
+        np.asarray(jax.jit(f32.eval_fn)(params, batch, key)["loss"]),
+    )
 
 
 AE_VARIANTS = {  # every way up of the conv decoder, and the variants whose loss adds more than a reconstruction
@@ -147,8 +159,10 @@ def test_autoencoders_compute_in_bf16_and_match_their_float32_loss_and_gradients
     assert heavy and all(v.aval.dtype == jnp.bfloat16 for e in heavy for v in e.invars)
     _assert_close_loss_and_every_gradient(f32.loss_fn, bf16.loss_fn, params, batch, key, step)
     headline = tasks.AE_HEADLINE[AE_VARIANTS[name].get("variant", "plain")]
-    np.testing.assert_array_equal(np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)[headline]),
-                                  np.asarray(jax.jit(f32.eval_fn)(params, batch, key)[headline]))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)[headline]),
+        np.asarray(jax.jit(f32.eval_fn)(params, batch, key)[headline]),
+    )
 
 
 def _all_eqns(jaxpr):
@@ -179,5 +193,7 @@ def test_pixelcnn_prior_computes_in_bf16_and_matches_its_float32_loss_and_gradie
     dots = [e for e in _all_eqns(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
     assert dots and all(v.aval.dtype == jnp.bfloat16 for e in dots for v in e.invars)
     _assert_close_loss_and_every_gradient(f32.loss_fn, bf16.loss_fn, params, batch, key, step)
-    np.testing.assert_array_equal(np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)["nll"]),
-                                  np.asarray(jax.jit(f32.eval_fn)(params, batch, key)["nll"]))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(bf16.eval_fn)(params, batch, key)["nll"]),
+        np.asarray(jax.jit(f32.eval_fn)(params, batch, key)["nll"]),
+    )

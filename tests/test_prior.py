@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import data as data_lib, runner
+from vae_jax import data as data_lib
+from vae_jax import runner
 from vae_jax.cli import ConfigError
 from vae_jax.models.pixelcnn import MaskedConv, PixelCNN, causal_mask, init_params, mask_taps
 from vae_jax.tasks import prior
-
 
 NUM_CODES = 3
 NUM_CLASSES = 4
@@ -95,7 +95,7 @@ def test_autoregressive_likelihood_is_normalised_and_sampler_draws_from_it(uncon
     n = 20_000
     samples = prior.sample_codes(model, params, jax.random.key(7), n, grid_shape)
     index = (samples.reshape(n, 4) * num_codes ** np.arange(3, -1, -1)).sum(-1)  # same order as product()
-    freqs = np.bincount(index, minlength=num_codes ** 4) / n
+    freqs = np.bincount(index, minlength=num_codes**4) / n
     total_variation = 0.5 * np.abs(freqs - probs).sum()
     assert total_variation < 0.03, total_variation
 
@@ -124,8 +124,9 @@ def test_code_nll_is_the_numpy_cross_entropy_of_the_logits(prior_fixture, reques
     np.testing.assert_allclose(prior.code_bits_per_dim(nll, grid_shape), expected / (12 * math.log(2)), rtol=1e-5)
 
     # the training task's per-example test metrics are the same numbers
-    config = prior.PriorConfig(channels=8, layers=model.num_layers, kernel_size=model.kernel_size,
-                               conditional=bool(num_classes))
+    config = prior.PriorConfig(
+        channels=8, layers=model.num_layers, kernel_size=model.kernel_size, conditional=bool(num_classes)
+    )
     task_model, task = prior.prior_task(config, grid_shape, num_codes, num_classes=num_classes or None)
     assert task_model == model
     batch = {"x": jnp.asarray(codes[..., None])}
@@ -150,7 +151,9 @@ def test_class_labels_change_the_conditional_prior(conditional):
         np.testing.assert_allclose(np.exp(-prior.code_nll(model, params, all_grids, labels)).sum(), 1.0, rtol=1e-5)
     labels = np.array([0, 1, 2, 3])
     samples = prior.sample_codes(model, params, jax.random.key(0), 4, (2, 2), labels=labels)
-    np.testing.assert_array_equal(samples, prior.sample_codes(model, params, jax.random.key(0), 4, (2, 2), labels=labels))
+    np.testing.assert_array_equal(
+        samples, prior.sample_codes(model, params, jax.random.key(0), 4, (2, 2), labels=labels)
+    )
     assert samples.shape == (4, 2, 2) and samples.min() >= 0 and samples.max() < NUM_CODES
     with pytest.raises(ValueError, match="labels"):
         prior.sample_codes(model, params, jax.random.key(0), 2, (4, 4))
@@ -182,10 +185,21 @@ def test_prior_trained_through_the_driver_learns_repeated_rows(tmp_path):
     """Rows that repeat one code: optimum log2(K)/W = 0.5 bits/dim, uniform log2(K) = 2 bits/dim."""
     grid_shape, num_codes = (4, 4), 4
     rng = np.random.default_rng(0)
-    dataset = prior.codes_dataset(repeated_row_grids(rng, 512, grid_shape, num_codes),
-                                  repeated_row_grids(rng, 128, grid_shape, num_codes), source="repeated rows")
-    config = prior.PriorConfig(workdir=str(tmp_path), epochs=5, batch_size=32, learning_rate=3e-3, channels=16,
-                               layers=3, kernel_size=3, progress=False)
+    dataset = prior.codes_dataset(
+        repeated_row_grids(rng, 512, grid_shape, num_codes),
+        repeated_row_grids(rng, 128, grid_shape, num_codes),
+        source="repeated rows",
+    )
+    config = prior.PriorConfig(
+        workdir=str(tmp_path),
+        epochs=5,
+        batch_size=32,
+        learning_rate=3e-3,
+        channels=16,
+        layers=3,
+        kernel_size=3,
+        progress=False,
+    )
     config.validate()
     model, task = prior.prior_task(config, grid_shape, num_codes)
     result = runner.train(config, task, dataset)

@@ -36,8 +36,9 @@ def test_cosine_codes_pick_the_largest_cosine_similarity():
     z_e = _random(2, 4, 5, 6)
     codebook = _random(3, 12, 6) * np.linspace(0.1, 10.0, 12)[:, None]  # norms must not matter
     out = quantize.vector_quantize(jnp.asarray(z_e), jnp.asarray(codebook), cosine=True)
-    cos = (z_e / np.linalg.norm(z_e, axis=-1, keepdims=True)) @ (codebook / np.linalg.norm(codebook, axis=-1,
-                                                                                          keepdims=True)).T
+    cos = (z_e / np.linalg.norm(z_e, axis=-1, keepdims=True)) @ (
+        codebook / np.linalg.norm(codebook, axis=-1, keepdims=True)
+    ).T
     np.testing.assert_array_equal(np.asarray(out.indices), np.argmax(cos, axis=-1))
     np.testing.assert_allclose(np.linalg.norm(np.asarray(out.z_q), axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(out.distances), 2.0 - 2.0 * cos, atol=1e-5)
@@ -162,13 +163,14 @@ def test_perplexity_is_k_for_uniform_and_one_for_a_single_code():
     np.testing.assert_allclose(float(quantize.perplexity(one)), 1.0, rtol=1e-6)
     counts = np.random.default_rng(0).integers(0, 9, size=k).astype(np.float64)
     p = counts[counts > 0] / counts.sum()
-    np.testing.assert_allclose(float(quantize.perplexity(jnp.asarray(counts))), np.exp(-np.sum(p * np.log(p))),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(quantize.perplexity(jnp.asarray(counts))), np.exp(-np.sum(p * np.log(p))), rtol=1e-5
+    )
 
 
 def test_counts_accumulate_to_the_whole_set_histogram():
     idx = np.random.default_rng(1).integers(0, 10, size=(6, 7, 7))
-    total = sum(quantize.code_counts(jnp.asarray(idx[i:i + 2]), 12) for i in range(0, 6, 2))
+    total = sum(quantize.code_counts(jnp.asarray(idx[i : i + 2]), 12) for i in range(0, 6, 2))
     np.testing.assert_array_equal(np.asarray(total), np.bincount(idx.reshape(-1), minlength=12))
     assert int(quantize.codes_used(total)) == len(np.unique(idx))
     weighted = quantize.code_counts(jnp.asarray(idx[:2]), 12, weights=jnp.asarray([1.0, 0.0])[:, None, None])
@@ -202,16 +204,16 @@ def test_ema_matches_a_hand_computation_and_moves_only_used_codes():
     z1, idx1 = _random(8, 5, d), np.array([0, 0, 2, 3, 0])
     z2, idx2 = _random(9, 4, d), np.array([2, 2, 3, 0])
     state = quantize.ema_init(k, d)
-    cb1, state = jax.jit(quantize.ema_update, static_argnums=(4, 5))(state, jnp.asarray(codebook), z1, idx1,
-                                                                     decay, eps)
+    cb1, state = jax.jit(quantize.ema_update, static_argnums=(4, 5))(state, jnp.asarray(codebook), z1, idx1, decay, eps)
     # one step, debiased: the used codes become their cluster means (up to the smoothing)
     np.testing.assert_allclose(np.asarray(cb1)[0], z1[[0, 1, 4]].mean(axis=0), rtol=1e-4)
     np.testing.assert_allclose(np.asarray(cb1), _numpy_ema([(z1, idx1)], codebook, decay, eps), rtol=1e-5)
     unused = [1, 4, 5]
     np.testing.assert_array_equal(np.asarray(cb1)[unused], codebook[unused])
     cb2, state = quantize.ema_update(state, cb1, jnp.asarray(z2), jnp.asarray(idx2), decay, eps)
-    np.testing.assert_allclose(np.asarray(cb2), _numpy_ema([(z1, idx1), (z2, idx2)], codebook, decay, eps),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(cb2), _numpy_ema([(z1, idx1), (z2, idx2)], codebook, decay, eps), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_array_equal(np.asarray(cb2)[unused], codebook[unused])
     assert int(state.count) == 2
 
@@ -256,8 +258,11 @@ def _haiku_vector_quantizer_ema(steps, embeddings, decay, eps):
 def test_sonnet_rule_matches_haikus_vector_quantizer_ema():
     k, d, decay, eps = 6, 3, 0.9, 1e-5
     codebook = _random(22, k, d)
-    steps = [(_random(23, 5, d), np.array([0, 0, 2, 3, 0])), (_random(24, 4, d), np.array([2, 2, 5, 0])),
-             (_random(25, 3, d), np.array([3, 3, 3]))]  # code 1 and 4 never used, 5 used once
+    steps = [
+        (_random(23, 5, d), np.array([0, 0, 2, 3, 0])),
+        (_random(24, 4, d), np.array([2, 2, 5, 0])),
+        (_random(25, 3, d), np.array([3, 3, 3])),
+    ]  # code 1 and 4 never used, 5 used once
     state, cb = quantize.ema_init(k, d), jnp.asarray(codebook)
     update = jax.jit(quantize.ema_update, static_argnames=("decay", "epsilon", "rule"))
     for t, (z, idx) in enumerate(steps, start=1):
@@ -265,8 +270,9 @@ def test_sonnet_rule_matches_haikus_vector_quantizer_ema():
         expected = _haiku_vector_quantizer_ema(steps[:t], codebook.T, decay, eps).T
         np.testing.assert_allclose(np.asarray(cb), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(cb)[[1, 4]], 0.0)  # never used: 0, where "keep" keeps them
-    kept, _ = quantize.ema_update(quantize.ema_init(k, d), jnp.asarray(codebook), jnp.asarray(steps[0][0]),
-                                  jnp.asarray(steps[0][1]), decay, eps)
+    kept, _ = quantize.ema_update(
+        quantize.ema_init(k, d), jnp.asarray(codebook), jnp.asarray(steps[0][0]), jnp.asarray(steps[0][1]), decay, eps
+    )
     np.testing.assert_array_equal(np.asarray(kept)[[1, 4]], codebook[[1, 4]])
     with pytest.raises(ValueError, match="rule must be one of keep, sonnet"):
         quantize.ema_update(state, cb, jnp.asarray(z), jnp.asarray(idx), rule="haiku")
@@ -307,8 +313,9 @@ def test_lloyd_step_matches_numpy():
     centres[4] = 100.0  # an empty cluster keeps its centre
     assign = np.argmin(((points[:, None] - centres) ** 2).sum(-1), axis=1)
     expected = np.stack([points[assign == k].mean(0) if np.any(assign == k) else centres[k] for k in range(5)])
-    np.testing.assert_allclose(np.asarray(quantize.lloyd_step(jnp.asarray(points), jnp.asarray(centres))),
-                               expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(quantize.lloyd_step(jnp.asarray(points), jnp.asarray(centres))), expected, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_kmeans_finds_well_separated_clusters():

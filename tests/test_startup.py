@@ -51,12 +51,20 @@ def test_offline_mnist_falls_back_without_importing_tensorflow(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     with open(cache / "tfds_probe.json", "w") as f:
-        json.dump({"host": "%s:%d" % data._TFDS_DOWNLOAD_HOST, "reachable": False, "time": time.time()}, f)
-    code = ("import sys; from vae_jax import data; ds = data.load_dataset('mnist', data_dir=sys.argv[1]); "
-            "print(ds.source); print('tensorflow' in sys.modules, 'tensorflow_datasets' in sys.modules)")
+        json.dump({"host": "{}:{}".format(*data._TFDS_DOWNLOAD_HOST), "reachable": False, "time": time.time()}, f)
+    code = (
+        "import sys; from vae_jax import data; ds = data.load_dataset('mnist', data_dir=sys.argv[1]); "
+        "print(ds.source); print('tensorflow' in sys.modules, 'tensorflow_datasets' in sys.modules)"
+    )
     env = {**os.environ, "VAE_JAX_CACHE_DIR": str(cache)}
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tfds")], capture_output=True, text=True,
-                            env=env, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "tfds")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
     assert result.stdout.splitlines() == [data.EMBEDDED_MNIST_SOURCE, "False False"]
     assert result.stderr.count("\n") == 1 and "mnist:embedded" in result.stderr  # one warning line
     assert "dataset_info.json" not in result.stderr
@@ -73,8 +81,9 @@ def test_prepared_on_disk_looks_for_dataset_info(tmp_path):
 def test_incomplete_variant_warning_is_dropped():
     data._import_tfds()
     logger = logging.getLogger("absl")
-    record = logging.LogRecord("absl", logging.WARNING, __file__, 1,
-                               "Variant folder /x/mnist/3.0.1 has no dataset_info.json", None, None)
+    record = logging.LogRecord(
+        "absl", logging.WARNING, __file__, 1, "Variant folder /x/mnist/3.0.1 has no dataset_info.json", None, None
+    )
     other = logging.LogRecord("absl", logging.WARNING, __file__, 1, "something else", None, None)
     assert not logger.filter(record) and logger.filter(other)
 
@@ -107,9 +116,11 @@ def test_unknown_tfds_name_suggests_close_names():
 def test_the_tensorboard_writer_starts_without_importing_pytorch(tmp_path):
     """tensorboardX would import PyTorch (seconds) when installed; the writer skips it and still writes events."""
     pytest.importorskip("torch")
-    code = ("import sys; from vae_jax import tensorboard; w = tensorboard.EpochWriter(sys.argv[1]); "
-            "w.log_epoch({'epoch': 1, 'seconds': 0.5, 'train_loss': 2.0}, [0]); w.close(); "
-            "print('torch' in sys.modules); import torch; print(torch.ones(2).sum().item())")
+    code = (
+        "import sys; from vae_jax import tensorboard; w = tensorboard.EpochWriter(sys.argv[1]); "
+        "w.log_epoch({'epoch': 1, 'seconds': 0.5, 'train_loss': 2.0}, [0]); w.close(); "
+        "print('torch' in sys.modules); import torch; print(torch.ones(2).sum().item())"
+    )
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "2.0"]  # not imported by the writer; importable afterwards

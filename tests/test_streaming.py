@@ -43,19 +43,33 @@ def test_streamed_epochs_train_what_the_resident_epochs_train(setup, mnist_small
     streamed = streaming.make_stream_epoch(step, BATCH, plan, {"x": mnist_small.x_train})
     keys = jax.vmap(train.run_keys)(jnp.asarray(seeds))
     out = {}
-    for name, fn, data in (("resident", resident, {"x": jnp.asarray(mnist_small.x_train)}), ("streamed", streamed, None)):
+    for name, fn, data in (
+        ("resident", resident, {"x": jnp.asarray(mnist_small.x_train)}),
+        ("streamed", streamed, None),
+    ):
         state = train.init_replicated_state(task.init_params, optimizer, keys.init)
         for epoch in range(2):
             state, metrics = fn(state, data, keys.data, keys.sample, jnp.int32(epoch))
         out[name] = jax.device_get((state, metrics))
     assert int(out["streamed"][0].step[0]) == 2 * (len(mnist_small.x_train) // BATCH)
-    for a, b in zip(jax.tree_util.tree_leaves(out["resident"]), jax.tree_util.tree_leaves(out["streamed"]), strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(out["resident"]), jax.tree_util.tree_leaves(out["streamed"]), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_runner_streams_on_request_and_when_the_device_is_too_small(tmp_path, mnist_small):
-    config = tasks.VAEConfig(latent_dim=4, hidden=(16,), batch_size=BATCH, epochs=1, workdir=str(tmp_path),
-                             progress=False, eval_batch_size=64, stream=True, tensorboard=False)
+    config = tasks.VAEConfig(
+        latent_dim=4,
+        hidden=(16,),
+        batch_size=BATCH,
+        epochs=1,
+        workdir=str(tmp_path),
+        progress=False,
+        eval_batch_size=64,
+        stream=True,
+        tensorboard=False,
+    )
     _, task = tasks.vae_task(config, mnist_small.image_shape)
     result = runner.train(config, task, mnist_small)
     assert result.summary["streamed"] and np.isfinite(result.history[0]["train_loss"])
@@ -82,9 +96,11 @@ def test_streamed_epoch_metrics_equal_the_resident_ones_with_a_skipped_step(setu
     keys = jax.vmap(train.run_keys)(jnp.asarray([3]))
     data = {"x": jnp.asarray(mnist_small.x_train)}
     out = {}
-    for name, fn in (("scan", parallel.make_epoch_program(step, BATCH, plan, "scan")),
-                     ("steps", parallel.make_epoch_program(step, BATCH, plan, "steps")),
-                     ("streamed", streaming.make_stream_epoch(step, BATCH, plan, {"x": mnist_small.x_train}))):
+    for name, fn in (
+        ("scan", parallel.make_epoch_program(step, BATCH, plan, "scan")),
+        ("steps", parallel.make_epoch_program(step, BATCH, plan, "steps")),
+        ("streamed", streaming.make_stream_epoch(step, BATCH, plan, {"x": mnist_small.x_train})),
+    ):
         state = train.init_replicated_state(task.init_params, optimizer, keys.init)
         state, metrics = fn(state, data, keys.data, keys.sample, jnp.int32(0))
         out[name] = jax.device_get(metrics)

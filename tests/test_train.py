@@ -14,8 +14,16 @@ from vae_jax.runner import Task, TrainConfig
 
 
 def small_config(workdir, **overrides):
-    base = dict(latent_dim=8, hidden=(64,), batch_size=64, epochs=2, workdir=str(workdir), progress=False,
-                checkpoint_every=1, eval_batch_size=64)
+    base = dict(
+        latent_dim=8,
+        hidden=(64,),
+        batch_size=64,
+        epochs=2,
+        workdir=str(workdir),
+        progress=False,
+        checkpoint_every=1,
+        eval_batch_size=64,
+    )
     base.update(overrides)
     return tasks.VAEConfig(**base)
 
@@ -35,7 +43,7 @@ def test_train_step_compiles_once_and_changes_params(mnist_small):
     before = jax.tree_util.tree_map(np.asarray, state.params)  # the step donates (reuses) its input buffers
     data = _data(mnist_small)
     for i in range(3):
-        batch = {k: v[i * 64:(i + 1) * 64] for k, v in data.items()}
+        batch = {k: v[i * 64 : (i + 1) * 64] for k, v in data.items()}
         state, metrics = step(state, batch, jax.random.fold_in(keys.sample, i))
     assert int(state.step) == 3
     chex.assert_shape(metrics["loss"], ())
@@ -50,7 +58,9 @@ def test_scan_epoch_equals_python_loop(mnist_small):
     keys = train.run_keys(3)
     state0 = train.init_train_state(task.init_params(keys.init), optimizer)
     data = _data(mnist_small)
-    scan_state, scan_metrics = jax.jit(train.make_epoch_fn(train_step, 64))(state0, data, keys.data, keys.sample, jnp.int32(0))
+    scan_state, scan_metrics = jax.jit(train.make_epoch_fn(train_step, 64))(
+        state0, data, keys.data, keys.sample, jnp.int32(0)
+    )
     loop_state, loop_metrics = train.loop_epoch(train_step, state0, data, keys.data, keys.sample, 0, 64)
     assert int(scan_state.step) == int(loop_state.step) == 512 // 64
     chex.assert_trees_all_close(scan_state.params, loop_state.params, rtol=1e-4, atol=1e-5)
@@ -58,10 +68,16 @@ def test_scan_epoch_equals_python_loop(mnist_small):
 
 
 def test_replica_k_of_a_vmapped_run_equals_a_single_run_with_seed_k(tmp_path, mnist_small):
-    multi = runner.train(small_config(tmp_path / "multi", seeds="5,7"),
-                         tasks.vae_task(small_config("x"), mnist_small.image_shape)[1], mnist_small)
-    single = runner.train(small_config(tmp_path / "single", seed=7),
-                          tasks.vae_task(small_config("x"), mnist_small.image_shape)[1], mnist_small)
+    multi = runner.train(
+        small_config(tmp_path / "multi", seeds="5,7"),
+        tasks.vae_task(small_config("x"), mnist_small.image_shape)[1],
+        mnist_small,
+    )
+    single = runner.train(
+        small_config(tmp_path / "single", seed=7),
+        tasks.vae_task(small_config("x"), mnist_small.image_shape)[1],
+        mnist_small,
+    )
     chex.assert_trees_all_close(multi.params(1), single.params(0), rtol=1e-4, atol=1e-5)
     assert not np.allclose(multi.params(0)["decoder"]["out"]["bias"], multi.params(1)["decoder"]["out"]["bias"])
     test = multi.summary["test"]["neg_elbo"]
@@ -92,7 +108,9 @@ def test_resuming_with_other_model_settings_is_refused(tmp_path, mnist_small):
     _, task = tasks.vae_task(small_config("x"), mnist_small.image_shape)
     runner.train(small_config(tmp_path, epochs=1), task, mnist_small)
     _, other_task = tasks.vae_task(small_config("x", latent_dim=4), mnist_small.image_shape)
-    with pytest.raises(runner.ConfigError, match="other settings \\(--latent-dim 8 there, 4 here\\); use another --workdir"):
+    with pytest.raises(
+        runner.ConfigError, match="other settings \\(--latent-dim 8 there, 4 here\\); use another --workdir"
+    ):
         runner.train(small_config(tmp_path, epochs=2, latent_dim=4), other_task, mnist_small)
 
 
@@ -111,13 +129,26 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
         eval_fn=lambda params, batch, key: {"w": jnp.broadcast_to(params["w"], batch["x"].shape[:1])},
         headline="w",
     )
-    ds = runner.data_lib.Dataset(np.zeros((8, 2, 2, 1), np.float32), None, np.zeros((2, 2, 2, 1), np.float32), None, "zeros")
-    config = TrainConfig(batch_size=8, epochs=10, learning_rate=0.4, workdir=str(tmp_path), progress=False, checkpoint_every=1,
-                         max_consecutive_skips=0)  # no step-level guard: the epoch-level stop
-    with pytest.raises(runner.TrainingDiverged, match="non-finite training loss in epoch 4 .*the checkpoint of epoch 3 .* is kept"):
+    ds = runner.data_lib.Dataset(
+        np.zeros((8, 2, 2, 1), np.float32), None, np.zeros((2, 2, 2, 1), np.float32), None, "zeros"
+    )
+    config = TrainConfig(
+        batch_size=8,
+        epochs=10,
+        learning_rate=0.4,
+        workdir=str(tmp_path),
+        progress=False,
+        checkpoint_every=1,
+        max_consecutive_skips=0,
+    )  # no step-level guard: the epoch-level stop
+    with pytest.raises(
+        runner.TrainingDiverged, match="non-finite training loss in epoch 4 .*the checkpoint of epoch 3 .* is kept"
+    ):
         runner.train(config, task, ds)
-    epoch, state = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path)),
-                                             train.init_replicated_state(task.init_params, optax.adam(0.4), jax.vmap(train.run_keys)(jnp.array([0])).init))
+    epoch, state = checkpoint.restore_latest(
+        checkpoint.make_manager(str(tmp_path)),
+        train.init_replicated_state(task.init_params, optax.adam(0.4), jax.vmap(train.run_keys)(jnp.array([0])).init),
+    )
     assert epoch == 3 and np.all(np.isfinite(np.asarray(state.params["w"])))
 
 
@@ -176,8 +207,12 @@ def test_finite_sum_agrees_with_numpy_isfinite_on_every_leaf(seed):
         for _ in range(seed % 3):
             leaf = leaves[rng.integers(len(leaves))]
             leaf.reshape(-1)[rng.integers(leaf.size)] = rng.choice([np.nan, np.inf, -np.inf])
-    tree = {"a": leaves[0], "b": [leaves[1], leaves[2].astype(jnp.bfloat16)], "loss": leaves[3],
-            "count": np.arange(3, dtype=np.int32)}
+    tree = {
+        "a": leaves[0],
+        "b": [leaves[1], leaves[2].astype(jnp.bfloat16)],
+        "loss": leaves[3],
+        "count": np.arange(3, dtype=np.int32),
+    }
     expected = all(np.all(np.isfinite(leaf)) for leaf in leaves)
     assert bool(train.finite_sum(tree)) == expected
     assert bool(jax.jit(train.finite_sum)(tree)) == expected

@@ -19,11 +19,19 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from experiments import cvae as cvae_exp, encode as encode_exp, evaluate as evaluate_exp
-from experiments import generate as generate_exp, reconstruct as reconstruct_exp, vqvae as vqvae_exp
-from vae_jax import classifier as classifier_lib, data as data_lib, evaluate, export_run, load_run, runner
+from experiments import cvae as cvae_exp
+from experiments import encode as encode_exp
+from experiments import evaluate as evaluate_exp
+from experiments import generate as generate_exp
+from experiments import reconstruct as reconstruct_exp
+from experiments import vqvae as vqvae_exp
+from vae_jax import classifier as classifier_lib
+from vae_jax import data as data_lib
+from vae_jax import evaluate, export_run, load_run, runner
 from vae_jax.cli import ConfigError
-from vae_jax.tasks import autoencoder, conv_vae, cvae, hvae, prior as prior_lib, vae, vqvae as vq
+from vae_jax.tasks import autoencoder, conv_vae, cvae, hvae, vae
+from vae_jax.tasks import prior as prior_lib
+from vae_jax.tasks import vqvae as vq
 
 SHARED = dict(epochs=1, batch_size=128, eval_batch_size=50, progress=False, checkpoint_every=1, tensorboard=False)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,19 +46,43 @@ def _train(root, spec, dataset, kind, config, make_task):
 def runs(tmp_path_factory, mnist_small):
     root = tmp_path_factory.mktemp("trained")
     path = root / "digits.npz"
-    np.savez(path, x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8), y_train=mnist_small.y_train,
-             x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8), y_test=mnist_small.y_test)
+    np.savez(
+        path,
+        x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8),
+        y_train=mnist_small.y_train,
+        x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8),
+        y_test=mnist_small.y_test,
+    )
     spec = f"npz:{path}"
     dataset = data_lib.load_dataset(spec)
     runs_root = str(root / "runs")
-    _train(runs_root, spec, dataset, "vae", vae.VAEConfig(latent_dim=3, hidden=(32,), seeds="2", **SHARED),
-           vae.vae_task)
-    _train(runs_root, spec, dataset, "conv_vae",
-           conv_vae.ConvVAEConfig(latent_dim=3, channels=(4, 8), hidden=0, **SHARED), conv_vae.conv_vae_task)
-    _train(runs_root, spec, dataset, "hvae",
-           hvae.HVAEConfig(latent_dim=3, top_latent_dim=2, hidden=(32,), top_hidden=(8,), **SHARED), hvae.hvae_task)
-    _train(runs_root, spec, dataset, "autoencoder", autoencoder.AEConfig(latent_dim=4, hidden=(32,), **SHARED),
-           autoencoder.ae_task)
+    _train(
+        runs_root, spec, dataset, "vae", vae.VAEConfig(latent_dim=3, hidden=(32,), seeds="2", **SHARED), vae.vae_task
+    )
+    _train(
+        runs_root,
+        spec,
+        dataset,
+        "conv_vae",
+        conv_vae.ConvVAEConfig(latent_dim=3, channels=(4, 8), hidden=0, **SHARED),
+        conv_vae.conv_vae_task,
+    )
+    _train(
+        runs_root,
+        spec,
+        dataset,
+        "hvae",
+        hvae.HVAEConfig(latent_dim=3, top_latent_dim=2, hidden=(32,), top_hidden=(8,), **SHARED),
+        hvae.hvae_task,
+    )
+    _train(
+        runs_root,
+        spec,
+        dataset,
+        "autoencoder",
+        autoencoder.AEConfig(latent_dim=4, hidden=(32,), **SHARED),
+        autoencoder.ae_task,
+    )
     flags = ["--dataset", spec, "--epochs", "1", "--batch-size", "128", "--no-progress", "--no-tensorboard"]
     cvae_exp.main([*flags, "--workdir", os.path.join(runs_root, "cvae"), "--latent-dim", "2", "--hidden", "32"])
     _train_vqvae(os.path.join(runs_root, "vqvae"), spec, dataset)
@@ -59,14 +91,26 @@ def runs(tmp_path_factory, mnist_small):
 
 def _train_vqvae(workdir, spec, dataset):
     """Both stages as experiments.vqvae lays them out (its configs), without its sample-quality measurements."""
-    config = vqvae_exp.VQVAEExperimentConfig(dataset=spec, workdir=workdir, prior_epochs=3, codebook_size=16,
-                                             code_dim=4, channels=(4, 8), res_blocks=0, prior_channels=8,
-                                             prior_layers=2, **SHARED)
+    config = vqvae_exp.VQVAEExperimentConfig(
+        dataset=spec,
+        workdir=workdir,
+        prior_epochs=3,
+        codebook_size=16,
+        code_dim=4,
+        channels=(4, 8),
+        res_blocks=0,
+        prior_channels=8,
+        prior_layers=2,
+        **SHARED,
+    )
     vq_config, prior_config = vqvae_exp.stage_configs(config, workdir)
     model, task = vq.vqvae_task(vq_config, dataset.image_shape)
     params = runner.train(vq_config, task, dataset).params(0)
-    codes = prior_lib.codes_dataset(vq.encode_indices(model, params, dataset.x_train),
-                                    vq.encode_indices(model, params, dataset.x_test), "VQ-VAE codes")
+    codes = prior_lib.codes_dataset(
+        vq.encode_indices(model, params, dataset.x_train),
+        vq.encode_indices(model, params, dataset.x_test),
+        "VQ-VAE codes",
+    )
     runner.train(prior_config, prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)[1], codes)
 
 
@@ -89,12 +133,14 @@ def _one_line_error(excinfo, *words):
 
 
 def test_load_run_imports_neither_tensorflow_nor_orbax_before_use(runs):
-    code = ("import sys, jax, vae_jax\n"
-            "from vae_jax import load_run, export_run, TrainedModel\n"
-            "assert 'orbax' not in ' '.join(sys.modules), 'orbax at import'\n"
-            f"run = load_run({_workdir(runs, 'vae')!r})\n"
-            "assert run.sample(2, jax.random.key(0)).shape == (2, 28, 28, 1)\n"
-            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n")
+    code = (
+        "import sys, jax, vae_jax\n"
+        "from vae_jax import load_run, export_run, TrainedModel\n"
+        "assert 'orbax' not in ' '.join(sys.modules), 'orbax at import'\n"
+        f"run = load_run({_workdir(runs, 'vae')!r})\n"
+        "assert run.sample(2, jax.random.key(0)).shape == (2, 28, 28, 1)\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+    )
     env = {**os.environ, "PYTHONPATH": ROOT}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -114,12 +160,27 @@ def test_models_expose_every_family():
 @pytest.mark.parametrize("kind", ["vae", "conv_vae", "cvae", "hvae"])
 def test_evaluate_equals_experiments_evaluate_for_the_same_key(runs, kind, tmp_path):
     workdir, dataset = _workdir(runs, kind), runs[2]
-    reported = evaluate_exp.main(["--workdir", workdir, "--iwae-k", "4", "--k-chunk", "3", "--batch-size", "64",
-                                  "--eval-seed", "7", "--out", str(tmp_path / "eval.json")])
+    reported = evaluate_exp.main(
+        [
+            "--workdir",
+            workdir,
+            "--iwae-k",
+            "4",
+            "--k-chunk",
+            "3",
+            "--batch-size",
+            "64",
+            "--eval-seed",
+            "7",
+            "--out",
+            str(tmp_path / "eval.json"),
+        ]
+    )
     reported = reported["per_seed"][0] if "per_seed" in reported else reported
     run = load_run(workdir)
-    got = run.evaluate(dataset.test_pixels, labels=_labels_for(kind, dataset), iwae_k=4, key=7, batch_size=64,
-                       k_chunk=3)
+    got = run.evaluate(
+        dataset.test_pixels, labels=_labels_for(kind, dataset), iwae_k=4, key=7, batch_size=64, k_chunk=3
+    )
     assert got["key"] == "seed 7" and got["n"] == 128
     for name in ("neg_elbo", "recon", "kl", "iwae_nll", "bits_per_dim", "active_units", "active_units_per_layer"):
         assert got[name] == reported[name], name
@@ -152,8 +213,10 @@ def test_reconstruct_equals_the_model_applied_directly(runs, kind):
     assert recon.shape == x.shape and recon.dtype == np.float32
     np.testing.assert_allclose(recon, _direct_reconstruction(run, x, y), atol=2e-6)
     # uint8 pixels are converted as the training data is
-    np.testing.assert_array_equal(run.reconstruct(dataset.test_pixels[:20], labels=y),
-                                  run.reconstruct(data_lib.pixels_to_float(dataset.test_pixels[:20]), labels=y))
+    np.testing.assert_array_equal(
+        run.reconstruct(dataset.test_pixels[:20], labels=y),
+        run.reconstruct(data_lib.pixels_to_float(dataset.test_pixels[:20]), labels=y),
+    )
 
 
 @pytest.mark.parametrize("kind", ["vae", "conv_vae", "cvae", "hvae", "vqvae"])
@@ -190,8 +253,14 @@ def test_cvae_samples_get_the_class_rate_summary_reports(runs):
     key = jax.random.key(run.config.seed)  # experiments.cvae: samples from fold_in(key, 1), classifier fold_in(key, 2)
     labels = np.repeat(np.arange(run.model.num_classes), cvae_exp.SAMPLES_PER_CLASS)
     samples = run.sample(len(labels), jax.random.fold_in(key, 1), labels=labels)
-    judge = classifier_lib.train_classifier(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
-                                            run.model.num_classes, jax.random.fold_in(key, 2))
+    judge = classifier_lib.train_classifier(
+        dataset.x_train,
+        dataset.y_train,
+        dataset.x_test,
+        dataset.y_test,
+        run.model.num_classes,
+        jax.random.fold_in(key, 2),
+    )
     measured = classifier_lib.requested_class_fraction(judge, samples, labels, run.model.num_classes)
     assert measured["overall"] == control["requested_class_fraction"]
 
@@ -214,8 +283,10 @@ def test_vqvae_samples_through_its_prior_or_warns_without_one(runs, tmp_path):
     codes = prior_lib.sample_codes(prior_model, prior_params, key, 50, run.model.grid_shape)
     np.testing.assert_array_equal(run.sample(50, key), vq.decode_indices(run.model, run.params, codes))
     uniform = vq.uniform_code_grids(key, 50, run.model.grid_shape, run.model.num_codes)
-    assert prior_lib.code_nll(prior_model, prior_params, codes).mean() < \
-        prior_lib.code_nll(prior_model, prior_params, uniform).mean()
+    assert (
+        prior_lib.code_nll(prior_model, prior_params, codes).mean()
+        < prior_lib.code_nll(prior_model, prior_params, uniform).mean()
+    )
     bare = tmp_path / "vq"
     shutil.copytree(_workdir(runs, "vqvae"), bare, ignore=shutil.ignore_patterns("prior"))
     with pytest.warns(UserWarning, match="no learned prior"):
@@ -240,9 +311,13 @@ def test_export_round_trip_is_bit_exact(runs, kind, tmp_path):
         for leaf_a, leaf_b in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
             assert np.asarray(leaf_a).dtype == np.asarray(leaf_b).dtype
             np.testing.assert_array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
-    assert (restored.config, restored.family, restored.epoch, restored.seed, restored.image_shape) == \
-        (original.config, original.family, original.epoch,
-         original.seed, original.image_shape)
+    assert (restored.config, restored.family, restored.epoch, restored.seed, restored.image_shape) == (
+        original.config,
+        original.family,
+        original.epoch,
+        original.seed,
+        original.image_shape,
+    )
     labels = 3 if kind == "cvae" else None
     np.testing.assert_array_equal(original.sample(4, 0, labels=labels), restored.sample(4, 0, labels=labels))
 
@@ -304,8 +379,9 @@ def test_library_traps_params_or_variables_and_class_labels(runs):
     run, x = load_run(_workdir(runs, "vae")), runs[2].x_test[:50]
     with_params = evaluate.evaluate_vae(run.model, run.params, x, iwae_k=3)
     assert evaluate.evaluate_vae(run.model, run.variables, x, iwae_k=3) == with_params
-    np.testing.assert_array_equal(vae.reconstruct(run.model, run.variables, x),
-                                  vae.reconstruct(run.model, run.params, x))
+    np.testing.assert_array_equal(
+        vae.reconstruct(run.model, run.variables, x), vae.reconstruct(run.model, run.params, x)
+    )
     model = load_run(_workdir(runs, "cvae"))
     for bad in ([10], [-1], [3.5]):
         with pytest.raises(ValueError, match="labels"):
@@ -327,21 +403,24 @@ def test_a_linear_ae_workdir_says_why_it_cannot_be_loaded(tmp_path):
 
 def test_generate_writes_the_grid_and_the_samples(runs, tmp_path, capsys):
     out = tmp_path / "threes.png"
-    result = generate_exp.main(["--workdir", _workdir(runs, "cvae"), "--n", "12", "--label", "3", "--key", "4",
-                                "--out", str(out)])
+    result = generate_exp.main(
+        ["--workdir", _workdir(runs, "cvae"), "--n", "12", "--label", "3", "--key", "4", "--out", str(out)]
+    )
     saved = np.load(tmp_path / "threes.npz")
     assert out.stat().st_size > 0 and saved["x"].shape == (12, 28, 28, 1) and set(saved["y"]) == {3}
     np.testing.assert_array_equal(saved["x"], load_run(_workdir(runs, "cvae")).sample(12, 4, labels=3))
     assert "12 samples" in capsys.readouterr().out
-    result = generate_exp.main(["--workdir", _workdir(runs, "cvae"), "--n", "5", "--labels", "3,7",
-                                "--out", str(tmp_path / "mix.png")])
+    result = generate_exp.main(
+        ["--workdir", _workdir(runs, "cvae"), "--n", "5", "--labels", "3,7", "--out", str(tmp_path / "mix.png")]
+    )
     assert result["y"].tolist() == [3, 3, 3, 7, 7]
 
 
 def test_reconstruct_and_encode_commands(runs, tmp_path, capsys):
     spec, dataset = runs[1], runs[2]
-    result = reconstruct_exp.main(["--workdir", _workdir(runs, "vae"), "--dataset", spec, "--n", "4",
-                                   "--out", str(tmp_path / "recon.png")])
+    result = reconstruct_exp.main(
+        ["--workdir", _workdir(runs, "vae"), "--dataset", spec, "--n", "4", "--out", str(tmp_path / "recon.png")]
+    )
     x = dataset.x_test
     expected = np.mean((load_run(_workdir(runs, "vae")).reconstruct(x) - x) ** 2, axis=(1, 2, 3))
     np.testing.assert_allclose(result["errors"], expected, rtol=1e-6)
@@ -353,23 +432,29 @@ def test_reconstruct_and_encode_commands(runs, tmp_path, capsys):
     np.testing.assert_array_equal(codes["y"], dataset.y_test)
 
 
-@pytest.mark.parametrize("command, argv", [
-    (generate_exp, ["--n", "0"]),
-    (generate_exp, ["--temperature", "0"]),
-    (generate_exp, ["--label", "3", "--labels", "3,7"]),
-    (generate_exp, ["--labels", "3,x"]),
-    (generate_exp, ["--out", "OUT.jpg"]),
-    (generate_exp, ["--label", "10"]),
-    (generate_exp, []),  # a conditional VAE needs labels
-    (generate_exp, ["--seed", "3"]),
-    (reconstruct_exp, ["--n", "0"]),
-    (reconstruct_exp, ["--dataset", "mnist:nothing"]),
-    (encode_exp, ["--out", "OUT.png"]),
-])
+@pytest.mark.parametrize(
+    "command, argv",
+    [
+        (generate_exp, ["--n", "0"]),
+        (generate_exp, ["--temperature", "0"]),
+        (generate_exp, ["--label", "3", "--labels", "3,7"]),
+        (generate_exp, ["--labels", "3,x"]),
+        (generate_exp, ["--out", "OUT.jpg"]),
+        (generate_exp, ["--label", "10"]),
+        (generate_exp, []),  # a conditional VAE needs labels
+        (generate_exp, ["--seed", "3"]),
+        (reconstruct_exp, ["--n", "0"]),
+        (reconstruct_exp, ["--dataset", "mnist:nothing"]),
+        (encode_exp, ["--out", "OUT.png"]),
+    ],
+)
 def test_bad_command_lines_exit_2_with_one_line_and_write_nothing(runs, tmp_path, capsys, command, argv):
     argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
-    out = [] if any(a.startswith("--out") for a in argv) else ["--out", str(tmp_path / ("out.npz" if command is
-                                                                                        encode_exp else "out.png"))]
+    out = (
+        []
+        if any(a.startswith("--out") for a in argv)
+        else ["--out", str(tmp_path / ("out.npz" if command is encode_exp else "out.png"))]
+    )
     with pytest.raises(SystemExit) as exit_info:
         command.main(["--workdir", _workdir(runs, "cvae"), *argv, *out])
     assert exit_info.value.code == 2

@@ -5,13 +5,27 @@ import os
 
 import numpy as np
 
-from experiments import cvae as cvae_exp, hvae as hvae_exp
+from experiments import cvae as cvae_exp
+from experiments import hvae as hvae_exp
 
 
 def test_cvae_writes_samples_figures_and_the_measured_class_control(tmp_path, small_npz, mnist_small):
     workdir = str(tmp_path / "cvae")
-    summary = cvae_exp.main(["--dataset", small_npz, "--epochs", "1", "--hidden", "32", "--batch-size", "128",
-                             "--workdir", workdir, "--no-progress"])
+    summary = cvae_exp.main(
+        [
+            "--dataset",
+            small_npz,
+            "--epochs",
+            "1",
+            "--hidden",
+            "32",
+            "--batch-size",
+            "128",
+            "--workdir",
+            workdir,
+            "--no-progress",
+        ]
+    )
     for name in ("class_samples.png", "class_interpolations.png", "loss_curves.png", "cvae_samples.npz"):
         assert os.path.isfile(os.path.join(workdir, name)), name
     samples = np.load(os.path.join(workdir, "cvae_samples.npz"))
@@ -27,8 +41,25 @@ def test_cvae_writes_samples_figures_and_the_measured_class_control(tmp_path, sm
 
 def test_hvae_compares_with_a_one_level_vae_of_matched_size(tmp_path, small_npz):
     root = str(tmp_path / "hvae")
-    comparison = hvae_exp.main(["--dataset", small_npz, "--epochs", "1", "--hidden", "32", "--top-hidden", "8",
-                                "--latent-dim", "4", "--top-latent-dim", "2", "--workdir", root, "--no-progress"])
+    comparison = hvae_exp.main(
+        [
+            "--dataset",
+            small_npz,
+            "--epochs",
+            "1",
+            "--hidden",
+            "32",
+            "--top-hidden",
+            "8",
+            "--latent-dim",
+            "4",
+            "--top-latent-dim",
+            "2",
+            "--workdir",
+            root,
+            "--no-progress",
+        ]
+    )
     assert json.load(open(os.path.join(root, "comparison.json")))["figures"] == comparison["figures"]
     assert not os.path.exists(os.path.join(root, "config.json"))  # no run of its own around the two sub-runs
     h, v = comparison["hvae"], comparison["vae"]

@@ -29,8 +29,9 @@ def test_model_grid_and_shapes(image_shape, grid):
     logits, quantized = jax.jit(model.apply)({"params": params}, x)
     assert logits.shape == (2, *image_shape) and quantized.indices.shape == (2, *grid)
     assert model.grid_shape == grid
-    decoded = jax.jit(lambda p, i: model.apply(p, i, method=model.decode_indices))({"params": params},
-                                                                                  jnp.zeros((2, *grid), jnp.int32))
+    decoded = jax.jit(lambda p, i: model.apply(p, i, method=model.decode_indices))(
+        {"params": params}, jnp.zeros((2, *grid), jnp.int32)
+    )
     assert decoded.shape == (2, *image_shape)
 
 
@@ -38,9 +39,14 @@ def test_presets_and_flag_errors():
     config = vq.VQVAEConfig(preset="color32")
     assert (config.num_codes, config.dim, config.commitment) == (512, 64, 0.25)
     assert vq.VQVAEConfig(codebook_size=32).num_codes == 32
-    for bad, flag in (({"codebook": "adam"}, "--codebook"), ({"kmeans_init": "yes"}, "--kmeans-init"),
-                      ({"ema_decay": 1.0}, "--ema-decay"), ({"channels": (8,)}, "--channels"),
-                      ({"dead_code_steps": (-1,)}, "--dead-code-steps"), ({"ema_rule": "haiku"}, "--ema-rule")):
+    for bad, flag in (
+        ({"codebook": "adam"}, "--codebook"),
+        ({"kmeans_init": "yes"}, "--kmeans-init"),
+        ({"ema_decay": 1.0}, "--ema-decay"),
+        ({"channels": (8,)}, "--channels"),
+        ({"dead_code_steps": (-1,)}, "--dead-code-steps"),
+        ({"ema_rule": "haiku"}, "--ema-rule"),
+    ):
         with pytest.raises(cli.ConfigError, match=flag):
             vq.VQVAEConfig(**bad).validate()
     with pytest.raises(cli.ConfigError, match="divisible by 4"):
@@ -49,8 +55,12 @@ def test_presets_and_flag_errors():
 
 def test_default_codebook_is_ema_with_dead_code_restarts_and_the_old_one_is_a_flag_away(tmp_path):
     config = cli.parse_config(vq.VQVAEConfig, ["--workdir", str(tmp_path / "run")])
-    assert (config.codebook, config.kmeans_init, config.dead_code_steps, config.ema_rule) == ("ema", "off", (100,),
-                                                                                              "keep")
+    assert (config.codebook, config.kmeans_init, config.dead_code_steps, config.ema_rule) == (
+        "ema",
+        "off",
+        (100,),
+        "keep",
+    )
     old = cli.parse_config(vq.VQVAEConfig, ["--dead-code-steps", "0"])
     assert old.dead_code_steps == (0,) and old.codebook == "ema"
     assert cli.parse_config(vq.VQVAEConfig, ["--codebook", "grad"]).codebook == "grad"
@@ -142,8 +152,15 @@ def test_code_usage_counts_the_whole_set(tmp_path, mnist_small):
 
 
 def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mnist_small, capsys):
-    config = _config(tmp_path, codebook_size=32, codebook="ema", kmeans_init="on", dead_code_steps=(20,),
-                     epochs=3, learning_rate=2e-3)
+    config = _config(
+        tmp_path,
+        codebook_size=32,
+        codebook="ema",
+        kmeans_init="on",
+        dead_code_steps=(20,),
+        epochs=3,
+        learning_rate=2e-3,
+    )
     model, task = vq.vqvae_task(config, mnist_small.image_shape, mnist_small.x_train)
     init_params = task.init_params(train.run_keys(0).init)  # seed 0's initial params, as the runner draws them
     eval_fn = evaluate.make_per_example_eval(task.eval_fn, 128)
@@ -161,8 +178,12 @@ def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mni
         assert json.load(f)["kind"] == "vqvae"
     # Flipped bytes in epoch 2's largest file: caught by its SHA-256 manifest, left out with a warning.
     step_dir = os.path.join(config.workdir, "checkpoints", "2")
-    files = [os.path.join(folder, name) for folder, _, names in os.walk(step_dir) for name in names
-             if name != checkpoint.CHECKSUMS]
+    files = [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(step_dir)
+        for name in names
+        if name != checkpoint.CHECKSUMS
+    ]
     with open(max(files, key=os.path.getsize), "r+b") as f:
         f.seek(8)
         byte = f.read(1)
@@ -182,10 +203,37 @@ def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys, mon
     monkeypatch.setattr(data.Dataset, "x_train", property(lambda self: pytest.fail("whole training split converted")))
 
     workdir = tmp_path / "vq"
-    argv = ["--dataset", small_npz, "--workdir", str(workdir), "--codebook", "grad,ema", "--epochs", "1",
-            "--batch-size", "64", "--codebook-size", "16", "--code-dim", "4", "--channels", "8,16",
-            "--res-blocks", "0", "--prior-epochs", "1", "--prior-channels", "8", "--prior-layers", "2",
-            "--vae-epochs", "1", "--num-samples", "20", "--no-progress"]
+    argv = [
+        "--dataset",
+        small_npz,
+        "--workdir",
+        str(workdir),
+        "--codebook",
+        "grad,ema",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--codebook-size",
+        "16",
+        "--code-dim",
+        "4",
+        "--channels",
+        "8,16",
+        "--res-blocks",
+        "0",
+        "--prior-epochs",
+        "1",
+        "--prior-channels",
+        "8",
+        "--prior-layers",
+        "2",
+        "--vae-epochs",
+        "1",
+        "--num-samples",
+        "20",
+        "--no-progress",
+    ]
     experiment.main(argv)
     out, err = capsys.readouterr()  # the table and where it lies on stdout, the logs on stderr
     assert out == (workdir / "comparison.md").read_text() + f"outputs in {workdir}\n" and "data: " in err
@@ -197,8 +245,12 @@ def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys, mon
         assert 1 <= summary["codes_used"]["mean"] <= 16
         assert 1.0 <= summary["perplexity"]["mean"] <= summary["codes_used"]["mean"] + 1e-6
         assert 0 < summary["prior_test_bits_per_dim"] and summary["uniform_prior_bits_per_dim"] == 4.0
-        assert set(summary["sample_quality"]) == {"prior_samples", "uniform_codes", "vae_normal_samples",
-                                                  "test_reconstructions"}
+        assert set(summary["sample_quality"]) == {
+            "prior_samples",
+            "uniform_codes",
+            "vae_normal_samples",
+            "test_reconstructions",
+        }
         assert [line["epoch"] for line in summary["usage_by_epoch"]] == [1]
         for figure in summary["figures"]:
             assert (run / figure).stat().st_size > 0

@@ -49,8 +49,13 @@ def trained_run(tmp_path_factory, mnist_small):
 
     base = tmp_path_factory.mktemp("workdir")
     spec_path = base / "digits.npz"
-    np.savez(spec_path, x_train=mnist_small.x_train, y_train=mnist_small.y_train,
-             x_test=mnist_small.x_test, y_test=mnist_small.y_test)
+    np.savez(
+        spec_path,
+        x_train=mnist_small.x_train,
+        y_train=mnist_small.y_train,
+        x_test=mnist_small.x_test,
+        y_test=mnist_small.y_test,
+    )
     workdir = base / "run"
     vae_exp.main(["--dataset", f"npz:{spec_path}", "--workdir", str(workdir), *SMALL, "--epochs", "2"])
     with open(workdir / "eval.json", "w") as f:
@@ -144,7 +149,8 @@ def test_training_further_retires_the_old_eval_record_and_splits_stdout_from_std
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
         f"KL {test['kl']['mean']:.2f}) after 3 epochs; active units {summary['diagnostics']['active_units']}/2, "
         f"I(x;z) {summary['diagnostics']['mutual_information']:.2f} nats; outputs in {workdir}; "
-        f"data {data.describe_record(summary['dataset'] | {'source': spec})}"]
+        f"data {data.describe_record(summary['dataset'] | {'source': spec})}"
+    ]
     # stderr is not a terminal here: no progress bar, one plain line per trained epoch.
     assert err.startswith("data: ")
     assert "\r" not in err
@@ -159,8 +165,9 @@ def test_progress_mode():
 
 
 def test_divergence_message_says_no_checkpoint_when_there_is_none(tmp_path, mnist_small):
-    settings = dict(batch_size=64, epochs=2, workdir=str(tmp_path / "run"), progress=False, checkpoint_every=5,
-                    eval_batch_size=64)
+    settings = dict(
+        batch_size=64, epochs=2, workdir=str(tmp_path / "run"), progress=False, checkpoint_every=5, eval_batch_size=64
+    )
     if "max_consecutive_skips" in {f.name for f in dataclasses.fields(runner.TrainConfig)}:
         settings["max_consecutive_skips"] = 0  # stop at the end of the epoch, with no step-level guard
     config = runner.TrainConfig(**settings)
@@ -220,37 +227,49 @@ def _npz_fingerprint(path):
 def test_the_data_a_run_used_is_recorded_and_a_resume_on_the_same_data_works(capsys, run_copy):
     spec, workdir = run_copy
     record = json.load(open(workdir / "data.json"))
-    assert record == {"source": spec, "n_train": 512, "n_test": 128, "image_shape": [28, 28, 1],
-                      "fingerprint": _npz_fingerprint(spec[len("npz:"):])}
+    assert record == {
+        "source": spec,
+        "n_train": 512,
+        "n_test": 128,
+        "image_shape": [28, 28, 1],
+        "fingerprint": _npz_fingerprint(spec[len("npz:") :]),
+    }
     assert json.load(open(workdir / "summary.json"))["dataset"]["fingerprint"] == record["fingerprint"]
     code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3")
     assert code == 0, err
     assert "resuming" in err
-    assert out.rstrip().endswith(f"; data {spec} (512 train, 128 test, 28x28x1, fingerprint "
-                                 f"{record['fingerprint'][7:19]})")
+    assert out.rstrip().endswith(
+        f"; data {spec} (512 train, 128 test, 28x28x1, fingerprint {record['fingerprint'][7:19]})"
+    )
 
 
-def test_a_resume_on_other_data_under_the_same_name_is_refused_before_training(capsys, run_copy, mnist_small,
-                                                                               request):
+def test_a_resume_on_other_data_under_the_same_name_is_refused_before_training(capsys, run_copy, mnist_small, request):
     import numpy as np
 
     spec, workdir = run_copy
     # Other digits of the same shapes, written over the file the run trained on (the module's other tests use it
     # after this one: it is put back at the end).
-    original = open(spec[len("npz:"):], "rb").read()
-    request.addfinalizer(lambda: open(spec[len("npz:"):], "wb").write(original))
-    np.savez(spec[len("npz:"):], x_train=np.flip(mnist_small.x_train, 0), y_train=mnist_small.y_train[::-1],
-             x_test=mnist_small.x_test, y_test=mnist_small.y_test)
+    original = open(spec[len("npz:") :], "rb").read()
+    request.addfinalizer(lambda: open(spec[len("npz:") :], "wb").write(original))
+    np.savez(
+        spec[len("npz:") :],
+        x_train=np.flip(mnist_small.x_train, 0),
+        y_train=mnist_small.y_train[::-1],
+        x_test=mnist_small.x_test,
+        y_test=mnist_small.y_test,
+    )
     before = snapshot(workdir)
     code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3")
     assert code == 2 and out == ""
     message = err.strip().splitlines()[-1]
     trained = json.load(open(workdir / "data.json"))["fingerprint"][7:19]
-    now = _npz_fingerprint(spec[len("npz:"):])[7:19]
+    now = _npz_fingerprint(spec[len("npz:") :])[7:19]
     assert trained != now
-    assert message.startswith(f"error: --dataset {spec}: --workdir {workdir} was trained on {spec} (512 train, "
-                              f"128 test, 28x28x1, fingerprint {trained}), but this data is {spec} (512 train, "
-                              f"128 test, 28x28x1, fingerprint {now})")
+    assert message.startswith(
+        f"error: --dataset {spec}: --workdir {workdir} was trained on {spec} (512 train, "
+        f"128 test, 28x28x1, fingerprint {trained}), but this data is {spec} (512 train, "
+        f"128 test, 28x28x1, fingerprint {now})"
+    )
     assert snapshot(workdir) == before
     with pytest.raises(SystemExit) as stop:  # experiments.evaluate on the run's own --dataset: the same check
         evaluate_exp.main(["--workdir", str(workdir), "--iwae-k", "2"])
@@ -269,16 +288,26 @@ def test_mnist_offline_resumed_where_tfds_trained_it_is_refused(capsys, run_copy
     _, workdir = run_copy
     config = json.load(open(workdir / "config.json"))
     _write_json(workdir / "config.json", {**config, "dataset": "mnist"})
-    _write_json(workdir / "data.json", {"source": "tfds:mnist", "n_train": 60000, "n_test": 10000,
-                                        "image_shape": [28, 28, 1], "fingerprint": "sha256:" + "0" * 64})
+    _write_json(
+        workdir / "data.json",
+        {
+            "source": "tfds:mnist",
+            "n_train": 60000,
+            "n_test": 10000,
+            "image_shape": [28, 28, 1],
+            "fingerprint": "sha256:" + "0" * 64,
+        },
+    )
     monkeypatch.setattr(data, "tfds_prepared_on_disk", lambda *a: False)
     monkeypatch.setattr(data, "_tfds_reachable", lambda *a: False)
     code, out, err = run_vae(capsys, "mnist", workdir, "--epochs", "3")
     assert code == 2 and out == ""
     message = err.strip().splitlines()[-1]
-    assert message.startswith(f"error: --dataset mnist: --workdir {workdir} was trained on tfds:mnist (60000 train, "
-                              "10000 test, 28x28x1, fingerprint 000000000000), but this data is mnist:embedded "
-                              "(4500 train, 500 test, 28x28x1, fingerprint ")
+    assert message.startswith(
+        f"error: --dataset mnist: --workdir {workdir} was trained on tfds:mnist (60000 train, "
+        "10000 test, 28x28x1, fingerprint 000000000000), but this data is mnist:embedded "
+        "(4500 train, 500 test, 28x28x1, fingerprint "
+    )
     assert "continue it on the same data (--dataset tfds:mnist)" in message and "--overwrite" in message
 
 

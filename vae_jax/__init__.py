@@ -23,8 +23,18 @@ __version__ = "0.1.0"
 
 _TRAINED = ("load_run", "export_run", "TrainedModel")
 
-__all__ = ["data", "losses", "models", "ops", "VAE", "AutoEncoder", "init_params", "init_variables", *_TRAINED,
-           "__version__"]
+__all__ = [
+    "data",
+    "losses",
+    "models",
+    "ops",
+    "VAE",
+    "AutoEncoder",
+    "init_params",
+    "init_variables",
+    *_TRAINED,
+    "__version__",
+]
 
 
 def __getattr__(name: str):

@@ -88,7 +88,9 @@ def apply_in_batches(query, model, params, *arrays: np.ndarray, batch_size: int 
     params = bare_params(params)
     arrays = tuple(np.asarray(a) for a in arrays)
     static = tuple(sorted(options.items()))
-    return np.concatenate([
-        np.asarray(run_query(query, model, static, params, *(a[i:i + batch_size] for a in arrays)))
-        for i in range(0, len(arrays[0]), batch_size)
-    ])
+    return np.concatenate(
+        [
+            np.asarray(run_query(query, model, static, params, *(a[i : i + batch_size] for a in arrays)))
+            for i in range(0, len(arrays[0]), batch_size)
+        ]
+    )

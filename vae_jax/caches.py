@@ -25,7 +25,7 @@ import functools
 import os
 import shutil
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

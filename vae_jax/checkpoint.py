@@ -92,10 +92,14 @@ def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
         _quiet_aborted_writes()
         reason = _os_error_reason(err)
         kept = f"checkpoint {max(previous)} is intact" if previous else "no earlier checkpoint exists"
-        causes = ("is the disk full or the directory read-only, or did another process of this --distributed "
-                  "run stop?" if jax.process_count() > 1 else "is the disk full or the directory read-only?")
-        raise CheckpointError(f"could not save checkpoint {epoch} in {manager.directory} ({reason}; {causes}); "
-                              f"{kept}") from None
+        causes = (
+            "is the disk full or the directory read-only, or did another process of this --distributed run stop?"
+            if jax.process_count() > 1
+            else "is the disk full or the directory read-only?"
+        )
+        raise CheckpointError(
+            f"could not save checkpoint {epoch} in {manager.directory} ({reason}; {causes}); {kept}"
+        ) from None
     finally:
         absl_logger.setLevel(level)
     sys.stderr.write(captured.getvalue())  # a successful save's warnings, if any
@@ -266,14 +270,20 @@ def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = 
             state = restore_epoch(manager, epoch, template, abstract)
         except Exception as err:
             reason = one_line(err)
-            print(f"warning: checkpoint {epoch} in {manager.directory} cannot be restored ({reason}); "
-                  "trying the next older one", file=sys.stderr)
+            print(
+                f"warning: checkpoint {epoch} in {manager.directory} cannot be restored ({reason}); "
+                "trying the next older one",
+                file=sys.stderr,
+            )
             bad.append(epoch)
             continue
         moved = _quarantine(manager, bad) if quarantine else ""
         if bad:
-            print(f"warning: resuming from checkpoint {epoch}, the newest good one; "
-                  f"bad: {', '.join(map(str, bad))}{moved}", file=sys.stderr)
+            print(
+                f"warning: resuming from checkpoint {epoch}, the newest good one; "
+                f"bad: {', '.join(map(str, bad))}{moved}",
+                file=sys.stderr,
+            )
         return epoch, state
     raise CheckpointError(
         f"no checkpoint in {manager.directory} can be restored (tried {', '.join(map(str, steps))}); they are "

@@ -16,7 +16,7 @@ shuffled minibatches, from one key.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -50,17 +50,28 @@ class TrainedClassifier:
     def predict_proba(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Class probabilities ``[N, K]`` of images ``[N, H, W, C]`` in [0, 1]."""
         probs = jax.jit(lambda xb: jax.nn.softmax(self.model.apply({"params": self.params}, xb), axis=-1))
-        return np.concatenate([np.asarray(probs(jnp.asarray(x[i:i + batch_size])))
-                               for i in range(0, len(x), batch_size)])
+        return np.concatenate(
+            [np.asarray(probs(jnp.asarray(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
+        )
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The most probable class ``[N]`` of each image."""
         return np.argmax(self.predict_proba(x), axis=-1)
 
 
-def train_classifier(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                     num_classes: int, key: jax.Array, *, hidden: Sequence[int] = (256,), epochs: int = 10,
-                     batch_size: int = 128, learning_rate: float = 1e-3) -> TrainedClassifier:
+def train_classifier(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_classes: int,
+    key: jax.Array,
+    *,
+    hidden: Sequence[int] = (256,),
+    epochs: int = 10,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+) -> TrainedClassifier:
     """Trains :class:`MLPClassifier` on ``(x_train, y_train)`` and measures its accuracy on ``(x_test, y_test)``.
 
     Args:
@@ -105,8 +116,9 @@ def train_classifier(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
     return trained
 
 
-def requested_class_fraction(classifier: TrainedClassifier, images: np.ndarray, requested: np.ndarray,
-                             num_classes: int) -> dict:
+def requested_class_fraction(
+    classifier: TrainedClassifier, images: np.ndarray, requested: np.ndarray, num_classes: int
+) -> dict:
     """How often ``classifier`` assigns generated ``images`` to the class they were generated for.
 
     Returns ``overall`` (fraction of all images whose predicted class equals
@@ -120,7 +132,8 @@ def requested_class_fraction(classifier: TrainedClassifier, images: np.ndarray, 
     hits = predicted == requested
     return {
         "overall": float(np.mean(hits)),
-        "per_class": [float(np.mean(hits[requested == c])) if np.any(requested == c) else None
-                      for c in range(num_classes)],
+        "per_class": [
+            float(np.mean(hits[requested == c])) if np.any(requested == c) else None for c in range(num_classes)
+        ],
         "mean_probability": float(np.mean(probs[np.arange(len(requested)), requested])),
     }

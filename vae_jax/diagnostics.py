@@ -70,8 +70,9 @@ def _mutual_information(key, means, logvars):
     return jnp.mean(log_q_z_given_x - aggregate_log_density(z, means, logvars))
 
 
-def mutual_information(posterior_means: np.ndarray, posterior_logvars: np.ndarray, key: jax.Array,
-                       num_samples: int = 1) -> float:
+def mutual_information(
+    posterior_means: np.ndarray, posterior_logvars: np.ndarray, key: jax.Array, num_samples: int = 1
+) -> float:
     """Monte Carlo estimate of I_q(x; z) in nats from N posteriors q(z|x_n) = N(mean_n, diag(exp(logvar_n))).
 
     E_n [log q(z_n|x_n) - log (1/N) sum_m q(z_n|x_m)] with z_n ~ q(z|x_n),
@@ -95,8 +96,13 @@ def gaussian_kl_per_dim(posterior_means: np.ndarray, posterior_logvars: np.ndarr
     return 0.5 * (np.exp(logvars) + means**2 - 1.0 - logvars)
 
 
-def collapse_diagnostics(posterior_means: np.ndarray, posterior_logvars: np.ndarray, key: jax.Array,
-                         kl_per_dim: np.ndarray | None = None, active_threshold: float = 0.01) -> dict:
+def collapse_diagnostics(
+    posterior_means: np.ndarray,
+    posterior_logvars: np.ndarray,
+    key: jax.Array,
+    kl_per_dim: np.ndarray | None = None,
+    active_threshold: float = 0.01,
+) -> dict:
     """The collapse diagnostics of one latent layer, as a JSON-ready dict for ``summary.json``.
 
     Args:

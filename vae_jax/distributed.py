@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 
@@ -54,9 +54,11 @@ def initialize() -> None:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as err:  # JAX already running here, or no coordinator to be found
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"--distributed: jax.distributed.initialize() failed ({first_line[:200]}); this "
-                          "experiment supports --distributed only when JAX has not run before training, with "
-                          "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set") from None
+        raise ConfigError(
+            f"--distributed: jax.distributed.initialize() failed ({first_line[:200]}); this "
+            "experiment supports --distributed only when JAX has not run before training, with "
+            "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set"
+        ) from None
     if jax.process_count() > 1:
         _start_peer_watch(timeout_s)
 
@@ -102,16 +104,19 @@ def peer_timeout_s() -> float:
     except ValueError:
         seconds = float("nan")
     if not seconds > 2 * HEARTBEAT_S or seconds == float("inf"):
-        raise ConfigError(f"VAE_JAX_PEER_TIMEOUT_S must be a number of seconds above {2 * HEARTBEAT_S:g} (how long "
-                          f"a silent process is waited for), got {text!r}")
+        raise ConfigError(
+            f"VAE_JAX_PEER_TIMEOUT_S must be a number of seconds above {2 * HEARTBEAT_S:g} (how long "
+            f"a silent process is waited for), got {text!r}"
+        )
     return seconds
 
 
 def _start_peer_watch(timeout_s: float) -> None:
     client, me, count = _client(), jax.process_index(), jax.process_count()
     atexit.register(_mark_done, client, me)
-    threading.Thread(target=_watch_peers, args=(client, me, count, timeout_s), name="vae_jax-peer-watch",
-                     daemon=True).start()
+    threading.Thread(
+        target=_watch_peers, args=(client, me, count, timeout_s), name="vae_jax-peer-watch", daemon=True
+    ).start()
 
 
 def _mark_done(client, me: int) -> None:
@@ -150,9 +155,12 @@ def _watch_peers(client, me: int, count: int, timeout_s: float, stop: Callable[[
                 hint = _peer_lost_hint()
             except Exception:
                 hint = _DEFAULT_HINT
-            print(f"error: --distributed: process {lost} stopped answering (no heartbeat for {timeout_s:g} s: "
-                  f"killed, out of memory, or its host lost); process {me} stops: {hint}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"error: --distributed: process {lost} stopped answering (no heartbeat for {timeout_s:g} s: "
+                f"killed, out of memory, or its host lost); process {me} stops: {hint}",
+                file=sys.stderr,
+                flush=True,
+            )
             if me == 0:  # the others read the key from the coordinator, which ends with this process
                 time.sleep(2 * HEARTBEAT_S)
             stop(1)
@@ -211,8 +219,10 @@ def wait_for_all(name: str, timeout_s: int = 600, poll_s: float = 0.05) -> None:
         stopped = sorted(client.key_value_dir_get(_STOPPED))
         if stopped:
             key, message = stopped[0]
-            raise ProcessStopped(f"--distributed: process {key.rsplit('/', 1)[-1]} stopped ({message}); "
-                                 f"process {jax.process_index()} stops too")
+            raise ProcessStopped(
+                f"--distributed: process {key.rsplit('/', 1)[-1]} stopped ({message}); "
+                f"process {jax.process_index()} stops too"
+            )
         if len(client.key_value_dir_get(prefix)) >= jax.process_count():
             return
         if time.monotonic() > deadline:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,12 +53,15 @@ def map_batches(fn: Callable, data: dict, batch_size: int, batch_sharding=None) 
     _check_positive_int(batch_size, "batch_size")
     leaves = jax.tree_util.tree_leaves(data)
     if not leaves or any(jnp.ndim(a) == 0 for a in leaves):
-        raise ValueError(f"data must hold arrays with the examples on axis 0, got shapes "
-                         f"{[jnp.shape(a) for a in leaves]}")
+        raise ValueError(
+            f"data must hold arrays with the examples on axis 0, got shapes {[jnp.shape(a) for a in leaves]}"
+        )
     n = leaves[0].shape[0]
     if n == 0 or any(a.shape[0] != n for a in leaves):
-        raise ValueError(f"data must hold at least one example and the same number in every array, got shapes "
-                         f"{[jnp.shape(a) for a in leaves]}")
+        raise ValueError(
+            f"data must hold at least one example and the same number in every array, got shapes "
+            f"{[jnp.shape(a) for a in leaves]}"
+        )
     batch_size = min(batch_size, n)
     num_batches = -(-n // batch_size)
 
@@ -81,8 +84,12 @@ def per_example_eval(eval_fn: Callable, batch_size: int, batch_sharding=None) ->
     """
 
     def run(params, data, key):
-        return map_batches(lambda batch, i: eval_fn(params, batch_to_float(batch), jax.random.fold_in(key, i)),
-                           data, batch_size, batch_sharding)
+        return map_batches(
+            lambda batch, i: eval_fn(params, batch_to_float(batch), jax.random.fold_in(key, i)),
+            data,
+            batch_size,
+            batch_sharding,
+        )
 
     return run
 
@@ -112,8 +119,9 @@ def iwae_log_weights(model, params, x: jax.Array, key: jax.Array, k: int, likeli
     return log_w.T
 
 
-def iwae_nll_from_log_weights(log_weights_fn: Callable, params, batch: dict, key: jax.Array, k: int,
-                              k_chunk: int = 100) -> jax.Array:
+def iwae_nll_from_log_weights(
+    log_weights_fn: Callable, params, batch: dict, key: jax.Array, k: int, k_chunk: int = 100
+) -> jax.Array:
     """-L_k per example ``[B]`` from a family's ``log_weights_fn(params, batch, key, k) -> [B, k]``.
 
     L_k = log (1/k) sum_j w_j (Burda et al. 2016). The k samples are drawn
@@ -137,6 +145,7 @@ def iwae_nll_from_log_weights(log_weights_fn: Callable, params, batch: dict, key
 def iwae_nll(model, params, x, key, k: int, likelihood: str, decoder_logvar: float = 0.0, k_chunk: int = 100):
     """-L_k per example ``[B]`` of an MLP/conv VAE (see :func:`iwae_nll_from_log_weights`)."""
     params = bare_params(params)
+
     def log_weights_fn(params, batch, key, k):
         return iwae_log_weights(model, params, batch["x"], key, k, likelihood, decoder_logvar)
 
@@ -193,7 +202,10 @@ def gaussian_vae_parts(model, eval_fn: Callable, likelihood: str, decoder_logvar
     return VAEEvalParts(
         eval_fn=eval_fn,
         log_weights_fn=objectives.make_gaussian_vae_log_weights(model, likelihood, decoder_logvar),
-        posterior_mean_fn=lambda params, batch: {"z": model.apply({"params": params}, batch["x"], method=model.encode)[0]})
+        posterior_mean_fn=lambda params, batch: {
+            "z": model.apply({"params": params}, batch["x"], method=model.encode)[0]
+        },
+    )
 
 
 def likelihood_measure(likelihood: str, x: np.ndarray) -> str:
@@ -205,9 +217,12 @@ def likelihood_measure(likelihood: str, x: np.ndarray) -> str:
     """
     binary = bool(np.all((x == 0) | (x == 1)))
     if likelihood == "bernoulli":
-        return ("negative log-likelihood (binary targets)" if binary else
-                "cross-entropy (Bernoulli decoder on gray-level targets; not a normalised likelihood, "
-                "binarize the data for likelihoods comparable with the literature)")
+        return (
+            "negative log-likelihood (binary targets)"
+            if binary
+            else "cross-entropy (Bernoulli decoder on gray-level targets; not a normalised likelihood, "
+            "binarize the data for likelihoods comparable with the literature)"
+        )
     return "negative log-density (Gaussian decoder on continuous pixel values; not a discrete likelihood)"
 
 
@@ -262,8 +277,9 @@ def evaluate_runs(
     else:  # params and data from the host straight to every device of the mesh; each batch is then split
         everywhere = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
         replicated_params, data = jax.device_put((replicated_params, data), everywhere)
-    elbo = jax.device_get(make_replicated_eval(parts.eval_fn, eval_batch_size, batch_sharding)(
-        replicated_params, data, key))
+    elbo = jax.device_get(
+        make_replicated_eval(parts.eval_fn, eval_batch_size, batch_sharding)(replicated_params, data, key)
+    )
     iwae_key = jax.random.fold_in(key, IWAE_STREAM)
 
     @jax.jit
@@ -272,8 +288,9 @@ def evaluate_runs(
             batch = batch_to_float(batch)  # the test images may be stored as uint8
             out = {"posterior_means": parts.posterior_mean_fn(params, batch)}
             if iwae_k:
-                out["iwae_nll"] = iwae_nll_from_log_weights(parts.log_weights_fn, params, batch,
-                                                            jax.random.fold_in(iwae_key, i), iwae_k, k_chunk)
+                out["iwae_nll"] = iwae_nll_from_log_weights(
+                    parts.log_weights_fn, params, batch, jax.random.fold_in(iwae_key, i), iwae_k, k_chunk
+                )
             return out
 
         return map_batches(per_batch, data, iwae_batch_size, batch_sharding)
@@ -289,15 +306,17 @@ def evaluate_runs(
         if iwae_k:
             iwae = float(np.mean(out["iwae_nll"]))
             bound = {"iwae_nll": iwae, "bits_per_dim": bits_per_dim(iwae, num_dims)}
-        results.append({
-            "n": int(data["x"].shape[0]),
-            **{name: float(np.mean(values[r])) for name, values in elbo.items()},
-            **bound,
-            "iwae_k": int(iwae_k),
-            "active_units": int(sum(per_layer.values())),
-            "active_units_per_layer": per_layer,
-            "latent_dims": {name: int(m.shape[-1]) for name, m in out["posterior_means"].items()},
-        })
+        results.append(
+            {
+                "n": int(data["x"].shape[0]),
+                **{name: float(np.mean(values[r])) for name, values in elbo.items()},
+                **bound,
+                "iwae_k": int(iwae_k),
+                "active_units": int(sum(per_layer.values())),
+                "active_units_per_layer": per_layer,
+                "latent_dims": {name: int(m.shape[-1]) for name, m in out["posterior_means"].items()},
+            }
+        )
     return results
 
 
@@ -337,7 +356,9 @@ def evaluate_vae(
             terms = eval_fn(params, batch, jax.random.fold_in(elbo_key, i))
             x_b = batch["x"]
             mean, _ = model.apply({"params": params}, x_b, method=model.encode)
-            iwae = iwae_nll(model, params, x_b, jax.random.fold_in(iwae_key, i), iwae_k, likelihood, decoder_logvar, k_chunk)
+            iwae = iwae_nll(
+                model, params, x_b, jax.random.fold_in(iwae_key, i), iwae_k, likelihood, decoder_logvar, k_chunk
+            )
             return {**terms, "iwae_nll": iwae, "posterior_mean": mean}
 
         return map_batches(per_batch, {"x": x}, batch_size)

@@ -56,7 +56,7 @@ def _process_start_time(pid: int) -> str | None:
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may hold spaces: split after its closing one.
-    return stat[stat.rindex(")") + 2:].split()[19]
+    return stat[stat.rindex(")") + 2 :].split()[19]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -135,8 +135,11 @@ class WorkdirLock:
                         f"(since {owner.get('started')}); wait for that run to end or use another --workdir "
                         f"(if that process is gone, delete {self.path})"
                     )
-                print(f"warning: taking over the stale lock {self.path} of pid {owner.get('pid')} "
-                      f"on {owner.get('host')}, which is no longer running", file=sys.stderr)
+                print(
+                    f"warning: taking over the stale lock {self.path} of pid {owner.get('pid')} "
+                    f"on {owner.get('host')}, which is no longer running",
+                    file=sys.stderr,
+                )
                 try:
                     os.remove(self.path)
                 except FileNotFoundError:
@@ -150,7 +153,7 @@ class WorkdirLock:
             os.remove(self.path)
         self.held = False
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         self.acquire()
         return self
 
@@ -181,15 +184,19 @@ class StopSignals:
             signal.raise_signal(signum)
             return
         self.requested = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this epoch with a checkpoint "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this epoch with a checkpoint "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         self._previous = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -222,6 +229,8 @@ def skip_limit_message(state, max_consecutive_skips: int, seeds: list[int], epoc
     r = int(stopped[0])
     first = int(steps[r] - consecutive[r] + 1)
     limit = first + max_consecutive_skips - 1
-    return (f"{max_consecutive_skips} optimizer steps in a row had a non-finite loss or gradient and were skipped "
-            f"(steps {first}-{limit}, seed {seeds[r]}, epoch {epoch}; --max-consecutive-skips "
-            f"{max_consecutive_skips}); the run stopped at step {limit}")
+    return (
+        f"{max_consecutive_skips} optimizer steps in a row had a non-finite loss or gradient and were skipped "
+        f"(steps {first}-{limit}, seed {seeds[r]}, epoch {epoch}; --max-consecutive-skips "
+        f"{max_consecutive_skips}); the run stopped at step {limit}"
+    )

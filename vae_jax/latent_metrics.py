@@ -43,8 +43,12 @@ class AEVAEConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(len(self.hidden) > 0 and all(w > 0 for w in self.hidden), "hidden",
-                "comma-separated positive widths like 400 or 512,256", ",".join(map(str, self.hidden)))
+        require(
+            len(self.hidden) > 0 and all(w > 0 for w in self.hidden),
+            "hidden",
+            "comma-separated positive widths like 400 or 512,256",
+            ",".join(map(str, self.hidden)),
+        )
 
 
 def matched_configs(config: AEVAEConfig, latent_dim: int, workdir: str) -> dict:
@@ -54,10 +58,16 @@ def matched_configs(config: AEVAEConfig, latent_dim: int, workdir: str) -> dict:
     common["hidden"] = tuple(config.hidden)
     common["latent_dim"] = latent_dim
     return {
-        "ae": tasks.AEConfig(**{**common, "workdir": os.path.join(workdir, f"ae_z{latent_dim}")},
-                             variant="plain", arch="mlp", loss="bce", output="sigmoid"),
-        "vae": tasks.VAEConfig(**{**common, "workdir": os.path.join(workdir, f"vae_z{latent_dim}")},
-                               likelihood="bernoulli", beta=1.0),
+        "ae": tasks.AEConfig(
+            **{**common, "workdir": os.path.join(workdir, f"ae_z{latent_dim}")},
+            variant="plain",
+            arch="mlp",
+            loss="bce",
+            output="sigmoid",
+        ),
+        "vae": tasks.VAEConfig(
+            **{**common, "workdir": os.path.join(workdir, f"vae_z{latent_dim}")}, likelihood="bernoulli", beta=1.0
+        ),
     }
 
 
@@ -113,7 +123,7 @@ def nearest_neighbor_distance(queries: np.ndarray, references: np.ndarray, chunk
     q_all = jnp.asarray(np.asarray(queries, np.float32).reshape(len(queries), -1))
     r = jnp.asarray(np.asarray(references, np.float32).reshape(len(references), -1))
     r_sq = jnp.sum(r * r, axis=1)  # [M]
-    return np.concatenate([np.asarray(_nearest(q_all[i:i + chunk], r, r_sq)) for i in range(0, len(q_all), chunk)])
+    return np.concatenate([np.asarray(_nearest(q_all[i : i + chunk], r, r_sq)) for i in range(0, len(q_all), chunk)])
 
 
 @jax.jit
@@ -161,8 +171,16 @@ def image_quality(images: np.ndarray, x_train: np.ndarray, classifier=None) -> d
     return out
 
 
-def prior_sample_quality(kind: str, model, params, key: jax.Array, x_train: np.ndarray, x_test: np.ndarray,
-                         classifier, num_samples: int = 1000) -> dict:
+def prior_sample_quality(
+    kind: str,
+    model,
+    params,
+    key: jax.Array,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    classifier,
+    num_samples: int = 1000,
+) -> dict:
     """Decodes ``num_samples`` z ~ N(0, I) and the test reconstructions and measures both.
 
     Returns a dict with, for ``prior_samples`` and ``test_reconstructions``:
@@ -180,7 +198,9 @@ def prior_sample_quality(kind: str, model, params, key: jax.Array, x_train: np.n
     out = {}
     for name, images in (("prior_samples", samples), ("test_reconstructions", recons)):
         out[name] = image_quality(images, x_train, classifier)
-    out["nn_distance_ratio"] = out["prior_samples"]["nn_distance_mean"] / out["test_reconstructions"]["nn_distance_mean"]
+    out["nn_distance_ratio"] = (
+        out["prior_samples"]["nn_distance_mean"] / out["test_reconstructions"]["nn_distance_mean"]
+    )
     out["code_std"] = [float(s) for s in codes.std(axis=0)]
     out["code_mean_norm"] = float(np.linalg.norm(codes.mean(axis=0)))
     return out

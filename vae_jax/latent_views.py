@@ -29,7 +29,8 @@ def tsne_2d(codes: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.nd
 
     perplexity = min(perplexity, (len(codes) - 1) / 3.0)
     return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
-        np.asarray(codes, np.float64))
+        np.asarray(codes, np.float64)
+    )
 
 
 def sample_aggregate_posterior(posterior_means: np.ndarray, posterior_logvars: np.ndarray, seed: int) -> np.ndarray:
@@ -42,12 +43,22 @@ def fit_mixture(z: np.ndarray, n_components: int, seed: int = 0):
     """A full-covariance ``sklearn.mixture.GaussianMixture`` fitted to the latent samples ``z`` ``[N, D]``."""
     from sklearn.mixture import GaussianMixture
 
-    return GaussianMixture(n_components=n_components, covariance_type="full", random_state=seed,
-                           reg_covar=1e-4).fit(np.asarray(z, np.float64))
+    return GaussianMixture(n_components=n_components, covariance_type="full", random_state=seed, reg_covar=1e-4).fit(
+        np.asarray(z, np.float64)
+    )
 
 
-def prior_vs_mixture(model, params, x_train: np.ndarray, key: jax.Array, *, n_components: int = 10,
-                     num_samples: int = 500, classifier=None, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+def prior_vs_mixture(
+    model,
+    params,
+    x_train: np.ndarray,
+    key: jax.Array,
+    *,
+    n_components: int = 10,
+    num_samples: int = 500,
+    classifier=None,
+    seed: int = 0,
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """Decoded samples from N(0, I) and from a GaussianMixture fitted to q(z), and their measured quality.
 
     Returns:

@@ -25,9 +25,8 @@ with biases instead, the optimum is the same but the comparison is less direct.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -264,7 +263,19 @@ def degrees(radians) -> list[float]:
 
 
 __all__ = [
-    "LinearAEConfig", "LinearAE", "linear_ae_task", "linear_ae_reconstruct", "decoder_columns", "encoder_matrix",
-    "PCAResult", "pca", "mean_squared_error", "orthonormal_basis", "principal_angles", "orthogonality",
-    "cosine_matrix", "align_basis", "degrees",
+    "LinearAEConfig",
+    "LinearAE",
+    "linear_ae_task",
+    "linear_ae_reconstruct",
+    "decoder_columns",
+    "encoder_matrix",
+    "PCAResult",
+    "pca",
+    "mean_squared_error",
+    "orthonormal_basis",
+    "principal_angles",
+    "orthogonality",
+    "cosine_matrix",
+    "align_basis",
+    "degrees",
 ]

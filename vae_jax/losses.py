@@ -35,9 +35,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 def _sum_event(values: jax.Array, event_ndim: int) -> jax.Array:
     """Sums the trailing ``event_ndim`` axes of ``values``."""
     if event_ndim < 0 or event_ndim > values.ndim:
-        raise ValueError(
-            f"event_ndim must be between 0 and the array rank {values.ndim}, got {event_ndim}"
-        )
+        raise ValueError(f"event_ndim must be between 0 and the array rank {values.ndim}, got {event_ndim}")
     if event_ndim == 0:
         return values
     return jnp.sum(values, axis=tuple(range(values.ndim - event_ndim, values.ndim)))
@@ -67,8 +65,10 @@ def _check_pair(function: str, names: tuple[str, str], a: jax.Array, b: jax.Arra
     except ValueError:
         shape = None
     if shape not in (shape_a, shape_b):
-        raise ValueError(f"{function}: {names[0]} has shape {shape_a} and {names[1]} has shape {shape_b}; "
-                         "they must be the same shape (or one broadcast to the other)")
+        raise ValueError(
+            f"{function}: {names[0]} has shape {shape_a} and {names[1]} has shape {shape_b}; "
+            "they must be the same shape (or one broadcast to the other)"
+        )
 
 
 def neg_elbo(reconstruction_nll: jax.Array, kl: jax.Array, beta: float = 1.0) -> jax.Array:
@@ -144,10 +144,7 @@ def gaussian_kl_between(
       ``[...]``: one KL value per example (all four inputs broadcast together).
     """
     kl_per_dim = 0.5 * (
-        logvar_p
-        - logvar_q
-        + (jnp.exp(logvar_q) + jnp.square(mean_q - mean_p)) * jnp.exp(-logvar_p)
-        - 1.0
+        logvar_p - logvar_q + (jnp.exp(logvar_q) + jnp.square(mean_q - mean_p)) * jnp.exp(-logvar_p) - 1.0
     )
     return _sum_event(kl_per_dim, event_ndim)
 
@@ -189,9 +186,7 @@ def _binary_cross_entropy(logits: jax.Array, x: jax.Array) -> jax.Array:
     return jax.nn.softplus(logits) - x * logits
 
 
-def gaussian_nll(
-    x: jax.Array, mean: jax.Array, logvar: jax.Array | float, event_ndim: int = 3
-) -> jax.Array:
+def gaussian_nll(x: jax.Array, mean: jax.Array, logvar: jax.Array | float, event_ndim: int = 3) -> jax.Array:
     """-log N(x; mean, diag(exp(logvar))), in nats.
 
     -log p = 1/2 * sum (log 2pi + logvar + (x - mean)^2 / exp(logvar)).
@@ -216,9 +211,7 @@ def gaussian_nll(
     return _sum_event(nll, event_ndim)
 
 
-def gaussian_log_prob(
-    z: jax.Array, mean: jax.Array, logvar: jax.Array, event_ndim: int = 1
-) -> jax.Array:
+def gaussian_log_prob(z: jax.Array, mean: jax.Array, logvar: jax.Array, event_ndim: int = 1) -> jax.Array:
     """log N(z; mean, diag(exp(logvar))) summed over the event, ``[...]``."""
     return -gaussian_nll(z, mean, logvar, event_ndim=event_ndim)
 
@@ -254,9 +247,7 @@ def log_mean_exp(log_w: jax.Array, axis: int = -1) -> jax.Array:
     return jax.nn.logsumexp(log_w, axis=axis) - math.log(n)
 
 
-def vae_log_weights(
-    log_px_given_z: jax.Array, z: jax.Array, mean: jax.Array, logvar: jax.Array
-) -> jax.Array:
+def vae_log_weights(log_px_given_z: jax.Array, z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """Importance log-weights log p(x|z) + log p(z) - log q(z|x).
 
     Args:
@@ -267,11 +258,7 @@ def vae_log_weights(
     Returns:
       ``[...]`` log-weights, one per sample.
     """
-    return (
-        log_px_given_z
-        + standard_normal_log_prob(z)
-        - gaussian_log_prob(z, mean, logvar)
-    )
+    return log_px_given_z + standard_normal_log_prob(z) - gaussian_log_prob(z, mean, logvar)
 
 
 def iwae_bound(log_w: jax.Array, axis: int = -1) -> jax.Array:
@@ -299,10 +286,8 @@ def iwae_bound(log_w: jax.Array, axis: int = -1) -> jax.Array:
 def _event_size(values: jax.Array, event_ndim: int) -> int:
     """Number of elements in one event (H * W * C for NHWC images)."""
     if event_ndim < 0 or event_ndim > values.ndim:
-        raise ValueError(
-            f"event_ndim must be between 0 and the array rank {values.ndim}, got {event_ndim}"
-        )
-    return math.prod(values.shape[values.ndim - event_ndim:])
+        raise ValueError(f"event_ndim must be between 0 and the array rank {values.ndim}, got {event_ndim}")
+    return math.prod(values.shape[values.ndim - event_ndim :])
 
 
 def squared_error(x_hat: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.Array:

@@ -27,7 +27,7 @@ Every VAE family (MLP, convolutional, conditional, hierarchical) provides
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,9 +59,7 @@ def soft_clip_logvar(raw_logvar: jax.Array, minimum: float = MIN_LEARNED_LOGVAR)
     return minimum + jax.nn.softplus(raw_logvar - minimum)
 
 
-def reconstruction_nll(
-    likelihood: str, decoder_out: jax.Array, x: jax.Array, decoder_logvar: float = 0.0
-) -> jax.Array:
+def reconstruction_nll(likelihood: str, decoder_out: jax.Array, x: jax.Array, decoder_logvar: float = 0.0) -> jax.Array:
     """-log p(x|z) per example ``[B]`` for the decoder output, every constant included.
 
     * ``bernoulli``: ``decoder_out`` ``[B, H, W, C]`` holds per-pixel logits.
@@ -252,8 +250,7 @@ def make_elbo_objective(
 
     def eval_fn(params, batch, key):
         terms = terms_fn(params, batch, key)
-        return {"neg_elbo": terms["recon"] + terms["kl"], "recon": terms["recon"], "kl": terms["kl"],
-                **_extras(terms)}
+        return {"neg_elbo": terms["recon"] + terms["kl"], "recon": terms["recon"], "kl": terms["kl"], **_extras(terms)}
 
     return loss_fn, eval_fn
 
@@ -275,8 +272,11 @@ def make_vae_loss(
     dynamic_binarize: bool = False,
 ) -> LossFn:
     """The negative ELBO recon + beta * KL averaged over the batch (:func:`make_elbo_objective`, constant beta)."""
-    loss_fn, _ = make_elbo_objective(make_gaussian_vae_terms(model, likelihood, decoder_logvar),
-                                     beta_schedule=schedules.constant(beta), dynamic_binarize=dynamic_binarize)
+    loss_fn, _ = make_elbo_objective(
+        make_gaussian_vae_terms(model, likelihood, decoder_logvar),
+        beta_schedule=schedules.constant(beta),
+        dynamic_binarize=dynamic_binarize,
+    )
     return loss_fn
 
 

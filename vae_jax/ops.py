@@ -99,9 +99,7 @@ def _pair(value: IntOrPair, name: str, minimum: int) -> tuple[int, int]:
     ):
         pair = (int(value[0]), int(value[1]))
     else:
-        raise ValueError(
-            f"{name} must be an int or a pair of ints (h, w), got {value!r}"
-        )
+        raise ValueError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return pair
@@ -118,9 +116,7 @@ def _int(value, name: str, minimum: int) -> int:
 
 def _check_rank(array, rank: int, name: str, layout: str) -> None:
     if jnp.ndim(array) != rank:
-        raise ValueError(
-            f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(array)}"
-        )
+        raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(array)}")
 
 
 def _check_image_and_kernel(x, kernel) -> None:
@@ -157,15 +153,11 @@ def conv_output_size(i: int, k: int, s: int = 1, p: int = 0) -> int:
     """
     i, k, s, p = _int(i, "i", 1), _int(k, "k", 1), _int(s, "s", 1), _int(p, "p", 0)
     if k > i + 2 * p:
-        raise ValueError(
-            f"k: kernel size {k} is larger than the padded input size i + 2p = {i + 2 * p}"
-        )
+        raise ValueError(f"k: kernel size {k} is larger than the padded input size i + 2p = {i + 2 * p}")
     return (i + 2 * p - k) // s + 1
 
 
-def conv_transpose_output_size(
-    i: int, k: int, s: int = 1, p: int = 0, output_padding: int = 0
-) -> int:
+def conv_transpose_output_size(i: int, k: int, s: int = 1, p: int = 0, output_padding: int = 0) -> int:
     """Spatial output size of ``conv_transpose2d`` along one axis.
 
     ``o' = s (i' - 1) + k - 2p + output_padding`` (Dumoulin & Visin,
@@ -179,14 +171,10 @@ def conv_transpose_output_size(
     i, k, s, p = _int(i, "i", 1), _int(k, "k", 1), _int(s, "s", 1), _int(p, "p", 0)
     a = _int(output_padding, "output_padding", 0)
     if a >= s:
-        raise ValueError(
-            f"output_padding must be smaller than the stride {s}, got {output_padding}"
-        )
+        raise ValueError(f"output_padding must be smaller than the stride {s}, got {output_padding}")
     o = s * (i - 1) + k - 2 * p + a
     if o < 1:
-        raise ValueError(
-            f"p: padding {p} crops away the whole output (s(i-1) + k - 2p + output_padding = {o})"
-        )
+        raise ValueError(f"p: padding {p} crops away the whole output (s(i-1) + k - 2p + output_padding = {o})")
     return o
 
 
@@ -195,9 +183,7 @@ def conv_transpose_output_size(
 # ----------------------------------------------------------------------------
 
 
-def conv2d(
-    x: jax.Array, kernel: jax.Array, stride: IntOrPair = 1, padding: IntOrPair = 0
-) -> jax.Array:
+def conv2d(x: jax.Array, kernel: jax.Array, stride: IntOrPair = 1, padding: IntOrPair = 0) -> jax.Array:
     """2-D cross-correlation, as deep-learning frameworks define "convolution".
 
     ``y[n, r, c, o] = sum_{a, b, i} x_pad[n, s*r + a, s*c + b, i] * k[a, b, i, o]``
@@ -243,10 +229,7 @@ def _conv2d(x, kernel, stride, padding):
     patches = jnp.stack(
         [
             jnp.stack(
-                [
-                    x_pad[:, a : a + sh * (oh - 1) + 1 : sh, b : b + sw * (ow - 1) + 1 : sw, :]
-                    for b in range(kw)
-                ],
+                [x_pad[:, a : a + sh * (oh - 1) + 1 : sh, b : b + sw * (ow - 1) + 1 : sw, :] for b in range(kw)],
                 axis=3,
             )
             for a in range(kh)
@@ -427,8 +410,10 @@ def _conv_transpose_bwd(strides, padding, residuals, g):
     g_in = g[:, crop[0], crop[1], :]  # a negative padding is a crop
     pads = [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
     v_shape = (*kernel.shape[:2], kernel.shape[3], kernel.shape[2])  # [kh, kw, O, C]
-    _, v_vjp = jax.vjp(lambda v: lax.conv_general_dilated(g_in, v, strides, pads, dimension_numbers=_NHWC),
-                       jnp.zeros(v_shape, kernel.dtype))
+    _, v_vjp = jax.vjp(
+        lambda v: lax.conv_general_dilated(g_in, v, strides, pads, dimension_numbers=_NHWC),
+        jnp.zeros(v_shape, kernel.dtype),
+    )
     (dv,) = v_vjp(x.astype(g.dtype))
     return dx, jnp.swapaxes(dv[::-1, ::-1], 2, 3).astype(kernel.dtype)
 
@@ -470,13 +455,10 @@ def conv_matrix(
     kh, kw = kernel.shape
     if kh > in_h + 2 * ph or kw > in_w + 2 * pw:
         raise ValueError(
-            f"kernel: spatial size {(kh, kw)} is larger than the padded input "
-            f"{(in_h + 2 * ph, in_w + 2 * pw)}"
+            f"kernel: spatial size {(kh, kw)} is larger than the padded input {(in_h + 2 * ph, in_w + 2 * pw)}"
         )
     oh, ow = conv_output_size(in_h, kh, sh, ph), conv_output_size(in_w, kw, sw, pw)
-    r, c, a, b = np.meshgrid(
-        np.arange(oh), np.arange(ow), np.arange(kh), np.arange(kw), indexing="ij"
-    )
+    r, c, a, b = np.meshgrid(np.arange(oh), np.arange(ow), np.arange(kh), np.arange(kw), indexing="ij")
     u, v = sh * r + a - ph, sw * c + b - pw
     inside = (u >= 0) & (u < in_h) & (v >= 0) & (v < in_w)
     rows = (r * ow + c)[inside]
@@ -497,9 +479,7 @@ def _pool_geometry(x, window, stride):
     sh, sw = _pair(window if stride is None else stride, "stride", 1)
     h, w = x.shape[1:3]
     if wh > h or ww > w:
-        raise ValueError(
-            f"window {(wh, ww)} is larger than the spatial size of x {(h, w)}"
-        )
+        raise ValueError(f"window {(wh, ww)} is larger than the spatial size of x {(h, w)}")
     return (wh, ww), (sh, sw)
 
 
@@ -510,10 +490,7 @@ def _windows(x, window, stride):
     oh, ow = (h - wh) // sh + 1, (w - ww) // sw + 1
     offsets = [(a, b) for a in range(wh) for b in range(ww)]
     windows = jnp.stack(
-        [
-            x[:, a : a + sh * (oh - 1) + 1 : sh, b : b + sw * (ow - 1) + 1 : sw, :]
-            for a, b in offsets
-        ],
+        [x[:, a : a + sh * (oh - 1) + 1 : sh, b : b + sw * (ow - 1) + 1 : sw, :] for a, b in offsets],
         axis=-1,
     )
     return windows, np.asarray(offsets)
@@ -556,9 +533,7 @@ def _max_pool_with_indices(x, window, stride):
     return pooled, indices
 
 
-def max_unpool(
-    pooled: jax.Array, indices: jax.Array, output_shape: Sequence[int]
-) -> jax.Array:
+def max_unpool(pooled: jax.Array, indices: jax.Array, output_shape: Sequence[int]) -> jax.Array:
     """Inverse of max pooling up to the lost values: maxima back in place.
 
     ``out`` is zero except ``out[n, u, v, ch] = pooled[n, r, c, ch]`` where
@@ -577,26 +552,18 @@ def max_unpool(
     """
     _check_rank(pooled, 4, "pooled", "NHWC")
     if jnp.shape(indices) != pooled.shape:
-        raise ValueError(
-            f"indices must have the shape of pooled {pooled.shape}, got {jnp.shape(indices)}"
-        )
+        raise ValueError(f"indices must have the shape of pooled {pooled.shape}, got {jnp.shape(indices)}")
     if not jnp.issubdtype(jnp.result_type(indices), jnp.integer):
         raise ValueError(f"indices must be integers, got dtype {jnp.result_type(indices)}")
     n, oh, ow, c = pooled.shape
     shape = tuple(output_shape) if isinstance(output_shape, Sequence) else None
     if shape is None or len(shape) not in (2, 4) or not all(_is_int(d) for d in shape):
-        raise ValueError(
-            f"output_shape must be (H, W) or (N, H, W, C) ints, got {output_shape!r}"
-        )
+        raise ValueError(f"output_shape must be (H, W) or (N, H, W, C) ints, got {output_shape!r}")
     if len(shape) == 4 and (shape[0], shape[3]) != (n, c):
-        raise ValueError(
-            f"output_shape {shape} must keep the batch and channels of pooled {pooled.shape}"
-        )
+        raise ValueError(f"output_shape {shape} must keep the batch and channels of pooled {pooled.shape}")
     h, w = (shape[1], shape[2]) if len(shape) == 4 else shape
     if h < oh or w < ow:
-        raise ValueError(
-            f"output_shape spatial size {(h, w)} is smaller than pooled's {(oh, ow)}"
-        )
+        raise ValueError(f"output_shape spatial size {(h, w)} is smaller than pooled's {(oh, ow)}")
     return _max_unpool(pooled, indices, (int(h), int(w)))
 
 
@@ -611,9 +578,7 @@ def _max_unpool(pooled, indices, output_hw):
     return flat.reshape(n, h, w, c)
 
 
-def avg_pool(
-    x: jax.Array, window: IntOrPair = 2, stride: IntOrPair | None = None
-) -> jax.Array:
+def avg_pool(x: jax.Array, window: IntOrPair = 2, stride: IntOrPair | None = None) -> jax.Array:
     """Average pooling without padding: the mean of each ``wh x ww`` window.
 
     Args:
@@ -739,7 +704,5 @@ def maxout(x: jax.Array, pieces: int) -> jax.Array:
     if not _is_int(pieces) or pieces < 1:
         raise ValueError(f"pieces must be a positive int, got {pieces!r}")
     if jnp.ndim(x) < 1 or x.shape[-1] % pieces:
-        raise ValueError(
-            f"x: last axis ({jnp.shape(x)[-1:] or 'none'}) must be a multiple of pieces={pieces}"
-        )
+        raise ValueError(f"x: last axis ({jnp.shape(x)[-1:] or 'none'}) must be a multiple of pieces={pieces}")
     return jnp.max(x.reshape(*x.shape[:-1], x.shape[-1] // pieces, pieces), axis=-1)

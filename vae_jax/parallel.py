@@ -57,14 +57,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from vae_jax import caches, evaluate, train as train_lib
+from vae_jax import caches, evaluate
+from vae_jax import train as train_lib
 from vae_jax.errors import ConfigError
 from vae_jax.protocol import EPOCH_LOOPS, SEED_LAYOUTS
 
@@ -198,7 +200,7 @@ class Plan:
             def rows(index):  # index: the slices of one device's shard of the padded array
                 start, stop, _ = index[0].indices(shape[0])
                 block = np.zeros((stop - start, *shape[1:]), host.dtype)
-                block[:max(0, min(stop, n) - start)] = host[start:min(stop, n)]
+                block[: max(0, min(stop, n) - start)] = host[start : min(stop, n)]
                 return block
 
             return jax.make_array_from_callback(shape, sharding, rows)
@@ -306,10 +308,11 @@ def _replica_loop(program: Callable, plan: Plan, in_axes: tuple) -> Callable:
     concatenates its R outputs.
     """
     sharding = plan.sharding(P(REPLICA_AXIS))
-    split = jax.jit(lambda *mapped: [jax.tree_util.tree_map(lambda a: a[k:k + 1], mapped)
-                                     for k in range(plan.num_replicas)], out_shardings=sharding)
-    concat = jax.jit(lambda outs: jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *outs),
-                     out_shardings=sharding)
+    split = jax.jit(
+        lambda *mapped: [jax.tree_util.tree_map(lambda a: a[k : k + 1], mapped) for k in range(plan.num_replicas)],
+        out_shardings=sharding,
+    )
+    concat = jax.jit(lambda outs: jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *outs), out_shardings=sharding)
 
     def run(*args):
         outs = []
@@ -321,8 +324,9 @@ def _replica_loop(program: Callable, plan: Plan, in_axes: tuple) -> Callable:
     return run
 
 
-def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan, epoch_loop: str = "scan",
-                       num_examples: int | None = None):
+def make_epoch_program(
+    train_step: Callable, batch_size: int, plan: Plan, epoch_loop: str = "scan", num_examples: int | None = None
+):
     """The epoch of R replicas: ``(state[R], data, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])``.
 
     ``epoch_loop`` ``scan``: one jitted program; ``steps``: a Python loop over
@@ -355,8 +359,12 @@ def make_epoch_program(train_step: Callable, batch_size: int, plan: Plan, epoch_
     program = over_replicas(epoch_fn, plan.seed_layout, (0, None, 0, 0, None), spmd_axis)
     if plan.mesh is None:
         return jax.jit(program, donate_argnums=0)
-    return jax.jit(program, donate_argnums=0, in_shardings=(per_replica, None, per_replica, per_replica, shared),
-                   out_shardings=(per_replica, per_replica))
+    return jax.jit(
+        program,
+        donate_argnums=0,
+        in_shardings=(per_replica, None, per_replica, per_replica, shared),
+        out_shardings=(per_replica, per_replica),
+    )
 
 
 def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, spmd_axis: str | None, num_examples: int | None):
@@ -377,10 +385,15 @@ def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, spmd_axis: str
         order_program = caches.jit_run_once(order_program, static_argnums=2)  # the shuffle: integer work, quick to run
     else:
         per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
-        step_program = jax.jit(step_program, donate_argnums=0, out_shardings=(per_replica, per_replica),
-                               in_shardings=(per_replica, None, per_replica, shared, per_replica))
-        order_program = caches.jit_run_once(order_program, static_argnums=2, in_shardings=(per_replica, shared),
-                                            out_shardings=per_replica)
+        step_program = jax.jit(
+            step_program,
+            donate_argnums=0,
+            out_shardings=(per_replica, per_replica),
+            in_shardings=(per_replica, None, per_replica, shared, per_replica),
+        )
+        order_program = caches.jit_run_once(
+            order_program, static_argnums=2, in_shardings=(per_replica, shared), out_shardings=per_replica
+        )
 
     def epoch_fn(state, data, data_keys, sample_keys, epoch):
         count = num_examples or jax.tree_util.tree_leaves(data)[0].shape[0]
@@ -414,4 +427,3 @@ def make_eval_program(eval_fn: Callable, batch_size: int, plan: Plan):
         return jax.jit(program)
     per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
     return jax.jit(program, in_shardings=(per_replica, None, shared), out_shardings=per_replica)
-

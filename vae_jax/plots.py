@@ -9,7 +9,7 @@ others return the same paths without writing.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -27,7 +27,7 @@ def image_grid(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
     grid = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad, c), np.float32)
     for i, img in enumerate(images):
         r, col = divmod(i, ncols)
-        grid[r * (h + pad): r * (h + pad) + h, col * (w + pad): col * (w + pad) + w] = img
+        grid[r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = img
     return grid
 
 
@@ -66,7 +66,9 @@ def save_image_rows(rows: Sequence[np.ndarray], labels: Sequence[str], path: str
     return save_figure(fig, path)
 
 
-def save_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, path: str, title: str = "Test reconstructions") -> str:
+def save_reconstructions(
+    originals: np.ndarray, reconstructions: np.ndarray, path: str, title: str = "Test reconstructions"
+) -> str:
     """Originals in the top row, their reconstructions below."""
     return save_image_rows([originals, reconstructions], ["original", "reconstruction"], path, title)
 
@@ -80,8 +82,15 @@ def save_grid(images: np.ndarray, path: str, title: str, ncols: int = 10) -> str
     return save_figure(fig, path)
 
 
-def save_latent_grid(images: np.ndarray, z0_values: np.ndarray, z1_values: np.ndarray, path: str, title: str,
-                     axis_labels: tuple[str, str] = ("z[0]", "z[1]"), max_ticks: int = 7) -> str:
+def save_latent_grid(
+    images: np.ndarray,
+    z0_values: np.ndarray,
+    z1_values: np.ndarray,
+    path: str,
+    title: str,
+    axis_labels: tuple[str, str] = ("z[0]", "z[1]"),
+    max_ticks: int = 7,
+) -> str:
     """Decodings over a 2-D latent plane (the "manifold" figure), with the latent coordinates on the axes.
 
     Args:
@@ -100,8 +109,10 @@ def save_latent_grid(images: np.ndarray, z0_values: np.ndarray, z1_values: np.nd
     grid = image_grid(images, ncols=n0, pad=pad)
     fig, ax = plt.subplots(figsize=(0.42 * n0 + 1.6, 0.42 * n1 + 1.2))
     _show(ax, grid)
-    for values, size, set_ticks, set_labels in ((z0_values, w, ax.set_xticks, ax.set_xticklabels),
-                                                (z1_values, h, ax.set_yticks, ax.set_yticklabels)):
+    for values, size, set_ticks, set_labels in (
+        (z0_values, w, ax.set_xticks, ax.set_xticklabels),
+        (z1_values, h, ax.set_yticks, ax.set_yticklabels),
+    ):
         shown = np.unique(np.linspace(0, len(values) - 1, min(max_ticks, len(values))).round().astype(int))
         set_ticks(shown * (size + pad) + (size - 1) / 2.0)
         set_labels([f"{0.0 if abs(values[i]) < 1e-9 else values[i]:.2g}" for i in shown], fontsize=8)
@@ -111,15 +122,28 @@ def save_latent_grid(images: np.ndarray, z0_values: np.ndarray, z1_values: np.nd
     return save_figure(fig, path)
 
 
-def save_latent_scatter(latents_2d: np.ndarray, labels: np.ndarray | None, path: str, title: str,
-                        axis_labels: tuple[str, str] = ("z[0]", "z[1]")) -> str:
+def save_latent_scatter(
+    latents_2d: np.ndarray,
+    labels: np.ndarray | None,
+    path: str,
+    title: str,
+    axis_labels: tuple[str, str] = ("z[0]", "z[1]"),
+) -> str:
     """Scatter of ``[N, 2]`` latent coordinates, coloured by class label if given."""
     fig, ax = plt.subplots(figsize=(5.5, 4.8))
     if labels is None:
         ax.scatter(latents_2d[:, 0], latents_2d[:, 1], s=4, alpha=0.6)
     else:
-        points = ax.scatter(latents_2d[:, 0], latents_2d[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7,
-                            vmin=-0.5, vmax=9.5 if labels.max() < 10 else labels.max() + 0.5)
+        points = ax.scatter(
+            latents_2d[:, 0],
+            latents_2d[:, 1],
+            c=labels,
+            cmap="tab10",
+            s=4,
+            alpha=0.7,
+            vmin=-0.5,
+            vmax=9.5 if labels.max() < 10 else labels.max() + 0.5,
+        )
         fig.colorbar(points, ax=ax, label="label", ticks=np.unique(labels) if labels.max() < 10 else None)
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
@@ -127,8 +151,14 @@ def save_latent_scatter(latents_2d: np.ndarray, labels: np.ndarray | None, path:
     return save_figure(fig, path)
 
 
-def save_curves(history: Sequence[dict], keys: Sequence[str], path: str, title: str = "Loss curves",
-                ylabel: str = "nats per example", labels: dict[str, str] | None = None) -> str:
+def save_curves(
+    history: Sequence[dict],
+    keys: Sequence[str],
+    path: str,
+    title: str = "Loss curves",
+    ylabel: str = "nats per example",
+    labels: dict[str, str] | None = None,
+) -> str:
     """Per-epoch curves of the given ``metrics.jsonl`` keys; ``labels`` maps a key to its legend text."""
     labels = labels or {}
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -166,8 +196,14 @@ def save_kl_per_dim(groups: dict, path: str, title: str = "KL per latent dimensi
     return save_figure(fig, path)
 
 
-def save_seed_curves(history: Sequence[dict], seeds: Sequence[int], keys: Sequence[str], path: str,
-                     title: str = "Per-seed learning curves", ylabel: str = "nats per example") -> str:
+def save_seed_curves(
+    history: Sequence[dict],
+    seeds: Sequence[int],
+    keys: Sequence[str],
+    path: str,
+    title: str = "Per-seed learning curves",
+    ylabel: str = "nats per example",
+) -> str:
     """One panel per ``metrics.jsonl`` key, one line per seed (from each line's ``per_seed`` record)."""
     keys = [k for k in keys if history and k in history[0].get("per_seed", {})]
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.5 * max(len(keys), 1), 3.6), squeeze=False)

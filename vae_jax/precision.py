@@ -74,5 +74,9 @@ def compute_in(module, precision: str):
 
 def config_field(bf16_compute: str = "bfloat16 compute"):
     """A config's ``precision`` field (``--precision f32|bf16``); ``bf16_compute`` says what bf16 runs in bfloat16."""
-    return field("f32", f"training compute: f32, or bf16 ({bf16_compute}; float32 params, optimizer state and "
-                 "losses; evaluation in float32)", choices=PRECISIONS)
+    return field(
+        "f32",
+        f"training compute: f32, or bf16 ({bf16_compute}; float32 params, optimizer state and "
+        "losses; evaluation in float32)",
+        choices=PRECISIONS,
+    )

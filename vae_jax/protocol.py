@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from vae_jax.data import BINARIZE_CHOICES, MAX_IMAGE_SIZE
 from vae_jax.errors import ConfigError, field, require
@@ -57,78 +58,142 @@ class TrainConfig:
     """
 
     kind: ClassVar[str] = "train"
-    dataset: str = field("mnist", "dataset spec: mnist (full MNIST from TFDS, else the 5,000 embedded digits), "
-                                  "mnist:embedded (those digits, no TFDS check), tfds:NAME, npz:PATH or folder:PATH")
+    dataset: str = field(
+        "mnist",
+        "dataset spec: mnist (full MNIST from TFDS, else the 5,000 embedded digits), "
+        "mnist:embedded (those digits, no TFDS check), tfds:NAME, npz:PATH or folder:PATH",
+    )
     image_size: int = field(0, "resize the shorter image side to N and crop the centre N x N (0: keep the size)")
     data_dir: str = field("", "TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     binarize: str = field("none", "pixel binarization", choices=BINARIZE_CHOICES)
-    skip_unreadable: bool = field(False, "folder:PATH datasets leave out image files that cannot be read or "
-                                         "decoded (listed on stderr and in summary.json) instead of stopping")
+    skip_unreadable: bool = field(
+        False,
+        "folder:PATH datasets leave out image files that cannot be read or "
+        "decoded (listed on stderr and in summary.json) instead of stopping",
+    )
     batch_size: int = field(128, "training batch size")
     epochs: int = field(30, "number of epochs to train")
     learning_rate: float = field(1e-3, "Adam learning rate (the peak of a schedule)")
-    lr_schedule: str = field("constant", "learning rate over the optimizer steps: constant, cosine decay to 0, or a "
-                             "linear warmup from 0 for --warmup-steps then cosine decay", choices=LR_SCHEDULES)
+    lr_schedule: str = field(
+        "constant",
+        "learning rate over the optimizer steps: constant, cosine decay to 0, or a "
+        "linear warmup from 0 for --warmup-steps then cosine decay",
+        choices=LR_SCHEDULES,
+    )
     warmup_steps: int = field(0, "optimizer steps of linear warmup (--lr-schedule warmup_cosine)")
-    decay_steps: int = field(0, "optimizer steps over which a cosine schedule decays, warmup included (0: --epochs "
-                             "times the steps per epoch; raising --epochs on resume then stretches the schedule)")
+    decay_steps: int = field(
+        0,
+        "optimizer steps over which a cosine schedule decays, warmup included (0: --epochs "
+        "times the steps per epoch; raising --epochs on resume then stretches the schedule)",
+    )
     grad_clip: float = field(0.0, "clip the gradients to this global norm before Adam (0: no clipping)")
     weight_decay: float = field(0.0, "decoupled weight decay, AdamW (0: plain Adam)")
     seed: int = field(0, "root seed of the run")
-    seeds: str = field("", "train several replicas at once: a count N (seeds SEED..SEED+N-1) or a list like 0,3,7 "
-                           "(default: one replica, --seed)")
+    seeds: str = field(
+        "",
+        "train several replicas at once: a count N (seeds SEED..SEED+N-1) or a list like 0,3,7 "
+        "(default: one replica, --seed)",
+    )
     workdir: str = field("runs/vae", "output directory: config, metrics, checkpoints, figures")
-    resume: bool = field(True, "continue from the newest checkpoint in the workdir; --no-resume refuses a workdir "
-                               "that holds a run unless --overwrite is given")
-    overwrite: bool = field(False, "start afresh even if the workdir holds a run: that run (checkpoints, records, "
-                                   "figures, eval.json) is moved into WORKDIR/replaced-YYYYmmdd-HHMMSS/; nothing is "
-                                   "deleted")
+    resume: bool = field(
+        True,
+        "continue from the newest checkpoint in the workdir; --no-resume refuses a workdir "
+        "that holds a run unless --overwrite is given",
+    )
+    overwrite: bool = field(
+        False,
+        "start afresh even if the workdir holds a run: that run (checkpoints, records, "
+        "figures, eval.json) is moved into WORKDIR/replaced-YYYYmmdd-HHMMSS/; nothing is "
+        "deleted",
+    )
     checkpoint_every: int = field(5, "save a checkpoint every N epochs (and at the end)")
     keep_checkpoints: int = field(3, "how many of the newest checkpoints to keep")
     eval_batch_size: int = field(500, "batch size for test-set evaluation")
     max_consecutive_skips: int = field(
-        20, "skip optimizer steps whose loss or gradients are not finite, and stop the run after this many "
-            "in a row (0: no step-level guard; the run stops at the end of an epoch with a non-finite loss)")
-    progress: bool | None = field(None, "show a progress bar on stderr (default: only when stderr is a terminal; "
-                                        "a redirected log gets one line per epoch instead)")
+        20,
+        "skip optimizer steps whose loss or gradients are not finite, and stop the run after this many "
+        "in a row (0: no step-level guard; the run stops at the end of an epoch with a non-finite loss)",
+    )
+    progress: bool | None = field(
+        None,
+        "show a progress bar on stderr (default: only when stderr is a terminal; "
+        "a redirected log gets one line per epoch instead)",
+    )
     # Devices, speed and monitoring (vae_jax.parallel, vae_jax.compile_cache, vae_jax.tensorboard).
     devices: str = field("1", "devices to train on: a count N or 'all' (batch split over them, seeds too)")
-    seed_layout: str = field("auto", "how several seeds share a device: one vmapped program, a loop, or auto",
-                             choices=SEED_LAYOUTS)
-    epoch_loop: str = field("auto", "how an epoch's steps run: one compiled lax.scan (scan), a Python loop over the "
-                            "jitted step (steps), or auto: steps on CPU for models with convolutions, which XLA:CPU "
-                            "runs several times slower inside a compiled loop", choices=EPOCH_LOOPS)
+    seed_layout: str = field(
+        "auto", "how several seeds share a device: one vmapped program, a loop, or auto", choices=SEED_LAYOUTS
+    )
+    epoch_loop: str = field(
+        "auto",
+        "how an epoch's steps run: one compiled lax.scan (scan), a Python loop over the "
+        "jitted step (steps), or auto: steps on CPU for models with convolutions, which XLA:CPU "
+        "runs several times slower inside a compiled loop",
+        choices=EPOCH_LOOPS,
+    )
     compile_cache: bool = field(True, "keep compiled XLA programs in the user cache dir (~/.cache/vae_jax/xla)")
     tensorboard: bool = field(True, "write TensorBoard scalars and figures to the workdir")
-    stream: bool = field(False, "stream batches from host memory (Grain) instead of keeping the training split on "
-                         "the device; automatic when it would fill more than half the device's memory")
-    distributed: bool = field(False, "one of several processes (hosts) of a run: jax.distributed.initialize() "
-                              "from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID")
+    stream: bool = field(
+        False,
+        "stream batches from host memory (Grain) instead of keeping the training split on "
+        "the device; automatic when it would fill more than half the device's memory",
+    )
+    distributed: bool = field(
+        False,
+        "one of several processes (hosts) of a run: jax.distributed.initialize() "
+        "from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID",
+    )
 
     def validate(self) -> None:
         require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
-        require(0 <= self.image_size <= MAX_IMAGE_SIZE, "image_size",
-                f"0 (keep the images' size) or a side length from 1 to {MAX_IMAGE_SIZE} pixels", self.image_size)
+        require(
+            0 <= self.image_size <= MAX_IMAGE_SIZE,
+            "image_size",
+            f"0 (keep the images' size) or a side length from 1 to {MAX_IMAGE_SIZE} pixels",
+            self.image_size,
+        )
         require(self.epochs > 0, "epochs", "a positive integer", self.epochs)
         require(
             math.isfinite(self.learning_rate) and self.learning_rate > 0,
-            "learning_rate", "a positive number", self.learning_rate,
+            "learning_rate",
+            "a positive number",
+            self.learning_rate,
         )
         require(self.warmup_steps >= 0, "warmup_steps", "a non-negative integer", self.warmup_steps)
-        require(self.warmup_steps == 0 or self.lr_schedule == "warmup_cosine", "warmup_steps",
-                "0 unless --lr-schedule warmup_cosine", self.warmup_steps)
+        require(
+            self.warmup_steps == 0 or self.lr_schedule == "warmup_cosine",
+            "warmup_steps",
+            "0 unless --lr-schedule warmup_cosine",
+            self.warmup_steps,
+        )
         require(self.decay_steps >= 0, "decay_steps", "a non-negative integer", self.decay_steps)
-        require(self.decay_steps == 0 or self.decay_steps > self.warmup_steps, "decay_steps",
-                f"0 or more than --warmup-steps {self.warmup_steps}", self.decay_steps)
-        require(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "0 (off) or a positive number",
-                self.grad_clip)
-        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
-                "0 (off) or a positive number", self.weight_decay)
+        require(
+            self.decay_steps == 0 or self.decay_steps > self.warmup_steps,
+            "decay_steps",
+            f"0 or more than --warmup-steps {self.warmup_steps}",
+            self.decay_steps,
+        )
+        require(
+            math.isfinite(self.grad_clip) and self.grad_clip >= 0,
+            "grad_clip",
+            "0 (off) or a positive number",
+            self.grad_clip,
+        )
+        require(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "weight_decay",
+            "0 (off) or a positive number",
+            self.weight_decay,
+        )
         require(self.checkpoint_every > 0, "checkpoint_every", "a positive integer", self.checkpoint_every)
         require(self.keep_checkpoints > 0, "keep_checkpoints", "a positive integer", self.keep_checkpoints)
         require(self.eval_batch_size > 0, "eval_batch_size", "a positive integer", self.eval_batch_size)
-        require(self.max_consecutive_skips >= 0, "max_consecutive_skips", "a non-negative integer",
-                self.max_consecutive_skips)
+        require(
+            self.max_consecutive_skips >= 0,
+            "max_consecutive_skips",
+            "a non-negative integer",
+            self.max_consecutive_skips,
+        )
         require(bool(self.workdir), "workdir", "a directory path", self.workdir)
         self.seed_list()  # raises on a malformed --seeds
 

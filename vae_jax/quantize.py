@@ -110,8 +110,9 @@ def vector_quantize(z_e: jax.Array, codebook: jax.Array, cosine: bool = False) -
       gathered ``codes``, the matched ``z_e``, ``indices``, ``distances``).
     """
     if codebook.ndim != 2 or codebook.shape[-1] != z_e.shape[-1]:
-        raise ValueError(f"codebook must be [K, D] with D = {z_e.shape[-1]} (z_e's last axis), "
-                         f"got shape {codebook.shape}")
+        raise ValueError(
+            f"codebook must be [K, D] with D = {z_e.shape[-1]} (z_e's last axis), got shape {codebook.shape}"
+        )
     if cosine:
         z_e = l2_normalize(z_e)
         codebook = l2_normalize(codebook)
@@ -121,21 +122,30 @@ def vector_quantize(z_e: jax.Array, codebook: jax.Array, cosine: bool = False) -
     indices = jnp.argmin(distances, axis=-1).astype(jnp.int32)  # [N]
     codes = jnp.take(codebook, indices, axis=0).reshape(z_e.shape)  # [..., D]
     z_q = z_e + jax.lax.stop_gradient(codes - z_e)  # straight-through: d z_q / d z_e = I
-    return Quantized(z_q=z_q, codes=codes, z_e=z_e, indices=indices.reshape(lead),
-                     distances=distances.reshape(*lead, codebook.shape[0]))
+    return Quantized(
+        z_q=z_q,
+        codes=codes,
+        z_e=z_e,
+        indices=indices.reshape(lead),
+        distances=distances.reshape(*lead, codebook.shape[0]),
+    )
 
 
 def _check_quantized(function: str, quantized, event_ndim: int) -> None:
     """Raises unless ``quantized`` is a :class:`Quantized` whose ``z_e`` keeps a batch axis under ``event_ndim``."""
     if not isinstance(quantized, Quantized):
-        raise TypeError(f"{function} takes the Quantized that vector_quantize returns (its codes carry the "
-                        f"codebook's gradient, z_q none), got {type(quantized).__name__}: "
-                        f"call {function}(vector_quantize(z_e, codebook))")
+        raise TypeError(
+            f"{function} takes the Quantized that vector_quantize returns (its codes carry the "
+            f"codebook's gradient, z_q none), got {type(quantized).__name__}: "
+            f"call {function}(vector_quantize(z_e, codebook))"
+        )
     shape = jnp.shape(quantized.z_e)
     if len(shape) <= event_ndim:
-        raise ValueError(f"{function}: z_e has shape {shape} (rank {len(shape)}), but event_ndim={event_ndim} "
-                         f"needs rank >= {event_ndim + 1} to keep a batch axis; pass event_ndim=rank-1 "
-                         f"(2 for [B, T, D] sequences, 3 for [B, H', W', D] grids)")
+        raise ValueError(
+            f"{function}: z_e has shape {shape} (rank {len(shape)}), but event_ndim={event_ndim} "
+            f"needs rank >= {event_ndim + 1} to keep a batch axis; pass event_ndim=rank-1 "
+            f"(2 for [B, T, D] sequences, 3 for [B, H', W', D] grids)"
+        )
 
 
 def vq_codebook_loss(quantized: Quantized, event_ndim: int = 3) -> jax.Array:
@@ -243,15 +253,23 @@ class EMAState(NamedTuple):
 
 def ema_init(num_codes: int, code_dim: int) -> EMAState:
     """Zero averages, no updates yet."""
-    return EMAState(jnp.zeros((num_codes,), jnp.float32), jnp.zeros((num_codes, code_dim), jnp.float32),
-                    jnp.zeros((), jnp.int32))
+    return EMAState(
+        jnp.zeros((num_codes,), jnp.float32), jnp.zeros((num_codes, code_dim), jnp.float32), jnp.zeros((), jnp.int32)
+    )
 
 
 EMA_RULES = ("keep", "sonnet")  # what ema_update does to the codes not used in a step
 
 
-def ema_update(state: EMAState, codebook: jax.Array, z_e: jax.Array, indices: jax.Array,
-               decay: float = 0.99, epsilon: float = 1e-5, rule: str = "keep") -> tuple[jax.Array, EMAState]:
+def ema_update(
+    state: EMAState,
+    codebook: jax.Array,
+    z_e: jax.Array,
+    indices: jax.Array,
+    decay: float = 0.99,
+    epsilon: float = 1e-5,
+    rule: str = "keep",
+) -> tuple[jax.Array, EMAState]:
     """One EMA codebook step (van den Oord et al. 2017, appendix A.1; Razavi et al. 2019).
 
     With ``n_k`` the number of vectors of ``z_e`` assigned to code k and
@@ -309,8 +327,9 @@ def ema_update(state: EMAState, codebook: jax.Array, z_e: jax.Array, indices: ja
     return new_codes, EMAState(cluster_size, code_sum, count)
 
 
-def ema_reset_codes(state: EMAState, codebook: jax.Array, reset: jax.Array, decay: float = 0.99,
-                    weight: float = 1.0) -> EMAState:
+def ema_reset_codes(
+    state: EMAState, codebook: jax.Array, reset: jax.Array, decay: float = 0.99, weight: float = 1.0
+) -> EMAState:
     """Restarts the averages of the codes where ``reset`` ``[K]`` is true at their (new) ``codebook`` vector.
 
     The reset code reads as ``weight`` vectors' worth of evidence at its new
@@ -331,8 +350,9 @@ def update_steps_unused(steps_unused: jax.Array, counts: jax.Array) -> jax.Array
     return jnp.where(counts > 0, 0, steps_unused + 1).astype(steps_unused.dtype)
 
 
-def restart_dead_codes(key: jax.Array, codebook: jax.Array, steps_unused: jax.Array, z_e: jax.Array,
-                       dead_after: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def restart_dead_codes(
+    key: jax.Array, codebook: jax.Array, steps_unused: jax.Array, z_e: jax.Array, dead_after: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Moves every code unused for ``dead_after`` or more steps onto a random recent encoder output.
 
     Each dead code gets one of the vectors of ``z_e`` (``[..., D]``, this
@@ -391,8 +411,9 @@ def lloyd_step(points: jax.Array, centres: jax.Array) -> jax.Array:
     return jnp.where(sizes[:, None] > 0, sums / jnp.maximum(sizes, 1.0)[:, None], centres)
 
 
-def kmeans(key: jax.Array, points: jax.Array, num_clusters: int, iterations: int = 10,
-           cosine: bool = False) -> jax.Array:
+def kmeans(
+    key: jax.Array, points: jax.Array, num_clusters: int, iterations: int = 10, cosine: bool = False
+) -> jax.Array:
     """k-means++ seeding then ``iterations`` Lloyd steps over ``points`` ``[..., D]``: centres ``[K, D]``.
 
     Used to initialise a codebook from a batch of encoder outputs. With

@@ -31,7 +31,8 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,16 +40,27 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax import (caches, data as data_lib, distributed, evaluate, faults, parallel, streaming,
-                     tensorboard, train as train_lib)
+from vae_jax import caches, distributed, evaluate, faults, parallel, streaming, tensorboard
+from vae_jax import data as data_lib
+from vae_jax import train as train_lib
 from vae_jax.errors import ConfigError, field, flag, require  # noqa: F401 (field, require: re-exported)
 from vae_jax.protocol import Task, TrainConfig  # noqa: F401 (re-exported: the names experiments know)
 from vae_jax.tasks import vqvae as vqvae_tasks
 
 # Fields that may differ between a run and its resumption.
 RESUMABLE_FIELDS = frozenset(
-    {"epochs", "resume", "overwrite", "progress", "checkpoint_every", "keep_checkpoints", "workdir", "data_dir",
-     "eval_batch_size", "max_consecutive_skips"}
+    {
+        "epochs",
+        "resume",
+        "overwrite",
+        "progress",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "workdir",
+        "data_dir",
+        "eval_batch_size",
+        "max_consecutive_skips",
+    }
     # What the data is, with or without these, is checked against WORKDIR/data.json (check_run_data).
     | {"skip_unreadable"}
     # How a run is laid out and watched does not change what it computes (up to float reduction order).
@@ -71,8 +83,9 @@ def loss_has_convolution(loss_fn, state, pixels: np.ndarray, labels: np.ndarray 
     if labels is not None:
         batch["y"] = jax.ShapeDtypeStruct((batch_size,), canonical(labels.dtype))
     step = jax.ShapeDtypeStruct((), jnp.int32)
-    return parallel.has_convolution(lambda p, b, k, s: loss_fn(p, train_lib.batch_to_float(b), k, s),
-                                    params, batch, jax.random.key(0), step)
+    return parallel.has_convolution(
+        lambda p, b, k, s: loss_fn(p, train_lib.batch_to_float(b), k, s), params, batch, jax.random.key(0), step
+    )
 
 
 class TrainingDiverged(RuntimeError):
@@ -116,9 +129,13 @@ def load_data(config: TrainConfig) -> data_lib.Dataset:
         if config.distributed and jax.process_count() > 1 and not config.dataset.startswith("npz:"):
             return decode_once(config)
         return data_lib.load_dataset(
-            config.dataset, data_dir=config.data_dir or None, binarize=config.binarize,
-            batch_size=config.batch_size, image_size=config.image_size,
-            memory_map=config.stream or config.distributed, skip_unreadable=config.skip_unreadable,
+            config.dataset,
+            data_dir=config.data_dir or None,
+            binarize=config.binarize,
+            batch_size=config.batch_size,
+            image_size=config.image_size,
+            memory_map=config.stream or config.distributed,
+            skip_unreadable=config.skip_unreadable,
         )
     except BaseException as err:  # with --distributed, the other processes stop at their next barrier
         distributed.report_stop(err)
@@ -136,8 +153,8 @@ def decoded_data_key(config: TrainConfig) -> dict:
     the copy is loaded."""
     spec = config.dataset
     key = {"dataset": spec, "data_dir": config.data_dir, "image_size": config.image_size}
-    if spec.startswith("folder:") and os.path.isdir(spec[len("folder:"):]):
-        key["folder"] = data_lib.folder_fingerprint(spec[len("folder:"):])
+    if spec.startswith("folder:") and os.path.isdir(spec[len("folder:") :]):
+        key["folder"] = data_lib.folder_fingerprint(spec[len("folder:") :])
         key["skip_unreadable"] = config.skip_unreadable
     elif spec == "mnist" or spec.startswith("tfds:"):
         key["tfds_prepared"] = data_lib.tfds_prepared_on_disk(spec.split(":", 1)[-1], config.data_dir or None)
@@ -174,26 +191,40 @@ def decode_once(config: TrainConfig) -> data_lib.Dataset:
             try:
                 if config.dataset.startswith("folder:"):  # decoded a chunk at a time into the file
                     source = config.dataset
-                    data_lib.save_image_folder_npz(config.dataset[len("folder:"):], path, config.image_size,
-                                                   notes={"key": key, "source": source},
-                                                   skip_unreadable=config.skip_unreadable)
+                    data_lib.save_image_folder_npz(
+                        config.dataset[len("folder:") :],
+                        path,
+                        config.image_size,
+                        notes={"key": key, "source": source},
+                        skip_unreadable=config.skip_unreadable,
+                    )
                 else:
-                    dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir or None,
-                                                    batch_size=config.batch_size, image_size=config.image_size)
+                    dataset = data_lib.load_dataset(
+                        config.dataset,
+                        data_dir=config.data_dir or None,
+                        batch_size=config.batch_size,
+                        image_size=config.image_size,
+                    )
                     source = dataset.source
                     data_lib.save_npz(dataset, path, notes={"key": key, "source": source})
                     del dataset
             except OSError as err:
-                raise ConfigError(f"--workdir {config.workdir}: cannot write the decoded dataset {DECODED_DATA} "
-                                  f"({err.strerror or type(err).__name__})") from None
-            log(f"data: {source} decoded once into {path} ({os.path.getsize(path) / 2**20:.1f} MiB, "
-                f"{time.perf_counter() - started:.1f} s); every process maps it")
+                raise ConfigError(
+                    f"--workdir {config.workdir}: cannot write the decoded dataset {DECODED_DATA} "
+                    f"({err.strerror or type(err).__name__})"
+                ) from None
+            log(
+                f"data: {source} decoded once into {path} ({os.path.getsize(path) / 2**20:.1f} MiB, "
+                f"{time.perf_counter() - started:.1f} s); every process maps it"
+            )
     distributed.wait_for_all("data_decoded", timeout_s=DECODE_WAIT_S)
     notes = data_lib.read_npz_notes(path)
     if notes is None or "source" not in notes:
-        raise data_lib.DataError(f"--distributed: process 0's decoded dataset {path} cannot be read by process "
-                                 f"{jax.process_index()}; the --workdir must be on a file system that every "
-                                 "process sees")
+        raise data_lib.DataError(
+            f"--distributed: process 0's decoded dataset {path} cannot be read by process "
+            f"{jax.process_index()}; the --workdir must be on a file system that every "
+            "process sees"
+        )
     return _map_decoded(config, path, notes)
 
 
@@ -208,8 +239,9 @@ def decoded_copy(config: TrainConfig) -> data_lib.Dataset | None:
 
 
 def _map_decoded(config: TrainConfig, path: str, notes: dict) -> data_lib.Dataset:
-    dataset = data_lib.load_dataset("npz:" + path, binarize=config.binarize, batch_size=config.batch_size,
-                                    memory_map=True)
+    dataset = data_lib.load_dataset(
+        "npz:" + path, binarize=config.binarize, batch_size=config.batch_size, memory_map=True
+    )
     return dataclasses.replace(dataset, source=notes["source"], skipped=tuple(notes.get("skipped", ())))
 
 
@@ -239,8 +271,15 @@ class WorkdirPlan:
     nothing_to_train: bool
 
 
-def make_epoch(task: Task, optimizer: optax.GradientTransformation, config: TrainConfig, layout: parallel.Plan,
-               epoch_loop: str, num_examples: int, host_arrays: dict | None = None) -> Callable:
+def make_epoch(
+    task: Task,
+    optimizer: optax.GradientTransformation,
+    config: TrainConfig,
+    layout: parallel.Plan,
+    epoch_loop: str,
+    num_examples: int,
+    host_arrays: dict | None = None,
+) -> Callable:
     """The epoch function :func:`train` calls: ``(state[R], data, data_keys[R], sample_keys[R], epoch)
     -> (state[R], metrics[R])``, streamed from ``host_arrays`` when given (:mod:`vae_jax.streaming`), else
     the device-resident program of :func:`vae_jax.parallel.make_epoch_program` over the training split's
@@ -275,8 +314,9 @@ def checkpoint_epochs(workdir: str) -> list[int]:
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         return []
-    return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+    return sorted(
+        int(name) for name in os.listdir(directory) if name.isdigit() and os.path.isdir(os.path.join(directory, name))
+    )
 
 
 def _read_json(path: str, what: str):
@@ -314,8 +354,9 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
     has_summary = os.path.isfile(os.path.join(workdir, "summary.json"))
     if checkpoint_epoch is None and not has_summary:
         # Nothing trained here yet (at most the records of a start that never reached a checkpoint).
-        return WorkdirPlan(workdir, None, move_aside=config.overwrite and _run_entries(workdir) != [],
-                           nothing_to_train=False)
+        return WorkdirPlan(
+            workdir, None, move_aside=config.overwrite and _run_entries(workdir) != [], nothing_to_train=False
+        )
     if config.overwrite:
         return WorkdirPlan(workdir, checkpoint_epoch, move_aside=True, nothing_to_train=False)
     aside = f"add --overwrite to move the old run into {os.path.join(workdir, REPLACED_PREFIX + 'DATE')}/"
@@ -326,16 +367,20 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
         raise ConfigError(f"--workdir {workdir} holds {held} but no config.json; use another --workdir, or {aside}")
     saved_kind = saved.pop("kind", config.kind)
     if saved_kind != config.kind:
-        raise ConfigError(f"--workdir {workdir} holds a {saved_kind} run, not a {config.kind} run; "
-                          f"use another --workdir, or {aside}")
+        raise ConfigError(
+            f"--workdir {workdir} holds a {saved_kind} run, not a {config.kind} run; use another --workdir, or {aside}"
+        )
     if not config.resume:
-        raise ConfigError(f"--no-resume: --workdir {workdir} holds {held}; use another --workdir, or {aside} "
-                          "and start afresh (or drop --no-resume to continue it)")
+        raise ConfigError(
+            f"--no-resume: --workdir {workdir} holds {held}; use another --workdir, or {aside} "
+            "and start afresh (or drop --no-resume to continue it)"
+        )
     current = dataclasses.asdict(config)
     # A setting missing from an older config.json was added later; its default is how that run behaved.
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     changed = sorted(
-        k for k in set(saved) | set(current)
+        k
+        for k in set(saved) | set(current)
         if k not in RESUMABLE_FIELDS and _jsonable(saved.get(k, defaults.get(k))) != _jsonable(current.get(k))
     )
     if "image_size" in changed and _trained_at_size(workdir, saved.get("image_size", 0), config.image_size):
@@ -343,18 +388,24 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
     if "dataset" in changed and _trained_on_spec(workdir) == config.dataset:  # mnist resolved to mnist:embedded
         changed.remove("dataset")
     if changed:
-        differences = ", ".join(f"{flag(k)} {_setting(saved.get(k, defaults.get(k)))} there, {_setting(current.get(k))} here"
-                                for k in changed)
-        raise ConfigError(f"--workdir {workdir} holds a run with other settings ({differences}); "
-                          f"use another --workdir, or {aside}")
+        differences = ", ".join(
+            f"{flag(k)} {_setting(saved.get(k, defaults.get(k)))} there, {_setting(current.get(k))} here"
+            for k in changed
+        )
+        raise ConfigError(
+            f"--workdir {workdir} holds a run with other settings ({differences}); use another --workdir, or {aside}"
+        )
     if checkpoint_epoch is None:
-        raise ConfigError(f"--workdir {workdir} has a summary.json but no checkpoint to continue from; "
-                          f"use another --workdir, or {aside}")
+        raise ConfigError(
+            f"--workdir {workdir} has a summary.json but no checkpoint to continue from; "
+            f"use another --workdir, or {aside}"
+        )
     if config.epochs < checkpoint_epoch:
         raise ConfigError(
             f"--epochs {config.epochs}: --workdir {workdir} holds a run trained for {checkpoint_epoch} epochs; "
             f"pass --epochs {checkpoint_epoch} to use it as it is (or more to train it further), or use another "
-            f"--workdir for a shorter run")
+            f"--workdir for a shorter run"
+        )
     return WorkdirPlan(workdir, checkpoint_epoch, move_aside=False, nothing_to_train=config.epochs == checkpoint_epoch)
 
 
@@ -371,8 +422,10 @@ def check_setup(config: TrainConfig) -> None:
     """
     run = enclosing_run(config.workdir)
     if run is not None:
-        raise ConfigError(f"--workdir {config.workdir} is inside the run in {run} (it holds that run's "
-                          "config.json); use a directory outside it")
+        raise ConfigError(
+            f"--workdir {config.workdir} is inside the run in {run} (it holds that run's "
+            "config.json); use a directory outside it"
+        )
     existing = os.path.abspath(config.workdir)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -424,7 +477,8 @@ def check_run_data(config: TrainConfig, record: dict) -> None:
     same = f" (--dataset {trained_spec})" if trained_spec != record.get("source") else ""
     raise ConfigError(
         f"--dataset {config.dataset}: {mismatch}; continue it on the same data{same}, use another --workdir, or add "
-        f"--overwrite to move the old run into {os.path.join(config.workdir, REPLACED_PREFIX + 'DATE')}/")
+        f"--overwrite to move the old run into {os.path.join(config.workdir, REPLACED_PREFIX + 'DATE')}/"
+    )
 
 
 def data_mismatch(workdir: str, record: dict) -> str | None:
@@ -438,8 +492,10 @@ def data_mismatch(workdir: str, record: dict) -> str | None:
     keys = ("source", "n_train", "n_test", "image_shape", "fingerprint")
     if all(_jsonable(trained.get(k)) == _jsonable(record.get(k)) for k in keys):
         return None
-    return (f"--workdir {workdir} was trained on {data_lib.describe_record(trained)}, but this data is "
-            f"{data_lib.describe_record(record)}")
+    return (
+        f"--workdir {workdir} was trained on {data_lib.describe_record(trained)}, but this data is "
+        f"{data_lib.describe_record(record)}"
+    )
 
 
 def _trained_on_spec(workdir: str) -> str | None:
@@ -469,8 +525,9 @@ def _run_entries(workdir: str) -> list[str]:
     """The workdir's entries that belong to its run: all but hidden files and earlier replaced runs."""
     if not os.path.isdir(workdir):
         return []
-    return sorted(name for name in os.listdir(workdir)
-                  if not name.startswith(".") and not name.startswith(REPLACED_PREFIX))
+    return sorted(
+        name for name in os.listdir(workdir) if not name.startswith(".") and not name.startswith(REPLACED_PREFIX)
+    )
 
 
 def move_run_aside(workdir: str) -> str:
@@ -500,8 +557,10 @@ def _retire_eval_record(workdir: str, checkpoint_epoch: int) -> None:
         epoch = checkpoint_epoch
     kept = os.path.join(workdir, f"eval-epoch{epoch}.json")
     os.replace(path, kept)
-    log(f"eval.json described the epoch-{epoch} checkpoint; kept as {kept} (run experiments.evaluate again "
-        "after training)")
+    log(
+        f"eval.json described the epoch-{epoch} checkpoint; kept as {kept} (run experiments.evaluate again "
+        "after training)"
+    )
 
 
 def log(message: str) -> None:
@@ -543,7 +602,9 @@ def probe_workdir(workdir: str) -> None:
         with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test."):
             pass
     except OSError as err:
-        raise ConfigError(f"--workdir {workdir}: not a writable directory ({err.strerror or type(err).__name__})") from None
+        raise ConfigError(
+            f"--workdir {workdir}: not a writable directory ({err.strerror or type(err).__name__})"
+        ) from None
 
 
 def write_json(path: str, obj) -> None:
@@ -617,8 +678,9 @@ def state_template(config: TrainConfig, task: Task) -> train_lib.TrainState:
     """The shapes and dtypes of the train state (all replicas) of the run ``config`` describes, traced but not
     compiled (:func:`vae_jax.train.abstract_replicated_state`): a template to restore its checkpoints into."""
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
-    return train_lib.abstract_replicated_state(task.init_params, task_optimizer(config, task), keys.init,
-                                               task.init_model_state)
+    return train_lib.abstract_replicated_state(
+        task.init_params, task_optimizer(config, task), keys.init, task.init_model_state
+    )
 
 
 def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.TrainState]:
@@ -653,23 +715,33 @@ def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> lis
             try:
                 state = checkpoint.restore_epoch(manager, step, abstract)
             except Exception as err:
-                print(f"warning: checkpoint {step} in {manager.directory} cannot be restored "
-                      f"({checkpoint.one_line(err)}); its codebook usage is left out", file=sys.stderr)
+                print(
+                    f"warning: checkpoint {step} in {manager.directory} cannot be restored "
+                    f"({checkpoint.one_line(err)}); its codebook usage is left out",
+                    file=sys.stderr,
+                )
                 continue
-            usage = [vqvae_tasks.code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
-                     for r in range(len(config.seed_list()))]
-            out.append({"epoch": int(step),
-                        "codes_used": float(np.mean([u["codes_used"] for u in usage])),
-                        "perplexity": float(np.mean([u["perplexity"] for u in usage])),
-                        "per_seed_codes_used": [u["codes_used"] for u in usage],
-                        "per_seed_perplexity": [u["perplexity"] for u in usage]})
+            usage = [
+                vqvae_tasks.code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
+                for r in range(len(config.seed_list()))
+            ]
+            out.append(
+                {
+                    "epoch": int(step),
+                    "codes_used": float(np.mean([u["codes_used"] for u in usage])),
+                    "perplexity": float(np.mean([u["perplexity"] for u in usage])),
+                    "per_seed_codes_used": [u["codes_used"] for u in usage],
+                    "per_seed_perplexity": [u["perplexity"] for u in usage],
+                }
+            )
     finally:
         checkpoint.close(manager)
     return out
 
 
-def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None,
-          train_eval_examples: int = 0) -> TrainResult:
+def train(
+    config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None, train_eval_examples: int = 0
+) -> TrainResult:
     """Trains ``task`` as configured, resuming from the workdir's newest checkpoint.
 
     The workdir is locked for the run by process 0 (:class:`vae_jax.faults.WorkdirLock`);
@@ -684,7 +756,8 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
     if config.distributed:  # before anything touches a device, and before the lock: only process 0 takes it
         distributed.initialize()
         distributed.set_peer_lost_hint(
-            lambda: f"{_checkpoint_on_disk(config.workdir)}; start every process again to resume")
+            lambda: f"{_checkpoint_on_disk(config.workdir)}; start every process again to resume"
+        )
     try:
         lock = faults.WorkdirLock(config.workdir) if distributed.is_main_process() else contextlib.nullcontext()
         with lock, faults.StopSignals() as stop, contextlib.ExitStack() as closing:
@@ -695,12 +768,19 @@ def train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = No
             raise faults.PeerLost(
                 f"--distributed: process {jax.process_index()} stops: {distributed.first_line(err)}; "
                 f"{_checkpoint_on_disk(config.workdir)}; if another process died, start every process again to "
-                "resume") from None
+                "resume"
+            ) from None
         raise
 
 
-def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, stop: faults.StopSignals,
-           closing: contextlib.ExitStack, train_eval_examples: int = 0) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    task: Task,
+    dataset: data_lib.Dataset | None,
+    stop: faults.StopSignals,
+    closing: contextlib.ExitStack,
+    train_eval_examples: int = 0,
+) -> TrainResult:
     """The body of :func:`train`.
 
     The workdir is checked first (:func:`check_workdir`); with ``--overwrite``
@@ -745,8 +825,10 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     nothing_to_train = start_epoch >= config.epochs
     history = _read_history(metrics_path, start_epoch)
     if nothing_to_train:
-        log(f"nothing to train: {workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
-            "evaluating that checkpoint, records left as they are")
+        log(
+            f"nothing to train: {workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
+            "evaluating that checkpoint, records left as they are"
+        )
     else:
         if start_epoch:
             log(f"resuming {workdir} from its epoch-{start_epoch} checkpoint")
@@ -768,11 +850,14 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     train_data = None if stream else layout.place_examples(host_arrays)
     # The evaluation splits too: each batch is split over the data shards (results past a split's rows are padding).
     test_data = layout.place_examples(host_split(dataset.test_pixels, dataset.y_test))
-    epoch_loop = parallel.choose_epoch_loop(config.epoch_loop, jax.devices()[0].platform,
-                                            lambda: loss_has_convolution(task.loss_fn, state, dataset.train_pixels,
-                                                                         dataset.y_train, config.batch_size))
-    epoch_fn = make_epoch(task, optimizer, config, layout, epoch_loop, dataset.num_train,
-                          host_arrays if stream else None)
+    epoch_loop = parallel.choose_epoch_loop(
+        config.epoch_loop,
+        jax.devices()[0].platform,
+        lambda: loss_has_convolution(task.loss_fn, state, dataset.train_pixels, dataset.y_train, config.batch_size),
+    )
+    epoch_fn = make_epoch(
+        task, optimizer, config, layout, epoch_loop, dataset.num_train, host_arrays if stream else None
+    )
     eval_program = parallel.make_eval_program(task.eval_fn, config.eval_batch_size, layout)
 
     def evaluate_split(params, data, count: int) -> dict:  # {name: [R, count]} on the host
@@ -795,9 +880,12 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     train_seconds = 0.0
     show_bar, log_epochs = progress_mode(config.progress)
     bar = tqdm(
-        total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-        disable=not show_bar or nothing_to_train or not distributed.is_main_process(), unit="step",
-        dynamic_ncols=True, file=sys.stderr,
+        total=config.epochs * steps_per_epoch,
+        initial=start_epoch * steps_per_epoch,
+        disable=not show_bar or nothing_to_train or not distributed.is_main_process(),
+        unit="step",
+        dynamic_ncols=True,
+        file=sys.stderr,
     )
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
@@ -806,15 +894,19 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
         train_metrics = distributed.to_host(train_metrics)  # waits for the epoch
         seconds = time.perf_counter() - t0
         if getattr(epoch_fn, "replays", 0) > replays and distributed.is_main_process():
-            tqdm.write(f"epoch {epoch + 1}: a non-finite loss or gradient; the epoch was run again with the step "
-                       "guard", file=sys.stderr)
+            tqdm.write(
+                f"epoch {epoch + 1}: a non-finite loss or gradient; the epoch was run again with the step guard",
+                file=sys.stderr,
+            )
         train_seconds += seconds
         train_loss = np.asarray(train_metrics["loss"])
         skip_stop = faults.skip_limit_message(state, config.max_consecutive_skips, seeds, epoch + 1)
         if skip_stop:
             bar.close()
-            raise TrainingDiverged(f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or train again with "
-                                   "a lower --learning-rate in another --workdir (or add --overwrite)")
+            raise TrainingDiverged(
+                f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or train again with "
+                "a lower --learning-rate in another --workdir (or add --overwrite)"
+            )
         if not config.max_consecutive_skips and not np.all(np.isfinite(train_loss)):
             bad = [s for s, v in zip(seeds, train_loss) if not np.isfinite(v)]
             bar.close()
@@ -850,8 +942,10 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
         bar.update(steps_per_epoch)
         bar.set_postfix(loss=f"{line['train_loss']:.2f}", **{task.headline: f"{line[f'test_{task.headline}']:.2f}"})
         if log_epochs:
-            log(f"epoch {epoch + 1}/{config.epochs}: train loss {line['train_loss']:.4g}, "
-                f"test {task.headline} {line[f'test_{task.headline}']:.4g} ({seconds:.1f} s)")
+            log(
+                f"epoch {epoch + 1}/{config.epochs}: train loss {line['train_loss']:.4g}, "
+                f"test {task.headline} {line[f'test_{task.headline}']:.4g} ({seconds:.1f} s)"
+            )
     bar.close()
 
     if test_metrics is None:  # nothing left to train: evaluate the restored state
@@ -875,10 +969,16 @@ def _train(config: TrainConfig, task: Task, dataset: data_lib.Dataset | None, st
     if len(seeds) > 1 and history and "per_seed" in history[-1] and distributed.is_main_process():
         from vae_jax import plots  # matplotlib only when a figure is drawn
 
-        test_keys = sorted((k for k in history[-1]["per_seed"] if k.startswith("test_")),
-                           key=lambda k: k != f"test_{task.headline}")  # the headline first
-        curves = plots.save_seed_curves(history, seeds, test_keys, os.path.join(workdir, "seed_curves.png"),
-                                        f"Test metrics of {len(seeds)} seeds, per epoch")
+        test_keys = sorted(
+            (k for k in history[-1]["per_seed"] if k.startswith("test_")), key=lambda k: k != f"test_{task.headline}"
+        )  # the headline first
+        curves = plots.save_seed_curves(
+            history,
+            seeds,
+            test_keys,
+            os.path.join(workdir, "seed_curves.png"),
+            f"Test metrics of {len(seeds)} seeds, per epoch",
+        )
         summary["figures"] = [os.path.basename(curves)]
     summary_path = os.path.join(workdir, "summary.json")
     if nothing_to_train and os.path.isfile(summary_path):

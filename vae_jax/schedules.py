@@ -21,7 +21,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import optax
@@ -54,8 +54,9 @@ def cyclical(beta: float, cycle_steps: int, ramp_fraction: float = 0.5) -> BetaS
         raise ValueError(f"cycle_steps must be positive, got {cycle_steps}")
     if not 0.0 < ramp_fraction <= 1.0:
         raise ValueError(f"ramp_fraction must be in (0, 1], got {ramp_fraction}")
-    ramp = optax.linear_schedule(init_value=0.0, end_value=float(beta),
-                                 transition_steps=max(1, round(ramp_fraction * cycle_steps)))
+    ramp = optax.linear_schedule(
+        init_value=0.0, end_value=float(beta), transition_steps=max(1, round(ramp_fraction * cycle_steps))
+    )
 
     def schedule(step):
         return ramp(jnp.mod(jnp.asarray(step), cycle_steps))
@@ -63,8 +64,9 @@ def cyclical(beta: float, cycle_steps: int, ramp_fraction: float = 0.5) -> BetaS
     return schedule
 
 
-def make_beta_schedule(name: str, beta: float = 1.0, warmup_steps: int = 0, cycle_steps: int = 0,
-                       ramp_fraction: float = 0.5) -> BetaSchedule:
+def make_beta_schedule(
+    name: str, beta: float = 1.0, warmup_steps: int = 0, cycle_steps: int = 0, ramp_fraction: float = 0.5
+) -> BetaSchedule:
     """The schedule called ``name`` (one of :data:`SCHEDULES`) with its settings."""
     if name == "constant":
         return constant(beta)

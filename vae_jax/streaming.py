@@ -32,14 +32,15 @@ In one process the same code reads every row (all devices are its own).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import distributed, parallel, train as train_lib
+from vae_jax import distributed, parallel
+from vae_jax import train as train_lib
 
 # Stream automatically when the training split needs more than this fraction of the device's memory.
 AUTO_STREAM_FRACTION = 0.5
@@ -73,8 +74,9 @@ def local_shards(sharding: jax.sharding.Sharding, shape: tuple) -> list[tuple[ja
     return list(sharding.addressable_devices_indices_map(tuple(shape)).items())
 
 
-def batch_dataset(arrays: dict, batch_indices: np.ndarray, sharding: jax.sharding.Sharding | None = None,
-                  prefetch: int = 4):
+def batch_dataset(
+    arrays: dict, batch_indices: np.ndarray, sharding: jax.sharding.Sharding | None = None, prefetch: int = 4
+):
     """The batches ``{name: [R, B, ...]}`` of ``batch_indices[num_batches, R, B]`` as global ``jax.Array``s.
 
     A Grain prefetch thread gathers, ``prefetch`` batches ahead, only the rows
@@ -104,10 +106,14 @@ def batch_dataset(arrays: dict, batch_indices: np.ndarray, sharding: jax.shardin
         return out
 
     def assemble(host_shards):
-        return {name: jax.make_array_from_single_device_arrays(
-            (replicas, batch, *arrays[name].shape[1:]), sharding,
-            [jax.device_put(rows, device) for rows, (device, _) in zip(host_shards[name], shards[name])])
-            for name in arrays}
+        return {
+            name: jax.make_array_from_single_device_arrays(
+                (replicas, batch, *arrays[name].shape[1:]),
+                sharding,
+                [jax.device_put(rows, device) for rows, (device, _) in zip(host_shards[name], shards[name])],
+            )
+            for name in arrays
+        }
 
     read_options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
     host_batches = grain.MapDataset.source(batch_indices).map(gather).to_iter_dataset(read_options)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -48,8 +48,9 @@ class EpochWriter:
         for path in paths:
             with Image.open(path) as image:
                 pixels = np.asarray(image.convert("RGB"))  # [H, W, 3] uint8
-            self._writer.add_image(f"figures/{os.path.splitext(os.path.basename(path))[0]}", pixels, step,
-                                   dataformats="HWC")
+            self._writer.add_image(
+                f"figures/{os.path.splitext(os.path.basename(path))[0]}", pixels, step, dataformats="HWC"
+            )
         self._writer.flush()
 
     def close(self) -> None:
@@ -80,4 +81,3 @@ def _summary_writer_class():
 def _tag(key: str) -> str:
     split, _, name = key.partition("_")
     return f"{split}/{name}" if split in ("train", "test") and name else key
-

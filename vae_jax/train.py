@@ -26,7 +26,8 @@ mark.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -68,8 +69,12 @@ def run_keys(seed: int | jax.Array) -> RunKeys:
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation, model_state: Any = None) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      model_state={} if model_state is None else model_state)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        model_state={} if model_state is None else model_state,
+    )
 
 
 def learning_rate_schedule(config, total_steps: int | None = None):
@@ -86,8 +91,10 @@ def learning_rate_schedule(config, total_steps: int | None = None):
         return config.learning_rate
     decay_steps = config.decay_steps or total_steps or config.warmup_steps + 1
     if decay_steps <= config.warmup_steps:
-        raise ConfigError(f"--warmup-steps {config.warmup_steps} must be fewer than the {decay_steps} steps the "
-                          "schedule decays over (--decay-steps, else --epochs times the steps per epoch)")
+        raise ConfigError(
+            f"--warmup-steps {config.warmup_steps} must be fewer than the {decay_steps} steps the "
+            "schedule decays over (--decay-steps, else --epochs times the steps per epoch)"
+        )
     if config.lr_schedule == "cosine":
         return optax.cosine_decay_schedule(config.learning_rate, decay_steps)
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps, decay_steps)
@@ -119,13 +126,20 @@ def finite_sum(tree) -> jax.Array:
     784-400-20 VAE's 0.65 M gradients against 128 us for ``all(isfinite(g))``, which reduces
     a boolean array per leaf. Integer leaves are always finite and are left out.
     """
-    sums = [jnp.sum(leaf, dtype=jnp.float32) for leaf in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    sums = [
+        jnp.sum(leaf, dtype=jnp.float32)
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
     return jnp.isfinite(jnp.sum(jnp.stack(sums))) if sums else jnp.asarray(True)
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, update_fn: Callable | None = None,
-                    max_consecutive_skips: int = 0):
+def make_train_step(
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    update_fn: Callable | None = None,
+    max_consecutive_skips: int = 0,
+):
     """Returns the jitted ``train_step(state, batch, key) -> (state, metrics)``.
 
     ``loss_fn(params, batch, key, step) -> (loss, metrics)`` is differentiated
@@ -205,7 +219,10 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
             (params, opt_state, model_state), update_metrics = update(None)
         metrics = {**metrics, **update_metrics, "loss": loss}  # the loss that was differentiated
         new_state = TrainState(
-            step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            model_state=model_state,
             skipped_steps=state.skipped_steps + skipped,
             consecutive_skips=(state.consecutive_skips + 1) * skipped,
         )
@@ -358,8 +375,9 @@ def make_replicated_epoch_fn(train_step: Callable, batch_size: int):
     return jax.jit(replicated, donate_argnums=0)
 
 
-def init_replicated_state(init_params_fn: Callable, optimizer, init_keys: jax.Array,
-                          init_model_state_fn: Callable | None = None) -> TrainState:
+def init_replicated_state(
+    init_params_fn: Callable, optimizer, init_keys: jax.Array, init_model_state_fn: Callable | None = None
+) -> TrainState:
     """Train states for R replicas, stacked on a leading axis, from ``init_keys[R]``.
 
     ``init_model_state_fn(params) -> model_state`` builds a task's non-gradient state (none by default).
@@ -374,8 +392,9 @@ def init_replicated_state(init_params_fn: Callable, optimizer, init_keys: jax.Ar
     return _jitted_init(init_params_fn, optimizer, init_model_state_fn)(init_keys)
 
 
-def abstract_replicated_state(init_params_fn: Callable, optimizer, init_keys: jax.Array,
-                              init_model_state_fn: Callable | None = None) -> TrainState:
+def abstract_replicated_state(
+    init_params_fn: Callable, optimizer, init_keys: jax.Array, init_model_state_fn: Callable | None = None
+) -> TrainState:
     """The shapes and dtypes of :func:`init_replicated_state`'s result, traced but neither compiled nor run.
 
     Every leaf is a ``jax.ShapeDtypeStruct`` on this process's first device: a template to restore a

@@ -31,16 +31,21 @@ import math
 import os
 import tempfile
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from vae_jax import evaluate, runner
-from vae_jax.errors import ConfigError
 from vae_jax.data import pixels_to_float
-from vae_jax.tasks import autoencoder as ae_tasks, conv_vae as conv_tasks, cvae as cvae_tasks, hvae as hvae_tasks
-from vae_jax.tasks import prior as prior_tasks, vae as vae_tasks, vqvae as vq_tasks
+from vae_jax.errors import ConfigError
+from vae_jax.tasks import autoencoder as ae_tasks
+from vae_jax.tasks import conv_vae as conv_tasks
+from vae_jax.tasks import cvae as cvae_tasks
+from vae_jax.tasks import hvae as hvae_tasks
+from vae_jax.tasks import prior as prior_tasks
+from vae_jax.tasks import vae as vae_tasks
+from vae_jax.tasks import vqvae as vq_tasks
 
 EXPORT_FORMAT = "vae_jax.trained_model"
 EXPORT_VERSION = 1
@@ -87,9 +92,9 @@ VAE_KINDS = tuple(kind for kind, family in FAMILIES.items() if family.eval_parts
 # Kinds a workdir may hold that load_run does not rebuild, and why.
 NOT_LOADABLE = {
     "linear_ae": "a linear autoencoder of experiments.pca_vs_linear_ae: it reconstructs around the training "
-                 "set's mean image, which the workdir does not store; see its summary.json and figures",
+    "set's mean image, which the workdir does not store; see its summary.json and figures",
     "vq_prior": "the PixelCNN prior of a VQ-VAE run: load the VQ-VAE's workdir (the folder above), which "
-                "samples through this prior",
+    "samples through this prior",
 }
 
 
@@ -116,8 +121,9 @@ def run_kind(workdir: str) -> str:
         runs = sub_workdirs(workdir)
         if runs:
             listing = ", ".join(f"{os.path.join(workdir, name)} ({kind})" for name, kind in runs)
-            raise ConfigError(f"--workdir {workdir} holds no run itself but these runs: {listing}; "
-                              "pass one of them as --workdir")
+            raise ConfigError(
+                f"--workdir {workdir} holds no run itself but these runs: {listing}; pass one of them as --workdir"
+            )
         if not os.path.exists(workdir):
             raise ConfigError(f"--workdir {workdir}: no such file or directory")
         raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
@@ -160,13 +166,16 @@ def restore_checkpoint(config, task, epoch: int | None = None) -> tuple[int, obj
     try:
         epochs = sorted(manager.all_steps())
         if epoch not in epochs:
-            raise ConfigError(f"--epoch {epoch}: {config.workdir} holds checkpoints of epochs "
-                              f"{', '.join(map(str, epochs)) or '(none)'}")
+            raise ConfigError(
+                f"--epoch {epoch}: {config.workdir} holds checkpoints of epochs "
+                f"{', '.join(map(str, epochs)) or '(none)'}"
+            )
         try:
             return epoch, checkpoint.restore_epoch(manager, epoch, runner.state_template(config, task))
         except Exception as err:
-            raise checkpoint.CheckpointError(f"checkpoint {epoch} in {manager.directory} cannot be restored "
-                                             f"({checkpoint.one_line(err)})") from None
+            raise checkpoint.CheckpointError(
+                f"checkpoint {epoch} in {manager.directory} cannot be restored ({checkpoint.one_line(err)})"
+            ) from None
     finally:
         checkpoint.close(manager)
 
@@ -179,8 +188,9 @@ def _pick_seed(seeds: list[int], seed: int | None, where: str) -> int:
     """The replica index of ``seed`` (default: the first), logging the choice when there are several."""
     if seed is None:
         if len(seeds) > 1:
-            runner.log(f"load_run: {where} trained seeds {seeds}; using seed {seeds[0]} (pass seed= / --seed "
-                       "to pick another)")
+            runner.log(
+                f"load_run: {where} trained seeds {seeds}; using seed {seeds[0]} (pass seed= / --seed to pick another)"
+            )
         return 0
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed not in seeds:
         raise ConfigError(f"--seed must be one of the run's seeds {seeds}, got {seed!r}")
@@ -193,8 +203,9 @@ def _load_prior(workdir: str, model, replica: int):
     if not os.path.isfile(os.path.join(prior_dir, "config.json")):
         return None
     if replica != 0:
-        runner.log("load_run: the PixelCNN prior was trained on the first seed's codes; this seed samples "
-                   "uniform codes")
+        runner.log(
+            "load_run: the PixelCNN prior was trained on the first seed's codes; this seed samples uniform codes"
+        )
         return None
     config = dataclasses.replace(runner.load_run_config(prior_dir, prior_tasks.PriorConfig), workdir=prior_dir)
     if config.conditional:
@@ -209,23 +220,36 @@ def _load_prior(workdir: str, model, replica: int):
     return config, prior_model, _replica(state.params, 0)
 
 
-def _load_workdir(workdir: str, seed: int | None, epoch: int | None) -> "TrainedModel":
+def _load_workdir(workdir: str, seed: int | None, epoch: int | None) -> TrainedModel:
     kind, config = load_config(workdir)
     family = FAMILIES[kind]
     image_shape = trained_image_shape(workdir)
     if image_shape is None:
-        raise ConfigError(f"--workdir {workdir}: no summary.json, which records the image shape the run trained "
-                          "on; let the run finish (or resume it) first")
+        raise ConfigError(
+            f"--workdir {workdir}: no summary.json, which records the image shape the run trained "
+            "on; let the run finish (or resume it) first"
+        )
     replica = _pick_seed(config.seed_list(), seed, workdir)
     model, task = family.build(config, image_shape)
     epoch, state = restore_checkpoint(config, task, epoch)
     model_state = _replica(state.model_state, replica) if state.model_state else None
     prior = _load_prior(workdir, model, replica) if kind == "vqvae" else None
-    return make_trained_model(kind, config, model, task, _replica(state.params, replica), int(epoch),
-                              config.seed_list()[replica], image_shape, model_state, prior, workdir)
+    return make_trained_model(
+        kind,
+        config,
+        model,
+        task,
+        _replica(state.params, replica),
+        int(epoch),
+        config.seed_list()[replica],
+        image_shape,
+        model_state,
+        prior,
+        workdir,
+    )
 
 
-def load_run(workdir_or_file: str, seed: int | None = None, epoch: int | None = None) -> "TrainedModel":
+def load_run(workdir_or_file: str, seed: int | None = None, epoch: int | None = None) -> TrainedModel:
     """A trained run as a :class:`TrainedModel`, from its workdir or from a file :func:`export_run` wrote.
 
     Args:
@@ -245,8 +269,10 @@ def load_run(workdir_or_file: str, seed: int | None = None, epoch: int | None = 
         if seed is not None or epoch is not None:
             record = _read_export(path)
             if (seed is not None and seed != record["seed"]) or (epoch is not None and epoch != record["epoch"]):
-                raise ConfigError(f"--workdir {path} is an exported model of seed {record['seed']}, epoch "
-                                  f"{record['epoch']}; got --seed {seed}, --epoch {epoch}")
+                raise ConfigError(
+                    f"--workdir {path} is an exported model of seed {record['seed']}, epoch "
+                    f"{record['epoch']}; got --seed {seed}, --epoch {epoch}"
+                )
         return _load_export(path)
     return _load_workdir(path, seed, epoch)
 
@@ -301,8 +327,9 @@ class TrainedModel:
 
     conditional = False
 
-    def __init__(self, family, config, model, task, params, epoch, seed, image_shape, model_state=None,
-                 prior=None, source=""):
+    def __init__(
+        self, family, config, model, task, params, epoch, seed, image_shape, model_state=None, prior=None, source=""
+    ):
         self.family, self.config, self.model, self.task = family, config, model, task
         self.params, self.epoch, self.seed = params, epoch, seed
         self.image_shape = tuple(int(d) for d in image_shape)
@@ -313,8 +340,10 @@ class TrainedModel:
         return {"params": self.params}
 
     def __repr__(self) -> str:
-        return (f"TrainedModel({self.family}, image_shape={self.image_shape}, seed={self.seed}, epoch={self.epoch}, "
-                f"source={self.source!r})")
+        return (
+            f"TrainedModel({self.family}, image_shape={self.image_shape}, seed={self.seed}, epoch={self.epoch}, "
+            f"source={self.source!r})"
+        )
 
     # --- the verbs: inputs checked here, the work done by each family's _methods
 
@@ -344,8 +373,7 @@ class TrainedModel:
         z = self._latents(z)
         return self._decode(z, self._labels(labels, len(z)))
 
-    def evaluate(self, x, labels=None, iwae_k: int = 0, key=None, batch_size: int = 100,
-                 k_chunk: int = 100) -> dict:
+    def evaluate(self, x, labels=None, iwae_k: int = 0, key=None, batch_size: int = 100, k_chunk: int = 100) -> dict:
         """Test metrics of ``x`` in nats per example: exactly what ``experiments.evaluate`` reports.
 
         The VAE families go through :func:`vae_jax.evaluate.evaluate_runs` with this model's
@@ -362,23 +390,37 @@ class TrainedModel:
         labels = self._labels(labels, len(x))
         iwae_k = _check_count(iwae_k, "iwae_k", 0, "a non-negative integer (0: no IWAE bound)")
         batch_size, k_chunk = _check_count(batch_size, "batch_size"), _check_count(k_chunk, "k_chunk")
-        record = (f"vae_jax.evaluate.eval_key() (seed {evaluate.EVAL_SEED})" if key is None else
-                  f"seed {int(key)}" if isinstance(key, (int, np.integer)) else "the key passed")
+        record = (
+            f"vae_jax.evaluate.eval_key() (seed {evaluate.EVAL_SEED})"
+            if key is None
+            else f"seed {int(key)}"
+            if isinstance(key, (int, np.integer))
+            else "the key passed"
+        )
         key = evaluate.eval_key() if key is None else _as_key(key)
         data = {"x": x} if labels is None else {"x": x, "y": labels}
-        return {**self._evaluate(data, iwae_k, key, batch_size, k_chunk), "key": record,
-                "key_data": np.asarray(jax.random.key_data(key)).tolist()}
+        return {
+            **self._evaluate(data, iwae_k, key, batch_size, k_chunk),
+            "key": record,
+            "key_data": np.asarray(jax.random.key_data(key)).tolist(),
+        }
 
     # --- checks at the edge
 
     def _images(self, x) -> np.ndarray:
         """``x`` as ``[N, H, W, C]`` float32 or uint8 (uint8 converts the way the training data does)."""
         x = np.asarray(x)
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape or x.shape[0] < 1 or not (
-                x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
+        if (
+            x.ndim != 4
+            or tuple(x.shape[1:]) != self.image_shape
+            or x.shape[0] < 1
+            or not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating))
+        ):
             h, w, c = self.image_shape
-            raise ConfigError(f"x must be images [N, {h}, {w}, {c}] (float in [0, 1] or uint8) for this model, "
-                              f"got shape {list(x.shape)} ({x.dtype})")
+            raise ConfigError(
+                f"x must be images [N, {h}, {w}, {c}] (float in [0, 1] or uint8) for this model, "
+                f"got shape {list(x.shape)} ({x.dtype})"
+            )
         return x if x.dtype == np.uint8 else x.astype(np.float32)
 
     def _labels(self, labels, n: int):
@@ -426,9 +468,16 @@ class GaussianVAEModel(TrainedModel):
     def _evaluate(self, data, iwae_k, key, batch_size, k_chunk) -> dict:
         parts = FAMILIES[self.family].eval_parts(self.model, self.task, self.config)
         replicated = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], self.params)
-        return evaluate.evaluate_runs(parts, replicated, data, iwae_k=iwae_k,
-                                      eval_batch_size=self.config.eval_batch_size, iwae_batch_size=batch_size,
-                                      k_chunk=k_chunk, key=key)[0]
+        return evaluate.evaluate_runs(
+            parts,
+            replicated,
+            data,
+            iwae_k=iwae_k,
+            eval_batch_size=self.config.eval_batch_size,
+            iwae_batch_size=batch_size,
+            k_chunk=k_chunk,
+            key=key,
+        )[0]
 
 
 class CVAEModel(GaussianVAEModel):
@@ -495,8 +544,11 @@ class VQVAEModel(TrainedModel):
     def _sample(self, n, key, labels, temperature):
         grid = self.model.grid_shape
         if self.prior is None:
-            warnings.warn(f"{self.source}: this VQ-VAE has no learned prior (stage 2 did not run); sampling uniform "
-                          "code grids, its training-time prior (temperature ignored)", stacklevel=3)
+            warnings.warn(
+                f"{self.source}: this VQ-VAE has no learned prior (stage 2 did not run); sampling uniform "
+                "code grids, its training-time prior (temperature ignored)",
+                stacklevel=3,
+            )
             codes = vq_tasks.uniform_code_grids(key, n, grid, self.model.num_codes)
         else:
             _, prior_model, prior_params = self.prior
@@ -511,10 +563,17 @@ class VQVAEModel(TrainedModel):
 
     def _latents(self, z) -> np.ndarray:
         z, (h, w), k = np.asarray(z), self.model.grid_shape, self.model.num_codes
-        if z.ndim != 3 or z.shape[1:] != (h, w) or len(z) < 1 or not np.issubdtype(z.dtype, np.integer) or (
-                z.min() < 0 or z.max() >= k):
-            raise ConfigError(f"z must be code-index grids [N, {h}, {w}] of integers in [0, {k}) for this model, "
-                              f"got shape {list(z.shape)} ({z.dtype})")
+        if (
+            z.ndim != 3
+            or z.shape[1:] != (h, w)
+            or len(z) < 1
+            or not np.issubdtype(z.dtype, np.integer)
+            or (z.min() < 0 or z.max() >= k)
+        ):
+            raise ConfigError(
+                f"z must be code-index grids [N, {h}, {w}] of integers in [0, {k}) for this model, "
+                f"got shape {list(z.shape)} ({z.dtype})"
+            )
         return z.astype(np.int32)
 
     def _decode(self, z, labels):
@@ -539,8 +598,14 @@ class AutoEncoderModel(TrainedModel):
         return ae_tasks.ae_decode(self.model, self.params, z, self.config.output)
 
 
-MODEL_CLASSES = {"vae": GaussianVAEModel, "conv_vae": GaussianVAEModel, "cvae": CVAEModel, "hvae": HVAEModel,
-                 "vqvae": VQVAEModel, "autoencoder": AutoEncoderModel}
+MODEL_CLASSES = {
+    "vae": GaussianVAEModel,
+    "conv_vae": GaussianVAEModel,
+    "cvae": CVAEModel,
+    "hvae": HVAEModel,
+    "vqvae": VQVAEModel,
+    "autoencoder": AutoEncoderModel,
+}
 
 
 def make_trained_model(kind: str, *args, **kwargs) -> TrainedModel:
@@ -559,11 +624,17 @@ def load_images(run: TrainedModel, spec: str, split: str = "test", data_dir: str
 
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    dataset = data_lib.load_dataset(spec, data_dir=data_dir or run.config.data_dir or None,
-                                    binarize=run.config.binarize, image_size=run.config.image_size)
+    dataset = data_lib.load_dataset(
+        spec,
+        data_dir=data_dir or run.config.data_dir or None,
+        binarize=run.config.binarize,
+        image_size=run.config.image_size,
+    )
     if tuple(dataset.image_shape) != run.image_shape:
-        raise ConfigError(f"--dataset {spec}: images are {'x'.join(map(str, dataset.image_shape))}, the model was "
-                          f"trained on {'x'.join(map(str, run.image_shape))}")
+        raise ConfigError(
+            f"--dataset {spec}: images are {'x'.join(map(str, dataset.image_shape))}, the model was "
+            f"trained on {'x'.join(map(str, run.image_shape))}"
+        )
     parts = {"train": [(dataset.train_pixels, dataset.y_train)], "test": [(dataset.test_pixels, dataset.y_test)]}
     chosen = parts["train"] + parts["test"] if split == "all" else parts[split]
     x = np.concatenate([np.asarray(p) for p, _ in chosen])
@@ -595,16 +666,28 @@ def export_run(workdir: str, path: str, seed: int | None = None, epoch: int | No
         raise ConfigError(f"--out {path} is a directory; give a file path like model.msgpack")
     run = load_run(workdir, seed=seed, epoch=epoch)
     host = lambda tree: jax.tree_util.tree_map(np.asarray, jax.device_get(tree))  # noqa: E731
-    payload = {"kind": run.family, "config": json.dumps(runner.config_record(run.config)),
-               "image_shape": list(run.image_shape), "epoch": run.epoch, "seed": run.seed,
-               "params": host(run.params), "model_state": host(run.model_state) if run.model_state else None,
-               "prior": None}
+    payload = {
+        "kind": run.family,
+        "config": json.dumps(runner.config_record(run.config)),
+        "image_shape": list(run.image_shape),
+        "epoch": run.epoch,
+        "seed": run.seed,
+        "params": host(run.params),
+        "model_state": host(run.model_state) if run.model_state else None,
+        "prior": None,
+    }
     if run.prior is not None:
         prior_config, _, prior_params = run.prior
         payload["prior"] = {"config": json.dumps(runner.config_record(prior_config)), "params": host(prior_params)}
     body = serialization.msgpack_serialize(payload)
-    blob = serialization.msgpack_serialize({"format": EXPORT_FORMAT, "version": EXPORT_VERSION,
-                                            "sha256": hashlib.sha256(body).hexdigest(), "payload": body})
+    blob = serialization.msgpack_serialize(
+        {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "payload": body,
+        }
+    )
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=directory)
@@ -634,8 +717,10 @@ def _read_export(path: str) -> dict:
     if not isinstance(outer, dict) or outer.get("format") != EXPORT_FORMAT:
         raise ConfigError(f"{foreign} (no {EXPORT_FORMAT!r} format tag)")
     if outer.get("version") != EXPORT_VERSION:
-        raise ConfigError(f"--workdir {path}: an exported model of format version {outer.get('version')!r}; this "
-                          f"vae_jax reads version {EXPORT_VERSION}")
+        raise ConfigError(
+            f"--workdir {path}: an exported model of format version {outer.get('version')!r}; this "
+            f"vae_jax reads version {EXPORT_VERSION}"
+        )
     body = outer.get("payload")
     if not isinstance(body, bytes) or hashlib.sha256(body).hexdigest() != outer.get("sha256"):
         raise ConfigError(f"--workdir {path}: the exported model is damaged (its checksum does not match)")
@@ -645,8 +730,9 @@ def _read_export(path: str) -> dict:
 def _params_like(tree, template, what: str, path: str):
     """``tree`` as device arrays after checking it has ``template``'s structure and leaf shapes."""
     same = jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(template) and all(
-        np.shape(a) == tuple(b.shape) for a, b in zip(jax.tree_util.tree_leaves(tree),
-                                                       jax.tree_util.tree_leaves(template)))
+        np.shape(a) == tuple(b.shape)
+        for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(template))
+    )
     if not same:
         raise ConfigError(f"--workdir {path}: the exported {what} do not fit the model its config describes")
     return jax.device_put(tree)
@@ -666,8 +752,20 @@ def _load_export(path: str) -> TrainedModel:
     if record["prior"] is not None:
         prior_config = runner.config_from_record(json.loads(record["prior"]["config"]), prior_tasks.PriorConfig, path)
         prior_model, prior_task = prior_tasks.prior_task(prior_config, model.grid_shape, model.num_codes)
-        prior_params = _params_like(record["prior"]["params"],
-                                    jax.eval_shape(prior_task.init_params, jax.random.key(0)), "prior params", path)
+        prior_params = _params_like(
+            record["prior"]["params"], jax.eval_shape(prior_task.init_params, jax.random.key(0)), "prior params", path
+        )
         prior = (prior_config, prior_model, prior_params)
-    return make_trained_model(kind, config, model, task, params, int(record["epoch"]), int(record["seed"]),
-                              image_shape, model_state, prior, path)
+    return make_trained_model(
+        kind,
+        config,
+        model,
+        task,
+        params,
+        int(record["epoch"]),
+        int(record["seed"]),
+        image_shape,
+        model_state,
+        prior,
+        path,
+    )

@@ -16,5 +16,17 @@ from vae_jax.models.pixelcnn import PixelCNN
 from vae_jax.models.vae import VAE, MLPDecoder, MLPEncoder, init_params, init_variables
 from vae_jax.models.vqvae import VQVAE
 
-__all__ = ["VAE", "MLPEncoder", "MLPDecoder", "init_params", "init_variables", "AutoEncoder", "ConvVAE", "CVAE",
-           "HVAE", "VQVAE", "PixelCNN", "bare_params"]
+__all__ = [
+    "VAE",
+    "MLPEncoder",
+    "MLPDecoder",
+    "init_params",
+    "init_variables",
+    "AutoEncoder",
+    "ConvVAE",
+    "CVAE",
+    "HVAE",
+    "VQVAE",
+    "PixelCNN",
+    "bare_params",
+]

@@ -34,7 +34,7 @@ Unpooling needs the indices of the input being reconstructed, so with
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -106,8 +106,9 @@ class AutoEncoder(nn.Module):
             self.decoder_in = layers.Dense(h * w * hidden[-1], name="dec_in")
             # Up-block i undoes pool i: from hidden[i] channels to hidden[i - 1] (hidden[0] for the first).
             self.up_blocks = [
-                layers.UpBlock(hidden[max(i - 1, 0)], mode=_UP_MODE[self.upsampling], factor=2, kernel_size=3,
-                               name=f"up_{i}")
+                layers.UpBlock(
+                    hidden[max(i - 1, 0)], mode=_UP_MODE[self.upsampling], factor=2, kernel_size=3, name=f"up_{i}"
+                )
                 for i in range(len(hidden))
             ]
             self.decoder_out = layers.Conv2d(self.image_shape[-1], 3, name="dec_out")

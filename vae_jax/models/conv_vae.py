@@ -29,7 +29,7 @@ Reference: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -63,8 +63,7 @@ class ConvEncoder(nn.Module):
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = x
         for i, c in enumerate(self.channels):
-            h = nn.relu(Conv(c, (self.kernel_size, self.kernel_size), strides=2, padding="SAME",
-                                name=f"conv_{i}")(h))
+            h = nn.relu(Conv(c, (self.kernel_size, self.kernel_size), strides=2, padding="SAME", name=f"conv_{i}")(h))
         h = h.reshape(h.shape[0], -1)  # [B, h * w * c]: the flat vector (1024 for the faces preset)
         if self.hidden:
             h = nn.relu(Dense(self.hidden, name="hidden")(h))
@@ -93,8 +92,9 @@ class ConvDecoder(nn.Module):
         up = [*reversed(self.channels[:-1]), self.out_channels]
         for i, c in enumerate(up):
             # nn.ConvTranspose's parameters and values, with a kernel gradient XLA:CPU computes ~10x faster.
-            h = ConvTranspose(c, (self.kernel_size, self.kernel_size), strides=(2, 2), padding="SAME",
-                              name=f"deconv_{i}")(h)
+            h = ConvTranspose(
+                c, (self.kernel_size, self.kernel_size), strides=(2, 2), padding="SAME", name=f"deconv_{i}"
+            )(h)
             if i < len(up) - 1:
                 h = nn.relu(h)
         return h[:, : self.image_shape[0], : self.image_shape[1]]
@@ -120,8 +120,9 @@ class ConvVAE(nn.Module):
         c = self.image_shape[-1]
         out_channels = 2 * c if self.likelihood == "gaussian_pixel_var" else c
         self.encoder = ConvEncoder(tuple(self.channels), self.latent_dim, self.hidden, self.kernel_size)
-        self.decoder = ConvDecoder(tuple(self.channels), tuple(self.image_shape), out_channels, self.hidden,
-                                   self.kernel_size)
+        self.decoder = ConvDecoder(
+            tuple(self.channels), tuple(self.image_shape), out_channels, self.hidden, self.kernel_size
+        )
         self.shared_logvar = SharedLogVariance() if self.likelihood == "gaussian_shared_var" else None
 
     def __call__(self, x: jax.Array, key: jax.Array):

@@ -30,7 +30,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -99,8 +99,17 @@ class HVAE(nn.Module):
         q2_mean, q2_logvar = self.encode_top(z1)
         z2 = losses.reparameterize(key2, q2_mean, q2_logvar)
         p1_mean, p1_logvar = self.prior_bottom(z2)
-        return {"decoder_out": self.decode(z1), "z1": z1, "q1_mean": q1_mean, "q1_logvar": q1_logvar,
-                "p1_mean": p1_mean, "p1_logvar": p1_logvar, "z2": z2, "q2_mean": q2_mean, "q2_logvar": q2_logvar}
+        return {
+            "decoder_out": self.decode(z1),
+            "z1": z1,
+            "q1_mean": q1_mean,
+            "q1_logvar": q1_logvar,
+            "p1_mean": p1_mean,
+            "p1_logvar": p1_logvar,
+            "z2": z2,
+            "q2_mean": q2_mean,
+            "q2_logvar": q2_logvar,
+        }
 
     def sample(self, key: jax.Array, n: int, temperature: float = 1.0) -> jax.Array:
         """Ancestral sampling z2 ~ N(0, t²I), z1 ~ N(mean, t² var) of p(z1|z2): decoder outputs ``[n, H, W, C']``.

@@ -242,8 +242,9 @@ class Conv(_XlaConvLayer):
 
     def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
-        return jax.lax.conv_general_dilated(x, kernel, _pair(self.strides), padding,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(
+            x, kernel, _pair(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
 
 class ConvTranspose(_XlaConvLayer):
@@ -419,7 +420,11 @@ class UpBlock(nn.Module):
                     f"{base} to {(base[0] + f - 1, base[1] + f - 1)})"
                 )
             y = ConvTranspose2d(
-                self.features, k, stride=f, padding=padding,
-                output_padding=output_padding, name="conv_transpose",
+                self.features,
+                k,
+                stride=f,
+                padding=padding,
+                output_padding=output_padding,
+                name="conv_transpose",
             )(x)
         return _drop_batch(y, added)

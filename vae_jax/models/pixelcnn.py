@@ -40,7 +40,7 @@ p(c_{ij} | codes before (i, j) in raster order).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -122,15 +122,19 @@ class MaskedConv(nn.Module):
         in_channels = x.shape[-1]
         # LeCun normal over the true fan-in (taps · C_in), drawn 2-D (XLA on CPU compiles 4-D draws slowly).
         init = nn.initializers.lecun_normal()
-        kernel = self.param("kernel", lambda key, shape: init(key, (shape[0] * shape[1], shape[2])).reshape(shape),
-                            (len(taps), in_channels, self.features))  # [taps, C_in, F]
+        kernel = self.param(
+            "kernel",
+            lambda key, shape: init(key, (shape[0] * shape[1], shape[2])).reshape(shape),
+            (len(taps), in_channels, self.features),
+        )  # [taps, C_in, F]
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         height, width = x.shape[1:3]
         top, left = max(0, -min(dr for dr, _ in taps)), max(0, -min(dc for _, dc in taps))
         bottom, right = max(0, max(dr for dr, _ in taps)), max(0, max(dc for _, dc in taps))
         padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
         shifted = jnp.concatenate(
-            [padded[:, top + dr:top + dr + height, left + dc:left + dc + width] for dr, dc in taps], axis=-1)
+            [padded[:, top + dr : top + dr + height, left + dc : left + dc + width] for dr, dc in taps], axis=-1
+        )
         return add_bias(shifted @ kernel.reshape(len(taps) * in_channels, self.features), bias)
 
 
@@ -203,8 +207,9 @@ class PixelCNN(nn.Module):
         self.embed = Embed(self.num_codes, self.features)
         if self.num_classes:
             self.class_embed = Embed(self.num_classes, self.features)
-        self.layers = [GatedLayer(self.features, self.kernel_size, "A" if i == 0 else "B")
-                       for i in range(self.num_layers)]
+        self.layers = [
+            GatedLayer(self.features, self.kernel_size, "A" if i == 0 else "B") for i in range(self.num_layers)
+        ]
         self.hidden_out = Dense(self.features)
         self.logits_out = Dense(self.num_codes)
 

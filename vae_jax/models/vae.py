@@ -20,7 +20,7 @@ bare params tree: pass ``init_variables(...)``, or wrap the tree from
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -85,8 +85,9 @@ class SharedLogVariance(nn.Module):
         # Broadcast in (at least) float32: the parameter's gradient is a sum over every pixel of every image,
         # which in bfloat16 stops growing after a few hundred terms (4 instead of 288 at batch 128, on CPU).
         wide = float32_or_wider(mean_logits.dtype)
-        return jnp.concatenate([mean_logits.astype(wide), jnp.broadcast_to(logvar.astype(wide), mean_logits.shape)],
-                               axis=-1)
+        return jnp.concatenate(
+            [mean_logits.astype(wide), jnp.broadcast_to(logvar.astype(wide), mean_logits.shape)], axis=-1
+        )
 
 
 def make_mlp_decoder(hidden: Sequence[int], image_shape: Sequence[int], likelihood: str):

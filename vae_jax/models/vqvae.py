@@ -25,7 +25,7 @@ codebook the loss gives it no gradient and
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -82,8 +82,9 @@ class VQVAE(nn.Module):
         self.dec_up2 = ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME")
         # The paper's PyTorch ports draw codes from U(-1/K, 1/K); unit-variance-per-vector
         # codes are nearer to the encoder outputs' scale, so fewer start dead.
-        self.codebook = self.param("codebook", nn.initializers.variance_scaling(1.0, "fan_out", "uniform"),
-                                   (self.num_codes, self.code_dim))
+        self.codebook = self.param(
+            "codebook", nn.initializers.variance_scaling(1.0, "fan_out", "uniform"), (self.num_codes, self.code_dim)
+        )
 
     @property
     def grid_shape(self) -> tuple[int, int]:

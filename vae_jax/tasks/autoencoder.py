@@ -5,22 +5,21 @@ A model restored from a workdir's ``config.json`` is built exactly as it was tra
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import corruption, losses, objectives, penalties, precision as precision_lib
+from vae_jax import corruption, losses, objectives, penalties
+from vae_jax import precision as precision_lib
 from vae_jax.errors import field, require
 from vae_jax.models.autoencoder import ARCHS, UPSAMPLINGS, AutoEncoder, conv_level_sizes
 from vae_jax.models.autoencoder import init_params as init_autoencoder_params
 from vae_jax.protocol import Task, TrainConfig
 from vae_jax.tasks.common import apply_in_batches
-
 
 AE_VARIANTS = ("plain", "denoising", "masked", "contractive")
 AE_LOSSES = ("bce", "mse")
@@ -49,61 +48,94 @@ class AEConfig(TrainConfig):
     channels: tuple[int, ...] = field((32, 64), "conv channels per down-block (conv + ReLU + 2x2 max pool)")
     upsampling: str = field("transpose", "conv decoder's way up", choices=UPSAMPLINGS)
     loss: str = field("bce", "reconstruction loss per pixel, summed over pixels", choices=AE_LOSSES)
-    output: str = field("sigmoid", "image = sigmoid(decoder output), or the output itself (linear; mse only)",
-                        choices=AE_OUTPUTS)
+    output: str = field(
+        "sigmoid", "image = sigmoid(decoder output), or the output itself (linear; mse only)", choices=AE_OUTPUTS
+    )
     noise: str = field("gaussian", "denoising: the corruption", choices=corruption.NOISES)
     noise_std: float = field(0.5, "denoising: std of the gaussian noise")
     noise_rate: float = field(0.25, "denoising: fraction of pixels hit by salt_and_pepper or dropout")
     mask_ratio: float = field(0.5, "masked: fraction of patches masked")
     patch_size: int = field(4, "masked: side of the square patches in pixels")
-    masked_loss: str = field("masked", "masked: train on the masked pixels only or on all pixels",
-                             choices=MASKED_LOSS_ON)
+    masked_loss: str = field(
+        "masked", "masked: train on the masked pixels only or on all pixels", choices=MASKED_LOSS_ON
+    )
     contractive_weight: float = field(0.01, "contractive: lambda in recon + lambda * ||dz/dx||_F^2")
-    contractive_method: str = field("exact", "contractive: exact Jacobian or Hutchinson estimate",
-                                    choices=penalties.CONTRACTIVE_METHODS)
+    contractive_method: str = field(
+        "exact", "contractive: exact Jacobian or Hutchinson estimate", choices=penalties.CONTRACTIVE_METHODS
+    )
     hutchinson_samples: int = field(1, "contractive: random probes per example for --contractive-method hutchinson")
     precision: str = precision_lib.config_field("bfloat16 encoder and decoder")
 
     def validate(self) -> None:
         super().validate()
-        for name, choices in (("variant", AE_VARIANTS), ("arch", ARCHS), ("upsampling", UPSAMPLINGS),
-                              ("loss", AE_LOSSES), ("output", AE_OUTPUTS), ("noise", corruption.NOISES),
-                              ("masked_loss", MASKED_LOSS_ON),
-                              ("contractive_method", penalties.CONTRACTIVE_METHODS)):
+        for name, choices in (
+            ("variant", AE_VARIANTS),
+            ("arch", ARCHS),
+            ("upsampling", UPSAMPLINGS),
+            ("loss", AE_LOSSES),
+            ("output", AE_OUTPUTS),
+            ("noise", corruption.NOISES),
+            ("masked_loss", MASKED_LOSS_ON),
+            ("contractive_method", penalties.CONTRACTIVE_METHODS),
+        ):
             value = getattr(self, name)
             require(value in choices, name, "one of " + ", ".join(choices), value)
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
-        require(all(w > 0 for w in self.hidden), "hidden",
-                "comma-separated positive widths like 512,256 (or empty for a linear AE)",
-                ",".join(map(str, self.hidden)))
-        require(len(self.channels) > 0 and all(c > 0 for c in self.channels), "channels",
-                "comma-separated positive channel counts like 32,64", ",".join(map(str, self.channels)))
-        require(not (self.output == "linear" and self.loss == "bce"), "output",
-                "sigmoid with --loss bce (a linear output has no Bernoulli likelihood)", self.output)
-        require(math.isfinite(self.noise_std) and self.noise_std >= 0, "noise_std", "a non-negative number",
-                self.noise_std)
+        require(
+            all(w > 0 for w in self.hidden),
+            "hidden",
+            "comma-separated positive widths like 512,256 (or empty for a linear AE)",
+            ",".join(map(str, self.hidden)),
+        )
+        require(
+            len(self.channels) > 0 and all(c > 0 for c in self.channels),
+            "channels",
+            "comma-separated positive channel counts like 32,64",
+            ",".join(map(str, self.channels)),
+        )
+        require(
+            not (self.output == "linear" and self.loss == "bce"),
+            "output",
+            "sigmoid with --loss bce (a linear output has no Bernoulli likelihood)",
+            self.output,
+        )
+        require(
+            math.isfinite(self.noise_std) and self.noise_std >= 0, "noise_std", "a non-negative number", self.noise_std
+        )
         require(0.0 <= self.noise_rate <= 1.0, "noise_rate", "a fraction in [0, 1]", self.noise_rate)
         require(0.0 < self.mask_ratio < 1.0, "mask_ratio", "a fraction strictly between 0 and 1", self.mask_ratio)
         require(self.patch_size > 0, "patch_size", "a positive integer", self.patch_size)
-        require(math.isfinite(self.contractive_weight) and self.contractive_weight >= 0, "contractive_weight",
-                "a non-negative number", self.contractive_weight)
+        require(
+            math.isfinite(self.contractive_weight) and self.contractive_weight >= 0,
+            "contractive_weight",
+            "a non-negative number",
+            self.contractive_weight,
+        )
         require(self.hutchinson_samples > 0, "hutchinson_samples", "a positive integer", self.hutchinson_samples)
 
     def validate_for(self, image_shape) -> None:
         """Checks the settings that depend on the data's ``(H, W, C)``."""
         h, w = image_shape[:2]
-        require(self.patch_size <= min(h, w), "patch_size", f"at most {min(h, w)} for {h}x{w} images",
-                self.patch_size)
+        require(self.patch_size <= min(h, w), "patch_size", f"at most {min(h, w)} for {h}x{w} images", self.patch_size)
         if self.arch == "conv":
             smallest = conv_level_sizes(h, w, len(self.channels))[-2]
-            require(min(smallest) >= 2, "channels", f"few enough down-blocks for {h}x{w} images "
-                    f"(each halves the size)", ",".join(map(str, self.channels)))
+            require(
+                min(smallest) >= 2,
+                "channels",
+                f"few enough down-blocks for {h}x{w} images (each halves the size)",
+                ",".join(map(str, self.channels)),
+            )
 
 
 def build_autoencoder(config: AEConfig, image_shape) -> AutoEncoder:
     hidden = config.channels if config.arch == "conv" else config.hidden
-    return AutoEncoder(latent_dim=config.latent_dim, arch=config.arch, hidden=tuple(hidden),
-                       image_shape=tuple(image_shape), upsampling=config.upsampling)
+    return AutoEncoder(
+        latent_dim=config.latent_dim,
+        arch=config.arch,
+        hidden=tuple(hidden),
+        image_shape=tuple(image_shape),
+        upsampling=config.upsampling,
+    )
 
 
 def decoder_image(output: str, decoder_out: jax.Array) -> jax.Array:
@@ -111,15 +143,18 @@ def decoder_image(output: str, decoder_out: jax.Array) -> jax.Array:
     return objectives.decoder_mean(decoder_out) if output == "sigmoid" else decoder_out
 
 
-def ae_reconstruction_loss(config: AEConfig, decoder_out: jax.Array, x: jax.Array,
-                           mask: jax.Array | None = None) -> jax.Array:
+def ae_reconstruction_loss(
+    config: AEConfig, decoder_out: jax.Array, x: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
     """Per-example reconstruction loss ``[B]`` of the clean ``x``, over the pixels where ``mask`` is 1 (all if None).
 
     ``bce``: :func:`losses.bernoulli_nll` of the logits; ``mse``: the squared
     error of the image (:func:`decoder_image`) summed over pixels.
     """
     if config.loss == "bce":
-        return losses.bernoulli_nll(decoder_out, x) if mask is None else losses.masked_bernoulli_nll(decoder_out, x, mask)
+        return (
+            losses.bernoulli_nll(decoder_out, x) if mask is None else losses.masked_bernoulli_nll(decoder_out, x, mask)
+        )
     image = decoder_image(config.output, decoder_out)
     return losses.squared_error(image, x) if mask is None else losses.masked_squared_error(image, x, mask)
 
@@ -167,7 +202,8 @@ def make_ae_terms(model: AutoEncoder, config: AEConfig, image_shape, evaluation:
             terms["loss"] = terms["masked_recon"] if config.masked_loss == "masked" else recon
         elif variant == "contractive":
             penalty = penalties.contractive_penalty(
-                encode_one(params), x, config.contractive_method, key, config.hutchinson_samples)
+                encode_one(params), x, config.contractive_method, key, config.hutchinson_samples
+            )
             terms["penalty"] = penalty
             terms["loss"] = recon + config.contractive_weight * penalty
         else:
@@ -192,7 +228,9 @@ def make_ae_terms(model: AutoEncoder, config: AEConfig, image_shape, evaluation:
             terms["masked_input_psnr"] = losses.psnr_from_mse(losses.masked_mean_squared_error(x_in, x, mask))
         elif variant == "contractive":  # the exact norm, also when training uses the Hutchinson estimate
             exact = config.contractive_method == "exact"
-            terms["jacobian_fro2"] = terms["penalty"] if exact else penalties.jacobian_sq_frobenius(encode_one(params), x)
+            terms["jacobian_fro2"] = (
+                terms["penalty"] if exact else penalties.jacobian_sq_frobenius(encode_one(params), x)
+            )
         return terms
 
     return terms_fn
@@ -216,8 +254,12 @@ def ae_task(config: AEConfig, image_shape) -> tuple[AutoEncoder, Task]:
         # key is the runner's fixed evaluation key (folded with the batch index): repeatable corruptions.
         return eval_terms(params, batch["x"], key)
 
-    task = Task(init_params=lambda key: init_autoencoder_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn,
-                headline=AE_HEADLINE[config.variant])
+    task = Task(
+        init_params=lambda key: init_autoencoder_params(model, key),
+        loss_fn=loss_fn,
+        eval_fn=eval_fn,
+        headline=AE_HEADLINE[config.variant],
+    )
     return model, task
 
 
@@ -246,7 +288,8 @@ def ae_decode(model: AutoEncoder, params, z: np.ndarray, output: str = "sigmoid"
     return apply_in_batches(_ae_decode, model, params, np.asarray(z, np.float32), batch_size=batch_size, output=output)
 
 
-def ae_reconstruct(model: AutoEncoder, params, x: np.ndarray, output: str = "sigmoid",
-                   batch_size: int = 1000) -> np.ndarray:
+def ae_reconstruct(
+    model: AutoEncoder, params, x: np.ndarray, output: str = "sigmoid", batch_size: int = 1000
+) -> np.ndarray:
     """Reconstructions ``[N, H, W, C]`` of (possibly corrupted) inputs ``x``, all ways up included."""
     return apply_in_batches(_ae_reconstruct, model, params, x, batch_size=batch_size, output=output)

@@ -30,38 +30,57 @@ class CVAEConfig(VAEObjectiveConfig):
 
     kind: ClassVar[str] = "cvae"
 
-    latent_dim: int = field(2, "latent dimensions; small, so that the class is left to the label (with 20, a "
-                            "short run encodes the class in z and the decoder ignores y)")
+    latent_dim: int = field(
+        2,
+        "latent dimensions; small, so that the class is left to the label (with 20, a "
+        "short run encodes the class in z and the decoder ignores y)",
+    )
     hidden: tuple[int, ...] = field((400,), "encoder hidden widths (the decoder mirrors them)")
-    num_classes: int = field(0, "number of classes of the one-hot label (0: one more than the largest label "
-                             "in the data)")
+    num_classes: int = field(
+        0, "number of classes of the one-hot label (0: one more than the largest label in the data)"
+    )
     workdir: str = field("runs/cvae", "output directory: config, metrics, checkpoints, figures")
 
     def validate(self) -> None:
         super().validate()
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
-        require(len(self.hidden) > 0 and all(w > 0 for w in self.hidden), "hidden",
-                "comma-separated positive widths like 400 or 512,256", ",".join(map(str, self.hidden)))
+        require(
+            len(self.hidden) > 0 and all(w > 0 for w in self.hidden),
+            "hidden",
+            "comma-separated positive widths like 400 or 512,256",
+            ",".join(map(str, self.hidden)),
+        )
         require(self.num_classes >= 0, "num_classes", "a non-negative integer (0: from the data)", self.num_classes)
 
 
 def with_data_classes(config: CVAEConfig, dataset) -> CVAEConfig:
     """``config`` with ``num_classes`` resolved from ``dataset``'s labels (a one-line error if it has none)."""
     if dataset.num_classes is None:
-        raise ConfigError(f"--dataset {config.dataset}: {dataset.source} has no labels; the conditional VAE "
-                          "needs labelled data (mnist, a tfds set with labels, or an npz with y_train/y_test)")
+        raise ConfigError(
+            f"--dataset {config.dataset}: {dataset.source} has no labels; the conditional VAE "
+            "needs labelled data (mnist, a tfds set with labels, or an npz with y_train/y_test)"
+        )
     if config.num_classes == 0:
         return dataclasses.replace(config, num_classes=dataset.num_classes)
-    require(dataset.num_classes <= config.num_classes, "num_classes",
-            f"at least {dataset.num_classes} (the data's labels run to {dataset.num_classes - 1})", config.num_classes)
+    require(
+        dataset.num_classes <= config.num_classes,
+        "num_classes",
+        f"at least {dataset.num_classes} (the data's labels run to {dataset.num_classes - 1})",
+        config.num_classes,
+    )
     return config
 
 
 def build_cvae(config: CVAEConfig, image_shape) -> CVAE:
     if config.num_classes <= 0:
         raise ValueError("resolve num_classes from the data first (with_data_classes)")
-    return CVAE(latent_dim=config.latent_dim, hidden=tuple(config.hidden), image_shape=tuple(image_shape),
-                num_classes=config.num_classes, likelihood=config.likelihood)
+    return CVAE(
+        latent_dim=config.latent_dim,
+        hidden=tuple(config.hidden),
+        image_shape=tuple(image_shape),
+        num_classes=config.num_classes,
+        likelihood=config.likelihood,
+    )
 
 
 def make_cvae_terms(model: CVAE, likelihood: str = "bernoulli", decoder_logvar: float = 0.0):
@@ -77,8 +96,11 @@ def make_cvae_terms(model: CVAE, likelihood: str = "bernoulli", decoder_logvar: 
         x, y = batch["x"], batch["y"]
         decoder_out, mean, logvar, _ = model.apply({"params": params}, x, y, key)
         kl_per_dim = losses.gaussian_kl(mean, logvar, event_ndim=0)  # [B, D]
-        return {"recon": objectives.reconstruction_nll(likelihood, decoder_out, x, decoder_logvar),
-                "kl": jnp.sum(kl_per_dim, axis=-1), "kl_per_dim": kl_per_dim}
+        return {
+            "recon": objectives.reconstruction_nll(likelihood, decoder_out, x, decoder_logvar),
+            "kl": jnp.sum(kl_per_dim, axis=-1),
+            "kl_per_dim": kl_per_dim,
+        }
 
     return terms_fn
 
@@ -95,8 +117,7 @@ def make_cvae_log_weights(model: CVAE, likelihood: str = "bernoulli", decoder_lo
         mean, logvar = model.apply({"params": params}, x, y, method=model.encode)  # [B, D]
         eps = jax.random.normal(key, (x.shape[0], k, mean.shape[-1]), mean.dtype)
         z = mean[:, None] + jnp.exp(0.5 * logvar[:, None]) * eps  # [B, k, D]
-        decoder_out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), jnp.repeat(y, k),
-                                  method=model.decode)
+        decoder_out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), jnp.repeat(y, k), method=model.decode)
         x_rep = jnp.repeat(x, k, axis=0)  # [B*k, H, W, C], example-major like z
         log_px_z = -objectives.reconstruction_nll(likelihood, decoder_out, x_rep, decoder_logvar).reshape(-1, k)
         return losses.vae_log_weights(log_px_z, z, mean[:, None], logvar[:, None])
@@ -116,7 +137,8 @@ def cvae_eval_parts(model: CVAE, task: Task, config: CVAEConfig) -> VAEEvalParts
         eval_fn=task.eval_fn,
         log_weights_fn=make_cvae_log_weights(model, config.likelihood, config.decoder_logvar),
         posterior_mean_fn=lambda params, batch: {
-            "z": model.apply({"params": params}, batch["x"], batch["y"], method=model.encode)[0]},
+            "z": model.apply({"params": params}, batch["x"], batch["y"], method=model.encode)[0]
+        },
         needs_labels=True,
     )
 
@@ -140,8 +162,10 @@ def check_labels(model: CVAE, labels, name: str = "labels") -> np.ndarray:
     """
     values = np.asarray(labels)
     if values.ndim != 1 or values.dtype == bool or not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-D array of integer classes in [0, {model.num_classes}), "
-                         f"got {values.dtype} of shape {list(values.shape)}")
+        raise ValueError(
+            f"{name} must be a 1-D array of integer classes in [0, {model.num_classes}), "
+            f"got {values.dtype} of shape {list(values.shape)}"
+        )
     if values.size and (values.min() < 0 or values.max() >= model.num_classes):
         bad = values[(values < 0) | (values >= model.num_classes)][0]
         raise ValueError(f"{name} must lie in [0, {model.num_classes}) (the trained classes), got {int(bad)}")
@@ -155,8 +179,9 @@ def encode_means(model: CVAE, params, x: np.ndarray, y: np.ndarray, batch_size: 
 
 def decode_means(model: CVAE, params, z: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """E[x|z,y] ``[N, H, W, C]`` in [0, 1] for codes ``z`` ``[N, D]`` and labels ``y`` ``[N]``."""
-    return apply_in_batches(_decode_mean, model, params, np.asarray(z, np.float32), check_labels(model, y, "y"),
-                            batch_size=batch_size)
+    return apply_in_batches(
+        _decode_mean, model, params, np.asarray(z, np.float32), check_labels(model, y, "y"), batch_size=batch_size
+    )
 
 
 def sample_class(model: CVAE, params, key: jax.Array, labels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
@@ -175,8 +200,9 @@ def interpolate_in_class(model: CVAE, params, z_a: np.ndarray, z_b: np.ndarray, 
     return decode_means(model, params, (1.0 - t) * z_a + t * z_b, np.full(steps, label))
 
 
-def collapse_diagnostics(model: CVAE, params, x: np.ndarray, y: np.ndarray, key: jax.Array,
-                         batch_size: int = 500) -> dict:
+def collapse_diagnostics(
+    model: CVAE, params, x: np.ndarray, y: np.ndarray, key: jax.Array, batch_size: int = 500
+) -> dict:
     """:func:`vae_jax.diagnostics.collapse_diagnostics` of q(z|x,y) on labelled images: ``{"z": ...}``.
 
     Each image is encoded with its true label. The mutual-information
@@ -186,7 +212,11 @@ def collapse_diagnostics(model: CVAE, params, x: np.ndarray, y: np.ndarray, key:
     from vae_jax import diagnostics
 
     encode = jax.jit(lambda xb, yb: jnp.concatenate(model.apply({"params": params}, xb, yb, method=model.encode), -1))
-    both = np.concatenate([np.asarray(encode(jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size])))
-                           for i in range(0, len(x), batch_size)])
+    both = np.concatenate(
+        [
+            np.asarray(encode(jnp.asarray(x[i : i + batch_size]), jnp.asarray(y[i : i + batch_size])))
+            for i in range(0, len(x), batch_size)
+        ]
+    )
     d = model.latent_dim
     return {"z": diagnostics.collapse_diagnostics(both[:, :d], both[:, d:], key)}

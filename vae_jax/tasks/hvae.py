@@ -58,8 +58,11 @@ class HVAEConfig(VAEObjectiveConfig):
     top_latent_dim: int = field(10, "dimensions of z2, the top latent layer (prior N(0, I))")
     hidden: tuple[int, ...] = field((400,), "hidden widths of q(z1|x) (the decoder p(x|z1) mirrors them)")
     top_hidden: tuple[int, ...] = field((100,), "hidden widths of q(z2|z1) and p(z1|z2)")
-    workdir: str = field("runs/hvae", "output directory: the HVAE in WORKDIR/hvae, the matched one-level VAE in "
-                         "WORKDIR/vae, the comparison and figures on top")
+    workdir: str = field(
+        "runs/hvae",
+        "output directory: the HVAE in WORKDIR/hvae, the matched one-level VAE in "
+        "WORKDIR/vae, the comparison and figures on top",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -67,19 +70,30 @@ class HVAEConfig(VAEObjectiveConfig):
         require(self.top_latent_dim > 0, "top_latent_dim", "a positive integer", self.top_latent_dim)
         for name in ("hidden", "top_hidden"):
             widths = getattr(self, name)
-            require(len(widths) > 0 and all(w > 0 for w in widths), name,
-                    "comma-separated positive widths like 400 or 512,256", ",".join(map(str, widths)))
+            require(
+                len(widths) > 0 and all(w > 0 for w in widths),
+                name,
+                "comma-separated positive widths like 400 or 512,256",
+                ",".join(map(str, widths)),
+            )
 
 
 def build_hvae(config: HVAEConfig, image_shape) -> HVAE:
-    return HVAE(latent_dim=config.latent_dim, top_latent_dim=config.top_latent_dim, hidden=tuple(config.hidden),
-                top_hidden=tuple(config.top_hidden), image_shape=tuple(image_shape), likelihood=config.likelihood)
+    return HVAE(
+        latent_dim=config.latent_dim,
+        top_latent_dim=config.top_latent_dim,
+        hidden=tuple(config.hidden),
+        top_hidden=tuple(config.top_hidden),
+        image_shape=tuple(image_shape),
+        likelihood=config.likelihood,
+    )
 
 
 def hvae_terms_from_pass(out: dict, x: jax.Array, likelihood: str, decoder_logvar: float) -> dict:
     """The per-example terms (module docstring) from one pass ``out`` of :meth:`HVAE.__call__`."""
-    kl_z1_per_dim = (losses.gaussian_log_prob(out["z1"], out["q1_mean"], out["q1_logvar"], event_ndim=0)
-                     - losses.gaussian_log_prob(out["z1"], out["p1_mean"], out["p1_logvar"], event_ndim=0))  # [B, D1]
+    kl_z1_per_dim = losses.gaussian_log_prob(
+        out["z1"], out["q1_mean"], out["q1_logvar"], event_ndim=0
+    ) - losses.gaussian_log_prob(out["z1"], out["p1_mean"], out["p1_logvar"], event_ndim=0)  # [B, D1]
     kl_z2_per_dim = losses.gaussian_kl_between(out["q2_mean"], out["q2_logvar"], 0.0, 0.0, event_ndim=0)  # [B, D2]
     kl_z1 = jnp.sum(kl_z1_per_dim, axis=-1)
     kl_z2 = jnp.sum(kl_z2_per_dim, axis=-1)
@@ -118,19 +132,22 @@ def make_hvae_log_weights(model: HVAE, likelihood: str = "bernoulli", decoder_lo
         apply = lambda method, *args: model.apply({"params": params}, *args, method=method)  # noqa: E731
         q1_mean, q1_logvar = apply(model.encode, x)  # [B, D1]
         key1, key2 = jax.random.split(key)
-        z1 = losses.reparameterize(key1, jnp.broadcast_to(q1_mean[:, None], (x.shape[0], k, q1_mean.shape[-1])),
-                                   q1_logvar[:, None])  # [B, k, D1]
+        z1 = losses.reparameterize(
+            key1, jnp.broadcast_to(q1_mean[:, None], (x.shape[0], k, q1_mean.shape[-1])), q1_logvar[:, None]
+        )  # [B, k, D1]
         z1_flat = z1.reshape(-1, z1.shape[-1])
         q2_mean, q2_logvar = apply(model.encode_top, z1_flat)  # [B*k, D2]
         z2 = losses.reparameterize(key2, q2_mean, q2_logvar)
         p1_mean, p1_logvar = apply(model.prior_bottom, z2)  # [B*k, D1]
         decoder_out = apply(model.decode, z1_flat)
         log_px_z1 = -objectives.reconstruction_nll(likelihood, decoder_out, jnp.repeat(x, k, axis=0), decoder_logvar)
-        log_w = (log_px_z1
-                 + losses.gaussian_log_prob(z1_flat, p1_mean, p1_logvar)
-                 + losses.standard_normal_log_prob(z2)
-                 - losses.gaussian_log_prob(z1, q1_mean[:, None], q1_logvar[:, None]).reshape(-1)
-                 - losses.gaussian_log_prob(z2, q2_mean, q2_logvar))
+        log_w = (
+            log_px_z1
+            + losses.gaussian_log_prob(z1_flat, p1_mean, p1_logvar)
+            + losses.standard_normal_log_prob(z2)
+            - losses.gaussian_log_prob(z1, q1_mean[:, None], q1_logvar[:, None]).reshape(-1)
+            - losses.gaussian_log_prob(z2, q2_mean, q2_logvar)
+        )
         return log_w.reshape(x.shape[0], k)
 
     return log_weights_fn
@@ -186,8 +203,7 @@ def _encode_layers(model: HVAE, params, x):
 def encode_layers(model: HVAE, params, x: np.ndarray, batch_size: int = 1000) -> dict:
     """:func:`posterior_means` of images ``x``: ``{"z1": [N, D1], "z2": [N, D2]}`` on the host."""
     params = bare_params(params)
-    parts = [jax.device_get(_encode_layers(model, params, x[i:i + batch_size]))
-             for i in range(0, len(x), batch_size)]
+    parts = [jax.device_get(_encode_layers(model, params, x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     return {name: np.concatenate([p[name] for p in parts]) for name in ("z1", "z2")}
 
 
@@ -198,8 +214,9 @@ def decode_means(model: HVAE, params, z1: np.ndarray, batch_size: int = 1000) ->
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _sample(model: HVAE, params, key, n: int, temperature):
-    return objectives.decoder_mean(model.apply({"params": params}, key, n, temperature, method=model.sample),
-                                   model.image_shape[-1])
+    return objectives.decoder_mean(
+        model.apply({"params": params}, key, n, temperature, method=model.sample), model.image_shape[-1]
+    )
 
 
 def sample(model: HVAE, params, key: jax.Array, n: int, temperature: float = 1.0) -> np.ndarray:
@@ -227,15 +244,18 @@ def collapse_diagnostics(model: HVAE, params, x: np.ndarray, key: jax.Array, bat
         q1_mean, q1_logvar = model.apply({"params": params}, xb, method=model.encode)
         q2_mean, q2_logvar = model.apply({"params": params}, q1_mean, method=model.encode_top)
         out = model.apply({"params": params}, xb, jax.random.fold_in(pass_key, i))
-        kl_z1 = hvae_terms_from_pass(out, xb, model.likelihood, 0.0)["kl_per_dim"][:, :model.latent_dim]
+        kl_z1 = hvae_terms_from_pass(out, xb, model.likelihood, 0.0)["kl_per_dim"][:, : model.latent_dim]
         return jnp.concatenate([q1_mean, q1_logvar, kl_z1, q2_mean, q2_logvar], axis=-1)
 
     d1, d2 = model.latent_dim, model.top_latent_dim
     layers = jax.jit(layers)
-    batches = [np.asarray(layers(jnp.asarray(x[i:i + batch_size]), i // batch_size))
-               for i in range(0, len(x), batch_size)]
+    batches = [
+        np.asarray(layers(jnp.asarray(x[i : i + batch_size]), i // batch_size)) for i in range(0, len(x), batch_size)
+    ]
     both = np.concatenate(batches)
-    q1_mean, q1_logvar, kl_z1 = both[:, :d1], both[:, d1:2 * d1], both[:, 2 * d1:3 * d1]
-    q2_mean, q2_logvar = both[:, 3 * d1:3 * d1 + d2], both[:, 3 * d1 + d2:]
-    return {"z1": diagnostics.collapse_diagnostics(q1_mean, q1_logvar, key1, kl_per_dim=kl_z1),
-            "z2": diagnostics.collapse_diagnostics(q2_mean, q2_logvar, key2)}
+    q1_mean, q1_logvar, kl_z1 = both[:, :d1], both[:, d1 : 2 * d1], both[:, 2 * d1 : 3 * d1]
+    q2_mean, q2_logvar = both[:, 3 * d1 : 3 * d1 + d2], both[:, 3 * d1 + d2 :]
+    return {
+        "z1": diagnostics.collapse_diagnostics(q1_mean, q1_logvar, key1, kl_per_dim=kl_z1),
+        "z2": diagnostics.collapse_diagnostics(q2_mean, q2_logvar, key2),
+    }

@@ -26,17 +26,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import data as data_lib, precision as precision_lib
+from vae_jax import data as data_lib
+from vae_jax import precision as precision_lib
 from vae_jax.errors import field, require
 from vae_jax.models.params import bare_params
-from vae_jax.models.pixelcnn import PixelCNN, init_params as init_pixelcnn_params
+from vae_jax.models.pixelcnn import PixelCNN
+from vae_jax.models.pixelcnn import init_params as init_pixelcnn_params
 from vae_jax.protocol import Task, TrainConfig
 
 
@@ -55,8 +58,11 @@ class PriorConfig(TrainConfig):
     batch_size: int = field(64, "training batch size (code grids)")
     channels: int = field(64, "channels of the PixelCNN's vertical and horizontal stacks")
     layers: int = field(5, "gated masked-convolution layers (mask A first, then B)")
-    kernel_size: int = field(3, "odd kernel size k of the masked convolutions (k×k vertical, 1×k horizontal); "
-                                "L layers reach L·(k//2) rows up and columns left")
+    kernel_size: int = field(
+        3,
+        "odd kernel size k of the masked convolutions (k×k vertical, 1×k horizontal); "
+        "L layers reach L·(k//2) rows up and columns left",
+    )
     conditional: bool = field(False, "condition the prior on the class labels (sample one class at a time)")
     precision: str = precision_lib.config_field("bfloat16 network; the softmax cross-entropy in float32")
 
@@ -64,15 +70,24 @@ class PriorConfig(TrainConfig):
         super().validate()
         require(self.channels > 0, "channels", "a positive integer", self.channels)
         require(self.layers > 0, "layers", "a positive integer", self.layers)
-        require(self.kernel_size > 0 and self.kernel_size % 2 == 1, "kernel_size", "an odd positive integer",
-                self.kernel_size)
+        require(
+            self.kernel_size > 0 and self.kernel_size % 2 == 1,
+            "kernel_size",
+            "an odd positive integer",
+            self.kernel_size,
+        )
         require(self.binarize == "none", "binarize", "none (the prior models integer codes)", self.binarize)
 
 
 def build_prior(config: PriorConfig, num_codes: int, num_classes: int | None = None) -> PixelCNN:
     """The :class:`PixelCNN` ``config`` describes, over ``num_codes`` codes (and classes when conditional)."""
-    return PixelCNN(num_codes=num_codes, features=config.channels, num_layers=config.layers,
-                    kernel_size=config.kernel_size, num_classes=num_classes if config.conditional else 0)
+    return PixelCNN(
+        num_codes=num_codes,
+        features=config.channels,
+        num_layers=config.layers,
+        kernel_size=config.kernel_size,
+        num_classes=num_classes if config.conditional else 0,
+    )
 
 
 def grid_nll(logits: jax.Array, codes: jax.Array) -> jax.Array:
@@ -93,8 +108,9 @@ def code_bits_per_dim(nll_nats, grid_shape: Sequence[int]):
     return nll_nats / (math.prod(grid_shape) * math.log(2.0))
 
 
-def prior_task(config: PriorConfig, grid_shape: Sequence[int], num_codes: int,
-               num_classes: int | None = None) -> tuple[PixelCNN, Task]:
+def prior_task(
+    config: PriorConfig, grid_shape: Sequence[int], num_codes: int, num_classes: int | None = None
+) -> tuple[PixelCNN, Task]:
     """The PixelCNN and its :class:`~vae_jax.runner.Task` for ``runner.train``.
 
     Args:
@@ -136,8 +152,12 @@ def prior_task(config: PriorConfig, grid_shape: Sequence[int], num_codes: int,
         del key
         return grid_metrics(params, batch)
 
-    task = Task(init_params=lambda key: init_pixelcnn_params(model, key, grid_shape), loss_fn=loss_fn,
-                eval_fn=eval_fn, headline="bits_per_dim")
+    task = Task(
+        init_params=lambda key: init_pixelcnn_params(model, key, grid_shape),
+        loss_fn=loss_fn,
+        eval_fn=eval_fn,
+        headline="bits_per_dim",
+    )
     return model, task
 
 
@@ -174,8 +194,9 @@ def codes_dataset(train_codes, test_codes, source: str, train_labels=None, test_
     x_train = _as_code_grids(train_codes, "train_codes")
     x_test = _as_code_grids(test_codes, "test_codes")
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise data_lib.DataError(f"train_codes and test_codes must share one grid shape, got {x_train.shape[1:3]} "
-                                 f"and {x_test.shape[1:3]}")
+        raise data_lib.DataError(
+            f"train_codes and test_codes must share one grid shape, got {x_train.shape[1:3]} and {x_test.shape[1:3]}"
+        )
     if (train_labels is None) != (test_labels is None):
         raise data_lib.DataError("train_labels and test_labels must be given together")
     labels = []
@@ -208,8 +229,9 @@ def _sample_codes(model: PixelCNN, params, key, temperature, labels, n: int, gri
     return codes.reshape(n, height, width)
 
 
-def sample_codes(model: PixelCNN, params, key: jax.Array, n: int, grid_shape: Sequence[int],
-                 temperature: float = 1.0, labels=None) -> np.ndarray:
+def sample_codes(
+    model: PixelCNN, params, key: jax.Array, n: int, grid_shape: Sequence[int], temperature: float = 1.0, labels=None
+) -> np.ndarray:
     """Draws ``n`` code grids from the prior, one position at a time in raster order.
 
     c_1 ~ p(c_1), c_2 ~ p(c_2 | c_1), ... : for each of the H'·W' positions
@@ -245,8 +267,9 @@ def sample_codes(model: PixelCNN, params, key: jax.Array, n: int, grid_shape: Se
         labels = jnp.asarray(labels, jnp.int32)
     else:
         labels = None
-    codes = _sample_codes(model, bare_params(params), key, jnp.float32(temperature_value), labels, n=n,
-                          grid_shape=grid_shape)
+    codes = _sample_codes(
+        model, bare_params(params), key, jnp.float32(temperature_value), labels, n=n, grid_shape=grid_shape
+    )
     return np.asarray(codes)
 
 
@@ -274,7 +297,7 @@ def code_nll(model: PixelCNN, params, codes, labels=None, batch_size: int = 500)
         raise ValueError("this prior is class-conditional: pass labels [N]")
     out = []
     for start in range(0, codes.shape[0], batch_size):
-        batch_labels = None if not model.num_classes else jnp.asarray(labels[start:start + batch_size], jnp.int32)
-        batch = jnp.asarray(codes[start:start + batch_size])
+        batch_labels = None if not model.num_classes else jnp.asarray(labels[start : start + batch_size], jnp.int32)
+        batch = jnp.asarray(codes[start : start + batch_size])
         out.append(np.asarray(_batch_nll(model, bare_params(params), batch, batch_labels)))
     return np.concatenate(out)

@@ -5,14 +5,14 @@ A model restored from a workdir's ``config.json`` is built exactly as it was tra
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import dataclasses
+from typing import ClassVar
 
 import jax
 import numpy as np
 
-from vae_jax import caches, diagnostics, objectives, precision as precision_lib, schedules
+from vae_jax import caches, diagnostics, objectives, schedules
+from vae_jax import precision as precision_lib
 from vae_jax.errors import field, require
 from vae_jax.models.params import bare_params
 from vae_jax.models.vae import VAE, init_params
@@ -27,23 +27,35 @@ class VAEObjectiveConfig(TrainConfig):
     kind: ClassVar[str] = "vae_objective"
 
     likelihood: str = field(
-        "bernoulli", "decoder likelihood p(x|z): bernoulli (logits); gaussian N(mean, cI) with fixed c; "
+        "bernoulli",
+        "decoder likelihood p(x|z): bernoulli (logits); gaussian N(mean, cI) with fixed c; "
         "gaussian_shared_var (one learned variance for all pixels, sigma-VAE); gaussian_pixel_var (per-pixel "
-        "variance map)", choices=objectives.LIKELIHOODS)
+        "variance map)",
+        choices=objectives.LIKELIHOODS,
+    )
     decoder_logvar: float = field(
-        0.0, "log c of the fixed-variance Gaussian decoder N(f(z), cI) (--likelihood gaussian); the loss is "
-        "C*||x - f(z)||^2 + KL + const with C = 1/(2c): smaller c weighs reconstruction more against the KL")
+        0.0,
+        "log c of the fixed-variance Gaussian decoder N(f(z), cI) (--likelihood gaussian); the loss is "
+        "C*||x - f(z)||^2 + KL + const with C = 1/(2c): smaller c weighs reconstruction more against the KL",
+    )
     beta: float = field(1.0, "weight of the KL term (beta-VAE when > 1); the end value of a beta schedule")
-    beta_schedule: str = field("constant", "beta over training steps: constant, linear warm-up from 0 "
-                               "(--beta-warmup-steps) or cyclical annealing (--beta-cycle-steps)",
-                               choices=schedules.SCHEDULES)
+    beta_schedule: str = field(
+        "constant",
+        "beta over training steps: constant, linear warm-up from 0 "
+        "(--beta-warmup-steps) or cyclical annealing (--beta-cycle-steps)",
+        choices=schedules.SCHEDULES,
+    )
     beta_warmup_steps: int = field(0, "steps of the linear beta warm-up (--beta-schedule linear)")
     beta_cycle_steps: int = field(0, "steps per cycle of cyclical annealing (--beta-schedule cyclical)")
     beta_ramp_fraction: float = field(0.5, "fraction of each cycle in which beta rises from 0 (cyclical)")
-    free_bits: float = field(0.0, "free bits: a floor in nats on each latent dimension's KL term in the objective "
-                             "(per example; 0 = off)")
-    iwae_k: int = field(1, "train on the importance-weighted bound with k samples (IWAE, k > 1; needs beta 1, "
-                        "a constant schedule and no free bits)")
+    free_bits: float = field(
+        0.0, "free bits: a floor in nats on each latent dimension's KL term in the objective (per example; 0 = off)"
+    )
+    iwae_k: int = field(
+        1,
+        "train on the importance-weighted bound with k samples (IWAE, k > 1; needs beta 1, "
+        "a constant schedule and no free bits)",
+    )
     precision: str = precision_lib.config_field()
 
     def validate(self) -> None:
@@ -51,30 +63,50 @@ class VAEObjectiveConfig(TrainConfig):
         require(np.isfinite(self.beta) and self.beta >= 0, "beta", "a non-negative number", self.beta)
         require(np.isfinite(self.decoder_logvar), "decoder_logvar", "a finite number", self.decoder_logvar)
         if self.beta_schedule == "linear":
-            require(self.beta_warmup_steps > 0, "beta_warmup_steps",
-                    "a positive number of steps with --beta-schedule linear", self.beta_warmup_steps)
+            require(
+                self.beta_warmup_steps > 0,
+                "beta_warmup_steps",
+                "a positive number of steps with --beta-schedule linear",
+                self.beta_warmup_steps,
+            )
         if self.beta_schedule == "cyclical":
-            require(self.beta_cycle_steps > 0, "beta_cycle_steps",
-                    "a positive number of steps with --beta-schedule cyclical", self.beta_cycle_steps)
+            require(
+                self.beta_cycle_steps > 0,
+                "beta_cycle_steps",
+                "a positive number of steps with --beta-schedule cyclical",
+                self.beta_cycle_steps,
+            )
             require(0 < self.beta_ramp_fraction <= 1, "beta_ramp_fraction", "in (0, 1]", self.beta_ramp_fraction)
-        require(np.isfinite(self.free_bits) and self.free_bits >= 0, "free_bits", "a non-negative number of nats",
-                self.free_bits)
+        require(
+            np.isfinite(self.free_bits) and self.free_bits >= 0,
+            "free_bits",
+            "a non-negative number of nats",
+            self.free_bits,
+        )
         require(self.iwae_k >= 1, "iwae_k", "a positive integer", self.iwae_k)
         if self.iwae_k > 1:
-            require(self.beta == 1 and self.beta_schedule == "constant" and self.free_bits == 0, "iwae_k",
-                    "1 unless --beta 1, --beta-schedule constant and --free-bits 0 (the IWAE bound has no KL "
-                    "term to weigh)", self.iwae_k)
+            require(
+                self.beta == 1 and self.beta_schedule == "constant" and self.free_bits == 0,
+                "iwae_k",
+                "1 unless --beta 1, --beta-schedule constant and --free-bits 0 (the IWAE bound has no KL "
+                "term to weigh)",
+                self.iwae_k,
+            )
 
     def beta_fn(self) -> schedules.BetaSchedule:
-        return schedules.make_beta_schedule(self.beta_schedule, self.beta, self.beta_warmup_steps,
-                                            self.beta_cycle_steps, self.beta_ramp_fraction)
+        return schedules.make_beta_schedule(
+            self.beta_schedule, self.beta, self.beta_warmup_steps, self.beta_cycle_steps, self.beta_ramp_fraction
+        )
 
     def objective(self, terms_fn, log_weights_fn=None):
         """``(loss_fn, eval_fn)`` of :func:`objectives.make_elbo_objective` as these flags set it."""
         return objectives.make_elbo_objective(
-            terms_fn, log_weights_fn,
+            terms_fn,
+            log_weights_fn,
             beta_schedule=None if self.iwae_k > 1 else self.beta_fn(),
-            free_bits=self.free_bits, iwae_k=self.iwae_k, dynamic_binarize=self.binarize == "dynamic",
+            free_bits=self.free_bits,
+            iwae_k=self.iwae_k,
+            dynamic_binarize=self.binarize == "dynamic",
         )
 
     def elbo_task(self, model, init_params, make_terms, make_log_weights) -> Task:
@@ -88,13 +120,16 @@ class VAEObjectiveConfig(TrainConfig):
         """
 
         def objective(net):
-            return self.objective(make_terms(net, self.likelihood, self.decoder_logvar),
-                                  make_log_weights(net, self.likelihood, self.decoder_logvar))
+            return self.objective(
+                make_terms(net, self.likelihood, self.decoder_logvar),
+                make_log_weights(net, self.likelihood, self.decoder_logvar),
+            )
 
         loss_fn, _ = objective(precision_lib.compute_in(model, self.precision))
         _, eval_fn = objective(model)
-        return Task(init_params=lambda key: init_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn,
-                    headline="neg_elbo")
+        return Task(
+            init_params=lambda key: init_params(model, key), loss_fn=loss_fn, eval_fn=eval_fn, headline="neg_elbo"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,19 +144,28 @@ class VAEConfig(VAEObjectiveConfig):
     def validate(self) -> None:
         super().validate()
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
-        require(len(self.hidden) > 0 and all(w > 0 for w in self.hidden), "hidden",
-                "comma-separated positive widths like 400 or 512,256", ",".join(map(str, self.hidden)))
+        require(
+            len(self.hidden) > 0 and all(w > 0 for w in self.hidden),
+            "hidden",
+            "comma-separated positive widths like 400 or 512,256",
+            ",".join(map(str, self.hidden)),
+        )
 
 
 def build_vae(config: VAEConfig, image_shape) -> VAE:
-    return VAE(latent_dim=config.latent_dim, hidden=tuple(config.hidden), image_shape=tuple(image_shape),
-               likelihood=config.likelihood)
+    return VAE(
+        latent_dim=config.latent_dim,
+        hidden=tuple(config.hidden),
+        image_shape=tuple(image_shape),
+        likelihood=config.likelihood,
+    )
 
 
 def vae_task(config: VAEConfig, image_shape) -> tuple[VAE, Task]:
     model = build_vae(config, image_shape)
-    return model, config.elbo_task(model, init_params, objectives.make_gaussian_vae_terms,
-                                   objectives.make_gaussian_vae_log_weights)
+    return model, config.elbo_task(
+        model, init_params, objectives.make_gaussian_vae_terms, objectives.make_gaussian_vae_log_weights
+    )
 
 
 # --- queries for figures (host arrays out) -------------------------------------------

@@ -54,9 +54,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import caches, losses, objectives, precision as precision_lib, quantize
+from vae_jax import caches, losses, objectives, quantize
+from vae_jax import precision as precision_lib
 from vae_jax.errors import ConfigError, field, require
-from vae_jax.models.vqvae import VQVAE, init_params as init_vqvae_params
+from vae_jax.models.vqvae import VQVAE
+from vae_jax.models.vqvae import init_params as init_vqvae_params
 from vae_jax.protocol import Task, TrainConfig
 from vae_jax.tasks.common import apply_in_batches
 
@@ -88,8 +90,11 @@ class VQVAEConfig(TrainConfig):
     epochs: int = field(10, "number of epochs to train")
     checkpoint_every: int = field(1, "save a checkpoint every N epochs (codebook usage by epoch is read from them)")
     keep_checkpoints: int = field(100, "how many of the newest checkpoints to keep")
-    preset: str = field("mnist", "model size: mnist (7x7 grid, K=64, D=16, channels 16,32) or color32 "
-                        "(8x8 grid, K=512, D=64, channels 128,256)", choices=tuple(PRESETS))
+    preset: str = field(
+        "mnist",
+        "model size: mnist (7x7 grid, K=64, D=16, channels 16,32) or color32 (8x8 grid, K=512, D=64, channels 128,256)",
+        choices=tuple(PRESETS),
+    )
     codebook_size: int = field(0, "number of codes K (0: the preset's)")
     code_dim: int = field(0, "code dimension D (0: the preset's)")
     channels: tuple[int, ...] = field((), "channels after the two down-convolutions, like 32,64 (empty: the preset's)")
@@ -97,48 +102,73 @@ class VQVAEConfig(TrainConfig):
     commitment: float = field(0.25, "commitment weight beta")
     codebook: str = field("ema", "codebook learning: grad or ema (a list like grad,ema compares both)")
     ema_decay: float = field(0.99, "EMA decay of the codebook averages (--codebook ema)")
-    ema_rule: str = field("keep", "EMA step for codes unused in a step: keep (keep their vector) or sonnet "
-                          "(rewrite every code from its averages, as Sonnet/Haiku's VectorQuantizerEMA)",
-                          choices=quantize.EMA_RULES)
+    ema_rule: str = field(
+        "keep",
+        "EMA step for codes unused in a step: keep (keep their vector) or sonnet "
+        "(rewrite every code from its averages, as Sonnet/Haiku's VectorQuantizerEMA)",
+        choices=quantize.EMA_RULES,
+    )
     kmeans_init: str = field("off", "k-means initialisation of the codebook: off or on (off,on compares both)")
     kmeans_iterations: int = field(10, "Lloyd iterations of the k-means initialisation")
-    dead_code_steps: tuple[int, ...] = field((100,), "restart codes unused for N steps, 0: never (a list "
-                                             "compares)")
+    dead_code_steps: tuple[int, ...] = field((100,), "restart codes unused for N steps, 0: never (a list compares)")
     cosine: bool = field(False, "l2-normalised vectors and codes (nearest by cosine similarity)")
     likelihood: str = field("bernoulli", "decoder likelihood p(x|z_q)", choices=objectives.LIKELIHOODS)
     decoder_logvar: float = field(0.0, "log variance of the Gaussian decoder (gaussian likelihood only)")
-    precision: str = precision_lib.config_field("bfloat16 encoder and decoder, and the PixelCNN prior of "
-                                                "experiments.vqvae; the codebook search and VQ terms in float32")
+    precision: str = precision_lib.config_field(
+        "bfloat16 encoder and decoder, and the PixelCNN prior of "
+        "experiments.vqvae; the codebook search and VQ terms in float32"
+    )
 
     def validate(self) -> None:
         super().validate()
-        require(self.codebook_size >= 0, "codebook_size", "a positive integer (or 0 for the preset's)",
-                self.codebook_size)
+        require(
+            self.codebook_size >= 0, "codebook_size", "a positive integer (or 0 for the preset's)", self.codebook_size
+        )
         require(self.code_dim >= 0, "code_dim", "a positive integer (or 0 for the preset's)", self.code_dim)
-        require(len(self.channels) in (0, 2) and all(c > 0 for c in self.channels), "channels",
-                "two positive channel counts like 32,64", ",".join(map(str, self.channels)))
-        require(self.res_blocks >= -1, "res_blocks", "a non-negative integer (or -1 for the preset's)",
-                self.res_blocks)
-        require(math.isfinite(self.commitment) and self.commitment >= 0, "commitment", "a non-negative number",
-                self.commitment)
+        require(
+            len(self.channels) in (0, 2) and all(c > 0 for c in self.channels),
+            "channels",
+            "two positive channel counts like 32,64",
+            ",".join(map(str, self.channels)),
+        )
+        require(self.res_blocks >= -1, "res_blocks", "a non-negative integer (or -1 for the preset's)", self.res_blocks)
+        require(
+            math.isfinite(self.commitment) and self.commitment >= 0,
+            "commitment",
+            "a non-negative number",
+            self.commitment,
+        )
         modes = _words(self.codebook)
-        require(bool(modes) and all(m in CODEBOOK_MODES for m in modes), "codebook",
-                "grad, ema or a list of them like grad,ema", self.codebook)
+        require(
+            bool(modes) and all(m in CODEBOOK_MODES for m in modes),
+            "codebook",
+            "grad, ema or a list of them like grad,ema",
+            self.codebook,
+        )
         require(0.0 <= self.ema_decay < 1.0, "ema_decay", "a number in [0, 1)", self.ema_decay)
         require(self.ema_rule in quantize.EMA_RULES, "ema_rule", "keep or sonnet", self.ema_rule)
         inits = _words(self.kmeans_init)
-        require(bool(inits) and all(i in ON_OFF for i in inits), "kmeans_init",
-                "on, off or a list like off,on", self.kmeans_init)
+        require(
+            bool(inits) and all(i in ON_OFF for i in inits),
+            "kmeans_init",
+            "on, off or a list like off,on",
+            self.kmeans_init,
+        )
         require(self.kmeans_iterations >= 0, "kmeans_iterations", "a non-negative integer", self.kmeans_iterations)
-        require(len(self.dead_code_steps) > 0 and all(n >= 0 for n in self.dead_code_steps), "dead_code_steps",
-                "non-negative step counts like 0 or 0,100", ",".join(map(str, self.dead_code_steps)))
+        require(
+            len(self.dead_code_steps) > 0 and all(n >= 0 for n in self.dead_code_steps),
+            "dead_code_steps",
+            "non-negative step counts like 0 or 0,100",
+            ",".join(map(str, self.dead_code_steps)),
+        )
         require(math.isfinite(self.decoder_logvar), "decoder_logvar", "a finite number", self.decoder_logvar)
 
     def validate_for(self, image_shape) -> None:
         h, w = image_shape[:2]
         if h % 4 or w % 4:
-            raise ConfigError(f"--dataset: the VQ-VAE needs image sides divisible by 4 (two stride-2 "
-                              f"down-convolutions), got {h}x{w}")
+            raise ConfigError(
+                f"--dataset: the VQ-VAE needs image sides divisible by 4 (two stride-2 down-convolutions), got {h}x{w}"
+            )
 
     # --- resolved settings -----------------------------------------------------------
 
@@ -162,27 +192,44 @@ class VQVAEConfig(TrainConfig):
         """True when every compared option holds one value (a config that trains one model)."""
         return len(_words(self.codebook)) == 1 and len(_words(self.kmeans_init)) == 1 and len(self.dead_code_steps) == 1
 
-    def variants(self) -> list[tuple[str, "VQVAEConfig"]]:
+    def variants(self) -> list[tuple[str, VQVAEConfig]]:
         """``[(name, config)]``, one single-option config per combination of the listed options.
 
         With one combination it is ``[("", self)]``; with several each gets the
         sub-workdir ``workdir/NAME`` with NAME like ``ema_kmeans-on_dead-100``.
         """
-        combos = [(m, i, n) for m in _words(self.codebook) for i in _words(self.kmeans_init)
-                  for n in self.dead_code_steps]
+        combos = [
+            (m, i, n) for m in _words(self.codebook) for i in _words(self.kmeans_init) for n in self.dead_code_steps
+        ]
         if len(combos) == 1:
             return [("", self)]
         out = []
         for mode, init, dead in combos:
             name = f"{mode}_kmeans-{init}_dead-{dead}"
-            out.append((name, dataclasses.replace(self, codebook=mode, kmeans_init=init, dead_code_steps=(dead,),
-                                                  workdir=os.path.join(self.workdir, name))))
+            out.append(
+                (
+                    name,
+                    dataclasses.replace(
+                        self,
+                        codebook=mode,
+                        kmeans_init=init,
+                        dead_code_steps=(dead,),
+                        workdir=os.path.join(self.workdir, name),
+                    ),
+                )
+            )
         return out
 
 
 def build_vqvae(config: VQVAEConfig, image_shape) -> VQVAE:
-    return VQVAE(num_codes=config.num_codes, code_dim=config.dim, channels=config.conv_channels,
-                 num_res_blocks=config.num_res_blocks, image_shape=tuple(image_shape), cosine=config.cosine)
+    return VQVAE(
+        num_codes=config.num_codes,
+        code_dim=config.dim,
+        channels=config.conv_channels,
+        num_res_blocks=config.num_res_blocks,
+        image_shape=tuple(image_shape),
+        cosine=config.cosine,
+    )
 
 
 def vqvae_terms(model: VQVAE, params, x: jax.Array, likelihood: str, decoder_logvar: float, precision: str = "f32"):
@@ -219,17 +266,25 @@ def make_vqvae_update(config: VQVAEConfig, num_codes: int):
         del step
         codebook = params["codebook"]
         counts = quantize.code_counts(aux["indices"], num_codes)
-        metrics = {"batch_codes_used": quantize.codes_used(counts).astype(jnp.float32),
-                   "batch_perplexity": quantize.perplexity(counts)}
+        metrics = {
+            "batch_codes_used": quantize.codes_used(counts).astype(jnp.float32),
+            "batch_perplexity": quantize.perplexity(counts),
+        }
         model_state = dict(model_state)
         if ema:
-            codebook, ema_state = quantize.ema_update(quantize.EMAState(**model_state["ema"]), codebook,
-                                                      aux["z_e"], aux["indices"], config.ema_decay,
-                                                      rule=config.ema_rule)
+            codebook, ema_state = quantize.ema_update(
+                quantize.EMAState(**model_state["ema"]),
+                codebook,
+                aux["z_e"],
+                aux["indices"],
+                config.ema_decay,
+                rule=config.ema_rule,
+            )
         steps_unused = quantize.update_steps_unused(model_state["steps_unused"], counts)
         if dead_after > 0:
-            codebook, steps_unused, dead = quantize.restart_dead_codes(key, codebook, steps_unused, aux["z_e"],
-                                                                       dead_after)
+            codebook, steps_unused, dead = quantize.restart_dead_codes(
+                key, codebook, steps_unused, aux["z_e"], dead_after
+            )
             if ema:
                 ema_state = quantize.ema_reset_codes(ema_state, codebook, dead, config.ema_decay)
             metrics["codes_restarted"] = jnp.sum(dead).astype(jnp.float32)
@@ -298,11 +353,22 @@ def vqvae_task(config: VQVAEConfig, image_shape, init_images: np.ndarray | None 
         if grad_codebook:
             per_example = per_example + terms["codebook_loss"]
         # ||z_e - e||^2: the codebook and commitment terms have this same value (they differ in gradients only).
-        return {"loss": per_example, "recon": terms["recon"], "quantization_error": terms["commitment"],
-                "mse": mse, "psnr": losses.psnr_from_mse(mse)}
+        return {
+            "loss": per_example,
+            "recon": terms["recon"],
+            "quantization_error": terms["commitment"],
+            "mse": mse,
+            "psnr": losses.psnr_from_mse(mse),
+        }
 
-    task = Task(init_params=init_params, loss_fn=loss_fn, eval_fn=eval_fn, headline="mse",
-                update_fn=make_vqvae_update(config, num_codes), init_model_state=init_model_state)
+    task = Task(
+        init_params=init_params,
+        loss_fn=loss_fn,
+        eval_fn=eval_fn,
+        headline="mse",
+        update_fn=make_vqvae_update(config, num_codes),
+        init_model_state=init_model_state,
+    )
     return model, task
 
 
@@ -329,10 +395,14 @@ def encode_indices(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) 
 
 def code_usage(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) -> dict:
     """Codebook usage over all of ``x``: ``counts`` ``[K]``, ``codes_used``, ``perplexity`` (from the summed counts)."""
-    counts = np.bincount(encode_indices(model, params, x, batch_size).reshape(-1),
-                         minlength=model.num_codes).astype(np.float64)
-    return {"counts": counts, "codes_used": int(np.sum(counts > 0)),
-            "perplexity": float(quantize.perplexity(jnp.asarray(counts)))}
+    counts = np.bincount(encode_indices(model, params, x, batch_size).reshape(-1), minlength=model.num_codes).astype(
+        np.float64
+    )
+    return {
+        "counts": counts,
+        "codes_used": int(np.sum(counts > 0)),
+        "perplexity": float(quantize.perplexity(jnp.asarray(counts))),
+    }
 
 
 def decode_indices(model: VQVAE, params, indices: np.ndarray, batch_size: int = 1000) -> np.ndarray:
