@@ -29,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     cli.add_run_flags(parser)
-    parser.add_argument("--dataset", default="", help="dataset spec, e.g. mnist or folder:PATH (default: the run's)")
-    parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")
-    parser.add_argument("--split", default="test", choices=trained.SPLITS, help="which images")
+    cli.add_image_flags(parser, trained.SPLITS)
     parser.add_argument("--out", default="codes.npz", help="the .npz of codes (and labels)")
     return parser
 

@@ -149,6 +149,13 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_image_flags(parser: argparse.ArgumentParser, splits: tuple[str, ...]) -> None:
+    """``--dataset``, ``--data-dir`` and ``--split``: which images a trained model is applied to."""
+    parser.add_argument("--dataset", default="", help="dataset spec, e.g. mnist or folder:PATH (default: the run's)")
+    parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")
+    parser.add_argument("--split", default="test", choices=splits, help="which images")
+
+
 def check_out(parser: argparse.ArgumentParser, path: str, suffix: str) -> None:
     """Exits with a one-line error unless ``--out`` is a ``suffix`` file path (not a directory)."""
     if not path.lower().endswith(suffix) or os.path.isdir(path):
