@@ -155,10 +155,7 @@ def report(config: tasks.AEConfig, model, result: runner.TrainResult) -> dict:
         k: labels[k].split(": ", 1)[1] for k in result.summary["test"] if k in labels
     }
     runner.write_summary(config.workdir, result.summary, figures)
-    print(
-        f"{config.variant} autoencoder: {result_line(config, result.summary)}; outputs in {config.workdir}; "
-        f"data {result.dataset.describe()}"
-    )
+    print(f"{config.variant} autoencoder: {result_line(config, result.summary)}; outputs in {config.workdir}")
     return result.summary
 
 

@@ -161,7 +161,7 @@ def report(config, model, result: runner.TrainResult) -> dict:
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
         f"KL {test['kl']['mean']:.2f}) after {result.summary['epochs']} epochs; active units "
         f"{diag['active_units']}/{diag['latent_dim']}, I(x;z) {diag['mutual_information']:.2f} nats; "
-        f"outputs in {config.workdir}; data {result.dataset.describe()}"
+        f"outputs in {config.workdir}"
     )
     return result.summary
 

@@ -150,7 +150,10 @@ def test_every_experiment_ends_cleanly_in_every_process_of_a_distributed_run(tmp
         assert os.path.isfile(os.path.join(workdir, record)), name
         assert any(f.endswith(".png") for _, _, files in os.walk(workdir) for f in files), name
         assert workdir in stdout0[name], (name, stdout0[name])  # the result line names the outputs
-        assert "data:" in stderr0[name] and "data:" not in stdout0[name], name  # logs on stderr
+        assert "data:" in stderr0[name], name  # logs on stderr
+        # beside the result line, one stdout line names the data the run trained on (its data.json)
+        data_lines = [line for line in stdout0[name].splitlines() if line.startswith("data: ")]
+        assert len(data_lines) == 1 and data_lines[0].startswith(f"data: {small_npz} ("), (name, stdout0[name])
         lines = [
             line
             for line in (stdout1[name] + stderr1[name]).splitlines()

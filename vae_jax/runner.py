@@ -570,15 +570,35 @@ def log(message: str) -> None:
 
 
 def report_on_main(workdir: str, report: Callable[[], Any]):
-    """``report()`` (figures, records, result lines) in process 0 alone; returns its value.
+    """``report()`` (figures, records, result lines) in process 0 alone, then a stdout line naming the data the
+    run trained on (``data.json``); returns ``report()``'s value.
 
     Every other process of a ``--distributed`` run prints one line saying where process 0 writes the results
     and returns None. An experiment keeps everything after training that only process 0 does in ``report``,
     so that no later line of the other processes depends on it.
     """
     if distributed.is_main_process():
-        return report()
+        out = report()
+        trained_on = data_record_of(workdir)
+        if trained_on is not None:  # on stdout beside the result line: the same flags can name other data
+            print(f"data: {data_lib.describe_record(trained_on)}", flush=True)
+        return out
     print(f"process {jax.process_index()}: the results are written by process 0 in {workdir}", flush=True)
+    return None
+
+
+def data_record_of(workdir: str) -> dict | None:
+    """The ``data.json`` of the run in ``workdir``, or of its first sub-run (a sweep's runs share their data);
+    None when there is none."""
+    candidates = [workdir] + [
+        os.path.join(workdir, name)
+        for name in sorted(os.listdir(workdir))
+        if os.path.isdir(os.path.join(workdir, name))
+    ]
+    for directory in candidates:
+        path = os.path.join(directory, DATA_RECORD)
+        if os.path.isfile(path):
+            return _read_json(path, "record of the run's data")
     return None
 
 
