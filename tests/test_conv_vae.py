@@ -140,7 +140,9 @@ def test_experiment_end_to_end(tmp_path, small_npz, capsys, monkeypatch):
         ]
     )
     out, err = capsys.readouterr()  # the result line on stdout, the logs on stderr
-    assert out.startswith("test neg-ELBO ") and out.strip().endswith(f"outputs in {workdir}") and "data: " in err
+    result_line, data_line = out.splitlines()
+    assert result_line.startswith("test neg-ELBO ") and result_line.endswith(f"outputs in {workdir}")
+    assert data_line.startswith(f"data: {small_npz} (") and "data: " in err
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     for name in [
         "reconstructions.png",

@@ -143,13 +143,13 @@ def test_training_further_retires_the_old_eval_record_and_splits_stdout_from_std
     summary = json.load(open(workdir / "summary.json"))
     assert summary["epochs"] == 3 and summary["resumed_from_epoch"] == 2
     assert json.load(open(workdir / "config.json"))["epochs"] == 3
-    # stdout: the one result line, stated from the summary.
+    # stdout: the result line, stated from the summary, and the data the run trained on.
     test = summary["test"]
     assert out.splitlines() == [
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
         f"KL {test['kl']['mean']:.2f}) after 3 epochs; active units {summary['diagnostics']['active_units']}/2, "
-        f"I(x;z) {summary['diagnostics']['mutual_information']:.2f} nats; outputs in {workdir}; "
-        f"data {data.describe_record(summary['dataset'] | {'source': spec})}"
+        f"I(x;z) {summary['diagnostics']['mutual_information']:.2f} nats; outputs in {workdir}",
+        f"data: {data.describe_record(summary['dataset'] | {'source': spec})}",
     ]
     # stderr is not a terminal here: no progress bar, one plain line per trained epoch.
     assert err.startswith("data: ")
