@@ -664,3 +664,9 @@ def test_conv_transpose_values_and_both_gradients_match_lax_conv_transpose(strid
             np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="padding must be 'SAME' or 'VALID'"):
         ops.conv_transpose(x, kernel, 2, "CIRCULAR")
+
+
+def test_conv2d_refuses_an_empty_image_or_kernel():
+    # Found by the fuzz test: a 0x0 image with padding used to fail inside conv_output_size, naming its `i`.
+    with pytest.raises(ValueError, match=r"x and kernel: spatial sizes \(0, 0\) and \(1, 1\)"):
+        ops.conv2d(np.ones((1, 0, 0, 1), np.float32), np.ones((1, 1, 1, 1), np.float32), padding=1)

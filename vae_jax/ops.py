@@ -202,14 +202,16 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: IntOrPair = 1, padding: IntO
       for the width).
 
     Raises:
-      ValueError: wrong ranks, mismatched channels, non-positive stride,
-        negative padding, or a kernel larger than the padded input.
+      ValueError: wrong ranks, mismatched channels, an empty image or kernel,
+        non-positive stride, negative padding, or a kernel larger than the padded input.
     """
     _check_image_and_kernel(x, kernel)
     sh, sw = _pair(stride, "stride", 1)
     ph, pw = _pair(padding, "padding", 0)
     h, w = x.shape[1:3]
     kh, kw = kernel.shape[:2]
+    if min(h, w, kh, kw) < 1:
+        raise ValueError(f"x and kernel: spatial sizes {(h, w)} and {(kh, kw)} must be at least 1x1")
     if kh > h + 2 * ph or kw > w + 2 * pw:
         raise ValueError(
             f"kernel: spatial size {(kh, kw)} is larger than the padded input "
