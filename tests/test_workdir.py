@@ -238,8 +238,8 @@ def test_the_data_a_run_used_is_recorded_and_a_resume_on_the_same_data_works(cap
     code, out, err = run_vae(capsys, spec, workdir, "--epochs", "3")
     assert code == 0, err
     assert "resuming" in err
-    assert out.rstrip().endswith(
-        f"; data {spec} (512 train, 128 test, 28x28x1, fingerprint {record['fingerprint'][7:19]})"
+    assert out.splitlines()[-1] == (
+        f"data: {spec} (512 train, 128 test, 28x28x1, fingerprint {record['fingerprint'][7:19]})"
     )
 
 
