@@ -14,7 +14,7 @@ PACKAGE = REPO / "vae_jax"
 
 # Lowest first; a module may import from its own layer and the layers above it in this list.
 LAYERS = {
-    "base": ["errors", "arrays", "caches"],
+    "base": ["errors", "arrays", "caches", "phases"],
     "maths": [
         "ops",
         "losses",

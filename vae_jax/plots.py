@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from vae_jax import phases  # noqa: E402
+
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
     """Tiles ``[N, H, W, C]`` images into one ``[rows*(H+pad), ncols*(W+pad), C]`` image."""
@@ -50,7 +52,8 @@ def save_figure(fig, path: str) -> str:
 
     if distributed.is_main_process():
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        with phases.phase("figures"):
+            fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -19,7 +19,8 @@ Layers (lowest first). A module imports only from its own layer or the layers be
 layer    modules
 ======== =====================================================================================================
 base     ``errors`` (user errors, config-field helpers), ``arrays`` (pixels to floats, arrays to the host),
-         ``caches`` (user cache dir: the XLA cache switch, cached arrays, ``jit_run_once``; no run state)
+         ``caches`` (user cache dir: the XLA cache switch, cached arrays, ``jit_run_once``; no run state),
+         ``phases`` (where a command's time goes)
 maths    ``ops``, ``losses``, ``quantize``, ``schedules``, ``objectives``, ``penalties``, ``corruption``,
          ``evaluate``, ``diagnostics``, ``precision`` (the compute dtype policy), ``models/*``
 data     ``data`` (dataset specs to arrays)

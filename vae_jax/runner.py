@@ -40,7 +40,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax import caches, distributed, evaluate, faults, parallel, streaming, tensorboard
+from vae_jax import caches, distributed, evaluate, faults, parallel, phases, streaming, tensorboard
 from vae_jax import data as data_lib
 from vae_jax import train as train_lib
 from vae_jax.errors import ConfigError, field, flag, require  # noqa: F401 (field, require: re-exported)
@@ -123,6 +123,7 @@ def load_data(config: TrainConfig) -> data_lib.Dataset:
     """The config's dataset. With ``--stream`` or ``--distributed`` an uncompressed ``npz:`` archive is
     memory-mapped, so a process reads from disk only the rows it puts on its devices or streams. Any other
     source in a run of several processes is decoded once, by process 0 (:func:`decode_once`)."""
+    phases.enter("data")
     if config.distributed:  # before anything touches a device (a no-op once cli.parse_config has started it)
         distributed.initialize()
     try:
@@ -578,10 +579,12 @@ def report_on_main(workdir: str, report: Callable[[], Any]):
     so that no later line of the other processes depends on it.
     """
     if distributed.is_main_process():
+        phases.enter("analyses")
         out = report()
         trained_on = data_record_of(workdir)
         if trained_on is not None:  # on stdout beside the result line: the same flags can name other data
             print(f"data: {data_lib.describe_record(trained_on)}", flush=True)
+        phases.report()
         return out
     print(f"process {jax.process_index()}: the results are written by process 0 in {workdir}", flush=True)
     return None
@@ -820,6 +823,7 @@ def _train(
     plan = check_workdir(config)
     dataset = load_data(config) if dataset is None else dataset
     data_record = dataset.record()
+    phases.enter("training")
     if plan.checkpoint_epoch is not None and not plan.move_aside:
         check_run_data(config, data_record)
     workdir = config.workdir
@@ -881,7 +885,8 @@ def _train(
     eval_program = parallel.make_eval_program(task.eval_fn, config.eval_batch_size, layout)
 
     def evaluate_split(params, data, count: int) -> dict:  # {name: [R, count]} on the host
-        results = distributed.to_host(eval_program(params, data, evaluate.eval_key()))
+        with phases.phase("evaluation"):
+            results = distributed.to_host(eval_program(params, data, evaluate.eval_key()))
         return {name: values[:, :count] for name, values in results.items()}
 
     steps_per_epoch = dataset.num_train // config.batch_size
@@ -1035,4 +1040,5 @@ def write_summary(workdir: str, summary: dict, figures: list[str] | None = None)
             board = tensorboard.EpochWriter(workdir)
             board.log_figures([os.path.join(workdir, n) for n in summary["figures"]], summary["epochs"])
             board.close()
+    summary["phases"] = {name: round(value, 2) for name, value in phases.seconds().items()}
     write_json(os.path.join(workdir, "summary.json"), summary)
