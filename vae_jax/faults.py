@@ -1,12 +1,9 @@
 """Process-level faults of a training run: a second process on the workdir, SIGINT/SIGTERM.
 
 :class:`WorkdirLock` makes a workdir belong to one training process at a
-time. The lock is the file ``WORKDIR/.lock`` holding the owner's pid, host
-and process start time; it is created atomically (written to a private file,
-then hard-linked into place, which fails if a lock exists), so a lock file is
-never seen half-written. A lock whose owner is gone (same host, and the pid is
-dead or now names another process) is stale and is taken over; a live owner's
-lock is refused with :class:`WorkdirBusy`.
+time: an ``fcntl.flock`` lock on ``WORKDIR/.lock``, which the kernel releases
+when its process ends, so a killed run leaves nothing that blocks the next.
+A second process gets :class:`WorkdirBusy` naming the owner's pid and host.
 
 :class:`StopSignals` turns the first SIGINT or SIGTERM into a request that the
 driver honours at the end of the current epoch: it saves a checkpoint and
@@ -18,6 +15,7 @@ Both are used by :func:`vae_jax.runner.train`, so every experiment gets them.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -48,33 +46,15 @@ class WorkdirBusy(ConfigError):
     """Another live process holds the workdir's lock."""
 
 
-def _process_start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), or None off Linux / if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces: split after its closing one.
-    return stat[stat.rindex(")") + 2 :].split()[19]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
 class WorkdirLock:
     """The exclusive lock ``WORKDIR/.lock`` of one training process (a context manager).
 
+    A standard ``fcntl.flock`` lock on that file: the kernel releases it when the process ends, however
+    it ends, so a killed run never leaves a lock behind that blocks the next one. The file holds the
+    owner's pid, host and start time for the message a second process gets; it is removed on release.
+
     Raises (on entering):
-      WorkdirBusy: a live process (or one on another host, which cannot be
-        checked) holds the lock; the message names its pid, host and start.
+      WorkdirBusy: another process holds the lock; the message names its pid, host and start.
       ConfigError: the workdir cannot be created or written.
     """
 
@@ -84,74 +64,48 @@ class WorkdirLock:
         self.record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "process_start": _process_start_time(os.getpid()),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        self.held = False
+        self._file = None
 
-    def _owner(self) -> dict | None:
-        try:
-            with open(self.path) as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}  # unreadable: not written by a live WorkdirLock (they write atomically)
-
-    def _is_stale(self, owner: dict) -> bool:
-        if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
-            return True
-        if owner.get("host") != self.record["host"]:
-            return False  # another machine's process: cannot tell, so not stale
-        if not _pid_alive(owner["pid"]):
-            return True
-        start = _process_start_time(owner["pid"])
-        return start is not None and owner.get("process_start") not in (None, start)  # pid reused
+    @property
+    def held(self) -> bool:
+        return self._file is not None
 
     def acquire(self) -> None:
-        try:
-            os.makedirs(self.workdir, exist_ok=True)
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
+        for _ in range(3):
+            try:
+                os.makedirs(self.workdir, exist_ok=True)
+                f = open(self.path, "a+")  # noqa: SIM115 (kept open while the lock is held)
+            except OSError as err:
+                raise ConfigError(
+                    f"--workdir {self.workdir}: not a writable directory ({err.strerror or type(err).__name__})"
+                ) from None
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                owner = _json_or_empty(f.read())
+                f.close()
+                raise WorkdirBusy(
+                    f"--workdir {self.workdir} is in use by pid {owner.get('pid')} on {owner.get('host')} "
+                    f"(since {owner.get('started')}); wait for that run to end or use another --workdir"
+                ) from None
+            if _same_file(f, self.path):  # not a file a releasing owner removed meanwhile
+                f.seek(0)
+                f.truncate()
                 json.dump(self.record, f)
-        except OSError as err:
-            raise ConfigError(
-                f"--workdir {self.workdir}: not a writable directory ({err.strerror or type(err).__name__})"
-            ) from None
-        try:
-            for _ in range(3):
-                try:
-                    os.link(tmp, self.path)  # atomic: fails if a lock exists
-                    self.held = True
-                    return
-                except FileExistsError:
-                    pass
-                owner = self._owner()
-                if owner is None:
-                    continue  # released meanwhile
-                if not self._is_stale(owner):
-                    raise WorkdirBusy(
-                        f"--workdir {self.workdir} is in use by pid {owner['pid']} on {owner.get('host')} "
-                        f"(since {owner.get('started')}); wait for that run to end or use another --workdir "
-                        f"(if that process is gone, delete {self.path})"
-                    )
-                print(
-                    f"warning: taking over the stale lock {self.path} of pid {owner.get('pid')} "
-                    f"on {owner.get('host')}, which is no longer running",
-                    file=sys.stderr,
-                )
-                try:
-                    os.remove(self.path)
-                except FileNotFoundError:
-                    pass
-            raise WorkdirBusy(f"--workdir {self.workdir}: could not take its lock {self.path}; try again")
-        finally:
-            os.remove(tmp)
+                f.flush()
+                self._file = f
+                return
+            f.close()
+        raise WorkdirBusy(f"--workdir {self.workdir}: could not take its lock {self.path}; try again")
 
     def release(self) -> None:
-        if self.held and self._owner() == self.record:
-            os.remove(self.path)
-        self.held = False
+        if self._file is not None:
+            os.remove(self.path)  # while still locked, so no other process holds a lock on a removed file
+            self._file.close()
+            self._file = None
 
     def __enter__(self) -> WorkdirLock:
         self.acquire()
@@ -159,6 +113,21 @@ class WorkdirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _json_or_empty(text: str) -> dict:
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _same_file(f, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 class StopSignals:
