@@ -877,9 +877,7 @@ def machine() -> dict:
 
 @user_errors(data_lib.DataError)
 def main(argv=None) -> dict:
-    parser = cli.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     parser.add_argument("--dataset", default="mnist", help="dataset spec (28x28x1 images)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--batch-sizes", default="16,128,512", help="batch sizes of the epoch section")

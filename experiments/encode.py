@@ -25,9 +25,7 @@ from vae_jax.data import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     cli.add_run_flags(parser)
     cli.add_image_flags(parser, trained.SPLITS)
     parser.add_argument("--out", default="codes.npz", help="the .npz of codes (and labels)")

@@ -55,9 +55,7 @@ OTHER_KINDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     parser.add_argument(
         "--workdir",
         required=True,

@@ -29,9 +29,7 @@ from vae_jax.cli import ConfigError, user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     cli.add_run_flags(parser)
     parser.add_argument("--n", type=int, default=64, help="number of samples")
     parser.add_argument("--label", type=int, default=None, help="the class of every sample (conditional VAE)")

@@ -26,9 +26,7 @@ from vae_jax.data import DataError, pixels_to_float
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     cli.add_run_flags(parser)
     cli.add_image_flags(parser, trained.SPLITS)
     parser.add_argument("--n", type=int, default=16, help="images shown (the error is over the whole split)")

@@ -61,6 +61,16 @@ class _HelpFormatter(argparse.HelpFormatter):
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
+class DefaultsHelpFormatter(_HelpFormatter):
+    """Adds ``(default: X)`` to a flag's help unless the help already names its default or there is none."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "(default" in help_text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """An ``argparse`` parser whose errors are one line, ``error: ...``, with exit code 2 (no usage dump)."""
 
