@@ -108,8 +108,28 @@ def main(argv=None) -> dict:
 def report(config, vae_config, top_workdir: str, dataset, trained: dict) -> dict:
     """The evaluation, figures, ``comparison.json`` and the result lines (process 0 alone); returns the comparison.
 
-    ``trained`` maps ``hvae`` and ``vae`` to ``(model, task, TrainResult, parameter count)``.
+    ``trained`` maps ``hvae`` and ``vae`` to ``(model, task, TrainResult, parameter count)``. A rerun whose
+    checkpoints, data and settings match those of ``comparison.json`` reuses it and its figures.
     """
+    path = os.path.join(top_workdir, "comparison.json")
+    settings = {"hvae": dataclasses.asdict(config), "vae": dataclasses.asdict(vae_config), "iwae_k": EVAL_IWAE_K}
+    fingerprint = runner.report_fingerprint(
+        {name: result.params(0) for name, (_, _, result, _) in trained.items()},
+        {**settings, "dataset": dataset.summary()},
+    )
+    comparison = runner.reusable_report(path, fingerprint)
+    if comparison is None:
+        comparison = compare(config, vae_config, top_workdir, dataset, trained)
+        comparison["report_fingerprint"] = fingerprint
+        runner.write_json(path, comparison)
+    else:
+        runner.log(f"reusing {path}: written for these checkpoints, data and settings")
+    print_results(comparison, dataset, top_workdir)
+    return comparison
+
+
+def compare(config, vae_config, top_workdir: str, dataset, trained: dict) -> dict:
+    """Evaluates both models on the test split and draws the figures; returns the comparison."""
     (h_model, h_task, h_result, hvae_params), (v_model, v_task, v_result, vae_params) = trained["hvae"], trained["vae"]
     key = jax.random.key(config.seed)
     h_params, v_params = h_result.params(0), v_result.params(0)
@@ -169,8 +189,10 @@ def report(config, vae_config, top_workdir: str, dataset, trained: dict) -> dict
         ),
     ]
     comparison["figures"] = [os.path.basename(p) for p in figures]
-    runner.write_json(os.path.join(top_workdir, "comparison.json"), comparison)
+    return comparison
 
+
+def print_results(comparison: dict, dataset, top_workdir: str) -> None:
     runner.log(f"data: {dataset.describe()}; {comparison['measure']}")
     for name in ("hvae", "vae"):
         m = comparison[name]
@@ -182,7 +204,6 @@ def report(config, vae_config, top_workdir: str, dataset, trained: dict) -> dict
             f"{m['iwae_nll']:.2f} nats; {kl_layers}; active units {units}; {mi} nats"
         )
     print(f"outputs in {top_workdir}")
-    return comparison
 
 
 if __name__ == "__main__":

@@ -71,3 +71,21 @@ def test_hvae_compares_with_a_one_level_vae_of_matched_size(tmp_path, small_npz)
         np.testing.assert_allclose(comparison[name]["neg_elbo"], summary["test"]["neg_elbo"]["mean"], rtol=1e-5)
         assert comparison[name]["iwae_nll"] < comparison[name]["neg_elbo"]
     assert set(json.load(open(os.path.join(root, "hvae", "summary.json")))["diagnostics"]) == {"z1", "z2"}
+
+
+def test_hvae_rerun_reuses_the_comparison_that_a_recomputation_gives(tmp_path, small_npz, capsys):
+    root = str(tmp_path / "hvae")
+    args = ["--dataset", small_npz, "--epochs", "1", "--hidden", "16", "--top-hidden", "8", "--latent-dim", "3"]
+    args += ["--top-latent-dim", "2", "--workdir", root, "--no-progress"]
+    hvae_exp.main(args)
+    path = os.path.join(root, "comparison.json")
+    reused = hvae_exp.main(args)  # finished checkpoints, same data and flags: nothing is evaluated again
+    assert "reusing" in capsys.readouterr().err
+    stored = json.load(open(path))
+    del stored["report_fingerprint"]  # no longer matches: the rerun evaluates and draws again
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    recomputed = hvae_exp.main(args)
+    assert "reusing" not in capsys.readouterr().err
+    assert json.loads(json.dumps(recomputed)) == reused
+    assert recomputed["report_fingerprint"] == reused["report_fingerprint"]
