@@ -20,7 +20,9 @@ metrics.jsonl, summary.json and checkpoints/.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import os
 
 import jax
@@ -52,15 +54,21 @@ def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.
     from vae_jax.models import vae as vae_model
 
     target = count(hvae.build_hvae(config, image_shape), hvae_model.init_params)
-    best = None
-    for hidden in dict.fromkeys(
-        tuple(max(1, int(round(w * scale))) for w in config.hidden) for scale in np.linspace(0.8, 1.5, 71)
-    ):  # each distinct width once
-        candidate = vae_tasks.VAEConfig(**shared, latent_dim=config.latent_dim, hidden=hidden)
-        n = count(vae_tasks.build_vae(candidate, image_shape), vae_model.init_params)
-        if best is None or abs(n - target) < abs(best[1] - target):
-            best = (candidate, n)
-    return best[0], best[1], target
+    candidates = [  # each distinct width once; the parameter count grows strictly along the list
+        vae_tasks.VAEConfig(**shared, latent_dim=config.latent_dim, hidden=hidden)
+        for hidden in dict.fromkeys(
+            tuple(max(1, int(round(w * scale))) for w in config.hidden) for scale in np.linspace(0.8, 1.5, 71)
+        )
+    ]
+
+    @functools.cache
+    def count_at(i: int) -> int:
+        return count(vae_tasks.build_vae(candidates[i], image_shape), vae_model.init_params)
+
+    # the closest count is beside the first one >= target (bisection: a few counts instead of all 71)
+    above = bisect.bisect_left(range(len(candidates)), target, key=count_at)
+    best = min((i for i in (above - 1, above) if 0 <= i < len(candidates)), key=lambda i: abs(count_at(i) - target))
+    return candidates[best], count_at(best), target
 
 
 def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict) -> dict:
