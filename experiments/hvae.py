@@ -20,7 +20,9 @@ metrics.jsonl, summary.json and checkpoints/.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import os
 
 import jax
@@ -52,15 +54,21 @@ def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.
     from vae_jax.models import vae as vae_model
 
     target = count(hvae.build_hvae(config, image_shape), hvae_model.init_params)
-    best = None
-    for hidden in dict.fromkeys(
-        tuple(max(1, int(round(w * scale))) for w in config.hidden) for scale in np.linspace(0.8, 1.5, 71)
-    ):  # each distinct width once
-        candidate = vae_tasks.VAEConfig(**shared, latent_dim=config.latent_dim, hidden=hidden)
-        n = count(vae_tasks.build_vae(candidate, image_shape), vae_model.init_params)
-        if best is None or abs(n - target) < abs(best[1] - target):
-            best = (candidate, n)
-    return best[0], best[1], target
+    candidates = [  # each distinct width once; the parameter count grows strictly along the list
+        vae_tasks.VAEConfig(**shared, latent_dim=config.latent_dim, hidden=hidden)
+        for hidden in dict.fromkeys(
+            tuple(max(1, int(round(w * scale))) for w in config.hidden) for scale in np.linspace(0.8, 1.5, 71)
+        )
+    ]
+
+    @functools.cache
+    def count_at(i: int) -> int:
+        return count(vae_tasks.build_vae(candidates[i], image_shape), vae_model.init_params)
+
+    # the closest count is beside the first one >= target (bisection: a few counts instead of all 71)
+    above = bisect.bisect_left(range(len(candidates)), target, key=count_at)
+    best = min((i for i in (above - 1, above) if 0 <= i < len(candidates)), key=lambda i: abs(count_at(i) - target))
+    return candidates[best], count_at(best), target
 
 
 def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict) -> dict:
@@ -108,8 +116,28 @@ def main(argv=None) -> dict:
 def report(config, vae_config, top_workdir: str, dataset, trained: dict) -> dict:
     """The evaluation, figures, ``comparison.json`` and the result lines (process 0 alone); returns the comparison.
 
-    ``trained`` maps ``hvae`` and ``vae`` to ``(model, task, TrainResult, parameter count)``.
+    ``trained`` maps ``hvae`` and ``vae`` to ``(model, task, TrainResult, parameter count)``. A rerun whose
+    checkpoints, data and settings match those of ``comparison.json`` reuses it and its figures.
     """
+    path = os.path.join(top_workdir, "comparison.json")
+    settings = {"hvae": dataclasses.asdict(config), "vae": dataclasses.asdict(vae_config), "iwae_k": EVAL_IWAE_K}
+    fingerprint = runner.report_fingerprint(
+        {name: result.params(0) for name, (_, _, result, _) in trained.items()},
+        {**settings, "dataset": dataset.summary()},
+    )
+    comparison = runner.reusable_report(path, fingerprint)
+    if comparison is None:
+        comparison = compare(config, vae_config, top_workdir, dataset, trained)
+        comparison["report_fingerprint"] = fingerprint
+        runner.write_json(path, comparison)
+    else:
+        runner.log(f"reusing {path}: written for these checkpoints, data and settings")
+    print_results(comparison, dataset, top_workdir)
+    return comparison
+
+
+def compare(config, vae_config, top_workdir: str, dataset, trained: dict) -> dict:
+    """Evaluates both models on the test split and draws the figures; returns the comparison."""
     (h_model, h_task, h_result, hvae_params), (v_model, v_task, v_result, vae_params) = trained["hvae"], trained["vae"]
     key = jax.random.key(config.seed)
     h_params, v_params = h_result.params(0), v_result.params(0)
@@ -169,8 +197,10 @@ def report(config, vae_config, top_workdir: str, dataset, trained: dict) -> dict
         ),
     ]
     comparison["figures"] = [os.path.basename(p) for p in figures]
-    runner.write_json(os.path.join(top_workdir, "comparison.json"), comparison)
+    return comparison
 
+
+def print_results(comparison: dict, dataset, top_workdir: str) -> None:
     runner.log(f"data: {dataset.describe()}; {comparison['measure']}")
     for name in ("hvae", "vae"):
         m = comparison[name]
@@ -182,7 +212,6 @@ def report(config, vae_config, top_workdir: str, dataset, trained: dict) -> dict
             f"{m['iwae_nll']:.2f} nats; {kl_layers}; active units {units}; {mi} nats"
         )
     print(f"outputs in {top_workdir}")
-    return comparison
 
 
 if __name__ == "__main__":

@@ -107,8 +107,24 @@ def main(argv=None) -> dict:
 def report(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
     """Sample quality, figures, ``summary.json`` and the result lines (process 0 alone); returns the summary.
 
-    ``trained_by_size`` maps each latent size to :func:`train_pair`'s ``{kind: (model, params)}``.
+    ``trained_by_size`` maps each latent size to :func:`train_pair`'s ``{kind: (model, params)}``. A rerun
+    whose checkpoints, data and settings match those of ``summary.json`` reuses it and its figures.
     """
+    params = {f"{kind}_z{dim}": p for dim, trained in trained_by_size.items() for kind, (_, p) in trained.items()}
+    fingerprint = runner.report_fingerprint(params, {"config": dataclasses.asdict(config), "dataset": dataset.summary()})
+    summary = runner.reusable_report(os.path.join(config.workdir, "summary.json"), fingerprint)
+    if summary is None:
+        summary = measure_and_draw(config, dataset, trained_by_size)
+        summary["report_fingerprint"] = fingerprint
+        runner.write_summary(config.workdir, summary)
+    else:
+        runner.log(f"reusing {config.workdir}/summary.json: written for these checkpoints, data and settings")
+    print_results(summary, config.workdir)
+    return summary
+
+
+def measure_and_draw(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
+    """Sample quality and figures; returns the summary."""
     workdir = config.workdir
     x_train, x_test, y_test = dataset.x_train_first(), dataset.x_test, dataset.y_test  # 10,000 at most
     classifier = latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
@@ -182,7 +198,11 @@ def report(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
         "sample_quality": quality,
         "figures": [os.path.basename(p) for p in figures],
     }
-    runner.write_summary(workdir, summary)
+    return summary
+
+
+def print_results(summary: dict, workdir: str) -> None:
+    reference, quality = summary["reference"], summary["sample_quality"]
     print(
         f"classifier test accuracy {reference['classifier_test_accuracy']:.3f}; real test images: NN distance "
         f"{reference['test_images']['nn_distance_mean']:.2f}, max prob {reference['test_images']['mean_max_prob']:.3f}"
@@ -196,7 +216,6 @@ def report(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
             f"{r['mean_entropy']:.3f}; code std {np.mean(q['code_std']):.2f}"
         )
     print(f"outputs in {workdir}")
-    return summary
 
 
 if __name__ == "__main__":

@@ -352,3 +352,21 @@ def test_a_wheel_takes_no_top_level_experiments_package():
     packages = finder(where=root, include=find.get("include", ["*"]), exclude=find.get("exclude", ()))
     assert {"vae_jax", "vae_jax.models", "vae_jax.tasks"} <= set(packages)
     assert sorted({p.split(".")[0] for p in packages}) == ["vae_jax"], packages
+
+
+def test_a_report_is_reused_only_for_the_same_params_settings_and_figures(tmp_path):
+    import numpy as np
+
+    params, settings = {"dense": {"kernel": np.arange(6.0).reshape(2, 3)}}, {"epochs": 2, "hidden": [16]}
+    fingerprint = runner.report_fingerprint(params, settings)
+    changed_weight = {"dense": {"kernel": np.arange(6.0).reshape(2, 3) + np.eye(2, 3) * 1e-7}}
+    assert runner.report_fingerprint(changed_weight, settings) != fingerprint
+    assert runner.report_fingerprint(params, {**settings, "epochs": 3}) != fingerprint
+    assert runner.report_fingerprint({"dense": {"kernel": np.arange(6.0).reshape(2, 3)}}, dict(settings)) == fingerprint
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"report_fingerprint": fingerprint, "figures": ["a.png"]}))
+    assert runner.reusable_report(str(path), fingerprint) is None  # a.png is missing
+    (tmp_path / "a.png").write_bytes(b"")
+    assert runner.reusable_report(str(path), fingerprint)["figures"] == ["a.png"]
+    assert runner.reusable_report(str(path), runner.report_fingerprint(changed_weight, settings)) is None
+    assert runner.reusable_report(str(tmp_path / "absent.json"), fingerprint) is None

@@ -79,29 +79,9 @@ def test_latent_space_end_to_end(tmp_path, small_npz, mnist_small, monkeypatch):
     monkeypatch.setattr(data, "ANALYSIS_TRAIN_EXAMPLES", 300)
     monkeypatch.setattr(data.Dataset, "x_train", property(lambda self: pytest.fail("whole training split converted")))
     workdir = str(tmp_path / "space")
-    latent_space.main(
-        [
-            "--dataset",
-            small_npz,
-            "--epochs",
-            "2",
-            "--hidden",
-            "64",
-            "--batch-size",
-            "64",
-            "--tsne-latent-dim",
-            "5",
-            "--tsne-points",
-            "60",
-            "--num-samples",
-            "100",
-            "--grid-size",
-            "4",
-            "--workdir",
-            workdir,
-            "--no-progress",
-        ]
-    )
+    args = ["--dataset", small_npz, "--epochs", "2", "--hidden", "64", "--batch-size", "64", "--tsne-latent-dim", "5"]
+    args += ["--tsne-points", "60", "--num-samples", "100", "--grid-size", "4", "--workdir", workdir, "--no-progress"]
+    latent_space.main(args)
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     for name in ["latents_2d.png", "latent_grid_ae.png", "latent_grid_vae.png", "prior_samples.png", "tsne.png"]:
         assert os.path.isfile(os.path.join(workdir, name)), name
@@ -121,3 +101,20 @@ def test_latent_space_end_to_end(tmp_path, small_npz, mnist_small, monkeypatch):
     x_test = np.round(mnist_small.x_test.reshape(128, -1) * 255) / 255
     brute = np.linalg.norm(x_test[:100, None] - x_train[None], axis=-1).min(axis=1).mean()
     np.testing.assert_allclose(summary["reference"]["test_images"]["nn_distance_mean"], brute, rtol=1e-4)
+
+
+def test_latent_space_rerun_reuses_the_summary_that_a_recomputation_gives(tmp_path, small_npz, capsys):
+    workdir = str(tmp_path / "space")
+    args = ["--dataset", small_npz, "--epochs", "1", "--hidden", "16", "--tsne-latent-dim", "0"]
+    args += ["--num-samples", "40", "--grid-size", "3", "--workdir", workdir, "--no-progress"]
+    latent_space.main(args)
+    reused = latent_space.main(args)  # finished checkpoints, same data and flags: nothing is measured again
+    assert "reusing" in capsys.readouterr().err
+    path = os.path.join(workdir, "summary.json")
+    stored = json.load(open(path))
+    stored["report_fingerprint"] = "sha256:stale"  # as if a checkpoint had changed: measured and drawn again
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    recomputed = latent_space.main(args)
+    assert "reusing" not in capsys.readouterr().err
+    assert json.loads(json.dumps(recomputed)) == reused

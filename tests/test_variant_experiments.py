@@ -1,5 +1,6 @@
 """experiments.cvae and experiments.hvae end to end on a tiny run, as a user runs them."""
 
+import dataclasses
 import json
 import os
 
@@ -71,3 +72,40 @@ def test_hvae_compares_with_a_one_level_vae_of_matched_size(tmp_path, small_npz)
         np.testing.assert_allclose(comparison[name]["neg_elbo"], summary["test"]["neg_elbo"]["mean"], rtol=1e-5)
         assert comparison[name]["iwae_nll"] < comparison[name]["neg_elbo"]
     assert set(json.load(open(os.path.join(root, "hvae", "summary.json")))["diagnostics"]) == {"z1", "z2"}
+
+
+def test_hvae_rerun_reuses_the_comparison_that_a_recomputation_gives(tmp_path, small_npz, capsys):
+    root = str(tmp_path / "hvae")
+    args = ["--dataset", small_npz, "--epochs", "1", "--hidden", "16", "--top-hidden", "8", "--latent-dim", "3"]
+    args += ["--top-latent-dim", "2", "--workdir", root, "--no-progress"]
+    hvae_exp.main(args)
+    path = os.path.join(root, "comparison.json")
+    reused = hvae_exp.main(args)  # finished checkpoints, same data and flags: nothing is evaluated again
+    assert "reusing" in capsys.readouterr().err
+    stored = json.load(open(path))
+    del stored["report_fingerprint"]  # no longer matches: the rerun evaluates and draws again
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    recomputed = hvae_exp.main(args)
+    assert "reusing" not in capsys.readouterr().err
+    assert json.loads(json.dumps(recomputed)) == reused
+    assert recomputed["report_fingerprint"] == reused["report_fingerprint"]
+
+
+def test_matched_vae_has_the_closest_parameter_count_of_all_scaled_widths():
+    import jax
+
+    from vae_jax import evaluate
+    from vae_jax.models import vae as vae_model
+    from vae_jax.tasks import hvae, vae
+
+    config = hvae.HVAEConfig(hidden=(24, 10), top_hidden=(8,), latent_dim=3, top_latent_dim=2)
+    matched, n, target = hvae_exp.matched_vae_config(config, (8, 8, 1))
+
+    def count(hidden):  # brute force over every width the search may pick
+        model = vae.build_vae(dataclasses.replace(matched, hidden=hidden), (8, 8, 1))
+        return evaluate.count_params(jax.eval_shape(lambda: vae_model.init_params(model, jax.random.key(0))))
+
+    widths = dict.fromkeys(tuple(max(1, round(w * s)) for w in config.hidden) for s in np.linspace(0.8, 1.5, 71))
+    closest = min(widths, key=lambda h: abs(count(h) - target))  # the first of equally close ones
+    assert tuple(matched.hidden) == closest and n == count(closest)

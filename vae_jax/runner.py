@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -639,6 +640,35 @@ def write_json(path: str, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
+
+
+def report_fingerprint(params, settings) -> str:
+    """``sha256:...`` of trained ``params`` (any pytree of arrays) and JSON-able ``settings``.
+
+    An experiment stores it beside its report (``comparison.json``,
+    ``summary.json``) so that a rerun on finished checkpoints can reuse the
+    report (:func:`reusable_report`) instead of evaluating again; any change
+    to the parameters, the data or a setting changes the fingerprint.
+    """
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(params)):
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def reusable_report(path: str, fingerprint: str) -> dict | None:
+    """The JSON report at ``path`` if it was written for ``fingerprint`` (its ``report_fingerprint``
+    field) and every figure it lists exists beside it; else None (the report must be computed)."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or report.get("report_fingerprint") != fingerprint:
+        return None
+    folder = os.path.dirname(path)
+    return report if all(os.path.isfile(os.path.join(folder, n)) for n in report.get("figures", [])) else None
 
 
 def _read_history(path: str, upto_epoch: int) -> list[dict]:
