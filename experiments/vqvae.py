@@ -223,8 +223,15 @@ def report_variant(config, vq_config, dataset, classifier, vae_images, trained: 
         summary["prior_test_bits_per_dim"] = prior_result.summary["test"]["bits_per_dim"]["mean"]
         summary["prior_test_nll"] = prior_result.summary["test"]["nll"]["mean"]
         summary["uniform_prior_bits_per_dim"] = float(np.log2(model.num_codes))
-        sampled = prior_lib.sample_codes(
-            prior_model, prior_result.params(0), jax.random.fold_in(key, 2), config.num_samples, model.grid_shape
+        prior_params, sample_key = prior_result.params(0), jax.random.fold_in(key, 2)
+        # the same prior checkpoint and key draw the same grids: a rerun loads them from the user cache
+        (sampled,) = latent_metrics.cached_by_inputs(
+            "prior_samples-v1",
+            lambda: (prior_lib.sample_codes(prior_model, prior_params, sample_key, config.num_samples, model.grid_shape),),
+            (*jax.tree_util.tree_leaves(prior_params), jax.random.key_data(sample_key)),
+            model=repr(prior_model),
+            n=config.num_samples,
+            grid_shape=tuple(model.grid_shape),
         )
         generated = {"prior_samples": vq.decode_indices(model, params, sampled), **generated}
     if vae_images is not None:

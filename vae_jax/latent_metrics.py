@@ -136,12 +136,16 @@ def cached_by_inputs(name: str, build_fn, arrays: tuple, **settings) -> tuple:
     """``build_fn()`` (a tuple of NumPy arrays), kept in the user cache (:func:`vae_jax.caches.cached_arrays`)
     under a SHA-1 of ``arrays``' bytes, shapes and dtypes and of ``settings``: a later call with the same
     inputs loads the saved arrays instead of recomputing them (a t-SNE, a fitted classifier), and any
-    change to an input is a new entry, so a stale result is never used."""
+    change to an input is a new entry, so a stale result is never used. The NumPy, JAX and scikit-learn
+    versions and JAX's backend are part of the key: another build may round differently."""
     import hashlib
+
+    import sklearn
 
     from vae_jax import caches
 
-    digest = hashlib.sha1(repr(sorted(settings.items())).encode())
+    versions = (np.__version__, jax.__version__, jax.default_backend(), sklearn.__version__)
+    digest = hashlib.sha1(repr((versions, sorted(settings.items()))).encode())
     for a in arrays:
         a = np.ascontiguousarray(a)
         digest.update(f"{a.shape}{a.dtype}".encode())
