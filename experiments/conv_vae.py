@@ -67,7 +67,11 @@ def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str],
     )
     if data.y_test is not None:
         means = tasks.encode_means(model, params, x_test[: config.tsne_points])
-        coords = means if means.shape[1] == 2 else latent_views.tsne_2d(means, config.seed)
+        coords = means
+        if means.shape[1] != 2:  # a rerun on the same checkpoint finds the same means and loads their t-SNE
+            (coords,) = latent_metrics.cached_by_inputs(
+                "tsne-v1", lambda: (latent_views.tsne_2d(means, config.seed),), (means,), seed=config.seed
+            )
         paths.append(
             plots.save_latent_scatter(
                 coords,

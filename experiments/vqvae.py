@@ -143,8 +143,8 @@ def save_usage_histogram(counts: np.ndarray, path: str, title: str) -> str:
 
 def train_variant(config, vq_config, prior_config, dataset) -> dict:
     """Trains one option combination's VQ-VAE and, with ``--prior-epochs``, its prior on the codes (every
-    process of a ``--distributed`` run); returns ``model``, ``result``, ``usage_by_epoch`` and ``prior``
-    (model, result) or None."""
+    process of a ``--distributed`` run); returns ``model``, ``result``, ``usage_by_epoch``, ``test_codes`` (the
+    first seed's code grids of the test images) and ``prior`` (model, result) or None."""
     model, task = vq.vqvae_task(vq_config, dataset.image_shape, dataset.x_train_first())
     result = runner.train(vq_config, task, dataset)
     # read from the checkpoints, which every process opens together
@@ -153,14 +153,14 @@ def train_variant(config, vq_config, prior_config, dataset) -> dict:
         "result": result,
         "prior": None,
         "usage_by_epoch": runner.usage_by_epoch(vq_config, task, model, dataset.x_test),
+        "test_codes": vq.encode_indices(model, result.params(0), dataset.x_test),  # the first seed's
     }
     if config.prior_epochs:
         params = result.params(0)
         train_codes = np.concatenate(
             [vq.encode_indices(model, params, x) for x in data_lib.float_chunks(dataset.train_pixels)]
         )
-        test_codes = vq.encode_indices(model, params, dataset.x_test)
-        codes_data = prior_lib.codes_dataset(train_codes, test_codes, f"VQ-VAE codes of {dataset.source}")
+        codes_data = prior_lib.codes_dataset(train_codes, trained["test_codes"], f"VQ-VAE codes of {dataset.source}")
         prior_model, prior_task = prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)
         trained["prior"] = (prior_model, runner.train(prior_config, prior_task, codes_data))
     return trained
@@ -173,7 +173,8 @@ def report_variant(config, vq_config, dataset, classifier, vae_images, trained: 
     workdir, x_train, x_test = vq_config.workdir, dataset.x_train_first(), dataset.x_test
     model, result = trained["model"], trained["result"]
     params = result.params(0)
-    usage = [vq.code_usage(model, result.params(r), x_test) for r in range(len(result.seeds))]
+    usage = [vq.usage_of_indices(trained["test_codes"], model.num_codes)]
+    usage += [vq.code_usage(model, result.params(r), x_test) for r in range(1, len(result.seeds))]
     summary = {
         **result.summary,
         "codebook_size": model.num_codes,
@@ -223,8 +224,15 @@ def report_variant(config, vq_config, dataset, classifier, vae_images, trained: 
         summary["prior_test_bits_per_dim"] = prior_result.summary["test"]["bits_per_dim"]["mean"]
         summary["prior_test_nll"] = prior_result.summary["test"]["nll"]["mean"]
         summary["uniform_prior_bits_per_dim"] = float(np.log2(model.num_codes))
-        sampled = prior_lib.sample_codes(
-            prior_model, prior_result.params(0), jax.random.fold_in(key, 2), config.num_samples, model.grid_shape
+        prior_params, sample_key = prior_result.params(0), jax.random.fold_in(key, 2)
+        # the same prior checkpoint and key draw the same grids: a rerun loads them from the user cache
+        (sampled,) = latent_metrics.cached_by_inputs(
+            "prior_samples-v1",
+            lambda: (prior_lib.sample_codes(prior_model, prior_params, sample_key, config.num_samples, model.grid_shape),),
+            (*jax.tree_util.tree_leaves(prior_params), jax.random.key_data(sample_key)),
+            model=repr(prior_model),
+            n=config.num_samples,
+            grid_shape=tuple(model.grid_shape),
         )
         generated = {"prior_samples": vq.decode_indices(model, params, sampled), **generated}
     if vae_images is not None:

@@ -118,3 +118,33 @@ def test_latent_space_rerun_reuses_the_summary_that_a_recomputation_gives(tmp_pa
     recomputed = latent_space.main(args)
     assert "reusing" not in capsys.readouterr().err
     assert json.loads(json.dumps(recomputed)) == reused
+
+
+def test_cached_classifier_gives_the_probabilities_of_a_fresh_scikit_learn_fit(mnist_small):
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = mnist_small.x_train[:300], mnist_small.y_train[:300]
+    first = latent_metrics.fit_digit_classifier(x, y, seed=3)
+    second = latent_metrics.fit_digit_classifier(x, y, seed=3)  # loaded from the cache
+    idx = np.random.default_rng(3).permutation(len(x))
+    direct = LogisticRegression(max_iter=300, C=0.1).fit(x[idx].reshape(len(x), -1).astype(np.float64), y[idx])
+    queries = mnist_small.x_test[:50].reshape(50, -1).astype(np.float64)
+    for classifier in (first, second):
+        np.testing.assert_allclose(classifier.predict_proba(queries), direct.predict_proba(queries), rtol=1e-12)
+
+
+def test_cached_by_inputs_recomputes_only_when_an_input_changes():
+    calls = []
+
+    def build():
+        calls.append(1)
+        return (np.arange(3.0) * len(calls),)
+
+    a = np.ones((2, 2), np.float32)
+    first = latent_metrics.cached_by_inputs("test-entry", build, (a,), seed=0)
+    again = latent_metrics.cached_by_inputs("test-entry", build, (a,), seed=0)
+    other_seed = latent_metrics.cached_by_inputs("test-entry", build, (a,), seed=1)
+    other_array = latent_metrics.cached_by_inputs("test-entry", build, (a + 1,), seed=0)
+    assert len(calls) == 3
+    np.testing.assert_array_equal(again[0], first[0])
+    assert other_seed[0][1] == 2.0 and other_array[0][1] == 3.0

@@ -132,19 +132,56 @@ def _nearest(q, r, r_sq):  # [n, d], [M, d], [M] -> [n]; the references are inpu
     return jnp.sqrt(jnp.maximum(jnp.min(d2, axis=1), 0.0))
 
 
+def cached_by_inputs(name: str, build_fn, arrays: tuple, **settings) -> tuple:
+    """``build_fn()`` (a tuple of NumPy arrays), kept in the user cache (:func:`vae_jax.caches.cached_arrays`)
+    under a SHA-1 of ``arrays``' bytes, shapes and dtypes and of ``settings``: a later call with the same
+    inputs loads the saved arrays instead of recomputing them (a t-SNE, a fitted classifier), and any
+    change to an input is a new entry, so a stale result is never used. The NumPy, JAX and scikit-learn
+    versions and JAX's backend are part of the key: another build may round differently."""
+    import hashlib
+
+    import sklearn
+
+    from vae_jax import caches
+
+    versions = (np.__version__, jax.__version__, jax.default_backend(), sklearn.__version__)
+    digest = hashlib.sha1(repr((versions, sorted(settings.items()))).encode())
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.shape}{a.dtype}".encode())
+        digest.update(a.tobytes())
+    return caches.cached_arrays(f"{name}-{digest.hexdigest()}", build_fn)
+
+
 def fit_digit_classifier(x_train: np.ndarray, y_train: np.ndarray, max_examples: int = 10000, seed: int = 0):
     """A multinomial logistic regression on flattened pixels (scikit-learn), fit on at most ``max_examples``
-    drawn at random. ``x_train`` may be stored pixels (``uint8``): only the drawn rows are converted."""
+    drawn at random. ``x_train`` may be stored pixels (``uint8``): only the drawn rows are converted.
+
+    The fitted weights are kept in the user cache keyed by the drawn images and labels
+    (:func:`cached_by_inputs`): a rerun on the same data loads them instead of fitting again."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x_train))[:max_examples]
+    x_drawn, y_drawn = np.asarray(x_train[idx]), np.asarray(y_train[idx])
+    coef, intercept, classes = cached_by_inputs(
+        "digit_classifier-v1", lambda: _fit_logistic(x_drawn, y_drawn), (x_drawn, y_drawn), max_iter=300, C=0.1
+    )
+    classifier = LogisticRegression(max_iter=300, C=0.1)
+    classifier.coef_, classifier.intercept_, classifier.classes_ = coef, intercept, classes
+    classifier.n_features_in_ = coef.shape[1]
+    return classifier
+
+
+def _fit_logistic(x_drawn: np.ndarray, y_drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(coef_, intercept_, classes_)`` of the logistic regression :func:`fit_digit_classifier` describes."""
     from sklearn.linear_model import LogisticRegression
 
     from vae_jax.arrays import pixels_to_float
 
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(x_train))[:max_examples]
-    classifier = LogisticRegression(max_iter=300, C=0.1)
-    x = np.asarray(pixels_to_float(x_train[idx]), np.float64)
-    classifier.fit(x.reshape(len(idx), -1), np.asarray(y_train[idx]))
-    return classifier
+    x = np.asarray(pixels_to_float(x_drawn), np.float64)
+    classifier = LogisticRegression(max_iter=300, C=0.1).fit(x.reshape(len(x), -1), y_drawn)
+    return classifier.coef_, classifier.intercept_, classifier.classes_
 
 
 def classifier_confidence(classifier, images: np.ndarray) -> dict[str, float]:

@@ -395,9 +395,12 @@ def encode_indices(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) 
 
 def code_usage(model: VQVAE, params, x: np.ndarray, batch_size: int = 1000) -> dict:
     """Codebook usage over all of ``x``: ``counts`` ``[K]``, ``codes_used``, ``perplexity`` (from the summed counts)."""
-    counts = np.bincount(encode_indices(model, params, x, batch_size).reshape(-1), minlength=model.num_codes).astype(
-        np.float64
-    )
+    return usage_of_indices(encode_indices(model, params, x, batch_size), model.num_codes)
+
+
+def usage_of_indices(indices: np.ndarray, num_codes: int) -> dict:
+    """:func:`code_usage` of code-index grids already encoded (:func:`encode_indices`)."""
+    counts = np.bincount(np.asarray(indices).reshape(-1), minlength=num_codes).astype(np.float64)
     return {
         "counts": counts,
         "codes_used": int(np.sum(counts > 0)),
