@@ -111,7 +111,9 @@ def report(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
     whose checkpoints, data and settings match those of ``summary.json`` reuses it and its figures.
     """
     params = {f"{kind}_z{dim}": p for dim, trained in trained_by_size.items() for kind, (_, p) in trained.items()}
-    fingerprint = runner.report_fingerprint(params, {"config": dataclasses.asdict(config), "dataset": dataset.summary()})
+    fingerprint = runner.report_fingerprint(
+        params, {"config": dataclasses.asdict(config), "dataset": dataset.summary()}
+    )
     summary = runner.reusable_report(os.path.join(config.workdir, "summary.json"), fingerprint)
     if summary is None:
         summary = measure_and_draw(config, dataset, trained_by_size)

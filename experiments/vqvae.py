@@ -228,7 +228,9 @@ def report_variant(config, vq_config, dataset, classifier, vae_images, trained: 
         # the same prior checkpoint and key draw the same grids: a rerun loads them from the user cache
         (sampled,) = latent_metrics.cached_by_inputs(
             "prior_samples-v1",
-            lambda: (prior_lib.sample_codes(prior_model, prior_params, sample_key, config.num_samples, model.grid_shape),),
+            lambda: (
+                prior_lib.sample_codes(prior_model, prior_params, sample_key, config.num_samples, model.grid_shape),
+            ),
             (*jax.tree_util.tree_leaves(prior_params), jax.random.key_data(sample_key)),
             model=repr(prior_model),
             n=config.num_samples,
