@@ -129,7 +129,9 @@ def test_the_same_epochs_trains_nothing_and_keeps_the_records(capsys, run_copy):
     assert "nothing to train" in err
     assert "after 2 epochs" in out
     assert {name: open(workdir / name).read() for name in records} == records
-    assert json.load(open(workdir / "summary.json")) == summary
+    rerun = json.load(open(workdir / "summary.json"))
+    assert set(rerun.pop("phases")) >= {"startup", "training", "evaluation"}  # this command's time, rewritten
+    assert rerun == {k: v for k, v in summary.items() if k != "phases"}
     assert os.path.isfile(workdir / "eval.json")  # still describes the checkpoint on disk
 
 
