@@ -22,6 +22,8 @@ which compiles them several times faster on CPU.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -169,3 +171,16 @@ def cached_arrays(name: str, build_fn: Callable[[], tuple], directory: str | Non
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return arrays
+
+
+def fingerprint(tree, settings) -> str:
+    """A SHA-256 (hex) of every array of ``tree`` (its path, shape, dtype and bytes) and of the JSON-able
+    ``settings``: equal inputs give equal fingerprints, any change to a value or a setting another one."""
+    import jax
+
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(tree)):
+        leaf = np.ascontiguousarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}".encode())
+        digest.update(leaf.tobytes())
+    return digest.hexdigest()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -650,11 +649,7 @@ def report_fingerprint(params, settings) -> str:
     report (:func:`reusable_report`) instead of evaluating again; any change
     to the parameters, the data or a setting changes the fingerprint.
     """
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(params)):
-        digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(np.ascontiguousarray(leaf).tobytes())
-    return "sha256:" + digest.hexdigest()
+    return "sha256:" + caches.fingerprint(params, settings)
 
 
 def reusable_report(path: str, fingerprint: str) -> dict | None:
