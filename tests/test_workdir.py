@@ -10,6 +10,7 @@ import os
 import shutil
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments import evaluate as evaluate_exp
@@ -133,6 +134,20 @@ def test_the_same_epochs_trains_nothing_and_keeps_the_records(capsys, run_copy):
     assert set(rerun.pop("phases")) >= {"startup", "training", "evaluation"}  # this command's time, rewritten
     assert rerun == {k: v for k, v in summary.items() if k != "phases"}
     assert os.path.isfile(workdir / "eval.json")  # still describes the checkpoint on disk
+
+
+def test_a_finished_run_without_its_summary_is_evaluated_again(capsys, run_copy):
+    """A rerun reads summary.json instead of evaluating; without it, the restored checkpoint is evaluated and
+    gives the test metrics the training run recorded for its last epoch."""
+    spec, workdir = run_copy
+    summary = json.load(open(workdir / "summary.json"))
+    os.remove(workdir / "summary.json")
+    code, out, err = run_vae(capsys, spec, workdir, "--epochs", "2")
+    assert code == 0, err
+    assert "nothing to train" in err and "evaluating that checkpoint" in err
+    rerun = json.load(open(workdir / "summary.json"))
+    for name, value in summary["test"].items():
+        np.testing.assert_allclose(rerun["test"][name]["mean"], value["mean"], rtol=1e-6, err_msg=name)
 
 
 def test_training_further_retires_the_old_eval_record_and_splits_stdout_from_stderr(capsys, run_copy):

@@ -98,7 +98,7 @@ class TrainResult:
     seeds: list[int]
     dataset: data_lib.Dataset
     history: list[dict]
-    test_metrics: dict[str, np.ndarray]  # per-example test metrics, [R, N] each
+    test_metrics: dict[str, np.ndarray] | None  # per-example test metrics, [R, N] each; None if nothing trained
     summary: dict[str, Any]
 
     def params(self, replica: int = 0):
@@ -873,10 +873,14 @@ def _train(
         start_epoch, state = checkpoint.restore_latest(manager, state, quarantine=True)
     nothing_to_train = start_epoch >= config.epochs
     history = _read_history(metrics_path, start_epoch)
+    summary_path = os.path.join(workdir, "summary.json")
+    # a finished run's summary.json describes its checkpoint: a rerun reads it instead of evaluating again
+    reuse_summary = nothing_to_train and _summary_complete(summary_path)
     if nothing_to_train:
         log(
             f"nothing to train: {workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
-            "evaluating that checkpoint, records left as they are"
+            + ("its summary.json describes that checkpoint" if reuse_summary else "evaluating that checkpoint")
+            + ", records left as they are"
         )
     else:
         if start_epoch:
@@ -896,7 +900,7 @@ def _train(
     # part would take more than half its memory: then batches stream from the host (vae_jax.streaming).
     host_arrays = host_split(dataset.train_pixels, dataset.y_train)
     stream = streaming.should_stream(config.stream, dataset.train_pixels.nbytes // layout.data_shards)
-    train_data = None if stream else layout.place_examples(host_arrays)
+    train_data = None if stream or nothing_to_train else layout.place_examples(host_arrays)
     # The evaluation splits too: each batch is split over the data shards (results past a split's rows are padding).
     test_data = layout.place_examples(host_split(dataset.test_pixels, dataset.y_test))
     epoch_loop = parallel.choose_epoch_loop(
@@ -998,7 +1002,9 @@ def _train(
             )
     bar.close()
 
-    if test_metrics is None:  # nothing left to train: evaluate the restored state
+    if reuse_summary:
+        return _finished_result(config, state, seeds, dataset, history, summary_path)
+    if test_metrics is None:  # nothing left to train and no summary: evaluate the restored state
         test_metrics = evaluate_split(state.params, test_data, dataset.num_test)
     epochs_run = config.epochs - start_epoch
     summary = {
@@ -1030,14 +1036,29 @@ def _train(
             f"Test metrics of {len(seeds)} seeds, per epoch",
         )
         summary["figures"] = [os.path.basename(curves)]
-    summary_path = os.path.join(workdir, "summary.json")
-    if nothing_to_train and os.path.isfile(summary_path):
-        summary = _read_json(summary_path, "run's summary")  # it describes this checkpoint already
-    else:
-        write_json(summary_path, summary)
+    write_json(summary_path, summary)
     if jax.process_count() > 1:  # host copies: the figures read replicas that live on other processes
         state = distributed.to_host(state)
     return TrainResult(state, seeds, dataset, history, test_metrics, summary)
+
+
+def _summary_complete(path: str) -> bool:
+    """Whether ``path`` (a summary.json) exists and every figure it lists is beside it."""
+    if not os.path.isfile(path):
+        return False
+    summary = _read_json(path, "run's summary")
+    figures = summary.get("figures", []) if isinstance(summary, dict) else None
+    return figures is not None and all(os.path.isfile(os.path.join(os.path.dirname(path), name)) for name in figures)
+
+
+def _finished_result(config: TrainConfig, state, seeds, dataset, history, summary_path: str) -> TrainResult:
+    """The result of a finished run that had nothing to train: its restored state and its own summary.json.
+
+    No test evaluation (``test_metrics`` is None): the summary already holds that checkpoint's test metrics.
+    """
+    if jax.process_count() > 1:
+        state = distributed.to_host(state)
+    return TrainResult(state, seeds, dataset, history, None, _read_json(summary_path, "run's summary"))
 
 
 def progress_mode(progress: bool | None) -> tuple[bool, bool]:
