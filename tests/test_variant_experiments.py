@@ -59,6 +59,8 @@ def test_hvae_compares_with_a_one_level_vae_of_matched_size(tmp_path, small_npz)
             "--workdir",
             root,
             "--no-progress",
+            "--iwae-examples",
+            "64",
         ]
     )
     assert json.load(open(os.path.join(root, "comparison.json")))["figures"] == comparison["figures"]
@@ -71,6 +73,10 @@ def test_hvae_compares_with_a_one_level_vae_of_matched_size(tmp_path, small_npz)
         summary = json.load(open(os.path.join(root, name, "summary.json")))
         np.testing.assert_allclose(comparison[name]["neg_elbo"], summary["test"]["neg_elbo"]["mean"], rtol=1e-5)
         assert comparison[name]["iwae_nll"] < comparison[name]["neg_elbo"]
+        assert comparison[name]["iwae_examples"] == 64  # of 128 test images; the neg-ELBO above is on all 128
+    difference = comparison["iwae_difference"]
+    assert difference["examples"] == 64 and difference["standard_error"] > 0
+    np.testing.assert_allclose(difference["vae_minus_hvae"], v["iwae_nll"] - h["iwae_nll"], rtol=1e-5, atol=1e-4)
     assert set(json.load(open(os.path.join(root, "hvae", "summary.json")))["diagnostics"]) == {"z1", "z2"}
 
 
@@ -109,3 +115,27 @@ def test_matched_vae_has_the_closest_parameter_count_of_all_scaled_widths():
     widths = dict.fromkeys(tuple(max(1, round(w * s)) for w in config.hidden) for s in np.linspace(0.8, 1.5, 71))
     closest = min(widths, key=lambda h: abs(count(h) - target))  # the first of equally close ones
     assert tuple(matched.hidden) == closest and n == count(closest)
+
+
+def test_an_iwae_bound_on_the_first_images_is_that_of_the_whole_split_and_the_paired_error_is_scipys(mnist_small):
+    """The IWAE bound of example i depends on its batch and that batch's key only, so the bound on the first
+    n test images equals the first n bounds of the whole split's evaluation (what --iwae-examples relies on)."""
+    import jax
+    import scipy.stats
+
+    from vae_jax import evaluate, objectives
+    from vae_jax.models.vae import VAE, init_params
+
+    model = VAE(latent_dim=3, hidden=(16,), image_shape=mnist_small.image_shape)
+    params = jax.tree_util.tree_map(lambda a: a[None], init_params(model, jax.random.key(0)))
+    parts = evaluate.gaussian_vae_parts(model, objectives.make_vae_eval(model), "bernoulli")
+    x = mnist_small.x_test[:40]
+    kwargs = dict(iwae_k=6, iwae_batch_size=8, k_chunk=4, eval_batch_size=16, per_example=True)
+    whole = evaluate.evaluate_runs(parts, params, {"x": x}, **kwargs)[0]["iwae_nll_per_example"]
+    first = evaluate.evaluate_runs(parts, params, {"x": x[:24]}, **kwargs)[0]
+    np.testing.assert_array_equal(first["iwae_nll_per_example"], whole[:24])
+    np.testing.assert_allclose(first["iwae_nll"], whole[:24].mean(), rtol=1e-6)
+    other = whole[:24] + np.linspace(-1, 2, 24) ** 2
+    d = hvae_exp.paired_difference(other, whole[:24])
+    np.testing.assert_allclose(d["vae_minus_hvae"], np.mean(other - whole[:24]), rtol=1e-6)
+    np.testing.assert_allclose(d["standard_error"], scipy.stats.sem(other - whole[:24]), rtol=1e-6)

@@ -240,6 +240,7 @@ def evaluate_runs(
     k_chunk: int = 100,
     batch_sharding=None,
     key: jax.Array | None = None,
+    per_example: bool = False,
 ) -> list[dict]:
     """Test metrics of each replica (seed) of a run, in nats per example unless said otherwise.
 
@@ -260,6 +261,9 @@ def evaluate_runs(
         the samples are the same (JAX's random bits do not depend on sharding),
         the results equal one device's to float rounding.
       key: the evaluation key (default :func:`eval_key`, the key ``summary.json``'s metrics use).
+      per_example: also return ``iwae_nll_per_example`` (``[N]``, a NumPy array), e.g. for a paired
+        comparison of two models on the same images. Example i's bound does not depend on N: its batch
+        (of ``iwae_batch_size``) and that batch's key are the same in a prefix of the data.
 
     Returns:
       One dict per replica: ``n``, ``neg_elbo``, ``recon``, ``kl`` (+ extras),
@@ -306,6 +310,8 @@ def evaluate_runs(
         if iwae_k:
             iwae = float(np.mean(out["iwae_nll"]))
             bound = {"iwae_nll": iwae, "bits_per_dim": bits_per_dim(iwae, num_dims)}
+            if per_example:
+                bound["iwae_nll_per_example"] = np.asarray(out["iwae_nll"])
         results.append(
             {
                 "n": int(data["x"].shape[0]),
