@@ -10,7 +10,7 @@ model's, trains in WORKDIR/vae with the same objective flags, data, batch
 size, epochs and seeds. Both are then evaluated on the test split: neg-ELBO
 (single sample, as in summary.json), KL per layer and per dimension, and
 active units per layer on every test image; the IWAE-k NLL with k = 500 on
-the first ``--iwae-examples`` test images (1,000 by default, the same images
+the first ``--iwae-examples`` test images (500 by default, the same images
 for both models, with the standard error of the paired difference;
 ``--iwae-examples 0`` for all of them, about 8 ms per image and model on a
 2-core CPU; for more samples run ``python -m experiments.evaluate --workdir
@@ -47,7 +47,7 @@ class HVAEComparisonConfig(hvae.HVAEConfig):
     """The hierarchical VAE's flags and the comparison's own (which the trained runs do not record)."""
 
     iwae_examples: int = field(
-        1000, f"test images in the IWAE-{EVAL_IWAE_K} bound: the first N, the same for both models (0: all)"
+        500, f"test images in the IWAE-{EVAL_IWAE_K} bound: the first N, the same for both models (0: all)"
     )
 
     def validate(self) -> None:
