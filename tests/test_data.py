@@ -450,3 +450,22 @@ def test_evaluation_converts_uint8_batches(mnist_small):
     )
     for name in ("neg_elbo", "recon", "kl", "iwae_nll"):
         np.testing.assert_allclose(from_u8[name], from_float[name], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"VAE_JAX_CACHE_DIR": "/c/mine", "XDG_CACHE_HOME": "/x"}, "/c/mine/tfds_probe.json"),
+        ({"XDG_CACHE_HOME": "/x"}, "/x/vae_jax/tfds_probe.json"),
+        ({}, "/h/.cache/vae_jax/tfds_probe.json"),
+    ],
+)
+def test_the_probe_is_remembered_in_the_user_cache_folder(monkeypatch, env, expected):
+    """The folder rule as the docs state it: $VAE_JAX_CACHE_DIR, else $XDG_CACHE_HOME/vae_jax, else
+    ~/.cache/vae_jax."""
+    for name in ("VAE_JAX_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", "/h")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert data.probe_cache_path() == expected

@@ -156,19 +156,23 @@ def save_image_folder_npz(
     with atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, paths in (("x_train", plan.train_paths), ("x_test", plan.test_paths)):
             with archive.open(name + ".npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array_header_2_0(
-                    member,
-                    {
-                        "descr": np.lib.format.dtype_to_descr(buffer.dtype),
-                        "fortran_order": False,
-                        "shape": (len(paths), *plan.shape),
-                    },
-                )
-                for start in range(0, len(paths), len(buffer)):
-                    part = paths[start : start + len(buffer)]
-                    _decode_images(plan, part, buffer[: len(part)], max_workers)
-                    member.write(memoryview(buffer[: len(part)]).cast("B"))
+                _write_decoded(member, plan, paths, buffer, max_workers)
         for name, array in small_members(plan.y_train, plan.y_test, plan.class_names, notes).items():
             with archive.open(name + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
     return path
+
+
+def _write_decoded(member, plan: FolderPlan, paths: list[str], buffer: np.ndarray, max_workers: int | None) -> None:
+    """Writes the ``.npy`` of ``paths`` decoded (``uint8`` ``[len(paths), H, W, C]``) to the open archive
+    ``member``: its header, then the images decoded into ``buffer`` a chunk at a time."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(buffer.dtype),
+        "fortran_order": False,
+        "shape": (len(paths), *plan.shape),
+    }
+    np.lib.format.write_array_header_2_0(member, header)
+    for start in range(0, len(paths), len(buffer)):
+        part = paths[start : start + len(buffer)]
+        _decode_images(plan, part, buffer[: len(part)], max_workers)
+        member.write(memoryview(buffer[: len(part)]).cast("B"))

@@ -177,6 +177,21 @@ def plan_image_folder(path: str, image_size: int, max_workers: int | None, skip_
         raise DataError("--dataset folder: needs a directory, e.g. folder:data/faces")
     if not os.path.isdir(path):
         raise DataError(f"--dataset {spec}: no such directory")
+    train_paths, train_names, test_paths, test_names = _split_paths(path, spec)
+    class_names, y_train, y_test = _labels(spec, train_names, test_names)
+    plan = FolderPlan(spec, train_paths, test_paths, y_train, y_test, class_names, (0, 0, 0), image_size)
+    paths = train_paths + test_paths
+    with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
+        headers = list(pool.map(lambda p: _header_or_reason(p, spec, skip_unreadable), paths))
+    unreadable = {p: h for p, h in zip(paths, headers) if isinstance(h, str)}
+    plan = without(plan, unreadable) if unreadable else plan
+    headers = [h for h in headers if not isinstance(h, str)]
+    return dataclasses.replace(plan, shape=_array_shape(plan, headers))
+
+
+def _split_paths(path: str, spec: str):
+    """``(train_paths, train_names, test_paths, test_names)`` of the folder ``path``, each split in a fixed
+    shuffled order; the names are the images' class folders, or None when the split is unlabelled."""
     test_root = os.path.join(path, "test")
     if os.path.isdir(test_root):
         train_root = os.path.join(path, "train")
@@ -204,52 +219,52 @@ def plan_image_folder(path: str, image_size: int, max_workers: int | None, skip_
         )
     if not test_paths:
         raise DataError(f"--dataset {spec}: only one image; cannot split it into train and test")
+    return train_paths, train_names, test_paths, test_names
+
+
+def _labels(spec: str, train_names: list[str] | None, test_names: list[str] | None):
+    """``(class_names, y_train, y_test)`` from the images' class folder names: labels index the sorted train
+    folder names; all None when the splits are unlabelled."""
     if (train_names is None) != (test_names is None):
         labelled = "train" if train_names is not None else "test"
         raise DataError(f"--dataset {spec}: only the {labelled} split has class sub-folders; give both or neither")
+    if train_names is None:
+        return None, None, None
+    class_names = tuple(sorted(set(train_names)))
+    unknown = sorted(set(test_names) - set(class_names))
+    if unknown:
+        raise DataError(f"--dataset {spec}: test class folder {unknown[0]!r} has no train folder")
+    index = {name: k for k, name in enumerate(class_names)}
+    return (
+        class_names,
+        np.array([index[n] for n in train_names], np.int32),
+        np.array([index[n] for n in test_names], np.int32),
+    )
 
-    class_names = y_train = y_test = None
-    if train_names is not None:
-        class_names = tuple(sorted(set(train_names)))
-        unknown = sorted(set(test_names) - set(class_names))
-        if unknown:
-            raise DataError(f"--dataset {spec}: test class folder {unknown[0]!r} has no train folder")
-        index = {name: k for k, name in enumerate(class_names)}
-        y_train = np.array([index[n] for n in train_names], np.int32)
-        y_test = np.array([index[n] for n in test_names], np.int32)
 
-    paths = train_paths + test_paths
-    with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
-        headers = list(pool.map(lambda p: _header_or_reason(p, spec, skip_unreadable), paths))
-    unreadable = {p: h for p, h in zip(paths, headers) if isinstance(h, str)}
-    if unreadable:
-        plan = FolderPlan(spec, train_paths, test_paths, y_train, y_test, class_names, (0, 0, 0), image_size)
-        plan = without(plan, unreadable)
-        train_paths, test_paths, y_train, y_test = plan.train_paths, plan.test_paths, plan.y_train, plan.y_test
-        paths = train_paths + test_paths
-        headers = [h for h in headers if not isinstance(h, str)]
+def _array_shape(plan: FolderPlan, headers: list[tuple[str, tuple[int, int]]]) -> tuple[int, int, int]:
+    """``(H, W, C)`` of the arrays made from the plan's files, whose headers are ``(mode, (width, height))``."""
+    paths = plan.train_paths + plan.test_paths
     for p, (mode, _) in zip(paths, headers):
         if mode in _WIDE_MODES:
-            raise DataError(f"--dataset {spec}: {p} is a {mode} (16-bit or float) image; only 8-bit images are read")
-    channels = 1 if all(mode in _GRAY_MODES for mode, _ in headers) else 3
-    if image_size:
-        height = width = image_size
-        log_resizing(spec, {size for _, size in headers}, image_size)
-    else:
-        sizes = {}
-        for p, (_, size) in zip(paths, headers):
-            sizes.setdefault(size, p)
-        if len(sizes) > 1:
-            (size_a, path_a), (size_b, path_b) = list(sizes.items())[:2]
             raise DataError(
-                f"--dataset {spec}: images differ in size ({path_a} is {size_a[0]}x{size_a[1]}, {path_b} is "
-                f"{size_b[0]}x{size_b[1]}); pass --image-size N to resize and centre-crop them all to N x N"
+                f"--dataset {plan.spec}: {p} is a {mode} (16-bit or float) image; only 8-bit images are read"
             )
-        width, height = headers[0][1]
-
-    return FolderPlan(
-        spec, train_paths, test_paths, y_train, y_test, class_names, (height, width, channels), image_size, unreadable
-    )
+    channels = 1 if all(mode in _GRAY_MODES for mode, _ in headers) else 3
+    if plan.image_size:
+        log_resizing(plan.spec, {size for _, size in headers}, plan.image_size)
+        return plan.image_size, plan.image_size, channels
+    sizes = {}
+    for p, (_, size) in zip(paths, headers):
+        sizes.setdefault(size, p)
+    if len(sizes) > 1:
+        (size_a, path_a), (size_b, path_b) = list(sizes.items())[:2]
+        raise DataError(
+            f"--dataset {plan.spec}: images differ in size ({path_a} is {size_a[0]}x{size_a[1]}, {path_b} is "
+            f"{size_b[0]}x{size_b[1]}); pass --image-size N to resize and centre-crop them all to N x N"
+        )
+    width, height = headers[0][1]
+    return height, width, channels
 
 
 def _header_or_reason(path: str, spec: str, skip_unreadable: bool):

@@ -49,52 +49,20 @@ def _mapped_npz_member(path: str, info: zipfile.ZipInfo) -> np.ndarray | None:
 
 
 def load_npz(path: str, memory_map: bool = False):
-    if not path:
-        raise DataError("--dataset npz: needs a file path, e.g. npz:data/mnist.npz")
-    if not os.path.isfile(path):
-        raise DataError(f"--dataset npz:{path}: no such file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as err:  # zipfile / pickle / format errors
-        raise DataError(f"--dataset npz:{path}: not a readable .npz archive ({reason(err)})") from None
-    if not hasattr(archive, "files"):  # np.load also opens a bare .npy array
-        raise DataError(f"--dataset npz:{path}: a single .npy array, not a .npz archive of named arrays")
-
-    def read(key: str) -> np.ndarray:
-        # Members are read lazily: a truncated or corrupted archive fails here, not in np.load.
-        try:
-            if memory_map:
-                mapped = _mapped_npz_member(path, archive.zip.getinfo(key + ".npy"))
-                if mapped is not None:
-                    return mapped
-            return archive[key]
-        except Exception as err:
-            raise DataError(
-                f"--dataset npz:{path}: array {key!r} cannot be read, the file is truncated or "
-                f"corrupted ({reason(err)})"
-            ) from None
-
+    """The arrays of the archive ``path``: ``((x_train, y_train, x_test, y_test), class_names)``, the
+    images memory-mapped where they can be with ``memory_map`` (:func:`_mapped_npz_member`)."""
+    archive = _open_npz(path)
     with archive:
         keys = set(archive.files)
-        class_names = None
-        if "class_names" in keys:
-            names = read("class_names")
-            if names.ndim != 1 or not names.size or names.dtype.kind != "U":
-                raise DataError(
-                    f"--dataset npz:{path}: class_names must be a 1-D array of strings, got "
-                    f"{names.dtype} of shape {names.shape}"
-                )
-            class_names = tuple(names.tolist())
+
+        def read(key: str) -> np.ndarray | None:
+            return _read_member(path, archive, key, memory_map) if key in keys else None
+
+        class_names = _class_names(path, read("class_names")) if "class_names" in keys else None
         if {"x_train", "x_test"} <= keys:
-            return (
-                read("x_train"),
-                read("y_train") if "y_train" in keys else None,
-                read("x_test"),
-                read("y_test") if "y_test" in keys else None,
-            ), class_names
+            return (read("x_train"), read("y_train"), read("x_test"), read("y_test")), class_names
         if "x" in keys:
-            x = read("x")
-            y = read("y") if "y" in keys else None
+            x, y = read("x"), read("y")
             if np.ndim(x) < 1 or (y is not None and (np.ndim(y) < 1 or len(y) != len(x))):
                 raise DataError(
                     f"--dataset npz:{path}: y has {np.shape(y)[0] if np.ndim(y) else 0} labels "
@@ -105,6 +73,44 @@ def load_npz(path: str, memory_map: bool = False):
         f"--dataset npz:{path}: expected arrays x_train, y_train, x_test, y_test or x (and y); "
         f"found {', '.join(sorted(keys)) or 'none'}"
     )
+
+
+def _open_npz(path: str):
+    """``np.load(path)`` of an ``.npz`` archive (its members not read yet), or a one-line DataError."""
+    if not path:
+        raise DataError("--dataset npz: needs a file path, e.g. npz:data/mnist.npz")
+    if not os.path.isfile(path):
+        raise DataError(f"--dataset npz:{path}: no such file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as err:  # zipfile / pickle / format errors
+        raise DataError(f"--dataset npz:{path}: not a readable .npz archive ({reason(err)})") from None
+    if not hasattr(archive, "files"):  # np.load also opens a bare .npy array
+        raise DataError(f"--dataset npz:{path}: a single .npy array, not a .npz archive of named arrays")
+    return archive
+
+
+def _read_member(path: str, archive, key: str, memory_map: bool) -> np.ndarray:
+    """The array ``key`` of the open ``archive``, memory-mapped when asked and possible."""
+    # Members are read lazily: a truncated or corrupted archive fails here, not in np.load.
+    try:
+        if memory_map:
+            mapped = _mapped_npz_member(path, archive.zip.getinfo(key + ".npy"))
+            if mapped is not None:
+                return mapped
+        return archive[key]
+    except Exception as err:
+        raise DataError(
+            f"--dataset npz:{path}: array {key!r} cannot be read, the file is truncated or corrupted ({reason(err)})"
+        ) from None
+
+
+def _class_names(path: str, names: np.ndarray) -> tuple[str, ...]:
+    if names.ndim != 1 or not names.size or names.dtype.kind != "U":
+        raise DataError(
+            f"--dataset npz:{path}: class_names must be a 1-D array of strings, got {names.dtype} of shape {names.shape}"
+        )
+    return tuple(names.tolist())
 
 
 NOTES_MEMBER = "vae_jax_notes"  # an npz member that save_npz may add: a JSON object as a 0-d string array
