@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +42,7 @@ from tqdm.auto import tqdm
 from vae_jax import caches, distributed, evaluate, faults, parallel, phases, streaming, tensorboard
 from vae_jax import data as data_lib
 from vae_jax import train as train_lib
-from vae_jax.errors import ConfigError, field, flag, require  # noqa: F401 (field, require: re-exported)
+from vae_jax.errors import ConfigError, field, flag, require, require_writable_dir  # noqa: F401 (field, require: re-exported)
 from vae_jax.protocol import Task, TrainConfig  # noqa: F401 (re-exported: the names experiments know)
 from vae_jax.tasks import vqvae as vqvae_tasks
 
@@ -527,19 +526,9 @@ def _jsonable(value):
 
 
 def probe_workdir(workdir: str) -> None:
-    """Creates ``workdir`` if needed and checks that a file can be written in it (a ConfigError if not).
-
-    The probe file has a name of its own, so that processes probing one workdir at once (a distributed
-    run's) never remove each other's.
-    """
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test."):
-            pass
-    except OSError as err:
-        raise ConfigError(
-            f"--workdir {workdir}: not a writable directory ({err.strerror or type(err).__name__})"
-        ) from None
+    """Creates ``workdir`` if needed and checks that a file can be written in it (a ConfigError if not;
+    :func:`vae_jax.errors.require_writable_dir`)."""
+    require_writable_dir(workdir, "workdir")
 
 
 def write_json(path: str, obj) -> None:

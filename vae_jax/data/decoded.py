@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -28,7 +27,7 @@ from vae_jax.data.folder_plan import folder_fingerprint
 from vae_jax.data.npz import read_npz_notes, save_npz
 from vae_jax.data.spec import load_dataset
 from vae_jax.data.tfds import tfds_prepared_on_disk
-from vae_jax.errors import ConfigError
+from vae_jax.errors import ConfigError, require_writable_dir
 
 DECODED_DATA = ".decoded-data.npz"  # in the workdir; hidden, so --overwrite leaves it for the next run
 
@@ -104,7 +103,7 @@ def decoded_copy(flags: DataFlags) -> Dataset | None:
 
 def _write_copy(flags: DataFlags, path: str, key: dict) -> None:
     """Decodes the flags' dataset into ``path`` with ``key`` and the source in its notes (process 0)."""
-    _check_writable(flags.workdir)
+    require_writable_dir(flags.workdir, "workdir")  # before anything is decoded
     started = time.perf_counter()
     try:
         if flags.dataset.startswith("folder:"):  # decoded a chunk at a time into the file
@@ -130,18 +129,6 @@ def _write_copy(flags: DataFlags, path: str, key: dict) -> None:
         file=sys.stderr,
         flush=True,
     )
-
-
-def _check_writable(workdir: str) -> None:
-    """Creates ``workdir`` if needed and checks that a file can be written in it, before anything is decoded."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test."):
-            pass
-    except OSError as err:
-        raise ConfigError(
-            f"--workdir {workdir}: not a writable directory ({err.strerror or type(err).__name__})"
-        ) from None
 
 
 def _map_decoded(flags: DataFlags, path: str, notes: dict) -> Dataset:
