@@ -110,7 +110,7 @@ def test_experiment_end_to_end(tmp_path, small_npz, capsys, monkeypatch):
     from vae_jax import data
 
     # The figures and analyses read at most ANALYSIS_TRAIN_EXAMPLES training images: never the whole split.
-    monkeypatch.setattr(data, "ANALYSIS_TRAIN_EXAMPLES", 300)
+    monkeypatch.setattr(data.dataset, "ANALYSIS_TRAIN_EXAMPLES", 300)
     monkeypatch.setattr(data.Dataset, "x_train", property(lambda self: pytest.fail("whole training split converted")))
 
     workdir = str(tmp_path / "run")

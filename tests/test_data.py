@@ -28,7 +28,7 @@ def test_embedded_mnist_is_real_balanced_and_split_by_class():
 
 
 def test_mnist_falls_back_quickly_when_tfds_cannot_be_had(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(data, "_tfds_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(data.tfds, "_tfds_reachable", lambda timeout=3.0: False)
     ds = load_dataset("mnist", data_dir=str(tmp_path))
     assert ds.source == data.EMBEDDED_MNIST_SOURCE
     assert "warning:" in capsys.readouterr().err
@@ -39,14 +39,14 @@ def test_mnist_falls_back_quickly_when_tfds_cannot_be_had(monkeypatch, tmp_path,
 
 def test_reachability_probe_returns_within_its_timeout():
     start = time.monotonic()
-    data._tfds_reachable(timeout=1.0)
+    data.tfds._tfds_reachable(timeout=1.0)
     assert time.monotonic() - start < 5.0
 
 
 def test_tfds_path_under_mock_data(monkeypatch, tmp_path):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(data, "_tfds_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(data.tfds, "_tfds_reachable", lambda timeout=3.0: True)
     with tfds.testing.mock_data(num_examples=24):
         ds = load_dataset("tfds:mnist", data_dir=str(tmp_path))
         default = load_dataset("mnist", data_dir=str(tmp_path))
@@ -57,7 +57,7 @@ def test_tfds_path_under_mock_data(monkeypatch, tmp_path):
 
 
 def test_tfds_errors_are_one_line(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "_tfds_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(data.tfds, "_tfds_reachable", lambda timeout=3.0: False)
     with pytest.raises(DataError, match="unknown TFDS dataset"):
         load_dataset("tfds:no_such_dataset_xyz")
     with pytest.raises(DataError, match="not prepared in .* download host cannot be reached"):
@@ -139,7 +139,7 @@ def test_analyses_read_a_bounded_float_copy_of_the_training_split(monkeypatch):
     ds = data.Dataset(pixels, None, pixels[:5], None, "made here")
     reference = pixels.astype(np.float64) / 255
     np.testing.assert_allclose(ds.x_train_first(10), reference[:10], rtol=1e-6)
-    monkeypatch.setattr(data, "ANALYSIS_TRAIN_EXAMPLES", 7)
+    monkeypatch.setattr(data.dataset, "ANALYSIS_TRAIN_EXAMPLES", 7)
     np.testing.assert_allclose(ds.x_train_first(), reference[:7], rtol=1e-6)
     chunks = list(data.float_chunks(pixels))
     assert [len(c) for c in chunks] == [7, 7, 7, 4] and all(c.dtype == np.float32 for c in chunks)
@@ -258,7 +258,7 @@ def _uint8_and_float_datasets(mnist_small):
 
 
 def test_8bit_sources_are_stored_as_uint8_and_read_as_float(tmp_path, monkeypatch, small_npz):
-    monkeypatch.setattr(data, "_tfds_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(data.tfds, "_tfds_reachable", lambda timeout=3.0: False)
     for ds in (load_dataset("mnist", data_dir=str(tmp_path)), load_dataset(small_npz)):
         n, h, w, c = ds.train_pixels.shape
         assert ds.train_pixels.dtype == ds.test_pixels.dtype == np.uint8
@@ -345,7 +345,7 @@ def test_image_size_resizes_array_sources(tmp_path):
 def test_tfds_images_are_resized_as_they_are_read(monkeypatch, tmp_path):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(data, "_tfds_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(data.tfds, "_tfds_reachable", lambda timeout=3.0: True)
     with tfds.testing.mock_data(num_examples=12):
         ds = load_dataset("tfds:mnist", data_dir=str(tmp_path), image_size=14)
         faces = {
@@ -450,3 +450,22 @@ def test_evaluation_converts_uint8_batches(mnist_small):
     )
     for name in ("neg_elbo", "recon", "kl", "iwae_nll"):
         np.testing.assert_allclose(from_u8[name], from_float[name], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"VAE_JAX_CACHE_DIR": "/c/mine", "XDG_CACHE_HOME": "/x"}, "/c/mine/tfds_probe.json"),
+        ({"XDG_CACHE_HOME": "/x"}, "/x/vae_jax/tfds_probe.json"),
+        ({}, "/h/.cache/vae_jax/tfds_probe.json"),
+    ],
+)
+def test_the_probe_is_remembered_in_the_user_cache_folder(monkeypatch, env, expected):
+    """The folder rule as the docs state it: $VAE_JAX_CACHE_DIR, else $XDG_CACHE_HOME/vae_jax, else
+    ~/.cache/vae_jax."""
+    for name in ("VAE_JAX_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", "/h")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert data.probe_cache_path() == expected

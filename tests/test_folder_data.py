@@ -282,8 +282,8 @@ def test_decode_once_writes_a_mapped_copy_that_equals_the_folder_and_is_reused_u
     assert runner.decoded_copy(config(image_size=8)) is None  # another key: not this copy
 
     decodes = []  # the folder's listings and headers read (what precedes each decode)
-    real_plan = data._plan_image_folder
-    monkeypatch.setattr(data, "_plan_image_folder", lambda *a, **k: decodes.append(a) or real_plan(*a, **k))
+    real_plan = data.folder.plan_image_folder
+    monkeypatch.setattr(data.folder, "plan_image_folder", lambda *a, **k: decodes.append(a) or real_plan(*a, **k))
     again = runner.decode_once(config())
     assert decodes == [] and again.memory_mapped
     np.testing.assert_array_equal(again.train_pixels, direct.train_pixels)

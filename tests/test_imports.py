@@ -29,7 +29,7 @@ LAYERS = {
         "models",
         "models.*",
     ],
-    "data": ["data"],
+    "data": ["data", "data.*"],
     "protocol": ["protocol"],
     "families": ["tasks", "tasks.*", "linear_ae", "classifier", "latent_metrics", "latent_views"],
     "step": ["train"],
@@ -130,6 +130,9 @@ def test_the_scan_sees_the_package_and_known_imports():
     assert {"errors", "distributed"} <= GRAPH["cli"]
     assert "tasks.vqvae" in GRAPH["runner"]  # a function-level import counts as much as a module-level one
     assert "arrays" in GRAPH["diagnostics"]  # (diagnostics imports it inside encode_posteriors)
+    # The data package: a spec parser, one module per source, decode-once for several hosts.
+    assert {"data.spec", "data.mnist", "data.tfds", "data.npz", "data.folder", "data.decoded"} <= set(MODULES)
+    assert {"data.spec", "data.folder", "data.tfds", "errors"} <= GRAPH["data.decoded"]
 
 
 def test_every_module_has_a_layer_and_imports_point_down():
@@ -189,6 +192,19 @@ def test_no_private_jax_imports():
         if name.split(".")[:2] == ["jax", "_src"]
     }
     assert private <= PRIVATE_JAX_ALLOWED, sorted(private - PRIVATE_JAX_ALLOWED)
+
+
+def test_importing_the_data_package_loads_no_driver_module():
+    """``vae_jax.data`` (decode-once for several hosts included) runs without the training driver, Orbax or
+    TensorFlow: what it needs from the driver (the processes' barrier) is passed in."""
+    code = (
+        "import sys, vae_jax.data\n"
+        "driver = {'vae_jax.' + m for m in ('runner', 'distributed', 'faults', 'checkpoint', 'parallel', 'cli')}\n"
+        "heavy = {'orbax', 'tensorflow', 'tensorflow_datasets'}\n"
+        "print(sorted(m for m in sys.modules if m in driver or m.split('.')[0] in heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_importing_the_families_loads_no_driver_dependencies():

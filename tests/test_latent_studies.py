@@ -76,7 +76,7 @@ def test_latent_space_end_to_end(tmp_path, small_npz, mnist_small, monkeypatch):
     from vae_jax import data
 
     # Distances are to the first ANALYSIS_TRAIN_EXAMPLES training images; the whole split is never converted.
-    monkeypatch.setattr(data, "ANALYSIS_TRAIN_EXAMPLES", 300)
+    monkeypatch.setattr(data.dataset, "ANALYSIS_TRAIN_EXAMPLES", 300)
     monkeypatch.setattr(data.Dataset, "x_train", property(lambda self: pytest.fail("whole training split converted")))
     workdir = str(tmp_path / "space")
     args = ["--dataset", small_npz, "--epochs", "2", "--hidden", "64", "--batch-size", "64", "--tsne-latent-dim", "5"]

@@ -18,7 +18,7 @@ def test_mnist_embedded_is_the_embedded_digits_without_any_probe(monkeypatch):
     def no_probe(*args, **kwargs):
         raise AssertionError("mnist:embedded must not probe the network")
 
-    monkeypatch.setattr(data, "_tfds_reachable", no_probe)
+    monkeypatch.setattr(data.tfds, "_tfds_reachable", no_probe)
     ds = load_dataset("mnist:embedded")
     x_train, _, x_test, _ = data.embedded_mnist()
     assert ds.source == data.EMBEDDED_MNIST_SOURCE
@@ -28,7 +28,7 @@ def test_mnist_embedded_is_the_embedded_digits_without_any_probe(monkeypatch):
 
 def test_probe_answer_is_remembered_for_an_hour(monkeypatch):
     calls = []
-    monkeypatch.setattr(data, "_tfds_reachable", lambda timeout=3.0: calls.append(1) or False)
+    monkeypatch.setattr(data.tfds, "_tfds_reachable", lambda timeout=3.0: calls.append(1) or False)
     assert data.tfds_reachable_cached() is False
     assert data.tfds_reachable_cached() is False
     assert len(calls) == 1  # the second answer came from the cache file
@@ -51,7 +51,7 @@ def test_offline_mnist_falls_back_without_importing_tensorflow(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     with open(cache / "tfds_probe.json", "w") as f:
-        json.dump({"host": "{}:{}".format(*data._TFDS_DOWNLOAD_HOST), "reachable": False, "time": time.time()}, f)
+        json.dump({"host": "{}:{}".format(*data.tfds._TFDS_DOWNLOAD_HOST), "reachable": False, "time": time.time()}, f)
     code = (
         "import sys; from vae_jax import data; ds = data.load_dataset('mnist', data_dir=sys.argv[1]); "
         "print(ds.source); print('tensorflow' in sys.modules, 'tensorflow_datasets' in sys.modules)"
@@ -79,7 +79,7 @@ def test_prepared_on_disk_looks_for_dataset_info(tmp_path):
 
 
 def test_incomplete_variant_warning_is_dropped():
-    data._import_tfds()
+    data.tfds._import_tfds()
     logger = logging.getLogger("absl")
     record = logging.LogRecord(
         "absl", logging.WARNING, __file__, 1, "Variant folder /x/mnist/3.0.1 has no dataset_info.json", None, None

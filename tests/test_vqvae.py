@@ -199,7 +199,7 @@ def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys, mon
     from vae_jax import data
 
     # The k-means batch, distances and the prior's training codes never convert the whole training split.
-    monkeypatch.setattr(data, "ANALYSIS_TRAIN_EXAMPLES", 300)
+    monkeypatch.setattr(data.dataset, "ANALYSIS_TRAIN_EXAMPLES", 300)
     monkeypatch.setattr(data.Dataset, "x_train", property(lambda self: pytest.fail("whole training split converted")))
 
     workdir = tmp_path / "vq"

@@ -315,8 +315,8 @@ def test_mnist_offline_resumed_where_tfds_trained_it_is_refused(capsys, run_copy
             "fingerprint": "sha256:" + "0" * 64,
         },
     )
-    monkeypatch.setattr(data, "tfds_prepared_on_disk", lambda *a: False)
-    monkeypatch.setattr(data, "_tfds_reachable", lambda *a: False)
+    monkeypatch.setattr(data.tfds, "tfds_prepared_on_disk", lambda *a: False)
+    monkeypatch.setattr(data.tfds, "_tfds_reachable", lambda *a: False)
     code, out, err = run_vae(capsys, "mnist", workdir, "--epochs", "3")
     assert code == 2 and out == ""
     message = err.strip().splitlines()[-1]

@@ -8,6 +8,8 @@ errors (the layer table is in :mod:`vae_jax.protocol`). :mod:`vae_jax.cli` turns
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 
 
 class ConfigError(ValueError):
@@ -59,3 +61,20 @@ def require(condition: bool, name: str, expected: str, value) -> None:
     """Raises :class:`ConfigError` naming the flag unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{flag(name)} must be {expected}, got {value!r}")
+
+
+def require_writable_dir(path: str, name: str = "workdir") -> None:
+    """Creates the directory ``path`` if needed and checks that a file can be written in it; else a
+    :class:`ConfigError` naming the flag of ``name``.
+
+    The probe file has a name of its own, so that processes probing one directory at once (a distributed
+    run's) never remove each other's.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test."):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"{flag(name)} {path}: not a writable directory ({err.strerror or type(err).__name__})"
+        ) from None

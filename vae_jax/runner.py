@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +42,7 @@ from tqdm.auto import tqdm
 from vae_jax import caches, distributed, evaluate, faults, parallel, phases, streaming, tensorboard
 from vae_jax import data as data_lib
 from vae_jax import train as train_lib
-from vae_jax.errors import ConfigError, field, flag, require  # noqa: F401 (field, require: re-exported)
+from vae_jax.errors import ConfigError, field, flag, require, require_writable_dir  # noqa: F401 (field, require: re-exported)
 from vae_jax.protocol import Task, TrainConfig  # noqa: F401 (re-exported: the names experiments know)
 from vae_jax.tasks import vqvae as vqvae_tasks
 
@@ -143,107 +142,19 @@ def load_data(config: TrainConfig) -> data_lib.Dataset:
         raise
 
 
-DECODED_DATA = ".decoded-data.npz"  # in the workdir; hidden, so --overwrite leaves it for the next run
+# The decoded copy (vae_jax.data.decoded), named here too: experiments.evaluate reads a run's data through it.
+DECODED_DATA, decoded_copy, decoded_data_key = data_lib.DECODED_DATA, data_lib.decoded_copy, data_lib.decoded_data_key
 DECODE_WAIT_S = 4 * 3600  # how long the other processes wait for process 0 to decode the dataset
 
 
-def decoded_data_key(config: TrainConfig) -> dict:
-    """What the decoded copy in the workdir was made from: the dataset flags; for ``folder:`` the files'
-    :func:`vae_jax.data.folder_fingerprint`; for ``mnist`` and ``tfds:NAME`` whether TFDS had the set
-    prepared on disk (``mnist`` falls back to the embedded digits when not). Binarization is applied when
-    the copy is loaded."""
-    spec = config.dataset
-    key = {"dataset": spec, "data_dir": config.data_dir, "image_size": config.image_size}
-    if spec.startswith("folder:") and os.path.isdir(spec[len("folder:") :]):
-        key["folder"] = data_lib.folder_fingerprint(spec[len("folder:") :])
-        key["skip_unreadable"] = config.skip_unreadable
-    elif spec == "mnist" or spec.startswith("tfds:"):
-        key["tfds_prepared"] = data_lib.tfds_prepared_on_disk(spec.split(":", 1)[-1], config.data_dir or None)
-    return key
-
-
 def decode_once(config: TrainConfig) -> data_lib.Dataset:
-    """The config's dataset, decoded by process 0 alone into ``WORKDIR/.decoded-data.npz`` and memory-mapped
-    by every process, so that each one reads from disk only the rows it uses.
-
-    A TFDS dataset or an image folder has to be decoded whole (JPEG or PNG files, TFRecords) before any of
-    its rows can be used: every process of a ``--distributed`` run would decode all of it into its own
-    memory (CelebA at 128 px: about 8 GB a process). Instead process 0 decodes it (resized with
-    ``--image-size``; a folder a chunk at a time straight into the file,
-    :func:`vae_jax.data.save_image_folder_npz`, a TFDS set in memory first,
-    :func:`vae_jax.data.save_npz`), writes it uncompressed with the :func:`decoded_data_key` it was made
-    from, and every process, process 0 included, then maps that file
-    (:func:`vae_jax.data.load_dataset` with ``memory_map``) and applies ``--binarize``: the same arrays as
-    loading the source directly. A later run in the same workdir (a resume, or ``--overwrite``, which leaves
-    hidden files in place) maps the file without decoding while the key matches. The workdir must be on a
-    file system that every process sees, as Orbax's checkpoints already require.
-
-    Raises:
-      ConfigError: the workdir cannot be written. DataError: the source cannot be read, or process 0's
-        file cannot be read by this process.
-    """
-    path = os.path.join(config.workdir, DECODED_DATA)
-    if distributed.is_main_process():
-        key = decoded_data_key(config)
-        notes = data_lib.read_npz_notes(path)
-        if notes is None or notes.get("key") != key:
-            probe_workdir(config.workdir)
-            started = time.perf_counter()
-            try:
-                if config.dataset.startswith("folder:"):  # decoded a chunk at a time into the file
-                    source = config.dataset
-                    data_lib.save_image_folder_npz(
-                        config.dataset[len("folder:") :],
-                        path,
-                        config.image_size,
-                        notes={"key": key, "source": source},
-                        skip_unreadable=config.skip_unreadable,
-                    )
-                else:
-                    dataset = data_lib.load_dataset(
-                        config.dataset,
-                        data_dir=config.data_dir or None,
-                        batch_size=config.batch_size,
-                        image_size=config.image_size,
-                    )
-                    source = dataset.source
-                    data_lib.save_npz(dataset, path, notes={"key": key, "source": source})
-                    del dataset
-            except OSError as err:
-                raise ConfigError(
-                    f"--workdir {config.workdir}: cannot write the decoded dataset {DECODED_DATA} "
-                    f"({err.strerror or type(err).__name__})"
-                ) from None
-            log(
-                f"data: {source} decoded once into {path} ({os.path.getsize(path) / 2**20:.1f} MiB, "
-                f"{time.perf_counter() - started:.1f} s); every process maps it"
-            )
-    distributed.wait_for_all("data_decoded", timeout_s=DECODE_WAIT_S)
-    notes = data_lib.read_npz_notes(path)
-    if notes is None or "source" not in notes:
-        raise data_lib.DataError(
-            f"--distributed: process 0's decoded dataset {path} cannot be read by process "
-            f"{jax.process_index()}; the --workdir must be on a file system that every "
-            "process sees"
-        )
-    return _map_decoded(config, path, notes)
-
-
-def decoded_copy(config: TrainConfig) -> data_lib.Dataset | None:
-    """The workdir's decoded copy of the config's dataset (:func:`decode_once`), memory-mapped, when it
-    matches :func:`decoded_data_key`; else None. ``experiments.evaluate`` reads a run's data through it."""
-    path = os.path.join(config.workdir, DECODED_DATA)
-    notes = data_lib.read_npz_notes(path)
-    if notes is None or notes.get("key") != decoded_data_key(config) or "source" not in notes:
-        return None
-    return _map_decoded(config, path, notes)
-
-
-def _map_decoded(config: TrainConfig, path: str, notes: dict) -> data_lib.Dataset:
-    dataset = data_lib.load_dataset(
-        "npz:" + path, binarize=config.binarize, batch_size=config.batch_size, memory_map=True
+    """:func:`vae_jax.data.decode_once` for this process: process 0 decodes the config's dataset into the
+    workdir, and every process maps it once all have reached the ``data_decoded`` barrier."""
+    return data_lib.decode_once(
+        config,
+        process_index=jax.process_index(),
+        wait_for_all=lambda: distributed.wait_for_all("data_decoded", timeout_s=DECODE_WAIT_S),
     )
-    return dataclasses.replace(dataset, source=notes["source"], skipped=tuple(notes.get("skipped", ())))
 
 
 def host_split(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
@@ -615,19 +526,9 @@ def _jsonable(value):
 
 
 def probe_workdir(workdir: str) -> None:
-    """Creates ``workdir`` if needed and checks that a file can be written in it (a ConfigError if not).
-
-    The probe file has a name of its own, so that processes probing one workdir at once (a distributed
-    run's) never remove each other's.
-    """
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test."):
-            pass
-    except OSError as err:
-        raise ConfigError(
-            f"--workdir {workdir}: not a writable directory ({err.strerror or type(err).__name__})"
-        ) from None
+    """Creates ``workdir`` if needed and checks that a file can be written in it (a ConfigError if not;
+    :func:`vae_jax.errors.require_writable_dir`)."""
+    require_writable_dir(workdir, "workdir")
 
 
 def write_json(path: str, obj) -> None:
