@@ -23,7 +23,7 @@ base     ``errors`` (user errors, config-field helpers), ``arrays`` (pixels to f
          ``phases`` (where a command's time goes)
 maths    ``ops``, ``losses``, ``quantize``, ``schedules``, ``objectives``, ``penalties``, ``corruption``,
          ``evaluate``, ``diagnostics``, ``precision`` (the compute dtype policy), ``models/*``
-data     ``data`` (dataset specs to arrays)
+data     ``data`` and ``data.*`` (dataset specs to arrays; one module per source; decode-once)
 protocol ``protocol`` (:class:`Task`, :class:`TrainConfig`, the optimizer flags)
 families ``tasks/*``, ``linear_ae``, ``classifier``, ``latent_metrics``, ``latent_views``
 step     ``train`` (train state, the step, the epoch, the optimizer from the config)
