@@ -114,11 +114,26 @@ def main(argv=None) -> dict:
 
 
 def report(config, model, result: runner.TrainResult) -> dict:
-    """Figures, ``summary.json`` and the result line (process 0 alone); returns the summary."""
-    figures, measured = write_figures(config, model, result)
-    result.summary.update(measured)
-    runner.write_summary(config.workdir, result.summary, figures)
-    test, last, diag = result.summary["test"], result.history[-1] if result.history else {}, measured["diagnostics"]
+    """Figures, ``summary.json`` and the result line (process 0 alone); returns the summary.
+
+    A rerun on the same checkpoint, data and flags, with every figure present, reuses them.
+    """
+    path = os.path.join(config.workdir, "summary.json")
+    fingerprint = runner.report_fingerprint(
+        jax.device_get(result.state.params),
+        {"config": runner.result_settings(config), "dataset": result.dataset.summary()},
+    )
+    if runner.reusable_report(path, fingerprint) is None:
+        figures, measured = write_figures(config, model, result)
+        result.summary.update(measured, report_fingerprint=fingerprint)
+        runner.write_summary(config.workdir, result.summary, figures)
+    else:
+        runner.log(f"reusing {path} and its figures: written for this checkpoint, data and flags")
+    test, last, diag = (
+        result.summary["test"],
+        result.history[-1] if result.history else {},
+        result.summary["diagnostics"],
+    )
     runner.log(f"data: {result.dataset.describe()}")
     print(
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "

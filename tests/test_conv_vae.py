@@ -114,31 +114,30 @@ def test_experiment_end_to_end(tmp_path, small_npz, capsys, monkeypatch):
     monkeypatch.setattr(data.Dataset, "x_train", property(lambda self: pytest.fail("whole training split converted")))
 
     workdir = str(tmp_path / "run")
-    conv_vae_exp.main(
-        [
-            "--dataset",
-            small_npz,
-            "--epochs",
-            "1",
-            "--channels",
-            "4,8",
-            "--hidden",
-            "16",
-            "--latent-dim",
-            "3",
-            "--batch-size",
-            "128",
-            "--train-eval-examples",
-            "64",
-            "--mixture-components",
-            "2",
-            "--tsne-points",
-            "60",
-            "--workdir",
-            workdir,
-            "--no-progress",
-        ]
-    )
+    args = [
+        "--dataset",
+        small_npz,
+        "--epochs",
+        "1",
+        "--channels",
+        "4,8",
+        "--hidden",
+        "16",
+        "--latent-dim",
+        "3",
+        "--batch-size",
+        "128",
+        "--train-eval-examples",
+        "64",
+        "--mixture-components",
+        "2",
+        "--tsne-points",
+        "60",
+        "--workdir",
+        workdir,
+        "--no-progress",
+    ]
+    conv_vae_exp.main(args)
     out, err = capsys.readouterr()  # the result line on stdout, the logs on stderr
     result_line, data_line = out.splitlines()
     assert result_line.startswith("test neg-ELBO ") and result_line.endswith(f"outputs in {workdir}")
@@ -159,6 +158,11 @@ def test_experiment_end_to_end(tmp_path, small_npz, capsys, monkeypatch):
     assert "mean_max_prob" in summary["prior_vs_mixture"]["mixture"]
     line = json.loads(open(os.path.join(workdir, "metrics.jsonl")).readline())
     assert {"train_eval_neg_elbo", "test_neg_elbo"} <= set(line)
+    # A rerun on the finished checkpoint reuses the summary and figures the report wrote for it.
+    assert conv_vae_exp.main(args) == json.loads(json.dumps(summary))
+    rerun_out, rerun_err = capsys.readouterr()
+    assert "reusing" in rerun_err and rerun_out == out
+    assert json.load(open(os.path.join(workdir, "summary.json"))) == summary
     with pytest.raises(SystemExit):
         conv_vae_exp.main(["--dataset", small_npz, "--preset", "faces128", "--workdir", str(tmp_path / "f")])
     assert "--preset faces128 trains on colour images" in capsys.readouterr().err  # digits: resized, but gray

@@ -553,18 +553,32 @@ def report_fingerprint(params, settings) -> str:
     return "sha256:" + caches.fingerprint(params, settings)
 
 
+def result_settings(config: TrainConfig) -> dict:
+    """The settings of ``config`` that change what a run computes: all but :data:`RESUMABLE_FIELDS`
+    (``--epochs`` included), as JSON-able values, for :func:`report_fingerprint`."""
+    return {
+        k: _jsonable(v) for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_FIELDS or k == "epochs"
+    }
+
+
 def reusable_report(path: str, fingerprint: str) -> dict | None:
     """The JSON report at ``path`` if it was written for ``fingerprint`` (its ``report_fingerprint``
     field) and every figure it lists exists beside it; else None (the report must be computed)."""
+    report = complete_report(path)
+    return report if report is not None and report.get("report_fingerprint") == fingerprint else None
+
+
+def complete_report(path: str) -> dict | None:
+    """The JSON report at ``path`` if it can be read and every figure it lists exists beside it; else None."""
     try:
         with open(path) as f:
             report = json.load(f)
     except (OSError, ValueError):
         return None
-    if not isinstance(report, dict) or report.get("report_fingerprint") != fingerprint:
+    if not isinstance(report, dict) or not isinstance(report.get("figures", []), list):
         return None
     folder = os.path.dirname(path)
-    return report if all(os.path.isfile(os.path.join(folder, n)) for n in report.get("figures", [])) else None
+    return report if all(os.path.isfile(os.path.join(folder, str(n))) for n in report.get("figures", [])) else None
 
 
 def _read_history(path: str, upto_epoch: int) -> list[dict]:
@@ -776,7 +790,7 @@ def _train(
     history = _read_history(metrics_path, start_epoch)
     summary_path = os.path.join(workdir, "summary.json")
     # a finished run's summary.json describes its checkpoint: a rerun reads it instead of evaluating again
-    reuse_summary = nothing_to_train and _summary_complete(summary_path)
+    reuse_summary = nothing_to_train and complete_report(summary_path) is not None
     if nothing_to_train:
         log(
             f"nothing to train: {workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
@@ -941,15 +955,6 @@ def _train(
     if jax.process_count() > 1:  # host copies: the figures read replicas that live on other processes
         state = distributed.to_host(state)
     return TrainResult(state, seeds, dataset, history, test_metrics, summary)
-
-
-def _summary_complete(path: str) -> bool:
-    """Whether ``path`` (a summary.json) exists and every figure it lists is beside it."""
-    if not os.path.isfile(path):
-        return False
-    summary = _read_json(path, "run's summary")
-    figures = summary.get("figures", []) if isinstance(summary, dict) else None
-    return figures is not None and all(os.path.isfile(os.path.join(os.path.dirname(path), name)) for name in figures)
 
 
 def _finished_result(config: TrainConfig, state, seeds, dataset, history, summary_path: str) -> TrainResult:
