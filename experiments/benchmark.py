@@ -45,7 +45,8 @@ reported (the JSON also keeps the minimum and every time). Sections:
   startup  whole-process seconds of ``experiments.vae --epochs 10``
            (``--startup-epochs``) with cold caches, a cold compilation cache
            only, and warm caches; and of ``experiments.torch_vae``, the same
-           job in PyTorch eager, when ``torch`` is importable.
+           job in PyTorch eager, when ``torch`` is importable. The runs
+           alternate, ``--startup-rounds`` times; medians are reported.
   commands each training experiment's command (``COMMANDS``: few epochs) as a
            whole process, from scratch with the phases it printed (start-up,
            compilation, training, and the analyses and figures after training),
@@ -60,6 +61,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -731,51 +733,60 @@ def profile_section(x: np.ndarray, pixels: np.ndarray, batch_size: int) -> dict:
     return result
 
 
-def startup_section(args, epochs: int = 10) -> dict:
+def startup_section(args, epochs: int = 10, rounds: int = 3) -> dict:
     """Whole-process seconds of ``experiments.vae --epochs N`` with cold and warm caches (a fresh cache directory),
-    and of its PyTorch equivalent ``experiments.torch_vae`` when torch is importable."""
-    import shutil
+    and of its PyTorch equivalent ``experiments.torch_vae`` when torch is importable.
 
-    results = {"epochs": epochs}
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "VAE_JAX_CACHE_DIR": os.path.join(tmp, "cache")}
-        common = ["--epochs", str(epochs), "--dataset", args.dataset]
-        runs = [
-            ("cold_caches", "experiments.vae"),
-            ("cold_compilation_cache", "experiments.vae"),
-            ("warm_caches", "experiments.vae"),
-        ]
-        if torch_available():
-            runs.append(("torch_eager", "experiments.torch_vae"))
-        for name, module in runs:
-            if name == "cold_compilation_cache":
-                shutil.rmtree(os.path.join(tmp, "cache", "xla"), ignore_errors=True)
-            flags = [] if module == "experiments.torch_vae" else ["--no-progress", "--no-tensorboard", "--no-resume"]
-            workdir = os.path.join(tmp, name)
-            t0 = time.perf_counter()
-            proc = subprocess.run(
-                [sys.executable, "-m", module, *common, *flags, "--workdir", workdir],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            seconds = time.perf_counter() - t0
-            if proc.returncode != 0:
-                return {
-                    "error": f"{module}: "
-                    + (proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
-                }
-            with open(os.path.join(workdir, "summary.json")) as f:
-                summary = json.load(f)
-            test = (
-                summary["test_neg_elbo"] if module == "experiments.torch_vae" else summary["test"]["neg_elbo"]["mean"]
-            )
-            results[name] = {"seconds": seconds, "test_neg_elbo": test}
-    print(
-        "startup: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in results.items() if isinstance(v, dict)),
-        file=sys.stderr,
+    The runs alternate, ``rounds`` times (cold caches, cold compilation cache, warm caches, PyTorch, then again),
+    so a slower or faster stretch of the machine falls on every variant alike; the median is reported.
+    """
+    runs = [("cold_caches", "experiments.vae"), ("cold_compilation_cache", "experiments.vae")]
+    runs += [("warm_caches", "experiments.vae")] + (
+        [("torch_eager", "experiments.torch_vae")] if torch_available() else []
     )
+    seconds, tests = {name: [] for name, _ in runs}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = os.path.join(tmp, "cache")
+        env = {**os.environ, "VAE_JAX_CACHE_DIR": cache}
+        for r in range(rounds):
+            for name, module in runs:
+                if name == "cold_caches":
+                    shutil.rmtree(cache, ignore_errors=True)
+                if name == "cold_compilation_cache":
+                    shutil.rmtree(os.path.join(cache, "xla"), ignore_errors=True)
+                workdir = os.path.join(tmp, f"{name}-{r}")
+                outcome = _whole_run(module, ["--epochs", str(epochs), "--dataset", args.dataset], workdir, env)
+                if isinstance(outcome, str):
+                    return {"error": outcome}
+                seconds[name].append(outcome[0])
+                tests[name] = outcome[1]
+    results = {"epochs": epochs, "rounds": rounds}
+    for name in seconds:
+        results[name] = {
+            "seconds": float(np.median(seconds[name])),
+            "runs": seconds[name],
+            "test_neg_elbo": tests[name],
+        }
+    print("startup (median): " + ", ".join(f"{k} {results[k]['seconds']:.1f}s" for k in seconds), file=sys.stderr)
     return results
+
+
+def _whole_run(module: str, common: list[str], workdir: str, env: dict) -> tuple[float, float] | str:
+    """(whole-process seconds, test neg-ELBO) of ``python -m module``; an error line if it failed."""
+    flags = [] if module == "experiments.torch_vae" else ["--no-progress", "--no-tensorboard", "--no-resume"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *common, *flags, "--workdir", workdir], env=env, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return f"{module}: " + (
+            proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        )
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    test = summary["test_neg_elbo"] if module == "experiments.torch_vae" else summary["test"]["neg_elbo"]["mean"]
+    return seconds, test
 
 
 # Each training experiment's command (the README's, with few epochs) for the commands section.
@@ -890,6 +901,7 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--max-epochs", type=int, default=30, help="epoch limit of the target section")
     parser.add_argument("--startup-epochs", type=int, default=10, help="--epochs of the startup section's whole runs")
+    parser.add_argument("--startup-rounds", type=int, default=3, help="alternating rounds of the startup section")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per variant (median reported)")
     parser.add_argument("--out", default="runs/benchmark.json", help="output JSON file")
     parser.add_argument("--devices-probe", action="store_true", help=argparse.SUPPRESS)
@@ -901,9 +913,20 @@ def main(argv=None) -> dict:
     batch_sizes = _int_list(parser, "--batch-sizes", args.batch_sizes)
     seed_batch_sizes = _int_list(parser, "--seed-batch-sizes", args.seed_batch_sizes)
     seed_counts = _int_list(parser, "--seeds", args.seeds)
-    if min(args.repeats, args.max_epochs, args.startup_epochs, args.profile_batch_size, args.conv_batch_size) <= 0:
+    if (
+        min(
+            args.repeats,
+            args.max_epochs,
+            args.startup_epochs,
+            args.startup_rounds,
+            args.profile_batch_size,
+            args.conv_batch_size,
+        )
+        <= 0
+    ):
         parser.error(
-            "--repeats, --max-epochs, --startup-epochs, --profile-batch-size and --conv-batch-size must be positive"
+            "--repeats, --max-epochs, --startup-epochs, --startup-rounds, --profile-batch-size and --conv-batch-size "
+            "must be positive"
         )
     dataset = data_lib.load_dataset(
         args.dataset, batch_size=max(batch_sizes + seed_batch_sizes + [args.profile_batch_size, args.conv_batch_size])
@@ -944,7 +967,7 @@ def main(argv=None) -> dict:
     if "devices" in sections:
         results["devices"] = devices_section(args)
     if "startup" in sections:
-        results["startup"] = startup_section(args, args.startup_epochs)
+        results["startup"] = startup_section(args, args.startup_epochs, args.startup_rounds)
     if "commands" in sections:
         results["commands"] = commands_section(args)
     try:
