@@ -10,11 +10,10 @@ model's, trains in WORKDIR/vae with the same objective flags, data, batch
 size, epochs and seeds. Both are then evaluated on the test split: neg-ELBO
 (single sample, as in summary.json), KL per layer and per dimension, and
 active units per layer on every test image; the IWAE-k NLL with k = 500 on
-the first ``--iwae-examples`` test images (500 by default, the same images
-for both models, with the standard error of the paired difference;
-``--iwae-examples 0`` for all of them, about 8 ms per image and model on a
-2-core CPU; for more samples run ``python -m experiments.evaluate --workdir
-WORKDIR/hvae --iwae-k 5000``).
+``--iwae-examples`` test images (500 by default, a fixed random subset, the
+same images for both models, with the standard error of the paired difference;
+``--iwae-examples 0`` for all of them; for more samples run ``python -m
+experiments.evaluate --workdir WORKDIR/hvae --iwae-k 5000``).
 
 Outputs: WORKDIR/comparison.json (both models' parameter counts and test
 metrics and collapse diagnostics), kl_per_dim.png, samples.png (ancestral samples of both),
@@ -47,7 +46,7 @@ class HVAEComparisonConfig(hvae.HVAEConfig):
     """The hierarchical VAE's flags and the comparison's own (which the trained runs do not record)."""
 
     iwae_examples: int = field(
-        500, f"test images in the IWAE-{EVAL_IWAE_K} bound: the first N, the same for both models (0: all)"
+        500, f"test images in the IWAE-{EVAL_IWAE_K} bound: a fixed random subset, the same for both models (0: all)"
     )
 
     def validate(self) -> None:
@@ -94,14 +93,14 @@ def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.
 def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict, iwae_examples: int) -> dict:
     """Test metrics of the first seed of ``result`` (evaluate.evaluate_runs) and its collapse diagnostics.
 
-    The single-sample terms and active units on the whole test split; the IWAE bound on its first
-    ``iwae_examples`` images (0: all), with ``iwae_nll_per_example`` for the paired comparison.
+    The single-sample terms and active units on the whole test split; the IWAE bound on ``iwae_examples``
+    of its images (:func:`iwae_subset`; 0: all), with ``iwae_nll_per_example`` for the paired comparison.
     """
     first = jax.tree_util.tree_map(lambda a: a[:1], result.state.params)
     # --devices: the devices share each batch (in a --distributed run each process evaluates on its own device)
     sharding = parallel.eval_batch_sharding(config.devices) if jax.process_count() == 1 else None
     pixels = result.dataset.test_pixels
-    subset = pixels[:iwae_examples] if iwae_examples else pixels
+    subset = pixels[iwae_subset(len(pixels), iwae_examples)]
 
     def run(x, iwae_k):
         return evaluate.evaluate_runs(
@@ -174,6 +173,17 @@ def report(config, vae_config, top_workdir: str, dataset, trained: dict, iwae_ex
         runner.log(f"reusing {path}: written for these checkpoints, data and settings")
     print_results(comparison, dataset, top_workdir)
     return comparison
+
+
+def iwae_subset(num_test: int, iwae_examples: int) -> np.ndarray:
+    """Indices of the test images the IWAE bound uses: a fixed random subset (NumPy seed 0), in order.
+
+    Random, not the first N: a test split may be ordered (MNIST's first 5,000 test digits are the cleaner
+    ones). ``iwae_examples`` 0 or at least ``num_test``: every image.
+    """
+    if not iwae_examples or iwae_examples >= num_test:
+        return np.arange(num_test)
+    return np.sort(np.random.default_rng(0).permutation(num_test)[:iwae_examples])
 
 
 def _bound_terms(metrics: dict) -> dict:
@@ -269,7 +279,7 @@ def print_results(comparison: dict, dataset, top_workdir: str) -> None:
         units = ", ".join(f"{k} {m['active_units_per_layer'][k]}/{m['latent_dims'][k]}" for k in m["latent_dims"])
         print(
             f"{name}: {m['params']} params; test neg-ELBO {m['neg_elbo']:.2f}, IWAE-{EVAL_IWAE_K} NLL "
-            f"{m['iwae_nll']:.2f} nats (first {m['iwae_examples']} test images); {kl_layers}; "
+            f"{m['iwae_nll']:.2f} nats ({m['iwae_examples']} test images); {kl_layers}; "
             f"active units {units}; {mi} nats"
         )
     d = comparison["iwae_difference"]

@@ -119,7 +119,7 @@ def test_matched_vae_has_the_closest_parameter_count_of_all_scaled_widths():
 
 def test_an_iwae_bound_on_the_first_images_is_that_of_the_whole_split_and_the_paired_error_is_scipys(mnist_small):
     """The IWAE bound of example i depends on its batch and that batch's key only, so the bound on the first
-    n test images equals the first n bounds of the whole split's evaluation (what --iwae-examples relies on)."""
+    n test images equals the first n bounds of the whole split's evaluation; per_example gives them."""
     import jax
     import scipy.stats
 
@@ -139,3 +139,12 @@ def test_an_iwae_bound_on_the_first_images_is_that_of_the_whole_split_and_the_pa
     d = hvae_exp.paired_difference(other, whole[:24])
     np.testing.assert_allclose(d["vae_minus_hvae"], np.mean(other - whole[:24]), rtol=1e-6)
     np.testing.assert_allclose(d["standard_error"], scipy.stats.sem(other - whole[:24]), rtol=1e-6)
+
+
+def test_the_iwae_subset_is_a_fixed_random_sample_of_the_test_split():
+    chosen = hvae_exp.iwae_subset(10_000, 500)
+    assert len(np.unique(chosen)) == 500 and np.all(np.diff(chosen) > 0) and chosen[-1] < 10_000
+    np.testing.assert_array_equal(chosen, hvae_exp.iwae_subset(10_000, 500))  # the same images every run
+    assert chosen.max() > 5_000 and chosen.min() < 5_000  # not the first 500 of an ordered split
+    np.testing.assert_array_equal(hvae_exp.iwae_subset(300, 0), np.arange(300))
+    np.testing.assert_array_equal(hvae_exp.iwae_subset(300, 500), np.arange(300))
