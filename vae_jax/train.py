@@ -230,6 +230,7 @@ def _non_gradient_update(update_fn: Callable, applied, params, state: TrainState
 
     return jax.lax.cond(applied, run, keep, None)
 
+
 def epoch_batches(data_key: jax.Array, epoch: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
     """Indices ``[num_batches, batch_size]`` of one epoch: a fresh permutation, last partial batch dropped."""
     num_batches = num_examples // batch_size
