@@ -290,3 +290,16 @@ def test_a_seed_at_the_skip_limit_is_frozen_and_the_stop_names_its_steps():
     assert message.startswith("2 optimizer steps in a row had a non-finite loss or gradient and were skipped")
     assert "(steps 2-3, seed 7, epoch 3; --max-consecutive-skips 2); the run stopped at step 3" in message
     assert faults.skip_limit_message(replicated, 0, [7], 3) is None
+
+
+def test_a_skipped_step_leaves_the_model_state_of_update_fn_alone():
+    task = _counting_task()
+    step = train.make_train_step(task.loss_fn, optax.adam(0.1), task.update_fn, max_consecutive_skips=3)
+    params = task.init_params(None)
+    state = train.init_train_state(params, optax.adam(0.1), task.init_model_state(params))
+    finite = np.arange(4, dtype=np.float32).reshape(4, 1, 1, 1)
+    state, _ = step(state, {"x": jnp.asarray(finite)}, jax.random.key(0))
+    state, metrics = step(state, {"x": jnp.full((4, 1, 1, 1), jnp.nan)}, jax.random.key(1))
+    # update_fn ran for the first batch only: its mean is the whole total, and step 0 the last it saw.
+    assert float(metrics["skipped"]) == 1.0 and float(metrics["seen"]) == 0.0
+    assert float(state.model_state["total"]) == float(finite.mean()) and int(state.model_state["last_step"]) == 0

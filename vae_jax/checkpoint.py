@@ -285,8 +285,8 @@ def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = 
       ``(epoch, state)``, or ``(0, template)`` if there is no checkpoint.
 
     Raises:
-      CheckpointError: checkpoints exist but none of them restores, or the newest was written with the train
-        state's older layout (then nothing is moved).
+      CheckpointError: checkpoints exist but none of them restores, or the newest undamaged one was written
+        with the train state's older layout (then nothing is moved).
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:

@@ -201,14 +201,14 @@ def make_train_step(
             grads = jax.tree_util.tree_map(lambda g: jnp.where(usable, g, jnp.nan), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        applied = opt_state.last_finite if guarded else jnp.asarray(True)
+        applied = opt_state.last_finite if guarded else None  # None: every update is applied
         model_state, update_metrics = state.model_state, {}
         if update_fn is not None:
             params, model_state, update_metrics = _non_gradient_update(
-                update_fn, applied if guarded else None, params, state, aux, update_key
+                update_fn, applied, params, state, aux, update_key
             )
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
-        skipped = 1.0 - applied.astype(jnp.float32)
+        skipped = jnp.zeros((), jnp.float32) if applied is None else 1.0 - applied.astype(jnp.float32)
         return new_state, {**metrics, **update_metrics, "loss": loss, "skipped": skipped}  # the differentiated loss
 
     return jax.jit(train_step, donate_argnums=0)
@@ -216,7 +216,7 @@ def make_train_step(
 
 def _non_gradient_update(update_fn: Callable, applied, params, state: TrainState, aux, key):
     """``update_fn``'s ``(params, model_state, metrics)`` after the optimizer's update; where ``applied`` is
-    False (a skipped step), the params and model state as they are and zero metrics."""
+    False (a skipped step), the params and model state as they are and zero metrics (None: always applied)."""
 
     def run(_):
         return update_fn(params, state.model_state, aux, state.step, key)
