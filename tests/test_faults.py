@@ -82,7 +82,7 @@ def assert_same_leaves(a: list[np.ndarray], b: list[np.ndarray]) -> None:
 # --- non-finite steps ----------------------------------------------------------------------
 
 
-def test_nan_batches_are_skipped_and_the_rest_matches_a_plain_optax_loop(tmp_path, capsys):
+def test_nan_batches_are_skipped_and_the_rest_matches_a_plain_optax_loop(tmp_path):
     x = np.random.default_rng(0).normal(size=(32, 2, 2, 1)).astype(np.float32)
     x[5, 0, 1, 0] = np.nan  # example 5 poisons the one batch per epoch that holds it
     ds = runner.data_lib.Dataset(x, None, x[:4], None, "with a NaN")
@@ -107,61 +107,40 @@ def test_nan_batches_are_skipped_and_the_rest_matches_a_plain_optax_loop(tmp_pat
     assert skipped_per_epoch == [1, 1, 1]
     np.testing.assert_allclose(result.params(0)["w"], params["w"], rtol=1e-6, atol=1e-7)
     assert [line["train_skipped_steps"] for line in result.history] == [1.0, 1.0, 1.0]
-    assert int(result.state.skipped_steps[0]) == 3 and int(result.state.step[0]) == 12
-    assert all(np.isfinite(line["train_loss"]) for line in result.history)  # the mean over applied steps
-    # Each epoch ran unguarded first, left a NaN in Adam's state, and was run again with the guard.
-    assert capsys.readouterr().err.count("the epoch was run again with the step guard") == 3
-
-
-def _guarded_and_fast_epochs(task, optimizer, batch_size):
-    return [
-        jax.jit(
-            train.make_epoch_fn(
-                train.make_train_step(task.loss_fn, optimizer, max_consecutive_skips=skips), batch_size
-            ),
-            donate_argnums=0,
+    counts = result.state.opt_state  # optax.apply_if_finite's state
+    assert int(counts.total_notfinite[0]) == 3 and int(result.state.step[0]) == 12
+    assert int(counts.inner_state[0].count[0]) == 9  # Adam saw only the 9 applied steps
+    for name in ("mu", "nu"):
+        np.testing.assert_allclose(
+            getattr(counts.inner_state[0], name)["w"][0], getattr(opt_state[0], name)["w"], rtol=1e-6, atol=1e-7
         )
-        for skips in (5, 0)
-    ]
+    assert all(np.isfinite(line["train_loss"]) for line in result.history)  # the mean over applied steps
 
 
 @pytest.mark.parametrize("poison", [None, np.nan, np.inf, 1e34])
-def test_replay_on_fault_returns_the_guarded_epoch_bit_for_bit(poison):
+def test_each_kind_of_non_finite_step_is_skipped_in_the_scan_fused_epoch(poison):
+    # 1e34 is finite, but its square (the loss) overflows while its gradient stays finite: the loss decides.
     x = np.random.default_rng(2).normal(size=(24, 2, 2, 1)).astype(np.float32)
     if poison is not None:
-        x[7, 1, 0, 0] = poison  # 1e34: finite, but its gradient's square overflows (and so would their sum)
+        x[7, 1, 0, 0] = poison
     data, task, optimizer, keys = {"x": jnp.asarray(x)}, mean_task(), optax.adam(0.05), train.run_keys(0)
-    guarded, fast = _guarded_and_fast_epochs(task, optimizer, 4)
-    replay = train.ReplayOnFault(fast, guarded)
-
-    def fresh():
-        return train.init_train_state(task.init_params(keys.init), optimizer)
-
-    state, expected = fresh(), fresh()
-    for epoch in range(2):
-        state, metrics = replay(state, data, keys.data, keys.sample, jnp.int32(epoch))
-        expected, expected_metrics = guarded(expected, data, keys.data, keys.sample, jnp.int32(epoch))
-        assert_same_leaves(
-            [np.asarray(a) for a in jax.tree_util.tree_leaves((state, metrics))],
-            [np.asarray(a) for a in jax.tree_util.tree_leaves((expected, expected_metrics))],
-        )
-    assert replay.replays == (0 if poison is None else 2)
-    assert int(state.skipped_steps) == (0 if poison is None else 2)
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e20])
-def test_a_gradient_the_guard_would_skip_stays_in_adams_state(bad):
-    # Why ReplayOnFault may check only the epoch's end: one such gradient element, then many finite steps,
-    # and Adam's state is still not finite (1e20: finite, but its square overflows float32, as any element
-    # of gradients whose float32 sum overflows must for models under 10^19 parameters).
-    optimizer = optax.adam(1e-3)
-    params = {"w": jnp.ones((3,))}
+    epoch_fn = jax.jit(train.make_epoch_fn(train.make_train_step(task.loss_fn, optimizer, max_consecutive_skips=5), 4))
+    state = train.init_train_state(task.init_params(keys.init), optimizer)
+    # Reference: a plain Optax loop over the same batches that leaves out the one holding example 7.
+    params = {"w": jnp.zeros((4,))}
     opt_state = optimizer.init(params)
-    grads = [jnp.asarray([0.1, bad, -0.2], jnp.float32)] + [jnp.asarray([0.1, 0.3, -0.2], jnp.float32)] * 50
-    for g in grads:
-        updates, opt_state = optimizer.update({"w": g}, opt_state, params)
-        params = optax.apply_updates(params, updates)
-    assert not bool(train.finite_sum((params, opt_state)))
+    grad = jax.grad(lambda p, xb: jnp.mean(jnp.square(p["w"] - xb.reshape(xb.shape[0], -1))))
+    for epoch in range(2):
+        state, metrics = epoch_fn(state, data, keys.data, keys.sample, jnp.int32(epoch))
+        for idx in np.asarray(train.epoch_batches(keys.data, jnp.int32(epoch), 24, 4)):
+            if poison is not None and 7 in idx:
+                continue
+            updates, opt_state = optimizer.update(grad(params, jnp.asarray(x[idx])), opt_state, params)
+            params = optax.apply_updates(params, updates)
+        assert float(metrics["skipped_steps"]) == (0.0 if poison is None else 1.0)
+    np.testing.assert_allclose(state.params["w"], params["w"], rtol=1e-6, atol=1e-7)
+    assert int(state.opt_state.total_notfinite) == (0 if poison is None else 2)
+    assert int(state.opt_state.inner_state[0].count) == int(opt_state[0].count) == (12 if poison is None else 10)
 
 
 def test_scan_and_loop_epochs_agree_when_steps_are_skipped():
@@ -200,11 +179,11 @@ def test_consecutive_skips_stop_the_run_naming_the_step_and_the_workdir_resumes(
     # The epoch in which the limit was reached is not checkpointed; the frozen state of epoch 4 is.
     assert runner.checkpoint_epochs(str(tmp_path)) == [2, 3, 4]
     epoch, state = runner.restore_state(config, log_task())
-    assert epoch == 4 and np.isfinite(float(state.params["w"][0])) and int(state.skipped_steps[0]) == 1
+    assert epoch == 4 and np.isfinite(float(state.params["w"][0])) and int(state.opt_state.total_notfinite[0]) == 1
     assert not os.path.exists(os.path.join(tmp_path, faults.LOCK_NAME))  # released: the workdir is usable
     # Resuming with a larger limit continues from checkpoint 4 (and skips on, since the loss stays NaN).
     resumed = runner.train(dataclasses.replace(config, max_consecutive_skips=100, epochs=6), log_task(), ds)
-    assert resumed.summary["resumed_from_epoch"] == 4 and int(resumed.state.skipped_steps[0]) == 3
+    assert resumed.summary["resumed_from_epoch"] == 4 and int(resumed.state.opt_state.total_notfinite[0]) == 3
 
 
 def test_without_the_guard_the_epoch_level_stop_keeps_the_last_checkpoint(tmp_path):
@@ -378,6 +357,35 @@ def test_no_restorable_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_p
     ):
         runner.train(dataclasses.replace(config, workdir=str(workdir), epochs=4), task, mnist_small)
     assert runner.checkpoint_epochs(str(workdir)) == [1, 2, 3]  # nothing moved or deleted
+
+
+def test_a_checkpoint_of_the_older_optimizer_state_layout_is_a_one_line_error(tmp_path, mnist_small, three_checkpoints):
+    straight_dir, config, task, _ = three_checkpoints
+    workdir = tmp_path / "older"
+    shutil.copytree(straight_dir, workdir)
+    config = dataclasses.replace(config, workdir=str(workdir), epochs=4)
+    _, state = runner.restore_state(config, task)
+    # The train state as it was saved before optax.apply_if_finite held the counts: Adam's own state, and the
+    # two counters beside it.
+    zeros = np.zeros_like(np.asarray(state.step))
+    older = {
+        "step": state.step,
+        "params": state.params,
+        "opt_state": state.opt_state.inner_state,
+        "model_state": state.model_state,
+        "skipped_steps": zeros,
+        "consecutive_skips": zeros,
+    }
+    shutil.rmtree(workdir / "checkpoints")
+    manager = checkpoint.make_manager(str(workdir))
+    checkpoint.save(manager, 3, older)
+    checkpoint.close(manager)
+    expected = rf"--workdir {workdir}: checkpoint 3 was written with an older optimizer-state layout .*--overwrite"
+    for restore in (lambda: runner.train(config, task, mnist_small), lambda: runner.restore_state(config, task)):
+        with pytest.raises(checkpoint.CheckpointError, match=expected) as info:
+            restore()
+        assert "\n" not in str(info.value)
+    assert runner.checkpoint_epochs(str(workdir)) == [3] and not os.path.exists(workdir / "bad_checkpoints")
 
 
 def without_room_for_large_files(argv: list[str], limit_bytes: int) -> list[str]:

@@ -229,12 +229,14 @@ def restore_epoch(manager: ocp.CheckpointManager, epoch: int, template, abstract
     ``ShapeDtypeStruct``s, when the caller already has it.
 
     Raises:
-      Exception: whatever stops it (a ``ValueError`` naming a damaged file or a mismatched shape, Orbax's
+      CheckpointError: the checkpoint was written with the train state's older layout (:func:`_refuse_older_layout`).
+      Exception: whatever else stops it (a ``ValueError`` naming a damaged file or a mismatched shape, Orbax's
       or the file system's errors); :func:`restore_latest` turns them into warnings.
     """
     if abstract is None:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
     _verify_checksums(os.path.join(os.fspath(manager.directory), str(epoch)))
+    _refuse_older_layout(manager, epoch)
     state = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
     # Orbax does not check every leaf it reads back: check the structure and shapes ourselves.
     if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(template):
@@ -243,6 +245,31 @@ def restore_epoch(manager: ocp.CheckpointManager, epoch: int, template, abstract
         if np.shape(got) != np.shape(want):
             raise ValueError(f"an array of shape {np.shape(got)} where this model has {np.shape(want)}")
     return state
+
+
+# A top-level key of the train state as vae_jax wrote it before its optimizer state was wrapped in
+# optax.apply_if_finite (which now counts the skipped steps that this counter and ``skipped_steps`` did).
+OLDER_LAYOUT_KEY = "consecutive_skips"
+
+
+def _refuse_older_layout(manager: ocp.CheckpointManager, epoch: int) -> None:
+    """Raises :class:`CheckpointError` if checkpoint ``epoch`` holds the train state's older layout.
+
+    Such a checkpoint is not damaged, so it is neither a warning nor quarantined: the run must start afresh.
+    A checkpoint whose metadata cannot be read is left to the restore, which reports it.
+    """
+    item = manager.directory / str(epoch) / ocp.checkpoint_manager.DEFAULT_ITEM_NAME  # an etils Path
+    try:  # the handler reads the tree's metadata quietly (the manager's item_metadata logs warnings)
+        saved = ocp.StandardCheckpointHandler().metadata(item).tree
+    except Exception:
+        return
+    if isinstance(saved, dict) and OLDER_LAYOUT_KEY in saved:
+        workdir = os.path.dirname(os.fspath(manager.directory))
+        raise CheckpointError(
+            f"--workdir {workdir}: checkpoint {epoch} was written with an older optimizer-state layout "
+            "(before non-finite steps were counted by optax.apply_if_finite) and cannot be resumed; "
+            "retrain with --overwrite (the old run is moved aside) or use another --workdir"
+        )
 
 
 def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = False):
@@ -258,7 +285,8 @@ def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = 
       ``(epoch, state)``, or ``(0, template)`` if there is no checkpoint.
 
     Raises:
-      CheckpointError: checkpoints exist but none of them restores.
+      CheckpointError: checkpoints exist but none of them restores, or the newest undamaged one was written
+        with the train state's older layout (then nothing is moved).
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
@@ -268,6 +296,8 @@ def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = 
     for epoch in steps:
         try:
             state = restore_epoch(manager, epoch, template, abstract)
+        except CheckpointError:  # not damaged: older checkpoints of the run are no better
+            raise
         except Exception as err:
             reason = one_line(err)
             print(

@@ -179,11 +179,12 @@ def skip_limit_message(state, max_consecutive_skips: int, seeds: list[int], epoc
     """Why the run must stop, if a replica reached ``max_consecutive_skips`` skipped steps in a row.
 
     ``state`` is the replicated train state after ``epoch`` (host or device
-    arrays with a leading ``[R]`` axis). A replica that hit the limit is frozen
+    arrays with a leading ``[R]`` axis); its ``opt_state`` is ``optax.apply_if_finite``'s, whose
+    ``notfinite_count`` is the current run of skipped steps. A replica that hit the limit is frozen
     from then on (see :func:`vae_jax.train.make_train_step`), so its run of
-    skips began at step ``step - consecutive_skips + 1`` and hit the limit at
-    step ``step - consecutive_skips + max_consecutive_skips`` (steps counted
-    from 1). Returns None when no replica reached it (or the guard is off).
+    skips began at step ``step - notfinite_count + 1`` and hit the limit at
+    step ``step - notfinite_count + max_consecutive_skips`` (steps counted
+    from 1). Returns None when no replica reached it (or skipping is off).
     """
     if max_consecutive_skips <= 0:
         return None
@@ -191,7 +192,7 @@ def skip_limit_message(state, max_consecutive_skips: int, seeds: list[int], epoc
 
     from vae_jax import distributed  # the counters may be spread over several processes
 
-    consecutive, steps = (np.asarray(a) for a in distributed.to_host((state.consecutive_skips, state.step)))
+    consecutive, steps = (np.asarray(a) for a in distributed.to_host((state.opt_state.notfinite_count, state.step)))
     stopped = np.nonzero(consecutive >= max_consecutive_skips)[0]
     if stopped.size == 0:
         return None

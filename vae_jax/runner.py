@@ -197,28 +197,13 @@ def make_epoch(
     the device-resident program of :func:`vae_jax.parallel.make_epoch_program` over the training split's
     ``num_examples`` rows (:meth:`vae_jax.parallel.Plan.place_examples`).
 
-    With ``--max-consecutive-skips`` > 0 it is a :class:`vae_jax.train.ReplayOnFault`: the unguarded
-    epoch, run again with the step guard only when a non-finite step left its mark (the guarded program
-    compiles only then). Except for the ``steps`` epoch loop over resident data (what ``--epoch-loop auto``
-    picks for convolutional models on CPU), which keeps the guarded step: there XLA:CPU compiles the
-    guarded conv VAE step faster than the unguarded one (1.04-1.05 against 1.24-1.28 s per batch-128 epoch,
-    measured side by side; the unguarded program spends more time in its convolution fusions and in
-    transposes), so there every step keeps its guard. Multi-process runs (``--distributed``) keep it too:
-    the end-of-epoch check would add a cross-process reduction to every epoch, and nothing was measured
-    there to weigh against that.
+    Its train step skips and counts non-finite steps as ``--max-consecutive-skips`` says
+    (:func:`vae_jax.train.make_train_step`): one compiled epoch program per configuration.
     """
-
-    def build(max_consecutive_skips: int) -> Callable:
-        step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn, max_consecutive_skips)
-        if host_arrays is not None:
-            return streaming.make_stream_epoch(step, config.batch_size, layout, host_arrays)
-        return parallel.make_epoch_program(step, config.batch_size, layout, epoch_loop, num_examples)
-
-    if not config.max_consecutive_skips:
-        return build(0)
-    if (epoch_loop == "steps" and host_arrays is None) or jax.process_count() > 1:
-        return build(config.max_consecutive_skips)
-    return train_lib.ReplayOnFault(build(0), build(config.max_consecutive_skips))
+    step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn, config.max_consecutive_skips)
+    if host_arrays is not None:
+        return streaming.make_stream_epoch(step, config.batch_size, layout, host_arrays)
+    return parallel.make_epoch_program(step, config.batch_size, layout, epoch_loop, num_examples)
 
 
 def checkpoint_epochs(workdir: str) -> list[int]:
@@ -858,15 +843,9 @@ def _train(
     )
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        replays = getattr(epoch_fn, "replays", 0)
         state, train_metrics = epoch_fn(state, train_data, keys.data, keys.sample, jnp.int32(epoch))
         train_metrics = distributed.to_host(train_metrics)  # waits for the epoch
         seconds = time.perf_counter() - t0
-        if getattr(epoch_fn, "replays", 0) > replays and distributed.is_main_process():
-            tqdm.write(
-                f"epoch {epoch + 1}: a non-finite loss or gradient; the epoch was run again with the step guard",
-                file=sys.stderr,
-            )
         train_seconds += seconds
         train_loss = np.asarray(train_metrics["loss"])
         skip_stop = faults.skip_limit_message(state, config.max_consecutive_skips, seeds, epoch + 1)

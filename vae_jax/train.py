@@ -13,14 +13,11 @@ calls the jitted step once per batch). They compute the same thing; the
 fused one is faster. :func:`make_replicated_epoch_fn` vmaps the fused epoch
 over independent replicas (seeds) and jits it with the state donated.
 
-A step whose loss or gradients are not finite is skipped inside the compiled
-step (params, optimizer and model state unchanged; the step counter still
-advances, so the next step draws fresh randomness); the state counts skipped
-steps and the current run of consecutive ones, so the driver can stop a run
-that keeps producing them (see :func:`make_train_step`). :class:`ReplayOnFault`
-gets the guard's results without paying for it on every step: it runs each
-epoch unguarded and runs it again with the guard only when a fault left its
-mark.
+A step whose loss or gradients are not finite is skipped by the optimizer
+itself: every train state's optimizer is wrapped in :func:`optax.apply_if_finite`
+(:func:`skip_non_finite`), whose state counts skipped steps and the current run
+of consecutive ones, so the driver can stop a run that keeps producing them
+(see :func:`make_train_step`).
 """
 
 from __future__ import annotations
@@ -34,14 +31,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vae_jax import arrays, caches
+from vae_jax import caches
 from vae_jax.arrays import batch_to_float
 from vae_jax.errors import ConfigError
 
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything that changes during training, as one pytree."""
+    """Everything that changes during training, as one pytree.
+
+    ``opt_state`` is an :class:`optax.ApplyIfFiniteState` (:func:`skip_non_finite`): besides the
+    optimizer's own state (``inner_state``) it counts the steps with a non-finite loss or gradient,
+    in all (``total_notfinite``) and in the current unbroken run (``notfinite_count``).
+    """
 
     step: jax.Array  # int32 []: optimizer steps taken
     params: Any
@@ -49,9 +51,6 @@ class TrainState:
     # Non-gradient state that a task's update_fn keeps (e.g. a VQ-VAE's EMA codebook
     # statistics and code-usage counters); an empty dict for most tasks.
     model_state: Any = flax.struct.field(default_factory=dict)
-    # Steps skipped for a non-finite loss or gradient: in all, and in the current unbroken run.
-    skipped_steps: jax.Array = flax.struct.field(default_factory=lambda: jnp.zeros((), jnp.int32))
-    consecutive_skips: jax.Array = flax.struct.field(default_factory=lambda: jnp.zeros((), jnp.int32))
 
 
 class RunKeys(NamedTuple):
@@ -69,10 +68,12 @@ def run_keys(seed: int | jax.Array) -> RunKeys:
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation, model_state: Any = None) -> TrainState:
+    """The state before the first step; ``optimizer`` is the plain one (its state is wrapped as
+    :func:`skip_non_finite`'s, whatever ``max_consecutive_skips`` the step is built with)."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=optimizer.init(params),
+        opt_state=skip_non_finite(optimizer).init(params),
         model_state={} if model_state is None else model_state,
     )
 
@@ -116,22 +117,30 @@ def make_optimizer(config, total_steps: int | None = None) -> optax.GradientTran
     return optimizer
 
 
-def finite_sum(tree) -> jax.Array:
-    """bool ``[]``: the float32 sum of every element of every floating leaf of ``tree`` is finite.
+# optax.apply_if_finite applies a non-finite update once more than this many came in a row. Its counter
+# saturates at the int32 maximum, so with this limit it never does: only the driver ends a run of skips.
+_NEVER_GIVE_UP = int(jnp.iinfo(jnp.int32).max)
 
-    False whenever an element is NaN or +-inf (NaN propagates through the sum, an infinity
-    dominates it, and +inf with -inf gives NaN), and also when finite elements add up beyond
-    float32's range (|sum| > 3.4e38: gradients no sane step has). It is the train step's skip
-    test because a sum is the cheapest pass over the gradients: on a 2-core CPU, 59 us for the
-    784-400-20 VAE's 0.65 M gradients against 128 us for ``all(isfinite(g))``, which reduces
-    a boolean array per leaf. Integer leaves are always finite and are left out.
+
+def skip_non_finite(optimizer: optax.GradientTransformation, max_consecutive_skips: int = 0):
+    """``optimizer`` wrapped in :func:`optax.apply_if_finite`: the optimizer of every :class:`TrainState`.
+
+    ``apply_if_finite`` skips an update whose gradients hold a NaN or infinity (a zero update, the
+    inner state kept) and counts it in ``notfinite_count`` (reset by a finite update) and
+    ``total_notfinite``; after ``max_consecutive_errors`` skips in a row it would apply the next
+    non-finite update. With ``max_consecutive_skips > 0`` that limit is the int32 maximum, which its
+    saturating counter never passes, so a non-finite update is never applied: the driver stops the
+    run first, at the end of the epoch in which ``notfinite_count`` reached ``max_consecutive_skips``
+    (:func:`make_train_step` freezes the state from then on, so that check cannot miss it). With
+    ``max_consecutive_skips = 0`` the limit is 0: every update is applied, finite or not, and counted.
+    The state's layout is the same either way, so a run may resume with another
+    ``--max-consecutive-skips``.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` whose state is an ``ApplyIfFiniteState``.
     """
-    sums = [
-        jnp.sum(leaf, dtype=jnp.float32)
-        for leaf in jax.tree_util.tree_leaves(tree)
-        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-    ]
-    return jnp.isfinite(jnp.sum(jnp.stack(sums))) if sums else jnp.asarray(True)
+    limit = _NEVER_GIVE_UP if max_consecutive_skips > 0 else 0
+    return optax.apply_if_finite(optimizer, max_consecutive_errors=limit)
 
 
 def make_train_step(
@@ -159,127 +168,67 @@ def make_train_step(
     ``batch["x"]`` may hold ``uint8`` pixels (the data's stored form): the
     step converts the batch to float32 in [0, 1] before ``loss_fn`` sees it.
 
-    With ``max_consecutive_skips > 0`` a step whose loss or gradients hold a
-    NaN or infinity is skipped (the test is :func:`finite_sum`): the optimizer
-    update (and ``update_fn``) sits in the taken branch of a ``lax.cond``, the
-    other branch keeps the old params, optimizer state and model state.
-    Without vmap only the taken branch runs; under vmap the cond becomes an
-    elementwise select. The guard is not free: the update must wait for the
-    test over all gradients, and XLA:CPU runs a branch's elementwise ops
-    without the thread partitioning it gives them in the loop body. On a
-    2-core CPU (``experiments.benchmark``, 784-400-20 VAE, two runs, against the
-    unguarded step) it cost about 4% of a batch-512 epoch, 11-15% of a
-    batch-128 one and 13-30% of a batch-16 one; a select after the update, and
-    an Adam update gated elementwise without the cond, measured no faster.
-    :class:`ReplayOnFault`, which ``runner.train`` uses, gives the guarded
-    results without that cost on epochs that have no fault.
-    ``state.step`` still advances, and
-    ``state.skipped_steps``/``state.consecutive_skips`` count it. Once
-    ``max_consecutive_skips`` steps in a row were skipped the state is frozen
-    (every later step is skipped too) so the driver can stop the run at the end
-    of the epoch and name the step: the limit was reached at step
-    ``step - consecutive_skips + max_consecutive_skips``. The metrics get a
+    ``optimizer`` is the plain optimizer; the step runs it as
+    :func:`skip_non_finite` wraps it. With ``max_consecutive_skips > 0`` a
+    step whose loss or gradients hold a NaN or infinity is skipped: a
+    non-finite loss turns the gradients to NaN, and ``optax.apply_if_finite``
+    then keeps the params and the inner optimizer state; ``update_fn`` sits in
+    the taken branch of a ``lax.cond`` (the model state is kept). The step
+    counter still advances (the next step draws fresh randomness), and
+    ``opt_state.notfinite_count`` / ``opt_state.total_notfinite`` count the
+    skip. Once ``max_consecutive_skips`` steps in a row were skipped the state
+    is frozen (every later step's gradients are turned to NaN, so it is skipped
+    too) so the driver can stop the run at the end of the epoch and name the
+    step: the limit was reached at step
+    ``step - notfinite_count + max_consecutive_skips``. The metrics get a
     ``skipped`` entry (1.0 for a skipped step); :func:`epoch_mean` averages the
     others over the applied steps only. With ``max_consecutive_skips = 0``
-    nothing is guarded (a non-finite update is applied).
+    every update is applied, finite or not.
     """
     guarded = max_consecutive_skips > 0
+    optimizer = skip_non_finite(optimizer, max_consecutive_skips)
 
     def train_step(state: TrainState, batch: dict, key: jax.Array):
         batch = batch_to_float(batch)
+        update_key = None
         if update_fn is not None:
             key, update_key = jax.random.split(key)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, out), grads = grad_fn(state.params, batch, key, state.step)
-        if update_fn is None:
-            metrics, aux = out, None
-        else:
-            metrics, aux = out
-
-        def update(_):
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            model_state, update_metrics = state.model_state, {}
-            if update_fn is not None:
-                params, model_state, update_metrics = update_fn(params, model_state, aux, state.step, update_key)
-            return (params, opt_state, model_state), update_metrics
-
-        skipped = jnp.zeros((), jnp.int32)
-        if guarded:
-            apply = finite_sum((loss, grads)) & (state.consecutive_skips < max_consecutive_skips)
-            shapes = jax.eval_shape(update, None)[1]
-
-            def keep(_):
-                zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-                return (state.params, state.opt_state, state.model_state), zeros
-
-            (params, opt_state, model_state), update_metrics = jax.lax.cond(apply, update, keep, None)
-            skipped = 1 - apply.astype(jnp.int32)
-        else:
-            (params, opt_state, model_state), update_metrics = update(None)
-        metrics = {**metrics, **update_metrics, "loss": loss}  # the loss that was differentiated
-        new_state = TrainState(
-            step=state.step + 1,
-            params=params,
-            opt_state=opt_state,
-            model_state=model_state,
-            skipped_steps=state.skipped_steps + skipped,
-            consecutive_skips=(state.consecutive_skips + 1) * skipped,
-        )
-        return new_state, {**metrics, "skipped": skipped.astype(jnp.float32)}
+        metrics, aux = (out, None) if update_fn is None else out
+        if guarded:  # apply_if_finite tests only the gradients: a non-finite loss or a frozen state voids them
+            usable = jnp.isfinite(loss) & (state.opt_state.notfinite_count < max_consecutive_skips)
+            grads = jax.tree_util.tree_map(lambda g: jnp.where(usable, g, jnp.nan), grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        applied = opt_state.last_finite if guarded else None  # None: every update is applied
+        model_state, update_metrics = state.model_state, {}
+        if update_fn is not None:
+            params, model_state, update_metrics = _non_gradient_update(
+                update_fn, applied, params, state, aux, update_key
+            )
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
+        skipped = jnp.zeros((), jnp.float32) if applied is None else 1.0 - applied.astype(jnp.float32)
+        return new_state, {**metrics, **update_metrics, "loss": loss, "skipped": skipped}  # the differentiated loss
 
     return jax.jit(train_step, donate_argnums=0)
 
 
-class ReplayOnFault:
-    """An epoch function with the step guard's results at the speed of the unguarded epoch.
+def _non_gradient_update(update_fn: Callable, applied, params, state: TrainState, aux, key):
+    """``update_fn``'s ``(params, model_state, metrics)`` after the optimizer's update; where ``applied`` is
+    False (a skipped step), the params and model state as they are and zero metrics (None: always applied)."""
 
-    ``fast`` and ``guarded`` are the same epoch program (signature
-    ``(state, *args) -> (state, metrics)``, state donated) built on the train
-    step without and with the guard (:func:`make_train_step` with
-    ``max_consecutive_skips`` 0 and > 0). The guard's test is a second pass over
-    every gradient that the update must wait for: 10-20% of an epoch of the
-    784-400-20 VAE at batch 16-128 on a 2-core CPU. So each call keeps a copy of
-    the state, runs ``fast``, and checks once, at the end, that the epoch's
-    mean ``loss`` and every float in the new state are finite
-    (:func:`finite_sum`; the step's ``loss`` metric is the loss it
-    differentiated); only if not does it run ``guarded`` from the copy and
-    return that.
+    def run(_):
+        return update_fn(params, state.model_state, aux, state.step, key)
 
-    This is exactly a guarded run for an optimizer whose state keeps a
-    non-finite gradient, as Adam's does: the guard skips a step when its loss
-    or the sum of its gradients is not finite. A non-finite loss makes the
-    epoch's mean loss non-finite; a NaN or infinite gradient element puts
-    NaN or inf into Adam's second moment ``nu <- b2 nu + (1 - b2) g^2``, where
-    it stays; and finite gradients whose float32 sum overflows (3.4e38) hold
-    an element above 3.4e38 / N > 1.8e19 for any model of N < 10^19
-    parameters, whose square overflows ``nu`` to inf. Without such a step the
-    two programs compute the same values (bit-identical on CPU, tested).
-    Costs: one copy of the state per epoch (held while the epoch runs) and a
-    device-to-host read of one boolean; an epoch with a fault runs twice.
-    """
+    if applied is None:
+        return run(None)
 
-    def __init__(self, fast: Callable, guarded: Callable):
-        self.fast, self.guarded = fast, guarded
-        self.replays = 0  # epochs that were run again with the guard
+    def keep(_):
+        shapes = jax.eval_shape(run, None)[2]
+        return params, state.model_state, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    def __call__(self, state: TrainState, *args):
-        backup = _copy(state)
-        new_state, metrics = self.fast(state, *args)
-        if bool(arrays.to_host(_epoch_finite(new_state, metrics["loss"]))):
-            return new_state, metrics
-        self.replays += 1
-        return self.guarded(backup, *args)
-
-
-@caches.jit_run_once
-def _copy(tree):
-    return jax.tree_util.tree_map(jnp.copy, tree)
-
-
-@caches.jit_run_once  # once per epoch, one pass over the state
-def _epoch_finite(state: TrainState, loss: jax.Array) -> jax.Array:
-    return finite_sum((loss, state.params, state.opt_state, state.model_state))
+    return jax.lax.cond(applied, run, keep, None)
 
 
 def epoch_batches(data_key: jax.Array, epoch: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
