@@ -13,14 +13,13 @@ reported (the JSON also keeps the minimum and every time). Sections:
 
   epoch    per-epoch seconds at each batch size of: ``runner_path``, the very
            epoch ``runner.train`` (so ``experiments.vae``) runs for one seed
-           (``runner.make_epoch``: the unguarded program of
-           ``vae_jax.parallel.make_epoch_program`` with the state copy and the
-           end-of-epoch finiteness check of ``vae_jax.train.ReplayOnFault``;
-           its seed layout is reported); ``minimal_scan_loop``, a ~100-line
-           flax + optax ``lax.scan`` loop written here from scratch;
+           (``runner.make_epoch``: one program, every step's update passed
+           through ``optax.apply_if_finite``; its seed layout is reported);
+           ``minimal_scan_loop``, a ~100-line flax + optax ``lax.scan`` loop
+           written here from scratch, with plain Adam;
            ``runner_path_unguarded``, the runner path with
-           ``--max-consecutive-skips 0`` (no fault protection at all, which
-           the minimal loop lacks too); ``vmapped_one_seed``, the vmapped
+           ``--max-consecutive-skips 0`` (non-finite updates applied, as in
+           the minimal loop); ``vmapped_one_seed``, the vmapped
            replicated epoch with R = 1; ``jit_step_loop``, the jitted step
            called from Python; ``torch_eager`` when ``torch`` is
            importable (``pip install -e ".[bench]"``). Achieved GFLOP/s counts
@@ -205,10 +204,9 @@ class RunnerPath:
                 self.task.loss_fn, jax.eval_shape(lambda: self.fresh()[0]), x, None, config.batch_size
             ),
         )
-        # runner.train's epoch: with the guard on, the unguarded program, replayed with the guard after a fault
+        # runner.train's epoch: one program (non-finite steps skipped and counted by optax.apply_if_finite)
         self.epoch_fn = runner.make_epoch(self.task, self.optimizer, config, self.plan, self.epoch_loop, len(x))
-        # the program that runs each epoch (the fault-free one)
-        self.program = getattr(self.epoch_fn, "fast", self.epoch_fn)
+        self.program = self.epoch_fn
         self.train_step = train.make_train_step(self.task.loss_fn, self.optimizer, self.task.update_fn)  # its step
         self.data = self.plan.place_examples(runner.host_split(x, None))
 
@@ -254,7 +252,7 @@ class JaxVariants:
 
     @functools.cached_property
     def unguarded(self) -> RunnerPath:
-        """The same path without fault protection (``--max-consecutive-skips 0``): what the protection costs."""
+        """The same path with ``--max-consecutive-skips 0``: non-finite updates are applied, not skipped."""
         return RunnerPath(self.pixels, tasks.VAEConfig(batch_size=self.batch_size, max_consecutive_skips=0))
 
     def time_runner_path_unguarded(self) -> float:
