@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import benchmark
+from benchmarks import profiling, timing
 
 
 def test_op_self_times_subtract_nested_ops_per_thread_and_module():
@@ -29,7 +29,7 @@ def test_op_self_times_subtract_nested_ops_per_thread_and_module():
         {"ph": "X", "pid": 7, "tid": 1, "ts": 12, "dur": 1, "name": "end: add_fusion", "args": {}},  # no hlo_op
         {"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/host:CPU"}},
     ]
-    totals = benchmark.op_self_times(events)
+    totals = profiling.op_self_times(events)
     assert totals == {"jit_epoch": {"while.1": 30.0, "add_fusion": 50.0, "dot.2": 45.0}, "jit_init": {"copy.1": 8.0}}
 
 
@@ -40,14 +40,14 @@ def test_op_kinds_come_from_the_opcodes_inside_each_compiled_fusion():
 
     args = [jnp.ones((64, 32)), jnp.ones((32, 16)), jnp.ones((64, 16))]
     text = jax.jit(f).lower(*args).compile().as_text()
-    opcodes = benchmark.hlo_opcodes(text)
-    kinds = {name: benchmark.op_kind(ops) for name, ops in opcodes.items()}
+    opcodes = profiling.hlo_opcodes(text)
+    kinds = {name: profiling.op_kind(ops) for name, ops in opcodes.items()}
     dots = [name for name, ops in opcodes.items() if "dot" in ops]
     assert dots and all(kinds[name] == "matrix multiplies (with fused epilogues)" for name in dots)
     assert "elementwise (fused)" in kinds.values()  # exp(c) * 2 has no dot and no reduce
-    assert benchmark.op_kind({"reduce", "add", "parameter"}) == "reductions (fused)"
-    assert benchmark.op_kind({"copy", "parameter"}) == "copies, slices, gathers"
-    assert benchmark.op_kind({"while"}) == "control flow (own time)"
+    assert profiling.op_kind({"reduce", "add", "parameter"}) == "reductions (fused)"
+    assert profiling.op_kind({"copy", "parameter"}) == "copies, slices, gathers"
+    assert profiling.op_kind({"while"}) == "control flow (own time)"
 
 
 def test_profile_epoch_reports_the_matrix_multiplies_of_a_scan_of_matmuls():
@@ -59,8 +59,8 @@ def test_profile_epoch_reports_the_matrix_multiplies_of_a_scan_of_matmuls():
 
     fn = jax.jit(epoch)
     w, xs = jnp.ones((128, 128)) * 0.01, jnp.ones((20, 64, 128))
-    timed = benchmark.SteadyEpochs(lambda: w, lambda w, i: fn(w, xs))
-    result = benchmark.profile_epoch(timed, "scan", benchmark.hlo_opcodes(fn.lower(w, xs).compile().as_text()))
+    timed = timing.SteadyEpochs(lambda: w, lambda w, i: fn(w, xs))
+    result = profiling.profile_epoch(timed, "scan", profiling.hlo_opcodes(fn.lower(w, xs).compile().as_text()))
     assert "error" not in result, result
     assert result["ms_by_kind"].get("matrix multiplies (with fused epilogues)", 0.0) > 0.0
     np.testing.assert_allclose(sum(result["ms_by_kind"].values()), result["op_ms"], rtol=1e-6)
@@ -78,7 +78,7 @@ def test_steady_epochs_continue_one_training_and_time_each_epoch():
         seen.append((float(carry), i))
         return carry + i + 1
 
-    timed = benchmark.SteadyEpochs(start, epoch)
+    timed = timing.SteadyEpochs(start, epoch)
     seconds = [timed() for _ in range(3)]
     assert starts == [1] and seen == [(0.0, 0), (1.0, 1), (3.0, 2)] and float(timed.carry) == 6.0
     assert all(s >= 0 for s in seconds)

@@ -10,7 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from experiments import benchmark
+from benchmarks import processes
 from vae_jax import phases
 
 
@@ -63,6 +63,6 @@ def test_an_experiment_records_its_phases_adding_up_to_its_process_time(tmp_path
     assert line.startswith("phases: ") and set(parts) == set(recorded)
     assert abs(sum(map(float, parts.values())) - total) <= 0.05 * len(parts) and total <= outside
     # The benchmark's commands section reads the same line back.
-    read = benchmark._phases_line(proc.stderr)
+    read = processes._phases_line(proc.stderr)
     assert read == {name: float(value) for name, value in parts.items()}
     assert all(read[name] >= recorded[name] - 0.05 for name in recorded)  # the line is printed after the summary
