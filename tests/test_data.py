@@ -412,17 +412,18 @@ def test_a_workdir_saved_before_image_size_existed_still_resumes(tmp_path):
     """config.json files written before --image-size existed lack it; they hold image_size = 0 runs."""
     import json
 
-    from vae_jax import runner, tasks
+    from vae_jax import tasks
+    from vae_jax import workdir as workdir_lib
     from vae_jax.cli import ConfigError
 
     config = tasks.VAEConfig(latent_dim=2, hidden=(8,), workdir=str(tmp_path))
-    saved = runner.config_record(config)  # what a run writes into config.json
+    saved = workdir_lib.config_record(config)  # what a run writes into config.json
     del saved["image_size"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     (tmp_path / "checkpoints" / "3").mkdir(parents=True)  # the workdir holds a run (its checkpoint of epoch 3)
-    runner.check_workdir(dataclasses.replace(config, epochs=3))  # no error: the missing field had its default
+    workdir_lib.check_workdir(dataclasses.replace(config, epochs=3))  # no error: the missing field had its default
     with pytest.raises(ConfigError, match="other settings \\(--image-size 0 there, 16 here\\)"):
-        runner.check_workdir(dataclasses.replace(config, epochs=3, image_size=16))
+        workdir_lib.check_workdir(dataclasses.replace(config, epochs=3, image_size=16))
 
 
 def test_evaluation_converts_uint8_batches(mnist_small):

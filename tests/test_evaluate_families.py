@@ -11,6 +11,7 @@ import pytest
 from experiments import evaluate as evaluate_exp
 from vae_jax import data as data_lib
 from vae_jax import runner
+from vae_jax import workdir as workdir_lib
 from vae_jax.tasks import autoencoder, conv_vae, cvae, hvae, vae
 
 SHARED = dict(epochs=1, batch_size=128, eval_batch_size=50, progress=False, checkpoint_every=1)
@@ -87,7 +88,7 @@ def _numpy_kl(workdir, kind):
         "vae": (vae.VAEConfig, vae.vae_task),
         "conv_vae": (conv_vae.ConvVAEConfig, conv_vae.conv_vae_task),
     }[kind]
-    config = runner.load_run_config(workdir, config_cls)
+    config = workdir_lib.load_run_config(workdir, config_cls)
     dataset = data_lib.load_dataset(config.dataset)
     model, task = make_task(config, dataset.image_shape)
     _, state = runner.restore_state(config, task)
@@ -110,7 +111,7 @@ def test_a_parent_directory_lists_its_runs(family_runs, capsys):
 def test_an_autoencoder_workdir_is_named_with_the_command_that_fits(tmp_path, capsys):
     config = autoencoder.AEConfig(workdir=str(tmp_path))
     with open(tmp_path / "config.json", "w") as f:
-        json.dump(runner.config_record(config), f)
+        json.dump(workdir_lib.config_record(config), f)
     with pytest.raises(SystemExit) as exit_info:
         evaluate_exp.main(["--workdir", str(tmp_path)])
     assert exit_info.value.code == 2

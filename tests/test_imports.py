@@ -35,6 +35,7 @@ LAYERS = {
     "step": ["train"],
     "driver": [
         "runner",
+        "workdir",
         "parallel",
         "streaming",
         "faults",

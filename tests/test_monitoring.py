@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vae_jax import runner, tasks
+from vae_jax import workdir as workdir_lib
 
 
 def small_config(workdir, **overrides):
@@ -48,7 +49,7 @@ def two_seed_run(tmp_path_factory, mnist_small):
     config = small_config(workdir, seeds="3,4")
     model, task = tasks.vae_task(config, mnist_small.image_shape)
     result = runner.train(config, task, mnist_small)
-    runner.write_summary(str(workdir), result.summary, [])
+    workdir_lib.write_summary(str(workdir), result.summary, [])
     return workdir, result
 
 

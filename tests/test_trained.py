@@ -28,6 +28,7 @@ from experiments import vqvae as vqvae_exp
 from vae_jax import classifier as classifier_lib
 from vae_jax import data as data_lib
 from vae_jax import evaluate, export_run, load_run, runner
+from vae_jax import workdir as workdir_lib
 from vae_jax.cli import ConfigError
 from vae_jax.tasks import autoencoder, conv_vae, cvae, hvae, vae
 from vae_jax.tasks import prior as prior_lib
@@ -392,7 +393,7 @@ def test_a_linear_ae_workdir_says_why_it_cannot_be_loaded(tmp_path):
     from vae_jax import linear_ae
 
     with open(tmp_path / "config.json", "w") as f:
-        json.dump(runner.config_record(linear_ae.LinearAEConfig(workdir=str(tmp_path))), f)
+        json.dump(workdir_lib.config_record(linear_ae.LinearAEConfig(workdir=str(tmp_path))), f)
     with pytest.raises(ConfigError) as excinfo:
         load_run(str(tmp_path))
     _one_line_error(excinfo, "linear autoencoder", "mean image")

@@ -252,3 +252,9 @@ def report_stop(err: BaseException) -> None:
 def is_main_process() -> bool:
     """True in process 0, the one that writes logs and figures (and in a single-process run)."""
     return jax.process_index() == 0
+
+
+def log(message: str) -> None:
+    """A log line on stderr (stdout is kept for results); only process 0 of a ``--distributed`` run logs."""
+    if is_main_process():
+        print(message, file=sys.stderr, flush=True)
