@@ -62,6 +62,8 @@ FORBIDDEN = [
     ("data", "cli"),
     ("driver", "cli"),
 ]
+
+
 def module_name(path: pathlib.Path) -> str:
     """``vae_jax/tasks/vae.py`` -> ``tasks.vae``; a package's ``__init__`` is the package (``""`` for the root)."""
     parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
@@ -190,7 +192,10 @@ def test_no_private_jax_imports(tmp_path):
     assert private_jax_imports(files, REPO) == set()
     # The check finds both spellings, at any depth.
     (tmp_path / "m.py").write_text("import jax._src.lib\ndef f():\n    from jax._src import distributed\n")
-    assert private_jax_imports([tmp_path / "m.py"], tmp_path) == {("m.py", "jax._src.lib"), ("m.py", "jax._src.distributed")}
+    assert private_jax_imports([tmp_path / "m.py"], tmp_path) == {
+        ("m.py", "jax._src.lib"),
+        ("m.py", "jax._src.distributed"),
+    }
 
 
 def test_importing_the_families_loads_no_driver_dependencies():

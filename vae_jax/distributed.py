@@ -20,6 +20,12 @@ array shard once.
 The coordinator comes from the usual environment: ``JAX_COORDINATOR_ADDRESS``
 (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``
 when set, otherwise JAX's own detection (Slurm, Open MPI, Cloud TPU, ...).
+
+How a run of several processes stops: a SIGINT/SIGTERM to any one process
+stops all of them after the same epoch, with one checkpoint
+(:func:`agreed_stop`); an error in one stops the others at their next barrier
+(:func:`report_stop`, :func:`wait_for_all`); a process that dies without a word
+is found by JAX's heartbeat (:func:`initialize`).
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ def initialize() -> None:
         ) from None
 
 
-HEARTBEAT_S = 1.0  # what the shortest peer timeout is measured in
+MIN_PEER_TIMEOUT_S = 2.0  # a shorter one could take a process between two of JAX's heartbeats for dead
 PEER_TIMEOUT_S = 20.0  # the default (JAX's is 100 s); VAE_JAX_PEER_TIMEOUT_S sets another
 
 
@@ -77,9 +83,9 @@ def peer_timeout_s() -> float:
         seconds = float(text)
     except ValueError:
         seconds = float("nan")
-    if not seconds > 2 * HEARTBEAT_S or seconds == float("inf"):
+    if not seconds > MIN_PEER_TIMEOUT_S or seconds == float("inf"):
         raise ConfigError(
-            f"VAE_JAX_PEER_TIMEOUT_S must be a number of seconds above {2 * HEARTBEAT_S:g} (how long "
+            f"VAE_JAX_PEER_TIMEOUT_S must be a number of seconds above {MIN_PEER_TIMEOUT_S:g} (how long "
             f"a silent process is waited for), got {text!r}"
         )
     return seconds
