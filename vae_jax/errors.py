@@ -35,8 +35,8 @@ class PeerLost(RunStopped):
     coordination service's heartbeat timeout (100 s) and then aborts the process with a
     stack dump. Measured with two processes on loopback and process 1 killed mid-epoch:
     process 0 ended 79 s later with SIGABRT before, in about a second with this one line now.
-    A peer that dies while this process waits at a barrier is found by the peer watch of
-    :mod:`vae_jax.distributed` instead (no collective fails there).
+    A peer that dies while this process waits at a barrier is found by JAX's heartbeat instead
+    (no collective fails there; :func:`vae_jax.distributed.initialize`), which ends this process.
     """
 
     exit_immediately = True

@@ -694,7 +694,9 @@ def train(
 
     The workdir is locked for the run by process 0 (:class:`vae_jax.faults.WorkdirLock`);
     a first SIGINT/SIGTERM stops the run after the current epoch with a
-    checkpoint and raises :class:`vae_jax.faults.Interrupted`.
+    checkpoint and raises :class:`vae_jax.faults.Interrupted`; with ``--distributed``
+    a signal to any one process stops every process after the same epoch, with one
+    checkpoint (:func:`vae_jax.distributed.agreed_stop`).
 
     With ``train_eval_examples = n > 0`` each epoch also evaluates ``task.eval_fn``
     on the first n training examples (a fixed subset) and logs the means as
@@ -703,9 +705,6 @@ def train(
     """
     if config.distributed:  # before anything touches a device, and before the lock: only process 0 takes it
         distributed.initialize()
-        distributed.set_peer_lost_hint(
-            lambda: f"{_checkpoint_on_disk(config.workdir)}; start every process again to resume"
-        )
     try:
         lock = faults.WorkdirLock(config.workdir) if distributed.is_main_process() else contextlib.nullcontext()
         with lock, faults.StopSignals() as stop, contextlib.ExitStack() as closing:
@@ -882,11 +881,12 @@ def _train(
                 f.write(json.dumps(line) + "\n")
         if board is not None:
             board.log_epoch(line, seeds)
-        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stop.requested:
+        stopping = distributed.agreed_stop(stop.requested)  # a signal to any process stops all after this epoch
+        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stopping:
             checkpoint.save(manager, epoch + 1, state)
-        if stop.requested:
+        if stopping:
             bar.close()
-            raise faults.Interrupted(stop.requested, epoch + 1, workdir)
+            raise faults.Interrupted(stopping, epoch + 1, workdir)
         bar.update(steps_per_epoch)
         bar.set_postfix(loss=f"{line['train_loss']:.2f}", **{task.headline: f"{line[f'test_{task.headline}']:.2f}"})
         if log_epochs:
