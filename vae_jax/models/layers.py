@@ -248,21 +248,32 @@ class Conv(_XlaConvLayer):
 
 
 class ConvTranspose(_XlaConvLayer):
-    """``flax.linen.ConvTranspose`` for SAME/VALID padding, on :func:`vae_jax.ops.conv_transpose`.
+    """``flax.linen.ConvTranspose`` for SAME/VALID padding, with its bias added by :func:`add_bias`.
 
-    The same parameters (``kernel [kh, kw, C, O]``, ``bias [O]``), initialisers
-    and values as ``nn.ConvTranspose(features, kernel_size, strides, padding)``
-    (tested), so a model can switch between them and keep its checkpoints;
-    what differs is the kernel gradient, which XLA:CPU computes about 10x
-    faster this way (see :func:`vae_jax.ops.conv_transpose`), and the bias,
-    added by :func:`add_bias` (its gradient summed in float32 under bfloat16
-    compute).
+    The same parameters (``kernel [kh, kw, C, O]``, ``bias [O]``), initialisers,
+    values and, by default, XLA program and gradients as
+    ``nn.ConvTranspose(features, kernel_size, strides, padding)`` (tested), so a
+    model can switch between them and keep its checkpoints; what differs is
+    that under bfloat16 compute the bias's gradient is summed in float32.
+
+    Attributes:
+      fast_kernel_grad: ``False`` (default): ``lax.conv_transpose`` and its own
+        gradient, as flax computes them. ``True``: :func:`vae_jax.ops.conv_transpose`,
+        the same values with the kernel gradient asked of XLA as a strided
+        convolution's weight gradient, measured about 10x faster on XLA:CPU only
+        (its docstring); opt in where a measurement on your backend shows a gain.
 
     Call: ``x [N, H, W, C] -> [N, oh, ow, O]`` (``oh = H * sh`` for SAME).
     """
 
+    fast_kernel_grad: bool = False
+
     def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return ops.conv_transpose(x, kernel, _pair(self.strides), self.padding)
+        if self.fast_kernel_grad:
+            return ops.conv_transpose(x, kernel, _pair(self.strides), self.padding)
+        return jax.lax.conv_transpose(
+            x, kernel, _pair(self.strides), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
 
 class MaxPoolWithIndices(nn.Module):
