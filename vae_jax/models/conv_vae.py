@@ -91,7 +91,6 @@ class ConvDecoder(nn.Module):
         h = h.reshape(z.shape[0], h0, w0, c0)
         up = [*reversed(self.channels[:-1]), self.out_channels]
         for i, c in enumerate(up):
-            # nn.ConvTranspose's parameters and values, with a kernel gradient XLA:CPU computes ~10x faster.
             h = ConvTranspose(
                 c, (self.kernel_size, self.kernel_size), strides=(2, 2), padding="SAME", name=f"deconv_{i}"
             )(h)
