@@ -196,13 +196,15 @@ def test_unpool_mode_uses_the_encoders_indices():
 def test_conv_transpose_layer_is_flax_conv_transpose_with_the_same_parameters(padding):
     x = jax.random.normal(jax.random.key(0), (3, 7, 7, 5))
     theirs = nn.ConvTranspose(4, (4, 4), strides=(2, 2), padding=padding)
-    mine = layers.ConvTranspose(4, (4, 4), strides=(2, 2), padding=padding)
+    mine = layers.ConvTranspose(4, (4, 4), strides=(2, 2), padding=padding, fast_kernel_grad=False)
     fast = layers.ConvTranspose(4, (4, 4), strides=(2, 2), padding=padding, fast_kernel_grad=True)
+    default = layers.ConvTranspose(4, (4, 4), strides=(2, 2), padding=padding)  # fast on the CPU backend only
     params = theirs.init(jax.random.key(1), x)
     chex.assert_trees_all_equal(mine.init(jax.random.key(1), x), params)  # same names, shapes and initial values
     params = jax.tree_util.tree_map(lambda a: a + 0.1, params)  # a non-zero bias too
-    grads = {m: jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (mine, fast, theirs)}
-    # By default flax's XLA program: bit-identical values and gradients.
+    grads = {m: jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (mine, fast, theirs, default)}
+    chex.assert_trees_all_equal(grads[default], grads[fast if jax.default_backend() == "cpu" else mine])
+    # Without the kernel gradient of ops.conv_transpose, flax's XLA program: bit-identical values and gradients.
     np.testing.assert_array_equal(mine.apply(params, x), theirs.apply(params, x))
     chex.assert_trees_all_equal(grads[mine], grads[theirs])
     # The opt-in kernel gradient of ops.conv_transpose: the same sums in another order.

@@ -259,25 +259,28 @@ class ConvTranspose(_XlaConvLayer):
     """``flax.linen.ConvTranspose`` for SAME/VALID padding, with its bias added by :func:`add_bias`.
 
     The same parameters (``kernel [kh, kw, C, O]``, ``bias [O]``), initialisers,
-    values and, by default, XLA program and gradients as
-    ``nn.ConvTranspose(features, kernel_size, strides, padding)`` (tested), so a
-    model can switch between them and keep its checkpoints; what differs is
-    that under bfloat16 compute the bias's gradient is summed in float32.
+    values as ``nn.ConvTranspose(features, kernel_size, strides, padding)``
+    (tested), so a model can switch between them and keep its checkpoints; what
+    differs is that under bfloat16 compute the bias's gradient is summed in
+    float32, and, on the CPU backend, the kernel gradient (``fast_kernel_grad``).
 
     Attributes:
-      fast_kernel_grad: ``False`` (default): ``lax.conv_transpose`` and its own
-        gradient, as flax computes them. ``True``: :func:`vae_jax.ops.conv_transpose`,
-        the same values with the kernel gradient asked of XLA as a strided
-        convolution's weight gradient, measured about 10x faster on XLA:CPU only
-        (its docstring); opt in where a measurement on your backend shows a gain.
+      fast_kernel_grad: ``True``: :func:`vae_jax.ops.conv_transpose`, the same
+        values with the kernel gradient asked of XLA as a strided convolution's
+        weight gradient (measured faster on XLA:CPU only; docs/benchmarks.md).
+        ``False``: ``lax.conv_transpose`` and its own gradient, as flax computes
+        them. ``None`` (default): ``True`` on the CPU backend, where it was
+        measured, ``False`` on every other backend until a measurement there
+        shows a gain.
 
     Call: ``x [N, H, W, C] -> [N, oh, ow, O]`` (``oh = H * sh`` for SAME).
     """
 
-    fast_kernel_grad: bool = False
+    fast_kernel_grad: bool | None = None
 
     def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        if self.fast_kernel_grad:
+        fast = jax.default_backend() == "cpu" if self.fast_kernel_grad is None else self.fast_kernel_grad
+        if fast:
             return ops.conv_transpose(x, kernel, _pair(self.strides), self.padding)
         return jax.lax.conv_transpose(
             x, kernel, _pair(self.strides), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
