@@ -308,7 +308,7 @@ def test_export_round_trip_is_bit_exact(runs, kind, tmp_path):
         assert original.model_state["ema"]  # the EMA codebook statistics travel too
     for a, b in trees:
         assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-        for leaf_a, leaf_b in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        for leaf_a, leaf_b in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
             assert np.asarray(leaf_a).dtype == np.asarray(leaf_b).dtype
             np.testing.assert_array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
     assert (restored.config, restored.family, restored.epoch, restored.seed, restored.image_shape) == (
