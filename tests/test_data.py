@@ -352,7 +352,7 @@ def test_tfds_images_are_resized_as_they_are_read(monkeypatch, tmp_path):
             name: load_dataset(f"tfds:{name}", data_dir=str(tmp_path), image_size=16) for name in ("celeb_a", "lfw")
         }
     assert ds.image_shape == (14, 14, 1) and ds.train_pixels.dtype == np.uint8 and ds.num_train == 12
-    assert ds.y_train is not None
+    assert ds.y_train.shape == (12,) and set(ds.y_train.tolist()) <= set(range(10))  # MNIST's digit classes
     for name, face in faces.items():  # CelebA's 218x178 and LFW's 250x250 RGB images, centre-cropped
         assert face.image_shape == (16, 16, 3) and face.train_pixels.dtype == np.uint8, name
         assert face.y_train is None, name  # LFW's "label" is a person's name, not a class index

@@ -170,7 +170,7 @@ def _run(
             )
         )
     results = []
-    for proc, (out, err) in zip(procs, logs):
+    for proc, (out, err) in zip(procs, logs, strict=True):
         proc.wait(timeout=600)
         out.seek(0)
         err.seek(0)

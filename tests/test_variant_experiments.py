@@ -69,7 +69,7 @@ def test_hvae_compares_with_a_one_level_vae_of_matched_size(tmp_path, small_npz)
     assert abs(h["params"] - v["params"]) / h["params"] < 0.05
     assert set(h["active_units_per_layer"]) == {"z1", "z2"} and set(v["active_units_per_layer"]) == {"z"}
     np.testing.assert_allclose(h["neg_elbo"], h["recon"] + h["kl_z1"] + h["kl_z2"], rtol=1e-5)
-    for name in ("hvae", "vae"):
+    for name in ("hvae", "vae"):  # same checkpoint, same evaluation key: the sub-run's own test numbers
         summary = json.load(open(os.path.join(root, name, "summary.json")))
         np.testing.assert_allclose(comparison[name]["neg_elbo"], summary["test"]["neg_elbo"]["mean"], rtol=1e-5)
         assert comparison[name]["iwae_nll"] < comparison[name]["neg_elbo"]
