@@ -114,8 +114,18 @@ def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax
 
 
 def task_optimizer(config: TrainConfig, task: Task, total_steps: int | None = None) -> optax.GradientTransformation:
-    """The task's own optimizer (``task.optimizer``) if it has one, else the config's."""
-    return task.optimizer if task.optimizer is not None else make_optimizer(config, total_steps)
+    """The task's own optimizer (``task.optimizer``) if it has one, else the config's, which leaves the params
+    that ``task.not_trained`` marks alone."""
+    if task.optimizer is not None:
+        return task.optimizer
+    optimizer = make_optimizer(config, total_steps)
+    if task.not_trained is None:
+        return optimizer
+
+    def labels(params):
+        return jax.tree_util.tree_map(lambda frozen: "not_trained" if frozen else "trained", task.not_trained(params))
+
+    return optax.multi_transform({"trained": optimizer, "not_trained": optax.set_to_zero()}, labels)
 
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
