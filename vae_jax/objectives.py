@@ -137,10 +137,14 @@ def make_gaussian_vae_terms(model, likelihood: str = "bernoulli", decoder_logvar
 def posterior_samples(key: jax.Array, mean: jax.Array, logvar: jax.Array, k: int) -> jax.Array:
     """``k`` reparameterized draws per example from N(mean, diag(exp(logvar))): ``[B, D]`` -> ``[B, k, D]``.
 
-    Example-major: the noise is one ``[B, k, D]`` draw (in at least float32,
-    :func:`vae_jax.losses.reparameterize`), so an example's samples do not
-    depend on the batch it shares. Every importance-sampling estimate (IWAE
-    training, IWAE evaluation, every family) draws its samples through this.
+    Example-major: the noise is one ``[B, k, D]`` standard-normal draw, made
+    in at least float32 and cast to the model's dtype
+    (:func:`vae_jax.losses.reparameterize`). Every importance-sampling
+    estimate (IWAE training and evaluation of the MLP, conv, conditional and
+    hierarchical VAEs) draws its samples through this one function. (The
+    removed ``evaluate.iwae_nll`` drew them k-major, and the conditional VAE
+    drew them directly in the compute dtype: IWAE numbers from those paths
+    differ from these at the Monte Carlo noise level.)
     """
     return losses.reparameterize(
         key, jnp.broadcast_to(mean[:, None], (mean.shape[0], k, mean.shape[-1])), logvar[:, None]

@@ -21,7 +21,7 @@ from vae_jax.models.cvae import CVAE, init_params
 from vae_jax.protocol import Task
 from vae_jax.tasks import vae as vae_tasks
 from vae_jax.tasks.common import apply_in_batches
-from vae_jax.tasks.vae import VAEObjectiveConfig
+from vae_jax.tasks.vae import VAEObjectiveConfig, require_widths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +44,7 @@ class CVAEConfig(VAEObjectiveConfig):
     def validate(self) -> None:
         super().validate()
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
-        require(
-            len(self.hidden) > 0 and all(w > 0 for w in self.hidden),
-            "hidden",
-            "comma-separated positive widths like 400 or 512,256",
-            ",".join(map(str, self.hidden)),
-        )
+        require_widths("hidden", self.hidden)
         require(self.num_classes >= 0, "num_classes", "a non-negative integer (0: from the data)", self.num_classes)
 
 

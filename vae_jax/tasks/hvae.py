@@ -45,7 +45,7 @@ from vae_jax.models.hvae import HVAE, init_params
 from vae_jax.models.params import bare_params
 from vae_jax.protocol import Task
 from vae_jax.tasks.common import apply_in_batches
-from vae_jax.tasks.vae import VAEObjectiveConfig, decode_means, reconstruct  # noqa: F401 (the HVAE's queries)
+from vae_jax.tasks.vae import VAEObjectiveConfig, decode_means, reconstruct, require_widths  # noqa: F401 (the HVAE's queries)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +68,8 @@ class HVAEConfig(VAEObjectiveConfig):
         super().validate()
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
         require(self.top_latent_dim > 0, "top_latent_dim", "a positive integer", self.top_latent_dim)
-        for name in ("hidden", "top_hidden"):
-            widths = getattr(self, name)
-            require(
-                len(widths) > 0 and all(w > 0 for w in widths),
-                name,
-                "comma-separated positive widths like 400 or 512,256",
-                ",".join(map(str, widths)),
-            )
+        require_widths("hidden", self.hidden)
+        require_widths("top_hidden", self.top_hidden)
 
 
 def build_hvae(config: HVAEConfig, image_shape) -> HVAE:

@@ -135,6 +135,16 @@ class VAEObjectiveConfig(TrainConfig):
         )
 
 
+def require_widths(name: str, widths) -> None:
+    """A one-line error naming ``--name`` unless ``widths`` are one or more positive MLP layer widths."""
+    require(
+        len(widths) > 0 and all(w > 0 for w in widths),
+        name,
+        "comma-separated positive widths like 400 or 512,256",
+        ",".join(map(str, widths)),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class VAEConfig(VAEObjectiveConfig):
     """The MLP VAE of Kingma & Welling (2014); the defaults are the classic 784-400-20."""
@@ -147,12 +157,7 @@ class VAEConfig(VAEObjectiveConfig):
     def validate(self) -> None:
         super().validate()
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
-        require(
-            len(self.hidden) > 0 and all(w > 0 for w in self.hidden),
-            "hidden",
-            "comma-separated positive widths like 400 or 512,256",
-            ",".join(map(str, self.hidden)),
-        )
+        require_widths("hidden", self.hidden)
 
 
 def build_vae(config: VAEConfig, image_shape) -> VAE:
