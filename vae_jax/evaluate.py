@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import losses, objectives
-from vae_jax.arrays import batch_to_float
-from vae_jax.models.params import bare_params
+from vae_jax.arrays import bare_params, batch_to_float
 
 EVAL_SEED = 20140101  # the evaluation key is fixed, and independent of the training seeds
 

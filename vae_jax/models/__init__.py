@@ -8,11 +8,11 @@
 ``{"params": ...}`` variables into the params tree the queries take.
 """
 
+from vae_jax.arrays import bare_params
 from vae_jax.models.autoencoder import AutoEncoder
 from vae_jax.models.conv_vae import ConvVAE
 from vae_jax.models.cvae import CVAE
 from vae_jax.models.hvae import HVAE
-from vae_jax.models.params import bare_params
 from vae_jax.models.pixelcnn import PixelCNN
 from vae_jax.models.vae import VAE, GaussianVAE, MLPDecoder, MLPEncoder, init_params, init_variables
 from vae_jax.models.vqvae import VQVAE

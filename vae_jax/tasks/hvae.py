@@ -39,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import losses, objectives
+from vae_jax.arrays import bare_params
 from vae_jax.errors import field, require
 from vae_jax.evaluate import VAEEvalParts
 from vae_jax.models.hvae import HVAE, init_params
-from vae_jax.models.params import bare_params
 from vae_jax.protocol import Task
 from vae_jax.tasks.common import apply_in_batches
 from vae_jax.tasks.vae import VAEObjectiveConfig, decode_means, reconstruct, require_widths  # noqa: F401 (the HVAE's queries)

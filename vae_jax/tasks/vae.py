@@ -16,8 +16,8 @@ import numpy as np
 
 from vae_jax import caches, diagnostics, objectives, schedules
 from vae_jax import precision as precision_lib
+from vae_jax.arrays import bare_params
 from vae_jax.errors import field, require
-from vae_jax.models.params import bare_params
 from vae_jax.models.vae import VAE, init_params
 from vae_jax.protocol import Task, TrainConfig
 from vae_jax.tasks.common import apply_in_batches
