@@ -7,9 +7,10 @@ a fixed evaluation key, so repeating an evaluation gives the same numbers.
 Every VAE family is evaluated through the objective contract of
 :mod:`vae_jax.objectives`: a family hands :func:`evaluate_runs` its
 :class:`VAEEvalParts` (its ``eval_fn``, its importance ``log_weights_fn`` and a
-posterior-mean function per latent layer), so the MLP and convolutional VAEs
-(:func:`gaussian_vae_parts`), the conditional VAE (conditioned on the true
-label) and the hierarchical VAE (active units per layer) share one path.
+posterior-mean function per latent layer), so the MLP, convolutional and
+conditional VAEs (:func:`gaussian_vae_parts`; the CVAE conditioned on the true
+label) and the hierarchical VAE (active units per layer) share one path:
+:func:`evaluate_runs` is the one evaluation of a VAE, for one seed or many.
 """
 
 from __future__ import annotations
