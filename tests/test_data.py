@@ -426,7 +426,7 @@ def test_a_workdir_saved_before_image_size_existed_still_resumes(tmp_path):
 
 
 def test_evaluation_converts_uint8_batches(mnist_small):
-    """Per-example evaluation and evaluate_vae give the same numbers for uint8 and float32 test images."""
+    """Per-example evaluation and evaluate_runs give the same numbers for uint8 and float32 test images."""
     import jax
 
     from vae_jax import evaluate, tasks
@@ -444,10 +444,15 @@ def test_evaluation_converts_uint8_batches(mnist_small):
     config = tasks.VAEConfig(latent_dim=3, hidden=(16,))
     model, task = tasks.vae_task(config, as_u8.image_shape)
     params = task.init_params(jax.random.key(0))
-    from_u8 = evaluate.evaluate_vae(model, params, pixels, iwae_k=4, batch_size=16, k_chunk=2)
-    from_float = evaluate.evaluate_vae(
-        model, params, pixels.astype(np.float32) / 255, iwae_k=4, batch_size=16, k_chunk=2
-    )
+    parts = evaluate.gaussian_vae_parts(model, task.eval_fn, config.likelihood)
+    replicated = jax.tree_util.tree_map(lambda a: a[None], params)
+
+    def run(x):
+        return evaluate.evaluate_runs(
+            parts, replicated, {"x": x}, iwae_k=4, eval_batch_size=16, iwae_batch_size=16, k_chunk=2
+        )[0]
+
+    from_u8, from_float = run(pixels), run(pixels.astype(np.float32) / 255)
     for name in ("neg_elbo", "recon", "kl", "iwae_nll"):
         np.testing.assert_allclose(from_u8[name], from_float[name], rtol=1e-5)
 

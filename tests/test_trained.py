@@ -381,8 +381,12 @@ def test_bad_arguments_name_themselves(runs):
 
 def test_library_traps_params_or_variables_and_class_labels(runs):
     run, x = load_run(_workdir(runs, "vae")), runs[2].x_test[:50]
-    with_params = evaluate.evaluate_vae(run.model, run.params, x, iwae_k=3)
-    assert evaluate.evaluate_vae(run.model, run.variables, x, iwae_k=3) == with_params
+    parts = evaluate.gaussian_vae_parts(run.model, run.task.eval_fn, run.config.likelihood)
+
+    def evaluated(params):
+        return evaluate.evaluate_runs(parts, jax.tree_util.tree_map(lambda a: a[None], params), {"x": x}, iwae_k=3)
+
+    assert evaluated(run.variables) == evaluated(run.params)
     np.testing.assert_array_equal(
         vae.reconstruct(run.model, run.variables, x), vae.reconstruct(run.model, run.params, x)
     )
