@@ -36,7 +36,7 @@ def latent_view(means: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
         return np.concatenate([means, np.zeros_like(means)], axis=1), ("z[0]", "(none)")
     if means.shape[1] == 2:
         return means, ("z[0]", "z[1]")
-    # linear_ae.pca (an SVD, tested against scikit-learn) spares the run scikit-learn's 4 s import.
+    # linear_ae.pca (an SVD, tested against scikit-learn) spares the run scikit-learn's slow import.
     fit = linear_ae.pca(means, 2)
     return (means - fit.mean) @ fit.components.T, ("PC 1 of posterior mean", "PC 2 of posterior mean")
 

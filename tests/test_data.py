@@ -352,7 +352,7 @@ def test_tfds_images_are_resized_as_they_are_read(monkeypatch, tmp_path):
             name: load_dataset(f"tfds:{name}", data_dir=str(tmp_path), image_size=16) for name in ("celeb_a", "lfw")
         }
     assert ds.image_shape == (14, 14, 1) and ds.train_pixels.dtype == np.uint8 and ds.num_train == 12
-    assert ds.y_train is not None
+    assert ds.y_train.shape == (12,) and set(ds.y_train.tolist()) <= set(range(10))  # MNIST's digit classes
     for name, face in faces.items():  # CelebA's 218x178 and LFW's 250x250 RGB images, centre-cropped
         assert face.image_shape == (16, 16, 3) and face.train_pixels.dtype == np.uint8, name
         assert face.y_train is None, name  # LFW's "label" is a person's name, not a class index
@@ -427,7 +427,7 @@ def test_a_workdir_saved_before_image_size_existed_still_resumes(tmp_path):
 
 
 def test_evaluation_converts_uint8_batches(mnist_small):
-    """Per-example evaluation and evaluate_vae give the same numbers for uint8 and float32 test images."""
+    """Per-example evaluation and evaluate_runs give the same numbers for uint8 and float32 test images."""
     import jax
 
     from vae_jax import evaluate, tasks
@@ -445,10 +445,15 @@ def test_evaluation_converts_uint8_batches(mnist_small):
     config = tasks.VAEConfig(latent_dim=3, hidden=(16,))
     model, task = tasks.vae_task(config, as_u8.image_shape)
     params = task.init_params(jax.random.key(0))
-    from_u8 = evaluate.evaluate_vae(model, params, pixels, iwae_k=4, batch_size=16, k_chunk=2)
-    from_float = evaluate.evaluate_vae(
-        model, params, pixels.astype(np.float32) / 255, iwae_k=4, batch_size=16, k_chunk=2
-    )
+    parts = evaluate.gaussian_vae_parts(model, task.eval_fn, config.likelihood)
+    replicated = jax.tree_util.tree_map(lambda a: a[None], params)
+
+    def run(x):
+        return evaluate.evaluate_runs(
+            parts, replicated, {"x": x}, iwae_k=4, eval_batch_size=16, iwae_batch_size=16, k_chunk=2
+        )[0]
+
+    from_u8, from_float = run(pixels), run(pixels.astype(np.float32) / 255)
     for name in ("neg_elbo", "recon", "kl", "iwae_nll"):
         np.testing.assert_allclose(from_u8[name], from_float[name], rtol=1e-5)
 

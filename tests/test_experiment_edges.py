@@ -133,7 +133,7 @@ def test_every_experiment_ends_cleanly_in_every_process_of_a_distributed_run(tmp
             break
         time.sleep(0.5)
     results = []
-    for proc, (out, err) in zip(procs, logs):
+    for proc, (out, err) in zip(procs, logs, strict=True):
         if proc.poll() is None:
             proc.kill()
         proc.wait()

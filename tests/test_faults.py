@@ -76,7 +76,7 @@ def restored_leaves(config, task) -> tuple[int, list[np.ndarray]]:
 
 def assert_same_leaves(a: list[np.ndarray], b: list[np.ndarray]) -> None:
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
 
 

@@ -139,7 +139,8 @@ def test_the_same_epochs_trains_nothing_and_keeps_the_records(capsys, run_copy):
 
 def test_a_finished_run_without_its_summary_is_evaluated_again(capsys, run_copy):
     """A rerun reads summary.json instead of evaluating; without it, the restored checkpoint is evaluated and
-    gives the test metrics the training run recorded for its last epoch."""
+    gives the test metrics the training run recorded for its last epoch. A reproducibility check (same
+    checkpoint, same evaluation key), not a maths one: test_evaluate*.py check the metrics themselves."""
     spec, workdir = run_copy
     summary = json.load(open(workdir / "summary.json"))
     os.remove(workdir / "summary.json")

@@ -231,6 +231,10 @@ class Task:
       init_model_state: optional ``params -> model_state``, the state ``update_fn`` keeps.
       optimizer: optional ``optax.GradientTransformation`` that replaces the one the config's flags build
         (:func:`vae_jax.train.make_optimizer`).
+      not_trained: optional ``params -> pytree of bool`` (the params' structure, or a prefix of it): True
+        marks params that ``update_fn`` alone sets (the VQ-VAE's EMA codebook). The optimizer leaves
+        them alone and keeps no state for them (``optax.multi_transform`` with ``optax.set_to_zero``),
+        so weight decay or a schedule never moves them.
     """
 
     init_params: Callable
@@ -240,3 +244,4 @@ class Task:
     update_fn: Callable | None = None
     init_model_state: Callable | None = None
     optimizer: Any = None
+    not_trained: Callable | None = None

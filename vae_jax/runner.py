@@ -89,8 +89,18 @@ def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax
 
 
 def task_optimizer(config: TrainConfig, task: Task, total_steps: int | None = None) -> optax.GradientTransformation:
-    """The task's own optimizer (``task.optimizer``) if it has one, else the config's."""
-    return task.optimizer if task.optimizer is not None else make_optimizer(config, total_steps)
+    """The task's own optimizer (``task.optimizer``) if it has one, else the config's, which leaves the params
+    that ``task.not_trained`` marks alone."""
+    if task.optimizer is not None:
+        return task.optimizer
+    optimizer = make_optimizer(config, total_steps)
+    if task.not_trained is None:
+        return optimizer
+
+    def labels(params):
+        return jax.tree_util.tree_map(lambda frozen: "not_trained" if frozen else "trained", task.not_trained(params))
+
+    return optax.multi_transform({"trained": optimizer, "not_trained": optax.set_to_zero()}, labels)
 
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
@@ -300,7 +310,9 @@ def train(
 
     The workdir is locked for the run by process 0 (:class:`vae_jax.faults.WorkdirLock`);
     a first SIGINT/SIGTERM stops the run after the current epoch with a
-    checkpoint and raises :class:`vae_jax.faults.Interrupted`.
+    checkpoint and raises :class:`vae_jax.faults.Interrupted`; with ``--distributed``
+    a signal to any one process stops every process after the same epoch, with one
+    checkpoint (:func:`vae_jax.distributed.agreed_stop`).
 
     With ``train_eval_examples = n > 0`` each epoch also evaluates ``task.eval_fn``
     on the first n training examples (a fixed subset) and logs the means as
@@ -309,9 +321,6 @@ def train(
     """
     if config.distributed:  # before anything touches a device, and before the lock: only process 0 takes it
         distributed.initialize()
-        distributed.set_peer_lost_hint(
-            lambda: f"{_checkpoint_on_disk(config.workdir)}; start every process again to resume"
-        )
     try:
         lock = faults.WorkdirLock(config.workdir) if distributed.is_main_process() else contextlib.nullcontext()
         with lock, faults.StopSignals() as stop, contextlib.ExitStack() as closing:
@@ -488,11 +497,12 @@ def _train(
                 f.write(json.dumps(line) + "\n")
         if board is not None:
             board.log_epoch(line, seeds)
-        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stop.requested:
+        stopping = distributed.agreed_stop(stop.requested)  # a signal to any process stops all after this epoch
+        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stopping:
             checkpoint.save(manager, epoch + 1, state)
-        if stop.requested:
+        if stopping:
             bar.close()
-            raise faults.Interrupted(stop.requested, epoch + 1, workdir)
+            raise faults.Interrupted(stopping, epoch + 1, workdir)
         bar.update(steps_per_epoch)
         bar.set_postfix(loss=f"{line['train_loss']:.2f}", **{task.headline: f"{line[f'test_{task.headline}']:.2f}"})
         if log_epochs:
