@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import jax
 import numpy as np
