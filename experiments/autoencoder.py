@@ -30,6 +30,7 @@ import os
 import numpy as np
 
 from vae_jax import corruption, evaluate, plots, runner, tasks
+from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -139,7 +140,7 @@ def result_line(config: tasks.AEConfig, summary: dict) -> str:
 def main(argv=None) -> dict:
     """Runs the job; returns the summary (also in ``WORKDIR/summary.json``)."""
     config = parse_config(tasks.AEConfig, argv, description=__doc__.split("\n\n")[0])
-    runner.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
+    workdir_lib.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
     dataset = runner.load_data(config)
     runner.log(f"data: {dataset.describe()}")
     model, task = tasks.ae_task(config, dataset.image_shape)
@@ -154,7 +155,7 @@ def report(config: tasks.AEConfig, model, result: runner.TrainResult) -> dict:
     result.summary["metric_descriptions"] = {
         k: labels[k].split(": ", 1)[1] for k in result.summary["test"] if k in labels
     }
-    runner.write_summary(config.workdir, result.summary, figures)
+    workdir_lib.write_summary(config.workdir, result.summary, figures)
     print(f"{config.variant} autoencoder: {result_line(config, result.summary)}; outputs in {config.workdir}")
     return result.summary
 

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from vae_jax import diagnostics, latent_views, plots, runner, schedules, tasks
+from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
 from vae_jax.data import DataError
@@ -117,7 +118,7 @@ def measure_setting(
         os.path.join(os.path.dirname(setting.workdir), f"traversals_{name}.png"),
         f"{name}: one dimension swept over -3..3 (others at the posterior mean)",
     )
-    runner.write_summary(setting.workdir, result.summary)
+    workdir_lib.write_summary(setting.workdir, result.summary)
     test = result.summary["test"]
     row = {
         "setting": name,
@@ -149,7 +150,7 @@ def format_table(rows: list[dict]) -> str:
 def main(argv=None) -> dict:
     config = parse_config(BetaVAESweepConfig, argv, description=__doc__.split("\n\n")[0])
     for setting in config.settings():  # every sub-workdir is checked before any data is loaded
-        runner.check_workdir(setting)
+        workdir_lib.check_workdir(setting)
     dataset = runner.load_data(config)
     trained = [(setting, *train_setting(setting, dataset)) for setting in config.settings()]
     return runner.report_on_main(config.workdir, lambda: report(config, dataset, trained))
@@ -179,7 +180,7 @@ def report(config: BetaVAESweepConfig, dataset, trained: list) -> dict:
         "seed": config.seed,
         "table": rows,
     }
-    runner.write_summary(config.workdir, summary, figures)
+    workdir_lib.write_summary(config.workdir, summary, figures)
     runner.log(f"data: {dataset.describe()}")
     print(format_table(rows))
     print(f"outputs in {config.workdir}")

@@ -8,7 +8,7 @@ the numeric checks made on the image) to ``--workdir``:
     python -m experiments.building_blocks --workdir runs/building_blocks
     python -m experiments.building_blocks --image photo.jpg --workdir runs/bb_photo
 
-Takes about ten seconds on a laptop CPU (most of it JAX compiling each op once).
+Most of its time is JAX compiling each op once.
 """
 
 from __future__ import annotations

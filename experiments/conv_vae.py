@@ -22,6 +22,7 @@ import os
 import jax
 
 from vae_jax import diagnostics, latent_metrics, latent_views, plots, runner, tasks
+from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -106,7 +107,7 @@ def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str],
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> dict:
     config = parse_config(conv_vae.ConvVAEConfig, argv, description=__doc__.split("\n\n")[0]).resolved()
-    runner.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
+    workdir_lib.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
     dataset = runner.load_data(config)
     model, task = conv_vae.conv_vae_task(config, dataset.image_shape)
     result = runner.train(config, task, dataset, train_eval_examples=config.train_eval_examples)
@@ -119,14 +120,14 @@ def report(config, model, result: runner.TrainResult) -> dict:
     A rerun on the same checkpoint, data and flags, with every figure present, reuses them.
     """
     path = os.path.join(config.workdir, "summary.json")
-    fingerprint = runner.report_fingerprint(
+    fingerprint = workdir_lib.report_fingerprint(
         jax.device_get(result.state.params),
-        {"config": runner.result_settings(config), "dataset": result.dataset.summary()},
+        {"config": workdir_lib.result_settings(config), "dataset": result.dataset.summary()},
     )
-    if runner.reusable_report(path, fingerprint) is None:
+    if workdir_lib.reusable_report(path, fingerprint) is None:
         figures, measured = write_figures(config, model, result)
         result.summary.update(measured, report_fingerprint=fingerprint)
-        runner.write_summary(config.workdir, result.summary, figures)
+        workdir_lib.write_summary(config.workdir, result.summary, figures)
     else:
         runner.log(f"reusing {path} and its figures: written for this checkpoint, data and flags")
     test, last, diag = (

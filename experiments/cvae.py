@@ -28,6 +28,7 @@ import numpy as np
 
 from vae_jax import classifier as classifier_lib
 from vae_jax import plots, runner
+from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -116,7 +117,7 @@ def report(config, model, result: runner.TrainResult) -> dict:
     result.summary["diagnostics"] = cvae.collapse_diagnostics(
         model, params, data.x_test, data.y_test, jax.random.key(config.seed)
     )["z"]
-    runner.write_summary(config.workdir, result.summary, figures)
+    workdir_lib.write_summary(config.workdir, result.summary, figures)
     test = result.summary["test"]
     runner.log(f"data: {data.describe()}")
     print(

@@ -38,6 +38,7 @@ import numpy as np
 
 from vae_jax import cli, evaluate, parallel, runner, trained
 from vae_jax import data as data_lib
+from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, user_errors
 
@@ -117,7 +118,7 @@ def main(argv=None) -> dict:
         image_size=config.image_size,
         skip_unreadable=config.skip_unreadable,
     )
-    mismatch = None if args.dataset else runner.data_mismatch(args.workdir, dataset.record())
+    mismatch = None if args.dataset else workdir_lib.data_mismatch(args.workdir, dataset.record())
     if mismatch:  # the run's own --dataset names other data here (mnist offline, a replaced file or folder)
         raise ConfigError(
             f"--dataset {spec}: {mismatch}; evaluate it where its data is, or pass --dataset "

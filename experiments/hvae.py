@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from vae_jax import diagnostics, evaluate, parallel, plots, runner
+from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
 from vae_jax.data import DataError
@@ -118,7 +119,7 @@ def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict, iw
     metrics["iwae_examples"] = len(subset)
     # summary.json's collapse ``diagnostics``: per layer for the HVAE, one dict for the one-level VAE
     result.summary["diagnostics"] = collapse if len(collapse) > 1 else collapse["z"]
-    runner.write_summary(config.workdir, result.summary)
+    workdir_lib.write_summary(config.workdir, result.summary)
     return {
         **metrics,
         "mutual_information": {k: v["mutual_information"] for k, v in collapse.items()},
@@ -160,15 +161,15 @@ def report(config, vae_config, top_workdir: str, dataset, trained: dict, iwae_ex
         "iwae_k": EVAL_IWAE_K,
         "iwae_examples": iwae_examples,
     }
-    fingerprint = runner.report_fingerprint(
+    fingerprint = workdir_lib.report_fingerprint(
         {name: result.params(0) for name, (_, _, result, _) in trained.items()},
         {**settings, "dataset": dataset.summary()},
     )
-    comparison = runner.reusable_report(path, fingerprint)
+    comparison = workdir_lib.reusable_report(path, fingerprint)
     if comparison is None:
         comparison = compare(config, vae_config, top_workdir, dataset, trained, iwae_examples)
         comparison["report_fingerprint"] = fingerprint
-        runner.write_json(path, comparison)
+        workdir_lib.write_json(path, comparison)
     else:
         runner.log(f"reusing {path}: written for these checkpoints, data and settings")
     print_results(comparison, dataset, top_workdir)

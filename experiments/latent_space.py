@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vae_jax import latent_metrics, latent_views, plots, runner  # noqa: E402
+from vae_jax import workdir as workdir_lib  # noqa: E402
 from vae_jax.checkpoint import CheckpointError  # noqa: E402
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors  # noqa: E402
 from vae_jax.data import DataError  # noqa: E402
@@ -93,13 +94,13 @@ def main(argv=None) -> dict:
     sizes = [2] + ([config.tsne_latent_dim] if config.tsne_latent_dim not in (0, 2) else [])
     for latent_dim in sizes:  # every sub-workdir is checked before any data is loaded
         for sub_config in latent_metrics.matched_configs(config, latent_dim, config.workdir).values():
-            runner.check_workdir(sub_config)
+            workdir_lib.check_workdir(sub_config)
     dataset = runner.load_data(config)
     runner.log(f"data: {dataset.describe()}")
     if dataset.y_train is None:
         raise ConfigError(f"--dataset {config.dataset} has no labels; the latent plots are coloured by label")
     os.makedirs(config.workdir, exist_ok=True)
-    runner.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
+    workdir_lib.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
     trained_by_size = {latent_dim: train_pair(config, latent_dim, dataset) for latent_dim in sizes}
     return runner.report_on_main(config.workdir, lambda: report(config, dataset, trained_by_size))
 
@@ -111,14 +112,14 @@ def report(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
     whose checkpoints, data and settings match those of ``summary.json`` reuses it and its figures.
     """
     params = {f"{kind}_z{dim}": p for dim, trained in trained_by_size.items() for kind, (_, p) in trained.items()}
-    fingerprint = runner.report_fingerprint(
+    fingerprint = workdir_lib.report_fingerprint(
         params, {"config": dataclasses.asdict(config), "dataset": dataset.summary()}
     )
-    summary = runner.reusable_report(os.path.join(config.workdir, "summary.json"), fingerprint)
+    summary = workdir_lib.reusable_report(os.path.join(config.workdir, "summary.json"), fingerprint)
     if summary is None:
         summary = measure_and_draw(config, dataset, trained_by_size)
         summary["report_fingerprint"] = fingerprint
-        runner.write_summary(config.workdir, summary)
+        workdir_lib.write_summary(config.workdir, summary)
     else:
         runner.log(f"reusing {config.workdir}/summary.json: written for these checkpoints, data and settings")
     print_results(summary, config.workdir)

@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vae_jax import evaluate, latent_metrics, plots, runner  # noqa: E402
+from vae_jax import workdir as workdir_lib  # noqa: E402
 from vae_jax.checkpoint import CheckpointError  # noqa: E402
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors  # noqa: E402
 from vae_jax.data import DataError  # noqa: E402
@@ -98,10 +99,10 @@ def main(argv=None) -> dict:
     config = parse_config(LatentSweepConfig, argv, description=__doc__.split("\n\n")[0])
     for latent_dim in config.latent_sizes:  # every sub-workdir is checked before any data is loaded
         for sub_config in latent_metrics.matched_configs(config, latent_dim, config.workdir).values():
-            runner.check_workdir(sub_config)
+            workdir_lib.check_workdir(sub_config)
     dataset = runner.load_data(config)
     os.makedirs(config.workdir, exist_ok=True)
-    runner.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
+    workdir_lib.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
     table = []
     for latent_dim in config.latent_sizes:
         configs = latent_metrics.matched_configs(config, latent_dim, config.workdir)
@@ -139,7 +140,7 @@ def report(config: LatentSweepConfig, dataset, table: list[dict]) -> dict:
         "figures": [os.path.basename(figure)],
         "sub_workdirs": sorted(d for d in os.listdir(config.workdir) if os.path.isdir(os.path.join(config.workdir, d))),
     }
-    runner.write_summary(config.workdir, summary)
+    workdir_lib.write_summary(config.workdir, summary)
     runner.log(f"data: {dataset.describe()}")
     print("\n".join(row_line(row) for row in table))
     print(f"outputs in {config.workdir}")

@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vae_jax import linear_ae, plots, runner  # noqa: E402
+from vae_jax import workdir as workdir_lib  # noqa: E402
 from vae_jax.checkpoint import CheckpointError  # noqa: E402
 from vae_jax.cli import ConfigError, parse_config, user_errors  # noqa: E402
 from vae_jax.data import DataError  # noqa: E402
@@ -133,7 +134,7 @@ def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_de
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> dict:
     config = parse_config(linear_ae.LinearAEConfig, argv, description=__doc__.split("\n\n")[0])
-    runner.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
+    workdir_lib.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
     dataset = runner.load_data(config)
     d = int(np.prod(dataset.image_shape))
     if config.components > min(d, len(dataset.x_train)):
@@ -171,7 +172,7 @@ def report(config: linear_ae.LinearAEConfig, pca_fit, dataset, result: runner.Tr
         },
     }
     figures = write_figures(config, pca_fit, result.params(0), result, first["principal_angles_deg"])
-    runner.write_summary(config.workdir, summary, figures)
+    workdir_lib.write_summary(config.workdir, summary, figures)
 
     ortho = first["decoder_orthogonality"]
     runner.log(f"data: {dataset.describe()}; m = {config.components}")

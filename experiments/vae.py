@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from vae_jax import diagnostics, linear_ae, runner, tasks
+from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -35,7 +36,7 @@ def latent_view(means: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
         return np.concatenate([means, np.zeros_like(means)], axis=1), ("z[0]", "(none)")
     if means.shape[1] == 2:
         return means, ("z[0]", "z[1]")
-    # linear_ae.pca (an SVD, tested against scikit-learn) spares the run scikit-learn's 4 s import.
+    # linear_ae.pca (an SVD, tested against scikit-learn) spares the run scikit-learn's slow import.
     fit = linear_ae.pca(means, 2)
     return (means - fit.mean) @ fit.components.T, ("PC 1 of posterior mean", "PC 2 of posterior mean")
 
@@ -144,7 +145,7 @@ def write_figures(config, model, result: runner.TrainResult) -> list[str]:
 def main(argv=None) -> dict:
     """Runs the job; returns the summary (also in ``WORKDIR/summary.json``)."""
     config = parse_config(tasks.VAEConfig, argv, description=__doc__.split("\n\n")[0])
-    runner.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
+    workdir_lib.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
     dataset = runner.load_data(config)
     runner.log(f"data: {dataset.describe()}")
     model, task = tasks.vae_task(config, dataset.image_shape)
@@ -154,7 +155,7 @@ def main(argv=None) -> dict:
 
 def report(config, model, result: runner.TrainResult) -> dict:
     """Figures, ``summary.json`` and the result line (process 0 alone); returns the summary."""
-    runner.write_summary(config.workdir, result.summary, write_figures(config, model, result))
+    workdir_lib.write_summary(config.workdir, result.summary, write_figures(config, model, result))
     test = result.summary["test"]
     diag = result.summary["diagnostics"]
     print(

@@ -38,6 +38,7 @@ import numpy as np
 
 from vae_jax import data as data_lib
 from vae_jax import latent_metrics, plots, runner, tasks
+from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
 from vae_jax.data import DataError
@@ -109,17 +110,17 @@ def check_workdirs(config) -> None:
     """Every stage's workdir, checked before any data is loaded or anything is trained (one-line errors)."""
     for _, variant in config.variants():
         vq_config, prior_config = stage_configs(variant, variant.workdir)
-        runner.check_workdir(vq_config)
+        workdir_lib.check_workdir(vq_config)
         if config.prior_epochs:
-            runner.check_workdir(prior_config)
+            workdir_lib.check_workdir(prior_config)
     if config.vae_epochs and not config.vae_workdir:
-        runner.check_workdir(vae_baseline_config(config))
+        workdir_lib.check_workdir(vae_baseline_config(config))
 
 
 def vae_samples(config, dataset, key):
     """Decoded N(0, I) samples ``[num_samples, H, W, C]`` of an MLP VAE (None with ``--vae-epochs 0``)."""
     if config.vae_workdir:
-        vae_config = runner.load_run_config(config.vae_workdir, tasks.VAEConfig)
+        vae_config = workdir_lib.load_run_config(config.vae_workdir, tasks.VAEConfig)
         model, task = tasks.vae_task(vae_config, dataset.image_shape)
         _, state = runner.restore_state(vae_config, task)
         params = jax.tree_util.tree_map(lambda a: a[0], state.params)
@@ -252,7 +253,7 @@ def report_variant(config, vq_config, dataset, classifier, vae_images, trained: 
             "Decoded samples: learned prior, uniform codes, VAE N(0, I); test reconstructions",
         )
     )
-    runner.write_summary(workdir, summary, figures)
+    workdir_lib.write_summary(workdir, summary, figures)
     return summary
 
 
@@ -314,7 +315,7 @@ def report(config, dataset, vae_images, trained: list) -> dict:
         with open(os.path.join(config.workdir, "comparison.md"), "w") as f:
             f.write(table + "\n")
         result = {"variants": {name: s for name, s in rows}}
-        runner.write_summary(config.workdir, result)
+        workdir_lib.write_summary(config.workdir, result)
     runner.log(f"data: {dataset.describe()}")
     print(table)
     print(f"outputs in {config.workdir}")

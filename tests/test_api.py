@@ -15,9 +15,15 @@ from vae_jax import losses
 
 
 def test_public_names_are_where_users_look_first():
-    from vae_jax import VAE, AutoEncoder, init_params, init_variables, models  # noqa: F401
+    from vae_jax import models
 
     assert vae_jax.VAE is models.VAE is models.vae.VAE
+    assert vae_jax.init_params is models.vae.init_params and vae_jax.init_variables is models.vae.init_variables
+    assert list(inspect.signature(vae_jax.init_params).parameters) == ["model", "key"]
+    # An MLP VAE 30 -> 8 -> (mean, logvar) of 3 -> 8 -> 30: its weights and biases, counted by hand.
+    params = vae_jax.init_params(vae_jax.VAE(latent_dim=3, hidden=(8,), image_shape=(6, 5, 1)), jax.random.key(0))
+    count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    assert count == (30 * 8 + 8) + 2 * (8 * 3 + 3) + (3 * 8 + 8) + (8 * 30 + 30)
     assert vae_jax.AutoEncoder is models.AutoEncoder is models.autoencoder.AutoEncoder
     assert vae_jax.losses is losses
     dataset = vae_jax.data.load_dataset("mnist:embedded")  # the public loader returns the embedded digits

@@ -23,7 +23,7 @@ def test_cached_arrays_build_once_then_load_the_same_arrays(tmp_path):
     first = caches.cached_arrays("demo-v1", build, directory=str(tmp_path))
     second = caches.cached_arrays("demo-v1", build, directory=str(tmp_path))
     assert len(calls) == 1
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
         assert a.dtype == b.dtype
     (tmp_path / "demo-v1" / "1.npy").write_bytes(b"damaged")  # a damaged entry is rebuilt, not trusted
@@ -55,7 +55,7 @@ def test_embedded_mnist_from_the_cache_equals_a_fresh_parse(tmp_path, monkeypatc
     assert digits[0].dtype == np.uint8
     loaded = data.embedded_mnist()  # loads the .npy files
     fresh = data.parse_embedded_mnist(digits=(raw_x.reshape(-1, 28, 28).astype(np.uint8), raw_y.astype(np.int32)))
-    for a, b, c in zip(cached, loaded, fresh):
+    for a, b, c in zip(cached, loaded, fresh, strict=True):
         np.testing.assert_array_equal(b, c)
         np.testing.assert_array_equal(a, c)
         assert b.dtype == c.dtype

@@ -1,5 +1,6 @@
 """The convolutional VAE: the faces128 preset's layer shapes, its loss, config errors, a short training run."""
 
+import dataclasses
 import math
 import os
 
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import objectives, runner
+from vae_jax import runner
 from vae_jax.cli import ConfigError, parse_config
 from vae_jax.models.conv_vae import init_params
 from vae_jax.tasks.conv_vae import ConvVAEConfig, build_conv_vae, conv_vae_task
@@ -76,7 +77,13 @@ def test_decoder_output_channels_follow_the_likelihood(likelihood, channels):
     model = build_conv_vae(ConvVAEConfig(likelihood=likelihood, channels=(4, 8), hidden=0, latent_dim=3), (28, 28, 1))
     params = jax.eval_shape(lambda k: init_params(model, k), jax.random.key(0))
     out = jax.eval_shape(lambda p: model.apply({"params": p}, jnp.zeros((2, 3)), method=model.decode), params)
-    assert out.shape == (2, 28, 28, channels) and channels == objectives.decoder_channels(likelihood, 1)
+    assert out.shape == (2, 28, 28, channels)
+
+
+def test_an_unknown_likelihood_is_refused_when_the_model_is_built():
+    model = build_conv_vae(ConvVAEConfig(channels=(4, 8), hidden=0, latent_dim=3), (28, 28, 1))
+    with pytest.raises(ValueError, match="likelihood must be one of .*got 'laplace'"):
+        init_params(dataclasses.replace(model, likelihood="laplace"), jax.random.key(0))
 
 
 def test_short_training_lowers_the_elbo_and_logs_the_train_test_gap(mnist_small, tmp_path):

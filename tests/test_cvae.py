@@ -10,6 +10,7 @@ from scipy import stats
 
 from vae_jax import classifier as classifier_lib
 from vae_jax import data as data_lib
+from vae_jax import objectives
 from vae_jax.cli import ConfigError
 from vae_jax.models.cvae import CVAE, init_params
 from vae_jax.tasks import cvae
@@ -33,10 +34,10 @@ def test_shapes():
     out, mean, logvar, z = model.apply({"params": params}, batch["x"], batch["y"], jax.random.key(2))
     chex.assert_shape(out, (6, 6, 5, 1))
     chex.assert_shape([mean, logvar, z], (6, D))
-    terms = cvae.make_cvae_terms(model)(params, batch, jax.random.key(2))
+    terms = objectives.make_gaussian_vae_terms(model)(params, batch, jax.random.key(2))
     chex.assert_shape([terms["recon"], terms["kl"]], (6,))
     chex.assert_shape(terms["kl_per_dim"], (6, D))
-    chex.assert_shape(cvae.make_cvae_log_weights(model)(params, batch, jax.random.key(2), 7), (6, 7))
+    chex.assert_shape(objectives.make_gaussian_vae_log_weights(model)(params, batch, jax.random.key(2), 7), (6, 7))
     wide, wide_params = _model("gaussian_pixel_var")
     chex.assert_shape(wide.apply({"params": wide_params}, mean, batch["y"], method=wide.decode), (6, 6, 5, 2))
 
@@ -73,7 +74,7 @@ def test_log_weights_against_scipy_densities():
     batch = _batch(b=3)
     k = 5
     key = jax.random.key(4)
-    log_w = np.asarray(cvae.make_cvae_log_weights(model)(params, batch, key, k))
+    log_w = np.asarray(objectives.make_gaussian_vae_log_weights(model)(params, batch, key, k))
     mean, logvar = (
         np.asarray(a, np.float64) for a in model.apply({"params": params}, batch["x"], batch["y"], method=model.encode)
     )
@@ -96,7 +97,7 @@ def test_iwae_bound_dominates_the_elbo_of_the_same_samples_and_tightens_with_k(m
     model = CVAE(latent_dim=4, hidden=(32,), image_shape=mnist_small.image_shape, num_classes=10)
     params = init_params(model, jax.random.key(0))
     batch = {"x": jnp.asarray(mnist_small.x_test[:64]), "y": jnp.asarray(mnist_small.y_test[:64])}
-    log_weights_fn = cvae.make_cvae_log_weights(model)
+    log_weights_fn = objectives.make_gaussian_vae_log_weights(model)
     log_w = log_weights_fn(params, batch, jax.random.key(5), 50)  # [B, 50]
     bound = jax.nn.logsumexp(log_w, axis=1) - np.log(50)
     assert np.all(np.asarray(bound) >= np.asarray(log_w.mean(axis=1)) - 1e-4)  # per example, same samples

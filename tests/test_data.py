@@ -352,7 +352,7 @@ def test_tfds_images_are_resized_as_they_are_read(monkeypatch, tmp_path):
             name: load_dataset(f"tfds:{name}", data_dir=str(tmp_path), image_size=16) for name in ("celeb_a", "lfw")
         }
     assert ds.image_shape == (14, 14, 1) and ds.train_pixels.dtype == np.uint8 and ds.num_train == 12
-    assert ds.y_train is not None
+    assert ds.y_train.shape == (12,) and set(ds.y_train.tolist()) <= set(range(10))  # MNIST's digit classes
     for name, face in faces.items():  # CelebA's 218x178 and LFW's 250x250 RGB images, centre-cropped
         assert face.image_shape == (16, 16, 3) and face.train_pixels.dtype == np.uint8, name
         assert face.y_train is None, name  # LFW's "label" is a person's name, not a class index
@@ -412,21 +412,22 @@ def test_a_workdir_saved_before_image_size_existed_still_resumes(tmp_path):
     """config.json files written before --image-size existed lack it; they hold image_size = 0 runs."""
     import json
 
-    from vae_jax import runner, tasks
+    from vae_jax import tasks
+    from vae_jax import workdir as workdir_lib
     from vae_jax.cli import ConfigError
 
     config = tasks.VAEConfig(latent_dim=2, hidden=(8,), workdir=str(tmp_path))
-    saved = runner.config_record(config)  # what a run writes into config.json
+    saved = workdir_lib.config_record(config)  # what a run writes into config.json
     del saved["image_size"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     (tmp_path / "checkpoints" / "3").mkdir(parents=True)  # the workdir holds a run (its checkpoint of epoch 3)
-    runner.check_workdir(dataclasses.replace(config, epochs=3))  # no error: the missing field had its default
+    workdir_lib.check_workdir(dataclasses.replace(config, epochs=3))  # no error: the missing field had its default
     with pytest.raises(ConfigError, match="other settings \\(--image-size 0 there, 16 here\\)"):
-        runner.check_workdir(dataclasses.replace(config, epochs=3, image_size=16))
+        workdir_lib.check_workdir(dataclasses.replace(config, epochs=3, image_size=16))
 
 
 def test_evaluation_converts_uint8_batches(mnist_small):
-    """Per-example evaluation and evaluate_vae give the same numbers for uint8 and float32 test images."""
+    """Per-example evaluation and evaluate_runs give the same numbers for uint8 and float32 test images."""
     import jax
 
     from vae_jax import evaluate, tasks
@@ -444,10 +445,15 @@ def test_evaluation_converts_uint8_batches(mnist_small):
     config = tasks.VAEConfig(latent_dim=3, hidden=(16,))
     model, task = tasks.vae_task(config, as_u8.image_shape)
     params = task.init_params(jax.random.key(0))
-    from_u8 = evaluate.evaluate_vae(model, params, pixels, iwae_k=4, batch_size=16, k_chunk=2)
-    from_float = evaluate.evaluate_vae(
-        model, params, pixels.astype(np.float32) / 255, iwae_k=4, batch_size=16, k_chunk=2
-    )
+    parts = evaluate.gaussian_vae_parts(model, task.eval_fn, config.likelihood)
+    replicated = jax.tree_util.tree_map(lambda a: a[None], params)
+
+    def run(x):
+        return evaluate.evaluate_runs(
+            parts, replicated, {"x": x}, iwae_k=4, eval_batch_size=16, iwae_batch_size=16, k_chunk=2
+        )[0]
+
+    from_u8, from_float = run(pixels), run(pixels.astype(np.float32) / 255)
     for name in ("neg_elbo", "recon", "kl", "iwae_nll"):
         np.testing.assert_allclose(from_u8[name], from_float[name], rtol=1e-5)
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.test_distributed import _free_port
-from vae_jax import runner
+from vae_jax import workdir as workdir_lib
 
 # Tiny settings of every training experiment (the digits slice of conftest's small_npz, 1 epoch).
 TINY = {
@@ -133,7 +133,7 @@ def test_every_experiment_ends_cleanly_in_every_process_of_a_distributed_run(tmp
             break
         time.sleep(0.5)
     results = []
-    for proc, (out, err) in zip(procs, logs):
+    for proc, (out, err) in zip(procs, logs, strict=True):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
@@ -237,7 +237,7 @@ def test_a_workdir_holding_a_run_with_other_settings_is_refused_before_data_load
     config = _first_run_config(module, workdir, argv)
     os.makedirs(os.path.join(config.workdir, "checkpoints", "1"))
     with open(os.path.join(config.workdir, "config.json"), "w") as f:
-        json.dump(runner.config_record(config), f)
+        json.dump(workdir_lib.config_record(config), f)
     before = _listing(workdir)
     line = _refused(
         capsys,
@@ -310,9 +310,9 @@ def test_a_workdir_inside_another_run_is_refused(tmp_path, capsys, small_npz):
         assert not inside.exists()
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "config.json").write_text('{"theme": "dark"}')  # not a run's config.json
-    assert runner.enclosing_run(str(tmp_path / "notes" / "hvae")) is None
-    assert runner.enclosing_run(str(tmp_path / "beside")) is None
-    assert runner.enclosing_run(str(run / "checkpoints" / "new")) == str(run)
+    assert workdir_lib.enclosing_run(str(tmp_path / "notes" / "hvae")) is None
+    assert workdir_lib.enclosing_run(str(tmp_path / "beside")) is None
+    assert workdir_lib.enclosing_run(str(run / "checkpoints" / "new")) == str(run)
 
 
 TRAINING_EXPERIMENTS = sorted(TINY)
@@ -358,15 +358,18 @@ def test_a_report_is_reused_only_for_the_same_params_settings_and_figures(tmp_pa
     import numpy as np
 
     params, settings = {"dense": {"kernel": np.arange(6.0).reshape(2, 3)}}, {"epochs": 2, "hidden": [16]}
-    fingerprint = runner.report_fingerprint(params, settings)
+    fingerprint = workdir_lib.report_fingerprint(params, settings)
     changed_weight = {"dense": {"kernel": np.arange(6.0).reshape(2, 3) + np.eye(2, 3) * 1e-7}}
-    assert runner.report_fingerprint(changed_weight, settings) != fingerprint
-    assert runner.report_fingerprint(params, {**settings, "epochs": 3}) != fingerprint
-    assert runner.report_fingerprint({"dense": {"kernel": np.arange(6.0).reshape(2, 3)}}, dict(settings)) == fingerprint
+    assert workdir_lib.report_fingerprint(changed_weight, settings) != fingerprint
+    assert workdir_lib.report_fingerprint(params, {**settings, "epochs": 3}) != fingerprint
+    assert (
+        workdir_lib.report_fingerprint({"dense": {"kernel": np.arange(6.0).reshape(2, 3)}}, dict(settings))
+        == fingerprint
+    )
     path = tmp_path / "summary.json"
     path.write_text(json.dumps({"report_fingerprint": fingerprint, "figures": ["a.png"]}))
-    assert runner.reusable_report(str(path), fingerprint) is None  # a.png is missing
+    assert workdir_lib.reusable_report(str(path), fingerprint) is None  # a.png is missing
     (tmp_path / "a.png").write_bytes(b"")
-    assert runner.reusable_report(str(path), fingerprint)["figures"] == ["a.png"]
-    assert runner.reusable_report(str(path), runner.report_fingerprint(changed_weight, settings)) is None
-    assert runner.reusable_report(str(tmp_path / "absent.json"), fingerprint) is None
+    assert workdir_lib.reusable_report(str(path), fingerprint)["figures"] == ["a.png"]
+    assert workdir_lib.reusable_report(str(path), workdir_lib.report_fingerprint(changed_weight, settings)) is None
+    assert workdir_lib.reusable_report(str(tmp_path / "absent.json"), fingerprint) is None

@@ -166,61 +166,29 @@ def test_the_peer_timeout_comes_from_the_environment_and_a_bad_value_is_one_line
             distributed.peer_timeout_s()
 
 
-class _FakeStore:
-    """The coordination service's key-value store, as the peer watch uses it."""
-
-    def __init__(self):
-        self.kv = {}
-
-    def key_value_set(self, key, value, allow_overwrite=False):
-        self.kv[key] = value
-
-    def key_value_dir_get(self, prefix):
-        return [(k, v) for k, v in list(self.kv.items()) if k.startswith(prefix)]
-
-    def key_value_try_get(self, key):
-        if key not in self.kv:
-            raise RuntimeError(f"NOT_FOUND: {key}")
-        return self.kv[key]
-
-
-def test_the_peer_watch_stops_every_process_when_one_goes_silent_and_spares_the_busy_and_the_done(monkeypatch, capsys):
-    """Four processes on a fake store, beats every 20 ms, timeout 0.3 s: process 1 beats (busy but alive),
-    process 2 has ended (done), process 3 is silent. Process 0 names process 3, and processes 0 and 1 stop with
-    one line each; while process 3 beats too, nothing stops."""
-    import threading
-    import time
+def test_initialize_hands_the_peer_timeout_to_jax_heartbeat_rounded_up(monkeypatch):
+    """A process silent for VAE_JAX_PEER_TIMEOUT_S is found by JAX's own heartbeat (whole seconds)."""
+    import jax
 
     from vae_jax import distributed
 
-    monkeypatch.setattr(distributed, "HEARTBEAT_S", 0.02)
-    store, stops, keep_beating = _FakeStore(), [], {1: True, 3: True}
-    store.key_value_set(distributed._ALIVE + "2", distributed._DONE)
+    calls, updates = [], []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(jax.config, "update", lambda name, value: updates.append((name, value)))
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    monkeypatch.setenv("VAE_JAX_PEER_TIMEOUT_S", "7.5")
+    distributed.initialize()
+    assert calls == [{"num_processes": 2, "process_id": 1, "heartbeat_timeout_seconds": 8}]
+    assert updates == [("jax_cpu_collectives_implementation", "gloo")]
 
-    def beat(peer):
-        n = 0
-        while keep_beating[peer]:
-            n += 1
-            store.key_value_set(distributed._ALIVE + str(peer), str(n))
-            time.sleep(0.02)
 
-    def watch(me):
-        distributed._watch_peers(store, me, 4, 0.3, stop=lambda code: stops.append((me, code)))
+def test_a_single_process_agrees_with_itself_on_a_stop_without_a_collective():
+    import signal
 
-    beaters = [threading.Thread(target=beat, args=(p,), daemon=True) for p in (1, 3)]
-    watchers = [threading.Thread(target=watch, args=(me,), daemon=True) for me in (0, 1)]
-    for t in beaters + watchers:
-        t.start()
-    time.sleep(1.0)
-    assert stops == [] and distributed._LOST not in store.kv  # everyone alive or done: nothing stops
-    keep_beating[3] = False  # process 3 dies
-    for t in watchers:
-        t.join(timeout=10)
-    keep_beating[1] = False
-    assert store.kv[distributed._LOST] == "3" and sorted(stops) == [(0, 1), (1, 1)]
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert sorted(lines) == [
-        f"error: --distributed: process 3 stopped answering (no heartbeat for 0.3 s: killed, "
-        f"out of memory, or its host lost); process {me} stops: {distributed._DEFAULT_HINT}"
-        for me in (0, 1)
-    ]
+    from vae_jax import distributed
+
+    assert distributed.agreed_stop(None) is None
+    assert distributed.agreed_stop(signal.SIGTERM) == signal.SIGTERM
+    distributed.wait_for_all("nothing to wait for")  # one process: returns at once, without a coordinator

@@ -27,6 +27,7 @@ import optax
 import pytest
 
 from vae_jax import checkpoint, faults, runner, tasks, train
+from vae_jax import workdir as workdir_lib
 from vae_jax.runner import Task, TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +76,7 @@ def restored_leaves(config, task) -> tuple[int, list[np.ndarray]]:
 
 def assert_same_leaves(a: list[np.ndarray], b: list[np.ndarray]) -> None:
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -177,7 +178,7 @@ def test_consecutive_skips_stop_the_run_naming_the_step_and_the_workdir_resumes(
     with pytest.raises(runner.TrainingDiverged, match=r"2 optimizer steps in a row .*\(steps 4-5, seed 0, epoch 5"):
         runner.train(config, log_task(), ds)
     # The epoch in which the limit was reached is not checkpointed; the frozen state of epoch 4 is.
-    assert runner.checkpoint_epochs(str(tmp_path)) == [2, 3, 4]
+    assert workdir_lib.checkpoint_epochs(str(tmp_path)) == [2, 3, 4]
     epoch, state = runner.restore_state(config, log_task())
     assert epoch == 4 and np.isfinite(float(state.params["w"][0])) and int(state.opt_state.total_notfinite[0]) == 1
     assert not os.path.exists(os.path.join(tmp_path, faults.LOCK_NAME))  # released: the workdir is usable
@@ -214,7 +215,7 @@ def test_an_unstable_learning_rate_is_caught_at_the_step(tmp_path, mnist_small):
         assert "optimizer steps in a row had a non-finite loss or gradient" in str(err)
     else:  # every applied step was finite, so whatever was not skipped is finite
         assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree_util.tree_leaves(result.state.params))
-    if runner.checkpoint_epochs(str(tmp_path)):  # the checkpoint left behind holds no NaN
+    if workdir_lib.checkpoint_epochs(str(tmp_path)):  # the checkpoint left behind holds no NaN
         _, leaves = restored_leaves(config, task)
         assert all(np.all(np.isfinite(leaf)) for leaf in leaves if leaf.dtype.kind == "f")
 
@@ -261,7 +262,7 @@ def test_a_signal_mid_epoch_finishes_the_epoch_saves_and_resumes_bit_identical(t
         f"{config.workdir}; run the same command again to resume"
     )
     assert signal.getsignal(signum) is handler_before  # the handlers are put back
-    assert runner.checkpoint_epochs(config.workdir) == [2]
+    assert workdir_lib.checkpoint_epochs(config.workdir) == [2]
     resumed = runner.train(config, mean_task(), ds)
     straight = runner.train(dataclasses.replace(config, workdir=str(tmp_path / "straight")), mean_task(), ds)
     assert resumed.summary["resumed_from_epoch"] == 2
@@ -312,7 +313,7 @@ def three_checkpoints(tmp_path_factory, mnist_small):
     config = tiny_vae_config(workdir, epochs=3)
     _, task = tasks.vae_task(config, mnist_small.image_shape)
     result = runner.train(config, task, mnist_small)
-    assert runner.checkpoint_epochs(str(workdir)) == [1, 2, 3]
+    assert workdir_lib.checkpoint_epochs(str(workdir)) == [1, 2, 3]
     return workdir, config, task, [np.asarray(a) for a in jax.tree_util.tree_leaves(result.state)]
 
 
@@ -341,7 +342,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(
     # Epoch 3 was trained again from checkpoint 2: the same state as the uninterrupted run.
     assert_same_leaves([np.asarray(a) for a in jax.tree_util.tree_leaves(resumed.state)], straight)
     assert os.path.isdir(workdir / "bad_checkpoints" / "3")  # kept for inspection, out of the way
-    assert runner.checkpoint_epochs(str(workdir)) == [1, 2, 3]
+    assert workdir_lib.checkpoint_epochs(str(workdir)) == [1, 2, 3]
 
 
 def test_no_restorable_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_path, mnist_small, three_checkpoints):
@@ -356,7 +357,7 @@ def test_no_restorable_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_p
         r"use another --workdir, or add --overwrite",
     ):
         runner.train(dataclasses.replace(config, workdir=str(workdir), epochs=4), task, mnist_small)
-    assert runner.checkpoint_epochs(str(workdir)) == [1, 2, 3]  # nothing moved or deleted
+    assert workdir_lib.checkpoint_epochs(str(workdir)) == [1, 2, 3]  # nothing moved or deleted
 
 
 def test_a_checkpoint_of_the_older_optimizer_state_layout_is_a_one_line_error(tmp_path, mnist_small, three_checkpoints):
@@ -385,7 +386,7 @@ def test_a_checkpoint_of_the_older_optimizer_state_layout_is_a_one_line_error(tm
         with pytest.raises(checkpoint.CheckpointError, match=expected) as info:
             restore()
         assert "\n" not in str(info.value)
-    assert runner.checkpoint_epochs(str(workdir)) == [3] and not os.path.exists(workdir / "bad_checkpoints")
+    assert workdir_lib.checkpoint_epochs(str(workdir)) == [3] and not os.path.exists(workdir / "bad_checkpoints")
 
 
 def without_room_for_large_files(argv: list[str], limit_bytes: int) -> list[str]:
@@ -531,7 +532,7 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_resumed_run_is_bit_identic
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: stopped by SIGTERM after epoch ") and "run the same command again to resume" in last
     epoch = int(last.split("after epoch ")[1].split(";")[0])
-    assert runner.checkpoint_epochs(str(workdir)) == [epoch] and 3 <= epoch < FAULT_EPOCHS
+    assert workdir_lib.checkpoint_epochs(str(workdir)) == [epoch] and 3 <= epoch < FAULT_EPOCHS
     assert not os.path.exists(workdir / faults.LOCK_NAME)
     done = run_command(argv, subprocess_env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -613,12 +614,12 @@ def test_a_save_that_runs_out_of_space_says_so_and_keeps_the_previous_checkpoint
         f"error: could not save checkpoint {more} in {workdir / 'checkpoints'} (File too large; is the disk full "
         f"or the directory read-only?); checkpoint {FAULT_EPOCHS} is intact"
     ) in full.stderr.splitlines()
-    assert runner.checkpoint_epochs(str(workdir))[-1] == FAULT_EPOCHS
+    assert workdir_lib.checkpoint_epochs(str(workdir))[-1] == FAULT_EPOCHS
     assert_same_leaves(final_leaves(workdir, FAULT_EPOCHS), reference)
     # With room again, the same command resumes from that checkpoint over the failed save's leftovers.
     again = run_command(argv, subprocess_env)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert runner.checkpoint_epochs(str(workdir))[-1] == more
+    assert workdir_lib.checkpoint_epochs(str(workdir))[-1] == more
 
 
 def test_processes_probing_one_workdir_at_once_never_remove_each_others_probe(tmp_path):
@@ -631,7 +632,7 @@ def test_processes_probing_one_workdir_at_once_never_remove_each_others_probe(tm
         start.wait()
         for _ in range(300):
             try:
-                runner.probe_workdir(str(tmp_path / "shared"))
+                workdir_lib.probe_workdir(str(tmp_path / "shared"))
             except runner.ConfigError as err:
                 errors.append(str(err))
                 return
@@ -642,4 +643,4 @@ def test_processes_probing_one_workdir_at_once_never_remove_each_others_probe(tm
     assert errors == [] and os.listdir(tmp_path / "shared") == []  # and no probe is left behind
     with pytest.raises(runner.ConfigError, match="--workdir .*: not a writable directory"):
         (tmp_path / "file").write_text("")
-        runner.probe_workdir(str(tmp_path / "file" / "run"))
+        workdir_lib.probe_workdir(str(tmp_path / "file" / "run"))

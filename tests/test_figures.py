@@ -60,14 +60,15 @@ def test_only_process_0_writes_figures_and_records(tmp_path, monkeypatch):
     import ast
     import pathlib
 
-    from vae_jax import distributed, runner
+    from vae_jax import distributed
+    from vae_jax import workdir as workdir_lib
 
     images = np.zeros((4, 5, 5, 1))
     for main, expected in ((True, True), (False, False)):
         monkeypatch.setattr(distributed, "is_main_process", lambda main=main: main)
         path = tmp_path / f"grid_{main}.png"
         assert plots.save_grid(images, str(path), "grid") == str(path)
-        runner.write_json(str(tmp_path / f"record_{main}.json"), {"a": 1})
+        workdir_lib.write_json(str(tmp_path / f"record_{main}.json"), {"a": 1})
         assert path.exists() == expected and (tmp_path / f"record_{main}.json").exists() == expected
     # The training experiments write nothing themselves except through those helpers (or behind the same check).
     writers = {"savefig", "savez", "savez_compressed", "dump", "write_text", "write_bytes"}

@@ -51,7 +51,7 @@ def test_class_folders_give_sorted_labels_and_a_fixed_tenth_as_test(tmp_path):
     labels = np.concatenate([ds.y_train, ds.y_test])
     # Train + test is exactly the set of written images (PNG is lossless), each with its folder's label.
     assert sorted(im.tobytes() for im in loaded) == sorted(written)
-    for image, label in zip(loaded, labels):
+    for image, label in zip(loaded, labels, strict=True):
         assert ds.class_names[label] == written[image.tobytes()]
     # The split is shuffled (not the last class folder) and fixed from one load to the next.
     assert len(set(ds.y_test.tolist()) | set(ds.y_train[-3:].tolist())) > 1

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vae_jax import runner, tasks
+from vae_jax import workdir as workdir_lib
 
 
 def small_config(workdir, **overrides):
@@ -48,7 +49,7 @@ def two_seed_run(tmp_path_factory, mnist_small):
     config = small_config(workdir, seeds="3,4")
     model, task = tasks.vae_task(config, mnist_small.image_shape)
     result = runner.train(config, task, mnist_small)
-    runner.write_summary(str(workdir), result.summary, [])
+    workdir_lib.write_summary(str(workdir), result.summary, [])
     return workdir, result
 
 
@@ -68,7 +69,7 @@ def test_tensorboard_scalars_are_the_metrics_jsonl_values(two_seed_run):
         e = line["epoch"]
         np.testing.assert_allclose(scalars[("train/loss", e)], line["train_loss"], rtol=1e-6)
         np.testing.assert_allclose(scalars[("test/neg_elbo", e)], line["test_neg_elbo"], rtol=1e-6)
-        for seed, value in zip([3, 4], line["per_seed"]["test_neg_elbo"]):
+        for seed, value in zip([3, 4], line["per_seed"]["test_neg_elbo"], strict=True):
             np.testing.assert_allclose(scalars[(f"test/neg_elbo/seed_{seed}", e)], value, rtol=1e-6)
     assert images == {"figures/seed_curves"}
 

@@ -660,7 +660,7 @@ def test_conv_transpose_values_and_both_gradients_match_lax_conv_transpose(strid
         ref, out, ref_grads, out_grads = values_and_gradients(x, kernel, kg)
         chex.assert_shape(out, ref.shape)
         np.testing.assert_allclose(out, ref, atol=1e-5)
-        for mine, theirs in zip(out_grads, ref_grads):
+        for mine, theirs in zip(out_grads, ref_grads, strict=True):
             np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="padding must be 'SAME' or 'VALID'"):
         ops.conv_transpose(x, kernel, 2, "CIRCULAR")

@@ -192,6 +192,6 @@ def test_evaluation_entry_points_name_the_bad_argument():
     with pytest.raises(ValueError, match="num_dims must be a positive integer, got 0"):
         evaluate.bits_per_dim(80.0, 0)
     with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
-        evaluate.iwae_nll(None, None, np.zeros((2, 4)), None, k=0, likelihood="bernoulli")
+        evaluate.iwae_nll_from_log_weights(None, None, {"x": np.zeros((2, 4))}, None, k=0)
     with pytest.raises(ValueError, match="k_chunk must be a positive integer, got -1"):
-        evaluate.iwae_nll(None, None, np.zeros((2, 4)), None, k=5, likelihood="bernoulli", k_chunk=-1)
+        evaluate.iwae_nll_from_log_weights(None, None, {"x": np.zeros((2, 4))}, None, k=5, k_chunk=-1)

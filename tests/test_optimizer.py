@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from vae_jax import runner, tasks, train
+from vae_jax import workdir as workdir_lib
 from vae_jax.errors import ConfigError
 from vae_jax.protocol import TrainConfig
 
@@ -130,7 +131,7 @@ def test_a_warmup_longer_than_the_run_is_a_config_error():
 def test_optimizer_flags_change_what_a_run_computes_so_a_resume_must_keep_them():
     fields = {"lr_schedule", "warmup_steps", "decay_steps", "grad_clip", "weight_decay"}
     assert fields <= {f.name for f in dataclasses.fields(TrainConfig)}
-    assert not fields & runner.RESUMABLE_FIELDS
+    assert not fields & workdir_lib.RESUMABLE_FIELDS
 
 
 def test_a_default_run_equals_a_hand_built_adam_loop(tmp_path, mnist_small):

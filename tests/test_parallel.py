@@ -248,7 +248,8 @@ def test_eight_simulated_devices_match_one_device(tmp_path):
     assert one["n"] == eight["n"] == 60 and one["active_units"] == eight["active_units"]
     np.testing.assert_allclose([one["neg_elbo"], one["iwae_nll"]], [eight["neg_elbo"], eight["iwae_nll"]], rtol=1e-5)
     np.testing.assert_allclose(one["neg_elbo"], np.mean(out["one"]["test"][-1]), rtol=1e-5)  # = the run's own
-    for a, b, c in zip(out["one"]["test"], out["data8"]["test"], out["seeds2x4"]["test"]):  # devices share batches
+    # devices share batches
+    for a, b, c in zip(out["one"]["test"], out["data8"]["test"], out["seeds2x4"]["test"], strict=True):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
         np.testing.assert_allclose(a, c, rtol=1e-5)
     # The training split over a 2 x 4 mesh: each device holds its 63 of the 252 padded rows (the last 2 zeros);

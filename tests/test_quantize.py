@@ -187,7 +187,7 @@ def _numpy_ema(steps, codebook, decay, eps):
     for t, (z, idx) in enumerate(steps, start=1):
         n_k = np.bincount(idx, minlength=k).astype(np.float64)
         s_k = np.zeros((k, d))
-        for zi, ki in zip(z, idx):
+        for zi, ki in zip(z, idx, strict=True):
             s_k[ki] += zi
         size = decay * size + (1 - decay) * n_k
         total_sum = decay * total_sum + (1 - decay) * s_k

@@ -30,7 +30,7 @@ def test_grain_batches_are_the_rows_of_the_epoch_permutation_read_from_a_memory_
     np.testing.assert_array_equal(order, expected)
     batches = list(streaming.batch_dataset({"x": x}, order))
     assert len(batches) == len(x) // BATCH
-    for idx, batch in zip(order, batches):
+    for idx, batch in zip(order, batches, strict=True):
         assert isinstance(batch["x"], jax.Array) and batch["x"].shape == (2, BATCH, 28, 28, 1)
         np.testing.assert_array_equal(np.asarray(batch["x"]), mnist_small.x_train[idx])
 

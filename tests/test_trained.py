@@ -28,6 +28,7 @@ from experiments import vqvae as vqvae_exp
 from vae_jax import classifier as classifier_lib
 from vae_jax import data as data_lib
 from vae_jax import evaluate, export_run, load_run, runner
+from vae_jax import workdir as workdir_lib
 from vae_jax.cli import ConfigError
 from vae_jax.tasks import autoencoder, conv_vae, cvae, hvae, vae
 from vae_jax.tasks import prior as prior_lib
@@ -159,6 +160,10 @@ def test_models_expose_every_family():
 
 @pytest.mark.parametrize("kind", ["vae", "conv_vae", "cvae", "hvae"])
 def test_evaluate_equals_experiments_evaluate_for_the_same_key(runs, kind, tmp_path):
+    """Interface consistency, not maths: ``load_run(...).evaluate`` and the ``experiments.evaluate`` command both
+    end in ``vae_jax.evaluate.evaluate_runs``, so for the same key they must report identical numbers. The
+    numbers themselves are checked against independent computations in test_evaluate.py (the IWAE log-weight
+    against a direct ELBO) and test_evaluate_families.py (the KL against its NumPy closed form)."""
     workdir, dataset = _workdir(runs, kind), runs[2]
     reported = evaluate_exp.main(
         [
@@ -308,7 +313,7 @@ def test_export_round_trip_is_bit_exact(runs, kind, tmp_path):
         assert original.model_state["ema"]  # the EMA codebook statistics travel too
     for a, b in trees:
         assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-        for leaf_a, leaf_b in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        for leaf_a, leaf_b in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
             assert np.asarray(leaf_a).dtype == np.asarray(leaf_b).dtype
             np.testing.assert_array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
     assert (restored.config, restored.family, restored.epoch, restored.seed, restored.image_shape) == (
@@ -377,8 +382,12 @@ def test_bad_arguments_name_themselves(runs):
 
 def test_library_traps_params_or_variables_and_class_labels(runs):
     run, x = load_run(_workdir(runs, "vae")), runs[2].x_test[:50]
-    with_params = evaluate.evaluate_vae(run.model, run.params, x, iwae_k=3)
-    assert evaluate.evaluate_vae(run.model, run.variables, x, iwae_k=3) == with_params
+    parts = evaluate.gaussian_vae_parts(run.model, run.task.eval_fn, run.config.likelihood)
+
+    def evaluated(params):
+        return evaluate.evaluate_runs(parts, jax.tree_util.tree_map(lambda a: a[None], params), {"x": x}, iwae_k=3)
+
+    assert evaluated(run.variables) == evaluated(run.params)
     np.testing.assert_array_equal(
         vae.reconstruct(run.model, run.variables, x), vae.reconstruct(run.model, run.params, x)
     )
@@ -392,7 +401,7 @@ def test_a_linear_ae_workdir_says_why_it_cannot_be_loaded(tmp_path):
     from vae_jax import linear_ae
 
     with open(tmp_path / "config.json", "w") as f:
-        json.dump(runner.config_record(linear_ae.LinearAEConfig(workdir=str(tmp_path))), f)
+        json.dump(workdir_lib.config_record(linear_ae.LinearAEConfig(workdir=str(tmp_path))), f)
     with pytest.raises(ConfigError) as excinfo:
         load_run(str(tmp_path))
     _one_line_error(excinfo, "linear autoencoder", "mean image")
@@ -471,6 +480,9 @@ def test_a_non_conditional_model_refuses_labels_on_the_command_line(runs, tmp_pa
 
 
 def test_no_warning_from_a_vqvae_with_its_prior(runs):
+    """Loading a VQ-VAE with its PixelCNN prior and sampling raises no warning (warnings become errors here)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_run(_workdir(runs, "vqvae")).sample(2, 0)
+        run = load_run(_workdir(runs, "vqvae"))
+        samples = run.sample(2, 0)
+    assert samples.shape == (2, *run.image_shape) and np.all((samples >= 0) & (samples <= 1))

@@ -69,7 +69,7 @@ def test_hvae_compares_with_a_one_level_vae_of_matched_size(tmp_path, small_npz)
     assert abs(h["params"] - v["params"]) / h["params"] < 0.05
     assert set(h["active_units_per_layer"]) == {"z1", "z2"} and set(v["active_units_per_layer"]) == {"z"}
     np.testing.assert_allclose(h["neg_elbo"], h["recon"] + h["kl_z1"] + h["kl_z2"], rtol=1e-5)
-    for name in ("hvae", "vae"):
+    for name in ("hvae", "vae"):  # same checkpoint, same evaluation key: the sub-run's own test numbers
         summary = json.load(open(os.path.join(root, name, "summary.json")))
         np.testing.assert_allclose(comparison[name]["neg_elbo"], summary["test"]["neg_elbo"]["mean"], rtol=1e-5)
         assert comparison[name]["iwae_nll"] < comparison[name]["neg_elbo"]
@@ -123,12 +123,12 @@ def test_an_iwae_bound_on_the_first_images_is_that_of_the_whole_split_and_the_pa
     import jax
     import scipy.stats
 
-    from vae_jax import evaluate, objectives
-    from vae_jax.models.vae import VAE, init_params
+    from vae_jax import evaluate
+    from vae_jax.tasks import vae
 
-    model = VAE(latent_dim=3, hidden=(16,), image_shape=mnist_small.image_shape)
-    params = jax.tree_util.tree_map(lambda a: a[None], init_params(model, jax.random.key(0)))
-    parts = evaluate.gaussian_vae_parts(model, objectives.make_vae_eval(model), "bernoulli")
+    model, task = vae.vae_task(vae.VAEConfig(latent_dim=3, hidden=(16,)), mnist_small.image_shape)
+    params = jax.tree_util.tree_map(lambda a: a[None], task.init_params(jax.random.key(0)))
+    parts = evaluate.gaussian_vae_parts(model, task.eval_fn, "bernoulli")
     x = mnist_small.x_test[:40]
     kwargs = dict(iwae_k=6, iwae_batch_size=8, k_chunk=4, eval_batch_size=16, per_example=True)
     whole = evaluate.evaluate_runs(parts, params, {"x": x}, **kwargs)[0]["iwae_nll_per_example"]

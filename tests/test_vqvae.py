@@ -3,6 +3,7 @@
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,6 +109,28 @@ def test_codebook_gradient_only_in_grad_mode_and_only_on_used_codes(tmp_path, mn
     else:
         assert np.all(row_norms[used] > 0)
         np.testing.assert_array_equal(np.delete(row_norms, used), 0.0)
+
+
+def test_the_ema_codebook_is_outside_the_optimizer_and_weight_decay_never_moves_it(tmp_path, mnist_small):
+    """With --codebook ema the optimizer (here AdamW with weight decay) leaves the codebook alone and keeps
+    no state for it; every other param gets exactly the update of optax.adamw applied to them alone."""
+    import optax
+
+    config = _config(tmp_path, codebook="ema", weight_decay=0.5)
+    _, task = vq.vqvae_task(config, mnist_small.image_shape)
+    optimizer = runner.task_optimizer(config, task)
+    params = task.init_params(jax.random.key(0))
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)  # a codebook gradient too: it must be ignored
+    updates, opt_state = optimizer.update(grads, optimizer.init(params), params)
+    np.testing.assert_array_equal(updates["codebook"], 0.0)
+    shapes = [leaf.shape for leaf in jax.tree_util.tree_leaves(opt_state)]
+    assert params["codebook"].shape not in shapes  # no Adam moments for the codebook
+    rest = {k: v for k, v in params.items() if k != "codebook"}
+    reference = optax.adamw(config.learning_rate, weight_decay=0.5)
+    expected, _ = reference.update({k: grads[k] for k in rest}, reference.init(rest), rest)
+    chex.assert_trees_all_equal({k: updates[k] for k in rest}, expected)
+    _, grad_task = vq.vqvae_task(_config(tmp_path, codebook="grad"), mnist_small.image_shape)
+    assert grad_task.not_trained is None  # --codebook grad: the codebook is a trained param
 
 
 @pytest.mark.parametrize("rule", ["keep", "sonnet"])

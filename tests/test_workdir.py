@@ -16,6 +16,7 @@ import pytest
 from experiments import evaluate as evaluate_exp
 from experiments import vae as vae_exp
 from vae_jax import data, runner
+from vae_jax import workdir as workdir_lib
 from vae_jax.runner import Task
 
 SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "64", "--checkpoint-every", "1"]
@@ -91,11 +92,11 @@ def test_overwrite_moves_the_old_run_aside_with_its_derived_files(capsys, run_co
     code, out, err = run_vae(capsys, spec, workdir, "--epochs", "1", "--no-resume", "--overwrite")
     assert code == 0, err
     assert "--overwrite: moved the previous run" in err
-    (aside,) = [name for name in os.listdir(workdir) if name.startswith(runner.REPLACED_PREFIX)]
+    (aside,) = [name for name in os.listdir(workdir) if name.startswith(workdir_lib.REPLACED_PREFIX)]
     assert snapshot(workdir / aside) == before  # every file of the old run, unchanged
     # Nothing of the old run is left beside the new one: no eval.json describing a model that is gone.
     assert not os.path.exists(workdir / "eval.json")
-    assert runner.checkpoint_epochs(workdir) == [1]
+    assert workdir_lib.checkpoint_epochs(workdir) == [1]
     with open(workdir / "metrics.jsonl") as f:
         assert [json.loads(line)["epoch"] for line in f] == [1]
     assert json.load(open(workdir / "summary.json"))["epochs"] == 1
@@ -138,7 +139,8 @@ def test_the_same_epochs_trains_nothing_and_keeps_the_records(capsys, run_copy):
 
 def test_a_finished_run_without_its_summary_is_evaluated_again(capsys, run_copy):
     """A rerun reads summary.json instead of evaluating; without it, the restored checkpoint is evaluated and
-    gives the test metrics the training run recorded for its last epoch."""
+    gives the test metrics the training run recorded for its last epoch. A reproducibility check (same
+    checkpoint, same evaluation key), not a maths one: test_evaluate*.py check the metrics themselves."""
     spec, workdir = run_copy
     summary = json.load(open(workdir / "summary.json"))
     os.remove(workdir / "summary.json")
@@ -199,7 +201,7 @@ def test_divergence_message_says_no_checkpoint_when_there_is_none(tmp_path, mnis
     task = Task(lambda key: {"w": jnp.ones(())}, nan_loss, eval_fn, headline="loss")
     with pytest.raises(runner.TrainingDiverged) as info:
         runner.train(config, task, mnist_small)
-    assert runner.checkpoint_epochs(tmp_path / "run") == []
+    assert workdir_lib.checkpoint_epochs(tmp_path / "run") == []
     assert "no checkpoint was saved" in str(info.value)
     assert "is kept" not in str(info.value)
 

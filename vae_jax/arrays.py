@@ -1,5 +1,5 @@
 """Array helpers every layer may use: stored pixels to floats, device arrays to the host, batched model
-queries on host arrays (:func:`apply_in_batches`).
+queries on host arrays (:func:`apply_in_batches`, padded to one batch shape).
 
 A base module (NumPy, JAX and :mod:`vae_jax.caches` only): the maths (:mod:`vae_jax.evaluate`), the train step, the data layer
 and the driver all call these, so they live below all of them (the layer table is in
@@ -78,19 +78,39 @@ def run_query(query, model, options: tuple, params, *arrays):
     return query(model, params, *arrays, **dict(options))
 
 
-def apply_in_batches(query, model, params, *arrays: np.ndarray, batch_size: int = 1000, **options) -> np.ndarray:
+def _padded(a: np.ndarray, start: int, size: int) -> np.ndarray:
+    """Rows ``start : start + size`` of ``a``, padded to ``size`` rows with copies of its last row."""
+    part = a[start : start + size]
+    if len(part) < size:
+        part = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)])
+    return part
+
+
+def apply_in_batches(query, model, params, *arrays: np.ndarray, batch_size: int = 1000, key=None, **options):
     """``query(model, params, *batches, **options)`` on ``arrays`` (same length), ``batch_size`` rows at a time.
 
-    Returns the results concatenated on the host. ``query`` should be a module-level function: a
-    closure made afresh at each call is a new static argument, so it compiles again every time.
-    ``params``: the bare tree or flax's variables ``{"params": ...}``.
+    The one way to run a model over host arrays. Every batch has the same shape (``min(batch_size, N)``
+    rows; the last is padded with copies of the last row and the padding's results dropped), so one
+    compiled program serves every batch. ``query`` should be a module-level function: a closure made
+    afresh at each call is a new static argument, so it compiles again every time. ``params``: the bare
+    tree or flax's variables ``{"params": ...}``. With ``key``, batch i is queried as
+    ``query(model, params, fold_in(key, i), *batches, **options)``.
+
+    Returns:
+      The results (an array or a pytree of arrays, ``[N, ...]`` each) concatenated on the host.
     """
+    import jax
+
     params = bare_params(params)
     arrays = tuple(np.asarray(a) for a in arrays)
+    n = len(arrays[0])
+    if n == 0 or any(len(a) != n for a in arrays):
+        raise ValueError(f"apply_in_batches needs arrays of one non-zero length, got {[len(a) for a in arrays]}")
+    size = max(1, min(int(batch_size), n))
     static = tuple(sorted(options.items()))
-    return np.concatenate(
-        [
-            np.asarray(run_query(query, model, static, params, *(a[i : i + batch_size] for a in arrays)))
-            for i in range(0, len(arrays[0]), batch_size)
-        ]
-    )
+    outs = []
+    for i, start in enumerate(range(0, n, size)):
+        keys = () if key is None else (jax.random.fold_in(key, i),)
+        batches = (_padded(a, start, size) for a in arrays)
+        outs.append(jax.device_get(run_query(query, model, static, params, *keys, *batches)))
+    return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts)[:n], *outs)

@@ -64,9 +64,9 @@ def enable_compilation_cache(directory: str | None = None) -> str | None:
 
 
 # XLA:CPU's default backend optimisation level (3) spends seconds of LLVM time on the unrolled
-# threefry code of every random initializer: compiling the conv VAE's initial parameters took 5.2 s,
-# the VQ-VAE's 9.1 s, the MLP VAE's 1.4 s on a 2-core CPU; at level 1, 1.5 s, 1.8 s and 1.1 s, with
-# bit-identical parameters. A program that runs once gains nothing from the slower compile.
+# threefry code of every random initializer; level 1 compiles the initial parameters several times
+# faster, bit-identical (measured: docs/benchmarks.md). A program that runs once gains nothing from
+# the slower compile.
 RUN_ONCE_OPTIMIZATION_LEVEL = 1
 
 

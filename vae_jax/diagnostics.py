@@ -94,13 +94,6 @@ def mutual_information(
     return float(np.mean(values))
 
 
-def gaussian_kl_per_dim(posterior_means: np.ndarray, posterior_logvars: np.ndarray) -> np.ndarray:
-    """KL(q(z_d|x_n) || N(0, 1)) ``[N, D]``: 1/2 (exp(logvar) + mean^2 - 1 - logvar), in float64."""
-    means = np.asarray(posterior_means, np.float64)
-    logvars = np.asarray(posterior_logvars, np.float64)
-    return 0.5 * (np.exp(logvars) + means**2 - 1.0 - logvars)
-
-
 def collapse_diagnostics(
     posterior_means: np.ndarray,
     posterior_logvars: np.ndarray,
@@ -115,7 +108,8 @@ def collapse_diagnostics(
       key: PRNG key for the mutual-information estimate.
       kl_per_dim: ``[N, D]`` KL terms per image and dimension when they are not
         the closed form against N(0, I) (e.g. against a learned prior); by
-        default :func:`gaussian_kl_per_dim`.
+        default the closed form :func:`vae_jax.losses.gaussian_kl` per dimension
+        (computed in float32, then averaged in float64).
       active_threshold: the active-unit threshold on Var_x E_q[z_d].
 
     Returns:
@@ -124,7 +118,9 @@ def collapse_diagnostics(
       ``mutual_information`` (nats) with its ceiling ``mutual_information_max``
       = log N, ``latent_dim`` and ``n``.
     """
-    kl = gaussian_kl_per_dim(posterior_means, posterior_logvars) if kl_per_dim is None else np.asarray(kl_per_dim)
+    if kl_per_dim is None:
+        kl_per_dim = losses.gaussian_kl(jnp.asarray(posterior_means), jnp.asarray(posterior_logvars), event_ndim=0)
+    kl = np.asarray(kl_per_dim, np.float64)
     mean_kl = kl.mean(axis=0)
     count, variance = evaluate.active_units(np.asarray(posterior_means), active_threshold)
     n = int(posterior_means.shape[0])
@@ -142,15 +138,18 @@ def collapse_diagnostics(
     }
 
 
-def _posterior_moments(model, params, x):
-    return jnp.concatenate(model.apply({"params": params}, x, method=model.encode), -1)
+def _posterior_moments(model, params, x, *conditions):
+    return jnp.concatenate(model.apply({"params": params}, x, *conditions, method=model.encode), -1)
 
 
-def encode_posteriors(model, params, x: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """(means, logvars) ``[N, D]`` each of a model with ``encode(x) -> (mean, logvar)`` (MLP and conv VAEs)."""
+def encode_posteriors(model, params, x: np.ndarray, *conditions: np.ndarray, batch_size: int = 500):
+    """(means, logvars) ``[N, D]`` each of a model with ``encode(x, *conditions) -> (mean, logvar)``.
+
+    The MLP, conv and conditional VAEs (``conditions``: the CVAE's labels ``[N]``) and an HVAE's q(z1|x).
+    """
     from vae_jax.arrays import apply_in_batches
 
-    both = apply_in_batches(_posterior_moments, model, params, x, batch_size=batch_size)
+    both = apply_in_batches(_posterior_moments, model, params, x, *conditions, batch_size=batch_size)
     d = both.shape[1] // 2
     return both[:, :d], both[:, d:]
 

@@ -20,26 +20,34 @@ array shard once.
 The coordinator comes from the usual environment: ``JAX_COORDINATOR_ADDRESS``
 (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``
 when set, otherwise JAX's own detection (Slurm, Open MPI, Cloud TPU, ...).
+
+How a run of several processes stops: a SIGINT/SIGTERM to any one process
+stops all of them after the same epoch, with one checkpoint
+(:func:`agreed_stop`); an error in one stops the others at their next barrier
+(:func:`report_stop`, :func:`wait_for_all`); a process that dies without a word
+is found by JAX's heartbeat (:func:`initialize`).
 """
 
 from __future__ import annotations
 
-import atexit
-import itertools
+import math
 import os
 import sys
-import threading
-import time
-from collections.abc import Callable
 
 import jax
+import numpy as np
 
 from vae_jax.arrays import to_host  # noqa: F401 (re-exported: the driver's name for it)
 from vae_jax.errors import ConfigError, ProcessStopped
 
 
 def initialize() -> None:
-    """``jax.distributed.initialize`` from the environment (see the module docstring); a no-op when already done."""
+    """``jax.distributed.initialize`` from the environment (see the module docstring); a no-op when already done.
+
+    JAX's own heartbeat (``heartbeat_timeout_seconds``, :func:`peer_timeout_s`) finds a process that died
+    without a word (SIGKILL, out of memory, its host lost): every other process is ended by JAX once it has
+    been silent that long, wherever it waits (a barrier, a checkpoint, the shutdown barrier at exit).
+    """
     if jax.distributed.is_initialized():
         return
     kwargs = {}
@@ -51,7 +59,7 @@ def initialize() -> None:
     # CPU processes need a collectives library to talk to each other (GPUs and TPUs have their own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(**kwargs)
+        jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=math.ceil(timeout_s))
     except (RuntimeError, ValueError) as err:  # JAX already running here, or no coordinator to be found
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
@@ -59,43 +67,16 @@ def initialize() -> None:
             "experiment supports --distributed only when JAX has not run before training, with "
             "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set"
         ) from None
-    if jax.process_count() > 1:
-        _start_peer_watch(timeout_s)
 
 
-# -- peers that die ------------------------------------------------------------------------------
-# A process killed outright (SIGKILL, out of memory, its host lost) tells no one. A collective with it fails at
-# once (vae_jax.faults.PeerLost), but a process waiting for it at a barrier (Orbax's checkpoint barriers,
-# wait_for_all, JAX's shutdown barrier at exit) learns of it only from the coordination service's heartbeat
-# timeout (100 s), after which JAX aborts it with a stack dump. So every process beats a counter in the
-# coordination service's key-value store once a second, and process 0 watches the counters (one read a second;
-# the others read one key, so the store's load grows with the number of processes, not its square). When one
-# stands still for PEER_TIMEOUT_S, process 0 names it under LOST and every process prints one line and exits
-# (os._exit: JAX's shutdown barrier would wait for the dead process); process 0 exits last, as the others need
-# the coordinator (it runs in process 0) to read that key. When process 0 itself dies, JAX ends the others
-# within a second. A process that ends marks itself done (atexit) and stops beating, so one that finishes early
-# is not taken for dead; the watch goes on until the process exits.
-
-_ALIVE = "vae_jax/alive/"
-_LOST = "vae_jax/lost"
-_DONE = "done"
-HEARTBEAT_S = 1.0
-PEER_TIMEOUT_S = 20.0  # the default; VAE_JAX_PEER_TIMEOUT_S sets another
-_DEFAULT_HINT = "start every process again to resume from the last checkpoint"
-_peer_lost_hint: Callable[[], str] = lambda: _DEFAULT_HINT  # noqa: E731
-_done = threading.Event()
-_beat_lock = threading.Lock()  # no beat may overwrite the done mark
-
-
-def set_peer_lost_hint(hint: Callable[[], str]) -> None:
-    """What the line printed when a peer is lost says after naming it (``runner.train``: the checkpoint kept)."""
-    global _peer_lost_hint
-    _peer_lost_hint = hint
+MIN_PEER_TIMEOUT_S = 2.0  # a shorter one could take a process between two of JAX's heartbeats for dead
+PEER_TIMEOUT_S = 20.0  # the default (JAX's is 100 s); VAE_JAX_PEER_TIMEOUT_S sets another
 
 
 def peer_timeout_s() -> float:
-    """``VAE_JAX_PEER_TIMEOUT_S`` (seconds), else :data:`PEER_TIMEOUT_S`; a ConfigError when it is not a finite
-    number above two heartbeats (2 s)."""
+    """``VAE_JAX_PEER_TIMEOUT_S`` (seconds), else :data:`PEER_TIMEOUT_S`: JAX's heartbeat timeout, how long a
+    silent process is waited for (rounded up to whole seconds); a ConfigError when it is not a finite number
+    above 2 s."""
     text = os.environ.get("VAE_JAX_PEER_TIMEOUT_S", "").strip()
     if not text:
         return PEER_TIMEOUT_S
@@ -103,131 +84,94 @@ def peer_timeout_s() -> float:
         seconds = float(text)
     except ValueError:
         seconds = float("nan")
-    if not seconds > 2 * HEARTBEAT_S or seconds == float("inf"):
+    if not seconds > MIN_PEER_TIMEOUT_S or seconds == float("inf"):
         raise ConfigError(
-            f"VAE_JAX_PEER_TIMEOUT_S must be a number of seconds above {2 * HEARTBEAT_S:g} (how long "
+            f"VAE_JAX_PEER_TIMEOUT_S must be a number of seconds above {MIN_PEER_TIMEOUT_S:g} (how long "
             f"a silent process is waited for), got {text!r}"
         )
     return seconds
 
 
-def _start_peer_watch(timeout_s: float) -> None:
-    client, me, count = _client(), jax.process_index(), jax.process_count()
-    atexit.register(_mark_done, client, me)
-    threading.Thread(
-        target=_watch_peers, args=(client, me, count, timeout_s), name="vae_jax-peer-watch", daemon=True
-    ).start()
+def agreed_stop(requested: int | None) -> int | None:
+    """The stop signal of any process (``requested``: this process's :class:`vae_jax.faults.StopSignals`),
+    the same answer in every process: call it once an epoch, in every process, at the same point.
+
+    A SIGTERM (or Ctrl-C) that reaches one process of a run, or reaches them in different epochs, stops
+    every process after the same epoch, which saves one checkpoint together. The answer is a
+    ``multihost_utils.process_allgather`` of each process's signal number (a few bytes an epoch).
+    ``multihost_utils.reached_preemption_sync_point`` (with ``jax_enable_preemption_service``) agrees on
+    the step too, and works with CPU processes on loopback, but its SIGTERM handler is installed in C++ by
+    ``jax.distributed.initialize`` for the process's whole life: a SIGTERM while the data loads or the
+    figures are drawn would be swallowed, a second SIGTERM could not stop at once, and it knows nothing of
+    SIGINT (tests/test_distributed.py shows the swallowed SIGTERM).
+
+    Returns:
+      The signal number of the lowest-numbered process that has one, else None.
+    """
+    if jax.process_count() == 1:
+        return requested
+    from jax.experimental import multihost_utils  # noqa: PLC0415 (only in runs of several processes)
+
+    signals = np.asarray(multihost_utils.process_allgather(np.int32(requested or 0)))  # [processes]
+    signalled = signals[signals != 0]
+    return int(signalled[0]) if signalled.size else None
 
 
-def _mark_done(client, me: int) -> None:
-    with _beat_lock:
-        _done.set()
-        try:
-            client.key_value_set(_ALIVE + str(me), _DONE, allow_overwrite=True)
-        except Exception:  # the coordinator is gone: nothing to tell
-            pass
-
-
-def _watch_peers(client, me: int, count: int, timeout_s: float, stop: Callable[[int], None] = os._exit) -> None:
-    """The peer watch's thread (see above): beats; process 0 finds a silent process, and every process stops
-    (``stop(1)``) once one is named under ``LOST``."""
-    started = time.monotonic()
-    changed = {peer: ("", started) for peer in range(1, count)} if me == 0 else {}  # last beat, when it changed
-    beat = 0
-    while True:
-        try:
-            with _beat_lock:
-                if not _done.is_set():
-                    beat += 1
-                    client.key_value_set(_ALIVE + str(me), str(beat), allow_overwrite=True)
-            if me == 0:
-                lost = _silent_peer(dict(client.key_value_dir_get(_ALIVE)), changed, timeout_s)
-                if lost is not None:
-                    client.key_value_set(_LOST, str(lost), allow_overwrite=True)
-            else:
-                lost = client.key_value_try_get(_LOST)
-        except Exception:  # no such key yet (try_get), or the coordinator is gone (JAX itself ends this process)
-            lost = None
-            if me == 0:
-                return
-        if lost is not None:
-            try:
-                hint = _peer_lost_hint()
-            except Exception:
-                hint = _DEFAULT_HINT
-            print(
-                f"error: --distributed: process {lost} stopped answering (no heartbeat for {timeout_s:g} s: "
-                f"killed, out of memory, or its host lost); process {me} stops: {hint}",
-                file=sys.stderr,
-                flush=True,
-            )
-            if me == 0:  # the others read the key from the coordinator, which ends with this process
-                time.sleep(2 * HEARTBEAT_S)
-            stop(1)
-            return
-        time.sleep(HEARTBEAT_S)
-
-
-def _silent_peer(beats: dict[str, str], changed: dict[int, tuple[str, float]], timeout_s: float) -> int | None:
-    """Process 0's look at the beats: updates ``changed`` (peer -> last beat seen, and when it changed; peers
-    that are done leave it) and returns a peer silent for ``timeout_s``, or None."""
-    now = time.monotonic()
-    for peer in list(changed):
-        value = beats.get(_ALIVE + str(peer), "")
-        if value == _DONE:
-            del changed[peer]
-        elif value != changed[peer][0]:
-            changed[peer] = (value, now)
-    silent = sorted(peer for peer, (_, since) in changed.items() if now - since > timeout_s)
-    return silent[0] if silent else None
-
-
-_BARRIERS = itertools.count()  # every process passes the same barriers in the same order
-_STOPPED = "vae_jax/stopped/"  # key prefix: a process that stopped with an error says so under it
+# -- an error in one process stops the others at their next barrier --------------------------------------
+_BARRIERS = "vae_jax/barrier/"
+_next_barrier = 0  # the index of the barrier this process reaches next (all pass the same ones in order)
 
 
 def _client():
-    from jax._src import distributed as jax_distributed  # the coordination client has no public handle
+    """JAX's coordination-service client. JAX has no public handle for it; Orbax's public one is used."""
+    from orbax.checkpoint import multihost  # noqa: PLC0415 (Orbax: only in runs of several processes)
 
-    return jax_distributed.global_state.client
+    return multihost.get_jax_distributed_client()
 
 
-def wait_for_all(name: str, timeout_s: int = 600, poll_s: float = 0.05) -> None:
+def wait_for_all(name: str, timeout_s: int = 600) -> None:
     """Blocks until every process reaches the barrier ``name`` (a no-op in a single-process run).
 
-    The barrier goes through the coordination service's key-value store, not a
-    collective: the first collective sets up the CPU collectives (Gloo), which
-    gives up when the processes arrive more than 30 s apart (as after loading
-    data at different speeds). Each process writes its arrival and polls for
-    the others'; it also polls for a process that stopped with an error
-    (:func:`report_stop`) and then raises
-    :class:`vae_jax.faults.ProcessStopped` naming it and its error, so that one
-    process's bad flag or unwritable workdir stops every process at once
-    instead of leaving the others waiting out the timeout.
+    A process that stops with an error (:func:`report_stop`) ends the barrier for the others at once:
+    they raise :class:`vae_jax.errors.ProcessStopped` naming it and its error, so that one process's bad
+    flag or unwritable workdir stops every process instead of leaving them waiting out the timeout.
+
+    Written over the coordination service's key-value store (each process counts itself in with
+    ``key_value_increment``, the last one writes the barrier's outcome, and all wait for that key with
+    ``blocking_key_value_get``), because JAX's barriers cannot be ended by a process that stops:
+    ``multihost_utils.sync_global_devices`` is a collective (Gloo on CPUs gives up when the processes
+    arrive more than 30 s apart, as after loading data at different speeds), and the client's
+    ``wait_at_barrier`` (Orbax's ``sync_global_processes``) waits for a stopped process until its timeout:
+    measured with two processes on loopback, one waiting at it while the other exits with an error, both
+    were aborted with a stack dump when JAX's shutdown barrier timed out.
 
     Raises:
       ProcessStopped: another process reported that it stopped.
       TimeoutError: not every process arrived within ``timeout_s``.
     """
+    global _next_barrier
     if jax.process_count() == 1:
         return
     client = _client()
-    prefix = f"vae_jax/barrier/{next(_BARRIERS)}_{name}/"
-    client.key_value_set(prefix + str(jax.process_index()), "arrived")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stopped = sorted(client.key_value_dir_get(_STOPPED))
-        if stopped:
-            key, message = stopped[0]
-            raise ProcessStopped(
-                f"--distributed: process {key.rsplit('/', 1)[-1]} stopped ({message}); "
-                f"process {jax.process_index()} stops too"
-            )
-        if len(client.key_value_dir_get(prefix)) >= jax.process_count():
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"--distributed: not every process reached {name!r} within {timeout_s} s")
-        time.sleep(poll_s)
+    index = _next_barrier
+    _next_barrier += 1
+    prefix = f"{_BARRIERS}{index}/"
+    if client.key_value_increment(prefix + "arrived", 1) == jax.process_count():
+        _set_outcome(client, prefix, "passed")
+    try:
+        outcome = client.blocking_key_value_get(prefix + "outcome", timeout_s * 1000)
+    except jax.errors.JaxRuntimeError:
+        _next_barrier = index  # a process that gives up here stops the others waiting at it
+        raise TimeoutError(f"--distributed: not every process reached {name!r} within {timeout_s} s") from None
+    if outcome != "passed":
+        raise ProcessStopped(f"--distributed: {outcome}; process {jax.process_index()} stops too")
+
+
+def _set_outcome(client, prefix: str, outcome: str) -> None:
+    try:
+        client.key_value_set(prefix + "outcome", outcome)  # the first outcome stays
+    except jax.errors.JaxRuntimeError:  # ALREADY_EXISTS
+        pass
 
 
 def first_line(err: BaseException, limit: int = 300) -> str:
@@ -236,7 +180,8 @@ def first_line(err: BaseException, limit: int = 300) -> str:
 
 
 def report_stop(err: BaseException) -> None:
-    """Tells the other processes that this one stopped with ``err`` (their :func:`wait_for_all` raises).
+    """Tells the other processes that this one stopped with ``err``: the barrier they wait at, or reach
+    next (:func:`wait_for_all`), raises :class:`vae_jax.errors.ProcessStopped` naming it.
 
     Nothing happens in a single-process run, when ``jax.distributed`` is not
     running, or when ``err`` is itself another process's stop.
@@ -244,7 +189,8 @@ def report_stop(err: BaseException) -> None:
     if isinstance(err, ProcessStopped) or not jax.distributed.is_initialized() or jax.process_count() == 1:
         return
     try:
-        _client().key_value_set(_STOPPED + str(jax.process_index()), first_line(err))
+        outcome = f"process {jax.process_index()} stopped ({first_line(err)})"
+        _set_outcome(_client(), f"{_BARRIERS}{_next_barrier}/", outcome)
     except Exception:  # the coordinator itself is gone: nothing to tell
         pass
 
@@ -252,3 +198,9 @@ def report_stop(err: BaseException) -> None:
 def is_main_process() -> bool:
     """True in process 0, the one that writes logs and figures (and in a single-process run)."""
     return jax.process_index() == 0
+
+
+def log(message: str) -> None:
+    """A log line on stderr (stdout is kept for results); only process 0 of a ``--distributed`` run logs."""
+    if is_main_process():
+        print(message, file=sys.stderr, flush=True)

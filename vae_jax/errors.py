@@ -33,10 +33,9 @@ class PeerLost(RunStopped):
     The process stops at once (:func:`vae_jax.cli.user_errors` exits with ``os._exit``),
     without JAX's shutdown barrier: that barrier waits for the lost process until the
     coordination service's heartbeat timeout (100 s) and then aborts the process with a
-    stack dump. Measured with two processes on loopback and process 1 killed mid-epoch:
-    process 0 ended 79 s later with SIGABRT before, in about a second with this one line now.
-    A peer that dies while this process waits at a barrier is found by the peer watch of
-    :mod:`vae_jax.distributed` instead (no collective fails there).
+    stack dump; this ends it with one line instead (measured: docs/benchmarks.md).
+    A peer that dies while this process waits at a barrier is found by JAX's heartbeat instead
+    (no collective fails there; :func:`vae_jax.distributed.initialize`), which ends this process.
     """
 
     exit_immediately = True

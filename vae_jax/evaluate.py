@@ -7,9 +7,10 @@ a fixed evaluation key, so repeating an evaluation gives the same numbers.
 Every VAE family is evaluated through the objective contract of
 :mod:`vae_jax.objectives`: a family hands :func:`evaluate_runs` its
 :class:`VAEEvalParts` (its ``eval_fn``, its importance ``log_weights_fn`` and a
-posterior-mean function per latent layer), so the MLP and convolutional VAEs
-(:func:`gaussian_vae_parts`), the conditional VAE (conditioned on the true
-label) and the hierarchical VAE (active units per layer) share one path.
+posterior-mean function per latent layer), so the MLP, convolutional and
+conditional VAEs (:func:`gaussian_vae_parts`; the CVAE conditioned on the true
+label) and the hierarchical VAE (active units per layer) share one path:
+:func:`evaluate_runs` is the one evaluation of a VAE, for one seed or many.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import losses, objectives
-from vae_jax.arrays import batch_to_float
-from vae_jax.models.params import bare_params
+from vae_jax.arrays import bare_params, batch_to_float
 
 EVAL_SEED = 20140101  # the evaluation key is fixed, and independent of the training seeds
 
@@ -107,18 +107,6 @@ def make_replicated_eval(eval_fn: Callable, batch_size: int, batch_sharding=None
     return jax.jit(jax.vmap(per_example_eval(eval_fn, batch_size, batch_sharding), in_axes=(0, None, None)))
 
 
-def iwae_log_weights(model, params, x: jax.Array, key: jax.Array, k: int, likelihood: str, decoder_logvar: float = 0.0):
-    """Importance log-weights ``[B, k]`` of a VAE with z_j ~ q(z|x)."""
-    mean, logvar = model.apply({"params": params}, x, method=model.encode)  # [B, D]
-    eps = jax.random.normal(key, (k, *mean.shape), mean.dtype)  # [k, B, D]
-    z = mean + jnp.exp(0.5 * logvar) * eps
-    decoder_out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), method=model.decode)
-    x_rep = jnp.broadcast_to(x, (k, *x.shape)).reshape(-1, *x.shape[1:])
-    log_px_z = -objectives.reconstruction_nll(likelihood, decoder_out, x_rep, decoder_logvar)
-    log_w = losses.vae_log_weights(log_px_z.reshape(k, -1), z, mean, logvar)  # [k, B]
-    return log_w.T
-
-
 def iwae_nll_from_log_weights(
     log_weights_fn: Callable, params, batch: dict, key: jax.Array, k: int, k_chunk: int = 100
 ) -> jax.Array:
@@ -140,16 +128,6 @@ def iwae_nll_from_log_weights(
     log_w = jax.lax.map(chunk, jnp.arange(num_chunks))  # [chunks, B, k_chunk]
     log_w = jnp.moveaxis(log_w, 0, 1).reshape(batch_size, -1)[:, :k]  # [B, k]
     return -losses.iwae_bound(log_w, axis=-1)
-
-
-def iwae_nll(model, params, x, key, k: int, likelihood: str, decoder_logvar: float = 0.0, k_chunk: int = 100):
-    """-L_k per example ``[B]`` of an MLP/conv VAE (see :func:`iwae_nll_from_log_weights`)."""
-    params = bare_params(params)
-
-    def log_weights_fn(params, batch, key, k):
-        return iwae_log_weights(model, params, batch["x"], key, k, likelihood, decoder_logvar)
-
-    return iwae_nll_from_log_weights(log_weights_fn, params, {"x": x}, key, k, k_chunk)
 
 
 def active_units(posterior_means: np.ndarray, threshold: float = 0.01) -> tuple[int, np.ndarray]:
@@ -198,13 +176,24 @@ class VAEEvalParts:
 
 
 def gaussian_vae_parts(model, eval_fn: Callable, likelihood: str, decoder_logvar: float = 0.0) -> VAEEvalParts:
-    """Parts of a one-level VAE with ``model.encode(x) -> (mean, logvar)`` and ``model.decode(z)`` (MLP, conv)."""
+    """Parts of a one-level :class:`~vae_jax.models.vae.GaussianVAE` (MLP, conv, conditional).
+
+    ``eval_fn``: e.g. the ``eval_fn`` of :func:`vae_jax.objectives.make_elbo_objective` with
+    :func:`vae_jax.objectives.make_gaussian_vae_terms`. A conditional model's
+    conditions (``model.conditions``, the CVAE's true label ``y``) are read from the batch.
+    """
+    conditions = tuple(getattr(model, "conditions", ()))
+
+    def posterior_mean_fn(params, batch):
+        return {
+            "z": model.apply({"params": params}, batch["x"], *(batch[c] for c in conditions), method=model.encode)[0]
+        }
+
     return VAEEvalParts(
         eval_fn=eval_fn,
         log_weights_fn=objectives.make_gaussian_vae_log_weights(model, likelihood, decoder_logvar),
-        posterior_mean_fn=lambda params, batch: {
-            "z": model.apply({"params": params}, batch["x"], method=model.encode)[0]
-        },
+        posterior_mean_fn=posterior_mean_fn,
+        needs_labels=bool(conditions),
     )
 
 
@@ -324,66 +313,6 @@ def evaluate_runs(
             }
         )
     return results
-
-
-def evaluate_vae(
-    model,
-    params,
-    x: np.ndarray,
-    likelihood: str = "bernoulli",
-    decoder_logvar: float = 0.0,
-    iwae_k: int = 100,
-    batch_size: int = 100,
-    k_chunk: int = 100,
-    key: jax.Array | None = None,
-) -> dict:
-    """Test metrics of one MLP/conv VAE (single params), in nats per example unless said otherwise.
-
-    Returns a dict with ``n``, ``neg_elbo``, ``recon``, ``kl`` (one z sample per
-    image), ``iwae_nll`` and ``iwae_k`` (-L_k, an upper bound on -log p(x)),
-    ``bits_per_dim`` (``iwae_nll`` in bits per pixel and channel),
-    ``active_units`` and ``latent_dim``.
-
-    With gray-level targets under a Bernoulli decoder these are
-    cross-entropies, not normalised log-likelihoods (:func:`likelihood_measure`);
-    binarize the data (``--binarize``) for likelihoods comparable with the literature.
-
-    ``params``: the bare params tree or flax's variables ``{"params": ...}`` (either is accepted).
-    """
-    params = bare_params(params)
-    key = eval_key() if key is None else key
-    elbo_key, iwae_key = jax.random.split(key)
-    eval_fn = objectives.make_vae_eval(model, likelihood, decoder_logvar)
-
-    @jax.jit
-    def run(params, x):
-        def per_batch(batch, i):
-            batch = batch_to_float(batch)  # x may be stored as uint8
-            terms = eval_fn(params, batch, jax.random.fold_in(elbo_key, i))
-            x_b = batch["x"]
-            mean, _ = model.apply({"params": params}, x_b, method=model.encode)
-            iwae = iwae_nll(
-                model, params, x_b, jax.random.fold_in(iwae_key, i), iwae_k, likelihood, decoder_logvar, k_chunk
-            )
-            return {**terms, "iwae_nll": iwae, "posterior_mean": mean}
-
-        return map_batches(per_batch, {"x": x}, batch_size)
-
-    out = jax.device_get(run(params, jnp.asarray(x)))
-    n_active, _ = active_units(out["posterior_mean"])
-    num_dims = int(np.prod(x.shape[1:]))
-    iwae = float(np.mean(out["iwae_nll"]))
-    return {
-        "n": int(x.shape[0]),
-        "neg_elbo": float(np.mean(out["neg_elbo"])),
-        "recon": float(np.mean(out["recon"])),
-        "kl": float(np.mean(out["kl"])),
-        "iwae_nll": iwae,
-        "iwae_k": int(iwae_k),
-        "bits_per_dim": bits_per_dim(iwae, num_dims),
-        "active_units": n_active,
-        "latent_dim": int(out["posterior_mean"].shape[-1]),
-    }
 
 
 def count_params(params) -> int:

@@ -47,13 +47,6 @@ TermsFn = Callable[[dict, dict, jax.Array], dict]
 LogWeightsFn = Callable[[dict, dict, jax.Array, int], jax.Array]
 
 
-def decoder_channels(likelihood: str, image_channels: int) -> int:
-    """How many channels the decoder outputs for ``likelihood``: C, or 2C with a learned variance."""
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-    return 2 * image_channels if likelihood in LEARNED_VARIANCE else image_channels
-
-
 def soft_clip_logvar(raw_logvar: jax.Array, minimum: float = MIN_LEARNED_LOGVAR) -> jax.Array:
     """``minimum + softplus(raw - minimum)``: a smooth lower bound on a learned log-variance."""
     return minimum + jax.nn.softplus(raw_logvar - minimum)
@@ -109,20 +102,29 @@ def binarize_batch(key: jax.Array, x: jax.Array, dynamic: bool) -> tuple[jax.Arr
     return x, rest_key
 
 
-# --- the single-stochastic-layer Gaussian VAE (MLP and convolutional) -------------------
+# --- the single-stochastic-layer Gaussian VAE (MLP, convolutional, conditional) -------------
+
+
+def _conditions(model, batch: dict) -> list:
+    """The batch entries ``model`` conditions on (``model.conditions``: the CVAE's label ``y``; none otherwise)."""
+    return [batch[name] for name in getattr(model, "conditions", ())]
 
 
 def make_gaussian_vae_terms(model, likelihood: str = "bernoulli", decoder_logvar: float = 0.0) -> TermsFn:
-    """``terms_fn`` of a VAE whose ``model.apply(..., x, key)`` returns (decoder_out, mean, logvar, z).
+    """``terms_fn`` of a :class:`~vae_jax.models.vae.GaussianVAE` (MLP, convolutional or conditional VAE).
 
-    q(z|x) = N(mean, diag(exp(logvar))), p(z) = N(0, I); kl_per_dim is the
-    closed form 1/2 (exp(logvar) + mean^2 - 1 - logvar) per dimension.
+    One pass ``model.apply(..., x, *conditions, key)`` -> (decoder_out, mean,
+    logvar, z) with q(z|x) = N(mean, diag(exp(logvar))), p(z) = N(0, I):
+    ``recon`` = -log p(x|z) (:func:`reconstruction_nll`), ``kl_per_dim`` the
+    closed form :func:`vae_jax.losses.gaussian_kl` per dimension. A conditional
+    model reads its conditions (``model.conditions``, e.g. ``y``) from the batch,
+    and every distribution is conditioned on them.
     """
 
     def terms_fn(params, batch, key):
         x = batch["x"]
-        decoder_out, mean, logvar, _ = model.apply({"params": params}, x, key)
-        kl_per_dim = 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)  # [B, D]
+        decoder_out, mean, logvar, _ = model.apply({"params": params}, x, *_conditions(model, batch), key)
+        kl_per_dim = losses.gaussian_kl(mean, logvar, event_ndim=0)  # [B, D]
         return {
             "recon": reconstruction_nll(likelihood, decoder_out, x, decoder_logvar),
             "kl": jnp.sum(kl_per_dim, axis=-1),
@@ -132,21 +134,41 @@ def make_gaussian_vae_terms(model, likelihood: str = "bernoulli", decoder_logvar
     return terms_fn
 
 
-def make_gaussian_vae_log_weights(model, likelihood: str = "bernoulli", decoder_logvar: float = 0.0) -> LogWeightsFn:
-    """``log_weights_fn(params, batch, key, k) -> [B, k]`` for the same VAEs as :func:`make_gaussian_vae_terms`.
+def posterior_samples(key: jax.Array, mean: jax.Array, logvar: jax.Array, k: int) -> jax.Array:
+    """``k`` reparameterized draws per example from N(mean, diag(exp(logvar))): ``[B, D]`` -> ``[B, k, D]``.
 
-    log w_j = log p(x|z_j) + log N(z_j; 0, I) - log q(z_j|x), z_j ~ q(z|x),
-    drawn by reparameterization from ``k`` independent keys. The encoder runs
-    once; the decoder runs on the ``B * k`` samples.
+    Example-major: the noise is one ``[B, k, D]`` standard-normal draw, made
+    in at least float32 and cast to the model's dtype
+    (:func:`vae_jax.losses.reparameterize`). Every importance-sampling
+    estimate (IWAE training and evaluation of the MLP, conv, conditional and
+    hierarchical VAEs) draws its samples through this one function. (The
+    removed ``evaluate.iwae_nll`` drew them k-major, and the conditional VAE
+    drew them directly in the compute dtype: IWAE numbers from those paths
+    differ from these at the Monte Carlo noise level.)
+    """
+    return losses.reparameterize(
+        key, jnp.broadcast_to(mean[:, None], (mean.shape[0], k, mean.shape[-1])), logvar[:, None]
+    )
+
+
+def make_gaussian_vae_log_weights(model, likelihood: str = "bernoulli", decoder_logvar: float = 0.0) -> LogWeightsFn:
+    """``log_weights_fn(params, batch, key, k) -> [B, k]`` for the models of :func:`make_gaussian_vae_terms`.
+
+    log w_j = log p(x|z_j) + log N(z_j; 0, I) - log q(z_j|x), z_j ~ q(z|x)
+    (:func:`posterior_samples`). The encoder runs once; the decoder runs on
+    the ``B * k`` samples, each with its example's conditions. This one
+    builder serves IWAE training (:func:`make_elbo_objective`) and IWAE
+    evaluation (:func:`vae_jax.evaluate.gaussian_vae_parts`) of the MLP,
+    convolutional and conditional VAEs.
     """
 
     def log_weights_fn(params, batch, key, k):
-        x = batch["x"]
-        mean, logvar = model.apply({"params": params}, x, method=model.encode)  # [B, D]
-        eps = losses.standard_normal(key, (x.shape[0], k, mean.shape[-1]), mean.dtype)
-        z = mean[:, None] + jnp.exp(0.5 * logvar[:, None]) * eps  # [B, k, D]
-        decoder_out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), method=model.decode)
-        x_rep = jnp.repeat(x, k, axis=0)  # [B*k, H, W, C], example-major like z
+        x, conditions = batch["x"], _conditions(model, batch)
+        mean, logvar = model.apply({"params": params}, x, *conditions, method=model.encode)  # [B, D]
+        z = posterior_samples(key, mean, logvar, k)  # [B, k, D]
+        repeated = [jnp.repeat(c, k, axis=0) for c in conditions]  # example-major like z
+        decoder_out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), *repeated, method=model.decode)
+        x_rep = jnp.repeat(x, k, axis=0)  # [B*k, H, W, C]
         log_px_z = -reconstruction_nll(likelihood, decoder_out, x_rep, decoder_logvar).reshape(x.shape[0], k)
         return losses.vae_log_weights(log_px_z, z, mean[:, None], logvar[:, None])
 
@@ -253,33 +275,3 @@ def make_elbo_objective(
         return {"neg_elbo": terms["recon"] + terms["kl"], "recon": terms["recon"], "kl": terms["kl"], **_extras(terms)}
 
     return loss_fn, eval_fn
-
-
-# --- the MLP VAE's objectives (kept for callers of the earlier API) ---------------------
-
-
-def vae_terms(model, params, x: jax.Array, key: jax.Array, likelihood: str, decoder_logvar: float):
-    """Per-example (reconstruction NLL, KL) ``[B]`` each, with one z sample per example."""
-    terms = make_gaussian_vae_terms(model, likelihood, decoder_logvar)(params, {"x": x}, key)
-    return terms["recon"], terms["kl"]
-
-
-def make_vae_loss(
-    model,
-    likelihood: str = "bernoulli",
-    beta: float = 1.0,
-    decoder_logvar: float = 0.0,
-    dynamic_binarize: bool = False,
-) -> LossFn:
-    """The negative ELBO recon + beta * KL averaged over the batch (:func:`make_elbo_objective`, constant beta)."""
-    loss_fn, _ = make_elbo_objective(
-        make_gaussian_vae_terms(model, likelihood, decoder_logvar),
-        beta_schedule=schedules.constant(beta),
-        dynamic_binarize=dynamic_binarize,
-    )
-    return loss_fn
-
-
-def make_vae_eval(model, likelihood: str = "bernoulli", decoder_logvar: float = 0.0):
-    """``eval_fn(params, batch, key) -> dict of [B] per-example metrics`` (beta = 1)."""
-    return make_elbo_objective(make_gaussian_vae_terms(model, likelihood, decoder_logvar))[1]

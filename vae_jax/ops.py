@@ -362,9 +362,8 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: IntOrPair = 1, padd
     output cotangent ``g`` (stride ``s``, low padding ``k - 1 - low``) at
     cotangent ``x``, with the kernel flipped and its channel axes swapped.
     XLA computes the first form as a convolution over the dilated input, which
-    XLA:CPU runs about 10x slower than a strided convolution's weight gradient
-    (22 ms against 2 ms for the forward pass of the conv VAE's 7x7x32 ->
-    14x14x16 layer at batch 128, on a 2-core CPU); this op asks XLA for the
+    XLA:CPU runs much slower than a strided convolution's weight gradient (the
+    measurement is in the docs' benchmarks page); this op asks XLA for the
     second. Tested against ``jax.vjp`` of ``lax.conv_transpose``.
 
     Args:

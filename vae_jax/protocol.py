@@ -27,8 +27,9 @@ data     ``data`` and ``data.*`` (dataset specs to arrays; one module per source
 protocol ``protocol`` (:class:`Task`, :class:`TrainConfig`, the optimizer flags)
 families ``tasks/*``, ``linear_ae``, ``classifier``, ``latent_metrics``, ``latent_views``
 step     ``train`` (train state, the step, the epoch, the optimizer from the config)
-driver   ``runner``, ``parallel``, ``streaming``, ``faults``, ``distributed``, ``checkpoint``, ``tensorboard``,
-         ``plots``, ``trained`` (a trained run as one object: ``load_run``, ``export_run``)
+driver   ``runner`` (the training driver), ``workdir`` (a workdir's safety checks and records), ``parallel``,
+         ``streaming``, ``faults``, ``distributed``, ``checkpoint``, ``tensorboard``, ``plots``, ``trained``
+         (a trained run as one object: ``load_run``, ``export_run``)
 cli      ``cli`` (argparse; ``parse_config``, ``user_errors``)
 package  ``vae_jax`` itself (re-exports; ``load_run`` and ``export_run`` imported when first used)
 ======== =====================================================================================================
@@ -55,7 +56,7 @@ class TrainConfig:
 
     ``kind`` (a class attribute, not a flag) names the model family; it is
     written into ``config.json`` so a workdir says what it holds and
-    :func:`load_run_config` can tell a user which command fits it.
+    :func:`vae_jax.workdir.load_run_config` can tell a user which command fits it.
     """
 
     kind: ClassVar[str] = "train"
@@ -230,6 +231,10 @@ class Task:
       init_model_state: optional ``params -> model_state``, the state ``update_fn`` keeps.
       optimizer: optional ``optax.GradientTransformation`` that replaces the one the config's flags build
         (:func:`vae_jax.train.make_optimizer`).
+      not_trained: optional ``params -> pytree of bool`` (the params' structure, or a prefix of it): True
+        marks params that ``update_fn`` alone sets (the VQ-VAE's EMA codebook). The optimizer leaves
+        them alone and keeps no state for them (``optax.multi_transform`` with ``optax.set_to_zero``),
+        so weight decay or a schedule never moves them.
     """
 
     init_params: Callable
@@ -239,3 +244,4 @@ class Task:
     update_fn: Callable | None = None
     init_model_state: Callable | None = None
     optimizer: Any = None
+    not_trained: Callable | None = None

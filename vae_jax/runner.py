@@ -8,14 +8,9 @@ program, evaluates the test split every epoch, writes ``config.json``,
 ``metrics.jsonl`` and ``summary.json``, saves Orbax checkpoints and resumes
 from the newest one.
 
-A workdir's run is never destroyed or rewritten by accident:
-:func:`check_workdir` (called by every experiment before it loads any data)
-refuses ``--no-resume``, other settings or a shorter ``--epochs`` on a
-workdir that holds a run, unless ``--overwrite`` is given, which moves the
-whole old run (checkpoints, records, figures, ``eval.json``) into a dated
-sub-folder ``WORKDIR/replaced-YYYYmmdd-HHMMSS/``; nothing is deleted.
-``config.json`` and ``summary.json`` always describe the model in the
-checkpoints.
+What it may do with a workdir (never destroy or rewrite a run by accident) and the records it reads and
+writes there are :mod:`vae_jax.workdir`'s: :func:`vae_jax.workdir.check_workdir` is called by every
+experiment before it loads any data.
 
 Logs and progress go to stderr (a progress bar only on a terminal, unless
 ``--progress`` is given; a redirected log gets one line per epoch), so that
@@ -42,31 +37,11 @@ from tqdm.auto import tqdm
 from vae_jax import caches, distributed, evaluate, faults, parallel, phases, streaming, tensorboard
 from vae_jax import data as data_lib
 from vae_jax import train as train_lib
-from vae_jax.errors import ConfigError, field, flag, require, require_writable_dir  # noqa: F401 (field, require: re-exported)
+from vae_jax import workdir as workdir_lib
+from vae_jax.distributed import log
+from vae_jax.errors import ConfigError, field, require  # noqa: F401 (field, require: re-exported)
 from vae_jax.protocol import Task, TrainConfig  # noqa: F401 (re-exported: the names experiments know)
 from vae_jax.tasks import vqvae as vqvae_tasks
-
-# Fields that may differ between a run and its resumption.
-RESUMABLE_FIELDS = frozenset(
-    {
-        "epochs",
-        "resume",
-        "overwrite",
-        "progress",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "workdir",
-        "data_dir",
-        "eval_batch_size",
-        "max_consecutive_skips",
-    }
-    # What the data is, with or without these, is checked against WORKDIR/data.json (check_run_data).
-    | {"skip_unreadable"}
-    # How a run is laid out and watched does not change what it computes (up to float reduction order).
-    | {"devices", "seed_layout", "epoch_loop", "compile_cache", "tensorboard", "distributed", "stream"}
-)
-# ``--overwrite`` moves the old run into WORKDIR/REPLACED_PREFIX + UTC time.
-REPLACED_PREFIX = "replaced-"
 
 
 def loss_has_convolution(loss_fn, state, pixels: np.ndarray, labels: np.ndarray | None, batch_size: int) -> bool:
@@ -114,8 +89,18 @@ def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax
 
 
 def task_optimizer(config: TrainConfig, task: Task, total_steps: int | None = None) -> optax.GradientTransformation:
-    """The task's own optimizer (``task.optimizer``) if it has one, else the config's."""
-    return task.optimizer if task.optimizer is not None else make_optimizer(config, total_steps)
+    """The task's own optimizer (``task.optimizer``) if it has one, else the config's, which leaves the params
+    that ``task.not_trained`` marks alone."""
+    if task.optimizer is not None:
+        return task.optimizer
+    optimizer = make_optimizer(config, total_steps)
+    if task.not_trained is None:
+        return optimizer
+
+    def labels(params):
+        return jax.tree_util.tree_map(lambda frozen: "not_trained" if frozen else "trained", task.not_trained(params))
+
+    return optax.multi_transform({"trained": optimizer, "not_trained": optax.set_to_zero()}, labels)
 
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
@@ -167,22 +152,6 @@ def host_split(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
     return {"x": pixels} if labels is None else {"x": pixels, "y": labels}
 
 
-@dataclasses.dataclass(frozen=True)
-class WorkdirPlan:
-    """What :func:`train` will do with a workdir, decided by :func:`check_workdir` before any data is loaded.
-
-    Attributes:
-      checkpoint_epoch: epoch of the newest checkpoint on disk, or None.
-      move_aside: ``--overwrite`` applies: the old run goes into ``WORKDIR/replaced-*/`` first.
-      nothing_to_train: the checkpoint already holds ``--epochs`` epochs; the records are left as they are.
-    """
-
-    workdir: str
-    checkpoint_epoch: int | None
-    move_aside: bool
-    nothing_to_train: bool
-
-
 def make_epoch(
     task: Task,
     optimizer: optax.GradientTransformation,
@@ -206,118 +175,19 @@ def make_epoch(
     return parallel.make_epoch_program(step, config.batch_size, layout, epoch_loop, num_examples)
 
 
-def checkpoint_epochs(workdir: str) -> list[int]:
-    """Epochs of the finished checkpoints in ``WORKDIR/checkpoints`` (read from disk; creates nothing)."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(
-        int(name) for name in os.listdir(directory) if name.isdigit() and os.path.isdir(os.path.join(directory, name))
-    )
-
-
-def _read_json(path: str, what: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot read the {what} ({type(err).__name__}); use another --workdir") from None
-
-
-def _setting(value) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
-
-
-def check_workdir(config: TrainConfig) -> WorkdirPlan:
-    """Checks, without changing anything, that ``config`` may use its workdir; returns the plan.
-
-    A workdir holds a run when it has a checkpoint or a ``summary.json``. Such a
-    workdir is continued only with the settings it was trained with (fields in
-    :data:`RESUMABLE_FIELDS` may differ) and an ``--epochs`` no smaller than its
-    checkpoint's. ``--no-resume``, other settings or another kind of run are
-    refused unless ``--overwrite`` is given; every message names the safe path
-    (another ``--workdir``) first.
-
-    Raises:
-      ConfigError: with a one-line message naming the flag.
-    """
-    workdir = config.workdir
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"--workdir {workdir}: not a writable directory (a file is in the way)")
-    epochs = checkpoint_epochs(workdir)
-    checkpoint_epoch = epochs[-1] if epochs else None
-    has_summary = os.path.isfile(os.path.join(workdir, "summary.json"))
-    if checkpoint_epoch is None and not has_summary:
-        # Nothing trained here yet (at most the records of a start that never reached a checkpoint).
-        return WorkdirPlan(
-            workdir, None, move_aside=config.overwrite and _run_entries(workdir) != [], nothing_to_train=False
-        )
-    if config.overwrite:
-        return WorkdirPlan(workdir, checkpoint_epoch, move_aside=True, nothing_to_train=False)
-    aside = f"add --overwrite to move the old run into {os.path.join(workdir, REPLACED_PREFIX + 'DATE')}/"
-    held = f"a run trained for {checkpoint_epoch} epochs" if checkpoint_epoch else "a run (summary.json, no checkpoint)"
-    config_path = os.path.join(workdir, "config.json")
-    saved = _read_json(config_path, "run's settings") if os.path.isfile(config_path) else None
-    if saved is None:
-        raise ConfigError(f"--workdir {workdir} holds {held} but no config.json; use another --workdir, or {aside}")
-    saved_kind = saved.pop("kind", config.kind)
-    if saved_kind != config.kind:
-        raise ConfigError(
-            f"--workdir {workdir} holds a {saved_kind} run, not a {config.kind} run; use another --workdir, or {aside}"
-        )
-    if not config.resume:
-        raise ConfigError(
-            f"--no-resume: --workdir {workdir} holds {held}; use another --workdir, or {aside} "
-            "and start afresh (or drop --no-resume to continue it)"
-        )
-    current = dataclasses.asdict(config)
-    # A setting missing from an older config.json was added later; its default is how that run behaved.
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    changed = sorted(
-        k
-        for k in set(saved) | set(current)
-        if k not in RESUMABLE_FIELDS and _jsonable(saved.get(k, defaults.get(k))) != _jsonable(current.get(k))
-    )
-    if "image_size" in changed and _trained_at_size(workdir, saved.get("image_size", 0), config.image_size):
-        changed.remove("image_size")
-    if "dataset" in changed and _trained_on_spec(workdir) == config.dataset:  # mnist resolved to mnist:embedded
-        changed.remove("dataset")
-    if changed:
-        differences = ", ".join(
-            f"{flag(k)} {_setting(saved.get(k, defaults.get(k)))} there, {_setting(current.get(k))} here"
-            for k in changed
-        )
-        raise ConfigError(
-            f"--workdir {workdir} holds a run with other settings ({differences}); use another --workdir, or {aside}"
-        )
-    if checkpoint_epoch is None:
-        raise ConfigError(
-            f"--workdir {workdir} has a summary.json but no checkpoint to continue from; "
-            f"use another --workdir, or {aside}"
-        )
-    if config.epochs < checkpoint_epoch:
-        raise ConfigError(
-            f"--epochs {config.epochs}: --workdir {workdir} holds a run trained for {checkpoint_epoch} epochs; "
-            f"pass --epochs {checkpoint_epoch} to use it as it is (or more to train it further), or use another "
-            f"--workdir for a shorter run"
-        )
-    return WorkdirPlan(workdir, checkpoint_epoch, move_aside=False, nothing_to_train=config.epochs == checkpoint_epoch)
-
-
 def check_setup(config: TrainConfig) -> None:
     """Checks the flags that need no data against the file system and the devices, writing nothing.
 
-    The workdir must not lie inside another run (:func:`enclosing_run`) and must be a directory that can be
-    made and written; ``--devices``, ``--seeds``, ``--seed-layout`` and ``--batch-size`` must fit the devices
-    (:func:`vae_jax.parallel.make_plan`, of every process with ``--distributed``). ``cli.parse_config`` runs
-    this before an experiment loads any data; a resumed run's settings are checked by :func:`check_workdir`.
+    The workdir must not lie inside another run (:func:`vae_jax.workdir.enclosing_run`) and must be a
+    directory that can be made and written; ``--devices``, ``--seeds``, ``--seed-layout`` and ``--batch-size``
+    must fit the devices (:func:`vae_jax.parallel.make_plan`, of every process with ``--distributed``).
+    ``cli.parse_config`` runs this before an experiment loads any data; a resumed run's settings are checked
+    by :func:`vae_jax.workdir.check_workdir`.
 
     Raises:
       ConfigError: with a one-line message naming the flag.
     """
-    run = enclosing_run(config.workdir)
+    run = workdir_lib.enclosing_run(config.workdir)
     if run is not None:
         raise ConfigError(
             f"--workdir {config.workdir} is inside the run in {run} (it holds that run's "
@@ -333,139 +203,6 @@ def check_setup(config: TrainConfig) -> None:
     parallel.make_plan(len(config.seed_list()), config.batch_size, config.devices, config.seed_layout)
 
 
-def enclosing_run(workdir: str) -> str | None:
-    """The nearest directory above ``workdir`` that holds a run's ``config.json`` (a JSON object with a
-    ``workdir`` setting, as every experiment writes), or None. A run's own sub-runs (a VQ-VAE's ``prior/``)
-    are laid out by its experiment; a workdir a user names must not lie inside another run."""
-    here = os.path.abspath(workdir)
-    while os.path.dirname(here) != here:
-        here = os.path.dirname(here)
-        path = os.path.join(here, "config.json")
-        if not os.path.isfile(path):
-            continue
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if isinstance(saved, dict) and "workdir" in saved:
-            return here
-    return None
-
-
-DATA_RECORD = "data.json"  # in the workdir, beside config.json: the data the run trained on (Dataset.record)
-
-
-def check_run_data(config: TrainConfig, record: dict) -> None:
-    """Refuses to continue the run in ``config.workdir`` on data other than its ``data.json`` records.
-
-    ``record`` is the :meth:`vae_jax.data.Dataset.record` of the data loaded now. The same ``--dataset``
-    can name other data on another machine or day: ``mnist`` is TFDS's 70,000 digits or, offline, the
-    5,000 embedded ones; a file or folder can be replaced. A run without ``data.json`` (written before it
-    existed) is not checked.
-
-    Raises:
-      ConfigError: one line naming ``--dataset`` and both sources.
-    """
-    mismatch = data_mismatch(config.workdir, record)
-    if mismatch is None:
-        return
-    trained_spec = _trained_on_spec(config.workdir)
-    same = f" (--dataset {trained_spec})" if trained_spec != record.get("source") else ""
-    raise ConfigError(
-        f"--dataset {config.dataset}: {mismatch}; continue it on the same data{same}, use another --workdir, or add "
-        f"--overwrite to move the old run into {os.path.join(config.workdir, REPLACED_PREFIX + 'DATE')}/"
-    )
-
-
-def data_mismatch(workdir: str, record: dict) -> str | None:
-    """``"--workdir W was trained on A, but this data is B"`` when ``record`` (a
-    :meth:`vae_jax.data.Dataset.record`) is not the data of ``WORKDIR/data.json``; None when it is, or when the
-    run has no ``data.json``."""
-    path = os.path.join(workdir, DATA_RECORD)
-    if not os.path.isfile(path):
-        return None
-    trained = _read_json(path, "record of the run's data")
-    keys = ("source", "n_train", "n_test", "image_shape", "fingerprint")
-    if all(_jsonable(trained.get(k)) == _jsonable(record.get(k)) for k in keys):
-        return None
-    return (
-        f"--workdir {workdir} was trained on {data_lib.describe_record(trained)}, but this data is "
-        f"{data_lib.describe_record(record)}"
-    )
-
-
-def _trained_on_spec(workdir: str) -> str | None:
-    """The resolved ``--dataset`` the run in ``workdir`` trained on (``data.json``), e.g. ``mnist:embedded`` for a
-    run of ``--dataset mnist`` that fell back to the embedded digits; None when not recorded. Naming it is
-    no change of settings: :func:`check_run_data` checks the data itself once it is loaded."""
-    path = os.path.join(workdir, DATA_RECORD)
-    return _read_json(path, "record of the run's data").get("source") if os.path.isfile(path) else None
-
-
-def _trained_at_size(workdir: str, saved_size: int, image_size: int) -> bool:
-    """Whether a run trained with ``--image-size 0`` (the images' own size) trained on ``image_size`` squares, so
-    that asking for ``image_size`` now changes nothing (a ``--preset faces128`` run from before the preset set
-    ``--image-size 128``). Read from ``data.json`` or ``summary.json``; False when neither says."""
-    if saved_size != 0 or not image_size:
-        return False
-    for name in (DATA_RECORD, "summary.json"):
-        path = os.path.join(workdir, name)
-        if os.path.isfile(path):
-            record = _read_json(path, "run's records")
-            shape = record.get("image_shape") or record.get("dataset", {}).get("image_shape")
-            return bool(shape) and list(shape[:2]) == [image_size, image_size]
-    return False
-
-
-def _run_entries(workdir: str) -> list[str]:
-    """The workdir's entries that belong to its run: all but hidden files and earlier replaced runs."""
-    if not os.path.isdir(workdir):
-        return []
-    return sorted(
-        name for name in os.listdir(workdir) if not name.startswith(".") and not name.startswith(REPLACED_PREFIX)
-    )
-
-
-def move_run_aside(workdir: str) -> str:
-    """Moves the run in ``workdir`` into a new ``WORKDIR/replaced-YYYYmmdd-HHMMSS/``; returns that folder."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    destination = os.path.join(workdir, REPLACED_PREFIX + stamp)
-    suffix = 1
-    while os.path.exists(destination):
-        suffix += 1
-        destination = os.path.join(workdir, f"{REPLACED_PREFIX}{stamp}-{suffix}")
-    os.makedirs(destination)
-    for name in _run_entries(workdir):
-        if os.path.join(workdir, name) != destination:
-            os.replace(os.path.join(workdir, name), os.path.join(destination, name))
-    return destination
-
-
-def _retire_eval_record(workdir: str, checkpoint_epoch: int) -> None:
-    """Renames an ``eval.json`` that describes a checkpoint about to be trained past, and says so."""
-    path = os.path.join(workdir, "eval.json")
-    if not os.path.isfile(path):
-        return
-    try:
-        with open(path) as f:
-            epoch = int(json.load(f).get("checkpoint_epoch", checkpoint_epoch))
-    except (OSError, ValueError, TypeError, AttributeError):
-        epoch = checkpoint_epoch
-    kept = os.path.join(workdir, f"eval-epoch{epoch}.json")
-    os.replace(path, kept)
-    log(
-        f"eval.json described the epoch-{epoch} checkpoint; kept as {kept} (run experiments.evaluate again "
-        "after training)"
-    )
-
-
-def log(message: str) -> None:
-    """A log line on stderr (stdout is kept for results); only process 0 of a ``--distributed`` run logs."""
-    if distributed.is_main_process():
-        print(message, file=sys.stderr, flush=True)
-
-
 def report_on_main(workdir: str, report: Callable[[], Any]):
     """``report()`` (figures, records, result lines) in process 0 alone, then a stdout line naming the data the
     run trained on (``data.json``); returns ``report()``'s value.
@@ -477,109 +214,13 @@ def report_on_main(workdir: str, report: Callable[[], Any]):
     if distributed.is_main_process():
         phases.enter("analyses")
         out = report()
-        trained_on = data_record_of(workdir)
+        trained_on = workdir_lib.data_record_of(workdir)
         if trained_on is not None:  # on stdout beside the result line: the same flags can name other data
             print(f"data: {data_lib.describe_record(trained_on)}", flush=True)
         phases.report()
         return out
     print(f"process {jax.process_index()}: the results are written by process 0 in {workdir}", flush=True)
     return None
-
-
-def data_record_of(workdir: str) -> dict | None:
-    """The ``data.json`` of the run in ``workdir``, or of its first sub-run (a sweep's runs share their data);
-    None when there is none."""
-    candidates = [workdir] + [
-        os.path.join(workdir, name)
-        for name in sorted(os.listdir(workdir))
-        if os.path.isdir(os.path.join(workdir, name))
-    ]
-    for directory in candidates:
-        path = os.path.join(directory, DATA_RECORD)
-        if os.path.isfile(path):
-            return _read_json(path, "record of the run's data")
-    return None
-
-
-def config_record(config: TrainConfig) -> dict:
-    """What ``config.json`` holds: the family's ``kind`` and every field of the config."""
-    return {"kind": config.kind, **dataclasses.asdict(config)}
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value))
-
-
-def probe_workdir(workdir: str) -> None:
-    """Creates ``workdir`` if needed and checks that a file can be written in it (a ConfigError if not;
-    :func:`vae_jax.errors.require_writable_dir`)."""
-    require_writable_dir(workdir, "workdir")
-
-
-def write_json(path: str, obj) -> None:
-    """Writes ``obj`` as JSON to ``path`` (through a temporary file and a rename); only process 0 of a
-    ``--distributed`` run writes."""
-    if not distributed.is_main_process():  # one writer per run
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-def report_fingerprint(params, settings) -> str:
-    """``sha256:...`` of trained ``params`` (any pytree of arrays) and JSON-able ``settings``.
-
-    An experiment stores it beside its report (``comparison.json``,
-    ``summary.json``) so that a rerun on finished checkpoints can reuse the
-    report (:func:`reusable_report`) instead of evaluating again; any change
-    to the parameters, the data or a setting changes the fingerprint.
-    """
-    return "sha256:" + caches.fingerprint(params, settings)
-
-
-def result_settings(config: TrainConfig) -> dict:
-    """The settings of ``config`` that change what a run computes: all but :data:`RESUMABLE_FIELDS`
-    (``--epochs`` included), as JSON-able values, for :func:`report_fingerprint`."""
-    return {
-        k: _jsonable(v) for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_FIELDS or k == "epochs"
-    }
-
-
-def reusable_report(path: str, fingerprint: str) -> dict | None:
-    """The JSON report at ``path`` if it was written for ``fingerprint`` (its ``report_fingerprint``
-    field) and every figure it lists exists beside it; else None (the report must be computed)."""
-    report = complete_report(path)
-    return report if report is not None and report.get("report_fingerprint") == fingerprint else None
-
-
-def complete_report(path: str) -> dict | None:
-    """The JSON report at ``path`` if it can be read and every figure it lists exists beside it; else None."""
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(report, dict) or not isinstance(report.get("figures", []), list):
-        return None
-    folder = os.path.dirname(path)
-    return report if all(os.path.isfile(os.path.join(folder, str(n))) for n in report.get("figures", [])) else None
-
-
-def _read_history(path: str, upto_epoch: int) -> list[dict]:
-    """metrics.jsonl lines of epochs <= upto_epoch (later lines belong to a lost run)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        lines = [_json_or_none(line) for line in f if line.strip()]  # a kill can tear the last line
-    return [line for line in lines if line is not None and line["epoch"] <= upto_epoch]
-
-
-def _json_or_none(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
 
 
 def mean_std(values) -> dict:
@@ -595,31 +236,6 @@ def mean_std(values) -> dict:
         half = stdtrit(values.size - 1, 0.975) * values.std(ddof=1) / np.sqrt(values.size)
         ci95 = [float(values.mean() - half), float(values.mean() + half)]
     return {"mean": float(values.mean()), "std": float(values.std()), "ci95": ci95, "per_seed": values.tolist()}
-
-
-def load_run_config(workdir: str, config_cls):
-    """The config a run in ``workdir`` was trained with (from its ``config.json``)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
-    with open(path) as f:
-        return config_from_record(json.load(f), config_cls, workdir)
-
-
-def config_from_record(saved: dict, config_cls, where: str):
-    """``config_cls`` from what :func:`config_record` wrote (read from ``where``, named in the one-line errors)."""
-    saved = dict(saved)
-    saved_kind = saved.pop("kind", config_cls.kind)
-    if saved_kind != config_cls.kind:
-        raise ConfigError(f"--workdir {where} holds a {saved_kind} run, not a {config_cls.kind} run")
-    known = {f.name: f for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(saved) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"--workdir {where}: config.json has settings this experiment does not know ({', '.join(unknown)})"
-        )
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
-    return config_cls(**values)
 
 
 def state_template(config: TrainConfig, task: Task) -> train_lib.TrainState:
@@ -694,7 +310,9 @@ def train(
 
     The workdir is locked for the run by process 0 (:class:`vae_jax.faults.WorkdirLock`);
     a first SIGINT/SIGTERM stops the run after the current epoch with a
-    checkpoint and raises :class:`vae_jax.faults.Interrupted`.
+    checkpoint and raises :class:`vae_jax.faults.Interrupted`; with ``--distributed``
+    a signal to any one process stops every process after the same epoch, with one
+    checkpoint (:func:`vae_jax.distributed.agreed_stop`).
 
     With ``train_eval_examples = n > 0`` each epoch also evaluates ``task.eval_fn``
     on the first n training examples (a fixed subset) and logs the means as
@@ -703,9 +321,6 @@ def train(
     """
     if config.distributed:  # before anything touches a device, and before the lock: only process 0 takes it
         distributed.initialize()
-        distributed.set_peer_lost_hint(
-            lambda: f"{_checkpoint_on_disk(config.workdir)}; start every process again to resume"
-        )
     try:
         lock = faults.WorkdirLock(config.workdir) if distributed.is_main_process() else contextlib.nullcontext()
         with lock, faults.StopSignals() as stop, contextlib.ExitStack() as closing:
@@ -731,7 +346,7 @@ def _train(
 ) -> TrainResult:
     """The body of :func:`train`.
 
-    The workdir is checked first (:func:`check_workdir`); with ``--overwrite``
+    The workdir is checked first (:func:`vae_jax.workdir.check_workdir`); with ``--overwrite``
     an old run is moved into ``WORKDIR/replaced-*/``. When the checkpoint
     already holds ``config.epochs`` epochs nothing is trained: the restored
     state is evaluated and ``config.json``, ``metrics.jsonl`` and
@@ -745,18 +360,18 @@ def _train(
     if config.compile_cache:  # before anything compiles
         caches.enable_compilation_cache()
     seeds = config.seed_list()
-    plan = check_workdir(config)
+    plan = workdir_lib.check_workdir(config)
     dataset = load_data(config) if dataset is None else dataset
     data_record = dataset.record()
     phases.enter("training")
     if plan.checkpoint_epoch is not None and not plan.move_aside:
-        check_run_data(config, data_record)
+        workdir_lib.check_run_data(config, data_record)
     workdir = config.workdir
-    probe_workdir(workdir)
+    workdir_lib.probe_workdir(workdir)
     # Every process has read (check_workdir) and probed the workdir before process 0 changes anything in it.
     distributed.wait_for_all("workdir_checked")
     if plan.move_aside and distributed.is_main_process():
-        log(f"--overwrite: moved the previous run in {workdir} to {move_run_aside(workdir)}")
+        log(f"--overwrite: moved the previous run in {workdir} to {workdir_lib.move_run_aside(workdir)}")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 
     optimizer = task_optimizer(config, task, config.epochs * (dataset.num_train // config.batch_size))
@@ -772,10 +387,10 @@ def _train(
     if plan.checkpoint_epoch is not None and not plan.move_aside:
         start_epoch, state = checkpoint.restore_latest(manager, state, quarantine=True)
     nothing_to_train = start_epoch >= config.epochs
-    history = _read_history(metrics_path, start_epoch)
+    history = workdir_lib.read_history(metrics_path, start_epoch)
     summary_path = os.path.join(workdir, "summary.json")
     # a finished run's summary.json describes its checkpoint: a rerun reads it instead of evaluating again
-    reuse_summary = nothing_to_train and complete_report(summary_path) is not None
+    reuse_summary = nothing_to_train and workdir_lib.complete_report(summary_path) is not None
     if nothing_to_train:
         log(
             f"nothing to train: {workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
@@ -786,12 +401,12 @@ def _train(
         if start_epoch:
             log(f"resuming {workdir} from its epoch-{start_epoch} checkpoint")
             if distributed.is_main_process():
-                _retire_eval_record(workdir, start_epoch)
+                workdir_lib.retire_eval_record(workdir, start_epoch)
         if distributed.is_main_process():
             with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
                 f.writelines(json.dumps(line) + "\n" for line in history)
-        write_json(os.path.join(workdir, "config.json"), config_record(config))
-        write_json(os.path.join(workdir, DATA_RECORD), data_record)
+        workdir_lib.write_json(os.path.join(workdir, "config.json"), workdir_lib.config_record(config))
+        workdir_lib.write_json(os.path.join(workdir, workdir_lib.DATA_RECORD), data_record)
 
     # Devices and seed layout: vae_jax.parallel compiles the epoch and evaluation for them.
     layout = parallel.make_plan(len(seeds), config.batch_size, config.devices, config.seed_layout)
@@ -882,11 +497,12 @@ def _train(
                 f.write(json.dumps(line) + "\n")
         if board is not None:
             board.log_epoch(line, seeds)
-        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stop.requested:
+        stopping = distributed.agreed_stop(stop.requested)  # a signal to any process stops all after this epoch
+        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stopping:
             checkpoint.save(manager, epoch + 1, state)
-        if stop.requested:
+        if stopping:
             bar.close()
-            raise faults.Interrupted(stop.requested, epoch + 1, workdir)
+            raise faults.Interrupted(stopping, epoch + 1, workdir)
         bar.update(steps_per_epoch)
         bar.set_postfix(loss=f"{line['train_loss']:.2f}", **{task.headline: f"{line[f'test_{task.headline}']:.2f}"})
         if log_epochs:
@@ -930,7 +546,7 @@ def _train(
             f"Test metrics of {len(seeds)} seeds, per epoch",
         )
         summary["figures"] = [os.path.basename(curves)]
-    write_json(summary_path, summary)
+    workdir_lib.write_json(summary_path, summary)
     if jax.process_count() > 1:  # host copies: the figures read replicas that live on other processes
         state = distributed.to_host(state)
     return TrainResult(state, seeds, dataset, history, test_metrics, summary)
@@ -943,7 +559,7 @@ def _finished_result(config: TrainConfig, state, seeds, dataset, history, summar
     """
     if jax.process_count() > 1:
         state = distributed.to_host(state)
-    return TrainResult(state, seeds, dataset, history, None, _read_json(summary_path, "run's summary"))
+    return TrainResult(state, seeds, dataset, history, None, workdir_lib.read_json(summary_path, "run's summary"))
 
 
 def progress_mode(progress: bool | None) -> tuple[bool, bool]:
@@ -956,20 +572,7 @@ def progress_mode(progress: bool | None) -> tuple[bool, bool]:
 
 def _checkpoint_on_disk(workdir: str) -> str:
     """What a failed run leaves behind, as read from disk."""
-    epochs = checkpoint_epochs(workdir)
+    epochs = workdir_lib.checkpoint_epochs(workdir)
     if not epochs:
         return f"no checkpoint was saved in {workdir} before that"
     return f"the checkpoint of epoch {epochs[-1]} (saved before that) is kept in {os.path.join(workdir, 'checkpoints')}"
-
-
-def write_summary(workdir: str, summary: dict, figures: list[str] | None = None) -> None:
-    """Writes ``summary.json``; ``figures`` (paths) are listed in it by file name."""
-    if figures is not None:
-        names = [os.path.basename(p) for p in figures]
-        summary["figures"] = names + [n for n in summary.get("figures", []) if n not in names]
-        if summary.get("tensorboard") and distributed.is_main_process():
-            board = tensorboard.EpochWriter(workdir)
-            board.log_figures([os.path.join(workdir, n) for n in summary["figures"]], summary["epochs"])
-            board.close()
-    summary["phases"] = {name: round(value, 2) for name, value in phases.seconds().items()}
-    write_json(os.path.join(workdir, "summary.json"), summary)

@@ -61,8 +61,8 @@ def _summary_writer_class():
     """``tensorboardX.SummaryWriter``, imported without PyTorch.
 
     tensorboardX imports PyTorch at import time when it is installed, only to
-    accept torch tensors as values (2.3 s of a run's start-up on a 2-core
-    CPU). This module passes floats and NumPy arrays, so unless PyTorch is
+    accept torch tensors as values (seconds of a run's start-up). This module
+    passes floats and NumPy arrays, so unless PyTorch is
     already loaded its import is made to fail for that moment (a ``None`` in
     ``sys.modules``), which tensorboardX handles as "no PyTorch".
     """

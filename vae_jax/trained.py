@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from vae_jax import evaluate, runner
+from vae_jax import workdir as workdir_lib
 from vae_jax.data import pixels_to_float
 from vae_jax.errors import ConfigError
 from vae_jax.tasks import autoencoder as ae_tasks
@@ -152,7 +153,7 @@ def family_of(kind: str, where: str) -> Family:
 def load_config(workdir: str):
     """``(kind, config)`` of the run in ``workdir``, its config's ``workdir`` set to where it is now."""
     kind = run_kind(workdir)
-    config = runner.load_run_config(workdir, family_of(kind, workdir).config_cls)
+    config = workdir_lib.load_run_config(workdir, family_of(kind, workdir).config_cls)
     return kind, dataclasses.replace(config, workdir=workdir)
 
 
@@ -207,7 +208,7 @@ def _load_prior(workdir: str, model, replica: int):
             "load_run: the PixelCNN prior was trained on the first seed's codes; this seed samples uniform codes"
         )
         return None
-    config = dataclasses.replace(runner.load_run_config(prior_dir, prior_tasks.PriorConfig), workdir=prior_dir)
+    config = dataclasses.replace(workdir_lib.load_run_config(prior_dir, prior_tasks.PriorConfig), workdir=prior_dir)
     if config.conditional:
         runner.log("load_run: the prior is class-conditional, which load_run does not sample; using uniform codes")
         return None
@@ -668,7 +669,7 @@ def export_run(workdir: str, path: str, seed: int | None = None, epoch: int | No
     host = lambda tree: jax.tree_util.tree_map(np.asarray, jax.device_get(tree))  # noqa: E731
     payload = {
         "kind": run.family,
-        "config": json.dumps(runner.config_record(run.config)),
+        "config": json.dumps(workdir_lib.config_record(run.config)),
         "image_shape": list(run.image_shape),
         "epoch": run.epoch,
         "seed": run.seed,
@@ -678,7 +679,7 @@ def export_run(workdir: str, path: str, seed: int | None = None, epoch: int | No
     }
     if run.prior is not None:
         prior_config, _, prior_params = run.prior
-        payload["prior"] = {"config": json.dumps(runner.config_record(prior_config)), "params": host(prior_params)}
+        payload["prior"] = {"config": json.dumps(workdir_lib.config_record(prior_config)), "params": host(prior_params)}
     body = serialization.msgpack_serialize(payload)
     blob = serialization.msgpack_serialize(
         {
@@ -743,14 +744,16 @@ def _load_export(path: str) -> TrainedModel:
     saved = json.loads(record["config"])
     kind = saved.get("kind")
     family = family_of(kind, path)
-    config = runner.config_from_record(saved, family.config_cls, path)
+    config = workdir_lib.config_from_record(saved, family.config_cls, path)
     image_shape = tuple(record["image_shape"])
     model, task = family.build(config, image_shape)
     params = _params_like(record["params"], jax.eval_shape(task.init_params, jax.random.key(0)), "params", path)
     model_state = None if record["model_state"] is None else jax.device_put(record["model_state"])
     prior = None
     if record["prior"] is not None:
-        prior_config = runner.config_from_record(json.loads(record["prior"]["config"]), prior_tasks.PriorConfig, path)
+        prior_config = workdir_lib.config_from_record(
+            json.loads(record["prior"]["config"]), prior_tasks.PriorConfig, path
+        )
         prior_model, prior_task = prior_tasks.prior_task(prior_config, model.grid_shape, model.num_codes)
         prior_params = _params_like(
             record["prior"]["params"], jax.eval_shape(prior_task.init_params, jax.random.key(0)), "prior params", path

@@ -1,22 +1,24 @@
 """flax.linen models, one family per module; every family's model class is re-exported here.
 
-``VAE`` (the MLP VAE of :mod:`vae_jax.models.vae`) with ``init_variables`` /
-``init_params``; ``ConvVAE``, ``CVAE`` (conditional), ``HVAE`` (two-level),
+``GaussianVAE``, the encode/decode core every Gaussian VAE shares, and ``VAE``
+(the MLP VAE) of :mod:`vae_jax.models.vae`, with ``init_variables`` /
+``init_params`` (for every Gaussian VAE); ``ConvVAE``, ``CVAE`` (conditional), ``HVAE`` (two-level),
 ``VQVAE`` and its ``PixelCNN`` prior; ``AutoEncoder`` (MLP or conv,
 :mod:`vae_jax.models.autoencoder`). ``bare_params`` unwraps flax's
 ``{"params": ...}`` variables into the params tree the queries take.
 """
 
+from vae_jax.arrays import bare_params
 from vae_jax.models.autoencoder import AutoEncoder
 from vae_jax.models.conv_vae import ConvVAE
 from vae_jax.models.cvae import CVAE
 from vae_jax.models.hvae import HVAE
-from vae_jax.models.params import bare_params
 from vae_jax.models.pixelcnn import PixelCNN
-from vae_jax.models.vae import VAE, MLPDecoder, MLPEncoder, init_params, init_variables
+from vae_jax.models.vae import VAE, GaussianVAE, MLPDecoder, MLPEncoder, init_params, init_variables
 from vae_jax.models.vqvae import VQVAE
 
 __all__ = [
+    "GaussianVAE",
     "VAE",
     "MLPEncoder",
     "MLPDecoder",

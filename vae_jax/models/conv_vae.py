@@ -33,11 +33,9 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from vae_jax import losses
 from vae_jax.models.layers import Conv, ConvTranspose, Dense
-from vae_jax.models.vae import SharedLogVariance
+from vae_jax.models.vae import GaussianVAE, decoder_head, init_params  # noqa: F401 (init_params re-exported)
 
 # The lecture's 128x128x3 face model: 128 -> 64 -> 32 -> 16 -> 8 -> 4 -> 2 spatially.
 FACES128 = {"image_shape": (128, 128, 3), "channels": (32, 32, 64, 64, 128, 256), "hidden": 0, "latent_dim": 64}
@@ -91,7 +89,6 @@ class ConvDecoder(nn.Module):
         h = h.reshape(z.shape[0], h0, w0, c0)
         up = [*reversed(self.channels[:-1]), self.out_channels]
         for i, c in enumerate(up):
-            # nn.ConvTranspose's parameters and values, with a kernel gradient XLA:CPU computes ~10x faster.
             h = ConvTranspose(
                 c, (self.kernel_size, self.kernel_size), strides=(2, 2), padding="SAME", name=f"deconv_{i}"
             )(h)
@@ -100,13 +97,13 @@ class ConvDecoder(nn.Module):
         return h[:, : self.image_shape[0], : self.image_shape[1]]
 
 
-class ConvVAE(nn.Module):
-    """Convolutional VAE with the interface of :class:`vae_jax.models.vae.VAE`.
+class ConvVAE(GaussianVAE):
+    """Convolutional VAE: the :class:`~vae_jax.models.vae.GaussianVAE` core with conv networks.
 
     ``__call__(x, key) -> (decoder output, mean, logvar, z)``, ``encode(x) ->
-    (mean, logvar)``, ``decode(z) -> decoder output``; the decoder output has
-    C channels (logits / mean logits) or 2C with a learned variance (see
-    :mod:`vae_jax.objectives`).
+    (mean, logvar)``, ``decode(z) -> decoder output``, as the MLP VAE; the
+    decoder output has C channels (logits / mean logits) or 2C with a learned
+    variance (see :mod:`vae_jax.objectives`).
     """
 
     image_shape: Sequence[int] = (28, 28, 1)
@@ -117,28 +114,8 @@ class ConvVAE(nn.Module):
     likelihood: str = "bernoulli"
 
     def setup(self):
-        c = self.image_shape[-1]
-        out_channels = 2 * c if self.likelihood == "gaussian_pixel_var" else c
+        out_channels, self.shared_logvar = decoder_head(self.likelihood, self.image_shape[-1])
         self.encoder = ConvEncoder(tuple(self.channels), self.latent_dim, self.hidden, self.kernel_size)
         self.decoder = ConvDecoder(
             tuple(self.channels), tuple(self.image_shape), out_channels, self.hidden, self.kernel_size
         )
-        self.shared_logvar = SharedLogVariance() if self.likelihood == "gaussian_shared_var" else None
-
-    def __call__(self, x: jax.Array, key: jax.Array):
-        mean, logvar = self.encoder(x)
-        z = losses.reparameterize(key, mean, logvar)
-        return self.decode(z), mean, logvar, z
-
-    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self.encoder(x)
-
-    def decode(self, z: jax.Array) -> jax.Array:
-        out = self.decoder(z)
-        return out if self.shared_logvar is None else self.shared_logvar(out)
-
-
-def init_params(model: ConvVAE, key: jax.Array) -> dict:
-    """Initial params for ``model`` from ``key`` (shapes only; no data needed)."""
-    x = jnp.zeros((1, *model.image_shape), jnp.float32)
-    return model.init(key, x, jax.random.key(0))["params"]

@@ -23,17 +23,19 @@ Reference:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import losses
-from vae_jax.models.vae import MLPEncoder, make_mlp_decoder
+from vae_jax.models.vae import GaussianVAE, MLPEncoder, init_params, make_mlp_decoder  # noqa: F401 (re-exported)
 
 
-class CVAE(nn.Module):
+class CVAE(GaussianVAE):
     """MLP conditional VAE: q(z|x,y), p(x|z,y), p(z) = N(0, I), y one-hot of ``num_classes``.
+
+    The :class:`~vae_jax.models.vae.GaussianVAE` core with the label as its
+    one condition: ``__call__(x, y, key)``, ``encode(x, y)``, ``decode(z, y)``.
 
     Attributes:
       latent_dim: D, the size of z.
@@ -49,6 +51,7 @@ class CVAE(nn.Module):
     image_shape: Sequence[int] = (28, 28, 1)
     num_classes: int = 10
     likelihood: str = "bernoulli"
+    conditions: ClassVar[tuple[str, ...]] = ("y",)
 
     def setup(self):
         self.encoder = MLPEncoder(tuple(self.hidden), self.latent_dim)
@@ -69,17 +72,4 @@ class CVAE(nn.Module):
         Bernoulli: per-pixel logits; Gaussian: mean logits (the mean is their
         sigmoid), then log-variances with a learned variance.
         """
-        out = self.decoder(jnp.concatenate([z, self.one_hot(y, z.dtype)], axis=-1))
-        return out if self.shared_logvar is None else self.shared_logvar(out)
-
-    def __call__(self, x: jax.Array, y: jax.Array, key: jax.Array):
-        """One reparameterized pass: (decoder output, mean ``[B, D]``, logvar ``[B, D]``, z ``[B, D]``)."""
-        mean, logvar = self.encode(x, y)
-        z = losses.reparameterize(key, mean, logvar)
-        return self.decode(z, y), mean, logvar, z
-
-
-def init_params(model: CVAE, key: jax.Array) -> dict:
-    """Initial params for ``model`` from ``key`` (shapes only; no data needed)."""
-    x = jnp.zeros((1, *model.image_shape), jnp.float32)
-    return model.init(key, x, jnp.zeros((1,), jnp.int32), jax.random.key(0))["params"]
+        return self.with_variance(self.decoder(jnp.concatenate([z, self.one_hot(y, z.dtype)], axis=-1)))

@@ -32,16 +32,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
-from vae_jax.models.vae import MLPDecoder, MLPEncoder, SharedLogVariance
+from vae_jax.models.vae import GaussianVAE, MLPEncoder, init_params, make_mlp_decoder  # noqa: F401 (re-exported)
 
 
-class HVAE(nn.Module):
+class HVAE(GaussianVAE):
     """Two stochastic layers: x -> z1 (``latent_dim``) -> z2 (``top_latent_dim``).
+
+    The bottom layer is the :class:`~vae_jax.models.vae.GaussianVAE` core
+    (``encode`` is q(z1|x), ``decode`` is p(x|z1)); ``__call__`` adds the top layer.
 
     Attributes:
       latent_dim: D1, the size of z1 (the layer the decoder reads).
@@ -61,17 +63,10 @@ class HVAE(nn.Module):
     likelihood: str = "bernoulli"
 
     def setup(self):
-        *spatial, channels = self.image_shape
-        out_shape = (*spatial, channels * (2 if self.likelihood == "gaussian_pixel_var" else 1))
         self.encoder = MLPEncoder(tuple(self.hidden), self.latent_dim)  # q(z1|x)
         self.top_encoder = MLPEncoder(tuple(self.top_hidden), self.top_latent_dim)  # q(z2|z1)
         self.top_prior = MLPEncoder(tuple(reversed(self.top_hidden)), self.latent_dim)  # p(z1|z2)
-        self.decoder = MLPDecoder(tuple(reversed(self.hidden)), out_shape)  # p(x|z1)
-        self.shared_logvar = SharedLogVariance() if self.likelihood == "gaussian_shared_var" else None
-
-    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """q(z1|x): ``[B, H, W, C]`` -> (mean, logvar), each ``[B, D1]``."""
-        return self.encoder(x)
+        self.decoder, self.shared_logvar = make_mlp_decoder(self.hidden, self.image_shape, self.likelihood)  # p(x|z1)
 
     def encode_top(self, z1: jax.Array) -> tuple[jax.Array, jax.Array]:
         """q(z2|z1): ``[B, D1]`` -> (mean, logvar), each ``[B, D2]``."""
@@ -80,11 +75,6 @@ class HVAE(nn.Module):
     def prior_bottom(self, z2: jax.Array) -> tuple[jax.Array, jax.Array]:
         """p(z1|z2): ``[B, D2]`` -> (mean, logvar), each ``[B, D1]``."""
         return self.top_prior(z2)
-
-    def decode(self, z1: jax.Array) -> jax.Array:
-        """p(x|z1): ``[B, D1]`` -> decoder output ``[B, H, W, C or 2C]`` (logits / mean logits, log-variances)."""
-        out = self.decoder(z1)
-        return out if self.shared_logvar is None else self.shared_logvar(out)
 
     def __call__(self, x: jax.Array, key: jax.Array) -> dict:
         """One reparameterized pass z1 ~ q(z1|x), z2 ~ q(z2|z1).
@@ -120,8 +110,3 @@ class HVAE(nn.Module):
         z2 = jax.random.normal(key2, (n, self.top_latent_dim)) * temperature
         p1_mean, p1_logvar = self.prior_bottom(z2)
         return self.decode(losses.reparameterize(key1, p1_mean, p1_logvar + 2.0 * jnp.log(temperature)))
-
-
-def init_params(model: HVAE, key: jax.Array) -> dict:
-    """Initial params for ``model`` from ``key`` (shapes only; no data needed)."""
-    return model.init(key, jnp.zeros((1, *model.image_shape), jnp.float32), jax.random.key(0))["params"]

@@ -19,7 +19,15 @@ from the encoder (next to the latent code) and pass them to the decoder.
 
 ``Dense``, ``Embed``, ``Conv`` and ``ConvTranspose`` are ``flax.linen``'s layers (same parameters,
 initialisers and values) whose bias, or embedding lookup, keeps float32 gradient sums when the
-layer computes in bfloat16 (:mod:`vae_jax.precision`).
+layer computes in bfloat16 (:mod:`vae_jax.precision`). Where flax's own layers fall short: given
+``dtype=bfloat16, param_dtype=float32`` they add the bias in bfloat16 (and look embeddings up in
+it), so a bias's gradient over thousands of positions, or a row's over its lookups, is a bfloat16
+sum that stalls: 67-92% off the float32 gradient, against 0.3% for the kernels (measured by
+``tests/test_layers.py::test_flax_layers_in_bfloat16_sum_bias_and_embedding_gradients_in_bfloat16``).
+flax's own remedy, a float32 product before the bias add (``preferred_element_type=float32`` through
+``Dense(dot_general=...)``, ``Conv(conv_general_dilated=...)``, ``ConvTranspose(preferred_element_type=...)``;
+``Embed(dtype=float32)``), passes that test too, but needs the compute dtype given to every layer by
+its model, where these layers take it from their input.
 """
 
 from __future__ import annotations
@@ -248,21 +256,35 @@ class Conv(_XlaConvLayer):
 
 
 class ConvTranspose(_XlaConvLayer):
-    """``flax.linen.ConvTranspose`` for SAME/VALID padding, on :func:`vae_jax.ops.conv_transpose`.
+    """``flax.linen.ConvTranspose`` for SAME/VALID padding, with its bias added by :func:`add_bias`.
 
-    The same parameters (``kernel [kh, kw, C, O]``, ``bias [O]``), initialisers
-    and values as ``nn.ConvTranspose(features, kernel_size, strides, padding)``
-    (tested), so a model can switch between them and keep its checkpoints;
-    what differs is the kernel gradient, which XLA:CPU computes about 10x
-    faster this way (see :func:`vae_jax.ops.conv_transpose`), and the bias,
-    added by :func:`add_bias` (its gradient summed in float32 under bfloat16
-    compute).
+    The same parameters (``kernel [kh, kw, C, O]``, ``bias [O]``), initialisers,
+    values as ``nn.ConvTranspose(features, kernel_size, strides, padding)``
+    (tested), so a model can switch between them and keep its checkpoints; what
+    differs is that under bfloat16 compute the bias's gradient is summed in
+    float32, and, on the CPU backend, the kernel gradient (``fast_kernel_grad``).
+
+    Attributes:
+      fast_kernel_grad: ``True``: :func:`vae_jax.ops.conv_transpose`, the same
+        values with the kernel gradient asked of XLA as a strided convolution's
+        weight gradient (measured faster on XLA:CPU only; docs/benchmarks.md).
+        ``False``: ``lax.conv_transpose`` and its own gradient, as flax computes
+        them. ``None`` (default): ``True`` on the CPU backend, where it was
+        measured, ``False`` on every other backend until a measurement there
+        shows a gain.
 
     Call: ``x [N, H, W, C] -> [N, oh, ow, O]`` (``oh = H * sh`` for SAME).
     """
 
+    fast_kernel_grad: bool | None = None
+
     def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return ops.conv_transpose(x, kernel, _pair(self.strides), self.padding)
+        fast = jax.default_backend() == "cpu" if self.fast_kernel_grad is None else self.fast_kernel_grad
+        if fast:
+            return ops.conv_transpose(x, kernel, _pair(self.strides), self.padding)
+        return jax.lax.conv_transpose(
+            x, kernel, _pair(self.strides), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
 
 class MaxPoolWithIndices(nn.Module):

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import losses
+from vae_jax import losses, objectives
 from vae_jax.models.layers import Dense, float32_or_wider
 
 
@@ -90,19 +91,79 @@ class SharedLogVariance(nn.Module):
         )
 
 
-def make_mlp_decoder(hidden: Sequence[int], image_shape: Sequence[int], likelihood: str):
-    """``(MLPDecoder, SharedLogVariance or None)`` for ``likelihood``: the decoder mirrors ``hidden``.
+def decoder_head(likelihood: str, image_channels: int) -> tuple[int, SharedLogVariance | None]:
+    """The decoder-channel rule of every Gaussian VAE: (channels the decoder network outputs, appended variance).
 
-    A per-pixel learned variance doubles the decoder's output channels; a
-    shared one appends a single learned log-variance after it.
+    The decoder output holds C channels (logits, or mean logits) or, with a
+    learned variance (:data:`vae_jax.objectives.LEARNED_VARIANCE`), 2C: a
+    per-pixel variance is C more network channels; a shared one is a single
+    learned log-variance appended after the network (:class:`SharedLogVariance`).
     """
+    if likelihood not in objectives.LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {objectives.LIKELIHOODS}, got {likelihood!r}")
+    network_channels = 2 * image_channels if likelihood == "gaussian_pixel_var" else image_channels
+    return network_channels, SharedLogVariance() if likelihood == "gaussian_shared_var" else None
+
+
+def make_mlp_decoder(hidden: Sequence[int], image_shape: Sequence[int], likelihood: str):
+    """``(MLPDecoder, SharedLogVariance or None)`` for ``likelihood`` (:func:`decoder_head`): it mirrors ``hidden``."""
     *spatial, channels = image_shape
-    out_shape = (*spatial, channels * (2 if likelihood == "gaussian_pixel_var" else 1))
-    shared_logvar = SharedLogVariance() if likelihood == "gaussian_shared_var" else None
-    return MLPDecoder(tuple(reversed(tuple(hidden))), out_shape), shared_logvar
+    network_channels, shared_logvar = decoder_head(likelihood, channels)
+    return MLPDecoder(tuple(reversed(tuple(hidden))), (*spatial, network_channels)), shared_logvar
 
 
-class VAE(nn.Module):
+class GaussianVAE(nn.Module):
+    """The core every Gaussian VAE shares: q(z|x) = N(mean, diag(exp(logvar))), p(z) = N(0, I).
+
+    A family's ``setup`` defines ``encoder`` (-> mean, logvar), ``decoder`` and
+    ``shared_logvar`` (:func:`decoder_head`); the MLP, convolutional,
+    conditional and hierarchical VAEs differ only there (the conditional VAE
+    also feeds its label to both networks: ``conditions`` names the batch
+    entries, after ``x``, that :meth:`encode` and :meth:`decode` take).
+    The objectives of :mod:`vae_jax.objectives` use only :meth:`encode`,
+    :meth:`decode` and ``__call__``.
+    """
+
+    conditions: ClassVar[tuple[str, ...]] = ()  # batch entries (after "x") that encode and decode take
+
+    def __call__(self, x: jax.Array, *conditions_and_key: jax.Array):
+        """Encodes ``x``, draws one z per example with the reparameterization trick, decodes it.
+
+        Args:
+          x: images ``[B, H, W, C]`` in [0, 1].
+          conditions_and_key: the arrays named by ``conditions`` (``[B]`` each),
+            then the PRNG key for z = mean + exp(logvar / 2) * eps.
+
+        Returns:
+          ``(decoder output [B, H, W, C or 2C], mean [B, D], logvar [B, D], z [B, D])``.
+        """
+        *conditions, key = conditions_and_key
+        mean, logvar = self.encode(x, *conditions)
+        z = losses.reparameterize(key, mean, logvar)
+        return self.decode(z, *conditions), mean, logvar, z
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The posterior q(z|x): x ``[B, H, W, C]`` -> ``(mean [B, D], logvar [B, D])``.
+
+        Call as ``model.apply(variables, x, method=model.encode)``.
+        """
+        return self.encoder(x)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """The decoder: z ``[B, D]`` -> output ``[B, H, W, C]`` (2C channels with a learned variance).
+
+        The first C channels are logits: E[x|z] is their sigmoid
+        (:func:`vae_jax.objectives.decoder_mean`). Call as
+        ``model.apply(variables, z, method=model.decode)``.
+        """
+        return self.with_variance(self.decoder(z))
+
+    def with_variance(self, out: jax.Array) -> jax.Array:
+        """The decoder output with the shared learned log-variance appended (unchanged for other likelihoods)."""
+        return out if self.shared_logvar is None else self.shared_logvar(out)
+
+
+class VAE(GaussianVAE):
     """MLP VAE: q(z|x) = N(mean(x), diag(exp(logvar(x)))), p(z) = N(0, I).
 
     The decoder returns unconstrained per-pixel values read as logits. With a
@@ -114,7 +175,8 @@ class VAE(nn.Module):
     :data:`vae_jax.objectives.LEARNED_VARIANCE`): then the output has 2C
     channels, mean logits then log-variances (a per-pixel map, or one shared
     learned scalar). The decoder's hidden layers mirror the encoder's in
-    reverse order.
+    reverse order. ``__call__``, ``encode`` and ``decode`` are those of
+    :class:`GaussianVAE`.
 
     Attributes:
       latent_dim: D, the size of z.
@@ -133,48 +195,20 @@ class VAE(nn.Module):
         self.encoder = MLPEncoder(tuple(self.hidden), self.latent_dim)
         self.decoder, self.shared_logvar = make_mlp_decoder(self.hidden, self.image_shape, self.likelihood)
 
-    def __call__(self, x: jax.Array, key: jax.Array):
-        """Encodes ``x``, draws one z per example with the reparameterization trick, decodes it.
 
-        Args:
-          x: images ``[B, H, W, C]`` in [0, 1].
-          key: PRNG key for z = mean + exp(logvar / 2) * eps.
-
-        Returns:
-          ``(logits [B, H, W, C], mean [B, D], logvar [B, D], z [B, D])``; the
-          logits are the decoder output described in the class docstring.
-        """
-        mean, logvar = self.encoder(x)
-        z = losses.reparameterize(key, mean, logvar)
-        return self.decode(z), mean, logvar, z
-
-    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The posterior q(z|x): x ``[B, H, W, C]`` -> ``(mean [B, D], logvar [B, D])``.
-
-        Call as ``model.apply(variables, x, method=model.encode)``.
-        """
-        return self.encoder(x)
-
-    def decode(self, z: jax.Array) -> jax.Array:
-        """The decoder: z ``[B, D]`` -> logits ``[B, H, W, C]`` (2C channels with a learned variance).
-
-        E[x|z] is ``jax.nn.sigmoid`` of the first C channels. Call as
-        ``model.apply(variables, z, method=model.decode)``.
-        """
-        out = self.decoder(z)
-        return out if self.shared_logvar is None else self.shared_logvar(out)
-
-
-def init_variables(model: VAE, key: jax.Array) -> dict:
+def init_variables(model: GaussianVAE, key: jax.Array) -> dict:
     """Initial flax variables ``{"params": params}`` for ``model``, ready for ``model.apply(variables, ...)``.
 
-    Only shapes are needed (no data): the model is traced once on zeros.
+    Only shapes are needed (no data): the model is traced once on zeros (and
+    label 0 for each of ``model.conditions``). Every Gaussian VAE family
+    (MLP, conv, conditional, hierarchical) is initialised by this.
     """
     x = jnp.zeros((1, *model.image_shape), jnp.float32)
-    return {"params": model.init(key, x, jax.random.key(0))["params"]}
+    conditions = [jnp.zeros((1,), jnp.int32) for _ in model.conditions]
+    return {"params": model.init(key, x, *conditions, jax.random.key(0))["params"]}
 
 
-def init_params(model: VAE, key: jax.Array) -> dict:
+def init_params(model: GaussianVAE, key: jax.Array) -> dict:
     """Initial params for ``model``: the bare params tree (what an optimizer updates).
 
     ``model.apply`` wants them wrapped: ``model.apply({"params": params}, x, key)``;

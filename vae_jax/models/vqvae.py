@@ -77,7 +77,6 @@ class VQVAE(nn.Module):
         self.enc_out = Conv(self.code_dim, (1, 1))
         self.dec_in = Conv(c2, (3, 3), padding="SAME")
         self.dec_res = [ResidualBlock(max(c2 // 2, 1)) for _ in range(self.num_res_blocks)]
-        # nn.ConvTranspose's parameters and values, with a kernel gradient XLA:CPU computes ~10x faster.
         self.dec_up1 = ConvTranspose(c1, (4, 4), strides=(2, 2), padding="SAME")
         self.dec_up2 = ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME")
         # The paper's PyTorch ports draw codes from U(-1/K, 1/K); unit-variance-per-vector

@@ -1,8 +1,8 @@
 """The conditional VAE's config, objective terms and training task, plus the queries its figures need.
 
-The CVAE follows the objective contract of :mod:`vae_jax.objectives`: its
-``terms_fn`` and ``log_weights_fn`` read the label ``batch["y"]`` and condition
-both q(z|x,y) and p(x|z,y) on it; every flag of the VAE objective (likelihood,
+The CVAE follows the objective contract of :mod:`vae_jax.objectives`: the
+Gaussian-VAE ``terms_fn`` and ``log_weights_fn`` read the label ``batch["y"]``
+(``CVAE.conditions``) and condition both q(z|x,y) and p(x|z,y) on it; every flag of the VAE objective (likelihood,
 beta and its schedule, free bits, IWAE training) applies unchanged.
 """
 
@@ -12,16 +12,16 @@ import dataclasses
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import losses, objectives
+from vae_jax import diagnostics, evaluate, objectives
 from vae_jax.errors import ConfigError, field, require
 from vae_jax.evaluate import VAEEvalParts
 from vae_jax.models.cvae import CVAE, init_params
 from vae_jax.protocol import Task
+from vae_jax.tasks import vae as vae_tasks
 from vae_jax.tasks.common import apply_in_batches
-from vae_jax.tasks.vae import VAEObjectiveConfig
+from vae_jax.tasks.vae import VAEObjectiveConfig, require_widths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +44,7 @@ class CVAEConfig(VAEObjectiveConfig):
     def validate(self) -> None:
         super().validate()
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
-        require(
-            len(self.hidden) > 0 and all(w > 0 for w in self.hidden),
-            "hidden",
-            "comma-separated positive widths like 400 or 512,256",
-            ",".join(map(str, self.hidden)),
-        )
+        require_widths("hidden", self.hidden)
         require(self.num_classes >= 0, "num_classes", "a non-negative integer (0: from the data)", self.num_classes)
 
 
@@ -83,75 +78,20 @@ def build_cvae(config: CVAEConfig, image_shape) -> CVAE:
     )
 
 
-def make_cvae_terms(model: CVAE, likelihood: str = "bernoulli", decoder_logvar: float = 0.0):
-    """``terms_fn(params, batch, key)`` of the CVAE (the contract of :mod:`vae_jax.objectives`).
-
-    With z ~ q(z|x,y) (one reparameterized sample): ``recon`` = -log p(x|z,y)
-    ``[B]``; ``kl_per_dim`` ``[B, D]`` the closed form
-    1/2 (exp(logvar) + mean^2 - 1 - logvar) of KL(q(z|x,y) || N(0, I)); ``kl``
-    its sum. recon + kl is the negative ELBO of log p(x|y).
-    """
-
-    def terms_fn(params, batch, key):
-        x, y = batch["x"], batch["y"]
-        decoder_out, mean, logvar, _ = model.apply({"params": params}, x, y, key)
-        kl_per_dim = losses.gaussian_kl(mean, logvar, event_ndim=0)  # [B, D]
-        return {
-            "recon": objectives.reconstruction_nll(likelihood, decoder_out, x, decoder_logvar),
-            "kl": jnp.sum(kl_per_dim, axis=-1),
-            "kl_per_dim": kl_per_dim,
-        }
-
-    return terms_fn
-
-
-def make_cvae_log_weights(model: CVAE, likelihood: str = "bernoulli", decoder_logvar: float = 0.0):
-    """``log_weights_fn(params, batch, key, k) -> [B, k]``: log p(x|z_j,y) + log N(z_j; 0, I) - log q(z_j|x,y).
-
-    z_j ~ q(z|x,y) drawn by reparameterization; the encoder runs once, the
-    decoder on the ``B * k`` samples (each with its example's label).
-    """
-
-    def log_weights_fn(params, batch, key, k):
-        x, y = batch["x"], batch["y"]
-        mean, logvar = model.apply({"params": params}, x, y, method=model.encode)  # [B, D]
-        eps = jax.random.normal(key, (x.shape[0], k, mean.shape[-1]), mean.dtype)
-        z = mean[:, None] + jnp.exp(0.5 * logvar[:, None]) * eps  # [B, k, D]
-        decoder_out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), jnp.repeat(y, k), method=model.decode)
-        x_rep = jnp.repeat(x, k, axis=0)  # [B*k, H, W, C], example-major like z
-        log_px_z = -objectives.reconstruction_nll(likelihood, decoder_out, x_rep, decoder_logvar).reshape(-1, k)
-        return losses.vae_log_weights(log_px_z, z, mean[:, None], logvar[:, None])
-
-    return log_weights_fn
-
-
 def cvae_task(config: CVAEConfig, image_shape) -> tuple[CVAE, Task]:
     """The CVAE and its training task (batches must carry labels ``y``)."""
     model = build_cvae(config, image_shape)
-    return model, config.elbo_task(model, init_params, make_cvae_terms, make_cvae_log_weights)
+    return model, config.elbo_task(
+        model, init_params, objectives.make_gaussian_vae_terms, objectives.make_gaussian_vae_log_weights
+    )
 
 
 def cvae_eval_parts(model: CVAE, task: Task, config: CVAEConfig) -> VAEEvalParts:
     """What :func:`vae_jax.evaluate.evaluate_runs` needs: every quantity conditioned on the true label."""
-    return VAEEvalParts(
-        eval_fn=task.eval_fn,
-        log_weights_fn=make_cvae_log_weights(model, config.likelihood, config.decoder_logvar),
-        posterior_mean_fn=lambda params, batch: {
-            "z": model.apply({"params": params}, batch["x"], batch["y"], method=model.encode)[0]
-        },
-        needs_labels=True,
-    )
+    return evaluate.gaussian_vae_parts(model, task.eval_fn, config.likelihood, config.decoder_logvar)
 
 
 # --- queries for figures (host arrays out) -------------------------------------------
-
-
-def _encode_mean(model: CVAE, params, x, y):
-    return model.apply({"params": params}, x, y, method=model.encode)[0]
-
-
-def _decode_mean(model: CVAE, params, z, y):
-    return objectives.decoder_mean(model.apply({"params": params}, z, y, method=model.decode), model.image_shape[-1])
 
 
 def check_labels(model: CVAE, labels, name: str = "labels") -> np.ndarray:
@@ -174,13 +114,18 @@ def check_labels(model: CVAE, labels, name: str = "labels") -> np.ndarray:
 
 def encode_means(model: CVAE, params, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Posterior means ``[N, D]`` of q(z|x,y)."""
-    return apply_in_batches(_encode_mean, model, params, x, check_labels(model, y, "y"), batch_size=batch_size)
+    return diagnostics.encode_posteriors(model, params, x, check_labels(model, y, "y"), batch_size=batch_size)[0]
 
 
 def decode_means(model: CVAE, params, z: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """E[x|z,y] ``[N, H, W, C]`` in [0, 1] for codes ``z`` ``[N, D]`` and labels ``y`` ``[N]``."""
     return apply_in_batches(
-        _decode_mean, model, params, np.asarray(z, np.float32), check_labels(model, y, "y"), batch_size=batch_size
+        vae_tasks.query_decoder_mean,
+        model,
+        params,
+        np.asarray(z, np.float32),
+        check_labels(model, y, "y"),
+        batch_size=batch_size,
     )
 
 
@@ -209,14 +154,5 @@ def collapse_diagnostics(
     estimate is I_q(x; z) over these pairs; z repeating the class (what a
     wide latent does when the decoder ignores y) counts in it too.
     """
-    from vae_jax import diagnostics
-
-    encode = jax.jit(lambda xb, yb: jnp.concatenate(model.apply({"params": params}, xb, yb, method=model.encode), -1))
-    both = np.concatenate(
-        [
-            np.asarray(encode(jnp.asarray(x[i : i + batch_size]), jnp.asarray(y[i : i + batch_size])))
-            for i in range(0, len(x), batch_size)
-        ]
-    )
-    d = model.latent_dim
-    return {"z": diagnostics.collapse_diagnostics(both[:, :d], both[:, d:], key)}
+    means, logvars = diagnostics.encode_posteriors(model, params, x, check_labels(model, y, "y"), batch_size=batch_size)
+    return {"z": diagnostics.collapse_diagnostics(means, logvars, key)}

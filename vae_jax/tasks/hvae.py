@@ -39,13 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import losses, objectives
+from vae_jax.arrays import bare_params
 from vae_jax.errors import field, require
 from vae_jax.evaluate import VAEEvalParts
 from vae_jax.models.hvae import HVAE, init_params
-from vae_jax.models.params import bare_params
 from vae_jax.protocol import Task
 from vae_jax.tasks.common import apply_in_batches
-from vae_jax.tasks.vae import VAEObjectiveConfig
+from vae_jax.tasks.vae import VAEObjectiveConfig, decode_means, reconstruct, require_widths  # noqa: F401 (the HVAE's queries)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +68,8 @@ class HVAEConfig(VAEObjectiveConfig):
         super().validate()
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
         require(self.top_latent_dim > 0, "top_latent_dim", "a positive integer", self.top_latent_dim)
-        for name in ("hidden", "top_hidden"):
-            widths = getattr(self, name)
-            require(
-                len(widths) > 0 and all(w > 0 for w in widths),
-                name,
-                "comma-separated positive widths like 400 or 512,256",
-                ",".join(map(str, widths)),
-            )
+        require_widths("hidden", self.hidden)
+        require_widths("top_hidden", self.top_hidden)
 
 
 def build_hvae(config: HVAEConfig, image_shape) -> HVAE:
@@ -132,9 +126,7 @@ def make_hvae_log_weights(model: HVAE, likelihood: str = "bernoulli", decoder_lo
         apply = lambda method, *args: model.apply({"params": params}, *args, method=method)  # noqa: E731
         q1_mean, q1_logvar = apply(model.encode, x)  # [B, D1]
         key1, key2 = jax.random.split(key)
-        z1 = losses.reparameterize(
-            key1, jnp.broadcast_to(q1_mean[:, None], (x.shape[0], k, q1_mean.shape[-1])), q1_logvar[:, None]
-        )  # [B, k, D1]
+        z1 = objectives.posterior_samples(key1, q1_mean, q1_logvar, k)  # [B, k, D1]
         z1_flat = z1.reshape(-1, z1.shape[-1])
         q2_mean, q2_logvar = apply(model.encode_top, z1_flat)  # [B*k, D2]
         z2 = losses.reparameterize(key2, q2_mean, q2_logvar)
@@ -179,37 +171,13 @@ def hvae_eval_parts(model: HVAE, task: Task, config: HVAEConfig) -> VAEEvalParts
 
 
 # --- queries for figures (host arrays out) -------------------------------------------
-
-
-def _reconstruct(model: HVAE, params, x):
-    z1, _ = model.apply({"params": params}, x, method=model.encode)
-    return objectives.decoder_mean(model.apply({"params": params}, z1, method=model.decode), model.image_shape[-1])
-
-
-def reconstruct(model: HVAE, params, x: np.ndarray) -> np.ndarray:
-    """E[x|z1] at z1 = E[z1|x] ``[N, H, W, C]`` in [0, 1]."""
-    return apply_in_batches(_reconstruct, model, params, x)
-
-
-def _decode_mean(model: HVAE, params, z1):
-    return objectives.decoder_mean(model.apply({"params": params}, z1, method=model.decode), model.image_shape[-1])
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _encode_layers(model: HVAE, params, x):
-    return posterior_means(model, params, x)
+# ``reconstruct(model, params, x)`` (E[x|z1] at z1 = E[z1|x]) and ``decode_means(model, params, z1)``
+# are the one-level VAE's queries of :mod:`vae_jax.tasks.vae`: the HVAE's bottom layer is that core.
 
 
 def encode_layers(model: HVAE, params, x: np.ndarray, batch_size: int = 1000) -> dict:
     """:func:`posterior_means` of images ``x``: ``{"z1": [N, D1], "z2": [N, D2]}`` on the host."""
-    params = bare_params(params)
-    parts = [jax.device_get(_encode_layers(model, params, x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-    return {name: np.concatenate([p[name] for p in parts]) for name in ("z1", "z2")}
-
-
-def decode_means(model: HVAE, params, z1: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """E[x|z1] ``[N, H, W, C]`` in [0, 1] of bottom-layer latents ``z1`` ``[N, D1]``."""
-    return apply_in_batches(_decode_mean, model, params, np.asarray(z1, np.float32), batch_size=batch_size)
+    return apply_in_batches(posterior_means, model, params, x, batch_size=batch_size)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -227,35 +195,32 @@ def sample(model: HVAE, params, key: jax.Array, n: int, temperature: float = 1.0
     return np.asarray(_sample(model, bare_params(params), key, n, jnp.float32(temperature)))
 
 
+def _collapse_layers(model: HVAE, params, key, x):
+    """Per image: q(z1|x) and its objective's per-dimension z1 terms (one pass from ``key``); q(z2|E[z1|x])."""
+    q1_mean, q1_logvar = model.apply({"params": params}, x, method=model.encode)
+    q2_mean, q2_logvar = model.apply({"params": params}, q1_mean, method=model.encode_top)
+    out = model.apply({"params": params}, x, key)
+    kl_z1 = hvae_terms_from_pass(out, x, model.likelihood, 0.0)["kl_per_dim"][:, : model.latent_dim]
+    return {"q1_mean": q1_mean, "q1_logvar": q1_logvar, "kl_z1": kl_z1, "q2_mean": q2_mean, "q2_logvar": q2_logvar}
+
+
 def collapse_diagnostics(model: HVAE, params, x: np.ndarray, key: jax.Array, batch_size: int = 500) -> dict:
     """:func:`vae_jax.diagnostics.collapse_diagnostics` of each latent layer on images ``x``: ``{"z1": ..., "z2": ...}``.
 
     z1: q(z1|x), with the per-dimension KL terms of the objective (the
     single-sample log q(z1|x) - log p(z1|z2) per dimension, averaged over the
-    images; the learned prior p(z1|z2) has no closed-form KL here).
+    images; the learned prior p(z1|z2) has no closed-form KL here; batch i
+    draws its pass from ``fold_in(pass_key, i)``).
     z2: q(z2|z1) at z1 = E[z1|x] (as in :func:`posterior_means`), against its
     prior N(0, I) in closed form.
     """
     from vae_jax import diagnostics
 
     pass_key, key1, key2 = jax.random.split(key, 3)
-
-    def layers(xb, i):
-        q1_mean, q1_logvar = model.apply({"params": params}, xb, method=model.encode)
-        q2_mean, q2_logvar = model.apply({"params": params}, q1_mean, method=model.encode_top)
-        out = model.apply({"params": params}, xb, jax.random.fold_in(pass_key, i))
-        kl_z1 = hvae_terms_from_pass(out, xb, model.likelihood, 0.0)["kl_per_dim"][:, : model.latent_dim]
-        return jnp.concatenate([q1_mean, q1_logvar, kl_z1, q2_mean, q2_logvar], axis=-1)
-
-    d1, d2 = model.latent_dim, model.top_latent_dim
-    layers = jax.jit(layers)
-    batches = [
-        np.asarray(layers(jnp.asarray(x[i : i + batch_size]), i // batch_size)) for i in range(0, len(x), batch_size)
-    ]
-    both = np.concatenate(batches)
-    q1_mean, q1_logvar, kl_z1 = both[:, :d1], both[:, d1 : 2 * d1], both[:, 2 * d1 : 3 * d1]
-    q2_mean, q2_logvar = both[:, 3 * d1 : 3 * d1 + d2], both[:, 3 * d1 + d2 :]
+    layers = apply_in_batches(_collapse_layers, model, params, x, batch_size=batch_size, key=pass_key)
     return {
-        "z1": diagnostics.collapse_diagnostics(q1_mean, q1_logvar, key1, kl_per_dim=kl_z1),
-        "z2": diagnostics.collapse_diagnostics(q2_mean, q2_logvar, key2),
+        "z1": diagnostics.collapse_diagnostics(
+            layers["q1_mean"], layers["q1_logvar"], key1, kl_per_dim=layers["kl_z1"]
+        ),
+        "z2": diagnostics.collapse_diagnostics(layers["q2_mean"], layers["q2_logvar"], key2),
     }

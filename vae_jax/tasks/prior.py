@@ -36,8 +36,8 @@ import optax
 
 from vae_jax import data as data_lib
 from vae_jax import precision as precision_lib
+from vae_jax.arrays import bare_params
 from vae_jax.errors import field, require
-from vae_jax.models.params import bare_params
 from vae_jax.models.pixelcnn import PixelCNN
 from vae_jax.models.pixelcnn import init_params as init_pixelcnn_params
 from vae_jax.protocol import Task, TrainConfig

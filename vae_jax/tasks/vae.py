@@ -1,5 +1,8 @@
 """The MLP VAE's config and training task, plus the model queries that its figures need.
 
+The queries (``encode_means``, ``decode_means``, ``reconstruct``, ...) serve every
+:class:`~vae_jax.models.vae.GaussianVAE`: the conv VAE, and the HVAE's bottom layer, use them unchanged.
+
 A model restored from a workdir's ``config.json`` is built exactly as it was trained.
 """
 
@@ -13,8 +16,8 @@ import numpy as np
 
 from vae_jax import caches, diagnostics, objectives, schedules
 from vae_jax import precision as precision_lib
+from vae_jax.arrays import bare_params
 from vae_jax.errors import field, require
-from vae_jax.models.params import bare_params
 from vae_jax.models.vae import VAE, init_params
 from vae_jax.protocol import Task, TrainConfig
 from vae_jax.tasks.common import apply_in_batches
@@ -132,6 +135,16 @@ class VAEObjectiveConfig(TrainConfig):
         )
 
 
+def require_widths(name: str, widths) -> None:
+    """A one-line error naming ``--name`` unless ``widths`` are one or more positive MLP layer widths."""
+    require(
+        len(widths) > 0 and all(w > 0 for w in widths),
+        name,
+        "comma-separated positive widths like 400 or 512,256",
+        ",".join(map(str, widths)),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class VAEConfig(VAEObjectiveConfig):
     """The MLP VAE of Kingma & Welling (2014); the defaults are the classic 784-400-20."""
@@ -144,12 +157,7 @@ class VAEConfig(VAEObjectiveConfig):
     def validate(self) -> None:
         super().validate()
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
-        require(
-            len(self.hidden) > 0 and all(w > 0 for w in self.hidden),
-            "hidden",
-            "comma-separated positive widths like 400 or 512,256",
-            ",".join(map(str, self.hidden)),
-        )
+        require_widths("hidden", self.hidden)
 
 
 def build_vae(config: VAEConfig, image_shape) -> VAE:
@@ -171,28 +179,30 @@ def vae_task(config: VAEConfig, image_shape) -> tuple[VAE, Task]:
 # --- queries for figures (host arrays out) -------------------------------------------
 
 
-def _decode_mean(model, params, z):
-    return objectives.decoder_mean(model.apply({"params": params}, z, method=model.decode), model.image_shape[-1])
+def query_decoder_mean(model, params, z, *conditions):
+    """E[x|z] of any :class:`~vae_jax.models.vae.GaussianVAE` (the CVAE's labels as ``conditions``)."""
+    decoder_out = model.apply({"params": params}, z, *conditions, method=model.decode)
+    return objectives.decoder_mean(decoder_out, model.image_shape[-1])
 
 
 def _reconstruct(model, params, x):
     mean, _ = model.apply({"params": params}, x, method=model.encode)
-    return _decode_mean(model, params, mean)
+    return query_decoder_mean(model, params, mean)
 
 
 @caches.jit_run_once(static_argnums=(0, 3))
 def _prior_samples(model, params, key, n: int):
-    return _decode_mean(model, params, jax.random.normal(key, (n, model.latent_dim)))
+    return query_decoder_mean(model, params, jax.random.normal(key, (n, model.latent_dim)))
 
 
 def encode_means(model, params, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """Posterior means ``[N, D]`` of ``x`` (the program :func:`vae_jax.diagnostics.encode_posteriors` runs)."""
-    return diagnostics.encode_posteriors(model, params, x, batch_size)[0]
+    return diagnostics.encode_posteriors(model, params, x, batch_size=batch_size)[0]
 
 
 def decode_means(model, params, z: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Decoded images E[x|z] ``[N, H, W, C]`` in [0, 1]."""
-    return apply_in_batches(_decode_mean, model, params, np.asarray(z, np.float32), batch_size=batch_size)
+    return apply_in_batches(query_decoder_mean, model, params, np.asarray(z, np.float32), batch_size=batch_size)
 
 
 def reconstruct(model, params, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:

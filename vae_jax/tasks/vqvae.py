@@ -368,8 +368,14 @@ def vqvae_task(config: VQVAEConfig, image_shape, init_images: np.ndarray | None 
         headline="mse",
         update_fn=make_vqvae_update(config, num_codes),
         init_model_state=init_model_state,
+        not_trained=codebook_not_trained if config.codebook == "ema" else None,
     )
     return model, task
+
+
+def codebook_not_trained(params) -> dict:
+    """With ``--codebook ema`` the codebook is set by ``update_fn`` alone: the optimizer leaves it out."""
+    return {name: name == "codebook" for name in params}
 
 
 # --- codebook usage over a dataset, and queries for figures (host arrays out) --------

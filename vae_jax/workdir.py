@@ -1,0 +1,433 @@
+"""A training run's workdir: the checks that keep its run safe, and the records it holds.
+
+The driver (:func:`vae_jax.runner.train`) trains; this module decides what it may do with a workdir and
+reads and writes the files that describe the run:
+
+* ``config.json`` (:func:`config_record`; read back by :func:`load_run_config`), ``data.json``
+  (:data:`DATA_RECORD`, the data the run trained on), ``metrics.jsonl`` (:func:`read_history`) and
+  ``summary.json`` (:func:`write_summary`), all written by process 0 alone (:func:`write_json`);
+* the reports an experiment writes beside them, reused on a rerun when they were written for the same
+  checkpoint, data and settings (:func:`report_fingerprint`, :func:`reusable_report`).
+
+A workdir's run is never destroyed or rewritten by accident:
+:func:`check_workdir` (called by every experiment before it loads any data)
+refuses ``--no-resume``, other settings or a shorter ``--epochs`` on a
+workdir that holds a run, unless ``--overwrite`` is given, which moves the
+whole old run (checkpoints, records, figures, ``eval.json``) into a dated
+sub-folder ``WORKDIR/replaced-YYYYmmdd-HHMMSS/`` (:func:`move_run_aside`); nothing is deleted.
+``config.json`` and ``summary.json`` always describe the model in the
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from vae_jax import caches, distributed, phases, tensorboard
+from vae_jax import data as data_lib
+from vae_jax.errors import ConfigError, flag, require_writable_dir
+from vae_jax.protocol import TrainConfig
+
+# Fields that may differ between a run and its resumption.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "epochs",
+        "resume",
+        "overwrite",
+        "progress",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "workdir",
+        "data_dir",
+        "eval_batch_size",
+        "max_consecutive_skips",
+    }
+    # What the data is, with or without these, is checked against WORKDIR/data.json (check_run_data).
+    | {"skip_unreadable"}
+    # How a run is laid out and watched does not change what it computes (up to float reduction order).
+    | {"devices", "seed_layout", "epoch_loop", "compile_cache", "tensorboard", "distributed", "stream"}
+)
+
+
+# ``--overwrite`` moves the old run into WORKDIR/REPLACED_PREFIX + UTC time.
+REPLACED_PREFIX = "replaced-"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkdirPlan:
+    """What :func:`vae_jax.runner.train` will do with a workdir, decided by :func:`check_workdir` before any data is loaded.
+
+    Attributes:
+      checkpoint_epoch: epoch of the newest checkpoint on disk, or None.
+      move_aside: ``--overwrite`` applies: the old run goes into ``WORKDIR/replaced-*/`` first.
+      nothing_to_train: the checkpoint already holds ``--epochs`` epochs; the records are left as they are.
+    """
+
+    workdir: str
+    checkpoint_epoch: int | None
+    move_aside: bool
+    nothing_to_train: bool
+
+
+def checkpoint_epochs(workdir: str) -> list[int]:
+    """Epochs of the finished checkpoints in ``WORKDIR/checkpoints`` (read from disk; creates nothing)."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(
+        int(name) for name in os.listdir(directory) if name.isdigit() and os.path.isdir(os.path.join(directory, name))
+    )
+
+
+def read_json(path: str, what: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read the {what} ({type(err).__name__}); use another --workdir") from None
+
+
+def _setting(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+
+
+def check_workdir(config: TrainConfig) -> WorkdirPlan:
+    """Checks, without changing anything, that ``config`` may use its workdir; returns the plan.
+
+    A workdir holds a run when it has a checkpoint or a ``summary.json``. Such a
+    workdir is continued only with the settings it was trained with (fields in
+    :data:`RESUMABLE_FIELDS` may differ) and an ``--epochs`` no smaller than its
+    checkpoint's. ``--no-resume``, other settings or another kind of run are
+    refused unless ``--overwrite`` is given; every message names the safe path
+    (another ``--workdir``) first.
+
+    Raises:
+      ConfigError: with a one-line message naming the flag.
+    """
+    workdir = config.workdir
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir}: not a writable directory (a file is in the way)")
+    epochs = checkpoint_epochs(workdir)
+    checkpoint_epoch = epochs[-1] if epochs else None
+    has_summary = os.path.isfile(os.path.join(workdir, "summary.json"))
+    if checkpoint_epoch is None and not has_summary:
+        # Nothing trained here yet (at most the records of a start that never reached a checkpoint).
+        return WorkdirPlan(
+            workdir, None, move_aside=config.overwrite and _run_entries(workdir) != [], nothing_to_train=False
+        )
+    if config.overwrite:
+        return WorkdirPlan(workdir, checkpoint_epoch, move_aside=True, nothing_to_train=False)
+    aside = f"add --overwrite to move the old run into {os.path.join(workdir, REPLACED_PREFIX + 'DATE')}/"
+    held = f"a run trained for {checkpoint_epoch} epochs" if checkpoint_epoch else "a run (summary.json, no checkpoint)"
+    config_path = os.path.join(workdir, "config.json")
+    saved = read_json(config_path, "run's settings") if os.path.isfile(config_path) else None
+    if saved is None:
+        raise ConfigError(f"--workdir {workdir} holds {held} but no config.json; use another --workdir, or {aside}")
+    saved_kind = saved.pop("kind", config.kind)
+    if saved_kind != config.kind:
+        raise ConfigError(
+            f"--workdir {workdir} holds a {saved_kind} run, not a {config.kind} run; use another --workdir, or {aside}"
+        )
+    if not config.resume:
+        raise ConfigError(
+            f"--no-resume: --workdir {workdir} holds {held}; use another --workdir, or {aside} "
+            "and start afresh (or drop --no-resume to continue it)"
+        )
+    current = dataclasses.asdict(config)
+    # A setting missing from an older config.json was added later; its default is how that run behaved.
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    changed = sorted(
+        k
+        for k in set(saved) | set(current)
+        if k not in RESUMABLE_FIELDS and _jsonable(saved.get(k, defaults.get(k))) != _jsonable(current.get(k))
+    )
+    if "image_size" in changed and _trained_at_size(workdir, saved.get("image_size", 0), config.image_size):
+        changed.remove("image_size")
+    if "dataset" in changed and _trained_on_spec(workdir) == config.dataset:  # mnist resolved to mnist:embedded
+        changed.remove("dataset")
+    if changed:
+        differences = ", ".join(
+            f"{flag(k)} {_setting(saved.get(k, defaults.get(k)))} there, {_setting(current.get(k))} here"
+            for k in changed
+        )
+        raise ConfigError(
+            f"--workdir {workdir} holds a run with other settings ({differences}); use another --workdir, or {aside}"
+        )
+    if checkpoint_epoch is None:
+        raise ConfigError(
+            f"--workdir {workdir} has a summary.json but no checkpoint to continue from; "
+            f"use another --workdir, or {aside}"
+        )
+    if config.epochs < checkpoint_epoch:
+        raise ConfigError(
+            f"--epochs {config.epochs}: --workdir {workdir} holds a run trained for {checkpoint_epoch} epochs; "
+            f"pass --epochs {checkpoint_epoch} to use it as it is (or more to train it further), or use another "
+            f"--workdir for a shorter run"
+        )
+    return WorkdirPlan(workdir, checkpoint_epoch, move_aside=False, nothing_to_train=config.epochs == checkpoint_epoch)
+
+
+def enclosing_run(workdir: str) -> str | None:
+    """The nearest directory above ``workdir`` that holds a run's ``config.json`` (a JSON object with a
+    ``workdir`` setting, as every experiment writes), or None. A run's own sub-runs (a VQ-VAE's ``prior/``)
+    are laid out by its experiment; a workdir a user names must not lie inside another run."""
+    here = os.path.abspath(workdir)
+    while os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+        path = os.path.join(here, "config.json")
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(saved, dict) and "workdir" in saved:
+            return here
+    return None
+
+
+DATA_RECORD = "data.json"  # in the workdir, beside config.json: the data the run trained on (Dataset.record)
+
+
+def check_run_data(config: TrainConfig, record: dict) -> None:
+    """Refuses to continue the run in ``config.workdir`` on data other than its ``data.json`` records.
+
+    ``record`` is the :meth:`vae_jax.data.Dataset.record` of the data loaded now. The same ``--dataset``
+    can name other data on another machine or day: ``mnist`` is TFDS's 70,000 digits or, offline, the
+    5,000 embedded ones; a file or folder can be replaced. A run without ``data.json`` (written before it
+    existed) is not checked.
+
+    Raises:
+      ConfigError: one line naming ``--dataset`` and both sources.
+    """
+    mismatch = data_mismatch(config.workdir, record)
+    if mismatch is None:
+        return
+    trained_spec = _trained_on_spec(config.workdir)
+    same = f" (--dataset {trained_spec})" if trained_spec != record.get("source") else ""
+    raise ConfigError(
+        f"--dataset {config.dataset}: {mismatch}; continue it on the same data{same}, use another --workdir, or add "
+        f"--overwrite to move the old run into {os.path.join(config.workdir, REPLACED_PREFIX + 'DATE')}/"
+    )
+
+
+def data_mismatch(workdir: str, record: dict) -> str | None:
+    """``"--workdir W was trained on A, but this data is B"`` when ``record`` (a
+    :meth:`vae_jax.data.Dataset.record`) is not the data of ``WORKDIR/data.json``; None when it is, or when the
+    run has no ``data.json``."""
+    path = os.path.join(workdir, DATA_RECORD)
+    if not os.path.isfile(path):
+        return None
+    trained = read_json(path, "record of the run's data")
+    keys = ("source", "n_train", "n_test", "image_shape", "fingerprint")
+    if all(_jsonable(trained.get(k)) == _jsonable(record.get(k)) for k in keys):
+        return None
+    return (
+        f"--workdir {workdir} was trained on {data_lib.describe_record(trained)}, but this data is "
+        f"{data_lib.describe_record(record)}"
+    )
+
+
+def _trained_on_spec(workdir: str) -> str | None:
+    """The resolved ``--dataset`` the run in ``workdir`` trained on (``data.json``), e.g. ``mnist:embedded`` for a
+    run of ``--dataset mnist`` that fell back to the embedded digits; None when not recorded. Naming it is
+    no change of settings: :func:`check_run_data` checks the data itself once it is loaded."""
+    path = os.path.join(workdir, DATA_RECORD)
+    return read_json(path, "record of the run's data").get("source") if os.path.isfile(path) else None
+
+
+def _trained_at_size(workdir: str, saved_size: int, image_size: int) -> bool:
+    """Whether a run trained with ``--image-size 0`` (the images' own size) trained on ``image_size`` squares, so
+    that asking for ``image_size`` now changes nothing (a ``--preset faces128`` run from before the preset set
+    ``--image-size 128``). Read from ``data.json`` or ``summary.json``; False when neither says."""
+    if saved_size != 0 or not image_size:
+        return False
+    for name in (DATA_RECORD, "summary.json"):
+        path = os.path.join(workdir, name)
+        if os.path.isfile(path):
+            record = read_json(path, "run's records")
+            shape = record.get("image_shape") or record.get("dataset", {}).get("image_shape")
+            return bool(shape) and list(shape[:2]) == [image_size, image_size]
+    return False
+
+
+def _run_entries(workdir: str) -> list[str]:
+    """The workdir's entries that belong to its run: all but hidden files and earlier replaced runs."""
+    if not os.path.isdir(workdir):
+        return []
+    return sorted(
+        name for name in os.listdir(workdir) if not name.startswith(".") and not name.startswith(REPLACED_PREFIX)
+    )
+
+
+def move_run_aside(workdir: str) -> str:
+    """Moves the run in ``workdir`` into a new ``WORKDIR/replaced-YYYYmmdd-HHMMSS/``; returns that folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    destination = os.path.join(workdir, REPLACED_PREFIX + stamp)
+    suffix = 1
+    while os.path.exists(destination):
+        suffix += 1
+        destination = os.path.join(workdir, f"{REPLACED_PREFIX}{stamp}-{suffix}")
+    os.makedirs(destination)
+    for name in _run_entries(workdir):
+        if os.path.join(workdir, name) != destination:
+            os.replace(os.path.join(workdir, name), os.path.join(destination, name))
+    return destination
+
+
+def retire_eval_record(workdir: str, checkpoint_epoch: int) -> None:
+    """Renames an ``eval.json`` that describes a checkpoint about to be trained past, and says so."""
+    path = os.path.join(workdir, "eval.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            epoch = int(json.load(f).get("checkpoint_epoch", checkpoint_epoch))
+    except (OSError, ValueError, TypeError, AttributeError):
+        epoch = checkpoint_epoch
+    kept = os.path.join(workdir, f"eval-epoch{epoch}.json")
+    os.replace(path, kept)
+    distributed.log(
+        f"eval.json described the epoch-{epoch} checkpoint; kept as {kept} (run experiments.evaluate again "
+        "after training)"
+    )
+
+
+def data_record_of(workdir: str) -> dict | None:
+    """The ``data.json`` of the run in ``workdir``, or of its first sub-run (a sweep's runs share their data);
+    None when there is none."""
+    candidates = [workdir] + [
+        os.path.join(workdir, name)
+        for name in sorted(os.listdir(workdir))
+        if os.path.isdir(os.path.join(workdir, name))
+    ]
+    for directory in candidates:
+        path = os.path.join(directory, DATA_RECORD)
+        if os.path.isfile(path):
+            return read_json(path, "record of the run's data")
+    return None
+
+
+def config_record(config: TrainConfig) -> dict:
+    """What ``config.json`` holds: the family's ``kind`` and every field of the config."""
+    return {"kind": config.kind, **dataclasses.asdict(config)}
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def probe_workdir(workdir: str) -> None:
+    """Creates ``workdir`` if needed and checks that a file can be written in it (a ConfigError if not;
+    :func:`vae_jax.errors.require_writable_dir`)."""
+    require_writable_dir(workdir, "workdir")
+
+
+def write_json(path: str, obj) -> None:
+    """Writes ``obj`` as JSON to ``path`` (through a temporary file and a rename); only process 0 of a
+    ``--distributed`` run writes."""
+    if not distributed.is_main_process():  # one writer per run
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def report_fingerprint(params, settings) -> str:
+    """``sha256:...`` of trained ``params`` (any pytree of arrays) and JSON-able ``settings``.
+
+    An experiment stores it beside its report (``comparison.json``,
+    ``summary.json``) so that a rerun on finished checkpoints can reuse the
+    report (:func:`reusable_report`) instead of evaluating again; any change
+    to the parameters, the data or a setting changes the fingerprint.
+    """
+    return "sha256:" + caches.fingerprint(params, settings)
+
+
+def result_settings(config: TrainConfig) -> dict:
+    """The settings of ``config`` that change what a run computes: all but :data:`RESUMABLE_FIELDS`
+    (``--epochs`` included), as JSON-able values, for :func:`report_fingerprint`."""
+    return {
+        k: _jsonable(v) for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_FIELDS or k == "epochs"
+    }
+
+
+def reusable_report(path: str, fingerprint: str) -> dict | None:
+    """The JSON report at ``path`` if it was written for ``fingerprint`` (its ``report_fingerprint``
+    field) and every figure it lists exists beside it; else None (the report must be computed)."""
+    report = complete_report(path)
+    return report if report is not None and report.get("report_fingerprint") == fingerprint else None
+
+
+def complete_report(path: str) -> dict | None:
+    """The JSON report at ``path`` if it can be read and every figure it lists exists beside it; else None."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or not isinstance(report.get("figures", []), list):
+        return None
+    folder = os.path.dirname(path)
+    return report if all(os.path.isfile(os.path.join(folder, str(n))) for n in report.get("figures", [])) else None
+
+
+def read_history(path: str, upto_epoch: int) -> list[dict]:
+    """metrics.jsonl lines of epochs <= upto_epoch (later lines belong to a lost run)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = [_json_or_none(line) for line in f if line.strip()]  # a kill can tear the last line
+    return [line for line in lines if line is not None and line["epoch"] <= upto_epoch]
+
+
+def _json_or_none(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def load_run_config(workdir: str, config_cls):
+    """The config a run in ``workdir`` was trained with (from its ``config.json``)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
+    with open(path) as f:
+        return config_from_record(json.load(f), config_cls, workdir)
+
+
+def config_from_record(saved: dict, config_cls, where: str):
+    """``config_cls`` from what :func:`config_record` wrote (read from ``where``, named in the one-line errors)."""
+    saved = dict(saved)
+    saved_kind = saved.pop("kind", config_cls.kind)
+    if saved_kind != config_cls.kind:
+        raise ConfigError(f"--workdir {where} holds a {saved_kind} run, not a {config_cls.kind} run")
+    known = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(saved) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"--workdir {where}: config.json has settings this experiment does not know ({', '.join(unknown)})"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+    return config_cls(**values)
+
+
+def write_summary(workdir: str, summary: dict, figures: list[str] | None = None) -> None:
+    """Writes ``summary.json``; ``figures`` (paths) are listed in it by file name."""
+    if figures is not None:
+        names = [os.path.basename(p) for p in figures]
+        summary["figures"] = names + [n for n in summary.get("figures", []) if n not in names]
+        if summary.get("tensorboard") and distributed.is_main_process():
+            board = tensorboard.EpochWriter(workdir)
+            board.log_figures([os.path.join(workdir, n) for n in summary["figures"]], summary["epochs"])
+            board.close()
+    summary["phases"] = {name: round(value, 2) for name, value in phases.seconds().items()}
+    write_json(os.path.join(workdir, "summary.json"), summary)
