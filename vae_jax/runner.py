@@ -344,77 +344,131 @@ def _train(
     closing: contextlib.ExitStack,
     train_eval_examples: int = 0,
 ) -> TrainResult:
-    """The body of :func:`train`.
+    """The body of :func:`train`: set up, train the epochs left, finish.
 
     The workdir is checked first (:func:`vae_jax.workdir.check_workdir`); with ``--overwrite``
-    an old run is moved into ``WORKDIR/replaced-*/``. When the checkpoint
-    already holds ``config.epochs`` epochs nothing is trained: the restored
-    state is evaluated and ``config.json``, ``metrics.jsonl`` and
-    ``summary.json`` are left as they are. The checkpoint manager and the
-    TensorBoard writer are closed through ``closing`` however the run ends
-    (their threads joined before the workdir lock is released).
+    an old run is moved into ``WORKDIR/replaced-*/``. When the checkpoint already holds
+    ``config.epochs`` epochs nothing is trained: ``config.json``, ``metrics.jsonl`` and
+    ``summary.json`` are left as they are, and the summary is read back (the restored state is
+    evaluated only if it is missing). The checkpoint manager and the TensorBoard writer are
+    closed through ``closing`` however the run ends (their threads joined before the workdir
+    lock is released).
     """
     start_time = time.time()
+    run = _set_up(config, task, dataset, closing, train_eval_examples)
+    test_metrics = _train_epochs(run, stop) if not run.nothing_to_train else None
+    return _finish(run, test_metrics, start_time)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What :func:`_set_up` prepared for the epochs of one run."""
+
+    config: TrainConfig
+    task: Task
+    dataset: data_lib.Dataset
+    seeds: list[int]
+    manager: Any  # the Orbax checkpoint manager
+    state: train_lib.TrainState
+    keys: train_lib.RunKeys
+    start_epoch: int
+    history: list[dict]
+    layout: Any  # parallel.make_plan's
+    epoch_fn: Callable
+    evaluate_split: Callable  # (params, data, count) -> {name: [R, count]} on the host
+    train_data: Any
+    test_data: Any
+    train_eval: tuple | None  # (placed data, count) of the train_eval subset
+    board: Any
+    stream: bool
+    epoch_loop: str
+    train_seconds: float = 0.0
+
+    @property
+    def nothing_to_train(self) -> bool:
+        return self.start_epoch >= self.config.epochs
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.dataset.num_train // self.config.batch_size
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.config.workdir, name)
+
+
+def _set_up(config, task, dataset, closing, train_eval_examples: int) -> _Run:
+    """Workdir plan and records, data, initial or restored state, devices, the epoch and evaluation programs."""
     if config.distributed:  # before anything touches a device
         distributed.initialize()
     if config.compile_cache:  # before anything compiles
         caches.enable_compilation_cache()
-    seeds = config.seed_list()
     plan = workdir_lib.check_workdir(config)
     dataset = load_data(config) if dataset is None else dataset
-    data_record = dataset.record()
     phases.enter("training")
-    if plan.checkpoint_epoch is not None and not plan.move_aside:
-        workdir_lib.check_run_data(config, data_record)
-    workdir = config.workdir
-    workdir_lib.probe_workdir(workdir)
-    # Every process has read (check_workdir) and probed the workdir before process 0 changes anything in it.
-    distributed.wait_for_all("workdir_checked")
-    if plan.move_aside and distributed.is_main_process():
-        log(f"--overwrite: moved the previous run in {workdir} to {workdir_lib.move_run_aside(workdir)}")
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-
+    _prepare_workdir(config, plan, dataset.record())
     optimizer = task_optimizer(config, task, config.epochs * (dataset.num_train // config.batch_size))
+    seeds = config.seed_list()
     keys = jax.vmap(train_lib.run_keys)(jnp.asarray(seeds))
     state = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
 
     from vae_jax import checkpoint  # Orbax: imported when a run trains, not with the runner
 
     distributed.wait_for_all("train_start")  # before the first collective (Orbax's directory sync)
-    manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
+    manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
     closing.callback(checkpoint.close, manager)
     start_epoch = 0
     if plan.checkpoint_epoch is not None and not plan.move_aside:
         start_epoch, state = checkpoint.restore_latest(manager, state, quarantine=True)
-    nothing_to_train = start_epoch >= config.epochs
-    history = workdir_lib.read_history(metrics_path, start_epoch)
-    summary_path = os.path.join(workdir, "summary.json")
-    # a finished run's summary.json describes its checkpoint: a rerun reads it instead of evaluating again
-    reuse_summary = nothing_to_train and workdir_lib.complete_report(summary_path) is not None
-    if nothing_to_train:
-        log(
-            f"nothing to train: {workdir} already holds {start_epoch} epochs (--epochs {config.epochs}); "
-            + ("its summary.json describes that checkpoint" if reuse_summary else "evaluating that checkpoint")
-            + ", records left as they are"
-        )
-    else:
-        if start_epoch:
-            log(f"resuming {workdir} from its epoch-{start_epoch} checkpoint")
-            if distributed.is_main_process():
-                workdir_lib.retire_eval_record(workdir, start_epoch)
-        if distributed.is_main_process():
-            with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
-                f.writelines(json.dumps(line) + "\n" for line in history)
-        workdir_lib.write_json(os.path.join(workdir, "config.json"), workdir_lib.config_record(config))
-        workdir_lib.write_json(os.path.join(workdir, workdir_lib.DATA_RECORD), data_record)
+    history = _open_records(config, start_epoch, dataset.record())
+    board = tensorboard.EpochWriter(config.workdir) if config.tensorboard and jax.process_index() == 0 else None
+    if board is not None:
+        closing.callback(board.close)
+    return _place(
+        config, task, dataset, seeds, manager, state, keys, start_epoch, history, board, optimizer, train_eval_examples
+    )
 
-    # Devices and seed layout: vae_jax.parallel compiles the epoch and evaluation for them.
+
+def _prepare_workdir(config: TrainConfig, plan, data_record: dict) -> None:
+    """Checks the run's data, probes the workdir and, with ``--overwrite``, moves the old run aside."""
+    if plan.checkpoint_epoch is not None and not plan.move_aside:
+        workdir_lib.check_run_data(config, data_record)
+    workdir_lib.probe_workdir(config.workdir)
+    # Every process has read (check_workdir) and probed the workdir before process 0 changes anything in it.
+    distributed.wait_for_all("workdir_checked")
+    if plan.move_aside and distributed.is_main_process():
+        log(f"--overwrite: moved the previous run in {config.workdir} to {workdir_lib.move_run_aside(config.workdir)}")
+
+
+def _open_records(config: TrainConfig, start_epoch: int, data_record: dict) -> list[dict]:
+    """The history up to the checkpoint; a run that trains rewrites metrics.jsonl to it and writes its records."""
+    workdir = config.workdir
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    history = workdir_lib.read_history(metrics_path, start_epoch)
+    if start_epoch >= config.epochs:
+        return history
+    if start_epoch:
+        log(f"resuming {workdir} from its epoch-{start_epoch} checkpoint")
+        if distributed.is_main_process():
+            workdir_lib.retire_eval_record(workdir, start_epoch)
+    if distributed.is_main_process():
+        with open(metrics_path, "w") as f:  # drop lines of epochs that were never checkpointed
+            f.writelines(json.dumps(line) + "\n" for line in history)
+    workdir_lib.write_json(os.path.join(workdir, "config.json"), workdir_lib.config_record(config))
+    workdir_lib.write_json(os.path.join(workdir, workdir_lib.DATA_RECORD), data_record)
+    return history
+
+
+def _place(
+    config, task, dataset, seeds, manager, state, keys, start_epoch, history, board, optimizer, train_eval_examples: int
+) -> _Run:
+    """Devices and seed layout (vae_jax.parallel compiles the epoch and evaluation for them), the data on them."""
     layout = parallel.make_plan(len(seeds), config.batch_size, config.devices, config.seed_layout)
     state, keys = layout.place_replicated(state), layout.place_replicated(keys)
     # The training split stays on the devices, its rows split over the mesh's data shards, unless a device's
     # part would take more than half its memory: then batches stream from the host (vae_jax.streaming).
     host_arrays = host_split(dataset.train_pixels, dataset.y_train)
     stream = streaming.should_stream(config.stream, dataset.train_pixels.nbytes // layout.data_shards)
+    nothing_to_train = start_epoch >= config.epochs
     train_data = None if stream or nothing_to_train else layout.place_examples(host_arrays)
     # The evaluation splits too: each batch is split over the data shards (results past a split's rows are padding).
     test_data = layout.place_examples(host_split(dataset.test_pixels, dataset.y_test))
@@ -433,133 +487,167 @@ def _train(
             results = distributed.to_host(eval_program(params, data, evaluate.eval_key()))
         return {name: values[:, :count] for name, values in results.items()}
 
-    steps_per_epoch = dataset.num_train // config.batch_size
-
-    # -- train_eval: the eval metrics on a fixed subset of training examples -------------
-    train_eval_data = None
+    train_eval = None  # the eval metrics on a fixed subset of training examples (train()'s docstring)
     if train_eval_examples > 0:
-        train_eval_count = min(train_eval_examples, dataset.num_train)
-        train_eval_data = layout.place_examples({name: a[:train_eval_count] for name, a in host_arrays.items()})
-    # -------------------------------------------------------------------------------------
+        count = min(train_eval_examples, dataset.num_train)
+        train_eval = (layout.place_examples({name: a[:count] for name, a in host_arrays.items()}), count)
+    return _Run(
+        config,
+        task,
+        dataset,
+        seeds,
+        manager,
+        state,
+        keys,
+        start_epoch,
+        history,
+        layout,
+        epoch_fn,
+        evaluate_split,
+        train_data,
+        test_data,
+        train_eval,
+        board,
+        stream,
+        epoch_loop,
+    )
 
-    board = tensorboard.EpochWriter(workdir) if config.tensorboard and jax.process_index() == 0 else None
-    if board is not None:
-        closing.callback(board.close)
-    test_metrics = None
-    train_seconds = 0.0
+
+def _train_epochs(run: _Run, stop: faults.StopSignals) -> dict:
+    """Trains the epochs left, each evaluated, recorded and checkpointed as configured; the last test metrics."""
+    from vae_jax import checkpoint  # imported by _set_up already
+
+    config, steps = run.config, run.steps_per_epoch
     show_bar, log_epochs = progress_mode(config.progress)
     bar = tqdm(
-        total=config.epochs * steps_per_epoch,
-        initial=start_epoch * steps_per_epoch,
-        disable=not show_bar or nothing_to_train or not distributed.is_main_process(),
+        total=config.epochs * steps,
+        initial=run.start_epoch * steps,
+        disable=not show_bar or not distributed.is_main_process(),
         unit="step",
         dynamic_ncols=True,
         file=sys.stderr,
     )
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        state, train_metrics = epoch_fn(state, train_data, keys.data, keys.sample, jnp.int32(epoch))
-        train_metrics = distributed.to_host(train_metrics)  # waits for the epoch
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        train_loss = np.asarray(train_metrics["loss"])
-        skip_stop = faults.skip_limit_message(state, config.max_consecutive_skips, seeds, epoch + 1)
-        if skip_stop:
-            bar.close()
-            raise TrainingDiverged(
-                f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or train again with "
-                "a lower --learning-rate in another --workdir (or add --overwrite)"
-            )
-        if not config.max_consecutive_skips and not np.all(np.isfinite(train_loss)):
-            bad = [s for s, v in zip(seeds, train_loss) if not np.isfinite(v)]
-            bar.close()
-            raise TrainingDiverged(
-                f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); {_checkpoint_on_disk(workdir)}; "
-                "train again with a lower --learning-rate in another --workdir (or add --overwrite)"
-            )
-        test_metrics = evaluate_split(state.params, test_data, dataset.num_test)
-        line = {"epoch": epoch + 1, "seconds": seconds}
-        for name, values in train_metrics.items():
-            line[f"train_{name}"] = float(np.mean(values))
-        for name, values in test_metrics.items():
-            line[f"test_{name}"] = float(np.mean(values))
-        if train_eval_data is not None:  # train_eval (see the docstring)
-            seen = evaluate_split(state.params, train_eval_data, train_eval_count)
-            line.update({f"train_eval_{name}": float(np.mean(values)) for name, values in seen.items()})
-        if len(seeds) > 1:
-            line["per_seed"] = {
-                **{f"train_{k}": np.asarray(v).tolist() for k, v in train_metrics.items()},
-                **{f"test_{k}": np.mean(v, axis=-1).tolist() for k, v in test_metrics.items()},
-            }
-        history.append(line)
-        if distributed.is_main_process():
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(line) + "\n")
-        if board is not None:
-            board.log_epoch(line, seeds)
-        stopping = distributed.agreed_stop(stop.requested)  # a signal to any process stops all after this epoch
-        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stopping:
-            checkpoint.save(manager, epoch + 1, state)
-        if stopping:
-            bar.close()
-            raise faults.Interrupted(stopping, epoch + 1, workdir)
-        bar.update(steps_per_epoch)
-        bar.set_postfix(loss=f"{line['train_loss']:.2f}", **{task.headline: f"{line[f'test_{task.headline}']:.2f}"})
-        if log_epochs:
-            log(
-                f"epoch {epoch + 1}/{config.epochs}: train loss {line['train_loss']:.4g}, "
-                f"test {task.headline} {line[f'test_{task.headline}']:.4g} ({seconds:.1f} s)"
-            )
-    bar.close()
+    with contextlib.closing(bar):
+        for epoch in range(run.start_epoch, config.epochs):
+            line, test_metrics = _train_epoch(run, epoch)
+            stopping = distributed.agreed_stop(stop.requested)  # a signal to any process stops all after this epoch
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stopping:
+                checkpoint.save(run.manager, epoch + 1, run.state)
+            if stopping:
+                raise faults.Interrupted(stopping, epoch + 1, config.workdir)
+            headline = f"test_{run.task.headline}"
+            bar.update(steps)
+            bar.set_postfix(loss=f"{line['train_loss']:.2f}", **{run.task.headline: f"{line[headline]:.2f}"})
+            if log_epochs:
+                log(
+                    f"epoch {epoch + 1}/{config.epochs}: train loss {line['train_loss']:.4g}, "
+                    f"test {run.task.headline} {line[headline]:.4g} ({line['seconds']:.1f} s)"
+                )
+    return test_metrics
 
-    if reuse_summary:
-        return _finished_result(config, state, seeds, dataset, history, summary_path)
-    if test_metrics is None:  # nothing left to train and no summary: evaluate the restored state
-        test_metrics = evaluate_split(state.params, test_data, dataset.num_test)
-    epochs_run = config.epochs - start_epoch
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[dict, dict]:
+    """One epoch: train, stop on a diverged seed, evaluate, record; returns its metrics line and test metrics."""
+    t0 = time.perf_counter()
+    run.state, train_metrics = run.epoch_fn(run.state, run.train_data, run.keys.data, run.keys.sample, jnp.int32(epoch))
+    train_metrics = distributed.to_host(train_metrics)  # waits for the epoch
+    seconds = time.perf_counter() - t0
+    run.train_seconds += seconds
+    _stop_if_diverged(run, np.asarray(train_metrics["loss"]), epoch)
+    test_metrics = run.evaluate_split(run.state.params, run.test_data, run.dataset.num_test)
+    line = {"epoch": epoch + 1, "seconds": seconds}
+    line.update({f"train_{name}": float(np.mean(values)) for name, values in train_metrics.items()})
+    line.update({f"test_{name}": float(np.mean(values)) for name, values in test_metrics.items()})
+    if run.train_eval is not None:
+        seen = run.evaluate_split(run.state.params, *run.train_eval)
+        line.update({f"train_eval_{name}": float(np.mean(values)) for name, values in seen.items()})
+    if len(run.seeds) > 1:
+        line["per_seed"] = {
+            **{f"train_{k}": np.asarray(v).tolist() for k, v in train_metrics.items()},
+            **{f"test_{k}": np.mean(v, axis=-1).tolist() for k, v in test_metrics.items()},
+        }
+    run.history.append(line)
+    if distributed.is_main_process():
+        with open(run.path("metrics.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")
+    if run.board is not None:
+        run.board.log_epoch(line, run.seeds)
+    return line, test_metrics
+
+
+def _stop_if_diverged(run: _Run, train_loss: np.ndarray, epoch: int) -> None:
+    """Raises :class:`TrainingDiverged` once a seed hit ``--max-consecutive-skips``, or, with skipping off
+    (0), when an epoch's training loss is not finite."""
+    config, workdir = run.config, run.config.workdir
+    skip_stop = faults.skip_limit_message(run.state, config.max_consecutive_skips, run.seeds, epoch + 1)
+    if skip_stop:
+        raise TrainingDiverged(
+            f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or train again with "
+            "a lower --learning-rate in another --workdir (or add --overwrite)"
+        )
+    if not config.max_consecutive_skips and not np.all(np.isfinite(train_loss)):
+        bad = [s for s, v in zip(run.seeds, train_loss, strict=True) if not np.isfinite(v)]
+        raise TrainingDiverged(
+            f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); {_checkpoint_on_disk(workdir)}; "
+            "train again with a lower --learning-rate in another --workdir (or add --overwrite)"
+        )
+
+
+def _finish(run: _Run, test_metrics: dict | None, start_time: float) -> TrainResult:
+    """The run's summary.json (read back when nothing was trained and it is complete) and its result."""
+    summary_path = run.path("summary.json")
+    if run.nothing_to_train:
+        reuse = workdir_lib.complete_report(summary_path) is not None
+        log(
+            f"nothing to train: {run.config.workdir} already holds {run.start_epoch} epochs (--epochs "
+            f"{run.config.epochs}); "
+            + ("its summary.json describes that checkpoint" if reuse else "evaluating that checkpoint")
+            + ", records left as they are"
+        )
+        if reuse:  # a finished run's summary.json describes its checkpoint: no evaluation again
+            return _result(run, None, workdir_lib.read_json(summary_path, "run's summary"))
+        test_metrics = run.evaluate_split(run.state.params, run.test_data, run.dataset.num_test)
+    summary = _summary(run, test_metrics, start_time)
+    workdir_lib.write_json(summary_path, summary)
+    return _result(run, test_metrics, summary)
+
+
+def _summary(run: _Run, test_metrics: dict, start_time: float) -> dict:
+    """summary.json of a run that trained (or was evaluated again), with its seed curves for several seeds."""
+    config, epochs_run = run.config, run.config.epochs - run.start_epoch
     summary = {
-        "seeds": seeds,
+        "seeds": run.seeds,
         "epochs": config.epochs,
-        "resumed_from_epoch": start_epoch,
-        "dataset": dataset.summary(),
+        "resumed_from_epoch": run.start_epoch,
+        "dataset": run.dataset.summary(),
         "test": {name: mean_std(np.mean(values, axis=-1)) for name, values in test_metrics.items()},
         "wall_seconds": time.time() - start_time,
-        "train_seconds": train_seconds,
-        "steps_per_second": (epochs_run * steps_per_epoch / train_seconds) if train_seconds else None,
+        "train_seconds": run.train_seconds,
+        "steps_per_second": (epochs_run * run.steps_per_epoch / run.train_seconds) if run.train_seconds else None,
         "device": str(jax.devices()[0]),
-        **layout.summary(),
-        "tensorboard": board is not None,
-        "streamed": stream,
-        "epoch_loop": "streamed steps" if stream else epoch_loop,
+        **run.layout.summary(),
+        "tensorboard": run.board is not None,
+        "streamed": run.stream,
+        "epoch_loop": "streamed steps" if run.stream else run.epoch_loop,
     }
+    history, seeds = run.history, run.seeds
     if len(seeds) > 1 and history and "per_seed" in history[-1] and distributed.is_main_process():
         from vae_jax import plots  # matplotlib only when a figure is drawn
 
-        test_keys = sorted(
-            (k for k in history[-1]["per_seed"] if k.startswith("test_")), key=lambda k: k != f"test_{task.headline}"
-        )  # the headline first
+        headline = f"test_{run.task.headline}"
+        test_keys = sorted((k for k in history[-1]["per_seed"] if k.startswith("test_")), key=lambda k: k != headline)
         curves = plots.save_seed_curves(
-            history,
-            seeds,
-            test_keys,
-            os.path.join(workdir, "seed_curves.png"),
-            f"Test metrics of {len(seeds)} seeds, per epoch",
+            history, seeds, test_keys, run.path("seed_curves.png"), f"Test metrics of {len(seeds)} seeds, per epoch"
         )
         summary["figures"] = [os.path.basename(curves)]
-    workdir_lib.write_json(summary_path, summary)
+    return summary
+
+
+def _result(run: _Run, test_metrics: dict | None, summary: dict) -> TrainResult:
+    state = run.state
     if jax.process_count() > 1:  # host copies: the figures read replicas that live on other processes
         state = distributed.to_host(state)
-    return TrainResult(state, seeds, dataset, history, test_metrics, summary)
-
-
-def _finished_result(config: TrainConfig, state, seeds, dataset, history, summary_path: str) -> TrainResult:
-    """The result of a finished run that had nothing to train: its restored state and its own summary.json.
-
-    No test evaluation (``test_metrics`` is None): the summary already holds that checkpoint's test metrics.
-    """
-    if jax.process_count() > 1:
-        state = distributed.to_host(state)
-    return TrainResult(state, seeds, dataset, history, None, workdir_lib.read_json(summary_path, "run's summary"))
+    return TrainResult(state, run.seeds, run.dataset, run.history, test_metrics, summary)
 
 
 def progress_mode(progress: bool | None) -> tuple[bool, bool]:
