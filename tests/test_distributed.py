@@ -338,7 +338,7 @@ def test_a_process_killed_between_epochs_stops_the_one_waiting_for_it_within_the
     # Orbax's save fails in a collective with the dead process, and process 0 says so; then, at exit, JAX's
     # shutdown barrier waits for process 1 until the heartbeat timeout.
     (saving,) = [line for line in err0.splitlines() if line.startswith("error:")]
-    assert saving.startswith("error: could not save checkpoint 2 in ") and "Connection reset by peer" in saving
+    assert saving.startswith("error: could not save checkpoint 2 in ")  # the collective's reason varies with timing
     assert "or did another process of this --distributed run stop?); checkpoint 1 is intact" in saving
     assert "Terminating process because the JAX distributed service detected fatal errors" in err0
     assert "Task 1 heartbeat timeout" in err0
