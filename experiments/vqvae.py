@@ -153,7 +153,7 @@ def train_variant(config, vq_config, prior_config, dataset) -> dict:
         "model": model,
         "result": result,
         "prior": None,
-        "usage_by_epoch": runner.usage_by_epoch(vq_config, task, model, dataset.x_test),
+        "usage_by_epoch": _usage_by_epoch(vq_config, task, model, dataset.x_test, result),
         "test_codes": vq.encode_indices(model, result.params(0), dataset.x_test),  # the first seed's
     }
     if config.prior_epochs:
@@ -167,9 +167,45 @@ def train_variant(config, vq_config, prior_config, dataset) -> dict:
     return trained
 
 
+def _usage_by_epoch(vq_config, task, model, x_test, result) -> list[dict]:
+    """Codebook usage of every checkpoint; a finished run whose summary.json was read back (nothing trained)
+    already holds it."""
+    if result.test_metrics is None and "usage_by_epoch" in result.summary:
+        return result.summary["usage_by_epoch"]
+    return runner.usage_by_epoch(vq_config, task, model, x_test)
+
+
 def report_variant(config, vq_config, dataset, classifier, vae_images, trained: dict) -> dict:
     """One option combination's usage, sample quality, figures and ``summary.json`` (process 0); returns the
-    summary."""
+    summary. A rerun on the same checkpoints, data and flags, with every figure present, reuses them."""
+    path = os.path.join(vq_config.workdir, "summary.json")
+    prior = trained["prior"]
+    fingerprint = workdir_lib.report_fingerprint(
+        {
+            "vqvae": jax.device_get(trained["result"].state.params),
+            "prior": None if prior is None else jax.device_get(prior[1].state.params),
+            "vae_images": vae_images,
+        },
+        {
+            "vqvae": workdir_lib.result_settings(vq_config),
+            "report": {"seed": config.seed, "num_samples": config.num_samples},
+            "dataset": dataset.summary(),
+        },
+    )
+    summary = workdir_lib.reusable_report(path, fingerprint)
+    if summary is None:
+        summary = {
+            **variant_report(config, vq_config, dataset, classifier, vae_images, trained),
+            "report_fingerprint": fingerprint,
+        }
+        workdir_lib.write_summary(vq_config.workdir, summary, summary.pop("_figures"))
+    else:
+        runner.log(f"reusing {path} and its figures: written for these checkpoints, data and flags")
+    return summary
+
+
+def variant_report(config, vq_config, dataset, classifier, vae_images, trained: dict) -> dict:
+    """The summary of :func:`report_variant`, with its figures drawn (their paths under ``_figures``)."""
     # x_train: the first 10,000 training images at most (the nearest-neighbour distances)
     workdir, x_train, x_test = vq_config.workdir, dataset.x_train_first(), dataset.x_test
     model, result = trained["model"], trained["result"]
@@ -253,7 +289,7 @@ def report_variant(config, vq_config, dataset, classifier, vae_images, trained: 
             "Decoded samples: learned prior, uniform codes, VAE N(0, I); test reconstructions",
         )
     )
-    workdir_lib.write_summary(workdir, summary, figures)
+    summary["_figures"] = figures
     return summary
 
 

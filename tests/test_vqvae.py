@@ -279,7 +279,12 @@ def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys, mon
         for figure in summary["figures"]:
             assert (run / figure).stat().st_size > 0
         assert json.loads((run / "prior" / "config.json").read_text())["kind"] == "vq_prior"
-    capsys.readouterr()
+    # A rerun on the finished checkpoints reuses each variant's summary and figures: the same table.
+    summaries = {name: (workdir / name / "summary.json").read_text() for name in ("grad_kmeans-off_dead-100",)}
+    experiment.main(argv)
+    rerun_out, rerun_err = capsys.readouterr()
+    assert rerun_out == out and rerun_err.count("reusing") == 2
+    assert {name: (workdir / name / "summary.json").read_text() for name in summaries} == summaries
     with pytest.raises(SystemExit) as exit_info:  # a workdir of another run is refused with a one-line error
         experiment.main(argv[:-1] + ["--commitment", "0.5", "--no-progress"])
     assert exit_info.value.code == 2
