@@ -19,7 +19,18 @@ from vae_jax import workdir as workdir_lib
 TINY = {
     "vae": ["--hidden", "16", "--latent-dim", "2"],
     "cvae": ["--hidden", "16"],
-    "hvae": ["--hidden", "16", "--top-hidden", "8", "--latent-dim", "4", "--top-latent-dim", "2"],
+    "hvae": [
+        "--hidden",
+        "16",
+        "--top-hidden",
+        "8",
+        "--latent-dim",
+        "4",
+        "--top-latent-dim",
+        "2",
+        "--iwae-examples",
+        "16",
+    ],
     "conv_vae": [
         "--channels",
         "4,8",
