@@ -30,7 +30,9 @@ codebook_usage.png, usage_by_epoch.png, loss_curves.png.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+from collections.abc import Callable
 
 import jax
 import matplotlib.pyplot as plt  # noqa: E402  (Agg backend set by vae_jax.plots)
@@ -175,9 +177,10 @@ def _usage_by_epoch(vq_config, task, model, x_test, result) -> list[dict]:
     return runner.usage_by_epoch(vq_config, task, model, x_test)
 
 
-def report_variant(config, vq_config, dataset, classifier, vae_images, trained: dict) -> dict:
+def report_variant(config, vq_config, dataset, classifier: Callable, vae_images, trained: dict) -> dict:
     """One option combination's usage, sample quality, figures and ``summary.json`` (process 0); returns the
-    summary. A rerun on the same checkpoints, data and flags, with every figure present, reuses them."""
+    summary. A rerun on the same checkpoints, data and flags, with every figure present, reuses them.
+    ``classifier()`` gives the digit classifier (or None) when the report is computed."""
     path = os.path.join(vq_config.workdir, "summary.json")
     prior = trained["prior"]
     fingerprint = workdir_lib.report_fingerprint(
@@ -195,7 +198,7 @@ def report_variant(config, vq_config, dataset, classifier, vae_images, trained: 
     summary = workdir_lib.reusable_report(path, fingerprint)
     if summary is None:
         summary = {
-            **variant_report(config, vq_config, dataset, classifier, vae_images, trained),
+            **variant_report(config, vq_config, dataset, classifier(), vae_images, trained),
             "report_fingerprint": fingerprint,
         }
         workdir_lib.write_summary(vq_config.workdir, summary, summary.pop("_figures"))
@@ -331,9 +334,13 @@ def report(config, dataset, vae_images, trained: list) -> dict:
     """Every option combination's records and figures, the comparison table (``comparison.md`` for several)
     and the result lines (process 0 alone). ``trained`` holds ``(name, VQ-VAE config, train_variant's dict)``.
     Returns the summary of the run (the only combination's, or ``{"variants": ...}``)."""
-    classifier = None
-    if dataset.y_train is not None:
-        classifier = latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
+
+    @functools.cache
+    def classifier():  # fitted (or loaded from the user cache) only when a variant's report is computed
+        if dataset.y_train is None:
+            return None
+        return latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
+
     rows = []
     for name, vq_config, variant in trained:
         summary = report_variant(config, vq_config, dataset, classifier, vae_images, variant)
