@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vae_jax.arrays import apply_in_batches
+
 
 class MLPClassifier(nn.Module):
     """``[B, H, W, C]`` images -> ``[B, num_classes]`` logits: a ReLU MLP."""
@@ -39,6 +41,11 @@ class MLPClassifier(nn.Module):
         return nn.Dense(self.num_classes, name="logits")(h)
 
 
+def class_probabilities(model: MLPClassifier, params, x: jax.Array) -> jax.Array:
+    """Softmax class probabilities ``[B, K]`` of images ``x`` ``[B, H, W, C]`` (a query for ``apply_in_batches``)."""
+    return jax.nn.softmax(model.apply({"params": params}, x), axis=-1)
+
+
 @dataclasses.dataclass
 class TrainedClassifier:
     """A trained classifier: ``model``, its ``params`` and its accuracy on the held-out test split."""
@@ -48,11 +55,8 @@ class TrainedClassifier:
     test_accuracy: float
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Class probabilities ``[N, K]`` of images ``[N, H, W, C]`` in [0, 1]."""
-        probs = jax.jit(lambda xb: jax.nn.softmax(self.model.apply({"params": self.params}, xb), axis=-1))
-        return np.concatenate(
-            [np.asarray(probs(jnp.asarray(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
-        )
+        """Class probabilities ``[N, K]`` of images ``[N, H, W, C]`` in [0, 1], ``batch_size`` at a time."""
+        return apply_in_batches(class_probabilities, self.model, self.params, x, batch_size=batch_size)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The most probable class ``[N]`` of each image."""
@@ -86,9 +90,23 @@ def train_classifier(
     init_key, shuffle_key = jax.random.split(key)
     params = model.init(init_key, jnp.zeros((1, *x_train.shape[1:]), jnp.float32))["params"]
     optimizer = optax.adam(learning_rate)
-    opt_state = optimizer.init(params)
-    x_train = jnp.asarray(x_train, jnp.float32)
-    y_train = jnp.asarray(y_train, jnp.int32)
+    epoch = _make_epoch(
+        model, optimizer, jnp.asarray(x_train, jnp.float32), jnp.asarray(y_train, jnp.int32), batch_size
+    )
+    carry = (params, optimizer.init(params))
+    for e in range(epochs):
+        carry, _ = epoch(carry, jax.random.fold_in(shuffle_key, e))
+    trained = TrainedClassifier(model, carry[0], float("nan"))
+    trained.test_accuracy = float(np.mean(trained.predict(x_test) == np.asarray(y_test)))
+    return trained
+
+
+def _make_epoch(model: MLPClassifier, optimizer, x_train: jax.Array, y_train: jax.Array, batch_size: int):
+    """A jitted epoch ``((params, opt_state), key) -> (carry, [steps] losses)``: one shuffled pass in minibatches.
+
+    Each step is an ``optimizer`` update on the mean softmax cross-entropy of a minibatch of
+    ``min(batch_size, N)`` examples; the last ``N mod batch_size`` examples of the permutation are left out.
+    """
     batch_size = min(batch_size, x_train.shape[0])
     steps = x_train.shape[0] // batch_size
 
@@ -108,12 +126,7 @@ def train_classifier(
 
         return jax.lax.scan(step, carry, order)
 
-    carry = (params, opt_state)
-    for e in range(epochs):
-        carry, _ = epoch(carry, jax.random.fold_in(shuffle_key, e))
-    trained = TrainedClassifier(model, carry[0], float("nan"))
-    trained.test_accuracy = float(np.mean(trained.predict(x_test) == np.asarray(y_test)))
-    return trained
+    return epoch
 
 
 def requested_class_fraction(

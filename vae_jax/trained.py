@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 
@@ -39,6 +38,7 @@ import numpy as np
 from vae_jax import evaluate, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.data import pixels_to_float
+from vae_jax.data.npz import atomic_file
 from vae_jax.errors import ConfigError
 from vae_jax.tasks import autoencoder as ae_tasks
 from vae_jax.tasks import conv_vae as conv_tasks
@@ -110,8 +110,7 @@ def sub_workdirs(directory: str) -> list[tuple[str, str]]:
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name, "config.json")
         if os.path.isfile(path):
-            with open(path) as f:
-                found.append((name, json.load(f).get("kind", "vae")))
+            found.append((name, workdir_lib.read_json(path, "run's config").get("kind", "vae")))
     return found
 
 
@@ -128,8 +127,7 @@ def run_kind(workdir: str) -> str:
         if not os.path.exists(workdir):
             raise ConfigError(f"--workdir {workdir}: no such file or directory")
         raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
-    with open(path) as f:
-        return json.load(f).get("kind", "vae")  # workdirs written before kinds were recorded hold MLP VAEs
+    return workdir_lib.read_json(path, "run's config").get("kind", "vae")  # no kind: an MLP VAE (older workdirs)
 
 
 def trained_image_shape(workdir: str) -> tuple | None:
@@ -137,8 +135,7 @@ def trained_image_shape(workdir: str) -> tuple | None:
     path = os.path.join(workdir, "summary.json")
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return tuple(json.load(f)["dataset"]["image_shape"])
+    return tuple(workdir_lib.read_json(path, "run's summary")["dataset"]["image_shape"])
 
 
 def family_of(kind: str, where: str) -> Family:
@@ -235,18 +232,9 @@ def _load_workdir(workdir: str, seed: int | None, epoch: int | None) -> TrainedM
     epoch, state = restore_checkpoint(config, task, epoch)
     model_state = _replica(state.model_state, replica) if state.model_state else None
     prior = _load_prior(workdir, model, replica) if kind == "vqvae" else None
+    params, seed = _replica(state.params, replica), config.seed_list()[replica]
     return make_trained_model(
-        kind,
-        config,
-        model,
-        task,
-        _replica(state.params, replica),
-        int(epoch),
-        config.seed_list()[replica],
-        image_shape,
-        model_state,
-        prior,
-        workdir,
+        kind, config, model, task, params, int(epoch), seed, image_shape, model_state, prior, workdir
     )
 
 
@@ -445,7 +433,7 @@ class TrainedModel:
     def _evaluate(self, data, iwae_k, key, batch_size, k_chunk) -> dict:
         if iwae_k:
             self._no("iwae_k", "has no likelihood to bound; pass iwae_k=0 for its test metrics")
-        fn = jax.jit(evaluate.per_example_eval(self.task.eval_fn, self.config.eval_batch_size))
+        fn = evaluate.make_per_example_eval(self.task.eval_fn, self.config.eval_batch_size)
         out = jax.device_get(fn(self.params, jax.tree_util.tree_map(np.asarray, data), key))
         return {"n": int(len(data["x"])), **{name: float(np.mean(v)) for name, v in out.items()}}
 
@@ -455,7 +443,7 @@ class GaussianVAEModel(TrainedModel):
 
     def _sample(self, n, key, labels, temperature):
         z = np.asarray(jax.random.normal(key, (n, self.model.latent_dim))) * np.float32(temperature)
-        return vae_tasks.decode_means(self.model, self.params, z)
+        return self._decode(z, labels)  # the CVAE's decoder takes the labels
 
     def _reconstruct(self, x, labels):
         return vae_tasks.reconstruct(self.model, self.params, x)
@@ -500,10 +488,6 @@ class CVAEModel(GaussianVAEModel):
             bad = values[(values < 0) | (values >= classes)][0]
             raise ConfigError(f"labels must lie in [0, {classes}) (the trained classes), got {int(bad)}")
         return values.astype(np.int32)
-
-    def _sample(self, n, key, labels, temperature):
-        z = np.asarray(jax.random.normal(key, (n, self.model.latent_dim))) * np.float32(temperature)
-        return cvae_tasks.decode_means(self.model, self.params, z, labels)
 
     def _reconstruct(self, x, labels):
         return cvae_tasks.decode_means(self.model, self.params, self._encode(x, labels), labels)
@@ -689,17 +673,9 @@ def export_run(workdir: str, path: str, seed: int | None = None, epoch: int | No
             "payload": body,
         }
     )
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".partial-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_file(path) as f:
+        f.write(blob)
     return path
 
 
@@ -759,16 +735,5 @@ def _load_export(path: str) -> TrainedModel:
             record["prior"]["params"], jax.eval_shape(prior_task.init_params, jax.random.key(0)), "prior params", path
         )
         prior = (prior_config, prior_model, prior_params)
-    return make_trained_model(
-        kind,
-        config,
-        model,
-        task,
-        params,
-        int(record["epoch"]),
-        int(record["seed"]),
-        image_shape,
-        model_state,
-        prior,
-        path,
-    )
+    epoch, seed = int(record["epoch"]), int(record["seed"])
+    return make_trained_model(kind, config, model, task, params, epoch, seed, image_shape, model_state, prior, path)

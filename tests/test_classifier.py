@@ -1,0 +1,29 @@
+"""The digit classifier's batched probabilities against a NumPy forward pass of the same MLP."""
+
+import jax
+import numpy as np
+
+from vae_jax import classifier as classifier_lib
+
+
+def numpy_probabilities(params, x: np.ndarray) -> np.ndarray:
+    """The MLP written out in NumPy (float64): ReLU hidden layers, then a softmax over the logits."""
+    h = x.reshape(len(x), -1).astype(np.float64)
+    for name in sorted((n for n in params if n.startswith("Dense_")), key=lambda n: int(n.split("_")[1])):
+        h = np.maximum(h @ np.asarray(params[name]["kernel"]) + np.asarray(params[name]["bias"]), 0.0)
+    logits = h @ np.asarray(params["logits"]["kernel"]) + np.asarray(params["logits"]["bias"])
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_predict_proba_in_uneven_batches_is_the_numpy_forward_pass():
+    model = classifier_lib.MLPClassifier(num_classes=10, hidden=(16, 8))
+    x = np.random.default_rng(0).uniform(size=(23, 6, 6, 1)).astype(np.float32)
+    params = model.init(jax.random.key(0), x[:1])["params"]
+    judge = classifier_lib.TrainedClassifier(model, params, test_accuracy=float("nan"))
+    want = numpy_probabilities(params, x)
+    for batch_size in (1000, 7):  # one batch; three of 7 and a last one of 2 padded to 7
+        probs = judge.predict_proba(x, batch_size=batch_size)
+        assert probs.shape == (23, 10)
+        np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(judge.predict(x), want.argmax(-1))
