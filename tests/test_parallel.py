@@ -120,12 +120,20 @@ NESTED_CONVOLUTIONS = {
 }
 
 
+def _names_by_jax(jaxpr) -> set[str]:
+    """The reference walk: JAX's own enumeration of an equation's sub-jaxprs (``jax.extend.core.subjaxprs``)."""
+    from jax.extend.core import subjaxprs
+
+    return {eqn.primitive.name for eqn in jaxpr.eqns}.union(*map(_names_by_jax, subjaxprs(jaxpr)))
+
+
 @pytest.mark.parametrize("name", sorted(NESTED_CONVOLUTIONS))
 def test_the_probe_finds_a_convolution_nested_in_a_body(name):
     x, w = jax.ShapeDtypeStruct((2, 6, 6, 1), jnp.float32), jax.ShapeDtypeStruct((3, 3, 1, 2), jnp.float32)
     fn = NESTED_CONVOLUTIONS[name]
-    outer = {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(x, w).jaxpr.eqns}
-    assert "conv_general_dilated" not in outer  # only a walk into the bodies finds it
+    jaxpr = jax.make_jaxpr(fn)(x, w).jaxpr
+    assert "conv_general_dilated" not in {eqn.primitive.name for eqn in jaxpr.eqns}  # only a walk finds it
+    assert parallel.primitive_names(jaxpr) == _names_by_jax(jaxpr)
     assert parallel.has_convolution(fn, x, w)
 
 

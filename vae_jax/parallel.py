@@ -52,7 +52,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import Jaxpr, subjaxprs
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -65,15 +64,22 @@ REPLICA_AXIS = "replica"
 DATA_AXIS = "data"
 
 
-def primitive_names(jaxpr: Jaxpr) -> set[str]:
-    """The names of the primitives ``jaxpr`` applies, those inside its sub-jaxprs included.
+def primitive_names(jaxpr) -> set[str]:
+    """The names of the primitives a jaxpr (``jax.make_jaxpr(fn)(*args).jaxpr``) applies, those of its
+    sub-jaxprs included.
 
     Sub-jaxprs are the bodies of ``scan``, ``while``, ``cond`` branches, ``jit``, ``checkpoint``, custom
-    derivatives and the like, found in each equation's parameters (``jax.extend.core.subjaxprs``).
+    derivatives and the like: the jaxprs and closed jaxprs among each equation's parameters (a tuple of them
+    for ``cond``), recognised by their ``eqns`` (duck typing, so no JAX-internal type is needed).
     """
-    names = {eqn.primitive.name for eqn in jaxpr.eqns}
-    for sub in subjaxprs(jaxpr):
-        names |= primitive_names(sub)
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(item, "jaxpr", item)  # a closed jaxpr holds its jaxpr
+                if hasattr(sub, "eqns"):
+                    names |= primitive_names(sub)
     return names
 
 
