@@ -67,7 +67,6 @@ class RunnerPath:
         self,
         x: np.ndarray,
         config,
-        seed_layout: str | None = None,
         task_fn=tasks.vae_task,
         epoch_loop: str | None = None,
     ):
@@ -77,9 +76,7 @@ class RunnerPath:
         self.config = config
         self.optimizer = runner.make_optimizer(config)
         self.seeds = config.seed_list()
-        self.plan = parallel.make_plan(
-            len(self.seeds), config.batch_size, config.devices, seed_layout or config.seed_layout
-        )
+        self.plan = parallel.make_plan(len(self.seeds), config.batch_size, config.devices)
         self.epoch_loop = parallel.choose_epoch_loop(
             epoch_loop or config.epoch_loop,
             jax.devices()[0].platform,

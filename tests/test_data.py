@@ -275,7 +275,7 @@ def test_uint8_data_stays_uint8_on_the_device(mnist_small):
     from vae_jax import parallel, runner
 
     as_u8, _ = _uint8_and_float_datasets(mnist_small)
-    on_device = parallel.Plan(1, "single").place_examples(runner.host_split(as_u8.train_pixels, as_u8.y_train))
+    on_device = parallel.Plan(1).place_examples(runner.host_split(as_u8.train_pixels, as_u8.y_train))
     assert on_device["x"].dtype == np.uint8 and on_device["x"].nbytes == as_u8.train_pixels.nbytes
     batch = data.batch_to_float({"x": on_device["x"][:4], "y": on_device["y"][:4]})
     assert batch["x"].dtype == np.float32 and batch["y"].dtype == np.int32

@@ -1,4 +1,5 @@
-"""Seed layouts and device meshes: the one-seed path is the plain scan epoch, loops equal single runs, meshes match one device."""
+"""Seeds and device meshes: the one-seed path is the plain scan epoch, vmapped seeds equal single runs, meshes match
+one device; the epoch loop's convolution probe."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax import lax
 
 from vae_jax import evaluate, parallel, runner, tasks, train
 from vae_jax.cli import ConfigError
@@ -54,50 +56,97 @@ def _replica(tree, k):
 
 
 def test_one_seed_runs_the_plain_scan_epoch_bit_for_bit(setup):
-    one = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, parallel.Plan(1, "single")), [3])
+    one = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, parallel.Plan(1)), [3])
     plain = _plain_run(setup, 3)
     for a, b in zip(jax.tree_util.tree_leaves(_replica(one, 0)), jax.tree_util.tree_leaves(plain), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_one_seed_program_has_no_replica_batching(setup):
-    """The compiled one-seed epoch holds the same HLO as the plain epoch's (up to the size-1 reshapes)."""
+    """The compiled one-seed epoch holds the same matrix multiplies as the plain epoch, none batched; a
+    ``jax.vmap`` of the plain epoch over one replica (what the one-seed path avoids) batches them."""
     task, optimizer, step, data = setup
     keys = jax.vmap(train.run_keys)(jnp.asarray([0]))
     state = train.init_replicated_state(task.init_params, optimizer, keys.init)
-    single = parallel.make_epoch_program(step, BATCH, parallel.Plan(1, "single"))
-    vmapped = parallel.make_epoch_program(step, BATCH, parallel.Plan(1, "vmap"))
     args = (state, data, keys.data, keys.sample, jnp.int32(0))
-    dots = [fn.lower(*args).as_text().count("dot_general") for fn in (single, vmapped)]
-    batched = [fn.lower(*args).as_text().count("batching_dims") for fn in (single, vmapped)]
-    assert dots[0] == dots[1] > 0
-    assert batched[0] == 0 < batched[1]
+    single = parallel.make_epoch_program(step, BATCH, parallel.Plan(1)).lower(*args).as_text()
+    vmapped = jax.jit(jax.vmap(train.make_epoch_fn(step, BATCH), in_axes=(0, None, 0, 0, None)))
+    vmapped = vmapped.lower(*args).as_text()
+    plain_args = (_replica(state, 0), data, keys.data[0], keys.sample[0], jnp.int32(0))
+    plain = jax.jit(train.make_epoch_fn(step, BATCH)).lower(*plain_args).as_text()
+    assert single.count("dot_general") == plain.count("dot_general") == vmapped.count("dot_general") > 0
+    assert single.count("batching_dims") == plain.count("batching_dims") == 0 < vmapped.count("batching_dims")
 
 
-def test_loop_layout_replica_k_is_the_single_run_with_seed_k_and_vmap_agrees(setup):
+def test_vmapped_seeds_equal_each_seed_trained_alone(setup):
     seeds = [3, 5]
-    loop = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, parallel.Plan(2, "loop")), seeds)
-    vmap = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, parallel.Plan(2, "vmap")), seeds)
+    vmap = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, parallel.Plan(2)), seeds)
     for k, seed in enumerate(seeds):
         plain = _plain_run(setup, seed)
-        for a, b in zip(jax.tree_util.tree_leaves(_replica(loop, k)), jax.tree_util.tree_leaves(plain), strict=True):
-            np.testing.assert_array_equal(a, b)
         # Batched matrix multiplies round differently: equal up to float32 rounding.
         for a, b in zip(jax.tree_util.tree_leaves(_replica(vmap, k)), jax.tree_util.tree_leaves(plain), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout,seeds", [("single", [3]), ("vmap", [3, 5]), ("loop", [3, 5])])
-def test_step_loop_epoch_trains_what_the_scan_epoch_trains(setup, layout, seeds):
+@pytest.mark.parametrize("seeds", [[3], [3, 5]])
+def test_step_loop_epoch_trains_what_the_scan_epoch_trains(setup, seeds):
     """--epoch-loop steps: the same batches, keys and updates as the scan-fused epoch (XLA may fuse differently)."""
-    plan = parallel.Plan(len(seeds), layout)
+    plan = parallel.Plan(len(seeds))
     scan = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, plan, "scan"), seeds)
     steps = _replicated_run(setup, parallel.make_epoch_program(setup[2], BATCH, plan, "steps"), seeds)
     for a, b in zip(jax.tree_util.tree_leaves(steps), jax.tree_util.tree_leaves(scan), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_auto_epoch_loop_steps_only_for_convolutions_on_cpu(mnist_small):
+def _conv(x, w):  # x: [N, H, W, C], w: [kh, kw, C, O]
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+NESTED_CONVOLUTIONS = {
+    "scan": lambda x, w: lax.scan(lambda c, _: (c + _conv(x, w).sum(), None), 0.0, None, length=2)[0],
+    "checkpoint": lambda x, w: jax.checkpoint(_conv)(x, w).sum(),
+    "cond": lambda x, w: lax.cond(x.sum() > 0, lambda: _conv(x, w).sum(), lambda: 0.0),
+    "jit": lambda x, w: jax.jit(_conv)(x, w).sum(),
+    # cond inside checkpoint inside scan, differentiated
+    "deep": jax.grad(
+        lambda x, w: lax.scan(
+            lambda c, _: (c + jax.checkpoint(lambda: lax.cond(c > 0, lambda: _conv(x, w).sum(), lambda: c))(), None),
+            1.0,
+            None,
+            length=2,
+        )[0],
+        argnums=1,
+    ),
+}
+
+
+def _names_by_jax(jaxpr) -> set[str]:
+    """The reference walk: JAX's own enumeration of an equation's sub-jaxprs (``jax.extend.core.subjaxprs``)."""
+    from jax.extend.core import subjaxprs
+
+    return {eqn.primitive.name for eqn in jaxpr.eqns}.union(*map(_names_by_jax, subjaxprs(jaxpr)))
+
+
+@pytest.mark.parametrize("name", sorted(NESTED_CONVOLUTIONS))
+def test_the_probe_finds_a_convolution_nested_in_a_body(name):
+    x, w = jax.ShapeDtypeStruct((2, 6, 6, 1), jnp.float32), jax.ShapeDtypeStruct((3, 3, 1, 2), jnp.float32)
+    fn = NESTED_CONVOLUTIONS[name]
+    jaxpr = jax.make_jaxpr(fn)(x, w).jaxpr
+    assert "conv_general_dilated" not in {eqn.primitive.name for eqn in jaxpr.eqns}  # only a walk finds it
+    assert parallel.primitive_names(jaxpr) == _names_by_jax(jaxpr)
+    assert parallel.has_convolution(fn, x, w)
+
+
+def test_the_probe_names_an_mlps_primitives_and_finds_no_convolution():
+    x, w = jax.ShapeDtypeStruct((4, 3), jnp.float32), jax.ShapeDtypeStruct((3, 2), jnp.float32)
+    mlp = lambda x, w: jax.checkpoint(lambda: jnp.tanh(x @ w))()  # noqa: E731
+    jaxpr = jax.make_jaxpr(mlp)(x, w).jaxpr
+    (outer,) = {eqn.primitive.name for eqn in jaxpr.eqns}  # the checkpoint (its name is JAX's own)
+    assert parallel.primitive_names(jaxpr) == {outer, "dot_general", "tanh"}
+    assert not parallel.has_convolution(jax.grad(lambda x, w: mlp(x, w).sum(), argnums=1), x, w)
+
+
+def test_auto_epoch_loop_steps_only_for_convolutions_on_cpu():
     optimizer = optax.adam(1e-3)
     batch = {"x": jax.ShapeDtypeStruct((4, 28, 28, 1), jnp.float32)}
     found = {}
@@ -124,7 +173,7 @@ def test_auto_epoch_loop_steps_only_for_convolutions_on_cpu(mnist_small):
         parallel.choose_epoch_loop("fast", "cpu", lambda: True)
 
 
-def test_eval_layouts_agree_with_one_model_evaluations(setup, mnist_small):
+def test_eval_programs_agree_with_one_model_evaluations(setup, mnist_small):
     task, optimizer, _, _ = setup
     keys = jax.vmap(train.run_keys)(jnp.asarray([1, 2]))
     params = train.init_replicated_state(task.init_params, optimizer, keys.init).params
@@ -133,21 +182,15 @@ def test_eval_layouts_agree_with_one_model_evaluations(setup, mnist_small):
     reference = np.stack(
         [np.asarray(one_model(_replica(params, r), test, jax.random.key(0))["neg_elbo"]) for r in range(2)]
     )
-    for layout in ("vmap", "loop"):
-        out = parallel.make_eval_program(task.eval_fn, 50, parallel.Plan(2, layout))(params, test, jax.random.key(0))
-        np.testing.assert_allclose(np.asarray(out["neg_elbo"]), reference, rtol=1e-5)
+    out = parallel.make_eval_program(task.eval_fn, 50, parallel.Plan(2))(params, test, jax.random.key(0))
+    np.testing.assert_allclose(np.asarray(out["neg_elbo"]), reference, rtol=1e-5)
     first = jax.tree_util.tree_map(lambda a: a[:1], params)
-    out = parallel.make_eval_program(task.eval_fn, 50, parallel.Plan(1, "single"))(first, test, jax.random.key(0))
+    out = parallel.make_eval_program(task.eval_fn, 50, parallel.Plan(1))(first, test, jax.random.key(0))
     np.testing.assert_array_equal(np.asarray(out["neg_elbo"]), reference[:1])
 
 
-def test_seed_layout_rule_and_device_errors():
-    assert parallel.choose_seed_layout("auto", 1, 16, "cpu") == "single"
-    assert parallel.choose_seed_layout("loop", 1, 16, "cpu") == "single"
-    assert parallel.choose_seed_layout("auto", 8, 16, "cpu") == "loop"  # faster at every batch measured on CPU
-    assert parallel.choose_seed_layout("auto", 8, 16, "gpu") == "vmap"
-    assert parallel.choose_seed_layout("auto", 8, 4096, "gpu") == "vmap"
-    assert parallel.choose_seed_layout("vmap", 8, 4096, "cpu") == "vmap"
+def test_seed_layouts_and_device_errors():
+    assert [parallel.make_plan(r, 16).seed_layout for r in (1, 2, 8)] == ["single", "vmap", "vmap"]
     assert parallel.parse_devices("all", available=4) == 4
     assert parallel.parse_devices("2", available=4) == 2
     for bad in ("0", "5", "two"):
@@ -169,7 +212,7 @@ def test_runner_records_the_layout(tmp_path, mnist_small):
     _, task = tasks.vae_task(config, mnist_small.image_shape)
     summary = runner.train(config, task, mnist_small).summary
     assert summary["device_count"] == 1 and summary["mesh"] is None
-    assert summary["seed_layout"] == parallel.choose_seed_layout("auto", 2, BATCH, jax.devices()[0].platform)
+    assert summary["seed_layout"] == "vmap" and summary["epoch_loop"] == "scan"  # an MLP: no convolution
 
 
 MESH_SCRIPT = textwrap.dedent("""
@@ -188,7 +231,7 @@ MESH_SCRIPT = textwrap.dedent("""
     _, task = tasks.vae_task(config("x"), ds.image_shape)
     runs = {"one": config("one", seeds="0,1"), "data8": config("data8", devices="all"),
             "seeds2x4": config("seeds2x4", devices="8", seeds="0,1"),
-            "loop1x2": config("loop1x2", devices="2", seeds="0,1", seed_layout="loop")}
+            "seeds1x2": config("seeds1x2", devices="2", seeds="0,1,2")}
     out = {"device_count": jax.device_count()}
     for name, cfg in runs.items():
         result = runner.train(cfg, task, ds)
@@ -221,7 +264,8 @@ MESH_SCRIPT = textwrap.dedent("""
 
 
 def test_eight_simulated_devices_match_one_device(tmp_path):
-    """Data parallel (1 x 8), seeds x data (2 x 4) and the seed loop over a 1 x 2 mesh train what one device trains."""
+    """Data parallel (1 x 8), seeds x data (2 x 4) and three seeds on two devices (1 x 2: gcd(3, 2) = 1 replica
+    shard) train what one device trains."""
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -236,11 +280,11 @@ def test_eight_simulated_devices_match_one_device(tmp_path):
     assert out["data8"]["summary"] == {"device_count": 8, "mesh": {"replica": 1, "data": 8}, "seed_layout": "single"}
     assert out["seeds2x4"]["summary"]["mesh"] == {"replica": 2, "data": 4}
     assert out["seeds2x4"]["summary"]["seed_layout"] == "vmap"
-    assert out["loop1x2"]["summary"] == {"device_count": 2, "mesh": {"replica": 1, "data": 2}, "seed_layout": "loop"}
+    assert out["seeds1x2"]["summary"] == {"device_count": 2, "mesh": {"replica": 1, "data": 2}, "seed_layout": "vmap"}
     one = [np.asarray(a) for a in out["one"]["params"]]
-    for a, b, c in zip(one, out["seeds2x4"]["params"], out["loop1x2"]["params"], strict=True):
+    for a, b, c in zip(one, out["seeds2x4"]["params"], out["seeds1x2"]["params"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)  # one seed at a time, each batch split over 2
+        np.testing.assert_allclose(a, np.asarray(c)[:2], rtol=1e-4, atol=1e-5)  # seeds 0, 1 of 0, 1, 2
     for a, b in zip(one, out["data8"]["params"], strict=True):  # seed 0 is replica 0 of the two-seed run
         np.testing.assert_allclose(a[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
     assert "--batch-size 60 cannot be split evenly over 8 data shards" in out["error"]

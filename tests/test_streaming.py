@@ -38,7 +38,7 @@ def test_grain_batches_are_the_rows_of_the_epoch_permutation_read_from_a_memory_
 @pytest.mark.parametrize("seeds", [[3], [3, 5]])
 def test_streamed_epochs_train_what_the_resident_epochs_train(setup, mnist_small, seeds):
     task, optimizer, step = setup
-    plan = parallel.Plan(len(seeds), "single" if len(seeds) == 1 else "vmap")
+    plan = parallel.Plan(len(seeds))
     resident = parallel.make_epoch_program(step, BATCH, plan)
     streamed = streaming.make_stream_epoch(step, BATCH, plan, {"x": mnist_small.x_train})
     keys = jax.vmap(train.run_keys)(jnp.asarray(seeds))
@@ -92,7 +92,7 @@ def test_streamed_epoch_metrics_equal_the_resident_ones_with_a_skipped_step(setu
         return jnp.where(step == 2, jnp.nan, loss), metrics
 
     step = train.make_train_step(loss_fn, optimizer, max_consecutive_skips=5)
-    plan = parallel.Plan(1, "single")
+    plan = parallel.Plan(1)
     keys = jax.vmap(train.run_keys)(jnp.asarray([3]))
     data = {"x": jnp.asarray(mnist_small.x_train)}
     out = {}

@@ -15,7 +15,7 @@ import pytest
 
 from experiments import evaluate as evaluate_exp
 from experiments import vae as vae_exp
-from vae_jax import data, runner
+from vae_jax import data, parallel, runner, tasks
 from vae_jax import workdir as workdir_lib
 from vae_jax.runner import Task
 
@@ -150,6 +150,32 @@ def test_a_finished_run_without_its_summary_is_evaluated_again(capsys, run_copy)
     rerun = json.load(open(workdir / "summary.json"))
     for name, value in summary["test"].items():
         np.testing.assert_allclose(rerun["test"][name]["mean"], value["mean"], rtol=1e-6, err_msg=name)
+
+
+def test_an_old_config_with_a_seed_layout_loads_and_a_finished_run_sets_up_nothing(run_copy, monkeypatch):
+    """A config.json written before ``--seed-layout`` was removed still loads (the key is dropped) and its run
+    resumes; with nothing to train and summary.json reused, no data is placed and no program built or traced.
+    Without summary.json the same refusals stop the run: they do catch the set-up of an evaluation."""
+    _, workdir = run_copy
+    saved = json.load(open(workdir / "config.json"))
+    with open(workdir / "config.json", "w") as f:
+        json.dump({**saved, "seed_layout": "loop"}, f)
+    config = workdir_lib.load_run_config(str(workdir), tasks.VAEConfig)
+    assert json.loads(json.dumps(dataclasses.asdict(config))) == {k: v for k, v in saved.items() if k != "kind"}
+    config = dataclasses.replace(config, workdir=str(workdir))  # the copy, not the run it was copied from
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("set up for a finished run")
+
+    for name in ("make_epoch_program", "make_eval_program", "choose_epoch_loop", "has_convolution"):
+        monkeypatch.setattr(parallel, name, refuse)
+    monkeypatch.setattr(parallel.Plan, "place_examples", refuse)
+    _, task = tasks.vae_task(config, (28, 28, 1))
+    result = runner.train(config, task)
+    assert result.test_metrics is None and result.summary == json.load(open(workdir / "summary.json"))
+    os.remove(workdir / "summary.json")
+    with pytest.raises(AssertionError, match="set up for a finished run"):
+        runner.train(config, task)
 
 
 def test_training_further_retires_the_old_eval_record_and_splits_stdout_from_stderr(capsys, run_copy):

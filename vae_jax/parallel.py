@@ -1,39 +1,30 @@
 """How a run's replicas (seeds) and its batch are laid out on devices, and the compiled programs that follow.
 
-:func:`make_plan` turns ``--devices`` and ``--seed-layout`` into a
-:class:`Plan`; :func:`make_epoch_program` and :func:`make_eval_program` build
-the jitted epoch and evaluation of ``R`` replicas for it. Their signatures are
-those of :func:`vae_jax.train.make_replicated_epoch_fn` and
+:func:`make_plan` turns ``--seeds`` and ``--devices`` into a :class:`Plan`;
+:func:`make_epoch_program` and :func:`make_eval_program` build the jitted
+epoch and evaluation of ``R`` replicas for it. Their signatures are those of
+:func:`vae_jax.train.make_replicated_epoch_fn` and
 :func:`vae_jax.evaluate.make_replicated_eval`: every state leaf, key and
-result has a leading replica axis ``[R]``.
+result has a leading replica axis ``[R]``. Each configuration compiles one
+epoch program:
 
-Seed layouts (how R replicas run on one device):
   * one seed (R = 1): the un-vmapped scan-fused epoch. The replica axis of
     size 1 is dropped and restored at trace time (``a[0]`` / ``a[None]``
     inside ``jit``, free with donated buffers), so a one-seed run compiles
     exactly the program of a minimal single-model ``lax.scan`` loop.
-  * ``vmap``: one program over all replicas, ``jax.vmap`` of the epoch. Its
-    matrix multiplies are batched over replicas, which pays when a single
-    replica's multiplies are too small to keep the device busy (small batches).
-  * ``loop``: the one-seed program, called from Python for each replica in
-    turn on its slice of the replica axis: replica k runs the very program a
-    single-seed run with seed k compiles (the compilation cache shares it), so
-    R seeds cost R one-seed epochs plus a split and a concatenation of the
-    state. (A ``lax.map`` over replicas inside one program ran as fast in steady
-    state, timed side by side on a 2-core CPU, but compiles a program of its
-    own; :func:`over_replicas` keeps it for the streamed step.)
-  * ``auto``: :func:`choose_seed_layout`'s rule.
+  * several seeds: ``jax.vmap`` of that epoch, one program over all
+    replicas (on a mesh, the replica axis is laid out along ``replica``).
 
-Epoch loops (how one epoch's steps run):
+Epoch loops (``--epoch-loop``, how one epoch's steps run):
   * ``scan``: the whole epoch is one compiled ``lax.scan`` over the steps
     (no Python between steps): the fast path.
   * ``steps``: a Python loop calling the jitted step once per batch, the
     batches gathered on the device as under ``scan``; the same computation.
     XLA:CPU runs a convolution's gradient several times slower inside a
-    compiled loop than in a program of its own (a conv VAE epoch measured
-    3.6x slower under ``scan`` on a 2-core CPU, the fully unrolled epoch as
-    fast as the step loop), so models with convolutions train this way on CPU.
-  * ``auto``: ``steps`` on CPU when the train step has a convolution, else ``scan``.
+    compiled loop than in a program of its own (measured on a CPU, see
+    docs/benchmarks.md), so models with convolutions train this way on CPU.
+  * ``auto``: ``steps`` on CPU when the train step has a convolution
+    (:func:`has_convolution`), else ``scan``.
 
 Devices (``--devices N|all``): with more than one device the run uses a
 :class:`jax.sharding.Mesh` with axes ``("replica", "data")`` of shape
@@ -45,12 +36,11 @@ are replicated along ``data``; XLA inserts the gradient all-reduce. The
 training split's rows are split along ``data`` as well
 (:meth:`Plan.place_examples`): a device holds 1/d of them and XLA gathers each
 step's batch from the shards (each device gathers the rows it holds, one
-reduction over ``data`` assembles the batch; on 8 simulated CPU devices as
-fast as the replicated split, measured). The runner places the test split
+reduction over ``data`` assembles the batch). The runner places the test split
 the same way, and evaluation batches are split along ``data``
-(:func:`make_eval_program`). Nothing
-here communicates by hand: the shardings are given to ``jax.jit`` and
-``jax.lax.with_sharding_constraint`` and the SPMD partitioner does the rest.
+(:func:`make_eval_program`). Nothing here communicates by hand: the shardings
+are given to ``jax.jit`` and ``jax.lax.with_sharding_constraint`` and the SPMD
+partitioner does the rest.
 """
 
 from __future__ import annotations
@@ -68,44 +58,43 @@ from jax.sharding import PartitionSpec as P
 from vae_jax import caches, evaluate
 from vae_jax import train as train_lib
 from vae_jax.errors import ConfigError
-from vae_jax.protocol import EPOCH_LOOPS, SEED_LAYOUTS
+from vae_jax.protocol import EPOCH_LOOPS
 
 REPLICA_AXIS = "replica"
 DATA_AXIS = "data"
-# --seed-layout auto on CPU: batches at least this large run replicas in a loop, smaller ones vmapped.
-# Measured with the benchmark's seeds section on the 2-core development CPU (784-400-20 VAE), the loop
-# beat vmap at every size tried: batch 16, 8 seeds 3.17 s vs 6.73 s per epoch (32 seeds 11.7 s vs 28.6 s);
-# batch 128, 8 seeds 1.23 s vs 1.65 s (32 seeds 5.26 s vs 7.59 s). So on CPU the loop is always taken.
-CPU_LOOP_MIN_BATCH = 1
 
 
-def choose_seed_layout(requested: str, num_replicas: int, batch_size: int, platform: str, num_devices: int = 1) -> str:
-    """The seed layout a run uses: ``single`` for one replica, else ``vmap`` or ``loop``.
+def primitive_names(jaxpr) -> set[str]:
+    """The names of the primitives a jaxpr (``jax.make_jaxpr(fn)(*args).jaxpr``) applies, those of its
+    sub-jaxprs included.
 
-    ``auto`` vmaps on accelerators (a GPU/TPU is rarely filled by one small
-    replica) and, on CPU, loops over replicas from a batch of
-    :data:`CPU_LOOP_MIN_BATCH` up (measured: the loop is the faster layout
-    there) when it has one device; over several devices the replicas are
-    vmapped and spread along the mesh's ``replica`` axis.
+    Sub-jaxprs are the bodies of ``scan``, ``while``, ``cond`` branches, ``jit``, ``checkpoint``, custom
+    derivatives and the like: the jaxprs and closed jaxprs among each equation's parameters (a tuple of them
+    for ``cond``), recognised by their ``eqns`` (duck typing, so no JAX-internal type is needed).
     """
-    if requested not in SEED_LAYOUTS:
-        raise ConfigError(f"--seed-layout must be one of {', '.join(SEED_LAYOUTS)}, got {requested!r}")
-    if num_replicas == 1:
-        return "single"
-    if requested != "auto":
-        return requested
-    if platform == "cpu" and num_devices == 1 and batch_size >= CPU_LOOP_MIN_BATCH:
-        return "loop"
-    return "vmap"
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(item, "jaxpr", item)  # a closed jaxpr holds its jaxpr
+                if hasattr(sub, "eqns"):
+                    names |= primitive_names(sub)
+    return names
 
 
 def has_convolution(fn: Callable, *args) -> bool:
-    """True when ``fn(*args)`` (traced, not run; ``args`` may be ``jax.ShapeDtypeStruct``) holds a convolution."""
-    return "conv_general_dilated" in str(jax.make_jaxpr(fn)(*args))
+    """True when ``fn(*args)`` (traced, not run; ``args`` may be ``jax.ShapeDtypeStruct``) applies
+    ``lax.conv_general_dilated`` anywhere, nested bodies included."""
+    return "conv_general_dilated" in primitive_names(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def choose_epoch_loop(requested: str, platform: str, has_conv: Callable[[], bool]) -> str:
-    """``scan`` or ``steps`` for ``--epoch-loop``; ``has_conv()`` is asked only when it decides."""
+    """``scan`` or ``steps`` for ``--epoch-loop``; ``has_conv()`` is asked only when it decides.
+
+    ``auto`` takes ``steps`` on CPU for a train step with a convolution: XLA:CPU runs a convolution's
+    gradient several times slower inside a compiled loop (measured on a CPU, see docs/benchmarks.md).
+    """
     if requested not in EPOCH_LOOPS:
         raise ConfigError(f"--epoch-loop must be one of {', '.join(EPOCH_LOOPS)}, got {requested!r}")
     if requested != "auto":
@@ -144,13 +133,16 @@ class Plan:
 
     Attributes:
       num_replicas: R, the number of seeds trained together.
-      seed_layout: ``single``, ``vmap`` or ``loop``.
       mesh: a ``("replica", "data")`` mesh, or None on one device.
     """
 
     num_replicas: int
-    seed_layout: str
     mesh: Mesh | None = None
+
+    @property
+    def seed_layout(self) -> str:
+        """``single`` (one seed, the un-vmapped program) or ``vmap`` (several seeds), as ``summary.json`` says."""
+        return "single" if self.num_replicas == 1 else "vmap"
 
     @property
     def num_devices(self) -> int:
@@ -234,19 +226,16 @@ def _put(tree, sharding: NamedSharding):
     return jax.tree_util.tree_map(put, tree)
 
 
-def make_plan(num_replicas: int, batch_size: int, devices: str = "1", seed_layout: str = "auto") -> Plan:
+def make_plan(num_replicas: int, batch_size: int, devices: str = "1") -> Plan:
     """The :class:`Plan` for R replicas on ``--devices`` devices (of every process when distributed).
 
-    With N > 1 devices the mesh is ``(r, d) = (gcd(R, N), N / gcd(R, N))``
-    (``(1, N)`` under the ``loop`` layout, which runs one replica at a time);
+    With N > 1 devices the mesh is ``(r, d) = (gcd(R, N), N / gcd(R, N))``;
     ``--batch-size`` must divide evenly over the ``d`` data shards.
     """
     count = parse_devices(devices)
-    platform = jax.devices()[0].platform
-    layout = choose_seed_layout(seed_layout, num_replicas, batch_size, platform, count)
     if count == 1:
-        return Plan(num_replicas, layout)
-    replica_shards = 1 if layout == "loop" else math.gcd(num_replicas, count)
+        return Plan(num_replicas)
+    replica_shards = math.gcd(num_replicas, count)
     data_shards = count // replica_shards
     if batch_size % data_shards:
         raise ConfigError(
@@ -254,74 +243,24 @@ def make_plan(num_replicas: int, batch_size: int, devices: str = "1", seed_layou
             f"(--devices {devices} with {num_replicas} replica(s)); use a multiple of {data_shards} or fewer --devices"
         )
     grid = np.asarray(jax.devices()[:count]).reshape(replica_shards, data_shards)
-    return Plan(num_replicas, layout, Mesh(grid, (REPLICA_AXIS, DATA_AXIS)))
+    return Plan(num_replicas, Mesh(grid, (REPLICA_AXIS, DATA_AXIS)))
 
 
-def _first(tree):
-    return jax.tree_util.tree_map(lambda a: a[0], tree)
-
-
-def _expand(tree):
-    return jax.tree_util.tree_map(lambda a: a[None], tree)
-
-
-def over_replicas(fn: Callable, layout: str, in_axes: tuple, spmd_axis_name: str | None) -> Callable:
+def over_replicas(fn: Callable, num_replicas: int, in_axes: tuple, spmd_axis_name: str | None = None) -> Callable:
     """``fn`` of one replica -> the same over a leading replica axis of the ``in_axes == 0`` arguments.
 
-    ``layout`` is a :class:`Plan`'s ``seed_layout`` (``single``, ``vmap`` or ``loop``); under ``vmap`` the
-    replica axis is laid out along the mesh axis ``spmd_axis_name`` (None: no mesh).
+    One replica: ``fn`` itself, the axis of size 1 dropped on the way in and restored on the way out (no
+    batching in the program). Several: ``jax.vmap``, the replica axis laid out along the mesh axis
+    ``spmd_axis_name`` (None: no mesh).
     """
-    if layout == "single":
-
-        def single(*args):
-            args = [_first(a) if ax == 0 else a for a, ax in zip(args, in_axes)]
-            return _expand(fn(*args))
-
-        return single
-    if layout == "vmap":
+    if num_replicas > 1:
         return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=spmd_axis_name)
-    if layout == "loop":
 
-        def loop(*args):
-            mapped = [a for a, ax in zip(args, in_axes) if ax == 0]
+    def single(*args):
+        args = [jax.tree_util.tree_map(lambda a: a[0], a) if ax == 0 else a for a, ax in zip(args, in_axes)]
+        return jax.tree_util.tree_map(lambda a: a[None], fn(*args))
 
-            def one(per_replica):
-                it = iter(per_replica)
-                return fn(*[next(it) if ax == 0 else a for a, ax in zip(args, in_axes)])
-
-            return jax.lax.map(one, mapped)
-
-        return loop
-    raise ValueError(f"unknown seed layout {layout!r}")
-
-
-def _one_replica(plan: Plan) -> Plan:
-    """The plan of one of ``plan``'s replicas run alone (the ``loop`` layout's mesh already has one replica shard)."""
-    return dataclasses.replace(plan, num_replicas=1, seed_layout="single")
-
-
-def _replica_loop(program: Callable, plan: Plan, in_axes: tuple) -> Callable:
-    """``program`` of one replica (leading axis ``[1]``) -> the same over ``[R]``, a Python loop over replicas.
-
-    One jitted program splits the ``in_axes == 0`` arguments into R slices
-    ``[k:k+1]``, ``program`` runs on each in turn, and one jitted program
-    concatenates its R outputs.
-    """
-    sharding = plan.sharding(P(REPLICA_AXIS))
-    split = jax.jit(
-        lambda *mapped: [jax.tree_util.tree_map(lambda a: a[k : k + 1], mapped) for k in range(plan.num_replicas)],
-        out_shardings=sharding,
-    )
-    concat = jax.jit(lambda outs: jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *outs), out_shardings=sharding)
-
-    def run(*args):
-        outs = []
-        for chunk in split(*[a for a, ax in zip(args, in_axes) if ax == 0]):
-            it = iter(chunk)
-            outs.append(program(*[next(it) if ax == 0 else a for a, ax in zip(args, in_axes)]))
-        return concat(outs)
-
-    return run
+    return single
 
 
 def make_epoch_program(
@@ -330,19 +269,14 @@ def make_epoch_program(
     """The epoch of R replicas: ``(state[R], data, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])``.
 
     ``epoch_loop`` ``scan``: one jitted program; ``steps``: a Python loop over
-    a jitted step of the R replicas (see the module docstring). Under the
-    ``loop`` seed layout, the one-seed program runs for each replica in turn.
-    The state is donated (under ``loop``, each replica's slice). On a mesh,
-    the data may be split along ``data`` (:meth:`Plan.place_examples`, what
-    the runner does) or on every device (:meth:`Plan.place_shared`; the
-    program compiles for the layout it is given), each step's batch is
-    constrained to be split along ``data`` and
+    a jitted step of the R replicas (see the module docstring). The state is
+    donated. On a mesh, the data may be split along ``data``
+    (:meth:`Plan.place_examples`, what the runner does) or on every device
+    (:meth:`Plan.place_shared`; the program compiles for the layout it is
+    given), each step's batch is constrained to be split along ``data`` and
     everything with a replica axis along ``replica``. ``num_examples``: the
     split's own row count when its rows were padded (default: all rows).
     """
-    if plan.seed_layout == "loop":
-        one = make_epoch_program(train_step, batch_size, _one_replica(plan), epoch_loop, num_examples)
-        return _replica_loop(one, plan, (0, None, 0, 0, None))
     step = train_step
     if plan.mesh is not None:
         batch_sharding = plan.sharding(P(DATA_AXIS))
@@ -351,14 +285,11 @@ def make_epoch_program(
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             return train_step(state, batch, key)
 
-    spmd_axis = None if plan.mesh is None else REPLICA_AXIS
-    per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
     if epoch_loop == "steps":
-        return _step_loop_epoch(step, batch_size, plan, spmd_axis, num_examples)
+        return _step_loop_epoch(step, batch_size, plan, num_examples)
     epoch_fn = train_lib.make_epoch_fn(step, batch_size, num_examples)
-    program = over_replicas(epoch_fn, plan.seed_layout, (0, None, 0, 0, None), spmd_axis)
-    if plan.mesh is None:
-        return jax.jit(program, donate_argnums=0)
+    program = over_replicas(epoch_fn, plan.num_replicas, (0, None, 0, 0, None), _spmd_axis(plan))
+    per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())  # None on one device: as given
     return jax.jit(
         program,
         donate_argnums=0,
@@ -367,7 +298,11 @@ def make_epoch_program(
     )
 
 
-def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, spmd_axis: str | None, num_examples: int | None):
+def _spmd_axis(plan: Plan) -> str | None:
+    return None if plan.mesh is None else REPLICA_AXIS
+
+
+def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, num_examples: int | None):
     """The epoch of :func:`vae_jax.train.make_epoch_fn` as a Python loop over one jitted step of R replicas."""
 
     def one_step(state, data, order, s, sample_key):  # order: [S, B] this replica's batches; s: the step's index
@@ -378,22 +313,19 @@ def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, spmd_axis: str
     def batch_order(data_key, epoch, num_examples):  # [S, B], as the scan-fused epoch draws them
         return train_lib.epoch_batches(data_key, epoch, num_examples, batch_size)
 
-    step_program = over_replicas(one_step, plan.seed_layout, (0, None, 0, None, 0), spmd_axis)
-    order_program = jax.vmap(batch_order, in_axes=(0, None, None))
-    if plan.mesh is None:
-        step_program = jax.jit(step_program, donate_argnums=0)
-        order_program = caches.jit_run_once(order_program, static_argnums=2)  # the shuffle: integer work, quick to run
-    else:
-        per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
-        step_program = jax.jit(
-            step_program,
-            donate_argnums=0,
-            out_shardings=(per_replica, per_replica),
-            in_shardings=(per_replica, None, per_replica, shared, per_replica),
-        )
-        order_program = caches.jit_run_once(
-            order_program, static_argnums=2, in_shardings=(per_replica, shared), out_shardings=per_replica
-        )
+    per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())  # None on one device: as given
+    step_program = jax.jit(
+        over_replicas(one_step, plan.num_replicas, (0, None, 0, None, 0), _spmd_axis(plan)),
+        donate_argnums=0,
+        in_shardings=(per_replica, None, per_replica, shared, per_replica),
+        out_shardings=(per_replica, per_replica),
+    )
+    order_program = caches.jit_run_once(  # the shuffle: integer work, quick to run
+        jax.vmap(batch_order, in_axes=(0, None, None)),
+        static_argnums=2,
+        in_shardings=(per_replica, shared),
+        out_shardings=per_replica,
+    )
 
     def epoch_fn(state, data, data_keys, sample_keys, epoch):
         count = num_examples or jax.tree_util.tree_leaves(data)[0].shape[0]
@@ -417,13 +349,7 @@ def make_eval_program(eval_fn: Callable, batch_size: int, plan: Plan):
     results then hold a row for each padding row too, after the split's own
     rows) or on every device (:meth:`Plan.place_shared`).
     """
-
-    if plan.seed_layout == "loop":
-        return _replica_loop(make_eval_program(eval_fn, batch_size, _one_replica(plan)), plan, (0, None, None))
     run = evaluate.per_example_eval(eval_fn, batch_size, plan.sharding(P(DATA_AXIS)))
-    spmd_axis = None if plan.mesh is None else REPLICA_AXIS
-    program = over_replicas(run, plan.seed_layout, (0, None, None), spmd_axis)
-    if plan.mesh is None:
-        return jax.jit(program)
-    per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())
+    program = over_replicas(run, plan.num_replicas, (0, None, None), _spmd_axis(plan))
+    per_replica, shared = plan.sharding(P(REPLICA_AXIS)), plan.sharding(P())  # None on one device: as given
     return jax.jit(program, in_shardings=(per_replica, None, shared), out_shardings=per_replica)

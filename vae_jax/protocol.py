@@ -45,7 +45,6 @@ from typing import Any, ClassVar
 from vae_jax.data import BINARIZE_CHOICES, MAX_IMAGE_SIZE
 from vae_jax.errors import ConfigError, field, require
 
-SEED_LAYOUTS = ("auto", "vmap", "loop")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 EPOCH_LOOPS = ("auto", "scan", "steps")
 
@@ -123,9 +122,6 @@ class TrainConfig:
     )
     # Devices, speed and monitoring (vae_jax.parallel, vae_jax.compile_cache, vae_jax.tensorboard).
     devices: str = field("1", "devices to train on: a count N or 'all' (batch split over them, seeds too)")
-    seed_layout: str = field(
-        "auto", "how several seeds share a device: one vmapped program, a loop, or auto", choices=SEED_LAYOUTS
-    )
     epoch_loop: str = field(
         "auto",
         "how an epoch's steps run: one compiled lax.scan (scan), a Python loop over the "

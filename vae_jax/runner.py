@@ -157,7 +157,7 @@ def make_epoch(
     optimizer: optax.GradientTransformation,
     config: TrainConfig,
     layout: parallel.Plan,
-    epoch_loop: str,
+    epoch_loop: str | None,
     num_examples: int,
     host_arrays: dict | None = None,
 ) -> Callable:
@@ -179,7 +179,7 @@ def check_setup(config: TrainConfig) -> None:
     """Checks the flags that need no data against the file system and the devices, writing nothing.
 
     The workdir must not lie inside another run (:func:`vae_jax.workdir.enclosing_run`) and must be a
-    directory that can be made and written; ``--devices``, ``--seeds``, ``--seed-layout`` and ``--batch-size``
+    directory that can be made and written; ``--devices``, ``--seeds`` and ``--batch-size``
     must fit the devices (:func:`vae_jax.parallel.make_plan`, of every process with ``--distributed``).
     ``cli.parse_config`` runs this before an experiment loads any data; a resumed run's settings are checked
     by :func:`vae_jax.workdir.check_workdir`.
@@ -200,7 +200,7 @@ def check_setup(config: TrainConfig) -> None:
         raise ConfigError(f"--workdir {config.workdir}: not a writable directory (the file {existing} is in the way)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--workdir {config.workdir}: not a writable directory ({existing} cannot be written)")
-    parallel.make_plan(len(config.seed_list()), config.batch_size, config.devices, config.seed_layout)
+    parallel.make_plan(len(config.seed_list()), config.batch_size, config.devices)
 
 
 def report_on_main(workdir: str, report: Callable[[], Any]):
@@ -362,7 +362,7 @@ def _train(
 
 @dataclasses.dataclass
 class _Run:
-    """What :func:`_set_up` prepared for the epochs of one run."""
+    """What :func:`_set_up` prepared for the epochs of one run; :func:`_place` fills in the devices' part."""
 
     config: TrainConfig
     task: Task
@@ -373,15 +373,17 @@ class _Run:
     keys: train_lib.RunKeys
     start_epoch: int
     history: list[dict]
-    layout: Any  # parallel.make_plan's
-    epoch_fn: Callable
-    evaluate_split: Callable  # (params, data, count) -> {name: [R, count]} on the host
-    train_data: Any
-    test_data: Any
-    train_eval: tuple | None  # (placed data, count) of the train_eval subset
     board: Any
-    stream: bool
-    epoch_loop: str
+    summary_to_reuse: dict | None = None  # a finished run's summary.json, read back instead of evaluating again
+    layout: Any = None  # parallel.make_plan's
+    evaluate_split: Callable | None = None  # (params, data, count) -> {name: [R, count]} on the host
+    test_data: Any = None
+    # Only when there are epochs to train:
+    stream: bool = False
+    epoch_loop: str | None = None  # None when streamed (one step at a time) or nothing is trained
+    epoch_fn: Callable | None = None
+    train_data: Any = None
+    train_eval: tuple | None = None  # (placed data, count) of the train_eval subset
     train_seconds: float = 0.0
 
     @property
@@ -423,9 +425,11 @@ def _set_up(config, task, dataset, closing, train_eval_examples: int) -> _Run:
     board = tensorboard.EpochWriter(config.workdir) if config.tensorboard and jax.process_index() == 0 else None
     if board is not None:
         closing.callback(board.close)
-    return _place(
-        config, task, dataset, seeds, manager, state, keys, start_epoch, history, board, optimizer, train_eval_examples
-    )
+    run = _Run(config, task, dataset, seeds, manager, state, keys, start_epoch, history, board)
+    if run.nothing_to_train:
+        run.summary_to_reuse = workdir_lib.complete_report(run.path("summary.json"))
+    _place(run, optimizer, train_eval_examples)
+    return run
 
 
 def _prepare_workdir(config: TrainConfig, plan, data_record: dict) -> None:
@@ -458,59 +462,59 @@ def _open_records(config: TrainConfig, start_epoch: int, data_record: dict) -> l
     return history
 
 
-def _place(
-    config, task, dataset, seeds, manager, state, keys, start_epoch, history, board, optimizer, train_eval_examples: int
-) -> _Run:
-    """Devices and seed layout (vae_jax.parallel compiles the epoch and evaluation for them), the data on them."""
-    layout = parallel.make_plan(len(seeds), config.batch_size, config.devices, config.seed_layout)
-    state, keys = layout.place_replicated(state), layout.place_replicated(keys)
-    # The training split stays on the devices, its rows split over the mesh's data shards, unless a device's
-    # part would take more than half its memory: then batches stream from the host (vae_jax.streaming).
-    host_arrays = host_split(dataset.train_pixels, dataset.y_train)
-    stream = streaming.should_stream(config.stream, dataset.train_pixels.nbytes // layout.data_shards)
-    nothing_to_train = start_epoch >= config.epochs
-    train_data = None if stream or nothing_to_train else layout.place_examples(host_arrays)
-    # The evaluation splits too: each batch is split over the data shards (results past a split's rows are padding).
-    test_data = layout.place_examples(host_split(dataset.test_pixels, dataset.y_test))
-    epoch_loop = parallel.choose_epoch_loop(
-        config.epoch_loop,
-        jax.devices()[0].platform,
-        lambda: loss_has_convolution(task.loss_fn, state, dataset.train_pixels, dataset.y_train, config.batch_size),
-    )
-    epoch_fn = make_epoch(
-        task, optimizer, config, layout, epoch_loop, dataset.num_train, host_arrays if stream else None
-    )
-    eval_program = parallel.make_eval_program(task.eval_fn, config.eval_batch_size, layout)
+def _place(run: _Run, optimizer: optax.GradientTransformation, train_eval_examples: int) -> None:
+    """The devices' part of ``run``: the plan (vae_jax.parallel compiles for it), the state on the devices, and
+    only what the run goes on to use: nothing more when its summary.json is reused (no data placed, no program
+    built, nothing traced), the test split and the evaluation to evaluate it, and the training set-up
+    (:func:`_prepare_training`) when epochs are left."""
+    config, dataset = run.config, run.dataset
+    run.layout = parallel.make_plan(len(run.seeds), config.batch_size, config.devices)
+    run.state = run.layout.place_replicated(run.state)
+    if run.summary_to_reuse is not None:
+        return
+    run.evaluate_split = _make_evaluate_split(run.task, config.eval_batch_size, run.layout)
+    # The evaluation splits are placed like the training split: each batch is split over the data shards
+    # (results past a split's rows are padding).
+    run.test_data = run.layout.place_examples(host_split(dataset.test_pixels, dataset.y_test))
+    if not run.nothing_to_train:
+        _prepare_training(run, optimizer, train_eval_examples)
 
-    def evaluate_split(params, data, count: int) -> dict:  # {name: [R, count]} on the host
+
+def _make_evaluate_split(task: Task, batch_size: int, layout: parallel.Plan) -> Callable:
+    """``evaluate_split(params, data, count) -> {name: [R, count]}`` on the host (a split placed by ``layout``)."""
+    eval_program = parallel.make_eval_program(task.eval_fn, batch_size, layout)
+
+    def evaluate_split(params, data, count: int) -> dict:
         with phases.phase("evaluation"):
             results = distributed.to_host(eval_program(params, data, evaluate.eval_key()))
         return {name: values[:, :count] for name, values in results.items()}
 
-    train_eval = None  # the eval metrics on a fixed subset of training examples (train()'s docstring)
+    return evaluate_split
+
+
+def _prepare_training(run: _Run, optimizer: optax.GradientTransformation, train_eval_examples: int) -> None:
+    """The epoch program and the training split: on the devices, its rows split over the mesh's data shards,
+    unless a device's part would take more than half its memory: then batches stream from the host
+    (vae_jax.streaming). With ``train_eval_examples``, the fixed training subset (train()'s docstring)."""
+    config, dataset, layout = run.config, run.dataset, run.layout
+    run.keys = layout.place_replicated(run.keys)
+    host_arrays = host_split(dataset.train_pixels, dataset.y_train)
+    run.stream = streaming.should_stream(config.stream, dataset.train_pixels.nbytes // layout.data_shards)
+    if not run.stream:
+        run.epoch_loop = parallel.choose_epoch_loop(
+            config.epoch_loop,
+            jax.devices()[0].platform,
+            lambda: loss_has_convolution(
+                run.task.loss_fn, run.state, dataset.train_pixels, dataset.y_train, config.batch_size
+            ),
+        )
+        run.train_data = layout.place_examples(host_arrays)
+    run.epoch_fn = make_epoch(
+        run.task, optimizer, config, layout, run.epoch_loop, dataset.num_train, host_arrays if run.stream else None
+    )
     if train_eval_examples > 0:
         count = min(train_eval_examples, dataset.num_train)
-        train_eval = (layout.place_examples({name: a[:count] for name, a in host_arrays.items()}), count)
-    return _Run(
-        config,
-        task,
-        dataset,
-        seeds,
-        manager,
-        state,
-        keys,
-        start_epoch,
-        history,
-        layout,
-        epoch_fn,
-        evaluate_split,
-        train_data,
-        test_data,
-        train_eval,
-        board,
-        stream,
-        epoch_loop,
-    )
+        run.train_eval = (layout.place_examples({name: a[:count] for name, a in host_arrays.items()}), count)
 
 
 def _train_epochs(run: _Run, stop: faults.StopSignals) -> dict:
@@ -597,7 +601,7 @@ def _finish(run: _Run, test_metrics: dict | None, start_time: float) -> TrainRes
     """The run's summary.json (read back when nothing was trained and it is complete) and its result."""
     summary_path = run.path("summary.json")
     if run.nothing_to_train:
-        reuse = workdir_lib.complete_report(summary_path) is not None
+        reuse = run.summary_to_reuse is not None
         log(
             f"nothing to train: {run.config.workdir} already holds {run.start_epoch} epochs (--epochs "
             f"{run.config.epochs}); "
@@ -605,7 +609,7 @@ def _finish(run: _Run, test_metrics: dict | None, start_time: float) -> TrainRes
             + ", records left as they are"
         )
         if reuse:  # a finished run's summary.json describes its checkpoint: no evaluation again
-            return _result(run, None, workdir_lib.read_json(summary_path, "run's summary"))
+            return _result(run, None, run.summary_to_reuse)
         test_metrics = run.evaluate_split(run.state.params, run.test_data, run.dataset.num_test)
     summary = _summary(run, test_metrics, start_time)
     workdir_lib.write_json(summary_path, summary)

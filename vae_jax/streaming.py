@@ -131,7 +131,7 @@ def make_stream_epoch(train_step: Callable, batch_size: int, plan: parallel.Plan
     def one_step(state, batch, sample_key):
         return train_step(state, batch, jax.random.fold_in(sample_key, state.step))
 
-    step = jax.jit(parallel.over_replicas(one_step, plan.seed_layout, (0, 0, 0), None), donate_argnums=0)
+    step = jax.jit(parallel.over_replicas(one_step, plan.num_replicas, (0, 0, 0)), donate_argnums=0)
     sharding = plan.sharding(P(parallel.REPLICA_AXIS, parallel.DATA_AXIS))
     num_examples = len(next(iter(arrays.values())))
 

@@ -48,8 +48,11 @@ RESUMABLE_FIELDS = frozenset(
     # What the data is, with or without these, is checked against WORKDIR/data.json (check_run_data).
     | {"skip_unreadable"}
     # How a run is laid out and watched does not change what it computes (up to float reduction order).
-    | {"devices", "seed_layout", "epoch_loop", "compile_cache", "tensorboard", "distributed", "stream"}
+    | {"devices", "epoch_loop", "compile_cache", "tensorboard", "distributed", "stream"}
 )
+# Settings older runs wrote to config.json that no longer exist and changed nothing a run computes
+# (``seed_layout``: several seeds are always vmapped now); reading a config.json drops them.
+RETIRED_FIELDS = frozenset({"seed_layout"})
 
 
 # ``--overwrite`` moves the old run into WORKDIR/REPLACED_PREFIX + UTC time.
@@ -128,6 +131,7 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
     saved = read_json(config_path, "run's settings") if os.path.isfile(config_path) else None
     if saved is None:
         raise ConfigError(f"--workdir {workdir} holds {held} but no config.json; use another --workdir, or {aside}")
+    saved = _without_retired(saved)
     saved_kind = saved.pop("kind", config.kind)
     if saved_kind != config.kind:
         raise ConfigError(
@@ -406,7 +410,7 @@ def load_run_config(workdir: str, config_cls):
 
 def config_from_record(saved: dict, config_cls, where: str):
     """``config_cls`` from what :func:`config_record` wrote (read from ``where``, named in the one-line errors)."""
-    saved = dict(saved)
+    saved = _without_retired(saved)
     saved_kind = saved.pop("kind", config_cls.kind)
     if saved_kind != config_cls.kind:
         raise ConfigError(f"--workdir {where} holds a {saved_kind} run, not a {config_cls.kind} run")
@@ -418,6 +422,11 @@ def config_from_record(saved: dict, config_cls, where: str):
         )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
     return config_cls(**values)
+
+
+def _without_retired(saved: dict) -> dict:
+    """A copy of a read ``config.json`` without the :data:`RETIRED_FIELDS` an older run may have written."""
+    return {k: v for k, v in saved.items() if k not in RETIRED_FIELDS}
 
 
 def write_summary(workdir: str, summary: dict, figures: list[str] | None = None) -> None:
