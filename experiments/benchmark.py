@@ -35,9 +35,8 @@ reported (the JSON also keeps the minimum and every time). Sections:
            kind (matrix multiplies, fused elementwise, fused reductions, copies
            and slices, control flow) and the top ops, and the runner path's
            extra time by kind.
-  seeds    N = 1, 8, 32 seeds at batch 16 and 128: the ``vmap`` and ``loop``
-           layouts against N x one seed, and the layout ``--seed-layout auto``
-           picks.
+  seeds    N = 1, 8, 32 seeds at batch 16 and 128: the vmapped seeds
+           against N x one seed.
   target   seconds (and epochs) of the runner path to reach a test neg-ELBO.
   devices  the runner path on 1 and 8 simulated CPU devices (a subprocess with
            ``--xla_force_host_platform_device_count=8``).
