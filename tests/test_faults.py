@@ -323,7 +323,7 @@ def three_checkpoints(tmp_path_factory, mnist_small):
         "truncate",
         "delete",
         "metadata",
-        "garble",  # flipped bytes: caught by the checkpoint's SHA-256 manifest
+        "garble",  # flipped bytes: caught by the SHA-256 digests of the array data files
     ],
 )
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(

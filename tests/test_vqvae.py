@@ -199,7 +199,7 @@ def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mni
     assert by_epoch[-1]["codes_used"] == usage["codes_used"]
     with open(os.path.join(config.workdir, "config.json")) as f:
         assert json.load(f)["kind"] == "vqvae"
-    # Flipped bytes in epoch 2's largest file: caught by its SHA-256 manifest, left out with a warning.
+    # Flipped bytes in epoch 2's largest file: caught by the SHA-256 digests of its array data, left out with a warning.
     step_dir = os.path.join(config.workdir, "checkpoints", "2")
     files = [
         os.path.join(folder, name)

@@ -267,7 +267,7 @@ def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> lis
     measures each with :func:`vae_jax.tasks.vqvae.code_usage` (a VQ-VAE ``model``); with several seeds the numbers are
     averaged over the replicas (and listed per seed). Each checkpoint is
     verified as a resume verifies it (:func:`vae_jax.checkpoint.restore_epoch`:
-    SHA-256 manifest, leaf shapes); one that fails is left out with a one-line warning.
+    Orbax's own checks, the SHA-256 digests of the array data files, leaf shapes); one that fails is left out with a one-line warning.
     """
     from vae_jax import checkpoint  # Orbax: imported when a checkpoint is read, not with the runner
 
