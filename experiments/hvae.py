@@ -103,7 +103,7 @@ def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict, iw
     pixels = result.dataset.test_pixels
     subset = pixels[iwae_subset(len(pixels), iwae_examples)]
 
-    def run(x, iwae_k):
+    def run(x, iwae_k, bound_only=False):
         return evaluate.evaluate_runs(
             parts,
             first,
@@ -112,10 +112,13 @@ def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict, iw
             eval_batch_size=config.eval_batch_size,
             batch_sharding=sharding,
             per_example=iwae_k > 0,
+            bound_only=bound_only,
         )[0]
 
-    bound = run(subset, EVAL_IWAE_K)
-    metrics = bound if len(subset) == len(pixels) else {**run(pixels, 0), **_bound_terms(bound)}
+    if len(subset) == len(pixels):
+        metrics = run(pixels, EVAL_IWAE_K)
+    else:  # the single-sample terms and active units on every image, the bound alone on the subset
+        metrics = {**run(pixels, 0), **_bound_terms(run(subset, EVAL_IWAE_K, bound_only=True))}
     metrics["iwae_examples"] = len(subset)
     # summary.json's collapse ``diagnostics``: per layer for the HVAE, one dict for the one-level VAE
     result.summary["diagnostics"] = collapse if len(collapse) > 1 else collapse["z"]
@@ -165,13 +168,9 @@ def report(config, vae_config, top_workdir: str, dataset, trained: dict, iwae_ex
         {name: result.params(0) for name, (_, _, result, _) in trained.items()},
         {**settings, "dataset": dataset.summary()},
     )
-    comparison = workdir_lib.reusable_report(path, fingerprint)
-    if comparison is None:
-        comparison = compare(config, vae_config, top_workdir, dataset, trained, iwae_examples)
-        comparison["report_fingerprint"] = fingerprint
-        workdir_lib.write_json(path, comparison)
-    else:
-        runner.log(f"reusing {path}: written for these checkpoints, data and settings")
+    comparison = workdir_lib.reuse_or_compute(
+        path, fingerprint, lambda: (compare(config, vae_config, top_workdir, dataset, trained, iwae_examples), None)
+    )
     print_results(comparison, dataset, top_workdir)
     return comparison
 

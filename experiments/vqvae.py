@@ -172,7 +172,7 @@ def train_variant(config, vq_config, prior_config, dataset) -> dict:
 def _usage_by_epoch(vq_config, task, model, x_test, result) -> list[dict]:
     """Codebook usage of every checkpoint; a finished run whose summary.json was read back (nothing trained)
     already holds it."""
-    if result.test_metrics is None and "usage_by_epoch" in result.summary:
+    if result.reused_summary and "usage_by_epoch" in result.summary:
         return result.summary["usage_by_epoch"]
     return runner.usage_by_epoch(vq_config, task, model, x_test)
 
@@ -195,20 +195,13 @@ def report_variant(config, vq_config, dataset, classifier: Callable, vae_images,
             "dataset": dataset.summary(),
         },
     )
-    summary = workdir_lib.reusable_report(path, fingerprint)
-    if summary is None:
-        summary = {
-            **variant_report(config, vq_config, dataset, classifier(), vae_images, trained),
-            "report_fingerprint": fingerprint,
-        }
-        workdir_lib.write_summary(vq_config.workdir, summary, summary.pop("_figures"))
-    else:
-        runner.log(f"reusing {path} and its figures: written for these checkpoints, data and flags")
-    return summary
+    return workdir_lib.reuse_or_compute(
+        path, fingerprint, lambda: variant_report(config, vq_config, dataset, classifier(), vae_images, trained)
+    )
 
 
 def variant_report(config, vq_config, dataset, classifier, vae_images, trained: dict) -> dict:
-    """The summary of :func:`report_variant`, with its figures drawn (their paths under ``_figures``)."""
+    """The summary of :func:`report_variant` and the paths of the figures it drew."""
     # x_train: the first 10,000 training images at most (the nearest-neighbour distances)
     workdir, x_train, x_test = vq_config.workdir, dataset.x_train_first(), dataset.x_test
     model, result = trained["model"], trained["result"]
@@ -292,8 +285,7 @@ def variant_report(config, vq_config, dataset, classifier, vae_images, trained: 
             "Decoded samples: learned prior, uniform codes, VAE N(0, I); test reconstructions",
         )
     )
-    summary["_figures"] = figures
-    return summary
+    return summary, figures
 
 
 def comparison_table(rows: list[tuple[str, dict]]) -> str:

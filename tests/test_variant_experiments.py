@@ -65,9 +65,10 @@ def test_hvae_compares_with_a_one_level_vae_of_matched_size_and_a_rerun_reuses_t
     assert set(json.load(open(os.path.join(root, "hvae", "summary.json")))["diagnostics"]) == {"z1", "z2"}
 
     # A rerun on the finished checkpoints, data and flags evaluates nothing again: it reuses comparison.json.
-    capsys.readouterr()
+    out, stored_bytes = capsys.readouterr().out, open(path, "rb").read()
     reused = hvae_exp.main(args)
-    assert "reusing" in capsys.readouterr().err
+    rerun = capsys.readouterr()
+    assert "reusing" in rerun.err and rerun.out == out and open(path, "rb").read() == stored_bytes
     stored = json.load(open(path))
     del stored["report_fingerprint"]  # no longer matches: the rerun evaluates and draws again
     with open(path, "w") as f:
@@ -115,6 +116,11 @@ def test_an_iwae_bound_on_the_first_images_is_that_of_the_whole_split_and_the_pa
     first = evaluate.evaluate_runs(parts, params, {"x": x[:24]}, **kwargs)[0]
     np.testing.assert_array_equal(first["iwae_nll_per_example"], whole[:24])
     np.testing.assert_allclose(first["iwae_nll"], whole[:24].mean(), rtol=1e-6)
+    # The bound alone (no single-sample terms, no posterior means): the same numbers.
+    bound = evaluate.evaluate_runs(parts, params, {"x": x[:24]}, bound_only=True, **kwargs)[0]
+    assert set(bound) == {"n", "iwae_nll", "bits_per_dim", "iwae_k", "iwae_nll_per_example"}
+    np.testing.assert_array_equal(bound["iwae_nll_per_example"], whole[:24])
+    assert bound["iwae_nll"] == first["iwae_nll"] and bound["bits_per_dim"] == first["bits_per_dim"]
     other = whole[:24] + np.linspace(-1, 2, 24) ** 2
     d = hvae_exp.paired_difference(other, whole[:24])
     np.testing.assert_allclose(d["vae_minus_hvae"], np.mean(other - whole[:24]), rtol=1e-6)
