@@ -24,7 +24,8 @@ given, with ``comparison.md`` on top): config.json, metrics.jsonl,
 summary.json (``codebook_size``, ``codes_used`` and ``perplexity`` over the
 whole test set, ``prior_test_bits_per_dim``, ``sample_quality``,
 ``usage_by_epoch``), checkpoints/, prior/, reconstructions.png, samples.png,
-codebook_usage.png, usage_by_epoch.png, loss_curves.png.
+codebook_usage.png, usage_by_epoch.png, loss_curves.png. The training of each combination, its
+measurements and figures are in :mod:`vae_jax.reports.vqvae`.
 """
 
 from __future__ import annotations
