@@ -124,17 +124,13 @@ def report(config, model, result: runner.TrainResult) -> dict:
         jax.device_get(result.state.params),
         {"config": workdir_lib.result_settings(config), "dataset": result.dataset.summary()},
     )
-    if workdir_lib.reusable_report(path, fingerprint) is None:
+
+    def compute():
         figures, measured = write_figures(config, model, result)
-        result.summary.update(measured, report_fingerprint=fingerprint)
-        workdir_lib.write_summary(config.workdir, result.summary, figures)
-    else:
-        runner.log(f"reusing {path} and its figures: written for this checkpoint, data and flags")
-    test, last, diag = (
-        result.summary["test"],
-        result.history[-1] if result.history else {},
-        result.summary["diagnostics"],
-    )
+        return {**result.summary, **measured}, figures
+
+    summary = workdir_lib.reuse_or_compute(path, fingerprint, compute)
+    test, last, diag = summary["test"], result.history[-1] if result.history else {}, summary["diagnostics"]
     runner.log(f"data: {result.dataset.describe()}")
     print(
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "
@@ -142,7 +138,7 @@ def report(config, model, result: runner.TrainResult) -> dict:
         f"active units {diag['active_units']}/{diag['latent_dim']}, I(x;z) {diag['mutual_information']:.2f} nats; "
         f"outputs in {config.workdir}"
     )
-    return result.summary
+    return summary
 
 
 if __name__ == "__main__":

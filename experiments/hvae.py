@@ -18,28 +18,24 @@ experiments.evaluate --workdir WORKDIR/hvae --iwae-k 5000``).
 Outputs: WORKDIR/comparison.json (both models' parameter counts and test
 metrics and collapse diagnostics), kl_per_dim.png, samples.png (ancestral samples of both),
 reconstructions.png; each sub-workdir holds its own config.json,
-metrics.jsonl, summary.json and checkpoints/.
+metrics.jsonl, summary.json and checkpoints/. The matched VAE, the evaluation and the
+figures are in :mod:`vae_jax.reports.hvae`.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import functools
 import os
 
-import jax
-import numpy as np
-
-from vae_jax import diagnostics, evaluate, parallel, plots, runner
+from vae_jax import runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
 from vae_jax.data import DataError
+from vae_jax.reports import hvae as hvae_report
+from vae_jax.reports.hvae import EVAL_IWAE_K
 from vae_jax.tasks import hvae
 from vae_jax.tasks import vae as vae_tasks
-
-EVAL_IWAE_K = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,82 +54,13 @@ class HVAEComparisonConfig(hvae.HVAEConfig):
         return hvae.HVAEConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(hvae.HVAEConfig)})
 
 
-def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.VAEConfig, int, int]:
-    """A one-level VAEConfig with z of size D1 whose parameter count is the closest to the HVAE's.
-
-    The VAE's hidden widths are the HVAE's ``hidden`` scaled by a common
-    factor (searched on a grid). Returns (config, VAE params, HVAE params).
-    """
-    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(vae_tasks.VAEObjectiveConfig)}
-    shared["workdir"] = os.path.join(config.workdir, "vae")
-
-    def count(model, init):
-        return evaluate.count_params(jax.eval_shape(lambda: init(model, jax.random.key(0))))
-
-    from vae_jax.models import hvae as hvae_model
-    from vae_jax.models import vae as vae_model
-
-    target = count(hvae.build_hvae(config, image_shape), hvae_model.init_params)
-    candidates = [  # each distinct width once; the parameter count grows strictly along the list
-        vae_tasks.VAEConfig(**shared, latent_dim=config.latent_dim, hidden=hidden)
-        for hidden in dict.fromkeys(
-            tuple(max(1, int(round(w * scale))) for w in config.hidden) for scale in np.linspace(0.8, 1.5, 71)
-        )
-    ]
-
-    @functools.cache
-    def count_at(i: int) -> int:
-        return count(vae_tasks.build_vae(candidates[i], image_shape), vae_model.init_params)
-
-    # the closest count is beside the first one >= target (bisection: a few counts instead of all 71)
-    above = bisect.bisect_left(range(len(candidates)), target, key=count_at)
-    best = min((i for i in (above - 1, above) if 0 <= i < len(candidates)), key=lambda i: abs(count_at(i) - target))
-    return candidates[best], count_at(best), target
-
-
-def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict, iwae_examples: int) -> dict:
-    """Test metrics of the first seed of ``result`` (evaluate.evaluate_runs) and its collapse diagnostics.
-
-    The single-sample terms and active units on the whole test split; the IWAE bound on ``iwae_examples``
-    of its images (:func:`iwae_subset`; 0: all), with ``iwae_nll_per_example`` for the paired comparison.
-    """
-    first = jax.tree_util.tree_map(lambda a: a[:1], result.state.params)
-    # --devices: the devices share each batch (in a --distributed run each process evaluates on its own device)
-    sharding = parallel.eval_batch_sharding(config.devices) if jax.process_count() == 1 else None
-    pixels = result.dataset.test_pixels
-    subset = pixels[iwae_subset(len(pixels), iwae_examples)]
-
-    def run(x, iwae_k):
-        return evaluate.evaluate_runs(
-            parts,
-            first,
-            {"x": x},
-            iwae_k=iwae_k,
-            eval_batch_size=config.eval_batch_size,
-            batch_sharding=sharding,
-            per_example=iwae_k > 0,
-        )[0]
-
-    bound = run(subset, EVAL_IWAE_K)
-    metrics = bound if len(subset) == len(pixels) else {**run(pixels, 0), **_bound_terms(bound)}
-    metrics["iwae_examples"] = len(subset)
-    # summary.json's collapse ``diagnostics``: per layer for the HVAE, one dict for the one-level VAE
-    result.summary["diagnostics"] = collapse if len(collapse) > 1 else collapse["z"]
-    workdir_lib.write_summary(config.workdir, result.summary)
-    return {
-        **metrics,
-        "mutual_information": {k: v["mutual_information"] for k, v in collapse.items()},
-        "mean_kl_per_dim": {k: v["mean_kl_per_dim"] for k, v in collapse.items()},
-    }
-
-
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> dict:
     flags = parse_config(HVAEComparisonConfig, argv, description=__doc__.split("\n\n")[0])
     top_workdir = flags.workdir
     dataset = runner.load_data(flags)
     config = dataclasses.replace(flags.training_config(), workdir=os.path.join(top_workdir, "hvae"))
-    vae_config, vae_params, hvae_params = matched_vae_config(config, dataset.image_shape)
+    vae_config, vae_params, hvae_params = hvae_report.matched_vae_config(config, dataset.image_shape)
     vae_config = dataclasses.replace(vae_config, workdir=os.path.join(top_workdir, "vae"))
 
     h_model, h_task = hvae.hvae_task(config, dataset.image_shape)
@@ -165,130 +92,13 @@ def report(config, vae_config, top_workdir: str, dataset, trained: dict, iwae_ex
         {name: result.params(0) for name, (_, _, result, _) in trained.items()},
         {**settings, "dataset": dataset.summary()},
     )
-    comparison = workdir_lib.reusable_report(path, fingerprint)
-    if comparison is None:
-        comparison = compare(config, vae_config, top_workdir, dataset, trained, iwae_examples)
-        comparison["report_fingerprint"] = fingerprint
-        workdir_lib.write_json(path, comparison)
-    else:
-        runner.log(f"reusing {path}: written for these checkpoints, data and settings")
-    print_results(comparison, dataset, top_workdir)
-    return comparison
-
-
-def iwae_subset(num_test: int, iwae_examples: int) -> np.ndarray:
-    """Indices of the test images the IWAE bound uses: a fixed random subset (NumPy seed 0), in order.
-
-    Random, not the first N: a test split may be ordered (MNIST's first 5,000 test digits are the cleaner
-    ones). ``iwae_examples`` 0 or at least ``num_test``: every image.
-    """
-    if not iwae_examples or iwae_examples >= num_test:
-        return np.arange(num_test)
-    return np.sort(np.random.default_rng(0).permutation(num_test)[:iwae_examples])
-
-
-def _bound_terms(metrics: dict) -> dict:
-    return {k: metrics[k] for k in ("iwae_nll", "bits_per_dim", "iwae_k", "iwae_nll_per_example")}
-
-
-def paired_difference(vae_nll: np.ndarray, hvae_nll: np.ndarray) -> dict:
-    """The VAE's IWAE NLL minus the HVAE's on the same test images: mean and standard error of the mean."""
-    d = np.asarray(vae_nll, np.float64) - np.asarray(hvae_nll, np.float64)
-    return {
-        "vae_minus_hvae": float(d.mean()),
-        "standard_error": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
-        "examples": len(d),
-    }
-
-
-def compare(config, vae_config, top_workdir: str, dataset, trained: dict, iwae_examples: int) -> dict:
-    """Evaluates both models on the test split and draws the figures; returns the comparison."""
-    (h_model, h_task, h_result, hvae_params), (v_model, v_task, v_result, vae_params) = trained["hvae"], trained["vae"]
-    key = jax.random.key(config.seed)
-    h_params, v_params = h_result.params(0), v_result.params(0)
-    h_collapse = hvae.collapse_diagnostics(h_model, h_params, dataset.x_test, key)
-    v_collapse = {"z": diagnostics.vae_collapse_diagnostics(v_model, v_params, dataset.x_test, key)}
-    comparison = {
-        "hvae": {
-            "params": hvae_params,
-            "latent_dims": {"z1": config.latent_dim, "z2": config.top_latent_dim},
-            "hidden": list(config.hidden),
-            "top_hidden": list(config.top_hidden),
-            **evaluate_model(
-                hvae.hvae_eval_parts(h_model, h_task, config), h_result, config, h_collapse, iwae_examples
-            ),
-        },
-        "vae": {
-            "params": vae_params,
-            "latent_dims": {"z": vae_config.latent_dim},
-            "hidden": list(vae_config.hidden),
-            **evaluate_model(
-                evaluate.gaussian_vae_parts(v_model, v_task.eval_fn, vae_config.likelihood, vae_config.decoder_logvar),
-                v_result,
-                vae_config,
-                v_collapse,
-                iwae_examples,
-            ),
-        },
-        "epochs": config.epochs,
-        "seed": h_result.seeds[0],
-        "dataset": dataset.summary(),
-        "measure": evaluate.likelihood_measure(config.likelihood, dataset.x_test),
-        # summed over metrics.jsonl, so a resumed run reports the training its checkpoints hold
-        "train_seconds": {
-            "hvae": sum(line["seconds"] for line in h_result.history),
-            "vae": sum(line["seconds"] for line in v_result.history),
-        },
-    }
-    comparison["iwae_difference"] = paired_difference(
-        comparison["vae"].pop("iwae_nll_per_example"), comparison["hvae"].pop("iwae_nll_per_example")
+    comparison = workdir_lib.reuse_or_compute(
+        path,
+        fingerprint,
+        lambda: (hvae_report.compare(config, vae_config, top_workdir, dataset, trained, iwae_examples), None),
     )
-
-    x_test = dataset.x_test[:10]
-    figures = [
-        plots.save_kl_per_dim(
-            {
-                **{f"HVAE {k}": v for k, v in comparison["hvae"]["mean_kl_per_dim"].items()},
-                "VAE z": comparison["vae"]["mean_kl_per_dim"]["z"],
-            },
-            os.path.join(top_workdir, "kl_per_dim.png"),
-            "Test mean KL term per latent dimension (near 0: collapsed to the prior)",
-        ),
-        plots.save_image_rows(
-            [hvae.sample(h_model, h_params, key, 20), vae_tasks.sample_prior(v_model, v_params, key, 20)],
-            ["HVAE", "VAE"],
-            os.path.join(top_workdir, "samples.png"),
-            "Ancestral samples: z2 ~ N(0, I), z1 ~ p(z1|z2) (HVAE); z ~ N(0, I) (VAE)",
-        ),
-        plots.save_image_rows(
-            [x_test, hvae.reconstruct(h_model, h_params, x_test), vae_tasks.reconstruct(v_model, v_params, x_test)],
-            ["test", "HVAE", "VAE"],
-            os.path.join(top_workdir, "reconstructions.png"),
-            "Test images and reconstructions",
-        ),
-    ]
-    comparison["figures"] = [os.path.basename(p) for p in figures]
+    hvae_report.print_results(comparison, dataset, top_workdir)
     return comparison
-
-
-def print_results(comparison: dict, dataset, top_workdir: str) -> None:
-    runner.log(f"data: {dataset.describe()}; {comparison['measure']}")
-    for name in ("hvae", "vae"):
-        m = comparison[name]
-        kl_layers = ", ".join(f"KL {k} {sum(v):.2f}" for k, v in m["mean_kl_per_dim"].items())
-        mi = ", ".join(f"I(x;{k}) {v:.2f}" for k, v in m["mutual_information"].items())
-        units = ", ".join(f"{k} {m['active_units_per_layer'][k]}/{m['latent_dims'][k]}" for k in m["latent_dims"])
-        print(
-            f"{name}: {m['params']} params; test neg-ELBO {m['neg_elbo']:.2f}, IWAE-{EVAL_IWAE_K} NLL "
-            f"{m['iwae_nll']:.2f} nats ({m['iwae_examples']} test images); {kl_layers}; "
-            f"active units {units}; {mi} nats"
-        )
-    d = comparison["iwae_difference"]
-    se = "" if d["standard_error"] is None else f" ± {d['standard_error']:.2f}"
-    print(
-        f"IWAE-{EVAL_IWAE_K} NLL, VAE minus HVAE on the same {d['examples']} test images: {d['vae_minus_hvae']:.2f}{se}"
-    )
-    print(f"outputs in {top_workdir}")
 
 
 if __name__ == "__main__":

@@ -115,13 +115,11 @@ def report(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
     fingerprint = workdir_lib.report_fingerprint(
         params, {"config": dataclasses.asdict(config), "dataset": dataset.summary()}
     )
-    summary = workdir_lib.reusable_report(os.path.join(config.workdir, "summary.json"), fingerprint)
-    if summary is None:
-        summary = measure_and_draw(config, dataset, trained_by_size)
-        summary["report_fingerprint"] = fingerprint
-        workdir_lib.write_summary(config.workdir, summary)
-    else:
-        runner.log(f"reusing {config.workdir}/summary.json: written for these checkpoints, data and settings")
+    summary = workdir_lib.reuse_or_compute(
+        os.path.join(config.workdir, "summary.json"),
+        fingerprint,
+        lambda: (measure_and_draw(config, dataset, trained_by_size), None),  # it lists its figures
+    )
     print_results(summary, config.workdir)
     return summary
 

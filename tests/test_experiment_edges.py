@@ -384,3 +384,32 @@ def test_a_report_is_reused_only_for_the_same_params_settings_and_figures(tmp_pa
     assert workdir_lib.reusable_report(str(path), fingerprint)["figures"] == ["a.png"]
     assert workdir_lib.reusable_report(str(path), workdir_lib.report_fingerprint(changed_weight, settings)) is None
     assert workdir_lib.reusable_report(str(tmp_path / "absent.json"), fingerprint) is None
+
+
+def test_reuse_or_compute_computes_once_writes_the_fingerprint_and_recomputes_for_another(tmp_path, capsys):
+    calls = []
+
+    def compute(value):
+        def fn():
+            calls.append(value)
+            (tmp_path / "a.png").write_bytes(b"png")
+            return {"value": value}, [str(tmp_path / "a.png")]
+
+        return fn
+
+    path = str(tmp_path / "summary.json")
+    first = workdir_lib.reuse_or_compute(path, "sha256:one", compute(1))
+    stored = open(path, "rb").read()
+    record = json.loads(stored)  # the figures by name, the fingerprint and the command's phases
+    assert record["value"] == 1 and record["figures"] == ["a.png"] and record["report_fingerprint"] == "sha256:one"
+    assert "phases" in record and first == record and calls == [1] and "reusing" not in capsys.readouterr().err
+    # The same fingerprint: read back as stored, nothing computed or written, one log line on stderr.
+    assert workdir_lib.reuse_or_compute(path, "sha256:one", compute(2)) == record and calls == [1]
+    assert open(path, "rb").read() == stored and f"reusing {path}" in capsys.readouterr().err
+    # Another fingerprint (a changed checkpoint or flag): computed and written again.
+    assert workdir_lib.reuse_or_compute(path, "sha256:two", compute(3))["value"] == 3 and calls == [1, 3]
+    assert json.load(open(path))["report_fingerprint"] == "sha256:two"
+    # Any other file is written as it is, with the figures it lists.
+    other = str(tmp_path / "comparison.json")
+    report = workdir_lib.reuse_or_compute(other, "sha256:one", lambda: ({"figures": ["a.png"], "x": 0}, None))
+    assert json.load(open(other)) == report == {"figures": ["a.png"], "x": 0, "report_fingerprint": "sha256:one"}

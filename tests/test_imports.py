@@ -45,6 +45,8 @@ LAYERS = {
         "plots",
         "trained",
     ],
+    # what an experiment measures and draws once its runs are trained (one module per study)
+    "reports": ["reports", "reports.*"],
     "cli": ["cli"],
     # "": the package's __init__ (the small public API: data, losses, models, ops; load_run and export_run
     # from vae_jax.trained when first used). No module imports the package itself.
@@ -62,6 +64,8 @@ FORBIDDEN = [
     ("data", "driver"),
     ("data", "cli"),
     ("driver", "cli"),
+    ("driver", "reports"),
+    ("reports", "cli"),
 ]
 
 

@@ -611,12 +611,13 @@ def test_building_blocks_reads_a_user_image_and_rejects_bad_input(tmp_path, caps
     from PIL import Image
 
     from experiments import building_blocks
+    from vae_jax.reports.building_blocks import load_image_file
 
     rgb = np.zeros((20, 24, 3), np.uint8)
     rgb[5:15, 6:18] = (255, 128, 0)
     image_path = tmp_path / "box.png"
     Image.fromarray(rgb).save(image_path)
-    gray, _ = building_blocks.load_image_file(str(image_path), max_side=256)
+    gray, _ = load_image_file(str(image_path), max_side=256)
     chex.assert_shape(gray, (20, 24))
     expected = (0.299 * 255 + 0.587 * 128) / 255  # ITU-R 601 luma of the box colour
     np.testing.assert_allclose(gray[10, 10], expected, atol=2 / 255)

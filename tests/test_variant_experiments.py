@@ -8,6 +8,7 @@ import numpy as np
 
 from experiments import cvae as cvae_exp
 from experiments import hvae as hvae_exp
+from vae_jax.reports import hvae as hvae_report
 
 
 def test_cvae_writes_samples_figures_and_the_measured_class_control(tmp_path, small_npz, mnist_small):
@@ -65,9 +66,10 @@ def test_hvae_compares_with_a_one_level_vae_of_matched_size_and_a_rerun_reuses_t
     assert set(json.load(open(os.path.join(root, "hvae", "summary.json")))["diagnostics"]) == {"z1", "z2"}
 
     # A rerun on the finished checkpoints, data and flags evaluates nothing again: it reuses comparison.json.
-    capsys.readouterr()
+    out, stored_bytes = capsys.readouterr().out, open(path, "rb").read()
     reused = hvae_exp.main(args)
-    assert "reusing" in capsys.readouterr().err
+    rerun = capsys.readouterr()
+    assert "reusing" in rerun.err and rerun.out == out and open(path, "rb").read() == stored_bytes
     stored = json.load(open(path))
     del stored["report_fingerprint"]  # no longer matches: the rerun evaluates and draws again
     with open(path, "w") as f:
@@ -86,7 +88,7 @@ def test_matched_vae_has_the_closest_parameter_count_of_all_scaled_widths():
     from vae_jax.tasks import hvae, vae
 
     config = hvae.HVAEConfig(hidden=(24, 10), top_hidden=(8,), latent_dim=3, top_latent_dim=2)
-    matched, n, target = hvae_exp.matched_vae_config(config, (8, 8, 1))
+    matched, n, target = hvae_report.matched_vae_config(config, (8, 8, 1))
 
     def count(hidden):  # brute force over every width the search may pick
         model = vae.build_vae(dataclasses.replace(matched, hidden=hidden), (8, 8, 1))
@@ -115,16 +117,21 @@ def test_an_iwae_bound_on_the_first_images_is_that_of_the_whole_split_and_the_pa
     first = evaluate.evaluate_runs(parts, params, {"x": x[:24]}, **kwargs)[0]
     np.testing.assert_array_equal(first["iwae_nll_per_example"], whole[:24])
     np.testing.assert_allclose(first["iwae_nll"], whole[:24].mean(), rtol=1e-6)
+    # The bound alone (no single-sample terms, no posterior means): the same numbers.
+    bound = evaluate.evaluate_runs(parts, params, {"x": x[:24]}, bound_only=True, **kwargs)[0]
+    assert set(bound) == {"n", "iwae_nll", "bits_per_dim", "iwae_k", "iwae_nll_per_example"}
+    np.testing.assert_array_equal(bound["iwae_nll_per_example"], whole[:24])
+    assert bound["iwae_nll"] == first["iwae_nll"] and bound["bits_per_dim"] == first["bits_per_dim"]
     other = whole[:24] + np.linspace(-1, 2, 24) ** 2
-    d = hvae_exp.paired_difference(other, whole[:24])
+    d = hvae_report.paired_difference(other, whole[:24])
     np.testing.assert_allclose(d["vae_minus_hvae"], np.mean(other - whole[:24]), rtol=1e-6)
     np.testing.assert_allclose(d["standard_error"], scipy.stats.sem(other - whole[:24]), rtol=1e-6)
 
 
 def test_the_iwae_subset_is_a_fixed_random_sample_of_the_test_split():
-    chosen = hvae_exp.iwae_subset(10_000, 500)
+    chosen = hvae_report.iwae_subset(10_000, 500)
     assert len(np.unique(chosen)) == 500 and np.all(np.diff(chosen) > 0) and chosen[-1] < 10_000
-    np.testing.assert_array_equal(chosen, hvae_exp.iwae_subset(10_000, 500))  # the same images every run
+    np.testing.assert_array_equal(chosen, hvae_report.iwae_subset(10_000, 500))  # the same images every run
     assert chosen.max() > 5_000 and chosen.min() < 5_000  # not the first 500 of an ordered split
-    np.testing.assert_array_equal(hvae_exp.iwae_subset(300, 0), np.arange(300))
-    np.testing.assert_array_equal(hvae_exp.iwae_subset(300, 500), np.arange(300))
+    np.testing.assert_array_equal(hvae_report.iwae_subset(300, 0), np.arange(300))
+    np.testing.assert_array_equal(hvae_report.iwae_subset(300, 500), np.arange(300))

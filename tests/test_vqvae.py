@@ -281,6 +281,8 @@ def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys, mon
         assert json.loads((run / "prior" / "config.json").read_text())["kind"] == "vq_prior"
     # A rerun on the finished checkpoints reuses each variant's summary and figures: the same table.
     summaries = {name: (workdir / name / "summary.json").read_text() for name in ("grad_kmeans-off_dead-100",)}
+    # (the usage by epoch comes from the finished runs' summary.json, not from their checkpoints again)
+    monkeypatch.setattr(runner, "usage_by_epoch", lambda *args: pytest.fail("usage by epoch computed again"))
     experiment.main(argv)
     rerun_out, rerun_err = capsys.readouterr()
     assert rerun_out == out and rerun_err.count("reusing") == 2

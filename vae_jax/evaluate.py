@@ -230,6 +230,7 @@ def evaluate_runs(
     batch_sharding=None,
     key: jax.Array | None = None,
     per_example: bool = False,
+    bound_only: bool = False,
 ) -> list[dict]:
     """Test metrics of each replica (seed) of a run, in nats per example unless said otherwise.
 
@@ -253,33 +254,40 @@ def evaluate_runs(
       per_example: also return ``iwae_nll_per_example`` (``[N]``, a NumPy array), e.g. for a paired
         comparison of two models on the same images. Example i's bound does not depend on N: its batch
         (of ``iwae_batch_size``) and that batch's key are the same in a prefix of the data.
+      bound_only: only the IWAE-k bound (``iwae_k`` > 0): no single-sample terms, no posterior means or
+        active units; the bound's numbers are those of the full evaluation (its own key and batches).
 
     Returns:
       One dict per replica: ``n``, ``neg_elbo``, ``recon``, ``kl`` (+ extras),
       ``iwae_nll`` (-L_k, an upper bound on -log p(x); absent with ``iwae_k=0``), ``iwae_k``,
       ``bits_per_dim`` (absent with ``iwae_k=0``) (``iwae_nll`` in bits per pixel and channel),
       ``active_units`` (all layers), ``active_units_per_layer`` and
-      ``latent_dims`` ``{layer: D}``.
+      ``latent_dims`` ``{layer: D}``. With ``bound_only``: ``n``, ``iwae_nll``, ``bits_per_dim``, ``iwae_k``
+      (and ``iwae_nll_per_example``).
     """
     replicated_params = bare_params(replicated_params)
     key = eval_key() if key is None else key
     if isinstance(iwae_k, bool) or not isinstance(iwae_k, (int, np.integer)) or iwae_k < 0:
         raise ValueError(f"iwae_k must be a non-negative integer (0: no IWAE bound), got {iwae_k!r}")
+    if bound_only and not iwae_k:
+        raise ValueError("bound_only needs an IWAE bound: iwae_k must be positive, got 0")
     if batch_sharding is None:
         data = jax.tree_util.tree_map(jnp.asarray, data)
     else:  # params and data from the host straight to every device of the mesh; each batch is then split
         everywhere = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
         replicated_params, data = jax.device_put((replicated_params, data), everywhere)
-    elbo = jax.device_get(
-        make_replicated_eval(parts.eval_fn, eval_batch_size, batch_sharding)(replicated_params, data, key)
-    )
+    elbo = {}
+    if not bound_only:
+        elbo = jax.device_get(
+            make_replicated_eval(parts.eval_fn, eval_batch_size, batch_sharding)(replicated_params, data, key)
+        )
     iwae_key = jax.random.fold_in(key, IWAE_STREAM)
 
     @jax.jit
     def iwae_and_means(params):
         def per_batch(batch, i):
             batch = batch_to_float(batch)  # the test images may be stored as uint8
-            out = {"posterior_means": parts.posterior_mean_fn(params, batch)}
+            out = {} if bound_only else {"posterior_means": parts.posterior_mean_fn(params, batch)}
             if iwae_k:
                 out["iwae_nll"] = iwae_nll_from_log_weights(
                     parts.log_weights_fn, params, batch, jax.random.fold_in(iwae_key, i), iwae_k, k_chunk
@@ -292,27 +300,28 @@ def evaluate_runs(
     num_dims = int(np.prod(data["x"].shape[1:]))
     results = []
     for r in range(num_replicas):
-        params = jax.tree_util.tree_map(lambda a: a[r], replicated_params)
-        out = jax.device_get(iwae_and_means(params))
-        per_layer = {name: active_units(means)[0] for name, means in out["posterior_means"].items()}
-        bound = {}
+        out = jax.device_get(iwae_and_means(jax.tree_util.tree_map(lambda a: a[r], replicated_params)))
+        metrics = {"n": int(data["x"].shape[0]), **{name: float(np.mean(values[r])) for name, values in elbo.items()}}
         if iwae_k:
             iwae = float(np.mean(out["iwae_nll"]))
-            bound = {"iwae_nll": iwae, "bits_per_dim": bits_per_dim(iwae, num_dims)}
+            metrics.update(iwae_nll=iwae, bits_per_dim=bits_per_dim(iwae, num_dims))
             if per_example:
-                bound["iwae_nll_per_example"] = np.asarray(out["iwae_nll"])
-        results.append(
-            {
-                "n": int(data["x"].shape[0]),
-                **{name: float(np.mean(values[r])) for name, values in elbo.items()},
-                **bound,
-                "iwae_k": int(iwae_k),
-                "active_units": int(sum(per_layer.values())),
-                "active_units_per_layer": per_layer,
-                "latent_dims": {name: int(m.shape[-1]) for name, m in out["posterior_means"].items()},
-            }
-        )
+                metrics["iwae_nll_per_example"] = np.asarray(out["iwae_nll"])
+        metrics["iwae_k"] = int(iwae_k)
+        if not bound_only:
+            metrics.update(_units(out["posterior_means"]))
+        results.append(metrics)
     return results
+
+
+def _units(posterior_means: dict) -> dict:
+    """Active units of each latent layer's ``[N, D]`` posterior means, their sum and the layers' sizes."""
+    per_layer = {name: active_units(means)[0] for name, means in posterior_means.items()}
+    return {
+        "active_units": int(sum(per_layer.values())),
+        "active_units_per_layer": per_layer,
+        "latent_dims": {name: int(m.shape[-1]) for name, m in posterior_means.items()},
+    }
 
 
 def count_params(params) -> int:

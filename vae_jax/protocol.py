@@ -30,6 +30,7 @@ step     ``train`` (train state, the step, the epoch, the optimizer from the con
 driver   ``runner`` (the training driver), ``workdir`` (a workdir's safety checks and records), ``parallel``,
          ``streaming``, ``faults``, ``distributed``, ``checkpoint``, ``tensorboard``, ``plots``, ``trained``
          (a trained run as one object: ``load_run``, ``export_run``)
+reports  ``reports/*`` (what an experiment measures and draws once its runs are trained, one module per study)
 cli      ``cli`` (argparse; ``parse_config``, ``user_errors``)
 package  ``vae_jax`` itself (re-exports; ``load_run`` and ``export_run`` imported when first used)
 ======== =====================================================================================================

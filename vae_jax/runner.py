@@ -74,6 +74,8 @@ class TrainResult:
     history: list[dict]
     test_metrics: dict[str, np.ndarray] | None  # per-example test metrics, [R, N] each; None if nothing trained
     summary: dict[str, Any]
+    # True when nothing was trained and the finished run's summary.json was read back instead of evaluating
+    reused_summary: bool = False
 
     def params(self, replica: int = 0):
         """The params of one replica (a plain pytree of device arrays).
@@ -609,7 +611,7 @@ def _finish(run: _Run, test_metrics: dict | None, start_time: float) -> TrainRes
             + ", records left as they are"
         )
         if reuse:  # a finished run's summary.json describes its checkpoint: no evaluation again
-            return _result(run, None, run.summary_to_reuse)
+            return dataclasses.replace(_result(run, None, run.summary_to_reuse), reused_summary=True)
         test_metrics = run.evaluate_split(run.state.params, run.test_data, run.dataset.num_test)
     summary = _summary(run, test_metrics, start_time)
     workdir_lib.write_json(summary_path, summary)

@@ -7,7 +7,8 @@ reads and writes the files that describe the run:
   (:data:`DATA_RECORD`, the data the run trained on), ``metrics.jsonl`` (:func:`read_history`) and
   ``summary.json`` (:func:`write_summary`), all written by process 0 alone (:func:`write_json`);
 * the reports an experiment writes beside them, reused on a rerun when they were written for the same
-  checkpoint, data and settings (:func:`report_fingerprint`, :func:`reusable_report`).
+  checkpoint, data and settings (:func:`report_fingerprint`, :func:`reusable_report`,
+  :func:`reuse_or_compute`).
 
 A workdir's run is never destroyed or rewritten by accident:
 :func:`check_workdir` (called by every experiment before it loads any data)
@@ -25,6 +26,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 
 from vae_jax import caches, distributed, phases, tensorboard
 from vae_jax import data as data_lib
@@ -368,6 +370,31 @@ def reusable_report(path: str, fingerprint: str) -> dict | None:
     field) and every figure it lists exists beside it; else None (the report must be computed)."""
     report = complete_report(path)
     return report if report is not None and report.get("report_fingerprint") == fingerprint else None
+
+
+def reuse_or_compute(path: str, fingerprint: str, compute: Callable[[], tuple[dict, list[str] | None]]) -> dict:
+    """The report at ``path`` when it was written for ``fingerprint`` (:func:`reusable_report`), else computed.
+
+    A reused report is logged (``reusing PATH ...``) and returned as read. Otherwise ``compute()`` returns
+    ``(report, figures)``: the report (a dict) and the paths of the figures it drew, or None when the report
+    already lists them by name under ``figures``. The report gets ``report_fingerprint`` and is written: a
+    ``summary.json`` by :func:`write_summary` (which lists ``figures`` and adds ``phases``), any other file
+    (``comparison.json``) as it is by :func:`write_json`. The caller prints its result lines from the
+    returned report either way, so a rerun prints the same lines.
+    """
+    report = reusable_report(path, fingerprint)
+    if report is not None:
+        distributed.log(f"reusing {path} and its figures: written for these checkpoints, data and settings")
+        return report
+    report, figures = compute()
+    if figures is not None and os.path.basename(path) != "summary.json":
+        report["figures"] = [os.path.basename(p) for p in figures]
+    report["report_fingerprint"] = fingerprint
+    if os.path.basename(path) == "summary.json":
+        write_summary(os.path.dirname(path), report, figures)
+    else:
+        write_json(path, report)
+    return report
 
 
 def complete_report(path: str) -> dict | None:
