@@ -1,4 +1,4 @@
-"""Which checkpoint faults Orbax refuses on its own, and the one it restores silently (docs/notes/orbax.md)."""
+"""Which checkpoint faults Orbax refuses on its own, and the one it restores silently (docs/reliability.md)."""
 
 import glob
 import json
