@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 
 from experiments import latent_space, latent_sweep
-from vae_jax import latent_metrics
+from vae_jax import latent_metrics, latent_views
 
 
 def test_nearest_neighbor_distance_matches_brute_force():
@@ -31,6 +31,21 @@ def test_classifier_confidence_matches_scipy_entropy(mnist_small):
     # Real digits are classified confidently, uniform noise is not.
     noise = latent_metrics.classifier_confidence(classifier, np.random.default_rng(0).uniform(size=x.shape) * 0.3)
     assert measured["mean_max_prob"] > noise["mean_max_prob"] and measured["mean_entropy"] < math.log(10)
+
+
+def test_fit_mixture_recovers_separated_clusters_and_equals_a_plain_scikit_learn_fit():
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[-8.0, 0.0, 0.0], [0.0, 8.0, 0.0], [0.0, 0.0, 8.0]])
+    z = centres[rng.integers(0, 3, 3000)] + rng.normal(size=(3000, 3))
+    mixture = latent_views.fit_mixture(z, 3, seed=0)  # fitted on one BLAS thread
+    nearest = np.linalg.norm(mixture.means_[:, None] - centres[None], axis=-1).argmin(axis=0)
+    assert sorted(nearest) == [0, 1, 2]
+    np.testing.assert_allclose(mixture.means_[nearest], centres, atol=0.15)  # SE of a mean ~ 0.03
+    plain = GaussianMixture(3, covariance_type="full", random_state=0, reg_covar=1e-4).fit(z)
+    np.testing.assert_allclose(mixture.means_, plain.means_, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mixture.score(z), plain.score(z), rtol=1e-12)
 
 
 def test_latent_sweep_end_to_end(tmp_path, small_npz):

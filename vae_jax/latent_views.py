@@ -44,12 +44,17 @@ def sample_aggregate_posterior(posterior_means: np.ndarray, posterior_logvars: n
 
 
 def fit_mixture(z: np.ndarray, n_components: int, seed: int = 0):
-    """A full-covariance ``sklearn.mixture.GaussianMixture`` fitted to the latent samples ``z`` ``[N, D]``."""
-    from sklearn.mixture import GaussianMixture
+    """A full-covariance ``sklearn.mixture.GaussianMixture`` fitted to the latent samples ``z`` ``[N, D]``.
 
-    return GaussianMixture(n_components=n_components, covariance_type="full", random_state=seed, reg_covar=1e-4).fit(
-        np.asarray(z, np.float64)
-    )
+    The fit runs on one BLAS thread: its matrices are a few latent dimensions wide, so more threads
+    only add their start-up and, beside JAX's own thread pool, contention (docs/benchmarks.md).
+    """
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    mixture = GaussianMixture(n_components=n_components, covariance_type="full", random_state=seed, reg_covar=1e-4)
+    with threadpool_limits(limits=1):
+        return mixture.fit(np.asarray(z, np.float64))
 
 
 def prior_vs_mixture(
