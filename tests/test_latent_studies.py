@@ -48,6 +48,19 @@ def test_fit_mixture_recovers_separated_clusters_and_equals_a_plain_scikit_learn
     np.testing.assert_allclose(mixture.score(z), plain.score(z), rtol=1e-12)
 
 
+def test_tsne_on_one_thread_equals_scikit_learns_threaded_embedding_and_keeps_clusters_apart():
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    codes = 10.0 * np.eye(8)[labels] + rng.normal(size=(200, 8))
+    embedded = latent_views.tsne_2d(codes, seed=0)
+    threaded = TSNE(n_components=2, init="pca", perplexity=30.0, random_state=0, n_jobs=-1).fit_transform(codes)
+    np.testing.assert_array_equal(embedded, threaded)
+    distances = np.linalg.norm(embedded[:, None] - embedded[None], axis=-1) + np.diag(np.full(200, np.inf))
+    assert np.mean(labels[distances.argmin(axis=1)] == labels) == 1.0  # every nearest neighbour shares its cluster
+
+
 def test_latent_sweep_end_to_end(tmp_path, small_npz):
     workdir = str(tmp_path / "sweep")
     latent_sweep.main(

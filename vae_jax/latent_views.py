@@ -26,15 +26,17 @@ from vae_jax.tasks.vae import decode_means
 def tsne_2d(codes: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """A 2-D t-SNE embedding ``[N, 2]`` of ``codes`` ``[N, D]`` (scikit-learn, PCA initialisation).
 
-    The Barnes-Hut gradient runs on every core (``n_jobs=-1``): each point's
-    forces are summed alone (on 1,000 codes, the same embedding as on one core, to the bit).
+    It runs on one thread: each point's Barnes-Hut forces are summed alone, so the embedding is the
+    same to the bit on any number of threads, and more threads gained little on 1,000 codes but lost
+    several-fold whenever the cores were busy, JAX's own thread pool included (docs/benchmarks.md).
     """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     perplexity = min(perplexity, (len(codes) - 1) / 3.0)
-    return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed, n_jobs=-1).fit_transform(
-        np.asarray(codes, np.float64)
-    )
+    tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed, n_jobs=1)
+    with threadpool_limits(limits=1):
+        return tsne.fit_transform(np.asarray(codes, np.float64))
 
 
 def sample_aggregate_posterior(posterior_means: np.ndarray, posterior_logvars: np.ndarray, seed: int) -> np.ndarray:
