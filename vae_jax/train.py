@@ -148,7 +148,7 @@ def skip_non_finite(optimizer: optax.GradientTransformation, max_consecutive_ski
 
     def update(updates, state, params=None, *, usable=True, **extra_args):
         leaves = jax.tree_util.tree_leaves(updates)
-        finite = jnp.logical_and(usable, jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in leaves])))
+        finite = jnp.logical_and(usable, jnp.all(jnp.array([jnp.all(jnp.isfinite(u)) for u in leaves])))
 
         def apply(_):
             return inner.update(updates, state.inner_state, params, **extra_args)
