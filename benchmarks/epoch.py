@@ -84,7 +84,7 @@ class RunnerPath:
                 self.task.loss_fn, jax.eval_shape(lambda: self.fresh()[0]), x, None, config.batch_size
             ),
         )
-        # runner.train's epoch: one program (non-finite steps skipped and counted by optax.apply_if_finite)
+        # runner.train's epoch: one program (non-finite steps skipped and counted by train.skip_non_finite)
         self.epoch_fn = runner.make_epoch(self.task, self.optimizer, config, self.plan, self.epoch_loop, len(x))
         self.program = self.epoch_fn
         self.train_step = train.make_train_step(self.task.loss_fn, self.optimizer, self.task.update_fn)  # its step

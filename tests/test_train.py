@@ -219,9 +219,9 @@ def _numpy_adam(grads: list[np.ndarray], w: np.ndarray, lr: float, b1=0.9, b2=0.
 
 @pytest.mark.parametrize("max_consecutive_skips", [0, 5])
 def test_the_skipping_optimizer_equals_plain_adam_on_finite_steps(max_consecutive_skips):
-    # Bit for bit on this model. On the 784-400-20 VAE (CPU) some params differ by one float32 ulp from plain
-    # Adam's: XLA compiles Adam's update inside apply_if_finite's lax.cond differently from outside one (a plain
-    # Adam step with its update in a lax.cond equals the wrapped step exactly).
+    # Bit for bit on this model. On the 784-400-20 VAE (CPU) with max_consecutive_skips > 0 some params differ
+    # by one float32 ulp from plain Adam's: XLA compiles Adam's update inside skip_non_finite's lax.cond
+    # differently from outside one (with max_consecutive_skips = 0, no lax.cond, the VAE's equal plain Adam's).
     loss_fn, params = _linear_task()
     optimizer = optax.adam(0.1)
     step = train.make_train_step(loss_fn, optimizer, max_consecutive_skips=max_consecutive_skips)
@@ -272,6 +272,37 @@ def test_a_nan_gradient_step_is_skipped_and_counted():
     np.testing.assert_allclose(state.params["w"], w, rtol=1e-5)
     np.testing.assert_allclose(state.opt_state.inner_state[0].mu["w"], mu, rtol=1e-5)
     np.testing.assert_allclose(state.opt_state.inner_state[0].nu["w"], nu, rtol=1e-5)
+
+
+@pytest.mark.parametrize("max_consecutive_skips", [0, 3])
+def test_skip_non_finite_matches_optax_apply_if_finite(max_consecutive_skips):
+    """Params, counters and Adam's state equal optax.apply_if_finite's on the same gradients, a step passed as
+    ``usable=False`` counting as one whose gradients are NaN."""
+    mine = train.skip_non_finite(optax.adam(0.1), max_consecutive_skips)
+    limit = np.iinfo(np.int32).max if max_consecutive_skips else 0  # 0: optax applies every update
+    reference = optax.apply_if_finite(optax.adam(0.1), max_consecutive_errors=limit)
+    nan, inf = np.float32(np.nan), np.float32(np.inf)
+    rows = [[0.5, -1.0], [nan, 1.0], [inf, 2.0], [0.3, 0.2], "unusable", [-inf, 0.0], [1.0, 1.0], [0.1, -0.4]]
+    if not max_consecutive_skips:  # make_train_step passes ``usable`` only to skip, so it counts 3 as non-finite
+        rows[4] = [nan, nan]
+    params = {"w": jnp.asarray([1.0, -2.0]), "b": jnp.asarray(0.5)}
+    got, want = (params, mine.init(params)), (params, reference.init(params))
+    assert jax.tree_util.tree_structure(got[1]) == jax.tree_util.tree_structure(want[1])
+    mine_update = jax.jit(lambda g, s, p, ok: mine.update(g, s, p, usable=ok))
+    for row in rows:
+        usable = not isinstance(row, str)
+        w = np.asarray(row if usable else [0.5, 0.5], np.float32)
+        grads = {"w": jnp.asarray(w), "b": jnp.asarray(w[0] * w[1])}
+        updates, state = mine_update(grads, got[1], got[0], usable)
+        got = (optax.apply_updates(got[0], updates), state)
+        ref_grads = grads if usable else jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads)
+        updates, state = jax.jit(reference.update)(ref_grads, want[1], want[0])
+        want = (optax.apply_updates(want[0], updates), state)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    assert int(got[1].total_notfinite) == 4 and int(got[1].notfinite_count) == 0
+    if max_consecutive_skips:  # Adam counted only the four finite steps
+        assert int(got[1].inner_state[0].count) == 4 and np.all(np.isfinite(np.asarray(got[0]["w"])))
 
 
 def test_a_seed_at_the_skip_limit_is_frozen_and_the_stop_names_its_steps():

@@ -14,10 +14,10 @@ fused one is faster. :func:`make_replicated_epoch_fn` vmaps the fused epoch
 over independent replicas (seeds) and jits it with the state donated.
 
 A step whose loss or gradients are not finite is skipped by the optimizer
-itself: every train state's optimizer is wrapped in :func:`optax.apply_if_finite`
-(:func:`skip_non_finite`), whose state counts skipped steps and the current run
-of consecutive ones, so the driver can stop a run that keeps producing them
-(see :func:`make_train_step`).
+itself: every train state's optimizer is wrapped by :func:`skip_non_finite`,
+whose state (:func:`optax.apply_if_finite`'s) counts skipped steps and the
+current run of consecutive ones, so the driver can stop a run that keeps
+producing them (see :func:`make_train_step`).
 """
 
 from __future__ import annotations
@@ -117,30 +117,54 @@ def make_optimizer(config, total_steps: int | None = None) -> optax.GradientTran
     return optimizer
 
 
-# optax.apply_if_finite applies a non-finite update once more than this many came in a row. Its counter
-# saturates at the int32 maximum, so with this limit it never does: only the driver ends a run of skips.
-_NEVER_GIVE_UP = int(jnp.iinfo(jnp.int32).max)
-
-
 def skip_non_finite(optimizer: optax.GradientTransformation, max_consecutive_skips: int = 0):
-    """``optimizer`` wrapped in :func:`optax.apply_if_finite`: the optimizer of every :class:`TrainState`.
+    """``optimizer`` made to skip non-finite updates, with the state of :func:`optax.apply_if_finite`.
 
-    ``apply_if_finite`` skips an update whose gradients hold a NaN or infinity (a zero update, the
-    inner state kept) and counts it in ``notfinite_count`` (reset by a finite update) and
-    ``total_notfinite``; after ``max_consecutive_errors`` skips in a row it would apply the next
-    non-finite update. With ``max_consecutive_skips > 0`` that limit is the int32 maximum, which its
-    saturating counter never passes, so a non-finite update is never applied: the driver stops the
-    run first, at the end of the epoch in which ``notfinite_count`` reached ``max_consecutive_skips``
-    (:func:`make_train_step` freezes the state from then on, so that check cannot miss it). With
-    ``max_consecutive_skips = 0`` the limit is 0: every update is applied, finite or not, and counted.
-    The state's layout is the same either way, so a run may resume with another
-    ``--max-consecutive-skips``.
+    The state is exactly ``optax.apply_if_finite(optimizer, ...)``'s ``ApplyIfFiniteState`` (its ``init``
+    builds it), and its fields mean the same: ``notfinite_count`` counts the non-finite updates in the current
+    unbroken run (reset by a finite one), ``total_notfinite`` all of them, ``last_finite`` whether the last
+    one was finite. An update is non-finite if a gradient holds a NaN or infinity, or if the caller passes
+    ``usable=False`` (a scalar bool: :func:`make_train_step` passes a non-finite loss and a frozen state).
+
+    With ``max_consecutive_skips > 0`` a non-finite update is skipped as ``apply_if_finite`` skips it (the
+    inner update runs under ``lax.cond``; a skipped one is zero and keeps the inner state), but never given up
+    on: the driver stops the run at the end of the epoch in which ``notfinite_count`` reached
+    ``max_consecutive_skips``, and :func:`make_train_step` freezes the state from then on, so that check
+    cannot miss it. With ``max_consecutive_skips = 0`` every update is applied, finite or not, and counted.
+    The layout is the same either way, so a run may resume with another ``--max-consecutive-skips``.
+
+    Why not ``optax.apply_if_finite`` itself: it decides from the gradients alone, so a non-finite loss or a
+    frozen state had to be written into every gradient as a NaN (one more pass over all of them each step),
+    and it runs the update under ``lax.cond`` even when every update is applied (``max_consecutive_errors=0``),
+    which costs the scan-fused epoch another pass. A ``jnp.where`` per leaf instead of the ``lax.cond``
+    costs more still on CPU, where XLA does not fuse the selects into Adam's update. docs/notes/finite.md
+    has the measurements.
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs` whose state is an ``ApplyIfFiniteState``.
+      An :class:`optax.GradientTransformationExtraArgs`; its ``update`` takes the extra keyword ``usable``.
     """
-    limit = _NEVER_GIVE_UP if max_consecutive_skips > 0 else 0
-    return optax.apply_if_finite(optimizer, max_consecutive_errors=limit)
+    guarded = max_consecutive_skips > 0
+    inner = optax.with_extra_args_support(optimizer)
+
+    def update(updates, state, params=None, *, usable=True, **extra_args):
+        leaves = jax.tree_util.tree_leaves(updates)
+        finite = jnp.logical_and(usable, jnp.all(jnp.array([jnp.all(jnp.isfinite(u)) for u in leaves])))
+
+        def apply(_):
+            return inner.update(updates, state.inner_state, params, **extra_args)
+
+        def skip(_):
+            return optax.tree.zeros_like(updates), state.inner_state
+
+        new_updates, inner_state = jax.lax.cond(finite, apply, skip, None) if guarded else apply(None)
+        return new_updates, optax.ApplyIfFiniteState(
+            notfinite_count=jnp.where(finite, jnp.zeros([], jnp.int32), optax.safe_increment(state.notfinite_count)),
+            last_finite=finite,
+            total_notfinite=jnp.where(finite, state.total_notfinite, optax.safe_increment(state.total_notfinite)),
+            inner_state=inner_state,
+        )
+
+    return optax.GradientTransformationExtraArgs(optax.apply_if_finite(optimizer, 0).init, update)
 
 
 def make_train_step(
@@ -170,15 +194,14 @@ def make_train_step(
 
     ``optimizer`` is the plain optimizer; the step runs it as
     :func:`skip_non_finite` wraps it. With ``max_consecutive_skips > 0`` a
-    step whose loss or gradients hold a NaN or infinity is skipped: a
-    non-finite loss turns the gradients to NaN, and ``optax.apply_if_finite``
-    then keeps the params and the inner optimizer state; ``update_fn`` sits in
-    the taken branch of a ``lax.cond`` (the model state is kept). The step
+    step whose loss or gradients hold a NaN or infinity is skipped: the params
+    and the inner optimizer state are kept, and so is the model state
+    (``update_fn`` sits in the taken branch of a ``lax.cond``). The step
     counter still advances (the next step draws fresh randomness), and
     ``opt_state.notfinite_count`` / ``opt_state.total_notfinite`` count the
     skip. Once ``max_consecutive_skips`` steps in a row were skipped the state
-    is frozen (every later step's gradients are turned to NaN, so it is skipped
-    too) so the driver can stop the run at the end of the epoch and name the
+    is frozen (every later step counts as non-finite, so it is skipped too)
+    so the driver can stop the run at the end of the epoch and name the
     step: the limit was reached at step
     ``step - notfinite_count + max_consecutive_skips``. The metrics get a
     ``skipped`` entry (1.0 for a skipped step); :func:`epoch_mean` averages the
@@ -196,10 +219,10 @@ def make_train_step(
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, out), grads = grad_fn(state.params, batch, key, state.step)
         metrics, aux = (out, None) if update_fn is None else out
-        if guarded:  # apply_if_finite tests only the gradients: a non-finite loss or a frozen state voids them
+        usable = True
+        if guarded:  # a non-finite loss or a frozen state counts as a non-finite update
             usable = jnp.isfinite(loss) & (state.opt_state.notfinite_count < max_consecutive_skips)
-            grads = jax.tree_util.tree_map(lambda g: jnp.where(usable, g, jnp.nan), grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, usable=usable)
         params = optax.apply_updates(state.params, updates)
         applied = opt_state.last_finite if guarded else None  # None: every update is applied
         model_state, update_metrics = state.model_state, {}
