@@ -14,7 +14,8 @@ reported (the JSON also keeps the minimum and every time). Sections:
   epoch    per-epoch seconds at each batch size of: ``runner_path``, the very
            epoch ``runner.train`` (so ``experiments.vae``) runs for one seed
            (``runner.make_epoch``: one program, every step's update passed
-           through ``optax.apply_if_finite``; its seed layout is reported);
+           through ``train.skip_non_finite``, which skips non-finite steps
+           with ``optax.apply_if_finite``'s state; its seed layout is reported);
            ``minimal_scan_loop``, a ~100-line flax + optax ``lax.scan`` loop
            written here from scratch, with plain Adam;
            ``runner_path_unguarded``, the runner path with
