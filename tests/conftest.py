@@ -1,4 +1,5 @@
-"""Shared fixtures: a small slice of the real embedded MNIST digits, loaded once.
+"""Shared fixtures: a small slice of the real embedded MNIST digits, loaded once, and tiny trained runs of every
+family, trained once (``tiny_runs``).
 
 Compiling is most of the suite's time: the tests' tiny programs run for
 milliseconds but take up to seconds to compile. So the suite compiles with
@@ -46,13 +47,17 @@ def mnist_small(_session_cache):
 @pytest.fixture()
 def small_npz(tmp_path, mnist_small):
     """``mnist_small`` written as a Keras-layout ``.npz`` (uint8 images); returns its ``npz:`` spec."""
-    path = tmp_path / "digits.npz"
+    return _write_npz(tmp_path / "digits.npz", mnist_small)
+
+
+def _write_npz(path, dataset) -> str:
+    """``dataset`` written to ``path`` as a Keras-layout ``.npz`` (uint8 images); returns its ``npz:`` spec."""
     np.savez(
         path,
-        x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8),
-        y_train=mnist_small.y_train,
-        x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8),
-        y_test=mnist_small.y_test,
+        x_train=(dataset.x_train[..., 0] * 255).round().astype(np.uint8),
+        y_train=dataset.y_train,
+        x_test=(dataset.x_test[..., 0] * 255).round().astype(np.uint8),
+        y_test=dataset.y_test,
     )
     return f"npz:{path}"
 
@@ -100,6 +105,10 @@ def _private_probe_cache(tmp_path_factory, monkeypatch, _session_cache, _session
     monkeypatch.setenv("VAE_JAX_CACHE_DIR", str(folder))
 
 
+# The training settings of tiny_runs' runs.
+TINY_RUN = dict(epochs=1, batch_size=128, eval_batch_size=50, progress=False, checkpoint_every=1, tensorboard=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory, mnist_small):
     """Tiny trained runs of every family (1 epoch on ``mnist_small``), trained once for the session and shared by
@@ -116,15 +125,7 @@ def tiny_runs(tmp_path_factory, mnist_small):
     from vae_jax.tasks import autoencoder, conv_vae, hvae, vae
 
     root = tmp_path_factory.mktemp("tiny_runs")
-    path = root / "digits.npz"
-    np.savez(
-        path,
-        x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8),
-        y_train=mnist_small.y_train,
-        x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8),
-        y_test=mnist_small.y_test,
-    )
-    spec = f"npz:{path}"
+    spec = _write_npz(root / "digits.npz", mnist_small)
     dataset = data.load_dataset(spec)
     runs_root = str(root / "runs")
     shared = dict(TINY_RUN, dataset=spec)
@@ -144,10 +145,6 @@ def tiny_runs(tmp_path_factory, mnist_small):
     cvae_exp.main([*flags, "--workdir", os.path.join(runs_root, "cvae"), "--latent-dim", "2", "--hidden", "32"])
     _train_vqvae(os.path.join(runs_root, "vqvae"), spec, dataset)
     return runs_root, spec, dataset
-
-
-# The training settings of tiny_runs' runs.
-TINY_RUN = dict(epochs=1, batch_size=128, eval_batch_size=50, progress=False, checkpoint_every=1, tensorboard=False)
 
 
 def _train_vqvae(workdir, spec, dataset):
