@@ -81,6 +81,9 @@ SAME_PATH_AS = {
     # latent size into their sub-workdirs, report_on_main: latent_sweep does all that, and measures in every
     # process before its report
     "latent_space": "latent_sweep",
+    # check every setting's sub-workdir before loading, train each into it (one setting here), report on top:
+    # latent_sweep checks sub-workdirs before loading, and hvae trains two runs into sub-workdirs and reports on top
+    "beta_vae": "hvae",
 }
 
 # Runs every experiment in turn in one process (one JAX start for all); markers split its stdout and stderr
