@@ -116,9 +116,9 @@ def _run_here(workdir, epochs: int, seeds: str = "0,1", spec: str = "") -> dict:
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory) -> dict:
+def single(tmp_path_factory, _session_cache) -> dict:
     """The parameters of the one-process run (seeds 0 and 1: replica k is seed k, 2 epochs) that two-process runs
-    are compared with."""
+    are compared with. It parses the digits into the session's cache (``_session_cache``), never the user's."""
     return _run_here(tmp_path_factory.mktemp("single"), 2)["params"]
 
 
