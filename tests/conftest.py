@@ -1,4 +1,5 @@
-"""Shared fixtures: a small slice of the real embedded MNIST digits, loaded once.
+"""Shared fixtures: a small slice of the real embedded MNIST digits, loaded once, and tiny trained runs of every
+family, trained once (``tiny_runs``).
 
 Compiling is most of the suite's time: the tests' tiny programs run for
 milliseconds but take up to seconds to compile. So the suite compiles with
@@ -46,13 +47,17 @@ def mnist_small(_session_cache):
 @pytest.fixture()
 def small_npz(tmp_path, mnist_small):
     """``mnist_small`` written as a Keras-layout ``.npz`` (uint8 images); returns its ``npz:`` spec."""
-    path = tmp_path / "digits.npz"
+    return _write_npz(tmp_path / "digits.npz", mnist_small)
+
+
+def _write_npz(path, dataset) -> str:
+    """``dataset`` written to ``path`` as a Keras-layout ``.npz`` (uint8 images); returns its ``npz:`` spec."""
     np.savez(
         path,
-        x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8),
-        y_train=mnist_small.y_train,
-        x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8),
-        y_test=mnist_small.y_test,
+        x_train=(dataset.x_train[..., 0] * 255).round().astype(np.uint8),
+        y_train=dataset.y_train,
+        x_test=(dataset.x_test[..., 0] * 255).round().astype(np.uint8),
+        y_test=dataset.y_test,
     )
     return f"npz:{path}"
 
@@ -98,3 +103,75 @@ def _private_probe_cache(tmp_path_factory, monkeypatch, _session_cache, _session
     parsed arrays are shared."""
     folder = _cache_folder(tmp_path_factory, "cache", _session_xla_cache, _session_arrays_cache)
     monkeypatch.setenv("VAE_JAX_CACHE_DIR", str(folder))
+
+
+# The training settings of tiny_runs' runs.
+TINY_RUN = dict(epochs=1, batch_size=128, eval_batch_size=50, progress=False, checkpoint_every=1, tensorboard=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, mnist_small):
+    """Tiny trained runs of every family (1 epoch on ``mnist_small``), trained once for the session and shared by
+    the tests that load or evaluate a workdir (tests/test_trained.py, tests/test_evaluate_families.py): the VAE
+    (seeds 0 and 1), the HVAE, the conv VAE, the autoencoder, experiments.cvae's run (latent size 2) and
+    the VQ-VAE with its PixelCNN prior. Returns ``(root of the workdirs, npz: spec, the Dataset)``; the
+    workdirs are ``root/<family>``. Tests may add files to a workdir (experiments.evaluate's eval.json) but
+    must not change its run. Like ``mnist_small``, it runs after ``_session_cache`` points the cache at the
+    session's folder."""
+    import dataclasses
+
+    from experiments import cvae as cvae_exp
+    from vae_jax import runner
+    from vae_jax.tasks import autoencoder, conv_vae, hvae, vae
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    spec = _write_npz(root / "digits.npz", mnist_small)
+    dataset = data.load_dataset(spec)
+    runs_root = str(root / "runs")
+    shared = dict(TINY_RUN, dataset=spec)
+    families = {
+        "vae": (vae.VAEConfig(latent_dim=3, hidden=(32,), seeds="2", **shared), vae.vae_task),
+        "conv_vae": (conv_vae.ConvVAEConfig(latent_dim=3, channels=(4, 8), hidden=0, **shared), conv_vae.conv_vae_task),
+        "hvae": (
+            hvae.HVAEConfig(latent_dim=3, top_latent_dim=2, hidden=(32,), top_hidden=(8,), **shared),
+            hvae.hvae_task,
+        ),
+        "autoencoder": (autoencoder.AEConfig(latent_dim=4, hidden=(32,), **shared), autoencoder.ae_task),
+    }
+    for kind, (config, make_task) in families.items():
+        config = dataclasses.replace(config, workdir=os.path.join(runs_root, kind))
+        runner.train(config, make_task(config, dataset.image_shape)[1], dataset)
+    flags = ["--dataset", spec, "--epochs", "1", "--batch-size", "128", "--no-progress", "--no-tensorboard"]
+    cvae_exp.main([*flags, "--workdir", os.path.join(runs_root, "cvae"), "--latent-dim", "2", "--hidden", "32"])
+    _train_vqvae(os.path.join(runs_root, "vqvae"), spec, dataset)
+    return runs_root, spec, dataset
+
+
+def _train_vqvae(workdir, spec, dataset):
+    """Both stages as experiments.vqvae lays them out (its configs), without its sample-quality measurements."""
+    from experiments import vqvae as vqvae_exp
+    from vae_jax import runner
+    from vae_jax.tasks import prior as prior_lib
+    from vae_jax.tasks import vqvae as vq
+
+    config = vqvae_exp.VQVAEExperimentConfig(
+        dataset=spec,
+        workdir=workdir,
+        prior_epochs=3,
+        codebook_size=16,
+        code_dim=4,
+        channels=(4, 8),
+        res_blocks=0,
+        prior_channels=8,
+        prior_layers=2,
+        **TINY_RUN,
+    )
+    vq_config, prior_config = vqvae_exp.stage_configs(config, workdir)
+    model, task = vq.vqvae_task(vq_config, dataset.image_shape)
+    params = runner.train(vq_config, task, dataset).params(0)
+    codes = prior_lib.codes_dataset(
+        vq.encode_indices(model, params, dataset.x_train),
+        vq.encode_indices(model, params, dataset.x_test),
+        "VQ-VAE codes",
+    )
+    runner.train(prior_config, prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)[1], codes)

@@ -115,6 +115,13 @@ def _run_here(workdir, epochs: int, seeds: str = "0,1", spec: str = "") -> dict:
     return namespace["train"](str(workdir), epochs, False, seeds, False, spec)
 
 
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, _session_cache) -> dict:
+    """The parameters of the one-process run (seeds 0 and 1: replica k is seed k, 2 epochs) that two-process runs
+    are compared with. It parses the digits into the session's cache (``_session_cache``), never the user's."""
+    return _run_here(tmp_path_factory.mktemp("single"), 2)["params"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -187,13 +194,12 @@ def _run(
     return results
 
 
-def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_their_halves(tmp_path):
-    single = _run_here(tmp_path / "single", 2)
+def test_two_processes_train_what_one_process_trains_resume_and_hold_their_halves(tmp_path, single):
     pair = _run(tmp_path / "pair", 2, processes=2)
     assert [o["process"] for o in pair] == [0, 1] and all(o["processes"] == 2 for o in pair)
     assert pair[0]["mesh"] == {"replica": 2, "data": 1}  # seed 0 on process 0's device, seed 1 on process 1's
     for out in pair:  # every process gets the gathered replicas; replica k = seed k of the one-process run
-        for a, b in zip(single["params"], out["params"], strict=True):
+        for a, b in zip(single, out["params"], strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     lines = (tmp_path / "pair" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer: no line twice
@@ -243,18 +249,6 @@ def test_two_processes_train_what_one_process_trains_resume_and_hold_or_stream_t
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=3e-4)
             assert np.mean(np.abs(a - b) > 1e-5) < 1e-3
 
-    # Streaming, one seed: the mesh's data axis spans the two processes, so each holds half of every batch
-    # and reads only those rows from its host arrays. Seed 0 is replica 0 of the one-process run.
-    streamed = _run(tmp_path / "streamed", 2, processes=2, seeds="1", stream=True)
-    steps = 2 * (256 // 64)
-    for out in streamed:
-        assert out["streamed"] and out["mesh"] == {"replica": 1, "data": 2}
-        assert out["rows_read"] == steps * 64 // 2  # its half of each batch, nothing more
-        for a, b in zip(
-            single["params"], out["params"], strict=True
-        ):  # the gradient all-reduce only reorders float sums
-            np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
-
 
 def test_one_process_stopping_with_an_error_stops_the_others_at_their_next_barrier(tmp_path):
     """Process 1's workdir cannot be written: it stops with the one-line error, and process 0, waiting for it at
@@ -291,31 +285,6 @@ def test_a_dataset_that_process_0_cannot_decode_stops_the_process_waiting_for_it
     assert not (tmp_path / "run" / ".decoded-data.npz").exists()
 
 
-def test_a_process_killed_mid_epoch_stops_the_others_at_once_and_the_run_resumes(tmp_path):
-    """Process 1 is killed (SIGKILL) in the middle of epoch 2 of a streamed run. Process 0's next all-reduce
-    fails; it stops within seconds with a one-line error naming the checkpoint kept (before, JAX's shutdown
-    barrier held it for the 100 s heartbeat timeout and then aborted it), and both processes started again
-    resume from epoch 1."""
-    import time
-
-    start = time.monotonic()
-    # 4 steps an epoch of 32 rows each per process: die when reading step 7's rows (Grain reads ahead a little).
-    (code0, err0), (code1, _) = _run(
-        tmp_path / "run", 3, processes=2, seeds="1", stream=True, expect_failure=True, die_at_rows=6 * 32 + 1
-    )
-    seconds = time.monotonic() - start
-    assert code1 == -9
-    assert code0 == 1, err0[-2000:]
-    (line,) = [line for line in err0.splitlines() if line.startswith("error:")]
-    assert line.startswith("error: --distributed: process 0 stops: ") and "Gloo" in line
-    assert "the checkpoint of epoch 1 (saved before that) is kept in" in line and "start every process again" in line
-    assert seconds < 60  # two start-ups and a few steps; the heartbeat timeout alone is 100 s
-    resumed = _run(tmp_path / "run", 3, processes=2, seeds="1", stream=True)
-    assert all(o["resumed_from"] == 1 for o in resumed)
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
-
-
 def test_a_process_killed_between_epochs_stops_the_one_waiting_for_it_within_the_peer_timeout(tmp_path):
     """Process 1 is killed (SIGKILL) on its way to saving checkpoint 2, while process 0 saves it. Process 0's save
     fails (one line), and JAX's shutdown barrier then waits for process 1 until JAX's heartbeat timeout
@@ -347,31 +316,57 @@ def test_a_process_killed_between_epochs_stops_the_one_waiting_for_it_within_the
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
 
 
-def test_a_sigterm_to_one_process_stops_every_process_after_the_same_epoch_with_one_checkpoint(tmp_path):
-    """Process 1 alone gets a SIGTERM in the middle of epoch 2 of 3 (checkpoints every 10 epochs, so only a stop
-    saves one): both processes finish epoch 2, save checkpoint 2 together and exit 143, and both started again
-    resume from epoch 2 and finish the run."""
-    (code0, err0), (code1, err1) = _run(
-        tmp_path / "run",
-        3,
-        processes=2,
-        seeds="1",
-        stream=True,
-        expect_failure=True,
-        env={"TERM_AT_ROWS": str(6 * 32 + 1), "CHECKPOINT_EVERY": "10"},  # step 7 of 12 (Grain reads ahead a little)
-    )
+def test_a_streamed_run_stopped_by_sigterm_then_by_a_killed_process_resumes_to_the_one_process_result(tmp_path, single):
+    """One streamed run of seed 0 (the mesh's data axis spans the two processes), 2 epochs, checkpoints every 10
+    epochs (so only a stop saves one), started three times:
+
+    1. Process 1 alone gets a SIGTERM in the middle of epoch 1: both processes finish epoch 1, save checkpoint 1
+       together and exit 143.
+    2. Started again, it resumes from epoch 1, and process 1 is killed (SIGKILL) in the middle of epoch 2.
+       Process 0's next all-reduce fails; it stops within seconds with a one-line error naming the checkpoint
+       kept (before, JAX's shutdown barrier held it for the 100 s heartbeat timeout and then aborted it).
+    3. Started again, it resumes from epoch 1 and finishes: each process has read only its half of each batch of
+       epoch 2, and the model is replica 0 of the one-process run (the gradient all-reduce only reorders float
+       sums)."""
+    import time
+
+    run = tmp_path / "run"
+    flags = dict(processes=2, seeds="1", stream=True, env={"CHECKPOINT_EVERY": "10"})
+
+    def epochs_logged():
+        return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    def checkpoints():
+        return sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+
+    # 4 steps an epoch of 32 rows each per process: on reading step 3 of 8 (Grain reads ahead a little).
+    term = {**flags, "env": {**flags["env"], "TERM_AT_ROWS": str(2 * 32 + 1)}}
+    (code0, err0), (code1, err1) = _run(run, 2, expect_failure=True, **term)
     assert (code0, code1) == (143, 143), (err0[-2000:], err1[-2000:])
     assert "SIGTERM: stopping after this epoch" in err1 and "SIGTERM" not in err0.split("error:")[0]  # 1 alone
     for err in (err0, err1):
         (line,) = [line for line in err.splitlines() if line.startswith("error:")]
-        assert line.startswith("error: stopped by SIGTERM after epoch 2; checkpoint 2 is saved in "), line
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-    resumed = _run(tmp_path / "run", 3, processes=2, seeds="1", stream=True, env={"CHECKPOINT_EVERY": "10"})
-    assert all(o["resumed_from"] == 2 for o in resumed)
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+        assert line.startswith("error: stopped by SIGTERM after epoch 1; checkpoint 1 is saved in "), line
+    assert checkpoints() == ["1"] and epochs_logged() == [1]
+
+    start = time.monotonic()  # on reading step 3 of epoch 2 (the restarted process reads from epoch 2 on)
+    (code0, err0), (code1, _) = _run(run, 2, expect_failure=True, die_at_rows=2 * 32 + 1, **flags)
+    seconds = time.monotonic() - start
+    assert code1 == -9
+    assert code0 == 1, err0[-2000:]
+    (line,) = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: --distributed: process 0 stops: ") and "Gloo" in line
+    assert "the checkpoint of epoch 1 (saved before that) is kept in" in line and "start every process again" in line
+    assert seconds < 60  # two start-ups and a few steps; the heartbeat timeout alone is 100 s
+    assert checkpoints() == ["1"] and epochs_logged() == [1]
+
+    resumed = _run(run, 2, **flags)
+    assert epochs_logged() == [1, 2]
+    for out in resumed:
+        assert out["resumed_from"] == 1 and out["streamed"] and out["mesh"] == {"replica": 1, "data": 2}
+        assert out["rows_read"] == (256 // 64) * 64 // 2  # its half of each batch of epoch 2, nothing more
+        for a, b in zip(single, out["params"], strict=True):
+            np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_jax_preemption_service_swallows_a_sigterm_for_the_whole_process():

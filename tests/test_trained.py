@@ -1,12 +1,11 @@
 """vae_jax.trained (load_run, export_run, TrainedModel) and the generate / reconstruct / encode commands.
 
-Tiny runs of every family are trained once for the module (1 epoch on 512 embedded digits). Each verb is
-compared with an independent computation: the model applied directly (reconstructions), a NumPy
-nearest-code search (VQ-VAE codes), experiments.evaluate's numbers for the same key, the classifier rate
-experiments.cvae stored in summary.json.
+Tiny runs of every family are trained once for the session (conftest's ``tiny_runs``: 1 epoch on 512
+embedded digits). Each verb is compared with an independent computation: the model applied directly
+(reconstructions), a NumPy nearest-code search (VQ-VAE codes), experiments.evaluate's numbers for the same
+key, the classifier rate experiments.cvae stored in summary.json.
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -24,95 +23,22 @@ from experiments import encode as encode_exp
 from experiments import evaluate as evaluate_exp
 from experiments import generate as generate_exp
 from experiments import reconstruct as reconstruct_exp
-from experiments import vqvae as vqvae_exp
 from vae_jax import classifier as classifier_lib
 from vae_jax import data as data_lib
-from vae_jax import evaluate, export_run, load_run, runner
+from vae_jax import evaluate, export_run, load_run
 from vae_jax import workdir as workdir_lib
 from vae_jax.cli import ConfigError
-from vae_jax.tasks import autoencoder, conv_vae, cvae, hvae, vae
+from vae_jax.tasks import cvae, vae
 from vae_jax.tasks import prior as prior_lib
 from vae_jax.tasks import vqvae as vq
 
-SHARED = dict(epochs=1, batch_size=128, eval_batch_size=50, progress=False, checkpoint_every=1, tensorboard=False)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _train(root, spec, dataset, kind, config, make_task):
-    config = dataclasses.replace(config, dataset=spec, workdir=os.path.join(root, kind))
-    runner.train(config, make_task(config, dataset.image_shape)[1], dataset)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, mnist_small):
-    root = tmp_path_factory.mktemp("trained")
-    path = root / "digits.npz"
-    np.savez(
-        path,
-        x_train=(mnist_small.x_train[..., 0] * 255).round().astype(np.uint8),
-        y_train=mnist_small.y_train,
-        x_test=(mnist_small.x_test[..., 0] * 255).round().astype(np.uint8),
-        y_test=mnist_small.y_test,
-    )
-    spec = f"npz:{path}"
-    dataset = data_lib.load_dataset(spec)
-    runs_root = str(root / "runs")
-    _train(
-        runs_root, spec, dataset, "vae", vae.VAEConfig(latent_dim=3, hidden=(32,), seeds="2", **SHARED), vae.vae_task
-    )
-    _train(
-        runs_root,
-        spec,
-        dataset,
-        "conv_vae",
-        conv_vae.ConvVAEConfig(latent_dim=3, channels=(4, 8), hidden=0, **SHARED),
-        conv_vae.conv_vae_task,
-    )
-    _train(
-        runs_root,
-        spec,
-        dataset,
-        "hvae",
-        hvae.HVAEConfig(latent_dim=3, top_latent_dim=2, hidden=(32,), top_hidden=(8,), **SHARED),
-        hvae.hvae_task,
-    )
-    _train(
-        runs_root,
-        spec,
-        dataset,
-        "autoencoder",
-        autoencoder.AEConfig(latent_dim=4, hidden=(32,), **SHARED),
-        autoencoder.ae_task,
-    )
-    flags = ["--dataset", spec, "--epochs", "1", "--batch-size", "128", "--no-progress", "--no-tensorboard"]
-    cvae_exp.main([*flags, "--workdir", os.path.join(runs_root, "cvae"), "--latent-dim", "2", "--hidden", "32"])
-    _train_vqvae(os.path.join(runs_root, "vqvae"), spec, dataset)
-    return runs_root, spec, dataset
-
-
-def _train_vqvae(workdir, spec, dataset):
-    """Both stages as experiments.vqvae lays them out (its configs), without its sample-quality measurements."""
-    config = vqvae_exp.VQVAEExperimentConfig(
-        dataset=spec,
-        workdir=workdir,
-        prior_epochs=3,
-        codebook_size=16,
-        code_dim=4,
-        channels=(4, 8),
-        res_blocks=0,
-        prior_channels=8,
-        prior_layers=2,
-        **SHARED,
-    )
-    vq_config, prior_config = vqvae_exp.stage_configs(config, workdir)
-    model, task = vq.vqvae_task(vq_config, dataset.image_shape)
-    params = runner.train(vq_config, task, dataset).params(0)
-    codes = prior_lib.codes_dataset(
-        vq.encode_indices(model, params, dataset.x_train),
-        vq.encode_indices(model, params, dataset.x_test),
-        "VQ-VAE codes",
-    )
-    runner.train(prior_config, prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)[1], codes)
+@pytest.fixture()
+def runs(tiny_runs):
+    """conftest's ``tiny_runs``: ``(root of the workdirs, npz: spec, Dataset)``, trained once for the session."""
+    return tiny_runs
 
 
 def _workdir(runs, kind):
