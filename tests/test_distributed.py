@@ -240,7 +240,7 @@ def test_two_processes_train_what_one_process_trains_resume_and_hold_their_halve
     for out in resident:
         assert out["memory_mapped"] and not out["streamed"] and out["mesh"] == {"replica": 1, "data": 2}
         assert out["source"] == spec
-        assert out["placed_rows"] == [[[2048], 4096], [[32], 64]]
+        assert sorted(out["placed_rows"]) == [[[32], 64], [[2048], 4096]]  # test split, training split
         assert 0.45 * images_kib < out["mapped_kib"] < 0.65 * images_kib, (out["mapped_kib"], images_kib)  # not all
         for a, b in zip(single_folder["params"], out["params"], strict=True):
             # The all-reduce's order of float sums can flip Adam's sign(g) on near-zero gradients: a few of the
