@@ -91,7 +91,7 @@ class RunnerPath:
         self.data = self.plan.place_examples(runner.host_split(x, None))
 
     def fresh(self):
-        keys = jax.vmap(train.run_keys)(jnp.asarray(self.seeds))
+        keys = train.replica_keys(self.seeds)
         state = train.init_replicated_state(self.task.init_params, self.optimizer, keys.init)
         return self.plan.place_replicated(state), self.plan.place_replicated(keys)
 

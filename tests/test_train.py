@@ -337,3 +337,11 @@ def test_a_skipped_step_leaves_the_model_state_of_update_fn_alone():
     # update_fn ran for the first batch only: its mean is the whole total, and step 0 the last it saw.
     assert float(metrics["skipped"]) == 1.0 and float(metrics["seen"]) == 0.0
     assert float(state.model_state["total"]) == float(finite.mean()) and int(state.model_state["last_step"]) == 0
+
+
+def test_replica_keys_stack_each_seeds_run_keys():
+    stacked = train.replica_keys([0, 7, 3])
+    for r, seed in enumerate([0, 7, 3]):
+        alone = train.run_keys(seed)  # eager, one seed
+        for a, b in zip(stacked, alone, strict=True):
+            np.testing.assert_array_equal(jax.random.key_data(a[r]), jax.random.key_data(b))

@@ -243,7 +243,7 @@ def mean_std(values) -> dict:
 def state_template(config: TrainConfig, task: Task) -> train_lib.TrainState:
     """The shapes and dtypes of the train state (all replicas) of the run ``config`` describes, traced but not
     compiled (:func:`vae_jax.train.abstract_replicated_state`): a template to restore its checkpoints into."""
-    keys = jax.vmap(train_lib.run_keys)(jnp.asarray(config.seed_list()))
+    keys = train_lib.replica_keys(config.seed_list())
     return train_lib.abstract_replicated_state(
         task.init_params, task_optimizer(config, task), keys.init, task.init_model_state
     )
@@ -412,7 +412,7 @@ def _set_up(config, task, dataset, closing, train_eval_examples: int) -> _Run:
     _prepare_workdir(config, plan, dataset.record())
     optimizer = task_optimizer(config, task, config.epochs * (dataset.num_train // config.batch_size))
     seeds = config.seed_list()
-    keys = jax.vmap(train_lib.run_keys)(jnp.asarray(seeds))
+    keys = train_lib.replica_keys(seeds)
     state = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
 
     from vae_jax import checkpoint  # Orbax: imported when a run trains, not with the runner

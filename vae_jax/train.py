@@ -67,6 +67,17 @@ def run_keys(seed: int | jax.Array) -> RunKeys:
     return RunKeys(init_key, data_key, sample_key)
 
 
+_replica_keys = caches.jit_run_once(jax.vmap(run_keys))
+
+
+def replica_keys(seeds) -> RunKeys:
+    """:func:`run_keys` of each seed, stacked along a leading replica axis ``[R]``.
+
+    One small compiled program; run eagerly, the key splits compile a dozen programs of their own.
+    """
+    return _replica_keys(jnp.asarray(seeds))
+
+
 def init_train_state(params, optimizer: optax.GradientTransformation, model_state: Any = None) -> TrainState:
     """The state before the first step; ``optimizer`` is the plain one (its state is wrapped as
     :func:`skip_non_finite`'s, whatever ``max_consecutive_skips`` the step is built with)."""
