@@ -4,7 +4,7 @@
     python -m experiments.vqvae --codebook grad,ema --kmeans-init off,on --workdir runs/vq_compare  # one table
     python -m experiments.vqvae --epochs 1 --prior-epochs 1 --vae-epochs 1 --workdir /tmp/vq-local  # smoke test
 
-The default codebook is the best measured setting (docs/notes/vqvae_codebook.md):
+The default codebook is the best measured setting (docs/experiments/vqvae_codebook.md):
 EMA with dead-code restarts after 100 steps, no k-means init. ``--dead-code-steps 0``
 gives the earlier default (EMA alone), ``--codebook grad --dead-code-steps 0`` the
 paper's gradient codebook, ``--ema-rule sonnet`` Sonnet's and Haiku's EMA step.

@@ -14,7 +14,7 @@ training driver does) moves the bad ones to ``WORKDIR/bad_checkpoints/`` so
 the resumed run can save under their step numbers again. A save that fails
 (disk full, read-only directory) raises :class:`CheckpointError` saying so;
 the previous checkpoints are untouched. The measurements behind this split are
-in ``docs/notes/orbax.md``.
+in ``docs/reliability.md``.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def skip_non_finite(optimizer: optax.GradientTransformation, max_consecutive_ski
     frozen state had to be written into every gradient as a NaN (one more pass over all of them each step),
     and it runs the update under ``lax.cond`` even when every update is applied (``max_consecutive_errors=0``),
     which costs the scan-fused epoch another pass. A ``jnp.where`` per leaf instead of the ``lax.cond``
-    costs more still on CPU, where XLA does not fuse the selects into Adam's update. docs/notes/finite.md
+    costs more still on CPU, where XLA does not fuse the selects into Adam's update. docs/benchmarks.md
     has the measurements.
 
     Returns:

@@ -33,7 +33,7 @@ Codebook options:
 
 The defaults (EMA, dead-code restarts after 100 steps, no k-means init) were
 the best of the eight combinations measured on the embedded digits
-(``docs/notes/vqvae_codebook.md``): most of the 64 codes used and the lowest
+(``docs/experiments/vqvae_codebook.md``): most of the 64 codes used and the lowest
 test MSE after 5 epochs, against 24-26 codes without restarts. The earlier default
 (no restarts) is ``--dead-code-steps 0``; the paper's gradient codebook is
 ``--codebook grad --dead-code-steps 0``.
