@@ -176,9 +176,9 @@ def measure_and_draw(config: LatentSpaceConfig, dataset, trained_by_size: dict) 
             )
         else:
             idx = np.random.default_rng(config.seed).permutation(len(x_test))[: config.tsne_points]
-            embedded = {
-                f"{NAMES[k]} ({latent_dim}-D)": latent_views.tsne_2d(c[idx], config.seed) for k, c in codes.items()
-            }
+            embedded = latent_views.tsne_2d_each(
+                {f"{NAMES[k]} ({latent_dim}-D)": c[idx] for k, c in codes.items()}, config.seed
+            )
             figures.append(
                 save_side_by_side(
                     embedded,

@@ -61,6 +61,19 @@ def test_tsne_on_one_thread_equals_scikit_learns_threaded_embedding_and_keeps_cl
     assert np.mean(labels[distances.argmin(axis=1)] == labels) == 1.0  # every nearest neighbour shares its cluster
 
 
+def test_tsne_of_each_code_set_side_by_side_equals_each_alone():
+    from threadpoolctl import threadpool_info
+
+    rng = np.random.default_rng(1)
+    codes = {"a": rng.normal(size=(120, 5)), "b": rng.normal(size=(90, 3)), "c": rng.normal(size=(60, 2))}
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    embedded = latent_views.tsne_2d_each(codes, seed=3)
+    assert list(embedded) == list(codes)
+    for name, c in codes.items():
+        np.testing.assert_array_equal(embedded[name], latent_views.tsne_2d(c, seed=3))
+    assert [pool["num_threads"] for pool in threadpool_info()] == before  # the thread limits are restored
+
+
 def test_latent_sweep_end_to_end(tmp_path, small_npz):
     workdir = str(tmp_path / "sweep")
     latent_sweep.main(

@@ -16,6 +16,9 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import jax
 import numpy as np
 
@@ -37,6 +40,20 @@ def tsne_2d(codes: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.nd
     tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed, n_jobs=1)
     with threadpool_limits(limits=1):
         return tsne.fit_transform(np.asarray(codes, np.float64))
+
+
+def tsne_2d_each(codes: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
+    """:func:`tsne_2d` of each array of ``codes``, side by side: one thread each, up to the CPU count.
+
+    scikit-learn's Barnes-Hut gradient releases the GIL, so two embeddings take about the time of one
+    on two cores; each is the embedding :func:`tsne_2d` gives alone, to the bit.
+    """
+    from threadpoolctl import threadpool_limits
+
+    # One limit for all the threads: a limit entered and left in each thread could restore another's.
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=min(len(codes), os.cpu_count() or 1)) as pool:
+        futures = {name: pool.submit(tsne_2d, c, seed) for name, c in codes.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def sample_aggregate_posterior(posterior_means: np.ndarray, posterior_logvars: np.ndarray, seed: int) -> np.ndarray:
