@@ -72,6 +72,7 @@ def test_tsne_of_each_code_set_side_by_side_equals_each_alone():
     for name, c in codes.items():
         np.testing.assert_array_equal(embedded[name], latent_views.tsne_2d(c, seed=3))
     assert [pool["num_threads"] for pool in threadpool_info()] == before  # the thread limits are restored
+    assert latent_views.tsne_2d_each({}, seed=3) == {}  # nothing to embed: no thread pool of zero workers
 
 
 def test_latent_sweep_end_to_end(tmp_path, small_npz):

@@ -51,7 +51,10 @@ def tsne_2d_each(codes: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.nd
     from threadpoolctl import threadpool_limits
 
     # One limit for all the threads: a limit entered and left in each thread could restore another's.
-    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=min(len(codes), os.cpu_count() or 1)) as pool:
+    with (
+        threadpool_limits(limits=1),
+        ThreadPoolExecutor(max_workers=max(1, min(len(codes), os.cpu_count() or 1))) as pool,
+    ):
         futures = {name: pool.submit(tsne_2d, c, seed) for name, c in codes.items()}
         return {name: future.result() for name, future in futures.items()}
 
