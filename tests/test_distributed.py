@@ -382,7 +382,10 @@ def test_jax_preemption_service_swallows_a_sigterm_for_the_whole_process():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(1)
         multihost_utils.reached_preemption_sync_point(0)  # the service is running
-        print("alive")
+        print("alive", flush=True)
+        # End here: JAX's exit-time shutdown of the preemption service hung once in ~100 runs under load,
+        # after everything this test checks had happened. The shutdown is not what the test is about.
+        os._exit(0)
     """)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
