@@ -60,33 +60,48 @@ def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str],
             tasks.sample_prior(model, params, key_samples, 50), path("samples.png"), "Decoded samples z ~ N(0, I)"
         )
     )
-    report = {"diagnostics": diagnostics.vae_collapse_diagnostics(model, params, x_test, key_mi)}
-    paths.append(
+    with latent_views.analysis_threads() as side:  # the t-SNE runs beside the JAX analyses below
+        means = None if data.y_test is None else tasks.encode_means(model, params, x_test[: config.tsne_points])
+        tsne = None if means is None else side.submit(tsne_of, means, config.seed)
+        report, figures = analyses(config, model, params, data, key_mi, key_mixture, path)
+        paths += figures
+        if tsne is not None:
+            paths.append(
+                plots.save_latent_scatter(
+                    tsne.result(),
+                    data.y_test[: len(means)],
+                    path("tsne.png"),
+                    f"t-SNE of {len(means)} test posterior means",
+                    ("t-SNE 1", "t-SNE 2"),
+                )
+            )
+    return paths, report
+
+
+def tsne_of(means, seed: int):
+    """The 2-D t-SNE of posterior means ``[N, D]`` (the means themselves when D is 2)."""
+    if means.shape[1] == 2:
+        return means
+    # A rerun on the same checkpoint finds the same means and loads their t-SNE.
+    (coords,) = latent_metrics.cached_by_inputs(
+        "tsne-v1", lambda: (latent_views.tsne_2d(means, seed),), (means,), seed=seed
+    )
+    return coords
+
+
+def analyses(config, model, params, data, key_mi, key_mixture, path) -> tuple[dict, list[str]]:
+    """The collapse diagnostics and the prior-vs-mixture sample quality, with their figures."""
+    report = {"diagnostics": diagnostics.vae_collapse_diagnostics(model, params, data.x_test, key_mi)}
+    paths = [
         plots.save_kl_per_dim(
             {"z": report["diagnostics"]["mean_kl_per_dim"]}, path("kl_per_dim.png"), "Mean test KL per latent dimension"
         )
-    )
-    if data.y_test is not None:
-        means = tasks.encode_means(model, params, x_test[: config.tsne_points])
-        coords = means
-        if means.shape[1] != 2:  # a rerun on the same checkpoint finds the same means and loads their t-SNE
-            (coords,) = latent_metrics.cached_by_inputs(
-                "tsne-v1", lambda: (latent_views.tsne_2d(means, config.seed),), (means,), seed=config.seed
-            )
-        paths.append(
-            plots.save_latent_scatter(
-                coords,
-                data.y_test[: config.tsne_points],
-                path("tsne.png"),
-                f"t-SNE of {len(means)} test posterior means",
-                ("t-SNE 1", "t-SNE 2"),
-            )
-        )
+    ]
     classifier = None if data.y_train is None else latent_metrics.fit_digit_classifier(data.train_pixels, data.y_train)
     quality, prior_images, mixture_images = latent_views.prior_vs_mixture(
         model,
         params,
-        x_train,
+        data.x_train_first(),
         key_mixture,
         n_components=config.mixture_components,
         classifier=classifier,
@@ -101,7 +116,7 @@ def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str],
             "Prior samples vs samples of a Gaussian mixture fitted to the aggregate posterior",
         )
     )
-    return paths, report
+    return report, paths
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)

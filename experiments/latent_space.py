@@ -25,17 +25,13 @@ import dataclasses
 import os
 
 import jax
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from vae_jax import latent_metrics, latent_views, plots, runner  # noqa: E402
-from vae_jax import workdir as workdir_lib  # noqa: E402
-from vae_jax.checkpoint import CheckpointError  # noqa: E402
-from vae_jax.cli import ConfigError, field, parse_config, require, user_errors  # noqa: E402
-from vae_jax.data import DataError  # noqa: E402
+from vae_jax import latent_metrics, latent_views, plots, runner
+from vae_jax import workdir as workdir_lib
+from vae_jax.checkpoint import CheckpointError
+from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
+from vae_jax.data import DataError
 
 NAMES = {"ae": "AE", "vae": "VAE"}
 
@@ -64,18 +60,6 @@ def latent_plane_grid(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray
     lo, hi = np.percentile(codes, 1, axis=0), np.percentile(codes, 99, axis=0)
     z0, z1 = np.linspace(lo[0], hi[0], n), np.linspace(hi[1], lo[1], n)
     return np.stack(np.meshgrid(z0, z1), axis=-1).reshape(-1, 2), z0, z1
-
-
-def save_side_by_side(coords: dict, labels, path: str, title: str, axis_labels) -> str:
-    fig, axes = plt.subplots(1, len(coords), figsize=(5.2 * len(coords), 4.6))
-    for ax, (name, xy) in zip(np.atleast_1d(axes), coords.items()):
-        points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel(axis_labels[0])
-        ax.set_ylabel(axis_labels[1])
-    fig.colorbar(points, ax=axes, label="label", ticks=range(10))
-    fig.suptitle(title, fontsize=10)
-    return plots.save_figure(fig, path)
 
 
 def train_pair(config, latent_dim: int, dataset) -> dict:
@@ -125,71 +109,40 @@ def report(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
 
 
 def measure_and_draw(config: LatentSpaceConfig, dataset, trained_by_size: dict) -> dict:
-    """Sample quality and figures; returns the summary."""
-    workdir = config.workdir
+    """Sample quality and figures; returns the summary. The t-SNEs run beside the rest, one thread each."""
     x_train, x_test, y_test = dataset.x_train_first(), dataset.x_test, dataset.y_test  # 10,000 at most
-    classifier = latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
-    reference = {
-        "classifier_test_accuracy": float(classifier.score(x_test.reshape(len(x_test), -1), y_test)),
-        "test_images": latent_metrics.image_quality(x_test[: config.num_samples], x_train, classifier),
+    codes = {
+        dim: {k: latent_metrics.encode(k, m, p, x_test) for k, (m, p) in t.items()}
+        for dim, t in trained_by_size.items()
     }
-    sample_key = jax.random.fold_in(jax.random.key(config.seed), 2024)
-    quality, figures = {}, []
-    for latent_dim, trained in trained_by_size.items():
-        codes = {kind: latent_metrics.encode(kind, m, p, x_test) for kind, (m, p) in trained.items()}
-        for kind, (model, params) in trained.items():
-            quality[f"{kind}_z{latent_dim}"] = latent_metrics.prior_sample_quality(
+    idx = np.random.default_rng(config.seed).permutation(len(x_test))[: config.tsne_points]
+    with latent_views.analysis_threads(2) as pool:
+        tsne = {
+            f"{NAMES[kind]} ({dim}-D)": pool.submit(latent_views.tsne_2d, c[idx], config.seed)
+            for dim, by_kind in codes.items()
+            if dim != 2
+            for kind, c in by_kind.items()
+        }
+        classifier = latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
+        reference = {
+            "classifier_test_accuracy": float(classifier.score(x_test.reshape(len(x_test), -1), y_test)),
+            "test_images": latent_metrics.image_quality(x_test[: config.num_samples], x_train, classifier),
+        }
+        sample_key = jax.random.fold_in(jax.random.key(config.seed), 2024)
+        quality = {
+            f"{kind}_z{dim}": latent_metrics.prior_sample_quality(
                 kind, model, params, sample_key, x_train, x_test, classifier, config.num_samples
             )
-        if latent_dim == 2:
-            figures.append(
-                save_side_by_side(
-                    {NAMES[k]: c for k, c in codes.items()},
-                    y_test,
-                    os.path.join(workdir, "latents_2d.png"),
-                    "Test codes with a 2-D latent (AE: z; VAE: posterior mean)",
-                    ("z[0]", "z[1]"),
-                )
-            )
-            for kind, (model, params) in trained.items():
-                points, z0, z1 = latent_plane_grid(codes[kind], config.grid_size)
-                figures.append(
-                    plots.save_latent_grid(
-                        latent_metrics.decode_images(model, params, points),
-                        z0,
-                        z1,
-                        os.path.join(workdir, f"latent_grid_{kind}.png"),
-                        f"{NAMES[kind]}: decodings over the plane spanned by its test codes (1st-99th pct)",
-                    )
-                )
-            samples = [
-                latent_metrics.decode_images(m, p, np.asarray(jax.random.normal(sample_key, (20, 2))))
-                for m, p in trained.values()
-            ]
-            figures.append(
-                plots.save_image_rows(
-                    samples,
-                    [NAMES[k] for k in trained],
-                    os.path.join(workdir, "prior_samples.png"),
-                    "Decodings of the same 20 draws z ~ N(0, I), 2-D latent",
-                )
-            )
-        else:
-            idx = np.random.default_rng(config.seed).permutation(len(x_test))[: config.tsne_points]
-            embedded = latent_views.tsne_2d_each(
-                {f"{NAMES[k]} ({latent_dim}-D)": c[idx] for k, c in codes.items()}, config.seed
-            )
-            figures.append(
-                save_side_by_side(
-                    embedded,
-                    y_test[idx],
-                    os.path.join(workdir, "tsne.png"),
-                    f"t-SNE of {len(idx)} test codes",
-                    ("t-SNE 1", "t-SNE 2"),
-                )
-            )
-
-    summary = {
+            for dim, trained in trained_by_size.items()
+            for kind, (model, params) in trained.items()
+        }
+        figures = plane_figures(config, trained_by_size[2], codes[2], y_test, sample_key)
+        if tsne:
+            title = f"t-SNE of {len(idx)} test codes"
+            coords = {name: future.result() for name, future in tsne.items()}
+            path = os.path.join(config.workdir, "tsne.png")
+            figures.append(plots.save_latent_scatter(coords, y_test[idx], path, title, ("t-SNE 1", "t-SNE 2")))
+    return {
         "seeds": config.seed_list(),
         "figures_from_seed": config.seed,
         "epochs": config.epochs,
@@ -199,7 +152,25 @@ def measure_and_draw(config: LatentSpaceConfig, dataset, trained_by_size: dict) 
         "sample_quality": quality,
         "figures": [os.path.basename(p) for p in figures],
     }
-    return summary
+
+
+def plane_figures(config: LatentSpaceConfig, trained: dict, codes: dict, y_test, sample_key) -> list[str]:
+    """The 2-D latents' figures: test codes, decodings over the plane, decoded N(0, I) draws."""
+    path = lambda name: os.path.join(config.workdir, name)  # noqa: E731
+    title = "Test codes with a 2-D latent (AE: z; VAE: posterior mean)"
+    figures = [
+        plots.save_latent_scatter({NAMES[k]: c for k, c in codes.items()}, y_test, path("latents_2d.png"), title)
+    ]
+    for kind, (model, params) in trained.items():
+        points, z0, z1 = latent_plane_grid(codes[kind], config.grid_size)
+        title = f"{NAMES[kind]}: decodings over the plane spanned by its test codes (1st-99th pct)"
+        images = latent_metrics.decode_images(model, params, points)
+        figures.append(plots.save_latent_grid(images, z0, z1, path(f"latent_grid_{kind}.png"), title))
+    draws = np.asarray(jax.random.normal(sample_key, (20, 2)))
+    samples = [latent_metrics.decode_images(m, p, draws) for m, p in trained.values()]
+    title = "Decodings of the same 20 draws z ~ N(0, I), 2-D latent"
+    figures.append(plots.save_image_rows(samples, [NAMES[k] for k in trained], path("prior_samples.png"), title))
+    return figures
 
 
 def print_results(summary: dict, workdir: str) -> None:

@@ -4,6 +4,8 @@ import json
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
@@ -61,18 +63,21 @@ def test_tsne_on_one_thread_equals_scikit_learns_threaded_embedding_and_keeps_cl
     assert np.mean(labels[distances.argmin(axis=1)] == labels) == 1.0  # every nearest neighbour shares its cluster
 
 
-def test_tsne_of_each_code_set_side_by_side_equals_each_alone():
+def test_tsnes_side_by_side_and_beside_jax_work_equal_each_alone():
     from threadpoolctl import threadpool_info
 
     rng = np.random.default_rng(1)
     codes = {"a": rng.normal(size=(120, 5)), "b": rng.normal(size=(90, 3)), "c": rng.normal(size=(60, 2))}
     before = [pool["num_threads"] for pool in threadpool_info()]
-    embedded = latent_views.tsne_2d_each(codes, seed=3)
-    assert list(embedded) == list(codes)
+    with latent_views.analysis_threads(2) as pool:  # beside each other, JAX work and a mixture fit here
+        futures = {name: pool.submit(latent_views.tsne_2d, c, 3) for name, c in codes.items()}
+        assert all(p["num_threads"] == 1 for p in threadpool_info())
+        jax.block_until_ready(jnp.ones((64, 64)) @ jnp.ones((64, 64)))
+        latent_views.fit_mixture(codes["b"], 2, seed=0)
+        embedded = {name: future.result() for name, future in futures.items()}
     for name, c in codes.items():
         np.testing.assert_array_equal(embedded[name], latent_views.tsne_2d(c, seed=3))
     assert [pool["num_threads"] for pool in threadpool_info()] == before  # the thread limits are restored
-    assert latent_views.tsne_2d_each({}, seed=3) == {}  # nothing to embed: no thread pool of zero workers
 
 
 def test_latent_sweep_end_to_end(tmp_path, small_npz):
@@ -168,12 +173,14 @@ def test_latent_space_rerun_reuses_the_summary_that_a_recomputation_gives(tmp_pa
 
 def test_cached_classifier_gives_the_probabilities_of_a_fresh_scikit_learn_fit(mnist_small):
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     x, y = mnist_small.x_train[:300], mnist_small.y_train[:300]
     first = latent_metrics.fit_digit_classifier(x, y, seed=3)
     second = latent_metrics.fit_digit_classifier(x, y, seed=3)  # loaded from the cache
     idx = np.random.default_rng(3).permutation(len(x))
-    direct = LogisticRegression(max_iter=300, C=0.1).fit(x[idx].reshape(len(x), -1).astype(np.float64), y[idx])
+    with threadpool_limits(limits=1):  # the documented fit: one BLAS thread (others differ in the last bits)
+        direct = LogisticRegression(max_iter=300, C=0.1).fit(x[idx].reshape(len(x), -1).astype(np.float64), y[idx])
     queries = mnist_small.x_test[:50].reshape(50, -1).astype(np.float64)
     for classifier in (first, second):
         np.testing.assert_allclose(classifier.predict_proba(queries), direct.predict_proba(queries), rtol=1e-12)

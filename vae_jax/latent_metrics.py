@@ -152,14 +152,16 @@ def fit_digit_classifier(x_train: np.ndarray, y_train: np.ndarray, max_examples:
     drawn at random. ``x_train`` may be stored pixels (``uint8``): only the drawn rows are converted.
 
     The fitted weights are kept in the user cache keyed by the drawn images and labels
-    (:func:`cached_by_inputs`): a rerun on the same data loads them instead of fitting again."""
+    (:func:`cached_by_inputs`): a rerun on the same data loads them instead of fitting again.
+    The fit runs on one BLAS thread: its products are too small to gain from more, which only
+    contend with each other and with JAX's thread pool (docs/benchmarks.md)."""
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x_train))[:max_examples]
     x_drawn, y_drawn = np.asarray(x_train[idx]), np.asarray(y_train[idx])
     coef, intercept, classes = cached_by_inputs(
-        "digit_classifier-v1", lambda: _fit_logistic(x_drawn, y_drawn), (x_drawn, y_drawn), max_iter=300, C=0.1
+        "digit_classifier-v2", lambda: _fit_logistic(x_drawn, y_drawn), (x_drawn, y_drawn), max_iter=300, C=0.1
     )
     classifier = LogisticRegression(max_iter=300, C=0.1)
     classifier.coef_, classifier.intercept_, classifier.classes_ = coef, intercept, classes
@@ -170,11 +172,13 @@ def fit_digit_classifier(x_train: np.ndarray, y_train: np.ndarray, max_examples:
 def _fit_logistic(x_drawn: np.ndarray, y_drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(coef_, intercept_, classes_)`` of the logistic regression :func:`fit_digit_classifier` describes."""
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     from vae_jax.arrays import pixels_to_float
 
     x = np.asarray(pixels_to_float(x_drawn), np.float64)
-    classifier = LogisticRegression(max_iter=300, C=0.1).fit(x.reshape(len(x), -1), y_drawn)
+    with threadpool_limits(limits=1):
+        classifier = LogisticRegression(max_iter=300, C=0.1).fit(x.reshape(len(x), -1), y_drawn)
     return classifier.coef_, classifier.intercept_, classifier.classes_
 
 

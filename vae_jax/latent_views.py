@@ -16,7 +16,8 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -42,21 +43,19 @@ def tsne_2d(codes: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.nd
         return tsne.fit_transform(np.asarray(codes, np.float64))
 
 
-def tsne_2d_each(codes: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
-    """:func:`tsne_2d` of each array of ``codes``, side by side: one thread each, up to the CPU count.
+@contextlib.contextmanager
+def analysis_threads(workers: int = 1) -> Iterator[ThreadPoolExecutor]:
+    """A pool for scikit-learn analyses (t-SNEs, say) to run beside each other or the caller's JAX work.
 
-    scikit-learn's Barnes-Hut gradient releases the GIL, so two embeddings take about the time of one
-    on two cores; each is the embedding :func:`tsne_2d` gives alone, to the bit.
+    scikit-learn's Barnes-Hut t-SNE gradient releases the GIL, so two embeddings take about the time
+    of one on two cores. Every BLAS pool stays at one thread until the block ends: the fits here run on one thread anyway,
+    and a limit entered and left in each thread could restore another thread's. Each result is the
+    one its function gives alone: nothing is shared but the cores.
     """
     from threadpoolctl import threadpool_limits
 
-    # One limit for all the threads: a limit entered and left in each thread could restore another's.
-    with (
-        threadpool_limits(limits=1),
-        ThreadPoolExecutor(max_workers=max(1, min(len(codes), os.cpu_count() or 1))) as pool,
-    ):
-        futures = {name: pool.submit(tsne_2d, c, seed) for name, c in codes.items()}
-        return {name: future.result() for name, future in futures.items()}
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        yield pool
 
 
 def sample_aggregate_posterior(posterior_means: np.ndarray, posterior_logvars: np.ndarray, seed: int) -> np.ndarray:

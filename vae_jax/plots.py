@@ -126,31 +126,33 @@ def save_latent_grid(
 
 
 def save_latent_scatter(
-    latents_2d: np.ndarray,
+    latents_2d: np.ndarray | dict[str, np.ndarray],
     labels: np.ndarray | None,
     path: str,
     title: str,
     axis_labels: tuple[str, str] = ("z[0]", "z[1]"),
 ) -> str:
-    """Scatter of ``[N, 2]`` latent coordinates, coloured by class label if given."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.8))
-    if labels is None:
-        ax.scatter(latents_2d[:, 0], latents_2d[:, 1], s=4, alpha=0.6)
-    else:
-        points = ax.scatter(
-            latents_2d[:, 0],
-            latents_2d[:, 1],
-            c=labels,
-            cmap="tab10",
-            s=4,
-            alpha=0.7,
-            vmin=-0.5,
-            vmax=9.5 if labels.max() < 10 else labels.max() + 0.5,
-        )
-        fig.colorbar(points, ax=ax, label="label", ticks=np.unique(labels) if labels.max() < 10 else None)
-    ax.set_xlabel(axis_labels[0])
-    ax.set_ylabel(axis_labels[1])
-    ax.set_title(title, fontsize=10)
+    """Scatter of ``[N, 2]`` latent coordinates, coloured by class label if given.
+
+    A dict ``{panel title: [N, 2]}`` draws one panel per entry, side by side (the same ``labels`` for
+    each), under ``title``.
+    """
+    panels = latents_2d if isinstance(latents_2d, dict) else {title: latents_2d}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8), squeeze=False)
+    for ax, (name, xy) in zip(axes[0], panels.items(), strict=True):
+        if labels is None:
+            ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6)
+        else:
+            top = 9.5 if labels.max() < 10 else labels.max() + 0.5
+            points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=top)
+        ax.set_xlabel(axis_labels[0])
+        ax.set_ylabel(axis_labels[1])
+        ax.set_title(name, fontsize=10)
+    if labels is not None:
+        ticks = np.unique(labels) if labels.max() < 10 else None
+        fig.colorbar(points, ax=list(axes[0]), label="label", ticks=ticks)
+    if isinstance(latents_2d, dict):
+        fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
 
