@@ -88,11 +88,14 @@ COMMANDS = (
 
 
 def _phases_line(stderr: str) -> dict:
-    """The phases an experiment printed last on stderr (``phases: startup 1.2 s, ... (total 9.9 s)``)."""
+    """The phases an experiment printed last on stderr (``phases: startup 1.2 s, ... (total 9.9 s)``), with
+    ``after_training`` when the line gives it."""
     lines = [line for line in stderr.splitlines() if line.startswith("phases: ")]
     if not lines:
         return {}
-    return {name: float(value) for name, value in re.findall(r"(\w+) ([\d.]+) s", lines[-1].split("(total")[0])}
+    read = {name: float(value) for name, value in re.findall(r"(\w+) ([\d.]+) s", lines[-1].split("(total")[0])}
+    after = re.search(r"after training ([\d.]+) s\)", lines[-1])
+    return read | ({"after_training": float(after.group(1))} if after else {})
 
 
 def commands_section(args) -> dict:

@@ -124,7 +124,7 @@ def print_commands(results: dict) -> None:
             print(f"| `experiments.{name} {row['flags']}` | failed: {row['error']} | | | | | |")
             continue
         p = row["fresh_phases"]
-        after = sum(p.get(k, 0.0) for k in ("analyses", "figures"))
+        after = p.get("after_training", sum(p.get(k, 0.0) for k in ("analyses", "figures")))
         print(
             f"| `experiments.{name} {row['flags']}` | {row['fresh_seconds']:.1f} s | {p.get('startup', 0):.1f} s "
             f"| {p.get('compilation', 0):.1f} s | {p.get('training', 0):.1f} s | {after:.1f} s "

@@ -59,10 +59,24 @@ def test_an_experiment_records_its_phases_adding_up_to_its_process_time(tmp_path
     assert 0.6 * outside <= sum(recorded.values()) <= outside
     line = proc.stderr.strip().splitlines()[-1]
     parts = dict(re.findall(r"(\w+) ([\d.]+) s", line.split("(total")[0]))
-    total = float(re.search(r"\(total ([\d.]+) s\)", line).group(1))
+    total, after = map(float, re.search(r"\(total ([\d.]+) s, after training ([\d.]+) s\)", line).groups())
     assert line.startswith("phases: ") and set(parts) == set(recorded)
     assert abs(sum(map(float, parts.values())) - total) <= 0.05 * len(parts) and total <= outside
+    # After training: the analyses and figures, and every compilation they needed, never the training.
+    assert float(parts["analyses"]) + float(parts["figures"]) - 0.1 <= after <= total - float(parts["training"])
     # The benchmark's commands section reads the same line back.
     read = processes._phases_line(proc.stderr)
-    assert read == {name: float(value) for name, value in parts.items()}
-    assert all(read[name] >= recorded[name] - 0.05 for name in recorded)  # the line is printed after the summary
+    assert read == {name: float(value) for name, value in parts.items()} | {"after_training": after}
+    assert all(read[name] >= recorded[name] - 0.05 for name in recorded)
+
+
+def test_after_training_counts_every_second_once_the_analyses_began():
+    phases.enter("analyses")
+    first = phases.after_training()
+    start = time.time()
+    time.sleep(0.03)
+    phases.enter("training")  # another phase (a second model, say): the clock after training runs on
+    with phases.phase("figures"):
+        time.sleep(0.02)
+    grown = phases.after_training() - first
+    assert abs(grown - (time.time() - start)) < 5e-3

@@ -50,6 +50,7 @@ _totals: dict[str, float] = {}
 _stack: list[str] = ["startup"]
 _since = time.time()  # when the phase on top of the stack last started counting
 _compiling = {"seconds": 0.0, "since_mark": 0.0}
+_entered: dict[str, float] = {}  # the process's age when it first entered each phase
 
 
 def _on_duration(event: str, duration: float, **_) -> None:
@@ -77,6 +78,7 @@ def _close_segment() -> None:
 def enter(name: str) -> None:
     """From now on the process is in phase ``name`` (the phases it passed keep their seconds)."""
     _close_segment()
+    _entered.setdefault(name, elapsed())
     _stack[0] = name
     del _stack[1:]
 
@@ -104,10 +106,20 @@ def seconds() -> dict[str, float]:
     return {name: value for name, value in _totals.items() if value > 0.0 or name == "startup"}
 
 
+def after_training() -> float | None:
+    """Seconds since the process first entered ``analyses`` (the work after the last epoch, compilation
+    included), or None before that."""
+    return None if "analyses" not in _entered else elapsed() - _entered["analyses"]
+
+
 def line() -> str:
-    """One line for stderr: ``phases: startup 3.1 s, data 0.4 s, ... (total 12.0 s)``."""
+    """One line for stderr: ``phases: startup 3.1 s, data 0.4 s, ... (total 12.0 s)``, ending
+    ``(total 12.0 s, after training 2.5 s)`` once the analyses began."""
     parts = ", ".join(f"{name} {value:.1f} s" for name, value in seconds().items())
-    return f"phases: {parts} (total {elapsed():.1f} s)"
+    after = after_training()
+    return (
+        f"phases: {parts} (total {elapsed():.1f} s" + ("" if after is None else f", after training {after:.1f} s") + ")"
+    )
 
 
 def report() -> None:
