@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+import vae_jax
 from experiments import cvae as cvae_exp
 from experiments import hvae as hvae_exp
 from vae_jax.reports import hvae as hvae_report
@@ -55,9 +56,18 @@ def test_hvae_compares_with_a_one_level_vae_of_matched_size_and_a_rerun_reuses_t
     assert abs(h["params"] - v["params"]) / h["params"] < 0.05
     assert set(h["active_units_per_layer"]) == {"z1", "z2"} and set(v["active_units_per_layer"]) == {"z"}
     np.testing.assert_allclose(h["neg_elbo"], h["recon"] + h["kl_z1"] + h["kl_z2"], rtol=1e-5)
+    x_test = np.load(small_npz.removeprefix("npz:"))["x_test"][..., None]  # stored [N, 28, 28]
     for name in ("hvae", "vae"):  # same checkpoint, same evaluation key: the sub-run's own test numbers
         summary = json.load(open(os.path.join(root, name, "summary.json")))
         np.testing.assert_allclose(comparison[name]["neg_elbo"], summary["test"]["neg_elbo"]["mean"], rtol=1e-5)
+        # The terms and active units on all test images, taken from the run and its diagnostics, are those a
+        # fresh evaluation of the checkpoint computes.
+        fresh = vae_jax.load_run(os.path.join(root, name)).evaluate(x_test)
+        assert comparison[name]["n"] == fresh["n"] == len(x_test)
+        for term in ("neg_elbo", "recon", "kl"):
+            np.testing.assert_allclose(comparison[name][term], fresh[term], rtol=1e-6)
+        for entry in ("active_units", "active_units_per_layer", "latent_dims"):
+            assert comparison[name][entry] == fresh[entry], entry
         assert comparison[name]["iwae_nll"] < comparison[name]["neg_elbo"]
         assert comparison[name]["iwae_examples"] == 64  # of 128 test images; the neg-ELBO above is on all 128
     difference = comparison["iwae_difference"]

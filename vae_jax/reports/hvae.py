@@ -58,33 +58,33 @@ def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.
 
 
 def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict, iwae_examples: int) -> dict:
-    """Test metrics of the first seed of ``result`` (evaluate.evaluate_runs) and its collapse diagnostics.
+    """Test metrics of the first seed of ``result`` and its collapse diagnostics.
 
-    The single-sample terms and active units on the whole test split; the IWAE bound on ``iwae_examples``
-    of its images (:func:`iwae_subset`; 0: all), with ``iwae_nll_per_example`` for the paired comparison.
+    The single-sample terms on the whole test split are the run's own last test evaluation (``summary.json``:
+    the same program, key and batches :func:`vae_jax.evaluate.evaluate_runs` would use) and the active
+    units those of the collapse diagnostics (the same posterior means, the same threshold); the IWAE bound
+    is computed on ``iwae_examples`` of the images (:func:`iwae_subset`; 0: all), with
+    ``iwae_nll_per_example`` for the paired comparison. On all images, one ``evaluate_runs`` gives both.
     """
     first = jax.tree_util.tree_map(lambda a: a[:1], result.state.params)
     # --devices: the devices share each batch (in a --distributed run each process evaluates on its own device)
     sharding = parallel.eval_batch_sharding(config.devices) if jax.process_count() == 1 else None
     pixels = result.dataset.test_pixels
     subset = pixels[iwae_subset(len(pixels), iwae_examples)]
-
-    def run(x, iwae_k, bound_only=False):
-        return evaluate.evaluate_runs(
-            parts,
-            first,
-            {"x": x},
-            iwae_k=iwae_k,
-            eval_batch_size=config.eval_batch_size,
-            batch_sharding=sharding,
-            per_example=iwae_k > 0,
-            bound_only=bound_only,
-        )[0]
-
-    if len(subset) == len(pixels):
-        metrics = run(pixels, EVAL_IWAE_K)
-    else:  # the single-sample terms and active units on every image, the bound alone on the subset
-        metrics = {**run(pixels, 0), **_bound_terms(run(subset, EVAL_IWAE_K, bound_only=True))}
+    bound_only = len(subset) < len(pixels)
+    metrics = evaluate.evaluate_runs(
+        parts,
+        first,
+        {"x": subset},
+        iwae_k=EVAL_IWAE_K,
+        eval_batch_size=config.eval_batch_size,
+        batch_sharding=sharding,
+        per_example=True,
+        bound_only=bound_only,
+    )[0]
+    if bound_only:  # the single-sample terms and active units on every image, from the run and the diagnostics
+        test = {name: terms["per_seed"][0] for name, terms in result.summary["test"].items()}
+        metrics.update(test, n=len(pixels), **_units(collapse))
     metrics["iwae_examples"] = len(subset)
     # summary.json's collapse ``diagnostics``: per layer for the HVAE, one dict for the one-level VAE
     result.summary["diagnostics"] = collapse if len(collapse) > 1 else collapse["z"]
@@ -107,8 +107,14 @@ def iwae_subset(num_test: int, iwae_examples: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).permutation(num_test)[:iwae_examples])
 
 
-def _bound_terms(metrics: dict) -> dict:
-    return {k: metrics[k] for k in ("iwae_nll", "bits_per_dim", "iwae_k", "iwae_nll_per_example")}
+def _units(collapse: dict) -> dict:
+    """``evaluate_runs``' active-unit entries from the collapse diagnostics of each layer."""
+    per_layer = {layer: d["active_units"] for layer, d in collapse.items()}
+    return {
+        "active_units": sum(per_layer.values()),
+        "active_units_per_layer": per_layer,
+        "latent_dims": {layer: d["latent_dim"] for layer, d in collapse.items()},
+    }
 
 
 def paired_difference(vae_nll: np.ndarray, hvae_nll: np.ndarray) -> dict:
