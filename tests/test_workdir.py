@@ -16,6 +16,7 @@ import pytest
 from experiments import evaluate as evaluate_exp
 from experiments import vae as vae_exp
 from vae_jax import data, parallel, runner, tasks
+from vae_jax import train as train_lib
 from vae_jax import workdir as workdir_lib
 from vae_jax.runner import Task
 
@@ -154,7 +155,8 @@ def test_a_finished_run_without_its_summary_is_evaluated_again(capsys, run_copy)
 
 def test_an_old_config_with_a_seed_layout_loads_and_a_finished_run_sets_up_nothing(run_copy, monkeypatch):
     """A config.json written before ``--seed-layout`` was removed still loads (the key is dropped) and its run
-    resumes; with nothing to train and summary.json reused, no data is placed and no program built or traced.
+    resumes; with nothing to train and summary.json reused, no initial state is built, no data placed and no
+    program built or traced.
     Without summary.json the same refusals stop the run: they do catch the set-up of an evaluation."""
     _, workdir = run_copy
     saved = json.load(open(workdir / "config.json"))
@@ -170,6 +172,7 @@ def test_an_old_config_with_a_seed_layout_loads_and_a_finished_run_sets_up_nothi
     for name in ("make_epoch_program", "make_eval_program", "choose_epoch_loop", "has_convolution"):
         monkeypatch.setattr(parallel, name, refuse)
     monkeypatch.setattr(parallel.Plan, "place_examples", refuse)
+    monkeypatch.setattr(train_lib, "init_replicated_state", refuse)  # the checkpoint restores into its shapes
     _, task = tasks.vae_task(config, (28, 28, 1))
     result = runner.train(config, task)
     assert result.test_metrics is None and result.summary == json.load(open(workdir / "summary.json"))

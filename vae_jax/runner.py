@@ -413,7 +413,7 @@ def _set_up(config, task, dataset, closing, train_eval_examples: int) -> _Run:
     optimizer = task_optimizer(config, task, config.epochs * (dataset.num_train // config.batch_size))
     seeds = config.seed_list()
     keys = train_lib.replica_keys(seeds)
-    state = train_lib.init_replicated_state(task.init_params, optimizer, keys.init, task.init_model_state)
+    init = (task.init_params, optimizer, keys.init, task.init_model_state)
 
     from vae_jax import checkpoint  # Orbax: imported when a run trains, not with the runner
 
@@ -421,8 +421,11 @@ def _set_up(config, task, dataset, closing, train_eval_examples: int) -> _Run:
     manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
     closing.callback(checkpoint.close, manager)
     start_epoch = 0
-    if plan.checkpoint_epoch is not None and not plan.move_aside:
-        start_epoch, state = checkpoint.restore_latest(manager, state, quarantine=True)
+    if plan.checkpoint_epoch is not None and not plan.move_aside:  # into the state's shapes; no initial state
+        template = train_lib.abstract_replicated_state(*init)
+        start_epoch, state = checkpoint.restore_latest(manager, template, quarantine=True)
+    if start_epoch == 0:
+        state = train_lib.init_replicated_state(*init)
     history = _open_records(config, start_epoch, dataset.record())
     board = tensorboard.EpochWriter(config.workdir) if config.tensorboard and jax.process_index() == 0 else None
     if board is not None:
