@@ -37,3 +37,11 @@ def test_apply_in_batches_gives_batch_i_the_key_fold_in_key_i():
 def test_apply_in_batches_names_arrays_of_different_lengths():
     with pytest.raises(ValueError, match="arrays of one non-zero length, got \\[4, 3\\]"):
         arrays.apply_in_batches(_scale_and_sum, "model", {}, np.zeros((4, 1)), np.zeros((3, 1)))
+
+
+def test_standard_normal_is_jax_random_normal_to_the_bit():
+    for seed, shape in ((0, (1000, 20)), (1, (7, 3)), (2, (20, 2))):
+        key = jax.random.key(seed)
+        got = arrays.standard_normal(key, shape)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == shape
+        np.testing.assert_array_equal(got, np.asarray(jax.random.normal(key, shape)))

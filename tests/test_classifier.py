@@ -27,3 +27,13 @@ def test_predict_proba_in_uneven_batches_is_the_numpy_forward_pass():
         assert probs.shape == (23, 10)
         np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(judge.predict(x), want.argmax(-1))
+
+
+def test_the_compiled_initial_params_are_flaxs_eager_init_to_the_bit():
+    model = classifier_lib.MLPClassifier(num_classes=10, hidden=(16, 8))
+    key = jax.random.key(5)
+    eager = model.init(key, np.zeros((1, 6, 6, 1), np.float32))["params"]
+    compiled = classifier_lib._init_params(model, key, (6, 6, 1))
+    assert jax.tree_util.tree_structure(compiled) == jax.tree_util.tree_structure(eager)
+    for got, want in zip(jax.tree_util.tree_leaves(compiled), jax.tree_util.tree_leaves(eager), strict=True):
+        np.testing.assert_array_equal(got, want)

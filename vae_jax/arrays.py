@@ -78,6 +78,18 @@ def run_query(query, model, options: tuple, params, *arrays):
     return query(model, params, *arrays, **dict(options))
 
 
+@caches.jit_run_once(static_argnums=1)
+def _standard_normal(key, shape: tuple):
+    import jax
+
+    return jax.random.normal(key, shape)
+
+
+def standard_normal(key, shape: tuple) -> np.ndarray:
+    """``jax.random.normal(key, shape)`` (float32) on the host: the same bits, compiled as a run-once program."""
+    return np.asarray(_standard_normal(key, tuple(shape)))
+
+
 def _padded(a: np.ndarray, start: int, size: int) -> np.ndarray:
     """Rows ``start : start + size`` of ``a``, padded to ``size`` rows with copies of its last row."""
     part = a[start : start + size]

@@ -16,6 +16,7 @@ shuffled minibatches, from one key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vae_jax import caches
 from vae_jax.arrays import apply_in_batches
 
 
@@ -88,7 +90,7 @@ def train_classifier(
     """
     model = MLPClassifier(num_classes=num_classes, hidden=tuple(hidden))
     init_key, shuffle_key = jax.random.split(key)
-    params = model.init(init_key, jnp.zeros((1, *x_train.shape[1:]), jnp.float32))["params"]
+    params = _init_params(model, init_key, tuple(x_train.shape[1:]))
     optimizer = optax.adam(learning_rate)
     epoch = _make_epoch(
         model, optimizer, jnp.asarray(x_train, jnp.float32), jnp.asarray(y_train, jnp.int32), batch_size
@@ -99,6 +101,12 @@ def train_classifier(
     trained = TrainedClassifier(model, carry[0], float("nan"))
     trained.test_accuracy = float(np.mean(trained.predict(x_test) == np.asarray(y_test)))
     return trained
+
+
+@functools.partial(caches.jit_run_once, static_argnums=(0, 2))
+def _init_params(model: MLPClassifier, key: jax.Array, image_shape: tuple) -> dict:
+    """``model``'s initial params, compiled as one program (the same bits as flax's ``init`` op by op)."""
+    return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
 
 
 def _make_epoch(model: MLPClassifier, optimizer, x_train: jax.Array, y_train: jax.Array, batch_size: int):

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import losses, tasks
+from vae_jax.arrays import standard_normal
 from vae_jax.errors import field, require
 from vae_jax.protocol import TrainConfig
 
@@ -226,7 +227,7 @@ def prior_sample_quality(
     the test codes per dimension (how far from N(0, I) the codes live).
     """
     latent_dim = model.latent_dim
-    z = np.asarray(jax.random.normal(key, (num_samples, latent_dim)))
+    z = standard_normal(key, (num_samples, latent_dim))
     samples = decode_images(model, params, z)
     codes = encode(kind, model, params, x_test)
     recons = decode_images(model, params, codes[:num_samples])

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 import numpy as np
 
-from vae_jax import caches, diagnostics, latent_metrics
+from vae_jax import arrays, diagnostics, latent_metrics
 from vae_jax.tasks.vae import decode_means
 
 
@@ -100,7 +100,7 @@ def prior_vs_mixture(
     means, logvars = diagnostics.encode_posteriors(model, params, x_train)
     z_q = sample_aggregate_posterior(means, logvars, seed)
     mixture = fit_mixture(z_q, n_components, seed)
-    z_prior = np.asarray(_standard_normal(key, (num_samples, means.shape[1])))
+    z_prior = arrays.standard_normal(key, (num_samples, means.shape[1]))
     z_mixture, _ = mixture.sample(num_samples)
     z_mixture = z_mixture[np.random.default_rng(seed).permutation(num_samples)]  # sklearn returns them by component
     prior_images = decode_means(model, params, z_prior.astype(np.float32))
@@ -124,8 +124,3 @@ def latent_traversals(model, params, x: np.ndarray, dims, values) -> np.ndarray:
         codes[i, :, d] = values
     images = decode_means(model, params, codes.reshape(-1, means.shape[1]).astype(np.float32))
     return images.reshape(len(dims), len(values), *images.shape[1:])
-
-
-@caches.jit_run_once(static_argnums=1)
-def _standard_normal(key, shape: tuple):
-    return jax.random.normal(key, shape)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from vae_jax import evaluate, runner
+from vae_jax import arrays, evaluate, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.data import pixels_to_float
 from vae_jax.data.npz import atomic_file
@@ -442,7 +442,7 @@ class GaussianVAEModel(TrainedModel):
     """The MLP and conv VAEs: z ~ N(0, I), posterior means ``[N, D]``."""
 
     def _sample(self, n, key, labels, temperature):
-        z = np.asarray(jax.random.normal(key, (n, self.model.latent_dim))) * np.float32(temperature)
+        z = arrays.standard_normal(key, (n, self.model.latent_dim)) * np.float32(temperature)
         return self._decode(z, labels)  # the CVAE's decoder takes the labels
 
     def _reconstruct(self, x, labels):

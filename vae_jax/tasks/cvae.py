@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from vae_jax import diagnostics, evaluate, objectives
+from vae_jax.arrays import standard_normal
 from vae_jax.errors import ConfigError, field, require
 from vae_jax.evaluate import VAEEvalParts
 from vae_jax.models.cvae import CVAE, init_params
@@ -135,7 +136,7 @@ def sample_class(model: CVAE, params, key: jax.Array, labels: np.ndarray, batch_
     ``labels``: int ``[N]`` in ``[0, num_classes)``; anything else is a ``ValueError``.
     """
     labels = check_labels(model, labels)
-    z = np.asarray(jax.random.normal(key, (len(labels), model.latent_dim)))
+    z = standard_normal(key, (len(labels), model.latent_dim))
     return decode_means(model, params, z, labels, batch_size)
 
 
