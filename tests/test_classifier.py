@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from vae_jax import classifier as classifier_lib
 
@@ -37,3 +38,29 @@ def test_the_compiled_initial_params_are_flaxs_eager_init_to_the_bit():
     assert jax.tree_util.tree_structure(compiled) == jax.tree_util.tree_structure(eager)
     for got, want in zip(jax.tree_util.tree_leaves(compiled), jax.tree_util.tree_leaves(eager), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_cached_classifier_is_the_one_trained_afresh_and_any_changed_input_trains_anew(monkeypatch):
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(size=(40, 6, 6, 1)).astype(np.float32), rng.integers(0, 3, 40)
+    args = (x[:30], y[:30], x[30:], y[30:], 3, jax.random.key(2))
+    kwargs = dict(hidden=(8,), epochs=2, batch_size=8)
+    fresh = classifier_lib.train_classifier(*args, **kwargs, cache=False)
+    first = classifier_lib.train_classifier(*args, **kwargs)  # trained, then kept in the (test's) user cache
+    monkeypatch.setattr(classifier_lib, "_train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    loaded = classifier_lib.train_classifier(*args, **kwargs)
+    for judge in (first, loaded):
+        assert judge.test_accuracy == fresh.test_accuracy
+        for got, want in zip(
+            jax.tree_util.tree_leaves(judge.params), jax.tree_util.tree_leaves(fresh.params), strict=True
+        ):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(judge.predict_proba(x), fresh.predict_proba(x))
+    changed = (x[:30], np.roll(y[:30], 1), *args[2:])
+    for other_args, other_kwargs in (
+        (changed, kwargs),
+        (args, {**kwargs, "epochs": 3}),
+        (args[:-1] + (jax.random.key(3),), kwargs),
+    ):
+        with pytest.raises(AssertionError, match="trained"):
+            classifier_lib.train_classifier(*other_args, **other_kwargs)

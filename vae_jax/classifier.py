@@ -77,6 +77,7 @@ def train_classifier(
     epochs: int = 10,
     batch_size: int = 128,
     learning_rate: float = 1e-3,
+    cache: bool = True,
 ) -> TrainedClassifier:
     """Trains :class:`MLPClassifier` on ``(x_train, y_train)`` and measures its accuracy on ``(x_test, y_test)``.
 
@@ -84,11 +85,37 @@ def train_classifier(
       x_train, x_test: ``[N, H, W, C]`` images in [0, 1].
       y_train, y_test: ``[N]`` int labels in ``[0, num_classes)``.
       key: the one key of the run (init and shuffling are split from it).
+      cache: keep the trained params and accuracy in the user cache (:func:`vae_jax.caches.cached_arrays`)
+        under a SHA-256 of the four arrays, the key, the settings, the JAX version and backend: a later call
+        with the same inputs loads them instead of training again (any change to an input trains anew).
 
     Returns:
       The :class:`TrainedClassifier`.
     """
     model = MLPClassifier(num_classes=num_classes, hidden=tuple(hidden))
+    fit = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+
+    def train() -> TrainedClassifier:
+        return _train(model, x_train, y_train, x_test, y_test, key, **fit)
+
+    if not cache:
+        return train()
+    settings = fit | {"hidden": list(hidden), "num_classes": num_classes, "key": jax.random.key_data(key).tolist()}
+    settings["versions"] = [jax.__version__, jax.default_backend()]
+    name = f"classifier-v1-{caches.fingerprint((x_train, y_train, x_test, y_test), settings)}"
+
+    def build() -> tuple:
+        trained = train()
+        return (*jax.tree_util.tree_leaves(jax.device_get(trained.params)), np.float64(trained.test_accuracy))
+
+    *leaves, accuracy = caches.cached_arrays(name, build)
+    template = jax.eval_shape(lambda k: _init_params(model, k, tuple(x_train.shape[1:])), key)
+    params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
+    return TrainedClassifier(model, params, float(accuracy))
+
+
+def _train(model, x_train, y_train, x_test, y_test, key, *, epochs, batch_size, learning_rate) -> TrainedClassifier:
+    """:func:`train_classifier` without the cache."""
     init_key, shuffle_key = jax.random.split(key)
     params = _init_params(model, init_key, tuple(x_train.shape[1:]))
     optimizer = optax.adam(learning_rate)
