@@ -68,8 +68,9 @@ def aggregate_log_density(z: jax.Array, means: jax.Array, logvars: jax.Array, ch
     return jax.lax.map(one_chunk, z_chunks).reshape(-1)[:m]
 
 
-@caches.jit_run_once
-def _mutual_information(key, means, logvars):
+@caches.jit_run_once(static_argnums=2)
+def _mutual_information(key, i, num_samples: int, means, logvars):
+    key = jax.random.split(key, num_samples)[i]  # draw i's key, split in the program (no eager compile)
     z = losses.reparameterize(key, means, logvars)  # [N, D]: one z ~ q(z|x_n) per image
     log_q_z_given_x = losses.gaussian_log_prob(z, means, logvars)  # [N]
     return jnp.mean(log_q_z_given_x - aggregate_log_density(z, means, logvars))
@@ -90,7 +91,7 @@ def mutual_information(
     """
     means = jnp.asarray(posterior_means, jnp.float32)
     logvars = jnp.asarray(posterior_logvars, jnp.float32)
-    values = [float(_mutual_information(k, means, logvars)) for k in jax.random.split(key, num_samples)]
+    values = [float(_mutual_information(key, i, num_samples, means, logvars)) for i in range(num_samples)]
     return float(np.mean(values))
 
 
