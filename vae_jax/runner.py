@@ -233,7 +233,7 @@ def mean_std(values) -> dict:
     values = np.asarray(values, np.float64)
     ci95 = None
     if values.size > 1:
-        from scipy.special import stdtrit  # the t quantile; scipy.stats would add 2.8 s of imports to a run
+        from scipy.special import stdtrit  # the t quantile; scipy.stats's import is slow (docs/benchmarks.md)
 
         half = stdtrit(values.size - 1, 0.975) * values.std(ddof=1) / np.sqrt(values.size)
         ci95 = [float(values.mean() - half), float(values.mean() + half)]
