@@ -59,10 +59,10 @@ def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_de
         )
     )
     paths.append(
-        plots.save_curves(
+        plots.save_loss_curves(
             result.history,
+            workdir,
             ["train_loss", "test_sq_error"],
-            os.path.join(workdir, "loss_curves.png"),
             "Linear AE squared error per image",
             ylabel="sum of squared pixel errors",
         )

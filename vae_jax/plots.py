@@ -20,6 +20,8 @@ import numpy as np  # noqa: E402
 
 from vae_jax import phases  # noqa: E402
 
+VAE_LOSS_KEYS = ("train_loss", "test_neg_elbo", "test_recon", "test_kl")
+
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
     """Tiles ``[N, H, W, C]`` images into one ``[rows*(H+pad), ncols*(W+pad), C]`` image."""
@@ -179,6 +181,17 @@ def save_curves(
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
+
+
+def save_loss_curves(
+    history: Sequence[dict],
+    workdir: str,
+    keys: Sequence[str] = VAE_LOSS_KEYS,
+    title: str = "Training and test loss",
+    **kwargs,
+) -> str:
+    """``WORKDIR/loss_curves.png``: :func:`save_curves` of ``keys`` (the VAE's loss terms by default)."""
+    return save_curves(history, keys, os.path.join(workdir, "loss_curves.png"), title, **kwargs)
 
 
 def save_kl_per_dim(groups: dict, path: str, title: str = "KL per latent dimension") -> str:
