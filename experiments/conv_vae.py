@@ -92,11 +92,7 @@ def tsne_of(means, seed: int):
 def analyses(config, model, params, data, key_mi, key_mixture, path) -> tuple[dict, list[str]]:
     """The collapse diagnostics and the prior-vs-mixture sample quality, with their figures."""
     report = {"diagnostics": diagnostics.vae_collapse_diagnostics(model, params, data.x_test, key_mi)}
-    paths = [
-        plots.save_kl_per_dim(
-            {"z": report["diagnostics"]["mean_kl_per_dim"]}, path("kl_per_dim.png"), "Mean test KL per latent dimension"
-        )
-    ]
+    paths = [plots.save_kl_per_dim({"z": report["diagnostics"]["mean_kl_per_dim"]}, path("kl_per_dim.png"))]
     classifier = None if data.y_train is None else latent_metrics.fit_digit_classifier(data.train_pixels, data.y_train)
     quality, prior_images, mixture_images = latent_views.prior_vs_mixture(
         model,

@@ -124,13 +124,8 @@ def write_figures(config, model, result: runner.TrainResult) -> list[str]:
     result.summary["diagnostics"] = diagnostics.vae_collapse_diagnostics(
         model, params, x_test, jax.random.key(config.seed)
     )
-    paths.append(
-        plots.save_kl_per_dim(
-            {"z": result.summary["diagnostics"]["mean_kl_per_dim"]},
-            os.path.join(workdir, "kl_per_dim.png"),
-            "Mean test KL per latent dimension",
-        )
-    )
+    kl_per_dim = {"z": result.summary["diagnostics"]["mean_kl_per_dim"]}
+    paths.append(plots.save_kl_per_dim(kl_per_dim, os.path.join(workdir, "kl_per_dim.png")))
     return paths
 
 

@@ -194,7 +194,7 @@ def save_loss_curves(
     return save_curves(history, keys, os.path.join(workdir, "loss_curves.png"), title, **kwargs)
 
 
-def save_kl_per_dim(groups: dict, path: str, title: str = "KL per latent dimension") -> str:
+def save_kl_per_dim(groups: dict, path: str, title: str = "Mean test KL per latent dimension") -> str:
     """One bar panel per model or latent layer: ``{label: [D] mean KL per dimension (nats)}``.
 
     Dimensions are sorted by KL, largest first, so collapsed dimensions

@@ -1,8 +1,5 @@
-"""A sweep of the MLP VAE over beta values, beta schedules and free bits (``experiments.beta_vae``).
-
-:func:`measure_setting` gives one trained setting's table row and traversal figure, :func:`format_table`
-the printed table and :func:`report` the sweep's figures, ``summary.json`` and result lines.
-"""
+"""The table, traversals and KL figure of a sweep of the MLP VAE over beta, its schedule and free bits
+(``experiments.beta_vae``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""A trained VAE's checkpoint evaluated on a test split (``experiments.evaluate``).
-
-:func:`vae_config` reads the workdir's family, :func:`load_test_data` the data it is evaluated on (checked
-against what the run trained on), :func:`combine_seeds` the JSON of one or several seeds and
-:func:`result_line` the line printed.
-"""
+"""A trained VAE's checkpoint evaluated on a test split: the workdir's family, its data, the JSON and the
+result line of ``experiments.evaluate``."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""AE and VAE latent spaces side by side (``experiments.latent_space``).
-
-:func:`report` measures decoded N(0, I) draws against the test reconstructions of the same model
-(nearest-training-image distance, a digit classifier's confidence), draws the 2-D latents' figures
-(:func:`plane_figures`) and the t-SNE of the larger latents, and prints the result lines
-(:func:`print_results`); a rerun on the same checkpoints, data and settings reuses its summary.json.
-"""
+"""AE and VAE latent spaces side by side, measured and drawn (``experiments.latent_space``, whose docstring
+says what and how)."""
 
 from __future__ import annotations
 
