@@ -27,7 +27,7 @@ import numpy as np
 from vae_jax import runner, schedules, tasks
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
+from vae_jax.cli import ConfigError, field, parse_config, require, require_list, user_errors
 from vae_jax.data import DataError
 from vae_jax.reports import beta_vae as beta_vae_report
 
@@ -53,23 +53,12 @@ class BetaVAESweepConfig(tasks.VAEConfig):
                 getattr(self, name),
             )
         super().validate()
-        require(
-            len(self.betas) > 0 and all(np.isfinite(b) and b >= 0 for b in self.betas),
-            "betas",
-            "comma-separated non-negative numbers like 1,4",
-            self.betas,
-        )
-        require(
-            len(self.schedules) > 0 and set(self.schedules) <= set(schedules.SCHEDULES),
-            "schedules",
-            f"comma-separated names from {','.join(schedules.SCHEDULES)}",
-            ",".join(self.schedules),
-        )
-        require(
-            len(self.free_bits_values) > 0 and all(f >= 0 for f in self.free_bits_values),
-            "free_bits_values",
-            "comma-separated non-negative numbers like 0,0.5",
-            self.free_bits_values,
+        numbers = "comma-separated non-negative numbers like"
+        require_list("betas", self.betas, lambda b: np.isfinite(b) and b >= 0, f"{numbers} 1,4", self.betas)
+        names = f"comma-separated names from {','.join(schedules.SCHEDULES)}"
+        require_list("schedules", self.schedules, lambda s: s in schedules.SCHEDULES, names)
+        require_list(
+            "free_bits_values", self.free_bits_values, lambda f: f >= 0, f"{numbers} 0,0.5", self.free_bits_values
         )
         require(self.traversal_dims > 0, "traversal_dims", "a positive integer", self.traversal_dims)
         for setting in self.settings():
