@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     sharding = parallel.eval_batch_sharding(args.devices)
     family, config = evaluation.vae_config(args.workdir)
-    dataset, trained_shape = evaluation.load_test_data(args.workdir, config, args.dataset, args.data_dir)
+    dataset, trained_shape = evaluation.load_test_data(config, args.dataset, args.data_dir)
     spec = args.dataset or config.dataset
     model, task = family.build(config, trained_shape)
     parts = family.eval_parts(model, task, config)

@@ -37,7 +37,7 @@ def vae_config(workdir: str):
     return trained.FAMILIES[kind], trained.load_config(workdir)[1]
 
 
-def load_test_data(workdir: str, config, spec: str, data_dir: str) -> tuple[data_lib.Dataset, tuple]:
+def load_test_data(config, spec: str, data_dir: str) -> tuple[data_lib.Dataset, tuple]:
     """``(dataset, trained image shape)``: ``spec`` (default: the run's own data) prepared as the run trained.
 
     The run's own data is its workdir's decoded copy when a --distributed run left one
@@ -52,13 +52,13 @@ def load_test_data(workdir: str, config, spec: str, data_dir: str) -> tuple[data
         image_size=config.image_size,
         skip_unreadable=config.skip_unreadable,
     )
-    mismatch = None if spec else workdir_lib.data_mismatch(workdir, dataset.record())
+    mismatch = None if spec else workdir_lib.data_mismatch(config.workdir, dataset.record())
     if mismatch:  # the run's own --dataset names other data here (mnist offline, a replaced file or folder)
         raise ConfigError(
             f"--dataset {config.dataset}: {mismatch}; evaluate it where its data is, or pass --dataset "
             "to evaluate it on other data on purpose"
         )
-    trained_shape = trained.trained_image_shape(workdir) or dataset.image_shape
+    trained_shape = trained.trained_image_shape(config.workdir) or dataset.image_shape
     if dataset.image_shape != trained_shape:
         raise ConfigError(
             f"--dataset {spec or config.dataset}: images are {dataset.image_shape}, the model was trained on "
