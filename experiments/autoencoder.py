@@ -78,15 +78,7 @@ def write_figures(config: tasks.AEConfig, model, result: runner.TrainResult) -> 
     if config.variant == "contractive":
         loss_keys += ["test_penalty"]
     unit = "nats" if config.loss == "bce" else "squared error"
-    paths.append(
-        plots.save_curves(
-            result.history,
-            loss_keys,
-            os.path.join(workdir, "loss_curves.png"),
-            "Training and test loss",
-            ylabel=f"{unit} per example",
-        )
-    )
+    paths.append(plots.save_loss_curves(result.history, workdir, loss_keys, ylabel=f"{unit} per example"))
     psnr_keys = ["test_psnr", "test_noisy_psnr", "test_denoised_psnr", "test_inpaint_psnr", "test_masked_input_psnr"]
     paths.append(
         plots.save_curves(
@@ -140,12 +132,7 @@ def result_line(config: tasks.AEConfig, summary: dict) -> str:
 def main(argv=None) -> dict:
     """Runs the job; returns the summary (also in ``WORKDIR/summary.json``)."""
     config = parse_config(tasks.AEConfig, argv, description=__doc__.split("\n\n")[0])
-    workdir_lib.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
-    dataset = runner.load_data(config)
-    runner.log(f"data: {dataset.describe()}")
-    model, task = tasks.ae_task(config, dataset.image_shape)
-    result = runner.train(config, task, dataset)
-    return runner.report_on_main(config.workdir, lambda: report(config, model, result))
+    return runner.train_and_report(config, tasks.ae_task, report)
 
 
 def report(config: tasks.AEConfig, model, result: runner.TrainResult) -> dict:

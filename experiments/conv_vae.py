@@ -92,11 +92,7 @@ def tsne_of(means, seed: int):
 def analyses(config, model, params, data, key_mi, key_mixture, path) -> tuple[dict, list[str]]:
     """The collapse diagnostics and the prior-vs-mixture sample quality, with their figures."""
     report = {"diagnostics": diagnostics.vae_collapse_diagnostics(model, params, data.x_test, key_mi)}
-    paths = [
-        plots.save_kl_per_dim(
-            {"z": report["diagnostics"]["mean_kl_per_dim"]}, path("kl_per_dim.png"), "Mean test KL per latent dimension"
-        )
-    ]
+    paths = [plots.save_kl_per_dim({"z": report["diagnostics"]["mean_kl_per_dim"]}, path("kl_per_dim.png"))]
     classifier = None if data.y_train is None else latent_metrics.fit_digit_classifier(data.train_pixels, data.y_train)
     quality, prior_images, mixture_images = latent_views.prior_vs_mixture(
         model,
@@ -122,11 +118,9 @@ def analyses(config, model, params, data, key_mi, key_mixture, path) -> tuple[di
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> dict:
     config = parse_config(conv_vae.ConvVAEConfig, argv, description=__doc__.split("\n\n")[0]).resolved()
-    workdir_lib.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
-    dataset = runner.load_data(config)
-    model, task = conv_vae.conv_vae_task(config, dataset.image_shape)
-    result = runner.train(config, task, dataset, train_eval_examples=config.train_eval_examples)
-    return runner.report_on_main(config.workdir, lambda: report(config, model, result))
+    return runner.train_and_report(
+        config, conv_vae.conv_vae_task, report, train_eval_examples=config.train_eval_examples
+    )
 
 
 def report(config, model, result: runner.TrainResult) -> dict:
@@ -146,7 +140,6 @@ def report(config, model, result: runner.TrainResult) -> dict:
 
     summary = workdir_lib.reuse_or_compute(path, fingerprint, compute)
     test, last, diag = summary["test"], result.history[-1] if result.history else {}, summary["diagnostics"]
-    runner.log(f"data: {result.dataset.describe()}")
     print(
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "
         f"{test['kl']['mean']:.2f}); train-subset neg-ELBO {last.get('train_eval_neg_elbo', float('nan')):.2f}; "

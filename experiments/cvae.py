@@ -86,14 +86,7 @@ def write_figures(config, model, params, result, samples, labels, control) -> li
             "The line between two test images' codes, decoded under each label",
         )
     )
-    paths.append(
-        plots.save_curves(
-            result.history,
-            ["train_loss", "test_neg_elbo", "test_recon", "test_kl"],
-            os.path.join(workdir, "loss_curves.png"),
-            "Training and test loss",
-        )
-    )
+    paths.append(plots.save_loss_curves(result.history, workdir))
     return paths
 
 

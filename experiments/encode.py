@@ -37,11 +37,7 @@ def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.check_out(parser, args.out, ".npz")
-    run = trained.load_run(args.workdir, seed=args.seed, epoch=args.epoch)
-    spec = args.dataset or run.config.dataset
-    x, y = trained.load_images(run, spec, args.split, args.data_dir)
-    if run.conditional and y is None:
-        raise ConfigError(f"--dataset {spec}: the conditional VAE encodes with the images' labels; this data has none")
+    run, spec, x, y = trained.run_and_images(args, "encodes")
     codes = run.encode(x, labels=y if run.conditional else None)
     arrays = dict(codes) if isinstance(codes, dict) else {"z": codes}
     if y is not None:

@@ -29,30 +29,17 @@ evaluations agree exactly.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import jax
-import numpy as np
 
-from vae_jax import cli, evaluate, parallel, runner, trained
+from vae_jax import cli, evaluate, parallel, trained
 from vae_jax import data as data_lib
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, user_errors
-
-# Workdirs of other kinds: what they hold and which command reports on them.
-OTHER_KINDS = {
-    "autoencoder": (
-        "an autoencoder run (no likelihood to evaluate)",
-        "its test MSE/PSNR are in summary.json; rerun python -m experiments.autoencoder --workdir {w} to refresh them",
-    ),
-    "linear_ae": (
-        "a linear-autoencoder run of experiments.pca_vs_linear_ae (no likelihood to evaluate)",
-        "its results are in summary.json; see python -m experiments.pca_vs_linear_ae --help",
-    ),
-}
+from vae_jax.reports import evaluation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,20 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def vae_config(workdir: str):
-    """``(family, config)`` of ``workdir``'s VAE run, or a one-line error saying what the workdir holds instead."""
-    kind = trained.run_kind(workdir)
-    if kind in OTHER_KINDS:
-        what, command = OTHER_KINDS[kind]
-        raise ConfigError(f"--workdir {workdir} holds {what}; {command.format(w=workdir)}")
-    if kind not in trained.VAE_KINDS:
-        raise ConfigError(
-            f"--workdir {workdir} holds a {kind!r} run; experiments.evaluate evaluates VAE runs "
-            f"({', '.join(trained.VAE_KINDS)}); python -m experiments.reconstruct works on any run"
-        )
-    return trained.FAMILIES[kind], trained.load_config(workdir)[1]
-
-
 @user_errors(ConfigError, data_lib.DataError, CheckpointError)
 def main(argv=None) -> dict:
     parser = build_parser()
@@ -107,28 +80,9 @@ def main(argv=None) -> dict:
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     sharding = parallel.eval_batch_sharding(args.devices)
-    family, config = vae_config(args.workdir)
+    family, config = evaluation.vae_config(args.workdir)
+    dataset, trained_shape = evaluation.load_test_data(config, args.dataset, args.data_dir)
     spec = args.dataset or config.dataset
-    # The run's own data: its workdir's decoded copy when a --distributed run left one (runner.decode_once).
-    decoded = None if args.dataset or args.data_dir else runner.decoded_copy(config)
-    dataset = decoded or data_lib.load_dataset(
-        spec,
-        data_dir=(args.data_dir or config.data_dir) or None,
-        binarize=config.binarize,
-        image_size=config.image_size,
-        skip_unreadable=config.skip_unreadable,
-    )
-    mismatch = None if args.dataset else workdir_lib.data_mismatch(args.workdir, dataset.record())
-    if mismatch:  # the run's own --dataset names other data here (mnist offline, a replaced file or folder)
-        raise ConfigError(
-            f"--dataset {spec}: {mismatch}; evaluate it where its data is, or pass --dataset "
-            "to evaluate it on other data on purpose"
-        )
-    trained_shape = trained.trained_image_shape(args.workdir) or dataset.image_shape
-    if dataset.image_shape != trained_shape:
-        raise ConfigError(
-            f"--dataset {spec}: images are {dataset.image_shape}, the model was trained on {trained_shape}"
-        )
     model, task = family.build(config, trained_shape)
     parts = family.eval_parts(model, task, config)
     data = {"x": dataset.test_pixels}
@@ -157,49 +111,28 @@ def main(argv=None) -> dict:
     per_seed = [{"seed": seed, **m} for seed, m in zip(seeds, per_seed)]
     likelihood = config.resolved().likelihood if hasattr(config, "resolved") else config.likelihood  # conv presets
     measure = evaluate.likelihood_measure(likelihood, dataset.x_test)
-    result = {
-        "workdir": args.workdir,
-        "kind": config.kind,
-        "checkpoint_epoch": int(epoch),
-        "checkpoint": {
-            "epoch": int(epoch),
-            "path": os.path.join(os.path.abspath(config.workdir), "checkpoints", str(int(epoch))),
+    result = evaluation.combine_seeds(
+        {
+            "workdir": args.workdir,
+            "kind": config.kind,
+            "checkpoint_epoch": int(epoch),
+            "checkpoint": {
+                "epoch": int(epoch),
+                "path": os.path.join(os.path.abspath(config.workdir), "checkpoints", str(int(epoch))),
+            },
+            "eval_seed": args.eval_seed,
+            "dataset": dataset.summary(),
+            "measure": measure,
+            "neg_elbo_note": "single-sample neg-ELBO with the run's fixed evaluation key and --eval-batch-size "
+            f"{config.eval_batch_size}: the same computation as summary.json's test metrics",
         },
-        "eval_seed": args.eval_seed,
-        "dataset": dataset.summary(),
-        "measure": measure,
-        "neg_elbo_note": "single-sample neg-ELBO with the run's fixed evaluation key and --eval-batch-size "
-        f"{config.eval_batch_size}: the same computation as summary.json's test metrics",
-        **per_seed[0],
-    }
-    if len(per_seed) > 1:
-        result["per_seed"] = per_seed
-        scalar_keys = [
-            k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and k not in ("seed", "n", "iwae_k")
-        ]
-        for key in scalar_keys:
-            values = np.array([m[key] for m in per_seed], np.float64)
-            result[key] = float(values.mean())
-            result[f"{key}_std"] = float(values.std())
-        result["active_units_per_layer"] = {
-            layer: float(np.mean([m["active_units_per_layer"][layer] for m in per_seed]))
-            for layer in per_seed[0]["active_units_per_layer"]
-        }
-        del result["seed"]
+        per_seed,
+    )
     out = args.out or os.path.join(args.workdir, "eval.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
-    word = "cross-entropy" if measure.startswith("cross-entropy") else "NLL"
-    units = ", ".join(f"{k} {result['active_units_per_layer'][k]:g}/{d}" for k, d in result["latent_dims"].items())
-    extras = "".join(f", {k} {result[k]:.2f}" for k in ("kl_z1", "kl_z2") if k in result)
-    print(
-        f"{config.kind} checkpoint epoch {epoch}: n={result['n']}  neg-ELBO {result['neg_elbo']:.2f} "
-        f"(recon {result['recon']:.2f}, KL {result['kl']:.2f}{extras})  IWAE-{args.iwae_k} {word} "
-        f"{result['iwae_nll']:.2f} nats ({result['bits_per_dim']:.4f} bits/dim, {word})  active units {units}  "
-        f"-> {out}"
-    )
-    if word == "cross-entropy":
+    workdir_lib.write_json(out, result)
+    print(evaluation.result_line(result, args.iwae_k, out))
+    if measure.startswith("cross-entropy"):
         print("note: " + measure, file=sys.stderr)
     return result
 

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from vae_jax import evaluate, latent_metrics, plots, runner  # noqa: E402
 from vae_jax import workdir as workdir_lib  # noqa: E402
 from vae_jax.checkpoint import CheckpointError  # noqa: E402
-from vae_jax.cli import ConfigError, field, parse_config, require, user_errors  # noqa: E402
+from vae_jax.cli import ConfigError, field, parse_config, require_list, user_errors  # noqa: E402
 from vae_jax.data import DataError  # noqa: E402
 
 
@@ -41,11 +41,8 @@ class LatentSweepConfig(latent_metrics.AEVAEConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(
-            len(self.latent_sizes) > 0 and all(d > 0 for d in self.latent_sizes),
-            "latent_sizes",
-            "comma-separated positive sizes like 1,2,10,20",
-            ",".join(map(str, self.latent_sizes)),
+        require_list(
+            "latent_sizes", self.latent_sizes, lambda d: d > 0, "comma-separated positive sizes like 1,2,10,20"
         )
 
 

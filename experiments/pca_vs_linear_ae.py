@@ -19,75 +19,13 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from vae_jax import linear_ae, plots, runner  # noqa: E402
-from vae_jax import workdir as workdir_lib  # noqa: E402
-from vae_jax.checkpoint import CheckpointError  # noqa: E402
-from vae_jax.cli import ConfigError, parse_config, user_errors  # noqa: E402
-from vae_jax.data import DataError  # noqa: E402
-
-
-def compare(pca_fit: linear_ae.PCAResult, params, dataset) -> dict:
-    """Subspace, basis and error comparison of one trained linear AE with PCA."""
-    w_d = linear_ae.decoder_columns(params)  # [d, m]
-    u = pca_fit.components.T  # [d, m]
-    angles = linear_ae.degrees(linear_ae.principal_angles(w_d, u))
-    mean = pca_fit.mean.astype(np.float32)
-    cos_to_pca = np.abs((w_d / np.linalg.norm(w_d, axis=0)).T @ u)  # [m, m]
-    # The objective cannot pin the basis: W_d A, A^-1 W_e reconstruct identically for any invertible A.
-    a = np.random.default_rng(0).normal(size=(w_d.shape[1],) * 2)
-    w_e = linear_ae.encoder_matrix(params)
-    flat_test = dataset.x_test.reshape(len(dataset.x_test), -1) - mean
-    same_map_gap = float(
-        np.max(np.abs(flat_test @ w_e.T @ w_d.T - flat_test @ (np.linalg.inv(a) @ w_e).T @ (w_d @ a).T))
-    )
-    return {
-        "principal_angles_deg": angles,
-        "max_principal_angle_deg": max(angles),
-        "mean_principal_angle_deg": float(np.mean(angles)),
-        "mse_train": linear_ae.mean_squared_error(
-            dataset.x_train, linear_ae.linear_ae_reconstruct(params, dataset.x_train, mean)
-        ),
-        "mse_test": linear_ae.mean_squared_error(
-            dataset.x_test, linear_ae.linear_ae_reconstruct(params, dataset.x_test, mean)
-        ),
-        "decoder_orthogonality": linear_ae.orthogonality(w_d),
-        # 1 would mean each AE column is (a multiple of) one PCA component; below 1, columns mix components.
-        "mean_best_abs_cosine_to_a_pca_component": float(cos_to_pca.max(axis=1).mean()),
-        "reparameterized_reconstruction_max_abs_diff": same_map_gap,
-    }
-
-
-def signed_images(vectors: np.ndarray, image_shape) -> np.ndarray:
-    """Columns ``[d, m]`` -> ``[m, H, W, C]`` in [0, 1] with 0.5 = zero, each scaled by its max |value|."""
-    v = vectors.T / np.max(np.abs(vectors), axis=0)[:, None]
-    return (0.5 + 0.5 * v).reshape(-1, *image_shape)
-
-
-def save_basis_geometry(angles_deg, w_d: np.ndarray, u: np.ndarray, path: str) -> str:
-    """Principal angles, |cos| between AE columns, and |cos| between AE columns and PCA components."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    axes[0].bar(np.arange(1, len(angles_deg) + 1), sorted(angles_deg))
-    axes[0].set_xlabel("principal angle index (smallest first)")
-    axes[0].set_ylabel("degrees")
-    axes[0].set_title("Principal angles: span(W_d) vs top-m PCA", fontsize=10)
-    w_unit = w_d / np.linalg.norm(w_d, axis=0)
-    for ax, matrix, title, xlabel in [
-        (axes[1], linear_ae.cosine_matrix(w_d), "|cos| between AE decoder columns", "AE column"),
-        (axes[2], np.abs(w_unit.T @ u), "|cos|(AE column, PCA component)", "PCA component"),
-    ]:
-        image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("AE column")
-        fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return plots.save_figure(fig, path)
+from vae_jax import linear_ae, plots, runner
+from vae_jax import workdir as workdir_lib
+from vae_jax.checkpoint import CheckpointError
+from vae_jax.cli import ConfigError, parse_config, user_errors
+from vae_jax.data import DataError
 
 
 def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_deg) -> list[str]:
@@ -98,14 +36,15 @@ def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_de
     u = pca_fit.components.T
     paths = [
         plots.save_image_rows(
-            [signed_images(u, shape), signed_images(w_d, shape), signed_images(linear_ae.align_basis(w_d, u), shape)],
+            [plots.signed_images(v, shape) for v in (u, w_d, linear_ae.align_basis(w_d, u))],
             ["PCA u_i", "AE W_d[:, i]", "W_d A ≈ U"],
             os.path.join(workdir, "components.png"),
             f"Top-{config.components} PCA components, the linear AE's decoder columns, and the AE columns recombined "
             "(least squares) into PCA's (gray = 0)",
         )
     ]
-    paths.append(save_basis_geometry(angles_deg, w_d, u, os.path.join(workdir, "basis_geometry.png")))
+    matrices = linear_ae.cosine_matrix(w_d), linear_ae.cosine_to(w_d, u)
+    paths.append(plots.save_basis_geometry(angles_deg, *matrices, os.path.join(workdir, "basis_geometry.png")))
     x = data.x_test[:10]
     paths.append(
         plots.save_image_rows(
@@ -120,10 +59,10 @@ def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_de
         )
     )
     paths.append(
-        plots.save_curves(
+        plots.save_loss_curves(
             result.history,
+            workdir,
             ["train_loss", "test_sq_error"],
-            os.path.join(workdir, "loss_curves.png"),
             "Linear AE squared error per image",
             ylabel="sum of squared pixel errors",
         )
@@ -149,17 +88,12 @@ def main(argv=None) -> dict:
 
 def report(config: linear_ae.LinearAEConfig, pca_fit, dataset, result: runner.TrainResult) -> dict:
     """The comparison, figures, ``summary.json`` and the result lines (process 0 alone); returns the summary."""
-    replicas = [compare(pca_fit, result.params(i), dataset) for i in range(len(result.seeds))]
+    replicas = [linear_ae.compare_with_pca(pca_fit, result.params(i), dataset) for i in range(len(result.seeds))]
     first = replicas[0]
     summary = result.summary
     summary["components"] = config.components
     summary["pca"] = {
-        "mse_train": linear_ae.mean_squared_error(
-            dataset.x_train, pca_fit.reconstruct(dataset.x_train.astype(np.float64))
-        ),
-        "mse_test": linear_ae.mean_squared_error(
-            dataset.x_test, pca_fit.reconstruct(dataset.x_test.astype(np.float64))
-        ),
+        **linear_ae.split_errors(lambda x: pca_fit.reconstruct(x.astype(np.float64)), dataset),
         "explained_variance_ratio": float(pca_fit.explained_variance.sum() / pca_fit.total_variance),
         "orthogonality": linear_ae.orthogonality(pca_fit.components.T),
     }

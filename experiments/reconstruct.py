@@ -41,13 +41,7 @@ def main(argv=None) -> dict:
     if args.n < 1:
         parser.error(f"--n must be a positive integer, got {args.n}")
     cli.check_out(parser, args.out, ".png")
-    run = trained.load_run(args.workdir, seed=args.seed, epoch=args.epoch)
-    spec = args.dataset or run.config.dataset
-    x, y = trained.load_images(run, spec, args.split, args.data_dir)
-    if run.conditional and y is None:
-        raise ConfigError(
-            f"--dataset {spec}: the conditional VAE reconstructs with the images' labels; this data has none"
-        )
+    run, spec, x, y = trained.run_and_images(args, "reconstructs")
     x = pixels_to_float(x)
     recon = run.reconstruct(x, labels=y if run.conditional else None)
     errors = np.mean(np.square(recon - x), axis=(1, 2, 3))  # [N] per-pixel MSE of each image

@@ -120,24 +120,12 @@ def write_figures(config, model, result: runner.TrainResult) -> list[str]:
                 "Decodings E[x|z] over the latent plane (5%-95% quantiles of the prior)",
             )
         )
-    paths.append(
-        plots.save_curves(
-            result.history,
-            ["train_loss", "test_neg_elbo", "test_recon", "test_kl"],
-            os.path.join(workdir, "loss_curves.png"),
-            "Training and test loss",
-        )
-    )
+    paths.append(plots.save_loss_curves(result.history, workdir))
     result.summary["diagnostics"] = diagnostics.vae_collapse_diagnostics(
         model, params, x_test, jax.random.key(config.seed)
     )
-    paths.append(
-        plots.save_kl_per_dim(
-            {"z": result.summary["diagnostics"]["mean_kl_per_dim"]},
-            os.path.join(workdir, "kl_per_dim.png"),
-            "Mean test KL per latent dimension",
-        )
-    )
+    kl_per_dim = {"z": result.summary["diagnostics"]["mean_kl_per_dim"]}
+    paths.append(plots.save_kl_per_dim(kl_per_dim, os.path.join(workdir, "kl_per_dim.png")))
     return paths
 
 
@@ -145,12 +133,7 @@ def write_figures(config, model, result: runner.TrainResult) -> list[str]:
 def main(argv=None) -> dict:
     """Runs the job; returns the summary (also in ``WORKDIR/summary.json``)."""
     config = parse_config(tasks.VAEConfig, argv, description=__doc__.split("\n\n")[0])
-    workdir_lib.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded
-    dataset = runner.load_data(config)
-    runner.log(f"data: {dataset.describe()}")
-    model, task = tasks.vae_task(config, dataset.image_shape)
-    result = runner.train(config, task, dataset)
-    return runner.report_on_main(config.workdir, lambda: report(config, model, result))
+    return runner.train_and_report(config, tasks.vae_task, report)
 
 
 def report(config, model, result: runner.TrainResult) -> dict:

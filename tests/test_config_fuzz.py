@@ -231,3 +231,50 @@ def test_the_reporting_of_a_flag_error_names_the_flag_and_what_is_accepted(capsy
         assert (outcome, code) == ("exit", 2), (argv, outcome, err)
         assert err.splitlines()[0].startswith(expected), (argv, err)
         assert len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "name, argv, expected",
+    [
+        (
+            "vae",
+            ["--hidden", "32,-1"],
+            "--hidden must be comma-separated positive widths like 400 or 512,256, got '32,-1'",
+        ),
+        (
+            "latent_sweep",
+            ["--hidden", "0"],
+            "--hidden must be comma-separated positive widths like 400 or 512,256, got '0'",
+        ),
+        (
+            "latent_sweep",
+            ["--latent-sizes", "2,-3"],
+            "--latent-sizes must be comma-separated positive sizes like 1,2,10,20, got '2,-3'",
+        ),
+        (
+            "conv_vae",
+            ["--channels", "0"],
+            "--channels must be comma-separated positive channel counts like 16,32, got '0'",
+        ),
+        (
+            "vqvae",
+            ["--dead-code-steps", "0,-5"],
+            "--dead-code-steps must be non-negative step counts like 0 or 0,100, got '0,-5'",
+        ),
+        (
+            "beta_vae",
+            ["--betas", "1,nan"],
+            "--betas must be comma-separated non-negative numbers like 1,4, got (1.0, nan)",
+        ),
+        (
+            "beta_vae",
+            ["--schedules", "constant,cosine"],
+            "--schedules must be comma-separated names from constant,linear,cyclical, got 'constant,cosine'",
+        ),
+    ],
+)
+def test_a_list_flag_with_a_bad_item_names_the_flag_and_shows_the_list(name, argv, expected, capsys, tmp_path):
+    outcome, code, err = run_main(name, argv + ["--workdir", str(tmp_path / "w")], capsys)
+    assert (outcome, code) == ("exit", 2), (argv, outcome, err)
+    assert err.splitlines() == [f"error: {expected} (see --help)"]
+    assert not (tmp_path / "w").exists()

@@ -65,7 +65,7 @@ def enable_compilation_cache(directory: str | None = None) -> str | None:
 
 # XLA:CPU's default backend optimisation level (3) spends seconds of LLVM time on the unrolled
 # threefry code of every random initializer; level 1 compiles the initial parameters several times
-# faster, bit-identical (measured: docs/benchmarks.md). A program that runs once gains nothing from
+# faster, bit-identical (docs/benchmarks.md). A program that runs once gains nothing from
 # the slower compile.
 RUN_ONCE_OPTIMIZATION_LEVEL = 1
 

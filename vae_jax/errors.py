@@ -62,6 +62,17 @@ def require(condition: bool, name: str, expected: str, value) -> None:
         raise ConfigError(f"{flag(name)} must be {expected}, got {value!r}")
 
 
+def require_list(name: str, values, ok, expected: str, shown=None) -> None:
+    """:func:`require` for a comma-separated flag: one or more ``values``, ``ok(value)`` true for each; the
+    error shows them comma-joined, or ``shown``."""
+    require(
+        len(values) > 0 and all(ok(v) for v in values),
+        name,
+        expected,
+        ",".join(map(str, values)) if shown is None else shown,
+    )
+
+
 def require_writable_dir(path: str, name: str = "workdir") -> None:
     """Creates the directory ``path`` if needed and checks that a file can be written in it; else a
     :class:`ConfigError` naming the flag of ``name``.

@@ -30,8 +30,9 @@ import numpy as np
 
 from vae_jax import losses, tasks
 from vae_jax.arrays import standard_normal
-from vae_jax.errors import field, require
+from vae_jax.errors import field
 from vae_jax.protocol import TrainConfig
+from vae_jax.tasks.vae import require_widths
 
 MODEL_KINDS = ("ae", "vae")
 
@@ -44,12 +45,7 @@ class AEVAEConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(
-            len(self.hidden) > 0 and all(w > 0 for w in self.hidden),
-            "hidden",
-            "comma-separated positive widths like 400 or 512,256",
-            ",".join(map(str, self.hidden)),
-        )
+        require_widths("hidden", self.hidden)
 
 
 def matched_configs(config: AEVAEConfig, latent_dim: int, workdir: str) -> dict:

@@ -247,6 +247,11 @@ def cosine_matrix(columns: np.ndarray) -> np.ndarray:
     return np.abs(w.T @ w)
 
 
+def cosine_to(columns: np.ndarray, unit_columns: np.ndarray) -> np.ndarray:
+    """``|cos|`` ``[m, k]`` between each of ``columns`` ``[d, m]`` and each of the unit ``unit_columns`` ``[d, k]``."""
+    return np.abs((columns / np.linalg.norm(columns, axis=0)).T @ unit_columns)
+
+
 def align_basis(columns: np.ndarray, target: np.ndarray) -> np.ndarray:
     """The least-squares combination ``columns @ A`` [d, m] closest to ``target`` [d, m].
 
@@ -262,7 +267,47 @@ def degrees(radians) -> list[float]:
     return [float(v) for v in np.degrees(np.asarray(radians))]
 
 
+# --- the comparison ----------------------------------------------------------------
+
+
+def split_errors(reconstruct_fn, dataset) -> dict[str, float]:
+    """``mse_train`` and ``mse_test``: :func:`mean_squared_error` of ``reconstruct_fn`` on each split."""
+    return {
+        f"mse_{split}": mean_squared_error(x, reconstruct_fn(x))
+        for split, x in (("train", dataset.x_train), ("test", dataset.x_test))
+    }
+
+
+def compare_with_pca(pca_fit: PCAResult, params, dataset) -> dict:
+    """Subspace, basis and error comparison of one trained linear AE with PCA (``experiments.pca_vs_linear_ae``)."""
+    w_d = decoder_columns(params)  # [d, m]
+    u = pca_fit.components.T  # [d, m]
+    angles = degrees(principal_angles(w_d, u))
+    mean = pca_fit.mean.astype(np.float32)
+    cos_to_pca = cosine_to(w_d, u)  # [m, m]
+    # The objective cannot pin the basis: W_d A, A^-1 W_e reconstruct identically for any invertible A.
+    a = np.random.default_rng(0).normal(size=(w_d.shape[1],) * 2)
+    w_e = encoder_matrix(params)
+    flat_test = dataset.x_test.reshape(len(dataset.x_test), -1) - mean
+    same_map_gap = float(
+        np.max(np.abs(flat_test @ w_e.T @ w_d.T - flat_test @ (np.linalg.inv(a) @ w_e).T @ (w_d @ a).T))
+    )
+    return {
+        "principal_angles_deg": angles,
+        "max_principal_angle_deg": max(angles),
+        "mean_principal_angle_deg": float(np.mean(angles)),
+        **split_errors(lambda x: linear_ae_reconstruct(params, x, mean), dataset),
+        "decoder_orthogonality": orthogonality(w_d),
+        # 1 would mean each AE column is (a multiple of) one PCA component; below 1, columns mix components.
+        "mean_best_abs_cosine_to_a_pca_component": float(cos_to_pca.max(axis=1).mean()),
+        "reparameterized_reconstruction_max_abs_diff": same_map_gap,
+    }
+
+
 __all__ = [
+    "compare_with_pca",
+    "cosine_to",
+    "split_errors",
     "LinearAEConfig",
     "LinearAE",
     "linear_ae_task",

@@ -179,8 +179,8 @@ def _binary_cross_entropy(logits: jax.Array, x: jax.Array) -> jax.Array:
     """Elementwise softplus(l) - x * l, with ``jax.nn.softplus`` (log(1 + e^l), stable at any |l|).
 
     One exp and one log1p per pixel: ``optax.sigmoid_binary_cross_entropy`` evaluates
-    log_sigmoid(l) and log_sigmoid(-l), two of each, which XLA does not merge (a batch-128 epoch of
-    the 784-400-20 VAE ran 0.203 s with it, 0.194 s with this, timed back to back on a 2-core CPU).
+    log_sigmoid(l) and log_sigmoid(-l), two of each, which XLA does not merge (the MLP VAE's epoch
+    ran a few percent faster with this form; docs/benchmarks.md).
     Its gradient is sigmoid(l) - x everywhere, l = 0 included (tested).
     """
     return jax.nn.softplus(logits) - x * logits

@@ -21,8 +21,8 @@ Epoch loops (``--epoch-loop``, how one epoch's steps run):
   * ``steps``: a Python loop calling the jitted step once per batch, the
     batches gathered on the device as under ``scan``; the same computation.
     XLA:CPU runs a convolution's gradient several times slower inside a
-    compiled loop than in a program of its own (measured on a CPU, see
-    docs/benchmarks.md), so models with convolutions train this way on CPU.
+    compiled loop than in a program of its own (docs/benchmarks.md), so
+    models with convolutions train this way on CPU.
   * ``auto``: ``steps`` on CPU when the train step has a convolution
     (:func:`has_convolution`), else ``scan``.
 
@@ -93,7 +93,7 @@ def choose_epoch_loop(requested: str, platform: str, has_conv: Callable[[], bool
     """``scan`` or ``steps`` for ``--epoch-loop``; ``has_conv()`` is asked only when it decides.
 
     ``auto`` takes ``steps`` on CPU for a train step with a convolution: XLA:CPU runs a convolution's
-    gradient several times slower inside a compiled loop (measured on a CPU, see docs/benchmarks.md).
+    gradient several times slower inside a compiled loop (docs/benchmarks.md).
     """
     if requested not in EPOCH_LOOPS:
         raise ConfigError(f"--epoch-loop must be one of {', '.join(EPOCH_LOOPS)}, got {requested!r}")

@@ -20,6 +20,8 @@ import numpy as np  # noqa: E402
 
 from vae_jax import phases  # noqa: E402
 
+VAE_LOSS_KEYS = ("train_loss", "test_neg_elbo", "test_recon", "test_kl")
+
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
     """Tiles ``[N, H, W, C]`` images into one ``[rows*(H+pad), ncols*(W+pad), C]`` image."""
@@ -181,7 +183,18 @@ def save_curves(
     return save_figure(fig, path)
 
 
-def save_kl_per_dim(groups: dict, path: str, title: str = "KL per latent dimension") -> str:
+def save_loss_curves(
+    history: Sequence[dict],
+    workdir: str,
+    keys: Sequence[str] = VAE_LOSS_KEYS,
+    title: str = "Training and test loss",
+    **kwargs,
+) -> str:
+    """``WORKDIR/loss_curves.png``: :func:`save_curves` of ``keys`` (the VAE's loss terms by default)."""
+    return save_curves(history, keys, os.path.join(workdir, "loss_curves.png"), title, **kwargs)
+
+
+def save_kl_per_dim(groups: dict, path: str, title: str = "Mean test KL per latent dimension") -> str:
     """One bar panel per model or latent layer: ``{label: [D] mean KL per dimension (nats)}``.
 
     Dimensions are sorted by KL, largest first, so collapsed dimensions
@@ -225,4 +238,31 @@ def save_seed_curves(
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, ncol=2 if len(seeds) > 6 else 1)
     fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def signed_images(vectors: np.ndarray, image_shape) -> np.ndarray:
+    """Columns ``[d, m]`` -> ``[m, H, W, C]`` in [0, 1] with 0.5 = zero, each scaled by its max |value|."""
+    v = vectors.T / np.max(np.abs(vectors), axis=0)[:, None]
+    return (0.5 + 0.5 * v).reshape(-1, *image_shape)
+
+
+def save_basis_geometry(angles_deg, column_cos: np.ndarray, cos_to_pca: np.ndarray, path: str) -> str:
+    """Principal angles, |cos| between AE columns ``[m, m]``, and |cos| between AE columns and PCA components
+    ``[m, m]`` (``experiments.pca_vs_linear_ae``)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].bar(np.arange(1, len(angles_deg) + 1), sorted(angles_deg))
+    axes[0].set_xlabel("principal angle index (smallest first)")
+    axes[0].set_ylabel("degrees")
+    axes[0].set_title("Principal angles: span(W_d) vs top-m PCA", fontsize=10)
+    for ax, matrix, title, xlabel in [
+        (axes[1], column_cos, "|cos| between AE decoder columns", "AE column"),
+        (axes[2], cos_to_pca, "|cos|(AE column, PCA component)", "PCA component"),
+    ]:
+        image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("AE column")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
     return save_figure(fig, path)

@@ -205,6 +205,18 @@ def check_setup(config: TrainConfig) -> None:
     parallel.make_plan(len(config.seed_list()), config.batch_size, config.devices)
 
 
+def train_and_report(config: TrainConfig, make_task: Callable, report: Callable, **train_kwargs):
+    """One model's run: its workdir checked before any data is loaded, the data loaded, ``make_task(config,
+    image_shape) -> (model, task)`` trained (:func:`train`), and ``report(config, model, result)``'s value
+    (:func:`report_on_main`)."""
+    workdir_lib.check_workdir(config)
+    dataset = load_data(config)
+    log(f"data: {dataset.describe()}")
+    model, task = make_task(config, dataset.image_shape)
+    result = train(config, task, dataset, **train_kwargs)
+    return report_on_main(config.workdir, lambda: report(config, model, result))
+
+
 def report_on_main(workdir: str, report: Callable[[], Any]):
     """``report()`` (figures, records, result lines) in process 0 alone, then a stdout line naming the data the
     run trained on (``data.json``); returns ``report()``'s value.
@@ -233,7 +245,7 @@ def mean_std(values) -> dict:
     values = np.asarray(values, np.float64)
     ci95 = None
     if values.size > 1:
-        from scipy.special import stdtrit  # the t quantile; scipy.stats would add 2.8 s of imports to a run
+        from scipy.special import stdtrit  # the t quantile; scipy.stats's import is slow (docs/benchmarks.md)
 
         half = stdtrit(values.size - 1, 0.975) * values.std(ddof=1) / np.sqrt(values.size)
         ci95 = [float(values.mean() - half), float(values.mean() + half)]

@@ -364,13 +364,11 @@ def init_replicated_state(
     """Train states for R replicas, stacked on a leading axis, from ``init_keys[R]``.
 
     ``init_model_state_fn(params) -> model_state`` builds a task's non-gradient state (none by default).
-    Compiled as one program (bit-identical to running it op by op, which compiles every random
-    draw and initializer separately: on a 2-core CPU the VAE's init took 4.0 s op by op against
-    1.7 s jitted, the VQ-VAE's 16.8 s against 9.0 s), so the persistent compilation cache can
-    also keep it for the next run; later calls with the same functions reuse the program. It runs
-    once, so it is compiled with :func:`vae_jax.caches.run_once_compiler_options`: with the same
-    bits, the VQ-VAE's initial state then compiles in 1.7 s instead of 10.2 s, the conv VAE's in
-    1.3 s instead of 6.2 s, the MLP VAE's in 0.7 s instead of 0.9 s (2-core CPU).
+    Compiled as one program: bit-identical to running it op by op, which compiles every random draw
+    and initializer separately and takes about twice as long, and the persistent compilation cache
+    can keep it for the next run; later calls with the same functions reuse the program. It runs
+    once, so it is compiled with :func:`vae_jax.caches.run_once_compiler_options` (the same bits,
+    compiled several times faster). The timings are in docs/benchmarks.md.
     """
     return _jitted_init(init_params_fn, optimizer, init_model_state_fn)(init_keys)
 
@@ -381,7 +379,7 @@ def abstract_replicated_state(
     """The shapes and dtypes of :func:`init_replicated_state`'s result, traced but neither compiled nor run.
 
     Every leaf is a ``jax.ShapeDtypeStruct`` on this process's first device: a template to restore a
-    checkpoint into (the VQ-VAE's initial state took 1.7-2.2 s to compile just to serve as one).
+    checkpoint into without compiling the initial state only to throw it away (docs/benchmarks.md).
     """
     shapes = jax.eval_shape(_jitted_init(init_params_fn, optimizer, init_model_state_fn), init_keys)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

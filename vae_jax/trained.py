@@ -630,6 +630,18 @@ def load_images(run: TrainedModel, spec: str, split: str = "test", data_dir: str
 SPLITS = ("test", "train", "all")
 
 
+def run_and_images(args, verb: str):
+    """``(run, spec, x, y)`` of the flags of :func:`vae_jax.cli.add_run_flags` and ``add_image_flags``: the run,
+    the dataset spec (default: the run's) and its images and labels (:func:`load_images`); a one-line error
+    when a conditional run's images have no labels (``verb``: what the command does with them)."""
+    run = load_run(args.workdir, seed=args.seed, epoch=args.epoch)
+    spec = args.dataset or run.config.dataset
+    x, y = load_images(run, spec, args.split, args.data_dir)
+    if run.conditional and y is None:
+        raise ConfigError(f"--dataset {spec}: the conditional VAE {verb} with the images' labels; this data has none")
+    return run, spec, x, y
+
+
 # --- one self-contained file ------------------------------------------------------------------
 
 

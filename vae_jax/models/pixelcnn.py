@@ -103,9 +103,9 @@ class MaskedConv(nn.Module):
     computed as one matrix multiply of the shifted inputs stacked on the
     channel axis (``[B, H, W, taps·C_in] @ [taps·C_in, F]``): on the CPU, XLA
     runs a convolution's gradient inside a ``lax.scan`` (the shared driver's
-    fused epoch) about 25× slower than outside it, while a matrix multiply
-    keeps its speed. The test suite checks it against ``lax.conv_general_dilated``
-    with the full masked kernel.
+    fused epoch) many times slower than outside it, while a matrix multiply
+    keeps its speed (docs/benchmarks.md). The test suite checks it against
+    ``lax.conv_general_dilated`` with the full masked kernel.
 
     Attributes:
       features: F, output channels.

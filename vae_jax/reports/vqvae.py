@@ -162,11 +162,8 @@ def usage_figures(workdir: str, x_test: np.ndarray, trained: dict, usage: dict) 
             "Codebook usage over the test set by epoch",
             ylabel="codes",
         ),
-        plots.save_curves(
-            result.history,
-            ["train_loss", "test_loss", "test_recon"],
-            os.path.join(workdir, "loss_curves.png"),
-            "VQ-VAE training and test loss",
+        plots.save_loss_curves(
+            result.history, workdir, ["train_loss", "test_loss", "test_recon"], "VQ-VAE training and test loss"
         ),
     ]
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from vae_jax import corruption, losses, objectives, penalties
 from vae_jax import precision as precision_lib
-from vae_jax.errors import field, require
+from vae_jax.errors import field, require, require_list
 from vae_jax.models.autoencoder import ARCHS, UPSAMPLINGS, AutoEncoder, conv_level_sizes
 from vae_jax.models.autoencoder import init_params as init_autoencoder_params
 from vae_jax.protocol import Task, TrainConfig
@@ -87,12 +87,7 @@ class AEConfig(TrainConfig):
             "comma-separated positive widths like 512,256 (or empty for a linear AE)",
             ",".join(map(str, self.hidden)),
         )
-        require(
-            len(self.channels) > 0 and all(c > 0 for c in self.channels),
-            "channels",
-            "comma-separated positive channel counts like 32,64",
-            ",".join(map(str, self.channels)),
-        )
+        require_list("channels", self.channels, lambda c: c > 0, "comma-separated positive channel counts like 32,64")
         require(
             not (self.output == "linear" and self.loss == "bce"),
             "output",

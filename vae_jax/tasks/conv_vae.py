@@ -12,7 +12,7 @@ import math
 from typing import ClassVar
 
 from vae_jax import objectives
-from vae_jax.errors import ConfigError, field, flag, require
+from vae_jax.errors import ConfigError, field, flag, require, require_list
 from vae_jax.models.conv_vae import FACES128, ConvVAE, bottleneck_shape, init_params
 from vae_jax.protocol import Task
 from vae_jax.tasks.vae import VAEObjectiveConfig
@@ -85,12 +85,7 @@ class ConvVAEConfig(VAEObjectiveConfig):
         require(self.mixture_components > 0, "mixture_components", "a positive integer", self.mixture_components)
         require(self.tsne_points >= 10, "tsne_points", "at least 10", self.tsne_points)
         require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
-        require(
-            len(self.channels) > 0 and all(c > 0 for c in self.channels),
-            "channels",
-            "comma-separated positive channel counts like 16,32",
-            ",".join(map(str, self.channels)),
-        )
+        require_list("channels", self.channels, lambda c: c > 0, "comma-separated positive channel counts like 16,32")
         require(self.hidden >= 0, "hidden", "a non-negative width (0: no hidden layer)", self.hidden)
         require(self.kernel_size >= 2, "kernel_size", "an integer >= 2", self.kernel_size)
         if self.preset == "faces128":

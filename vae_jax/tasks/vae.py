@@ -17,7 +17,7 @@ import numpy as np
 from vae_jax import caches, diagnostics, objectives, schedules
 from vae_jax import precision as precision_lib
 from vae_jax.arrays import bare_params
-from vae_jax.errors import field, require
+from vae_jax.errors import field, require, require_list
 from vae_jax.models.vae import VAE, init_params
 from vae_jax.protocol import Task, TrainConfig
 from vae_jax.tasks.common import apply_in_batches
@@ -137,12 +137,7 @@ class VAEObjectiveConfig(TrainConfig):
 
 def require_widths(name: str, widths) -> None:
     """A one-line error naming ``--name`` unless ``widths`` are one or more positive MLP layer widths."""
-    require(
-        len(widths) > 0 and all(w > 0 for w in widths),
-        name,
-        "comma-separated positive widths like 400 or 512,256",
-        ",".join(map(str, widths)),
-    )
+    require_list(name, widths, lambda w: w > 0, "comma-separated positive widths like 400 or 512,256")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,7 +56,7 @@ import numpy as np
 
 from vae_jax import caches, losses, objectives, quantize
 from vae_jax import precision as precision_lib
-from vae_jax.errors import ConfigError, field, require
+from vae_jax.errors import ConfigError, field, require, require_list
 from vae_jax.models.vqvae import VQVAE
 from vae_jax.models.vqvae import init_params as init_vqvae_params
 from vae_jax.protocol import Task, TrainConfig
@@ -155,11 +155,8 @@ class VQVAEConfig(TrainConfig):
             self.kmeans_init,
         )
         require(self.kmeans_iterations >= 0, "kmeans_iterations", "a non-negative integer", self.kmeans_iterations)
-        require(
-            len(self.dead_code_steps) > 0 and all(n >= 0 for n in self.dead_code_steps),
-            "dead_code_steps",
-            "non-negative step counts like 0 or 0,100",
-            ",".join(map(str, self.dead_code_steps)),
+        require_list(
+            "dead_code_steps", self.dead_code_steps, lambda n: n >= 0, "non-negative step counts like 0 or 0,100"
         )
         require(math.isfinite(self.decoder_logvar), "decoder_logvar", "a finite number", self.decoder_logvar)
 

@@ -1,0 +1,100 @@
+"""A trained VAE's checkpoint evaluated on a test split: the workdir's family, its data, the JSON and the
+result line of ``experiments.evaluate``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vae_jax import data as data_lib
+from vae_jax import runner, trained
+from vae_jax import workdir as workdir_lib
+from vae_jax.errors import ConfigError
+
+# Workdirs of other kinds: what they hold and which command reports on them.
+OTHER_KINDS = {
+    "autoencoder": (
+        "an autoencoder run (no likelihood to evaluate)",
+        "its test MSE/PSNR are in summary.json; rerun python -m experiments.autoencoder --workdir {w} to refresh them",
+    ),
+    "linear_ae": (
+        "a linear-autoencoder run of experiments.pca_vs_linear_ae (no likelihood to evaluate)",
+        "its results are in summary.json; see python -m experiments.pca_vs_linear_ae --help",
+    ),
+}
+
+
+def vae_config(workdir: str):
+    """``(family, config)`` of ``workdir``'s VAE run, or a one-line error saying what the workdir holds instead."""
+    kind = trained.run_kind(workdir)
+    if kind in OTHER_KINDS:
+        what, command = OTHER_KINDS[kind]
+        raise ConfigError(f"--workdir {workdir} holds {what}; {command.format(w=workdir)}")
+    if kind not in trained.VAE_KINDS:
+        raise ConfigError(
+            f"--workdir {workdir} holds a {kind!r} run; experiments.evaluate evaluates VAE runs "
+            f"({', '.join(trained.VAE_KINDS)}); python -m experiments.reconstruct works on any run"
+        )
+    return trained.FAMILIES[kind], trained.load_config(workdir)[1]
+
+
+def load_test_data(config, spec: str, data_dir: str) -> tuple[data_lib.Dataset, tuple]:
+    """``(dataset, trained image shape)``: ``spec`` (default: the run's own data) prepared as the run trained.
+
+    The run's own data is its workdir's decoded copy when a --distributed run left one
+    (:func:`vae_jax.runner.decode_once`); a one-line error when it names other data here or its images do
+    not fit the model.
+    """
+    decoded = None if spec or data_dir else runner.decoded_copy(config)
+    dataset = decoded or data_lib.load_dataset(
+        spec or config.dataset,
+        data_dir=(data_dir or config.data_dir) or None,
+        binarize=config.binarize,
+        image_size=config.image_size,
+        skip_unreadable=config.skip_unreadable,
+    )
+    mismatch = None if spec else workdir_lib.data_mismatch(config.workdir, dataset.record())
+    if mismatch:  # the run's own --dataset names other data here (mnist offline, a replaced file or folder)
+        raise ConfigError(
+            f"--dataset {config.dataset}: {mismatch}; evaluate it where its data is, or pass --dataset "
+            "to evaluate it on other data on purpose"
+        )
+    trained_shape = trained.trained_image_shape(config.workdir) or dataset.image_shape
+    if dataset.image_shape != trained_shape:
+        raise ConfigError(
+            f"--dataset {spec or config.dataset}: images are {dataset.image_shape}, the model was trained on "
+            f"{trained_shape}"
+        )
+    return dataset, trained_shape
+
+
+def combine_seeds(result: dict, per_seed: list[dict]) -> dict:
+    """``result`` with the first seed's numbers; for several seeds, each seed's and their mean and std."""
+    result = {**result, **per_seed[0]}
+    if len(per_seed) > 1:
+        result["per_seed"] = per_seed
+        scalar_keys = [
+            k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and k not in ("seed", "n", "iwae_k")
+        ]
+        for key in scalar_keys:
+            values = np.array([m[key] for m in per_seed], np.float64)
+            result[key] = float(values.mean())
+            result[f"{key}_std"] = float(values.std())
+        result["active_units_per_layer"] = {
+            layer: float(np.mean([m["active_units_per_layer"][layer] for m in per_seed]))
+            for layer in per_seed[0]["active_units_per_layer"]
+        }
+        del result["seed"]
+    return result
+
+
+def result_line(result: dict, iwae_k: int, out: str) -> str:
+    """The line ``experiments.evaluate`` prints: the checkpoint, the bounds and the active units."""
+    word = "cross-entropy" if result["measure"].startswith("cross-entropy") else "NLL"
+    units = ", ".join(f"{k} {result['active_units_per_layer'][k]:g}/{d}" for k, d in result["latent_dims"].items())
+    extras = "".join(f", {k} {result[k]:.2f}" for k in ("kl_z1", "kl_z2") if k in result)
+    return (
+        f"{result['kind']} checkpoint epoch {result['checkpoint_epoch']}: n={result['n']}  neg-ELBO "
+        f"{result['neg_elbo']:.2f} (recon {result['recon']:.2f}, KL {result['kl']:.2f}{extras})  IWAE-{iwae_k} "
+        f"{word} {result['iwae_nll']:.2f} nats ({result['bits_per_dim']:.4f} bits/dim, {word})  active units "
+        f"{units}  -> {out}"
+    )
