@@ -9,7 +9,7 @@ import os
 import jax
 import numpy as np
 
-from vae_jax import latent_metrics, latent_views, plots
+from vae_jax import arrays, latent_metrics, latent_views, plots
 from vae_jax import workdir as workdir_lib
 
 NAMES = {"ae": "AE", "vae": "VAE"}
@@ -102,7 +102,7 @@ def plane_figures(config, trained: dict, codes: dict, y_test, sample_key) -> lis
         title = f"{NAMES[kind]}: decodings over the plane spanned by its test codes (1st-99th pct)"
         images = latent_metrics.decode_images(model, params, points)
         figures.append(plots.save_latent_grid(images, z0, z1, path(f"latent_grid_{kind}.png"), title))
-    draws = np.asarray(jax.random.normal(sample_key, (20, 2)))
+    draws = arrays.standard_normal(sample_key, (20, 2))
     samples = [latent_metrics.decode_images(m, p, draws) for m, p in trained.values()]
     title = "Decodings of the same 20 draws z ~ N(0, I), 2-D latent"
     figures.append(plots.save_image_rows(samples, [NAMES[k] for k in trained], path("prior_samples.png"), title))
