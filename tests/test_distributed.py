@@ -379,10 +379,13 @@ def test_jax_preemption_service_swallows_a_sigterm_for_the_whole_process():
         jax.config.update("jax_enable_preemption_service", True)
         jax.distributed.initialize("127.0.0.1:{_free_port()}", num_processes=1, process_id=0)
         from jax.experimental import multihost_utils
+        before = multihost_utils.reached_preemption_sync_point(0)  # no notice yet: not a sync point
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(1)
-        multihost_utils.reached_preemption_sync_point(0)  # the service is running
-        print("alive", flush=True)
+        for step in range(1, 101):  # the notice, once it arrives, makes a later step the sync point
+            if multihost_utils.reached_preemption_sync_point(step):
+                break
+            time.sleep(0.05)
+        print("alive", before, step < 100, flush=True)
         # End here: JAX's exit-time shutdown of the preemption service hung once in ~100 runs under load,
         # after everything this test checks had happened. The shutdown is not what the test is about.
         os._exit(0)
@@ -390,4 +393,5 @@ def test_jax_preemption_service_swallows_a_sigterm_for_the_whole_process():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]  # a SIGTERM with Python's default handling exits -15
-    assert proc.stdout.strip() == "alive" and "SIGTERM caught" in proc.stderr  # JAX's notifier took it
+    # JAX's notifier took it (its log line may not reach stderr before the exit; the sync point is the API's word)
+    assert proc.stdout.strip() == "alive False True", (proc.stdout, proc.stderr[-2000:])
