@@ -54,12 +54,10 @@ class BetaVAESweepConfig(tasks.VAEConfig):
             )
         super().validate()
         numbers = "comma-separated non-negative numbers like"
-        require_list("betas", self.betas, lambda b: np.isfinite(b) and b >= 0, f"{numbers} 1,4", self.betas)
+        require_list("betas", self.betas, lambda b: np.isfinite(b) and b >= 0, f"{numbers} 1,4")
         names = f"comma-separated names from {','.join(schedules.SCHEDULES)}"
         require_list("schedules", self.schedules, lambda s: s in schedules.SCHEDULES, names)
-        require_list(
-            "free_bits_values", self.free_bits_values, lambda f: f >= 0, f"{numbers} 0,0.5", self.free_bits_values
-        )
+        require_list("free_bits_values", self.free_bits_values, lambda f: f >= 0, f"{numbers} 0,0.5")
         require(self.traversal_dims > 0, "traversal_dims", "a positive integer", self.traversal_dims)
         for setting in self.settings():
             setting.validate()  # e.g. --schedules linear needs --beta-warmup-steps

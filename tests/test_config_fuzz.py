@@ -264,7 +264,12 @@ def test_the_reporting_of_a_flag_error_names_the_flag_and_what_is_accepted(capsy
         (
             "beta_vae",
             ["--betas", "1,nan"],
-            "--betas must be comma-separated non-negative numbers like 1,4, got (1.0, nan)",
+            "--betas must be comma-separated non-negative numbers like 1,4, got '1.0,nan'",
+        ),
+        (
+            "beta_vae",
+            ["--free-bits-values", "0,-0.5"],
+            "--free-bits-values must be comma-separated non-negative numbers like 0,0.5, got '0.0,-0.5'",
         ),
         (
             "beta_vae",
