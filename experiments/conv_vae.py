@@ -32,7 +32,8 @@ from vae_jax.tasks import conv_vae
 def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str], dict]:
     params, data, workdir = result.params(0), result.dataset, config.workdir
     key_samples, key_mixture, key_mi = jax.random.split(jax.random.key(config.seed), 3)
-    x_train, x_test, n = data.x_train_first(), data.x_test, 10  # the first 10,000 training images at most
+    n, x_test = 10, data.x_test
+    x_train = data.x_train_first(n)  # the analyses below convert their reference set (10,000 at most) once
     path = lambda name: os.path.join(workdir, name)  # noqa: E731
     paths = [
         plots.save_image_rows(
