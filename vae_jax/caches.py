@@ -173,6 +173,19 @@ def cached_arrays(name: str, build_fn: Callable[[], tuple], directory: str | Non
     return arrays
 
 
+def cached_by_inputs(name: str, build_fn: Callable[[], tuple], arrays: tuple, *, versions: tuple = (), **settings):
+    """``build_fn()`` (a tuple of NumPy arrays), kept in the user cache (:func:`cached_arrays`) under
+    :func:`fingerprint` of ``arrays`` and ``settings``: a later call with the same inputs loads the saved
+    arrays instead of recomputing them (a t-SNE, a fitted classifier), and any change to an input is a new
+    entry, so a stale result is never used. The NumPy and JAX versions, JAX's backend and ``versions`` (of
+    other libraries the result depends on) are part of the key: another build may round differently."""
+    import jax
+
+    versions = (np.__version__, jax.__version__, jax.default_backend(), *versions)
+    key = fingerprint(tuple(arrays), {"versions": versions, **settings})
+    return cached_arrays(f"{name}-{key}", build_fn)
+
+
 def fingerprint(tree, settings) -> str:
     """A SHA-256 (hex) of every array of ``tree`` (its path, shape, dtype and bytes) and of the JSON-able
     ``settings``: equal inputs give equal fingerprints, any change to a value or a setting another one."""

@@ -85,8 +85,8 @@ def train_classifier(
       x_train, x_test: ``[N, H, W, C]`` images in [0, 1].
       y_train, y_test: ``[N]`` int labels in ``[0, num_classes)``.
       key: the one key of the run (init and shuffling are split from it).
-      cache: keep the trained params and accuracy in the user cache (:func:`vae_jax.caches.cached_arrays`)
-        under a SHA-256 of the four arrays, the key, the settings, the JAX version and backend: a later call
+      cache: keep the trained params and accuracy in the user cache (:func:`vae_jax.caches.cached_by_inputs`,
+        keyed by the four arrays, the key, the settings and the library versions and backend): a later call
         with the same inputs loads them instead of training again (any change to an input trains anew).
 
     Returns:
@@ -101,14 +101,12 @@ def train_classifier(
     if not cache:
         return train()
     settings = fit | {"hidden": list(hidden), "num_classes": num_classes, "key": jax.random.key_data(key).tolist()}
-    settings["versions"] = [jax.__version__, jax.default_backend()]
-    name = f"classifier-v1-{caches.fingerprint((x_train, y_train, x_test, y_test), settings)}"
 
     def build() -> tuple:
         trained = train()
         return (*jax.tree_util.tree_leaves(jax.device_get(trained.params)), np.float64(trained.test_accuracy))
 
-    *leaves, accuracy = caches.cached_arrays(name, build)
+    *leaves, accuracy = caches.cached_by_inputs("classifier-v1", build, (x_train, y_train, x_test, y_test), **settings)
     template = jax.eval_shape(lambda k: _init_params(model, k, tuple(x_train.shape[1:])), key)
     params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
     return TrainedClassifier(model, params, float(accuracy))
