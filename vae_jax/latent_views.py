@@ -48,9 +48,9 @@ def analysis_threads(workers: int = 1) -> Iterator[ThreadPoolExecutor]:
     """A pool for scikit-learn analyses (t-SNEs, say) to run beside each other or the caller's JAX work.
 
     scikit-learn's Barnes-Hut t-SNE gradient releases the GIL, so two embeddings take about the time
-    of one on two cores. Every BLAS pool stays at one thread until the block ends: the fits here run on one thread anyway,
-    and a limit entered and left in each thread could restore another thread's. Each result is the
-    one its function gives alone: nothing is shared but the cores.
+    of one on two cores. Every BLAS pool stays at one thread until the block ends: the fits here run
+    on one thread anyway, and a limit entered and left in each thread could restore another thread's.
+    Each result is the one its function gives alone: nothing is shared but the cores.
     """
     from threadpoolctl import threadpool_limits
 
