@@ -67,7 +67,8 @@ def test_an_experiment_records_its_phases_adding_up_to_its_process_time(tmp_path
     # The benchmark's commands section reads the same line back.
     read = processes._phases_line(proc.stderr)
     assert read == {name: float(value) for name, value in parts.items()} | {"after_training": after}
-    assert all(read[name] >= recorded[name] - 0.05 for name in recorded)
+    # Printed later, to 0.1 s (at most 0.05 s below), than recorded to 0.01 s (at most 0.005 s above).
+    assert all(read[name] >= recorded[name] - 0.055 - 1e-9 for name in recorded)
 
 
 def test_after_training_counts_every_second_once_the_analyses_began():
