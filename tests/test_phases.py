@@ -15,33 +15,39 @@ from vae_jax import phases
 
 
 def test_the_phases_account_for_every_second_between_two_readings():
+    # Two readings of an outside clock around each reading of the phases bracket the time between them, so the
+    # test holds however long the machine pauses this process (a loaded CI machine can for many milliseconds).
+    outer_start = time.time()
     before = phases.seconds()
-    start = time.time()
+    inner_start = time.time()
     phases.enter("analyses")
     time.sleep(0.05)
     with phases.phase("figures"):
         time.sleep(0.03)
     time.sleep(0.02)
+    inner_end = time.time()
     after = phases.seconds()
-    waited = time.time() - start
+    outer_end = time.time()
     grown = {name: after[name] - before.get(name, 0.0) for name in after}
     # Every second between the readings is in exactly one phase: the growth equals an outside clock's.
-    assert abs(sum(grown.values()) - waited) < 5e-3
-    assert grown["analyses"] >= 0.07 - 5e-3 and grown["figures"] >= 0.03 - 5e-3
+    assert inner_end - inner_start - 1e-6 <= sum(grown.values()) <= outer_end - outer_start + 1e-6
+    assert grown["analyses"] >= 0.07 - 1e-3 and grown["figures"] >= 0.03 - 1e-3
     assert phases.line().startswith("phases: startup ")
 
 
 def test_compilation_is_pulled_out_of_the_phase_it_happened_in():
+    outer_start = time.time()
     before = phases.seconds()
     phases.enter("training")
-    start = time.time()
+    inner_start = time.time()
     fresh = jax.jit(lambda x: jnp.tanh(x @ x.T).sum() + 17.25)  # a program no other test compiled
     fresh(jnp.ones((37, 29))).block_until_ready()
-    waited = time.time() - start
+    inner_end = time.time()
     after = phases.seconds()
+    outer_end = time.time()
     compiled = after["compilation"] - before.get("compilation", 0.0)
-    assert 0.0 < compiled <= waited
-    assert after["training"] - before.get("training", 0.0) <= waited - compiled + 5e-3
+    assert 0.0 < compiled <= inner_end - inner_start
+    assert after["training"] - before.get("training", 0.0) <= outer_end - outer_start - compiled + 1e-6
 
 
 def test_an_experiment_records_its_phases_adding_up_to_its_process_time(tmp_path, small_npz):
@@ -63,7 +69,8 @@ def test_an_experiment_records_its_phases_adding_up_to_its_process_time(tmp_path
     assert line.startswith("phases: ") and set(parts) == set(recorded)
     assert abs(sum(map(float, parts.values())) - total) <= 0.05 * len(parts) and total <= outside
     # After training: the analyses and figures, and every compilation they needed, never the training.
-    assert float(parts["analyses"]) + float(parts["figures"]) - 0.1 <= after <= total - float(parts["training"])
+    # (Each printed to 0.1 s, so three roundings of at most 0.05 s apart.)
+    assert float(parts["analyses"]) + float(parts["figures"]) - 0.15 - 1e-9 <= after <= total - float(parts["training"])
     # The benchmark's commands section reads the same line back.
     read = processes._phases_line(proc.stderr)
     assert read == {name: float(value) for name, value in parts.items()} | {"after_training": after}
@@ -72,12 +79,15 @@ def test_an_experiment_records_its_phases_adding_up_to_its_process_time(tmp_path
 
 
 def test_after_training_counts_every_second_once_the_analyses_began():
+    outer_start = time.time()
     phases.enter("analyses")
+    inner_start = time.time()
     first = phases.after_training()
-    start = time.time()
     time.sleep(0.03)
     phases.enter("training")  # another phase (a second model, say): the clock after training runs on
     with phases.phase("figures"):
         time.sleep(0.02)
+        inner_end = time.time()
+    outer_end = time.time()
     grown = phases.after_training() - first
-    assert abs(grown - (time.time() - start)) < 5e-3
+    assert inner_end - inner_start - 1e-6 <= grown <= outer_end - outer_start + 1e-6
