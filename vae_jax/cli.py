@@ -72,10 +72,27 @@ class DefaultsHelpFormatter(_HelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An ``argparse`` parser whose errors are one line, ``error: ...``, with exit code 2 (no usage dump)."""
+    """An ``argparse`` parser whose errors are one line, ``error: ...``, with exit code 2 (no usage dump).
+
+    Run as ``python -m experiments.vae``, its usage line says so (argparse alone would say ``vae.py``).
+    """
+
+    def __init__(self, *args, **kwargs):
+        if not args:
+            kwargs.setdefault("prog", _module_prog())
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _module_prog() -> str | None:
+    """``python -m NAME`` when the program runs as a module (``__main__`` has a spec), else None (argparse's
+    default, the script's file name)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", "") or ""
+    name = name.removesuffix(".__main__")
+    return f"python -m {name}" if name and name != "__main__" else None
 
 
 def build_parser(config_cls, description: str) -> argparse.ArgumentParser:

