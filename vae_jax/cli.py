@@ -177,10 +177,17 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_image_flags(parser: argparse.ArgumentParser, splits: tuple[str, ...]) -> None:
-    """``--dataset``, ``--data-dir`` and ``--split``: which images a trained model is applied to."""
+    """``--dataset``, ``--data-dir``, ``--split`` and ``--skip-unreadable``: which images a trained model is
+    applied to."""
     parser.add_argument("--dataset", default="", help="dataset spec, e.g. mnist or folder:PATH (default: the run's)")
     parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")
     parser.add_argument("--split", default="test", choices=splits, help="which images")
+    parser.add_argument(
+        "--skip-unreadable",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="leave out the image files of a folder: dataset that cannot be decoded (default: as the run trained)",
+    )
 
 
 def check_out(parser: argparse.ArgumentParser, path: str, suffix: str) -> None:

@@ -598,33 +598,58 @@ def make_trained_model(kind: str, *args, **kwargs) -> TrainedModel:
     return MODEL_CLASSES[kind](kind, *args, **kwargs)
 
 
-def load_images(run: TrainedModel, spec: str, split: str = "test", data_dir: str | None = None):
-    """``(x, y)`` of ``split`` (``test``, ``train`` or ``all``) of dataset ``spec``, prepared as ``run`` trained
-    (its ``--binarize`` and ``--image-size``); a one-line error when the images do not fit the model.
+def load_images(
+    run: TrainedModel, spec: str = "", split: str = "test", data_dir: str | None = None, skip_unreadable=None
+):
+    """``(x, y)`` of ``split`` (``test``, ``train`` or ``all``) of dataset ``spec`` (default: the run's own data)
+    prepared as ``run`` trained (:func:`run_dataset`); a one-line error when the images do not fit the model.
 
     Returns:
       ``x`` ``[N, H, W, C]`` (float32 or the stored uint8) and ``y`` ``[N]`` labels or None.
     """
-    from vae_jax import data as data_lib
-
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    dataset = data_lib.load_dataset(
-        spec,
-        data_dir=data_dir or run.config.data_dir or None,
-        binarize=run.config.binarize,
-        image_size=run.config.image_size,
-    )
+    workdir = run.source if os.path.isdir(run.source) else None
+    dataset = run_dataset(run.config, workdir, spec, data_dir, skip_unreadable)
     if tuple(dataset.image_shape) != run.image_shape:
         raise ConfigError(
-            f"--dataset {spec}: images are {'x'.join(map(str, dataset.image_shape))}, the model was "
-            f"trained on {'x'.join(map(str, run.image_shape))}"
+            f"--dataset {spec or run.config.dataset}: images are {'x'.join(map(str, dataset.image_shape))}, the "
+            f"model was trained on {'x'.join(map(str, run.image_shape))}"
         )
     parts = {"train": [(dataset.train_pixels, dataset.y_train)], "test": [(dataset.test_pixels, dataset.y_test)]}
     chosen = parts["train"] + parts["test"] if split == "all" else parts[split]
     x = np.concatenate([np.asarray(p) for p, _ in chosen])
     y = None if any(labels is None for _, labels in chosen) else np.concatenate([labels for _, labels in chosen])
     return x, y
+
+
+def run_dataset(config, workdir: str | None, spec: str = "", data_dir: str | None = None, skip_unreadable=None):
+    """Dataset ``spec`` (default: the run's own ``--dataset``) prepared as the run of ``config`` trained: its
+    ``--binarize``, ``--image-size`` and, unless ``skip_unreadable`` says, ``--skip-unreadable``.
+
+    The run's own data is its ``workdir``'s decoded copy when a --distributed run left one
+    (:func:`vae_jax.runner.decode_once`); a one-line error when it names other data now than the workdir's
+    ``data.json`` records (a replaced file or folder, ``mnist`` offline). ``workdir`` None (an exported
+    file): nothing is checked.
+    """
+    from vae_jax import data as data_lib
+
+    own = not spec and workdir is not None
+    decoded = runner.decoded_copy(config) if own and not data_dir else None
+    dataset = decoded or data_lib.load_dataset(
+        spec or config.dataset,
+        data_dir=data_dir or config.data_dir or None,
+        binarize=config.binarize,
+        image_size=config.image_size,
+        skip_unreadable=config.skip_unreadable if skip_unreadable is None else skip_unreadable,
+    )
+    mismatch = workdir_lib.data_mismatch(workdir, dataset.record()) if own else None
+    if mismatch:
+        raise ConfigError(
+            f"--dataset {config.dataset}: {mismatch}; use it where its data is, or pass --dataset to use "
+            "other data on purpose"
+        )
+    return dataset
 
 
 SPLITS = ("test", "train", "all")
@@ -636,7 +661,7 @@ def run_and_images(args, verb: str):
     when a conditional run's images have no labels (``verb``: what the command does with them)."""
     run = load_run(args.workdir, seed=args.seed, epoch=args.epoch)
     spec = args.dataset or run.config.dataset
-    x, y = load_images(run, spec, args.split, args.data_dir)
+    x, y = load_images(run, args.dataset, args.split, args.data_dir, args.skip_unreadable)
     if run.conditional and y is None:
         raise ConfigError(f"--dataset {spec}: the conditional VAE {verb} with the images' labels; this data has none")
     return run, spec, x, y

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from vae_jax import data as data_lib
-from vae_jax import runner, trained
-from vae_jax import workdir as workdir_lib
+from vae_jax import trained
 from vae_jax.errors import ConfigError
 
 # Workdirs of other kinds: what they hold and which command reports on them.
@@ -38,26 +37,9 @@ def vae_config(workdir: str):
 
 
 def load_test_data(config, spec: str, data_dir: str) -> tuple[data_lib.Dataset, tuple]:
-    """``(dataset, trained image shape)``: ``spec`` (default: the run's own data) prepared as the run trained.
-
-    The run's own data is its workdir's decoded copy when a --distributed run left one
-    (:func:`vae_jax.runner.decode_once`); a one-line error when it names other data here or its images do
-    not fit the model.
-    """
-    decoded = None if spec or data_dir else runner.decoded_copy(config)
-    dataset = decoded or data_lib.load_dataset(
-        spec or config.dataset,
-        data_dir=(data_dir or config.data_dir) or None,
-        binarize=config.binarize,
-        image_size=config.image_size,
-        skip_unreadable=config.skip_unreadable,
-    )
-    mismatch = None if spec else workdir_lib.data_mismatch(config.workdir, dataset.record())
-    if mismatch:  # the run's own --dataset names other data here (mnist offline, a replaced file or folder)
-        raise ConfigError(
-            f"--dataset {config.dataset}: {mismatch}; evaluate it where its data is, or pass --dataset "
-            "to evaluate it on other data on purpose"
-        )
+    """``(dataset, trained image shape)``: ``spec`` (default: the run's own data) prepared as the run trained
+    (:func:`vae_jax.trained.run_dataset`); a one-line error when its images do not fit the model."""
+    dataset = trained.run_dataset(config, config.workdir, spec, data_dir)
     trained_shape = trained.trained_image_shape(config.workdir) or dataset.image_shape
     if dataset.image_shape != trained_shape:
         raise ConfigError(
