@@ -75,8 +75,14 @@ def test_hvae_compares_with_a_one_level_vae_of_matched_size_and_a_rerun_reuses_t
     np.testing.assert_allclose(difference["vae_minus_hvae"], v["iwae_nll"] - h["iwae_nll"], rtol=1e-5, atol=1e-4)
     assert set(json.load(open(os.path.join(root, "hvae", "summary.json")))["diagnostics"]) == {"z1", "z2"}
 
-    # A rerun on the finished checkpoints, data and flags evaluates nothing again: it reuses comparison.json.
+    # The result lines give the test split's KL per layer, as the fresh evaluation has them.
     out, stored_bytes = capsys.readouterr().out, open(path, "rb").read()
+    fresh_h = vae_jax.load_run(os.path.join(root, "hvae")).evaluate(x_test)
+    fresh_v = vae_jax.load_run(os.path.join(root, "vae")).evaluate(x_test)
+    assert f"KL z1 {fresh_h['kl_z1']:.2f}, KL z2 {fresh_h['kl_z2']:.2f};" in out
+    assert f"KL {fresh_v['kl']:.2f};" in out
+
+    # A rerun on the finished checkpoints, data and flags evaluates nothing again: it reuses comparison.json.
     reused = hvae_exp.main(args)
     rerun = capsys.readouterr()
     assert "reusing" in rerun.err and rerun.out == out and open(path, "rb").read() == stored_bytes

@@ -397,7 +397,7 @@ class TrainedModel:
     # --- checks at the edge
 
     def _images(self, x) -> np.ndarray:
-        """``x`` as ``[N, H, W, C]`` float32 or uint8 (uint8 converts the way the training data does)."""
+        """``x`` as ``[N, H, W, C]`` float32 in [0, 1] or uint8 (uint8 converts the way the training data does)."""
         x = np.asarray(x)
         if (
             x.ndim != 4
@@ -410,7 +410,15 @@ class TrainedModel:
                 f"x must be images [N, {h}, {w}, {c}] (float in [0, 1] or uint8) for this model, "
                 f"got shape {list(x.shape)} ({x.dtype})"
             )
-        return x if x.dtype == np.uint8 else x.astype(np.float32)
+        if x.dtype == np.uint8:
+            return x
+        x = x.astype(np.float32)
+        low, high = float(np.min(x)), float(np.max(x))  # NaN if any pixel is NaN
+        if not (0.0 <= low and high <= 1.0):
+            raise ConfigError(
+                f"x must hold float pixels in [0, 1] (or uint8 in [0, 255]), got values in [{low:.4g}, {high:.4g}]"
+            )
+        return x
 
     def _labels(self, labels, n: int):
         if labels is not None:

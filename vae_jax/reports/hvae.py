@@ -208,7 +208,9 @@ def print_results(comparison: dict, dataset, top_workdir: str) -> None:
     runner.log(f"data: {dataset.describe()}; {comparison['measure']}")
     for name in ("hvae", "vae"):
         m = comparison[name]
-        kl_layers = ", ".join(f"KL {k} {sum(v):.2f}" for k, v in m["mean_kl_per_dim"].items())
+        # The test split's KL per layer (comparison.json's kl_z1, kl_z2; the one-level VAE's kl).
+        kl_layers = ", ".join(f"KL {k} {m['kl_' + k]:.2f}" for k in m["mean_kl_per_dim"] if f"kl_{k}" in m)
+        kl_layers = kl_layers or f"KL {m['kl']:.2f}"
         mi = ", ".join(f"I(x;{k}) {v:.2f}" for k, v in m["mutual_information"].items())
         units = ", ".join(f"{k} {m['active_units_per_layer'][k]}/{m['latent_dims'][k]}" for k in m["latent_dims"])
         print(
