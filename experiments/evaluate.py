@@ -4,13 +4,16 @@
     python -m experiments.evaluate --workdir runs/hvae/hvae --iwae-k 5000 --out runs/hvae/hvae/eval_k5000.json
     python -m experiments.evaluate --workdir runs/vae --dataset npz:other.npz
     python -m experiments.evaluate --workdir runs/vae --iwae-k 5000 --devices all   # batches split over devices
+    python -m experiments.evaluate --workdir cvae.msgpack      # a file vae_jax.export_run wrote: its one seed
 
 Works for every VAE family, read from the ``kind`` in the workdir's
 config.json: ``vae`` (experiments.vae), ``conv_vae`` (experiments.conv_vae),
 ``cvae`` (experiments.cvae; every quantity conditioned on the true test
 label, i.e. -log p(x|y)) and ``hvae`` (experiments.hvae's WORKDIR/hvae and
 WORKDIR/vae). A workdir of another kind is named with the command that fits
-it; a directory that holds runs in sub-directories lists them.
+it; a directory that holds runs in sub-directories lists them. ``--workdir``
+may also name a file ``vae_jax.export_run`` wrote (its JSON goes beside it,
+``NAME.eval.json``).
 
 Writes JSON (default WORKDIR/eval.json) with the checkpoint it came from
 (epoch and path), n, neg_elbo, recon, kl (+ kl_z1, kl_z2 for the HVAE), in
@@ -48,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir",
         required=True,
         default=argparse.SUPPRESS,
-        help=f"workdir of a VAE training run (kinds: {', '.join(trained.VAE_KINDS)})",
+        help=f"workdir of a VAE training run (kinds: {', '.join(trained.VAE_KINDS)}), or a file vae_jax.export_run wrote",
     )
     parser.add_argument("--dataset", default="", help="dataset spec to evaluate on (default: the run's)")
     parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")
-    parser.add_argument("--iwae-k", type=int, default=1000, help="importance samples per test image")
+    parser.add_argument("--iwae-k", type=int, default=1000, help="importance samples per test image (0: no IWAE bound)")
     parser.add_argument("--batch-size", type=int, default=100, help="test images per IWAE batch")
     parser.add_argument("--k-chunk", type=int, default=100, help="importance samples decoded at a time")
     parser.add_argument(
@@ -76,29 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("iwae_k", "batch_size", "k_chunk"):
+    for name in ("batch_size", "k_chunk"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.iwae_k < 0:
+        parser.error(f"--iwae-k must be a non-negative integer (0: no IWAE bound), got {args.iwae_k}")
     sharding = parallel.eval_batch_sharding(args.devices)
-    family, config = evaluation.vae_config(args.workdir)
-    dataset, trained_shape = evaluation.load_test_data(config, args.dataset, args.data_dir)
-    spec = args.dataset or config.dataset
-    model, task = family.build(config, trained_shape)
-    parts = family.eval_parts(model, task, config)
+    run = evaluation.trained_vae(args.workdir, args.dataset, args.data_dir)
+    config, dataset, epoch = run.config, run.dataset, run.epoch
+    parts = trained.FAMILIES[config.kind].eval_parts(run.model, run.task, config)
     data = {"x": dataset.test_pixels}
     if parts.needs_labels:
         if dataset.y_test is None:
             raise ConfigError(
-                f"--dataset {spec}: the conditional VAE is evaluated on -log p(x|y) and needs test "
-                "labels; this data has none"
+                f"--dataset {args.dataset or config.dataset}: the conditional VAE is evaluated on -log p(x|y) and "
+                "needs test labels; this data has none"
             )
         data["y"] = dataset.y_test
-    epoch, state = trained.restore_checkpoint(config, task)
 
     # The computation TrainedModel.evaluate runs on one seed (vae_jax.trained): the same numbers.
     per_seed = evaluate.evaluate_runs(
         parts,
-        state.params,
+        run.params,
         data,
         iwae_k=args.iwae_k,
         eval_batch_size=config.eval_batch_size,
@@ -107,8 +109,7 @@ def main(argv=None) -> dict:
         batch_sharding=sharding,
         key=jax.random.key(args.eval_seed),
     )
-    seeds = config.seed_list()
-    per_seed = [{"seed": seed, **m} for seed, m in zip(seeds, per_seed)]
+    per_seed = [{"seed": seed, **m} for seed, m in zip(run.seeds, per_seed, strict=True)]
     likelihood = config.resolved().likelihood if hasattr(config, "resolved") else config.likelihood  # conv presets
     measure = evaluate.likelihood_measure(likelihood, dataset.x_test)
     result = evaluation.combine_seeds(
@@ -116,10 +117,7 @@ def main(argv=None) -> dict:
             "workdir": args.workdir,
             "kind": config.kind,
             "checkpoint_epoch": int(epoch),
-            "checkpoint": {
-                "epoch": int(epoch),
-                "path": os.path.join(os.path.abspath(config.workdir), "checkpoints", str(int(epoch))),
-            },
+            "checkpoint": {"epoch": int(epoch), "path": run.checkpoint_path},
             "eval_seed": args.eval_seed,
             "dataset": dataset.summary(),
             "measure": measure,
@@ -128,7 +126,8 @@ def main(argv=None) -> dict:
         },
         per_seed,
     )
-    out = args.out or os.path.join(args.workdir, "eval.json")
+    default_out = os.path.splitext(args.workdir)[0] + ".eval.json" if os.path.isfile(args.workdir) else None
+    out = args.out or default_out or os.path.join(args.workdir, "eval.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     workdir_lib.write_json(out, result)
     print(evaluation.result_line(result, args.iwae_k, out))

@@ -122,6 +122,27 @@ def test_evaluate_equals_experiments_evaluate_for_the_same_key(runs, kind, tmp_p
     np.testing.assert_allclose(default["neg_elbo"], summary["test"]["neg_elbo"]["per_seed"][0], rtol=1e-5)
 
 
+def test_experiments_evaluate_reads_an_exported_file_as_the_workdir_seed_it_holds(runs, tmp_path, capsys):
+    """The exported file's one seed gets the numbers its workdir's evaluation gives that seed (read through
+    Orbax's checkpoint there, through the file here); ``--iwae-k 0`` skips the bound, as ``evaluate(iwae_k=0)``."""
+    workdir = _workdir(runs, "vae")
+    export_run(workdir, str(tmp_path / "vae.msgpack"), seed=1)
+    flags = ["--iwae-k", "3", "--eval-seed", "5"]
+    whole = evaluate_exp.main(["--workdir", workdir, *flags, "--out", str(tmp_path / "whole.json")])
+    single = evaluate_exp.main(["--workdir", str(tmp_path / "vae.msgpack"), *flags])
+    assert single["checkpoint"]["path"] == str(tmp_path / "vae.msgpack") and "per_seed" not in single
+    assert json.load(open(tmp_path / "vae.eval.json"))["neg_elbo"] == single["neg_elbo"]  # beside the file
+    seed1 = whole["per_seed"][1]
+    assert seed1["seed"] == 1 and single["checkpoint_epoch"] == whole["checkpoint_epoch"]
+    for name in ("neg_elbo", "recon", "kl", "iwae_nll", "bits_per_dim"):  # one seed vmapped, or two: float rounding
+        np.testing.assert_allclose(single[name], seed1[name], rtol=1e-6, err_msg=name)
+    assert single["active_units_per_layer"] == seed1["active_units_per_layer"]
+    capsys.readouterr()
+    unbounded = evaluate_exp.main(["--workdir", str(tmp_path / "vae.msgpack"), "--iwae-k", "0", "--eval-seed", "5"])
+    assert "iwae_nll" not in unbounded and unbounded["neg_elbo"] == single["neg_elbo"]
+    assert "IWAE" not in capsys.readouterr().out
+
+
 # --- reconstruct / encode / sample against independent computations ------------------------------
 
 

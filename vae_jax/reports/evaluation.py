@@ -1,8 +1,12 @@
-"""A trained VAE's checkpoint evaluated on a test split: the workdir's family, its data, the JSON and the
-result line of ``experiments.evaluate``."""
+"""A trained VAE's checkpoint (a workdir's, or an exported file's) evaluated on a test split: the run's family,
+its data, the JSON and the result line of ``experiments.evaluate``."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
+import jax
 import numpy as np
 
 from vae_jax import data as data_lib
@@ -36,17 +40,53 @@ def vae_config(workdir: str):
     return trained.FAMILIES[kind], trained.load_config(workdir)[1]
 
 
-def load_test_data(config, spec: str, data_dir: str) -> tuple[data_lib.Dataset, tuple]:
-    """``(dataset, trained image shape)``: ``spec`` (default: the run's own data) prepared as the run trained
-    (:func:`vae_jax.trained.run_dataset`); a one-line error when its images do not fit the model."""
-    dataset = trained.run_dataset(config, config.workdir, spec, data_dir)
-    trained_shape = trained.trained_image_shape(config.workdir) or dataset.image_shape
-    if dataset.image_shape != trained_shape:
+@dataclasses.dataclass
+class TrainedVAE:
+    """What ``experiments.evaluate`` evaluates: a VAE's params ``[R, ...]`` (R seeds), where they came from,
+    and the test data prepared as the run trained."""
+
+    model: object
+    task: object
+    config: object
+    epoch: int
+    params: object
+    seeds: list
+    checkpoint_path: str
+    dataset: data_lib.Dataset
+
+
+def trained_vae(path: str, spec: str, data_dir: str) -> TrainedVAE:
+    """The VAE run in workdir ``path`` (every seed, its newest good checkpoint) or in a file
+    :func:`vae_jax.export_run` wrote (its one seed), with dataset ``spec`` (default: the run's own data)."""
+    if os.path.isfile(path):
+        run = trained.load_run(path)
+        if run.family not in trained.VAE_KINDS:
+            raise ConfigError(
+                f"--workdir {path} is an exported {run.family} model; experiments.evaluate evaluates VAEs"
+            )
+        dataset = _test_data(run.config, None, spec, data_dir, run.image_shape)
+        params = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], run.params)
+        return TrainedVAE(
+            run.model, run.task, run.config, run.epoch, params, [run.seed], os.path.abspath(path), dataset
+        )
+    family, config = vae_config(path)
+    trained_shape = trained.trained_image_shape(config.workdir)
+    dataset = _test_data(config, config.workdir, spec, data_dir, trained_shape)
+    model, task = family.build(config, trained_shape or dataset.image_shape)
+    epoch, state = trained.restore_checkpoint(config, task)
+    checkpoint = os.path.join(os.path.abspath(config.workdir), "checkpoints", str(int(epoch)))
+    return TrainedVAE(model, task, config, int(epoch), state.params, config.seed_list(), checkpoint, dataset)
+
+
+def _test_data(config, workdir, spec: str, data_dir: str, trained_shape) -> data_lib.Dataset:
+    """:func:`vae_jax.trained.run_dataset`; a one-line error when its images do not fit the model."""
+    dataset = trained.run_dataset(config, workdir, spec, data_dir)
+    if trained_shape is not None and tuple(dataset.image_shape) != tuple(trained_shape):
         raise ConfigError(
             f"--dataset {spec or config.dataset}: images are {dataset.image_shape}, the model was trained on "
-            f"{trained_shape}"
+            f"{tuple(trained_shape)}"
         )
-    return dataset, trained_shape
+    return dataset
 
 
 def combine_seeds(result: dict, per_seed: list[dict]) -> dict:
@@ -74,9 +114,13 @@ def result_line(result: dict, iwae_k: int, out: str) -> str:
     word = "cross-entropy" if result["measure"].startswith("cross-entropy") else "NLL"
     units = ", ".join(f"{k} {result['active_units_per_layer'][k]:g}/{d}" for k, d in result["latent_dims"].items())
     extras = "".join(f", {k} {result[k]:.2f}" for k in ("kl_z1", "kl_z2") if k in result)
+    bound = (
+        f"  IWAE-{iwae_k} {word} {result['iwae_nll']:.2f} nats ({result['bits_per_dim']:.4f} bits/dim, {word})"
+        if "iwae_nll" in result
+        else ""
+    )
     return (
         f"{result['kind']} checkpoint epoch {result['checkpoint_epoch']}: n={result['n']}  neg-ELBO "
-        f"{result['neg_elbo']:.2f} (recon {result['recon']:.2f}, KL {result['kl']:.2f}{extras})  IWAE-{iwae_k} "
-        f"{word} {result['iwae_nll']:.2f} nats ({result['bits_per_dim']:.4f} bits/dim, {word})  active units "
-        f"{units}  -> {out}"
+        f"{result['neg_elbo']:.2f} (recon {result['recon']:.2f}, KL {result['kl']:.2f}{extras}){bound}  active "
+        f"units {units}  -> {out}"
     )
