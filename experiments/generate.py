@@ -81,7 +81,15 @@ def main(argv=None) -> dict:
             f"(0 to {run.model.num_classes - 1})"
         )
     if labels is not None and not run.conditional:
-        raise ConfigError(f"--label/--labels: {args.workdir} holds a {run.family} model, which is not conditional")
+        raise ConfigError(
+            f"--label/--labels: {args.workdir} holds a model of kind {run.family}, which is not conditional"
+        )
+    if labels is not None and (labels.min() < 0 or labels.max() >= run.model.num_classes):
+        flag = "--label" if args.label is not None else "--labels"
+        raise ConfigError(
+            f"{flag}: {args.workdir} was trained on classes 0 to {run.model.num_classes - 1}, "
+            f"got {args.label if args.label is not None else ','.join(map(str, args.labels))}"
+        )
     x = run.sample(args.n, args.key, labels=labels, temperature=args.temperature)
     npz = os.path.splitext(args.out)[0] + ".npz"
     what = "" if labels is None else f", labels {','.join(map(str, dict.fromkeys(labels.tolist())))}"

@@ -1,4 +1,4 @@
-"""Reconstruct images with a trained model of any family: originals above reconstructions, and their errors.
+"""Reconstruct images with a trained model of any family: originals above reconstructions, their errors printed.
 
     python -m experiments.reconstruct --workdir runs/vae --dataset mnist --n 16 --out recon.png
     python -m experiments.reconstruct --workdir runs/conv_vae --dataset folder:my_faces --split all --out faces.png
@@ -19,7 +19,7 @@ import argparse
 
 import numpy as np
 
-from vae_jax import cli, plots, trained
+from vae_jax import cli, plots, runner, trained
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, user_errors
 from vae_jax.data import DataError, pixels_to_float
@@ -46,6 +46,8 @@ def main(argv=None) -> dict:
     recon = run.reconstruct(x, labels=y if run.conditional else None)
     errors = np.mean(np.square(recon - x), axis=(1, 2, 3))  # [N] per-pixel MSE of each image
     shown = min(args.n, len(x))
+    if shown < args.n:
+        runner.log(f"--n {args.n}: the {args.split} split has {len(x)} images; showing them all")
     plots.save_reconstructions(
         x[:shown],
         recon[:shown],

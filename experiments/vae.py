@@ -140,10 +140,10 @@ def report(config, model, result: runner.TrainResult) -> dict:
     """Figures, ``summary.json`` and the result line (process 0 alone); returns the summary."""
     workdir_lib.write_summary(config.workdir, result.summary, write_figures(config, model, result))
     test = result.summary["test"]
-    diag = result.summary["diagnostics"]
+    diag, epochs = result.summary["diagnostics"], result.summary["epochs"]
     print(
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, "
-        f"KL {test['kl']['mean']:.2f}) after {result.summary['epochs']} epochs; active units "
+        f"KL {test['kl']['mean']:.2f}) after {epochs} epoch{'s' * (epochs != 1)}; active units "
         f"{diag['active_units']}/{diag['latent_dim']}, I(x;z) {diag['mutual_information']:.2f} nats; "
         f"outputs in {config.workdir}"
     )

@@ -192,7 +192,7 @@ def test_folder_layout_errors(tmp_path):
     _save(str(tmp_path / "sizes" / "b.png"), _random_rgb(rng, 9, 8))
     with pytest.raises(DataError, match=r"images differ in size .*pass --image-size N") as err:
         load_dataset(f"folder:{tmp_path / 'sizes'}")
-    assert "a.png is 8x8" in str(err.value) and "b.png is 8x9" in str(err.value)
+    assert "a.png is 8x8" in str(err.value) and "b.png is 9x8" in str(err.value)  # height x width
     assert load_dataset(f"folder:{tmp_path / 'sizes'}", image_size=4).image_shape == (4, 4, 3)
 
     for c in "ab":

@@ -323,6 +323,10 @@ def test_bad_arguments_name_themselves(runs):
         (lambda: load_run(runs[0]), "holds no run itself"),
         (lambda: load_run(os.path.join(runs[0], "nowhere")), "no such file"),
     ]
+    vq = load_run(_workdir(runs, "vqvae"))
+    (h, w), k = vq.model.grid_shape, vq.model.num_codes
+    cases.append((lambda: vq.decode(np.full((2, h, w), k)), f"got codes from {k} to {k}"))
+    cases.append((lambda: vq.decode(np.zeros((2, h + 1, w), np.int32)), f"got shape [2, {h + 1}, {w}]"))
     for call, words in cases:
         with pytest.raises(ValueError) as excinfo:
             call()
@@ -419,6 +423,7 @@ def test_bad_command_lines_exit_2_with_one_line_and_write_nothing(runs, tmp_path
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error:")
+    assert not argv or argv[0] in err  # the line names the flag
     assert os.listdir(tmp_path) == []
 
 

@@ -130,7 +130,9 @@ class TrainConfig:
         "runs several times slower inside a compiled loop",
         choices=EPOCH_LOOPS,
     )
-    compile_cache: bool = field(True, "keep compiled XLA programs in the user cache dir (~/.cache/vae_jax/xla)")
+    compile_cache: bool = field(
+        True, "keep compiled XLA programs in the user cache dir (VAE_JAX_CACHE_DIR, else ~/.cache/vae_jax; in xla/)"
+    )
     tensorboard: bool = field(True, "write TensorBoard scalars and figures to the workdir")
     stream: bool = field(
         False,

@@ -422,7 +422,7 @@ class TrainedModel:
 
     def _labels(self, labels, n: int):
         if labels is not None:
-            raise ConfigError(f"labels: a {self.family} model is not conditional; pass labels=None")
+            raise ConfigError(f"labels: this {self.family} model is not conditional; pass labels=None")
         return None
 
     def _latents(self, z) -> np.ndarray:
@@ -436,7 +436,7 @@ class TrainedModel:
         return self.model.latent_dim
 
     def _no(self, verb: str, why: str):
-        raise ConfigError(f"{verb}: a {self.family} model {why}")
+        raise ConfigError(f"{verb}: this {self.family} model {why}")
 
     def _evaluate(self, data, iwae_k, key, batch_size, k_chunk) -> dict:
         if iwae_k:
@@ -556,17 +556,11 @@ class VQVAEModel(TrainedModel):
 
     def _latents(self, z) -> np.ndarray:
         z, (h, w), k = np.asarray(z), self.model.grid_shape, self.model.num_codes
-        if (
-            z.ndim != 3
-            or z.shape[1:] != (h, w)
-            or len(z) < 1
-            or not np.issubdtype(z.dtype, np.integer)
-            or (z.min() < 0 or z.max() >= k)
-        ):
-            raise ConfigError(
-                f"z must be code-index grids [N, {h}, {w}] of integers in [0, {k}) for this model, "
-                f"got shape {list(z.shape)} ({z.dtype})"
-            )
+        wanted = f"z must be code-index grids [N, {h}, {w}] of integers in [0, {k}) for this model"
+        if z.ndim != 3 or z.shape[1:] != (h, w) or len(z) < 1 or not np.issubdtype(z.dtype, np.integer):
+            raise ConfigError(f"{wanted}, got shape {list(z.shape)} ({z.dtype})")
+        if z.min() < 0 or z.max() >= k:
+            raise ConfigError(f"{wanted}, got codes from {int(z.min())} to {int(z.max())}")
         return z.astype(np.int32)
 
     def _decode(self, z, labels):

@@ -260,8 +260,8 @@ def _array_shape(plan: FolderPlan, headers: list[tuple[str, tuple[int, int]]]) -
     if len(sizes) > 1:
         (size_a, path_a), (size_b, path_b) = list(sizes.items())[:2]
         raise DataError(
-            f"--dataset {plan.spec}: images differ in size ({path_a} is {size_a[0]}x{size_a[1]}, {path_b} is "
-            f"{size_b[0]}x{size_b[1]}); pass --image-size N to resize and centre-crop them all to N x N"
+            f"--dataset {plan.spec}: images differ in size ({path_a} is {size_a[1]}x{size_a[0]}, {path_b} is "
+            f"{size_b[1]}x{size_b[0]}, height x width); pass --image-size N to resize and centre-crop them all to N x N"
         )
     width, height = headers[0][1]
     return height, width, channels

@@ -12,7 +12,9 @@ def log_resizing(source: str, sizes: set[tuple[int, int]], image_size: int) -> N
     other = sorted(size for size in sizes if size != (image_size, image_size))
     if not other:
         return
-    listed = ", ".join(f"{w}x{h}" for w, h in other[:3]) + (", ..." if len(other) > 3 else "")
+    listed = ", ".join(
+        f"{h}x{w}" for w, h in other[:3]
+    )  # height x width, as every image shape here + (", ..." if len(other) > 3 else "")
     print(
         f"data: {source}: images of {listed} are resized to {image_size}x{image_size} (shorter side to "
         f"{image_size}, then the centre square; --image-size {image_size})",

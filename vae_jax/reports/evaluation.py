@@ -83,8 +83,8 @@ def _test_data(config, workdir, spec: str, data_dir: str, trained_shape) -> data
     dataset = trained.run_dataset(config, workdir, spec, data_dir)
     if trained_shape is not None and tuple(dataset.image_shape) != tuple(trained_shape):
         raise ConfigError(
-            f"--dataset {spec or config.dataset}: images are {dataset.image_shape}, the model was trained on "
-            f"{tuple(trained_shape)}"
+            f"--dataset {spec or config.dataset}: images are {'x'.join(map(str, dataset.image_shape))}, the model "
+            f"was trained on {'x'.join(map(str, trained_shape))}"
         )
     return dataset
 

@@ -54,7 +54,8 @@ def with_data_classes(config: CVAEConfig, dataset) -> CVAEConfig:
     if dataset.num_classes is None:
         raise ConfigError(
             f"--dataset {config.dataset}: {dataset.source} has no labels; the conditional VAE "
-            "needs labelled data (mnist, a tfds set with labels, or an npz with y_train/y_test)"
+            "needs labelled data (mnist, a tfds set with labels, an npz with y or y_train/y_test, or a folder "
+            "of class sub-folders)"
         )
     if config.num_classes == 0:
         return dataclasses.replace(config, num_classes=dataset.num_classes)
