@@ -93,8 +93,8 @@ def test_evaluate_errors(tmp_path, capsys):
         evaluate_exp.main(["--workdir", str(tmp_path)])
     assert "no config.json here" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        evaluate_exp.main(["--workdir", str(tmp_path), "--iwae-k", "0"])
-    assert "--iwae-k must be a positive integer" in capsys.readouterr().err
+        evaluate_exp.main(["--workdir", str(tmp_path), "--iwae-k", "-1"])  # 0: no bound
+    assert "--iwae-k must be a non-negative integer" in capsys.readouterr().err
 
 
 def test_torch_reference_of_the_main_job(tmp_path, small_npz, capsys):
