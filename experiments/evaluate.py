@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dataset", default="", help="dataset spec to evaluate on (default: the run's)")
     parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")
+    cli.add_skip_unreadable_flag(parser)
     parser.add_argument("--iwae-k", type=int, default=1000, help="importance samples per test image (0: no IWAE bound)")
     parser.add_argument("--batch-size", type=int, default=100, help="test images per IWAE batch")
     parser.add_argument("--k-chunk", type=int, default=100, help="importance samples decoded at a time")
@@ -85,7 +86,7 @@ def main(argv=None) -> dict:
     if args.iwae_k < 0:
         parser.error(f"--iwae-k must be a non-negative integer (0: no IWAE bound), got {args.iwae_k}")
     sharding = parallel.eval_batch_sharding(args.devices)
-    run = evaluation.trained_vae(args.workdir, args.dataset, args.data_dir)
+    run = evaluation.trained_vae(args.workdir, args.dataset, args.data_dir, args.skip_unreadable)
     config, dataset, epoch = run.config, run.dataset, run.epoch
     parts = trained.FAMILIES[config.kind].eval_parts(run.model, run.task, config)
     data = {"x": dataset.test_pixels}
@@ -95,6 +96,7 @@ def main(argv=None) -> dict:
                 f"--dataset {args.dataset or config.dataset}: the conditional VAE is evaluated on -log p(x|y) and "
                 "needs test labels; this data has none"
             )
+        trained.check_trained_classes(args.dataset or config.dataset, dataset.y_test, run.model.num_classes)
         data["y"] = dataset.y_test
 
     # The computation TrainedModel.evaluate runs on one seed (vae_jax.trained): the same numbers.
@@ -121,8 +123,13 @@ def main(argv=None) -> dict:
             "eval_seed": args.eval_seed,
             "dataset": dataset.summary(),
             "measure": measure,
-            "neg_elbo_note": "single-sample neg-ELBO with the run's fixed evaluation key and --eval-batch-size "
-            f"{config.eval_batch_size}: the same computation as summary.json's test metrics",
+            "neg_elbo_note": (
+                "single-sample neg-ELBO with the run's fixed evaluation key and --eval-batch-size "
+                f"{config.eval_batch_size}: the same computation as summary.json's test metrics"
+                if args.eval_seed == evaluate.EVAL_SEED
+                else f"single-sample neg-ELBO with the key of --eval-seed {args.eval_seed} (summary.json's test "
+                f"metrics use seed {evaluate.EVAL_SEED}) and --eval-batch-size {config.eval_batch_size}"
+            ),
         },
         per_seed,
     )

@@ -451,7 +451,7 @@ def reconstruct_with_the_runs_data_flags(run, folder, capsys):
     """experiments.reconstruct on a --skip-unreadable run: its own data is read as it trained (the broken files
     left out), equal to load_run's reconstruction of the folder loaded directly; a changed folder is refused."""
     from experiments import reconstruct
-    from vae_jax import load_run
+    from vae_jax import export_run, load_run
 
     out = str(run / "recon.png")
     result = reconstruct.main(["--workdir", str(run), "--out", out])
@@ -461,15 +461,14 @@ def reconstruct_with_the_runs_data_flags(run, folder, capsys):
     with pytest.raises(SystemExit) as stop:  # the run's setting overridden: the broken files stop it
         reconstruct.main(["--workdir", str(run), "--out", out, "--no-skip-unreadable"])
     assert stop.value.code == 2 and "pass --skip-unreadable" in capsys.readouterr().err
+    exported = str(run / "model.msgpack")
+    export_run(str(run), exported)  # it carries the record of the data the run trained on
     _save(str(folder / "new.png"), _random_rgb(np.random.default_rng(1), 6, 6))  # the run's data changes
-    with pytest.raises(SystemExit) as stop:
-        reconstruct.main(["--workdir", str(run), "--out", out])
-    line = capsys.readouterr().err.splitlines()[-1]  # after the lines listing the files left out
-    assert (
-        stop.value.code == 2
-        and line.startswith("error: --dataset folder:")
-        and f"--workdir {run} was trained on " in line
-        and "pass --dataset" in line
-    )
+    for source in (str(run), exported):
+        with pytest.raises(SystemExit) as stop:
+            reconstruct.main(["--workdir", source, "--out", out])
+        line = capsys.readouterr().err.splitlines()[-1]  # after the lines listing the files left out
+        assert stop.value.code == 2 and line.startswith("error: --dataset folder:"), line
+        assert f"--workdir {source} was trained on " in line and "pass --dataset" in line
     asked = reconstruct.main(["--workdir", str(run), "--out", out, "--dataset", f"folder:{folder}"])
     assert len(asked["errors"]) == len(load_dataset(f"folder:{folder}", skip_unreadable=True).x_test)

@@ -76,6 +76,11 @@ def test_an_experiment_records_its_phases_adding_up_to_its_process_time(tmp_path
     assert read == {name: float(value) for name, value in parts.items()} | {"after_training": after}
     # Printed later, to 0.1 s (at most 0.05 s below), than recorded to 0.01 s (at most 0.005 s above).
     assert all(read[name] >= recorded[name] - 0.055 - 1e-9 for name in recorded)
+    # The same command again trains nothing and leaves summary.json as it is, phases included.
+    stored = (workdir / "summary.json").read_bytes()
+    again = subprocess.run([*command, "--workdir", str(workdir)], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "nothing to train" in again.stderr, again.stderr
+    assert (workdir / "summary.json").read_bytes() == stored
 
 
 def test_after_training_counts_every_second_once_the_analyses_began():

@@ -122,6 +122,18 @@ def test_evaluate_equals_experiments_evaluate_for_the_same_key(runs, kind, tmp_p
     np.testing.assert_allclose(default["neg_elbo"], summary["test"]["neg_elbo"]["per_seed"][0], rtol=1e-5)
 
 
+def test_evaluate_refuses_labels_outside_the_trained_classes_naming_the_data(runs, tmp_path, capsys):
+    x = runs[2].x_test[:20]
+    np.savez(tmp_path / "twelves.npz", x=x, y=np.full(len(x), 12))
+    for command in (evaluate_exp, reconstruct_exp):
+        with pytest.raises(SystemExit) as stop:
+            command.main(["--workdir", _workdir(runs, "cvae"), "--dataset", f"npz:{tmp_path / 'twelves.npz'}"])
+        (line,) = capsys.readouterr().err.splitlines()
+        assert stop.value.code == 2 and line.startswith(f"error: --dataset npz:{tmp_path / 'twelves.npz'}: ")
+        assert "labels run from 12 to 12; the conditional VAE was trained on classes 0 to 9" in line
+    assert os.listdir(tmp_path) == ["twelves.npz"]
+
+
 def test_experiments_evaluate_reads_an_exported_file_as_the_workdir_seed_it_holds(runs, tmp_path, capsys):
     """The exported file's one seed gets the numbers its workdir's evaluation gives that seed (read through
     Orbax's checkpoint there, through the file here); ``--iwae-k 0`` skips the bound, as ``evaluate(iwae_k=0)``."""
@@ -312,7 +324,8 @@ def test_bad_arguments_name_themselves(runs):
         (lambda: run.reconstruct(np.zeros((2, 32, 32, 1)), labels=[1, 2]), "x must be images"),
         (lambda: run.reconstruct(dataset.x_test[:2] * 255.0, labels=[1, 2]), "in [0, 1] (or uint8"),
         (lambda: run.evaluate(dataset.x_test - 0.5, labels=dataset.y_test), "got values in [-0.5, 0.5]"),
-        (lambda: run.encode(np.full((2, 28, 28, 1), np.nan), labels=[1, 2]), "got values in [nan, nan]"),
+        (lambda: run.encode(np.full((2, 28, 28, 1), np.nan), labels=[1, 2]), "got 1568 NaN or infinite"),
+        (lambda: run.encode(np.zeros((2, 28, 28, 1), np.uint16), labels=[1, 2]), "got uint16"),
         (lambda: run.decode(np.zeros((2, 5)), labels=[1, 2]), "z must be latents [N, 2]"),
         (lambda: run.evaluate(dataset.x_test, labels=dataset.y_test, iwae_k=-1), "iwae_k"),
         (lambda: load_run(_workdir(runs, "vae")).reconstruct(dataset.x_test[:2], labels=[1, 2]), "not conditional"),

@@ -182,6 +182,11 @@ def add_image_flags(parser: argparse.ArgumentParser, splits: tuple[str, ...]) ->
     parser.add_argument("--dataset", default="", help="dataset spec, e.g. mnist or folder:PATH (default: the run's)")
     parser.add_argument("--data-dir", default="", help="TFDS data directory (default: the run's)")
     parser.add_argument("--split", default="test", choices=splits, help="which images")
+    add_skip_unreadable_flag(parser)
+
+
+def add_skip_unreadable_flag(parser: argparse.ArgumentParser) -> None:
+    """``--skip-unreadable`` / ``--no-skip-unreadable`` of the tools that use a trained run (default: as it trained)."""
     parser.add_argument(
         "--skip-unreadable",
         action=argparse.BooleanOptionalAction,

@@ -233,9 +233,11 @@ def _load_workdir(workdir: str, seed: int | None, epoch: int | None) -> TrainedM
     model_state = _replica(state.model_state, replica) if state.model_state else None
     prior = _load_prior(workdir, model, replica) if kind == "vqvae" else None
     params, seed = _replica(state.params, replica), config.seed_list()[replica]
-    return make_trained_model(
+    run = make_trained_model(
         kind, config, model, task, params, int(epoch), seed, image_shape, model_state, prior, workdir
     )
+    run.data_record = workdir_lib.data_record_of(workdir)
+    return run
 
 
 def load_run(workdir_or_file: str, seed: int | None = None, epoch: int | None = None) -> TrainedModel:
@@ -258,9 +260,11 @@ def load_run(workdir_or_file: str, seed: int | None = None, epoch: int | None = 
         if seed is not None or epoch is not None:
             record = _read_export(path)
             if (seed is not None and seed != record["seed"]) or (epoch is not None and epoch != record["epoch"]):
+                asked = ", ".join(
+                    f"--{name} {value}" for name, value in (("seed", seed), ("epoch", epoch)) if value is not None
+                )
                 raise ConfigError(
-                    f"--workdir {path} is an exported model of seed {record['seed']}, epoch "
-                    f"{record['epoch']}; got --seed {seed}, --epoch {epoch}"
+                    f"--workdir {path} is an exported model of seed {record['seed']}, epoch {record['epoch']}; got {asked}"
                 )
         return _load_export(path)
     return _load_workdir(path, seed, epoch)
@@ -312,9 +316,11 @@ class TrainedModel:
       epoch: the checkpoint's epoch. seed: the replica's seed. image_shape: ``(H, W, C)``.
       model_state: non-gradient state (the VQ-VAE's EMA codebook statistics) or None.
       source: the workdir or file it was read from.
+      data_record: the data it trained on (its workdir's ``data.json``, kept in an exported file), or None.
     """
 
     conditional = False
+    data_record = None
 
     def __init__(
         self, family, config, model, task, params, epoch, seed, image_shape, model_state=None, prior=None, source=""
@@ -399,21 +405,20 @@ class TrainedModel:
     def _images(self, x) -> np.ndarray:
         """``x`` as ``[N, H, W, C]`` float32 in [0, 1] or uint8 (uint8 converts the way the training data does)."""
         x = np.asarray(x)
-        if (
-            x.ndim != 4
-            or tuple(x.shape[1:]) != self.image_shape
-            or x.shape[0] < 1
-            or not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating))
-        ):
-            h, w, c = self.image_shape
+        h, w, c = self.image_shape
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape or x.shape[0] < 1:
             raise ConfigError(
                 f"x must be images [N, {h}, {w}, {c}] (float in [0, 1] or uint8) for this model, "
                 f"got shape {list(x.shape)} ({x.dtype})"
             )
+        if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
+            raise ConfigError(f"x must hold float pixels in [0, 1] or uint8 in [0, 255], got {x.dtype}")
         if x.dtype == np.uint8:
             return x
         x = x.astype(np.float32)
-        low, high = float(np.min(x)), float(np.max(x))  # NaN if any pixel is NaN
+        if not np.all(np.isfinite(x)):
+            raise ConfigError(f"x must hold float pixels in [0, 1], got {int(np.sum(~np.isfinite(x)))} NaN or infinite")
+        low, high = float(np.min(x)), float(np.max(x))
         if not (0.0 <= low and high <= 1.0):
             raise ConfigError(
                 f"x must hold float pixels in [0, 1] (or uint8 in [0, 255]), got values in [{low:.4g}, {high:.4g}]"
@@ -611,8 +616,7 @@ def load_images(
     """
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    workdir = run.source if os.path.isdir(run.source) else None
-    dataset = run_dataset(run.config, workdir, spec, data_dir, skip_unreadable)
+    dataset = run_dataset(run.config, run.source, spec, data_dir, skip_unreadable, run.data_record)
     if tuple(dataset.image_shape) != run.image_shape:
         raise ConfigError(
             f"--dataset {spec or run.config.dataset}: images are {'x'.join(map(str, dataset.image_shape))}, the "
@@ -625,19 +629,21 @@ def load_images(
     return x, y
 
 
-def run_dataset(config, workdir: str | None, spec: str = "", data_dir: str | None = None, skip_unreadable=None):
+def run_dataset(
+    config, source: str, spec: str = "", data_dir: str | None = None, skip_unreadable=None, trained_on=None
+):
     """Dataset ``spec`` (default: the run's own ``--dataset``) prepared as the run of ``config`` trained: its
     ``--binarize``, ``--image-size`` and, unless ``skip_unreadable`` says, ``--skip-unreadable``.
 
-    The run's own data is its ``workdir``'s decoded copy when a --distributed run left one
-    (:func:`vae_jax.runner.decode_once`); a one-line error when it names other data now than the workdir's
-    ``data.json`` records (a replaced file or folder, ``mnist`` offline). ``workdir`` None (an exported
-    file): nothing is checked.
+    ``source`` is the run's workdir or exported file. The run's own data is the workdir's decoded copy when
+    a --distributed run left one (:func:`vae_jax.runner.decode_once`); a one-line error when it names other
+    data now than the run trained on (``trained_on``, default the workdir's ``data.json``): a replaced file
+    or folder, ``mnist`` offline.
     """
     from vae_jax import data as data_lib
 
-    own = not spec and workdir is not None
-    decoded = runner.decoded_copy(config) if own and not data_dir else None
+    own = not spec
+    decoded = runner.decoded_copy(config) if own and not data_dir and os.path.isdir(source) else None
     dataset = decoded or data_lib.load_dataset(
         spec or config.dataset,
         data_dir=data_dir or config.data_dir or None,
@@ -645,7 +651,7 @@ def run_dataset(config, workdir: str | None, spec: str = "", data_dir: str | Non
         image_size=config.image_size,
         skip_unreadable=config.skip_unreadable if skip_unreadable is None else skip_unreadable,
     )
-    mismatch = workdir_lib.data_mismatch(workdir, dataset.record()) if own else None
+    mismatch = workdir_lib.data_mismatch(source, dataset.record(), trained_on) if own else None
     if mismatch:
         raise ConfigError(
             f"--dataset {config.dataset}: {mismatch}; use it where its data is, or pass --dataset to use "
@@ -666,7 +672,18 @@ def run_and_images(args, verb: str):
     x, y = load_images(run, args.dataset, args.split, args.data_dir, args.skip_unreadable)
     if run.conditional and y is None:
         raise ConfigError(f"--dataset {spec}: the conditional VAE {verb} with the images' labels; this data has none")
+    if run.conditional:
+        check_trained_classes(spec, y, run.model.num_classes)
     return run, spec, x, y
+
+
+def check_trained_classes(spec: str, y: np.ndarray, num_classes: int) -> None:
+    """A one-line error naming ``--dataset`` when its labels ``y`` leave the conditional VAE's trained classes."""
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ConfigError(
+            f"--dataset {spec}: its labels run from {int(y.min())} to {int(y.max())}; the conditional VAE was "
+            f"trained on classes 0 to {num_classes - 1}"
+        )
 
 
 # --- one self-contained file ------------------------------------------------------------------
@@ -699,6 +716,7 @@ def export_run(workdir: str, path: str, seed: int | None = None, epoch: int | No
         "params": host(run.params),
         "model_state": host(run.model_state) if run.model_state else None,
         "prior": None,
+        "data": json.dumps(run.data_record),  # what it trained on (data.json): load_images checks it
     }
     if run.prior is not None:
         prior_config, _, prior_params = run.prior
@@ -775,4 +793,6 @@ def _load_export(path: str) -> TrainedModel:
         )
         prior = (prior_config, prior_model, prior_params)
     epoch, seed = int(record["epoch"]), int(record["seed"])
-    return make_trained_model(kind, config, model, task, params, epoch, seed, image_shape, model_state, prior, path)
+    run = make_trained_model(kind, config, model, task, params, epoch, seed, image_shape, model_state, prior, path)
+    run.data_record = json.loads(record.get("data") or "null")  # files exported before it was added: None
+    return run

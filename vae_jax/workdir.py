@@ -96,8 +96,11 @@ def read_json(path: str, what: str):
 
 
 def _setting(value) -> str:
+    """A config value as a user would type it; an empty one (``--seeds`` not given) as ``(not given)``."""
     if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
+        value = ",".join(map(str, value))
+    if value == "":
+        return "(not given)"
     return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
 
 
@@ -223,14 +226,15 @@ def check_run_data(config: TrainConfig, record: dict) -> None:
     )
 
 
-def data_mismatch(workdir: str, record: dict) -> str | None:
+def data_mismatch(workdir: str, record: dict, trained: dict | None = None) -> str | None:
     """``"--workdir W was trained on A, but this data is B"`` when ``record`` (a
-    :meth:`vae_jax.data.Dataset.record`) is not the data of ``WORKDIR/data.json``; None when it is, or when the
-    run has no ``data.json``."""
+    :meth:`vae_jax.data.Dataset.record`) is not the data of ``WORKDIR/data.json`` (or of ``trained``, the record
+    an exported file carries); None when it is, or when the run has no such record."""
     path = os.path.join(workdir, DATA_RECORD)
-    if not os.path.isfile(path):
+    if trained is None and os.path.isfile(path):
+        trained = read_json(path, "record of the run's data")
+    if trained is None:
         return None
-    trained = read_json(path, "record of the run's data")
     keys = ("source", "n_train", "n_test", "image_shape", "fingerprint")
     if all(_jsonable(trained.get(k)) == _jsonable(record.get(k)) for k in keys):
         return None
@@ -457,7 +461,11 @@ def _without_retired(saved: dict) -> dict:
 
 
 def write_summary(workdir: str, summary: dict, figures: list[str] | None = None) -> None:
-    """Writes ``summary.json``; ``figures`` (paths) are listed in it by file name."""
+    """Writes ``summary.json`` with this process's ``phases``; ``figures`` (paths) are listed in it by file name.
+
+    When ``summary.json``, written by an earlier process, already holds exactly this summary (a rerun with
+    nothing to train), the file is left as it is, with the phases of the process that trained the run.
+    """
     if figures is not None:
         names = [os.path.basename(p) for p in figures]
         summary["figures"] = names + [n for n in summary.get("figures", []) if n not in names]
@@ -465,5 +473,16 @@ def write_summary(workdir: str, summary: dict, figures: list[str] | None = None)
             board = tensorboard.EpochWriter(workdir)
             board.log_figures([os.path.join(workdir, n) for n in summary["figures"]], summary["epochs"])
             board.close()
+    path = os.path.abspath(os.path.join(workdir, "summary.json"))
+    stored = _json_or_none(open(path).read()) if os.path.isfile(path) else None
+    if path not in _SUMMARIES_WRITTEN and isinstance(stored, dict) and "phases" in stored:
+        rest = {k: v for k, v in summary.items() if k != "phases"}
+        if _jsonable(rest) == {k: v for k, v in stored.items() if k != "phases"}:  # a rerun that changed nothing
+            summary["phases"] = stored["phases"]
+            return
     summary["phases"] = {name: round(value, 2) for name, value in phases.seconds().items()}
-    write_json(os.path.join(workdir, "summary.json"), summary)
+    write_json(path, summary)
+    _SUMMARIES_WRITTEN.add(path)
+
+
+_SUMMARIES_WRITTEN: set[str] = set()  # the summary.json files this process wrote (their phases are its own)

@@ -55,7 +55,7 @@ class TrainedVAE:
     dataset: data_lib.Dataset
 
 
-def trained_vae(path: str, spec: str, data_dir: str) -> TrainedVAE:
+def trained_vae(path: str, spec: str, data_dir: str, skip_unreadable=None) -> TrainedVAE:
     """The VAE run in workdir ``path`` (every seed, its newest good checkpoint) or in a file
     :func:`vae_jax.export_run` wrote (its one seed), with dataset ``spec`` (default: the run's own data)."""
     if os.path.isfile(path):
@@ -64,23 +64,23 @@ def trained_vae(path: str, spec: str, data_dir: str) -> TrainedVAE:
             raise ConfigError(
                 f"--workdir {path} is an exported {run.family} model; experiments.evaluate evaluates VAEs"
             )
-        dataset = _test_data(run.config, None, spec, data_dir, run.image_shape)
+        dataset = _test_data(run.config, path, spec, data_dir, run.image_shape, skip_unreadable, run.data_record)
         params = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], run.params)
         return TrainedVAE(
             run.model, run.task, run.config, run.epoch, params, [run.seed], os.path.abspath(path), dataset
         )
     family, config = vae_config(path)
     trained_shape = trained.trained_image_shape(config.workdir)
-    dataset = _test_data(config, config.workdir, spec, data_dir, trained_shape)
+    dataset = _test_data(config, config.workdir, spec, data_dir, trained_shape, skip_unreadable)
     model, task = family.build(config, trained_shape or dataset.image_shape)
     epoch, state = trained.restore_checkpoint(config, task)
     checkpoint = os.path.join(os.path.abspath(config.workdir), "checkpoints", str(int(epoch)))
     return TrainedVAE(model, task, config, int(epoch), state.params, config.seed_list(), checkpoint, dataset)
 
 
-def _test_data(config, workdir, spec: str, data_dir: str, trained_shape) -> data_lib.Dataset:
+def _test_data(config, source, spec, data_dir, trained_shape, skip_unreadable, trained_on=None) -> data_lib.Dataset:
     """:func:`vae_jax.trained.run_dataset`; a one-line error when its images do not fit the model."""
-    dataset = trained.run_dataset(config, workdir, spec, data_dir)
+    dataset = trained.run_dataset(config, source, spec, data_dir, skip_unreadable, trained_on)
     if trained_shape is not None and tuple(dataset.image_shape) != tuple(trained_shape):
         raise ConfigError(
             f"--dataset {spec or config.dataset}: images are {'x'.join(map(str, dataset.image_shape))}, the model "
@@ -119,8 +119,9 @@ def result_line(result: dict, iwae_k: int, out: str) -> str:
         if "iwae_nll" in result
         else ""
     )
+    seeds = f" (mean of {len(result['per_seed'])} seeds; eval.json has each)" if "per_seed" in result else ""
     return (
-        f"{result['kind']} checkpoint epoch {result['checkpoint_epoch']}: n={result['n']}  neg-ELBO "
+        f"{result['kind']} checkpoint epoch {result['checkpoint_epoch']}{seeds}: n={result['n']}  neg-ELBO "
         f"{result['neg_elbo']:.2f} (recon {result['recon']:.2f}, KL {result['kl']:.2f}{extras}){bound}  active "
         f"units {units}  -> {out}"
     )
