@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import warnings
 
 import numpy as np
 
-from vae_jax import cli, plots, trained
+from vae_jax import cli, plots, runner, trained
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, user_errors
 
@@ -90,7 +91,12 @@ def main(argv=None) -> dict:
             f"{flag}: {args.workdir} was trained on classes 0 to {run.model.num_classes - 1}, "
             f"got {args.label if args.label is not None else ','.join(map(str, args.labels))}"
         )
-    x = run.sample(args.n, args.key, labels=labels, temperature=args.temperature)
+    with warnings.catch_warnings(record=True) as caught:  # a VQ-VAE without a prior: one line, not a traceback
+        warnings.simplefilter("always")
+        x = run.sample(args.n, args.key, labels=labels, temperature=args.temperature)
+    for warning in caught:
+        runner.log(f"warning: {warning.message}")
+    temperature = f"temperature {args.temperature:g}" + (" ignored" if caught else "")
     npz = os.path.splitext(args.out)[0] + ".npz"
     what = "" if labels is None else f", labels {','.join(map(str, dict.fromkeys(labels.tolist())))}"
     title = f"{args.n} samples of {run.family} (epoch {run.epoch}, seed {run.seed}{what}, T={args.temperature:g})"
@@ -99,7 +105,7 @@ def main(argv=None) -> dict:
     np.savez_compressed(npz, **arrays)
     print(
         f"{args.n} samples from {args.workdir} ({run.family}, epoch {run.epoch}, seed {run.seed}{what}, "
-        f"key {args.key}, temperature {args.temperature:g}) -> {args.out}, {npz}"
+        f"key {args.key}, {temperature}) -> {args.out}, {npz}"
     )
     return {"x": x, "y": labels, "png": args.out, "npz": npz}
 

@@ -240,7 +240,7 @@ def test_vqvae_codes_are_the_nearest_codebook_entries(runs):
     np.testing.assert_allclose(run.decode(indices), run.reconstruct(x), atol=1e-6)
 
 
-def test_vqvae_samples_through_its_prior_or_warns_without_one(runs, tmp_path):
+def test_vqvae_samples_through_its_prior_or_warns_without_one(runs, tmp_path, capsys):
     run = load_run(_workdir(runs, "vqvae"))
     _, prior_model, prior_params = run.prior
     key = jax.random.key(5)
@@ -256,6 +256,13 @@ def test_vqvae_samples_through_its_prior_or_warns_without_one(runs, tmp_path):
     with pytest.warns(UserWarning, match="no learned prior"):
         images = load_run(str(bare)).sample(4, key)
     assert images.shape == (4, 28, 28, 1)
+    # The command line says it in one line, and that the temperature was not used.
+    generate_exp.main(["--workdir", str(bare), "--n", "4", "--temperature", "0.5", "--out", str(tmp_path / "s.png")])
+    captured = capsys.readouterr()
+    (warning,) = [line for line in captured.err.splitlines() if "no learned prior" in line]
+    assert (
+        warning.startswith("warning: ") and "Warning" not in captured.err and "temperature 0.5 ignored" in captured.out
+    )
 
 
 # --- export ---------------------------------------------------------------------------------------
