@@ -91,12 +91,8 @@ def main(argv=None) -> dict:
     parts = trained.FAMILIES[config.kind].eval_parts(run.model, run.task, config)
     data = {"x": dataset.test_pixels}
     if parts.needs_labels:
-        if dataset.y_test is None:
-            raise ConfigError(
-                f"--dataset {args.dataset or config.dataset}: the conditional VAE is evaluated on -log p(x|y) and "
-                "needs test labels; this data has none"
-            )
-        trained.check_trained_classes(args.dataset or config.dataset, dataset.y_test, run.model.num_classes)
+        spec = args.dataset or config.dataset
+        trained.check_dataset_labels(spec, dataset.y_test, run.model.num_classes, "is evaluated on -log p(x|y)")
         data["y"] = dataset.y_test
 
     # The computation TrainedModel.evaluate runs on one seed (vae_jax.trained): the same numbers.

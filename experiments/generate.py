@@ -96,7 +96,8 @@ def main(argv=None) -> dict:
         x = run.sample(args.n, args.key, labels=labels, temperature=args.temperature)
     for warning in caught:
         runner.log(f"warning: {warning.message}")
-    temperature = f"temperature {args.temperature:g}" + (" ignored" if caught else "")
+    ignored = any("temperature ignored" in str(warning.message) for warning in caught)  # no prior to scale
+    temperature = f"temperature {args.temperature:g}" + (" ignored" if ignored else "")
     npz = os.path.splitext(args.out)[0] + ".npz"
     what = "" if labels is None else f", labels {','.join(map(str, dict.fromkeys(labels.tolist())))}"
     title = f"{args.n} samples of {run.family} (epoch {run.epoch}, seed {run.seed}{what}, T={args.temperature:g})"

@@ -233,11 +233,10 @@ def _load_workdir(workdir: str, seed: int | None, epoch: int | None) -> TrainedM
     model_state = _replica(state.model_state, replica) if state.model_state else None
     prior = _load_prior(workdir, model, replica) if kind == "vqvae" else None
     params, seed = _replica(state.params, replica), config.seed_list()[replica]
-    run = make_trained_model(
-        kind, config, model, task, params, int(epoch), seed, image_shape, model_state, prior, workdir
+    trained_on = workdir_lib.data_record_of(workdir)
+    return make_trained_model(
+        kind, config, model, task, params, int(epoch), seed, image_shape, model_state, prior, workdir, trained_on
     )
-    run.data_record = workdir_lib.data_record_of(workdir)
-    return run
 
 
 def load_run(workdir_or_file: str, seed: int | None = None, epoch: int | None = None) -> TrainedModel:
@@ -320,15 +319,26 @@ class TrainedModel:
     """
 
     conditional = False
-    data_record = None
 
     def __init__(
-        self, family, config, model, task, params, epoch, seed, image_shape, model_state=None, prior=None, source=""
+        self,
+        family,
+        config,
+        model,
+        task,
+        params,
+        epoch,
+        seed,
+        image_shape,
+        model_state=None,
+        prior=None,
+        source="",
+        data_record=None,
     ):
         self.family, self.config, self.model, self.task = family, config, model, task
         self.params, self.epoch, self.seed = params, epoch, seed
         self.image_shape = tuple(int(d) for d in image_shape)
-        self.model_state, self.prior, self.source = model_state, prior, source
+        self.model_state, self.prior, self.source, self.data_record = model_state, prior, source, data_record
 
     @property
     def variables(self) -> dict:
@@ -616,12 +626,7 @@ def load_images(
     """
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    dataset = run_dataset(run.config, run.source, spec, data_dir, skip_unreadable, run.data_record)
-    if tuple(dataset.image_shape) != run.image_shape:
-        raise ConfigError(
-            f"--dataset {spec or run.config.dataset}: images are {'x'.join(map(str, dataset.image_shape))}, the "
-            f"model was trained on {'x'.join(map(str, run.image_shape))}"
-        )
+    dataset = run_dataset(run.config, run.source, spec, data_dir, skip_unreadable, run.data_record, run.image_shape)
     parts = {"train": [(dataset.train_pixels, dataset.y_train)], "test": [(dataset.test_pixels, dataset.y_test)]}
     chosen = parts["train"] + parts["test"] if split == "all" else parts[split]
     x = np.concatenate([np.asarray(p) for p, _ in chosen])
@@ -630,7 +635,13 @@ def load_images(
 
 
 def run_dataset(
-    config, source: str, spec: str = "", data_dir: str | None = None, skip_unreadable=None, trained_on=None
+    config,
+    source: str,
+    spec: str = "",
+    data_dir: str | None = None,
+    skip_unreadable=None,
+    trained_on=None,
+    trained_shape=None,
 ):
     """Dataset ``spec`` (default: the run's own ``--dataset``) prepared as the run of ``config`` trained: its
     ``--binarize``, ``--image-size`` and, unless ``skip_unreadable`` says, ``--skip-unreadable``.
@@ -638,7 +649,7 @@ def run_dataset(
     ``source`` is the run's workdir or exported file. The run's own data is the workdir's decoded copy when
     a --distributed run left one (:func:`vae_jax.runner.decode_once`); a one-line error when it names other
     data now than the run trained on (``trained_on``, default the workdir's ``data.json``): a replaced file
-    or folder, ``mnist`` offline.
+    or folder, ``mnist`` offline; or when its images are not of ``trained_shape`` (None: not checked).
     """
     from vae_jax import data as data_lib
 
@@ -657,6 +668,11 @@ def run_dataset(
             f"--dataset {config.dataset}: {mismatch}; use it where its data is, or pass --dataset to use "
             "other data on purpose"
         )
+    if trained_shape is not None and tuple(dataset.image_shape) != tuple(trained_shape):
+        raise ConfigError(
+            f"--dataset {spec or config.dataset}: images are {'x'.join(map(str, dataset.image_shape))}, the "
+            f"model was trained on {'x'.join(map(str, trained_shape))}"
+        )
     return dataset
 
 
@@ -670,15 +686,16 @@ def run_and_images(args, verb: str):
     run = load_run(args.workdir, seed=args.seed, epoch=args.epoch)
     spec = args.dataset or run.config.dataset
     x, y = load_images(run, args.dataset, args.split, args.data_dir, args.skip_unreadable)
-    if run.conditional and y is None:
-        raise ConfigError(f"--dataset {spec}: the conditional VAE {verb} with the images' labels; this data has none")
     if run.conditional:
-        check_trained_classes(spec, y, run.model.num_classes)
+        check_dataset_labels(spec, y, run.model.num_classes, verb)
     return run, spec, x, y
 
 
-def check_trained_classes(spec: str, y: np.ndarray, num_classes: int) -> None:
-    """A one-line error naming ``--dataset`` when its labels ``y`` leave the conditional VAE's trained classes."""
+def check_dataset_labels(spec: str, y: np.ndarray | None, num_classes: int, verb: str) -> None:
+    """A one-line error naming ``--dataset`` when it has no labels ``y`` for the conditional VAE (``verb``: what
+    the command does with them) or when they leave its trained classes."""
+    if y is None:
+        raise ConfigError(f"--dataset {spec}: the conditional VAE {verb} with the images' labels; this data has none")
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise ConfigError(
             f"--dataset {spec}: its labels run from {int(y.min())} to {int(y.max())}; the conditional VAE was "
@@ -793,6 +810,7 @@ def _load_export(path: str) -> TrainedModel:
         )
         prior = (prior_config, prior_model, prior_params)
     epoch, seed = int(record["epoch"]), int(record["seed"])
-    run = make_trained_model(kind, config, model, task, params, epoch, seed, image_shape, model_state, prior, path)
-    run.data_record = json.loads(record.get("data") or "null")  # files exported before it was added: None
-    return run
+    trained_on = json.loads(record.get("data") or "null")  # files exported before it was added: None
+    return make_trained_model(
+        kind, config, model, task, params, epoch, seed, image_shape, model_state, prior, path, trained_on
+    )

@@ -64,29 +64,20 @@ def trained_vae(path: str, spec: str, data_dir: str, skip_unreadable=None) -> Tr
             raise ConfigError(
                 f"--workdir {path} is an exported {run.family} model; experiments.evaluate evaluates VAEs"
             )
-        dataset = _test_data(run.config, path, spec, data_dir, run.image_shape, skip_unreadable, run.data_record)
+        dataset = trained.run_dataset(
+            run.config, path, spec, data_dir, skip_unreadable, run.data_record, run.image_shape
+        )
         params = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], run.params)
         return TrainedVAE(
             run.model, run.task, run.config, run.epoch, params, [run.seed], os.path.abspath(path), dataset
         )
     family, config = vae_config(path)
     trained_shape = trained.trained_image_shape(config.workdir)
-    dataset = _test_data(config, config.workdir, spec, data_dir, trained_shape, skip_unreadable)
+    dataset = trained.run_dataset(config, config.workdir, spec, data_dir, skip_unreadable, None, trained_shape)
     model, task = family.build(config, trained_shape or dataset.image_shape)
     epoch, state = trained.restore_checkpoint(config, task)
     checkpoint = os.path.join(os.path.abspath(config.workdir), "checkpoints", str(int(epoch)))
     return TrainedVAE(model, task, config, int(epoch), state.params, config.seed_list(), checkpoint, dataset)
-
-
-def _test_data(config, source, spec, data_dir, trained_shape, skip_unreadable, trained_on=None) -> data_lib.Dataset:
-    """:func:`vae_jax.trained.run_dataset`; a one-line error when its images do not fit the model."""
-    dataset = trained.run_dataset(config, source, spec, data_dir, skip_unreadable, trained_on)
-    if trained_shape is not None and tuple(dataset.image_shape) != tuple(trained_shape):
-        raise ConfigError(
-            f"--dataset {spec or config.dataset}: images are {'x'.join(map(str, dataset.image_shape))}, the model "
-            f"was trained on {'x'.join(map(str, trained_shape))}"
-        )
-    return dataset
 
 
 def combine_seeds(result: dict, per_seed: list[dict]) -> dict:
