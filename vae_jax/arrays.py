@@ -1,9 +1,8 @@
 """Array helpers every layer may use: stored pixels to floats, device arrays to the host, batched model
 queries on host arrays (:func:`apply_in_batches`, padded to one batch shape).
 
-A base module (NumPy, JAX and :mod:`vae_jax.caches` only): the maths (:mod:`vae_jax.evaluate`), the train step, the data layer
-and the driver all call these, so they live below all of them (the layer table is in
-:mod:`vae_jax.protocol`).
+A base module (NumPy, JAX and :mod:`vae_jax.caches` only), below the maths, the train step, the data layer
+and the driver that all call it (the layer table is in :mod:`vae_jax.protocol`).
 """
 
 from __future__ import annotations
@@ -16,13 +15,11 @@ from vae_jax import caches
 
 
 def pixels_to_float(x):
-    """Stored pixels -> float32 in [0, 1]: ``uint8`` is divided by 255, floats become float32.
+    """Stored pixels -> float32 in [0, 1]: ``uint8`` is divided by 255, floats become float32; other integer
+    arrays (a VQ-VAE prior's code grids) are not pixels and pass through unchanged.
 
-    Other integer arrays (a VQ-VAE prior's code grids) are not pixels and pass through unchanged.
-
-    Works on NumPy and JAX arrays alike; the train step and the evaluation
-    call it on each batch, so the data can stay ``uint8`` in device memory.
-    The dtype check is static (decided at trace time).
+    Works on NumPy and JAX arrays alike (the dtype check is static); the train step and the evaluation call
+    it on each batch, so the data can stay ``uint8`` in device memory.
     """
     if x.dtype == np.uint8:
         # A multiplication, not a division: XLA turns x / 255 into x * (1 / 255) anyway, and
@@ -55,14 +52,9 @@ def to_host(tree):
 
 
 def bare_params(tree):
-    """The bare params tree of ``tree``.
-
-    ``model.init`` returns flax's variables ``{"params": ...}`` and
-    ``model.apply`` wants them so; the queries of :mod:`vae_jax.tasks`, the
-    evaluation and the samplers take the bare tree inside. Either is accepted:
-    a mapping whose only key is ``"params"`` is unwrapped, anything else is
-    returned as it is.
-    """
+    """The bare params tree of ``tree``: a mapping whose only key is ``"params"`` (flax's variables, as
+    ``model.init`` returns them) is unwrapped, anything else is returned as it is. The queries of
+    :mod:`vae_jax.tasks`, the evaluation and the samplers take the bare tree inside."""
     if isinstance(tree, Mapping) and set(tree.keys()) == {"params"} and isinstance(tree["params"], Mapping):
         return tree["params"]
     return tree
@@ -70,11 +62,8 @@ def bare_params(tree):
 
 @caches.jit_run_once(static_argnums=(0, 1, 2))
 def run_query(query, model, options: tuple, params, *arrays):
-    """``query(model, params, *arrays, **dict(options))``, compiled once per (query, model, options, shapes).
-
-    Queries run once or a few times per process (figures, diagnostics): compiled by
-    :func:`vae_jax.caches.jit_run_once`.
-    """
+    """``query(model, params, *arrays, **dict(options))``, compiled once per (query, model, options, shapes)
+    by :func:`vae_jax.caches.jit_run_once`: queries run once or a few times per process (figures, diagnostics)."""
     return query(model, params, *arrays, **dict(options))
 
 

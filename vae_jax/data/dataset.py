@@ -15,7 +15,6 @@ from vae_jax.arrays import pixels_to_float
 # Bound on the pixels converted or sampled at once on the host (binarization, resizing).
 HOST_CHUNK_PIXELS = 1 << 24
 
-
 # Post-training analyses that compare with training images (nearest-neighbour distances, a mixture fitted to
 # q(z), the k-means codebook init) read at most this many of them, so a large split is never copied whole as
 # float32 (CelebA at 128 px: 32 GB).
@@ -41,17 +40,13 @@ class Dataset:
     """Train and test images (and optional labels) ready to put on a device.
 
     Attributes:
-      train_pixels, test_pixels: the stored images ``[N, H, W, C]``: ``uint8``
-        in 0..255 (8-bit sources and binarized data) or float32 in [0, 1].
-        This is what goes to the device; see :func:`pixels_to_float`.
+      train_pixels, test_pixels: the stored images ``[N, H, W, C]`` that go to the device: ``uint8`` in 0..255
+        (8-bit sources and binarized data) or float32 in [0, 1] (see :func:`pixels_to_float`).
       y_train, y_test: int32 ``[N]`` labels, or None.
       source: where the data really came from (recorded in ``summary.json``).
-      binarize: ``none``, ``dynamic`` (train images are Bernoulli-sampled anew
-        in every step; the test images once, with a fixed seed) or ``static``
-        (both splits sampled once, with a fixed seed). Binarized images are
-        stored as ``uint8`` 0 or 255.
-      class_names: the label names (``class_names[k]`` is label k) when known,
-        e.g. the sub-folder names of a ``folder:`` dataset.
+      binarize: ``none``, ``dynamic`` (train images Bernoulli-sampled anew in every step, the test images once
+        with a fixed seed) or ``static`` (both splits once, fixed seed); binarized images are ``uint8`` 0 or 255.
+      class_names: the label names (``class_names[k]`` is label k) when known, e.g. a ``folder:``'s sub-folders.
       fingerprint: :func:`data_fingerprint` of the images as read, before binarization ("" when the
         dataset was built by hand: :meth:`record` then computes it from the stored arrays).
       skipped: the image files left out by ``--skip-unreadable`` (a ``folder:`` dataset).
@@ -148,9 +143,6 @@ class Dataset:
             "spec": self.spec,
             "source": self.source,
             "binarize": self.binarize,
-            "image_shape": list(self.image_shape),
-            "n_train": self.num_train,
-            "n_test": self.num_test,
             "labels": self.y_train is not None,
             "stored_dtype": str(self.train_pixels.dtype),
             "stored_megabytes": round(self.stored_bytes / 2**20, 3),
@@ -191,8 +183,8 @@ def data_fingerprint(x_train, y_train, x_test, y_test) -> str:
 
     For each split (train, then test) the hash reads, in order: the images' shape and dtype as text
     (``"(N, H, W, C) uint8"``), the C-ordered bytes of the :func:`fingerprint_images` (the first and last 32),
-    and when there are labels their ``int64`` little-endian bytes (all of them). It tells apart different
-    files, folders and fallbacks under the same ``--dataset`` name, not every edit of a single pixel.
+    and the labels (if any) as ``int64`` little-endian bytes. It tells apart files, folders and fallbacks under
+    one ``--dataset`` name, not every edit of a single pixel.
     """
     digest = hashlib.sha256()
     for x, y in ((x_train, y_train), (x_test, y_test)):

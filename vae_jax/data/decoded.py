@@ -1,12 +1,10 @@
 """Decode once for several hosts: process 0 decodes a dataset into the workdir, every process maps that copy.
 
-A TFDS dataset or an image folder has to be decoded whole (JPEG or PNG files, TFRecords) before any of
-its rows can be used: every process of a ``--distributed`` run would decode all of it into its own
-memory (CelebA at 128 px: about 8 GB a process). Instead process 0 decodes it (resized with
-``--image-size``; a folder a chunk at a time straight into the file, :func:`save_image_folder_npz`, a
-TFDS set in memory first, :func:`save_npz`), writes it uncompressed with the :func:`decoded_data_key` it
-was made from, and every process, process 0 included, then maps that file (:func:`load_dataset` with
-``memory_map``) and applies ``--binarize``: the same arrays as loading the source directly.
+A TFDS dataset or an image folder is decoded whole before any row can be used, so every process of a
+``--distributed`` run would hold all of it (CelebA at 128 px: about 8 GB a process). Instead process 0
+decodes it (with ``--image-size``; a folder a chunk at a time straight into the file) and writes it
+uncompressed with the :func:`decoded_data_key` it was made from; every process then maps that file
+(``memory_map``) and applies ``--binarize``: the same arrays as loading the source directly.
 
 The processes' barrier comes in as a callable (``wait_for_all``), so this module needs nothing of the
 training driver; ``vae_jax.runner.decode_once`` passes JAX's.
@@ -60,10 +58,8 @@ def decoded_data_key(flags: DataFlags) -> dict:
 
 def decode_once(flags: DataFlags, process_index: int = 0, wait_for_all: Callable[[], None] = lambda: None) -> Dataset:
     """The flags' dataset, decoded by process 0 alone into ``WORKDIR/.decoded-data.npz`` and memory-mapped
-    by every process, so that each one reads from disk only the rows it uses (see the module docstring).
-
-    A later run in the same workdir (a resume, or ``--overwrite``, which leaves hidden files in place) maps
-    the file without decoding while the key matches. The workdir must be on a file system that every
+    by every process. A later run in the same workdir (a resume, or ``--overwrite``, which leaves hidden files)
+    maps the file without decoding while the key matches. The workdir must be on a file system that every
     process sees, as Orbax's checkpoints already require.
 
     Args:

@@ -19,37 +19,32 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
     """Reads a directory of image files into ``uint8`` arrays.
 
     Layout:
-      * Test split: the ``test/`` sub-folder when there is one (train is then
-        ``train/`` if present, else everything else); otherwise the last 10%
-        of all images after a fixed shuffle (seed 0) of the sorted paths.
-        Either way each split comes in that fixed shuffled order, so its
-        first images (the ones figures show) mix the classes.
-      * Labels: when two or more sub-folders of a split hold images (and no
-        image lies directly in it), each image's label is its folder's index
-        in the sorted train folder names (``class_names``); folders are
+      * Test split: the ``test/`` sub-folder when there is one (train is then ``train/`` if present, else
+        everything else); otherwise the last 10% of all images after a fixed shuffle (seed 0) of the sorted
+        paths. Either way each split comes in that fixed shuffled order, so its first images (the ones
+        figures show) mix the classes.
+      * Labels: when two or more sub-folders of a split hold images (and no image lies directly in it), each
+        image's label is its folder's index in the sorted train folder names (``class_names``); folders are
         searched recursively. Otherwise the images are unlabelled.
-      * Channels: C = 1 when every image is grayscale (Pillow modes 1, L, LA);
-        otherwise C = 3 and grayscale images are repeated into RGB. Alpha is
-        dropped; palette images count as RGB; 16-bit and float images are
-        refused; animated formats give their first frame.
-      * Size: ``image_size`` = 0 keeps the images' own size, which must then
-        be the same for all; S > 0 resizes the shorter side to S and crops the
-        centre S x S (one bicubic resampling of the centre square).
+      * Channels: C = 1 when every image is grayscale (Pillow modes 1, L, LA); otherwise C = 3 and grayscale
+        images are repeated into RGB. Alpha is dropped; palette images count as RGB; 16-bit and float images
+        are refused; animated formats give their first frame.
+      * Size: ``image_size`` = 0 keeps the images' own size, which must then be the same for all; S > 0
+        resizes the shorter side to S and crops the centre S x S (one bicubic resampling).
 
-    Files are decoded by a thread pool (Pillow releases the GIL while
-    decoding and resampling) straight into one preallocated array.
+    Files are decoded by a thread pool (Pillow releases the GIL while decoding and resampling) straight into
+    one preallocated array.
 
     Args:
       path: the directory.
       image_size: 0, or the side S of the square images to make.
       max_workers: decoding threads (default: Python's ``ThreadPoolExecutor`` default).
-      skip_unreadable: leave out the files that cannot be read or decoded (each listed on
-        stderr) instead of stopping at the first; a split left without images is an error.
+      skip_unreadable: leave out the files that cannot be read or decoded (each listed on stderr) instead of
+        stopping at the first; a split left without images is an error.
 
     Returns:
-      ``(x_train, y_train, x_test, y_test, class_names, skipped)``; ``x`` are ``uint8``
-      ``[N, H, W, C]``, ``y`` int32 ``[N]`` or None, ``class_names`` a tuple or None,
-      ``skipped`` the paths of the files left out (empty without ``skip_unreadable``).
+      ``(x_train, y_train, x_test, y_test, class_names, skipped)``; ``x`` are ``uint8`` ``[N, H, W, C]``, ``y``
+      int32 ``[N]`` or None, ``class_names`` a tuple or None, ``skipped`` the paths of the files left out.
 
     Raises:
       DataError: one line naming the folder or the file and the problem.
@@ -83,11 +78,9 @@ def _without_undecodable(plan: FolderPlan, buffer: np.ndarray, max_workers: int 
 def _decode_images(
     plan: FolderPlan, paths: list[str], out: np.ndarray, max_workers: int | None, failed: dict[int, str] | None = None
 ) -> None:
-    """Decodes ``paths[i]`` into ``out[i]`` (``uint8`` ``[len(paths), H, W, C]``) with a thread pool.
-
-    A file that cannot be decoded raises a DataError, or with ``failed`` (a dict) is recorded there as
-    ``failed[i] = message`` and ``out[i]`` is left as it was.
-    """
+    """Decodes ``paths[i]`` into ``out[i]`` (``uint8`` ``[len(paths), H, W, C]``) with a thread pool. A file
+    that cannot be decoded raises a DataError, or with ``failed`` (a dict) is recorded as ``failed[i] = message``
+    and ``out[i]`` is left as it was."""
     spec, image_size = plan.spec, plan.image_size
     height, width, channels = plan.shape
     target_mode = "L" if channels == 1 else "RGB"
@@ -134,13 +127,10 @@ def save_image_folder_npz(
     """Decodes the image folder ``folder`` into an uncompressed ``.npz`` at ``path`` a chunk at a time.
 
     The archive holds what :func:`save_npz` would write for ``load_dataset("folder:" + folder,
-    image_size=image_size)`` (the same arrays, labels and ``class_names``; ``notes`` as there), but the
-    images are decoded ``chunk_bytes`` at a time straight into the archive, so a set larger than memory
-    can be decoded once and memory-mapped (``--dataset npz:PATH``). Written to a temporary file beside
-    ``path`` and renamed into place. Returns ``path``.
-
+    image_size=image_size)``, but the images are decoded ``chunk_bytes`` at a time straight into it (written
+    beside ``path``, renamed into place), so a set larger than memory can be decoded once and memory-mapped.
     With ``skip_unreadable`` the files are decoded once more first, to find the ones to leave out before the
-    arrays' sizes are written; their paths are added to the notes as ``"skipped"``.
+    arrays' sizes are written; their paths are added to the notes as ``"skipped"``. Returns ``path``.
 
     Raises:
       DataError: as :func:`load_image_folder`.

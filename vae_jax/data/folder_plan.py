@@ -65,30 +65,21 @@ def _images_under(directory: str) -> list[str]:
 def _list_split(
     split_root: str, spec: str, exclude: tuple[str, ...] = (), min_classes: int = 2
 ) -> tuple[list[str], list[str] | None]:
-    """Image paths of one split and their class folder names (None when unlabelled).
-
-    Labelled when ``min_classes`` or more sub-folders hold images and no image
-    lies directly in ``split_root``; otherwise every image below it, unlabelled.
-    """
+    """Image paths of one split and their class folder names (None when unlabelled): labelled when
+    ``min_classes`` or more sub-folders hold images and no image lies directly in ``split_root``."""
     entries = sorted(e for e in os.listdir(split_root) if not e.startswith(".") and e not in exclude)
     loose = [e for e in entries if _is_image_file(e) and os.path.isfile(os.path.join(split_root, e))]
-    classes = {}
-    for entry in entries:
-        if os.path.isdir(os.path.join(split_root, entry)):
-            paths = _images_under(os.path.join(split_root, entry))
-            if paths:
-                classes[entry] = paths
+    folders = [e for e in entries if os.path.isdir(os.path.join(split_root, e))]
+    classes = {e: paths for e in folders if (paths := _images_under(os.path.join(split_root, e)))}
+    in_classes = [p for paths in classes.values() for p in paths]
     if len(classes) >= min_classes:
         if loose:
             raise DataError(
                 f"--dataset {spec}: {split_root} holds both images ({loose[0]}) and class sub-folders "
                 f"({', '.join(list(classes)[:3])}); put every image in a class folder, or none"
             )
-        paths = [p for name in classes for p in classes[name]]
-        names = [name for name in classes for _ in classes[name]]
-        return paths, names
-    paths = [os.path.join(split_root, e) for e in loose] + [p for name in classes for p in classes[name]]
-    return paths, None
+        return in_classes, [name for name, paths in classes.items() for _ in paths]
+    return [os.path.join(split_root, e) for e in loose] + in_classes, None
 
 
 def _fixed_shuffle(paths: list[str], names: list[str] | None):
@@ -100,18 +91,19 @@ def _fixed_shuffle(paths: list[str], names: list[str] | None):
 SKIP_HINT = "; pass --skip-unreadable to leave such files out"
 
 
-def _header(path: str, spec: str) -> tuple[str, tuple[int, int]]:
-    """(mode, (width, height)) of an image file, read from its header only."""
+def _header_or_reason(path: str, spec: str, skip_unreadable: bool):
+    """(mode, (width, height)) of an image file, read from its header only; when it cannot be read, with
+    ``skip_unreadable`` the one-line reason (a str), else a DataError."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             return image.mode, image.size
     except Exception as err:  # UnidentifiedImageError, OSError, decompression-bomb errors...
-        raise DataError(
-            f"--dataset {spec}: {path} is not a readable image: not an image, empty or truncated "
-            f"({reason(err)}){SKIP_HINT}"
-        ) from None
+        message = f"--dataset {spec}: {path} is not a readable image: not an image, empty or truncated ({reason(err)})"
+        if skip_unreadable:
+            return message
+        raise DataError(message + SKIP_HINT) from None
 
 
 def without(plan: FolderPlan, unreadable: dict[str, str]) -> FolderPlan:
@@ -128,18 +120,10 @@ def without(plan: FolderPlan, unreadable: dict[str, str]) -> FolderPlan:
                 f"--dataset {plan.spec}: --skip-unreadable left the {split} split without images "
                 f"(all {len(paths)} of its files are unreadable)"
             )
-        return [paths[i] for i in kept], None if labels is None else labels[kept]
+        return {f"{split}_paths": [paths[i] for i in kept], f"y_{split}": None if labels is None else labels[kept]}
 
-    train_paths, y_train = keep(plan.train_paths, plan.y_train, "train")
-    test_paths, y_test = keep(plan.test_paths, plan.y_test, "test")
-    return dataclasses.replace(
-        plan,
-        train_paths=train_paths,
-        test_paths=test_paths,
-        y_train=y_train,
-        y_test=y_test,
-        skipped={**plan.skipped, **unreadable},
-    )
+    train, test = keep(plan.train_paths, plan.y_train, "train"), keep(plan.test_paths, plan.y_test, "test")
+    return dataclasses.replace(plan, **train, **test, skipped={**plan.skipped, **unreadable})
 
 
 def log_skipped(plan: FolderPlan) -> None:
@@ -265,13 +249,3 @@ def _array_shape(plan: FolderPlan, headers: list[tuple[str, tuple[int, int]]]) -
         )
     width, height = headers[0][1]
     return height, width, channels
-
-
-def _header_or_reason(path: str, spec: str, skip_unreadable: bool):
-    """:func:`_header`, or with ``skip_unreadable`` the one-line reason (a str) when the file cannot be read."""
-    try:
-        return _header(path, spec)
-    except DataError as err:
-        if not skip_unreadable:
-            raise
-        return str(err)[: -len(SKIP_HINT)]

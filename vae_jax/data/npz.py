@@ -14,6 +14,8 @@ import numpy as np
 
 from vae_jax.data.dataset import DataError, Dataset, reason, split_last
 
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
 
 def _mapped_npz_member(path: str, info: zipfile.ZipInfo) -> np.ndarray | None:
     """Member ``info`` of the ``.npz`` at ``path`` as a read-only memory map, or None when it cannot be mapped.
@@ -33,13 +35,10 @@ def _mapped_npz_member(path: str, info: zipfile.ZipInfo) -> np.ndarray | None:
             return None
         name_length, extra_length = struct.unpack("<HH", local[26:30])
         f.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
+        read_header = _NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
+        if read_header is None:
             return None
+        shape, fortran_order, dtype = read_header(f)
         offset = f.tell()
     if dtype.hasobject:
         return None
@@ -119,14 +118,11 @@ NOTES_MEMBER = "vae_jax_notes"  # an npz member that save_npz may add: a JSON ob
 def save_npz(dataset: Dataset, path: str, notes: dict | None = None) -> str:
     """Writes ``dataset`` to ``path`` as an uncompressed ``.npz`` that ``--dataset npz:PATH`` reads back.
 
-    The arrays are stored as they are (``uint8`` images stay ``uint8``), with
-    ``class_names`` when the dataset has them. Uncompressed, so that
-    ``load_dataset(..., memory_map=True)`` (``--stream``, ``--distributed``) maps
-    it instead of reading it: each process then reads from disk only the rows
-    it uses. Written to a temporary file beside ``path`` and renamed into place,
-    so an interrupted write never leaves a half archive under ``path``.
-    ``notes`` (a JSON-serialisable dict) is stored beside the arrays and read
-    back by :func:`read_npz_notes`; loading ignores it. Returns ``path``.
+    The arrays are stored as they are (``uint8`` stays ``uint8``), with ``class_names`` when known.
+    Uncompressed, so that ``load_dataset(..., memory_map=True)`` (``--stream``, ``--distributed``) maps it and
+    each process reads from disk only the rows it uses. Written beside ``path`` and renamed into place, so an
+    interrupted write never leaves a half archive. ``notes`` (a JSON-serialisable dict) is stored beside the
+    arrays and read back by :func:`read_npz_notes`; loading ignores it. Returns ``path``.
     """
     arrays = {
         "x_train": dataset.train_pixels,

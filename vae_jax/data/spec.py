@@ -42,17 +42,12 @@ def load_dataset(
       batch_size: if given, the train split must hold at least one batch.
       image_size: 0 keeps the images' own size; S > 0 resizes the shorter side
         of every image to S (bicubic, antialiased) and crops the centre S x S.
-      memory_map: ``npz:`` archives written uncompressed (``np.savez``,
-        :func:`save_npz`) are memory-mapped instead of read: the images stay on
-        disk and a row is read when it is used (``--stream`` and
-        ``--distributed`` ask for this, so each process reads only its rows).
-        ``uint8`` images stay mapped; float32 ones are checked for their range
-        a chunk at a time and stay mapped; other dtypes, resizing and static
-        binarization make in-memory copies. Mapped members are not CRC-checked
-        (that would read the whole file).
-      skip_unreadable: ``folder:`` datasets leave out the files that cannot be
-        decoded (listed in :attr:`Dataset.skipped` and on stderr) instead of
-        stopping at the first one.
+      memory_map: memory-map ``npz:`` archives written uncompressed (``np.savez``, :func:`save_npz`), so a
+        row is read from disk when it is used (``--stream``, ``--distributed``). ``uint8`` and float32 images
+        stay mapped (float32 range-checked a chunk at a time); other dtypes, resizing and static binarization
+        make in-memory copies. Mapped members are not CRC-checked (that would read the whole file).
+      skip_unreadable: ``folder:`` datasets leave out the files that cannot be decoded (listed in
+        :attr:`Dataset.skipped` and on stderr) instead of stopping at the first one.
 
     Raises:
       DataError: with a one-line message naming the problem.
@@ -89,8 +84,7 @@ def _check_flags(spec: str, binarize: str, image_size: int) -> None:
 
 
 def _read_source(spec: str, data_dir: str | None, image_size: int, memory_map: bool, skip_unreadable: bool):
-    """The source module's arrays for ``spec``: ``((x_train, y_train, x_test, y_test), source, class_names,
-    skipped)``, not yet checked."""
+    """``((x_train, y_train, x_test, y_test), source, class_names, skipped)`` of ``spec``, not yet checked."""
     if spec == "mnist":
         return (*mnist.load_mnist(data_dir), None, ())
     if spec == "mnist:embedded":
@@ -110,8 +104,7 @@ def _read_source(spec: str, data_dir: str | None, image_size: int, memory_map: b
 
 
 def _checked_arrays(arrays, spec: str, source: str, image_size: int, class_names: tuple[str, ...] | None):
-    """A source's ``(x_train, y_train, x_test, y_test)`` checked (:func:`_as_images`, :func:`_as_labels`) and
-    resized to ``image_size``."""
+    """A source's ``(x_train, y_train, x_test, y_test)`` checked and resized to ``image_size``."""
     x_train, y_train, x_test, y_test = arrays
     x_train = _as_images(x_train, "x_train", source)
     x_test = _as_images(x_test, "x_test", source)
@@ -150,10 +143,8 @@ def _spec_suggestion(spec: str) -> str:
 
 
 def _bernoulli(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
-    """One Bernoulli draw per pixel with p = the pixel's value in [0, 1]; ``uint8`` 0 or 255.
-
-    Drawn a chunk of images at a time, so a large split never exists as float32.
-    """
+    """One Bernoulli draw per pixel with p = the pixel's value in [0, 1]; ``uint8`` 0 or 255. Drawn a chunk of
+    images at a time, so a large split never exists as float32."""
     out = np.empty(pixels.shape, np.uint8)
     chunk = rows_per_chunk(pixels.shape)
     for start in range(0, len(pixels), chunk):

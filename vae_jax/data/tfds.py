@@ -32,10 +32,8 @@ def probe_cache_path() -> str:
 
 
 def tfds_reachable_cached(max_age: float = PROBE_CACHE_SECONDS) -> bool:
-    """:func:`_tfds_reachable`, answered from the cache file when its answer is younger than ``max_age`` s.
-
-    The cache is a convenience: when it cannot be read or written the host is simply asked.
-    """
+    """:func:`_tfds_reachable`, answered from the cache file when its answer is younger than ``max_age`` s
+    (when the cache cannot be read or written the host is simply asked)."""
     path = probe_cache_path()
     host = "{}:{}".format(*_TFDS_DOWNLOAD_HOST)
     try:
@@ -57,21 +55,15 @@ def tfds_reachable_cached(max_age: float = PROBE_CACHE_SECONDS) -> bool:
 
 
 def tfds_prepared_on_disk(name: str, data_dir: str | None) -> bool:
-    """True if ``name`` looks prepared under the TFDS data dir (a ``dataset_info.json`` in a version folder).
-
-    A file-system check, so the common offline case decides without importing
-    TensorFlow; TFDS itself has the last word when this says yes.
-    """
+    """True if ``name`` looks prepared under the TFDS data dir (a ``dataset_info.json`` in a version folder):
+    a file-system check, so the offline case decides without importing TensorFlow; TFDS has the last word."""
     root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
     return bool(glob.glob(os.path.join(root, name, "*", "dataset_info.json")))
 
 
 def _tfds_reachable(timeout: float = _REACHABLE_TIMEOUT_S) -> bool:
-    """True if the TFDS download host answers within ``timeout`` seconds.
-
-    DNS resolution has no time-out of its own, so the probe runs in a daemon
-    thread that is abandoned when the time is up.
-    """
+    """True if the TFDS download host answers within ``timeout`` seconds. DNS resolution has no time-out of
+    its own, so the probe runs in a daemon thread that is abandoned when the time is up."""
     result: list[bool] = []
 
     def probe() -> None:
@@ -140,19 +132,14 @@ def load_tfds(name: str, data_dir: str | None, image_size: int = 0):
 
 
 def tfds_arrays(builder, name: str, image_size: int = 0):
-    """The splits of a prepared TFDS image dataset as ``uint8`` arrays.
-
-    Read in batches of at most ~256 MB; with ``image_size`` each batch is
-    resized and centre-cropped as it arrives, so a set of large images
-    (CelebA: 162,770 train images of 218x178x3, 19 GB) is never held at
-    full size.
-    """
+    """The splits of a prepared TFDS image dataset as ``uint8`` arrays, read in batches of at most ~256 MB;
+    with ``image_size`` each batch is resized and centre-cropped as it arrives, so a set of large images
+    (CelebA: 162,770 train images of 218x178x3, 19 GB) is never held at full size."""
     tfds = _import_tfds()
     features = builder.info.features
-    image_key = "image" if "image" in features else None
-    if image_key is None:
+    if "image" not in features:
         raise DataError(f"--dataset tfds:{name}: has no 'image' feature; not an image dataset")
-    image_shape = tuple(features[image_key].shape)
+    image_shape = tuple(features["image"].shape)
     if None in image_shape:
         raise DataError(
             f"--dataset tfds:{name}: images of varying size {image_shape} are not supported; "
@@ -171,7 +158,7 @@ def tfds_arrays(builder, name: str, image_size: int = 0):
     def read(split: str):
         images, labels = [], []
         for batch in tfds.as_numpy(builder.as_dataset(split=split, batch_size=read_batch)):
-            batch_images = np.asarray(batch[image_key])
+            batch_images = np.asarray(batch["image"])
             if batch_images.ndim == 3:
                 batch_images = batch_images[..., None]
             images.append(resize_center_crop(batch_images, image_size) if image_size else batch_images)
