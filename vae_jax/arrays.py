@@ -82,9 +82,7 @@ def standard_normal(key, shape: tuple) -> np.ndarray:
 def _padded(a: np.ndarray, start: int, size: int) -> np.ndarray:
     """Rows ``start : start + size`` of ``a``, padded to ``size`` rows with copies of its last row."""
     part = a[start : start + size]
-    if len(part) < size:
-        part = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)])
-    return part
+    return np.pad(part, [(0, size - len(part))] + [(0, 0)] * (a.ndim - 1), mode="edge")
 
 
 def apply_in_batches(query, model, params, *arrays: np.ndarray, batch_size: int = 1000, key=None, **options):
@@ -95,10 +93,8 @@ def apply_in_batches(query, model, params, *arrays: np.ndarray, batch_size: int 
     compiled program serves every batch. ``query`` should be a module-level function: a closure made
     afresh at each call is a new static argument, so it compiles again every time. ``params``: the bare
     tree or flax's variables ``{"params": ...}``. With ``key``, batch i is queried as
-    ``query(model, params, fold_in(key, i), *batches, **options)``.
-
-    Returns:
-      The results (an array or a pytree of arrays, ``[N, ...]`` each) concatenated on the host.
+    ``query(model, params, fold_in(key, i), *batches, **options)``. Returns the results (an array or a
+    pytree of arrays, ``[N, ...]`` each) concatenated on the host.
     """
     import jax
 

@@ -12,6 +12,7 @@ per process (the initial train state, figure queries) are compiled by :func:`jit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -49,10 +50,9 @@ def enable_compilation_cache(directory: str | None = None) -> str | None:
     return directory
 
 
-# XLA:CPU's default backend optimisation level (3) spends seconds of LLVM time on the unrolled
-# threefry code of every random initializer; level 1 compiles the initial parameters several times
-# faster, bit-identical (docs/benchmarks.md). A program that runs once gains nothing from
-# the slower compile.
+# XLA:CPU's default backend optimisation level (3) spends seconds of LLVM time on the unrolled threefry code
+# of every random initializer; level 1 compiles the initial parameters several times faster, bit-identical
+# (docs/benchmarks.md). A program that runs once gains nothing from the slower compile.
 RUN_ONCE_OPTIMIZATION_LEVEL = 1
 
 
@@ -107,15 +107,12 @@ def _tracing() -> bool:
 
 @functools.cache
 def _top_level_trace_state():
-    import threading
+    import concurrent.futures
 
     from jax.extend.core import get_opaque_trace_state
 
-    state = []
-    reader = threading.Thread(target=lambda: state.append(get_opaque_trace_state(convention="flax")))
-    reader.start()
-    reader.join()
-    return state[0]
+    with concurrent.futures.ThreadPoolExecutor(1) as fresh_thread:
+        return fresh_thread.submit(get_opaque_trace_state, convention="flax").result()
 
 
 def cached_arrays(name: str, build_fn: Callable[[], tuple], directory: str | None = None) -> tuple:
@@ -128,13 +125,10 @@ def cached_arrays(name: str, build_fn: Callable[[], tuple], directory: str | Non
     root = directory or os.path.join(user_cache_dir(), "arrays")
     entry = os.path.join(root, name)
     count_path = os.path.join(entry, "count")
-    if os.path.isfile(count_path):
-        try:
-            with open(count_path) as f:
-                count = int(f.read())
-            return tuple(np.load(os.path.join(entry, f"{i}.npy"), allow_pickle=False) for i in range(count))
-        except (OSError, ValueError):
-            pass  # a damaged entry: rebuild it below
+    with contextlib.suppress(OSError, ValueError):  # no entry yet, or a damaged one: build it below
+        with open(count_path) as f:
+            count = int(f.read())
+        return tuple(np.load(os.path.join(entry, f"{i}.npy"), allow_pickle=False) for i in range(count))
     arrays = tuple(build_fn())
     tmp = None
     try:
@@ -144,8 +138,7 @@ def cached_arrays(name: str, build_fn: Callable[[], tuple], directory: str | Non
             np.save(os.path.join(tmp, f"{i}.npy"), array, allow_pickle=False)
         with open(os.path.join(tmp, "count"), "w") as f:
             f.write(str(len(arrays)))
-        if os.path.isdir(entry):
-            shutil.rmtree(entry, ignore_errors=True)
+        shutil.rmtree(entry, ignore_errors=True)
         os.replace(tmp, entry)
     except OSError:  # read-only or full disk, or another process won the race: stay uncached
         if tmp is not None:

@@ -8,10 +8,9 @@ A denoising autoencoder (Vincent et al., 2008) is trained to map the corrupted i
 a masked autoencoder (He et al., 2022) to fill in masked patches ("inpainting").
 
 References:
-  Vincent, Larochelle, Bengio & Manzagol, "Extracting and Composing Robust
-  Features with Denoising Autoencoders", ICML 2008.
-  He, Chen, Xie, Li, Dollár & Girshick, "Masked Autoencoders Are Scalable
-  Vision Learners", CVPR 2022.
+  Vincent, Larochelle, Bengio & Manzagol, "Extracting and Composing Robust Features with Denoising
+  Autoencoders", ICML 2008.
+  He, Chen, Xie, Li, Dollár & Girshick, "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022.
 """
 
 from __future__ import annotations
@@ -64,9 +63,8 @@ def salt_and_pepper(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
 
 
 def pixel_dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
-    """Sets each pixel to 0 independently with probability ``rate``; shape of ``x``. Unlike dropout in a
-    network, the survivors are not scaled by ``1 / (1 - rate)``: the corrupted input must still look like an image.
-    """
+    """Sets each pixel to 0 independently with probability ``rate``; shape of ``x``. Unlike network dropout,
+    the survivors are not scaled by ``1 / (1 - rate)``: the corrupted input must still look like an image."""
     _check_images(x)
     _check_rate(rate, "rate")
     keep = ~jax.random.bernoulli(key, rate, _pixel_shape(x))

@@ -28,8 +28,8 @@ class DataError(ValueError):
 
 
 def float_chunks(pixels, chunk: int | None = None):
-    """``pixels`` ``[N, ...]`` as float32 chunks of ``chunk`` (default :data:`ANALYSIS_TRAIN_EXAMPLES`) rows
-    (:func:`pixels_to_float`), in order: a pass over a large split that never holds all of it as float32."""
+    """``pixels`` ``[N, ...]`` as float32 chunks of ``chunk`` (default :data:`ANALYSIS_TRAIN_EXAMPLES`) rows, in
+    order: a pass over a large split that never holds all of it as float32."""
     chunk = chunk or ANALYSIS_TRAIN_EXAMPLES
     for start in range(0, len(pixels), chunk):
         yield pixels_to_float(pixels[start : start + chunk])
@@ -75,8 +75,7 @@ class Dataset:
 
     def x_train_first(self, count: int | None = None) -> np.ndarray:
         """float32 ``[min(count, N), H, W, C]`` in [0, 1]: the first ``count`` (default
-        :data:`ANALYSIS_TRAIN_EXAMPLES`) training images, the reference set of the post-training analyses;
-        all of them when the split is smaller."""
+        :data:`ANALYSIS_TRAIN_EXAMPLES`) training images, the reference set of the post-training analyses."""
         return pixels_to_float(self.train_pixels[: ANALYSIS_TRAIN_EXAMPLES if count is None else count])
 
     @property
@@ -171,8 +170,7 @@ FINGERPRINT_ROWS = 32  # images read from each end of each split by the fingerpr
 
 def fingerprint_images(x, count: int = FINGERPRINT_ROWS):
     """The images of a split ``x`` ``[N, ...]`` that :func:`data_fingerprint` reads: its first ``count`` and its
-    last ``count`` (all of them when ``N <= 2 * count``), in order. Two contiguous blocks, so a memory-mapped
-    split is read in two places only (each process of a ``--distributed`` run keeps its own rows resident)."""
+    last ``count`` (all of them when ``N <= 2 * count``), in order: a memory-mapped split is read in two places."""
     n = len(x)
     head = np.asarray(x[:count])
     return head if n <= count else np.concatenate([head, np.asarray(x[max(count, n - count) :])])

@@ -6,8 +6,8 @@ decodes it (with ``--image-size``; a folder a chunk at a time straight into the 
 uncompressed with the :func:`decoded_data_key` it was made from; every process then maps that file
 (``memory_map``) and applies ``--binarize``: the same arrays as loading the source directly.
 
-The processes' barrier comes in as a callable (``wait_for_all``), so this module needs nothing of the
-training driver; ``vae_jax.runner.decode_once`` passes JAX's.
+The processes' barrier comes in as a callable (``wait_for_all``; ``vae_jax.runner.decode_once`` passes
+JAX's), so this module needs nothing of the training driver.
 """
 
 from __future__ import annotations
@@ -60,12 +60,8 @@ def decode_once(flags: DataFlags, process_index: int = 0, wait_for_all: Callable
     """The flags' dataset, decoded by process 0 alone into ``WORKDIR/.decoded-data.npz`` and memory-mapped
     by every process. A later run in the same workdir (a resume, or ``--overwrite``, which leaves hidden files)
     maps the file without decoding while the key matches. The workdir must be on a file system that every
-    process sees, as Orbax's checkpoints already require.
-
-    Args:
-      flags: the run's data flags and ``workdir``.
-      process_index: this process's index; process 0 decodes.
-      wait_for_all: returns once every process has called it (the default: one process, no wait).
+    process sees, as Orbax's checkpoints already require. ``wait_for_all`` returns once every process has
+    called it (the default: one process, no wait).
 
     Raises:
       ConfigError: the workdir cannot be written. DataError: the source cannot be read, or process 0's

@@ -55,10 +55,8 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
     failed = {} if skip_unreadable else None
     _decode_images(plan, paths, images, max_workers, failed)
     if failed:  # files whose header read but whose pixels did not: left out now, a copy of the rest
-        keep = np.ones(len(paths), bool)
-        keep[list(failed)] = False
         plan = without(plan, {paths[i]: message for i, message in failed.items()})
-        images = images[keep]
+        images = np.delete(images, list(failed), axis=0)
     log_skipped(plan)
     n_train = len(plan.train_paths)  # the kept rows are still in order: train, then test
     return images[:n_train], plan.y_train, images[n_train:], plan.y_test, plan.class_names, tuple(plan.skipped)

@@ -19,11 +19,9 @@ _FOLDER_SPLIT_SEED = 0
 def folder_fingerprint(path: str) -> dict:
     """What the image files under ``path`` are, in brief: their number, total bytes and newest modification
     time (nanoseconds). It changes when a file is added, removed, replaced or rewritten."""
-    count = size = newest = 0
-    for name in _images_under(path):
-        stat = os.stat(name)
-        count, size, newest = count + 1, size + stat.st_size, max(newest, stat.st_mtime_ns)
-    return {"files": count, "bytes": size, "newest_mtime_ns": newest}
+    stats = [os.stat(name) for name in _images_under(path)]
+    newest = max((stat.st_mtime_ns for stat in stats), default=0)
+    return {"files": len(stats), "bytes": sum(stat.st_size for stat in stats), "newest_mtime_ns": newest}
 
 
 # Formats Pillow reads (its write-only or container formats such as PDF are left out).
@@ -107,11 +105,8 @@ def _header_or_reason(path: str, spec: str, skip_unreadable: bool):
 
 
 def without(plan: FolderPlan, unreadable: dict[str, str]) -> FolderPlan:
-    """``plan`` without the files ``unreadable`` maps to their one-line reasons (added to ``plan.skipped``).
-
-    Raises:
-      DataError: a split is left without images.
-    """
+    """``plan`` without the files ``unreadable`` maps to their one-line reasons (added to ``plan.skipped``);
+    a DataError when a split is left without images."""
 
     def keep(paths, labels, split):
         kept = [i for i, p in enumerate(paths) if p not in unreadable]
@@ -195,8 +190,7 @@ def _split_paths(path: str, spec: str):
         n_test = max(1, int(round(0.1 * len(all_paths)))) if len(all_paths) > 1 else 0
         split = len(all_paths) - n_test
         train_paths, test_paths = all_paths[:split], all_paths[split:]
-        train_names = None if all_names is None else all_names[:split]
-        test_names = None if all_names is None else all_names[split:]
+        train_names, test_names = (None, None) if all_names is None else (all_names[:split], all_names[split:])
     if not train_paths:
         raise DataError(
             f"--dataset {spec}: no image files for the train split ({', '.join(IMAGE_EXTENSIONS[:6])}, ...)"

@@ -20,11 +20,10 @@ _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.l
 def _mapped_npz_member(path: str, info: zipfile.ZipInfo) -> np.ndarray | None:
     """Member ``info`` of the ``.npz`` at ``path`` as a read-only memory map, or None when it cannot be mapped.
 
-    ``np.savez`` stores each array as an uncompressed ``.npy`` file inside the zip,
-    so its bytes lie in the archive as they are: after the zip's local header
-    (30 bytes, the name, an extra field) and the ``.npy`` header. Compressed
-    members (``np.savez_compressed``), object arrays and ``.npy`` header versions
-    other than 1.0 and 2.0 are read instead (None).
+    NumPy cannot map a member of an ``.npz``, but ``np.savez`` stores each array as an uncompressed ``.npy``
+    file inside the zip, so its bytes lie in the archive as they are: after the zip's local header (30 bytes,
+    the name, an extra field) and the ``.npy`` header. Compressed members (``np.savez_compressed``), object
+    arrays and ``.npy`` header versions other than 1.0 and 2.0 are read instead (None).
     """
     if info.compress_type != zipfile.ZIP_STORED:
         return None

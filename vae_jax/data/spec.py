@@ -196,9 +196,8 @@ def _as_labels(y: Any, x: np.ndarray, name: str, source: str) -> np.ndarray | No
         )
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
         raise DataError(f"{source}: {name} must hold integer class labels, got dtype {y.dtype}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise DataError(f"{source}: {name} must hold integer class labels")
+    if not np.issubdtype(y.dtype, np.integer) and (not np.all(np.isfinite(y)) or np.any(y != np.round(y))):
+        raise DataError(f"{source}: {name} must hold integer class labels")
     if y.size and y.min() < 0:
         raise DataError(f"{source}: {name} must hold non-negative class labels, got {y.min()}")
     return y.astype(np.int32)

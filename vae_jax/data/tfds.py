@@ -3,6 +3,7 @@ answers (the answer remembered for an hour in the user cache). TensorFlow is imp
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import glob
 import json
@@ -36,21 +37,17 @@ def tfds_reachable_cached(max_age: float = PROBE_CACHE_SECONDS) -> bool:
     (when the cache cannot be read or written the host is simply asked)."""
     path = probe_cache_path()
     host = "{}:{}".format(*_TFDS_DOWNLOAD_HOST)
-    try:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         with open(path) as f:
             cached = json.load(f)
         if cached["host"] == host and 0 <= time.time() - float(cached["time"]) < max_age:
             return bool(cached["reachable"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
     reachable = _tfds_reachable()
-    try:
+    with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:
             json.dump({"host": host, "reachable": reachable, "time": time.time()}, f)
         os.replace(path + ".tmp", path)
-    except OSError:
-        pass
     return reachable
 
 
@@ -64,43 +61,35 @@ def tfds_prepared_on_disk(name: str, data_dir: str | None) -> bool:
 def _tfds_reachable(timeout: float = _REACHABLE_TIMEOUT_S) -> bool:
     """True if the TFDS download host answers within ``timeout`` seconds. DNS resolution has no time-out of
     its own, so the probe runs in a daemon thread that is abandoned when the time is up."""
-    result: list[bool] = []
+    connected: list[bool] = []
 
     def probe() -> None:
-        try:
-            with socket.create_connection(_TFDS_DOWNLOAD_HOST, timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
+        with contextlib.suppress(OSError), socket.create_connection(_TFDS_DOWNLOAD_HOST, timeout=timeout):
+            connected.append(True)
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout)
-    return bool(result and result[0])
+    return bool(connected)
 
 
-class _DropIncompleteVariantWarnings(logging.Filter):
-    """Drops TFDS's "Variant folder ... has no dataset_info.json" warning: an unprepared dataset is
-    expected here (it is downloaded or replaced by the embedded digits) and is reported in our own words."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "has no dataset_info.json" not in record.getMessage()
+def _drop_incomplete_variant_warnings(record: logging.LogRecord) -> bool:
+    """A log filter that drops TFDS's "Variant folder ... has no dataset_info.json" warning: an unprepared
+    dataset is expected here (downloaded or replaced by the embedded digits) and reported in our own words."""
+    return "has no dataset_info.json" not in record.getMessage()
 
 
 def _import_tfds():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropIncompleteVariantWarnings) for f in absl_logger.filters):
-        absl_logger.addFilter(_DropIncompleteVariantWarnings())
+    logging.getLogger("absl").addFilter(_drop_incomplete_variant_warnings)  # once: a filter already there is skipped
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences a start-up notice; TF only reads data here
     import tensorflow_datasets as tfds  # heavy: imported only here
 
-    try:  # keep TensorFlow off the accelerators: JAX owns them.
+    # Keep TensorFlow off the accelerators: JAX owns them. An error (already initialised, no GPU support) is harmless.
+    with contextlib.suppress(Exception):
         import tensorflow as tf
 
         tf.config.set_visible_devices([], "GPU")
-    except Exception:  # already initialised or no GPU support: harmless
-        pass
     return tfds
 
 
