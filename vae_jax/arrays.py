@@ -44,9 +44,8 @@ def to_host(tree):
     from jax.experimental import multihost_utils
 
     def fetch(a):
-        if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
-            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-        return np.asarray(a)
+        spread = isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True) if spread else a)
 
     return jax.tree_util.tree_map(fetch, tree)
 

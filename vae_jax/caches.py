@@ -26,11 +26,8 @@ import numpy as np
 
 def user_cache_dir() -> str:
     """``$VAE_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/vae_jax``, else ``~/.cache/vae_jax``."""
-    explicit = os.environ.get("VAE_JAX_CACHE_DIR")
-    if explicit:
-        return explicit
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "vae_jax")
+    return os.environ.get("VAE_JAX_CACHE_DIR") or os.path.join(base, "vae_jax")
 
 
 def enable_compilation_cache(directory: str | None = None) -> str | None:
@@ -71,14 +68,13 @@ def run_once_compiler_options() -> dict | None:
 
 
 def jit_run_once(fun: Callable | None = None, **jit_kwargs) -> Callable:
-    """``jax.jit(fun, **jit_kwargs)`` with :func:`run_once_compiler_options`, for programs whose compile
-    time outweighs their run time: run once or a few times per process (initial state, figure queries,
+    """``jax.jit(fun, **jit_kwargs)`` with :func:`run_once_compiler_options`, for programs whose compile time
+    outweighs their run time: run once or a few times per process (initial state, figure queries,
     diagnostics), or quick to run (the epoch's shuffle).
 
-    Usable as a decorator (``@jit_run_once`` or ``@jit_run_once(static_argnums=...)``) at import:
-    the jitted function is built at the first call, when the backend is known. Called while another
-    function is traced (inside ``jax.jit``, ``jax.eval_shape``, ...), where JAX takes compiler options only
-    from the outermost ``jit``, it is a plain ``jax.jit`` of ``fun``, compiled as part of that function.
+    Usable as a decorator (``@jit_run_once`` or ``@jit_run_once(static_argnums=...)``) at import: the jitted
+    function is built at the first call, when the backend is known. Called while another function is traced,
+    where JAX takes compiler options only from the outermost ``jit``, it is a plain ``jax.jit`` of ``fun``.
     """
     if fun is None:
         return functools.partial(jit_run_once, **jit_kwargs)
@@ -124,25 +120,20 @@ def cached_arrays(name: str, build_fn: Callable[[], tuple], directory: str | Non
     """
     root = directory or os.path.join(user_cache_dir(), "arrays")
     entry = os.path.join(root, name)
-    count_path = os.path.join(entry, "count")
     with contextlib.suppress(OSError, ValueError):  # no entry yet, or a damaged one: build it below
-        with open(count_path) as f:
+        with open(os.path.join(entry, "count")) as f:
             count = int(f.read())
         return tuple(np.load(os.path.join(entry, f"{i}.npy"), allow_pickle=False) for i in range(count))
     arrays = tuple(build_fn())
-    tmp = None
-    try:
+    with contextlib.suppress(OSError):  # read-only or full disk, or another process won the race: stay uncached
         os.makedirs(root, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=root)
-        for i, array in enumerate(arrays):
-            np.save(os.path.join(tmp, f"{i}.npy"), array, allow_pickle=False)
-        with open(os.path.join(tmp, "count"), "w") as f:
-            f.write(str(len(arrays)))
-        shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
-    except OSError:  # read-only or full disk, or another process won the race: stay uncached
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=root, ignore_cleanup_errors=True) as tmp:
+            for i, array in enumerate(arrays):
+                np.save(os.path.join(tmp, f"{i}.npy"), array, allow_pickle=False)
+            with open(os.path.join(tmp, "count"), "w") as f:
+                f.write(str(len(arrays)))
+            shutil.rmtree(entry, ignore_errors=True)
+            os.replace(tmp, entry)  # the clean-up on leaving then finds nothing at the temporary name
     return arrays
 
 

@@ -25,14 +25,11 @@ Specs::
   ``folder:PATH`` a directory of image files (see :func:`load_image_folder`).
 
 ``image_size`` (``--image-size``) > 0 resizes the shorter side of every image to that size and crops the
-centre square, for every spec (one stderr line says so).
+centre square, for every spec (one stderr line says so). :meth:`Dataset.record` identifies what was loaded;
+training runs keep it in ``WORKDIR/data.json`` and refuse to continue on other data.
 
-:meth:`Dataset.record` identifies what was loaded: the resolved spec (``mnist:embedded`` or ``tfds:mnist``
-for ``mnist``), the split sizes, the image shape and a :func:`data_fingerprint`; training runs keep it in
-``WORKDIR/data.json`` and refuse to continue on other data.
-
-TensorFlow and TFDS are imported only when a TFDS dataset is actually read.
-Every user mistake raises :class:`DataError` with a one-line message.
+TensorFlow and TFDS are imported only when a TFDS dataset is actually read. Every user mistake raises
+:class:`DataError` with a one-line message.
 """
 
 from vae_jax.arrays import batch_to_float, pixels_to_float

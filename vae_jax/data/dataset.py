@@ -132,8 +132,7 @@ class Dataset:
         }
 
     def describe(self) -> str:
-        """One line for logs and result lines: the resolved source, the split sizes, the image shape and the
-        start of the fingerprint (:meth:`record`)."""
+        """One line for logs and result lines: :func:`describe_record` of :meth:`record`."""
         return describe_record(self.record())
 
     def summary(self) -> dict[str, Any]:
@@ -159,10 +158,8 @@ def describe_record(record: dict) -> str:
     1f2e3d4c5b6a)`` (the first 12 hex digits of the fingerprint)."""
     shape = "x".join(map(str, record.get("image_shape", ())))
     fingerprint = str(record.get("fingerprint", "")).removeprefix("sha256:")[:12]
-    return (
-        f"{record.get('source')} ({record.get('n_train')} train, {record.get('n_test')} test, {shape}, "
-        f"fingerprint {fingerprint})"
-    )
+    sizes = f"{record.get('n_train')} train, {record.get('n_test')} test"
+    return f"{record.get('source')} ({sizes}, {shape}, fingerprint {fingerprint})"
 
 
 FINGERPRINT_ROWS = 32  # images read from each end of each split by the fingerprint

@@ -49,8 +49,7 @@ def decoded_data_key(flags: DataFlags) -> dict:
     spec = flags.dataset
     key = {"dataset": spec, "data_dir": flags.data_dir, "image_size": flags.image_size}
     if spec.startswith("folder:") and os.path.isdir(spec[len("folder:") :]):
-        key["folder"] = folder_fingerprint(spec[len("folder:") :])
-        key["skip_unreadable"] = flags.skip_unreadable
+        key.update(folder=folder_fingerprint(spec[len("folder:") :]), skip_unreadable=flags.skip_unreadable)
     elif spec == "mnist" or spec.startswith("tfds:"):
         key["tfds_prepared"] = tfds_prepared_on_disk(spec.split(":", 1)[-1], flags.data_dir or None)
     return key

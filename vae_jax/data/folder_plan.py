@@ -174,10 +174,8 @@ def _split_paths(path: str, spec: str):
     test_root = os.path.join(path, "test")
     if os.path.isdir(test_root):
         train_root = os.path.join(path, "train")
-        if os.path.isdir(train_root):
-            train_paths, train_names = _list_split(train_root, spec)
-        else:
-            train_paths, train_names = _list_split(path, spec, exclude=("test",))
+        root, exclude = (train_root, ()) if os.path.isdir(train_root) else (path, ("test",))
+        train_paths, train_names = _list_split(root, spec, exclude=exclude)
         # A labelled train split makes even a single test class folder a label.
         test_paths, test_names = _list_split(test_root, spec, min_classes=1 if train_names else 2)
         if not test_paths:
@@ -213,11 +211,8 @@ def _labels(spec: str, train_names: list[str] | None, test_names: list[str] | No
     if unknown:
         raise DataError(f"--dataset {spec}: test class folder {unknown[0]!r} has no train folder")
     index = {name: k for k, name in enumerate(class_names)}
-    return (
-        class_names,
-        np.array([index[n] for n in train_names], np.int32),
-        np.array([index[n] for n in test_names], np.int32),
-    )
+    y_train, y_test = (np.array([index[n] for n in names], np.int32) for names in (train_names, test_names))
+    return class_names, y_train, y_test
 
 
 def _array_shape(plan: FolderPlan, headers: list[tuple[str, tuple[int, int]]]) -> tuple[int, int, int]:
@@ -232,14 +227,13 @@ def _array_shape(plan: FolderPlan, headers: list[tuple[str, tuple[int, int]]]) -
     if plan.image_size:
         log_resizing(plan.spec, {size for _, size in headers}, plan.image_size)
         return plan.image_size, plan.image_size, channels
-    sizes = {}
-    for p, (_, size) in zip(paths, headers):
-        sizes.setdefault(size, p)
-    if len(sizes) > 1:
-        (size_a, path_a), (size_b, path_b) = list(sizes.items())[:2]
+    size_a = headers[0][1]
+    different = [(p, size) for p, (_, size) in zip(paths, headers) if size != size_a]
+    if different:
+        path_a, (path_b, size_b) = paths[0], different[0]
         raise DataError(
             f"--dataset {plan.spec}: images differ in size ({path_a} is {size_a[1]}x{size_a[0]}, {path_b} is "
             f"{size_b[1]}x{size_b[0]}, height x width); pass --image-size N to resize and centre-crop them all to N x N"
         )
-    width, height = headers[0][1]
+    width, height = size_a
     return height, width, channels

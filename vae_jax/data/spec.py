@@ -1,8 +1,7 @@
 """The spec parser: ``--dataset SPEC`` (and ``--binarize``, ``--image-size``) -> a checked :class:`Dataset`.
 
-Each source lives in its own module (:mod:`.mnist`, :mod:`.tfds`, :mod:`.npz`, :mod:`.folder`); this one
-picks the source, checks the arrays it gives and binarizes them.
-"""
+Each source lives in its own module (:mod:`.mnist`, :mod:`.tfds`, :mod:`.npz`, :mod:`.folder`); this one picks
+the source, checks the arrays it gives and binarizes them."""
 
 from __future__ import annotations
 

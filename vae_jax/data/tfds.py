@@ -19,8 +19,8 @@ from vae_jax import caches
 from vae_jax.data.dataset import DataError, split_last
 from vae_jax.data.resize import log_resizing, resize_center_crop
 
-# TFDS downloads MNIST-like datasets from this host; if it cannot be reached
-# within a few seconds we fall back instead of hanging on a network time-out.
+# TFDS downloads MNIST-like datasets from this host; if it cannot be reached within a few seconds we fall back
+# instead of hanging on a network time-out.
 _TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 _REACHABLE_TIMEOUT_S = 3.0
 # How long a probe's answer is trusted before the host is asked again.
@@ -158,7 +158,4 @@ def tfds_arrays(builder, name: str, image_size: int = 0):
         return np.concatenate(images), (np.concatenate(labels) if label_key else None)
 
     x_train, y_train = read("train")
-    if "test" in splits:
-        x_test, y_test = read("test")
-        return x_train, y_train, x_test, y_test
-    return split_last(x_train, y_train)
+    return (x_train, y_train, *read("test")) if "test" in splits else split_last(x_train, y_train)
