@@ -16,11 +16,8 @@ from vae_jax import caches
 
 def pixels_to_float(x):
     """Stored pixels -> float32 in [0, 1]: ``uint8`` is divided by 255, floats become float32; other integer
-    arrays (a VQ-VAE prior's code grids) are not pixels and pass through unchanged.
-
-    Works on NumPy and JAX arrays alike (the dtype check is static); the train step and the evaluation call
-    it on each batch, so the data can stay ``uint8`` in device memory.
-    """
+    arrays (a VQ-VAE prior's code grids) are not pixels and pass through unchanged. Works on NumPy and JAX
+    arrays alike (the dtype check is static), so the data can stay ``uint8`` in device memory."""
     if x.dtype == np.uint8:
         # A multiplication, not a division: XLA turns x / 255 into x * (1 / 255) anyway, and
         # this way the host (NumPy) and the device (XLA) give bit-identical floats.

@@ -55,10 +55,8 @@ RUN_ONCE_OPTIMIZATION_LEVEL = 1
 
 def run_once_compiler_options() -> dict | None:
     """``jax.jit(..., compiler_options=...)`` for a program that runs once: a lower LLVM optimisation level on CPU.
-
-    None (XLA's defaults) on other platforms, where nothing was measured, and when ``XLA_FLAGS`` already sets
-    ``--xla_backend_optimization_level`` (the user's choice wins). Asks for the default backend, so call it
-    when the program is built, not at import.
+    None (XLA's defaults) on other platforms, where nothing was measured, and when ``XLA_FLAGS`` sets
+    ``--xla_backend_optimization_level`` (the user's choice wins). Call it when the program is built, not at import.
     """
     import jax
 
@@ -139,10 +137,9 @@ def cached_arrays(name: str, build_fn: Callable[[], tuple], directory: str | Non
 
 def cached_by_inputs(name: str, build_fn: Callable[[], tuple], arrays: tuple, *, versions: tuple = (), **settings):
     """``build_fn()`` (a tuple of NumPy arrays), kept in the user cache (:func:`cached_arrays`) under
-    :func:`fingerprint` of ``arrays`` and ``settings``: a later call with the same inputs loads the saved
-    arrays instead of recomputing them (a t-SNE, a fitted classifier), and any change to an input is a new
-    entry, so a stale result is never used. The NumPy and JAX versions, JAX's backend and ``versions`` (of
-    other libraries the result depends on) are part of the key: another build may round differently."""
+    :func:`fingerprint` of ``arrays`` and ``settings`` (a t-SNE, a fitted classifier): any change to an input is
+    a new entry. The NumPy and JAX versions, JAX's backend and ``versions`` (of other libraries the result
+    depends on) are part of the key: another build may round differently."""
     import jax
 
     versions = (np.__version__, jax.__version__, jax.default_backend(), *versions)

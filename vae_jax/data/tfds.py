@@ -23,8 +23,7 @@ from vae_jax.data.resize import log_resizing, resize_center_crop
 # instead of hanging on a network time-out.
 _TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 _REACHABLE_TIMEOUT_S = 3.0
-# How long a probe's answer is trusted before the host is asked again.
-PROBE_CACHE_SECONDS = 3600.0
+PROBE_CACHE_SECONDS = 3600.0  # how long a probe's answer is trusted before the host is asked again
 
 
 def probe_cache_path() -> str:
