@@ -1,9 +1,8 @@
 """Array helpers every layer may use: stored pixels to floats, device arrays to the host, batched model
 queries on host arrays (:func:`apply_in_batches`, padded to one batch shape).
 
-A base module (NumPy, JAX and :mod:`vae_jax.caches` only): the maths (:mod:`vae_jax.evaluate`), the train step, the data layer
-and the driver all call these, so they live below all of them (the layer table is in
-:mod:`vae_jax.protocol`).
+A base module (NumPy, JAX and :mod:`vae_jax.caches` only), below the maths, the train step, the data layer
+and the driver that all call it (the layer table is in :mod:`vae_jax.protocol`).
 """
 
 from __future__ import annotations
@@ -16,14 +15,9 @@ from vae_jax import caches
 
 
 def pixels_to_float(x):
-    """Stored pixels -> float32 in [0, 1]: ``uint8`` is divided by 255, floats become float32.
-
-    Other integer arrays (a VQ-VAE prior's code grids) are not pixels and pass through unchanged.
-
-    Works on NumPy and JAX arrays alike; the train step and the evaluation
-    call it on each batch, so the data can stay ``uint8`` in device memory.
-    The dtype check is static (decided at trace time).
-    """
+    """Stored pixels -> float32 in [0, 1]: ``uint8`` is divided by 255, floats become float32; other integer
+    arrays (a VQ-VAE prior's code grids) are not pixels and pass through unchanged. Works on NumPy and JAX
+    arrays alike (the dtype check is static), so the data can stay ``uint8`` in device memory."""
     if x.dtype == np.uint8:
         # A multiplication, not a division: XLA turns x / 255 into x * (1 / 255) anyway, and
         # this way the host (NumPy) and the device (XLA) give bit-identical floats.
@@ -47,22 +41,16 @@ def to_host(tree):
     from jax.experimental import multihost_utils
 
     def fetch(a):
-        if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
-            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-        return np.asarray(a)
+        spread = isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True) if spread else a)
 
     return jax.tree_util.tree_map(fetch, tree)
 
 
 def bare_params(tree):
-    """The bare params tree of ``tree``.
-
-    ``model.init`` returns flax's variables ``{"params": ...}`` and
-    ``model.apply`` wants them so; the queries of :mod:`vae_jax.tasks`, the
-    evaluation and the samplers take the bare tree inside. Either is accepted:
-    a mapping whose only key is ``"params"`` is unwrapped, anything else is
-    returned as it is.
-    """
+    """The bare params tree of ``tree``: a mapping whose only key is ``"params"`` (flax's variables, as
+    ``model.init`` returns them) is unwrapped, anything else is returned as it is. The queries of
+    :mod:`vae_jax.tasks`, the evaluation and the samplers take the bare tree inside."""
     if isinstance(tree, Mapping) and set(tree.keys()) == {"params"} and isinstance(tree["params"], Mapping):
         return tree["params"]
     return tree
@@ -70,11 +58,8 @@ def bare_params(tree):
 
 @caches.jit_run_once(static_argnums=(0, 1, 2))
 def run_query(query, model, options: tuple, params, *arrays):
-    """``query(model, params, *arrays, **dict(options))``, compiled once per (query, model, options, shapes).
-
-    Queries run once or a few times per process (figures, diagnostics): compiled by
-    :func:`vae_jax.caches.jit_run_once`.
-    """
+    """``query(model, params, *arrays, **dict(options))``, compiled once per (query, model, options, shapes)
+    by :func:`vae_jax.caches.jit_run_once`: queries run once or a few times per process (figures, diagnostics)."""
     return query(model, params, *arrays, **dict(options))
 
 
@@ -93,9 +78,7 @@ def standard_normal(key, shape: tuple) -> np.ndarray:
 def _padded(a: np.ndarray, start: int, size: int) -> np.ndarray:
     """Rows ``start : start + size`` of ``a``, padded to ``size`` rows with copies of its last row."""
     part = a[start : start + size]
-    if len(part) < size:
-        part = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)])
-    return part
+    return np.pad(part, [(0, size - len(part))] + [(0, 0)] * (a.ndim - 1), mode="edge")
 
 
 def apply_in_batches(query, model, params, *arrays: np.ndarray, batch_size: int = 1000, key=None, **options):
@@ -106,10 +89,8 @@ def apply_in_batches(query, model, params, *arrays: np.ndarray, batch_size: int 
     compiled program serves every batch. ``query`` should be a module-level function: a closure made
     afresh at each call is a new static argument, so it compiles again every time. ``params``: the bare
     tree or flax's variables ``{"params": ...}``. With ``key``, batch i is queried as
-    ``query(model, params, fold_in(key, i), *batches, **options)``.
-
-    Returns:
-      The results (an array or a pytree of arrays, ``[N, ...]`` each) concatenated on the host.
+    ``query(model, params, fold_in(key, i), *batches, **options)``. Returns the results (an array or a
+    pytree of arrays, ``[N, ...]`` each) concatenated on the host.
     """
     import jax
 

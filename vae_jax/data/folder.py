@@ -19,37 +19,29 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
     """Reads a directory of image files into ``uint8`` arrays.
 
     Layout:
-      * Test split: the ``test/`` sub-folder when there is one (train is then
-        ``train/`` if present, else everything else); otherwise the last 10%
-        of all images after a fixed shuffle (seed 0) of the sorted paths.
-        Either way each split comes in that fixed shuffled order, so its
-        first images (the ones figures show) mix the classes.
-      * Labels: when two or more sub-folders of a split hold images (and no
-        image lies directly in it), each image's label is its folder's index
-        in the sorted train folder names (``class_names``); folders are
+      * Test split: the ``test/`` sub-folder when there is one (train is then ``train/`` if present, else
+        everything else); otherwise the last 10% of all images after a fixed shuffle (seed 0) of the sorted
+        paths. Either way each split comes in that fixed shuffled order, so its first images (the ones
+        figures show) mix the classes.
+      * Labels: when two or more sub-folders of a split hold images (and no image lies directly in it), each
+        image's label is its folder's index in the sorted train folder names (``class_names``); folders are
         searched recursively. Otherwise the images are unlabelled.
-      * Channels: C = 1 when every image is grayscale (Pillow modes 1, L, LA);
-        otherwise C = 3 and grayscale images are repeated into RGB. Alpha is
-        dropped; palette images count as RGB; 16-bit and float images are
-        refused; animated formats give their first frame.
-      * Size: ``image_size`` = 0 keeps the images' own size, which must then
-        be the same for all; S > 0 resizes the shorter side to S and crops the
-        centre S x S (one bicubic resampling of the centre square).
-
-    Files are decoded by a thread pool (Pillow releases the GIL while
-    decoding and resampling) straight into one preallocated array.
+      * Channels: C = 1 when every image is grayscale (Pillow modes 1, L, LA); otherwise C = 3 and grayscale
+        images are repeated into RGB. Alpha is dropped; palette images count as RGB; 16-bit and float images
+        are refused; animated formats give their first frame.
+      * Size: ``image_size`` = 0 keeps the images' own size, which must then be the same for all; S > 0
+        resizes the shorter side to S and crops the centre S x S (one bicubic resampling).
 
     Args:
-      path: the directory.
       image_size: 0, or the side S of the square images to make.
-      max_workers: decoding threads (default: Python's ``ThreadPoolExecutor`` default).
-      skip_unreadable: leave out the files that cannot be read or decoded (each listed on
-        stderr) instead of stopping at the first; a split left without images is an error.
+      max_workers: the threads that decode the files straight into one preallocated array (Pillow releases the
+        GIL while decoding and resampling; default: Python's ``ThreadPoolExecutor`` default).
+      skip_unreadable: leave out the files that cannot be read or decoded (each listed on stderr) instead of
+        stopping at the first; a split left without images is an error.
 
     Returns:
-      ``(x_train, y_train, x_test, y_test, class_names, skipped)``; ``x`` are ``uint8``
-      ``[N, H, W, C]``, ``y`` int32 ``[N]`` or None, ``class_names`` a tuple or None,
-      ``skipped`` the paths of the files left out (empty without ``skip_unreadable``).
+      ``(x_train, y_train, x_test, y_test, class_names, skipped)``; ``x`` are ``uint8`` ``[N, H, W, C]``, ``y``
+      int32 ``[N]`` or None, ``class_names`` a tuple or None, ``skipped`` the paths of the files left out.
 
     Raises:
       DataError: one line naming the folder or the file and the problem.
@@ -60,10 +52,8 @@ def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = 
     failed = {} if skip_unreadable else None
     _decode_images(plan, paths, images, max_workers, failed)
     if failed:  # files whose header read but whose pixels did not: left out now, a copy of the rest
-        keep = np.ones(len(paths), bool)
-        keep[list(failed)] = False
-        plan = without(plan, {paths[i]: message for i, message in failed.items()})
-        images = images[keep]
+        plan = without(plan, failed)
+        images = images[[p not in failed for p in paths]]
     log_skipped(plan)
     n_train = len(plan.train_paths)  # the kept rows are still in order: train, then test
     return images[:n_train], plan.y_train, images[n_train:], plan.y_test, plan.class_names, tuple(plan.skipped)
@@ -74,23 +64,19 @@ def _without_undecodable(plan: FolderPlan, buffer: np.ndarray, max_workers: int 
     ``[rows, H, W, C]`` a chunk at a time."""
     paths, failed = plan.train_paths + plan.test_paths, {}
     for start in range(0, len(paths), len(buffer)):
-        part, chunk_failed = paths[start : start + len(buffer)], {}
-        _decode_images(plan, part, buffer[: len(part)], max_workers, chunk_failed)
-        failed.update({part[i]: message for i, message in chunk_failed.items()})
+        part = paths[start : start + len(buffer)]
+        _decode_images(plan, part, buffer[: len(part)], max_workers, failed)
     return without(plan, failed) if failed else plan
 
 
 def _decode_images(
-    plan: FolderPlan, paths: list[str], out: np.ndarray, max_workers: int | None, failed: dict[int, str] | None = None
+    plan: FolderPlan, paths: list[str], out: np.ndarray, max_workers: int | None, failed: dict[str, str] | None = None
 ) -> None:
-    """Decodes ``paths[i]`` into ``out[i]`` (``uint8`` ``[len(paths), H, W, C]``) with a thread pool.
-
-    A file that cannot be decoded raises a DataError, or with ``failed`` (a dict) is recorded there as
-    ``failed[i] = message`` and ``out[i]`` is left as it was.
-    """
+    """Decodes ``paths[i]`` into ``out[i]`` (``uint8`` ``[len(paths), H, W, C]``) with a thread pool. A file
+    that cannot be decoded raises a DataError, or with ``failed`` (a dict) is recorded as ``failed[path] =
+    message`` and its row of ``out`` is left as it was."""
     spec, image_size = plan.spec, plan.image_size
-    height, width, channels = plan.shape
-    target_mode = "L" if channels == 1 else "RGB"
+    target_mode = "L" if plan.shape[2] == 1 else "RGB"
 
     def decode(i: int) -> None:
         from PIL import Image
@@ -108,18 +94,14 @@ def _decode_images(
             )
             if failed is None:
                 raise DataError(message + SKIP_HINT) from None
-            failed[i] = message
+            failed[paths[i]] = message
             return
         if image_size:
             image = resize_image(image, image_size)
-        out[i] = np.asarray(image).reshape(height, width, channels)
+        out[i] = np.asarray(image).reshape(plan.shape)
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers)
-    try:
-        for future in [pool.submit(decode, i) for i in range(len(paths))]:
-            future.result()  # re-raises the first failure
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
+        list(pool.map(decode, range(len(paths))))  # re-raises the first failure; map cancels the rest
 
 
 def save_image_folder_npz(
@@ -134,16 +116,11 @@ def save_image_folder_npz(
     """Decodes the image folder ``folder`` into an uncompressed ``.npz`` at ``path`` a chunk at a time.
 
     The archive holds what :func:`save_npz` would write for ``load_dataset("folder:" + folder,
-    image_size=image_size)`` (the same arrays, labels and ``class_names``; ``notes`` as there), but the
-    images are decoded ``chunk_bytes`` at a time straight into the archive, so a set larger than memory
-    can be decoded once and memory-mapped (``--dataset npz:PATH``). Written to a temporary file beside
-    ``path`` and renamed into place. Returns ``path``.
-
+    image_size=image_size)``, but the images are decoded ``chunk_bytes`` at a time straight into it (written
+    beside ``path``, renamed into place), so a set larger than memory can be decoded once and memory-mapped.
     With ``skip_unreadable`` the files are decoded once more first, to find the ones to leave out before the
-    arrays' sizes are written; their paths are added to the notes as ``"skipped"``.
-
-    Raises:
-      DataError: as :func:`load_image_folder`.
+    arrays' sizes are written; their paths are added to the notes as ``"skipped"``. Returns ``path``; raises
+    a DataError as :func:`load_image_folder`.
     """
     plan = plan_image_folder(folder, image_size, max_workers, skip_unreadable)
     rows = rows_per_chunk((0, *plan.shape), chunk_bytes)  # uint8: a byte a pixel
@@ -166,11 +143,7 @@ def save_image_folder_npz(
 def _write_decoded(member, plan: FolderPlan, paths: list[str], buffer: np.ndarray, max_workers: int | None) -> None:
     """Writes the ``.npy`` of ``paths`` decoded (``uint8`` ``[len(paths), H, W, C]``) to the open archive
     ``member``: its header, then the images decoded into ``buffer`` a chunk at a time."""
-    header = {
-        "descr": np.lib.format.dtype_to_descr(buffer.dtype),
-        "fortran_order": False,
-        "shape": (len(paths), *plan.shape),
-    }
+    header = {**np.lib.format.header_data_from_array_1_0(buffer[:0]), "shape": (len(paths), *plan.shape)}
     np.lib.format.write_array_header_2_0(member, header)
     for start in range(0, len(paths), len(buffer)):
         part = paths[start : start + len(buffer)]

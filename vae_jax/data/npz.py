@@ -14,15 +14,16 @@ import numpy as np
 
 from vae_jax.data.dataset import DataError, Dataset, reason, split_last
 
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
 
 def _mapped_npz_member(path: str, info: zipfile.ZipInfo) -> np.ndarray | None:
     """Member ``info`` of the ``.npz`` at ``path`` as a read-only memory map, or None when it cannot be mapped.
 
-    ``np.savez`` stores each array as an uncompressed ``.npy`` file inside the zip,
-    so its bytes lie in the archive as they are: after the zip's local header
-    (30 bytes, the name, an extra field) and the ``.npy`` header. Compressed
-    members (``np.savez_compressed``), object arrays and ``.npy`` header versions
-    other than 1.0 and 2.0 are read instead (None).
+    NumPy cannot map a member of an ``.npz``, but ``np.savez`` stores each array as an uncompressed ``.npy``
+    file inside the zip, so its bytes lie in the archive as they are: after the zip's local header (30 bytes,
+    the name, an extra field) and the ``.npy`` header. Compressed members (``np.savez_compressed``), object
+    arrays and ``.npy`` header versions other than 1.0 and 2.0 are read instead (None).
     """
     if info.compress_type != zipfile.ZIP_STORED:
         return None
@@ -33,13 +34,10 @@ def _mapped_npz_member(path: str, info: zipfile.ZipInfo) -> np.ndarray | None:
             return None
         name_length, extra_length = struct.unpack("<HH", local[26:30])
         f.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
+        read_header = _NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
+        if read_header is None:
             return None
+        shape, fortran_order, dtype = read_header(f)
         offset = f.tell()
     if dtype.hasobject:
         return None
@@ -51,8 +49,7 @@ def _mapped_npz_member(path: str, info: zipfile.ZipInfo) -> np.ndarray | None:
 def load_npz(path: str, memory_map: bool = False):
     """The arrays of the archive ``path``: ``((x_train, y_train, x_test, y_test), class_names)``, the
     images memory-mapped where they can be with ``memory_map`` (:func:`_mapped_npz_member`)."""
-    archive = _open_npz(path)
-    with archive:
+    with _open_npz(path) as archive:
         keys = set(archive.files)
 
         def read(key: str) -> np.ndarray | None:
@@ -119,22 +116,15 @@ NOTES_MEMBER = "vae_jax_notes"  # an npz member that save_npz may add: a JSON ob
 def save_npz(dataset: Dataset, path: str, notes: dict | None = None) -> str:
     """Writes ``dataset`` to ``path`` as an uncompressed ``.npz`` that ``--dataset npz:PATH`` reads back.
 
-    The arrays are stored as they are (``uint8`` images stay ``uint8``), with
-    ``class_names`` when the dataset has them. Uncompressed, so that
-    ``load_dataset(..., memory_map=True)`` (``--stream``, ``--distributed``) maps
-    it instead of reading it: each process then reads from disk only the rows
-    it uses. Written to a temporary file beside ``path`` and renamed into place,
-    so an interrupted write never leaves a half archive under ``path``.
-    ``notes`` (a JSON-serialisable dict) is stored beside the arrays and read
-    back by :func:`read_npz_notes`; loading ignores it. Returns ``path``.
+    The arrays are stored as they are (``uint8`` stays ``uint8``), with ``class_names`` when known.
+    Uncompressed, so that ``load_dataset(..., memory_map=True)`` (``--stream``, ``--distributed``) maps it and
+    each process reads from disk only the rows it uses. Written beside ``path`` and renamed into place, so an
+    interrupted write never leaves a half archive. ``notes`` (a JSON-serialisable dict) is stored beside the
+    arrays and read back by :func:`read_npz_notes`; loading ignores it. Returns ``path``.
     """
-    arrays = {
-        "x_train": dataset.train_pixels,
-        "x_test": dataset.test_pixels,
-        **small_members(dataset.y_train, dataset.y_test, dataset.class_names, notes),
-    }
+    small = small_members(dataset.y_train, dataset.y_test, dataset.class_names, notes)
     with atomic_file(path) as f:
-        np.savez(f, **arrays)
+        np.savez(f, x_train=dataset.train_pixels, x_test=dataset.test_pixels, **small)
     return path
 
 
@@ -171,11 +161,8 @@ def atomic_file(path: str):
 def read_npz_notes(path: str) -> dict | None:
     """The ``notes`` that :func:`save_npz` stored in ``path``; None when there are none or the file is not
     a readable archive (missing, truncated, another kind of file)."""
-    try:
+    notes = None
+    with contextlib.suppress(Exception):  # OSError, zipfile and format errors, bad JSON: no usable notes
         with np.load(path, allow_pickle=False) as archive:
-            if NOTES_MEMBER not in archive.files:
-                return None
-            notes = json.loads(str(archive[NOTES_MEMBER]))
-    except Exception:  # OSError, zipfile and format errors, bad JSON: no usable notes
-        return None
+            notes = json.loads(str(archive[NOTES_MEMBER])) if NOTES_MEMBER in archive.files else None
     return notes if isinstance(notes, dict) else None

@@ -12,9 +12,7 @@ def log_resizing(source: str, sizes: set[tuple[int, int]], image_size: int) -> N
     other = sorted(size for size in sizes if size != (image_size, image_size))
     if not other:
         return
-    listed = ", ".join(
-        f"{h}x{w}" for w, h in other[:3]
-    )  # height x width, as every image shape here + (", ..." if len(other) > 3 else "")
+    listed = ", ".join(f"{h}x{w}" for w, h in other[:3])  # height x width, as every image shape here
     print(
         f"data: {source}: images of {listed} are resized to {image_size}x{image_size} (shorter side to "
         f"{image_size}, then the centre square; --image-size {image_size})",
@@ -30,10 +28,8 @@ def center_square(width: int, height: int) -> tuple[int, int, int, int]:
 
 
 def resize_image(image, size: int):
-    """A PIL image's centre square resized to ``size x size`` (bicubic, antialiased when shrinking).
-
-    Same as resizing the shorter side to ``size`` and cropping the centre, in one resampling.
-    """
+    """A PIL image's centre square resized to ``size x size`` (bicubic, antialiased when shrinking): the
+    shorter side resized to ``size`` and the centre cropped, in one resampling."""
     from PIL import Image
 
     if image.size == (size, size):
@@ -42,11 +38,8 @@ def resize_image(image, size: int):
 
 
 def resize_center_crop(images: np.ndarray, size: int) -> np.ndarray:
-    """``[N, H, W, C]`` -> ``[N, size, size, C]``: shorter side resized to ``size``, centre cropped.
-
-    ``uint8`` images stay ``uint8``; float32 images are resampled in float and
-    clipped back to [0, 1] (bicubic filters overshoot a little at edges).
-    """
+    """``[N, H, W, C]`` -> ``[N, size, size, C]``: shorter side resized to ``size``, centre cropped. ``uint8``
+    stays ``uint8``; float32 is resampled in float and clipped to [0, 1] (bicubic overshoots a little at edges)."""
     from PIL import Image
 
     n, h, w, c = images.shape

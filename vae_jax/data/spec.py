@@ -20,8 +20,7 @@ from vae_jax.data.resize import log_resizing, resize_center_crop
 BINARIZE_CHOICES = ("none", "dynamic", "static")
 SPECS = ("mnist", "mnist:embedded", "tfds:NAME", "npz:PATH", "folder:PATH")
 _STATIC_BINARIZE_SEED = 0
-# The largest --image-size: a 4096 x 4096 x 3 uint8 image is 48 MiB; larger sides are a typo, not a dataset.
-MAX_IMAGE_SIZE = 4096
+MAX_IMAGE_SIZE = 4096  # a 4096 x 4096 x 3 uint8 image is 48 MiB; larger sides are a typo, not a dataset
 
 
 def load_dataset(
@@ -42,17 +41,12 @@ def load_dataset(
       batch_size: if given, the train split must hold at least one batch.
       image_size: 0 keeps the images' own size; S > 0 resizes the shorter side
         of every image to S (bicubic, antialiased) and crops the centre S x S.
-      memory_map: ``npz:`` archives written uncompressed (``np.savez``,
-        :func:`save_npz`) are memory-mapped instead of read: the images stay on
-        disk and a row is read when it is used (``--stream`` and
-        ``--distributed`` ask for this, so each process reads only its rows).
-        ``uint8`` images stay mapped; float32 ones are checked for their range
-        a chunk at a time and stay mapped; other dtypes, resizing and static
-        binarization make in-memory copies. Mapped members are not CRC-checked
-        (that would read the whole file).
-      skip_unreadable: ``folder:`` datasets leave out the files that cannot be
-        decoded (listed in :attr:`Dataset.skipped` and on stderr) instead of
-        stopping at the first one.
+      memory_map: memory-map ``npz:`` archives written uncompressed (``np.savez``, :func:`save_npz`), so a
+        row is read from disk when it is used (``--stream``, ``--distributed``). ``uint8`` and float32 images
+        stay mapped (float32 range-checked a chunk at a time); other dtypes, resizing and static binarization
+        make in-memory copies. Mapped members are not CRC-checked (that would read the whole file).
+      skip_unreadable: ``folder:`` datasets leave out the files that cannot be decoded (listed in
+        :attr:`Dataset.skipped` and on stderr) instead of stopping at the first one.
 
     Raises:
       DataError: with a one-line message naming the problem.
@@ -89,8 +83,7 @@ def _check_flags(spec: str, binarize: str, image_size: int) -> None:
 
 
 def _read_source(spec: str, data_dir: str | None, image_size: int, memory_map: bool, skip_unreadable: bool):
-    """The source module's arrays for ``spec``: ``((x_train, y_train, x_test, y_test), source, class_names,
-    skipped)``, not yet checked."""
+    """``((x_train, y_train, x_test, y_test), source, class_names, skipped)`` of ``spec``, not yet checked."""
     if spec == "mnist":
         return (*mnist.load_mnist(data_dir), None, ())
     if spec == "mnist:embedded":
@@ -110,8 +103,7 @@ def _read_source(spec: str, data_dir: str | None, image_size: int, memory_map: b
 
 
 def _checked_arrays(arrays, spec: str, source: str, image_size: int, class_names: tuple[str, ...] | None):
-    """A source's ``(x_train, y_train, x_test, y_test)`` checked (:func:`_as_images`, :func:`_as_labels`) and
-    resized to ``image_size``."""
+    """A source's ``(x_train, y_train, x_test, y_test)`` checked and resized to ``image_size``."""
     x_train, y_train, x_test, y_test = arrays
     x_train = _as_images(x_train, "x_train", source)
     x_test = _as_images(x_test, "x_test", source)
@@ -150,10 +142,8 @@ def _spec_suggestion(spec: str) -> str:
 
 
 def _bernoulli(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
-    """One Bernoulli draw per pixel with p = the pixel's value in [0, 1]; ``uint8`` 0 or 255.
-
-    Drawn a chunk of images at a time, so a large split never exists as float32.
-    """
+    """One Bernoulli draw per pixel with p = the pixel's value in [0, 1]; ``uint8`` 0 or 255. Drawn a chunk of
+    images at a time, so a large split never exists as float32."""
     out = np.empty(pixels.shape, np.uint8)
     chunk = rows_per_chunk(pixels.shape)
     for start in range(0, len(pixels), chunk):
@@ -205,9 +195,8 @@ def _as_labels(y: Any, x: np.ndarray, name: str, source: str) -> np.ndarray | No
         )
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
         raise DataError(f"{source}: {name} must hold integer class labels, got dtype {y.dtype}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise DataError(f"{source}: {name} must hold integer class labels")
+    if not np.issubdtype(y.dtype, np.integer) and (not np.all(np.isfinite(y)) or np.any(y != np.round(y))):
+        raise DataError(f"{source}: {name} must hold integer class labels")
     if y.size and y.min() < 0:
         raise DataError(f"{source}: {name} must hold non-negative class labels, got {y.min()}")
     return y.astype(np.int32)

@@ -3,6 +3,7 @@ answers (the answer remembered for an hour in the user cache). TensorFlow is imp
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import glob
 import json
@@ -18,12 +19,11 @@ from vae_jax import caches
 from vae_jax.data.dataset import DataError, split_last
 from vae_jax.data.resize import log_resizing, resize_center_crop
 
-# TFDS downloads MNIST-like datasets from this host; if it cannot be reached
-# within a few seconds we fall back instead of hanging on a network time-out.
+# TFDS downloads MNIST-like datasets from this host; if it cannot be reached within a few seconds we fall back
+# instead of hanging on a network time-out.
 _TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 _REACHABLE_TIMEOUT_S = 3.0
-# How long a probe's answer is trusted before the host is asked again.
-PROBE_CACHE_SECONDS = 3600.0
+PROBE_CACHE_SECONDS = 3600.0  # how long a probe's answer is trusted before the host is asked again
 
 
 def probe_cache_path() -> str:
@@ -32,83 +32,63 @@ def probe_cache_path() -> str:
 
 
 def tfds_reachable_cached(max_age: float = PROBE_CACHE_SECONDS) -> bool:
-    """:func:`_tfds_reachable`, answered from the cache file when its answer is younger than ``max_age`` s.
-
-    The cache is a convenience: when it cannot be read or written the host is simply asked.
-    """
+    """:func:`_tfds_reachable`, answered from the cache file when its answer is younger than ``max_age`` s
+    (when the cache cannot be read or written the host is simply asked)."""
     path = probe_cache_path()
     host = "{}:{}".format(*_TFDS_DOWNLOAD_HOST)
-    try:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         with open(path) as f:
             cached = json.load(f)
         if cached["host"] == host and 0 <= time.time() - float(cached["time"]) < max_age:
             return bool(cached["reachable"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
     reachable = _tfds_reachable()
-    try:
+    with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:
             json.dump({"host": host, "reachable": reachable, "time": time.time()}, f)
         os.replace(path + ".tmp", path)
-    except OSError:
-        pass
     return reachable
 
 
 def tfds_prepared_on_disk(name: str, data_dir: str | None) -> bool:
-    """True if ``name`` looks prepared under the TFDS data dir (a ``dataset_info.json`` in a version folder).
-
-    A file-system check, so the common offline case decides without importing
-    TensorFlow; TFDS itself has the last word when this says yes.
-    """
+    """True if ``name`` looks prepared under the TFDS data dir (a ``dataset_info.json`` in a version folder):
+    a file-system check, so the offline case decides without importing TensorFlow; TFDS has the last word."""
     root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
     return bool(glob.glob(os.path.join(root, name, "*", "dataset_info.json")))
 
 
 def _tfds_reachable(timeout: float = _REACHABLE_TIMEOUT_S) -> bool:
-    """True if the TFDS download host answers within ``timeout`` seconds.
-
-    DNS resolution has no time-out of its own, so the probe runs in a daemon
-    thread that is abandoned when the time is up.
-    """
-    result: list[bool] = []
+    """True if the TFDS download host answers within ``timeout`` seconds. DNS resolution has no time-out of
+    its own, so the probe runs in a daemon thread that is abandoned when the time is up."""
+    connected: list[bool] = []
 
     def probe() -> None:
-        try:
-            with socket.create_connection(_TFDS_DOWNLOAD_HOST, timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
+        with contextlib.suppress(OSError), socket.create_connection(_TFDS_DOWNLOAD_HOST, timeout=timeout):
+            connected.append(True)
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout)
-    return bool(result and result[0])
+    return bool(connected)
 
 
-class _DropIncompleteVariantWarnings(logging.Filter):
-    """Drops TFDS's "Variant folder ... has no dataset_info.json" warning: an unprepared dataset is
-    expected here (it is downloaded or replaced by the embedded digits) and is reported in our own words."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "has no dataset_info.json" not in record.getMessage()
+def _drop_incomplete_variant_warnings(record: logging.LogRecord) -> bool:
+    """A log filter that drops TFDS's "Variant folder ... has no dataset_info.json" warning: an unprepared
+    dataset is expected here (downloaded or replaced by the embedded digits) and reported in our own words."""
+    return "has no dataset_info.json" not in record.getMessage()
 
 
 def _import_tfds():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropIncompleteVariantWarnings) for f in absl_logger.filters):
-        absl_logger.addFilter(_DropIncompleteVariantWarnings())
+    logging.getLogger("absl").addFilter(_drop_incomplete_variant_warnings)  # once: a filter already there is skipped
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences a start-up notice; TF only reads data here
     import tensorflow_datasets as tfds  # heavy: imported only here
 
-    try:  # keep TensorFlow off the accelerators: JAX owns them.
+    # Keep TensorFlow off the accelerators: JAX owns them. An error (already initialised, no GPU support) is harmless.
+    with contextlib.suppress(Exception):
         import tensorflow as tf
 
         tf.config.set_visible_devices([], "GPU")
-    except Exception:  # already initialised or no GPU support: harmless
-        pass
     return tfds
 
 
@@ -140,19 +120,14 @@ def load_tfds(name: str, data_dir: str | None, image_size: int = 0):
 
 
 def tfds_arrays(builder, name: str, image_size: int = 0):
-    """The splits of a prepared TFDS image dataset as ``uint8`` arrays.
-
-    Read in batches of at most ~256 MB; with ``image_size`` each batch is
-    resized and centre-cropped as it arrives, so a set of large images
-    (CelebA: 162,770 train images of 218x178x3, 19 GB) is never held at
-    full size.
-    """
+    """The splits of a prepared TFDS image dataset as ``uint8`` arrays, read in batches of at most ~256 MB;
+    with ``image_size`` each batch is resized and centre-cropped as it arrives, so a set of large images
+    (CelebA: 162,770 train images of 218x178x3, 19 GB) is never held at full size."""
     tfds = _import_tfds()
     features = builder.info.features
-    image_key = "image" if "image" in features else None
-    if image_key is None:
+    if "image" not in features:
         raise DataError(f"--dataset tfds:{name}: has no 'image' feature; not an image dataset")
-    image_shape = tuple(features[image_key].shape)
+    image_shape = tuple(features["image"].shape)
     if None in image_shape:
         raise DataError(
             f"--dataset tfds:{name}: images of varying size {image_shape} are not supported; "
@@ -171,7 +146,7 @@ def tfds_arrays(builder, name: str, image_size: int = 0):
     def read(split: str):
         images, labels = [], []
         for batch in tfds.as_numpy(builder.as_dataset(split=split, batch_size=read_batch)):
-            batch_images = np.asarray(batch[image_key])
+            batch_images = np.asarray(batch["image"])
             if batch_images.ndim == 3:
                 batch_images = batch_images[..., None]
             images.append(resize_center_crop(batch_images, image_size) if image_size else batch_images)
@@ -182,7 +157,4 @@ def tfds_arrays(builder, name: str, image_size: int = 0):
         return np.concatenate(images), (np.concatenate(labels) if label_key else None)
 
     x_train, y_train = read("train")
-    if "test" in splits:
-        x_test, y_test = read("test")
-        return x_train, y_train, x_test, y_test
-    return split_last(x_train, y_train)
+    return (x_train, y_train, *read("test")) if "test" in splits else split_last(x_train, y_train)
