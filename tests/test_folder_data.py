@@ -472,3 +472,14 @@ def reconstruct_with_the_runs_data_flags(run, folder, capsys):
         assert f"--workdir {source} was trained on " in line and "pass --dataset" in line
     asked = reconstruct.main(["--workdir", str(run), "--out", out, "--dataset", f"folder:{folder}"])
     assert len(asked["errors"]) == len(load_dataset(f"folder:{folder}", skip_unreadable=True).x_test)
+
+
+def test_the_resizing_line_lists_three_sizes_and_counts_the_rest(capsys):
+    from vae_jax.data.resize import log_resizing
+
+    sizes = {(30, 20), (40, 20), (50, 20), (60, 20), (70, 20), (28, 28)}  # (width, height); 28x28 is kept
+    log_resizing("folder:x", sizes, 28)
+    line = capsys.readouterr().err
+    assert "images of 20x30, 20x40, 20x50 and 2 more sizes are resized to 28x28" in line
+    log_resizing("folder:x", {(30, 20), (28, 28)}, 28)
+    assert "images of 20x30 are resized" in capsys.readouterr().err

@@ -13,6 +13,7 @@ def log_resizing(source: str, sizes: set[tuple[int, int]], image_size: int) -> N
     if not other:
         return
     listed = ", ".join(f"{h}x{w}" for w, h in other[:3])  # height x width, as every image shape here
+    listed += f" and {len(other) - 3} more sizes" if len(other) > 3 else ""
     print(
         f"data: {source}: images of {listed} are resized to {image_size}x{image_size} (shorter side to "
         f"{image_size}, then the centre square; --image-size {image_size})",
