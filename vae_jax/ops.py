@@ -75,17 +75,10 @@ def _is_int(value) -> bool:
 
 def _pair(value: IntOrPair, name: str, minimum: int) -> tuple[int, int]:
     """Returns ``value`` as an ``(h, w)`` pair of ints ``>= minimum``."""
-    if _is_int(value):
-        pair = (int(value), int(value))
-    elif (
-        isinstance(value, Sequence)
-        and not isinstance(value, str)
-        and len(value) == 2
-        and all(_is_int(v) for v in value)
-    ):
-        pair = (int(value[0]), int(value[1]))
-    else:
+    is_pair = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+    if not (_is_int(value) or is_pair and all(_is_int(v) for v in value)):
         raise ValueError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    pair = (int(value), int(value)) if _is_int(value) else (int(value[0]), int(value[1]))
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return pair
@@ -471,8 +464,7 @@ def max_pool_with_indices(
     2014's "switches").
 
     Args:
-      x: ``[N, H, W, C]``.
-      window: int or ``(wh, ww)``.
+      x: ``[N, H, W, C]``. window: int or ``(wh, ww)``.
       stride: int or pair; defaults to ``window`` (non-overlapping windows).
 
     Returns:
@@ -505,8 +497,7 @@ def max_unpool(pooled: jax.Array, indices: jax.Array, output_shape: Sequence[int
     two windows can name the same position; both carry the same value.
 
     Args:
-      pooled: ``[N, oh, ow, C]``.
-      indices: integer array of the same shape.
+      pooled: ``[N, oh, ow, C]``. indices: integer array of the same shape.
       output_shape: ``(H, W)`` or the full ``(N, H, W, C)`` of the pooled input.
 
     Returns:
@@ -585,8 +576,7 @@ def upsample(x: jax.Array, scale: IntOrPair = 2, method: str = "nearest") -> jax
     PyTorch terms).
 
     Args:
-      x: ``[N, H, W, C]``.
-      scale: positive int or ``(sh, sw)``.
+      x: ``[N, H, W, C]``. scale: positive int or ``(sh, sw)``.
       method: one of ``UPSAMPLE_METHODS`` = ``("nearest", "bilinear")``.
 
     Returns:
@@ -651,8 +641,7 @@ def maxout(x: jax.Array, pieces: int) -> jax.Array:
     ``max(w_1^T h + b_1, ..., w_k^T h + b_k)`` per unit.
 
     Args:
-      x: ``[..., units * pieces]``.
-      pieces: number of linear pieces per unit, >= 1.
+      x: ``[..., units * pieces]``. pieces: number of linear pieces per unit, >= 1.
 
     Returns:
       ``[..., units]``.
