@@ -4,6 +4,7 @@ A convolutional decoder has to undo the encoder's downsampling; the lectures
 give three ways (a transposed convolution, fixed upsampling then a convolution,
 max-unpooling with the encoder's indices then a convolution), and ``UpBlock``
 picks one by config (``mode``).
+
 Every layer takes ``[N, H, W, C]`` or a single unbatched image ``[H, W, C]``
 (so a model can be written per example and batched with ``jax.vmap``) and
 returns the same rank; kernels are HWIO. Sizes are module attributes or static
