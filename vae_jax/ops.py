@@ -532,13 +532,10 @@ def _max_unpool(pooled, indices, output_hw):
 
 
 def avg_pool(x: jax.Array, window: IntOrPair = 2, stride: IntOrPair | None = None) -> jax.Array:
-    """Average pooling without padding: the mean of each ``wh x ww`` window.
+    """Average pooling without padding: the mean of each ``wh x ww`` window of ``x`` ``[N, H, W, C]``.
 
-    Args:
-      x: ``[N, H, W, C]``. window: int or pair. stride: defaults to ``window``.
-
-    Returns:
-      ``[N, oh, ow, C]`` with ``oh = floor((H - wh) / sh) + 1``.
+    ``window``: int or pair; ``stride`` defaults to ``window``. Returns ``[N, oh, ow, C]``,
+    ``oh = floor((H - wh) / sh) + 1``.
     """
     return _avg_pool(x, *_pool_geometry(x, window, stride))
 

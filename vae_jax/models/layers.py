@@ -242,13 +242,11 @@ class ConvTranspose(_XlaConvLayer):
     """``flax.linen.ConvTranspose`` for SAME/VALID padding; on the CPU backend, with a faster kernel gradient.
 
     Attributes:
-      fast_kernel_grad: ``True``: :func:`vae_jax.ops.conv_transpose`, the same
-        values with the kernel gradient asked of XLA as a strided convolution's
-        weight gradient (measured faster on XLA:CPU only; docs/benchmarks.md).
-        ``False``: ``lax.conv_transpose`` and its own gradient, as flax computes
-        them. ``None`` (default): ``True`` on the CPU backend, where it was
-        measured, ``False`` on every other backend until a measurement there
-        shows a gain.
+      fast_kernel_grad: ``True``: :func:`vae_jax.ops.conv_transpose`, the same values with the kernel
+        gradient asked of XLA as a strided convolution's weight gradient (measured faster on XLA:CPU only;
+        docs/benchmarks.md). ``False``: ``lax.conv_transpose`` and its own gradient, as flax computes them.
+        ``None`` (default): ``True`` on the CPU backend, where it was measured, ``False`` elsewhere until a
+        measurement there shows a gain.
 
     Call: ``x [N, H, W, C] -> [N, oh, ow, O]`` (``oh = H * sh`` for SAME).
     """
