@@ -4,10 +4,7 @@
     python -m experiments.pca_vs_linear_ae --components 10 --seeds 4       # 4 replicas in one run
     python -m experiments.pca_vs_linear_ae --epochs 20 --workdir /tmp/pca-local  # smoke test
 
-The lecture's claim: a 1-layer encoder and decoder with no non-linearity have
-PCA's objective, and gradient descent finds PCA's subspace but not
-necessarily PCA's orthonormal basis. Both models see the training-set mean
-subtracted (the AE is bias-free; the mean is added back to reconstruct).
+The lecture's claim, and how both models see the data, are in :mod:`vae_jax.linear_ae`.
 
 Outputs in the workdir: config.json, metrics.jsonl, summary.json (principal
 angles between the AE decoder's column space and the top-m PCA subspace,

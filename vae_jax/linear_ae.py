@@ -12,15 +12,8 @@ of the top-m principal directions. Unlike PCA, nothing makes the columns of
 loss with ``W_d A`` and ``A^-1 W_e``. So gradient descent finds PCA's
 *subspace* in an arbitrary *basis*.
 
-This module holds the pieces to check that: :class:`LinearAE` (bias-free, on
-centered data), :func:`linear_ae_task` (for :func:`vae_jax.runner.train`),
-:func:`pca` (by SVD), :func:`principal_angles` between column spaces, and
-:func:`orthogonality` measures of a basis.
-
-The mean is handled explicitly: both PCA and the linear AE see
-``x - mean_train`` (the training-set mean, a constant, not a parameter), and
-reconstructions add it back. That makes the AE exactly the PCA objective;
-with biases instead, the optimum is the same but the comparison is less direct.
+Both PCA and the linear AE (bias-free) see ``x - mean_train`` (the training-set mean, a constant, not a
+parameter), and reconstructions add it back: that makes the AE exactly the PCA objective.
 """
 
 from __future__ import annotations
@@ -90,17 +83,11 @@ def encoder_matrix(params) -> np.ndarray:
 
 
 def linear_ae_task(components: int, data_mean: np.ndarray) -> tuple[LinearAE, Task]:
-    """The linear AE on ``x - data_mean`` with per-example squared error, as a runner :class:`Task`.
+    """The linear AE with ``components`` latents on ``x - data_mean`` as a runner :class:`Task`: ``(model, task)``.
 
-    Args:
-      components: m, the latent size.
-      data_mean: the training-set mean image ``[H, W, C]`` (or flat ``[d]``);
-        captured as a constant, so it is not trained.
-
-    Returns:
-      ``(model, task)``. The loss is the batch mean of ``||x_c - W_d W_e x_c||^2``
-      (summed over pixels); ``eval_fn`` gives per-example ``sq_error`` and
-      ``mse`` (the same, averaged over pixels).
+    ``data_mean`` (the training-set mean image ``[H, W, C]`` or flat ``[d]``) is captured as a constant,
+    so it is not trained. The loss is the batch mean of ``||x_c - W_d W_e x_c||^2`` (summed over pixels);
+    ``eval_fn`` gives per-example ``sq_error`` and ``mse`` (the same, averaged over pixels).
     """
     mean = jnp.asarray(data_mean, jnp.float32).reshape(-1)  # [d]
     model = LinearAE(latent_dim=components, input_dim=int(mean.shape[0]))
@@ -159,12 +146,8 @@ class PCAResult:
 
 
 def pca(x: np.ndarray, components: int) -> PCAResult:
-    """PCA by the SVD of the centered data: x_c = U S V^T, the components are the first rows of V^T.
-
-    Args:
-      x: ``[N, ...]`` examples (flattened internally), computed in float64.
-      components: m <= min(N, d).
-    """
+    """PCA of ``x`` ``[N, ...]`` (flattened, in float64) by the SVD of the centered data: x_c = U S V^T, the
+    ``components`` (m <= min(N, d)) are the first rows of V^T."""
     flat = np.asarray(x, np.float64).reshape(len(x), -1)
     if not 0 < components <= min(flat.shape):
         raise ValueError(f"components must be in 1..{min(flat.shape)}, got {components}")

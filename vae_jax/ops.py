@@ -10,24 +10,12 @@ output shape, so under ``jax.jit`` they must be static (closed over or marked
 so they run at trace time and raise the same ``ValueError`` under ``jit``,
 ``vmap`` and ``grad``. Nothing reduces over the batch.
 
-The ops and the identities the tests check:
-
-* ``conv2d`` is the cross-correlation of deep-learning frameworks,
-  ``y[n, r, c, o] = sum_{a, b, i} x_pad[n, s*r + a, s*c + b, i] * k[a, b, i, o]``,
-  with output size ``o = floor((i + 2p - k) / s) + 1``.
-* ``conv_transpose2d`` is written as the lectures define it: every input
-  element scales the whole kernel and adds it into the output at
-  ``stride * its position``; then ``padding`` rows/columns are cropped from each
-  border. Output size ``o' = s (i' - 1) + k - 2p + output_padding``. It equals
-
-  (a) the vector-Jacobian product of ``conv2d`` with respect to its input,
-      i.e. multiplication by the transposed convolution matrix ``C^T``
-      (``conv_matrix``), for the kernel with its channel axes swapped;
-  (b) a direct ``conv2d`` (stride 1) of the input with ``s - 1`` zeros
-      inserted between elements, padded by ``k - p - 1`` on each side (plus
-      ``output_padding`` at the bottom/right), with the spatially flipped
-      kernel ``kernel[::-1, ::-1]`` (Dumoulin & Visin's relationships 8, 9,
-      13 and 14).
+``conv2d`` is the frameworks' cross-correlation; ``conv_transpose2d`` is written
+as the lectures define it (each input element scatters the scaled kernel) and
+is checked against its two equivalent forms, the adjoint ``C^T`` of ``conv2d``
+(``conv_matrix``) and a direct convolution of the zero-inserted input with the
+flipped kernel. Pooling, max-unpooling with indices, upsampling and the
+lectures' activations complete the set.
 
 References:
   V. Dumoulin and F. Visin, "A guide to convolution arithmetic for deep
@@ -78,9 +66,7 @@ IntOrPair = int | Sequence[int]
 # jit the inner jit is simply inlined.
 
 
-# ----------------------------------------------------------------------------
-# Argument checks (static, so they also run under jit).
-# ----------------------------------------------------------------------------
+# --- Argument checks (static, so they also run under jit).
 
 
 def _is_int(value) -> bool:
@@ -89,17 +75,10 @@ def _is_int(value) -> bool:
 
 def _pair(value: IntOrPair, name: str, minimum: int) -> tuple[int, int]:
     """Returns ``value`` as an ``(h, w)`` pair of ints ``>= minimum``."""
-    if _is_int(value):
-        pair = (int(value), int(value))
-    elif (
-        isinstance(value, Sequence)
-        and not isinstance(value, str)
-        and len(value) == 2
-        and all(_is_int(v) for v in value)
-    ):
-        pair = (int(value[0]), int(value[1]))
-    else:
+    is_pair = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+    if not (_is_int(value) or is_pair and all(_is_int(v) for v in value)):
         raise ValueError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    pair = (int(value), int(value)) if _is_int(value) else (int(value[0]), int(value[1]))
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return pair
@@ -119,11 +98,15 @@ def _check_rank(array, rank: int, name: str, layout: str) -> None:
         raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(array)}")
 
 
-def _check_image_and_kernel(x, kernel) -> None:
-    _check_rank(x, 4, "x", "NHWC")
-    _check_rank(kernel, 4, "kernel", "HWIO")
+def _check_kernel(kernel, rank: int, layout: str) -> None:
+    _check_rank(kernel, rank, "kernel", layout)
     if min(kernel.shape[:2]) < 1:
         raise ValueError(f"kernel must have a spatial size of at least 1 x 1, got shape {kernel.shape}")
+
+
+def _check_image_and_kernel(x, kernel) -> None:
+    _check_rank(x, 4, "x", "NHWC")
+    _check_kernel(kernel, 4, "HWIO")
     if x.shape[3] != kernel.shape[2]:
         raise ValueError(
             f"kernel input channels ({kernel.shape[2]}, axis 2 of HWIO kernel of shape "
@@ -131,21 +114,13 @@ def _check_image_and_kernel(x, kernel) -> None:
         )
 
 
-# ----------------------------------------------------------------------------
-# Output sizes.
-# ----------------------------------------------------------------------------
+# --- Output sizes.
 
 
 def conv_output_size(i: int, k: int, s: int = 1, p: int = 0) -> int:
-    """Spatial output size of ``conv2d`` along one axis.
+    """Spatial output size of ``conv2d`` along one axis (input ``i``, kernel ``k``, stride ``s``, padding ``p``).
 
-    ``o = floor((i + 2p - k) / s) + 1`` (Dumoulin & Visin, relationship 6).
-
-    Args:
-      i: input size. k: kernel size. s: stride. p: zero padding on each side.
-
-    Returns:
-      The output size ``o`` as a Python int.
+    ``o = floor((i + 2p - k) / s) + 1`` (Dumoulin & Visin, relationship 6), a Python int.
 
     Raises:
       ValueError: if an argument is not a non-negative int (positive for
@@ -178,28 +153,23 @@ def conv_transpose_output_size(i: int, k: int, s: int = 1, p: int = 0, output_pa
     return o
 
 
-# ----------------------------------------------------------------------------
-# Convolution and transposed convolution.
-# ----------------------------------------------------------------------------
+# --- Convolution and transposed convolution.
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: IntOrPair = 1, padding: IntOrPair = 0) -> jax.Array:
     """2-D cross-correlation, as deep-learning frameworks define "convolution".
 
     ``y[n, r, c, o] = sum_{a, b, i} x_pad[n, s*r + a, s*c + b, i] * k[a, b, i, o]``
-    where ``x_pad`` is ``x`` with ``padding`` zeros on every border. The kernel
+    where ``x_pad`` is ``x`` with ``padding`` zeros on every border; the kernel
     is not flipped. Computed by gathering the ``kh * kw`` strided shifts of the
     padded input (im2col) and contracting them with the kernel.
 
     Args:
-      x: input images, ``[N, H, W, C]``.
-      kernel: ``[kh, kw, C, O]``.
-      stride: int or ``(sh, sw)``, >= 1.
-      padding: int or ``(ph, pw)`` zeros added to both sides, >= 0.
+      x: ``[N, H, W, C]``. kernel: ``[kh, kw, C, O]``.
+      stride: int or ``(sh, sw)``, >= 1. padding: int or ``(ph, pw)`` zeros on both sides, >= 0.
 
     Returns:
-      ``[N, oh, ow, O]`` with ``oh = conv_output_size(H, kh, sh, ph)`` (same
-      for the width).
+      ``[N, oh, ow, O]`` with ``oh = conv_output_size(H, kh, sh, ph)`` (same for the width).
 
     Raises:
       ValueError: wrong ranks, mismatched channels, an empty image or kernel,
@@ -256,33 +226,27 @@ def conv_transpose2d(
 
         full[n, s*r + a, s*c + b, o] += sum_i x[n, r, c, i] * k[a, b, i, o]
 
-    ``full`` has size ``s (i' - 1) + k`` (plus ``output_padding`` zero rows and
-    columns at the bottom/right); the result crops ``padding`` rows and columns
-    from each border, so ``o' = s (i' - 1) + k - 2p + output_padding``.
+    ``full`` gets ``output_padding`` extra zero rows/columns at the bottom/right
+    and ``padding`` rows/columns are cropped from each border, so
+    ``o' = s (i' - 1) + k - 2p + output_padding``.
 
     This is the adjoint of ``conv2d``: with ``k_fwd = swapaxes(kernel, 2, 3)``,
-    ``conv_transpose2d(y, kernel, s, p, a)`` is the VJP of
-    ``x -> conv2d(x, k_fwd, s, p)`` at cotangent ``y`` for the input size
-    picked by ``a`` (``C^T y``). It also equals a stride-1 ``conv2d`` of
-    ``y`` with ``s - 1`` zeros inserted between elements, padded by
-    ``k - p - 1`` (``+ a`` at the bottom/right), with the spatially flipped
-    kernel ``kernel[::-1, ::-1]`` -- the forward kernel ``k_fwd`` flipped and
-    channel-swapped (Dumoulin & Visin 2016, relationships 8, 9, 13, 14). For
-    ``k - p - 1 < 0`` that padding is a crop. It equals PyTorch's
-    ``ConvTranspose2d`` with weight ``kernel.transpose(2, 3, 0, 1)`` and
+    it is the VJP of ``x -> conv2d(x, k_fwd, s, p)`` (``C^T y``) for the input
+    size picked by ``output_padding``. It also equals a stride-1 ``conv2d`` of
+    the input with ``s - 1`` zeros inserted between elements, padded by
+    ``k - p - 1`` (a crop when negative; ``+ output_padding`` at the
+    bottom/right), with the flipped kernel ``kernel[::-1, ::-1]`` (Dumoulin &
+    Visin 2016, relationships 8, 9, 13, 14); and PyTorch's ``ConvTranspose2d``
+    with weight ``kernel.transpose(2, 3, 0, 1)``, and
     ``jax.lax.conv_transpose(x, k_fwd, ..., transpose_kernel=True)``.
 
     Args:
-      x: input, ``[N, H, W, C]``.
-      kernel: ``[kh, kw, C, O]`` (input channels of *this* op first).
-      stride: int or ``(sh, sw)``, >= 1.
-      padding: int or ``(ph, pw)`` rows/columns cropped from each border, >= 0.
-      output_padding: int or pair, ``0 <= output_padding < stride``; extra
-        rows/columns at the bottom/right.
+      x: ``[N, H, W, C]``. kernel: ``[kh, kw, C, O]`` (input channels of *this* op first).
+      stride: int or ``(sh, sw)``, >= 1. padding: int or pair cropped from each border, >= 0.
+      output_padding: int or pair, ``0 <= output_padding < stride``.
 
     Returns:
-      ``[N, oh, ow, O]`` with
-      ``oh = conv_transpose_output_size(H, kh, sh, ph, output_padding_h)``.
+      ``[N, oh, ow, O]``, ``oh = conv_transpose_output_size(H, kh, sh, ph, output_padding_h)``.
 
     Raises:
       ValueError: wrong ranks, mismatched channels, non-positive stride,
@@ -348,8 +312,8 @@ def _lax_transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
 
 
 def conv_transpose(x: jax.Array, kernel: jax.Array, strides: IntOrPair = 1, padding: str = "SAME") -> jax.Array:
-    """``jax.lax.conv_transpose`` (NHWC, HWIO, SAME/VALID; what ``flax.linen.ConvTranspose`` computes), with a faster
-    kernel gradient.
+    """``jax.lax.conv_transpose`` (NHWC, HWIO, SAME/VALID: what ``flax.linen.ConvTranspose`` computes) with a
+    faster kernel gradient.
 
     The value and the input gradient are lax's: a stride-1 convolution of
     ``x`` dilated by ``strides`` (``s - 1`` zeros between elements), padded by
@@ -367,10 +331,8 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: IntOrPair = 1, padd
     second. Tested against ``jax.vjp`` of ``lax.conv_transpose``.
 
     Args:
-      x: ``[N, H, W, C]``.
-      kernel: ``[kh, kw, C, O]``.
-      strides: int or ``(sh, sw)``, >= 1.
-      padding: ``"SAME"`` or ``"VALID"``.
+      x: ``[N, H, W, C]``. kernel: ``[kh, kw, C, O]``.
+      strides: int or ``(sh, sw)``, >= 1. padding: ``"SAME"`` or ``"VALID"``.
 
     Returns:
       ``[N, oh, ow, O]``: ``oh = H * sh`` for SAME, ``(H - 1) * sh + kh`` for VALID (lax's sizes).
@@ -386,9 +348,7 @@ def _lax_conv_transpose(x, kernel, strides, padding):
     return lax.conv_transpose(x, kernel, strides, padding, dimension_numbers=_NHWC)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_transpose(x, kernel, strides, padding):
-    return _lax_conv_transpose(x, kernel, strides, padding)
+_conv_transpose = jax.custom_vjp(_lax_conv_transpose, nondiff_argnums=(2, 3))
 
 
 def _conv_transpose_fwd(x, kernel, strides, padding):
@@ -440,16 +400,12 @@ def conv_matrix(
     values are gathered from ``kernel``, so it differentiates w.r.t. the kernel.
 
     Args:
-      kernel: ``[kh, kw]``.
-      input_hw: int or ``(H, W)``.
-      stride, padding: as in ``conv2d``.
+      kernel: ``[kh, kw]``. input_hw: int or ``(H, W)``. stride, padding: as in ``conv2d``.
 
     Returns:
       ``[oh * ow, H * W]``.
     """
-    _check_rank(kernel, 2, "kernel", "[kh, kw] single-channel")
-    if min(kernel.shape) < 1:
-        raise ValueError(f"kernel must have a spatial size of at least 1 x 1, got shape {kernel.shape}")
+    _check_kernel(kernel, 2, "[kh, kw] single-channel")
     in_h, in_w = _pair(input_hw, "input_hw", 1)
     sh, sw = _pair(stride, "stride", 1)
     ph, pw = _pair(padding, "padding", 0)
@@ -468,9 +424,7 @@ def conv_matrix(
     return jnp.zeros((oh * ow, in_h * in_w), kernel.dtype).at[rows, cols].set(values)
 
 
-# ----------------------------------------------------------------------------
-# Pooling and unpooling.
-# ----------------------------------------------------------------------------
+# --- Pooling and unpooling.
 
 
 def _pool_geometry(x, window, stride):
@@ -510,8 +464,7 @@ def max_pool_with_indices(
     2014's "switches").
 
     Args:
-      x: ``[N, H, W, C]``.
-      window: int or ``(wh, ww)``.
+      x: ``[N, H, W, C]``. window: int or ``(wh, ww)``.
       stride: int or pair; defaults to ``window`` (non-overlapping windows).
 
     Returns:
@@ -544,8 +497,7 @@ def max_unpool(pooled: jax.Array, indices: jax.Array, output_shape: Sequence[int
     two windows can name the same position; both carry the same value.
 
     Args:
-      pooled: ``[N, oh, ow, C]``.
-      indices: integer array of the same shape.
+      pooled: ``[N, oh, ow, C]``. indices: integer array of the same shape.
       output_shape: ``(H, W)`` or the full ``(N, H, W, C)`` of the pooled input.
 
     Returns:
@@ -580,13 +532,10 @@ def _max_unpool(pooled, indices, output_hw):
 
 
 def avg_pool(x: jax.Array, window: IntOrPair = 2, stride: IntOrPair | None = None) -> jax.Array:
-    """Average pooling without padding: the mean of each ``wh x ww`` window.
+    """Average pooling without padding: the mean of each ``wh x ww`` window of ``x`` ``[N, H, W, C]``.
 
-    Args:
-      x: ``[N, H, W, C]``. window: int or pair. stride: defaults to ``window``.
-
-    Returns:
-      ``[N, oh, ow, C]`` with ``oh = floor((H - wh) / sh) + 1``.
+    ``window``: int or pair; ``stride`` defaults to ``window``. Returns ``[N, oh, ow, C]``,
+    ``oh = floor((H - wh) / sh) + 1``.
     """
     return _avg_pool(x, *_pool_geometry(x, window, stride))
 
@@ -597,9 +546,7 @@ def _avg_pool(x, window, stride):
     return jnp.mean(windows, axis=-1)
 
 
-# ----------------------------------------------------------------------------
-# Interpolation.
-# ----------------------------------------------------------------------------
+# --- Interpolation.
 
 
 def _linear_taps(in_size: int, out_size: int):
@@ -626,8 +573,7 @@ def upsample(x: jax.Array, scale: IntOrPair = 2, method: str = "nearest") -> jax
     PyTorch terms).
 
     Args:
-      x: ``[N, H, W, C]``.
-      scale: positive int or ``(sh, sw)``.
+      x: ``[N, H, W, C]``. scale: positive int or ``(sh, sw)``.
       method: one of ``UPSAMPLE_METHODS`` = ``("nearest", "bilinear")``.
 
     Returns:
@@ -645,18 +591,14 @@ def _upsample(x, scale, method):
     sh, sw = scale
     if method == "nearest":
         return jnp.repeat(jnp.repeat(x, sh, axis=1), sw, axis=2)
-    h, w = x.shape[1:3]
-    lo, hi, frac = _linear_taps(h, sh * h)
-    frac = jnp.asarray(frac, x.dtype)[None, :, None, None]
-    x = x[:, lo] * (1 - frac) + x[:, hi] * frac
-    lo, hi, frac = _linear_taps(w, sw * w)
-    frac = jnp.asarray(frac, x.dtype)[None, None, :, None]
-    return x[:, :, lo] * (1 - frac) + x[:, :, hi] * frac
+    for axis, s in ((1, sh), (2, sw)):  # along H, then W
+        lo, hi, frac = _linear_taps(x.shape[axis], s * x.shape[axis])
+        frac = jnp.asarray(frac, x.dtype).reshape([-1 if i == axis else 1 for i in range(4)])
+        x = jnp.take(x, lo, axis) * (1 - frac) + jnp.take(x, hi, axis) * frac
+    return x
 
 
-# ----------------------------------------------------------------------------
-# Activations compared in the lectures.
-# ----------------------------------------------------------------------------
+# --- Activations compared in the lectures.
 
 
 def sigmoid(x: jax.Array) -> jax.Array:
@@ -696,8 +638,7 @@ def maxout(x: jax.Array, pieces: int) -> jax.Array:
     ``max(w_1^T h + b_1, ..., w_k^T h + b_k)`` per unit.
 
     Args:
-      x: ``[..., units * pieces]``.
-      pieces: number of linear pieces per unit, >= 1.
+      x: ``[..., units * pieces]``. pieces: number of linear pieces per unit, >= 1.
 
     Returns:
       ``[..., units]``.

@@ -1,21 +1,15 @@
-"""Linen layers built on ``vae_jax.ops``: the decoder's three ways up.
+"""Linen layers built on ``vae_jax.ops``, and bfloat16-safe versions of flax's.
 
-A convolutional decoder has to undo the encoder's downsampling. The lectures
-give three ways, and ``UpBlock`` picks one by config (``mode``):
+A convolutional decoder has to undo the encoder's downsampling; the lectures
+give three ways (a transposed convolution, fixed upsampling then a convolution,
+max-unpooling with the encoder's indices then a convolution), and ``UpBlock``
+picks one by config (``mode``).
 
-* ``"transposed_conv"`` -- a learned ``ConvTranspose2d`` with stride ``factor``;
-* ``"upsample_conv"``   -- fixed ``nearest``/``bilinear`` upsampling, then a
-  learned ``Conv2d`` (``UpsampleConv``);
-* ``"unpool"``          -- ``MaxUnpool`` with the indices the encoder's
-  ``MaxPoolWithIndices`` remembered, then a learned ``Conv2d``.
-
-Shapes: every layer takes ``[N, H, W, C]`` or a single unbatched image
-``[H, W, C]`` (so a model can be written per example and batched with
-``jax.vmap``) and returns the same rank. Kernels are HWIO,
-``[kh, kw, in_features, features]``. Strides, paddings and sizes are module
-attributes or static call arguments, so every layer works under ``jax.jit``
-and ``jax.vmap``. The pooling indices are ordinary int32 arrays: return them
-from the encoder (next to the latent code) and pass them to the decoder.
+Every layer takes ``[N, H, W, C]`` or a single unbatched image ``[H, W, C]``
+(so a model can be written per example and batched with ``jax.vmap``) and
+returns the same rank; kernels are HWIO. Sizes are module attributes or static
+call arguments, so the layers work under ``jax.jit``. The pooling indices are
+int32 arrays: return them from the encoder and pass them to the decoder.
 
 ``Dense``, ``Embed``, ``Conv`` and ``ConvTranspose`` are ``flax.linen``'s layers (same parameters,
 initialisers and values) whose bias, or embedding lookup, keeps float32 gradient sums when the
@@ -24,10 +18,9 @@ layer computes in bfloat16 (:mod:`vae_jax.precision`). Where flax's own layers f
 it), so a bias's gradient over thousands of positions, or a row's over its lookups, is a bfloat16
 sum that stalls: 67-92% off the float32 gradient, against 0.3% for the kernels (measured by
 ``tests/test_layers.py::test_flax_layers_in_bfloat16_sum_bias_and_embedding_gradients_in_bfloat16``).
-flax's own remedy, a float32 product before the bias add (``preferred_element_type=float32`` through
-``Dense(dot_general=...)``, ``Conv(conv_general_dilated=...)``, ``ConvTranspose(preferred_element_type=...)``;
-``Embed(dtype=float32)``), passes that test too, but needs the compute dtype given to every layer by
-its model, where these layers take it from their input.
+flax's own remedy, a float32 product before the bias add (``preferred_element_type=float32``),
+passes that test too, but needs the compute dtype given to every layer by its model, where these
+layers take it from their input.
 """
 
 from __future__ import annotations
@@ -62,6 +55,7 @@ UP_MODES = ("transposed_conv", "upsample_conv", "unpool")
 
 Initializer = Callable[..., Any]
 IntOrPair = int | Sequence[int]
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _add_batch(x: jax.Array, name: str) -> tuple[jax.Array, bool]:
@@ -101,13 +95,21 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     return (y.astype(wide) + bias.astype(wide)).astype(y.dtype)
 
 
+def _with_bias(module: nn.Module, x: jax.Array, window: tuple[int, ...], apply_fn) -> jax.Array:
+    """``apply_fn(x, kernel)`` with ``module``'s ``kernel [*window, C, features]``, plus its ``bias`` (if
+    ``use_bias``) added by :func:`add_bias`."""
+    kernel = module.param("kernel", module.kernel_init, (*window, x.shape[-1], module.features))
+    y = apply_fn(x, kernel)
+    if module.use_bias:
+        y = add_bias(y, module.param("bias", module.bias_init, (module.features,)))
+    return y
+
+
 class Conv2d(nn.Module):
     """Learned convolution on ``ops.conv2d`` (cross-correlation) plus bias (added by :func:`add_bias`).
 
     Attributes:
-      features: output channels ``O``.
-      kernel_size: int or ``(kh, kw)``.
-      stride: int or pair.
+      features: output channels ``O``. kernel_size, stride: int or pair.
       padding: int or pair of zeros on each border; ``None`` (default) pads
         ``(k - 1) // 2``, which keeps the size for odd kernels at stride 1.
       use_bias, kernel_init, bias_init: as in ``flax.linen.Conv``.
@@ -129,26 +131,19 @@ class Conv2d(nn.Module):
         x, added = _add_batch(x, "x")
         kh, kw = _pair(self.kernel_size)
         padding = ((kh - 1) // 2, (kw - 1) // 2) if self.padding is None else self.padding
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
-        y = ops.conv2d(x, kernel, self.stride, padding)
-        if self.use_bias:
-            y = add_bias(y, self.param("bias", self.bias_init, (self.features,)))
+        y = _with_bias(self, x, (kh, kw), lambda x, kernel: ops.conv2d(x, kernel, self.stride, padding))
         return _drop_batch(y, added)
 
 
 class ConvTranspose2d(nn.Module):
     """Learned transposed convolution on ``ops.conv_transpose2d`` plus bias (:func:`add_bias`).
 
-    Each input pixel scales the ``[kh, kw, C, O]`` kernel and adds it into
-    the output at ``stride`` times its position; ``padding`` is then cropped
-    from each border. Equals ``torch.nn.ConvTranspose2d`` with the same
-    stride/padding/output_padding (weights transposed to OIHW order).
+    Equals ``torch.nn.ConvTranspose2d`` with the same stride/padding/output_padding
+    (weights transposed to OIHW order).
 
     Attributes:
-      features: output channels ``O``.
-      kernel_size: int or ``(kh, kw)``.
-      stride, padding, output_padding: as in ``ops.conv_transpose2d``
-        (``0 <= output_padding < stride``).
+      features: output channels ``O``. kernel_size: int or ``(kh, kw)``.
+      stride, padding, output_padding: as in ``ops.conv_transpose2d`` (``0 <= output_padding < stride``).
       use_bias, kernel_init, bias_init: as in ``flax.linen.ConvTranspose``.
 
     Call: ``x [N, H, W, C] -> [N, oh, ow, O]`` with
@@ -167,12 +162,11 @@ class ConvTranspose2d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x, added = _add_batch(x, "x")
-        kh, kw = _pair(self.kernel_size)
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
-        y = ops.conv_transpose2d(x, kernel, self.stride, self.padding, self.output_padding)
-        if self.use_bias:
-            y = add_bias(y, self.param("bias", self.bias_init, (self.features,)))
-        return _drop_batch(y, added)
+
+        def convolve(x, kernel):
+            return ops.conv_transpose2d(x, kernel, self.stride, self.padding, self.output_padding)
+
+        return _drop_batch(_with_bias(self, x, _pair(self.kernel_size), convolve), added)
 
 
 class Dense(nn.Module):
@@ -188,11 +182,8 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-        y = jax.lax.dot_general(x, kernel.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())))
-        if self.use_bias:
-            y = add_bias(y, self.param("bias", self.bias_init, (self.features,)))
-        return y
+        dims = (((x.ndim - 1,), (0,)), ((), ()))
+        return _with_bias(self, x, (), lambda x, kernel: jax.lax.dot_general(x, kernel.astype(x.dtype), dims))
 
 
 class Embed(nn.Module):
@@ -213,7 +204,12 @@ class Embed(nn.Module):
 
 class _XlaConvLayer(nn.Module):
     """The attributes, parameters and bias of a ``flax.linen`` convolution layer (the bias added by
-    :func:`add_bias`); a subclass's ``convolve(x, kernel)`` is the convolution itself."""
+    :func:`add_bias`); a subclass's ``convolve(x, kernel)`` is the convolution itself.
+
+    The same parameters (``kernel [kh, kw, C, O]``, ``bias [O]``), initialisers and values as flax's
+    layer with the same arguments (tested), so a model can switch between them and keep its
+    checkpoints; what differs is that under bfloat16 compute the bias's gradient is summed in float32.
+    """
 
     features: int
     kernel_size: Sequence[int]
@@ -228,50 +224,29 @@ class _XlaConvLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
-        y = self.convolve(x, kernel.astype(x.dtype))
-        if self.use_bias:
-            y = add_bias(y, self.param("bias", self.bias_init, (self.features,)))
-        return y
+        return _with_bias(self, x, tuple(self.kernel_size), lambda x, kernel: self.convolve(x, kernel.astype(x.dtype)))
 
 
 class Conv(_XlaConvLayer):
-    """``flax.linen.Conv`` for NHWC images and SAME, VALID or explicit padding, with its bias added by
-    :func:`add_bias`.
-
-    The same parameters (``kernel [kh, kw, C, O]``, ``bias [O]``), initialisers,
-    values and XLA convolution as ``nn.Conv(features, kernel_size, strides,
-    padding)`` (tested), so models keep their checkpoints; what differs is that
-    under bfloat16 compute (:mod:`vae_jax.precision`) the bias's gradient is
-    summed in float32.
+    """``flax.linen.Conv`` (the same XLA convolution) for NHWC images and SAME, VALID or explicit padding.
 
     Call: ``x [N, H, W, C] -> [N, oh, ow, O]`` (``oh = ceil(H / sh)`` for SAME).
     """
 
     def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
-        return jax.lax.conv_general_dilated(
-            x, kernel, _pair(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        return jax.lax.conv_general_dilated(x, kernel, _pair(self.strides), padding, dimension_numbers=_NHWC)
 
 
 class ConvTranspose(_XlaConvLayer):
-    """``flax.linen.ConvTranspose`` for SAME/VALID padding, with its bias added by :func:`add_bias`.
-
-    The same parameters (``kernel [kh, kw, C, O]``, ``bias [O]``), initialisers,
-    values as ``nn.ConvTranspose(features, kernel_size, strides, padding)``
-    (tested), so a model can switch between them and keep its checkpoints; what
-    differs is that under bfloat16 compute the bias's gradient is summed in
-    float32, and, on the CPU backend, the kernel gradient (``fast_kernel_grad``).
+    """``flax.linen.ConvTranspose`` for SAME/VALID padding; on the CPU backend, with a faster kernel gradient.
 
     Attributes:
-      fast_kernel_grad: ``True``: :func:`vae_jax.ops.conv_transpose`, the same
-        values with the kernel gradient asked of XLA as a strided convolution's
-        weight gradient (measured faster on XLA:CPU only; docs/benchmarks.md).
-        ``False``: ``lax.conv_transpose`` and its own gradient, as flax computes
-        them. ``None`` (default): ``True`` on the CPU backend, where it was
-        measured, ``False`` on every other backend until a measurement there
-        shows a gain.
+      fast_kernel_grad: ``True``: :func:`vae_jax.ops.conv_transpose`, the same values with the kernel
+        gradient asked of XLA as a strided convolution's weight gradient (measured faster on XLA:CPU only;
+        docs/benchmarks.md). ``False``: ``lax.conv_transpose`` and its own gradient, as flax computes them.
+        ``None`` (default): ``True`` on the CPU backend, where it was measured, ``False`` elsewhere until a
+        measurement there shows a gain.
 
     Call: ``x [N, H, W, C] -> [N, oh, ow, O]`` (``oh = H * sh`` for SAME).
     """
@@ -282,17 +257,14 @@ class ConvTranspose(_XlaConvLayer):
         fast = jax.default_backend() == "cpu" if self.fast_kernel_grad is None else self.fast_kernel_grad
         if fast:
             return ops.conv_transpose(x, kernel, _pair(self.strides), self.padding)
-        return jax.lax.conv_transpose(
-            x, kernel, _pair(self.strides), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        return jax.lax.conv_transpose(x, kernel, _pair(self.strides), self.padding, dimension_numbers=_NHWC)
 
 
 class MaxPoolWithIndices(nn.Module):
     """Max pooling that remembers where each maximum came from.
 
     Attributes:
-      window: int or ``(wh, ww)``.
-      stride: int or pair; ``None`` (default) means ``window``.
+      window: int or ``(wh, ww)``. stride: int or pair; ``None`` (default) means ``window``.
 
     Call: ``x [N, H, W, C] -> (pooled, indices)``, both ``[N, oh, ow, C]``
     with ``oh = (H - wh) // sh + 1``. ``indices`` (int32) is the flat
@@ -345,8 +317,7 @@ class UpsampleConv(nn.Module):
     """Fixed upsampling followed by a learned convolution ("resize-convolution").
 
     Attributes:
-      features: output channels ``O``.
-      scale: int or pair upsampling factor.
+      features: output channels ``O``. scale: int or pair upsampling factor.
       method: ``"nearest"`` or ``"bilinear"`` (``ops.UPSAMPLE_METHODS``).
       kernel_size: odd int (or pair) for the size-preserving ``Conv2d``.
 
@@ -382,11 +353,8 @@ class UpBlock(nn.Module):
     No activation is applied; the caller adds one.
 
     Attributes:
-      features: output channels ``O``.
-      mode: ``"transposed_conv"``, ``"upsample_conv"`` or ``"unpool"``.
-      factor: integer upsampling factor (the encoder's pool window/stride).
-      kernel_size: int; odd for the ``upsample_conv``/``unpool`` convs.
-      method: interpolation for ``"upsample_conv"``.
+      features: output channels ``O``. factor: integer upsampling factor (the encoder's pool window/stride).
+      kernel_size: int; odd for the ``upsample_conv``/``unpool`` convs. method: interpolation for ``"upsample_conv"``.
 
     Call: ``(x [N, h, w, C], indices=None, output_hw=None) -> [N, H, W, O]``.
     ``indices`` (``[N, h, w, C]``, from ``MaxPoolWithIndices``) is required
@@ -421,7 +389,6 @@ class UpBlock(nn.Module):
         if self.mode == "unpool":
             if indices is None:
                 raise ValueError('indices are required for mode="unpool" (from MaxPoolWithIndices)')
-            indices, _ = _add_batch(indices, "indices")
             y = MaxUnpool(window=f, name="unpool")(x, indices, target)
             y = Conv2d(self.features, k, name="conv")(y)
         elif self.mode == "upsample_conv":

@@ -135,8 +135,7 @@ def max_abs(a, b) -> float:
 def show(ax, image, title, cmap="gray", vmin=None, vmax=None, colorbar=False):
     handle = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
     if colorbar:
         plt.colorbar(handle, ax=ax, fraction=0.046, pad=0.04)
 
@@ -149,8 +148,7 @@ def show_numbers(ax, values, title, fmt="{:g}"):
     for (r, c), v in np.ndenumerate(values):
         ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=8)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
 
 
 def save(fig, workdir, name) -> str:
@@ -182,19 +180,11 @@ def figure_convolution(image, workdir):
     show(axes[1, 2], as_hw(laplace), "conv2d(x, Laplacian), padding 1", cmap="coolwarm")
     show(axes[1, 3], as_hw(blur), "conv2d(x, Gaussian), padding 2 (blurred)", vmin=0, vmax=1)
     fig.suptitle("Convolution (cross-correlation): edge detection and blurring")
-    reference = jax.lax.conv_general_dilated(
-        x,
-        kernel_hwio(SOBEL_X),
-        (1, 1),
-        ((1, 1), (1, 1)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    nhwc = ("NHWC", "HWIO", "NHWC")
+    reference = jax.lax.conv_general_dilated(x, kernel_hwio(SOBEL_X), (1, 1), ((1, 1), (1, 1)), dimension_numbers=nhwc)
     checks = {"conv2d_vs_lax_conv_max_abs_diff": max_abs(edges_x, reference)}
-    return (
-        save(fig, workdir, "convolution.png"),
-        "edge-detecting (Sobel, Laplacian) and blurring (Gaussian) convolutions",
-        checks,
-    )
+    shows = "edge-detecting (Sobel, Laplacian) and blurring (Gaussian) convolutions"
+    return save(fig, workdir, "convolution.png"), shows, checks
 
 
 def figure_pooling(image, workdir):
@@ -222,10 +212,8 @@ def figure_upsampling(image, workdir):
     bilinear = ops.upsample(small, factor, "bilinear")
     size = (1,) + nearest.shape[1:3] + (1,)
     checks = {
-        "upsample_nearest_vs_jax_image_resize_max_abs_diff": max_abs(nearest, jax.image.resize(small, size, "nearest")),
-        "upsample_bilinear_vs_jax_image_resize_max_abs_diff": max_abs(
-            bilinear, jax.image.resize(small, size, "bilinear")
-        ),
+        f"upsample_{method}_vs_jax_image_resize_max_abs_diff": max_abs(up, jax.image.resize(small, size, method))
+        for method, up in (("nearest", nearest), ("bilinear", bilinear))
     }
     fig, axes = plt.subplots(1, 4, figsize=(12.5, 3.5))
     show(axes[0], image, f"input {image.shape[0]}x{image.shape[1]}", vmin=0, vmax=1)
@@ -233,11 +221,8 @@ def figure_upsampling(image, workdir):
     show(axes[2], as_hw(nearest), f"nearest x{factor} -> {nearest.shape[1]}x{nearest.shape[2]}", vmin=0, vmax=1)
     show(axes[3], as_hw(bilinear), f"bilinear x{factor} -> {bilinear.shape[1]}x{bilinear.shape[2]}", vmin=0, vmax=1)
     fig.suptitle("Upsampling (interpolation): nearest neighbour vs bilinear")
-    return (
-        save(fig, workdir, "upsampling.png"),
-        f"nearest vs bilinear upsampling by {factor} of an average-pooled image",
-        checks,
-    )
+    shows = f"nearest vs bilinear upsampling by {factor} of an average-pooled image"
+    return save(fig, workdir, "upsampling.png"), shows, checks
 
 
 def figure_unpooling(image, workdir):
@@ -259,11 +244,8 @@ def figure_unpooling(image, workdir):
     show(axes[2], as_hw(unpooled), "max-unpool with remembered indices", vmin=0, vmax=1)
     show(axes[3], as_hw(ops.upsample(pooled, 2, "nearest")), "nearest upsampling (no indices)", vmin=0, vmax=1)
     fig.suptitle("Max-unpooling: maxima return to where they were, zeros elsewhere")
-    return (
-        save(fig, workdir, "unpooling.png"),
-        "max pooling then max-unpooling with the remembered indices, next to nearest upsampling",
-        checks,
-    )
+    shows = "max pooling then max-unpooling with the remembered indices, next to nearest upsampling"
+    return save(fig, workdir, "unpooling.png"), shows, checks
 
 
 def figure_transposed_conv(image, workdir):
@@ -305,11 +287,8 @@ def figure_transposed_conv(image, workdir):
     checks["zero_insertion_without_flip_sobel_stride2_max_abs_diff"] = max_abs(scattered, ops.conv2d(z, sobel))
     _, vjp = jax.vjp(lambda v: ops.conv2d(v, sobel, 2, 1), jnp.zeros_like(scattered))
     checks["conv_transpose2d_vs_conv2d_vjp_sobel_stride2_max_abs_diff"] = max_abs(scattered, vjp(x)[0])
-    return (
-        save(fig, workdir, "transposed_conv.png"),
-        "transposed convolution with stride 1 and 2 next to its zero-insertion equivalent",
-        checks,
-    )
+    shows = "transposed convolution with stride 1 and 2 next to its zero-insertion equivalent"
+    return save(fig, workdir, "transposed_conv.png"), shows, checks
 
 
 def draw_symbols(ax, matrix, fontsize):
@@ -319,8 +298,7 @@ def draw_symbols(ax, matrix, fontsize):
         if v:
             a, b = divmod(int(v) - 1, 3)
             ax.text(c, r, f"w{a}{b}", ha="center", va="center", fontsize=fontsize)
-    ax.set_xticks(range(matrix.shape[1]))
-    ax.set_yticks(range(matrix.shape[0]))
+    ax.set(xticks=range(matrix.shape[1]), yticks=range(matrix.shape[0]))
 
 
 def figure_conv_matrix(image, workdir):
@@ -341,13 +319,11 @@ def figure_conv_matrix(image, workdir):
     grid = fig.add_gridspec(2, 2, width_ratios=[4, 1.2])
     ax = fig.add_subplot(grid[0, 0])
     draw_symbols(ax, lecture_c, 8)
-    ax.set_xlabel("input pixel (4x4 input, row-major)")
-    ax.set_ylabel("output pixel (2x2)")
+    ax.set(xlabel="input pixel (4x4 input, row-major)", ylabel="output pixel (2x2)")
     ax.set_title("C of a 3x3 kernel on a 4x4 input (4 x 16): y = C x, the lecture's example", fontsize=10)
     ax = fig.add_subplot(grid[:, 1])
     draw_symbols(ax, lecture_c.T, 7)
-    ax.set_xlabel("input pixel (2x2)")
-    ax.set_ylabel("output pixel (4x4)")
+    ax.set(xlabel="input pixel (2x2)", ylabel="output pixel (4x4)")
     ax.set_title("C^T (16 x 4): the transposed\nconvolution 2x2 -> 4x4", fontsize=10)
     ax = fig.add_subplot(grid[1, 0])
     show(
@@ -361,14 +337,10 @@ def figure_conv_matrix(image, workdir):
         vmax=2,
         colorbar=True,
     )
-    ax.set_xlabel("input pixel")
-    ax.set_ylabel("output pixel")
+    ax.set(xlabel="input pixel", ylabel="output pixel")
     fig.suptitle("Convolution as a matrix: C is sparse and banded; its transpose is the transposed convolution")
-    return (
-        save(fig, workdir, "conv_matrix.png"),
-        "the convolution matrix C (lecture's 4x16 example, its transpose, and C for a strided Sobel kernel)",
-        checks,
-    )
+    shows = "the convolution matrix C (lecture's 4x16 example, its transpose, and C for a strided Sobel kernel)"
+    return save(fig, workdir, "conv_matrix.png"), shows, checks
 
 
 def figure_activations(workdir):
@@ -404,11 +376,8 @@ def figure_activations(workdir):
         ax.set_ylim(-2.2, 4.2)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle("Activation functions and their gradients (saturation vs constant slope)")
-    return (
-        save(fig, workdir, "activations.png"),
-        "sigmoid, tanh, ReLU, leaky ReLU, ELU, maxout and their jax.grad gradients",
-        checks,
-    )
+    shows = "sigmoid, tanh, ReLU, leaky ReLU, ELU, maxout and their jax.grad gradients"
+    return save(fig, workdir, "activations.png"), shows, checks
 
 
 def figure_worked_examples(workdir):
