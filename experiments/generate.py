@@ -6,13 +6,11 @@
     python -m experiments.generate --workdir runs/vqvae --n 64 --key 1 --out vq.png   # through its PixelCNN prior
     python -m experiments.generate --workdir cvae.msgpack --n 20 --label 3 --out threes.png  # an exported file
 
-``--workdir`` is a training run's workdir (the family is read from its
-config.json) or a file ``vae_jax.export_run`` wrote. The samples are
-``vae_jax.load_run(W).sample(n, key, labels, temperature)``: the same key
-(``--key K`` is ``jax.random.key(K)``) gives the same images. With
-``--labels 3,7`` the n samples are split between the labels in order.
-Writes OUT (the grid) and OUT with .npz (``x`` ``[n, H, W, C]`` in [0, 1],
-``y`` the labels when there are some); the result line goes to stdout.
+``--workdir`` is a training run's workdir (the family is read from its config.json) or a file ``vae_jax.export_run``
+wrote. The samples are ``vae_jax.load_run(W).sample(n, key, labels, temperature)``: the same key (``--key K`` is
+``jax.random.key(K)``) gives the same images. With ``--labels 3,7`` the n samples are split between the labels in
+order. Writes OUT (the grid) and OUT with .npz (``x`` ``[n, H, W, C]`` in [0, 1], ``y`` the labels when there are
+some); the result line goes to stdout.
 """
 
 from __future__ import annotations
