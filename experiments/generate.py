@@ -84,11 +84,8 @@ def main(argv=None) -> dict:
             f"--label/--labels: {args.workdir} holds a model of kind {run.family}, which is not conditional"
         )
     if labels is not None and (labels.min() < 0 or labels.max() >= run.model.num_classes):
-        flag = "--label" if args.label is not None else "--labels"
-        raise ConfigError(
-            f"{flag}: {args.workdir} was trained on classes 0 to {run.model.num_classes - 1}, "
-            f"got {args.label if args.label is not None else ','.join(map(str, args.labels))}"
-        )
+        flag, got = ("--label", args.label) if args.label is not None else ("--labels", ",".join(map(str, args.labels)))
+        raise ConfigError(f"{flag}: {args.workdir} was trained on classes 0 to {run.model.num_classes - 1}, got {got}")
     with warnings.catch_warnings(record=True) as caught:  # a VQ-VAE without a prior: one line, not a traceback
         warnings.simplefilter("always")
         x = run.sample(args.n, args.key, labels=labels, temperature=args.temperature)

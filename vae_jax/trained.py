@@ -48,7 +48,7 @@ EXPORT_FORMAT = "vae_jax.trained_model"
 EXPORT_VERSION = 1
 
 
-# --- families: kind -> config class, model + task, evaluation parts ----------------------
+# --- families: kind -> config class, model + task, TrainedModel class, evaluation parts ----------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,25 +100,24 @@ def sub_workdirs(directory: str) -> list[tuple[str, str]]:
 def run_kind(workdir: str) -> str:
     """The ``kind`` in ``workdir``'s config.json; a one-line error that lists sub-workdirs when there is none."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        runs = sub_workdirs(workdir)
-        if runs:
-            listing = ", ".join(f"{os.path.join(workdir, name)} ({kind})" for name, kind in runs)
-            raise ConfigError(
-                f"--workdir {workdir} holds no run itself but these runs: {listing}; pass one of them as --workdir"
-            )
-        if not os.path.exists(workdir):
-            raise ConfigError(f"--workdir {workdir}: no such file or directory")
-        raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
-    return _kind_in(path)
+    if os.path.isfile(path):
+        return _kind_in(path)
+    if runs := sub_workdirs(workdir):
+        listing = ", ".join(f"{os.path.join(workdir, name)} ({kind})" for name, kind in runs)
+        raise ConfigError(
+            f"--workdir {workdir} holds no run itself but these runs: {listing}; pass one of them as --workdir"
+        )
+    if not os.path.exists(workdir):
+        raise ConfigError(f"--workdir {workdir}: no such file or directory")
+    raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
 
 
 def trained_image_shape(workdir: str) -> tuple | None:
     """The image shape the run trained on, from its summary.json (None if it has none yet)."""
     path = os.path.join(workdir, "summary.json")
-    return (
-        tuple(workdir_lib.read_json(path, "run's summary")["dataset"]["image_shape"]) if os.path.isfile(path) else None
-    )
+    if not os.path.isfile(path):
+        return None
+    return tuple(workdir_lib.read_json(path, "run's summary")["dataset"]["image_shape"])
 
 
 def family_of(kind: str, where: str) -> Family:
