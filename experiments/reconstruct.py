@@ -46,12 +46,8 @@ def main(argv=None) -> dict:
     shown = min(args.n, len(x))
     if shown < args.n:
         runner.log(f"--n {args.n}: the {args.split} split has {len(x)} images; showing them all")
-    plots.save_reconstructions(
-        x[:shown],
-        recon[:shown],
-        args.out,
-        f"{spec} ({args.split}) and {run.family} reconstructions (MSE {errors.mean():.4f})",
-    )
+    title = f"{spec} ({args.split}) and {run.family} reconstructions (MSE {errors.mean():.4f})"
+    plots.save_reconstructions(x[:shown], recon[:shown], args.out, title)
     print(
         f"reconstruction MSE per pixel of the {shown} shown: {' '.join(f'{e:.4f}' for e in errors[:shown])}; "
         f"mean over the {args.split} split {errors.mean():.5f} (n={len(x)}) -> {args.out}"
