@@ -4,12 +4,10 @@
     python -m experiments.encode --workdir runs/hvae/hvae --dataset mnist --split all --out codes.npz
     python -m experiments.encode --workdir runs/vqvae --dataset mnist --out codes.npz   # code-index grids
 
-The codes are ``vae_jax.load_run(W).encode(x)``: posterior means ``z``
-``[N, D]`` (the HVAE: ``z1`` and ``z2``; the conditional VAE encodes with
-the data's labels), the VQ-VAE's int32 code indices ``z`` ``[N, H/4, W/4]``,
-an autoencoder's code ``z`` ``[N, D]``; ``y`` holds the labels when the
-data has them. ``--dataset`` is prepared as the run trained; its images must
-have the model's size.
+The codes are ``vae_jax.load_run(W).encode(x)``: posterior means ``z`` ``[N, D]`` (the HVAE: ``z1`` and ``z2``; the
+conditional VAE encodes with the data's labels), the VQ-VAE's int32 code indices ``z`` ``[N, H/4, W/4]``, an
+autoencoder's code ``z`` ``[N, D]``; ``y`` holds the labels when the data has them. ``--dataset`` is prepared as the
+run trained; its images must have the model's size.
 """
 
 from __future__ import annotations

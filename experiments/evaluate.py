@@ -6,27 +6,12 @@
     python -m experiments.evaluate --workdir runs/vae --iwae-k 5000 --devices all   # batches split over devices
     python -m experiments.evaluate --workdir cvae.msgpack      # a file vae_jax.export_run wrote: its one seed
 
-Works for every VAE family, read from the ``kind`` in the workdir's
-config.json: ``vae`` (experiments.vae), ``conv_vae`` (experiments.conv_vae),
-``cvae`` (experiments.cvae; every quantity conditioned on the true test
-label, i.e. -log p(x|y)) and ``hvae`` (experiments.hvae's WORKDIR/hvae and
-WORKDIR/vae). A workdir of another kind is named with the command that fits
-it; a directory that holds runs in sub-directories lists them. ``--workdir``
-may also name a file ``vae_jax.export_run`` wrote (its JSON goes beside it,
-``NAME.eval.json``).
-
-Writes JSON (default WORKDIR/eval.json) with the checkpoint it came from
-(epoch and path), n, neg_elbo, recon, kl (+ kl_z1, kl_z2 for the HVAE), in
-nats per example, iwae_nll and iwae_k, bits_per_dim, active units (per latent
-layer too), and ``measure``: what the NLL is (a cross-entropy when a
-Bernoulli decoder sees gray-level targets); for a run of several seeds, each
-seed's numbers and their mean and standard deviation.
-
-neg_elbo, recon and kl are computed as the training run computed
-summary.json's test metrics (same fixed key, same --eval-batch-size
-batching), so they equal summary.json's for the same checkpoint and data. The
-IWAE bound draws its own samples from a separate fixed key. Repeated
-evaluations agree exactly.
+Works for every VAE family (``vae``, ``conv_vae``, ``cvae`` conditioned on the true test label, ``hvae``), read
+from the ``kind`` in the workdir's config.json, and for a file ``vae_jax.export_run`` wrote (its JSON goes beside it,
+``NAME.eval.json``). Writes JSON (default WORKDIR/eval.json): the checkpoint, n, neg_elbo, recon, kl in nats per
+example, iwae_nll, bits_per_dim, active units and ``measure`` (what the NLL is); for several seeds, each seed's
+numbers and their mean and std. neg_elbo, recon and kl equal summary.json's for the same checkpoint and data (same
+fixed key and batching); the IWAE bound has its own fixed key. docs/experiments/evaluate.md has the details.
 """
 
 from __future__ import annotations

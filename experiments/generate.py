@@ -6,13 +6,11 @@
     python -m experiments.generate --workdir runs/vqvae --n 64 --key 1 --out vq.png   # through its PixelCNN prior
     python -m experiments.generate --workdir cvae.msgpack --n 20 --label 3 --out threes.png  # an exported file
 
-``--workdir`` is a training run's workdir (the family is read from its
-config.json) or a file ``vae_jax.export_run`` wrote. The samples are
-``vae_jax.load_run(W).sample(n, key, labels, temperature)``: the same key
-(``--key K`` is ``jax.random.key(K)``) gives the same images. With
-``--labels 3,7`` the n samples are split between the labels in order.
-Writes OUT (the grid) and OUT with .npz (``x`` ``[n, H, W, C]`` in [0, 1],
-``y`` the labels when there are some); the result line goes to stdout.
+``--workdir`` is a training run's workdir (the family is read from its config.json) or a file ``vae_jax.export_run``
+wrote. The samples are ``vae_jax.load_run(W).sample(n, key, labels, temperature)``: the same key (``--key K`` is
+``jax.random.key(K)``) gives the same images. With ``--labels 3,7`` the n samples are split between the labels in
+order. Writes OUT (the grid) and OUT with .npz (``x`` ``[n, H, W, C]`` in [0, 1], ``y`` the labels when there are
+some); the result line goes to stdout.
 """
 
 from __future__ import annotations
@@ -86,11 +84,8 @@ def main(argv=None) -> dict:
             f"--label/--labels: {args.workdir} holds a model of kind {run.family}, which is not conditional"
         )
     if labels is not None and (labels.min() < 0 or labels.max() >= run.model.num_classes):
-        flag = "--label" if args.label is not None else "--labels"
-        raise ConfigError(
-            f"{flag}: {args.workdir} was trained on classes 0 to {run.model.num_classes - 1}, "
-            f"got {args.label if args.label is not None else ','.join(map(str, args.labels))}"
-        )
+        flag, got = ("--label", args.label) if args.label is not None else ("--labels", ",".join(map(str, args.labels)))
+        raise ConfigError(f"{flag}: {args.workdir} was trained on classes 0 to {run.model.num_classes - 1}, got {got}")
     with warnings.catch_warnings(record=True) as caught:  # a VQ-VAE without a prior: one line, not a traceback
         warnings.simplefilter("always")
         x = run.sample(args.n, args.key, labels=labels, temperature=args.temperature)

@@ -4,13 +4,11 @@
     python -m experiments.reconstruct --workdir runs/conv_vae --dataset folder:my_faces --split all --out faces.png
     python -m experiments.reconstruct --workdir cvae.msgpack --dataset mnist:embedded --out recon.png
 
-The reconstructions are ``vae_jax.load_run(W).reconstruct(x)`` (decoded
-posterior means, the quantized grid of a VQ-VAE, an autoencoder's output;
-the conditional VAE is given the data's labels). ``--dataset`` goes through
-``vae_jax.data.load_dataset`` prepared as the run trained (its --binarize and
---image-size); its images must have the model's size. The result line
-(stdout) gives the mean squared error per pixel of each shown image and its
-mean over the whole split.
+The reconstructions are ``vae_jax.load_run(W).reconstruct(x)`` (decoded posterior means, the quantized grid of a
+VQ-VAE, an autoencoder's output; the conditional VAE is given the data's labels). ``--dataset`` goes through
+``vae_jax.data.load_dataset`` prepared as the run trained (its --binarize and --image-size); its images must have the
+model's size. The result line (stdout) gives the mean squared error per pixel of each shown image and its mean over
+the whole split.
 """
 
 from __future__ import annotations
@@ -48,12 +46,8 @@ def main(argv=None) -> dict:
     shown = min(args.n, len(x))
     if shown < args.n:
         runner.log(f"--n {args.n}: the {args.split} split has {len(x)} images; showing them all")
-    plots.save_reconstructions(
-        x[:shown],
-        recon[:shown],
-        args.out,
-        f"{spec} ({args.split}) and {run.family} reconstructions (MSE {errors.mean():.4f})",
-    )
+    title = f"{spec} ({args.split}) and {run.family} reconstructions (MSE {errors.mean():.4f})"
+    plots.save_reconstructions(x[:shown], recon[:shown], args.out, title)
     print(
         f"reconstruction MSE per pixel of the {shown} shown: {' '.join(f'{e:.4f}' for e in errors[:shown])}; "
         f"mean over the {args.split} split {errors.mean():.5f} (n={len(x)}) -> {args.out}"

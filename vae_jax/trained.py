@@ -12,14 +12,10 @@
     export_run("runs/cvae", "cvae.msgpack")                  # one self-contained file ...
     run = load_run("cvae.msgpack")                           # ... read back bit-exactly
 
-Every family trained here answers the same verbs (:class:`TrainedModel`): the
-MLP VAE (``vae``), the conv VAE (``conv_vae``, ``--preset faces128`` too), the
-conditional VAE (``cvae``), the hierarchical VAE (``hvae``), the VQ-VAE
-(``vqvae``, with its PixelCNN prior when stage 2 ran) and the autoencoders
-(``autoencoder``). A verb a family lacks raises a one-line error saying why.
-The family is read from the ``kind`` in the workdir's ``config.json``, the
-image shape from its ``summary.json``; no training data is read, and
-TensorFlow is never imported.
+Every family (``vae``, ``conv_vae``, ``cvae``, ``hvae``, ``vqvae`` with its PixelCNN prior when stage 2 ran,
+``autoencoder``) answers the same verbs (:class:`TrainedModel`); a verb a family lacks raises a one-line error saying
+why. The family is read from the ``kind`` in ``config.json``, the image shape from ``summary.json``; no training data
+is read, and TensorFlow is never imported.
 """
 
 from __future__ import annotations
@@ -52,21 +48,18 @@ EXPORT_FORMAT = "vae_jax.trained_model"
 EXPORT_VERSION = 1
 
 
-# --- families: kind -> config class, model + task, evaluation parts ----------------------
+# --- families: kind -> config class, model + task, TrainedModel class, evaluation parts ----------
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """How to rebuild one family from its config.
-
-    Attributes:
-      config_cls: the config dataclass ``config.json`` holds.
-      build: ``(config, image_shape) -> (model, Task)``, the model exactly as it was trained.
-      eval_parts: ``(model, task, config) -> VAEEvalParts`` for families with a likelihood, else None.
-    """
+    """How to rebuild one family: ``config.json``'s dataclass, ``build(config, image_shape) -> (model, Task)``
+    (the model exactly as it was trained), its :class:`TrainedModel` subclass and, for families with a
+    likelihood, ``eval_parts(model, task, config) -> VAEEvalParts``."""
 
     config_cls: type
     build: Callable
+    model_cls: type
     eval_parts: Callable | None = None
 
 
@@ -81,15 +74,6 @@ def _build_vqvae(config, image_shape):
     return vq_tasks.vqvae_task(config, image_shape, init_images)
 
 
-FAMILIES = {
-    "vae": Family(vae_tasks.VAEConfig, vae_tasks.vae_task, _gaussian_parts),
-    "conv_vae": Family(conv_tasks.ConvVAEConfig, conv_tasks.conv_vae_task, _gaussian_parts),
-    "cvae": Family(cvae_tasks.CVAEConfig, cvae_tasks.cvae_task, cvae_tasks.cvae_eval_parts),
-    "hvae": Family(hvae_tasks.HVAEConfig, hvae_tasks.hvae_task, hvae_tasks.hvae_eval_parts),
-    "vqvae": Family(vq_tasks.VQVAEConfig, _build_vqvae),
-    "autoencoder": Family(ae_tasks.AEConfig, ae_tasks.ae_task),
-}
-VAE_KINDS = tuple(kind for kind, family in FAMILIES.items() if family.eval_parts is not None)
 # Kinds a workdir may hold that load_run does not rebuild, and why.
 NOT_LOADABLE = {
     "linear_ae": "a linear autoencoder of experiments.pca_vs_linear_ae: it reconstructs around the training "
@@ -102,32 +86,30 @@ NOT_LOADABLE = {
 # --- workdirs ------------------------------------------------------------------------------
 
 
+def _kind_in(config_path: str) -> str:
+    return workdir_lib.read_json(config_path, "run's config").get("kind", "vae")  # no kind: an MLP VAE (older runs)
+
+
 def sub_workdirs(directory: str) -> list[tuple[str, str]]:
     """(name, kind) of the immediate sub-directories of ``directory`` that hold a config.json."""
-    if not os.path.isdir(directory):
-        return []
-    found = []
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name, "config.json")
-        if os.path.isfile(path):
-            found.append((name, workdir_lib.read_json(path, "run's config").get("kind", "vae")))
-    return found
+    names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    paths = [(name, os.path.join(directory, name, "config.json")) for name in names]
+    return [(name, _kind_in(path)) for name, path in paths if os.path.isfile(path)]
 
 
 def run_kind(workdir: str) -> str:
     """The ``kind`` in ``workdir``'s config.json; a one-line error that lists sub-workdirs when there is none."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        runs = sub_workdirs(workdir)
-        if runs:
-            listing = ", ".join(f"{os.path.join(workdir, name)} ({kind})" for name, kind in runs)
-            raise ConfigError(
-                f"--workdir {workdir} holds no run itself but these runs: {listing}; pass one of them as --workdir"
-            )
-        if not os.path.exists(workdir):
-            raise ConfigError(f"--workdir {workdir}: no such file or directory")
-        raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
-    return workdir_lib.read_json(path, "run's config").get("kind", "vae")  # no kind: an MLP VAE (older workdirs)
+    if os.path.isfile(path):
+        return _kind_in(path)
+    if runs := sub_workdirs(workdir):
+        listing = ", ".join(f"{os.path.join(workdir, name)} ({kind})" for name, kind in runs)
+        raise ConfigError(
+            f"--workdir {workdir} holds no run itself but these runs: {listing}; pass one of them as --workdir"
+        )
+    if not os.path.exists(workdir):
+        raise ConfigError(f"--workdir {workdir}: no such file or directory")
+    raise ConfigError(f"--workdir {workdir}: no config.json here; is it the workdir of a training run?")
 
 
 def trained_image_shape(workdir: str) -> tuple | None:
@@ -234,7 +216,7 @@ def _load_workdir(workdir: str, seed: int | None, epoch: int | None) -> TrainedM
     prior = _load_prior(workdir, model, replica) if kind == "vqvae" else None
     params, seed = _replica(state.params, replica), config.seed_list()[replica]
     trained_on = workdir_lib.data_record_of(workdir)
-    return make_trained_model(
+    return family.model_cls(
         kind, config, model, task, params, int(epoch), seed, image_shape, model_state, prior, workdir, trained_on
     )
 
@@ -243,30 +225,19 @@ def load_run(workdir_or_file: str, seed: int | None = None, epoch: int | None = 
     """A trained run as a :class:`TrainedModel`, from its workdir or from a file :func:`export_run` wrote.
 
     Args:
-      workdir_or_file: a training run's workdir (``config.json`` names the family; the checkpoints hold
-        the params) or an exported file.
-      seed: which replica of a ``--seeds N`` run (default: the first; the choice is logged to stderr
-        when there are several). An exported file holds one seed.
+      workdir_or_file: a training run's workdir (``config.json`` names the family; the checkpoints hold the
+        params) or an exported file.
+      seed: which replica of a ``--seeds N`` run (default: the first; the choice is logged to stderr when there
+        are several). An exported file holds one seed.
       epoch: the checkpoint of this epoch (default: the newest one that restores).
 
     Raises:
-      ConfigError (a ``ValueError``): a one-line message naming the problem: no run there (a folder of
-      runs lists them), a kind that cannot be loaded, a seed or epoch the run does not have, a damaged
-      or foreign file. ``CheckpointError``: no checkpoint restores.
+      ConfigError (a ``ValueError``): a one-line message naming the problem: no run there (a folder of runs lists
+      them), a kind that cannot be loaded, a seed or epoch the run does not have, a damaged or foreign file.
+      ``CheckpointError``: no checkpoint restores.
     """
     path = os.fspath(workdir_or_file)
-    if os.path.isfile(path):
-        if seed is not None or epoch is not None:
-            record = _read_export(path)
-            if (seed is not None and seed != record["seed"]) or (epoch is not None and epoch != record["epoch"]):
-                asked = ", ".join(
-                    f"--{name} {value}" for name, value in (("seed", seed), ("epoch", epoch)) if value is not None
-                )
-                raise ConfigError(
-                    f"--workdir {path} is an exported model of seed {record['seed']}, epoch {record['epoch']}; got {asked}"
-                )
-        return _load_export(path)
-    return _load_workdir(path, seed, epoch)
+    return _load_export(path, seed, epoch) if os.path.isfile(path) else _load_workdir(path, seed, epoch)
 
 
 # --- one interface for every family ----------------------------------------------------------
@@ -299,14 +270,13 @@ def _check_temperature(temperature) -> float:
     return value
 
 
+@dataclasses.dataclass(eq=False, repr=False)
 class TrainedModel:
     """A trained model of any family, answering the same verbs; made by :func:`load_run`.
 
-    Images are ``[N, H, W, C]`` (``image_shape``), float in [0, 1] or ``uint8``
-    in, float32 in the data's range ([0, 1] for every decoder here, unless an
-    autoencoder was trained with ``--output linear``) out. ``labels`` are the
-    conditional VAE's classes (int or ``[N]`` ints in ``[0, num_classes)``);
-    every other family takes ``labels=None``.
+    Images are ``[N, H, W, C]`` (``image_shape``), float in [0, 1] or ``uint8`` in, float32 in the data's range
+    ([0, 1] for every decoder here, unless an autoencoder was trained with ``--output linear``) out. ``labels`` are
+    the conditional VAE's classes (int or ``[N]`` ints in ``[0, num_classes)``); every other family takes ``None``.
 
     Attributes:
       model: the flax module. params: the bare params tree of this seed.
@@ -318,27 +288,22 @@ class TrainedModel:
       data_record: the data it trained on (its workdir's ``data.json``, kept in an exported file), or None.
     """
 
-    conditional = False
+    family: str
+    config: object
+    model: object
+    task: object
+    params: object
+    epoch: int
+    seed: int
+    image_shape: tuple
+    model_state: object = None
+    prior: tuple | None = None
+    source: str = ""
+    data_record: dict | None = None
+    conditional = False  # not a field: CVAEModel sets it
 
-    def __init__(
-        self,
-        family,
-        config,
-        model,
-        task,
-        params,
-        epoch,
-        seed,
-        image_shape,
-        model_state=None,
-        prior=None,
-        source="",
-        data_record=None,
-    ):
-        self.family, self.config, self.model, self.task = family, config, model, task
-        self.params, self.epoch, self.seed = params, epoch, seed
-        self.image_shape = tuple(int(d) for d in image_shape)
-        self.model_state, self.prior, self.source, self.data_record = model_state, prior, source, data_record
+    def __post_init__(self):
+        self.image_shape = tuple(int(d) for d in self.image_shape)
 
     @property
     def variables(self) -> dict:
@@ -355,9 +320,8 @@ class TrainedModel:
     def sample(self, n: int, key, labels=None, temperature: float = 1.0) -> np.ndarray:
         """``n`` samples ``[n, H, W, C]`` (decoder means) drawn with ``key`` (a key or an int seed).
 
-        ``temperature`` scales the prior's standard deviation (Gaussian latents) or divides the
-        PixelCNN prior's logits (VQ-VAE); 1 samples the model. The conditional VAE needs ``labels``.
-        The same key gives the same samples.
+        ``temperature`` scales the prior's standard deviation (Gaussian latents) or divides the PixelCNN prior's
+        logits (VQ-VAE); 1 samples the model. The conditional VAE needs ``labels``. The same key, the same samples.
         """
         n, key, temperature = _check_count(n), _as_key(key), _check_temperature(temperature)
         return self._sample(n, key, self._labels(labels, n), temperature)
@@ -381,11 +345,11 @@ class TrainedModel:
     def evaluate(self, x, labels=None, iwae_k: int = 0, key=None, batch_size: int = 100, k_chunk: int = 100) -> dict:
         """Test metrics of ``x`` in nats per example: exactly what ``experiments.evaluate`` reports.
 
-        The VAE families go through :func:`vae_jax.evaluate.evaluate_runs` with this model's
-        evaluation parts and the run's ``eval_batch_size``: ``n``, ``neg_elbo``, ``recon``, ``kl``
-        (+ ``kl_z1``, ``kl_z2``), active units per layer and, with ``iwae_k > 0``, ``iwae_nll`` and
-        ``bits_per_dim``. The VQ-VAE and the autoencoders give their training task's test metrics
-        (as ``summary.json``'s); they have no likelihood to bound (``iwae_k`` must be 0).
+        The VAE families go through :func:`vae_jax.evaluate.evaluate_runs` with this model's evaluation parts and
+        the run's ``eval_batch_size``: ``n``, ``neg_elbo``, ``recon``, ``kl`` (+ ``kl_z1``, ``kl_z2``), active units
+        per layer and, with ``iwae_k > 0``, ``iwae_nll`` and ``bits_per_dim``. The VQ-VAE and the autoencoders give
+        their training task's test metrics (as ``summary.json``'s); they have no likelihood to bound (``iwae_k``
+        must be 0).
 
         Args:
           key: the evaluation key (a key or an int seed); default the project's fixed
@@ -395,14 +359,11 @@ class TrainedModel:
         labels = self._labels(labels, len(x))
         iwae_k = _check_count(iwae_k, "iwae_k", 0, "a non-negative integer (0: no IWAE bound)")
         batch_size, k_chunk = _check_count(batch_size, "batch_size"), _check_count(k_chunk, "k_chunk")
-        record = (
-            f"vae_jax.evaluate.eval_key() (seed {evaluate.EVAL_SEED})"
-            if key is None
-            else f"seed {int(key)}"
-            if isinstance(key, (int, np.integer))
-            else "the key passed"
-        )
-        key = evaluate.eval_key() if key is None else _as_key(key)
+        if key is None:
+            record, key = f"vae_jax.evaluate.eval_key() (seed {evaluate.EVAL_SEED})", evaluate.eval_key()
+        else:
+            record = f"seed {int(key)}" if isinstance(key, (int, np.integer)) else "the key passed"
+            key = _as_key(key)
         data = {"x": x} if labels is None else {"x": x, "y": labels}
         return {
             **self._evaluate(data, iwae_k, key, batch_size, k_chunk),
@@ -441,14 +402,10 @@ class TrainedModel:
         return None
 
     def _latents(self, z) -> np.ndarray:
-        z = np.asarray(z)
-        dim = self._latent_dim()
-        if np.ndim(z) != 2 or np.shape(z)[1] != dim or np.shape(z)[0] < 1:
-            raise ConfigError(f"z must be latents [N, {dim}] for this model, got shape {list(np.shape(z))}")
+        z, dim = np.asarray(z), self.model.latent_dim
+        if z.ndim != 2 or z.shape[1] != dim or z.shape[0] < 1:
+            raise ConfigError(f"z must be latents [N, {dim}] for this model, got shape {list(z.shape)}")
         return z.astype(np.float32)
-
-    def _latent_dim(self) -> int:
-        return self.model.latent_dim
 
     def _no(self, verb: str, why: str):
         raise ConfigError(f"{verb}: this {self.family} model {why}")
@@ -523,13 +480,11 @@ class CVAEModel(GaussianVAEModel):
 
 
 class HVAEModel(GaussianVAEModel):
-    """The two-level VAE: ancestral samples z2 ~ N(0, I), z1 ~ p(z1|z2); ``encode`` gives both layers."""
+    """The two-level VAE: ancestral samples z2 ~ N(0, I), z1 ~ p(z1|z2); ``encode`` gives both layers. It
+    reconstructs and decodes as the VAE (:mod:`vae_jax.tasks.hvae` re-exports those queries)."""
 
     def _sample(self, n, key, labels, temperature):
         return hvae_tasks.sample(self.model, self.params, key, n, temperature)
-
-    def _reconstruct(self, x, labels):
-        return hvae_tasks.reconstruct(self.model, self.params, x)
 
     def _encode(self, x, labels):
         return hvae_tasks.encode_layers(self.model, self.params, x)
@@ -538,16 +493,11 @@ class HVAEModel(GaussianVAEModel):
         """The decoder reads z1: ``[N, D1]``, or the dict :meth:`encode` returns."""
         return super()._latents(z["z1"] if isinstance(z, dict) and "z1" in z else z)
 
-    def _decode(self, z, labels):
-        return hvae_tasks.decode_means(self.model, self.params, z)
-
 
 class VQVAEModel(TrainedModel):
-    """The VQ-VAE: codes are int32 index grids ``[N, H/4, W/4]``; samples come from its PixelCNN prior.
-
-    ``prior`` is ``(prior config, PixelCNN, params)`` when stage 2 ran, else None (then :meth:`sample`
-    decodes uniform code grids and warns).
-    """
+    """The VQ-VAE: codes are int32 index grids ``[N, H/4, W/4]``; samples come from its PixelCNN prior, ``prior``
+    ``(prior config, PixelCNN, params)`` when stage 2 ran, else None (then :meth:`sample` decodes uniform code grids
+    and warns)."""
 
     def _sample(self, n, key, labels, temperature):
         grid = self.model.grid_shape
@@ -600,30 +550,23 @@ class AutoEncoderModel(TrainedModel):
         return ae_tasks.ae_decode(self.model, self.params, z, self.config.output)
 
 
-MODEL_CLASSES = {
-    "vae": GaussianVAEModel,
-    "conv_vae": GaussianVAEModel,
-    "cvae": CVAEModel,
-    "hvae": HVAEModel,
-    "vqvae": VQVAEModel,
-    "autoencoder": AutoEncoderModel,
+FAMILIES = {
+    "vae": Family(vae_tasks.VAEConfig, vae_tasks.vae_task, GaussianVAEModel, _gaussian_parts),
+    "conv_vae": Family(conv_tasks.ConvVAEConfig, conv_tasks.conv_vae_task, GaussianVAEModel, _gaussian_parts),
+    "cvae": Family(cvae_tasks.CVAEConfig, cvae_tasks.cvae_task, CVAEModel, cvae_tasks.cvae_eval_parts),
+    "hvae": Family(hvae_tasks.HVAEConfig, hvae_tasks.hvae_task, HVAEModel, hvae_tasks.hvae_eval_parts),
+    "vqvae": Family(vq_tasks.VQVAEConfig, _build_vqvae, VQVAEModel),
+    "autoencoder": Family(ae_tasks.AEConfig, ae_tasks.ae_task, AutoEncoderModel),
 }
-
-
-def make_trained_model(kind: str, *args, **kwargs) -> TrainedModel:
-    """The :class:`TrainedModel` subclass of the family ``kind`` (``config.json``'s ``kind``), built from ``args``."""
-    return MODEL_CLASSES[kind](kind, *args, **kwargs)
+VAE_KINDS = tuple(kind for kind, family in FAMILIES.items() if family.eval_parts is not None)
 
 
 def load_images(
     run: TrainedModel, spec: str = "", split: str = "test", data_dir: str | None = None, skip_unreadable=None
 ):
     """``(x, y)`` of ``split`` (``test``, ``train`` or ``all``) of dataset ``spec`` (default: the run's own data)
-    prepared as ``run`` trained (:func:`run_dataset`); a one-line error when the images do not fit the model.
-
-    Returns:
-      ``x`` ``[N, H, W, C]`` (float32 or the stored uint8) and ``y`` ``[N]`` labels or None.
-    """
+    prepared as ``run`` trained (:func:`run_dataset`): ``x`` ``[N, H, W, C]`` (float32 or the stored uint8), ``y``
+    ``[N]`` labels or None; a one-line error when the images do not fit the model."""
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     dataset = run_dataset(run.config, run.source, spec, data_dir, skip_unreadable, run.data_record, run.image_shape)
@@ -646,10 +589,10 @@ def run_dataset(
     """Dataset ``spec`` (default: the run's own ``--dataset``) prepared as the run of ``config`` trained: its
     ``--binarize``, ``--image-size`` and, unless ``skip_unreadable`` says, ``--skip-unreadable``.
 
-    ``source`` is the run's workdir or exported file. The run's own data is the workdir's decoded copy when
-    a --distributed run left one (:func:`vae_jax.runner.decode_once`); a one-line error when it names other
-    data now than the run trained on (``trained_on``, default the workdir's ``data.json``): a replaced file
-    or folder, ``mnist`` offline; or when its images are not of ``trained_shape`` (None: not checked).
+    ``source`` is the run's workdir or exported file. The run's own data is the workdir's decoded copy when a
+    --distributed run left one (:func:`vae_jax.runner.decode_once`). A one-line error when it names other data now
+    than the run trained on (``trained_on``, default the workdir's ``data.json``), or when its images are not of
+    ``trained_shape`` (None: not checked).
     """
     from vae_jax import data as data_lib
 
@@ -707,15 +650,12 @@ def check_dataset_labels(spec: str, y: np.ndarray | None, num_classes: int, verb
 
 
 def export_run(workdir: str, path: str, seed: int | None = None, epoch: int | None = None) -> str:
-    """Writes one seed of a trained run to one self-contained file; :func:`load_run` reads it back.
+    """Writes one seed of a trained run to one self-contained file ``path`` (returned); :func:`load_run` reads it.
 
-    The file is flax's msgpack (:mod:`flax.serialization`, exact for every dtype): a format tag and
-    version, the SHA-256 of the payload, and the payload: the config, the image shape, the epoch and
-    seed, the params, the model state (the VQ-VAE's EMA codebook statistics) and, for a VQ-VAE whose
-    stage 2 ran, the prior's config and params. Written atomically (renamed into place).
-
-    Returns:
-      ``path``.
+    The file is flax's msgpack (:mod:`flax.serialization`, exact for every dtype): a format tag and version, the
+    SHA-256 of the payload, and the payload: the config, the image shape, the epoch and seed, the params, the model
+    state (the VQ-VAE's EMA codebook statistics), the data record and, for a VQ-VAE whose stage 2 ran, the prior's
+    config and params. Written atomically (renamed into place).
     """
     from flax import serialization
 
@@ -739,13 +679,9 @@ def export_run(workdir: str, path: str, seed: int | None = None, epoch: int | No
         prior_config, _, prior_params = run.prior
         payload["prior"] = {"config": json.dumps(workdir_lib.config_record(prior_config)), "params": host(prior_params)}
     body = serialization.msgpack_serialize(payload)
+    digest = hashlib.sha256(body).hexdigest()
     blob = serialization.msgpack_serialize(
-        {
-            "format": EXPORT_FORMAT,
-            "version": EXPORT_VERSION,
-            "sha256": hashlib.sha256(body).hexdigest(),
-            "payload": body,
-        }
+        {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "sha256": digest, "payload": body}
     )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_file(path) as f:
@@ -778,39 +714,38 @@ def _read_export(path: str) -> dict:
     return serialization.msgpack_restore(body)
 
 
-def _params_like(tree, template, what: str, path: str):
-    """``tree`` as device arrays after checking it has ``template``'s structure and leaf shapes."""
-    same = jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(template) and all(
-        np.shape(a) == tuple(b.shape)
-        for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(template))
-    )
-    if not same:
+def _params_like(tree, init_params: Callable, what: str, path: str):
+    """``tree`` as device arrays after checking it has the structure and leaf shapes ``init_params`` gives."""
+    layout = lambda t: (jax.tree.structure(t), [np.shape(a) for a in jax.tree.leaves(t)])  # noqa: E731
+    if layout(tree) != layout(jax.eval_shape(init_params, jax.random.key(0))):
         raise ConfigError(f"--workdir {path}: the exported {what} do not fit the model its config describes")
     return jax.device_put(tree)
 
 
-def _load_export(path: str) -> TrainedModel:
+def _load_export(path: str, seed: int | None, epoch: int | None) -> TrainedModel:
     record = _read_export(path)
+    asked = {name: value for name, value in (("seed", seed), ("epoch", epoch)) if value is not None}
+    if any(value != record[name] for name, value in asked.items()):
+        raise ConfigError(
+            f"--workdir {path} is an exported model of seed {record['seed']}, epoch {record['epoch']}; got "
+            + ", ".join(f"--{name} {value}" for name, value in asked.items())
+        )
     saved = json.loads(record["config"])
     kind = saved.get("kind")
     family = family_of(kind, path)
     config = workdir_lib.config_from_record(saved, family.config_cls, path)
     image_shape = tuple(record["image_shape"])
     model, task = family.build(config, image_shape)
-    params = _params_like(record["params"], jax.eval_shape(task.init_params, jax.random.key(0)), "params", path)
+    params = _params_like(record["params"], task.init_params, "params", path)
     model_state = None if record["model_state"] is None else jax.device_put(record["model_state"])
     prior = None
-    if record["prior"] is not None:
-        prior_config = workdir_lib.config_from_record(
-            json.loads(record["prior"]["config"]), prior_tasks.PriorConfig, path
-        )
+    if (saved_prior := record["prior"]) is not None:
+        prior_config = workdir_lib.config_from_record(json.loads(saved_prior["config"]), prior_tasks.PriorConfig, path)
         prior_model, prior_task = prior_tasks.prior_task(prior_config, model.grid_shape, model.num_codes)
-        prior_params = _params_like(
-            record["prior"]["params"], jax.eval_shape(prior_task.init_params, jax.random.key(0)), "prior params", path
-        )
+        prior_params = _params_like(saved_prior["params"], prior_task.init_params, "prior params", path)
         prior = (prior_config, prior_model, prior_params)
     epoch, seed = int(record["epoch"]), int(record["seed"])
     trained_on = json.loads(record.get("data") or "null")  # files exported before it was added: None
-    return make_trained_model(
+    return family.model_cls(
         kind, config, model, task, params, epoch, seed, image_shape, model_state, prior, path, trained_on
     )
