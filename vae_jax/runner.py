@@ -1,20 +1,9 @@
 """The shared training driver behind every experiment.
 
-:func:`train` takes a config (a :class:`TrainConfig` subclass) and a
-:class:`Task` (how to initialise, train and evaluate one model) and does the
-rest the same way for every experiment: loads the data once onto the device,
-trains R independent replicas (seeds) as one vmapped, jitted, scan-fused
-program, evaluates the test split every epoch, writes ``config.json``,
-``metrics.jsonl`` and ``summary.json``, saves Orbax checkpoints and resumes
-from the newest one.
-
-What it may do with a workdir (never destroy or rewrite a run by accident) and the records it reads and
-writes there are :mod:`vae_jax.workdir`'s: :func:`vae_jax.workdir.check_workdir` is called by every
-experiment before it loads any data.
-
-Logs and progress go to stderr (a progress bar only on a terminal, unless
-``--progress`` is given; a redirected log gets one line per epoch), so that
-stdout holds only the results the experiments print.
+:func:`train` takes a config (a :class:`TrainConfig` subclass) and a :class:`Task` and, the same way for
+every experiment, loads the data onto the devices, trains R replicas (seeds) as one vmapped, jitted program,
+evaluates the test split every epoch, writes the run's records (:mod:`vae_jax.workdir`), saves Orbax
+checkpoints and resumes from the newest one. Logs and progress go to stderr; stdout holds only results.
 """
 
 from __future__ import annotations
@@ -39,7 +28,7 @@ from vae_jax import data as data_lib
 from vae_jax import train as train_lib
 from vae_jax import workdir as workdir_lib
 from vae_jax.distributed import log
-from vae_jax.errors import ConfigError, field, require  # noqa: F401 (field, require: re-exported)
+from vae_jax.errors import ConfigError
 from vae_jax.protocol import Task, TrainConfig  # noqa: F401 (re-exported: the names experiments know)
 from vae_jax.tasks import vqvae as vqvae_tasks
 
@@ -106,9 +95,8 @@ def task_optimizer(config: TrainConfig, task: Task, total_steps: int | None = No
 
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
-    """The config's dataset. With ``--stream`` or ``--distributed`` an uncompressed ``npz:`` archive is
-    memory-mapped, so a process reads from disk only the rows it puts on its devices or streams. Any other
-    source in a run of several processes is decoded once, by process 0 (:func:`decode_once`)."""
+    """The config's dataset; with ``--stream`` or ``--distributed`` an ``npz:`` archive is memory-mapped, and any
+    other source in a run of several processes is decoded once, by process 0 (:func:`decode_once`)."""
     phases.enter("data")
     if config.distributed:  # before anything touches a device (a no-op once cli.parse_config has started it)
         distributed.initialize()
@@ -145,12 +133,8 @@ def decode_once(config: TrainConfig) -> data_lib.Dataset:
 
 
 def host_split(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
-    """One split as the programs read it, ``{"x": pixels}`` and ``"y"`` when it has labels (host arrays).
-
-    It goes to the devices in its stored form (``uint8`` stays ``uint8``: 1 byte a pixel;
-    :meth:`vae_jax.parallel.Plan.place_examples`); the train step and the evaluation convert each
-    batch with :func:`vae_jax.data.pixels_to_float`.
-    """
+    """One split as the programs read it, ``{"x": pixels}`` and ``"y"`` when it has labels (host arrays, in their
+    stored dtype: the programs convert each batch with :func:`vae_jax.data.pixels_to_float`)."""
     return {"x": pixels} if labels is None else {"x": pixels, "y": labels}
 
 
@@ -165,12 +149,7 @@ def make_epoch(
 ) -> Callable:
     """The epoch function :func:`train` calls: ``(state[R], data, data_keys[R], sample_keys[R], epoch)
     -> (state[R], metrics[R])``, streamed from ``host_arrays`` when given (:mod:`vae_jax.streaming`), else
-    the device-resident program of :func:`vae_jax.parallel.make_epoch_program` over the training split's
-    ``num_examples`` rows (:meth:`vae_jax.parallel.Plan.place_examples`).
-
-    Its train step skips and counts non-finite steps as ``--max-consecutive-skips`` says
-    (:func:`vae_jax.train.make_train_step`): one compiled epoch program per configuration.
-    """
+    the device-resident program of :func:`vae_jax.parallel.make_epoch_program` over ``num_examples`` rows."""
     step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn, config.max_consecutive_skips)
     if host_arrays is not None:
         return streaming.make_stream_epoch(step, config.batch_size, layout, host_arrays)
@@ -178,17 +157,9 @@ def make_epoch(
 
 
 def check_setup(config: TrainConfig) -> None:
-    """Checks the flags that need no data against the file system and the devices, writing nothing.
-
-    The workdir must not lie inside another run (:func:`vae_jax.workdir.enclosing_run`) and must be a
-    directory that can be made and written; ``--devices``, ``--seeds`` and ``--batch-size``
-    must fit the devices (:func:`vae_jax.parallel.make_plan`, of every process with ``--distributed``).
-    ``cli.parse_config`` runs this before an experiment loads any data; a resumed run's settings are checked
-    by :func:`vae_jax.workdir.check_workdir`.
-
-    Raises:
-      ConfigError: with a one-line message naming the flag.
-    """
+    """Checks the flags that need no data, writing nothing (``cli.parse_config`` runs it before any data loads):
+    the workdir lies inside no other run and can be written; ``--devices``, ``--seeds`` and ``--batch-size``
+    fit the devices. Raises ConfigError with a one-line message naming the flag."""
     run = workdir_lib.enclosing_run(config.workdir)
     if run is not None:
         raise ConfigError(
@@ -206,9 +177,8 @@ def check_setup(config: TrainConfig) -> None:
 
 
 def train_and_report(config: TrainConfig, make_task: Callable, report: Callable, **train_kwargs):
-    """One model's run: its workdir checked before any data is loaded, the data loaded, ``make_task(config,
-    image_shape) -> (model, task)`` trained (:func:`train`), and ``report(config, model, result)``'s value
-    (:func:`report_on_main`)."""
+    """One model's run: workdir checked, data loaded, ``make_task(config, image_shape) -> (model, task)``
+    trained, and ``report(config, model, result)``'s value (:func:`report_on_main`)."""
     workdir_lib.check_workdir(config)
     dataset = load_data(config)
     log(f"data: {dataset.describe()}")
@@ -219,12 +189,8 @@ def train_and_report(config: TrainConfig, make_task: Callable, report: Callable,
 
 def report_on_main(workdir: str, report: Callable[[], Any]):
     """``report()`` (figures, records, result lines) in process 0 alone, then a stdout line naming the data the
-    run trained on (``data.json``); returns ``report()``'s value.
-
-    Every other process of a ``--distributed`` run prints one line saying where process 0 writes the results
-    and returns None. An experiment keeps everything after training that only process 0 does in ``report``,
-    so that no later line of the other processes depends on it.
-    """
+    run trained on; returns ``report()``'s value. Every other process prints where the results are written and
+    returns None."""
     if distributed.is_main_process():
         phases.enter("analyses")
         out = report()
@@ -277,11 +243,8 @@ def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.Train
 def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> list[dict]:
     """``[{"epoch", "codes_used", "perplexity"}]`` over all of ``x`` for every checkpoint kept in the workdir.
 
-    Reads the Orbax checkpoints (one per ``--checkpoint-every`` epochs) and
-    measures each with :func:`vae_jax.tasks.vqvae.code_usage` (a VQ-VAE ``model``); with several seeds the numbers are
-    averaged over the replicas (and listed per seed). Each checkpoint is
-    verified as a resume verifies it (:func:`vae_jax.checkpoint.restore_epoch`:
-    Orbax's own checks, the SHA-256 digests of the array data files, leaf shapes); one that fails is left out with a one-line warning.
+    Each checkpoint (verified as a resume verifies it; one that fails is left out with a warning) is measured
+    with :func:`vae_jax.tasks.vqvae.code_usage`, averaged over the seeds and listed per seed.
     """
     from vae_jax import checkpoint  # Orbax: imported when a checkpoint is read, not with the runner
 
@@ -320,25 +283,26 @@ def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> lis
 def train(
     config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None, train_eval_examples: int = 0
 ) -> TrainResult:
-    """Trains ``task`` as configured, resuming from the workdir's newest checkpoint.
+    """Trains ``task`` as configured, resuming from the workdir's newest checkpoint: set up, train the epochs
+    left, finish.
 
-    The workdir is locked for the run by process 0 (:class:`vae_jax.faults.WorkdirLock`);
-    a first SIGINT/SIGTERM stops the run after the current epoch with a
-    checkpoint and raises :class:`vae_jax.faults.Interrupted`; with ``--distributed``
-    a signal to any one process stops every process after the same epoch, with one
-    checkpoint (:func:`vae_jax.distributed.agreed_stop`).
+    Process 0 locks the workdir (:class:`vae_jax.faults.WorkdirLock`); a first SIGINT/SIGTERM (to any process)
+    stops the run after the current epoch with a checkpoint and raises :class:`vae_jax.faults.Interrupted`.
+    When the checkpoint already holds ``config.epochs`` epochs nothing is trained and the records are left as
+    they are. The checkpoint manager and TensorBoard writer are closed before the lock is released.
 
-    With ``train_eval_examples = n > 0`` each epoch also evaluates ``task.eval_fn``
-    on the first n training examples (a fixed subset) and logs the means as
-    ``train_eval_*`` beside ``test_*``: the same metric on seen and unseen
-    images, so the generalisation gap can be read per epoch.
+    With ``train_eval_examples = n > 0`` each epoch also evaluates ``task.eval_fn`` on the first n training
+    examples and logs the means as ``train_eval_*`` beside ``test_*`` (the generalisation gap per epoch).
     """
     if config.distributed:  # before anything touches a device, and before the lock: only process 0 takes it
         distributed.initialize()
     try:
         lock = faults.WorkdirLock(config.workdir) if distributed.is_main_process() else contextlib.nullcontext()
         with lock, faults.StopSignals() as stop, contextlib.ExitStack() as closing:
-            return _train(config, task, dataset, stop, closing, train_eval_examples)
+            start_time = time.time()
+            run = _set_up(config, task, dataset, closing, train_eval_examples)
+            test_metrics = _train_epochs(run, stop) if not run.nothing_to_train else None
+            return _finish(run, test_metrics, start_time)
     except BaseException as err:  # with --distributed, the other processes stop at their next barrier
         distributed.report_stop(err)
         if config.distributed and jax.process_count() > 1 and isinstance(err, jax.errors.JaxRuntimeError):
@@ -348,30 +312,6 @@ def train(
                 "resume"
             ) from None
         raise
-
-
-def _train(
-    config: TrainConfig,
-    task: Task,
-    dataset: data_lib.Dataset | None,
-    stop: faults.StopSignals,
-    closing: contextlib.ExitStack,
-    train_eval_examples: int = 0,
-) -> TrainResult:
-    """The body of :func:`train`: set up, train the epochs left, finish.
-
-    The workdir is checked first (:func:`vae_jax.workdir.check_workdir`); with ``--overwrite``
-    an old run is moved into ``WORKDIR/replaced-*/``. When the checkpoint already holds
-    ``config.epochs`` epochs nothing is trained: ``config.json``, ``metrics.jsonl`` and
-    ``summary.json`` are left as they are, and the summary is read back (the restored state is
-    evaluated only if it is missing). The checkpoint manager and the TensorBoard writer are
-    closed through ``closing`` however the run ends (their threads joined before the workdir
-    lock is released).
-    """
-    start_time = time.time()
-    run = _set_up(config, task, dataset, closing, train_eval_examples)
-    test_metrics = _train_epochs(run, stop) if not run.nothing_to_train else None
-    return _finish(run, test_metrics, start_time)
 
 
 @dataclasses.dataclass
@@ -414,8 +354,6 @@ class _Run:
 
 def _set_up(config, task, dataset, closing, train_eval_examples: int) -> _Run:
     """Workdir plan and records, data, initial or restored state, devices, the epoch and evaluation programs."""
-    if config.distributed:  # before anything touches a device
-        distributed.initialize()
     if config.compile_cache:  # before anything compiles
         caches.enable_compilation_cache()
     plan = workdir_lib.check_workdir(config)
@@ -480,18 +418,16 @@ def _open_records(config: TrainConfig, start_epoch: int, data_record: dict) -> l
 
 
 def _place(run: _Run, optimizer: optax.GradientTransformation, train_eval_examples: int) -> None:
-    """The devices' part of ``run``: the plan (vae_jax.parallel compiles for it), the state on the devices, and
-    only what the run goes on to use: nothing more when its summary.json is reused (no data placed, no program
-    built, nothing traced), the test split and the evaluation to evaluate it, and the training set-up
-    (:func:`_prepare_training`) when epochs are left."""
+    """The devices' part of ``run``: the plan and the state, then only what the run goes on to use: nothing more
+    when its summary.json is reused, the test split and its evaluation, and the training set-up when epochs are
+    left."""
     config, dataset = run.config, run.dataset
     run.layout = parallel.make_plan(len(run.seeds), config.batch_size, config.devices)
     run.state = run.layout.place_replicated(run.state)
     if run.summary_to_reuse is not None:
         return
     run.evaluate_split = _make_evaluate_split(run.task, config.eval_batch_size, run.layout)
-    # The evaluation splits are placed like the training split: each batch is split over the data shards
-    # (results past a split's rows are padding).
+    # Placed like the training split, rows split over the data shards (results past a split's rows are padding).
     run.test_data = run.layout.place_examples(host_split(dataset.test_pixels, dataset.y_test))
     if not run.nothing_to_train:
         _prepare_training(run, optimizer, train_eval_examples)
@@ -510,9 +446,8 @@ def _make_evaluate_split(task: Task, batch_size: int, layout: parallel.Plan) -> 
 
 
 def _prepare_training(run: _Run, optimizer: optax.GradientTransformation, train_eval_examples: int) -> None:
-    """The epoch program and the training split: on the devices, its rows split over the mesh's data shards,
-    unless a device's part would take more than half its memory: then batches stream from the host
-    (vae_jax.streaming). With ``train_eval_examples``, the fixed training subset (train()'s docstring)."""
+    """The epoch program and the training split: on the devices (rows split over the data shards) unless a
+    device's part would take more than half its memory, then streamed from the host; the train_eval subset."""
     config, dataset, layout = run.config, run.dataset, run.layout
     run.keys = layout.place_replicated(run.keys)
     host_arrays = host_split(dataset.train_pixels, dataset.y_train)
@@ -576,12 +511,12 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, dict]:
     run.train_seconds += seconds
     _stop_if_diverged(run, np.asarray(train_metrics["loss"]), epoch)
     test_metrics = run.evaluate_split(run.state.params, run.test_data, run.dataset.num_test)
-    line = {"epoch": epoch + 1, "seconds": seconds}
-    line.update({f"train_{name}": float(np.mean(values)) for name, values in train_metrics.items()})
-    line.update({f"test_{name}": float(np.mean(values)) for name, values in test_metrics.items()})
+    splits = {"train": train_metrics, "test": test_metrics}
     if run.train_eval is not None:
-        seen = run.evaluate_split(run.state.params, *run.train_eval)
-        line.update({f"train_eval_{name}": float(np.mean(values)) for name, values in seen.items()})
+        splits["train_eval"] = run.evaluate_split(run.state.params, *run.train_eval)
+    line = {"epoch": epoch + 1, "seconds": seconds}
+    for split, metrics in splits.items():
+        line.update({f"{split}_{name}": float(np.mean(values)) for name, values in metrics.items()})
     if len(run.seeds) > 1:
         line["per_seed"] = {
             **{f"train_{k}": np.asarray(v).tolist() for k, v in train_metrics.items()},
