@@ -67,10 +67,7 @@ class TrainResult:
     reused_summary: bool = False
 
     def params(self, replica: int = 0):
-        """The params of one replica (a plain pytree of device arrays).
-
-        Sliced on the host: indexing each device array would compile a slicing program per leaf shape.
-        """
+        """The params of one replica, sliced on the host (indexing device arrays would compile per leaf shape)."""
         return jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a)[replica], self.state.params))
 
 
@@ -266,15 +263,9 @@ def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> lis
                 vqvae_tasks.code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
                 for r in range(len(config.seed_list()))
             ]
-            out.append(
-                {
-                    "epoch": int(step),
-                    "codes_used": float(np.mean([u["codes_used"] for u in usage])),
-                    "perplexity": float(np.mean([u["perplexity"] for u in usage])),
-                    "per_seed_codes_used": [u["codes_used"] for u in usage],
-                    "per_seed_perplexity": [u["perplexity"] for u in usage],
-                }
-            )
+            per_seed = {name: [u[name] for u in usage] for name in ("codes_used", "perplexity")}
+            means = {name: float(np.mean(values)) for name, values in per_seed.items()}
+            out.append({"epoch": int(step), **means, **{f"per_seed_{k}": v for k, v in per_seed.items()}})
     finally:
         checkpoint.close(manager)
     return out

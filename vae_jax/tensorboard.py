@@ -1,14 +1,8 @@
 """TensorBoard event files in a run's workdir: per-epoch train/test scalars (mean and per seed) and figures.
 
-Written with ``tensorboardX`` (a maintained writer of the event format that
-needs no TensorFlow). View every run under ``runs/`` with::
-
-    pip install tensorboard && tensorboard --logdir runs/
-
-Tags: ``train/NAME`` and ``test/NAME`` hold the mean over seeds;
-``train/NAME/seed_S`` and ``test/NAME/seed_S`` each seed's value when a run
-trains several; ``figures/FILE`` the PNG figures of the run (at its last epoch).
-Only process 0 writes (see :func:`vae_jax.runner.train`).
+Written with ``tensorboardX`` (no TensorFlow needed); view with ``tensorboard --logdir runs/``. Tags:
+``train/NAME`` and ``test/NAME`` (mean over seeds), ``train/NAME/seed_S`` and ``test/NAME/seed_S`` (each seed),
+``figures/FILE`` (the run's PNG figures at its last epoch).
 """
 
 from __future__ import annotations

@@ -50,13 +50,9 @@ REPLACED_PREFIX = "replaced-"
 
 @dataclasses.dataclass(frozen=True)
 class WorkdirPlan:
-    """What :func:`vae_jax.runner.train` will do with a workdir (:func:`check_workdir`'s answer).
-
-    Attributes:
-      checkpoint_epoch: epoch of the newest checkpoint on disk, or None.
-      move_aside: ``--overwrite`` applies: the old run goes into ``WORKDIR/replaced-*/`` first.
-      nothing_to_train: the checkpoint already holds ``--epochs`` epochs; the records are left as they are.
-    """
+    """What :func:`vae_jax.runner.train` will do with a workdir (:func:`check_workdir`'s answer): the epoch of its
+    newest checkpoint (or None), whether the old run is moved aside first (``--overwrite``), and whether the
+    checkpoint already holds ``--epochs`` epochs (nothing to train; the records are left as they are)."""
 
     workdir: str
     checkpoint_epoch: int | None
