@@ -64,12 +64,8 @@ def close(manager: ocp.CheckpointManager) -> None:
 
 
 def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
-    """Saves ``state`` as checkpoint ``epoch`` and waits until it is on disk.
-
-    Raises:
-      CheckpointError: the save failed; the message names the directory, the OS error and the newest earlier
-        checkpoint, which is left intact.
-    """
+    """Saves ``state`` as checkpoint ``epoch`` and waits until it is on disk; a failed save raises
+    :class:`CheckpointError` naming the directory, the OS error and the newest earlier checkpoint (intact)."""
     previous = [s for s in manager.all_steps() if s < epoch]
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level

@@ -72,18 +72,14 @@ def peer_timeout_s() -> float:
 
 
 def agreed_stop(requested: int | None) -> int | None:
-    """The stop signal of any process (``requested``: this process's :class:`vae_jax.faults.StopSignals`),
-    the same answer in every process (a ``process_allgather`` of the signal numbers): call it once an epoch,
-    in every process, at the same point, so all stop after the same epoch with one checkpoint.
+    """The signal number of the lowest-numbered process that has one (``requested``: this process's
+    :class:`vae_jax.faults.StopSignals`), else None: the same answer in every process (a ``process_allgather``).
+    Call it once an epoch, in every process, so all stop after the same epoch with one checkpoint.
 
-    ``multihost_utils.reached_preemption_sync_point`` (with ``jax_enable_preemption_service``) agrees on
-    the step too, and works with CPU processes on loopback, but its SIGTERM handler is installed in C++ by
-    ``jax.distributed.initialize`` for the process's whole life: a SIGTERM while the data loads or the
-    figures are drawn would be swallowed, a second SIGTERM could not stop at once, and it knows nothing of
-    SIGINT (tests/test_distributed.py shows the swallowed SIGTERM).
-
-    Returns:
-      The signal number of the lowest-numbered process that has one, else None.
+    ``multihost_utils.reached_preemption_sync_point`` would agree on the step too, but its SIGTERM handler is
+    installed in C++ by ``jax.distributed.initialize`` for the process's whole life: a SIGTERM while the data
+    loads or the figures are drawn would be swallowed, a second one could not stop at once, and it knows
+    nothing of SIGINT (tests/test_distributed.py shows the swallowed SIGTERM).
     """
     if jax.process_count() == 1:
         return requested
@@ -110,14 +106,11 @@ def wait_for_all(name: str, timeout_s: int = 600) -> None:
     """Blocks until every process reaches the barrier ``name`` (a no-op in a single-process run); a process
     that stops with an error (:func:`report_stop`) ends it for the others at once.
 
-    Written over the coordination service's key-value store (each process counts itself in with
-    ``key_value_increment``, the last one writes the barrier's outcome, and all wait for that key with
-    ``blocking_key_value_get``), because JAX's barriers cannot be ended by a process that stops:
-    ``multihost_utils.sync_global_devices`` is a collective (Gloo on CPUs gives up when the processes
-    arrive more than 30 s apart, as after loading data at different speeds), and the client's
-    ``wait_at_barrier`` (Orbax's ``sync_global_processes``) waits for a stopped process until its timeout:
-    measured with two processes on loopback, one waiting at it while the other exits with an error, both
-    were aborted with a stack dump when JAX's shutdown barrier timed out.
+    Written over the coordination service's key-value store (each process counts itself in, the last one
+    writes the outcome, all wait for it) because JAX's barriers cannot be ended by a process that stops:
+    ``multihost_utils.sync_global_devices`` is a collective (Gloo on CPUs gives up when the processes arrive
+    more than 30 s apart), and the client's ``wait_at_barrier`` waits for a stopped process until its timeout
+    (measured on loopback: both processes then aborted with a stack dump at JAX's shutdown barrier).
 
     Raises:
       ProcessStopped: another process reported that it stopped.

@@ -38,11 +38,8 @@ class WorkdirLock:
     """The exclusive lock ``WORKDIR/.lock`` of one training process (a context manager).
 
     An ``fcntl.flock`` lock, which the kernel releases however the process ends, so a killed run never
-    blocks the next. The file holds the owner's pid, host and start time; it is removed on release.
-
-    Raises (on entering):
-      WorkdirBusy: another process holds the lock; the message names its pid, host and start.
-      ConfigError: the workdir cannot be created or written.
+    blocks the next. The file holds the owner's pid, host and start time; it is removed on release. Entering
+    raises :class:`WorkdirBusy` (naming the owner) or ConfigError (the workdir cannot be written).
     """
 
     def __init__(self, workdir: str):
@@ -118,12 +115,9 @@ def _same_file(f, path: str) -> bool:
 
 
 class StopSignals:
-    """Catches SIGINT and SIGTERM while training (a context manager); ``requested`` is the first signal.
-
-    The first signal only sets ``requested``: the driver checks it after each epoch, saves a checkpoint and
-    raises :class:`Interrupted` (exit code ``128 + signum``). A second signal restores the previous handlers
-    and re-delivers itself, which stops the process at once. Outside the main thread it does nothing.
-    """
+    """Catches SIGINT and SIGTERM while training (a context manager); ``requested`` is the first signal, which
+    the driver checks after each epoch. A second signal restores the previous handlers and re-delivers itself,
+    which stops the process at once. Outside the main thread it does nothing."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -58,11 +58,8 @@ def has_convolution(fn: Callable, *args) -> bool:
 
 
 def choose_epoch_loop(requested: str, platform: str, has_conv: Callable[[], bool]) -> str:
-    """``scan`` or ``steps`` for ``--epoch-loop``; ``has_conv()`` is asked only when it decides.
-
-    ``auto`` takes ``steps`` on CPU for a train step with a convolution: XLA:CPU runs a convolution's
-    gradient several times slower inside a compiled loop (docs/benchmarks.md).
-    """
+    """``scan`` or ``steps`` for ``--epoch-loop``: ``auto`` takes ``steps`` on CPU when ``has_conv()`` (asked only
+    then) says the train step has a convolution (module docstring)."""
     if requested not in EPOCH_LOOPS:
         raise ConfigError(f"--epoch-loop must be one of {', '.join(EPOCH_LOOPS)}, got {requested!r}")
     if requested != "auto":
@@ -223,10 +220,8 @@ def make_epoch_program(
 ):
     """The epoch of R replicas: ``(state[R], data, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])``.
 
-    ``epoch_loop``: ``scan`` or ``steps`` (module docstring). The state is donated. On a mesh each step's batch
-    is split along ``data`` and everything with a replica axis along ``replica``; the data may be placed by
-    :meth:`Plan.place_examples` or :meth:`Plan.place_shared`. ``num_examples``: the split's own row count when
-    its rows were padded (default: all rows).
+    The state is donated. On a mesh each step's batch is split along ``data``, everything with a replica axis
+    along ``replica``. ``num_examples``: the split's own row count when its rows were padded (default: all).
     """
     step = train_step
     if plan.mesh is not None:

@@ -34,12 +34,9 @@ from vae_jax.tasks import vqvae as vqvae_tasks
 
 
 def loss_has_convolution(loss_fn, state, pixels: np.ndarray, labels: np.ndarray | None, batch_size: int) -> bool:
-    """Whether one replica's loss on a batch of ``pixels`` (and ``labels``) holds a convolution.
-
-    ``state`` has a leading replica axis (arrays or ``jax.ShapeDtypeStruct``). The loss is traced, not run:
-    its gradient (the train step) holds a convolution exactly when the loss does, and tracing the loss alone
-    takes a third of the time.
-    """
+    """Whether one replica's loss on a batch of ``pixels`` (and ``labels``) holds a convolution (``state``:
+    replicated). The loss is traced, not run: its gradient has a convolution exactly when it does, and tracing
+    the loss alone takes a third of the time."""
     params = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state.params)
     canonical = jax.dtypes.canonicalize_dtype
     batch = {"x": jax.ShapeDtypeStruct((batch_size, *pixels.shape[1:]), canonical(pixels.dtype))}
@@ -238,11 +235,8 @@ def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.Train
 
 
 def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> list[dict]:
-    """``[{"epoch", "codes_used", "perplexity"}]`` over all of ``x`` for every checkpoint kept in the workdir.
-
-    Each checkpoint (verified as a resume verifies it; one that fails is left out with a warning) is measured
-    with :func:`vae_jax.tasks.vqvae.code_usage`, averaged over the seeds and listed per seed.
-    """
+    """``[{"epoch", "codes_used", "perplexity"}]`` over all of ``x`` (:func:`vae_jax.tasks.vqvae.code_usage`,
+    averaged over the seeds and listed per seed) for every checkpoint kept that restores (the others warned of)."""
     from vae_jax import checkpoint  # Orbax: imported when a checkpoint is read, not with the runner
 
     abstract = state_template(config, task)
@@ -275,12 +269,10 @@ def train(
     config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None, train_eval_examples: int = 0
 ) -> TrainResult:
     """Trains ``task`` as configured, resuming from the workdir's newest checkpoint: set up, train the epochs
-    left, finish.
+    left (none when the checkpoint holds ``config.epochs``: the records are left as they are), finish.
 
     Process 0 locks the workdir (:class:`vae_jax.faults.WorkdirLock`); a first SIGINT/SIGTERM (to any process)
     stops the run after the current epoch with a checkpoint and raises :class:`vae_jax.faults.Interrupted`.
-    When the checkpoint already holds ``config.epochs`` epochs nothing is trained and the records are left as
-    they are. The checkpoint manager and TensorBoard writer are closed before the lock is released.
 
     With ``train_eval_examples = n > 0`` each epoch also evaluates ``task.eval_fn`` on the first n training
     examples and logs the means as ``train_eval_*`` beside ``test_*`` (the generalisation gap per epoch).
@@ -526,23 +518,18 @@ def _stop_if_diverged(run: _Run, train_loss: np.ndarray, epoch: int) -> None:
     """Raises :class:`TrainingDiverged` once a seed hit ``--max-consecutive-skips``, or, with skipping off
     (0), when an epoch's training loss is not finite."""
     config, workdir = run.config, run.config.workdir
+    retry = "train again with a lower --learning-rate in another --workdir (or add --overwrite)"
     skip_stop = faults.skip_limit_message(run.state, config.max_consecutive_skips, run.seeds, epoch + 1)
     if skip_stop:
-        raise TrainingDiverged(
-            f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or train again with "
-            "a lower --learning-rate in another --workdir (or add --overwrite)"
-        )
+        raise TrainingDiverged(f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or {retry}")
     if not config.max_consecutive_skips and not np.all(np.isfinite(train_loss)):
         bad = [s for s, v in zip(run.seeds, train_loss, strict=True) if not np.isfinite(v)]
-        raise TrainingDiverged(
-            f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); {_checkpoint_on_disk(workdir)}; "
-            "train again with a lower --learning-rate in another --workdir (or add --overwrite)"
-        )
+        where = _checkpoint_on_disk(workdir)
+        raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); {where}; {retry}")
 
 
 def _finish(run: _Run, test_metrics: dict | None, start_time: float) -> TrainResult:
     """The run's summary.json (read back when nothing was trained and it is complete) and its result."""
-    summary_path = run.path("summary.json")
     if run.nothing_to_train:
         reuse = run.summary_to_reuse is not None
         log(
@@ -555,7 +542,7 @@ def _finish(run: _Run, test_metrics: dict | None, start_time: float) -> TrainRes
             return dataclasses.replace(_result(run, None, run.summary_to_reuse), reused_summary=True)
         test_metrics = run.evaluate_split(run.state.params, run.test_data, run.dataset.num_test)
     summary = _summary(run, test_metrics, start_time)
-    workdir_lib.write_json(summary_path, summary)
+    workdir_lib.write_json(run.path("summary.json"), summary)
     return _result(run, test_metrics, summary)
 
 
@@ -591,9 +578,8 @@ def _summary(run: _Run, test_metrics: dict, start_time: float) -> dict:
 
 
 def _result(run: _Run, test_metrics: dict | None, summary: dict) -> TrainResult:
-    state = run.state
-    if jax.process_count() > 1:  # host copies: the figures read replicas that live on other processes
-        state = distributed.to_host(state)
+    # With several processes, host copies: the figures read replicas that live on other processes.
+    state = distributed.to_host(run.state) if jax.process_count() > 1 else run.state
     return TrainResult(state, run.seeds, run.dataset, run.history, test_metrics, summary)
 
 

@@ -51,11 +51,9 @@ def epoch_batch_indices(data_keys: jax.Array, epoch: int, num_examples: int, bat
 def batch_dataset(
     arrays: dict, batch_indices: np.ndarray, sharding: jax.sharding.Sharding | None = None, prefetch: int = 4
 ):
-    """The batches ``{name: [R, B, ...]}`` of ``batch_indices[num_batches, R, B]`` as global ``jax.Array``s.
-
-    A Grain thread gathers, ``prefetch`` batches ahead, only the rows of this process's shards under
-    ``sharding`` (default: the first local device); the loop puts each shard on its device.
-    """
+    """The batches ``{name: [R, B, ...]}`` of ``batch_indices[num_batches, R, B]`` as global ``jax.Array``s: a
+    Grain thread gathers, ``prefetch`` batches ahead, the rows of this process's shards under ``sharding``
+    (default: the first local device)."""
     import grain
 
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

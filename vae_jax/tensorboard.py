@@ -54,10 +54,8 @@ class EpochWriter:
 def _summary_writer_class():
     """``tensorboardX.SummaryWriter``, imported without PyTorch.
 
-    tensorboardX imports PyTorch at import time when it is installed, only to
-    accept torch tensors as values (seconds of a run's start-up). This module
-    passes floats and NumPy arrays, so unless PyTorch is
-    already loaded its import is made to fail for that moment (a ``None`` in
+    tensorboardX imports PyTorch when it is installed, only to accept torch tensors (seconds of a run's
+    start-up); unless PyTorch is already loaded, its import is made to fail for that moment (a ``None`` in
     ``sys.modules``), which tensorboardX handles as "no PyTorch".
     """
     if "torch" in sys.modules or "tensorboardX" in sys.modules:

@@ -91,10 +91,8 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
     """Checks, without changing anything, that ``config`` may use its workdir; returns the plan.
 
     A workdir with a checkpoint or a ``summary.json`` holds a run, continued only with its settings (but
-    :data:`RESUMABLE_FIELDS`) and an ``--epochs`` no smaller than its checkpoint's, unless ``--overwrite``.
-
-    Raises:
-      ConfigError: with a one-line message naming the flag.
+    :data:`RESUMABLE_FIELDS`) and an ``--epochs`` no smaller than its checkpoint's, unless ``--overwrite``;
+    else a ConfigError with a one-line message naming the flag.
     """
     workdir = config.workdir
     if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -178,10 +176,7 @@ def check_run_data(config: TrainConfig, record: dict) -> None:
     """Refuses to continue the run in ``config.workdir`` on data other than its ``data.json`` records.
 
     ``record`` is the :meth:`vae_jax.data.Dataset.record` of the data loaded now: the same ``--dataset`` can
-    name other data on another machine or day. A run without ``data.json`` is not checked.
-
-    Raises:
-      ConfigError: one line naming ``--dataset`` and both sources.
+    name other data on another machine or day. A run without ``data.json`` is not checked. Raises ConfigError.
     """
     mismatch = data_mismatch(config.workdir, record)
     if mismatch is None:
