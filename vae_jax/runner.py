@@ -68,9 +68,7 @@ class TrainResult:
         return jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a)[replica], self.state.params))
 
 
-def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
-    """The optimizer the config's flags describe (:func:`vae_jax.train.make_optimizer`)."""
-    return train_lib.make_optimizer(config, total_steps)
+make_optimizer = train_lib.make_optimizer  # the optimizer the config's flags describe (re-exported)
 
 
 def task_optimizer(config: TrainConfig, task: Task, total_steps: int | None = None) -> optax.GradientTransformation:

@@ -297,10 +297,7 @@ def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
-def probe_workdir(workdir: str) -> None:
-    """Creates ``workdir`` if needed and checks that a file can be written in it (a ConfigError if not;
-    :func:`vae_jax.errors.require_writable_dir`)."""
-    require_writable_dir(workdir, "workdir")
+probe_workdir = require_writable_dir  # creates the workdir if needed and checks that a file can be written in it
 
 
 def write_json(path: str, obj) -> None:
