@@ -1,20 +1,10 @@
 """Orbax checkpoints of the whole train state, one per saved epoch, and what survives a crash.
 
-Orbax writes each checkpoint into a temporary directory and renames it only
-when it is complete, so a kill during a save never leaves a half-written
-checkpoint under a step's name; the unfinished temporary directory is not
-listed as a step (and is cleaned up by the next save). A checkpoint that was
-damaged later is detected when it is restored: Orbax and TensorStore refuse
-truncated or deleted files and damaged metadata or OCDBT index nodes (those
-carry CRC-32C checksums), and :func:`restore_epoch` adds the one check they
-lack, of the array bytes themselves (:func:`_verify_array_data`).
-:func:`restore_latest` falls back to the newest checkpoint that restores, with
-a one-line warning naming each bad one, and (with ``quarantine=True``, as the
-training driver does) moves the bad ones to ``WORKDIR/bad_checkpoints/`` so
-the resumed run can save under their step numbers again. A save that fails
-(disk full, read-only directory) raises :class:`CheckpointError` saying so;
-the previous checkpoints are untouched. The measurements behind this split are
-in ``docs/reliability.md``.
+Orbax renames a checkpoint into place only once it is complete, and refuses damaged files and metadata on
+restore; :func:`restore_epoch` adds the one check it lacks, of the array bytes (:func:`_verify_array_data`).
+:func:`restore_latest` falls back to the newest checkpoint that restores, warning about each bad one, and can
+move the bad ones to ``WORKDIR/bad_checkpoints/``. A failed save raises :class:`CheckpointError`; the previous
+checkpoints are untouched (measurements: ``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -64,11 +54,8 @@ def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
 
 
 def close(manager: ocp.CheckpointManager) -> None:
-    """Closes ``manager`` (joins its threads), quietly.
-
-    Every save waits for its write (:func:`save`), so the only errors left
-    for the close are those of a write that failed and was already reported.
-    """
+    """Closes ``manager`` (joins its threads), quietly: every save waited for its write (:func:`save`), so the
+    only errors left are those of a failed write, already reported."""
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             manager.close()
@@ -77,13 +64,8 @@ def close(manager: ocp.CheckpointManager) -> None:
 
 
 def save(manager: ocp.CheckpointManager, epoch: int, state) -> None:
-    """Saves ``state`` as checkpoint ``epoch`` and waits until it is on disk.
-
-    Raises:
-      CheckpointError: the save failed (e.g. disk full or a read-only
-        directory); the message names the directory, the OS error and the
-        newest earlier checkpoint, which is left intact.
-    """
+    """Saves ``state`` as checkpoint ``epoch`` and waits until it is on disk; a failed save raises
+    :class:`CheckpointError` naming the directory, the OS error and the newest earlier checkpoint (intact)."""
     previous = [s for s in manager.all_steps() if s < epoch]
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
@@ -128,11 +110,7 @@ def _array_data_digests(step_dir: str) -> dict[str, str]:
 
 
 def _write_checksums(step_dir: str) -> None:
-    """Writes the checksum file of a finished checkpoint atomically (temporary file, then rename).
-
-    A process killed before the rename leaves a complete checkpoint without
-    checksums, which restores unchecked (see :func:`_verify_array_data`).
-    """
+    """Writes the checksum file of a finished checkpoint atomically (temporary file, then rename)."""
     if not os.path.isdir(step_dir):
         return
     path = os.path.join(step_dir, CHECKSUMS)
@@ -144,14 +122,9 @@ def _write_checksums(step_dir: str) -> None:
 def _verify_array_data(step_dir: str) -> None:
     """Raises ``ValueError`` naming the first array data file whose bytes changed since the save.
 
-    The one fault Orbax 0.12 misses: a flipped byte inside an array's data file
-    (an OCDBT data file of zstd-compressed zarr chunks, which carry no checksum)
-    restores silently as different values. Orbax itself refuses the other
-    faults (truncated or deleted files, damaged metadata), so a listed file
-    that is missing is left to it; files the checksum file does not list are
-    not checked (it listed every file of a checkpoint before, and an added
-    file does not change what restores). A checkpoint without a checksum file
-    (killed between Orbax's rename and ours) is not checked.
+    The one fault Orbax 0.12 misses: a flipped byte inside an array's data file (an OCDBT data file of
+    zstd-compressed zarr chunks, which carry no checksum) restores silently as different values. Missing
+    files are left to Orbax; unlisted files, and a checkpoint without a checksum file, are not checked.
     """
     path = os.path.join(step_dir, CHECKSUMS)
     if not os.path.isfile(path):
@@ -167,41 +140,31 @@ def _verify_array_data(step_dir: str) -> None:
 def _quiet_aborted_writes() -> None:
     """After a failed save, drop the tracebacks of the writes Orbax abandoned.
 
-    TensorStore completes (or fails) the other pending writes on its own
-    threads after Orbax has closed their event loop; each then prints a
-    traceback ("Event loop is closed", or the same write error naming the
-    temporary checkpoint directory) through ``sys.excepthook``, ``sys.unraisablehook`` or ``threading.excepthook``, burying the
-    one-line error. Other exceptions are reported as before.
+    TensorStore completes (or fails) the other pending writes on its own threads after Orbax has closed their
+    event loop; each then prints a traceback ("Event loop is closed", or the write error naming the temporary
+    checkpoint directory) through ``sys.excepthook``, ``sys.unraisablehook`` or ``threading.excepthook``,
+    burying the one-line error. Other exceptions are reported as before.
     """
     previous = sys.excepthook
     if getattr(previous, "_drops_aborted_writes", False):
         return
 
-    def hook(exc_type, exc, tb):
-        if not hook_drops(exc):
-            previous(exc_type, exc, tb)
-
-    previous_thread_hook = threading.excepthook
-
-    def thread_hook(args):
-        if not hook_drops(args.exc_value):
-            previous_thread_hook(args)
-
-    def hook_drops(exc) -> bool:
+    def drops(exc) -> bool:
         text = str(exc)
         return text == "Event loop is closed" or ".orbax-checkpoint-tmp" in text
 
-    previous_unraisable_hook = sys.unraisablehook
+    def hook(exc_type, exc, tb):
+        if not drops(exc):
+            previous(exc_type, exc, tb)
 
-    def unraisable_hook(args):
-        if not hook_drops(args.exc_value):
-            previous_unraisable_hook(args)
+    def dropping(previous_hook):  # for the hooks that take one ``args`` with ``exc_value``
+        return lambda args: None if drops(args.exc_value) else previous_hook(args)
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception was never retrieved"
     hook._drops_aborted_writes = True
     sys.excepthook = hook
-    threading.excepthook = thread_hook
-    sys.unraisablehook = unraisable_hook
+    threading.excepthook = dropping(threading.excepthook)
+    sys.unraisablehook = dropping(sys.unraisablehook)
 
 
 def _os_error_reason(err: BaseException) -> str:
@@ -227,17 +190,13 @@ def one_line(err: BaseException, limit: int = 160) -> str:
 
 
 def restore_epoch(manager: ocp.CheckpointManager, epoch: int, template, abstract=None):
-    """The checkpoint of ``epoch`` read into the structure of ``template`` (arrays or ``jax.ShapeDtypeStruct``s).
-
-    Its array data files are checked against their SHA-256 digests first (:func:`_verify_array_data`) and
-    its leaves' shapes against ``template`` after (Orbax checks the tree structure, not the shapes).
-    ``abstract``: ``template`` as ``ShapeDtypeStruct``s, when the caller already has it.
+    """The checkpoint of ``epoch`` read into the structure of ``template`` (arrays or ``jax.ShapeDtypeStruct``s;
+    ``abstract``: the latter, when the caller has them), its array bytes checked first and its leaves' shapes
+    after (Orbax checks the tree structure, not the shapes).
 
     Raises:
-      CheckpointError: the checkpoint was written with the train state's older layout (:func:`_refuse_older_layout`).
-      Exception: whatever else stops it (a ``ValueError`` naming a changed array data file or a mismatched shape,
-      Orbax's errors, among them another tree structure, or the file system's); :func:`restore_latest` turns them
-      into warnings.
+      CheckpointError: the checkpoint holds the train state's older layout (:func:`_refuse_older_layout`).
+      Exception: whatever else stops it (a changed array file or shape, Orbax's or the file system's errors).
     """
     if abstract is None:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
@@ -257,11 +216,8 @@ OLDER_LAYOUT_KEY = "consecutive_skips"
 
 
 def _refuse_older_layout(manager: ocp.CheckpointManager, epoch: int) -> None:
-    """Raises :class:`CheckpointError` if checkpoint ``epoch`` holds the train state's older layout.
-
-    Such a checkpoint is not damaged, so it is neither a warning nor quarantined: the run must start afresh.
-    A checkpoint whose metadata cannot be read is left to the restore, which reports it.
-    """
+    """Raises :class:`CheckpointError` if checkpoint ``epoch`` holds the train state's older layout: not damaged
+    (no warning, no quarantine), but the run must start afresh. Unreadable metadata is left to the restore."""
     item = manager.directory / str(epoch) / ocp.checkpoint_manager.DEFAULT_ITEM_NAME  # an etils Path
     try:  # the handler reads the tree's metadata quietly (the manager's item_metadata logs warnings)
         saved = ocp.StandardCheckpointHandler().metadata(item).tree
@@ -279,18 +235,12 @@ def _refuse_older_layout(manager: ocp.CheckpointManager, epoch: int) -> None:
 def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = False):
     """Restores the newest checkpoint that can be read into the structure of ``template``.
 
-    Checkpoints are tried newest first; each one that fails to restore gets a
-    one-line warning on stderr naming it and the error. With ``quarantine``
-    the bad ones newer than the restored one are moved to
-    ``WORKDIR/bad_checkpoints/STEP`` (kept for inspection, out of the way of
-    the next saves).
-
-    Returns:
-      ``(epoch, state)``, or ``(0, template)`` if there is no checkpoint.
+    Checkpoints are tried newest first, each failure a one-line warning on stderr. With ``quarantine`` the bad
+    ones are moved to ``WORKDIR/bad_checkpoints/STEP`` (kept, out of the way of the next saves). Returns
+    ``(epoch, state)``, or ``(0, template)`` if there is no checkpoint.
 
     Raises:
-      CheckpointError: checkpoints exist but none of them restores, or the newest undamaged one was written
-        with the train state's older layout (then nothing is moved).
+      CheckpointError: none restores, or the newest undamaged one holds the older layout (nothing is moved).
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
@@ -327,11 +277,8 @@ def restore_latest(manager: ocp.CheckpointManager, template, quarantine: bool = 
 
 
 def _quarantine(manager: ocp.CheckpointManager, bad_steps: list[int]) -> str:
-    """Moves the bad checkpoints aside; every process of a distributed run calls it, bad ones or not.
-
-    Process 0 moves them once every process has read the checkpoints (so all of them found the same bad
-    ones), and the others reload the manager once they are moved.
-    """
+    """Moves the bad checkpoints aside (process 0, once every process has read them); every process of a
+    distributed run calls it, bad ones or not, and reloads the manager."""
     distributed.wait_for_all("checkpoints_read")
     if not bad_steps:
         return ""

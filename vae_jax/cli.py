@@ -1,12 +1,8 @@
 """Config dataclasses <-> command-line flags, and one-line errors for users.
 
-Every field of an experiment's config dataclass becomes a flag of the same
-name with dashes (``latent_dim`` -> ``--latent-dim``), typed from the field's
-annotation and defaulting to the field's default. ``bool`` fields get
-``--flag/--no-flag`` (``bool | None`` too: None means "neither given");
-``tuple[int, ...]``, ``tuple[float, ...]`` and ``tuple[str, ...]`` fields take
-comma-separated values.
-A field's ``metadata`` may hold ``help`` and ``choices``.
+Every field of a config dataclass becomes a flag (``latent_dim`` -> ``--latent-dim``) typed from its
+annotation, with its default and its ``metadata``'s ``help`` and ``choices``. ``bool`` (and ``bool | None``)
+fields get ``--flag/--no-flag``; ``tuple[int | float | str, ...]`` fields take comma-separated values.
 """
 
 from __future__ import annotations
@@ -72,10 +68,8 @@ class DefaultsHelpFormatter(_HelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An ``argparse`` parser whose errors are one line, ``error: ...``, with exit code 2 (no usage dump).
-
-    Run as ``python -m experiments.vae``, its usage line says so (argparse alone would say ``vae.py``).
-    """
+    """An ``argparse`` parser whose errors are one line, ``error: ...``, with exit code 2 (no usage dump), and
+    whose usage line says ``python -m experiments.vae`` when run so (argparse alone would say ``vae.py``)."""
 
     def __init__(self, *args, **kwargs):
         if not args:
@@ -128,11 +122,8 @@ def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
 def parse_config(config_cls, argv=None, description: str = ""):
     """Parses ``argv`` into ``config_cls``; bad values exit with a one-line error.
 
-    With ``--distributed`` it starts ``jax.distributed`` at once
-    (:func:`vae_jax.distributed.initialize`): that must come before anything
-    touches JAX, and experiments build models and data before they train.
-    Then a training config's :func:`vae_jax.runner.check_setup` checks the workdir and
-    the devices, so that no flag that needs no data fails after data loads.
+    With ``--distributed`` it starts ``jax.distributed`` at once, before anything touches JAX; a training
+    config's workdir and devices are then checked (:func:`vae_jax.runner.check_setup`) before any data loads.
     """
     parser = build_parser(config_cls, description)
     args = parser.parse_args(argv)
@@ -202,12 +193,8 @@ def check_out(parser: argparse.ArgumentParser, path: str, suffix: str) -> None:
 
 
 def user_errors(*error_types):
-    """Decorator for ``main``: the listed errors print ``error: ...`` and exit 2.
-
-    A run stopped by a fault (:class:`vae_jax.errors.RunStopped`, e.g. SIGTERM
-    after saving a checkpoint) prints its one line and exits with its own
-    code (``128 + signum`` for a signal), whether listed or not.
-    """
+    """Decorator for ``main``: the listed errors print ``error: ...`` and exit 2; a
+    :class:`vae_jax.errors.RunStopped` prints its line and exits with its own code, listed or not."""
 
     def decorate(main):
         @functools.wraps(main)

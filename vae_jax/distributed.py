@@ -1,30 +1,14 @@
 """Several processes (hosts) training one run: start-up, who writes, and bringing results to the host.
 
-``--distributed`` calls :func:`initialize` first thing in ``runner.train``.
-Every process then sees all devices of all processes (``jax.devices()``),
-the run's mesh (:mod:`vae_jax.parallel`) spans them, and one jitted program
-runs on all of them: the batch of each step is split over every device of
-every process and XLA's collectives (NCCL on GPUs, ICI on TPUs, Gloo on CPUs)
-reduce the gradients. Each process copies to its own devices only their rows of
-the training and test splits (the rows are split along the mesh's ``data``
-axis, :meth:`vae_jax.parallel.Plan.place_examples`); with ``--stream`` it reads
-from its host arrays only its devices' part of each batch
-(:mod:`vae_jax.streaming`). An uncompressed ``npz:`` archive is memory-mapped
-(``runner.load_data``), so a process reads from the file only those rows; any
-other source is decoded once, by process 0, into the workdir and mapped the same
-way (``runner.decode_once``). Only process 0 writes
-``config.json``, ``metrics.jsonl``, ``summary.json``, TensorBoard events and
-figures; every process takes part in Orbax checkpointing, which writes each
-array shard once.
+With ``--distributed`` (:func:`initialize`) every process sees all devices of all processes, the run's mesh
+spans them and one jitted program runs on all of them. Each process places only its devices' rows of the
+splits (or, streaming, reads only its part of each batch); ``npz:`` archives are memory-mapped and other
+sources decoded once by process 0 (``runner.load_data``). Only process 0 writes the records, events and
+figures; every process takes part in Orbax checkpointing. The coordinator comes from
+``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` when set, else JAX's own detection.
 
-The coordinator comes from the usual environment: ``JAX_COORDINATOR_ADDRESS``
-(``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``
-when set, otherwise JAX's own detection (Slurm, Open MPI, Cloud TPU, ...).
-
-How a run of several processes stops: a SIGINT/SIGTERM to any one process
-stops all of them after the same epoch, with one checkpoint
-(:func:`agreed_stop`); an error in one stops the others at their next barrier
-(:func:`report_stop`, :func:`wait_for_all`); a process that dies without a word
+A signal to any process stops all after the same epoch (:func:`agreed_stop`); an error in one stops the
+others at their next barrier (:func:`report_stop`, :func:`wait_for_all`); a process that dies without a word
 is found by JAX's heartbeat (:func:`initialize`).
 """
 
@@ -42,12 +26,8 @@ from vae_jax.errors import ConfigError, ProcessStopped
 
 
 def initialize() -> None:
-    """``jax.distributed.initialize`` from the environment (see the module docstring); a no-op when already done.
-
-    JAX's own heartbeat (``heartbeat_timeout_seconds``, :func:`peer_timeout_s`) finds a process that died
-    without a word (SIGKILL, out of memory, its host lost): every other process is ended by JAX once it has
-    been silent that long, wherever it waits (a barrier, a checkpoint, the shutdown barrier at exit).
-    """
+    """``jax.distributed.initialize`` from the environment; a no-op when already done. JAX's heartbeat
+    (:func:`peer_timeout_s`) ends every other process, wherever it waits, once one has been silent that long."""
     if jax.distributed.is_initialized():
         return
     kwargs = {}
@@ -61,9 +41,8 @@ def initialize() -> None:
     try:
         jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=math.ceil(timeout_s))
     except (RuntimeError, ValueError) as err:  # JAX already running here, or no coordinator to be found
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            f"--distributed: jax.distributed.initialize() failed ({first_line[:200]}); this "
+            f"--distributed: jax.distributed.initialize() failed ({first_line(err, 200)}); this "
             "experiment supports --distributed only when JAX has not run before training, with "
             "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set"
         ) from None
@@ -93,20 +72,14 @@ def peer_timeout_s() -> float:
 
 
 def agreed_stop(requested: int | None) -> int | None:
-    """The stop signal of any process (``requested``: this process's :class:`vae_jax.faults.StopSignals`),
-    the same answer in every process: call it once an epoch, in every process, at the same point.
+    """The signal number of the lowest-numbered process that has one (``requested``: this process's
+    :class:`vae_jax.faults.StopSignals`), else None: the same answer in every process (a ``process_allgather``).
+    Call it once an epoch, in every process, so all stop after the same epoch with one checkpoint.
 
-    A SIGTERM (or Ctrl-C) that reaches one process of a run, or reaches them in different epochs, stops
-    every process after the same epoch, which saves one checkpoint together. The answer is a
-    ``multihost_utils.process_allgather`` of each process's signal number (a few bytes an epoch).
-    ``multihost_utils.reached_preemption_sync_point`` (with ``jax_enable_preemption_service``) agrees on
-    the step too, and works with CPU processes on loopback, but its SIGTERM handler is installed in C++ by
-    ``jax.distributed.initialize`` for the process's whole life: a SIGTERM while the data loads or the
-    figures are drawn would be swallowed, a second SIGTERM could not stop at once, and it knows nothing of
-    SIGINT (tests/test_distributed.py shows the swallowed SIGTERM).
-
-    Returns:
-      The signal number of the lowest-numbered process that has one, else None.
+    ``multihost_utils.reached_preemption_sync_point`` would agree on the step too, but its SIGTERM handler is
+    installed in C++ by ``jax.distributed.initialize`` for the process's whole life: a SIGTERM while the data
+    loads or the figures are drawn would be swallowed, a second one could not stop at once, and it knows
+    nothing of SIGINT (tests/test_distributed.py shows the swallowed SIGTERM).
     """
     if jax.process_count() == 1:
         return requested
@@ -130,20 +103,14 @@ def _client():
 
 
 def wait_for_all(name: str, timeout_s: int = 600) -> None:
-    """Blocks until every process reaches the barrier ``name`` (a no-op in a single-process run).
+    """Blocks until every process reaches the barrier ``name`` (a no-op in a single-process run); a process
+    that stops with an error (:func:`report_stop`) ends it for the others at once.
 
-    A process that stops with an error (:func:`report_stop`) ends the barrier for the others at once:
-    they raise :class:`vae_jax.errors.ProcessStopped` naming it and its error, so that one process's bad
-    flag or unwritable workdir stops every process instead of leaving them waiting out the timeout.
-
-    Written over the coordination service's key-value store (each process counts itself in with
-    ``key_value_increment``, the last one writes the barrier's outcome, and all wait for that key with
-    ``blocking_key_value_get``), because JAX's barriers cannot be ended by a process that stops:
-    ``multihost_utils.sync_global_devices`` is a collective (Gloo on CPUs gives up when the processes
-    arrive more than 30 s apart, as after loading data at different speeds), and the client's
-    ``wait_at_barrier`` (Orbax's ``sync_global_processes``) waits for a stopped process until its timeout:
-    measured with two processes on loopback, one waiting at it while the other exits with an error, both
-    were aborted with a stack dump when JAX's shutdown barrier timed out.
+    Written over the coordination service's key-value store (each process counts itself in, the last one
+    writes the outcome, all wait for it) because JAX's barriers cannot be ended by a process that stops:
+    ``multihost_utils.sync_global_devices`` is a collective (Gloo on CPUs gives up when the processes arrive
+    more than 30 s apart), and the client's ``wait_at_barrier`` waits for a stopped process until its timeout
+    (measured on loopback: both processes then aborted with a stack dump at JAX's shutdown barrier).
 
     Raises:
       ProcessStopped: another process reported that it stopped.
@@ -180,12 +147,9 @@ def first_line(err: BaseException, limit: int = 300) -> str:
 
 
 def report_stop(err: BaseException) -> None:
-    """Tells the other processes that this one stopped with ``err``: the barrier they wait at, or reach
-    next (:func:`wait_for_all`), raises :class:`vae_jax.errors.ProcessStopped` naming it.
-
-    Nothing happens in a single-process run, when ``jax.distributed`` is not
-    running, or when ``err`` is itself another process's stop.
-    """
+    """Tells the other processes that this one stopped with ``err``: the barrier they wait at, or reach next
+    (:func:`wait_for_all`), raises :class:`vae_jax.errors.ProcessStopped` naming it. A no-op in one process,
+    without ``jax.distributed``, or when ``err`` is itself another process's stop."""
     if isinstance(err, ProcessStopped) or not jax.distributed.is_initialized() or jax.process_count() == 1:
         return
     try:

@@ -1,8 +1,7 @@
 """The errors a user can cause, and the config-field helpers that raise them: the bottom layer of vae_jax.
 
-This module imports nothing from vae_jax (and neither JAX nor argparse), so every layer may raise these
-errors (the layer table is in :mod:`vae_jax.protocol`). :mod:`vae_jax.cli` turns them into one-line
-``error: ...`` messages with exit code 2; a :class:`RunStopped` exits with its own code.
+It imports nothing from vae_jax, JAX or argparse, so every layer may raise these errors; :mod:`vae_jax.cli`
+turns them into one-line ``error: ...`` messages with exit code 2 (a :class:`RunStopped`: its own code).
 """
 
 from __future__ import annotations
@@ -30,12 +29,9 @@ class ProcessStopped(RunStopped):
 class PeerLost(RunStopped):
     """JAX failed inside a distributed run, most often a collective whose peer process died.
 
-    The process stops at once (:func:`vae_jax.cli.user_errors` exits with ``os._exit``),
-    without JAX's shutdown barrier: that barrier waits for the lost process until the
-    coordination service's heartbeat timeout (100 s) and then aborts the process with a
-    stack dump; this ends it with one line instead (measured: docs/benchmarks.md).
-    A peer that dies while this process waits at a barrier is found by JAX's heartbeat instead
-    (no collective fails there; :func:`vae_jax.distributed.initialize`), which ends this process.
+    The process stops at once with one line (:func:`vae_jax.cli.user_errors` exits with ``os._exit``), without
+    JAX's shutdown barrier, which would wait for the lost process until its heartbeat timeout and then abort
+    with a stack dump (measured: docs/benchmarks.md).
     """
 
     exit_immediately = True
@@ -74,12 +70,8 @@ def require_list(name: str, values, ok, expected: str, shown=None) -> None:
 
 
 def require_writable_dir(path: str, name: str = "workdir") -> None:
-    """Creates the directory ``path`` if needed and checks that a file can be written in it; else a
-    :class:`ConfigError` naming the flag of ``name``.
-
-    The probe file has a name of its own, so that processes probing one directory at once (a distributed
-    run's) never remove each other's.
-    """
+    """Creates the directory ``path`` if needed and checks that a file can be written in it (a probe file named
+    for this process alone); else a :class:`ConfigError` naming the flag of ``name``."""
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test."):

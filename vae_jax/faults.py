@@ -1,17 +1,5 @@
-"""Process-level faults of a training run: a second process on the workdir, SIGINT/SIGTERM.
-
-:class:`WorkdirLock` makes a workdir belong to one training process at a
-time: an ``fcntl.flock`` lock on ``WORKDIR/.lock``, which the kernel releases
-when its process ends, so a killed run leaves nothing that blocks the next.
-A second process gets :class:`WorkdirBusy` naming the owner's pid and host.
-
-:class:`StopSignals` turns the first SIGINT or SIGTERM into a request that the
-driver honours at the end of the current epoch: it saves a checkpoint and
-raises :class:`Interrupted`, whose exit code is the shell's ``128 + signum``
-(130 for Ctrl-C, 143 for SIGTERM). A second signal stops at once.
-
-Both are used by :func:`vae_jax.runner.train`, so every experiment gets them.
-"""
+"""Process-level faults of a training run (used by :func:`vae_jax.runner.train`): a second process on the
+workdir (:class:`WorkdirLock`), and SIGINT/SIGTERM (:class:`StopSignals`)."""
 
 from __future__ import annotations
 
@@ -49,13 +37,9 @@ class WorkdirBusy(ConfigError):
 class WorkdirLock:
     """The exclusive lock ``WORKDIR/.lock`` of one training process (a context manager).
 
-    A standard ``fcntl.flock`` lock on that file: the kernel releases it when the process ends, however
-    it ends, so a killed run never leaves a lock behind that blocks the next one. The file holds the
-    owner's pid, host and start time for the message a second process gets; it is removed on release.
-
-    Raises (on entering):
-      WorkdirBusy: another process holds the lock; the message names its pid, host and start.
-      ConfigError: the workdir cannot be created or written.
+    An ``fcntl.flock`` lock, which the kernel releases however the process ends, so a killed run never
+    blocks the next. The file holds the owner's pid, host and start time; it is removed on release. Entering
+    raises :class:`WorkdirBusy` (naming the owner) or ConfigError (the workdir cannot be written).
     """
 
     def __init__(self, workdir: str):
@@ -131,15 +115,9 @@ def _same_file(f, path: str) -> bool:
 
 
 class StopSignals:
-    """Catches SIGINT and SIGTERM while training (a context manager); ``requested`` is the first signal.
-
-    The first signal only sets ``requested``: the driver checks it after each
-    epoch, saves a checkpoint and raises :class:`Interrupted`. A second signal
-    restores the previous handlers and re-delivers itself, which stops the
-    process at once (KeyboardInterrupt for SIGINT, exit 143 for SIGTERM); the
-    newest complete checkpoint is still on disk. Outside the main thread (where
-    Python cannot install handlers) it does nothing.
-    """
+    """Catches SIGINT and SIGTERM while training (a context manager); ``requested`` is the first signal, which
+    the driver checks after each epoch. A second signal restores the previous handlers and re-delivers itself,
+    which stops the process at once. Outside the main thread it does nothing."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -176,15 +154,11 @@ class StopSignals:
 
 
 def skip_limit_message(state, max_consecutive_skips: int, seeds: list[int], epoch: int) -> str | None:
-    """Why the run must stop, if a replica reached ``max_consecutive_skips`` skipped steps in a row.
+    """Why the run must stop, if a replica reached ``max_consecutive_skips`` skipped steps in a row; else None.
 
-    ``state`` is the replicated train state after ``epoch`` (host or device
-    arrays with a leading ``[R]`` axis); its ``opt_state`` is ``optax.apply_if_finite``'s, whose
-    ``notfinite_count`` is the current run of skipped steps. A replica that hit the limit is frozen
-    from then on (see :func:`vae_jax.train.make_train_step`), so its run of
-    skips began at step ``step - notfinite_count + 1`` and hit the limit at
-    step ``step - notfinite_count + max_consecutive_skips`` (steps counted
-    from 1). Returns None when no replica reached it (or skipping is off).
+    ``state`` is the replicated train state after ``epoch``; ``opt_state.notfinite_count`` is
+    ``optax.apply_if_finite``'s current run of skipped steps. A replica that hit the limit is frozen from then
+    on, so its run began at step ``step - notfinite_count + 1`` (steps counted from 1).
     """
     if max_consecutive_skips <= 0:
         return None

@@ -1,46 +1,18 @@
 """How a run's replicas (seeds) and its batch are laid out on devices, and the compiled programs that follow.
 
-:func:`make_plan` turns ``--seeds`` and ``--devices`` into a :class:`Plan`;
-:func:`make_epoch_program` and :func:`make_eval_program` build the jitted
-epoch and evaluation of ``R`` replicas for it. Their signatures are those of
-:func:`vae_jax.train.make_replicated_epoch_fn` and
-:func:`vae_jax.evaluate.make_replicated_eval`: every state leaf, key and
-result has a leading replica axis ``[R]``. Each configuration compiles one
-epoch program:
+:func:`make_plan` turns ``--seeds`` and ``--devices`` into a :class:`Plan`; :func:`make_epoch_program` and
+:func:`make_eval_program` build the jitted epoch and evaluation of ``R`` replicas for it (every state leaf,
+key and result has a leading replica axis ``[R]``). One seed compiles the un-vmapped epoch (the axis of size 1
+dropped and restored at trace time); several seeds, ``jax.vmap`` of it.
 
-  * one seed (R = 1): the un-vmapped scan-fused epoch. The replica axis of
-    size 1 is dropped and restored at trace time (``a[0]`` / ``a[None]``
-    inside ``jit``, free with donated buffers), so a one-seed run compiles
-    exactly the program of a minimal single-model ``lax.scan`` loop.
-  * several seeds: ``jax.vmap`` of that epoch, one program over all
-    replicas (on a mesh, the replica axis is laid out along ``replica``).
+``--epoch-loop``: ``scan`` runs the epoch as one compiled ``lax.scan``; ``steps`` as a Python loop over the
+jitted step (the same computation), because XLA:CPU runs a convolution's gradient several times slower inside
+a compiled loop (docs/benchmarks.md); ``auto`` takes ``steps`` on CPU for a step with a convolution.
 
-Epoch loops (``--epoch-loop``, how one epoch's steps run):
-  * ``scan``: the whole epoch is one compiled ``lax.scan`` over the steps
-    (no Python between steps): the fast path.
-  * ``steps``: a Python loop calling the jitted step once per batch, the
-    batches gathered on the device as under ``scan``; the same computation.
-    XLA:CPU runs a convolution's gradient several times slower inside a
-    compiled loop than in a program of its own (docs/benchmarks.md), so
-    models with convolutions train this way on CPU.
-  * ``auto``: ``steps`` on CPU when the train step has a convolution
-    (:func:`has_convolution`), else ``scan``.
-
-Devices (``--devices N|all``): with more than one device the run uses a
-:class:`jax.sharding.Mesh` with axes ``("replica", "data")`` of shape
-``(r, d)``, ``r = gcd(R, N)``, ``d = N / r``: replicas are split over the
-``replica`` axis, and each replica's batch over the ``data`` axis (the global
-batch stays ``--batch-size``, so one step is the same computation as on one
-device up to the order of float reductions). Parameters and optimizer state
-are replicated along ``data``; XLA inserts the gradient all-reduce. The
-training split's rows are split along ``data`` as well
-(:meth:`Plan.place_examples`): a device holds 1/d of them and XLA gathers each
-step's batch from the shards (each device gathers the rows it holds, one
-reduction over ``data`` assembles the batch). The runner places the test split
-the same way, and evaluation batches are split along ``data``
-(:func:`make_eval_program`). Nothing here communicates by hand: the shardings
-are given to ``jax.jit`` and ``jax.lax.with_sharding_constraint`` and the SPMD
-partitioner does the rest.
+``--devices N|all``: a ``("replica", "data")`` mesh of shape ``(r, d)``, ``r = gcd(R, N)``, ``d = N / r``:
+replicas split over ``replica``, each batch (and the splits' rows, :meth:`Plan.place_examples`) over
+``data``; the global batch stays ``--batch-size``. The shardings are given to ``jax.jit`` and
+``with_sharding_constraint``; the SPMD partitioner inserts the collectives.
 """
 
 from __future__ import annotations
@@ -66,12 +38,8 @@ DATA_AXIS = "data"
 
 def primitive_names(jaxpr) -> set[str]:
     """The names of the primitives a jaxpr (``jax.make_jaxpr(fn)(*args).jaxpr``) applies, those of its
-    sub-jaxprs included.
-
-    Sub-jaxprs are the bodies of ``scan``, ``while``, ``cond`` branches, ``jit``, ``checkpoint``, custom
-    derivatives and the like: the jaxprs and closed jaxprs among each equation's parameters (a tuple of them
-    for ``cond``), recognised by their ``eqns`` (duck typing, so no JAX-internal type is needed).
-    """
+    sub-jaxprs (the bodies of ``scan``, ``cond``, ``jit``, ...; found among each equation's parameters by their
+    ``eqns``, so no JAX-internal type is needed) included."""
     names = set()
     for eqn in jaxpr.eqns:
         names.add(eqn.primitive.name)
@@ -90,11 +58,8 @@ def has_convolution(fn: Callable, *args) -> bool:
 
 
 def choose_epoch_loop(requested: str, platform: str, has_conv: Callable[[], bool]) -> str:
-    """``scan`` or ``steps`` for ``--epoch-loop``; ``has_conv()`` is asked only when it decides.
-
-    ``auto`` takes ``steps`` on CPU for a train step with a convolution: XLA:CPU runs a convolution's
-    gradient several times slower inside a compiled loop (docs/benchmarks.md).
-    """
+    """``scan`` or ``steps`` for ``--epoch-loop``: ``auto`` takes ``steps`` on CPU when ``has_conv()`` (asked only
+    then) says the train step has a convolution (module docstring)."""
     if requested not in EPOCH_LOOPS:
         raise ConfigError(f"--epoch-loop must be one of {', '.join(EPOCH_LOOPS)}, got {requested!r}")
     if requested != "auto":
@@ -129,7 +94,7 @@ def parse_devices(spec: str, available: int | None = None) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Where a run's replicas and batches live.
+    """Where a run's replicas and batches live (see the module docstring).
 
     Attributes:
       num_replicas: R, the number of seeds trained together.
@@ -153,8 +118,6 @@ class Plan:
 
     def place_replicated(self, tree):
         """Puts a pytree with a leading ``[R]`` axis on the mesh, split along ``replica`` (as is on one device)."""
-        if self.mesh is None:
-            return tree
         return _put(tree, self.sharding(P(REPLICA_AXIS)))
 
     @property
@@ -164,22 +127,14 @@ class Plan:
 
     def place_shared(self, tree):
         """Puts data every replica reads in full on every device of the mesh (as is on one device)."""
-        if self.mesh is None:
-            return tree
         return _put(tree, self.sharding(P()))
 
     def place_examples(self, arrays: dict) -> dict:
         """Puts a split ``{name: host array [N, ...]}`` on the devices, its rows split along ``data``.
 
-        On a mesh each device holds ``ceil(N / d)`` rows (``d`` data shards;
-        replicas read the same rows) and each process copies only the rows of
-        its own devices from ``arrays``. The rows are padded with zeros to a
-        multiple of ``d``: give the epoch programs ``num_examples=N`` (they then
-        never read the padding), and drop the evaluation's results past row
-        ``N``. A step's batch, drawn from all ``N`` rows, is
-        gathered from the shards by XLA (each device gathers the rows it holds,
-        then one reduction over ``data`` assembles the batch). On one device:
-        the arrays as they are, on the device.
+        On a mesh each device holds ``ceil(N / d)`` rows, copied by its own process, zero-padded to a multiple
+        of ``d``: give the epoch programs ``num_examples=N`` and drop the evaluation's results past row ``N``.
+        On one device: the arrays as they are, on the device.
         """
         if self.mesh is None:
             return jax.tree_util.tree_map(jnp.asarray, arrays)
@@ -212,8 +167,11 @@ class Plan:
         }
 
 
-def _put(tree, sharding: NamedSharding):
-    """``jax.device_put``; across processes, each process builds its shards from its own (identical) host copy."""
+def _put(tree, sharding: NamedSharding | None):
+    """``jax.device_put``; across processes, each process builds its shards from its own (identical) host copy.
+    Without a sharding (one device), ``tree`` as it is."""
+    if sharding is None:
+        return tree
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
 
@@ -227,11 +185,8 @@ def _put(tree, sharding: NamedSharding):
 
 
 def make_plan(num_replicas: int, batch_size: int, devices: str = "1") -> Plan:
-    """The :class:`Plan` for R replicas on ``--devices`` devices (of every process when distributed).
-
-    With N > 1 devices the mesh is ``(r, d) = (gcd(R, N), N / gcd(R, N))``;
-    ``--batch-size`` must divide evenly over the ``d`` data shards.
-    """
+    """The :class:`Plan` for R replicas on ``--devices`` devices (of every process when distributed); with N > 1
+    the mesh is ``(r, d) = (gcd(R, N), N / gcd(R, N))`` and ``--batch-size`` must divide over the ``d`` shards."""
     count = parse_devices(devices)
     if count == 1:
         return Plan(num_replicas)
@@ -247,12 +202,9 @@ def make_plan(num_replicas: int, batch_size: int, devices: str = "1") -> Plan:
 
 
 def over_replicas(fn: Callable, num_replicas: int, in_axes: tuple, spmd_axis_name: str | None = None) -> Callable:
-    """``fn`` of one replica -> the same over a leading replica axis of the ``in_axes == 0`` arguments.
-
-    One replica: ``fn`` itself, the axis of size 1 dropped on the way in and restored on the way out (no
-    batching in the program). Several: ``jax.vmap``, the replica axis laid out along the mesh axis
-    ``spmd_axis_name`` (None: no mesh).
-    """
+    """``fn`` of one replica -> the same over a leading replica axis of the ``in_axes == 0`` arguments:
+    ``jax.vmap`` (along the mesh axis ``spmd_axis_name``), or for one replica ``fn`` with the axis of size 1
+    dropped on the way in and restored on the way out."""
     if num_replicas > 1:
         return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=spmd_axis_name)
 
@@ -268,14 +220,8 @@ def make_epoch_program(
 ):
     """The epoch of R replicas: ``(state[R], data, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])``.
 
-    ``epoch_loop`` ``scan``: one jitted program; ``steps``: a Python loop over
-    a jitted step of the R replicas (see the module docstring). The state is
-    donated. On a mesh, the data may be split along ``data``
-    (:meth:`Plan.place_examples`, what the runner does) or on every device
-    (:meth:`Plan.place_shared`; the program compiles for the layout it is
-    given), each step's batch is constrained to be split along ``data`` and
-    everything with a replica axis along ``replica``. ``num_examples``: the
-    split's own row count when its rows were padded (default: all rows).
+    The state is donated. On a mesh each step's batch is split along ``data``, everything with a replica axis
+    along ``replica``. ``num_examples``: the split's own row count when its rows were padded (default: all).
     """
     step = train_step
     if plan.mesh is not None:
@@ -342,12 +288,8 @@ def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, num_examples: 
 def make_eval_program(eval_fn: Callable, batch_size: int, plan: Plan):
     """The jitted per-example evaluation of R replicas: ``(params[R], data, key) -> dict of [R, N]``.
 
-    The same computation as :func:`vae_jax.evaluate.make_replicated_eval`,
-    laid out as the plan says: on a mesh each batch is split along ``data``,
-    so the devices of a replica share its evaluation. ``data`` may be split
-    along ``data`` (:meth:`Plan.place_examples`, what the runner does: the
-    results then hold a row for each padding row too, after the split's own
-    rows) or on every device (:meth:`Plan.place_shared`).
+    The computation of :func:`vae_jax.evaluate.make_replicated_eval`, each batch split along ``data`` on a
+    mesh; data placed by :meth:`Plan.place_examples` gives a result row for each padding row too.
     """
     run = evaluate.per_example_eval(eval_fn, batch_size, plan.sharding(P(DATA_AXIS)))
     program = over_replicas(run, plan.num_replicas, (0, None, None), _spmd_axis(plan))

@@ -1,13 +1,9 @@
 """Where a command's time goes: its phases, in seconds, from the start of the process.
 
-A process is always in one phase. It starts in ``startup`` (the interpreter and the imports), and
-:func:`enter` moves it to the next one (``data``, ``training``, ``analyses``, ...). :func:`phase` is
-a context for work that interrupts the current phase (``evaluation`` between epochs, ``figures``
-while an analysis draws): its time is counted under its own name, then the phase it interrupted
-goes on. Compilation is pulled out of every phase into ``compilation``: the tracing, lowering and
-XLA compilation times JAX reports through :mod:`jax.monitoring`. So the phases add up to the time
-since the process started, and a user sees which of start-up, data, compilation, training,
-evaluation, analyses and figures they waited for.
+A process starts in ``startup`` and :func:`enter` moves it to the next phase (``data``, ``training``, ...);
+:func:`phase` counts work that interrupts the current phase (``evaluation``, ``figures``) under its own name.
+Compilation (the durations JAX reports through :mod:`jax.monitoring`) is pulled out of every phase into
+``compilation``, so the phases add up to the time since the process started.
 
 >>> import time
 >>> from vae_jax import phases
@@ -113,8 +109,8 @@ def after_training() -> float | None:
 
 
 def line() -> str:
-    """One line for stderr: ``phases: startup 3.1 s, data 0.4 s, ... (total 12.0 s)``, ending
-    ``(total 12.0 s, after training 2.5 s)`` once the analyses began."""
+    """``phases: startup 3.1 s, data 0.4 s, ... (total 12.0 s)``, with ``, after training 2.5 s`` in the
+    parentheses once the analyses began."""
     parts = ", ".join(f"{name} {value:.1f} s" for name, value in seconds().items())
     after = after_training()
     return (

@@ -1,29 +1,18 @@
 """Mixed precision: compute in bfloat16, keep params, optimizer state and losses in float32.
 
-``--precision bf16`` wraps the model that a training loss calls in
-:func:`compute_in`: each ``apply`` casts the float32 params and float inputs
-to bfloat16, runs the network (so its matrix multiplies and convolutions run
-in bfloat16, at twice the rate and half the memory traffic on GPUs and TPUs),
-and casts the float outputs back to float32 before the loss sees them. The
-gradient of a cast is the cast back, so the gradients, the params the
-optimizer updates and its moments all stay float32 (the "master weights" of
-Micikevicius et al. 2018, "Mixed Precision Training"). bfloat16 keeps float32's
-exponent range, so no loss scaling is needed. Evaluation and figures use the
-unwrapped float32 model.
+``--precision bf16`` wraps the model a training loss calls in :func:`compute_in`: each ``apply`` casts the
+float32 params and float inputs to bfloat16, runs the network, and casts the float outputs back to float32.
+The gradient of a cast is the cast back, so gradients, params and optimizer moments stay float32 (the "master
+weights" of Micikevicius et al. 2018, "Mixed Precision Training"); bfloat16 keeps float32's exponent range, so
+no loss scaling is needed. Evaluation and figures use the unwrapped float32 model.
 
-One sum needs float32 on purpose: a bias's gradient adds up the output's
-gradient over every position the bias was added at (B x H x W for a
-convolution, every pixel for a shared decoder variance), and summed in
-bfloat16 it stalls after a few hundred terms. The models add their biases and
-shared variances in float32 (:func:`vae_jax.models.layers.add_bias`), which
-makes those sums float32; an embedding table's gradient (each row summed over
-every lookup of it) is summed in float32 the same way
-(:class:`vae_jax.models.layers.Embed`). ``flax.linen``'s own layers given
-``dtype=bfloat16`` make both sums in bfloat16, 67-92% off float32's at a few
-thousand terms (``tests/test_layers.py``, which also checks these layers).
+One sum needs float32 on purpose: a bias's gradient adds up the output's gradient over every position the
+bias was added at, and summed in bfloat16 it stalls after a few hundred terms. The models add their biases and
+shared variances in float32 (:func:`vae_jax.models.layers.add_bias`), and sum an embedding table's gradient in
+float32 (:class:`vae_jax.models.layers.Embed`): ``flax.linen``'s own layers given ``dtype=bfloat16`` make both
+sums in bfloat16, 67-92% off float32's at a few thousand terms (``tests/test_layers.py``).
 
-On CPU bfloat16 is emulated and usually slower: the option exists for GPUs
-and TPUs, and is tested on CPU for agreement with float32.
+On CPU bfloat16 is emulated and usually slower: the option is for GPUs and TPUs.
 """
 
 from __future__ import annotations

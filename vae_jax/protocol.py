@@ -52,12 +52,8 @@ EPOCH_LOOPS = ("auto", "scan", "steps")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Flags shared by every training experiment.
-
-    ``kind`` (a class attribute, not a flag) names the model family; it is
-    written into ``config.json`` so a workdir says what it holds and
-    :func:`vae_jax.workdir.load_run_config` can tell a user which command fits it.
-    """
+    """Flags shared by every training experiment; ``kind`` (a class attribute, not a flag) names the model family
+    in ``config.json``."""
 
     kind: ClassVar[str] = "train"
     dataset: str = field(
@@ -146,56 +142,42 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
-        require(
-            0 <= self.image_size <= MAX_IMAGE_SIZE,
-            "image_size",
-            f"0 (keep the images' size) or a side length from 1 to {MAX_IMAGE_SIZE} pixels",
-            self.image_size,
+        positive_number = math.isfinite(self.learning_rate) and self.learning_rate > 0
+        checks = (  # (condition, field, what it must be), in the order they are reported
+            (self.batch_size > 0, "batch_size", "a positive integer"),
+            (
+                0 <= self.image_size <= MAX_IMAGE_SIZE,
+                "image_size",
+                f"0 (keep the images' size) or a side length from 1 to {MAX_IMAGE_SIZE} pixels",
+            ),
+            (self.epochs > 0, "epochs", "a positive integer"),
+            (positive_number, "learning_rate", "a positive number"),
+            (self.warmup_steps >= 0, "warmup_steps", "a non-negative integer"),
+            (
+                self.warmup_steps == 0 or self.lr_schedule == "warmup_cosine",
+                "warmup_steps",
+                "0 unless --lr-schedule warmup_cosine",
+            ),
+            (self.decay_steps >= 0, "decay_steps", "a non-negative integer"),
+            (
+                self.decay_steps == 0 or self.decay_steps > self.warmup_steps,
+                "decay_steps",
+                f"0 or more than --warmup-steps {self.warmup_steps}",
+            ),
+            (math.isfinite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "0 (off) or a positive number"),
+            (
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                "weight_decay",
+                "0 (off) or a positive number",
+            ),
+            (self.checkpoint_every > 0, "checkpoint_every", "a positive integer"),
+            (self.keep_checkpoints > 0, "keep_checkpoints", "a positive integer"),
+            (self.eval_batch_size > 0, "eval_batch_size", "a positive integer"),
+            (self.max_consecutive_skips >= 0, "max_consecutive_skips", "a non-negative integer"),
+            (bool(self.workdir), "workdir", "a directory path"),
         )
-        require(self.epochs > 0, "epochs", "a positive integer", self.epochs)
-        require(
-            math.isfinite(self.learning_rate) and self.learning_rate > 0,
-            "learning_rate",
-            "a positive number",
-            self.learning_rate,
-        )
-        require(self.warmup_steps >= 0, "warmup_steps", "a non-negative integer", self.warmup_steps)
-        require(
-            self.warmup_steps == 0 or self.lr_schedule == "warmup_cosine",
-            "warmup_steps",
-            "0 unless --lr-schedule warmup_cosine",
-            self.warmup_steps,
-        )
-        require(self.decay_steps >= 0, "decay_steps", "a non-negative integer", self.decay_steps)
-        require(
-            self.decay_steps == 0 or self.decay_steps > self.warmup_steps,
-            "decay_steps",
-            f"0 or more than --warmup-steps {self.warmup_steps}",
-            self.decay_steps,
-        )
-        require(
-            math.isfinite(self.grad_clip) and self.grad_clip >= 0,
-            "grad_clip",
-            "0 (off) or a positive number",
-            self.grad_clip,
-        )
-        require(
-            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-            "weight_decay",
-            "0 (off) or a positive number",
-            self.weight_decay,
-        )
-        require(self.checkpoint_every > 0, "checkpoint_every", "a positive integer", self.checkpoint_every)
-        require(self.keep_checkpoints > 0, "keep_checkpoints", "a positive integer", self.keep_checkpoints)
-        require(self.eval_batch_size > 0, "eval_batch_size", "a positive integer", self.eval_batch_size)
-        require(
-            self.max_consecutive_skips >= 0,
-            "max_consecutive_skips",
-            "a non-negative integer",
-            self.max_consecutive_skips,
-        )
-        require(bool(self.workdir), "workdir", "a directory path", self.workdir)
+        for condition, name, expected in checks:
+            require(condition, name, expected, getattr(self, name))
         self.seed_list()  # raises on a malformed --seeds
 
     def seed_list(self) -> list[int]:
@@ -225,15 +207,11 @@ class Task:
       eval_fn: ``(params, batch, key) -> dict of [B]`` per-example test metrics.
       headline: the eval metric shown in the progress bar.
       update_fn: optional non-gradient update after each optimizer step,
-        ``(params, model_state, aux, step, key) -> (params, model_state, metrics)``
-        (see :func:`vae_jax.train.make_train_step`).
+        ``(params, model_state, aux, step, key) -> (params, model_state, metrics)``.
       init_model_state: optional ``params -> model_state``, the state ``update_fn`` keeps.
-      optimizer: optional ``optax.GradientTransformation`` that replaces the one the config's flags build
-        (:func:`vae_jax.train.make_optimizer`).
-      not_trained: optional ``params -> pytree of bool`` (the params' structure, or a prefix of it): True
-        marks params that ``update_fn`` alone sets (the VQ-VAE's EMA codebook). The optimizer leaves
-        them alone and keeps no state for them (``optax.multi_transform`` with ``optax.set_to_zero``),
-        so weight decay or a schedule never moves them.
+      optimizer: optional ``optax.GradientTransformation`` replacing the one the config's flags build.
+      not_trained: optional ``params -> pytree of bool`` (a prefix of the params' structure): True marks
+        params that ``update_fn`` alone sets (the VQ-VAE's EMA codebook); the optimizer leaves them alone.
     """
 
     init_params: Callable

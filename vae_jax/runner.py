@@ -1,20 +1,9 @@
 """The shared training driver behind every experiment.
 
-:func:`train` takes a config (a :class:`TrainConfig` subclass) and a
-:class:`Task` (how to initialise, train and evaluate one model) and does the
-rest the same way for every experiment: loads the data once onto the device,
-trains R independent replicas (seeds) as one vmapped, jitted, scan-fused
-program, evaluates the test split every epoch, writes ``config.json``,
-``metrics.jsonl`` and ``summary.json``, saves Orbax checkpoints and resumes
-from the newest one.
-
-What it may do with a workdir (never destroy or rewrite a run by accident) and the records it reads and
-writes there are :mod:`vae_jax.workdir`'s: :func:`vae_jax.workdir.check_workdir` is called by every
-experiment before it loads any data.
-
-Logs and progress go to stderr (a progress bar only on a terminal, unless
-``--progress`` is given; a redirected log gets one line per epoch), so that
-stdout holds only the results the experiments print.
+:func:`train` takes a config (a :class:`TrainConfig` subclass) and a :class:`Task` and, the same way for
+every experiment, loads the data onto the devices, trains R replicas (seeds) as one vmapped, jitted program,
+evaluates the test split every epoch, writes the run's records (:mod:`vae_jax.workdir`), saves Orbax
+checkpoints and resumes from the newest one. Logs and progress go to stderr; stdout holds only results.
 """
 
 from __future__ import annotations
@@ -39,18 +28,15 @@ from vae_jax import data as data_lib
 from vae_jax import train as train_lib
 from vae_jax import workdir as workdir_lib
 from vae_jax.distributed import log
-from vae_jax.errors import ConfigError, field, require  # noqa: F401 (field, require: re-exported)
+from vae_jax.errors import ConfigError
 from vae_jax.protocol import Task, TrainConfig  # noqa: F401 (re-exported: the names experiments know)
 from vae_jax.tasks import vqvae as vqvae_tasks
 
 
 def loss_has_convolution(loss_fn, state, pixels: np.ndarray, labels: np.ndarray | None, batch_size: int) -> bool:
-    """Whether one replica's loss on a batch of ``pixels`` (and ``labels``) holds a convolution.
-
-    ``state`` has a leading replica axis (arrays or ``jax.ShapeDtypeStruct``). The loss is traced, not run:
-    its gradient (the train step) holds a convolution exactly when the loss does, and tracing the loss alone
-    takes a third of the time.
-    """
+    """Whether one replica's loss on a batch of ``pixels`` (and ``labels``) holds a convolution (``state``:
+    replicated). The loss is traced, not run: its gradient has a convolution exactly when it does, and tracing
+    the loss alone takes a third of the time."""
     params = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state.params)
     canonical = jax.dtypes.canonicalize_dtype
     batch = {"x": jax.ShapeDtypeStruct((batch_size, *pixels.shape[1:]), canonical(pixels.dtype))}
@@ -78,16 +64,11 @@ class TrainResult:
     reused_summary: bool = False
 
     def params(self, replica: int = 0):
-        """The params of one replica (a plain pytree of device arrays).
-
-        Sliced on the host: indexing each device array would compile a slicing program per leaf shape.
-        """
+        """The params of one replica, sliced on the host (indexing device arrays would compile per leaf shape)."""
         return jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a)[replica], self.state.params))
 
 
-def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> optax.GradientTransformation:
-    """The optimizer the config's flags describe (:func:`vae_jax.train.make_optimizer`)."""
-    return train_lib.make_optimizer(config, total_steps)
+make_optimizer = train_lib.make_optimizer  # the optimizer the config's flags describe (re-exported)
 
 
 def task_optimizer(config: TrainConfig, task: Task, total_steps: int | None = None) -> optax.GradientTransformation:
@@ -106,9 +87,8 @@ def task_optimizer(config: TrainConfig, task: Task, total_steps: int | None = No
 
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
-    """The config's dataset. With ``--stream`` or ``--distributed`` an uncompressed ``npz:`` archive is
-    memory-mapped, so a process reads from disk only the rows it puts on its devices or streams. Any other
-    source in a run of several processes is decoded once, by process 0 (:func:`decode_once`)."""
+    """The config's dataset; with ``--stream`` or ``--distributed`` an ``npz:`` archive is memory-mapped, and any
+    other source in a run of several processes is decoded once, by process 0 (:func:`decode_once`)."""
     phases.enter("data")
     if config.distributed:  # before anything touches a device (a no-op once cli.parse_config has started it)
         distributed.initialize()
@@ -145,12 +125,8 @@ def decode_once(config: TrainConfig) -> data_lib.Dataset:
 
 
 def host_split(pixels: np.ndarray, labels: np.ndarray | None) -> dict:
-    """One split as the programs read it, ``{"x": pixels}`` and ``"y"`` when it has labels (host arrays).
-
-    It goes to the devices in its stored form (``uint8`` stays ``uint8``: 1 byte a pixel;
-    :meth:`vae_jax.parallel.Plan.place_examples`); the train step and the evaluation convert each
-    batch with :func:`vae_jax.data.pixels_to_float`.
-    """
+    """One split as the programs read it, ``{"x": pixels}`` and ``"y"`` when it has labels (host arrays, in their
+    stored dtype: the programs convert each batch with :func:`vae_jax.data.pixels_to_float`)."""
     return {"x": pixels} if labels is None else {"x": pixels, "y": labels}
 
 
@@ -165,12 +141,7 @@ def make_epoch(
 ) -> Callable:
     """The epoch function :func:`train` calls: ``(state[R], data, data_keys[R], sample_keys[R], epoch)
     -> (state[R], metrics[R])``, streamed from ``host_arrays`` when given (:mod:`vae_jax.streaming`), else
-    the device-resident program of :func:`vae_jax.parallel.make_epoch_program` over the training split's
-    ``num_examples`` rows (:meth:`vae_jax.parallel.Plan.place_examples`).
-
-    Its train step skips and counts non-finite steps as ``--max-consecutive-skips`` says
-    (:func:`vae_jax.train.make_train_step`): one compiled epoch program per configuration.
-    """
+    the device-resident program of :func:`vae_jax.parallel.make_epoch_program` over ``num_examples`` rows."""
     step = train_lib.make_train_step(task.loss_fn, optimizer, task.update_fn, config.max_consecutive_skips)
     if host_arrays is not None:
         return streaming.make_stream_epoch(step, config.batch_size, layout, host_arrays)
@@ -178,17 +149,9 @@ def make_epoch(
 
 
 def check_setup(config: TrainConfig) -> None:
-    """Checks the flags that need no data against the file system and the devices, writing nothing.
-
-    The workdir must not lie inside another run (:func:`vae_jax.workdir.enclosing_run`) and must be a
-    directory that can be made and written; ``--devices``, ``--seeds`` and ``--batch-size``
-    must fit the devices (:func:`vae_jax.parallel.make_plan`, of every process with ``--distributed``).
-    ``cli.parse_config`` runs this before an experiment loads any data; a resumed run's settings are checked
-    by :func:`vae_jax.workdir.check_workdir`.
-
-    Raises:
-      ConfigError: with a one-line message naming the flag.
-    """
+    """Checks the flags that need no data, writing nothing (``cli.parse_config`` runs it before any data loads):
+    the workdir lies inside no other run and can be written; ``--devices``, ``--seeds`` and ``--batch-size``
+    fit the devices. Raises ConfigError with a one-line message naming the flag."""
     run = workdir_lib.enclosing_run(config.workdir)
     if run is not None:
         raise ConfigError(
@@ -206,9 +169,8 @@ def check_setup(config: TrainConfig) -> None:
 
 
 def train_and_report(config: TrainConfig, make_task: Callable, report: Callable, **train_kwargs):
-    """One model's run: its workdir checked before any data is loaded, the data loaded, ``make_task(config,
-    image_shape) -> (model, task)`` trained (:func:`train`), and ``report(config, model, result)``'s value
-    (:func:`report_on_main`)."""
+    """One model's run: workdir checked, data loaded, ``make_task(config, image_shape) -> (model, task)``
+    trained, and ``report(config, model, result)``'s value (:func:`report_on_main`)."""
     workdir_lib.check_workdir(config)
     dataset = load_data(config)
     log(f"data: {dataset.describe()}")
@@ -219,12 +181,8 @@ def train_and_report(config: TrainConfig, make_task: Callable, report: Callable,
 
 def report_on_main(workdir: str, report: Callable[[], Any]):
     """``report()`` (figures, records, result lines) in process 0 alone, then a stdout line naming the data the
-    run trained on (``data.json``); returns ``report()``'s value.
-
-    Every other process of a ``--distributed`` run prints one line saying where process 0 writes the results
-    and returns None. An experiment keeps everything after training that only process 0 does in ``report``,
-    so that no later line of the other processes depends on it.
-    """
+    run trained on; returns ``report()``'s value. Every other process prints where the results are written and
+    returns None."""
     if distributed.is_main_process():
         phases.enter("analyses")
         out = report()
@@ -275,14 +233,8 @@ def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.Train
 
 
 def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> list[dict]:
-    """``[{"epoch", "codes_used", "perplexity"}]`` over all of ``x`` for every checkpoint kept in the workdir.
-
-    Reads the Orbax checkpoints (one per ``--checkpoint-every`` epochs) and
-    measures each with :func:`vae_jax.tasks.vqvae.code_usage` (a VQ-VAE ``model``); with several seeds the numbers are
-    averaged over the replicas (and listed per seed). Each checkpoint is
-    verified as a resume verifies it (:func:`vae_jax.checkpoint.restore_epoch`:
-    Orbax's own checks, the SHA-256 digests of the array data files, leaf shapes); one that fails is left out with a one-line warning.
-    """
+    """``[{"epoch", "codes_used", "perplexity"}]`` over all of ``x`` (:func:`vae_jax.tasks.vqvae.code_usage`,
+    averaged over the seeds and listed per seed) for every checkpoint kept that restores (the others warned of)."""
     from vae_jax import checkpoint  # Orbax: imported when a checkpoint is read, not with the runner
 
     abstract = state_template(config, task)
@@ -303,15 +255,9 @@ def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> lis
                 vqvae_tasks.code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
                 for r in range(len(config.seed_list()))
             ]
-            out.append(
-                {
-                    "epoch": int(step),
-                    "codes_used": float(np.mean([u["codes_used"] for u in usage])),
-                    "perplexity": float(np.mean([u["perplexity"] for u in usage])),
-                    "per_seed_codes_used": [u["codes_used"] for u in usage],
-                    "per_seed_perplexity": [u["perplexity"] for u in usage],
-                }
-            )
+            per_seed = {name: [u[name] for u in usage] for name in ("codes_used", "perplexity")}
+            means = {name: float(np.mean(values)) for name, values in per_seed.items()}
+            out.append({"epoch": int(step), **means, **{f"per_seed_{k}": v for k, v in per_seed.items()}})
     finally:
         checkpoint.close(manager)
     return out
@@ -320,25 +266,24 @@ def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> lis
 def train(
     config: TrainConfig, task: Task, dataset: data_lib.Dataset | None = None, train_eval_examples: int = 0
 ) -> TrainResult:
-    """Trains ``task`` as configured, resuming from the workdir's newest checkpoint.
+    """Trains ``task`` as configured, resuming from the workdir's newest checkpoint: set up, train the epochs
+    left (none when the checkpoint holds ``config.epochs``: the records are left as they are), finish.
 
-    The workdir is locked for the run by process 0 (:class:`vae_jax.faults.WorkdirLock`);
-    a first SIGINT/SIGTERM stops the run after the current epoch with a
-    checkpoint and raises :class:`vae_jax.faults.Interrupted`; with ``--distributed``
-    a signal to any one process stops every process after the same epoch, with one
-    checkpoint (:func:`vae_jax.distributed.agreed_stop`).
+    Process 0 locks the workdir (:class:`vae_jax.faults.WorkdirLock`); a first SIGINT/SIGTERM (to any process)
+    stops the run after the current epoch with a checkpoint and raises :class:`vae_jax.faults.Interrupted`.
 
-    With ``train_eval_examples = n > 0`` each epoch also evaluates ``task.eval_fn``
-    on the first n training examples (a fixed subset) and logs the means as
-    ``train_eval_*`` beside ``test_*``: the same metric on seen and unseen
-    images, so the generalisation gap can be read per epoch.
+    With ``train_eval_examples = n > 0`` each epoch also evaluates ``task.eval_fn`` on the first n training
+    examples and logs the means as ``train_eval_*`` beside ``test_*`` (the generalisation gap per epoch).
     """
     if config.distributed:  # before anything touches a device, and before the lock: only process 0 takes it
         distributed.initialize()
     try:
         lock = faults.WorkdirLock(config.workdir) if distributed.is_main_process() else contextlib.nullcontext()
         with lock, faults.StopSignals() as stop, contextlib.ExitStack() as closing:
-            return _train(config, task, dataset, stop, closing, train_eval_examples)
+            start_time = time.time()
+            run = _set_up(config, task, dataset, closing, train_eval_examples)
+            test_metrics = _train_epochs(run, stop) if not run.nothing_to_train else None
+            return _finish(run, test_metrics, start_time)
     except BaseException as err:  # with --distributed, the other processes stop at their next barrier
         distributed.report_stop(err)
         if config.distributed and jax.process_count() > 1 and isinstance(err, jax.errors.JaxRuntimeError):
@@ -348,30 +293,6 @@ def train(
                 "resume"
             ) from None
         raise
-
-
-def _train(
-    config: TrainConfig,
-    task: Task,
-    dataset: data_lib.Dataset | None,
-    stop: faults.StopSignals,
-    closing: contextlib.ExitStack,
-    train_eval_examples: int = 0,
-) -> TrainResult:
-    """The body of :func:`train`: set up, train the epochs left, finish.
-
-    The workdir is checked first (:func:`vae_jax.workdir.check_workdir`); with ``--overwrite``
-    an old run is moved into ``WORKDIR/replaced-*/``. When the checkpoint already holds
-    ``config.epochs`` epochs nothing is trained: ``config.json``, ``metrics.jsonl`` and
-    ``summary.json`` are left as they are, and the summary is read back (the restored state is
-    evaluated only if it is missing). The checkpoint manager and the TensorBoard writer are
-    closed through ``closing`` however the run ends (their threads joined before the workdir
-    lock is released).
-    """
-    start_time = time.time()
-    run = _set_up(config, task, dataset, closing, train_eval_examples)
-    test_metrics = _train_epochs(run, stop) if not run.nothing_to_train else None
-    return _finish(run, test_metrics, start_time)
 
 
 @dataclasses.dataclass
@@ -414,8 +335,6 @@ class _Run:
 
 def _set_up(config, task, dataset, closing, train_eval_examples: int) -> _Run:
     """Workdir plan and records, data, initial or restored state, devices, the epoch and evaluation programs."""
-    if config.distributed:  # before anything touches a device
-        distributed.initialize()
     if config.compile_cache:  # before anything compiles
         caches.enable_compilation_cache()
     plan = workdir_lib.check_workdir(config)
@@ -480,18 +399,16 @@ def _open_records(config: TrainConfig, start_epoch: int, data_record: dict) -> l
 
 
 def _place(run: _Run, optimizer: optax.GradientTransformation, train_eval_examples: int) -> None:
-    """The devices' part of ``run``: the plan (vae_jax.parallel compiles for it), the state on the devices, and
-    only what the run goes on to use: nothing more when its summary.json is reused (no data placed, no program
-    built, nothing traced), the test split and the evaluation to evaluate it, and the training set-up
-    (:func:`_prepare_training`) when epochs are left."""
+    """The devices' part of ``run``: the plan and the state, then only what the run goes on to use: nothing more
+    when its summary.json is reused, the test split and its evaluation, and the training set-up when epochs are
+    left."""
     config, dataset = run.config, run.dataset
     run.layout = parallel.make_plan(len(run.seeds), config.batch_size, config.devices)
     run.state = run.layout.place_replicated(run.state)
     if run.summary_to_reuse is not None:
         return
     run.evaluate_split = _make_evaluate_split(run.task, config.eval_batch_size, run.layout)
-    # The evaluation splits are placed like the training split: each batch is split over the data shards
-    # (results past a split's rows are padding).
+    # Placed like the training split, rows split over the data shards (results past a split's rows are padding).
     run.test_data = run.layout.place_examples(host_split(dataset.test_pixels, dataset.y_test))
     if not run.nothing_to_train:
         _prepare_training(run, optimizer, train_eval_examples)
@@ -510,9 +427,8 @@ def _make_evaluate_split(task: Task, batch_size: int, layout: parallel.Plan) -> 
 
 
 def _prepare_training(run: _Run, optimizer: optax.GradientTransformation, train_eval_examples: int) -> None:
-    """The epoch program and the training split: on the devices, its rows split over the mesh's data shards,
-    unless a device's part would take more than half its memory: then batches stream from the host
-    (vae_jax.streaming). With ``train_eval_examples``, the fixed training subset (train()'s docstring)."""
+    """The epoch program and the training split: on the devices (rows split over the data shards) unless a
+    device's part would take more than half its memory, then streamed from the host; the train_eval subset."""
     config, dataset, layout = run.config, run.dataset, run.layout
     run.keys = layout.place_replicated(run.keys)
     host_arrays = host_split(dataset.train_pixels, dataset.y_train)
@@ -576,12 +492,12 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, dict]:
     run.train_seconds += seconds
     _stop_if_diverged(run, np.asarray(train_metrics["loss"]), epoch)
     test_metrics = run.evaluate_split(run.state.params, run.test_data, run.dataset.num_test)
-    line = {"epoch": epoch + 1, "seconds": seconds}
-    line.update({f"train_{name}": float(np.mean(values)) for name, values in train_metrics.items()})
-    line.update({f"test_{name}": float(np.mean(values)) for name, values in test_metrics.items()})
+    splits = {"train": train_metrics, "test": test_metrics}
     if run.train_eval is not None:
-        seen = run.evaluate_split(run.state.params, *run.train_eval)
-        line.update({f"train_eval_{name}": float(np.mean(values)) for name, values in seen.items()})
+        splits["train_eval"] = run.evaluate_split(run.state.params, *run.train_eval)
+    line = {"epoch": epoch + 1, "seconds": seconds}
+    for split, metrics in splits.items():
+        line.update({f"{split}_{name}": float(np.mean(values)) for name, values in metrics.items()})
     if len(run.seeds) > 1:
         line["per_seed"] = {
             **{f"train_{k}": np.asarray(v).tolist() for k, v in train_metrics.items()},
@@ -600,23 +516,18 @@ def _stop_if_diverged(run: _Run, train_loss: np.ndarray, epoch: int) -> None:
     """Raises :class:`TrainingDiverged` once a seed hit ``--max-consecutive-skips``, or, with skipping off
     (0), when an epoch's training loss is not finite."""
     config, workdir = run.config, run.config.workdir
+    retry = "train again with a lower --learning-rate in another --workdir (or add --overwrite)"
     skip_stop = faults.skip_limit_message(run.state, config.max_consecutive_skips, run.seeds, epoch + 1)
     if skip_stop:
-        raise TrainingDiverged(
-            f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or train again with "
-            "a lower --learning-rate in another --workdir (or add --overwrite)"
-        )
+        raise TrainingDiverged(f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or {retry}")
     if not config.max_consecutive_skips and not np.all(np.isfinite(train_loss)):
         bad = [s for s, v in zip(run.seeds, train_loss, strict=True) if not np.isfinite(v)]
-        raise TrainingDiverged(
-            f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); {_checkpoint_on_disk(workdir)}; "
-            "train again with a lower --learning-rate in another --workdir (or add --overwrite)"
-        )
+        where = _checkpoint_on_disk(workdir)
+        raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); {where}; {retry}")
 
 
 def _finish(run: _Run, test_metrics: dict | None, start_time: float) -> TrainResult:
     """The run's summary.json (read back when nothing was trained and it is complete) and its result."""
-    summary_path = run.path("summary.json")
     if run.nothing_to_train:
         reuse = run.summary_to_reuse is not None
         log(
@@ -629,7 +540,7 @@ def _finish(run: _Run, test_metrics: dict | None, start_time: float) -> TrainRes
             return dataclasses.replace(_result(run, None, run.summary_to_reuse), reused_summary=True)
         test_metrics = run.evaluate_split(run.state.params, run.test_data, run.dataset.num_test)
     summary = _summary(run, test_metrics, start_time)
-    workdir_lib.write_json(summary_path, summary)
+    workdir_lib.write_json(run.path("summary.json"), summary)
     return _result(run, test_metrics, summary)
 
 
@@ -665,9 +576,8 @@ def _summary(run: _Run, test_metrics: dict, start_time: float) -> dict:
 
 
 def _result(run: _Run, test_metrics: dict | None, summary: dict) -> TrainResult:
-    state = run.state
-    if jax.process_count() > 1:  # host copies: the figures read replicas that live on other processes
-        state = distributed.to_host(state)
+    # With several processes, host copies: the figures read replicas that live on other processes.
+    state = distributed.to_host(run.state) if jax.process_count() > 1 else run.state
     return TrainResult(state, run.seeds, run.dataset, run.history, test_metrics, summary)
 
 

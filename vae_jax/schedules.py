@@ -1,22 +1,13 @@
 """KL-weight (beta) schedules: pure functions of the optimizer step.
 
-A schedule is ``beta_fn(step) -> beta`` with ``step`` an int (or a traced
-int32 inside a jitted train step: every schedule here is written with
-``jnp`` so it traces). ``step`` counts optimizer steps from 0.
-
-* :func:`constant` -- beta fixed (beta = 1 is the ELBO of Kingma & Welling 2014,
-  beta > 1 the beta-VAE of Higgins et al. 2017).
-* :func:`linear_warmup` -- KL annealing (Bowman et al. 2016): beta rises
-  linearly from 0 to ``beta`` over ``warmup_steps`` steps, then stays there.
-* :func:`cyclical` -- the cyclical annealing of Fu et al. (2019): the steps are
-  cut into cycles of ``cycle_steps``; within a cycle beta rises linearly from 0
-  to ``beta`` over the first ``ramp_fraction`` of the cycle, then holds.
+A schedule is ``beta_fn(step) -> beta``, ``step`` an int or a traced int32 counting optimizer steps from 0:
+:func:`constant` (beta = 1 is the ELBO of Kingma & Welling 2014, beta > 1 the beta-VAE of Higgins et al. 2017),
+:func:`linear_warmup` (the KL annealing of Bowman et al. 2016) and :func:`cyclical` (Fu et al. 2019).
 
 References:
   Bowman et al., "Generating Sentences from a Continuous Space", CoNLL 2016.
   Higgins et al., "beta-VAE: Learning Basic Visual Concepts...", ICLR 2017.
-  Fu et al., "Cyclical Annealing Schedule: A Simple Approach to Mitigating
-  KL Vanishing", NAACL 2019.
+  Fu et al., "Cyclical Annealing Schedule: A Simple Approach to Mitigating KL Vanishing", NAACL 2019.
 """
 
 from __future__ import annotations

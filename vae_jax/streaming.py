@@ -1,33 +1,15 @@
 """Training on data bigger than device memory: batches streamed from host memory (or a memory-mapped file) by Grain.
 
-The device-resident, scan-fused epoch (:mod:`vae_jax.parallel`) stays the
-fast path; ``--stream`` (or a device's part of the training split larger than
-half its memory, where the device reports its memory) switches to
-:func:`make_stream_epoch`, which keeps the arrays on the host and runs the
-jitted train step once per batch.
+``--stream`` (or a device's part of the training split larger than half its memory) switches from the
+device-resident epoch (:mod:`vae_jax.parallel`) to :func:`make_stream_epoch`, which keeps the arrays on the
+host and runs the jitted train step once per batch. It draws exactly what the resident epoch draws (batches
+``train.epoch_batches(fold_in(data_key, epoch))``, step keys ``fold_in(sample_key, step)``), so both train the
+same model up to float rounding (tested).
 
-It draws exactly what the resident epoch draws: the epoch's batches are
-``train.epoch_batches(fold_in(data_key, epoch))`` and each step's key is
-``fold_in(sample_key, step)``, so on data small enough for both the two paths
-train the same model (tested; they differ only by the float rounding of a
-fused scan body against separate step calls).
-
-The loader is Grain (``grain.MapDataset``): a random-access source of batch
-indices and a ``map`` that gathers the rows from the host arrays (NumPy arrays
-or ``np.load(..., mmap_mode="r")`` memory maps, so only the rows of the batch
-are read from disk), run ahead of training by a Grain prefetch thread. Grain
-was picked over TFDS's ``data_source`` because it reads any random-access
-source (our arrays, memory maps, ArrayRecord files) without TensorFlow, and is
-JAX's own data loader (deterministic, checkpointable iterators).
-
-Several processes (``--distributed``): every process computes the same global
-batch indices, but gathers only the rows that its own devices hold under the
-batch's sharding (``Sharding.addressable_devices_indices_map``), and the
-global batch is assembled from those shards with
-``jax.make_array_from_single_device_arrays``. With the batch split along the
-mesh's ``data`` axis over two hosts, each host reads half of every batch;
-with seeds split along ``replica``, each host reads its own seeds' batches.
-In one process the same code reads every row (all devices are its own).
+The loader is Grain (``grain.MapDataset``, JAX's own loader, which reads any random-access source without
+TensorFlow): a prefetch thread gathers each batch's rows from NumPy arrays or memory maps. With several
+processes every process computes the same global batch indices but gathers only the rows its own devices hold
+under the batch's sharding, and the global batch is assembled with ``jax.make_array_from_single_device_arrays``.
 """
 
 from __future__ import annotations
@@ -66,29 +48,21 @@ def epoch_batch_indices(data_keys: jax.Array, epoch: int, num_examples: int, bat
     return np.asarray(distributed.to_host(order)).transpose(1, 0, 2)
 
 
-def local_shards(sharding: jax.sharding.Sharding, shape: tuple) -> list[tuple[jax.Device, tuple]]:
-    """``(device, index)`` of each shard of a global array of ``shape`` that this process holds.
-
-    ``index`` is a tuple of slices into the global array, as ``jax.make_array_from_callback`` passes them.
-    """
-    return list(sharding.addressable_devices_indices_map(tuple(shape)).items())
-
-
 def batch_dataset(
     arrays: dict, batch_indices: np.ndarray, sharding: jax.sharding.Sharding | None = None, prefetch: int = 4
 ):
-    """The batches ``{name: [R, B, ...]}`` of ``batch_indices[num_batches, R, B]`` as global ``jax.Array``s.
-
-    A Grain prefetch thread gathers, ``prefetch`` batches ahead, only the rows
-    of this process's shards of each batch under ``sharding`` (default: the
-    first local device); the loop then puts each shard on its device and
-    assembles the global batch.
-    """
+    """The batches ``{name: [R, B, ...]}`` of ``batch_indices[num_batches, R, B]`` as global ``jax.Array``s: a
+    Grain thread gathers, ``prefetch`` batches ahead, the rows of this process's shards under ``sharding``
+    (default: the first local device)."""
     import grain
 
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     replicas, batch = batch_indices.shape[1:]
-    shards = {name: local_shards(sharding, (replicas, batch, *array.shape[1:])) for name, array in arrays.items()}
+    # (device, index: slices into the global batch) of each shard this process holds
+    shards = {
+        name: list(sharding.addressable_devices_indices_map((replicas, batch, *array.shape[1:])).items())
+        for name, array in arrays.items()
+    }
 
     def gather(indices):  # [R, B] -> {name: [rows of each local shard]}
         out = {}
@@ -121,12 +95,9 @@ def batch_dataset(
 
 
 def make_stream_epoch(train_step: Callable, batch_size: int, plan: parallel.Plan, arrays: dict):
-    """``epoch_fn(state[R], _, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])`` over host ``arrays``.
-
-    The signature of :func:`vae_jax.parallel.make_epoch_program` (the second
-    argument, the resident data, is ignored): ``runner.train`` calls either.
-    ``arrays`` maps ``x`` (and ``y``) to host arrays with the examples on axis 0.
-    """
+    """``epoch_fn(state[R], _, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])`` over host ``arrays``
+    (``x`` and ``y``, examples on axis 0): the signature of :func:`vae_jax.parallel.make_epoch_program`, whose
+    resident data (the second argument) is ignored."""
 
     def one_step(state, batch, sample_key):
         return train_step(state, batch, jax.random.fold_in(sample_key, state.step))

@@ -1,14 +1,8 @@
 """TensorBoard event files in a run's workdir: per-epoch train/test scalars (mean and per seed) and figures.
 
-Written with ``tensorboardX`` (a maintained writer of the event format that
-needs no TensorFlow). View every run under ``runs/`` with::
-
-    pip install tensorboard && tensorboard --logdir runs/
-
-Tags: ``train/NAME`` and ``test/NAME`` hold the mean over seeds;
-``train/NAME/seed_S`` and ``test/NAME/seed_S`` each seed's value when a run
-trains several; ``figures/FILE`` the PNG figures of the run (at its last epoch).
-Only process 0 writes (see :func:`vae_jax.runner.train`).
+Written with ``tensorboardX`` (no TensorFlow needed); view with ``tensorboard --logdir runs/``. Tags:
+``train/NAME`` and ``test/NAME`` (mean over seeds), ``train/NAME/seed_S`` and ``test/NAME/seed_S`` (each seed),
+``figures/FILE`` (the run's PNG figures at its last epoch).
 """
 
 from __future__ import annotations
@@ -60,10 +54,8 @@ class EpochWriter:
 def _summary_writer_class():
     """``tensorboardX.SummaryWriter``, imported without PyTorch.
 
-    tensorboardX imports PyTorch at import time when it is installed, only to
-    accept torch tensors as values (seconds of a run's start-up). This module
-    passes floats and NumPy arrays, so unless PyTorch is
-    already loaded its import is made to fail for that moment (a ``None`` in
+    tensorboardX imports PyTorch when it is installed, only to accept torch tensors (seconds of a run's
+    start-up); unless PyTorch is already loaded, its import is made to fail for that moment (a ``None`` in
     ``sys.modules``), which tensorboardX handles as "no PyTorch".
     """
     if "torch" in sys.modules or "tensorboardX" in sys.modules:

@@ -1,23 +1,10 @@
 """A training run's workdir: the checks that keep its run safe, and the records it holds.
 
-The driver (:func:`vae_jax.runner.train`) trains; this module decides what it may do with a workdir and
-reads and writes the files that describe the run:
-
-* ``config.json`` (:func:`config_record`; read back by :func:`load_run_config`), ``data.json``
-  (:data:`DATA_RECORD`, the data the run trained on), ``metrics.jsonl`` (:func:`read_history`) and
-  ``summary.json`` (:func:`write_summary`), all written by process 0 alone (:func:`write_json`);
-* the reports an experiment writes beside them, reused on a rerun when they were written for the same
-  checkpoint, data and settings (:func:`report_fingerprint`, :func:`reusable_report`,
-  :func:`reuse_or_compute`).
-
-A workdir's run is never destroyed or rewritten by accident:
-:func:`check_workdir` (called by every experiment before it loads any data)
-refuses ``--no-resume``, other settings or a shorter ``--epochs`` on a
-workdir that holds a run, unless ``--overwrite`` is given, which moves the
-whole old run (checkpoints, records, figures, ``eval.json``) into a dated
-sub-folder ``WORKDIR/replaced-YYYYmmdd-HHMMSS/`` (:func:`move_run_aside`); nothing is deleted.
-``config.json`` and ``summary.json`` always describe the model in the
-checkpoints.
+The records (``config.json``, ``data.json``, ``metrics.jsonl``, ``summary.json``) are written by process 0
+alone (:func:`write_json`); an experiment's reports beside them are reused on a rerun for the same checkpoint,
+data and settings (:func:`reuse_or_compute`). :func:`check_workdir` (run before any data loads) refuses
+``--no-resume``, other settings or a shorter ``--epochs`` on a workdir that holds a run unless ``--overwrite``
+is given, which moves the old run into ``WORKDIR/replaced-YYYYmmdd-HHMMSS/``: nothing is deleted.
 """
 
 from __future__ import annotations
@@ -63,13 +50,9 @@ REPLACED_PREFIX = "replaced-"
 
 @dataclasses.dataclass(frozen=True)
 class WorkdirPlan:
-    """What :func:`vae_jax.runner.train` will do with a workdir, decided by :func:`check_workdir` before any data is loaded.
-
-    Attributes:
-      checkpoint_epoch: epoch of the newest checkpoint on disk, or None.
-      move_aside: ``--overwrite`` applies: the old run goes into ``WORKDIR/replaced-*/`` first.
-      nothing_to_train: the checkpoint already holds ``--epochs`` epochs; the records are left as they are.
-    """
+    """What :func:`vae_jax.runner.train` will do with a workdir (:func:`check_workdir`'s answer): the epoch of its
+    newest checkpoint (or None), whether the old run is moved aside first (``--overwrite``), and whether the
+    checkpoint already holds ``--epochs`` epochs (nothing to train; the records are left as they are)."""
 
     workdir: str
     checkpoint_epoch: int | None
@@ -107,15 +90,9 @@ def _setting(value) -> str:
 def check_workdir(config: TrainConfig) -> WorkdirPlan:
     """Checks, without changing anything, that ``config`` may use its workdir; returns the plan.
 
-    A workdir holds a run when it has a checkpoint or a ``summary.json``. Such a
-    workdir is continued only with the settings it was trained with (fields in
-    :data:`RESUMABLE_FIELDS` may differ) and an ``--epochs`` no smaller than its
-    checkpoint's. ``--no-resume``, other settings or another kind of run are
-    refused unless ``--overwrite`` is given; every message names the safe path
-    (another ``--workdir``) first.
-
-    Raises:
-      ConfigError: with a one-line message naming the flag.
+    A workdir with a checkpoint or a ``summary.json`` holds a run, continued only with its settings (but
+    :data:`RESUMABLE_FIELDS`) and an ``--epochs`` no smaller than its checkpoint's, unless ``--overwrite``;
+    else a ConfigError with a one-line message naming the flag.
     """
     workdir = config.workdir
     if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -136,8 +113,7 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
     saved = read_json(config_path, "run's settings") if os.path.isfile(config_path) else None
     if saved is None:
         raise ConfigError(f"--workdir {workdir} holds {held} but no config.json; use another --workdir, or {aside}")
-    saved = _without_retired(saved)
-    saved_kind = saved.pop("kind", config.kind)
+    saved, saved_kind = _saved_settings(saved, config.kind)
     if saved_kind != config.kind:
         raise ConfigError(
             f"--workdir {workdir} holds a {saved_kind} run, not a {config.kind} run; use another --workdir, or {aside}"
@@ -183,19 +159,11 @@ def check_workdir(config: TrainConfig) -> WorkdirPlan:
 
 def enclosing_run(workdir: str) -> str | None:
     """The nearest directory above ``workdir`` that holds a run's ``config.json`` (a JSON object with a
-    ``workdir`` setting, as every experiment writes), or None. A run's own sub-runs (a VQ-VAE's ``prior/``)
-    are laid out by its experiment; a workdir a user names must not lie inside another run."""
+    ``workdir`` setting), or None."""
     here = os.path.abspath(workdir)
     while os.path.dirname(here) != here:
         here = os.path.dirname(here)
-        path = os.path.join(here, "config.json")
-        if not os.path.isfile(path):
-            continue
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-        except (OSError, ValueError):
-            continue
+        saved = _read_or_none(os.path.join(here, "config.json"))
         if isinstance(saved, dict) and "workdir" in saved:
             return here
     return None
@@ -207,13 +175,8 @@ DATA_RECORD = "data.json"  # in the workdir, beside config.json: the data the ru
 def check_run_data(config: TrainConfig, record: dict) -> None:
     """Refuses to continue the run in ``config.workdir`` on data other than its ``data.json`` records.
 
-    ``record`` is the :meth:`vae_jax.data.Dataset.record` of the data loaded now. The same ``--dataset``
-    can name other data on another machine or day: ``mnist`` is TFDS's 70,000 digits or, offline, the
-    5,000 embedded ones; a file or folder can be replaced. A run without ``data.json`` (written before it
-    existed) is not checked.
-
-    Raises:
-      ConfigError: one line naming ``--dataset`` and both sources.
+    ``record`` is the :meth:`vae_jax.data.Dataset.record` of the data loaded now: the same ``--dataset`` can
+    name other data on another machine or day. A run without ``data.json`` is not checked. Raises ConfigError.
     """
     mismatch = data_mismatch(config.workdir, record)
     if mismatch is None:
@@ -227,12 +190,9 @@ def check_run_data(config: TrainConfig, record: dict) -> None:
 
 
 def data_mismatch(workdir: str, record: dict, trained: dict | None = None) -> str | None:
-    """``"--workdir W was trained on A, but this data is B"`` when ``record`` (a
-    :meth:`vae_jax.data.Dataset.record`) is not the data of ``WORKDIR/data.json`` (or of ``trained``, the record
-    an exported file carries); None when it is, or when the run has no such record."""
-    path = os.path.join(workdir, DATA_RECORD)
-    if trained is None and os.path.isfile(path):
-        trained = read_json(path, "record of the run's data")
+    """``"--workdir W was trained on A, but this data is B"`` when ``record`` is not the data of
+    ``WORKDIR/data.json`` (or of ``trained``, an exported file's record); None when it is, or when none is kept."""
+    trained = _data_record(workdir) if trained is None else trained
     if trained is None:
         return None
     keys = ("source", "n_train", "n_test", "image_shape", "fingerprint")
@@ -245,17 +205,21 @@ def data_mismatch(workdir: str, record: dict, trained: dict | None = None) -> st
 
 
 def _trained_on_spec(workdir: str) -> str | None:
-    """The resolved ``--dataset`` the run in ``workdir`` trained on (``data.json``), e.g. ``mnist:embedded`` for a
-    run of ``--dataset mnist`` that fell back to the embedded digits; None when not recorded. Naming it is
-    no change of settings: :func:`check_run_data` checks the data itself once it is loaded."""
+    """The resolved ``--dataset`` the run in ``workdir`` trained on (``data.json``; e.g. ``mnist:embedded`` for
+    ``--dataset mnist`` offline), or None when not recorded."""
+    record = _data_record(workdir)
+    return None if record is None else record.get("source")
+
+
+def _data_record(workdir: str) -> dict | None:
+    """``WORKDIR/data.json`` as read (a ConfigError if it cannot be), or None when there is none."""
     path = os.path.join(workdir, DATA_RECORD)
-    return read_json(path, "record of the run's data").get("source") if os.path.isfile(path) else None
+    return read_json(path, "record of the run's data") if os.path.isfile(path) else None
 
 
 def _trained_at_size(workdir: str, saved_size: int, image_size: int) -> bool:
-    """Whether a run trained with ``--image-size 0`` (the images' own size) trained on ``image_size`` squares, so
-    that asking for ``image_size`` now changes nothing (a ``--preset faces128`` run from before the preset set
-    ``--image-size 128``). Read from ``data.json`` or ``summary.json``; False when neither says."""
+    """Whether a run trained with ``--image-size 0`` trained on ``image_size`` squares anyway (so asking for
+    ``image_size`` now changes nothing), as ``data.json`` or ``summary.json`` says; False when neither says."""
     if saved_size != 0 or not image_size:
         return False
     for name in (DATA_RECORD, "summary.json"):
@@ -318,9 +282,9 @@ def data_record_of(workdir: str) -> dict | None:
         if os.path.isdir(os.path.join(workdir, name))
     ]
     for directory in candidates:
-        path = os.path.join(directory, DATA_RECORD)
-        if os.path.isfile(path):
-            return read_json(path, "record of the run's data")
+        record = _data_record(directory)
+        if record is not None:
+            return record
     return None
 
 
@@ -333,10 +297,7 @@ def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
-def probe_workdir(workdir: str) -> None:
-    """Creates ``workdir`` if needed and checks that a file can be written in it (a ConfigError if not;
-    :func:`vae_jax.errors.require_writable_dir`)."""
-    require_writable_dir(workdir, "workdir")
+probe_workdir = require_writable_dir  # creates the workdir if needed and checks that a file can be written in it
 
 
 def write_json(path: str, obj) -> None:
@@ -351,13 +312,8 @@ def write_json(path: str, obj) -> None:
 
 
 def report_fingerprint(params, settings) -> str:
-    """``sha256:...`` of trained ``params`` (any pytree of arrays) and JSON-able ``settings``.
-
-    An experiment stores it beside its report (``comparison.json``,
-    ``summary.json``) so that a rerun on finished checkpoints can reuse the
-    report (:func:`reusable_report`) instead of evaluating again; any change
-    to the parameters, the data or a setting changes the fingerprint.
-    """
+    """``sha256:...`` of trained ``params`` (any pytree of arrays) and JSON-able ``settings``: stored beside a
+    report so that a rerun on the same checkpoints, data and settings reuses it (:func:`reusable_report`)."""
     return "sha256:" + caches.fingerprint(params, settings)
 
 
@@ -377,14 +333,12 @@ def reusable_report(path: str, fingerprint: str) -> dict | None:
 
 
 def reuse_or_compute(path: str, fingerprint: str, compute: Callable[[], tuple[dict, list[str] | None]]) -> dict:
-    """The report at ``path`` when it was written for ``fingerprint`` (:func:`reusable_report`), else computed.
+    """The report at ``path`` when it was written for ``fingerprint`` (:func:`reusable_report`; logged), else
+    computed and written.
 
-    A reused report is logged (``reusing PATH ...``) and returned as read. Otherwise ``compute()`` returns
-    ``(report, figures)``: the report (a dict) and the paths of the figures it drew, or None when the report
-    already lists them by name under ``figures``. The report gets ``report_fingerprint`` and is written: a
-    ``summary.json`` by :func:`write_summary` (which lists ``figures`` and adds ``phases``), any other file
-    (``comparison.json``) as it is by :func:`write_json`. The caller prints its result lines from the
-    returned report either way, so a rerun prints the same lines.
+    ``compute()`` returns ``(report, figures)``: a dict and the paths of the figures it drew (None when the
+    report lists them under ``figures`` already). The report gets ``report_fingerprint`` and is written by
+    :func:`write_summary` when ``path`` is a ``summary.json``, else by :func:`write_json`.
     """
     report = reusable_report(path, fingerprint)
     if report is not None:
@@ -403,11 +357,7 @@ def reuse_or_compute(path: str, fingerprint: str, compute: Callable[[], tuple[di
 
 def complete_report(path: str) -> dict | None:
     """The JSON report at ``path`` if it can be read and every figure it lists exists beside it; else None."""
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except (OSError, ValueError):
-        return None
+    report = _read_or_none(path)
     if not isinstance(report, dict) or not isinstance(report.get("figures", []), list):
         return None
     folder = os.path.dirname(path)
@@ -430,6 +380,15 @@ def _json_or_none(text: str):
         return None
 
 
+def _read_or_none(path: str):
+    """The JSON file at ``path``, or None when it cannot be read or parsed."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def load_run_config(workdir: str, config_cls):
     """The config a run in ``workdir`` was trained with (from its ``config.json``)."""
     path = os.path.join(workdir, "config.json")
@@ -441,8 +400,7 @@ def load_run_config(workdir: str, config_cls):
 
 def config_from_record(saved: dict, config_cls, where: str):
     """``config_cls`` from what :func:`config_record` wrote (read from ``where``, named in the one-line errors)."""
-    saved = _without_retired(saved)
-    saved_kind = saved.pop("kind", config_cls.kind)
+    saved, saved_kind = _saved_settings(saved, config_cls.kind)
     if saved_kind != config_cls.kind:
         raise ConfigError(f"--workdir {where} holds a {saved_kind} run, not a {config_cls.kind} run")
     known = {f.name: f for f in dataclasses.fields(config_cls)}
@@ -455,17 +413,15 @@ def config_from_record(saved: dict, config_cls, where: str):
     return config_cls(**values)
 
 
-def _without_retired(saved: dict) -> dict:
-    """A copy of a read ``config.json`` without the :data:`RETIRED_FIELDS` an older run may have written."""
-    return {k: v for k, v in saved.items() if k not in RETIRED_FIELDS}
+def _saved_settings(saved: dict, kind: str) -> tuple[dict, str]:
+    """A read ``config.json`` without its ``kind`` (default ``kind``) and the :data:`RETIRED_FIELDS`, and that kind."""
+    saved = {k: v for k, v in saved.items() if k not in RETIRED_FIELDS}
+    return saved, saved.pop("kind", kind)
 
 
 def write_summary(workdir: str, summary: dict, figures: list[str] | None = None) -> None:
     """Writes ``summary.json`` with this process's ``phases``; ``figures`` (paths) are listed in it by file name.
-
-    When ``summary.json``, written by an earlier process, already holds exactly this summary (a rerun with
-    nothing to train), the file is left as it is, with the phases of the process that trained the run.
-    """
+    One that an earlier process wrote with exactly this summary (a rerun that changed nothing) is left as it is."""
     if figures is not None:
         names = [os.path.basename(p) for p in figures]
         summary["figures"] = names + [n for n in summary.get("figures", []) if n not in names]
