@@ -1,16 +1,9 @@
 """A small image classifier (flax MLP + optax), used to measure which class generated images show.
 
-The conditional VAE claims to generate a requested class; this module gives
-the independent judge: a classifier trained on the real training split only,
-whose own test accuracy is reported beside the fraction of generated images
-it assigns to the requested class (the "class accuracy" of conditional
-samples, a common measure for class-conditional generators; cf. the
-"classification accuracy score" of Ravuri & Vinyals 2019, which trains in the
-other direction).
-
-Training is a jitted, scan-fused epoch of Adam steps on the mean softmax
-cross-entropy (``optax.softmax_cross_entropy_with_integer_labels``) over
-shuffled minibatches, from one key.
+The conditional VAE's independent judge: trained on the real training split only, its own test
+accuracy is reported beside the fraction of generated images it assigns to the requested class (cf.
+the "classification accuracy score" of Ravuri & Vinyals 2019, which trains in the other direction).
+Training is a jitted, scan-fused epoch of Adam steps on the mean softmax cross-entropy.
 """
 
 from __future__ import annotations

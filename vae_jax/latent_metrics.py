@@ -1,22 +1,12 @@
 """The AE and the VAE side by side: matched configs, reconstruction metrics, and how good prior samples are.
 
-A deterministic autoencoder learns *a* code, but nothing makes its codes fill
-N(0, I), so decoding z ~ N(0, I) gives whatever the decoder does off its
-data; a VAE's KL term pulls q(z|x) towards N(0, I), so the same draw lands
-where the decoder was trained. This module measures that, on host arrays:
-
-* :func:`nearest_neighbor_distance`: Euclidean distance from each decoded
-  image to its nearest training image. Decoded prior samples that look like
-  digits sit about as close to the training set as decoded test
-  reconstructions do; off-manifold decodings sit farther away.
-* :func:`fit_digit_classifier` / :func:`classifier_confidence`: a
-  scikit-learn logistic regression trained on the training images, and the
-  mean max-class probability and mean entropy (nats) of its predictions on
-  decoded images: digit-like images get confident, low-entropy predictions.
-
-:class:`AEVAEConfig` and :func:`matched_configs` build an AE and a VAE that
-differ only in the KL term: the same MLP widths, latent size and Bernoulli
-reconstruction loss (the AE's ``bce`` is the VAE's Bernoulli NLL).
+A deterministic autoencoder's codes need not fill N(0, I), so decoding z ~ N(0, I) gives whatever its
+decoder does off its data; a VAE's KL term pulls q(z|x) towards N(0, I). This module measures that on
+host arrays: :func:`nearest_neighbor_distance` (decoded images that look like digits sit about as close
+to the training set as decoded test reconstructions do) and :func:`classifier_confidence` of a
+logistic regression (:func:`fit_digit_classifier`; digit-like images get confident, low-entropy
+predictions). :class:`AEVAEConfig` and :func:`matched_configs` build an AE and a VAE that differ only
+in the KL term (the AE's ``bce`` is the VAE's Bernoulli NLL).
 """
 
 from __future__ import annotations
@@ -52,19 +42,14 @@ def matched_configs(config: AEVAEConfig, latent_dim: int, workdir: str) -> dict:
     """``{"ae": AEConfig, "vae": VAEConfig}`` with ``config``'s training flags, ``latent_dim``, and
     sub-workdirs ``workdir/ae_z{latent_dim}`` and ``workdir/vae_z{latent_dim}``."""
     common = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
-    common["hidden"] = tuple(config.hidden)
-    common["latent_dim"] = latent_dim
+    common.update(hidden=tuple(config.hidden), latent_dim=latent_dim)
+    own = {
+        "ae": (tasks.AEConfig, dict(variant="plain", arch="mlp", loss="bce", output="sigmoid")),
+        "vae": (tasks.VAEConfig, dict(likelihood="bernoulli", beta=1.0)),
+    }
     return {
-        "ae": tasks.AEConfig(
-            **{**common, "workdir": os.path.join(workdir, f"ae_z{latent_dim}")},
-            variant="plain",
-            arch="mlp",
-            loss="bce",
-            output="sigmoid",
-        ),
-        "vae": tasks.VAEConfig(
-            **{**common, "workdir": os.path.join(workdir, f"vae_z{latent_dim}")}, likelihood="bernoulli", beta=1.0
-        ),
+        kind: cls(**{**common, "workdir": os.path.join(workdir, f"{kind}_z{latent_dim}")}, **settings)
+        for kind, (cls, settings) in own.items()
     }
 
 
@@ -210,21 +195,17 @@ def prior_sample_quality(
 ) -> dict:
     """Decodes ``num_samples`` z ~ N(0, I) and the test reconstructions and measures both.
 
-    Returns a dict with, for ``prior_samples`` and ``test_reconstructions``:
-    ``nn_distance_mean`` (to the nearest training image) and the classifier's
-    ``mean_max_prob`` / ``mean_entropy``; the ratio
-    ``nn_distance_ratio`` = samples / reconstructions (1: samples are as close
-    to the data as reconstructions are); and ``code_std`` ``[D]``, the std of
-    the test codes per dimension (how far from N(0, I) the codes live).
+    Returns :func:`image_quality` of ``prior_samples`` and of ``test_reconstructions``; their
+    ``nn_distance_ratio`` (samples / reconstructions: 1 when samples are as close to the data as
+    reconstructions are); ``code_std`` ``[D]`` and ``code_mean_norm`` of the test codes (how far from
+    N(0, I) they live).
     """
-    latent_dim = model.latent_dim
-    z = standard_normal(key, (num_samples, latent_dim))
-    samples = decode_images(model, params, z)
     codes = encode(kind, model, params, x_test)
-    recons = decode_images(model, params, codes[:num_samples])
-    out = {}
-    for name, images in (("prior_samples", samples), ("test_reconstructions", recons)):
-        out[name] = image_quality(images, x_train, classifier)
+    images = {
+        "prior_samples": decode_images(model, params, standard_normal(key, (num_samples, model.latent_dim))),
+        "test_reconstructions": decode_images(model, params, codes[:num_samples]),
+    }
+    out = {name: image_quality(x, x_train, classifier) for name, x in images.items()}
     out["nn_distance_ratio"] = (
         out["prior_samples"]["nn_distance_mean"] / out["test_reconstructions"]["nn_distance_mean"]
     )

@@ -54,19 +54,18 @@ def train_variant(vq_config: vq.VQVAEConfig, prior_config: prior_lib.PriorConfig
     ``test_codes`` (the first seed's code grids of the test images) and ``prior`` (model, result) or None."""
     model, task = vq.vqvae_task(vq_config, dataset.image_shape, dataset.x_train_first())
     result = runner.train(vq_config, task, dataset)
-    # read from the checkpoints, which every process opens together
+    params = result.params(0)
     trained = {
         "model": model,
         "result": result,
         "prior": None,
+        # read from the checkpoints, which every process opens together
         "usage_by_epoch": usage_by_epoch(vq_config, task, model, dataset.x_test, result),
-        "test_codes": vq.encode_indices(model, result.params(0), dataset.x_test),  # the first seed's
+        "test_codes": vq.encode_indices(model, params, dataset.x_test),
     }
     if prior_config.epochs:
-        params = result.params(0)
-        train_codes = np.concatenate(
-            [vq.encode_indices(model, params, x) for x in data_lib.float_chunks(dataset.train_pixels)]
-        )
+        chunks = data_lib.float_chunks(dataset.train_pixels)
+        train_codes = np.concatenate([vq.encode_indices(model, params, x) for x in chunks])
         codes_data = prior_lib.codes_dataset(train_codes, trained["test_codes"], f"VQ-VAE codes of {dataset.source}")
         prior_model, prior_task = prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)
         trained["prior"] = (prior_model, runner.train(prior_config, prior_task, codes_data))
