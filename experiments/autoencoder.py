@@ -57,28 +57,15 @@ def write_figures(config: tasks.AEConfig, model, result: runner.TrainResult) -> 
         rows, labels = [x, output], ["original", "reconstruction"]
     arch = config.arch if config.arch == "mlp" else f"conv, {config.upsampling}"
     workdir = config.workdir
-    paths = [
-        plots.save_image_rows(
-            rows,
-            labels,
-            os.path.join(workdir, "reconstructions.png"),
-            f"{config.variant} autoencoder ({arch}): test digits (seed {result.seeds[0]})",
-        )
-    ]
+    title = f"{config.variant} autoencoder ({arch}): test digits (seed {result.seeds[0]})"
+    paths = [plots.save_image_rows(rows, labels, os.path.join(workdir, "reconstructions.png"), title)]
     loss_keys = ["train_loss", "test_loss", "test_recon", *VARIANT_LOSS_KEYS.get(config.variant, ())]
     unit = "nats" if config.loss == "bce" else "squared error"
     paths.append(plots.save_loss_curves(result.history, workdir, loss_keys, ylabel=f"{unit} per example"))
     psnr_keys = ["test_psnr", "test_noisy_psnr", "test_denoised_psnr", "test_inpaint_psnr", "test_masked_input_psnr"]
-    paths.append(
-        plots.save_curves(
-            result.history,
-            psnr_keys,
-            os.path.join(workdir, "psnr_curves.png"),
-            "Test PSNR (higher is better)",
-            ylabel="dB",
-            labels={f"test_{k}": text for k, text in metric_labels(config).items()},
-        )
-    )
+    legend = {f"test_{k}": text for k, text in metric_labels(config).items()}
+    path, title = os.path.join(workdir, "psnr_curves.png"), "Test PSNR (higher is better)"
+    paths.append(plots.save_curves(result.history, psnr_keys, path, title, ylabel="dB", labels=legend))
     return paths
 
 

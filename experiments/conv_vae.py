@@ -30,19 +30,11 @@ def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str],
     n, x_test = 10, data.x_test
     x_train = data.x_train_first(n)  # the analyses below convert their reference set (10,000 at most) once
     path = lambda name: os.path.join(workdir, name)  # noqa: E731
-    paths = [
-        plots.save_image_rows(
-            [
-                x_train[:n],
-                tasks.reconstruct(model, params, x_train[:n]),
-                x_test[:n],
-                tasks.reconstruct(model, params, x_test[:n]),
-            ],
-            ["train", "reconstruction", "test (unseen)", "reconstruction"],
-            path("reconstructions.png"),
-            f"Training and unseen test images and their reconstructions (seed {result.seeds[0]})",
-        )
-    ]
+    rows = [x_train[:n], tasks.reconstruct(model, params, x_train[:n])]
+    rows += [x_test[:n], tasks.reconstruct(model, params, x_test[:n])]
+    labels = ["train", "reconstruction", "test (unseen)", "reconstruction"]
+    title = f"Training and unseen test images and their reconstructions (seed {result.seeds[0]})"
+    paths = [plots.save_image_rows(rows, labels, path("reconstructions.png"), title)]
     keys = ["train_eval_neg_elbo", "test_neg_elbo", "train_eval_recon", "test_recon"]
     title = "neg-ELBO and reconstruction on seen (train_eval) vs unseen (test) images"
     paths.append(plots.save_curves(result.history, keys, path("train_test_gap.png"), title))
@@ -86,14 +78,10 @@ def analyses(config, model, params, data, key_mi, key_mixture, path) -> tuple[di
         seed=config.seed,
     )
     report["prior_vs_mixture"] = quality
-    paths.append(
-        plots.save_image_rows(
-            [prior_images[:12], mixture_images[:12]],
-            ["z ~ N(0, I)", f"z ~ GMM({config.mixture_components}) of q(z)"],
-            path("mixture_samples.png"),
-            "Prior samples vs samples of a Gaussian mixture fitted to the aggregate posterior",
-        )
-    )
+    rows = [prior_images[:12], mixture_images[:12]]
+    labels = ["z ~ N(0, I)", f"z ~ GMM({config.mixture_components}) of q(z)"]
+    title = "Prior samples vs samples of a Gaussian mixture fitted to the aggregate posterior"
+    paths.append(plots.save_image_rows(rows, labels, path("mixture_samples.png"), title))
     return report, paths
 
 

@@ -81,16 +81,13 @@ def decode_images(model, params, z: np.ndarray) -> np.ndarray:
     return np.asarray(jax.nn.sigmoid(decode_logits(model, params, z)))
 
 
-def reconstruction_metrics(x: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-example ``bce`` (Bernoulli NLL in nats, summed over pixels) and ``mse`` (per pixel) ``[N]``."""
-    bce = np.asarray(losses.bernoulli_nll(jnp.asarray(logits), jnp.asarray(x)))
-    mse = np.asarray(losses.mean_squared_error(jax.nn.sigmoid(jnp.asarray(logits)), jnp.asarray(x)))
-    return {"bce": bce, "mse": mse}
-
-
 def deterministic_reconstruction(kind: str, model, params, x: np.ndarray) -> dict[str, np.ndarray]:
-    """:func:`reconstruction_metrics` of decoding the deterministic code of ``x``: same measure for AE and VAE."""
-    return reconstruction_metrics(x, decode_logits(model, params, encode(kind, model, params, x)))
+    """Per-example ``bce`` (Bernoulli NLL in nats, summed over pixels) and ``mse`` (per pixel) ``[N]`` of
+    decoding the deterministic code of ``x``: the same measure for AE and VAE."""
+    logits = jnp.asarray(decode_logits(model, params, encode(kind, model, params, x)))
+    bce = np.asarray(losses.bernoulli_nll(logits, jnp.asarray(x)))
+    mse = np.asarray(losses.mean_squared_error(jax.nn.sigmoid(logits), jnp.asarray(x)))
+    return {"bce": bce, "mse": mse}
 
 
 # --- how good are decoded prior samples ----------------------------------------------
@@ -126,12 +123,9 @@ def cached_by_inputs(name: str, build_fn, arrays: tuple, **settings) -> tuple:
 
 def fit_digit_classifier(x_train: np.ndarray, y_train: np.ndarray, max_examples: int = 10000, seed: int = 0):
     """A multinomial logistic regression on flattened pixels (scikit-learn), fit on at most ``max_examples``
-    drawn at random. ``x_train`` may be stored pixels (``uint8``): only the drawn rows are converted.
-
-    The fitted weights are kept in the user cache keyed by the drawn images and labels
-    (:func:`cached_by_inputs`): a rerun on the same data loads them instead of fitting again.
-    The fit runs on one BLAS thread: its products are too small to gain from more, which only
-    contend with each other and with JAX's thread pool (docs/benchmarks.md)."""
+    drawn at random (stored ``uint8`` pixels are converted after the draw); the weights are kept in the user
+    cache (:func:`cached_by_inputs`). The fit runs on one BLAS thread: its products are too small to gain
+    from more, which only contend with each other and with JAX's thread pool (docs/benchmarks.md)."""
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(seed)
@@ -160,23 +154,16 @@ def _fit_logistic(x_drawn: np.ndarray, y_drawn: np.ndarray) -> tuple[np.ndarray,
 
 
 def classifier_confidence(classifier, images: np.ndarray) -> dict[str, float]:
-    """Mean max-class probability and mean predictive entropy (nats) of ``classifier`` on ``images``.
-
-    Digit-like images get confident predictions (max prob near 1, entropy
-    near 0); the entropy of a uniform guess over K classes is log K.
-    """
+    """Mean max-class probability and mean predictive entropy (nats) of ``classifier`` on ``images``: near 1
+    and 0 for digit-like images; the entropy of a uniform guess over K classes is log K."""
     probs = classifier.predict_proba(np.asarray(images, np.float64).reshape(len(images), -1))  # [N, K]
     entropy = -np.sum(probs * np.log(np.clip(probs, 1e-12, 1.0)), axis=1)
     return {"mean_max_prob": float(np.mean(np.max(probs, axis=1))), "mean_entropy": float(np.mean(entropy))}
 
 
 def image_quality(images: np.ndarray, x_train: np.ndarray, classifier=None) -> dict:
-    """How digit-like ``images`` ``[N, H, W, C]`` are.
-
-    ``nn_distance_mean``: mean Euclidean distance to the nearest training
-    image; with a ``classifier`` (:func:`fit_digit_classifier`) also its
-    ``mean_max_prob`` and ``mean_entropy`` (nats) on them.
-    """
+    """How digit-like ``images`` ``[N, H, W, C]`` are: ``nn_distance_mean`` (mean Euclidean distance to the
+    nearest training image) and, with a ``classifier``, its :func:`classifier_confidence` on them."""
     out = {"nn_distance_mean": float(np.mean(nearest_neighbor_distance(images, x_train)))}
     if classifier is not None:
         out.update(classifier_confidence(classifier, images))
