@@ -73,18 +73,16 @@ class BetaVAESweepConfig(tasks.VAEConfig):
         ]
 
 
-def train_setting(setting: tasks.VAEConfig, dataset) -> tuple:
-    model, task = tasks.vae_task(setting, dataset.image_shape)
-    return model, runner.train(setting, task, dataset)
-
-
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> dict:
     config = parse_config(BetaVAESweepConfig, argv, description=__doc__.split("\n\n")[0])
     for setting in config.settings():  # every sub-workdir is checked before any data is loaded
         workdir_lib.check_workdir(setting)
     dataset = runner.load_data(config)
-    trained = [(setting, *train_setting(setting, dataset)) for setting in config.settings()]
+    trained = []
+    for setting in config.settings():
+        model, task = tasks.vae_task(setting, dataset.image_shape)
+        trained.append((setting, model, runner.train(setting, task, dataset)))
     return runner.report_on_main(config.workdir, lambda: beta_vae_report.report(config, dataset, trained))
 
 

@@ -120,19 +120,16 @@ def report(config, dataset, vae_images, trained: list) -> dict:
             return None
         return latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
 
-    rows = [
-        (
-            name or vq_report.variant_name(vq_config),
-            vq_report.report_variant(config, vq_config, dataset, classifier, vae_images, variant),
-        )
-        for name, vq_config, variant in trained
-    ]
+    rows = []
+    for name, vq_config, variant in trained:
+        summary = vq_report.report_variant(config, vq_config, dataset, classifier, vae_images, variant)
+        rows.append((name or vq_report.variant_name(vq_config), summary))
     table = vq_report.comparison_table(rows)
     result = rows[0][1]
     if len(rows) > 1:
         with open(os.path.join(config.workdir, "comparison.md"), "w") as f:
             f.write(table + "\n")
-        result = {"variants": {name: s for name, s in rows}}
+        result = {"variants": dict(rows)}
         workdir_lib.write_summary(config.workdir, result)
     runner.log(f"data: {dataset.describe()}")
     print(table)
