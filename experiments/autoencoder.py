@@ -7,20 +7,12 @@
     python -m experiments.autoencoder --arch conv --channels 16,32 --upsampling unpool --workdir runs/ae-conv
     python -m experiments.autoencoder --epochs 2 --hidden 128 --workdir /tmp/ae-local  # smoke test
 
-Test metrics (per example, averaged; in metrics.jsonl every epoch and in
-summary.json): ``loss``, ``recon``, and ``mse``/``psnr`` of the reconstruction
-of the clean input; denoising adds ``noisy_psnr`` (corrupted input vs clean)
-and ``denoised_psnr``; masked adds ``inpaint_psnr`` (output vs clean on the
-masked pixels only; ``masked_input_psnr`` is the blank input's), and
-``masked_recon``/``all_recon``; contractive adds ``penalty`` and the exact
-``jacobian_fro2``. Test corruptions use a fixed evaluation key, so repeated
-evaluations agree.
-
-Outputs in the workdir: config.json, metrics.jsonl, summary.json,
-checkpoints/ (Orbax) and reconstructions.png (originals, corrupted inputs,
-outputs), loss_curves.png, psnr_curves.png (from the first seed). The legend
-of psnr_curves.png and ``metric_descriptions`` in summary.json say what each
-PSNR compares. The result line goes to stdout, logs and progress to stderr.
+Test metrics (per example, averaged, in metrics.jsonl and summary.json): ``loss``, ``recon`` and
+``mse``/``psnr`` of the clean input's reconstruction, plus each variant's own (``noisy_psnr``,
+``inpaint_psnr``, ``jacobian_fro2``, ...; ``metric_descriptions`` in summary.json says what each
+PSNR compares). Test corruptions use a fixed evaluation key, so repeated evaluations agree.
+Outputs (docs/experiments/autoencoder.md): config.json, metrics.jsonl, summary.json, checkpoints/,
+reconstructions.png, loss_curves.png, psnr_curves.png. Results go to stdout, logs to stderr.
 """
 
 from __future__ import annotations
@@ -36,6 +28,7 @@ from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
 
 NUM_SHOWN = 10
+VARIANT_LOSS_KEYS = {"masked": ("test_masked_recon", "test_all_recon"), "contractive": ("test_penalty",)}
 
 
 def corrupted_inputs(config: tasks.AEConfig, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -64,32 +57,15 @@ def write_figures(config: tasks.AEConfig, model, result: runner.TrainResult) -> 
         rows, labels = [x, output], ["original", "reconstruction"]
     arch = config.arch if config.arch == "mlp" else f"conv, {config.upsampling}"
     workdir = config.workdir
-    paths = [
-        plots.save_image_rows(
-            rows,
-            labels,
-            os.path.join(workdir, "reconstructions.png"),
-            f"{config.variant} autoencoder ({arch}): test digits (seed {result.seeds[0]})",
-        )
-    ]
-    loss_keys = ["train_loss", "test_loss", "test_recon"]
-    if config.variant == "masked":
-        loss_keys += ["test_masked_recon", "test_all_recon"]
-    if config.variant == "contractive":
-        loss_keys += ["test_penalty"]
+    title = f"{config.variant} autoencoder ({arch}): test digits (seed {result.seeds[0]})"
+    paths = [plots.save_image_rows(rows, labels, os.path.join(workdir, "reconstructions.png"), title)]
+    loss_keys = ["train_loss", "test_loss", "test_recon", *VARIANT_LOSS_KEYS.get(config.variant, ())]
     unit = "nats" if config.loss == "bce" else "squared error"
     paths.append(plots.save_loss_curves(result.history, workdir, loss_keys, ylabel=f"{unit} per example"))
     psnr_keys = ["test_psnr", "test_noisy_psnr", "test_denoised_psnr", "test_inpaint_psnr", "test_masked_input_psnr"]
-    paths.append(
-        plots.save_curves(
-            result.history,
-            psnr_keys,
-            os.path.join(workdir, "psnr_curves.png"),
-            "Test PSNR (higher is better)",
-            ylabel="dB",
-            labels={f"test_{k}": text for k, text in metric_labels(config).items()},
-        )
-    )
+    legend = {f"test_{k}": text for k, text in metric_labels(config).items()}
+    path, title = os.path.join(workdir, "psnr_curves.png"), "Test PSNR (higher is better)"
+    paths.append(plots.save_curves(result.history, psnr_keys, path, title, ylabel="dB", labels=legend))
     return paths
 
 

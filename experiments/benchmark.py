@@ -4,52 +4,24 @@
     python -m experiments.benchmark --sections epoch,seeds --repeats 3        # some sections
     python -m experiments.benchmark --sections epoch --batch-sizes 128 --repeats 2  # quick look
 
-All variants train the same model (784-400-20, Bernoulli decoder, Adam 1e-3)
-on the same data for one epoch (N // batch steps). Each variant's timed epochs
-continue its own training, as the epochs of a run do (a first, untimed epoch
-compiles and warms up; see ``SteadyEpochs``). Each repeat times every variant
-once, in turn, so machine noise hits all alike; the median over repeats is
-reported (the JSON also keeps the minimum and every time). Sections:
+All variants train the same model (784-400-20, Bernoulli decoder, Adam 1e-3) on the same data for one
+epoch (N // batch steps), each continuing its own training after an untimed warm-up epoch
+(``SteadyEpochs``). Each repeat times every variant once, in turn; the median over repeats is reported
+(the JSON also keeps the minimum and every time). Sections (docs/benchmarks.md has what each measures):
 
-  epoch    per-epoch seconds at each batch size of: ``runner_path``, the very
-           epoch ``runner.train`` (so ``experiments.vae``) runs for one seed
-           (``runner.make_epoch``: one program, every step's update passed
-           through ``train.skip_non_finite``, which skips non-finite steps
-           with ``optax.apply_if_finite``'s state; its seed layout is reported);
-           ``minimal_scan_loop``, a ~100-line flax + optax ``lax.scan`` loop
-           written here from scratch, with plain Adam;
-           ``runner_path_unguarded``, the runner path with
-           ``--max-consecutive-skips 0`` (non-finite updates applied, as in
-           the minimal loop); ``vmapped_one_seed``, the vmapped
-           replicated epoch with R = 1; ``jit_step_loop``, the jitted step
-           called from Python; ``torch_eager`` when ``torch`` is
-           importable (``pip install -e ".[bench]"``). Achieved GFLOP/s counts
-           the model's matrix multiplies and is set beside a plain float32
-           matrix-multiply rate measured in the same run.
-  conv     the default conv VAE of ``experiments.conv_vae`` at
-           ``--conv-batch-size``: its runner path with the epoch loop
-           ``--epoch-loop auto`` picks (``steps`` on CPU), the scan-fused
-           epoch, and the same network in PyTorch eager.
-  profile  three epochs of the runner path and of the minimal loop at
-           ``--profile-batch-size`` under ``jax.profiler.trace``: XLA's own
-           time per executed op (own time, nested ops subtracted), grouped by
-           kind (matrix multiplies, fused elementwise, fused reductions, copies
-           and slices, control flow) and the top ops, and the runner path's
-           extra time by kind.
-  seeds    N = 1, 8, 32 seeds at batch 16 and 128: the vmapped seeds
-           against N x one seed.
+  epoch    per-epoch seconds of ``runner_path`` (``runner.make_epoch``, the epoch ``experiments.vae``
+           runs), ``minimal_scan_loop`` (a flax + optax ``lax.scan`` loop written here), the runner path
+           unguarded (``--max-consecutive-skips 0``), ``vmapped_one_seed``, ``jit_step_loop`` and
+           ``torch_eager`` when ``torch`` is importable; GFLOP/s beside a plain float32 matmul rate.
+  conv     the default conv VAE at ``--conv-batch-size``: runner path, scan-fused epoch, PyTorch eager.
+  profile  XLA's own time per op of the runner path and the minimal loop, grouped by kind.
+  seeds    N = 1, 8, 32 seeds at batch 16 and 128: the vmapped seeds against N x one seed.
   target   seconds (and epochs) of the runner path to reach a test neg-ELBO.
-  devices  the runner path on 1 and 8 simulated CPU devices (a subprocess with
-           ``--xla_force_host_platform_device_count=8``).
-  startup  whole-process seconds of ``experiments.vae --epochs 10``
-           (``--startup-epochs``) with cold caches, a cold compilation cache
-           only, and warm caches; and of ``experiments.torch_vae``, the same
-           job in PyTorch eager, when ``torch`` is importable. The runs
-           alternate, ``--startup-rounds`` times; medians are reported.
-  commands each training experiment's command (``COMMANDS``: few epochs) as a
-           whole process, from scratch with the phases it printed (start-up,
-           compilation, training, and the analyses and figures after training),
-           then again in the same workdir with nothing left to train.
+  devices  the runner path on 1 and 8 simulated CPU devices (a subprocess).
+  startup  whole-process seconds of ``experiments.vae`` with cold and warm caches, and of
+           ``experiments.torch_vae`` when ``torch`` is importable (``--startup-rounds`` alternating runs).
+  commands each training experiment's command (``COMMANDS``) as a whole process, from scratch with the
+           phases it printed, then again with nothing left to train.
 """
 
 from __future__ import annotations

@@ -5,14 +5,10 @@
         --beta-cycle-steps 1000 --free-bits-values 0,0.25 --workdir runs/beta_sched
     python -m experiments.beta_vae --betas 1,4 --epochs 2 --workdir /tmp/beta-local       # smoke test
 
-Every combination of ``--betas`` x ``--schedules`` x ``--free-bits-values`` is
-trained through the shared runner in its own sub-workdir (a complete
-``experiments.vae`` run: config.json, metrics.jsonl, summary.json, checkpoints;
-resumable). The sweep's workdir gets summary.json with a table of test
-neg-ELBO, reconstruction, KL, active units and I(x; z) per setting (also
-printed), kl_per_dim.png (one panel per setting) and traversals_<setting>.png
-(decodings of one test image's posterior mean with each of its most
-informative dimensions swept over [-3, 3]; Higgins et al. 2017).
+Every combination of ``--betas`` x ``--schedules`` x ``--free-bits-values`` trains through the shared
+runner in its own resumable sub-workdir (a complete ``experiments.vae`` run). The sweep's workdir gets
+summary.json with a table per setting (also printed), kl_per_dim.png and traversals_<setting>.png
+(docs/experiments/beta_vae.md).
 """
 
 from __future__ import annotations
@@ -64,27 +60,17 @@ class BetaVAESweepConfig(tasks.VAEConfig):
 
     def settings(self) -> list[tasks.VAEConfig]:
         """One :class:`tasks.VAEConfig` per combination, each with its own sub-workdir."""
-        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(tasks.VAEConfig)}
-        out = []
-        for beta, schedule, free_bits in itertools.product(self.betas, self.schedules, self.free_bits_values):
-            name = f"beta{beta:g}_{schedule}_fb{free_bits:g}"
-            out.append(
-                tasks.VAEConfig(
-                    **{
-                        **base,
-                        "beta": beta,
-                        "beta_schedule": schedule,
-                        "free_bits": free_bits,
-                        "workdir": os.path.join(self.workdir, name),
-                    }
-                )
+        base = tasks.VAEConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(tasks.VAEConfig)})
+        return [
+            dataclasses.replace(
+                base,
+                beta=beta,
+                beta_schedule=schedule,
+                free_bits=free_bits,
+                workdir=os.path.join(self.workdir, f"beta{beta:g}_{schedule}_fb{free_bits:g}"),
             )
-        return out
-
-
-def train_setting(setting: tasks.VAEConfig, dataset) -> tuple:
-    model, task = tasks.vae_task(setting, dataset.image_shape)
-    return model, runner.train(setting, task, dataset)
+            for beta, schedule, free_bits in itertools.product(self.betas, self.schedules, self.free_bits_values)
+        ]
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
@@ -93,7 +79,10 @@ def main(argv=None) -> dict:
     for setting in config.settings():  # every sub-workdir is checked before any data is loaded
         workdir_lib.check_workdir(setting)
     dataset = runner.load_data(config)
-    trained = [(setting, *train_setting(setting, dataset)) for setting in config.settings()]
+    trained = []
+    for setting in config.settings():
+        model, task = tasks.vae_task(setting, dataset.image_shape)
+        trained.append((setting, model, runner.train(setting, task, dataset)))
     return runner.report_on_main(config.workdir, lambda: beta_vae_report.report(config, dataset, trained))
 
 

@@ -5,14 +5,9 @@
         --epochs 400 --workdir runs/faces128                      # the lecture's 128x128x3 face model
     python -m experiments.conv_vae --epochs 2 --workdir /tmp/conv-local   # smoke test
 
-Outputs in the workdir: config.json, metrics.jsonl (with ``train_eval_*``:
-the test metrics on a fixed subset of training images, for the train/test
-gap per epoch), summary.json (with the collapse ``diagnostics`` and the
-``prior_vs_mixture`` sample quality), checkpoints/, and reconstructions.png
-(training and unseen test images), train_test_gap.png, samples.png,
-tsne.png (test posterior means, by label), mixture_samples.png (decodings of
-N(0, I) samples beside samples of a Gaussian mixture fitted to the aggregate
-posterior), kl_per_dim.png.
+Outputs in the workdir: config.json, metrics.jsonl (with ``train_eval_*``, the test metrics on a
+fixed subset of training images), summary.json (with the collapse ``diagnostics`` and the
+``prior_vs_mixture`` sample quality), checkpoints/ and the figures listed in docs/experiments/conv_vae.md.
 """
 
 from __future__ import annotations
@@ -35,47 +30,25 @@ def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str],
     n, x_test = 10, data.x_test
     x_train = data.x_train_first(n)  # the analyses below convert their reference set (10,000 at most) once
     path = lambda name: os.path.join(workdir, name)  # noqa: E731
-    paths = [
-        plots.save_image_rows(
-            [
-                x_train[:n],
-                tasks.reconstruct(model, params, x_train[:n]),
-                x_test[:n],
-                tasks.reconstruct(model, params, x_test[:n]),
-            ],
-            ["train", "reconstruction", "test (unseen)", "reconstruction"],
-            path("reconstructions.png"),
-            f"Training and unseen test images and their reconstructions (seed {result.seeds[0]})",
-        )
-    ]
-    paths.append(
-        plots.save_curves(
-            result.history,
-            ["train_eval_neg_elbo", "test_neg_elbo", "train_eval_recon", "test_recon"],
-            path("train_test_gap.png"),
-            "neg-ELBO and reconstruction on seen (train_eval) vs unseen (test) images",
-        )
-    )
-    paths.append(
-        plots.save_grid(
-            tasks.sample_prior(model, params, key_samples, 50), path("samples.png"), "Decoded samples z ~ N(0, I)"
-        )
-    )
+    rows = [x_train[:n], tasks.reconstruct(model, params, x_train[:n])]
+    rows += [x_test[:n], tasks.reconstruct(model, params, x_test[:n])]
+    labels = ["train", "reconstruction", "test (unseen)", "reconstruction"]
+    title = f"Training and unseen test images and their reconstructions (seed {result.seeds[0]})"
+    paths = [plots.save_image_rows(rows, labels, path("reconstructions.png"), title)]
+    keys = ["train_eval_neg_elbo", "test_neg_elbo", "train_eval_recon", "test_recon"]
+    title = "neg-ELBO and reconstruction on seen (train_eval) vs unseen (test) images"
+    paths.append(plots.save_curves(result.history, keys, path("train_test_gap.png"), title))
+    samples = tasks.sample_prior(model, params, key_samples, 50)
+    paths.append(plots.save_grid(samples, path("samples.png"), "Decoded samples z ~ N(0, I)"))
     with latent_views.analysis_threads() as side:  # the t-SNE runs beside the JAX analyses below
         means = None if data.y_test is None else tasks.encode_means(model, params, x_test[: config.tsne_points])
         tsne = None if means is None else side.submit(tsne_of, means, config.seed)
         report, figures = analyses(config, model, params, data, key_mi, key_mixture, path)
         paths += figures
         if tsne is not None:
-            paths.append(
-                plots.save_latent_scatter(
-                    tsne.result(),
-                    data.y_test[: len(means)],
-                    path("tsne.png"),
-                    f"t-SNE of {len(means)} test posterior means",
-                    ("t-SNE 1", "t-SNE 2"),
-                )
-            )
+            title, axis_labels = f"t-SNE of {len(means)} test posterior means", ("t-SNE 1", "t-SNE 2")
+            labels = data.y_test[: len(means)]
+            paths.append(plots.save_latent_scatter(tsne.result(), labels, path("tsne.png"), title, axis_labels))
     return paths, report
 
 
@@ -105,14 +78,10 @@ def analyses(config, model, params, data, key_mi, key_mixture, path) -> tuple[di
         seed=config.seed,
     )
     report["prior_vs_mixture"] = quality
-    paths.append(
-        plots.save_image_rows(
-            [prior_images[:12], mixture_images[:12]],
-            ["z ~ N(0, I)", f"z ~ GMM({config.mixture_components}) of q(z)"],
-            path("mixture_samples.png"),
-            "Prior samples vs samples of a Gaussian mixture fitted to the aggregate posterior",
-        )
-    )
+    rows = [prior_images[:12], mixture_images[:12]]
+    labels = ["z ~ N(0, I)", f"z ~ GMM({config.mixture_components}) of q(z)"]
+    title = "Prior samples vs samples of a Gaussian mixture fitted to the aggregate posterior"
+    paths.append(plots.save_image_rows(rows, labels, path("mixture_samples.png"), title))
     return report, paths
 
 

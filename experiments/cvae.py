@@ -10,13 +10,9 @@ real training split (a small flax MLP; its own test accuracy is reported)
 says which class each sample shows: the fraction assigned to the requested
 class measures how well the label controls the output.
 
-Outputs in the workdir, besides the shared ones (config.json, metrics.jsonl,
-summary.json with ``class_control`` and the collapse
-``diagnostics``, checkpoints/): class_samples.png (one
-row per class), class_interpolations.png (one z path decoded under every
-label), loss_curves.png, and cvae_samples.npz (``x`` ``[K*100, H, W, C]`` in
-[0, 1], ``y`` the requested labels), so anyone can judge the samples with
-their own classifier.
+Outputs in the workdir, besides the shared ones: ``class_control`` and the collapse ``diagnostics``
+in summary.json, the figures listed in docs/experiments/cvae.md, and cvae_samples.npz (``x``
+``[K*100, H, W, C]`` in [0, 1], ``y`` the requested labels) to judge with another classifier.
 """
 
 from __future__ import annotations
@@ -59,14 +55,11 @@ def class_control(config, model, params, dataset) -> tuple[dict, np.ndarray, np.
 
 def write_figures(config, model, params, result, samples, labels, control) -> list[str]:
     workdir, data = config.workdir, result.dataset
-    rows, row_labels = [], []
-    for c in range(config.num_classes):
-        rows.append(samples[labels == c][:10])
-        row_labels.append(f"y={c} ({100 * control['requested_class_fraction_per_class'][c]:.0f}%)")
+    classes, fractions = range(config.num_classes), control["requested_class_fraction_per_class"]
     paths = [
         plots.save_image_rows(
-            rows,
-            row_labels,
+            [samples[labels == c][:10] for c in classes],
+            [f"y={c} ({100 * fractions[c]:.0f}%)" for c in classes],
             os.path.join(workdir, "class_samples.png"),
             "Samples z ~ N(0, I) decoded with each requested label (% the classifier assigns to it)",
         )
@@ -77,11 +70,11 @@ def write_figures(config, model, params, result, samples, labels, control) -> li
     a = 0
     b = int(np.nonzero(y_test != y_test[a])[0][0])
     z = cvae.encode_means(model, params, x_test[[a, b]], y_test[[a, b]])
-    strips = [cvae.interpolate_in_class(model, params, z[0], z[1], c, steps=10) for c in range(config.num_classes)]
+    strips = [cvae.interpolate_in_class(model, params, z[0], z[1], c, steps=10) for c in classes]
     paths.append(
         plots.save_image_rows(
             [x_test[[a, b]], *strips],
-            ["style ends", *[f"y={c}" for c in range(config.num_classes)]],
+            ["style ends", *[f"y={c}" for c in classes]],
             os.path.join(workdir, "class_interpolations.png"),
             "The line between two test images' codes, decoded under each label",
         )

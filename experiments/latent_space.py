@@ -3,20 +3,12 @@
     python -m experiments.latent_space --epochs 30 --workdir runs/latent_space
     python -m experiments.latent_space --epochs 2 --tsne-points 300 --workdir /tmp/latent-local  # smoke test
 
-Trains a matched MLP AE and VAE (same widths, same Bernoulli reconstruction
-loss; the VAE adds the KL term) with a 2-D latent, and again with a
-``--tsne-latent-dim`` latent, each through the shared runner in its own
-sub-workdir (``ae_z2``, ``vae_z2``, ``ae_z20``, ``vae_z20``; re-running resumes).
-
-Decoded draws z ~ N(0, I) are measured, not only pictured, against the
-decoded test reconstructions of the same model: (a) the mean distance to the
-nearest training image, and (b) a logistic-regression digit classifier's
-mean max-class probability and entropy on them.
-
-Outputs in the workdir: config.json, summary.json (``sample_quality`` per
-model and latent size), latents_2d.png, latent_grid_ae.png,
-latent_grid_vae.png (with the latent coordinates on the axes),
-prior_samples.png, tsne.png. Results go to stdout, logs and progress to stderr.
+Trains a matched MLP AE and VAE (same widths and Bernoulli reconstruction loss; the VAE adds the KL
+term) with a 2-D latent and again with a ``--tsne-latent-dim`` latent, each in its own resumable
+sub-workdir (``ae_z2``, ``vae_z2``, ``ae_z20``, ``vae_z20``). Decoded draws z ~ N(0, I) are measured
+against the same model's decoded test reconstructions: the distance to the nearest training image and
+a digit classifier's confidence. Outputs (docs/experiments/latent_space.md): config.json, summary.json
+(``sample_quality``) and the figures. Results go to stdout, logs and progress to stderr.
 """
 
 from __future__ import annotations

@@ -3,17 +3,10 @@
     python -m experiments.latent_sweep --latent-sizes 1,2,10,20,50,100 --epochs 30 --workdir runs/latent_sweep
     python -m experiments.latent_sweep --latent-sizes 2,20 --epochs 2 --workdir /tmp/sweep-local  # smoke test
 
-Both models have the same encoder/decoder widths (``--hidden``) and the same
-Bernoulli reconstruction loss; the VAE adds the KL term. Every model trains
-through the shared runner in its own sub-workdir (``ae_z{D}``, ``vae_z{D}``:
-config, metrics, checkpoints; re-running resumes them). Reconstruction is
-measured the same way for both: decode the deterministic code (the AE's z,
-the VAE's posterior mean) and score it against the test image.
-
-Outputs in the workdir: config.json, summary.json (a ``table`` with one row
-per latent size: AE and VAE test BCE and MSE, VAE neg-ELBO/recon/KL and
-active units),
-latent_sweep.png.
+Both models have the same widths (``--hidden``) and Bernoulli reconstruction loss; the VAE adds the KL
+term. Each trains through the shared runner in its own sub-workdir (``ae_z{D}``, ``vae_z{D}``; re-running
+resumes). Both reconstructions decode the deterministic code (the AE's z, the VAE's posterior mean).
+Outputs: config.json, summary.json (a ``table`` with one row per latent size), latent_sweep.png.
 """
 
 from __future__ import annotations
@@ -50,20 +43,13 @@ def train_and_measure(kind: str, config, dataset) -> dict:
     """Trains one model (resuming its sub-workdir) and returns its row entries, mean/std over seeds."""
     model, task = latent_metrics.build_task(kind, config, dataset.image_shape)
     result = runner.train(config, task, dataset)
-    per_seed = [
-        latent_metrics.deterministic_reconstruction(kind, model, result.params(i), dataset.x_test)
-        for i in range(len(result.seeds))
-    ]
+    params = [result.params(i) for i in range(len(result.seeds))]
+    per_seed = [latent_metrics.deterministic_reconstruction(kind, model, p, dataset.x_test) for p in params]
     row = {f"test_{name}": runner.mean_std([np.mean(m[name]) for m in per_seed]) for name in ("bce", "mse")}
     if kind == "vae":
-        for name in ("neg_elbo", "recon", "kl"):
-            row[f"test_{name}"] = result.summary["test"][name]
-        row["active_units"] = runner.mean_std(
-            [
-                evaluate.active_units(latent_metrics.encode(kind, model, result.params(i), dataset.x_test))[0]
-                for i in range(len(result.seeds))
-            ]
-        )
+        row.update({f"test_{name}": result.summary["test"][name] for name in ("neg_elbo", "recon", "kl")})
+        codes = [latent_metrics.encode(kind, model, p, dataset.x_test) for p in params]
+        row["active_units"] = runner.mean_std([evaluate.active_units(c)[0] for c in codes])
     row["train_seconds"] = result.summary["train_seconds"]
     return row
 
@@ -103,9 +89,7 @@ def main(argv=None) -> dict:
     table = []
     for latent_dim in config.latent_sizes:
         configs = latent_metrics.matched_configs(config, latent_dim, config.workdir)
-        row = {"latent_dim": latent_dim}
-        for kind in latent_metrics.MODEL_KINDS:
-            row[kind] = train_and_measure(kind, configs[kind], dataset)
+        row = {"latent_dim": latent_dim, **{kind: train_and_measure(kind, configs[kind], dataset) for kind in configs}}
         table.append(row)
         runner.log(row_line(row))  # progress: the table is printed at the end
     return runner.report_on_main(config.workdir, lambda: report(config, dataset, table))

@@ -3,16 +3,10 @@
     pip install torch          # not a dependency of vae_jax; see the README's Benchmark section
     python -m experiments.torch_vae --epochs 10 --workdir runs/torch_vae
 
-The same 784-400-20 MLP VAE with a Bernoulli decoder, loss (summed per
-example, averaged over the batch), Adam 1e-3, batch 128 and data
-(:func:`vae_jax.data.load_dataset`, so the same digits in the same split) as
-`experiments.vae`, trained eagerly as in the PyTorch examples' VAE: every
-epoch reshuffles, trains, evaluates the test ELBO; a checkpoint is saved
-every 5 epochs and at the end (``torch.save``); at the end the
-reconstructions, samples and loss curves are drawn. It writes fewer figures
-than `experiments.vae` (no interpolation, latent scatter, collapse
-diagnostics), so a whole-process time set beside that job's favours PyTorch.
-The benchmark's ``startup`` section runs both as separate processes.
+The same 784-400-20 MLP VAE, Bernoulli decoder, loss (summed per example, averaged over the batch),
+Adam 1e-3, batch 128 and data (:func:`vae_jax.data.load_dataset`) as `experiments.vae`, trained eagerly
+as in the PyTorch examples' VAE, with a checkpoint every 5 epochs and at the end. It draws fewer figures
+than `experiments.vae`, so a whole-process time set beside that job's favours PyTorch.
 """
 
 from __future__ import annotations
@@ -57,11 +51,8 @@ def main(argv=None) -> dict:
     class VAE(nn.Module):
         def __init__(self, pixels=784, hidden=400, latent=20):
             super().__init__()
-            self.enc, self.mean, self.logvar = (
-                nn.Linear(pixels, hidden),
-                nn.Linear(hidden, latent),
-                nn.Linear(hidden, latent),
-            )
+            self.enc = nn.Linear(pixels, hidden)
+            self.mean, self.logvar = nn.Linear(hidden, latent), nn.Linear(hidden, latent)
             self.dec1, self.dec2 = nn.Linear(latent, hidden), nn.Linear(hidden, pixels)
 
         def decode(self, z):

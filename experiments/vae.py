@@ -4,13 +4,9 @@
     python -m experiments.vae --seeds 8 --workdir runs/vae8        # 8 replicas in one run
     python -m experiments.vae --epochs 2 --workdir /tmp/vae-local  # smoke test
 
-Outputs in the workdir: config.json, metrics.jsonl, summary.json (with the
-collapse ``diagnostics``: mean KL per latent dimension, active units, I(x; z)),
-checkpoints/ (Orbax) and reconstructions.png, samples.png,
-interpolation.png, latent_space.png, loss_curves.png, kl_per_dim.png and, for
-a 2-D latent, latent_manifold.png (from the first seed). The objective flags
-(--likelihood, --beta, --beta-schedule, --free-bits, --iwae-k) are described in
-``--help``. The result line goes to stdout, logs and progress to stderr.
+Outputs in the workdir: config.json, metrics.jsonl, summary.json (with the collapse ``diagnostics``),
+checkpoints/ and the figures of the first seed, listed in docs/experiments/vae.md. The objective flags
+are described in ``--help``. The result line goes to stdout, logs and progress to stderr.
 """
 
 from __future__ import annotations
@@ -71,61 +67,33 @@ def manifold_grid(side: int) -> np.ndarray:
 def write_figures(config, model, result: runner.TrainResult) -> list[str]:
     from vae_jax import plots  # matplotlib: imported only once there is something to draw
 
-    params = result.params(0)
-    data = result.dataset
-    workdir = config.workdir
-    x_test = data.x_test
-    paths = []
+    params, data, x_test = result.params(0), result.dataset, result.dataset.x_test
+    path = lambda name: os.path.join(config.workdir, name)  # noqa: E731
     recon = tasks.reconstruct(model, params, x_test[:10])
-    paths.append(
-        plots.save_reconstructions(
-            x_test[:10],
-            recon,
-            os.path.join(workdir, "reconstructions.png"),
-            f"Test digits and their reconstructions (seed {result.seeds[0]})",
-        )
-    )
+    title = f"Test digits and their reconstructions (seed {result.seeds[0]})"
+    paths = [plots.save_reconstructions(x_test[:10], recon, path("reconstructions.png"), title)]
     samples = tasks.sample_prior(model, params, jax.random.key(config.seed), 50)
-    paths.append(plots.save_grid(samples, os.path.join(workdir, "samples.png"), "Decoded samples z ~ N(0, I)"))
+    paths.append(plots.save_grid(samples, path("samples.png"), "Decoded samples z ~ N(0, I)"))
     candidates = x_test[:INTERPOLATION_CANDIDATES]
     labels = None if data.y_test is None else data.y_test[:INTERPOLATION_CANDIDATES]
     a, b = interpolation_endpoints(tasks.reconstruct(model, params, candidates), labels)
-    strip = tasks.interpolate(model, params, x_test[a], x_test[b], steps=10)
+    rows = [np.stack([x_test[a], x_test[b]]), tasks.interpolate(model, params, x_test[a], x_test[b], steps=10)]
     names = "" if labels is None else f" (a {labels[a]} and a {labels[b]})"
-    paths.append(
-        plots.save_image_rows(
-            [np.stack([x_test[a], x_test[b]]), strip],
-            ["endpoints", "z path"],
-            os.path.join(workdir, "interpolation.png"),
-            f"Decodings along the line between the posterior means of two test digits{names}",
-        )
-    )
-    means = tasks.encode_means(model, params, x_test)
-    coords, axis_labels = latent_view(means)
-    paths.append(
-        plots.save_latent_scatter(
-            coords, data.y_test, os.path.join(workdir, "latent_space.png"), "Test posterior means", axis_labels
-        )
-    )
+    title = f"Decodings along the line between the posterior means of two test digits{names}"
+    paths.append(plots.save_image_rows(rows, ["endpoints", "z path"], path("interpolation.png"), title))
+    coords, axis_labels = latent_view(tasks.encode_means(model, params, x_test))
+    title = "Test posterior means"
+    paths.append(plots.save_latent_scatter(coords, data.y_test, path("latent_space.png"), title, axis_labels))
     if config.latent_dim == 2:
         z0 = manifold_grid(MANIFOLD_SIDE)
         z1 = z0[::-1]  # top row = highest z[1]
-        plane = np.stack(np.meshgrid(z0, z1), axis=-1).reshape(-1, 2)
-        paths.append(
-            plots.save_latent_grid(
-                tasks.decode_means(model, params, plane),
-                z0,
-                z1,
-                os.path.join(workdir, "latent_manifold.png"),
-                "Decodings E[x|z] over the latent plane (5%-95% quantiles of the prior)",
-            )
-        )
-    paths.append(plots.save_loss_curves(result.history, workdir))
-    result.summary["diagnostics"] = diagnostics.vae_collapse_diagnostics(
-        model, params, x_test, jax.random.key(config.seed)
-    )
-    kl_per_dim = {"z": result.summary["diagnostics"]["mean_kl_per_dim"]}
-    paths.append(plots.save_kl_per_dim(kl_per_dim, os.path.join(workdir, "kl_per_dim.png")))
+        images = tasks.decode_means(model, params, np.stack(np.meshgrid(z0, z1), axis=-1).reshape(-1, 2))
+        title = "Decodings E[x|z] over the latent plane (5%-95% quantiles of the prior)"
+        paths.append(plots.save_latent_grid(images, z0, z1, path("latent_manifold.png"), title))
+    paths.append(plots.save_loss_curves(result.history, config.workdir))
+    diag = diagnostics.vae_collapse_diagnostics(model, params, x_test, jax.random.key(config.seed))
+    result.summary["diagnostics"] = diag
+    paths.append(plots.save_kl_per_dim({"z": diag["mean_kl_per_dim"]}, path("kl_per_dim.png")))
     return paths
 
 

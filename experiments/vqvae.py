@@ -9,23 +9,11 @@ EMA with dead-code restarts after 100 steps, no k-means init. ``--dead-code-step
 gives the earlier default (EMA alone), ``--codebook grad --dead-code-steps 0`` the
 paper's gradient codebook, ``--ema-rule sonnet`` Sonnet's and Haiku's EMA step.
 
-Stage 1 trains the VQ-VAE (:mod:`vae_jax.tasks.vqvae`) through the shared
-runner (``--seeds``, checkpoints, resume as in ``experiments.vae``). Stage 2
-encodes the training and test images to code grids with the first seed's
-model and trains the PixelCNN prior (:mod:`vae_jax.tasks.prior`) on them
-through the runner in the sub-workdir ``prior/`` with its own checkpoints.
-Prior samples are decoded and measured (distance to the nearest training
-image, a digit classifier's confidence) beside decoded uniform random code
-grids (the training-time prior) and the MLP VAE's N(0, I) samples (trained
-here in ``vae_baseline/``, or read from ``--vae-workdir``).
-
-Outputs in the workdir (per option combination in ``NAME/`` when lists are
-given, with ``comparison.md`` on top): config.json, metrics.jsonl,
-summary.json (``codebook_size``, ``codes_used`` and ``perplexity`` over the
-whole test set, ``prior_test_bits_per_dim``, ``sample_quality``,
-``usage_by_epoch``), checkpoints/, prior/, reconstructions.png, samples.png,
-codebook_usage.png, usage_by_epoch.png, loss_curves.png. The training of each combination, its
-measurements and figures are in :mod:`vae_jax.reports.vqvae`.
+Stage 1 trains the VQ-VAE through the shared runner; stage 2 trains the PixelCNN prior on the first
+seed's code grids in ``prior/``. Prior samples are measured beside decoded uniform code grids and the
+N(0, I) samples of an MLP VAE (trained in ``vae_baseline/``, or read from ``--vae-workdir``). With option
+lists, each combination gets its own ``NAME/`` and ``comparison.md`` sets them side by side. The outputs
+are listed in docs/experiments/vqvae.md; training, measurements and figures are in :mod:`vae_jax.reports.vqvae`.
 """
 
 from __future__ import annotations
@@ -64,46 +52,34 @@ class VQVAEExperimentConfig(vq.VQVAEConfig):
             require(getattr(self, name) > 0, name, "a positive integer", getattr(self, name))
 
 
-def train_settings(config) -> dict:
-    """The experiment's shared training settings (every ``runner.TrainConfig`` field), for a stage's config."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(runner.TrainConfig)}
+def stage_config(cls, config, workdir: str, epochs: int, **settings):
+    """A later stage's config (the prior, the VAE baseline): ``config``'s training settings, one seed,
+    ``epochs``, a checkpoint every 5 epochs (the newest kept), in ``workdir``."""
+    common = {f.name: getattr(config, f.name) for f in dataclasses.fields(runner.TrainConfig)}
+    stage = {"seeds": "", "epochs": epochs, "checkpoint_every": 5, "keep_checkpoints": 1, "workdir": workdir}
+    return cls(**{**common, **stage, **settings})
 
 
 def stage_configs(config: VQVAEExperimentConfig, workdir: str):
     """The VQ-VAE config of one option combination and its prior's (in ``workdir/prior``)."""
-    vq_config = vq.VQVAEConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(vq.VQVAEConfig)})
-    common = train_settings(config)
-    prior_config = prior_lib.PriorConfig(
-        **{
-            **common,
-            "binarize": "none",
-            "seeds": "",
-            "epochs": config.prior_epochs,
-            "checkpoint_every": 5,
-            "keep_checkpoints": 1,
-            "batch_size": config.prior_batch_size,
-            "channels": config.prior_channels,
-            "layers": config.prior_layers,
-            "precision": config.precision,
-            "workdir": os.path.join(workdir, "prior"),
-        }
+    vq_fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(vq.VQVAEConfig)}
+    prior_config = stage_config(
+        prior_lib.PriorConfig,
+        config,
+        os.path.join(workdir, "prior"),
+        config.prior_epochs,
+        binarize="none",
+        batch_size=config.prior_batch_size,
+        channels=config.prior_channels,
+        layers=config.prior_layers,
+        precision=config.precision,
     )
-    return dataclasses.replace(vq_config, workdir=workdir), prior_config
+    return vq.VQVAEConfig(**{**vq_fields, "workdir": workdir}), prior_config
 
 
 def vae_baseline_config(config) -> tasks.VAEConfig:
     """The MLP VAE trained for ``--vae-epochs`` (in ``workdir/vae_baseline``) to compare samples with."""
-    common = train_settings(config)
-    return tasks.VAEConfig(
-        **{
-            **common,
-            "seeds": "",
-            "epochs": config.vae_epochs,
-            "checkpoint_every": 5,
-            "keep_checkpoints": 1,
-            "workdir": os.path.join(config.workdir, "vae_baseline"),
-        }
-    )
+    return stage_config(tasks.VAEConfig, config, os.path.join(config.workdir, "vae_baseline"), config.vae_epochs)
 
 
 def check_workdirs(config) -> None:
@@ -144,19 +120,16 @@ def report(config, dataset, vae_images, trained: list) -> dict:
             return None
         return latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
 
-    rows = [
-        (
-            name or vq_report.variant_name(vq_config),
-            vq_report.report_variant(config, vq_config, dataset, classifier, vae_images, variant),
-        )
-        for name, vq_config, variant in trained
-    ]
+    rows = []
+    for name, vq_config, variant in trained:
+        summary = vq_report.report_variant(config, vq_config, dataset, classifier, vae_images, variant)
+        rows.append((name or vq_report.variant_name(vq_config), summary))
     table = vq_report.comparison_table(rows)
     result = rows[0][1]
     if len(rows) > 1:
         with open(os.path.join(config.workdir, "comparison.md"), "w") as f:
             f.write(table + "\n")
-        result = {"variants": {name: s for name, s in rows}}
+        result = {"variants": dict(rows)}
         workdir_lib.write_summary(config.workdir, result)
     runner.log(f"data: {dataset.describe()}")
     print(table)

@@ -1,16 +1,9 @@
 """A small image classifier (flax MLP + optax), used to measure which class generated images show.
 
-The conditional VAE claims to generate a requested class; this module gives
-the independent judge: a classifier trained on the real training split only,
-whose own test accuracy is reported beside the fraction of generated images
-it assigns to the requested class (the "class accuracy" of conditional
-samples, a common measure for class-conditional generators; cf. the
-"classification accuracy score" of Ravuri & Vinyals 2019, which trains in the
-other direction).
-
-Training is a jitted, scan-fused epoch of Adam steps on the mean softmax
-cross-entropy (``optax.softmax_cross_entropy_with_integer_labels``) over
-shuffled minibatches, from one key.
+The conditional VAE's independent judge: trained on the real training split only, its own test
+accuracy is reported beside the fraction of generated images it assigns to the requested class (cf.
+the "classification accuracy score" of Ravuri & Vinyals 2019, which trains in the other direction).
+Training is a jitted, scan-fused epoch of Adam steps on the mean softmax cross-entropy.
 """
 
 from __future__ import annotations
@@ -87,23 +80,16 @@ def train_classifier(
       key: the one key of the run (init and shuffling are split from it).
       cache: keep the trained params and accuracy in the user cache (:func:`vae_jax.caches.cached_by_inputs`,
         keyed by the four arrays, the key, the settings and the library versions and backend): a later call
-        with the same inputs loads them instead of training again (any change to an input trains anew).
-
-    Returns:
-      The :class:`TrainedClassifier`.
+        with the same inputs loads them instead of training again.
     """
     model = MLPClassifier(num_classes=num_classes, hidden=tuple(hidden))
     fit = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
-
-    def train() -> TrainedClassifier:
-        return _train(model, x_train, y_train, x_test, y_test, key, **fit)
-
     if not cache:
-        return train()
+        return _train(model, x_train, y_train, x_test, y_test, key, **fit)
     settings = fit | {"hidden": list(hidden), "num_classes": num_classes, "key": jax.random.key_data(key).tolist()}
 
     def build() -> tuple:
-        trained = train()
+        trained = _train(model, x_train, y_train, x_test, y_test, key, **fit)
         return (*jax.tree_util.tree_leaves(jax.device_get(trained.params)), np.float64(trained.test_accuracy))
 
     *leaves, accuracy = caches.cached_by_inputs("classifier-v1", build, (x_train, y_train, x_test, y_test), **settings)
@@ -167,15 +153,12 @@ def requested_class_fraction(
 ) -> dict:
     """How often ``classifier`` assigns generated ``images`` to the class they were generated for.
 
-    Returns ``overall`` (fraction of all images whose predicted class equals
-    the requested one), ``per_class`` ``[K]`` (the same per requested class)
-    and ``mean_probability`` (the classifier's mean probability of the
-    requested class).
+    Returns ``overall`` (the fraction of all images predicted as the requested class), ``per_class`` ``[K]``
+    (the same per requested class) and ``mean_probability`` (the mean probability of the requested class).
     """
     probs = classifier.predict_proba(images)  # [N, K]
-    predicted = np.argmax(probs, axis=-1)
     requested = np.asarray(requested)
-    hits = predicted == requested
+    hits = np.argmax(probs, axis=-1) == requested
     return {
         "overall": float(np.mean(hits)),
         "per_class": [

@@ -1,22 +1,12 @@
 """The AE and the VAE side by side: matched configs, reconstruction metrics, and how good prior samples are.
 
-A deterministic autoencoder learns *a* code, but nothing makes its codes fill
-N(0, I), so decoding z ~ N(0, I) gives whatever the decoder does off its
-data; a VAE's KL term pulls q(z|x) towards N(0, I), so the same draw lands
-where the decoder was trained. This module measures that, on host arrays:
-
-* :func:`nearest_neighbor_distance`: Euclidean distance from each decoded
-  image to its nearest training image. Decoded prior samples that look like
-  digits sit about as close to the training set as decoded test
-  reconstructions do; off-manifold decodings sit farther away.
-* :func:`fit_digit_classifier` / :func:`classifier_confidence`: a
-  scikit-learn logistic regression trained on the training images, and the
-  mean max-class probability and mean entropy (nats) of its predictions on
-  decoded images: digit-like images get confident, low-entropy predictions.
-
-:class:`AEVAEConfig` and :func:`matched_configs` build an AE and a VAE that
-differ only in the KL term: the same MLP widths, latent size and Bernoulli
-reconstruction loss (the AE's ``bce`` is the VAE's Bernoulli NLL).
+A deterministic autoencoder's codes need not fill N(0, I), so decoding z ~ N(0, I) gives whatever its
+decoder does off its data; a VAE's KL term pulls q(z|x) towards N(0, I). This module measures that on
+host arrays: :func:`nearest_neighbor_distance` (decoded images that look like digits sit about as close
+to the training set as decoded test reconstructions do) and :func:`classifier_confidence` of a
+logistic regression (:func:`fit_digit_classifier`; digit-like images get confident, low-entropy
+predictions). :class:`AEVAEConfig` and :func:`matched_configs` build an AE and a VAE that differ only
+in the KL term (the AE's ``bce`` is the VAE's Bernoulli NLL).
 """
 
 from __future__ import annotations
@@ -52,19 +42,14 @@ def matched_configs(config: AEVAEConfig, latent_dim: int, workdir: str) -> dict:
     """``{"ae": AEConfig, "vae": VAEConfig}`` with ``config``'s training flags, ``latent_dim``, and
     sub-workdirs ``workdir/ae_z{latent_dim}`` and ``workdir/vae_z{latent_dim}``."""
     common = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
-    common["hidden"] = tuple(config.hidden)
-    common["latent_dim"] = latent_dim
+    common.update(hidden=tuple(config.hidden), latent_dim=latent_dim)
+    own = {
+        "ae": (tasks.AEConfig, dict(variant="plain", arch="mlp", loss="bce", output="sigmoid")),
+        "vae": (tasks.VAEConfig, dict(likelihood="bernoulli", beta=1.0)),
+    }
     return {
-        "ae": tasks.AEConfig(
-            **{**common, "workdir": os.path.join(workdir, f"ae_z{latent_dim}")},
-            variant="plain",
-            arch="mlp",
-            loss="bce",
-            output="sigmoid",
-        ),
-        "vae": tasks.VAEConfig(
-            **{**common, "workdir": os.path.join(workdir, f"vae_z{latent_dim}")}, likelihood="bernoulli", beta=1.0
-        ),
+        kind: cls(**{**common, "workdir": os.path.join(workdir, f"{kind}_z{latent_dim}")}, **settings)
+        for kind, (cls, settings) in own.items()
     }
 
 
@@ -96,16 +81,13 @@ def decode_images(model, params, z: np.ndarray) -> np.ndarray:
     return np.asarray(jax.nn.sigmoid(decode_logits(model, params, z)))
 
 
-def reconstruction_metrics(x: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-example ``bce`` (Bernoulli NLL in nats, summed over pixels) and ``mse`` (per pixel) ``[N]``."""
-    bce = np.asarray(losses.bernoulli_nll(jnp.asarray(logits), jnp.asarray(x)))
-    mse = np.asarray(losses.mean_squared_error(jax.nn.sigmoid(jnp.asarray(logits)), jnp.asarray(x)))
-    return {"bce": bce, "mse": mse}
-
-
 def deterministic_reconstruction(kind: str, model, params, x: np.ndarray) -> dict[str, np.ndarray]:
-    """:func:`reconstruction_metrics` of decoding the deterministic code of ``x``: same measure for AE and VAE."""
-    return reconstruction_metrics(x, decode_logits(model, params, encode(kind, model, params, x)))
+    """Per-example ``bce`` (Bernoulli NLL in nats, summed over pixels) and ``mse`` (per pixel) ``[N]`` of
+    decoding the deterministic code of ``x``: the same measure for AE and VAE."""
+    logits = jnp.asarray(decode_logits(model, params, encode(kind, model, params, x)))
+    bce = np.asarray(losses.bernoulli_nll(logits, jnp.asarray(x)))
+    mse = np.asarray(losses.mean_squared_error(jax.nn.sigmoid(logits), jnp.asarray(x)))
+    return {"bce": bce, "mse": mse}
 
 
 # --- how good are decoded prior samples ----------------------------------------------
@@ -141,12 +123,9 @@ def cached_by_inputs(name: str, build_fn, arrays: tuple, **settings) -> tuple:
 
 def fit_digit_classifier(x_train: np.ndarray, y_train: np.ndarray, max_examples: int = 10000, seed: int = 0):
     """A multinomial logistic regression on flattened pixels (scikit-learn), fit on at most ``max_examples``
-    drawn at random. ``x_train`` may be stored pixels (``uint8``): only the drawn rows are converted.
-
-    The fitted weights are kept in the user cache keyed by the drawn images and labels
-    (:func:`cached_by_inputs`): a rerun on the same data loads them instead of fitting again.
-    The fit runs on one BLAS thread: its products are too small to gain from more, which only
-    contend with each other and with JAX's thread pool (docs/benchmarks.md)."""
+    drawn at random (stored ``uint8`` pixels are converted after the draw); the weights are kept in the user
+    cache (:func:`cached_by_inputs`). The fit runs on one BLAS thread: its products are too small to gain
+    from more, which only contend with each other and with JAX's thread pool (docs/benchmarks.md)."""
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(seed)
@@ -175,23 +154,16 @@ def _fit_logistic(x_drawn: np.ndarray, y_drawn: np.ndarray) -> tuple[np.ndarray,
 
 
 def classifier_confidence(classifier, images: np.ndarray) -> dict[str, float]:
-    """Mean max-class probability and mean predictive entropy (nats) of ``classifier`` on ``images``.
-
-    Digit-like images get confident predictions (max prob near 1, entropy
-    near 0); the entropy of a uniform guess over K classes is log K.
-    """
+    """Mean max-class probability and mean predictive entropy (nats) of ``classifier`` on ``images``: near 1
+    and 0 for digit-like images; the entropy of a uniform guess over K classes is log K."""
     probs = classifier.predict_proba(np.asarray(images, np.float64).reshape(len(images), -1))  # [N, K]
     entropy = -np.sum(probs * np.log(np.clip(probs, 1e-12, 1.0)), axis=1)
     return {"mean_max_prob": float(np.mean(np.max(probs, axis=1))), "mean_entropy": float(np.mean(entropy))}
 
 
 def image_quality(images: np.ndarray, x_train: np.ndarray, classifier=None) -> dict:
-    """How digit-like ``images`` ``[N, H, W, C]`` are.
-
-    ``nn_distance_mean``: mean Euclidean distance to the nearest training
-    image; with a ``classifier`` (:func:`fit_digit_classifier`) also its
-    ``mean_max_prob`` and ``mean_entropy`` (nats) on them.
-    """
+    """How digit-like ``images`` ``[N, H, W, C]`` are: ``nn_distance_mean`` (mean Euclidean distance to the
+    nearest training image) and, with a ``classifier``, its :func:`classifier_confidence` on them."""
     out = {"nn_distance_mean": float(np.mean(nearest_neighbor_distance(images, x_train)))}
     if classifier is not None:
         out.update(classifier_confidence(classifier, images))
@@ -210,21 +182,17 @@ def prior_sample_quality(
 ) -> dict:
     """Decodes ``num_samples`` z ~ N(0, I) and the test reconstructions and measures both.
 
-    Returns a dict with, for ``prior_samples`` and ``test_reconstructions``:
-    ``nn_distance_mean`` (to the nearest training image) and the classifier's
-    ``mean_max_prob`` / ``mean_entropy``; the ratio
-    ``nn_distance_ratio`` = samples / reconstructions (1: samples are as close
-    to the data as reconstructions are); and ``code_std`` ``[D]``, the std of
-    the test codes per dimension (how far from N(0, I) the codes live).
+    Returns :func:`image_quality` of ``prior_samples`` and of ``test_reconstructions``; their
+    ``nn_distance_ratio`` (samples / reconstructions: 1 when samples are as close to the data as
+    reconstructions are); ``code_std`` ``[D]`` and ``code_mean_norm`` of the test codes (how far from
+    N(0, I) they live).
     """
-    latent_dim = model.latent_dim
-    z = standard_normal(key, (num_samples, latent_dim))
-    samples = decode_images(model, params, z)
     codes = encode(kind, model, params, x_test)
-    recons = decode_images(model, params, codes[:num_samples])
-    out = {}
-    for name, images in (("prior_samples", samples), ("test_reconstructions", recons)):
-        out[name] = image_quality(images, x_train, classifier)
+    images = {
+        "prior_samples": decode_images(model, params, standard_normal(key, (num_samples, model.latent_dim))),
+        "test_reconstructions": decode_images(model, params, codes[:num_samples]),
+    }
+    out = {name: image_quality(x, x_train, classifier) for name, x in images.items()}
     out["nn_distance_ratio"] = (
         out["prior_samples"]["nn_distance_mean"] / out["test_reconstructions"]["nn_distance_mean"]
     )

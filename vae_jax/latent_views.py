@@ -1,17 +1,10 @@
 """Views of a trained VAE's latent space: t-SNE, the aggregate posterior as a Gaussian mixture, traversals.
 
-* :func:`tsne_2d` -- a 2-D t-SNE (van der Maaten & Hinton 2008) of latent codes.
-* "A VAE as a mixture of Gaussians": the aggregate posterior
-  q(z) = (1/N) sum_n q(z|x_n) is itself a mixture of N Gaussians, and the
-  decoder turns it into the data distribution. Prior samples z ~ N(0, I)
-  land where q(z) has little mass whenever q(z) differs from the prior (holes
-  between classes, unused corners). :func:`prior_vs_mixture` fits a
-  scikit-learn ``GaussianMixture`` with a few components to samples of q(z)
-  (one z ~ q(z|x_n) per training image), decodes samples of both and measures
-  each set with :mod:`vae_jax.latent_metrics` (nearest-training-image
-  distance, digit-classifier confidence).
-* :func:`latent_traversals` -- decodings of one code with a single dimension
-  swept over a range (Higgins et al. 2017).
+:func:`tsne_2d` embeds latent codes in 2-D (van der Maaten & Hinton 2008). The aggregate posterior
+q(z) = (1/N) sum_n q(z|x_n) is a mixture of N Gaussians, and prior samples z ~ N(0, I) land where q(z)
+has little mass whenever it differs from the prior: :func:`prior_vs_mixture` fits a few-component
+``GaussianMixture`` to samples of q(z) and measures decodings of both with :mod:`vae_jax.latent_metrics`.
+:func:`latent_traversals` sweeps one dimension of a code (Higgins et al. 2017).
 """
 
 from __future__ import annotations

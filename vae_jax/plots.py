@@ -1,9 +1,7 @@
 """Figures from host arrays: image grids, reconstructions, samples, interpolations, latent maps, curves.
 
-Every function takes NumPy arrays (call ``jax.device_get`` first), writes one
-PNG and returns its path. Matplotlib runs on the non-interactive Agg backend.
-In a ``--distributed`` run only process 0 writes (:func:`save_figure`); the
-others return the same paths without writing.
+Every function takes NumPy arrays (call ``jax.device_get`` first), writes one PNG through
+:func:`save_figure` and returns its path. Matplotlib runs on the non-interactive Agg backend.
 """
 
 from __future__ import annotations

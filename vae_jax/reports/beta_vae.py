@@ -13,6 +13,7 @@ from vae_jax import workdir as workdir_lib
 from vae_jax.tasks import vae as vae_tasks
 
 TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 9)
+DIAGNOSTIC_COLUMNS = ("active_units", "latent_dim", "mutual_information", "collapsed_dims", "mean_kl_per_dim")
 
 
 def measure_setting(
@@ -39,11 +40,7 @@ def measure_setting(
         "schedule": setting.beta_schedule,
         "free_bits": setting.free_bits,
         **{k: test[k]["mean"] for k in ("neg_elbo", "recon", "kl")},
-        "active_units": diag["active_units"],
-        "latent_dim": diag["latent_dim"],
-        "mutual_information": diag["mutual_information"],
-        "collapsed_dims": diag["collapsed_dims"],
-        "mean_kl_per_dim": diag["mean_kl_per_dim"],
+        **{k: diag[k] for k in DIAGNOSTIC_COLUMNS},
         "train_seconds": result.summary["train_seconds"],
     }
     return row, figure
@@ -64,11 +61,10 @@ def report(config, dataset, trained: list) -> dict:
 
     ``trained`` holds ``(setting, model, TrainResult)`` of every setting. Returns the summary.
     """
-    rows, figures = [], []
-    for setting, model, result in trained:
-        row, figure = measure_setting(setting, model, result, dataset, config.traversal_dims)
-        rows.append(row)
-        figures.append(figure)
+    measured = [
+        measure_setting(setting, model, result, dataset, config.traversal_dims) for setting, model, result in trained
+    ]
+    rows, figures = [row for row, _ in measured], [figure for _, figure in measured]
     figures.append(
         plots.save_kl_per_dim(
             {r["setting"]: r["mean_kl_per_dim"] for r in rows},

@@ -26,11 +26,9 @@ def latent_plane_grid(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray
 
 
 def report(config, dataset, trained_by_size: dict) -> dict:
-    """Sample quality, figures, ``summary.json`` and the result lines (process 0 alone); returns the summary.
-
-    ``trained_by_size`` maps each latent size to ``experiments.latent_space.train_pair``'s ``{kind: (model, params)}``. A rerun
-    whose checkpoints, data and settings match those of ``summary.json`` reuses it and its figures.
-    """
+    """Sample quality, figures, ``summary.json`` and the result lines (process 0 alone); returns the summary,
+    reused on a rerun on the same checkpoints, data and settings. ``trained_by_size`` maps each latent size
+    to ``{kind: (model, params)}``."""
     params = {f"{kind}_z{dim}": p for dim, trained in trained_by_size.items() for kind, (_, p) in trained.items()}
     fingerprint = workdir_lib.report_fingerprint(
         params, {"config": dataclasses.asdict(config), "dataset": dataset.summary()}

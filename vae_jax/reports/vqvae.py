@@ -24,8 +24,8 @@ from vae_jax.tasks import vqvae as vq
 
 
 def vae_samples(vae_workdir: str, baseline_config: tasks.VAEConfig | None, dataset, key, n: int):
-    """Decoded N(0, I) samples ``[n, H, W, C]`` of the MLP VAE trained in ``vae_workdir`` (when given), else of
-    the one ``baseline_config`` trains (or resumes); None when neither is given."""
+    """Decoded N(0, I) samples ``[n, H, W, C]`` of the MLP VAE in ``vae_workdir``, else of the one
+    ``baseline_config`` trains (or resumes); None when neither is given."""
     if vae_workdir:
         vae_config = workdir_lib.load_run_config(vae_workdir, tasks.VAEConfig)
         model, task = tasks.vae_task(vae_config, dataset.image_shape)
@@ -54,19 +54,18 @@ def train_variant(vq_config: vq.VQVAEConfig, prior_config: prior_lib.PriorConfig
     ``test_codes`` (the first seed's code grids of the test images) and ``prior`` (model, result) or None."""
     model, task = vq.vqvae_task(vq_config, dataset.image_shape, dataset.x_train_first())
     result = runner.train(vq_config, task, dataset)
-    # read from the checkpoints, which every process opens together
+    params = result.params(0)
     trained = {
         "model": model,
         "result": result,
         "prior": None,
+        # read from the checkpoints, which every process opens together
         "usage_by_epoch": usage_by_epoch(vq_config, task, model, dataset.x_test, result),
-        "test_codes": vq.encode_indices(model, result.params(0), dataset.x_test),  # the first seed's
+        "test_codes": vq.encode_indices(model, params, dataset.x_test),
     }
     if prior_config.epochs:
-        params = result.params(0)
-        train_codes = np.concatenate(
-            [vq.encode_indices(model, params, x) for x in data_lib.float_chunks(dataset.train_pixels)]
-        )
+        chunks = data_lib.float_chunks(dataset.train_pixels)
+        train_codes = np.concatenate([vq.encode_indices(model, params, x) for x in chunks])
         codes_data = prior_lib.codes_dataset(train_codes, trained["test_codes"], f"VQ-VAE codes of {dataset.source}")
         prior_model, prior_task = prior_lib.prior_task(prior_config, model.grid_shape, model.num_codes)
         trained["prior"] = (prior_model, runner.train(prior_config, prior_task, codes_data))
@@ -74,8 +73,7 @@ def train_variant(vq_config: vq.VQVAEConfig, prior_config: prior_lib.PriorConfig
 
 
 def usage_by_epoch(vq_config, task, model, x_test, result: runner.TrainResult) -> list[dict]:
-    """Codebook usage of every checkpoint; a finished run whose summary.json was read back (nothing trained)
-    already holds it."""
+    """Codebook usage of every checkpoint (already in a finished run's summary.json when it was read back)."""
     if result.reused_summary and "usage_by_epoch" in result.summary:
         return result.summary["usage_by_epoch"]
     return runner.usage_by_epoch(vq_config, task, model, x_test)
@@ -83,9 +81,8 @@ def usage_by_epoch(vq_config, task, model, x_test, result: runner.TrainResult) -
 
 def report_variant(config, vq_config, dataset, classifier: Callable, vae_images, trained: dict) -> dict:
     """One option combination's usage, sample quality, figures and ``summary.json`` (process 0); returns the
-    summary. A rerun on the same checkpoints, data and flags, with every figure present, reuses them.
-    ``config`` gives ``seed`` and ``num_samples``; ``classifier()`` the digit classifier (or None), called only
-    when the report is computed; ``trained`` is :func:`train_variant`'s dict."""
+    summary, reused on a rerun on the same checkpoints, data and flags with every figure present.
+    ``classifier()`` gives the digit classifier (or None), called only when the report is computed."""
     prior = trained["prior"]
     fingerprint = workdir_lib.report_fingerprint(
         {
@@ -125,15 +122,9 @@ def variant_report(config, vq_config, dataset, classifier, vae_images, trained: 
     summary["sample_quality"] = {
         name: latent_metrics.image_quality(images, x_train, classifier) for name, images in generated.items()
     }
-    rows = [(name, images[:10]) for name, images in generated.items()]
-    figures.append(
-        plots.save_image_rows(
-            [r for _, r in rows],
-            [n.replace("_", " ") for n, _ in rows],
-            os.path.join(vq_config.workdir, "samples.png"),
-            "Decoded samples: learned prior, uniform codes, VAE N(0, I); test reconstructions",
-        )
-    )
+    rows, labels = [images[:10] for images in generated.values()], [n.replace("_", " ") for n in generated]
+    title = "Decoded samples: learned prior, uniform codes, VAE N(0, I); test reconstructions"
+    figures.append(plots.save_image_rows(rows, labels, os.path.join(vq_config.workdir, "samples.png"), title))
     return summary, figures
 
 
@@ -169,8 +160,7 @@ def usage_figures(workdir: str, x_test: np.ndarray, trained: dict, usage: dict) 
 
 
 def generated_images(config, x_test: np.ndarray, trained: dict, vae_images, summary: dict) -> dict:
-    """``{name: decoded images}`` of each generator (the prior's samples, uniform code grids, the VAE's N(0, I)
-    samples, test reconstructions); adds the prior's test bits/dim and NLL to ``summary``."""
+    """``{name: decoded images}`` of each generator; adds the prior's test bits/dim and NLL to ``summary``."""
     model, params = trained["model"], trained["result"].params(0)
     key = jax.random.key(config.seed)
     grids = vq.uniform_code_grids(jax.random.fold_in(key, 1), config.num_samples, model.grid_shape, model.num_codes)
@@ -189,8 +179,8 @@ def generated_images(config, x_test: np.ndarray, trained: dict, vae_images, summ
 
 
 def prior_samples(prior_model, prior_params, sample_key, config, model) -> np.ndarray:
-    """``config.num_samples`` code grids drawn from the prior; the same prior checkpoint and key draw the same
-    grids, so a rerun loads them from the user cache."""
+    """``config.num_samples`` code grids drawn from the prior, kept in the user cache (same checkpoint and key,
+    same grids)."""
     (sampled,) = latent_metrics.cached_by_inputs(
         "prior_samples-v1",
         lambda: (prior_lib.sample_codes(prior_model, prior_params, sample_key, config.num_samples, model.grid_shape),),
@@ -208,8 +198,8 @@ def variant_name(vq_config) -> str:
 
 
 def comparison_table(rows: list[tuple[str, dict]]) -> str:
-    """A Markdown table of ``(name, summary)`` rows: test MSE and PSNR, codebook usage, the prior's bits/dim
-    and its samples' quality."""
+    """A Markdown table of ``(name, summary)`` rows: test MSE and PSNR, codebook usage, prior bits/dim and
+    sample quality."""
 
     def number(value, digits):
         return "-" if value is None else f"{value:.{digits}f}"
