@@ -14,8 +14,7 @@ Shape mistakes are loud, not broadcast: the two arrays a loss compares must
 already agree (one may broadcast to the other, as x ``[B, H, W, C]`` against
 logits ``[K, B, H, W, C]``), and an image batch without its channel axis
 (``[B, 28, 28]`` under ``event_ndim=3``, which would sum the whole batch into
-one number) raises a ``ValueError`` naming the argument. :func:`neg_elbo`
-checks that its two terms are per-example values of the same shape.
+one number) raises a ``ValueError`` naming the argument.
 
 References:
   Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
@@ -32,13 +31,17 @@ import jax.numpy as jnp
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _sum_event(values: jax.Array, event_ndim: int) -> jax.Array:
-    """Sums the trailing ``event_ndim`` axes of ``values``."""
+def _event_axes(values: jax.Array, event_ndim: int) -> tuple[int, ...]:
+    """The trailing ``event_ndim`` axes of ``values``: those of one example."""
     if event_ndim < 0 or event_ndim > values.ndim:
         raise ValueError(f"event_ndim must be between 0 and the array rank {values.ndim}, got {event_ndim}")
-    if event_ndim == 0:
-        return values
-    return jnp.sum(values, axis=tuple(range(values.ndim - event_ndim, values.ndim)))
+    return tuple(range(values.ndim - event_ndim, values.ndim))
+
+
+def _sum_event(values: jax.Array, event_ndim: int) -> jax.Array:
+    """Sums the trailing ``event_ndim`` axes of ``values``."""
+    axes = _event_axes(values, event_ndim)
+    return jnp.sum(values, axis=axes) if axes else values
 
 
 # An image's channel axis holds at most this many channels (gray, gray + alpha, RGB, RGBA).
@@ -108,13 +111,8 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array, event_ndim: int = 1) -> jax.
     (Kingma & Welling 2014, appendix B). Some lecture slides write the sum
     without the factor 1/2; that is twice the KL divergence.
 
-    Args:
-      mean: posterior means, ``[..., D]``.
-      logvar: posterior log-variances, same shape as ``mean``.
-      event_ndim: trailing axes that form one example (1 for latent vectors).
-
-    Returns:
-      ``[...]``: one KL value per example.
+    ``mean``, ``logvar``: ``[..., D]`` posterior means and log-variances; ``event_ndim``: trailing
+    axes that form one example (1 for latent vectors). Returns ``[...]``, one KL value per example.
     """
     _check_pair("gaussian_kl", ("mean", "logvar"), mean, logvar)
     _check_event("gaussian_kl", "mean", mean, event_ndim)
@@ -157,17 +155,10 @@ def bernoulli_nll(logits: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.A
     values in [0, 1] (used as Bernoulli means, as the reference VAE does);
     then this is the cross-entropy, not a normalised log-likelihood.
 
-    Args:
-      logits: decoder logits, e.g. ``[B, H, W, C]``.
-      x: targets in [0, 1], same shape as ``logits``.
-      event_ndim: trailing axes that form one example (3 for NHWC images).
-
-    Returns:
-      ``[B]`` (the leading axes): one value per example.
-
-    Raises:
-      ValueError: if ``logits`` and ``x`` differ in shape (beyond one
-        broadcasting to the other), or images lack their channel axis.
+    ``logits`` (e.g. ``[B, H, W, C]``) and targets ``x`` in [0, 1] of the same shape; ``event_ndim``
+    trailing axes form one example (3 for NHWC images). Returns ``[B]`` (the leading axes).
+    Raises ``ValueError`` if the shapes differ (beyond one broadcasting to the other) or images
+    lack their channel axis.
     """
     _check_pair("bernoulli_nll", ("logits", "x"), logits, x)
     _check_event("bernoulli_nll", "x", x, event_ndim)
@@ -194,14 +185,8 @@ def gaussian_nll(x: jax.Array, mean: jax.Array, logvar: jax.Array | float, event
     the loss is ||x - f(z)||^2 / (2c), so squared error is the c-scaled
     special case.
 
-    Args:
-      x: observations, e.g. ``[B, H, W, C]``.
-      mean: predicted means, same shape as ``x``.
-      logvar: log-variance, an array broadcastable to ``x`` or a float.
-      event_ndim: trailing axes that form one example.
-
-    Returns:
-      ``[B]`` (the leading axes): one value per example.
+    ``x`` (e.g. ``[B, H, W, C]``) and ``mean`` of the same shape; ``logvar`` an array broadcastable
+    to ``x`` or a float. Returns ``[B]`` (the leading axes): one value per example.
     """
     _check_pair("gaussian_nll", ("x", "mean"), x, mean)
     _check_event("gaussian_nll", "x", x, event_ndim)
@@ -276,18 +261,12 @@ def iwae_bound(log_w: jax.Array, axis: int = -1) -> jax.Array:
 
 
 # --- autoencoder reconstruction losses and image-quality metrics ----------------------
-#
-# Plain, denoising, masked and contractive autoencoders compare a reconstruction
-# ``x_hat`` (an image in [0, 1]) or decoder logits with the clean input ``x``.
-# Like everything above, each returns one value per example: it reduces the
-# trailing ``event_ndim`` axes (H, W, C for NHWC images) and keeps the rest.
+# A reconstruction ``x_hat`` (an image in [0, 1]) or decoder logits against the clean input ``x``.
 
 
 def _event_size(values: jax.Array, event_ndim: int) -> int:
     """Number of elements in one event (H * W * C for NHWC images)."""
-    if event_ndim < 0 or event_ndim > values.ndim:
-        raise ValueError(f"event_ndim must be between 0 and the array rank {values.ndim}, got {event_ndim}")
-    return math.prod(values.shape[values.ndim - event_ndim :])
+    return math.prod(values.shape[axis] for axis in _event_axes(values, event_ndim))
 
 
 def squared_error(x_hat: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.Array:

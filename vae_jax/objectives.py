@@ -140,11 +140,7 @@ def posterior_samples(key: jax.Array, mean: jax.Array, logvar: jax.Array, k: int
     Example-major: the noise is one ``[B, k, D]`` standard-normal draw, made
     in at least float32 and cast to the model's dtype
     (:func:`vae_jax.losses.reparameterize`). Every importance-sampling
-    estimate (IWAE training and evaluation of the MLP, conv, conditional and
-    hierarchical VAEs) draws its samples through this one function. (The
-    removed ``evaluate.iwae_nll`` drew them k-major, and the conditional VAE
-    drew them directly in the compute dtype: IWAE numbers from those paths
-    differ from these at the Monte Carlo noise level.)
+    estimate (IWAE training and evaluation of every Gaussian VAE) draws its samples here.
     """
     return losses.reparameterize(
         key, jnp.broadcast_to(mean[:, None], (mean.shape[0], k, mean.shape[-1])), logvar[:, None]
@@ -156,10 +152,8 @@ def make_gaussian_vae_log_weights(model, likelihood: str = "bernoulli", decoder_
 
     log w_j = log p(x|z_j) + log N(z_j; 0, I) - log q(z_j|x), z_j ~ q(z|x)
     (:func:`posterior_samples`). The encoder runs once; the decoder runs on
-    the ``B * k`` samples, each with its example's conditions. This one
-    builder serves IWAE training (:func:`make_elbo_objective`) and IWAE
-    evaluation (:func:`vae_jax.evaluate.gaussian_vae_parts`) of the MLP,
-    convolutional and conditional VAEs.
+    the ``B * k`` samples, each with its example's conditions. It serves IWAE training
+    (:func:`make_elbo_objective`) and evaluation (:func:`vae_jax.evaluate.gaussian_vae_parts`).
     """
 
     def log_weights_fn(params, batch, key, k):
@@ -185,18 +179,10 @@ def free_bits_kl(kl_per_dim: jax.Array, free_bits: float) -> jax.Array:
     anything by pushing a latent dimension's KL below ``lambda`` nats, so the
     optimizer has no incentive to collapse it. Kingma et al. floor the
     minibatch mean of each dimension's KL; here the floor is applied per
-    example, so an example's loss does not depend on which other examples
-    share its batch: losses (and gradients) are invariant to batch size and
-    batch composition, and the per-example contract of :mod:`vae_jax.losses`
-    holds. (It is the stronger constraint: a dimension is kept "open" for each
-    example, not only on average.) With ``lambda = 0`` it is the plain KL.
-
-    Args:
-      kl_per_dim: ``[B, D]`` per-dimension KL terms.
-      free_bits: lambda, nats per dimension (>= 0).
-
-    Returns:
-      ``[B]``.
+    example (the stronger constraint), so an example's loss does not depend on
+    which other examples share its batch and the per-example contract of
+    :mod:`vae_jax.losses` holds. With ``lambda = 0`` it is the plain KL.
+    ``kl_per_dim``: ``[B, D]``; ``free_bits``: lambda, nats per dimension (>= 0).
     """
     return jnp.sum(jnp.maximum(kl_per_dim, free_bits), axis=-1)
 
@@ -233,8 +219,7 @@ def make_elbo_objective(
     batch mean of the objective above; ``metrics`` are batch means of ``loss``,
     ``neg_elbo`` (UNWEIGHTED recon + kl, always), ``recon``, ``kl``, ``beta``
     (the schedule's value at ``step``), the extra terms, and ``neg_iwae_bound``
-    when iwae_k > 1 (the same value as ``loss``; the single-sample terms are then computed
-    as well, for the metrics only). With ``dynamic_binarize`` the batch is
+    when iwae_k > 1 (equal to ``loss``). With ``dynamic_binarize`` the batch is
     Bernoulli-sampled from its gray values first (a key split from ``key``).
 
     ``eval_fn(params, batch, key) -> dict of [B]``: ``neg_elbo``, ``recon``,

@@ -23,20 +23,12 @@ left before the event raises. They take the :class:`Quantized` that
 :func:`vector_quantize` returns, which pairs ``z_e`` with the right array
 (``codes``, not ``z_q``) for them.
 
-Codebook learning options (Razavi, van den Oord & Vinyals, "Generating
-Diverse High-Fidelity Images with VQ-VAE-2", NeurIPS 2019, and the 2017
-paper's appendix A.1):
-
-* :func:`ema_update`: exponential moving averages of the cluster sizes and
-  sums, Laplace-smoothed, zero-debiased (Kingma & Ba's bias correction) so the
-  first steps are not pulled towards the zero initial averages; unused codes
-  kept, or (``rule="sonnet"``) rewritten as Sonnet and Haiku do;
-* :func:`kmeans`: k-means++ seeding and Lloyd steps over encoder outputs;
-* :func:`restart_dead_codes`: codes unused for N steps are moved onto randomly
-  chosen recent encoder outputs;
-* ``cosine=True`` in :func:`vector_quantize`: l2-normalised vectors and codes
-  (nearest by cosine similarity; Yu et al., "Vector-quantized Image Modeling
-  with Improved VQGAN", ICLR 2022).
+Codebook learning options: the EMA codebook (:func:`ema_update`; the 2017
+paper's appendix A.1 and Razavi, van den Oord & Vinyals, "Generating Diverse
+High-Fidelity Images with VQ-VAE-2", NeurIPS 2019), k-means initialisation
+(:func:`kmeans`), dead-code restarts (:func:`restart_dead_codes`) and cosine
+matching (``cosine=True`` in :func:`vector_quantize`; Yu et al., "Vector-quantized
+Image Modeling with Improved VQGAN", ICLR 2022).
 
 Usage statistics (:func:`code_counts`, :func:`perplexity`,
 :func:`codes_used`) are computed from counts accumulated over a whole
@@ -294,17 +286,10 @@ def ema_update(
       the same way): a code never used becomes 0, so their runs can be
       reproduced exactly.
 
-    Args:
-      state: :class:`EMAState`.
-      codebook: ``[K, D]`` current codes.
-      z_e: ``[..., D]`` the encoder outputs as matched (``Quantized.z_e``).
-      indices: ``[...]`` their code indices.
-      decay: EMA decay in [0, 1).
-      epsilon: Laplace smoothing constant.
-      rule: ``"keep"`` or ``"sonnet"`` (:data:`EMA_RULES`).
-
-    Returns:
-      ``(codebook [K, D], state)``. Call it only in training steps.
+    ``codebook`` ``[K, D]`` holds the current codes, ``z_e`` ``[..., D]`` the encoder outputs as
+    matched (``Quantized.z_e``) and ``indices`` ``[...]`` their codes; ``decay`` lies in [0, 1) and
+    ``epsilon`` is the Laplace smoothing constant. Returns ``(codebook [K, D], state)``; call it
+    only in training steps.
     """
     if rule not in EMA_RULES:
         raise ValueError(f"ema_update: rule must be one of {', '.join(EMA_RULES)}, got {rule!r}")

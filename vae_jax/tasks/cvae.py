@@ -14,7 +14,7 @@ from typing import ClassVar
 import jax
 import numpy as np
 
-from vae_jax import diagnostics, evaluate, objectives
+from vae_jax import diagnostics, evaluate
 from vae_jax.arrays import standard_normal
 from vae_jax.errors import ConfigError, field, require
 from vae_jax.evaluate import VAEEvalParts
@@ -83,9 +83,7 @@ def build_cvae(config: CVAEConfig, image_shape) -> CVAE:
 def cvae_task(config: CVAEConfig, image_shape) -> tuple[CVAE, Task]:
     """The CVAE and its training task (batches must carry labels ``y``)."""
     model = build_cvae(config, image_shape)
-    return model, config.elbo_task(
-        model, init_params, objectives.make_gaussian_vae_terms, objectives.make_gaussian_vae_log_weights
-    )
+    return model, config.elbo_task(model, init_params)
 
 
 def cvae_eval_parts(model: CVAE, task: Task, config: CVAEConfig) -> VAEEvalParts:

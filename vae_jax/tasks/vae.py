@@ -112,12 +112,18 @@ class VAEObjectiveConfig(TrainConfig):
             dynamic_binarize=self.binarize == "dynamic",
         )
 
-    def elbo_task(self, model, init_params, make_terms, make_log_weights) -> Task:
+    def elbo_task(
+        self,
+        model,
+        init_params,
+        make_terms=objectives.make_gaussian_vae_terms,
+        make_log_weights=objectives.make_gaussian_vae_log_weights,
+    ) -> Task:
         """The training :class:`Task` of ``model`` under these flags, its headline the negative ELBO.
 
         ``make_terms`` / ``make_log_weights`` are a family's
         ``(model, likelihood, decoder_logvar) -> terms_fn / log_weights_fn``
-        (see :mod:`vae_jax.objectives`); ``init_params(model, key)`` its initialiser.
+        (see :mod:`vae_jax.objectives`; the Gaussian VAE's by default); ``init_params(model, key)`` its initialiser.
         The training loss computes in ``--precision`` (:func:`vae_jax.precision.compute_in`);
         evaluation always in float32.
         """
@@ -166,9 +172,7 @@ def build_vae(config: VAEConfig, image_shape) -> VAE:
 
 def vae_task(config: VAEConfig, image_shape) -> tuple[VAE, Task]:
     model = build_vae(config, image_shape)
-    return model, config.elbo_task(
-        model, init_params, objectives.make_gaussian_vae_terms, objectives.make_gaussian_vae_log_weights
-    )
+    return model, config.elbo_task(model, init_params)
 
 
 # --- queries for figures (host arrays out) -------------------------------------------
