@@ -81,18 +81,10 @@ def neg_elbo(reconstruction_nll: jax.Array, kl: jax.Array, beta: float = 1.0) ->
     eq. 3), with the expectation estimated by the samples behind
     ``reconstruction_nll``; ``beta`` weights the KL (Higgins et al. 2017).
 
-    Args:
-      reconstruction_nll: ``[B]`` -log p(x|z), e.g. ``bernoulli_nll(logits, x)``.
-      kl: ``[B]`` KL term, e.g. ``gaussian_kl(mean, logvar)``.
-      beta: weight of the KL term.
-
-    Returns:
-      ``[B]``: one value per example; average it over the batch yourself.
-
-    Raises:
-      ValueError: unless both terms have the same shape with at least one
-        (batch) axis: a scalar reconstruction term added to a ``[B]`` KL would
-        otherwise broadcast and silently weight the KL by 1/B after a mean.
+    ``reconstruction_nll`` (e.g. ``bernoulli_nll(logits, x)``) and ``kl`` (e.g.
+    ``gaussian_kl(mean, logvar)``) are ``[B]``; so is the result. Raises ``ValueError``
+    unless both have the same shape with a batch axis: a scalar reconstruction term added to a
+    ``[B]`` KL would otherwise broadcast and silently weight the KL by 1/B after a mean.
     """
     recon_shape, kl_shape = jnp.shape(reconstruction_nll), jnp.shape(kl)
     if recon_shape != kl_shape or len(recon_shape) == 0:
@@ -138,8 +130,7 @@ def gaussian_kl_between(
     (Sønderby et al. 2016; Vahdat & Kautz 2020). With ``mean_p = 0`` and
     ``logvar_p = 0`` it equals :func:`gaussian_kl`.
 
-    Returns:
-      ``[...]``: one KL value per example (all four inputs broadcast together).
+    Returns ``[...]``, one KL value per example (all four inputs broadcast together).
     """
     kl_per_dim = 0.5 * (
         logvar_p - logvar_q + (jnp.exp(logvar_q) + jnp.square(mean_q - mean_p)) * jnp.exp(-logvar_p) - 1.0
@@ -215,8 +206,7 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
     least float32 and then cast to the dtype of ``mean``: a bfloat16 model gets
     the float32 draw rounded, the same noise that float32 training sees.
 
-    Returns:
-      ``z`` with the shape and dtype of ``mean``.
+    Returns ``z`` with the shape and dtype of ``mean``.
     """
     return mean + jnp.exp(0.5 * logvar) * standard_normal(key, jnp.shape(mean), jnp.result_type(mean))
 
@@ -235,13 +225,8 @@ def log_mean_exp(log_w: jax.Array, axis: int = -1) -> jax.Array:
 def vae_log_weights(log_px_given_z: jax.Array, z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """Importance log-weights log p(x|z) + log p(z) - log q(z|x).
 
-    Args:
-      log_px_given_z: ``[...]`` decoder log-likelihoods for the samples.
-      z: ``[..., D]`` samples from q(z|x).
-      mean, logvar: ``[..., D]`` parameters of q(z|x) (broadcast against z).
-
-    Returns:
-      ``[...]`` log-weights, one per sample.
+    ``log_px_given_z`` ``[...]`` for the samples ``z`` ``[..., D]`` of q(z|x) = N(mean, exp(logvar))
+    (``[..., D]``, broadcast against z) -> ``[...]`` log-weights, one per sample.
     """
     return log_px_given_z + standard_normal_log_prob(z) - gaussian_log_prob(z, mean, logvar)
 
@@ -254,8 +239,7 @@ def iwae_bound(log_w: jax.Array, axis: int = -1) -> jax.Array:
     tends to log p(x), so -L_k is an upper bound on the negative
     log-likelihood that tightens as k grows.
 
-    Returns:
-      The bound with ``axis`` removed, one value per example.
+    Returns the bound with ``axis`` removed, one value per example.
     """
     return log_mean_exp(log_w, axis=axis)
 
@@ -275,8 +259,7 @@ def squared_error(x_hat: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.Ar
     The lectures' reconstruction loss ``||x - d(e(x))||^2``, and, up to the
     factor ``1 / (2c)`` and a constant, the Gaussian NLL of :func:`gaussian_nll`.
 
-    Returns:
-      ``[B]`` (the leading axes): one value per example.
+    Returns ``[B]`` (the leading axes): one value per example.
     """
     _check_pair("squared_error", ("x_hat", "x"), x_hat, x)
     _check_event("squared_error", "x", x, event_ndim)
@@ -289,10 +272,7 @@ def half_mean_squared_error(x_hat: jax.Array, x: jax.Array, event_ndim: int = 3)
     For a one-channel ``h x w`` image the divisor is ``2wh``; for C channels
     every element counts, so it is ``2whC``. It equals
     ``squared_error / (2 * event size)`` and half of :func:`mean_squared_error`;
-    the factor 1/2 only makes the gradient ``(x_hat - x) / (wh)``.
-
-    Returns:
-      ``[B]``: one value per example.
+    the factor 1/2 only makes the gradient ``(x_hat - x) / (wh)``. Returns ``[B]``.
     """
     return squared_error(x_hat, x, event_ndim) / (2.0 * _event_size(x, event_ndim))
 
@@ -316,10 +296,7 @@ def masked_squared_error(x_hat: jax.Array, x: jax.Array, mask: jax.Array, event_
 def masked_mean_squared_error(x_hat: jax.Array, x: jax.Array, mask: jax.Array, event_ndim: int = 3) -> jax.Array:
     """Mean squared error over the masked elements only: ``sum m (x - x_hat)^2 / sum m``.
 
-    An example with an empty mask gets 0 (nothing to compare), not NaN.
-
-    Returns:
-      ``[B]``: one value per example.
+    An example with an empty mask gets 0 (nothing to compare), not NaN. Returns ``[B]``.
     """
     mask = jnp.broadcast_to(mask, jnp.shape(x)).astype(jnp.result_type(x))
     count = _sum_event(mask, event_ndim)

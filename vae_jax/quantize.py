@@ -16,10 +16,8 @@ The arg-min has no gradient, so the decoder's gradient is copied straight
 through to the encoder: ``z_q = z_e + sg[e_k - z_e]``.
 
 Per-example contract (as in :mod:`vae_jax.losses`): the losses sum over the
-trailing ``event_ndim`` axes (the grid and the code dimension; 3 for a
-``[B, H', W', D]`` grid, 2 for a ``[B, T, D]`` sequence) and keep every
-leading axis; they never reduce over the batch, and an input with no axis
-left before the event raises. They take the :class:`Quantized` that
+trailing ``event_ndim`` axes (the grid and the code dimension) and never
+reduce over the batch. They take the :class:`Quantized` that
 :func:`vector_quantize` returns, which pairs ``z_e`` with the right array
 (``codes``, not ``z_q``) for them.
 
@@ -30,10 +28,9 @@ High-Fidelity Images with VQ-VAE-2", NeurIPS 2019), k-means initialisation
 matching (``cosine=True`` in :func:`vector_quantize`; Yu et al., "Vector-quantized
 Image Modeling with Improved VQGAN", ICLR 2022).
 
-Usage statistics (:func:`code_counts`, :func:`perplexity`,
-:func:`codes_used`) are computed from counts accumulated over a whole
-evaluation set, never as an average of per-batch perplexities (the mean of
-per-batch perplexities depends on the batch size).
+Usage statistics (:func:`perplexity`, :func:`codes_used`) are computed from
+counts accumulated over a whole evaluation set (:func:`code_counts`), never as a
+mean of per-batch perplexities, which depends on the batch size.
 """
 
 from __future__ import annotations
@@ -149,18 +146,10 @@ def vq_codebook_loss(quantized: Quantized, event_ndim: int = 3) -> jax.Array:
     codebook's gradient), never with ``z_q`` (equal in value, but its gradient
     goes to the encoder: paired with ``z_q`` the codebook would learn nothing).
 
-    Args:
-      quantized: what :func:`vector_quantize` returned for ``z_e`` ``[B, ..., D]``.
-      event_ndim: trailing axes of ``z_e`` that form one example: 3 for a
-        ``[B, H', W', D]`` grid, 2 for a ``[B, T, D]`` sequence, 1 for ``[B, D]``.
-
-    Returns:
-      ``[B]`` (the axes before the trailing ``event_ndim``); average it yourself.
-
-    Raises:
-      TypeError: for anything but a :class:`Quantized` (two arrays, say).
-      ValueError: when ``z_e`` has no axis left before the trailing
-        ``event_ndim`` (``[B, T, D]`` under the default 3 would sum the batch).
+    ``event_ndim``: trailing axes of ``z_e`` that form one example: 3 for a ``[B, H', W', D]``
+    grid, 2 for a ``[B, T, D]`` sequence, 1 for ``[B, D]``. Returns ``[B]`` (the axes before them).
+    Raises ``TypeError`` for anything but a :class:`Quantized` (two arrays, say), ``ValueError``
+    when ``z_e`` has no axis left before the event (``[B, T, D]`` under the default 3).
 
     Example, the VQ-VAE's VQ terms of a ``[B, T, D]`` sequence (``beta`` = 0.25):
 
@@ -276,15 +265,10 @@ def ema_update(
     with ``n = sum_k N^_k``, so that no division is by zero, and the new
     codes are ``e_k = m^_k / N~_k``.
 
-    ``rule`` says which codes take that value:
-
-    * ``"keep"`` (default): only the codes used in this step; the others keep
-      their vector (their averages decay together, so their ratio, and the
-      code, would barely move; a never-used code would be set to 0).
-    * ``"sonnet"``: every code, as Sonnet 2's and Haiku's
-      ``VectorQuantizerEMA`` do (their ``ExponentialMovingAverage`` debiases
-      the same way): a code never used becomes 0, so their runs can be
-      reproduced exactly.
+    ``rule`` says which codes take that value: ``"keep"`` (default), only the codes used in this
+    step (an unused code's averages decay together, so it would barely move; a never-used code
+    would become 0); ``"sonnet"``, every code, as Sonnet 2's and Haiku's ``VectorQuantizerEMA`` do
+    (debiased the same way), so their runs can be reproduced exactly.
 
     ``codebook`` ``[K, D]`` holds the current codes, ``z_e`` ``[..., D]`` the encoder outputs as
     matched (``Quantized.z_e``) and ``indices`` ``[...]`` their codes; ``decay`` lies in [0, 1) and

@@ -104,13 +104,9 @@ class MaskedConv(nn.Module):
     channel axis (``[B, H, W, taps·C_in] @ [taps·C_in, F]``): on the CPU, XLA
     runs a convolution's gradient inside a ``lax.scan`` (the shared driver's
     fused epoch) many times slower than outside it, while a matrix multiply
-    keeps its speed (docs/benchmarks.md). The test suite checks it against
-    ``lax.conv_general_dilated`` with the full masked kernel.
+    keeps its speed (docs/benchmarks.md).
 
-    Attributes:
-      features: F, output channels.
-      mask: ``[kh, kw]`` 0/1 array centred on the output position (odd kh and
-        kw), e.g. from :func:`causal_mask`.
+    ``features``: F, output channels; ``mask``: ``[kh, kw]`` 0/1 (odd kh and kw) from :func:`causal_mask`.
     """
 
     features: int
@@ -188,13 +184,8 @@ class PixelCNN(nn.Module):
     earlier positions up to L·(k//2) rows above (±L·(k//2) columns) and
     L·(k//2) columns to its left, in its own row.
 
-    Attributes:
-      num_codes: K, the codebook size.
-      features: F, channels of both stacks.
-      num_layers: L >= 1.
-      kernel_size: k, odd.
-      num_classes: > 0 makes the prior class-conditional (labels ``[B]`` in
-        [0, num_classes)); 0 for an unconditional prior.
+    ``num_codes`` is K, ``features`` F (channels of both stacks); ``num_classes`` > 0 makes the prior
+    class-conditional (labels ``[B]`` in [0, num_classes)).
     """
 
     num_codes: int

@@ -54,10 +54,8 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """The decoder: z ``[B, latent_dim]`` -> one unconstrained output per pixel, ``[B, *image_shape]``.
 
-    The output is read as logits: under a Bernoulli likelihood p(x|z) has
-    probabilities sigmoid(output); under the Gaussian likelihood of
-    :mod:`vae_jax.objectives` the mean of N(mean, cI) is sigmoid(output). In
-    both, E[x|z] = sigmoid(output) (:func:`vae_jax.objectives.decoder_mean`).
+    The output is read as logits: the Bernoulli probabilities, or the Gaussian mean, are
+    sigmoid(output) (:func:`vae_jax.objectives.decoder_mean`).
     """
 
     hidden: Sequence[int]
@@ -164,26 +162,18 @@ class GaussianVAE(nn.Module):
 
 
 class VAE(GaussianVAE):
-    """MLP VAE: q(z|x) = N(mean(x), diag(exp(logvar(x)))), p(z) = N(0, I).
+    """MLP VAE: :class:`MLPEncoder`, :class:`MLPDecoder` (hidden widths mirrored) and the :class:`GaussianVAE` core.
 
-    The decoder returns unconstrained per-pixel values read as logits. With a
-    Bernoulli likelihood they are the logits of p(x|z)
-    (``losses.bernoulli_nll(logits, x)``); with a Gaussian likelihood of
-    :mod:`vae_jax.objectives` sigmoid(logits) is the mean of N(mean, cI).
-    Either way E[x|z] = sigmoid(logits). The only likelihood the model itself
-    needs to know is a learned decoder variance (``likelihood`` in
-    :data:`vae_jax.objectives.LEARNED_VARIANCE`): then the output has 2C
-    channels, mean logits then log-variances (a per-pixel map, or one shared
-    learned scalar). The decoder's hidden layers mirror the encoder's in
-    reverse order. ``__call__``, ``encode`` and ``decode`` are those of
-    :class:`GaussianVAE`.
+    The decoder outputs logits, E[x|z] = sigmoid(logits), under every likelihood. The only
+    likelihood the model itself needs to know is a learned decoder variance (``likelihood`` in
+    :data:`vae_jax.objectives.LEARNED_VARIANCE`): then the output has 2C channels, mean logits
+    then log-variances (a per-pixel map, or one shared learned scalar).
 
     Attributes:
       latent_dim: D, the size of z.
       hidden: encoder hidden widths (the decoder uses them reversed).
       image_shape: ``(H, W, C)`` of one image; inputs are ``[B, H, W, C]``.
-      likelihood: the decoder likelihood (only the learned-variance ones
-        change the output's shape).
+      likelihood: the decoder likelihood.
     """
 
     latent_dim: int = 20
@@ -211,7 +201,6 @@ def init_variables(model: GaussianVAE, key: jax.Array) -> dict:
 def init_params(model: GaussianVAE, key: jax.Array) -> dict:
     """Initial params for ``model``: the bare params tree (what an optimizer updates).
 
-    ``model.apply`` wants them wrapped: ``model.apply({"params": params}, x, key)``;
-    :func:`init_variables` returns that dict directly.
+    ``model.apply`` wants them wrapped: ``model.apply({"params": params}, x, key)``.
     """
     return init_variables(model, key)["params"]

@@ -12,10 +12,8 @@ convolution to the code dimension D. The decoder mirrors it: a 3x3 conv
 from D, the residual blocks, and two 4x4 stride-2 transposed convolutions
 back to the image size. The image is ``sigmoid(logits)``
 (:func:`vae_jax.objectives.decoder_mean`). The convolutions are XLA's
-(:class:`~vae_jax.models.layers.Conv` and ``ConvTranspose``: ``flax.linen``'s
-parameters and values, with biases added in float32 under bfloat16 compute),
-much faster on a CPU than the from-the-definition layers of
-:mod:`vae_jax.models.layers`. The network computes in the dtype of its
+(:class:`~vae_jax.models.layers.Conv`, ``ConvTranspose``), much faster on a CPU
+than the from-the-definition layers. The network computes in the dtype of its
 input; :meth:`VQVAE.quantize` always searches the codebook in float32.
 
 The codebook is the parameter ``params["codebook"]`` ``[K, D]``; with an EMA

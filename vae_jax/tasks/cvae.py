@@ -22,12 +22,12 @@ from vae_jax.models.cvae import CVAE, init_params
 from vae_jax.protocol import Task
 from vae_jax.tasks import vae as vae_tasks
 from vae_jax.tasks.common import apply_in_batches
-from vae_jax.tasks.vae import VAEObjectiveConfig, require_widths
+from vae_jax.tasks.vae import VAEConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class CVAEConfig(VAEObjectiveConfig):
-    """The MLP conditional VAE: a one-hot label into encoder and decoder (Sohn et al. 2015)."""
+class CVAEConfig(VAEConfig):
+    """The MLP conditional VAE (the MLP VAE's flags, and ``num_classes``): a one-hot label into encoder and decoder."""
 
     kind: ClassVar[str] = "cvae"
 
@@ -36,7 +36,6 @@ class CVAEConfig(VAEObjectiveConfig):
         "latent dimensions; small, so that the class is left to the label (with 20, a "
         "short run encodes the class in z and the decoder ignores y)",
     )
-    hidden: tuple[int, ...] = field((400,), "encoder hidden widths (the decoder mirrors them)")
     num_classes: int = field(
         0, "number of classes of the one-hot label (0: one more than the largest label in the data)"
     )
@@ -44,8 +43,6 @@ class CVAEConfig(VAEObjectiveConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
-        require_widths("hidden", self.hidden)
         require(self.num_classes >= 0, "num_classes", "a non-negative integer (0: from the data)", self.num_classes)
 
 

@@ -10,26 +10,18 @@ nats) or ``gaussian`` (N(sigmoid(logits), exp(decoder_logvar)) per pixel).
 The two VQ terms are summed over the code grid. Every term is a per-example
 sum, so ``beta`` means the same at any batch size.
 
-Codebook options:
-
-* ``--codebook grad``: the codebook term above trains the codebook by
-  gradient. ``--codebook ema`` (default): the loss drops that term and
-  ``Task.update_fn`` moves the used codes to the EMA cluster means after each
-  optimizer step (:func:`vae_jax.quantize.ema_update`; ``--ema-rule sonnet``
-  rewrites every code as Sonnet's and Haiku's ``VectorQuantizerEMA`` do).
-* ``--kmeans-init on`` (default off): the codebook starts as k-means centres
-  (:func:`vae_jax.quantize.kmeans`) of the fresh encoder's outputs on a random
-  batch of training images, drawn from the init key. This is done in
-  ``init_params``: under the vmapped, scan-fused epoch a step-0 branch of the
-  update would be evaluated at every step.
-* ``--dead-code-steps N`` (default 100; 0: never): after each step, codes
-  unused for N steps move onto random encoder outputs of that step
-  (:func:`vae_jax.quantize.restart_dead_codes`).
-* ``--cosine``: l2-normalised vectors and codes.
-
-The defaults were the best of the eight combinations measured on the embedded
-digits (``docs/experiments/vqvae_codebook.md``); the paper's gradient codebook
-is ``--codebook grad --dead-code-steps 0``.
+Codebook options: ``--codebook grad`` trains the codebook by the codebook term
+above; with ``--codebook ema`` (default) the loss drops that term and
+``Task.update_fn`` moves the used codes to the EMA cluster means after each
+optimizer step (:func:`vae_jax.quantize.ema_update`). ``--kmeans-init on``
+starts the codebook at k-means centres of the fresh encoder's outputs on a
+random batch of training images, in ``init_params`` (under the vmapped,
+scan-fused epoch a step-0 branch of the update would run at every step).
+``--dead-code-steps N`` restarts codes unused for N steps
+(:func:`vae_jax.quantize.restart_dead_codes`). The defaults were the best of
+the eight combinations measured on the embedded digits
+(``docs/experiments/vqvae_codebook.md``); the paper's gradient codebook is
+``--codebook grad --dead-code-steps 0``.
 
 The non-gradient state (EMA averages, steps since each code was used) is
 ``TrainState.model_state``: checkpointed with the run, changed only by
