@@ -1,10 +1,8 @@
 """Pure per-example losses and log-densities for autoencoders and VAEs.
 
-Every function here is a pure function of arrays (and, for sampling, an
-explicit PRNG key). Each returns one value **per example**: it sums over the
-trailing ``event_ndim`` axes (the event) and keeps every leading axis (batch,
-importance samples, seeds). No function reduces over the batch; the caller
-chooses the reduction (usually ``jnp.mean`` over the batch).
+Every function here is a pure function of arrays (and, for sampling, an explicit PRNG key).
+Each returns one value **per example**: it sums over the trailing ``event_ndim`` axes (the event)
+and keeps every leading axis (batch, importance samples, seeds); the caller reduces over the batch.
 
 Conventions: images are NHWC, so image likelihoods default to
 ``event_ndim=3`` (H, W, C); latent vectors are ``[..., D]``, so latent
@@ -313,8 +311,7 @@ def masked_bernoulli_nll(logits: jax.Array, x: jax.Array, mask: jax.Array, event
     return _sum_event(mask * _binary_cross_entropy(logits, x), event_ndim)
 
 
-# The smallest MSE used in PSNR, so a perfect reconstruction reads 100 dB
-# (for max_value 1) instead of infinity.
+# The smallest MSE used in PSNR, so a perfect reconstruction reads 100 dB (for max_value 1), not infinity.
 PSNR_MIN_MSE = 1e-10
 
 
@@ -331,8 +328,7 @@ def psnr_from_mse(mse: jax.Array, max_value: float = 1.0) -> jax.Array:
 def psnr(x_hat: jax.Array, x: jax.Array, max_value: float = 1.0, event_ndim: int = 3) -> jax.Array:
     """PSNR of ``x_hat`` against the reference ``x`` in dB, one value per example ``[B]``.
 
-    ``10 log10(max_value^2 / MSE)`` with the MSE averaged over the event; for
-    images in [0, 1] ``max_value`` is 1. Higher is better; +6 dB is about half
-    the RMS error.
+    ``10 log10(max_value^2 / MSE)`` with the MSE averaged over the event (``max_value`` 1 for images
+    in [0, 1]). Higher is better; +6 dB is about half the RMS error.
     """
     return psnr_from_mse(mean_squared_error(x_hat, x, event_ndim), max_value)

@@ -1,8 +1,7 @@
 """Training objectives: a model plus the pure losses -> ``loss_fn(params, batch, key, step)``.
 
-A ``loss_fn`` returns ``(scalar loss, metrics)``: the batch mean of a
-per-example loss, and a dict of batch-mean scalars for logging. It is what
-:func:`vae_jax.train.make_train_step` differentiates.
+A ``loss_fn`` returns ``(scalar loss, metrics)``, the batch mean of a per-example loss and a dict
+of batch-mean scalars; :func:`vae_jax.train.make_train_step` differentiates it.
 
 The VAE objective contract
 --------------------------
@@ -37,9 +36,8 @@ from vae_jax import losses, schedules
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_shared_var", "gaussian_pixel_var")
 # Likelihoods whose decoder output holds 2C channels: C mean logits, then C log-variances.
 LEARNED_VARIANCE = ("gaussian_shared_var", "gaussian_pixel_var")
-# Soft lower bound on a learned decoder log-variance (sigma >= ~0.05). Without it
-# a pixel that is constant in the data (MNIST's black border) drives its variance
-# to 0 and its log-density to +infinity.
+# Soft lower bound on a learned decoder log-variance (sigma >= ~0.05). Without it a pixel that is
+# constant in the data (MNIST's black border) drives its variance to 0 and its log-density to +infinity.
 MIN_LEARNED_LOGVAR = -6.0
 
 LossFn = Callable[[dict, dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
@@ -56,15 +54,12 @@ def reconstruction_nll(likelihood: str, decoder_out: jax.Array, x: jax.Array, de
     """-log p(x|z) per example ``[B]`` for the decoder output, every constant included.
 
     * ``bernoulli``: ``decoder_out`` ``[B, H, W, C]`` holds per-pixel logits.
-    * ``gaussian``: N(x; sigmoid(decoder_out), c I) with fixed ``log c =
-      decoder_logvar``: -log p = ||x - mean||^2 / (2c) + (D/2) log(2 pi c).
-      Up to that constant it is C * ||x - mean||^2 with C = 1/(2c): c weighs
-      reconstruction against the KL (small c, sharp reconstructions; large c,
-      the KL wins and the posterior collapses towards the prior).
-    * ``gaussian_shared_var``: ``decoder_out`` ``[B, H, W, 2C]``; the first C
-      channels are mean logits, the last C a log-variance that the model makes
-      one learned scalar shared by every pixel and image (the sigma-VAE of
-      Rybkin et al. 2021, whose analytic optimum is c = the mean squared error).
+    * ``gaussian``: N(x; sigmoid(decoder_out), c I) with fixed ``log c = decoder_logvar``:
+      -log p = ||x - mean||^2 / (2c) + (D/2) log(2 pi c). C = 1/(2c) weighs reconstruction
+      against the KL (small c, sharp reconstructions; large c, the posterior collapses to the prior).
+    * ``gaussian_shared_var``: ``decoder_out`` ``[B, H, W, 2C]``; the first C channels are mean
+      logits, the last C a log-variance that the model makes one learned scalar shared by every
+      pixel and image (the sigma-VAE of Rybkin et al. 2021, whose optimum is c = the MSE).
     * ``gaussian_pixel_var``: the same layout with a log-variance map predicted
       per pixel by the decoder.
 
@@ -113,12 +108,10 @@ def _conditions(model, batch: dict) -> list:
 def make_gaussian_vae_terms(model, likelihood: str = "bernoulli", decoder_logvar: float = 0.0) -> TermsFn:
     """``terms_fn`` of a :class:`~vae_jax.models.vae.GaussianVAE` (MLP, convolutional or conditional VAE).
 
-    One pass ``model.apply(..., x, *conditions, key)`` -> (decoder_out, mean,
-    logvar, z) with q(z|x) = N(mean, diag(exp(logvar))), p(z) = N(0, I):
-    ``recon`` = -log p(x|z) (:func:`reconstruction_nll`), ``kl_per_dim`` the
-    closed form :func:`vae_jax.losses.gaussian_kl` per dimension. A conditional
-    model reads its conditions (``model.conditions``, e.g. ``y``) from the batch,
-    and every distribution is conditioned on them.
+    One pass ``model.apply(..., x, *conditions, key)`` -> (decoder_out, mean, logvar, z):
+    ``recon`` = -log p(x|z) (:func:`reconstruction_nll`), ``kl_per_dim`` the closed form
+    :func:`vae_jax.losses.gaussian_kl` per dimension. The conditions (``model.conditions``,
+    e.g. ``y``) are read from the batch.
     """
 
     def terms_fn(params, batch, key):

@@ -56,10 +56,7 @@ def hutchinson_sq_frobenius(encode_fn: EncodeFn, x: jax.Array, key: jax.Array, n
     ``v`` with ``E[v v^T] = I``; ``v`` is Rademacher (+-1 entries), which has
     the smallest variance of such estimators. Averages ``num_samples``
     Jacobian-vector products (``jax.jvp``) per example, each with its own
-    ``v`` drawn from ``key``.
-
-    Returns:
-      ``[B]``: one estimate per example.
+    ``v`` drawn from ``key``. Returns ``[B]``, one estimate per example.
     """
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -81,9 +78,8 @@ def contractive_penalty(
 ) -> jax.Array:
     """The contractive penalty ``||J_h(x)||_F^2`` per example, ``[B]``.
 
-    ``method="exact"`` uses :func:`jacobian_sq_frobenius` (reverse mode);
-    ``"hutchinson"`` uses :func:`hutchinson_sq_frobenius` and needs ``key``.
-    Multiply by lambda and add to the per-example reconstruction loss.
+    ``method="exact"`` uses :func:`jacobian_sq_frobenius` (reverse mode); ``"hutchinson"`` uses
+    :func:`hutchinson_sq_frobenius` and needs ``key``.
     """
     if method == "exact":
         return jacobian_sq_frobenius(encode_fn, x)

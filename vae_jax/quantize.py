@@ -86,17 +86,12 @@ def squared_distances(z: jax.Array, codebook: jax.Array) -> jax.Array:
 
 
 def vector_quantize(z_e: jax.Array, codebook: jax.Array, cosine: bool = False) -> Quantized:
-    """Nearest-code quantization of ``z_e`` ``[..., D]`` with ``codebook`` ``[K, D]``.
+    """Nearest-code quantization of ``z_e`` ``[..., D]`` (any leading shape) with ``codebook`` ``[K, D]``.
 
-    Any leading shape works (a ``[B, 7, 7, D]`` or ``[B, 32, 32, D]`` grid):
-    the vectors are flattened to ``[N, D]`` for one ``[N, K]`` distance matrix.
+    The vectors are flattened to ``[N, D]`` for one ``[N, K]`` distance matrix.
     With ``cosine`` both the vectors and the codes are l2-normalised first, so
     the nearest code is the one of largest cosine similarity and the decoder
-    sees unit vectors.
-
-    Returns:
-      :class:`Quantized` (``z_q`` with the straight-through estimator, the
-      gathered ``codes``, the matched ``z_e``, ``indices``, ``distances``).
+    sees unit vectors. Returns a :class:`Quantized`.
     """
     if codebook.ndim != 2 or codebook.shape[-1] != z_e.shape[-1]:
         raise ValueError(
@@ -176,10 +171,7 @@ def vq_commitment_loss(quantized: Quantized, event_ndim: int = 3) -> jax.Array:
     Makes the encoder commit to its code; gives the codebook no gradient.
     The VQ-VAE weighs it by ``beta`` (0.25 in the paper). Takes the whole
     :class:`Quantized` (``z_e`` with the gradient to the encoder, not ``z_q``);
-    ``event_ndim`` and the errors as in :func:`vq_codebook_loss`.
-
-    Returns:
-      ``[B]``.
+    ``event_ndim``, the ``[B]`` result and the errors as in :func:`vq_codebook_loss`.
     """
     _check_quantized("vq_commitment_loss", quantized, event_ndim)
     return _sum_event(jnp.square(quantized.z_e - jax.lax.stop_gradient(quantized.codes)), event_ndim)
@@ -327,11 +319,8 @@ def restart_dead_codes(
     Each dead code gets one of the vectors of ``z_e`` (``[..., D]``, this
     step's encoder outputs), drawn uniformly with ``key``; the draw is a
     function of the key alone, so a restored run restarts the same codes the
-    same way.
-
-    Returns:
-      ``(codebook [K, D], steps_unused [K], dead [K] bool)``: the restarted
-      codes' counters are set to 0.
+    same way. Returns ``(codebook [K, D], steps_unused [K], dead [K] bool)``, the restarted
+    codes' counters set to 0.
     """
     num_codes, dim = codebook.shape
     flat = jax.lax.stop_gradient(z_e).reshape(-1, dim)

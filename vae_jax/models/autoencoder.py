@@ -59,13 +59,8 @@ def _pad_to_even(x: jax.Array) -> jax.Array:
 class AutoEncoder(nn.Module):
     """Deterministic autoencoder; see the module docstring for the architectures.
 
-    Attributes:
-      latent_dim: size of the code z.
-      arch: ``"mlp"`` or ``"conv"``.
-      hidden: MLP layer widths, or conv channels per down-block for ``"conv"``.
-      image_shape: ``(H, W, C)`` of the images.
-      upsampling: the conv decoder's way up: ``"transpose"``, ``"upsample"``
-        or ``"unpool"`` (ignored for ``"mlp"``).
+    ``hidden`` holds the MLP layer widths, or the conv channels per down-block for ``arch="conv"``
+    (where ``upsampling`` is the decoder's way up).
     """
 
     latent_dim: int = 32
@@ -75,10 +70,9 @@ class AutoEncoder(nn.Module):
     upsampling: str = "transpose"
 
     def setup(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.upsampling not in UPSAMPLINGS:
-            raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {self.upsampling!r}")
+        for name, choices in (("arch", ARCHS), ("upsampling", UPSAMPLINGS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.latent_dim <= 0:
             raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
         if any(w <= 0 for w in self.hidden):

@@ -3,12 +3,9 @@
 Encoder: ``len(channels)`` stride-2 convolutions (kernel ``kernel_size``,
 'SAME' padding, ReLU), each halving the image, -> a flat vector (optionally
 one more ReLU Dense layer of ``hidden`` units) -> two linear heads for the mean
-and log-variance of q(z|x) = N(mean, diag(exp(logvar))).
-Decoder: a linear layer from z back up to the flat vector (through ``hidden``
-if set), reshaped to the encoder's last feature map, then stride-2 transposed
-convolutions that double it back to the image; the last one outputs the
-likelihood's channels (logits or mean logits, plus log-variances for a
-learned per-pixel variance). p(z) = N(0, I).
+and log-variance of q(z|x). Decoder: the mirror image, a linear layer from z up
+to the flat vector (through ``hidden`` if set), then stride-2 transposed
+convolutions back to the image; the last one outputs the likelihood's channels.
 
 The layers are XLA's convolutions (``vae_jax.models.layers.Conv``/``ConvTranspose``,
 whose bias gradients stay float32 under ``--precision bf16``): the from-the-definition
@@ -19,8 +16,6 @@ The lecture's face model (``7.2.Conv_VAE``): 128x128x3 images, an encoder to a
 64 -> 1024, transposed convolutions back to 128x128x3. The notes give only
 these shapes; :data:`FACES128` reaches them with six stride-2 convolutions
 (128 -> 2, with 256 channels: 2 * 2 * 256 = 1024) and no hidden layer.
-
-Reference: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
 """
 
 from __future__ import annotations

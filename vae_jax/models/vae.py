@@ -73,9 +73,7 @@ class MLPDecoder(nn.Module):
 class SharedLogVariance(nn.Module):
     """Appends one learned log-variance, shared by every pixel and image, as C extra channels.
 
-    ``[B, H, W, C]`` mean logits -> ``[B, H, W, 2C]``: the layout of the
-    learned-variance likelihoods in :mod:`vae_jax.objectives` (the sigma-VAE
-    of Rybkin et al. 2021, with sigma a single learned parameter).
+    ``[B, H, W, C]`` mean logits -> ``[B, H, W, 2C]`` (the sigma-VAE of Rybkin et al. 2021).
     """
 
     @nn.compact
@@ -92,10 +90,8 @@ class SharedLogVariance(nn.Module):
 def decoder_head(likelihood: str, image_channels: int) -> tuple[int, SharedLogVariance | None]:
     """The decoder-channel rule of every Gaussian VAE: (channels the decoder network outputs, appended variance).
 
-    The decoder output holds C channels (logits, or mean logits) or, with a
-    learned variance (:data:`vae_jax.objectives.LEARNED_VARIANCE`), 2C: a
-    per-pixel variance is C more network channels; a shared one is a single
-    learned log-variance appended after the network (:class:`SharedLogVariance`).
+    With a learned variance (:data:`vae_jax.objectives.LEARNED_VARIANCE`) the output holds 2C channels:
+    a per-pixel variance is C more network channels, a shared one is appended (:class:`SharedLogVariance`).
     """
     if likelihood not in objectives.LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {objectives.LIKELIHOODS}, got {likelihood!r}")
@@ -125,15 +121,11 @@ class GaussianVAE(nn.Module):
     conditions: ClassVar[tuple[str, ...]] = ()  # batch entries (after "x") that encode and decode take
 
     def __call__(self, x: jax.Array, *conditions_and_key: jax.Array):
-        """Encodes ``x``, draws one z per example with the reparameterization trick, decodes it.
+        """Encodes ``x`` ``[B, H, W, C]``, draws one z per example with the reparameterization trick, decodes it.
 
-        Args:
-          x: images ``[B, H, W, C]`` in [0, 1].
-          conditions_and_key: the arrays named by ``conditions`` (``[B]`` each),
-            then the PRNG key for z = mean + exp(logvar / 2) * eps.
-
-        Returns:
-          ``(decoder output [B, H, W, C or 2C], mean [B, D], logvar [B, D], z [B, D])``.
+        ``conditions_and_key``: the arrays named by ``conditions`` (``[B]`` each), then the PRNG key
+        for z = mean + exp(logvar / 2) * eps. Returns ``(decoder output [B, H, W, C or 2C], mean [B, D],
+        logvar [B, D], z [B, D])``.
         """
         *conditions, key = conditions_and_key
         mean, logvar = self.encode(x, *conditions)
@@ -141,18 +133,13 @@ class GaussianVAE(nn.Module):
         return self.decode(z, *conditions), mean, logvar, z
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The posterior q(z|x): x ``[B, H, W, C]`` -> ``(mean [B, D], logvar [B, D])``.
-
-        Call as ``model.apply(variables, x, method=model.encode)``.
-        """
+        """q(z|x): x ``[B, H, W, C]`` -> ``(mean [B, D], logvar [B, D])``; ``method=model.encode`` in ``apply``."""
         return self.encoder(x)
 
     def decode(self, z: jax.Array) -> jax.Array:
-        """The decoder: z ``[B, D]`` -> output ``[B, H, W, C]`` (2C channels with a learned variance).
+        """z ``[B, D]`` -> output ``[B, H, W, C]`` (2C with a learned variance), the first C logits of E[x|z].
 
-        The first C channels are logits: E[x|z] is their sigmoid
-        (:func:`vae_jax.objectives.decoder_mean`). Call as
-        ``model.apply(variables, z, method=model.decode)``.
+        Call as ``model.apply(variables, z, method=model.decode)``.
         """
         return self.with_variance(self.decoder(z))
 
@@ -167,13 +154,8 @@ class VAE(GaussianVAE):
     The decoder outputs logits, E[x|z] = sigmoid(logits), under every likelihood. The only
     likelihood the model itself needs to know is a learned decoder variance (``likelihood`` in
     :data:`vae_jax.objectives.LEARNED_VARIANCE`): then the output has 2C channels, mean logits
-    then log-variances (a per-pixel map, or one shared learned scalar).
-
-    Attributes:
-      latent_dim: D, the size of z.
-      hidden: encoder hidden widths (the decoder uses them reversed).
-      image_shape: ``(H, W, C)`` of one image; inputs are ``[B, H, W, C]``.
-      likelihood: the decoder likelihood.
+    then log-variances (a per-pixel map, or one shared learned scalar). ``latent_dim`` is D, the
+    size of z; ``image_shape`` ``(H, W, C)`` is that of one image.
     """
 
     latent_dim: int = 20

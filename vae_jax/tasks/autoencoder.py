@@ -1,7 +1,4 @@
-"""Deterministic autoencoders (plain, denoising, masked, contractive): config, training task, figure queries.
-
-A model restored from a workdir's ``config.json`` is built exactly as it was trained.
-"""
+"""Deterministic autoencoders (plain, denoising, masked, contractive): config, training task, figure queries."""
 
 from __future__ import annotations
 

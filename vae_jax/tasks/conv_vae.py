@@ -1,8 +1,7 @@
 """The convolutional VAE's config and training task (``--preset faces128``: the lecture's face model).
 
-The figure queries of the MLP VAE (:mod:`vae_jax.tasks.vae`: ``encode_means``,
-``decode_means``, ``reconstruct``, ``sample_prior``, ``interpolate``) work
-unchanged on :class:`~vae_jax.models.conv_vae.ConvVAE`.
+The figure queries of the MLP VAE (:mod:`vae_jax.tasks.vae`) work unchanged on
+:class:`~vae_jax.models.conv_vae.ConvVAE`.
 """
 
 from __future__ import annotations
@@ -18,9 +17,7 @@ from vae_jax.tasks.vae import VAEObjectiveConfig
 
 PRESETS = ("none", "faces128")
 
-# What --preset faces128 sets. The loss is the summed squared error + KL of the lecture:
-# a Gaussian decoder with fixed variance c = 1/2 (C = 1/(2c) = 1), whose -log p(x|z) is
-# ||x - f(z)||^2 + (D/2) log(pi); the reported ELBO keeps that constant.
+# What --preset faces128 sets: the lecture's loss is a Gaussian decoder with c = 1/2 (see ConvVAEConfig).
 FACES128_FLAGS = {
     "image_size": FACES128["image_shape"][0],  # a folder of other sizes is resized and centre-cropped to 128x128
     "latent_dim": FACES128["latent_dim"],

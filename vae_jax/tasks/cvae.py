@@ -127,10 +127,7 @@ def decode_means(model: CVAE, params, z: np.ndarray, y: np.ndarray, batch_size: 
 
 
 def sample_class(model: CVAE, params, key: jax.Array, labels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """E[x|z,y] for z ~ N(0, I), one draw per requested label: ``[N, H, W, C]`` in [0, 1].
-
-    ``labels``: int ``[N]`` in ``[0, num_classes)``; anything else is a ``ValueError``.
-    """
+    """E[x|z,y] ``[N, H, W, C]`` for z ~ N(0, I), one draw per label of int ``[N]`` ``labels`` (else ``ValueError``)."""
     labels = check_labels(model, labels)
     z = standard_normal(key, (len(labels), model.latent_dim))
     return decode_means(model, params, z, labels, batch_size)

@@ -15,10 +15,8 @@ trains through the shared driver like any other family::
     codes = prior.sample_codes(model, result.params(0), jax.random.key(1), 100, (7, 7))  # int32 [100, 7, 7]
     nll = prior.code_nll(model, result.params(0), test_codes)                            # [N] nats
 
-The per-example loss is the negative log-likelihood of the whole grid in
-nats, -log p(c) = -sum_i log softmax(logits_i)[c_i] (summed over positions,
-never averaged over the batch), and bits per dimension is
-nll / (H'·W'·ln 2): a uniform prior scores log2 K.
+The per-example loss is the grid's negative log-likelihood in nats
+(:func:`grid_nll`); bits per dimension is nll / (H'·W'·ln 2): a uniform prior scores log2 K.
 """
 
 from __future__ import annotations
@@ -47,9 +45,8 @@ from vae_jax.protocol import Task, TrainConfig
 class PriorConfig(TrainConfig):
     """A gated PixelCNN prior over code grids (van den Oord et al. 2016, 2017).
 
-    The codebook size K and the grid shape come from the codes themselves
-    (see :func:`prior_task`); ``--dataset`` and ``--binarize`` do not apply
-    (the data are the code grids of a trained VQ-VAE).
+    K and the grid shape come from the codes themselves (:func:`prior_task`); ``--dataset`` and
+    ``--binarize`` do not apply (the data are the code grids of a trained VQ-VAE).
     """
 
     kind: ClassVar[str] = "vq_prior"
@@ -93,12 +90,7 @@ def build_prior(config: PriorConfig, num_codes: int, num_classes: int | None = N
 def grid_nll(logits: jax.Array, codes: jax.Array) -> jax.Array:
     """Per-example NLL of code grids in nats: ``-sum_{i,j} log softmax(logits[:, i, j])[codes[:, i, j]]``.
 
-    Args:
-      logits: ``[B, H, W, K]``.
-      codes: int ``[B, H, W]`` in [0, K).
-
-    Returns:
-      ``[B]``, summed over the grid, not reduced over the batch.
+    ``logits`` ``[B, H, W, K]``, int ``codes`` ``[B, H, W]`` in [0, K) -> ``[B]``, summed over the grid.
     """
     return optax.softmax_cross_entropy_with_integer_labels(logits, codes).sum(axis=(1, 2))
 
@@ -237,12 +229,9 @@ def sample_codes(
     if int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     n = int(n)
-    if model.num_classes:
-        if labels is None or np.shape(labels) != (n,):
-            raise ValueError(f"this prior is class-conditional: pass labels of shape ({n},)")
-        labels = jnp.asarray(labels, jnp.int32)
-    else:
-        labels = None
+    if model.num_classes and (labels is None or np.shape(labels) != (n,)):
+        raise ValueError(f"this prior is class-conditional: pass labels of shape ({n},)")
+    labels = jnp.asarray(labels, jnp.int32) if model.num_classes else None
     codes = _sample_codes(
         model, bare_params(params), key, jnp.float32(temperature_value), labels, n=n, grid_shape=grid_shape
     )

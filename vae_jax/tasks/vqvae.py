@@ -146,8 +146,6 @@ class VQVAEConfig(TrainConfig):
                 f"--dataset: the VQ-VAE needs image sides divisible by 4 (two stride-2 down-convolutions), got {h}x{w}"
             )
 
-    # --- resolved settings -----------------------------------------------------------
-
     @property
     def num_codes(self) -> int:
         return self.codebook_size or PRESETS[self.preset]["codebook_size"]
@@ -220,10 +218,9 @@ def vqvae_terms(model: VQVAE, params, x: jax.Array, likelihood: str, decoder_log
 def make_vqvae_update(config: VQVAEConfig, num_codes: int):
     """``update_fn(params, model_state, aux, step, key) -> (params, model_state, metrics)`` of the codebook.
 
-    ``aux`` holds the step's ``z_e`` and ``indices``. Metrics: the batch's
-    ``batch_codes_used`` and ``batch_perplexity`` (of this batch only: the
-    honest whole-set numbers come from :func:`code_usage`) and, with
-    dead-code restarts, ``codes_restarted``.
+    ``aux`` holds the step's ``z_e`` and ``indices``. Metrics: ``batch_codes_used`` and
+    ``batch_perplexity`` (of this batch only; the whole-set numbers come from :func:`code_usage`)
+    and, with dead-code restarts, ``codes_restarted``.
     """
     ema = config.codebook == "ema"
     dead_after = config.dead_code_steps[0]
