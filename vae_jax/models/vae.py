@@ -155,7 +155,7 @@ class VAE(GaussianVAE):
     likelihood the model itself needs to know is a learned decoder variance (``likelihood`` in
     :data:`vae_jax.objectives.LEARNED_VARIANCE`): then the output has 2C channels, mean logits
     then log-variances (a per-pixel map, or one shared learned scalar). ``latent_dim`` is D, the
-    size of z; ``image_shape`` ``(H, W, C)`` is that of one image.
+    size of z; ``image_shape`` ``(H, W, C)`` is that of one image (inputs are ``[B, H, W, C]``).
     """
 
     latent_dim: int = 20
