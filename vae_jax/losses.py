@@ -1,10 +1,8 @@
 """Pure per-example losses and log-densities for autoencoders and VAEs.
 
-Every function here is a pure function of arrays (and, for sampling, an
-explicit PRNG key). Each returns one value **per example**: it sums over the
-trailing ``event_ndim`` axes (the event) and keeps every leading axis (batch,
-importance samples, seeds). No function reduces over the batch; the caller
-chooses the reduction (usually ``jnp.mean`` over the batch).
+Every function here is a pure function of arrays (and, for sampling, an explicit PRNG key).
+Each returns one value **per example**: it sums over the trailing ``event_ndim`` axes (the event)
+and keeps every leading axis (batch, importance samples, seeds); the caller reduces over the batch.
 
 Conventions: images are NHWC, so image likelihoods default to
 ``event_ndim=3`` (H, W, C); latent vectors are ``[..., D]``, so latent
@@ -14,8 +12,7 @@ Shape mistakes are loud, not broadcast: the two arrays a loss compares must
 already agree (one may broadcast to the other, as x ``[B, H, W, C]`` against
 logits ``[K, B, H, W, C]``), and an image batch without its channel axis
 (``[B, 28, 28]`` under ``event_ndim=3``, which would sum the whole batch into
-one number) raises a ``ValueError`` naming the argument. :func:`neg_elbo`
-checks that its two terms are per-example values of the same shape.
+one number) raises a ``ValueError`` naming the argument.
 
 References:
   Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
@@ -32,13 +29,17 @@ import jax.numpy as jnp
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _sum_event(values: jax.Array, event_ndim: int) -> jax.Array:
-    """Sums the trailing ``event_ndim`` axes of ``values``."""
+def _event_axes(values: jax.Array, event_ndim: int) -> tuple[int, ...]:
+    """The trailing ``event_ndim`` axes of ``values``: those of one example."""
     if event_ndim < 0 or event_ndim > values.ndim:
         raise ValueError(f"event_ndim must be between 0 and the array rank {values.ndim}, got {event_ndim}")
-    if event_ndim == 0:
-        return values
-    return jnp.sum(values, axis=tuple(range(values.ndim - event_ndim, values.ndim)))
+    return tuple(range(values.ndim - event_ndim, values.ndim))
+
+
+def _sum_event(values: jax.Array, event_ndim: int) -> jax.Array:
+    """Sums the trailing ``event_ndim`` axes of ``values``."""
+    axes = _event_axes(values, event_ndim)
+    return jnp.sum(values, axis=axes) if axes else values
 
 
 # An image's channel axis holds at most this many channels (gray, gray + alpha, RGB, RGBA).
@@ -78,18 +79,10 @@ def neg_elbo(reconstruction_nll: jax.Array, kl: jax.Array, beta: float = 1.0) ->
     eq. 3), with the expectation estimated by the samples behind
     ``reconstruction_nll``; ``beta`` weights the KL (Higgins et al. 2017).
 
-    Args:
-      reconstruction_nll: ``[B]`` -log p(x|z), e.g. ``bernoulli_nll(logits, x)``.
-      kl: ``[B]`` KL term, e.g. ``gaussian_kl(mean, logvar)``.
-      beta: weight of the KL term.
-
-    Returns:
-      ``[B]``: one value per example; average it over the batch yourself.
-
-    Raises:
-      ValueError: unless both terms have the same shape with at least one
-        (batch) axis: a scalar reconstruction term added to a ``[B]`` KL would
-        otherwise broadcast and silently weight the KL by 1/B after a mean.
+    ``reconstruction_nll`` (e.g. ``bernoulli_nll(logits, x)``) and ``kl`` (e.g.
+    ``gaussian_kl(mean, logvar)``) are ``[B]``; so is the result. Raises ``ValueError``
+    unless both have the same shape with a batch axis: a scalar reconstruction term added to a
+    ``[B]`` KL would otherwise broadcast and silently weight the KL by 1/B after a mean.
     """
     recon_shape, kl_shape = jnp.shape(reconstruction_nll), jnp.shape(kl)
     if recon_shape != kl_shape or len(recon_shape) == 0:
@@ -108,13 +101,8 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array, event_ndim: int = 1) -> jax.
     (Kingma & Welling 2014, appendix B). Some lecture slides write the sum
     without the factor 1/2; that is twice the KL divergence.
 
-    Args:
-      mean: posterior means, ``[..., D]``.
-      logvar: posterior log-variances, same shape as ``mean``.
-      event_ndim: trailing axes that form one example (1 for latent vectors).
-
-    Returns:
-      ``[...]``: one KL value per example.
+    ``mean``, ``logvar``: ``[..., D]`` posterior means and log-variances; ``event_ndim``: trailing
+    axes that form one example (1 for latent vectors). Returns ``[...]``, one KL value per example.
     """
     _check_pair("gaussian_kl", ("mean", "logvar"), mean, logvar)
     _check_event("gaussian_kl", "mean", mean, event_ndim)
@@ -140,8 +128,7 @@ def gaussian_kl_between(
     (Sønderby et al. 2016; Vahdat & Kautz 2020). With ``mean_p = 0`` and
     ``logvar_p = 0`` it equals :func:`gaussian_kl`.
 
-    Returns:
-      ``[...]``: one KL value per example (all four inputs broadcast together).
+    Returns ``[...]``, one KL value per example (all four inputs broadcast together).
     """
     kl_per_dim = 0.5 * (
         logvar_p - logvar_q + (jnp.exp(logvar_q) + jnp.square(mean_q - mean_p)) * jnp.exp(-logvar_p) - 1.0
@@ -157,17 +144,10 @@ def bernoulli_nll(logits: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.A
     values in [0, 1] (used as Bernoulli means, as the reference VAE does);
     then this is the cross-entropy, not a normalised log-likelihood.
 
-    Args:
-      logits: decoder logits, e.g. ``[B, H, W, C]``.
-      x: targets in [0, 1], same shape as ``logits``.
-      event_ndim: trailing axes that form one example (3 for NHWC images).
-
-    Returns:
-      ``[B]`` (the leading axes): one value per example.
-
-    Raises:
-      ValueError: if ``logits`` and ``x`` differ in shape (beyond one
-        broadcasting to the other), or images lack their channel axis.
+    ``logits`` (e.g. ``[B, H, W, C]``) and targets ``x`` in [0, 1] of the same shape; ``event_ndim``
+    trailing axes form one example (3 for NHWC images). Returns ``[B]`` (the leading axes).
+    Raises ``ValueError`` if the shapes differ (beyond one broadcasting to the other) or images
+    lack their channel axis.
     """
     _check_pair("bernoulli_nll", ("logits", "x"), logits, x)
     _check_event("bernoulli_nll", "x", x, event_ndim)
@@ -194,14 +174,8 @@ def gaussian_nll(x: jax.Array, mean: jax.Array, logvar: jax.Array | float, event
     the loss is ||x - f(z)||^2 / (2c), so squared error is the c-scaled
     special case.
 
-    Args:
-      x: observations, e.g. ``[B, H, W, C]``.
-      mean: predicted means, same shape as ``x``.
-      logvar: log-variance, an array broadcastable to ``x`` or a float.
-      event_ndim: trailing axes that form one example.
-
-    Returns:
-      ``[B]`` (the leading axes): one value per example.
+    ``x`` (e.g. ``[B, H, W, C]``) and ``mean`` of the same shape; ``logvar`` an array broadcastable
+    to ``x`` or a float. Returns ``[B]`` (the leading axes): one value per example.
     """
     _check_pair("gaussian_nll", ("x", "mean"), x, mean)
     _check_event("gaussian_nll", "x", x, event_ndim)
@@ -230,8 +204,7 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
     least float32 and then cast to the dtype of ``mean``: a bfloat16 model gets
     the float32 draw rounded, the same noise that float32 training sees.
 
-    Returns:
-      ``z`` with the shape and dtype of ``mean``.
+    Returns ``z`` with the shape and dtype of ``mean``.
     """
     return mean + jnp.exp(0.5 * logvar) * standard_normal(key, jnp.shape(mean), jnp.result_type(mean))
 
@@ -250,13 +223,8 @@ def log_mean_exp(log_w: jax.Array, axis: int = -1) -> jax.Array:
 def vae_log_weights(log_px_given_z: jax.Array, z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """Importance log-weights log p(x|z) + log p(z) - log q(z|x).
 
-    Args:
-      log_px_given_z: ``[...]`` decoder log-likelihoods for the samples.
-      z: ``[..., D]`` samples from q(z|x).
-      mean, logvar: ``[..., D]`` parameters of q(z|x) (broadcast against z).
-
-    Returns:
-      ``[...]`` log-weights, one per sample.
+    ``log_px_given_z`` ``[...]`` for the samples ``z`` ``[..., D]`` of q(z|x) = N(mean, exp(logvar))
+    (``[..., D]``, broadcast against z) -> ``[...]`` log-weights, one per sample.
     """
     return log_px_given_z + standard_normal_log_prob(z) - gaussian_log_prob(z, mean, logvar)
 
@@ -269,25 +237,18 @@ def iwae_bound(log_w: jax.Array, axis: int = -1) -> jax.Array:
     tends to log p(x), so -L_k is an upper bound on the negative
     log-likelihood that tightens as k grows.
 
-    Returns:
-      The bound with ``axis`` removed, one value per example.
+    Returns the bound with ``axis`` removed, one value per example.
     """
     return log_mean_exp(log_w, axis=axis)
 
 
 # --- autoencoder reconstruction losses and image-quality metrics ----------------------
-#
-# Plain, denoising, masked and contractive autoencoders compare a reconstruction
-# ``x_hat`` (an image in [0, 1]) or decoder logits with the clean input ``x``.
-# Like everything above, each returns one value per example: it reduces the
-# trailing ``event_ndim`` axes (H, W, C for NHWC images) and keeps the rest.
+# A reconstruction ``x_hat`` (an image in [0, 1]) or decoder logits against the clean input ``x``.
 
 
 def _event_size(values: jax.Array, event_ndim: int) -> int:
     """Number of elements in one event (H * W * C for NHWC images)."""
-    if event_ndim < 0 or event_ndim > values.ndim:
-        raise ValueError(f"event_ndim must be between 0 and the array rank {values.ndim}, got {event_ndim}")
-    return math.prod(values.shape[values.ndim - event_ndim :])
+    return math.prod(values.shape[axis] for axis in _event_axes(values, event_ndim))
 
 
 def squared_error(x_hat: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.Array:
@@ -296,8 +257,7 @@ def squared_error(x_hat: jax.Array, x: jax.Array, event_ndim: int = 3) -> jax.Ar
     The lectures' reconstruction loss ``||x - d(e(x))||^2``, and, up to the
     factor ``1 / (2c)`` and a constant, the Gaussian NLL of :func:`gaussian_nll`.
 
-    Returns:
-      ``[B]`` (the leading axes): one value per example.
+    Returns ``[B]`` (the leading axes): one value per example.
     """
     _check_pair("squared_error", ("x_hat", "x"), x_hat, x)
     _check_event("squared_error", "x", x, event_ndim)
@@ -310,10 +270,7 @@ def half_mean_squared_error(x_hat: jax.Array, x: jax.Array, event_ndim: int = 3)
     For a one-channel ``h x w`` image the divisor is ``2wh``; for C channels
     every element counts, so it is ``2whC``. It equals
     ``squared_error / (2 * event size)`` and half of :func:`mean_squared_error`;
-    the factor 1/2 only makes the gradient ``(x_hat - x) / (wh)``.
-
-    Returns:
-      ``[B]``: one value per example.
+    the factor 1/2 only makes the gradient ``(x_hat - x) / (wh)``. Returns ``[B]``.
     """
     return squared_error(x_hat, x, event_ndim) / (2.0 * _event_size(x, event_ndim))
 
@@ -337,10 +294,7 @@ def masked_squared_error(x_hat: jax.Array, x: jax.Array, mask: jax.Array, event_
 def masked_mean_squared_error(x_hat: jax.Array, x: jax.Array, mask: jax.Array, event_ndim: int = 3) -> jax.Array:
     """Mean squared error over the masked elements only: ``sum m (x - x_hat)^2 / sum m``.
 
-    An example with an empty mask gets 0 (nothing to compare), not NaN.
-
-    Returns:
-      ``[B]``: one value per example.
+    An example with an empty mask gets 0 (nothing to compare), not NaN. Returns ``[B]``.
     """
     mask = jnp.broadcast_to(mask, jnp.shape(x)).astype(jnp.result_type(x))
     count = _sum_event(mask, event_ndim)
@@ -357,8 +311,7 @@ def masked_bernoulli_nll(logits: jax.Array, x: jax.Array, mask: jax.Array, event
     return _sum_event(mask * _binary_cross_entropy(logits, x), event_ndim)
 
 
-# The smallest MSE used in PSNR, so a perfect reconstruction reads 100 dB
-# (for max_value 1) instead of infinity.
+# The smallest MSE used in PSNR, so a perfect reconstruction reads 100 dB (for max_value 1), not infinity.
 PSNR_MIN_MSE = 1e-10
 
 
@@ -375,8 +328,7 @@ def psnr_from_mse(mse: jax.Array, max_value: float = 1.0) -> jax.Array:
 def psnr(x_hat: jax.Array, x: jax.Array, max_value: float = 1.0, event_ndim: int = 3) -> jax.Array:
     """PSNR of ``x_hat`` against the reference ``x`` in dB, one value per example ``[B]``.
 
-    ``10 log10(max_value^2 / MSE)`` with the MSE averaged over the event; for
-    images in [0, 1] ``max_value`` is 1. Higher is better; +6 dB is about half
-    the RMS error.
+    ``10 log10(max_value^2 / MSE)`` with the MSE averaged over the event (``max_value`` 1 for images
+    in [0, 1]). Higher is better; +6 dB is about half the RMS error.
     """
     return psnr_from_mse(mean_squared_error(x_hat, x, event_ndim), max_value)

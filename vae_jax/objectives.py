@@ -1,8 +1,7 @@
 """Training objectives: a model plus the pure losses -> ``loss_fn(params, batch, key, step)``.
 
-A ``loss_fn`` returns ``(scalar loss, metrics)``: the batch mean of a
-per-example loss, and a dict of batch-mean scalars for logging. It is what
-:func:`vae_jax.train.make_train_step` differentiates.
+A ``loss_fn`` returns ``(scalar loss, metrics)``, the batch mean of a per-example loss and a dict
+of batch-mean scalars; :func:`vae_jax.train.make_train_step` differentiates it.
 
 The VAE objective contract
 --------------------------
@@ -37,9 +36,8 @@ from vae_jax import losses, schedules
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_shared_var", "gaussian_pixel_var")
 # Likelihoods whose decoder output holds 2C channels: C mean logits, then C log-variances.
 LEARNED_VARIANCE = ("gaussian_shared_var", "gaussian_pixel_var")
-# Soft lower bound on a learned decoder log-variance (sigma >= ~0.05). Without it
-# a pixel that is constant in the data (MNIST's black border) drives its variance
-# to 0 and its log-density to +infinity.
+# Soft lower bound on a learned decoder log-variance (sigma >= ~0.05). Without it a pixel that is
+# constant in the data (MNIST's black border) drives its variance to 0 and its log-density to +infinity.
 MIN_LEARNED_LOGVAR = -6.0
 
 LossFn = Callable[[dict, dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
@@ -56,15 +54,12 @@ def reconstruction_nll(likelihood: str, decoder_out: jax.Array, x: jax.Array, de
     """-log p(x|z) per example ``[B]`` for the decoder output, every constant included.
 
     * ``bernoulli``: ``decoder_out`` ``[B, H, W, C]`` holds per-pixel logits.
-    * ``gaussian``: N(x; sigmoid(decoder_out), c I) with fixed ``log c =
-      decoder_logvar``: -log p = ||x - mean||^2 / (2c) + (D/2) log(2 pi c).
-      Up to that constant it is C * ||x - mean||^2 with C = 1/(2c): c weighs
-      reconstruction against the KL (small c, sharp reconstructions; large c,
-      the KL wins and the posterior collapses towards the prior).
-    * ``gaussian_shared_var``: ``decoder_out`` ``[B, H, W, 2C]``; the first C
-      channels are mean logits, the last C a log-variance that the model makes
-      one learned scalar shared by every pixel and image (the sigma-VAE of
-      Rybkin et al. 2021, whose analytic optimum is c = the mean squared error).
+    * ``gaussian``: N(x; sigmoid(decoder_out), c I) with fixed ``log c = decoder_logvar``:
+      -log p = ||x - mean||^2 / (2c) + (D/2) log(2 pi c). C = 1/(2c) weighs reconstruction
+      against the KL (small c, sharp reconstructions; large c, the posterior collapses to the prior).
+    * ``gaussian_shared_var``: ``decoder_out`` ``[B, H, W, 2C]``; the first C channels are mean
+      logits, the last C a log-variance that the model makes one learned scalar shared by every
+      pixel and image (the sigma-VAE of Rybkin et al. 2021, whose optimum is c = the MSE).
     * ``gaussian_pixel_var``: the same layout with a log-variance map predicted
       per pixel by the decoder.
 
@@ -113,12 +108,10 @@ def _conditions(model, batch: dict) -> list:
 def make_gaussian_vae_terms(model, likelihood: str = "bernoulli", decoder_logvar: float = 0.0) -> TermsFn:
     """``terms_fn`` of a :class:`~vae_jax.models.vae.GaussianVAE` (MLP, convolutional or conditional VAE).
 
-    One pass ``model.apply(..., x, *conditions, key)`` -> (decoder_out, mean,
-    logvar, z) with q(z|x) = N(mean, diag(exp(logvar))), p(z) = N(0, I):
-    ``recon`` = -log p(x|z) (:func:`reconstruction_nll`), ``kl_per_dim`` the
-    closed form :func:`vae_jax.losses.gaussian_kl` per dimension. A conditional
-    model reads its conditions (``model.conditions``, e.g. ``y``) from the batch,
-    and every distribution is conditioned on them.
+    One pass ``model.apply(..., x, *conditions, key)`` -> (decoder_out, mean, logvar, z):
+    ``recon`` = -log p(x|z) (:func:`reconstruction_nll`), ``kl_per_dim`` the closed form
+    :func:`vae_jax.losses.gaussian_kl` per dimension. The conditions (``model.conditions``,
+    e.g. ``y``) are read from the batch.
     """
 
     def terms_fn(params, batch, key):
@@ -140,11 +133,7 @@ def posterior_samples(key: jax.Array, mean: jax.Array, logvar: jax.Array, k: int
     Example-major: the noise is one ``[B, k, D]`` standard-normal draw, made
     in at least float32 and cast to the model's dtype
     (:func:`vae_jax.losses.reparameterize`). Every importance-sampling
-    estimate (IWAE training and evaluation of the MLP, conv, conditional and
-    hierarchical VAEs) draws its samples through this one function. (The
-    removed ``evaluate.iwae_nll`` drew them k-major, and the conditional VAE
-    drew them directly in the compute dtype: IWAE numbers from those paths
-    differ from these at the Monte Carlo noise level.)
+    estimate (IWAE training and evaluation of every Gaussian VAE) draws its samples here.
     """
     return losses.reparameterize(
         key, jnp.broadcast_to(mean[:, None], (mean.shape[0], k, mean.shape[-1])), logvar[:, None]
@@ -156,10 +145,8 @@ def make_gaussian_vae_log_weights(model, likelihood: str = "bernoulli", decoder_
 
     log w_j = log p(x|z_j) + log N(z_j; 0, I) - log q(z_j|x), z_j ~ q(z|x)
     (:func:`posterior_samples`). The encoder runs once; the decoder runs on
-    the ``B * k`` samples, each with its example's conditions. This one
-    builder serves IWAE training (:func:`make_elbo_objective`) and IWAE
-    evaluation (:func:`vae_jax.evaluate.gaussian_vae_parts`) of the MLP,
-    convolutional and conditional VAEs.
+    the ``B * k`` samples, each with its example's conditions. It serves IWAE training
+    (:func:`make_elbo_objective`) and evaluation (:func:`vae_jax.evaluate.gaussian_vae_parts`).
     """
 
     def log_weights_fn(params, batch, key, k):
@@ -185,18 +172,10 @@ def free_bits_kl(kl_per_dim: jax.Array, free_bits: float) -> jax.Array:
     anything by pushing a latent dimension's KL below ``lambda`` nats, so the
     optimizer has no incentive to collapse it. Kingma et al. floor the
     minibatch mean of each dimension's KL; here the floor is applied per
-    example, so an example's loss does not depend on which other examples
-    share its batch: losses (and gradients) are invariant to batch size and
-    batch composition, and the per-example contract of :mod:`vae_jax.losses`
-    holds. (It is the stronger constraint: a dimension is kept "open" for each
-    example, not only on average.) With ``lambda = 0`` it is the plain KL.
-
-    Args:
-      kl_per_dim: ``[B, D]`` per-dimension KL terms.
-      free_bits: lambda, nats per dimension (>= 0).
-
-    Returns:
-      ``[B]``.
+    example (the stronger constraint), so an example's loss does not depend on
+    which other examples share its batch and the per-example contract of
+    :mod:`vae_jax.losses` holds. With ``lambda = 0`` it is the plain KL.
+    ``kl_per_dim``: ``[B, D]``; ``free_bits``: lambda, nats per dimension (>= 0).
     """
     return jnp.sum(jnp.maximum(kl_per_dim, free_bits), axis=-1)
 
@@ -233,8 +212,7 @@ def make_elbo_objective(
     batch mean of the objective above; ``metrics`` are batch means of ``loss``,
     ``neg_elbo`` (UNWEIGHTED recon + kl, always), ``recon``, ``kl``, ``beta``
     (the schedule's value at ``step``), the extra terms, and ``neg_iwae_bound``
-    when iwae_k > 1 (the same value as ``loss``; the single-sample terms are then computed
-    as well, for the metrics only). With ``dynamic_binarize`` the batch is
+    when iwae_k > 1 (equal to ``loss``). With ``dynamic_binarize`` the batch is
     Bernoulli-sampled from its gray values first (a key split from ``key``).
 
     ``eval_fn(params, batch, key) -> dict of [B]``: ``neg_elbo``, ``recon``,

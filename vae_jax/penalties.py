@@ -8,18 +8,10 @@ the input ``x`` (``[H, W, C]``, flattened to ``n = HWC``):
     ||J||_F^2 = sum_{j, i} (dh_j / dx_i)^2.
 
 It pushes the code to be locally insensitive to the input, except along the
-directions the reconstruction needs.
-
-Two ways to compute it, both pure functions of an ``encode_fn`` that maps
-**one** example to its code (batch with :func:`jax.vmap`, as here):
-
-* exact (:func:`jacobian_sq_frobenius`): the full Jacobian with
-  ``jax.jacrev`` (D vector-Jacobian products; cheaper when D < n, the usual
-  autoencoder) or ``jax.jacfwd`` (n Jacobian-vector products);
-* Hutchinson (:func:`hutchinson_sq_frobenius`): the unbiased estimate
-  ``||J||_F^2 = E_v ||J v||^2`` for ``v`` with ``E[v v^T] = I`` (Rademacher
-  here), with ``num_samples`` JVPs per example -- for large inputs where
-  the full Jacobian is too big.
+directions the reconstruction needs. Both ways to compute it,
+:func:`jacobian_sq_frobenius` (exact) and :func:`hutchinson_sq_frobenius`
+(an unbiased estimate, for inputs whose full Jacobian is too big), are pure
+functions of an ``encode_fn`` that maps **one** example to its code (batched here with :func:`jax.vmap`).
 
 References:
   Rifai, Vincent, Muller, Glorot & Bengio, "Contractive Auto-Encoders:
@@ -42,16 +34,10 @@ EncodeFn = Callable[[jax.Array], jax.Array]  # one example [H, W, C] -> code [D]
 
 
 def jacobian_sq_frobenius(encode_fn: EncodeFn, x: jax.Array, mode: str = "rev") -> jax.Array:
-    """Exact ``||d encode_fn / dx||_F^2`` per example.
+    """Exact ``||d encode_fn / dx||_F^2`` per example ``[B]`` of a batch ``x`` ``[B, ...]``.
 
-    Args:
-      encode_fn: maps one example (``x[i]``) to its code ``[D]``.
-      x: a batch of examples ``[B, ...]``.
-      mode: ``"rev"`` (``jax.jacrev``, D backward passes) or ``"fwd"``
-        (``jax.jacfwd``, one forward pass per input element).
-
-    Returns:
-      ``[B]``: the squared Frobenius norm of each example's Jacobian.
+    ``mode``: ``"rev"`` (``jax.jacrev``, D backward passes; cheaper when the code is smaller than
+    the input, the usual autoencoder) or ``"fwd"`` (``jax.jacfwd``, one forward pass per input element).
     """
     if mode not in JACOBIAN_MODES:
         raise ValueError(f"mode must be one of {JACOBIAN_MODES}, got {mode!r}")
@@ -70,10 +56,7 @@ def hutchinson_sq_frobenius(encode_fn: EncodeFn, x: jax.Array, key: jax.Array, n
     ``v`` with ``E[v v^T] = I``; ``v`` is Rademacher (+-1 entries), which has
     the smallest variance of such estimators. Averages ``num_samples``
     Jacobian-vector products (``jax.jvp``) per example, each with its own
-    ``v`` drawn from ``key``.
-
-    Returns:
-      ``[B]``: one estimate per example.
+    ``v`` drawn from ``key``. Returns ``[B]``, one estimate per example.
     """
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -95,9 +78,8 @@ def contractive_penalty(
 ) -> jax.Array:
     """The contractive penalty ``||J_h(x)||_F^2`` per example, ``[B]``.
 
-    ``method="exact"`` uses :func:`jacobian_sq_frobenius` (reverse mode);
-    ``"hutchinson"`` uses :func:`hutchinson_sq_frobenius` and needs ``key``.
-    Multiply by lambda and add to the per-example reconstruction loss.
+    ``method="exact"`` uses :func:`jacobian_sq_frobenius` (reverse mode); ``"hutchinson"`` uses
+    :func:`hutchinson_sq_frobenius` and needs ``key``.
     """
     if method == "exact":
         return jacobian_sq_frobenius(encode_fn, x)

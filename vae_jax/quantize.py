@@ -16,32 +16,21 @@ The arg-min has no gradient, so the decoder's gradient is copied straight
 through to the encoder: ``z_q = z_e + sg[e_k - z_e]``.
 
 Per-example contract (as in :mod:`vae_jax.losses`): the losses sum over the
-trailing ``event_ndim`` axes (the grid and the code dimension; 3 for a
-``[B, H', W', D]`` grid, 2 for a ``[B, T, D]`` sequence) and keep every
-leading axis; they never reduce over the batch, and an input with no axis
-left before the event raises. They take the :class:`Quantized` that
+trailing ``event_ndim`` axes (the grid and the code dimension) and never
+reduce over the batch. They take the :class:`Quantized` that
 :func:`vector_quantize` returns, which pairs ``z_e`` with the right array
 (``codes``, not ``z_q``) for them.
 
-Codebook learning options (Razavi, van den Oord & Vinyals, "Generating
-Diverse High-Fidelity Images with VQ-VAE-2", NeurIPS 2019, and the 2017
-paper's appendix A.1):
+Codebook learning options: the EMA codebook (:func:`ema_update`; the 2017
+paper's appendix A.1 and Razavi, van den Oord & Vinyals, "Generating Diverse
+High-Fidelity Images with VQ-VAE-2", NeurIPS 2019), k-means initialisation
+(:func:`kmeans`), dead-code restarts (:func:`restart_dead_codes`) and cosine
+matching (``cosine=True`` in :func:`vector_quantize`; Yu et al., "Vector-quantized
+Image Modeling with Improved VQGAN", ICLR 2022).
 
-* :func:`ema_update`: exponential moving averages of the cluster sizes and
-  sums, Laplace-smoothed, zero-debiased (Kingma & Ba's bias correction) so the
-  first steps are not pulled towards the zero initial averages; unused codes
-  kept, or (``rule="sonnet"``) rewritten as Sonnet and Haiku do;
-* :func:`kmeans`: k-means++ seeding and Lloyd steps over encoder outputs;
-* :func:`restart_dead_codes`: codes unused for N steps are moved onto randomly
-  chosen recent encoder outputs;
-* ``cosine=True`` in :func:`vector_quantize`: l2-normalised vectors and codes
-  (nearest by cosine similarity; Yu et al., "Vector-quantized Image Modeling
-  with Improved VQGAN", ICLR 2022).
-
-Usage statistics (:func:`code_counts`, :func:`perplexity`,
-:func:`codes_used`) are computed from counts accumulated over a whole
-evaluation set, never as an average of per-batch perplexities (the mean of
-per-batch perplexities depends on the batch size).
+Usage statistics (:func:`perplexity`, :func:`codes_used`) are computed from
+counts accumulated over a whole evaluation set (:func:`code_counts`), never as a
+mean of per-batch perplexities, which depends on the batch size.
 """
 
 from __future__ import annotations
@@ -97,17 +86,12 @@ def squared_distances(z: jax.Array, codebook: jax.Array) -> jax.Array:
 
 
 def vector_quantize(z_e: jax.Array, codebook: jax.Array, cosine: bool = False) -> Quantized:
-    """Nearest-code quantization of ``z_e`` ``[..., D]`` with ``codebook`` ``[K, D]``.
+    """Nearest-code quantization of ``z_e`` ``[..., D]`` (any leading shape) with ``codebook`` ``[K, D]``.
 
-    Any leading shape works (a ``[B, 7, 7, D]`` or ``[B, 32, 32, D]`` grid):
-    the vectors are flattened to ``[N, D]`` for one ``[N, K]`` distance matrix.
+    The vectors are flattened to ``[N, D]`` for one ``[N, K]`` distance matrix.
     With ``cosine`` both the vectors and the codes are l2-normalised first, so
     the nearest code is the one of largest cosine similarity and the decoder
-    sees unit vectors.
-
-    Returns:
-      :class:`Quantized` (``z_q`` with the straight-through estimator, the
-      gathered ``codes``, the matched ``z_e``, ``indices``, ``distances``).
+    sees unit vectors. Returns a :class:`Quantized`.
     """
     if codebook.ndim != 2 or codebook.shape[-1] != z_e.shape[-1]:
         raise ValueError(
@@ -157,18 +141,10 @@ def vq_codebook_loss(quantized: Quantized, event_ndim: int = 3) -> jax.Array:
     codebook's gradient), never with ``z_q`` (equal in value, but its gradient
     goes to the encoder: paired with ``z_q`` the codebook would learn nothing).
 
-    Args:
-      quantized: what :func:`vector_quantize` returned for ``z_e`` ``[B, ..., D]``.
-      event_ndim: trailing axes of ``z_e`` that form one example: 3 for a
-        ``[B, H', W', D]`` grid, 2 for a ``[B, T, D]`` sequence, 1 for ``[B, D]``.
-
-    Returns:
-      ``[B]`` (the axes before the trailing ``event_ndim``); average it yourself.
-
-    Raises:
-      TypeError: for anything but a :class:`Quantized` (two arrays, say).
-      ValueError: when ``z_e`` has no axis left before the trailing
-        ``event_ndim`` (``[B, T, D]`` under the default 3 would sum the batch).
+    ``event_ndim``: trailing axes of ``z_e`` that form one example: 3 for a ``[B, H', W', D]``
+    grid, 2 for a ``[B, T, D]`` sequence, 1 for ``[B, D]``. Returns ``[B]`` (the axes before them).
+    Raises ``TypeError`` for anything but a :class:`Quantized` (two arrays, say), ``ValueError``
+    when ``z_e`` has no axis left before the event (``[B, T, D]`` under the default 3).
 
     Example, the VQ-VAE's VQ terms of a ``[B, T, D]`` sequence (``beta`` = 0.25):
 
@@ -195,10 +171,7 @@ def vq_commitment_loss(quantized: Quantized, event_ndim: int = 3) -> jax.Array:
     Makes the encoder commit to its code; gives the codebook no gradient.
     The VQ-VAE weighs it by ``beta`` (0.25 in the paper). Takes the whole
     :class:`Quantized` (``z_e`` with the gradient to the encoder, not ``z_q``);
-    ``event_ndim`` and the errors as in :func:`vq_codebook_loss`.
-
-    Returns:
-      ``[B]``.
+    ``event_ndim``, the ``[B]`` result and the errors as in :func:`vq_codebook_loss`.
     """
     _check_quantized("vq_commitment_loss", quantized, event_ndim)
     return _sum_event(jnp.square(quantized.z_e - jax.lax.stop_gradient(quantized.codes)), event_ndim)
@@ -284,27 +257,15 @@ def ema_update(
     with ``n = sum_k N^_k``, so that no division is by zero, and the new
     codes are ``e_k = m^_k / N~_k``.
 
-    ``rule`` says which codes take that value:
+    ``rule`` says which codes take that value: ``"keep"`` (default), only the codes used in this
+    step (an unused code's averages decay together, so it would barely move; a never-used code
+    would become 0); ``"sonnet"``, every code, as Sonnet 2's and Haiku's ``VectorQuantizerEMA`` do
+    (debiased the same way), so their runs can be reproduced exactly.
 
-    * ``"keep"`` (default): only the codes used in this step; the others keep
-      their vector (their averages decay together, so their ratio, and the
-      code, would barely move; a never-used code would be set to 0).
-    * ``"sonnet"``: every code, as Sonnet 2's and Haiku's
-      ``VectorQuantizerEMA`` do (their ``ExponentialMovingAverage`` debiases
-      the same way): a code never used becomes 0, so their runs can be
-      reproduced exactly.
-
-    Args:
-      state: :class:`EMAState`.
-      codebook: ``[K, D]`` current codes.
-      z_e: ``[..., D]`` the encoder outputs as matched (``Quantized.z_e``).
-      indices: ``[...]`` their code indices.
-      decay: EMA decay in [0, 1).
-      epsilon: Laplace smoothing constant.
-      rule: ``"keep"`` or ``"sonnet"`` (:data:`EMA_RULES`).
-
-    Returns:
-      ``(codebook [K, D], state)``. Call it only in training steps.
+    ``codebook`` ``[K, D]`` holds the current codes, ``z_e`` ``[..., D]`` the encoder outputs as
+    matched (``Quantized.z_e``) and ``indices`` ``[...]`` their codes; ``decay`` lies in [0, 1) and
+    ``epsilon`` is the Laplace smoothing constant. Returns ``(codebook [K, D], state)``; call it
+    only in training steps.
     """
     if rule not in EMA_RULES:
         raise ValueError(f"ema_update: rule must be one of {', '.join(EMA_RULES)}, got {rule!r}")
@@ -358,11 +319,8 @@ def restart_dead_codes(
     Each dead code gets one of the vectors of ``z_e`` (``[..., D]``, this
     step's encoder outputs), drawn uniformly with ``key``; the draw is a
     function of the key alone, so a restored run restarts the same codes the
-    same way.
-
-    Returns:
-      ``(codebook [K, D], steps_unused [K], dead [K] bool)``: the restarted
-      codes' counters are set to 0.
+    same way. Returns ``(codebook [K, D], steps_unused [K], dead [K] bool)``, the restarted
+    codes' counters set to 0.
     """
     num_codes, dim = codebook.shape
     flat = jax.lax.stop_gradient(z_e).reshape(-1, dim)

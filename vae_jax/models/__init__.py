@@ -1,11 +1,7 @@
 """flax.linen models, one family per module; every family's model class is re-exported here.
 
-``GaussianVAE``, the encode/decode core every Gaussian VAE shares, and ``VAE``
-(the MLP VAE) of :mod:`vae_jax.models.vae`, with ``init_variables`` /
-``init_params`` (for every Gaussian VAE); ``ConvVAE``, ``CVAE`` (conditional), ``HVAE`` (two-level),
-``VQVAE`` and its ``PixelCNN`` prior; ``AutoEncoder`` (MLP or conv,
-:mod:`vae_jax.models.autoencoder`). ``bare_params`` unwraps flax's
-``{"params": ...}`` variables into the params tree the queries take.
+``init_variables`` / ``init_params`` initialise every Gaussian VAE (``VAE``, ``ConvVAE``, ``CVAE``,
+``HVAE``); ``bare_params`` unwraps flax's ``{"params": ...}`` variables into the params tree the queries take.
 """
 
 from vae_jax.arrays import bare_params

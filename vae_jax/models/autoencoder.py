@@ -13,22 +13,15 @@ gives the code z; the decoder mirrors the widths in reverse.
 + 2x2 max pool (an odd height or width is zero-padded to even first, so the
 pool rounds up: 28 -> 14 -> 7 -> 4); a linear layer maps the last feature map
 to z. The decoder maps z back to that feature map and goes up one block per
-down-block, by ``upsampling``:
+down-block, by ``upsampling``: ``"transpose"`` (a stride-2 transposed conv),
+``"upsample"`` (nearest-neighbour upsampling, then a 3x3 conv) or ``"unpool"``
+(max-unpooling with the encoder's pooling indices, then a 3x3 conv: Zeiler &
+Fergus 2014's "switches"; SegNet). Each way up is cropped to the size before
+its pool; a last 3x3 conv gives the output logits, the image is their sigmoid.
 
-* ``"transpose"``: a stride-2 transposed convolution;
-* ``"upsample"``: nearest-neighbour upsampling followed by a 3x3 conv;
-* ``"unpool"``: max-unpooling with the encoder's pooling indices, then a 3x3
-  conv (Zeiler & Fergus 2014's "switches"; SegNet).
-
-Each way up lands on the padded size and is cropped to the size before that
-pool. A last 3x3 conv gives the output channels. The decoder output is
-per-pixel logits; the image is ``sigmoid(output)``
-(:func:`vae_jax.objectives.decoder_mean`).
-
-Unpooling needs the indices of the input being reconstructed, so with
-``upsampling="unpool"`` the decoder is not a function of z alone: use
-``__call__`` (or ``encode_with_indices`` then ``decode(z, indices)``);
-``decode(z)`` without indices raises.
+With ``upsampling="unpool"`` the decoder needs the indices of the input being
+reconstructed: use ``__call__`` (or ``encode_with_indices`` then
+``decode(z, indices)``); ``decode(z)`` without indices raises.
 """
 
 from __future__ import annotations
@@ -66,13 +59,8 @@ def _pad_to_even(x: jax.Array) -> jax.Array:
 class AutoEncoder(nn.Module):
     """Deterministic autoencoder; see the module docstring for the architectures.
 
-    Attributes:
-      latent_dim: size of the code z.
-      arch: ``"mlp"`` or ``"conv"``.
-      hidden: MLP layer widths, or conv channels per down-block for ``"conv"``.
-      image_shape: ``(H, W, C)`` of the images.
-      upsampling: the conv decoder's way up: ``"transpose"``, ``"upsample"``
-        or ``"unpool"`` (ignored for ``"mlp"``).
+    ``hidden`` holds the MLP layer widths, or the conv channels per down-block for ``arch="conv"``
+    (where ``upsampling`` is the decoder's way up).
     """
 
     latent_dim: int = 32
@@ -82,10 +70,9 @@ class AutoEncoder(nn.Module):
     upsampling: str = "transpose"
 
     def setup(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.upsampling not in UPSAMPLINGS:
-            raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {self.upsampling!r}")
+        for name, choices in (("arch", ARCHS), ("upsampling", UPSAMPLINGS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.latent_dim <= 0:
             raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
         if any(w <= 0 for w in self.hidden):

@@ -3,27 +3,19 @@
 Encoder: ``len(channels)`` stride-2 convolutions (kernel ``kernel_size``,
 'SAME' padding, ReLU), each halving the image, -> a flat vector (optionally
 one more ReLU Dense layer of ``hidden`` units) -> two linear heads for the mean
-and log-variance of q(z|x) = N(mean, diag(exp(logvar))).
-Decoder: a linear layer from z back up to the flat vector (through ``hidden``
-if set), reshaped to the encoder's last feature map, then stride-2 transposed
-convolutions that double it back to the image; the last one outputs the
-likelihood's channels (logits or mean logits, plus log-variances for a
-learned per-pixel variance). p(z) = N(0, I).
+and log-variance of q(z|x). Decoder: the mirror image, a linear layer from z up
+to the flat vector (through ``hidden`` if set), then stride-2 transposed
+convolutions back to the image; the last one outputs the likelihood's channels.
 
-The layers are ``vae_jax.models.layers.Conv``/``ConvTranspose``: XLA's
-convolutions with ``flax.linen.Conv``/``ConvTranspose``'s parameters, whose
-bias gradients stay float32 under ``--precision bf16``.
-``vae_jax.models.layers.Conv2d``/``ConvTranspose2d`` write the same operations
-from their definitions, which is clearer but too slow and memory-hungry for
-128x128 images.
+The layers are XLA's convolutions (``vae_jax.models.layers.Conv``/``ConvTranspose``,
+whose bias gradients stay float32 under ``--precision bf16``): the from-the-definition
+``Conv2d``/``ConvTranspose2d`` are too slow and memory-hungry for 128x128 images.
 
 The lecture's face model (``7.2.Conv_VAE``): 128x128x3 images, an encoder to a
 1024-vector, ``fc1``/``fc2`` 1024 -> 64 for the mean and log-variance, ``fc3``
 64 -> 1024, transposed convolutions back to 128x128x3. The notes give only
 these shapes; :data:`FACES128` reaches them with six stride-2 convolutions
 (128 -> 2, with 256 channels: 2 * 2 * 256 = 1024) and no hidden layer.
-
-Reference: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
 """
 
 from __future__ import annotations
@@ -98,13 +90,8 @@ class ConvDecoder(nn.Module):
 
 
 class ConvVAE(GaussianVAE):
-    """Convolutional VAE: the :class:`~vae_jax.models.vae.GaussianVAE` core with conv networks.
-
-    ``__call__(x, key) -> (decoder output, mean, logvar, z)``, ``encode(x) ->
-    (mean, logvar)``, ``decode(z) -> decoder output``, as the MLP VAE; the
-    decoder output has C channels (logits / mean logits) or 2C with a learned
-    variance (see :mod:`vae_jax.objectives`).
-    """
+    """Convolutional VAE: the :class:`~vae_jax.models.vae.GaussianVAE` core (its ``__call__``, ``encode``,
+    ``decode``) with conv networks; the decoder output has C channels, or 2C with a learned variance."""
 
     image_shape: Sequence[int] = (28, 28, 1)
     latent_dim: int = 16

@@ -11,13 +11,8 @@ plain VAE's with every distribution conditioned on y. Sampling for a requested
 class decodes z ~ N(0, I) together with that class's one-hot vector: z is left
 to carry what the label does not say (slant, thickness, style).
 
-The networks are the MLPs of :mod:`vae_jax.models.vae`; the decoder output
-follows the likelihood layout of :mod:`vae_jax.objectives` (C logit channels,
-or 2C with a learned variance).
-
-Reference:
-  Sohn, Lee & Yan, "Learning Structured Output Representation using Deep
-  Conditional Generative Models", NeurIPS 2015.
+The networks are the MLPs of :mod:`vae_jax.models.vae`. Reference: Sohn, Lee & Yan,
+"Learning Structured Output Representation using Deep Conditional Generative Models", NeurIPS 2015.
 """
 
 from __future__ import annotations
@@ -37,13 +32,7 @@ class CVAE(GaussianVAE):
     The :class:`~vae_jax.models.vae.GaussianVAE` core with the label as its
     one condition: ``__call__(x, y, key)``, ``encode(x, y)``, ``decode(z, y)``.
 
-    Attributes:
-      latent_dim: D, the size of z.
-      hidden: encoder hidden widths (the decoder mirrors them).
-      image_shape: ``(H, W, C)`` of the data.
-      num_classes: K, the number of labels (one-hot size).
-      likelihood: one of :data:`vae_jax.objectives.LIKELIHOODS`; sets the
-        decoder's output channels (C, or 2C with a learned variance).
+    The other attributes are those of :class:`~vae_jax.models.vae.VAE`; ``num_classes`` is K.
     """
 
     latent_dim: int = 20
@@ -67,9 +56,5 @@ class CVAE(GaussianVAE):
         return self.encoder(h)
 
     def decode(self, z: jax.Array, y: jax.Array) -> jax.Array:
-        """p(x|z,y): ``z`` ``[B, D]`` and labels ``[B]`` -> decoder output ``[B, H, W, C or 2C]``.
-
-        Bernoulli: per-pixel logits; Gaussian: mean logits (the mean is their
-        sigmoid), then log-variances with a learned variance.
-        """
+        """p(x|z,y): ``z`` ``[B, D]`` and labels ``[B]`` -> decoder output (logits) ``[B, H, W, C or 2C]``."""
         return self.with_variance(self.decoder(jnp.concatenate([z, self.one_hot(y, z.dtype)], axis=-1)))

@@ -11,21 +11,18 @@ network whose convolutions are masked so that position i never sees
 positions >= i. This module is that network, after van den Oord et al. 2016,
 "Conditional Image Generation with PixelCNN Decoders" (gated PixelCNN):
 
-* **Two stacks.** A plain PixelCNN (van den Oord et al. 2016, "Pixel
-  Recurrent Neural Networks") stacks k×k convolutions masked to "rows above
-  + left in the row", and its receptive field misses a growing wedge above
-  and to the right of each position (the *blind spot*). The gated PixelCNN
-  splits it in two: a **vertical stack** v whose feature at (i, j) depends
-  on whole rows strictly above i (all columns within reach, so the
-  above-right positions too), and a **horizontal stack** h whose feature at
-  (i, j) depends on positions left of j in row i and, through a 1×1 link
-  from v, on the rows above. Their union is every earlier position within
-  reach: no blind spot.
+* **Two stacks.** A plain PixelCNN's (van den Oord et al. 2016, "Pixel
+  Recurrent Neural Networks") k×k convolutions masked to "rows above + left
+  in the row" miss a growing wedge above and to the right of each position
+  (the *blind spot*). The gated PixelCNN splits them: a **vertical
+  stack** v whose feature at (i, j) depends on whole rows strictly above i,
+  and a **horizontal stack** h whose feature at (i, j) depends on positions
+  left of j in row i and, through a 1×1 link from v, on the rows above.
+  Their union is every earlier position within reach: no blind spot.
 * **Masks A and B.** The first layer reads the code embeddings and must not
-  see position (i, j) itself: mask **A** (vertical: rows r < i; horizontal:
-  columns c < j). Later layers read features that already exclude (i, j),
-  so they may include the centre: mask **B** (vertical: rows r <= i;
-  horizontal: columns c <= j). See :func:`causal_mask`.
+  see position (i, j) itself: mask **A**. Later layers read features that
+  already exclude (i, j), so they may include the centre: mask **B**
+  (:func:`causal_mask`).
 * **Gated activation.** Each stack's convolution gives 2F channels split into
   a filter and a gate, y = tanh(W_f * x + V_f s) ⊙ σ(W_g * x + V_g s), with s an
   optional class embedding (the conditional PixelCNN). The horizontal stack
@@ -56,25 +53,19 @@ MASK_TYPES = ("A", "B")
 def causal_mask(kernel_size: int, stack: str, mask_type: str) -> np.ndarray:
     """The 0/1 mask of one stack's kernel, centred on the output position.
 
-    Args:
-      kernel_size: k, odd; the vertical kernel is k×k, the horizontal 1×k.
-      stack: ``vertical`` or ``horizontal``.
-      mask_type: ``A`` (excludes the centre's own row or position: first
-        layer) or ``B`` (includes it: later layers).
-
-    Returns:
-      float32 ``[k, k]`` (vertical) or ``[1, k]`` (horizontal); entry (r, c)
-      is 1 where the input at offset (r - k//2, c - k//2) may reach the output:
+    ``mask_type`` ``A`` (first layer) excludes the centre's own row or position, ``B`` (later
+    layers) includes it. Returns float32 ``[k, k]`` (``stack="vertical"``) or ``[1, k]``
+    (``"horizontal"``), k odd; entry (r, c) is 1 where the input at offset (r - k//2, c - k//2)
+    may reach the output:
 
         vertical A:   r <  k//2 (all columns)      vertical B:   r <= k//2
         horizontal A: c <  k//2                    horizontal B: c <= k//2
     """
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be an odd positive integer, got {kernel_size!r}")
-    if stack not in STACKS:
-        raise ValueError(f"stack must be one of {', '.join(STACKS)}, got {stack!r}")
-    if mask_type not in MASK_TYPES:
-        raise ValueError(f"mask_type must be one of {', '.join(MASK_TYPES)}, got {mask_type!r}")
+    for name, value, choices in (("stack", stack, STACKS), ("mask_type", mask_type, MASK_TYPES)):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     centre = kernel_size // 2
     offsets = np.arange(kernel_size)
     allowed = offsets < centre if mask_type == "A" else offsets <= centre
@@ -104,13 +95,9 @@ class MaskedConv(nn.Module):
     channel axis (``[B, H, W, taps·C_in] @ [taps·C_in, F]``): on the CPU, XLA
     runs a convolution's gradient inside a ``lax.scan`` (the shared driver's
     fused epoch) many times slower than outside it, while a matrix multiply
-    keeps its speed (docs/benchmarks.md). The test suite checks it against
-    ``lax.conv_general_dilated`` with the full masked kernel.
+    keeps its speed (docs/benchmarks.md).
 
-    Attributes:
-      features: F, output channels.
-      mask: ``[kh, kw]`` 0/1 array centred on the output position (odd kh and
-        kw), e.g. from :func:`causal_mask`.
+    ``features``: F, output channels; ``mask``: ``[kh, kw]`` 0/1 (odd kh and kw) from :func:`causal_mask`.
     """
 
     features: int
@@ -152,10 +139,7 @@ class GatedLayer(nn.Module):
         v'    = tanh ⊙ σ (v_pre)
         h'    = h + O (tanh ⊙ σ (h_pre))          O 1×1; no residual for mask A
 
-    Attributes:
-      features: F, channels of both stacks.
-      kernel_size: k (odd).
-      mask_type: ``A`` for the first layer, ``B`` after.
+    ``features`` F, odd ``kernel_size`` k, ``mask_type`` ``A`` for the first layer, ``B`` after.
     """
 
     features: int
@@ -188,13 +172,8 @@ class PixelCNN(nn.Module):
     earlier positions up to L·(k//2) rows above (±L·(k//2) columns) and
     L·(k//2) columns to its left, in its own row.
 
-    Attributes:
-      num_codes: K, the codebook size.
-      features: F, channels of both stacks.
-      num_layers: L >= 1.
-      kernel_size: k, odd.
-      num_classes: > 0 makes the prior class-conditional (labels ``[B]`` in
-        [0, num_classes)); 0 for an unconditional prior.
+    ``num_codes`` is K, ``features`` F (channels of both stacks); ``num_classes`` > 0 makes the prior
+    class-conditional (labels ``[B]`` in [0, num_classes)).
     """
 
     num_codes: int

@@ -54,10 +54,8 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """The decoder: z ``[B, latent_dim]`` -> one unconstrained output per pixel, ``[B, *image_shape]``.
 
-    The output is read as logits: under a Bernoulli likelihood p(x|z) has
-    probabilities sigmoid(output); under the Gaussian likelihood of
-    :mod:`vae_jax.objectives` the mean of N(mean, cI) is sigmoid(output). In
-    both, E[x|z] = sigmoid(output) (:func:`vae_jax.objectives.decoder_mean`).
+    The output is read as logits: the Bernoulli probabilities, or the Gaussian mean, are
+    sigmoid(output) (:func:`vae_jax.objectives.decoder_mean`).
     """
 
     hidden: Sequence[int]
@@ -75,9 +73,7 @@ class MLPDecoder(nn.Module):
 class SharedLogVariance(nn.Module):
     """Appends one learned log-variance, shared by every pixel and image, as C extra channels.
 
-    ``[B, H, W, C]`` mean logits -> ``[B, H, W, 2C]``: the layout of the
-    learned-variance likelihoods in :mod:`vae_jax.objectives` (the sigma-VAE
-    of Rybkin et al. 2021, with sigma a single learned parameter).
+    ``[B, H, W, C]`` mean logits -> ``[B, H, W, 2C]`` (the sigma-VAE of Rybkin et al. 2021).
     """
 
     @nn.compact
@@ -94,10 +90,8 @@ class SharedLogVariance(nn.Module):
 def decoder_head(likelihood: str, image_channels: int) -> tuple[int, SharedLogVariance | None]:
     """The decoder-channel rule of every Gaussian VAE: (channels the decoder network outputs, appended variance).
 
-    The decoder output holds C channels (logits, or mean logits) or, with a
-    learned variance (:data:`vae_jax.objectives.LEARNED_VARIANCE`), 2C: a
-    per-pixel variance is C more network channels; a shared one is a single
-    learned log-variance appended after the network (:class:`SharedLogVariance`).
+    With a learned variance (:data:`vae_jax.objectives.LEARNED_VARIANCE`) the output holds 2C channels:
+    a per-pixel variance is C more network channels, a shared one is appended (:class:`SharedLogVariance`).
     """
     if likelihood not in objectives.LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {objectives.LIKELIHOODS}, got {likelihood!r}")
@@ -127,15 +121,11 @@ class GaussianVAE(nn.Module):
     conditions: ClassVar[tuple[str, ...]] = ()  # batch entries (after "x") that encode and decode take
 
     def __call__(self, x: jax.Array, *conditions_and_key: jax.Array):
-        """Encodes ``x``, draws one z per example with the reparameterization trick, decodes it.
+        """Encodes ``x`` ``[B, H, W, C]``, draws one z per example with the reparameterization trick, decodes it.
 
-        Args:
-          x: images ``[B, H, W, C]`` in [0, 1].
-          conditions_and_key: the arrays named by ``conditions`` (``[B]`` each),
-            then the PRNG key for z = mean + exp(logvar / 2) * eps.
-
-        Returns:
-          ``(decoder output [B, H, W, C or 2C], mean [B, D], logvar [B, D], z [B, D])``.
+        ``conditions_and_key``: the arrays named by ``conditions`` (``[B]`` each), then the PRNG key
+        for z = mean + exp(logvar / 2) * eps. Returns ``(decoder output [B, H, W, C or 2C], mean [B, D],
+        logvar [B, D], z [B, D])``.
         """
         *conditions, key = conditions_and_key
         mean, logvar = self.encode(x, *conditions)
@@ -143,18 +133,13 @@ class GaussianVAE(nn.Module):
         return self.decode(z, *conditions), mean, logvar, z
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The posterior q(z|x): x ``[B, H, W, C]`` -> ``(mean [B, D], logvar [B, D])``.
-
-        Call as ``model.apply(variables, x, method=model.encode)``.
-        """
+        """q(z|x): x ``[B, H, W, C]`` -> ``(mean [B, D], logvar [B, D])``; ``method=model.encode`` in ``apply``."""
         return self.encoder(x)
 
     def decode(self, z: jax.Array) -> jax.Array:
-        """The decoder: z ``[B, D]`` -> output ``[B, H, W, C]`` (2C channels with a learned variance).
+        """z ``[B, D]`` -> output ``[B, H, W, C]`` (2C with a learned variance), the first C logits of E[x|z].
 
-        The first C channels are logits: E[x|z] is their sigmoid
-        (:func:`vae_jax.objectives.decoder_mean`). Call as
-        ``model.apply(variables, z, method=model.decode)``.
+        Call as ``model.apply(variables, z, method=model.decode)``.
         """
         return self.with_variance(self.decoder(z))
 
@@ -164,26 +149,13 @@ class GaussianVAE(nn.Module):
 
 
 class VAE(GaussianVAE):
-    """MLP VAE: q(z|x) = N(mean(x), diag(exp(logvar(x)))), p(z) = N(0, I).
+    """MLP VAE: :class:`MLPEncoder`, :class:`MLPDecoder` (hidden widths mirrored) and the :class:`GaussianVAE` core.
 
-    The decoder returns unconstrained per-pixel values read as logits. With a
-    Bernoulli likelihood they are the logits of p(x|z)
-    (``losses.bernoulli_nll(logits, x)``); with a Gaussian likelihood of
-    :mod:`vae_jax.objectives` sigmoid(logits) is the mean of N(mean, cI).
-    Either way E[x|z] = sigmoid(logits). The only likelihood the model itself
-    needs to know is a learned decoder variance (``likelihood`` in
-    :data:`vae_jax.objectives.LEARNED_VARIANCE`): then the output has 2C
-    channels, mean logits then log-variances (a per-pixel map, or one shared
-    learned scalar). The decoder's hidden layers mirror the encoder's in
-    reverse order. ``__call__``, ``encode`` and ``decode`` are those of
-    :class:`GaussianVAE`.
-
-    Attributes:
-      latent_dim: D, the size of z.
-      hidden: encoder hidden widths (the decoder uses them reversed).
-      image_shape: ``(H, W, C)`` of one image; inputs are ``[B, H, W, C]``.
-      likelihood: the decoder likelihood (only the learned-variance ones
-        change the output's shape).
+    The decoder outputs logits, E[x|z] = sigmoid(logits), under every likelihood. The only
+    likelihood the model itself needs to know is a learned decoder variance (``likelihood`` in
+    :data:`vae_jax.objectives.LEARNED_VARIANCE`): then the output has 2C channels, mean logits
+    then log-variances (a per-pixel map, or one shared learned scalar). ``latent_dim`` is D, the
+    size of z; ``image_shape`` ``(H, W, C)`` is that of one image (inputs are ``[B, H, W, C]``).
     """
 
     latent_dim: int = 20
@@ -211,7 +183,6 @@ def init_variables(model: GaussianVAE, key: jax.Array) -> dict:
 def init_params(model: GaussianVAE, key: jax.Array) -> dict:
     """Initial params for ``model``: the bare params tree (what an optimizer updates).
 
-    ``model.apply`` wants them wrapped: ``model.apply({"params": params}, x, key)``;
-    :func:`init_variables` returns that dict directly.
+    ``model.apply`` wants them wrapped: ``model.apply({"params": params}, x, key)``.
     """
     return init_variables(model, key)["params"]

@@ -10,17 +10,9 @@ a 3x3 convolution, ``num_res_blocks`` residual blocks
 (ReLU, 3x3 conv, ReLU, 1x1 conv, added to the input), a ReLU and a 1x1
 convolution to the code dimension D. The decoder mirrors it: a 3x3 conv
 from D, the residual blocks, and two 4x4 stride-2 transposed convolutions
-back to the image size. The image is ``sigmoid(logits)``
-(:func:`vae_jax.objectives.decoder_mean`). The convolutions are XLA's
-(:class:`~vae_jax.models.layers.Conv` and ``ConvTranspose``: ``flax.linen``'s
-parameters and values, with biases added in float32 under bfloat16 compute),
-much faster on a CPU than the from-the-definition layers of
-:mod:`vae_jax.models.layers`. The network computes in the dtype of its
-input; :meth:`VQVAE.quantize` always searches the codebook in float32.
-
-The codebook is the parameter ``params["codebook"]`` ``[K, D]``; with an EMA
-codebook the loss gives it no gradient and
-:mod:`vae_jax.tasks.vqvae` overwrites it after each step.
+back to the image size. The convolutions are XLA's (much faster on a CPU than the
+from-the-definition layers). The network computes in the dtype of its input;
+:meth:`VQVAE.quantize` always searches the codebook ``params["codebook"]`` ``[K, D]`` in float32.
 """
 
 from __future__ import annotations
@@ -49,13 +41,8 @@ class ResidualBlock(nn.Module):
 class VQVAE(nn.Module):
     """VQ-VAE with a ``num_codes x code_dim`` codebook over an ``H/4 x W/4`` grid.
 
-    Attributes:
-      num_codes: codebook size K.
-      code_dim: code dimension D.
-      channels: ``(c1, c2)`` channels after the first and the second down-convolution.
-      num_res_blocks: residual blocks in the encoder and in the decoder.
-      image_shape: ``(H, W, C)``; H and W divisible by 4.
-      cosine: l2-normalised vectors and codes (nearest by cosine similarity).
+    ``channels``: ``(c1, c2)`` after the first and the second down-convolution; ``image_shape``
+    ``(H, W, C)`` with H and W divisible by 4; ``cosine``: l2-normalised vectors and codes.
     """
 
     num_codes: int = 64

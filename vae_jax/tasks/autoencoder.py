@@ -1,7 +1,4 @@
-"""Deterministic autoencoders (plain, denoising, masked, contractive): config, training task, figure queries.
-
-A model restored from a workdir's ``config.json`` is built exactly as it was trained.
-"""
+"""Deterministic autoencoders (plain, denoising, masked, contractive): config, training task, figure queries."""
 
 from __future__ import annotations
 
@@ -180,7 +177,6 @@ def make_ae_terms(model: AutoEncoder, config: AEConfig, image_shape, evaluation:
         return lambda xi: network.apply({"params": params}, xi[None], method=model.encode)[0]
 
     def terms_fn(params, x, key):
-        terms = {}
         if variant == "denoising":
             x_in = noise_fn(key, x)
         elif variant == "masked":
@@ -190,7 +186,7 @@ def make_ae_terms(model: AutoEncoder, config: AEConfig, image_shape, evaluation:
             x_in = x
         decoder_out, _ = apply(params, x_in)  # [B, H, W, C], [B, D]
         recon = ae_reconstruction_loss(config, decoder_out, x)
-        terms["recon"] = recon
+        terms = {"recon": recon}
         if variant == "masked":
             terms["masked_recon"] = ae_reconstruction_loss(config, decoder_out, x, mask)
             terms["all_recon"] = recon
@@ -207,10 +203,8 @@ def make_ae_terms(model: AutoEncoder, config: AEConfig, image_shape, evaluation:
             return terms
 
         output = decoder_image(config.output, decoder_out)
-        if variant == "plain" or variant == "contractive":
-            clean_output = output
-        else:
-            clean_output = decoder_image(config.output, apply(params, x)[0])
+        reconstructs_x = variant in ("plain", "contractive")  # else the output is of a corrupted input
+        clean_output = output if reconstructs_x else decoder_image(config.output, apply(params, x)[0])
         terms["mse"] = losses.mean_squared_error(clean_output, x)
         terms["psnr"] = losses.psnr_from_mse(terms["mse"])
         if variant == "denoising":

@@ -4,10 +4,8 @@
 A query is a module-level function ``query(model, params, *batches, **options) -> array``.
 :func:`apply_in_batches` runs it through one jitted program with the model (a hashable flax module)
 and the options as static arguments and the params as an input; the last batch is padded to the
-others' shape, so every call with the same model and batch size reuses one compiled program, and the persistent compilation cache can keep it
-across runs (params are inputs of the program, not constants baked into it). Figure code that
-applied the model op by op, or jitted a fresh closure per call, compiled each layer's ops or the
-whole program again at each call.
+others' shape, so every call with the same model and batch size reuses one compiled program, which
+the persistent compilation cache can keep across runs.
 """
 
-from vae_jax.arrays import apply_in_batches, run_query  # noqa: F401 (re-exported)
+from vae_jax.arrays import apply_in_batches  # noqa: F401 (re-exported)

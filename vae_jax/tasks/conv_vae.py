@@ -1,8 +1,7 @@
 """The convolutional VAE's config and training task (``--preset faces128``: the lecture's face model).
 
-The figure queries of the MLP VAE (:mod:`vae_jax.tasks.vae`: ``encode_means``,
-``decode_means``, ``reconstruct``, ``sample_prior``, ``interpolate``) work
-unchanged on :class:`~vae_jax.models.conv_vae.ConvVAE`.
+The figure queries of the MLP VAE (:mod:`vae_jax.tasks.vae`) work unchanged on
+:class:`~vae_jax.models.conv_vae.ConvVAE`.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import dataclasses
 import math
 from typing import ClassVar
 
-from vae_jax import objectives
 from vae_jax.errors import ConfigError, field, flag, require, require_list
 from vae_jax.models.conv_vae import FACES128, ConvVAE, bottleneck_shape, init_params
 from vae_jax.protocol import Task
@@ -19,9 +17,7 @@ from vae_jax.tasks.vae import VAEObjectiveConfig
 
 PRESETS = ("none", "faces128")
 
-# What --preset faces128 sets. The loss is the summed squared error + KL of the lecture:
-# a Gaussian decoder with fixed variance c = 1/2 (C = 1/(2c) = 1), whose -log p(x|z) is
-# ||x - f(z)||^2 + (D/2) log(pi); the reported ELBO keeps that constant.
+# What --preset faces128 sets: the lecture's loss is a Gaussian decoder with c = 1/2 (see ConvVAEConfig).
 FACES128_FLAGS = {
     "image_size": FACES128["image_shape"][0],  # a folder of other sizes is resized and centre-cropped to 128x128
     "latent_dim": FACES128["latent_dim"],
@@ -36,18 +32,15 @@ FACES128_FLAGS = {
 class ConvVAEConfig(VAEObjectiveConfig):
     """A convolutional VAE; the defaults suit 28x28 digits.
 
-    ``--preset faces128`` is the lecture's 128x128x3 face model (encoder to a
-    1024-vector, fc1/fc2 1024 -> 64, fc3 64 -> 1024, transposed convolutions
-    back to 128x128x3) trained on summed squared error + KL, i.e. the Gaussian
-    likelihood with c = 1/2, which differs from the lecture's MSE-sum + KLD by
-    the constant (D/2) log(pi), D = 128*128*3. The preset sets ``--image-size 128``: images of another
-    size are resized (shorter side to 128) and centre-cropped. Grayscale images are refused with a
-    one-line error rather than repeated into RGB: the face model is a colour model, and a grayscale set is
-    more often the wrong ``--dataset`` (the default ``mnist``) than a wish to train it on gray faces
-    (``--preset none`` trains the conv VAE on any channel count). The lecture notebook computes
-    the KLD with ``torch.mean`` (dividing the KL by batch x 64); that is not
-    the ELBO, and here the KL is summed over the 64 dimensions as the ELBO
-    requires. Run it with ``--dataset folder:PATH`` of face images:
+    ``--preset faces128`` is the lecture's 128x128x3 face model
+    (:data:`~vae_jax.models.conv_vae.FACES128`) trained on summed squared error + KL, i.e. the
+    Gaussian likelihood with c = 1/2, which differs from the lecture's MSE-sum + KLD by the constant
+    (D/2) log(pi), D = 128*128*3. Images of another size are resized (shorter side to 128) and
+    centre-cropped. Grayscale images are refused rather than repeated into RGB: a grayscale set is
+    more often the wrong ``--dataset`` (the default ``mnist``) than a wish for gray faces
+    (``--preset none`` takes any channel count). The lecture notebook's KLD is a ``torch.mean``
+    (the KL divided by batch x 64), not the ELBO's; here the KL is summed over the 64 dimensions.
+    Run it with ``--dataset folder:PATH`` of face images:
 
         python -m experiments.conv_vae --preset faces128 --dataset folder:data/faces --batch-size 16 --epochs 400
     """
@@ -144,6 +137,4 @@ def build_conv_vae(config: ConvVAEConfig, image_shape) -> ConvVAE:
 
 def conv_vae_task(config: ConvVAEConfig, image_shape) -> tuple[ConvVAE, Task]:
     model = build_conv_vae(config, image_shape)
-    return model, config.resolved().elbo_task(
-        model, init_params, objectives.make_gaussian_vae_terms, objectives.make_gaussian_vae_log_weights
-    )
+    return model, config.resolved().elbo_task(model, init_params)

@@ -14,7 +14,7 @@ from typing import ClassVar
 import jax
 import numpy as np
 
-from vae_jax import diagnostics, evaluate, objectives
+from vae_jax import diagnostics, evaluate
 from vae_jax.arrays import standard_normal
 from vae_jax.errors import ConfigError, field, require
 from vae_jax.evaluate import VAEEvalParts
@@ -22,12 +22,12 @@ from vae_jax.models.cvae import CVAE, init_params
 from vae_jax.protocol import Task
 from vae_jax.tasks import vae as vae_tasks
 from vae_jax.tasks.common import apply_in_batches
-from vae_jax.tasks.vae import VAEObjectiveConfig, require_widths
+from vae_jax.tasks.vae import VAEConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class CVAEConfig(VAEObjectiveConfig):
-    """The MLP conditional VAE: a one-hot label into encoder and decoder (Sohn et al. 2015)."""
+class CVAEConfig(VAEConfig):
+    """The MLP conditional VAE (the MLP VAE's flags, and ``num_classes``): a one-hot label into encoder and decoder."""
 
     kind: ClassVar[str] = "cvae"
 
@@ -36,7 +36,6 @@ class CVAEConfig(VAEObjectiveConfig):
         "latent dimensions; small, so that the class is left to the label (with 20, a "
         "short run encodes the class in z and the decoder ignores y)",
     )
-    hidden: tuple[int, ...] = field((400,), "encoder hidden widths (the decoder mirrors them)")
     num_classes: int = field(
         0, "number of classes of the one-hot label (0: one more than the largest label in the data)"
     )
@@ -44,8 +43,6 @@ class CVAEConfig(VAEObjectiveConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(self.latent_dim > 0, "latent_dim", "a positive integer", self.latent_dim)
-        require_widths("hidden", self.hidden)
         require(self.num_classes >= 0, "num_classes", "a non-negative integer (0: from the data)", self.num_classes)
 
 
@@ -83,9 +80,7 @@ def build_cvae(config: CVAEConfig, image_shape) -> CVAE:
 def cvae_task(config: CVAEConfig, image_shape) -> tuple[CVAE, Task]:
     """The CVAE and its training task (batches must carry labels ``y``)."""
     model = build_cvae(config, image_shape)
-    return model, config.elbo_task(
-        model, init_params, objectives.make_gaussian_vae_terms, objectives.make_gaussian_vae_log_weights
-    )
+    return model, config.elbo_task(model, init_params)
 
 
 def cvae_eval_parts(model: CVAE, task: Task, config: CVAEConfig) -> VAEEvalParts:
@@ -132,10 +127,7 @@ def decode_means(model: CVAE, params, z: np.ndarray, y: np.ndarray, batch_size: 
 
 
 def sample_class(model: CVAE, params, key: jax.Array, labels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """E[x|z,y] for z ~ N(0, I), one draw per requested label: ``[N, H, W, C]`` in [0, 1].
-
-    ``labels``: int ``[N]`` in ``[0, num_classes)``; anything else is a ``ValueError``.
-    """
+    """E[x|z,y] ``[N, H, W, C]`` for z ~ N(0, I), one draw per label of int ``[N]`` ``labels`` (else ``ValueError``)."""
     labels = check_labels(model, labels)
     z = standard_normal(key, (len(labels), model.latent_dim))
     return decode_means(model, params, z, labels, batch_size)

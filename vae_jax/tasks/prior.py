@@ -15,10 +15,8 @@ trains through the shared driver like any other family::
     codes = prior.sample_codes(model, result.params(0), jax.random.key(1), 100, (7, 7))  # int32 [100, 7, 7]
     nll = prior.code_nll(model, result.params(0), test_codes)                            # [N] nats
 
-The per-example loss is the negative log-likelihood of the whole grid in
-nats, -log p(c) = -sum_i log softmax(logits_i)[c_i] (summed over positions,
-never averaged over the batch), and bits per dimension is
-nll / (H'·W'·ln 2): a uniform prior scores log2 K.
+The per-example loss is the grid's negative log-likelihood in nats
+(:func:`grid_nll`); bits per dimension is nll / (H'·W'·ln 2): a uniform prior scores log2 K.
 """
 
 from __future__ import annotations
@@ -47,9 +45,8 @@ from vae_jax.protocol import Task, TrainConfig
 class PriorConfig(TrainConfig):
     """A gated PixelCNN prior over code grids (van den Oord et al. 2016, 2017).
 
-    The codebook size K and the grid shape come from the codes themselves
-    (see :func:`prior_task`); ``--dataset`` and ``--binarize`` do not apply
-    (the data are the code grids of a trained VQ-VAE).
+    K and the grid shape come from the codes themselves (:func:`prior_task`); ``--dataset`` and
+    ``--binarize`` do not apply (the data are the code grids of a trained VQ-VAE).
     """
 
     kind: ClassVar[str] = "vq_prior"
@@ -93,12 +90,7 @@ def build_prior(config: PriorConfig, num_codes: int, num_classes: int | None = N
 def grid_nll(logits: jax.Array, codes: jax.Array) -> jax.Array:
     """Per-example NLL of code grids in nats: ``-sum_{i,j} log softmax(logits[:, i, j])[codes[:, i, j]]``.
 
-    Args:
-      logits: ``[B, H, W, K]``.
-      codes: int ``[B, H, W]`` in [0, K).
-
-    Returns:
-      ``[B]``, summed over the grid, not reduced over the batch.
+    ``logits`` ``[B, H, W, K]``, int ``codes`` ``[B, H, W]`` in [0, K) -> ``[B]``, summed over the grid.
     """
     return optax.softmax_cross_entropy_with_integer_labels(logits, codes).sum(axis=(1, 2))
 
@@ -111,20 +103,12 @@ def code_bits_per_dim(nll_nats, grid_shape: Sequence[int]):
 def prior_task(
     config: PriorConfig, grid_shape: Sequence[int], num_codes: int, num_classes: int | None = None
 ) -> tuple[PixelCNN, Task]:
-    """The PixelCNN and its :class:`~vae_jax.runner.Task` for ``runner.train``.
+    """The PixelCNN over ``grid_shape = (H', W')`` grids of K = ``num_codes`` codes and its task for ``runner.train``.
 
-    Args:
-      config: the prior's settings.
-      grid_shape: ``(H', W')`` of the code grids.
-      num_codes: K, the codebook size (codes lie in [0, K)).
-      num_classes: the number of classes, required when ``config.conditional``
-        (the batches then carry labels ``y``).
-
-    Returns:
-      ``(model, task)``. The task's batches are ``{"x": int32 [B, H', W', 1]}``
-      (plus ``"y": [B]``), as :func:`codes_dataset` holds them; its loss is the
-      batch mean of :func:`grid_nll`, its per-example test metrics are ``nll``
-      (nats per grid) and ``bits_per_dim`` (the headline).
+    ``num_classes`` is required when ``config.conditional`` (the batches then carry labels ``y``).
+    The task's batches are ``{"x": int32 [B, H', W', 1]}`` (plus ``"y": [B]``), as
+    :func:`codes_dataset` holds them; its loss is the batch mean of :func:`grid_nll`, its
+    per-example test metrics ``nll`` (nats per grid) and ``bits_per_dim`` (the headline).
     """
     grid_shape = tuple(int(s) for s in grid_shape)
     if len(grid_shape) != 2 or min(grid_shape) < 1:
@@ -178,18 +162,11 @@ def _as_code_grids(codes, name: str) -> np.ndarray:
 def codes_dataset(train_codes, test_codes, source: str, train_labels=None, test_labels=None) -> data_lib.Dataset:
     """Code grids as a :class:`~vae_jax.data.Dataset` that ``runner.train`` can feed to :func:`prior_task`'s task.
 
-    Args:
-      train_codes, test_codes: integer code indices ``[N, H', W']`` (or ``[N, H', W', 1]``), e.g. the
-        nearest-code indices of a VQ-VAE's encoder on the train and test images.
-      source: where the codes came from (written to ``summary.json``).
-      train_labels, test_labels: optional int ``[N]`` class labels (for a conditional prior).
-
-    Returns:
-      A Dataset whose ``x_train``/``x_test`` are int32 ``[N, H', W', 1]`` (``image_shape`` is
-      ``(H', W', 1)``) and ``y_*`` the labels as int32 or None.
-
-    Raises:
-      DataError: codes that are not integer grids of the same shape, or labels of another length.
+    ``train_codes``, ``test_codes``: integer code indices ``[N, H', W']`` (or ``[N, H', W', 1]``), e.g.
+    a VQ-VAE's nearest-code indices of the train and test images; ``source`` is written to
+    ``summary.json``; optional int ``[N]`` labels serve a conditional prior. The Dataset's
+    ``x_train``/``x_test`` are int32 ``[N, H', W', 1]``, its ``y_*`` int32 or None. Raises ``DataError``
+    for codes that are not integer grids of one shape, or labels of another length.
     """
     x_train = _as_code_grids(train_codes, "train_codes")
     x_test = _as_code_grids(test_codes, "test_codes")
@@ -239,17 +216,8 @@ def sample_codes(
     drawn from softmax(logits / temperature). The whole loop is one compiled
     ``lax.fori_loop`` (compiled once per model, n and grid shape); the draw at
     position p uses ``fold_in(key, p)``, so a key gives the same grids every time.
-
-    Args:
-      model, params: the trained prior.
-      key: the draws' key.
-      n: how many grids.
-      grid_shape: ``(H', W')``.
-      temperature: > 0; 1 samples the model, < 1 sharpens it towards its modes.
-      labels: int ``[n]`` classes for a conditional prior (required then), else None.
-
-    Returns:
-      int32 ``[n, H', W']`` codes in [0, K).
+    ``temperature`` > 0: 1 samples the model, < 1 sharpens it towards its modes. ``labels``:
+    int ``[n]`` classes, required for a conditional prior. Returns int32 ``[n, H', W']`` codes in [0, K).
     """
     grid_shape = tuple(int(s) for s in grid_shape)
     try:
@@ -261,12 +229,9 @@ def sample_codes(
     if int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     n = int(n)
-    if model.num_classes:
-        if labels is None or np.shape(labels) != (n,):
-            raise ValueError(f"this prior is class-conditional: pass labels of shape ({n},)")
-        labels = jnp.asarray(labels, jnp.int32)
-    else:
-        labels = None
+    if model.num_classes and (labels is None or np.shape(labels) != (n,)):
+        raise ValueError(f"this prior is class-conditional: pass labels of shape ({n},)")
+    labels = jnp.asarray(labels, jnp.int32) if model.num_classes else None
     codes = _sample_codes(
         model, bare_params(params), key, jnp.float32(temperature_value), labels, n=n, grid_shape=grid_shape
     )
@@ -279,16 +244,10 @@ def _batch_nll(model: PixelCNN, params, codes, labels):
 
 
 def code_nll(model: PixelCNN, params, codes, labels=None, batch_size: int = 500) -> np.ndarray:
-    """Per-grid negative log-likelihood ``-log p(c)`` in nats under the prior.
+    """Per-grid negative log-likelihood ``-log p(c)`` in nats ``[N]`` of integer ``codes``
+    ``[N, H', W']`` (or ``[N, H', W', 1]``) in [0, K); ``labels`` int ``[N]`` for a conditional prior.
 
-    Args:
-      model, params: the trained prior.
-      codes: integer ``[N, H', W']`` (or ``[N, H', W', 1]``) code indices in [0, K).
-      labels: int ``[N]`` for a conditional prior, else None.
-      batch_size: grids per compiled call.
-
-    Returns:
-      float ``[N]`` nats; :func:`code_bits_per_dim` turns it into bits per dimension.
+    :func:`code_bits_per_dim` turns it into bits per dimension.
     """
     codes = _as_code_grids(codes, "codes")[..., 0]
     if codes.max() >= model.num_codes:

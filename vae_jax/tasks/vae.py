@@ -2,8 +2,6 @@
 
 The queries (``encode_means``, ``decode_means``, ``reconstruct``, ...) serve every
 :class:`~vae_jax.models.vae.GaussianVAE`: the conv VAE, and the HVAE's bottom layer, use them unchanged.
-
-A model restored from a workdir's ``config.json`` is built exactly as it was trained.
 """
 
 from __future__ import annotations
@@ -65,20 +63,11 @@ class VAEObjectiveConfig(TrainConfig):
         super().validate()
         require(np.isfinite(self.beta) and self.beta >= 0, "beta", "a non-negative number", self.beta)
         require(np.isfinite(self.decoder_logvar), "decoder_logvar", "a finite number", self.decoder_logvar)
-        if self.beta_schedule == "linear":
-            require(
-                self.beta_warmup_steps > 0,
-                "beta_warmup_steps",
-                "a positive number of steps with --beta-schedule linear",
-                self.beta_warmup_steps,
-            )
+        steps = {"linear": "beta_warmup_steps", "cyclical": "beta_cycle_steps"}.get(self.beta_schedule)
+        if steps:
+            expected = f"a positive number of steps with --beta-schedule {self.beta_schedule}"
+            require(getattr(self, steps) > 0, steps, expected, getattr(self, steps))
         if self.beta_schedule == "cyclical":
-            require(
-                self.beta_cycle_steps > 0,
-                "beta_cycle_steps",
-                "a positive number of steps with --beta-schedule cyclical",
-                self.beta_cycle_steps,
-            )
             require(0 < self.beta_ramp_fraction <= 1, "beta_ramp_fraction", "in (0, 1]", self.beta_ramp_fraction)
         require(
             np.isfinite(self.free_bits) and self.free_bits >= 0,
@@ -112,14 +101,18 @@ class VAEObjectiveConfig(TrainConfig):
             dynamic_binarize=self.binarize == "dynamic",
         )
 
-    def elbo_task(self, model, init_params, make_terms, make_log_weights) -> Task:
+    def elbo_task(
+        self,
+        model,
+        init_params,
+        make_terms=objectives.make_gaussian_vae_terms,
+        make_log_weights=objectives.make_gaussian_vae_log_weights,
+    ) -> Task:
         """The training :class:`Task` of ``model`` under these flags, its headline the negative ELBO.
 
-        ``make_terms`` / ``make_log_weights`` are a family's
-        ``(model, likelihood, decoder_logvar) -> terms_fn / log_weights_fn``
-        (see :mod:`vae_jax.objectives`); ``init_params(model, key)`` its initialiser.
-        The training loss computes in ``--precision`` (:func:`vae_jax.precision.compute_in`);
-        evaluation always in float32.
+        ``make_terms`` / ``make_log_weights``: a family's ``(model, likelihood, decoder_logvar) ->
+        terms_fn / log_weights_fn`` (:mod:`vae_jax.objectives`; the Gaussian VAE's by default). The training
+        loss computes in ``--precision`` (:func:`vae_jax.precision.compute_in`), evaluation in float32.
         """
 
         def objective(net):
@@ -166,9 +159,7 @@ def build_vae(config: VAEConfig, image_shape) -> VAE:
 
 def vae_task(config: VAEConfig, image_shape) -> tuple[VAE, Task]:
     model = build_vae(config, image_shape)
-    return model, config.elbo_task(
-        model, init_params, objectives.make_gaussian_vae_terms, objectives.make_gaussian_vae_log_weights
-    )
+    return model, config.elbo_task(model, init_params)
 
 
 # --- queries for figures (host arrays out) -------------------------------------------

@@ -10,32 +10,17 @@ nats) or ``gaussian`` (N(sigmoid(logits), exp(decoder_logvar)) per pixel).
 The two VQ terms are summed over the code grid. Every term is a per-example
 sum, so ``beta`` means the same at any batch size.
 
-Codebook options:
-
-* ``--codebook grad``: the codebook term above trains the codebook by
-  gradient. ``--codebook ema`` (default): the loss drops that term (the
-  codebook gets zero gradient) and ``Task.update_fn`` moves the used codes
-  to the EMA cluster means after each optimizer step
-  (:func:`vae_jax.quantize.ema_update`);
-  ``--ema-rule sonnet`` rewrites every code from its averages as Sonnet's and
-  Haiku's ``VectorQuantizerEMA`` do (never-used codes become 0) instead of
-  keeping the codes unused in the step.
-* ``--kmeans-init on`` (default off): the codebook starts as k-means centres
-  (:func:`vae_jax.quantize.kmeans`) of the freshly initialised encoder's
-  outputs on a random batch of training images, drawn from the init key.
-  This is done in ``init_params`` rather than in the first step's update:
-  under the vmapped, scan-fused epoch a step-0 branch would be evaluated at
-  every step.
-* ``--dead-code-steps N`` (default 100; 0: never): after each step, codes
-  unused for N steps move onto random encoder outputs of that step
-  (:func:`vae_jax.quantize.restart_dead_codes`).
-* ``--cosine``: l2-normalised vectors and codes.
-
-The defaults (EMA, dead-code restarts after 100 steps, no k-means init) were
-the best of the eight combinations measured on the embedded digits
-(``docs/experiments/vqvae_codebook.md``): most of the 64 codes used and the lowest
-test MSE after 5 epochs, against 24-26 codes without restarts. The earlier default
-(no restarts) is ``--dead-code-steps 0``; the paper's gradient codebook is
+Codebook options: ``--codebook grad`` trains the codebook by the codebook term
+above; with ``--codebook ema`` (default) the loss drops that term and
+``Task.update_fn`` moves the used codes to the EMA cluster means after each
+optimizer step (:func:`vae_jax.quantize.ema_update`). ``--kmeans-init on``
+starts the codebook at k-means centres of the fresh encoder's outputs on a
+random batch of training images, in ``init_params`` (under the vmapped,
+scan-fused epoch a step-0 branch of the update would run at every step).
+``--dead-code-steps N`` restarts codes unused for N steps
+(:func:`vae_jax.quantize.restart_dead_codes`). The defaults were the best of
+the eight combinations measured on the embedded digits
+(``docs/experiments/vqvae_codebook.md``); the paper's gradient codebook is
 ``--codebook grad --dead-code-steps 0``.
 
 The non-gradient state (EMA averages, steps since each code was used) is
@@ -75,6 +60,12 @@ KMEANS_BATCH = 256  # images whose encoder outputs the k-means init clusters
 
 def _words(text: str) -> list[str]:
     return [w.strip() for w in text.split(",") if w.strip()]
+
+
+def _require_words(name: str, text: str, allowed: tuple[str, ...], expected: str) -> None:
+    """A one-line error naming ``--name`` unless ``text`` is a non-empty comma-separated list of ``allowed``."""
+    words = _words(text)
+    require(bool(words) and all(w in allowed for w in words), name, expected, text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,22 +129,10 @@ class VQVAEConfig(TrainConfig):
             "a non-negative number",
             self.commitment,
         )
-        modes = _words(self.codebook)
-        require(
-            bool(modes) and all(m in CODEBOOK_MODES for m in modes),
-            "codebook",
-            "grad, ema or a list of them like grad,ema",
-            self.codebook,
-        )
+        _require_words("codebook", self.codebook, CODEBOOK_MODES, "grad, ema or a list of them like grad,ema")
         require(0.0 <= self.ema_decay < 1.0, "ema_decay", "a number in [0, 1)", self.ema_decay)
         require(self.ema_rule in quantize.EMA_RULES, "ema_rule", "keep or sonnet", self.ema_rule)
-        inits = _words(self.kmeans_init)
-        require(
-            bool(inits) and all(i in ON_OFF for i in inits),
-            "kmeans_init",
-            "on, off or a list like off,on",
-            self.kmeans_init,
-        )
+        _require_words("kmeans_init", self.kmeans_init, ON_OFF, "on, off or a list like off,on")
         require(self.kmeans_iterations >= 0, "kmeans_iterations", "a non-negative integer", self.kmeans_iterations)
         require_list(
             "dead_code_steps", self.dead_code_steps, lambda n: n >= 0, "non-negative step counts like 0 or 0,100"
@@ -166,8 +145,6 @@ class VQVAEConfig(TrainConfig):
             raise ConfigError(
                 f"--dataset: the VQ-VAE needs image sides divisible by 4 (two stride-2 down-convolutions), got {h}x{w}"
             )
-
-    # --- resolved settings -----------------------------------------------------------
 
     @property
     def num_codes(self) -> int:
@@ -203,18 +180,8 @@ class VQVAEConfig(TrainConfig):
         out = []
         for mode, init, dead in combos:
             name = f"{mode}_kmeans-{init}_dead-{dead}"
-            out.append(
-                (
-                    name,
-                    dataclasses.replace(
-                        self,
-                        codebook=mode,
-                        kmeans_init=init,
-                        dead_code_steps=(dead,),
-                        workdir=os.path.join(self.workdir, name),
-                    ),
-                )
-            )
+            single = {"codebook": mode, "kmeans_init": init, "dead_code_steps": (dead,)}
+            out.append((name, dataclasses.replace(self, **single, workdir=os.path.join(self.workdir, name))))
         return out
 
 
@@ -251,10 +218,9 @@ def vqvae_terms(model: VQVAE, params, x: jax.Array, likelihood: str, decoder_log
 def make_vqvae_update(config: VQVAEConfig, num_codes: int):
     """``update_fn(params, model_state, aux, step, key) -> (params, model_state, metrics)`` of the codebook.
 
-    ``aux`` holds the step's ``z_e`` and ``indices``. Metrics: the batch's
-    ``batch_codes_used`` and ``batch_perplexity`` (of this batch only: the
-    honest whole-set numbers come from :func:`code_usage`) and, with
-    dead-code restarts, ``codes_restarted``.
+    ``aux`` holds the step's ``z_e`` and ``indices``. Metrics: ``batch_codes_used`` and
+    ``batch_perplexity`` (of this batch only; the whole-set numbers come from :func:`code_usage`)
+    and, with dead-code restarts, ``codes_restarted``.
     """
     ema = config.codebook == "ema"
     dead_after = config.dead_code_steps[0]
@@ -329,14 +295,15 @@ def vqvae_task(config: VQVAEConfig, image_shape, init_images: np.ndarray | None 
             state["ema"] = quantize.ema_init(num_codes, dim)._asdict()
         return state
 
+    def objective(terms):  # [B]
+        per_example = terms["recon"] + config.commitment * terms["commitment"]
+        return per_example + terms["codebook_loss"] if grad_codebook else per_example
+
     def loss_fn(params, batch, key, step):
         del step
         x, _ = objectives.binarize_batch(key, batch["x"], dynamic_binarize)
         terms, _, quantized = vqvae_terms(model, params, x, config.likelihood, config.decoder_logvar, config.precision)
-        per_example = terms["recon"] + config.commitment * terms["commitment"]
-        if grad_codebook:
-            per_example = per_example + terms["codebook_loss"]
-        loss = jnp.mean(per_example)
+        loss = jnp.mean(objective(terms))
         metrics = {"loss": loss, "recon": jnp.mean(terms["recon"]), "commitment": jnp.mean(terms["commitment"])}
         aux = {"z_e": jax.lax.stop_gradient(quantized.z_e), "indices": quantized.indices}
         return loss, (metrics, aux)
@@ -346,12 +313,9 @@ def vqvae_task(config: VQVAEConfig, image_shape, init_images: np.ndarray | None 
         x = batch["x"]
         terms, logits, _ = vqvae_terms(model, params, x, config.likelihood, config.decoder_logvar)
         mse = losses.mean_squared_error(objectives.decoder_mean(logits), x)
-        per_example = terms["recon"] + config.commitment * terms["commitment"]
-        if grad_codebook:
-            per_example = per_example + terms["codebook_loss"]
         # ||z_e - e||^2: the codebook and commitment terms have this same value (they differ in gradients only).
         return {
-            "loss": per_example,
+            "loss": objective(terms),
             "recon": terms["recon"],
             "quantization_error": terms["commitment"],
             "mse": mse,
