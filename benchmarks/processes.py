@@ -18,14 +18,14 @@ from benchmarks.torch_variants import torch_available
 
 def startup_section(args, epochs: int = 10, rounds: int = 3) -> dict:
     """Whole-process seconds of ``experiments.vae --epochs N`` with cold and warm caches (a fresh cache directory),
-    and of its PyTorch equivalent ``experiments.torch_vae`` when torch is importable.
+    and of its PyTorch equivalent ``benchmarks.torch_vae`` when torch is importable.
 
     The runs alternate, ``rounds`` times (cold caches, cold compilation cache, warm caches, PyTorch, then again),
     so a slower or faster stretch of the machine falls on every variant alike; the median is reported.
     """
     runs = [("cold_caches", "experiments.vae"), ("cold_compilation_cache", "experiments.vae")]
     runs += [("warm_caches", "experiments.vae")] + (
-        [("torch_eager", "experiments.torch_vae")] if torch_available() else []
+        [("torch_eager", "benchmarks.torch_vae")] if torch_available() else []
     )
     seconds, tests = {name: [] for name, _ in runs}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,7 +56,7 @@ def startup_section(args, epochs: int = 10, rounds: int = 3) -> dict:
 
 def _whole_run(module: str, common: list[str], workdir: str, env: dict) -> tuple[float, float] | str:
     """(whole-process seconds, test neg-ELBO) of ``python -m module``; an error line if it failed."""
-    flags = [] if module == "experiments.torch_vae" else ["--no-progress", "--no-tensorboard", "--no-resume"]
+    flags = [] if module == "benchmarks.torch_vae" else ["--no-progress", "--no-tensorboard", "--no-resume"]
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", module, *common, *flags, "--workdir", workdir], env=env, capture_output=True, text=True
@@ -68,7 +68,7 @@ def _whole_run(module: str, common: list[str], workdir: str, env: dict) -> tuple
         )
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
-    test = summary["test_neg_elbo"] if module == "experiments.torch_vae" else summary["test"]["neg_elbo"]["mean"]
+    test = summary["test_neg_elbo"] if module == "benchmarks.torch_vae" else summary["test"]["neg_elbo"]["mean"]
     return seconds, test
 
 

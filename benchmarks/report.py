@@ -106,7 +106,7 @@ def print_startup(s: dict) -> None:
     print(
         f"experiments.vae --epochs {s['epochs']} whole process: cold caches {s['cold_caches']['seconds']:.1f} s, "
         f"cold compilation cache {s['cold_compilation_cache']['seconds']:.1f} s, warm {s['warm_caches']['seconds']:.1f} s "
-        f"(test neg-ELBO {s['warm_caches']['test_neg_elbo']:.2f}); experiments.torch_vae: "
+        f"(test neg-ELBO {s['warm_caches']['test_neg_elbo']:.2f}); benchmarks.torch_vae: "
         + (
             "n/a"
             if torch_run is None

@@ -19,7 +19,7 @@ epoch (N // batch steps), each continuing its own training after an untimed warm
   target   seconds (and epochs) of the runner path to reach a test neg-ELBO.
   devices  the runner path on 1 and 8 simulated CPU devices (a subprocess).
   startup  whole-process seconds of ``experiments.vae`` with cold and warm caches, and of
-           ``experiments.torch_vae`` when ``torch`` is importable (``--startup-rounds`` alternating runs).
+           ``benchmarks.torch_vae`` when ``torch`` is importable (``--startup-rounds`` alternating runs).
   commands each training experiment's command (``COMMANDS``) as a whole process, from scratch with the
            phases it printed, then again with nothing left to train.
 """

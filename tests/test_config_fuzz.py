@@ -188,7 +188,7 @@ def _argv_strategy(parser: argparse.ArgumentParser, digits_npz: str, workdir: st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n != "torch_vae"])  # PyTorch: compiles nothing
+@pytest.mark.parametrize("name", EXPERIMENTS)
 def test_fuzzed_command_lines_fail_with_one_line_before_compiling(
     name, capsys, monkeypatch, tmp_path_factory, digits_npz
 ):

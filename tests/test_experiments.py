@@ -98,10 +98,10 @@ def test_evaluate_errors(tmp_path, capsys):
 
 
 def test_torch_reference_of_the_main_job(tmp_path, small_npz, capsys):
-    """experiments.torch_vae (the benchmark's PyTorch yardstick): one-line flag errors; with torch, a run's outputs."""
+    """benchmarks.torch_vae (the benchmark's PyTorch yardstick): one-line flag errors; with torch, a run's outputs."""
     import importlib.util
 
-    from experiments import torch_vae
+    from benchmarks import torch_vae
 
     for argv, expected in [
         (["--epochs", "0"], "--epochs and --batch-size must be positive"),

@@ -1,7 +1,7 @@
 """The main job (`experiments.vae`) written the usual PyTorch way: the benchmark's whole-process yardstick.
 
-    pip install torch          # not a dependency of vae_jax; see the README's Benchmark section
-    python -m experiments.torch_vae --epochs 10 --workdir runs/torch_vae
+    pip install torch          # not a dependency of vae_jax (the bench extra)
+    python -m benchmarks.torch_vae --epochs 10 --workdir runs/torch_vae
 
 The same 784-400-20 MLP VAE, Bernoulli decoder, loss (summed per example, averaged over the batch),
 Adam 1e-3, batch 128 and data (:func:`vae_jax.data.load_dataset`) as `experiments.vae`, trained eagerly
