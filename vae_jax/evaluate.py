@@ -40,16 +40,12 @@ def map_batches(fn: Callable, data: dict, batch_size: int, batch_sharding=None) 
     """
     _check_positive_int(batch_size, "batch_size")
     leaves = jax.tree_util.tree_leaves(data)
+    shapes = [jnp.shape(a) for a in leaves]
     if not leaves or any(jnp.ndim(a) == 0 for a in leaves):
-        raise ValueError(
-            f"data must hold arrays with the examples on axis 0, got shapes {[jnp.shape(a) for a in leaves]}"
-        )
+        raise ValueError(f"data must hold arrays with the examples on axis 0, got shapes {shapes}")
     n = leaves[0].shape[0]
     if n == 0 or any(a.shape[0] != n for a in leaves):
-        raise ValueError(
-            f"data must hold at least one example and the same number in every array, got shapes "
-            f"{[jnp.shape(a) for a in leaves]}"
-        )
+        raise ValueError(f"data must hold at least one example and the same number in every array, got shapes {shapes}")
     batch_size = min(batch_size, n)
     num_batches = -(-n // batch_size)
 
@@ -116,15 +112,10 @@ def iwae_nll_from_log_weights(
 
 
 def active_units(posterior_means: np.ndarray, threshold: float = 0.01) -> tuple[int, np.ndarray]:
-    """Latent dimensions whose posterior mean varies across the data.
+    """Latent dimensions whose posterior mean varies across the data: (their number, variance ``[D]``).
 
-    A_u = Cov_x(E_{q(z|x)}[z_u]) > threshold (Burda et al. 2016, section 5.2).
-
-    Args:
-      posterior_means: ``[N, D]`` posterior means of the test images.
-
-    Returns:
-      (number of active units, per-dimension variance ``[D]``).
+    A_u = Cov_x(E_{q(z|x)}[z_u]) > threshold (Burda et al. 2016, section 5.2), from the ``[N, D]``
+    posterior means of the test images.
     """
     posterior_means = np.asarray(posterior_means, np.float64)
     if posterior_means.ndim != 2 or posterior_means.shape[0] < 1:

@@ -28,16 +28,14 @@ from vae_jax.errors import ConfigError
 class TrainState:
     """Everything that changes during training, as one pytree.
 
-    ``opt_state`` is an :class:`optax.ApplyIfFiniteState` (:func:`skip_non_finite`): besides the
-    optimizer's own state (``inner_state``) it counts the steps with a non-finite loss or gradient,
-    in all (``total_notfinite``) and in the current unbroken run (``notfinite_count``).
+    ``opt_state`` is :func:`skip_non_finite`'s :class:`optax.ApplyIfFiniteState`: the optimizer's own state
+    (``inner_state``) and the counts of non-finite steps (``total_notfinite``, ``notfinite_count``).
     """
 
     step: jax.Array  # int32 []: optimizer steps taken
     params: Any
     opt_state: Any
-    # Non-gradient state that a task's update_fn keeps (e.g. a VQ-VAE's EMA codebook
-    # statistics and code-usage counters); an empty dict for most tasks.
+    # a task's update_fn's non-gradient state (a VQ-VAE's EMA codebook statistics); {} for most tasks
     model_state: Any = flax.struct.field(default_factory=dict)
 
 
@@ -96,10 +94,8 @@ def learning_rate_schedule(config, total_steps: int | None = None):
 
 def make_optimizer(config, total_steps: int | None = None) -> optax.GradientTransformation:
     """The optimizer ``config``'s flags describe: Adam (``--weight-decay`` > 0: AdamW) at
-    :func:`learning_rate_schedule`, after clipping the gradients to the global norm ``--grad-clip`` if > 0.
-
-    The defaults give exactly ``optax.adam(config.learning_rate)``.
-    """
+    :func:`learning_rate_schedule`, after clipping the gradients to the global norm ``--grad-clip`` if > 0
+    (the defaults give exactly ``optax.adam(config.learning_rate)``)."""
     learning_rate = learning_rate_schedule(config, total_steps)
     decay = config.weight_decay
     optimizer = optax.adamw(learning_rate, weight_decay=decay) if decay > 0 else optax.adam(learning_rate)

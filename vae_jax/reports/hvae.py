@@ -113,10 +113,8 @@ def paired_difference(vae_nll: np.ndarray, hvae_nll: np.ndarray) -> dict:
 
 
 def compare(config, vae_config, top_workdir: str, dataset, trained: dict, iwae_examples: int) -> dict:
-    """Evaluates both models on the test split and draws the figures; returns the comparison.
-
-    ``trained`` maps ``hvae`` and ``vae`` to ``(model, task, TrainResult, parameter count)``.
-    """
+    """Evaluates both models on the test split and draws the figures; returns the comparison. ``trained`` maps
+    ``hvae`` and ``vae`` to ``(model, task, TrainResult, parameter count)``."""
     (h_model, h_task, h_result, hvae_params), (v_model, v_task, v_result, vae_params) = trained["hvae"], trained["vae"]
     key = jax.random.key(config.seed)
     h_collapse = hvae.collapse_diagnostics(h_model, h_result.params(0), dataset.x_test, key)
