@@ -146,7 +146,7 @@ def compare(config, vae_config, top_workdir: str, dataset, trained: dict, iwae_e
         "dataset": dataset.summary(),
         "measure": evaluate.likelihood_measure(config.likelihood, dataset.x_test),
         # summed over metrics.jsonl, so a resumed run reports the training its checkpoints hold
-        "train_seconds": {name: sum(line["seconds"] for line in t[2].history) for name, t in trained.items()},
+        "train_seconds": {name: sum(line["seconds"] for line in r.history) for name, (_, _, r, _) in trained.items()},
     }
     comparison["iwae_difference"] = paired_difference(
         comparison["vae"].pop("iwae_nll_per_example"), comparison["hvae"].pop("iwae_nll_per_example")
