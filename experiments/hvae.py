@@ -15,11 +15,10 @@ same images for both models, with the standard error of the paired difference;
 ``--iwae-examples 0`` for all of them; for more samples run ``python -m
 experiments.evaluate --workdir WORKDIR/hvae --iwae-k 5000``).
 
-Outputs: WORKDIR/comparison.json (both models' parameter counts and test
-metrics and collapse diagnostics), kl_per_dim.png, samples.png (ancestral samples of both),
-reconstructions.png; each sub-workdir holds its own config.json,
-metrics.jsonl, summary.json and checkpoints/. The matched VAE, the evaluation and the
-figures are in :mod:`vae_jax.reports.hvae`.
+Outputs: WORKDIR/comparison.json (both models' parameter counts, test metrics and collapse
+diagnostics), kl_per_dim.png, samples.png (ancestral samples of both), reconstructions.png; each
+sub-workdir holds its own config.json, metrics.jsonl, summary.json and checkpoints/. The matched VAE,
+the evaluation and the figures are in :mod:`vae_jax.reports.hvae`.
 """
 
 from __future__ import annotations

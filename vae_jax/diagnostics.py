@@ -1,23 +1,17 @@
 """Posterior-collapse diagnostics of a VAE: KL per latent dimension, active units, I(x; z) under q.
 
-A VAE whose decoder can model x without z can reach a good ELBO with q(z|x) =
-p(z) for every x ("posterior collapse", Bowman et al. 2016): the KL term is
-then 0 and z carries no information about x. Three views of it, all computed
-on held-out images from host arrays:
+A VAE whose decoder can model x without z can reach a good ELBO with q(z|x) = p(z) for every x
+("posterior collapse", Bowman et al. 2016). Three views of it, on held-out images from host arrays:
 
-* the mean KL per latent dimension, E_x KL(q(z_d|x) || p(z_d)) (nats): a
-  dimension whose mean KL is near 0 is unused;
-* active units (Burda et al. 2016): dimensions whose posterior mean varies
-  across the data, Var_x E_q[z_d] > 0.01 (:func:`vae_jax.evaluate.active_units`);
-* the mutual information I(x; z) under the encoder's joint q(x, z) =
-  p_data(x) q(z|x) (Hoffman & Johnson 2016; He et al. 2019):
+* the mean KL per latent dimension, E_x KL(q(z_d|x) || p(z_d)) (nats): near 0, the dimension is unused;
+* active units (Burda et al. 2016): Var_x E_q[z_d] > 0.01 (:func:`vae_jax.evaluate.active_units`);
+* the mutual information I(x; z) under the encoder's joint q(x, z) = p_data(x) q(z|x) (He et al. 2019):
 
       I_q(x; z) = E_x E_{z~q(z|x)} [log q(z|x) - log q(z)],
       q(z) = E_x q(z|x) ~= (1/N) sum_n q(z|x_n),
 
-  with the aggregate posterior q(z) estimated from the N test posteriors.
-  It is 0 for a collapsed posterior and never more than log N (the estimate
-  cannot tell more than N inputs apart), so use many test images.
+  with q(z) estimated from the N test posteriors: 0 for a collapsed posterior, never more than log N
+  (it cannot tell more than N inputs apart), so use many test images.
 
 References:
   Hoffman & Johnson, "ELBO surgery", NeurIPS 2016 AABI workshop.
@@ -35,21 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import caches, evaluate, losses
+from vae_jax.arrays import apply_in_batches
 
 # A dimension whose mean KL is below this (nats) counts as collapsed in the summary.
 COLLAPSED_KL_NATS = 0.01
 
 
 def aggregate_log_density(z: jax.Array, means: jax.Array, logvars: jax.Array, chunk: int = 1024) -> jax.Array:
-    """log q(z) = log (1/N) sum_n N(z; means_n, diag(exp(logvars_n))) for each row of ``z``.
+    """log q(z) = log (1/N) sum_n N(z; means_n, diag(exp(logvars_n))) ``[M]`` for each row of ``z`` ``[M, D]``.
 
-    Args:
-      z: ``[M, D]`` points.
-      means, logvars: ``[N, D]`` the N posteriors forming the mixture.
-      chunk: rows of ``z`` handled at once (memory ``chunk * N``).
-
-    Returns:
-      ``[M]``.
+    ``means``, ``logvars``: ``[N, D]``, the mixture's N posteriors; ``chunk``: rows of ``z`` at once
+    (memory ``chunk * N``).
     """
     m = z.shape[0]
     pad = (-m) % chunk
@@ -81,13 +71,8 @@ def mutual_information(
 ) -> float:
     """Monte Carlo estimate of I_q(x; z) in nats from N posteriors q(z|x_n) = N(mean_n, diag(exp(logvar_n))).
 
-    E_n [log q(z_n|x_n) - log (1/N) sum_m q(z_n|x_m)] with z_n ~ q(z|x_n),
-    averaged over ``num_samples`` draws per image (keys split from ``key``).
-    The estimate lies in [0, log N] up to Monte Carlo noise.
-
-    Args:
-      posterior_means, posterior_logvars: ``[N, D]``.
-      key: PRNG key for the z draws.
+    E_n [log q(z_n|x_n) - log (1/N) sum_m q(z_n|x_m)] with z_n ~ q(z|x_n) (``[N, D]`` means and logvars),
+    averaged over ``num_samples`` draws per image (keys split from ``key``); in [0, log N] up to noise.
     """
     means = jnp.asarray(posterior_means, jnp.float32)
     logvars = jnp.asarray(posterior_logvars, jnp.float32)
@@ -107,17 +92,14 @@ def collapse_diagnostics(
     Args:
       posterior_means, posterior_logvars: ``[N, D]`` q(z|x) of N held-out images.
       key: PRNG key for the mutual-information estimate.
-      kl_per_dim: ``[N, D]`` KL terms per image and dimension when they are not
-        the closed form against N(0, I) (e.g. against a learned prior); by
-        default the closed form :func:`vae_jax.losses.gaussian_kl` per dimension
-        (computed in float32, then averaged in float64).
+      kl_per_dim: ``[N, D]`` KL terms when not the closed form against N(0, I) (e.g. a learned prior);
+        by default :func:`vae_jax.losses.gaussian_kl` per dimension (float32, averaged in float64).
       active_threshold: the active-unit threshold on Var_x E_q[z_d].
 
     Returns:
-      ``mean_kl_per_dim`` [D] (nats), ``kl_total`` (their sum), ``collapsed_dims``
-      (mean KL < 0.01 nats), ``active_units``, ``posterior_mean_variance`` [D],
-      ``mutual_information`` (nats) with its ceiling ``mutual_information_max``
-      = log N, ``latent_dim`` and ``n``.
+      ``mean_kl_per_dim`` [D] (nats), ``kl_total`` (their sum), ``collapsed_dims`` (mean KL < 0.01 nats),
+      ``active_units``, ``posterior_mean_variance`` [D], ``mutual_information`` (nats) with its ceiling
+      ``mutual_information_max`` = log N, ``latent_dim`` and ``n``.
     """
     if kl_per_dim is None:
         kl_per_dim = losses.gaussian_kl(jnp.asarray(posterior_means), jnp.asarray(posterior_logvars), event_ndim=0)
@@ -148,8 +130,6 @@ def encode_posteriors(model, params, x: np.ndarray, *conditions: np.ndarray, bat
 
     The MLP, conv and conditional VAEs (``conditions``: the CVAE's labels ``[N]``) and an HVAE's q(z1|x).
     """
-    from vae_jax.arrays import apply_in_batches
-
     both = apply_in_batches(_posterior_moments, model, params, x, *conditions, batch_size=batch_size)
     d = both.shape[1] // 2
     return both[:, :d], both[:, d:]

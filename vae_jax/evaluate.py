@@ -1,16 +1,8 @@
 """Honest evaluation: per-example test metrics, ELBO, IWAE-k likelihood, bits/dim, active units.
 
-All evaluation runs over the test set in fixed-size batches inside one
-compiled ``lax.map`` (the last batch is padded and the padding dropped), with
-a fixed evaluation key, so repeating an evaluation gives the same numbers.
-
-Every VAE family is evaluated through the objective contract of
-:mod:`vae_jax.objectives`: a family hands :func:`evaluate_runs` its
-:class:`VAEEvalParts` (its ``eval_fn``, its importance ``log_weights_fn`` and a
-posterior-mean function per latent layer), so the MLP, convolutional and
-conditional VAEs (:func:`gaussian_vae_parts`; the CVAE conditioned on the true
-label) and the hierarchical VAE (active units per layer) share one path:
-:func:`evaluate_runs` is the one evaluation of a VAE, for one seed or many.
+Evaluation runs over the test set in fixed-size batches inside one compiled ``lax.map`` with a fixed
+key, so repeating it gives the same numbers. Every VAE family hands :func:`evaluate_runs`, the one
+evaluation of a VAE, its :class:`VAEEvalParts` (the objective contract of :mod:`vae_jax.objectives`).
 """
 
 from __future__ import annotations
@@ -40,28 +32,20 @@ def eval_key() -> jax.Array:
 
 
 def map_batches(fn: Callable, data: dict, batch_size: int, batch_sharding=None) -> dict:
-    """Applies ``fn(batch, batch_index) -> dict of [b, ...]`` over ``data`` in batches.
+    """Applies ``fn(batch, batch_index) -> dict of [b, ...]`` over ``data`` in batches: outputs ``[N, ...]``.
 
-    Returns the outputs concatenated back to ``[N, ...]``. Traceable: call it
-    inside ``jit``; only one batch's intermediates are alive at a time. Batch
-    i holds rows ``i * batch_size`` on, taken from ``data`` by index (the last
-    one padded with copies of the last row, whose outputs are dropped), so
-    ``data`` split over devices is never gathered whole: each batch is.
-    ``batch_sharding``: each batch is constrained to it before ``fn``
-    (``jax.lax.with_sharding_constraint``; a batch split over devices splits their work).
+    Traceable; one batch's intermediates are alive at a time. Batch i holds rows ``i * batch_size`` on,
+    taken by index (the last padded with copies of the last row, whose outputs are dropped), so ``data``
+    split over devices is never gathered whole. Each batch is constrained to ``batch_sharding`` if given.
     """
     _check_positive_int(batch_size, "batch_size")
     leaves = jax.tree_util.tree_leaves(data)
+    shapes = [jnp.shape(a) for a in leaves]
     if not leaves or any(jnp.ndim(a) == 0 for a in leaves):
-        raise ValueError(
-            f"data must hold arrays with the examples on axis 0, got shapes {[jnp.shape(a) for a in leaves]}"
-        )
+        raise ValueError(f"data must hold arrays with the examples on axis 0, got shapes {shapes}")
     n = leaves[0].shape[0]
     if n == 0 or any(a.shape[0] != n for a in leaves):
-        raise ValueError(
-            f"data must hold at least one example and the same number in every array, got shapes "
-            f"{[jnp.shape(a) for a in leaves]}"
-        )
+        raise ValueError(f"data must hold at least one example and the same number in every array, got shapes {shapes}")
     batch_size = min(batch_size, n)
     num_batches = -(-n // batch_size)
 
@@ -79,8 +63,7 @@ def map_batches(fn: Callable, data: dict, batch_size: int, batch_sharding=None) 
 def per_example_eval(eval_fn: Callable, batch_size: int, batch_sharding=None) -> Callable:
     """``(params, data, key) -> dict of [N]``: ``eval_fn`` over ``data`` in batches (traceable, not jitted).
 
-    ``data["x"]`` may be ``uint8``: each batch is converted to float32 in [0, 1]
-    for ``eval_fn``; batch i gets the key ``fold_in(key, i)``. ``batch_sharding``: as in :func:`map_batches`.
+    Each batch is converted to float32 in [0, 1] (``data["x"]`` may be ``uint8``); batch i gets ``fold_in(key, i)``.
     """
 
     def run(params, data, key):
@@ -100,10 +83,8 @@ def make_per_example_eval(eval_fn: Callable, batch_size: int):
 
 
 def make_replicated_eval(eval_fn: Callable, batch_size: int, batch_sharding=None):
-    """As :func:`make_per_example_eval`, vmapped over replica params: dict of ``[R, N]``.
-
-    ``batch_sharding``: as in :func:`map_batches` (each batch split over its devices).
-    """
+    """As :func:`make_per_example_eval`, vmapped over replica params: dict of ``[R, N]`` (``batch_sharding``:
+    as in :func:`map_batches`)."""
     return jax.jit(jax.vmap(per_example_eval(eval_fn, batch_size, batch_sharding), in_axes=(0, None, None)))
 
 
@@ -131,15 +112,10 @@ def iwae_nll_from_log_weights(
 
 
 def active_units(posterior_means: np.ndarray, threshold: float = 0.01) -> tuple[int, np.ndarray]:
-    """Latent dimensions whose posterior mean varies across the data.
+    """Latent dimensions whose posterior mean varies across the data: (their number, variance ``[D]``).
 
-    A_u = Cov_x(E_{q(z|x)}[z_u]) > threshold (Burda et al. 2016, section 5.2).
-
-    Args:
-      posterior_means: ``[N, D]`` posterior means of the test images.
-
-    Returns:
-      (number of active units, per-dimension variance ``[D]``).
+    A_u = Cov_x(E_{q(z|x)}[z_u]) > threshold (Burda et al. 2016, section 5.2), from the ``[N, D]``
+    posterior means of the test images.
     """
     posterior_means = np.asarray(posterior_means, np.float64)
     if posterior_means.ndim != 2 or posterior_means.shape[0] < 1:
@@ -159,13 +135,10 @@ class VAEEvalParts:
     """What evaluating one VAE family needs (the objective contract of :mod:`vae_jax.objectives`).
 
     Attributes:
-      eval_fn: ``(params, batch, key) -> dict of [B]`` single-sample terms
-        (``neg_elbo``, ``recon``, ``kl`` and extras such as ``kl_z1``): the
-        training task's ``eval_fn``, so the neg-ELBO is the one ``summary.json``
-        reports.
+      eval_fn: the training task's ``(params, batch, key) -> dict of [B]`` single-sample terms
+        (``neg_elbo``, ``recon``, ``kl`` and extras such as ``kl_z1``), as ``summary.json`` reports them.
       log_weights_fn: ``(params, batch, key, k) -> [B, k]`` importance log-weights.
-      posterior_mean_fn: ``(params, batch) -> {layer name: [B, D_layer]}``
-        posterior means, for active units per latent layer.
+      posterior_mean_fn: ``(params, batch) -> {layer name: [B, D_layer]}``, for active units per layer.
       needs_labels: whether ``batch`` must carry ``y`` (the conditional VAE).
     """
 
@@ -198,12 +171,8 @@ def gaussian_vae_parts(model, eval_fn: Callable, likelihood: str, decoder_logvar
 
 
 def likelihood_measure(likelihood: str, x: np.ndarray) -> str:
-    """What -log p(x) means for this decoder and these targets (stored beside every NLL).
-
-    A Bernoulli decoder on gray-level targets gives a cross-entropy, not a
-    normalised log-likelihood; a Gaussian decoder gives a density of
-    continuous values, not a probability of discrete pixels.
-    """
+    """What -log p(x) means for this decoder and these targets (stored beside every NLL): a cross-entropy
+    for a Bernoulli decoder on gray-level targets, a density for a Gaussian decoder."""
     binary = bool(np.all((x == 0) | (x == 1)))
     if likelihood == "bernoulli":
         return (
@@ -234,36 +203,27 @@ def evaluate_runs(
 ) -> list[dict]:
     """Test metrics of each replica (seed) of a run, in nats per example unless said otherwise.
 
-    The single-sample terms (``neg_elbo``, ``recon``, ``kl``, extras) are
-    computed exactly as the training driver computes ``summary.json``'s test
-    metrics: the same ``eval_fn``, the same fixed evaluation key folded with
-    the batch index, the same batching (``eval_batch_size`` = the run's
-    ``--eval-batch-size``), vmapped over replicas; so they agree with
-    ``summary.json``. The IWAE-k bound uses its own key (``IWAE_STREAM``).
+    The single-sample terms are computed exactly as the training driver computes ``summary.json``'s test
+    metrics (same ``eval_fn``, key, and batching with ``eval_batch_size``), so they agree with it. The
+    IWAE-k bound uses its own key (``IWAE_STREAM``).
 
     Args:
       parts: the family's :class:`VAEEvalParts`.
       replicated_params: params with a leading ``[R]`` replica axis.
       data: ``{"x": [N, H, W, C]}`` (and ``"y": [N]``) test arrays; ``x`` float
         in [0, 1] or the stored ``uint8``.
-      batch_sharding: each batch of both evaluations is split over the devices of
-        this sharding (``experiments.evaluate --devices``), which share the work;
-        the samples are the same (JAX's random bits do not depend on sharding),
-        the results equal one device's to float rounding.
+      batch_sharding: each batch is split over the devices of this sharding (``--devices``); the samples
+        are the same, the results equal one device's to float rounding.
       key: the evaluation key (default :func:`eval_key`, the key ``summary.json``'s metrics use).
-      per_example: also return ``iwae_nll_per_example`` (``[N]``, a NumPy array), e.g. for a paired
-        comparison of two models on the same images. Example i's bound does not depend on N: its batch
-        (of ``iwae_batch_size``) and that batch's key are the same in a prefix of the data.
-      bound_only: only the IWAE-k bound (``iwae_k`` > 0): no single-sample terms, no posterior means or
-        active units; the bound's numbers are those of the full evaluation (its own key and batches).
+      per_example: also return ``iwae_nll_per_example`` (``[N]``, NumPy), e.g. for a paired comparison
+        of two models; example i's bound is the same in any prefix of the data holding it.
+      bound_only: only the IWAE-k bound (``iwae_k`` > 0), with the numbers of the full evaluation.
 
     Returns:
-      One dict per replica: ``n``, ``neg_elbo``, ``recon``, ``kl`` (+ extras),
-      ``iwae_nll`` (-L_k, an upper bound on -log p(x); absent with ``iwae_k=0``), ``iwae_k``,
-      ``bits_per_dim`` (absent with ``iwae_k=0``) (``iwae_nll`` in bits per pixel and channel),
-      ``active_units`` (all layers), ``active_units_per_layer`` and
-      ``latent_dims`` ``{layer: D}``. With ``bound_only``: ``n``, ``iwae_nll``, ``bits_per_dim``, ``iwae_k``
-      (and ``iwae_nll_per_example``).
+      One dict per replica: ``n``, ``neg_elbo``, ``recon``, ``kl`` (+ extras), ``iwae_k``, ``iwae_nll``
+      (-L_k, an upper bound on -log p(x)) and ``bits_per_dim`` (both absent with ``iwae_k=0``),
+      ``active_units`` (all layers), ``active_units_per_layer`` and ``latent_dims`` ``{layer: D}``.
+      With ``bound_only``: ``n``, ``iwae_nll``, ``bits_per_dim``, ``iwae_k`` (and ``iwae_nll_per_example``).
     """
     replicated_params = bare_params(replicated_params)
     key = eval_key() if key is None else key
@@ -309,18 +269,19 @@ def evaluate_runs(
                 metrics["iwae_nll_per_example"] = np.asarray(out["iwae_nll"])
         metrics["iwae_k"] = int(iwae_k)
         if not bound_only:
-            metrics.update(_units(out["posterior_means"]))
+            means = out["posterior_means"]
+            dims = {name: int(m.shape[-1]) for name, m in means.items()}
+            metrics.update(unit_entries({name: active_units(m)[0] for name, m in means.items()}, dims))
         results.append(metrics)
     return results
 
 
-def _units(posterior_means: dict) -> dict:
-    """Active units of each latent layer's ``[N, D]`` posterior means, their sum and the layers' sizes."""
-    per_layer = {name: active_units(means)[0] for name, means in posterior_means.items()}
+def unit_entries(per_layer: dict, latent_dims: dict) -> dict:
+    """:func:`evaluate_runs`' active-unit entries from each layer's active units and size."""
     return {
         "active_units": int(sum(per_layer.values())),
         "active_units_per_layer": per_layer,
-        "latent_dims": {name: int(m.shape[-1]) for name, m in posterior_means.items()},
+        "latent_dims": latent_dims,
     }
 
 

@@ -1,23 +1,11 @@
 """Train state, the jitted train step, and the scan-fused epoch.
 
-A run is a pure function of (config, seed): every key derives from one root
-key per seed (:func:`run_keys`); the epoch's data order is drawn from
-``fold_in(data_key, epoch)`` and each step's key is
-``fold_in(sample_key, state.step)``, so a restored run draws exactly the
-randomness it would have drawn without the interruption.
-
-Two ways to run an epoch over the same ``train_step`` exist side by side:
-:func:`make_epoch_fn` (the whole epoch as one compiled ``lax.scan`` over
-batches of device-resident data) and :func:`loop_epoch` (a Python loop that
-calls the jitted step once per batch). They compute the same thing; the
-fused one is faster. :func:`make_replicated_epoch_fn` vmaps the fused epoch
-over independent replicas (seeds) and jits it with the state donated.
-
-A step whose loss or gradients are not finite is skipped by the optimizer
-itself: every train state's optimizer is wrapped by :func:`skip_non_finite`,
-whose state (:func:`optax.apply_if_finite`'s) counts skipped steps and the
-current run of consecutive ones, so the driver can stop a run that keeps
-producing them (see :func:`make_train_step`).
+Every key of a run derives from one root key per seed (:func:`run_keys`): the epoch's data order from
+``fold_in(data_key, epoch)``, each step's key from ``fold_in(sample_key, state.step)``, so a restored run
+draws exactly the randomness it would have drawn without the interruption. :func:`make_epoch_fn` (one
+compiled ``lax.scan`` over the epoch) and :func:`loop_epoch` (a Python loop over the jitted step) compute
+the same epoch; :func:`make_replicated_epoch_fn` vmaps the fused one over replicas (seeds). Non-finite
+steps are counted, and can be skipped, by the optimizer wrapper :func:`skip_non_finite`.
 """
 
 from __future__ import annotations
@@ -40,16 +28,14 @@ from vae_jax.errors import ConfigError
 class TrainState:
     """Everything that changes during training, as one pytree.
 
-    ``opt_state`` is an :class:`optax.ApplyIfFiniteState` (:func:`skip_non_finite`): besides the
-    optimizer's own state (``inner_state``) it counts the steps with a non-finite loss or gradient,
-    in all (``total_notfinite``) and in the current unbroken run (``notfinite_count``).
+    ``opt_state`` is :func:`skip_non_finite`'s :class:`optax.ApplyIfFiniteState`: the optimizer's own state
+    (``inner_state``) and the counts of non-finite steps (``total_notfinite``, ``notfinite_count``).
     """
 
     step: jax.Array  # int32 []: optimizer steps taken
     params: Any
     opt_state: Any
-    # Non-gradient state that a task's update_fn keeps (e.g. a VQ-VAE's EMA codebook
-    # statistics and code-usage counters); an empty dict for most tasks.
+    # a task's update_fn's non-gradient state (a VQ-VAE's EMA codebook statistics); {} for most tasks
     model_state: Any = flax.struct.field(default_factory=dict)
 
 
@@ -71,10 +57,7 @@ _replica_keys = caches.jit_run_once(jax.vmap(run_keys))
 
 
 def replica_keys(seeds) -> RunKeys:
-    """:func:`run_keys` of each seed, stacked along a leading replica axis ``[R]``.
-
-    One small compiled program; run eagerly, the key splits compile a dozen programs of their own.
-    """
+    """:func:`run_keys` of each seed, stacked along a leading replica axis ``[R]`` (one small compiled program)."""
     return _replica_keys(jnp.asarray(seeds))
 
 
@@ -92,12 +75,9 @@ def init_train_state(params, optimizer: optax.GradientTransformation, model_stat
 def learning_rate_schedule(config, total_steps: int | None = None):
     """The learning rate of ``config`` (a :class:`vae_jax.protocol.TrainConfig`) by optimizer step.
 
-    ``--lr-schedule constant``: the float ``--learning-rate`` itself (so the default optimizer is exactly
-    ``optax.adam(learning_rate)``); ``cosine``: ``lr * (1 + cos(pi t / T)) / 2`` for ``t < T``, then 0
-    (:func:`optax.cosine_decay_schedule`); ``warmup_cosine``: ``lr * t / W`` for ``t < W``, then the cosine
-    decay over the remaining ``T - W`` steps (:func:`optax.warmup_cosine_decay_schedule`). ``T`` is
-    ``--decay-steps``, else ``total_steps`` (the run's steps); a state template, whose shapes do not depend on
-    ``T``, passes None.
+    ``constant``: the float ``--learning-rate`` itself; ``cosine``: ``lr * (1 + cos(pi t / T)) / 2`` for
+    ``t < T``, then 0; ``warmup_cosine``: ``lr * t / W`` for ``t < W``, then the cosine decay over the remaining
+    ``T - W`` steps. ``T`` is ``--decay-steps``, else ``total_steps`` (None for a state template).
     """
     if config.lr_schedule == "constant":
         return config.learning_rate
@@ -114,15 +94,11 @@ def learning_rate_schedule(config, total_steps: int | None = None):
 
 def make_optimizer(config, total_steps: int | None = None) -> optax.GradientTransformation:
     """The optimizer ``config``'s flags describe: Adam (``--weight-decay`` > 0: AdamW) at
-    :func:`learning_rate_schedule`, after clipping the gradients to the global norm ``--grad-clip`` if > 0.
-
-    The defaults give exactly ``optax.adam(config.learning_rate)``.
-    """
+    :func:`learning_rate_schedule`, after clipping the gradients to the global norm ``--grad-clip`` if > 0
+    (the defaults give exactly ``optax.adam(config.learning_rate)``)."""
     learning_rate = learning_rate_schedule(config, total_steps)
-    if config.weight_decay > 0:
-        optimizer = optax.adamw(learning_rate, weight_decay=config.weight_decay)
-    else:
-        optimizer = optax.adam(learning_rate)
+    decay = config.weight_decay
+    optimizer = optax.adamw(learning_rate, weight_decay=decay) if decay > 0 else optax.adam(learning_rate)
     if config.grad_clip > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip), optimizer)
     return optimizer
@@ -131,18 +107,12 @@ def make_optimizer(config, total_steps: int | None = None) -> optax.GradientTran
 def skip_non_finite(optimizer: optax.GradientTransformation, max_consecutive_skips: int = 0):
     """``optimizer`` made to skip non-finite updates, with the state of :func:`optax.apply_if_finite`.
 
-    The state is exactly ``optax.apply_if_finite(optimizer, ...)``'s ``ApplyIfFiniteState`` (its ``init``
-    builds it), and its fields mean the same: ``notfinite_count`` counts the non-finite updates in the current
-    unbroken run (reset by a finite one), ``total_notfinite`` all of them, ``last_finite`` whether the last
-    one was finite. An update is non-finite if a gradient holds a NaN or infinity, or if the caller passes
-    ``usable=False`` (a scalar bool: :func:`make_train_step` passes a non-finite loss and a frozen state).
-
-    With ``max_consecutive_skips > 0`` a non-finite update is skipped as ``apply_if_finite`` skips it (the
-    inner update runs under ``lax.cond``; a skipped one is zero and keeps the inner state), but never given up
-    on: the driver stops the run at the end of the epoch in which ``notfinite_count`` reached
-    ``max_consecutive_skips``, and :func:`make_train_step` freezes the state from then on, so that check
-    cannot miss it. With ``max_consecutive_skips = 0`` every update is applied, finite or not, and counted.
-    The layout is the same either way, so a run may resume with another ``--max-consecutive-skips``.
+    The state is exactly ``optax.apply_if_finite``'s ``ApplyIfFiniteState``, its fields meaning the same
+    (``notfinite_count``: the current unbroken run, ``total_notfinite``: all, ``last_finite``). An update is
+    non-finite if a gradient holds a NaN or infinity, or if the caller passes ``usable=False`` (a scalar bool).
+    With ``max_consecutive_skips > 0`` a non-finite update is zero and keeps the inner state (``lax.cond``) but
+    is never given up on (the driver stops the run); with 0 every update is applied and counted. The layout is
+    the same either way, so a run may resume with another ``--max-consecutive-skips``.
 
     Why not ``optax.apply_if_finite`` itself: it decides from the gradients alone, so a non-finite loss or a
     frozen state had to be written into every gradient as a NaN (one more pass over all of them each step),
@@ -184,40 +154,21 @@ def make_train_step(
     update_fn: Callable | None = None,
     max_consecutive_skips: int = 0,
 ):
-    """Returns the jitted ``train_step(state, batch, key) -> (state, metrics)``.
+    """Returns the jitted ``train_step(state, batch, key) -> (state, metrics)``, the state donated.
 
-    ``loss_fn(params, batch, key, step) -> (loss, metrics)`` is differentiated
-    with respect to params; ``step`` (int32 ``[]``, the optimizer steps taken
-    so far) drives schedules such as a KL warm-up. The optimizer is captured
-    in the closure, so nothing but arrays enters the step, and it compiles
-    once per batch shape. The state is donated: its buffers are reused for the
-    new state. Called inside :func:`make_epoch_fn` (under ``scan``) it is
-    simply inlined.
+    ``loss_fn(params, batch, key, step) -> (loss, metrics)`` is differentiated with respect to params;
+    ``step`` (int32 ``[]``, steps taken so far) drives schedules such as a KL warm-up. The batch is converted
+    to float32 in [0, 1] first (``batch["x"]`` may be ``uint8``). With ``update_fn`` the loss returns
+    ``(loss, (metrics, aux))`` and, after the optimizer's update, ``update_fn(params, model_state, aux, step,
+    key) -> (params, model_state, metrics)`` (own key, split from ``key``) makes the non-gradient updates (a
+    VQ-VAE's EMA codebook, dead-code restarts); its metrics are merged into the step's.
 
-    With ``update_fn`` the loss returns ``(loss, (metrics, aux))`` and, after
-    the optimizer's update, ``update_fn(params, model_state, aux, step, key)
-    -> (params, model_state, metrics)`` makes the updates that are not
-    gradient steps (a VQ-VAE's EMA codebook, dead-code restarts); its metrics
-    are merged into the step's. It gets its own key, split from ``key``.
-
-    ``batch["x"]`` may hold ``uint8`` pixels (the data's stored form): the
-    step converts the batch to float32 in [0, 1] before ``loss_fn`` sees it.
-
-    ``optimizer`` is the plain optimizer; the step runs it as
-    :func:`skip_non_finite` wraps it. With ``max_consecutive_skips > 0`` a
-    step whose loss or gradients hold a NaN or infinity is skipped: the params
-    and the inner optimizer state are kept, and so is the model state
-    (``update_fn`` sits in the taken branch of a ``lax.cond``). The step
-    counter still advances (the next step draws fresh randomness), and
-    ``opt_state.notfinite_count`` / ``opt_state.total_notfinite`` count the
-    skip. Once ``max_consecutive_skips`` steps in a row were skipped the state
-    is frozen (every later step counts as non-finite, so it is skipped too)
-    so the driver can stop the run at the end of the epoch and name the
-    step: the limit was reached at step
-    ``step - notfinite_count + max_consecutive_skips``. The metrics get a
-    ``skipped`` entry (1.0 for a skipped step); :func:`epoch_mean` averages the
-    others over the applied steps only. With ``max_consecutive_skips = 0``
-    every update is applied, finite or not.
+    ``optimizer`` is the plain one, run as :func:`skip_non_finite` wraps it. With ``max_consecutive_skips > 0``
+    a step whose loss or gradients are not finite keeps the params, inner optimizer state and model state; the
+    step counter still advances. Once ``max_consecutive_skips`` steps in a row were skipped the state is frozen
+    (every later step is skipped too), so the driver can stop the run at the end of the epoch; the limit was
+    reached at step ``step - notfinite_count + max_consecutive_skips``. The metrics get ``skipped`` (1.0 for a
+    skipped step), which :func:`epoch_mean` uses to average the others over the applied steps only.
     """
     guarded = max_consecutive_skips > 0
     optimizer = skip_non_finite(optimizer, max_consecutive_skips)
@@ -273,14 +224,11 @@ def epoch_batches(data_key: jax.Array, epoch: jax.Array, num_examples: int, batc
 
 
 def make_epoch_fn(train_step: Callable, batch_size: int, num_examples: int | None = None):
-    """Returns ``epoch_fn(state, data, data_key, sample_key, epoch) -> (state, metrics)``.
+    """Returns ``epoch_fn(state, data, data_key, sample_key, epoch) -> (state, metrics)``, one ``lax.scan``.
 
-    ``data`` is a dict of device-resident arrays with the examples on axis 0
-    (``{"x": [N, H, W, C], "y": [N]}``). The whole epoch is one ``lax.scan``;
-    ``metrics`` are the step metrics averaged over the epoch's batches.
-    ``num_examples``: the batches are drawn from the first ``num_examples``
-    rows (default: all of them; less when the rows were padded to split them
-    evenly over devices, :meth:`vae_jax.parallel.Plan.place_examples`).
+    ``data``: device-resident arrays, examples on axis 0 (``{"x": [N, H, W, C], "y": [N]}``); ``metrics``:
+    :func:`epoch_mean` of the steps. The batches come from the first ``num_examples`` rows (default all;
+    fewer when rows were padded to split evenly over devices, :meth:`vae_jax.parallel.Plan.place_examples`).
     """
 
     def epoch_fn(state: TrainState, data: dict, data_key, sample_key, epoch):
@@ -313,9 +261,8 @@ def loop_epoch(train_step: Callable, state: TrainState, data: dict, data_key, sa
 def epoch_mean(step_metrics: dict) -> dict:
     """Epoch metrics from step metrics stacked on axis 0 (``[S]`` each, with ``skipped`` in {0, 1}).
 
-    Each metric is averaged over the applied steps only (NaN if every step was
-    skipped: there is no loss to report); ``skipped`` becomes the number of
-    skipped steps in the epoch.
+    Each metric is averaged over the applied steps only (NaN if every step was skipped);
+    ``skipped`` becomes ``skipped_steps``, the number of skipped steps in the epoch.
     """
     metrics = dict(step_metrics)
     skipped = metrics.pop("skipped")
@@ -335,8 +282,7 @@ def epoch_mean(step_metrics: dict) -> dict:
 def replicated_epoch_mean(step_metrics: list[dict]) -> dict:
     """:func:`epoch_mean` of each replica, from a Python list of step metrics ``{name: [R]}``: ``{name: [R]}``.
 
-    The per-step programs (``--epoch-loop steps``, ``--stream``) reduce their steps with it, so every path
-    reports the same epoch metrics as the scan-fused epoch.
+    The per-step programs (``--epoch-loop steps``, ``--stream``) reduce their steps with it.
     """
     stacked = jax.tree_util.tree_map(lambda *m: jnp.stack(m, axis=1), *step_metrics)  # {name: [R, S]}
     return _replicated_epoch_mean(stacked)
@@ -348,10 +294,8 @@ _replicated_epoch_mean = jax.jit(jax.vmap(epoch_mean))
 def make_replicated_epoch_fn(train_step: Callable, batch_size: int):
     """The fused epoch vmapped over replicas and jitted, with the state donated.
 
-    ``metrics[R]`` hold the :func:`epoch_mean` of each replica's steps.
-
-    Signature: ``(state[R], data, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])``
-    where ``[R]`` marks a leading replica axis; ``data`` and ``epoch`` are shared.
+    ``(state[R], data, data_keys[R], sample_keys[R], epoch) -> (state[R], metrics[R])``, ``[R]`` a leading
+    replica axis (``data`` and ``epoch`` shared); ``metrics`` the :func:`epoch_mean` of each replica's steps.
     """
     epoch_fn = make_epoch_fn(train_step, batch_size)
     replicated = jax.vmap(epoch_fn, in_axes=(0, None, 0, 0, None))
@@ -364,11 +308,8 @@ def init_replicated_state(
     """Train states for R replicas, stacked on a leading axis, from ``init_keys[R]``.
 
     ``init_model_state_fn(params) -> model_state`` builds a task's non-gradient state (none by default).
-    Compiled as one program: bit-identical to running it op by op, which compiles every random draw
-    and initializer separately and takes about twice as long, and the persistent compilation cache
-    can keep it for the next run; later calls with the same functions reuse the program. It runs
-    once, so it is compiled with :func:`vae_jax.caches.run_once_compiler_options` (the same bits,
-    compiled several times faster). The timings are in docs/benchmarks.md.
+    Compiled as one program (bit-identical to running op by op, which compiles every draw separately) with
+    :func:`vae_jax.caches.run_once_compiler_options`; the timings are in docs/benchmarks.md.
     """
     return _jitted_init(init_params_fn, optimizer, init_model_state_fn)(init_keys)
 
@@ -376,10 +317,9 @@ def init_replicated_state(
 def abstract_replicated_state(
     init_params_fn: Callable, optimizer, init_keys: jax.Array, init_model_state_fn: Callable | None = None
 ) -> TrainState:
-    """The shapes and dtypes of :func:`init_replicated_state`'s result, traced but neither compiled nor run.
+    """:func:`init_replicated_state`'s shapes and dtypes on this process's first device, neither compiled nor run.
 
-    Every leaf is a ``jax.ShapeDtypeStruct`` on this process's first device: a template to restore a
-    checkpoint into without compiling the initial state only to throw it away (docs/benchmarks.md).
+    A template to restore a checkpoint into without compiling the initial state (docs/benchmarks.md).
     """
     shapes = jax.eval_shape(_jitted_init(init_params_fn, optimizer, init_model_state_fn), init_keys)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

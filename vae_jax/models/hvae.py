@@ -10,15 +10,10 @@ With z1 ~ q(z1|x) and z2 ~ q(z2|z1) the ELBO is
 
     log p(x) >= E_q[log p(x|z1)] - E_q[log q(z1|x) - log p(z1|z2)] - E_{q(z1|x)}[KL(q(z2|z1) || p(z2))].
 
-The lecture slide writes this as E_{q(z1|z2)}[log p(x|z1)] - KL(q(z1|x) || p(z1|x))
-- KL(q(z2|z1) || p(z2)); the expectation is over q(z1|x) and the first KL's
-second argument is the learned prior p(z1|z2), not p(z1|x) (which is the
-intractable posterior the encoder approximates). How each term is estimated
-is written in :func:`vae_jax.tasks.hvae.make_hvae_terms`.
-
-The networks are MLPs: the bottom encoder and the decoder are those of
-:mod:`vae_jax.models.vae`; q(z2|z1) and p(z1|z2) are small MLPs with Gaussian
-heads (``top_hidden`` wide).
+The lecture slide writes E_{q(z1|z2)}[log p(x|z1)] - KL(q(z1|x) || p(z1|x)) - KL(q(z2|z1) || p(z2)); the
+expectation is over q(z1|x) and the first KL's second argument is the learned prior p(z1|z2), not the
+intractable posterior p(z1|x). :mod:`vae_jax.tasks.hvae` says how each term is estimated. The networks are
+MLPs: the encoder and decoder of :mod:`vae_jax.models.vae`, and Gaussian heads ``top_hidden`` wide.
 
 References:
   Rezende, Mohamed & Wierstra, "Stochastic Backpropagation and Approximate
@@ -40,19 +35,11 @@ from vae_jax.models.vae import GaussianVAE, MLPEncoder, init_params, make_mlp_de
 
 
 class HVAE(GaussianVAE):
-    """Two stochastic layers: x -> z1 (``latent_dim``) -> z2 (``top_latent_dim``).
+    """Two stochastic layers: x -> z1 (``latent_dim`` D1) -> z2 (``top_latent_dim`` D2, prior N(0, I)).
 
-    The bottom layer is the :class:`~vae_jax.models.vae.GaussianVAE` core
-    (``encode`` is q(z1|x), ``decode`` is p(x|z1)); ``__call__`` adds the top layer.
-
-    Attributes:
-      latent_dim: D1, the size of z1 (the layer the decoder reads).
-      top_latent_dim: D2, the size of z2 (the top layer, prior N(0, I)).
-      hidden: hidden widths of q(z1|x) (the decoder p(x|z1) mirrors them).
-      top_hidden: hidden widths of q(z2|z1) and of p(z1|z2).
-      image_shape: ``(H, W, C)``.
-      likelihood: one of :data:`vae_jax.objectives.LIKELIHOODS` (sets the
-        decoder's output channels, C or 2C).
+    The bottom layer is the :class:`~vae_jax.models.vae.GaussianVAE` core (``encode`` is q(z1|x), ``decode``
+    p(x|z1), the decoder mirroring ``hidden``); ``top_hidden``: widths of q(z2|z1) and p(z1|z2);
+    ``image_shape`` ``(H, W, C)``; ``likelihood`` sets the decoder's output channels (C or 2C).
     """
 
     latent_dim: int = 20
@@ -77,12 +64,9 @@ class HVAE(GaussianVAE):
         return self.top_prior(z2)
 
     def __call__(self, x: jax.Array, key: jax.Array) -> dict:
-        """One reparameterized pass z1 ~ q(z1|x), z2 ~ q(z2|z1).
-
-        Returns a dict: ``decoder_out`` ``[B, H, W, C']``; ``z1``, ``q1_mean``,
-        ``q1_logvar``, ``p1_mean``, ``p1_logvar`` ``[B, D1]``; ``z2``,
-        ``q2_mean``, ``q2_logvar`` ``[B, D2]``.
-        """
+        """One reparameterized pass z1 ~ q(z1|x), z2 ~ q(z2|z1): ``decoder_out`` ``[B, H, W, C']``;
+        ``z1``, ``q1_mean``, ``q1_logvar``, ``p1_mean``, ``p1_logvar`` ``[B, D1]``; ``z2``, ``q2_mean``,
+        ``q2_logvar`` ``[B, D2]``."""
         key1, key2 = jax.random.split(key)
         q1_mean, q1_logvar = self.encode(x)
         z1 = losses.reparameterize(key1, q1_mean, q1_logvar)

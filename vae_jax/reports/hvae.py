@@ -1,9 +1,7 @@
 """The hierarchical VAE beside a one-level VAE of about the same parameter count (``experiments.hvae``).
 
-:func:`matched_vae_config` picks the one-level VAE; :func:`compare` evaluates both on the test split
-(single-sample terms, KL and active units per layer, the IWAE-k bound on a fixed random subset,
-:func:`iwae_subset`, with the paired difference of :func:`paired_difference`) and draws the figures;
-:func:`print_results` writes the result lines.
+:func:`matched_vae_config` picks the one-level VAE; :func:`compare` evaluates both on the test split and
+draws the figures; :func:`print_results` writes the result lines.
 """
 
 from __future__ import annotations
@@ -27,19 +25,15 @@ EVAL_IWAE_K = 500
 def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.VAEConfig, int, int]:
     """A one-level VAEConfig with z of size D1 whose parameter count is the closest to the HVAE's.
 
-    The VAE's hidden widths are the HVAE's ``hidden`` scaled by a common
-    factor (searched on a grid). Returns (config, VAE params, HVAE params).
-    """
+    Its hidden widths are the HVAE's scaled by a common factor (on a grid). Returns (config, VAE params,
+    HVAE params)."""
     shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(vae_tasks.VAEObjectiveConfig)}
     shared["workdir"] = os.path.join(config.workdir, "vae")
 
-    def count(model, init):
-        return evaluate.count_params(jax.eval_shape(lambda: init(model, jax.random.key(0))))
+    def count(model):  # the HVAE's init_params is the one-level VAE's (vae_jax.models.hvae re-exports it)
+        return evaluate.count_params(jax.eval_shape(lambda: hvae.init_params(model, jax.random.key(0))))
 
-    from vae_jax.models import hvae as hvae_model
-    from vae_jax.models import vae as vae_model
-
-    target = count(hvae.build_hvae(config, image_shape), hvae_model.init_params)
+    target = count(hvae.build_hvae(config, image_shape))
     candidates = [  # each distinct width once; the parameter count grows strictly along the list
         vae_tasks.VAEConfig(**shared, latent_dim=config.latent_dim, hidden=hidden)
         for hidden in dict.fromkeys(
@@ -49,7 +43,7 @@ def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.
 
     @functools.cache
     def count_at(i: int) -> int:
-        return count(vae_tasks.build_vae(candidates[i], image_shape), vae_model.init_params)
+        return count(vae_tasks.build_vae(candidates[i], image_shape))
 
     # the closest count is beside the first one >= target (bisection: a few counts instead of all 71)
     above = bisect.bisect_left(range(len(candidates)), target, key=count_at)
@@ -60,11 +54,10 @@ def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.
 def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict, iwae_examples: int) -> dict:
     """Test metrics of the first seed of ``result`` and its collapse diagnostics.
 
-    The single-sample terms on the whole test split are the run's own last test evaluation (``summary.json``:
-    the same program, key and batches :func:`vae_jax.evaluate.evaluate_runs` would use) and the active
-    units those of the collapse diagnostics (the same posterior means, the same threshold); the IWAE bound
-    is computed on ``iwae_examples`` of the images (:func:`iwae_subset`; 0: all), with
-    ``iwae_nll_per_example`` for the paired comparison. On all images, one ``evaluate_runs`` gives both.
+    The IWAE bound (with ``iwae_nll_per_example``) is computed on ``iwae_examples`` of the images
+    (:func:`iwae_subset`; 0: all). On a subset, the single-sample terms are the run's own last test
+    evaluation (``summary.json``, the numbers :func:`vae_jax.evaluate.evaluate_runs` would give) and the
+    active units those of the collapse diagnostics (the same means and threshold).
     """
     first = jax.tree_util.tree_map(lambda a: a[:1], result.state.params)
     # --devices: the devices share each batch (in a --distributed run each process evaluates on its own device)
@@ -84,7 +77,9 @@ def evaluate_model(parts, result: runner.TrainResult, config, collapse: dict, iw
     )[0]
     if bound_only:  # the single-sample terms and active units on every image, from the run and the diagnostics
         test = {name: terms["per_seed"][0] for name, terms in result.summary["test"].items()}
-        metrics.update(test, n=len(pixels), **_units(collapse))
+        units = {layer: d["active_units"] for layer, d in collapse.items()}
+        dims = {layer: d["latent_dim"] for layer, d in collapse.items()}
+        metrics.update(test, n=len(pixels), **evaluate.unit_entries(units, dims))
     metrics["iwae_examples"] = len(subset)
     # summary.json's collapse ``diagnostics``: per layer for the HVAE, one dict for the one-level VAE
     result.summary["diagnostics"] = collapse if len(collapse) > 1 else collapse["z"]
@@ -107,16 +102,6 @@ def iwae_subset(num_test: int, iwae_examples: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).permutation(num_test)[:iwae_examples])
 
 
-def _units(collapse: dict) -> dict:
-    """``evaluate_runs``' active-unit entries from the collapse diagnostics of each layer."""
-    per_layer = {layer: d["active_units"] for layer, d in collapse.items()}
-    return {
-        "active_units": sum(per_layer.values()),
-        "active_units_per_layer": per_layer,
-        "latent_dims": {layer: d["latent_dim"] for layer, d in collapse.items()},
-    }
-
-
 def paired_difference(vae_nll: np.ndarray, hvae_nll: np.ndarray) -> dict:
     """The VAE's IWAE NLL minus the HVAE's on the same test images: mean and standard error of the mean."""
     d = np.asarray(vae_nll, np.float64) - np.asarray(hvae_nll, np.float64)
@@ -128,10 +113,8 @@ def paired_difference(vae_nll: np.ndarray, hvae_nll: np.ndarray) -> dict:
 
 
 def compare(config, vae_config, top_workdir: str, dataset, trained: dict, iwae_examples: int) -> dict:
-    """Evaluates both models on the test split and draws the figures; returns the comparison.
-
-    ``trained`` maps ``hvae`` and ``vae`` to ``(model, task, TrainResult, parameter count)``.
-    """
+    """Evaluates both models on the test split and draws the figures; returns the comparison. ``trained`` maps
+    ``hvae`` and ``vae`` to ``(model, task, TrainResult, parameter count)``."""
     (h_model, h_task, h_result, hvae_params), (v_model, v_task, v_result, vae_params) = trained["hvae"], trained["vae"]
     key = jax.random.key(config.seed)
     h_collapse = hvae.collapse_diagnostics(h_model, h_result.params(0), dataset.x_test, key)
@@ -163,10 +146,7 @@ def compare(config, vae_config, top_workdir: str, dataset, trained: dict, iwae_e
         "dataset": dataset.summary(),
         "measure": evaluate.likelihood_measure(config.likelihood, dataset.x_test),
         # summed over metrics.jsonl, so a resumed run reports the training its checkpoints hold
-        "train_seconds": {
-            "hvae": sum(line["seconds"] for line in h_result.history),
-            "vae": sum(line["seconds"] for line in v_result.history),
-        },
+        "train_seconds": {name: sum(line["seconds"] for line in r.history) for name, (_, _, r, _) in trained.items()},
     }
     comparison["iwae_difference"] = paired_difference(
         comparison["vae"].pop("iwae_nll_per_example"), comparison["hvae"].pop("iwae_nll_per_example")

@@ -8,23 +8,14 @@ z1 ~ q(z1|x) and then z2 ~ q(z2|z1) by reparameterization. The negative ELBO
 is estimated per example as
 
 * ``recon`` = -log p(x|z1): single sample;
-* ``kl_z1`` = log q(z1|x) - log p(z1|z2): a **single-sample estimate**. The
-  prior p(z1|z2) depends on z2, and z2 ~ q(z2|z1) depends on the very z1 being
-  scored, so the z1 term is not the expectation over z2 of the analytic
-  KL(q(z1|x) || p(z1|z2)): substituting that closed form (with z2 drawn from
-  the sampled z1) would average log p(z1'|z2) over z1' ~ q(z1|x) independent
-  of z2 and bias the ELBO. The log-density difference of the one sample that
-  generated z2 is unbiased. It can be negative for one sample; its
-  expectation is not.
-* ``kl_z2`` = KL(q(z2|z1) || N(0, I)): **analytic given z1**
-  (:func:`vae_jax.losses.gaussian_kl_between` with a standard normal prior):
-  both distributions are Gaussians once z1 is fixed, so the inner
-  expectation over z2 is exact and only z1 is sampled.
+* ``kl_z1`` = log q(z1|x) - log p(z1|z2): a **single-sample estimate**. z2 ~ q(z2|z1) depends on the very
+  z1 being scored, so substituting the analytic KL(q(z1|x) || p(z1|z2)) would average log p(z1'|z2) over
+  z1' independent of z2 and bias the ELBO; the log-density difference of the one sample is unbiased (it
+  can be negative for one sample; its expectation is not).
+* ``kl_z2`` = KL(q(z2|z1) || N(0, I)): **analytic given z1** (both are Gaussians once z1 is fixed).
 
-``kl = kl_z1 + kl_z2`` and ``kl_per_dim`` ``[B, D1 + D2]`` holds the D1
-per-dimension log-density differences of z1, then the D2 analytic
-per-dimension KLs of z2 (they sum to ``kl``). Free bits on the z1 dimensions
-therefore floor a single-sample estimate, which is noisy; prefer free bits 0
+``kl = kl_z1 + kl_z2``; ``kl_per_dim`` ``[B, D1 + D2]`` holds the D1 per-dimension terms of z1, then the D2
+of z2. Free bits on the z1 dimensions therefore floor a noisy single-sample estimate; prefer free bits 0
 for this family or read them as a heuristic.
 """
 
@@ -38,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import losses, objectives
+from vae_jax import diagnostics, losses, objectives
 from vae_jax.arrays import bare_params
 from vae_jax.errors import field, require
 from vae_jax.evaluate import VAEEvalParts
@@ -111,14 +102,11 @@ def make_hvae_terms(model: HVAE, likelihood: str = "bernoulli", decoder_logvar: 
 
 
 def make_hvae_log_weights(model: HVAE, likelihood: str = "bernoulli", decoder_logvar: float = 0.0):
-    """``log_weights_fn(params, batch, key, k) -> [B, k]`` of the HVAE.
+    """``log_weights_fn(params, batch, key, k) -> [B, k]`` of the HVAE: for (z1_j, z2_j) ~ q(z1|x) q(z2|z1),
 
-    For (z1_j, z2_j) ~ q(z1|x) q(z2|z1), j = 1..k:
+        log w_j = log p(x|z1_j) + log p(z1_j|z2_j) + log N(z2_j; 0, I) - log q(z1_j|x) - log q(z2_j|z1_j),
 
-        log w_j = log p(x|z1_j) + log p(z1_j|z2_j) + log N(z2_j; 0, I) - log q(z1_j|x) - log q(z2_j|z1_j).
-
-    Every density is evaluated at the samples (no closed-form KL), as the
-    IWAE bound requires (Burda et al. 2016, section 3).
+    every density evaluated at the samples, as the IWAE bound requires (Burda et al. 2016, section 3).
     """
 
     def log_weights_fn(params, batch, key, k):
@@ -153,8 +141,7 @@ def hvae_task(config: HVAEConfig, image_shape) -> tuple[HVAE, Task]:
 def posterior_means(model: HVAE, params, x: jax.Array) -> dict:
     """Per-layer posterior means: ``z1`` = E[z1|x] ``[B, D1]``; ``z2`` = mean of q(z2 | z1 = E[z1|x]) ``[B, D2]``.
 
-    E[z2|x] = E_{q(z1|x)}[mean of q(z2|z1)] has no closed form; the mean at
-    the mean of z1 is its usual deterministic stand-in for active units.
+    E[z2|x] has no closed form; the mean at the mean of z1 is its usual deterministic stand-in.
     """
     z1_mean, _ = model.apply({"params": params}, x, method=model.encode)
     z2_mean, _ = model.apply({"params": params}, z1_mean, method=model.encode_top)
@@ -170,9 +157,7 @@ def hvae_eval_parts(model: HVAE, task: Task, config: HVAEConfig) -> VAEEvalParts
     )
 
 
-# --- queries for figures (host arrays out) -------------------------------------------
-# ``reconstruct(model, params, x)`` (E[x|z1] at z1 = E[z1|x]) and ``decode_means(model, params, z1)``
-# are the one-level VAE's queries of :mod:`vae_jax.tasks.vae`: the HVAE's bottom layer is that core.
+# --- queries for figures (host arrays out); ``reconstruct`` and ``decode_means`` are the one-level VAE's
 
 
 def encode_layers(model: HVAE, params, x: np.ndarray, batch_size: int = 1000) -> dict:
@@ -207,15 +192,10 @@ def _collapse_layers(model: HVAE, params, key, x):
 def collapse_diagnostics(model: HVAE, params, x: np.ndarray, key: jax.Array, batch_size: int = 500) -> dict:
     """:func:`vae_jax.diagnostics.collapse_diagnostics` of each latent layer on images ``x``: ``{"z1": ..., "z2": ...}``.
 
-    z1: q(z1|x), with the per-dimension KL terms of the objective (the
-    single-sample log q(z1|x) - log p(z1|z2) per dimension, averaged over the
-    images; the learned prior p(z1|z2) has no closed-form KL here; batch i
-    draws its pass from ``fold_in(pass_key, i)``).
-    z2: q(z2|z1) at z1 = E[z1|x] (as in :func:`posterior_means`), against its
-    prior N(0, I) in closed form.
+    z1: q(z1|x) with the objective's single-sample per-dimension terms log q(z1|x) - log p(z1|z2) (no closed
+    form against the learned prior; batch i draws its pass from ``fold_in(pass_key, i)``). z2: q(z2|z1) at
+    z1 = E[z1|x] (as in :func:`posterior_means`), against N(0, I) in closed form.
     """
-    from vae_jax import diagnostics
-
     pass_key, key1, key2 = jax.random.split(key, 3)
     layers = apply_in_batches(_collapse_layers, model, params, x, batch_size=batch_size, key=pass_key)
     return {
