@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 
 from vae_jax import linear_ae, plots, runner
@@ -83,8 +84,8 @@ def main(argv=None) -> dict:
     return runner.report_on_main(config.workdir, lambda: report(config, pca_fit, dataset, result))
 
 
-def report(config: linear_ae.LinearAEConfig, pca_fit, dataset, result: runner.TrainResult) -> dict:
-    """The comparison, figures, ``summary.json`` and the result lines (process 0 alone); returns the summary."""
+def compare(config: linear_ae.LinearAEConfig, pca_fit, dataset, result: runner.TrainResult) -> tuple[dict, list]:
+    """The run's summary with PCA's numbers and the linear AE's (its first seed, and across seeds), and the figures."""
     replicas = [linear_ae.compare_with_pca(pca_fit, result.params(i), dataset) for i in range(len(result.seeds))]
     first = replicas[0]
     summary = result.summary
@@ -102,8 +103,21 @@ def report(config: linear_ae.LinearAEConfig, pca_fit, dataset, result: runner.Tr
             for key in ("max_principal_angle_deg", "mean_principal_angle_deg", "mse_train", "mse_test")
         },
     }
-    figures = write_figures(config, pca_fit, result.params(0), result, first["principal_angles_deg"])
-    workdir_lib.write_summary(config.workdir, summary, figures)
+    return summary, write_figures(config, pca_fit, result.params(0), result, first["principal_angles_deg"])
+
+
+def report(config: linear_ae.LinearAEConfig, pca_fit, dataset, result: runner.TrainResult) -> dict:
+    """The comparison, figures, ``summary.json`` and the result lines (process 0 alone); returns the summary.
+
+    A rerun on the same checkpoints, data and flags, with every figure present, reuses them.
+    """
+    fingerprint = workdir_lib.report_fingerprint(
+        jax.device_get(result.state.params),
+        {"config": workdir_lib.result_settings(config), "dataset": dataset.summary()},
+    )
+    path = os.path.join(config.workdir, "summary.json")
+    summary = workdir_lib.reuse_or_compute(path, fingerprint, lambda: compare(config, pca_fit, dataset, result))
+    first = summary["linear_ae"]
 
     ortho = first["decoder_orthogonality"]
     runner.log(f"data: {dataset.describe()}; m = {config.components}")

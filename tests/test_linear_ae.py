@@ -69,7 +69,7 @@ def test_align_basis_recovers_target_from_any_basis_of_its_span():
     np.testing.assert_allclose(linear_ae.align_basis(target @ rng.normal(size=(4, 4)), target), target, atol=1e-9)
 
 
-def test_pca_experiment_small_finds_the_pca_subspace(tmp_path, mnist_small):
+def test_pca_experiment_small_finds_the_pca_subspace(tmp_path, mnist_small, capsys):
     path = tmp_path / "digits.npz"
     np.savez(
         path,
@@ -79,23 +79,23 @@ def test_pca_experiment_small_finds_the_pca_subspace(tmp_path, mnist_small):
         y_test=mnist_small.y_test,
     )
     workdir = str(tmp_path / "run")
-    pca_vs_linear_ae.main(
-        [
-            "--dataset",
-            f"npz:{path}",
-            "--components",
-            "6",
-            "--epochs",
-            "200",
-            "--batch-size",
-            "64",
-            "--learning-rate",
-            "3e-3",
-            "--workdir",
-            workdir,
-            "--no-progress",
-        ]
-    )
+    argv = [
+        "--dataset",
+        f"npz:{path}",
+        "--components",
+        "6",
+        "--epochs",
+        "200",
+        "--batch-size",
+        "64",
+        "--learning-rate",
+        "3e-3",
+        "--workdir",
+        workdir,
+        "--no-progress",
+    ]
+    pca_vs_linear_ae.main(argv)
+    out = capsys.readouterr().out
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     for name in ["components.png", "basis_geometry.png", "reconstructions.png", "loss_curves.png", "metrics.jsonl"]:
         assert os.path.isfile(os.path.join(workdir, name)), name
@@ -111,3 +111,9 @@ def test_pca_experiment_small_finds_the_pca_subspace(tmp_path, mnist_small):
     assert sk_mse * (1 - 1e-4) <= ae["mse_train"] <= sk_mse * 1.01
     # The rescaled/reparameterised decoder reconstructs exactly as the trained one does (the basis is free).
     assert ae["reparameterized_reconstruction_max_abs_diff"] < 1e-3
+    # A rerun on the finished checkpoint reuses the summary and figures the report wrote for it.
+    stored = open(os.path.join(workdir, "summary.json"), "rb").read()
+    pca_vs_linear_ae.main(argv)
+    rerun = capsys.readouterr()
+    assert "reusing" in rerun.err and rerun.out == out
+    assert open(os.path.join(workdir, "summary.json"), "rb").read() == stored
