@@ -17,7 +17,6 @@ import os
 import jax
 
 from vae_jax import diagnostics, latent_metrics, latent_views, plots, runner, tasks
-from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -98,17 +97,12 @@ def report(config, model, result: runner.TrainResult) -> dict:
 
     A rerun on the same checkpoint, data and flags, with every figure present, reuses them.
     """
-    path = os.path.join(config.workdir, "summary.json")
-    fingerprint = workdir_lib.report_fingerprint(
-        jax.device_get(result.state.params),
-        {"config": workdir_lib.result_settings(config), "dataset": result.dataset.summary()},
-    )
 
     def compute():
         figures, measured = write_figures(config, model, result)
         return {**result.summary, **measured}, figures
 
-    summary = workdir_lib.reuse_or_compute(path, fingerprint, compute)
+    summary = runner.reuse_or_compute_summary(config, result, compute)
     test, last, diag = summary["test"], result.history[-1] if result.history else {}, summary["diagnostics"]
     print(
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "

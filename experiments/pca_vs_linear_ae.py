@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 
 from vae_jax import linear_ae, plots, runner
@@ -111,12 +110,7 @@ def report(config: linear_ae.LinearAEConfig, pca_fit, dataset, result: runner.Tr
 
     A rerun on the same checkpoints, data and flags, with every figure present, reuses them.
     """
-    fingerprint = workdir_lib.report_fingerprint(
-        jax.device_get(result.state.params),
-        {"config": workdir_lib.result_settings(config), "dataset": dataset.summary()},
-    )
-    path = os.path.join(config.workdir, "summary.json")
-    summary = workdir_lib.reuse_or_compute(path, fingerprint, lambda: compare(config, pca_fit, dataset, result))
+    summary = runner.reuse_or_compute_summary(config, result, lambda: compare(config, pca_fit, dataset, result))
     first = summary["linear_ae"]
 
     ortho = first["decoder_orthogonality"]

@@ -195,6 +195,16 @@ def report_on_main(workdir: str, report: Callable[[], Any]):
     return None
 
 
+def reuse_or_compute_summary(config: TrainConfig, result: TrainResult, compute: Callable[[], tuple]) -> dict:
+    """The run's ``summary.json`` when it was written for these checkpoints, flags and data, else ``compute()
+    -> (summary, figure paths)`` written there (:func:`vae_jax.workdir.reuse_or_compute`)."""
+    fingerprint = workdir_lib.report_fingerprint(
+        jax.device_get(result.state.params),
+        {"config": workdir_lib.result_settings(config), "dataset": result.dataset.summary()},
+    )
+    return workdir_lib.reuse_or_compute(os.path.join(config.workdir, "summary.json"), fingerprint, compute)
+
+
 def mean_std(values) -> dict:
     """Mean, std (ddof 0) and the 95% Student-t interval of the mean over seeds (None for one seed).
 
