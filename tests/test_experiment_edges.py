@@ -130,6 +130,9 @@ def test_every_experiment_ends_cleanly_in_every_process_of_a_distributed_run(tmp
         "JAX_PLATFORMS": "cpu",
         "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}",
         "JAX_NUM_PROCESSES": "2",
+        # Clean ends, not liveness, are tested here: beside another test on two cores, these processes once
+        # went 20 s without a heartbeat, so a silent peer is waited for longer than the default.
+        "VAE_JAX_PEER_TIMEOUT_S": "180",
     }
     env["XLA_FLAGS"] = " ".join(
         f
