@@ -17,6 +17,7 @@ import os
 import jax
 
 from vae_jax import diagnostics, latent_metrics, latent_views, plots, runner, tasks
+from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, parse_config, user_errors
 from vae_jax.data import DataError
@@ -26,9 +27,24 @@ from vae_jax.tasks import conv_vae
 def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str], dict]:
     params, data, workdir = result.params(0), result.dataset, config.workdir
     key_samples, key_mixture, key_mi = jax.random.split(jax.random.key(config.seed), 3)
-    n, x_test = 10, data.x_test
-    x_train = data.x_train_first(n)  # the analyses below convert their reference set (10,000 at most) once
     path = lambda name: os.path.join(workdir, name)  # noqa: E731
+    with latent_views.analysis_threads() as side:  # the t-SNE, started first, runs beside everything below
+        means = None if data.y_test is None else tasks.encode_means(model, params, data.x_test[: config.tsne_points])
+        tsne = None if means is None else side.submit(tsne_of, means, config.seed)
+        paths = sample_figures(model, params, result, key_samples, path)
+        report, figures = analyses(config, model, params, data, key_mi, key_mixture, path)
+        paths += figures
+        if tsne is not None:
+            title, axis_labels = f"t-SNE of {len(means)} test posterior means", ("t-SNE 1", "t-SNE 2")
+            labels = data.y_test[: len(means)]
+            paths.append(plots.save_latent_scatter(tsne.result(), labels, path("tsne.png"), title, axis_labels))
+    return paths, report
+
+
+def sample_figures(model, params, result: runner.TrainResult, key, path) -> list[str]:
+    """Reconstructions of training and test images, the train/test curves and decoded prior samples."""
+    n, data = 10, result.dataset
+    x_train, x_test = data.x_train_first(n), data.x_test
     rows = [x_train[:n], tasks.reconstruct(model, params, x_train[:n])]
     rows += [x_test[:n], tasks.reconstruct(model, params, x_test[:n])]
     labels = ["train", "reconstruction", "test (unseen)", "reconstruction"]
@@ -37,18 +53,8 @@ def write_figures(config, model, result: runner.TrainResult) -> tuple[list[str],
     keys = ["train_eval_neg_elbo", "test_neg_elbo", "train_eval_recon", "test_recon"]
     title = "neg-ELBO and reconstruction on seen (train_eval) vs unseen (test) images"
     paths.append(plots.save_curves(result.history, keys, path("train_test_gap.png"), title))
-    samples = tasks.sample_prior(model, params, key_samples, 50)
-    paths.append(plots.save_grid(samples, path("samples.png"), "Decoded samples z ~ N(0, I)"))
-    with latent_views.analysis_threads() as side:  # the t-SNE runs beside the JAX analyses below
-        means = None if data.y_test is None else tasks.encode_means(model, params, x_test[: config.tsne_points])
-        tsne = None if means is None else side.submit(tsne_of, means, config.seed)
-        report, figures = analyses(config, model, params, data, key_mi, key_mixture, path)
-        paths += figures
-        if tsne is not None:
-            title, axis_labels = f"t-SNE of {len(means)} test posterior means", ("t-SNE 1", "t-SNE 2")
-            labels = data.y_test[: len(means)]
-            paths.append(plots.save_latent_scatter(tsne.result(), labels, path("tsne.png"), title, axis_labels))
-    return paths, report
+    samples = tasks.sample_prior(model, params, key, 50)
+    return paths + [plots.save_grid(samples, path("samples.png"), "Decoded samples z ~ N(0, I)")]
 
 
 def tsne_of(means, seed: int):
@@ -87,6 +93,7 @@ def analyses(config, model, params, data, key_mi, key_mixture, path) -> tuple[di
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> dict:
     config = parse_config(conv_vae.ConvVAEConfig, argv, description=__doc__.split("\n\n")[0]).resolved()
+    latent_metrics.import_sklearn_in_background([workdir_lib.check_workdir(config)])  # t-SNE, mixture, classifier
     return runner.train_and_report(
         config, conv_vae.conv_vae_task, report, train_eval_examples=config.train_eval_examples
     )

@@ -54,13 +54,16 @@ def train_pair(config, latent_dim: int, dataset) -> dict:
 def main(argv=None) -> dict:
     config = parse_config(LatentSpaceConfig, argv, description=__doc__.split("\n\n")[0])
     sizes = [2] + ([config.tsne_latent_dim] if config.tsne_latent_dim not in (0, 2) else [])
-    for latent_dim in sizes:  # every sub-workdir is checked before any data is loaded
-        for sub_config in latent_metrics.matched_configs(config, latent_dim, config.workdir).values():
-            workdir_lib.check_workdir(sub_config)
+    plans = [  # every sub-workdir is checked before any data is loaded
+        workdir_lib.check_workdir(sub_config)
+        for latent_dim in sizes
+        for sub_config in latent_metrics.matched_configs(config, latent_dim, config.workdir).values()
+    ]
     dataset = runner.load_data(config)
     runner.log(f"data: {dataset.describe()}")
     if dataset.y_train is None:
         raise ConfigError(f"--dataset {config.dataset} has no labels; the latent plots are coloured by label")
+    latent_metrics.import_sklearn_in_background(plans)  # its t-SNEs and classifier
     os.makedirs(config.workdir, exist_ok=True)
     workdir_lib.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
     trained_by_size = {latent_dim: train_pair(config, latent_dim, dataset) for latent_dim in sizes}

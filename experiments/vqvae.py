@@ -82,23 +82,27 @@ def vae_baseline_config(config) -> tasks.VAEConfig:
     return stage_config(tasks.VAEConfig, config, os.path.join(config.workdir, "vae_baseline"), config.vae_epochs)
 
 
-def check_workdirs(config) -> None:
-    """Every stage's workdir, checked before any data is loaded or anything is trained (one-line errors)."""
+def check_workdirs(config) -> list[workdir_lib.WorkdirPlan]:
+    """Every stage's workdir, checked before any data is loaded or anything is trained (one-line errors);
+    returns their plans."""
+    plans = []
     for _, variant in config.variants():
         vq_config, prior_config = stage_configs(variant, variant.workdir)
-        workdir_lib.check_workdir(vq_config)
+        plans.append(workdir_lib.check_workdir(vq_config))
         if config.prior_epochs:
-            workdir_lib.check_workdir(prior_config)
+            plans.append(workdir_lib.check_workdir(prior_config))
     if config.vae_epochs and not config.vae_workdir:
-        workdir_lib.check_workdir(vae_baseline_config(config))
+        plans.append(workdir_lib.check_workdir(vae_baseline_config(config)))
+    return plans
 
 
 @user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
 def main(argv=None) -> dict:
     config = parse_config(VQVAEExperimentConfig, argv, description=__doc__.split("\n\n")[0])
-    check_workdirs(config)
+    plans = check_workdirs(config)
     dataset = runner.load_data(config)
     config.validate_for(dataset.image_shape)
+    latent_metrics.import_sklearn_in_background(plans)  # its classifier
     baseline = vae_baseline_config(config) if config.vae_epochs else None
     vae_key = jax.random.fold_in(jax.random.key(config.seed), 3)
     vae_images = vq_report.vae_samples(config.vae_workdir, baseline, dataset, vae_key, config.num_samples)

@@ -96,3 +96,20 @@ def test_after_training_counts_every_second_once_the_analyses_began():
     outer_end = time.time()
     grown = phases.after_training() - first
     assert inner_end - inner_start - 1e-6 <= grown <= outer_end - outer_start + 1e-6
+
+
+def test_scikit_learn_is_imported_beside_training_only_when_a_run_has_epochs_to_train():
+    """A fresh interpreter: plans with epochs to train start the import in a thread, and when it ends the
+    analyses' estimators are loaded; plans with nothing to train import nothing (a rerun reuses its report)."""
+    code = (
+        "import sys, types\n"
+        "from vae_jax import latent_metrics\n"
+        "idle = types.SimpleNamespace(nothing_to_train=True)\n"
+        "busy = types.SimpleNamespace(nothing_to_train=False)\n"
+        "print(latent_metrics.import_sklearn_in_background([idle, idle]), 'sklearn' in sys.modules)\n"
+        "thread = latent_metrics.import_sklearn_in_background([idle, busy])\n"
+        "thread.join(60)\n"
+        "print(thread.daemon, [m in sys.modules for m in latent_metrics.SKLEARN_MODULES])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["None False", "True [True, True, True]"]

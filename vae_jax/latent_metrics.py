@@ -11,8 +11,11 @@ in the KL term (the AE's ``bce`` is the VAE's Bernoulli NLL).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +112,29 @@ def nearest_neighbor_distance(queries: np.ndarray, references: np.ndarray, chunk
 def _nearest(q, r, r_sq):  # [n, d], [M, d], [M] -> [n]; the references are inputs, not constants of the program
     d2 = jnp.sum(q * q, axis=1)[:, None] + r_sq[None, :] - 2.0 * q @ r.T  # [n, M]
     return jnp.sqrt(jnp.maximum(jnp.min(d2, axis=1), 0.0))
+
+
+SKLEARN_MODULES = ("sklearn.manifold", "sklearn.mixture", "sklearn.linear_model")  # the analyses' estimators
+
+
+def import_sklearn_in_background(plans) -> threading.Thread | None:
+    """Starts importing :data:`SKLEARN_MODULES` in a daemon thread when any of ``plans`` (the
+    :class:`vae_jax.workdir.WorkdirPlan` of each run an experiment trains) has epochs to train; call it before
+    training. The import takes 1.5-2 s (scipy.stats and pandas come with it), which the user otherwise waits
+    for after the last epoch; here it runs beside compilation and training. A rerun with nothing to train
+    reuses its report, and the import would only slow it. A module that fails to import is left for the
+    analysis that imports it to report; a process that ends first does not wait for the thread."""
+    if all(plan.nothing_to_train for plan in plans):
+        return None
+
+    def run():
+        with contextlib.suppress(Exception):
+            for name in SKLEARN_MODULES:
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=run, name="import-sklearn", daemon=True)
+    thread.start()
+    return thread
 
 
 def cached_by_inputs(name: str, build_fn, arrays: tuple, **settings) -> tuple:
