@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from vae_jax import latent_metrics, runner
+from vae_jax import distributed, latent_metrics, latent_views, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
@@ -66,8 +66,18 @@ def main(argv=None) -> dict:
     latent_metrics.import_sklearn_in_background(plans)  # its t-SNEs and classifier
     os.makedirs(config.workdir, exist_ok=True)
     workdir_lib.write_json(os.path.join(config.workdir, "config.json"), dataclasses.asdict(config))
-    trained_by_size = {latent_dim: train_pair(config, latent_dim, dataset) for latent_dim in sizes}
-    return runner.report_on_main(config.workdir, lambda: latent_space_report.report(config, dataset, trained_by_size))
+    will_train = not all(plan.nothing_to_train for plan in plans)  # else the report is reused: no t-SNE
+    with latent_views.analysis_threads(2) as pool:
+        trained, tsne = {}, None
+        for latent_dim in sorted(sizes, reverse=True):  # the t-SNEs' pair first: they run beside the 2-D training
+            trained[latent_dim] = train_pair(config, latent_dim, dataset)
+            if latent_dim != 2 and will_train and distributed.is_main_process():
+                codes = {latent_dim: latent_space_report.encode_test_images(trained[latent_dim], dataset.x_test)}
+                tsne = latent_space_report.submit_tsnes(pool, config, codes, len(dataset.x_test))
+        trained_by_size = {latent_dim: trained[latent_dim] for latent_dim in sizes}
+        return runner.report_on_main(
+            config.workdir, lambda: latent_space_report.report(config, dataset, trained_by_size, tsne)
+        )
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ SAME_PATH_AS = {
     "autoencoder": "vae",
     # check every matched_configs sub-workdir, load_data, write config.json, train the AE and the VAE of a
     # latent size into their sub-workdirs, report_on_main: latent_sweep does all that, and measures in every
-    # process before its report
+    # process before its report (latent_space's process 0 alone encodes the test images and starts its t-SNEs
+    # between the two pairs, on host-sliced params, as its report does; its TINY settings skip the t-SNE)
     "latent_space": "latent_sweep",
     # check every setting's sub-workdir before loading, train each into it (one setting here), report on top:
     # latent_sweep checks sub-workdirs before loading, and hvae trains two runs into sub-workdirs and reports on top

@@ -25,10 +25,11 @@ def latent_plane_grid(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray
     return np.stack(np.meshgrid(z0, z1), axis=-1).reshape(-1, 2), z0, z1
 
 
-def report(config, dataset, trained_by_size: dict) -> dict:
+def report(config, dataset, trained_by_size: dict, tsne: dict | None = None) -> dict:
     """Sample quality, figures, ``summary.json`` and the result lines (process 0 alone); returns the summary,
     reused on a rerun on the same checkpoints, data and settings. ``trained_by_size`` maps each latent size
-    to ``{kind: (model, params)}``."""
+    to ``{kind: (model, params)}``; ``tsne``: :func:`submit_tsnes`'s futures when the t-SNEs were started
+    earlier (else they start here)."""
     params = {f"{kind}_z{dim}": p for dim, trained in trained_by_size.items() for kind, (_, p) in trained.items()}
     fingerprint = workdir_lib.report_fingerprint(
         params, {"config": dataclasses.asdict(config), "dataset": dataset.summary()}
@@ -36,27 +37,40 @@ def report(config, dataset, trained_by_size: dict) -> dict:
     summary = workdir_lib.reuse_or_compute(
         os.path.join(config.workdir, "summary.json"),
         fingerprint,
-        lambda: (measure_and_draw(config, dataset, trained_by_size), None),  # it lists its figures
+        lambda: (measure_and_draw(config, dataset, trained_by_size, tsne), None),  # it lists its figures
     )
     print_results(summary, config.workdir)
     return summary
 
 
-def measure_and_draw(config, dataset, trained_by_size: dict) -> dict:
+def submit_tsnes(pool, config, codes_by_size: dict, num_test: int) -> dict:
+    """``{panel title: future}``: the t-SNE of each model's test codes ``codes_by_size[dim][kind]`` of every
+    latent size but 2 (``config.tsne_points`` of the ``num_test`` test images, a fixed draw), one job each."""
+    idx = tsne_indices(config, num_test)
+    return {
+        f"{NAMES[kind]} ({dim}-D)": pool.submit(latent_views.tsne_2d, codes[idx], config.seed)
+        for dim, by_kind in codes_by_size.items()
+        if dim != 2
+        for kind, codes in by_kind.items()
+    }
+
+
+def tsne_indices(config, num_test: int) -> np.ndarray:
+    return np.random.default_rng(config.seed).permutation(num_test)[: config.tsne_points]
+
+
+def encode_test_images(trained: dict, x_test: np.ndarray) -> dict:
+    """``{kind: codes [N, D]}`` of the test images under each model of ``trained`` (``{kind: (model, params)}``)."""
+    return {kind: latent_metrics.encode(kind, model, params, x_test) for kind, (model, params) in trained.items()}
+
+
+def measure_and_draw(config, dataset, trained_by_size: dict, tsne: dict | None = None) -> dict:
     """Sample quality and figures; returns the summary. The t-SNEs run beside the rest, one thread each."""
     x_train, x_test, y_test = dataset.x_train_first(), dataset.x_test, dataset.y_test  # 10,000 at most
-    codes = {
-        dim: {k: latent_metrics.encode(k, m, p, x_test) for k, (m, p) in t.items()}
-        for dim, t in trained_by_size.items()
-    }
-    idx = np.random.default_rng(config.seed).permutation(len(x_test))[: config.tsne_points]
+    codes = {dim: encode_test_images(trained, x_test) for dim, trained in trained_by_size.items()}
+    idx = tsne_indices(config, len(x_test))
     with latent_views.analysis_threads(2) as pool:
-        tsne = {
-            f"{NAMES[kind]} ({dim}-D)": pool.submit(latent_views.tsne_2d, c[idx], config.seed)
-            for dim, by_kind in codes.items()
-            if dim != 2
-            for kind, c in by_kind.items()
-        }
+        tsne = submit_tsnes(pool, config, codes, len(x_test)) if tsne is None else tsne
         classifier = latent_metrics.fit_digit_classifier(dataset.train_pixels, dataset.y_train, seed=config.seed)
         reference = {
             "classifier_test_accuracy": float(classifier.score(x_test.reshape(len(x_test), -1), y_test)),
