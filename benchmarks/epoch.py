@@ -74,7 +74,7 @@ class RunnerPath:
 
         _, self.task = task_fn(config, x.shape[1:])
         self.config = config
-        self.optimizer = runner.make_optimizer(config)
+        self.optimizer = train.make_optimizer(config)
         self.seeds = config.seed_list()
         self.plan = parallel.make_plan(len(self.seeds), config.batch_size, config.devices)
         self.epoch_loop = parallel.choose_epoch_loop(

@@ -24,8 +24,9 @@ import numpy as np
 from vae_jax import corruption, evaluate, plots, runner, tasks
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, parse_config, user_errors
+from vae_jax.cli import parse_config, user_errors
 from vae_jax.data import DataError
+from vae_jax.errors import ConfigError
 
 NUM_SHOWN = 10
 VARIANT_LOSS_KEYS = {"masked": ("test_masked_recon", "test_all_recon"), "contractive": ("test_penalty",)}

@@ -23,8 +23,9 @@ import numpy as np
 from vae_jax import runner, schedules, tasks
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, field, parse_config, require, require_list, user_errors
+from vae_jax.cli import parse_config, user_errors
 from vae_jax.data import DataError
+from vae_jax.errors import ConfigError, field, require, require_list
 from vae_jax.reports import beta_vae as beta_vae_report
 
 

@@ -19,8 +19,9 @@ import jax
 from vae_jax import diagnostics, latent_metrics, latent_views, plots, runner, tasks
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, parse_config, user_errors
+from vae_jax.cli import parse_config, user_errors
 from vae_jax.data import DataError
+from vae_jax.errors import ConfigError
 from vae_jax.tasks import conv_vae
 
 

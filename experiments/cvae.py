@@ -26,8 +26,9 @@ from vae_jax import classifier as classifier_lib
 from vae_jax import plots, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, parse_config, user_errors
+from vae_jax.cli import parse_config, user_errors
 from vae_jax.data import DataError
+from vae_jax.errors import ConfigError
 from vae_jax.tasks import cvae
 
 SAMPLES_PER_CLASS = 100

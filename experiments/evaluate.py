@@ -26,7 +26,8 @@ from vae_jax import cli, evaluate, parallel, trained
 from vae_jax import data as data_lib
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, user_errors
+from vae_jax.cli import user_errors
+from vae_jax.errors import ConfigError
 from vae_jax.reports import evaluation
 
 

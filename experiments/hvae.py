@@ -29,8 +29,9 @@ import os
 from vae_jax import runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
+from vae_jax.cli import parse_config, user_errors
 from vae_jax.data import DataError
+from vae_jax.errors import ConfigError, field, require
 from vae_jax.reports import hvae as hvae_report
 from vae_jax.reports.hvae import EVAL_IWAE_K
 from vae_jax.tasks import hvae

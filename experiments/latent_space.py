@@ -19,8 +19,9 @@ import os
 from vae_jax import distributed, latent_metrics, latent_views, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
+from vae_jax.cli import parse_config, user_errors
 from vae_jax.data import DataError
+from vae_jax.errors import ConfigError, field, require
 from vae_jax.reports import latent_space as latent_space_report
 
 

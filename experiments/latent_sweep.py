@@ -23,8 +23,9 @@ import numpy as np  # noqa: E402
 from vae_jax import evaluate, latent_metrics, plots, runner  # noqa: E402
 from vae_jax import workdir as workdir_lib  # noqa: E402
 from vae_jax.checkpoint import CheckpointError  # noqa: E402
-from vae_jax.cli import ConfigError, field, parse_config, require_list, user_errors  # noqa: E402
+from vae_jax.cli import parse_config, user_errors  # noqa: E402
 from vae_jax.data import DataError  # noqa: E402
+from vae_jax.errors import ConfigError, field, require_list
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,8 +21,9 @@ import numpy as np
 from vae_jax import linear_ae, plots, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, parse_config, user_errors
+from vae_jax.cli import parse_config, user_errors
 from vae_jax.data import DataError
+from vae_jax.errors import ConfigError
 
 
 def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_deg) -> list[str]:

@@ -19,8 +19,9 @@ import numpy as np
 
 from vae_jax import cli, plots, runner, trained
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, user_errors
+from vae_jax.cli import user_errors
 from vae_jax.data import DataError, pixels_to_float
+from vae_jax.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:

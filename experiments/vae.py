@@ -19,8 +19,9 @@ import numpy as np
 from vae_jax import diagnostics, linear_ae, runner, tasks
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, parse_config, user_errors
+from vae_jax.cli import parse_config, user_errors
 from vae_jax.data import DataError
+from vae_jax.errors import ConfigError
 
 MANIFOLD_SIDE = 15  # decodings per side of the latent-manifold grid
 INTERPOLATION_CANDIDATES = 200  # test digits searched for informative interpolation endpoints

@@ -24,11 +24,12 @@ import os
 
 import jax
 
-from vae_jax import latent_metrics, runner, tasks
+from vae_jax import latent_metrics, protocol, runner, tasks
 from vae_jax import workdir as workdir_lib
 from vae_jax.checkpoint import CheckpointError
-from vae_jax.cli import ConfigError, field, parse_config, require, user_errors
+from vae_jax.cli import parse_config, user_errors
 from vae_jax.data import DataError
+from vae_jax.errors import ConfigError, field, require
 from vae_jax.reports import vqvae as vq_report
 from vae_jax.tasks import prior as prior_lib
 from vae_jax.tasks import vqvae as vq
@@ -55,7 +56,7 @@ class VQVAEExperimentConfig(vq.VQVAEConfig):
 def stage_config(cls, config, workdir: str, epochs: int, **settings):
     """A later stage's config (the prior, the VAE baseline): ``config``'s training settings, one seed,
     ``epochs``, a checkpoint every 5 epochs (the newest kept), in ``workdir``."""
-    common = {f.name: getattr(config, f.name) for f in dataclasses.fields(runner.TrainConfig)}
+    common = {f.name: getattr(config, f.name) for f in dataclasses.fields(protocol.TrainConfig)}
     stage = {"seeds": "", "epochs": epochs, "checkpoint_every": 5, "keep_checkpoints": 1, "workdir": workdir}
     return cls(**{**common, **stage, **settings})
 

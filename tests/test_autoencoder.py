@@ -12,7 +12,7 @@ import pytest
 
 from experiments import autoencoder as ae_experiment
 from vae_jax import evaluate, runner, tasks
-from vae_jax.cli import ConfigError
+from vae_jax.errors import ConfigError
 from vae_jax.models.autoencoder import AutoEncoder, conv_level_sizes, init_params
 
 

@@ -104,13 +104,12 @@ def test_the_initial_state_compiled_to_run_once_equals_xlas_default_compile_bit_
     import jax
     import jax.numpy as jnp
 
-    from vae_jax import runner
     from vae_jax import train as train_lib
     from vae_jax.tasks import conv_vae
 
     config = conv_vae.ConvVAEConfig(channels=(4,), hidden=0, latent_dim=2)
     _, task = conv_vae.conv_vae_task(config, (16, 16, 1))
-    optimizer = runner.make_optimizer(config)
+    optimizer = train_lib.make_optimizer(config)
     init_keys = jax.vmap(train_lib.run_keys)(jnp.asarray([3, 4])).init
     monkeypatch.setenv("XLA_FLAGS", "")  # as for a user: the run-once options apply
     train_lib._jitted_init.cache_clear()
@@ -151,12 +150,12 @@ def test_a_run_once_program_called_inside_a_traced_function_compiles_with_it(mon
     batched = jax.vmap(noise, in_axes=(None, 0))(key, jnp.asarray([1.0, 2.0]))
     np.testing.assert_allclose(np.asarray(batched)[1], expected, rtol=1e-6)
 
-    from vae_jax import runner, tasks  # the runner's initial state, traced (as the benchmark does)
+    from vae_jax import tasks  # the runner's initial state, traced (as the benchmark does)
     from vae_jax import train as train_lib
 
     config = tasks.VAEConfig(latent_dim=2, hidden=(8,))
     _, task = tasks.vae_task(config, (4, 4, 1))
-    optimizer, init_keys = runner.make_optimizer(config), jax.vmap(train_lib.run_keys)(jnp.asarray([0])).init
+    optimizer, init_keys = train_lib.make_optimizer(config), jax.vmap(train_lib.run_keys)(jnp.asarray([0])).init
     train_lib._jitted_init.cache_clear()
     state = jax.eval_shape(lambda: train_lib.init_replicated_state(task.init_params, optimizer, init_keys))
     train_lib._jitted_init.cache_clear()

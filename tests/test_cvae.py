@@ -11,7 +11,7 @@ from scipy import stats
 from vae_jax import classifier as classifier_lib
 from vae_jax import data as data_lib
 from vae_jax import objectives
-from vae_jax.cli import ConfigError
+from vae_jax.errors import ConfigError
 from vae_jax.models.cvae import CVAE, init_params
 from vae_jax.tasks import cvae
 

@@ -414,7 +414,7 @@ def test_a_workdir_saved_before_image_size_existed_still_resumes(tmp_path):
 
     from vae_jax import tasks
     from vae_jax import workdir as workdir_lib
-    from vae_jax.cli import ConfigError
+    from vae_jax.errors import ConfigError
 
     config = tasks.VAEConfig(latent_dim=2, hidden=(8,), workdir=str(tmp_path))
     saved = workdir_lib.config_record(config)  # what a run writes into config.json

@@ -98,11 +98,11 @@ TRAIN_SOURCE = textwrap.dedent("""
 RUN_SCRIPT = TRAIN_SOURCE + textwrap.dedent("""
     import json, sys
     import os
-    from vae_jax import checkpoint, cli, faults
+    from vae_jax import checkpoint, cli, errors, faults
     workdir, epochs, distributed, seeds, stream = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5] == "1"
     spec = sys.argv[6]
     workdir = workdir.replace("PROCESS", os.environ.get("JAX_PROCESS_ID", "0"))  # a workdir per process (tests)
-    main = cli.user_errors(cli.ConfigError, data.DataError, checkpoint.CheckpointError)(
+    main = cli.user_errors(errors.ConfigError, data.DataError, checkpoint.CheckpointError)(
         lambda: print("RESULT" + json.dumps(train(workdir, epochs, distributed, seeds, stream, spec))))
     main()
 """)

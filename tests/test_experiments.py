@@ -152,7 +152,7 @@ def test_distributed_starts_jax_distributed_as_soon_as_the_flags_are_parsed(monk
 
 def test_the_peer_timeout_comes_from_the_environment_and_a_bad_value_is_one_line(monkeypatch):
     from vae_jax import distributed
-    from vae_jax.cli import ConfigError
+    from vae_jax.errors import ConfigError
 
     monkeypatch.delenv("VAE_JAX_PEER_TIMEOUT_S", raising=False)
     assert distributed.peer_timeout_s() == distributed.PEER_TIMEOUT_S == 60.0

@@ -28,7 +28,7 @@ import pytest
 
 from vae_jax import checkpoint, faults, runner, tasks, train
 from vae_jax import workdir as workdir_lib
-from vae_jax.runner import Task, TrainConfig
+from vae_jax.protocol import Task, TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -302,7 +302,7 @@ def test_decode_once_writes_a_mapped_copy_that_equals_the_folder_and_is_reused_u
 
 def test_decode_once_errors_are_one_line(tmp_path):
     from vae_jax import runner, tasks
-    from vae_jax.cli import ConfigError
+    from vae_jax.errors import ConfigError
 
     _save(str(tmp_path / "faces" / "a.png"), np.zeros((8, 8), np.uint8))
     _save(str(tmp_path / "faces" / "b.png"), np.zeros((8, 8), np.uint8))

@@ -63,7 +63,7 @@ def test_flag_tables_list_every_config_field():
         import flagtable
     finally:
         sys.path.pop(0)
-    from vae_jax.runner import TrainConfig
+    from vae_jax.protocol import TrainConfig
     from vae_jax.tasks.vae import VAEConfig, VAEObjectiveConfig
 
     expected = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(VAEConfig)}

@@ -15,7 +15,7 @@ import pytest
 from jax import lax
 
 from vae_jax import evaluate, parallel, runner, tasks, train
-from vae_jax.cli import ConfigError
+from vae_jax.errors import ConfigError
 from vae_jax.tasks import conv_vae
 
 BATCH = 64

@@ -10,7 +10,7 @@ import pytest
 
 from vae_jax import data as data_lib
 from vae_jax import runner
-from vae_jax.cli import ConfigError
+from vae_jax.errors import ConfigError
 from vae_jax.models.pixelcnn import MaskedConv, PixelCNN, causal_mask, init_params, mask_taps
 from vae_jax.tasks import prior
 

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from vae_jax import checkpoint, faults, runner, tasks, train
-from vae_jax.runner import Task, TrainConfig
+from vae_jax.protocol import Task, TrainConfig
 
 
 def small_config(workdir, **overrides):

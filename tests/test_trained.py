@@ -27,7 +27,7 @@ from vae_jax import classifier as classifier_lib
 from vae_jax import data as data_lib
 from vae_jax import evaluate, export_run, load_run
 from vae_jax import workdir as workdir_lib
-from vae_jax.cli import ConfigError
+from vae_jax.errors import ConfigError
 from vae_jax.tasks import cvae, vae
 from vae_jax.tasks import prior as prior_lib
 from vae_jax.tasks import vqvae as vq

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import checkpoint, cli, evaluate, runner, train
+from vae_jax import checkpoint, cli, errors, evaluate, runner, train
 from vae_jax.tasks import vqvae as vq
 
 TINY = dict(codebook_size=16, code_dim=4, channels=(8, 16), res_blocks=0, batch_size=32, progress=False)
@@ -48,9 +48,9 @@ def test_presets_and_flag_errors():
         ({"dead_code_steps": (-1,)}, "--dead-code-steps"),
         ({"ema_rule": "haiku"}, "--ema-rule"),
     ):
-        with pytest.raises(cli.ConfigError, match=flag):
+        with pytest.raises(errors.ConfigError, match=flag):
             vq.VQVAEConfig(**bad).validate()
-    with pytest.raises(cli.ConfigError, match="divisible by 4"):
+    with pytest.raises(errors.ConfigError, match="divisible by 4"):
         vq.VQVAEConfig().validate_for((30, 30, 1))
 
 
@@ -137,7 +137,7 @@ def test_the_ema_codebook_is_outside_the_optimizer_and_weight_decay_never_moves_
 def test_ema_train_step_moves_used_codes_and_evaluation_changes_nothing(tmp_path, mnist_small, rule):
     config = _config(tmp_path, codebook="ema", dead_code_steps=(0,), ema_rule=rule)
     model, task = vq.vqvae_task(config, mnist_small.image_shape)
-    optimizer = runner.make_optimizer(config)
+    optimizer = train.make_optimizer(config)
     params = task.init_params(jax.random.key(0))
     state = train.init_train_state(params, optimizer, task.init_model_state(params))
     codebook0 = np.asarray(params["codebook"])

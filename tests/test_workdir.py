@@ -15,10 +15,10 @@ import pytest
 
 from experiments import evaluate as evaluate_exp
 from experiments import vae as vae_exp
-from vae_jax import data, parallel, runner, tasks
+from vae_jax import data, parallel, protocol, runner, tasks
 from vae_jax import train as train_lib
 from vae_jax import workdir as workdir_lib
-from vae_jax.runner import Task
+from vae_jax.protocol import Task
 
 SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "64", "--checkpoint-every", "1"]
 
@@ -216,9 +216,9 @@ def test_divergence_message_says_no_checkpoint_when_there_is_none(tmp_path, mnis
     settings = dict(
         batch_size=64, epochs=2, workdir=str(tmp_path / "run"), progress=False, checkpoint_every=5, eval_batch_size=64
     )
-    if "max_consecutive_skips" in {f.name for f in dataclasses.fields(runner.TrainConfig)}:
+    if "max_consecutive_skips" in {f.name for f in dataclasses.fields(protocol.TrainConfig)}:
         settings["max_consecutive_skips"] = 0  # stop at the end of the epoch, with no step-level guard
-    config = runner.TrainConfig(**settings)
+    config = protocol.TrainConfig(**settings)
 
     def nan_loss(params, batch, key, step):  # a one-parameter model whose loss is NaN from the start
         loss = jnp.mean(batch["x"]) * params["w"] * jnp.nan

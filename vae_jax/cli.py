@@ -15,7 +15,7 @@ import sys
 import textwrap
 import typing
 
-from vae_jax.errors import ConfigError, RunStopped, field, flag, require, require_list  # noqa: F401 (re-exported)
+from vae_jax.errors import ConfigError, RunStopped, flag
 
 _TUPLE_ITEMS = {int: ("integers", "N,N,..."), float: ("numbers", "X,X,..."), str: ("names", "NAME,NAME,...")}
 

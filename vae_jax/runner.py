@@ -29,7 +29,7 @@ from vae_jax import train as train_lib
 from vae_jax import workdir as workdir_lib
 from vae_jax.distributed import log
 from vae_jax.errors import ConfigError
-from vae_jax.protocol import Task, TrainConfig  # noqa: F401 (re-exported: the names experiments know)
+from vae_jax.protocol import Task, TrainConfig
 from vae_jax.tasks import vqvae as vqvae_tasks
 
 
@@ -68,15 +68,12 @@ class TrainResult:
         return jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a)[replica], self.state.params))
 
 
-make_optimizer = train_lib.make_optimizer  # the optimizer the config's flags describe (re-exported)
-
-
 def task_optimizer(config: TrainConfig, task: Task, total_steps: int | None = None) -> optax.GradientTransformation:
     """The task's own optimizer (``task.optimizer``) if it has one, else the config's, which leaves the params
     that ``task.not_trained`` marks alone."""
     if task.optimizer is not None:
         return task.optimizer
-    optimizer = make_optimizer(config, total_steps)
+    optimizer = train_lib.make_optimizer(config, total_steps)
     if task.not_trained is None:
         return optimizer
 
