@@ -51,7 +51,9 @@ def largest_array_data_file(step_dir) -> str:
 
 
 def same_leaves(a, b) -> bool:
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return all(
+        np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+    )
 
 
 def test_orbax_alone_restores_a_flipped_array_byte_as_other_values_and_restore_epoch_refuses_it(saved):

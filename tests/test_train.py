@@ -241,7 +241,7 @@ def test_the_skipping_optimizer_equals_plain_adam_on_finite_steps(max_consecutiv
         assert float(metrics["skipped"]) == 0.0
     np.testing.assert_array_equal(state.params["w"], plain_params["w"])
     for got, want in zip(
-        jax.tree_util.tree_leaves(state.opt_state.inner_state), jax.tree_util.tree_leaves(plain_state)
+        jax.tree_util.tree_leaves(state.opt_state.inner_state), jax.tree_util.tree_leaves(plain_state), strict=True
     ):
         np.testing.assert_array_equal(got, want)
     assert int(state.opt_state.total_notfinite) == 0 and bool(state.opt_state.last_finite)
@@ -262,7 +262,7 @@ def test_a_nan_gradient_step_is_skipped_and_counted():
         )
         if i == 2:  # nothing moved: params, Adam's count and moments as they were
             after = jax.tree_util.tree_map(np.array, (state.params, state.opt_state.inner_state))
-            for got, want in zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before)):
+            for got, want in zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before), strict=True):
                 np.testing.assert_array_equal(got, want)
     assert seen == [(0.0, 0, 0), (0.0, 0, 0), (1.0, 1, 1), (0.0, 0, 1)]
     assert int(state.step) == 4 and int(state.opt_state.inner_state[0].count) == 3
