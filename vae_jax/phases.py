@@ -63,10 +63,11 @@ def _close_segment() -> None:
     """Counts the time since the last mark under the phase on top, less the compilation in it."""
     global _since
     now = time.time()
-    compiled = _compiling["since_mark"]
+    # Programs compiled in several threads at once report more compile seconds than passed: at most the wall.
+    compiled = min(_compiling["since_mark"], now - _since)
     _compiling["since_mark"] = 0.0
     name = _stack[-1]
-    _totals[name] = _totals.get(name, 0.0) + max(now - _since - compiled, 0.0)
+    _totals[name] = _totals.get(name, 0.0) + now - _since - compiled
     _totals["compilation"] = _totals.get("compilation", 0.0) + compiled
     _since = now
 

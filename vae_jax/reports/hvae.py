@@ -7,6 +7,7 @@ draws the figures; :func:`print_results` writes the result lines.
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import dataclasses
 import functools
 import os
@@ -114,32 +115,40 @@ def paired_difference(vae_nll: np.ndarray, hvae_nll: np.ndarray) -> dict:
 
 def compare(config, vae_config, top_workdir: str, dataset, trained: dict, iwae_examples: int) -> dict:
     """Evaluates both models on the test split and draws the figures; returns the comparison. ``trained`` maps
-    ``hvae`` and ``vae`` to ``(model, task, TrainResult, parameter count)``."""
+    ``hvae`` and ``vae`` to ``(model, task, TrainResult, parameter count)``.
+
+    The two models are evaluated in two threads at once: each one's programs compile while the other's compile
+    or run (same keys and programs as one after the other, so the same numbers).
+    """
     (h_model, h_task, h_result, hvae_params), (v_model, v_task, v_result, vae_params) = trained["hvae"], trained["vae"]
     key = jax.random.key(config.seed)
-    h_collapse = hvae.collapse_diagnostics(h_model, h_result.params(0), dataset.x_test, key)
-    v_collapse = {"z": diagnostics.vae_collapse_diagnostics(v_model, v_result.params(0), dataset.x_test, key)}
+
+    def evaluate_hvae() -> dict:
+        collapse = hvae.collapse_diagnostics(h_model, h_result.params(0), dataset.x_test, key)
+        parts = hvae.hvae_eval_parts(h_model, h_task, config)
+        return evaluate_model(parts, h_result, config, collapse, iwae_examples)
+
+    def evaluate_vae() -> dict:
+        collapse = {"z": diagnostics.vae_collapse_diagnostics(v_model, v_result.params(0), dataset.x_test, key)}
+        parts = evaluate.gaussian_vae_parts(v_model, v_task.eval_fn, vae_config.likelihood, vae_config.decoder_logvar)
+        return evaluate_model(parts, v_result, vae_config, collapse, iwae_examples)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        h_metrics, v_metrics = pool.submit(evaluate_hvae), pool.submit(evaluate_vae)
+        h_metrics, v_metrics = h_metrics.result(), v_metrics.result()
     comparison = {
         "hvae": {
             "params": hvae_params,
             "latent_dims": {"z1": config.latent_dim, "z2": config.top_latent_dim},
             "hidden": list(config.hidden),
             "top_hidden": list(config.top_hidden),
-            **evaluate_model(
-                hvae.hvae_eval_parts(h_model, h_task, config), h_result, config, h_collapse, iwae_examples
-            ),
+            **h_metrics,
         },
         "vae": {
             "params": vae_params,
             "latent_dims": {"z": vae_config.latent_dim},
             "hidden": list(vae_config.hidden),
-            **evaluate_model(
-                evaluate.gaussian_vae_parts(v_model, v_task.eval_fn, vae_config.likelihood, vae_config.decoder_logvar),
-                v_result,
-                vae_config,
-                v_collapse,
-                iwae_examples,
-            ),
+            **v_metrics,
         },
         "epochs": config.epochs,
         "seed": h_result.seeds[0],
