@@ -8,7 +8,8 @@ import textwrap
 
 import numpy as np
 
-from vae_jax import caches, data
+from vae_jax import compiling, data
+from vae_jax.data import caches
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,10 +65,10 @@ def test_embedded_mnist_from_the_cache_equals_a_fresh_parse(tmp_path, monkeypatc
 COMPILE_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp
-    from vae_jax import caches
+    from vae_jax import compiling
     events = []
     jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
-    caches.enable_compilation_cache(sys.argv[1])
+    compiling.enable_compilation_cache(sys.argv[1])
     f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
     f(jnp.ones((8, 8))).block_until_ready()
     print("RESULT" + json.dumps({"hits": events.count("/jax/compilation_cache/cache_hits")}))
@@ -93,9 +94,11 @@ def test_a_second_process_loads_its_programs_from_the_compilation_cache(tmp_path
 
 def test_run_once_options_lower_the_cpu_optimisation_level_unless_xla_flags_set_it(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-    assert caches.run_once_compiler_options() == {"xla_backend_optimization_level": caches.RUN_ONCE_OPTIMIZATION_LEVEL}
+    assert compiling.run_once_compiler_options() == {
+        "xla_backend_optimization_level": compiling.RUN_ONCE_OPTIMIZATION_LEVEL
+    }
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")  # the user's choice wins
-    assert caches.run_once_compiler_options() is None
+    assert compiling.run_once_compiler_options() is None
 
 
 def test_the_initial_state_compiled_to_run_once_equals_xlas_default_compile_bit_for_bit(monkeypatch):
@@ -138,7 +141,7 @@ def test_a_run_once_program_called_inside_a_traced_function_compiles_with_it(mon
 
     monkeypatch.setenv("XLA_FLAGS", "")  # as for a user: the run-once options apply at top level
 
-    @caches.jit_run_once
+    @compiling.jit_run_once
     def noise(key, scale):
         return scale * jax.random.normal(key, (3,))
 

@@ -13,7 +13,7 @@ import pytest
 from vae_jax import runner
 from vae_jax.cli import parse_config
 from vae_jax.errors import ConfigError
-from vae_jax.models.conv_vae import init_params
+from vae_jax.models.vae import init_params
 from vae_jax.tasks.conv_vae import ConvVAEConfig, build_conv_vae, conv_vae_task
 
 

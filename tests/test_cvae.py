@@ -12,7 +12,8 @@ from vae_jax import classifier as classifier_lib
 from vae_jax import data as data_lib
 from vae_jax import objectives
 from vae_jax.errors import ConfigError
-from vae_jax.models.cvae import CVAE, init_params
+from vae_jax.models.cvae import CVAE
+from vae_jax.models.vae import init_params
 from vae_jax.tasks import cvae
 
 D, K = 3, 4

@@ -79,7 +79,7 @@ TRAIN_SOURCE = textwrap.dedent("""
                                  checkpoint_every=int(os.environ.get("CHECKPOINT_EVERY", "1")),
                                  distributed=distributed, seeds=seeds, stream=stream, dataset=spec or "npz:")
         # runner.load_data: when distributed, process 0 decodes a folder into the workdir, every process maps that
-        mapped = os.path.join(workdir, runner.DECODED_DATA)
+        mapped = os.path.join(workdir, data.DECODED_DATA)
         if spec:
             ds = runner.load_data(config)
         else:

@@ -274,12 +274,12 @@ def test_decode_once_writes_a_mapped_copy_that_equals_the_folder_and_is_reused_u
     assert decoded.record() == direct.record()  # what data.json records: the same in every process
     for name in ("train_pixels", "y_train", "test_pixels", "y_test"):
         np.testing.assert_array_equal(getattr(decoded, name), getattr(direct, name))
-    copy = os.path.join(workdir, runner.DECODED_DATA)
-    assert data.read_npz_notes(copy)["key"] == runner.decoded_data_key(config())
-    reread = runner.decoded_copy(config())  # what experiments.evaluate reads for this run
+    copy = os.path.join(workdir, data.DECODED_DATA)
+    assert data.read_npz_notes(copy)["key"] == data.decoded_data_key(config())
+    reread = data.decoded_copy(config())  # what experiments.evaluate reads for this run
     assert reread.memory_mapped and reread.source == spec
     np.testing.assert_array_equal(reread.test_pixels, direct.test_pixels)
-    assert runner.decoded_copy(config(image_size=8)) is None  # another key: not this copy
+    assert data.decoded_copy(config(image_size=8)) is None  # another key: not this copy
 
     decodes = []  # the folder's listings and headers read (what precedes each decode)
     real_plan = data.folder.plan_image_folder
@@ -329,10 +329,10 @@ def test_decode_once_keeps_the_source_and_keys_tfds_sets_by_whether_they_are_pre
     np.testing.assert_array_equal(decoded.test_pixels, direct.test_pixels)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     mnist = tasks.VAEConfig(dataset="mnist")
-    assert runner.decoded_data_key(mnist)["tfds_prepared"] is False  # offline: the embedded digits stand in
+    assert data.decoded_data_key(mnist)["tfds_prepared"] is False  # offline: the embedded digits stand in
     os.makedirs(tmp_path / "tfds" / "mnist" / "3.0.1")
     (tmp_path / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
-    assert runner.decoded_data_key(mnist)["tfds_prepared"] is True  # so a copy of the embedded ones is not reused
+    assert data.decoded_data_key(mnist)["tfds_prepared"] is True  # so a copy of the embedded ones is not reused
 
 
 def test_save_image_folder_npz_decodes_a_chunk_at_a_time_into_the_archive_save_npz_would_write(tmp_path):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from vae_jax.models.hvae import HVAE, init_params
+from vae_jax.models.hvae import HVAE
+from vae_jax.models.vae import init_params
 from vae_jax.tasks import hvae
 
 D1, D2 = 3, 2

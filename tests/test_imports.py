@@ -14,7 +14,7 @@ PACKAGE = REPO / "vae_jax"
 
 # Lowest first; a module may import from its own layer and the layers above it in this list.
 LAYERS = {
-    "base": ["errors", "arrays", "caches", "phases"],
+    "base": ["errors", "arrays", "compiling", "phases"],
     "maths": [
         "ops",
         "losses",
@@ -101,7 +101,7 @@ def imported_names(path: pathlib.Path) -> list[tuple[str, list[str]]]:
 
 
 def internal_imports(module: str, path: pathlib.Path) -> set[str]:
-    """The vae_jax modules importing ``path`` runs: ``from vae_jax import caches`` -> ``caches``;
+    """The vae_jax modules importing ``path`` runs: ``from vae_jax import compiling`` -> ``compiling``;
     ``from vae_jax.tasks import prior`` -> ``tasks.prior`` and the package ``tasks`` (its ``__init__`` runs
     first, unless the importer is inside that package). The root package (run by every import) is left out."""
     found = set()
@@ -128,7 +128,7 @@ GRAPH = {module: internal_imports(module, path) for module, path in MODULES.item
 def test_the_scan_sees_the_package_and_known_imports():
     assert len(MODULES) > 40
     assert {"tasks.vae", "protocol", "errors", "runner", "cli"} <= set(MODULES)
-    assert {"protocol", "errors", "models.vae", "objectives", "tasks.common"} <= GRAPH["tasks.vae"]
+    assert {"protocol", "errors", "models.vae", "objectives", "arrays"} <= GRAPH["tasks.vae"]
     assert {"errors", "distributed"} <= GRAPH["cli"]
     assert "tasks.vqvae" in GRAPH["runner"]  # a function-level import counts as much as a module-level one
     assert "arrays" in GRAPH["diagnostics"]  # (diagnostics imports it inside encode_posteriors)
@@ -206,6 +206,32 @@ def test_no_private_jax_imports(tmp_path):
         ("m.py", "jax._src.lib"),
         ("m.py", "jax._src.distributed"),
     }
+
+
+def unused_vae_jax_imports(path: pathlib.Path) -> set[str]:
+    """Names a module binds with ``from vae_jax... import`` and never reads: re-exports."""
+    tree = ast.parse(path.read_text(), str(path))
+    bound = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "vae_jax"
+        for alias in node.names
+    }
+    read = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    return bound - read
+
+
+def test_modules_import_each_name_from_where_it_is_defined(tmp_path):
+    # Only a package's __init__ gathers names for its users; a module imports what it uses and nothing to pass on.
+    modules = [p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"]
+    assert {str(p.relative_to(PACKAGE)): unused_vae_jax_imports(p) for p in modules} == {
+        str(p.relative_to(PACKAGE)): set() for p in modules
+    }
+    relative = [p for p in PACKAGE.rglob("*.py") for n in ast.walk(ast.parse(p.read_text())) if getattr(n, "level", 0)]
+    assert relative == []  # the scans above read absolute imports only
+    example = "from vae_jax.arrays import to_host  # passed on\nfrom vae_jax.errors import flag\nflag('x')\n"
+    (tmp_path / "m.py").write_text(example)
+    assert unused_vae_jax_imports(tmp_path / "m.py") == {"to_host"}
 
 
 def test_importing_the_data_package_loads_no_driver_module():

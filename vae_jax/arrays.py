@@ -1,7 +1,7 @@
 """Array helpers every layer may use: stored pixels to floats, device arrays to the host, batched model
 queries on host arrays (:func:`apply_in_batches`, padded to one batch shape).
 
-A base module (NumPy, JAX and :mod:`vae_jax.caches` only), below the maths, the train step, the data layer
+A base module (NumPy, JAX and :mod:`vae_jax.compiling` only), below the maths, the train step, the data layer
 and the driver that all call it (the layer table is in :mod:`vae_jax.protocol`).
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vae_jax import caches
+from vae_jax import compiling
 
 
 def pixels_to_float(x):
@@ -56,14 +56,14 @@ def bare_params(tree):
     return tree
 
 
-@caches.jit_run_once(static_argnums=(0, 1, 2))
+@compiling.jit_run_once(static_argnums=(0, 1, 2))
 def run_query(query, model, options: tuple, params, *arrays):
     """``query(model, params, *arrays, **dict(options))``, compiled once per (query, model, options, shapes)
-    by :func:`vae_jax.caches.jit_run_once`: queries run once or a few times per process (figures, diagnostics)."""
+    by :func:`vae_jax.compiling.jit_run_once`: queries run once or a few times per process (figures, diagnostics)."""
     return query(model, params, *arrays, **dict(options))
 
 
-@caches.jit_run_once(static_argnums=1)
+@compiling.jit_run_once(static_argnums=1)
 def _standard_normal(key, shape: tuple):
     import jax
 

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import caches
+from vae_jax import compiling
 from vae_jax.arrays import apply_in_batches
+from vae_jax.data import caches
 
 
 class MLPClassifier(nn.Module):
@@ -78,7 +79,7 @@ def train_classifier(
       x_train, x_test: ``[N, H, W, C]`` images in [0, 1].
       y_train, y_test: ``[N]`` int labels in ``[0, num_classes)``.
       key: the one key of the run (init and shuffling are split from it).
-      cache: keep the trained params and accuracy in the user cache (:func:`vae_jax.caches.cached_by_inputs`,
+      cache: keep the trained params and accuracy in the user cache (:func:`vae_jax.data.caches.cached_by_inputs`,
         keyed by the four arrays, the key, the settings and the library versions and backend): a later call
         with the same inputs loads them instead of training again.
     """
@@ -114,7 +115,7 @@ def _train(model, x_train, y_train, x_test, y_test, key, *, epochs, batch_size, 
     return trained
 
 
-@functools.partial(caches.jit_run_once, static_argnums=(0, 2))
+@functools.partial(compiling.jit_run_once, static_argnums=(0, 2))
 def _init_params(model: MLPClassifier, key: jax.Array, image_shape: tuple) -> dict:
     """``model``'s initial params, compiled as one program (the same bits as flax's ``init`` op by op)."""
     return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]

@@ -203,7 +203,7 @@ def user_errors(*error_types):
                 return main(*args, **kwargs)
             except RunStopped as err:
                 print(f"error: {err}", file=sys.stderr)
-                if getattr(err, "exit_immediately", False):  # vae_jax.faults.PeerLost: skip JAX's shutdown barrier
+                if getattr(err, "exit_immediately", False):  # vae_jax.errors.PeerLost: skip JAX's shutdown barrier
                     sys.stdout.flush()
                     sys.stderr.flush()
                     os._exit(err.exit_code)

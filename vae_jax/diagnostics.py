@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import caches, evaluate, losses
+from vae_jax import compiling, evaluate, losses
 from vae_jax.arrays import apply_in_batches
 
 # A dimension whose mean KL is below this (nats) counts as collapsed in the summary.
@@ -58,7 +58,7 @@ def aggregate_log_density(z: jax.Array, means: jax.Array, logvars: jax.Array, ch
     return jax.lax.map(one_chunk, z_chunks).reshape(-1)[:m]
 
 
-@caches.jit_run_once(static_argnums=2)
+@compiling.jit_run_once(static_argnums=2)
 def _mutual_information(key, i, num_samples: int, means, logvars):
     key = jax.random.split(key, num_samples)[i]  # draw i's key, split in the program (no eager compile)
     z = losses.reparameterize(key, means, logvars)  # [N, D]: one z ~ q(z|x_n) per image

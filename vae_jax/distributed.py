@@ -21,7 +21,6 @@ import sys
 import jax
 import numpy as np
 
-from vae_jax.arrays import to_host  # noqa: F401 (re-exported: the driver's name for it)
 from vae_jax.errors import ConfigError, ProcessStopped
 
 

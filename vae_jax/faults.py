@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from vae_jax.errors import ConfigError, PeerLost, ProcessStopped, RunStopped  # noqa: F401 (re-exported)
+from vae_jax.errors import ConfigError, RunStopped
 
 LOCK_NAME = ".lock"
 
@@ -164,9 +164,9 @@ def skip_limit_message(state, max_consecutive_skips: int, seeds: list[int], epoc
         return None
     import numpy as np  # local: this module stays importable without the numeric stack
 
-    from vae_jax import distributed  # the counters may be spread over several processes
+    from vae_jax import arrays  # the counters may be spread over several processes
 
-    consecutive, steps = (np.asarray(a) for a in distributed.to_host((state.opt_state.notfinite_count, state.step)))
+    consecutive, steps = (np.asarray(a) for a in arrays.to_host((state.opt_state.notfinite_count, state.step)))
     stopped = np.nonzero(consecutive >= max_consecutive_skips)[0]
     if stopped.size == 0:
         return None

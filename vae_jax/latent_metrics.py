@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import losses, tasks
-from vae_jax.arrays import standard_normal
+from vae_jax.arrays import apply_in_batches, standard_normal
 from vae_jax.errors import field
 from vae_jax.protocol import TrainConfig
 from vae_jax.tasks.vae import require_widths
@@ -76,7 +76,7 @@ def _decode_logits(model, params, z):
 
 def decode_logits(model, params, z: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Decoder logits ``[N, H, W, C]`` of codes ``[N, D]`` (both models' ``decode`` returns logits)."""
-    return tasks.apply_in_batches(_decode_logits, model, params, np.asarray(z, np.float32), batch_size=batch_size)
+    return apply_in_batches(_decode_logits, model, params, np.asarray(z, np.float32), batch_size=batch_size)
 
 
 def decode_images(model, params, z: np.ndarray) -> np.ndarray:
@@ -138,11 +138,11 @@ def import_sklearn_in_background(plans) -> threading.Thread | None:
 
 
 def cached_by_inputs(name: str, build_fn, arrays: tuple, **settings) -> tuple:
-    """:func:`vae_jax.caches.cached_by_inputs` with scikit-learn's version in the key as well (the analyses
+    """:func:`vae_jax.data.caches.cached_by_inputs` with scikit-learn's version in the key as well (the analyses
     here fit with it)."""
     import sklearn
 
-    from vae_jax import caches
+    from vae_jax.data import caches
 
     return caches.cached_by_inputs(name, build_fn, arrays, versions=(sklearn.__version__,), **settings)
 

@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import caches, evaluate
+from vae_jax import compiling, evaluate
 from vae_jax import train as train_lib
 from vae_jax.errors import ConfigError
 from vae_jax.protocol import EPOCH_LOOPS
@@ -266,7 +266,7 @@ def _step_loop_epoch(step: Callable, batch_size: int, plan: Plan, num_examples: 
         in_shardings=(per_replica, None, per_replica, shared, per_replica),
         out_shardings=(per_replica, per_replica),
     )
-    order_program = caches.jit_run_once(  # the shuffle: integer work, quick to run
+    order_program = compiling.jit_run_once(  # the shuffle: integer work, quick to run
         jax.vmap(batch_order, in_axes=(0, None, None)),
         static_argnums=2,
         in_shardings=(per_replica, shared),

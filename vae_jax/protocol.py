@@ -19,11 +19,11 @@ Layers (lowest first). A module imports only from its own layer or the layers be
 layer    modules
 ======== =====================================================================================================
 base     ``errors`` (user errors, config-field helpers), ``arrays`` (pixels to floats, arrays to the host),
-         ``caches`` (user cache dir: the XLA cache switch, cached arrays, ``jit_run_once``; no run state),
+         ``compiling`` (user cache dir, the XLA cache switch, ``jit_run_once``; no run state),
          ``phases`` (where a command's time goes)
 maths    ``ops``, ``losses``, ``quantize``, ``schedules``, ``objectives``, ``penalties``, ``corruption``,
          ``evaluate``, ``diagnostics``, ``precision`` (the compute dtype policy), ``models/*``
-data     ``data`` and ``data.*`` (dataset specs to arrays; one module per source; decode-once)
+data     ``data`` and ``data.*`` (dataset specs to arrays; one module per source; decode-once; cached arrays)
 protocol ``protocol`` (:class:`Task`, :class:`TrainConfig`, the optimizer flags)
 families ``tasks/*``, ``linear_ae``, ``classifier``, ``latent_metrics``, ``latent_views``
 step     ``train`` (train state, the step, the epoch, the optimizer from the config)

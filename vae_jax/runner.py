@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from vae_jax import caches, distributed, evaluate, faults, parallel, phases, streaming, tensorboard
+from vae_jax import arrays, compiling, distributed, errors, evaluate, faults, parallel, phases, streaming, tensorboard
 from vae_jax import data as data_lib
 from vae_jax import train as train_lib
 from vae_jax import workdir as workdir_lib
@@ -106,8 +106,6 @@ def load_data(config: TrainConfig) -> data_lib.Dataset:
         raise
 
 
-# The decoded copy (vae_jax.data.decoded), named here too: experiments.evaluate reads a run's data through it.
-DECODED_DATA, decoded_copy, decoded_data_key = data_lib.DECODED_DATA, data_lib.decoded_copy, data_lib.decoded_data_key
 DECODE_WAIT_S = 4 * 3600  # how long the other processes wait for process 0 to decode the dataset
 
 
@@ -294,7 +292,7 @@ def train(
     except BaseException as err:  # with --distributed, the other processes stop at their next barrier
         distributed.report_stop(err)
         if config.distributed and jax.process_count() > 1 and isinstance(err, jax.errors.JaxRuntimeError):
-            raise faults.PeerLost(
+            raise errors.PeerLost(
                 f"--distributed: process {jax.process_index()} stops: {distributed.first_line(err)}; "
                 f"{_checkpoint_on_disk(config.workdir)}; if another process died, start every process again to "
                 "resume"
@@ -343,7 +341,7 @@ class _Run:
 def _set_up(config, task, dataset, closing, train_eval_examples: int) -> _Run:
     """Workdir plan and records, data, initial or restored state, devices, the epoch and evaluation programs."""
     if config.compile_cache:  # before anything compiles
-        caches.enable_compilation_cache()
+        compiling.enable_compilation_cache()
     plan = workdir_lib.check_workdir(config)
     dataset = load_data(config) if dataset is None else dataset
     phases.enter("training")
@@ -427,7 +425,7 @@ def _make_evaluate_split(task: Task, batch_size: int, layout: parallel.Plan) -> 
 
     def evaluate_split(params, data, count: int) -> dict:
         with phases.phase("evaluation"):
-            results = distributed.to_host(eval_program(params, data, evaluate.eval_key()))
+            results = arrays.to_host(eval_program(params, data, evaluate.eval_key()))
         return {name: values[:, :count] for name, values in results.items()}
 
     return evaluate_split
@@ -494,7 +492,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, dict]:
     """One epoch: train, stop on a diverged seed, evaluate, record; returns its metrics line and test metrics."""
     t0 = time.perf_counter()
     run.state, train_metrics = run.epoch_fn(run.state, run.train_data, run.keys.data, run.keys.sample, jnp.int32(epoch))
-    train_metrics = distributed.to_host(train_metrics)  # waits for the epoch
+    train_metrics = arrays.to_host(train_metrics)  # waits for the epoch
     seconds = time.perf_counter() - t0
     run.train_seconds += seconds
     _stop_if_diverged(run, np.asarray(train_metrics["loss"]), epoch)
@@ -584,7 +582,7 @@ def _summary(run: _Run, test_metrics: dict, start_time: float) -> dict:
 
 def _result(run: _Run, test_metrics: dict | None, summary: dict) -> TrainResult:
     # With several processes, host copies: the figures read replicas that live on other processes.
-    state = distributed.to_host(run.state) if jax.process_count() > 1 else run.state
+    state = arrays.to_host(run.state) if jax.process_count() > 1 else run.state
     return TrainResult(state, run.seeds, run.dataset, run.history, test_metrics, summary)
 
 

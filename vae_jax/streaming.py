@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import distributed, parallel
+from vae_jax import arrays, parallel
 from vae_jax import train as train_lib
 
 # Stream automatically when the training split needs more than this fraction of the device's memory.
@@ -45,7 +45,7 @@ def should_stream(requested: bool, train_bytes: int, device=None) -> bool:
 def epoch_batch_indices(data_keys: jax.Array, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
     """Host copy of every replica's batch indices ``[num_batches, R, batch_size]``, as the resident epoch draws them."""
     order = jax.vmap(lambda key: train_lib.epoch_batches(key, jnp.asarray(epoch), num_examples, batch_size))(data_keys)
-    return np.asarray(distributed.to_host(order)).transpose(1, 0, 2)
+    return np.asarray(arrays.to_host(order)).transpose(1, 0, 2)
 
 
 def batch_dataset(

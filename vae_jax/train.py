@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vae_jax import caches
+from vae_jax import compiling
 from vae_jax.arrays import batch_to_float
 from vae_jax.errors import ConfigError
 
@@ -53,7 +53,7 @@ def run_keys(seed: int | jax.Array) -> RunKeys:
     return RunKeys(init_key, data_key, sample_key)
 
 
-_replica_keys = caches.jit_run_once(jax.vmap(run_keys))
+_replica_keys = compiling.jit_run_once(jax.vmap(run_keys))
 
 
 def replica_keys(seeds) -> RunKeys:
@@ -309,7 +309,7 @@ def init_replicated_state(
 
     ``init_model_state_fn(params) -> model_state`` builds a task's non-gradient state (none by default).
     Compiled as one program (bit-identical to running op by op, which compiles every draw separately) with
-    :func:`vae_jax.caches.run_once_compiler_options`; the timings are in docs/benchmarks.md.
+    :func:`vae_jax.compiling.run_once_compiler_options`; the timings are in docs/benchmarks.md.
     """
     return _jitted_init(init_params_fn, optimizer, init_model_state_fn)(init_keys)
 
@@ -333,4 +333,4 @@ def _jitted_init(init_params_fn: Callable, optimizer, init_model_state_fn: Calla
         model_state = None if init_model_state_fn is None else init_model_state_fn(params)
         return init_train_state(params, optimizer, model_state)
 
-    return caches.jit_run_once(jax.vmap(init_one))
+    return compiling.jit_run_once(jax.vmap(init_one))

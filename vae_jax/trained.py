@@ -481,7 +481,7 @@ class CVAEModel(GaussianVAEModel):
 
 class HVAEModel(GaussianVAEModel):
     """The two-level VAE: ancestral samples z2 ~ N(0, I), z1 ~ p(z1|z2); ``encode`` gives both layers. It
-    reconstructs and decodes as the VAE (:mod:`vae_jax.tasks.hvae` re-exports those queries)."""
+    reconstructs and decodes as the VAE."""
 
     def _sample(self, n, key, labels, temperature):
         return hvae_tasks.sample(self.model, self.params, key, n, temperature)
@@ -597,7 +597,7 @@ def run_dataset(
     from vae_jax import data as data_lib
 
     own = not spec
-    decoded = runner.decoded_copy(config) if own and not data_dir and os.path.isdir(source) else None
+    decoded = data_lib.decoded_copy(config) if own and not data_dir and os.path.isdir(source) else None
     dataset = decoded or data_lib.load_dataset(
         spec or config.dataset,
         data_dir=data_dir or config.data_dir or None,

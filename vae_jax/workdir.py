@@ -15,8 +15,9 @@ import os
 import time
 from collections.abc import Callable
 
-from vae_jax import caches, distributed, phases, tensorboard
 from vae_jax import data as data_lib
+from vae_jax import distributed, phases, tensorboard
+from vae_jax.data import caches
 from vae_jax.errors import ConfigError, flag, require_writable_dir
 from vae_jax.protocol import TrainConfig
 

@@ -8,8 +8,7 @@ from importlib.metadata import version
 
 import numpy as np
 
-from vae_jax import caches
-from vae_jax.data import tfds
+from vae_jax.data import caches, tfds
 from vae_jax.data.dataset import EMBEDDED_MNIST_SOURCE, DataError
 
 

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from vae_jax import caches
+from vae_jax import compiling
 from vae_jax.data.dataset import DataError, split_last
 from vae_jax.data.resize import log_resizing, resize_center_crop
 
@@ -27,8 +27,8 @@ PROBE_CACHE_SECONDS = 3600.0  # how long a probe's answer is trusted before the 
 
 
 def probe_cache_path() -> str:
-    """Where the TFDS probe's answer is remembered: ``tfds_probe.json`` in :func:`vae_jax.caches.user_cache_dir`."""
-    return os.path.join(caches.user_cache_dir(), "tfds_probe.json")
+    """Where the TFDS probe's answer is remembered: ``tfds_probe.json`` in :func:`vae_jax.compiling.user_cache_dir`."""
+    return os.path.join(compiling.user_cache_dir(), "tfds_probe.json")
 
 
 def tfds_reachable_cached(max_age: float = PROBE_CACHE_SECONDS) -> bool:

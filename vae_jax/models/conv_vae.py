@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 
 from vae_jax.models.layers import Conv, ConvTranspose, Dense
-from vae_jax.models.vae import GaussianVAE, decoder_head, init_params  # noqa: F401 (init_params re-exported)
+from vae_jax.models.vae import GaussianVAE, decoder_head
 
 # The lecture's 128x128x3 face model: 128 -> 64 -> 32 -> 16 -> 8 -> 4 -> 2 spatially.
 FACES128 = {"image_shape": (128, 128, 3), "channels": (32, 32, 64, 64, 128, 256), "hidden": 0, "latent_dim": 64}

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import losses
-from vae_jax.models.vae import GaussianVAE, MLPEncoder, init_params, make_mlp_decoder  # noqa: F401 (re-exported)
+from vae_jax.models.vae import GaussianVAE, MLPEncoder, make_mlp_decoder
 
 
 class HVAE(GaussianVAE):

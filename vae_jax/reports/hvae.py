@@ -17,6 +17,7 @@ import numpy as np
 
 from vae_jax import diagnostics, evaluate, parallel, plots, runner
 from vae_jax import workdir as workdir_lib
+from vae_jax.models import init_params
 from vae_jax.tasks import hvae
 from vae_jax.tasks import vae as vae_tasks
 
@@ -31,8 +32,8 @@ def matched_vae_config(config: hvae.HVAEConfig, image_shape) -> tuple[vae_tasks.
     shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(vae_tasks.VAEObjectiveConfig)}
     shared["workdir"] = os.path.join(config.workdir, "vae")
 
-    def count(model):  # the HVAE's init_params is the one-level VAE's (vae_jax.models.hvae re-exports it)
-        return evaluate.count_params(jax.eval_shape(lambda: hvae.init_params(model, jax.random.key(0))))
+    def count(model):  # one init_params initializes the HVAE and the one-level VAE
+        return evaluate.count_params(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
 
     target = count(hvae.build_hvae(config, image_shape))
     candidates = [  # each distinct width once; the parameter count grows strictly along the list
@@ -185,7 +186,11 @@ def draw_figures(comparison: dict, top_workdir: str, x_test: np.ndarray, key: ja
             "Ancestral samples: z2 ~ N(0, I), z1 ~ p(z1|z2) (HVAE); z ~ N(0, I) (VAE)",
         ),
         plots.save_image_rows(
-            [x_test, hvae.reconstruct(h_model, h_params, x_test), vae_tasks.reconstruct(v_model, v_params, x_test)],
+            [
+                x_test,
+                vae_tasks.reconstruct(h_model, h_params, x_test),
+                vae_tasks.reconstruct(v_model, v_params, x_test),
+            ],
             ["test", "HVAE", "VAE"],
             os.path.join(top_workdir, "reconstructions.png"),
             "Test images and reconstructions",

@@ -14,7 +14,6 @@ from vae_jax.tasks.autoencoder import (
     ae_reconstruct,
     ae_task,
 )
-from vae_jax.tasks.common import apply_in_batches
 from vae_jax.tasks.vae import (
     VAEConfig,
     build_vae,

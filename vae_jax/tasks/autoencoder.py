@@ -12,11 +12,11 @@ import numpy as np
 
 from vae_jax import corruption, losses, objectives, penalties
 from vae_jax import precision as precision_lib
+from vae_jax.arrays import apply_in_batches
 from vae_jax.errors import field, require, require_list
 from vae_jax.models.autoencoder import ARCHS, UPSAMPLINGS, AutoEncoder, conv_level_sizes
 from vae_jax.models.autoencoder import init_params as init_autoencoder_params
 from vae_jax.protocol import Task, TrainConfig
-from vae_jax.tasks.common import apply_in_batches
 
 AE_VARIANTS = ("plain", "denoising", "masked", "contractive")
 AE_LOSSES = ("bce", "mse")

@@ -11,7 +11,8 @@ import math
 from typing import ClassVar
 
 from vae_jax.errors import ConfigError, field, flag, require, require_list
-from vae_jax.models.conv_vae import FACES128, ConvVAE, bottleneck_shape, init_params
+from vae_jax.models.conv_vae import FACES128, ConvVAE, bottleneck_shape
+from vae_jax.models.vae import init_params
 from vae_jax.protocol import Task
 from vae_jax.tasks.vae import VAEObjectiveConfig
 

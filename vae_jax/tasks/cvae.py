@@ -15,13 +15,13 @@ import jax
 import numpy as np
 
 from vae_jax import diagnostics, evaluate
-from vae_jax.arrays import standard_normal
+from vae_jax.arrays import apply_in_batches, standard_normal
 from vae_jax.errors import ConfigError, field, require
 from vae_jax.evaluate import VAEEvalParts
-from vae_jax.models.cvae import CVAE, init_params
+from vae_jax.models.cvae import CVAE
+from vae_jax.models.vae import init_params
 from vae_jax.protocol import Task
 from vae_jax.tasks import vae as vae_tasks
-from vae_jax.tasks.common import apply_in_batches
 from vae_jax.tasks.vae import VAEConfig
 
 

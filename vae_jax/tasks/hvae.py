@@ -30,13 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import diagnostics, losses, objectives
-from vae_jax.arrays import bare_params
+from vae_jax.arrays import apply_in_batches, bare_params
 from vae_jax.errors import field, require
 from vae_jax.evaluate import VAEEvalParts
-from vae_jax.models.hvae import HVAE, init_params
+from vae_jax.models.hvae import HVAE
+from vae_jax.models.vae import init_params
 from vae_jax.protocol import Task
-from vae_jax.tasks.common import apply_in_batches
-from vae_jax.tasks.vae import VAEObjectiveConfig, decode_means, reconstruct, require_widths  # noqa: F401 (the HVAE's queries)
+from vae_jax.tasks.vae import VAEObjectiveConfig, require_widths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +157,7 @@ def hvae_eval_parts(model: HVAE, task: Task, config: HVAEConfig) -> VAEEvalParts
     )
 
 
-# --- queries for figures (host arrays out); ``reconstruct`` and ``decode_means`` are the one-level VAE's
+# --- queries for figures (host arrays out); the HVAE reconstructs and decodes with ``vae_jax.tasks.vae``'s queries
 
 
 def encode_layers(model: HVAE, params, x: np.ndarray, batch_size: int = 1000) -> dict:

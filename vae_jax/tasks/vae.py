@@ -12,13 +12,12 @@ from typing import ClassVar
 import jax
 import numpy as np
 
-from vae_jax import caches, diagnostics, objectives, schedules
+from vae_jax import compiling, diagnostics, objectives, schedules
 from vae_jax import precision as precision_lib
-from vae_jax.arrays import bare_params
+from vae_jax.arrays import apply_in_batches, bare_params
 from vae_jax.errors import field, require, require_list
 from vae_jax.models.vae import VAE, init_params
 from vae_jax.protocol import Task, TrainConfig
-from vae_jax.tasks.common import apply_in_batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +175,7 @@ def _reconstruct(model, params, x):
     return query_decoder_mean(model, params, mean)
 
 
-@caches.jit_run_once(static_argnums=(0, 3))
+@compiling.jit_run_once(static_argnums=(0, 3))
 def _prior_samples(model, params, key, n: int):
     return query_decoder_mean(model, params, jax.random.normal(key, (n, model.latent_dim)))
 

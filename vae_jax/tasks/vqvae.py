@@ -39,13 +39,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import caches, losses, objectives, quantize
+from vae_jax import compiling, losses, objectives, quantize
 from vae_jax import precision as precision_lib
+from vae_jax.arrays import apply_in_batches
 from vae_jax.errors import ConfigError, field, require, require_list
 from vae_jax.models.vqvae import VQVAE
 from vae_jax.models.vqvae import init_params as init_vqvae_params
 from vae_jax.protocol import Task, TrainConfig
-from vae_jax.tasks.common import apply_in_batches
 
 CODEBOOK_MODES = ("grad", "ema")
 ON_OFF = ("off", "on")
@@ -390,6 +390,6 @@ def uniform_code_grids(key: jax.Array, n: int, grid_shape, num_codes: int) -> np
     return np.asarray(_uniform_codes(key, (n, *grid_shape), num_codes), np.int32)
 
 
-@caches.jit_run_once(static_argnums=(1, 2))
+@compiling.jit_run_once(static_argnums=(1, 2))
 def _uniform_codes(key, shape: tuple, num_codes: int):
     return jax.random.randint(key, shape, 0, num_codes)
