@@ -23,10 +23,7 @@ import numpy as np
 
 from vae_jax import corruption, evaluate, plots, runner, tasks
 from vae_jax import workdir as workdir_lib
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import parse_config, user_errors
-from vae_jax.data import DataError
-from vae_jax.errors import ConfigError
 
 NUM_SHOWN = 10
 VARIANT_LOSS_KEYS = {"masked": ("test_masked_recon", "test_all_recon"), "contractive": ("test_penalty",)}
@@ -105,7 +102,7 @@ def result_line(config: tasks.AEConfig, summary: dict) -> str:
     return "; ".join(parts)
 
 
-@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+@user_errors()
 def main(argv=None) -> dict:
     """Runs the job; returns the summary (also in ``WORKDIR/summary.json``)."""
     config = parse_config(tasks.AEConfig, argv, description=__doc__.split("\n\n")[0])

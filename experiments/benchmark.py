@@ -129,7 +129,7 @@ def run_sections(args, dataset) -> dict:
     return results
 
 
-@user_errors(data_lib.DataError)
+@user_errors()
 def main(argv=None) -> dict:
     parser = make_parser()
     args = parse_args(parser, argv)

@@ -22,10 +22,8 @@ import numpy as np
 
 from vae_jax import runner, schedules, tasks
 from vae_jax import workdir as workdir_lib
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import parse_config, user_errors
-from vae_jax.data import DataError
-from vae_jax.errors import ConfigError, field, require, require_list
+from vae_jax.errors import field, require, require_list
 from vae_jax.reports import beta_vae as beta_vae_report
 
 
@@ -74,7 +72,7 @@ class BetaVAESweepConfig(tasks.VAEConfig):
         ]
 
 
-@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+@user_errors()
 def main(argv=None) -> dict:
     config = parse_config(BetaVAESweepConfig, argv, description=__doc__.split("\n\n")[0])
     for setting in config.settings():  # every sub-workdir is checked before any data is loaded

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
-@cli.user_errors(ConfigError)
+@cli.user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     summary = run(args)

@@ -18,10 +18,7 @@ import jax
 
 from vae_jax import diagnostics, latent_metrics, latent_views, plots, runner, tasks
 from vae_jax import workdir as workdir_lib
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import parse_config, user_errors
-from vae_jax.data import DataError
-from vae_jax.errors import ConfigError
 from vae_jax.tasks import conv_vae
 
 
@@ -91,7 +88,7 @@ def analyses(config, model, params, data, key_mi, key_mixture, path) -> tuple[di
     return report, paths
 
 
-@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+@user_errors()
 def main(argv=None) -> dict:
     config = parse_config(conv_vae.ConvVAEConfig, argv, description=__doc__.split("\n\n")[0]).resolved()
     latent_metrics.import_sklearn_in_background([workdir_lib.check_workdir(config)])  # t-SNE, mixture, classifier

@@ -25,10 +25,7 @@ import numpy as np
 from vae_jax import classifier as classifier_lib
 from vae_jax import plots, runner
 from vae_jax import workdir as workdir_lib
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import parse_config, user_errors
-from vae_jax.data import DataError
-from vae_jax.errors import ConfigError
 from vae_jax.tasks import cvae
 
 SAMPLES_PER_CLASS = 100
@@ -84,7 +81,7 @@ def write_figures(config, model, params, result, samples, labels, control) -> li
     return paths
 
 
-@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+@user_errors()
 def main(argv=None) -> dict:
     config = parse_config(cvae.CVAEConfig, argv, description=__doc__.split("\n\n")[0])
     dataset = runner.load_data(config)

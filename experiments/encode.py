@@ -17,10 +17,7 @@ import argparse
 import numpy as np
 
 from vae_jax import cli, trained
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import user_errors
-from vae_jax.data import DataError
-from vae_jax.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@user_errors(ConfigError, DataError, CheckpointError)
+@user_errors()
 def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -23,11 +23,8 @@ import sys
 import jax
 
 from vae_jax import cli, evaluate, parallel, trained
-from vae_jax import data as data_lib
 from vae_jax import workdir as workdir_lib
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import user_errors
-from vae_jax.errors import ConfigError
 from vae_jax.reports import evaluation
 
 
@@ -62,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@user_errors(ConfigError, data_lib.DataError, CheckpointError)
+@user_errors()
 def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)

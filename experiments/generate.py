@@ -23,7 +23,6 @@ import warnings
 import numpy as np
 
 from vae_jax import cli, plots, runner, trained
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import user_errors
 from vae_jax.errors import ConfigError
 
@@ -60,7 +59,7 @@ def requested_labels(args) -> np.ndarray | None:
     return None
 
 
-@user_errors(ConfigError, CheckpointError)
+@user_errors()
 def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -28,10 +28,8 @@ import os
 
 from vae_jax import runner
 from vae_jax import workdir as workdir_lib
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import parse_config, user_errors
-from vae_jax.data import DataError
-from vae_jax.errors import ConfigError, field, require
+from vae_jax.errors import field, require
 from vae_jax.reports import hvae as hvae_report
 from vae_jax.reports.hvae import EVAL_IWAE_K
 from vae_jax.tasks import hvae
@@ -54,7 +52,7 @@ class HVAEComparisonConfig(hvae.HVAEConfig):
         return hvae.HVAEConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(hvae.HVAEConfig)})
 
 
-@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+@user_errors()
 def main(argv=None) -> dict:
     flags = parse_config(HVAEComparisonConfig, argv, description=__doc__.split("\n\n")[0])
     top_workdir = flags.workdir

@@ -18,9 +18,7 @@ import os
 
 from vae_jax import distributed, latent_metrics, latent_views, runner
 from vae_jax import workdir as workdir_lib
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import parse_config, user_errors
-from vae_jax.data import DataError
 from vae_jax.errors import ConfigError, field, require
 from vae_jax.reports import latent_space as latent_space_report
 
@@ -51,7 +49,7 @@ def train_pair(config, latent_dim: int, dataset) -> dict:
     return trained
 
 
-@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+@user_errors()
 def main(argv=None) -> dict:
     config = parse_config(LatentSpaceConfig, argv, description=__doc__.split("\n\n")[0])
     sizes = [2] + ([config.tsne_latent_dim] if config.tsne_latent_dim not in (0, 2) else [])

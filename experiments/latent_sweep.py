@@ -22,10 +22,11 @@ import numpy as np  # noqa: E402
 
 from vae_jax import evaluate, latent_metrics, plots, runner  # noqa: E402
 from vae_jax import workdir as workdir_lib  # noqa: E402
-from vae_jax.checkpoint import CheckpointError  # noqa: E402
 from vae_jax.cli import parse_config, user_errors  # noqa: E402
-from vae_jax.data import DataError  # noqa: E402
-from vae_jax.errors import ConfigError, field, require_list
+from vae_jax.errors import (
+    field,
+    require_list,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,7 @@ def save_sweep_plot(table: list[dict], path: str) -> str:
     return plots.save_figure(fig, path)
 
 
-@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+@user_errors()
 def main(argv=None) -> dict:
     config = parse_config(LatentSweepConfig, argv, description=__doc__.split("\n\n")[0])
     for latent_dim in config.latent_sizes:  # every sub-workdir is checked before any data is loaded

@@ -20,9 +20,7 @@ import numpy as np
 
 from vae_jax import linear_ae, plots, runner
 from vae_jax import workdir as workdir_lib
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import parse_config, user_errors
-from vae_jax.data import DataError
 from vae_jax.errors import ConfigError
 
 
@@ -68,7 +66,7 @@ def write_figures(config, pca_fit, params, result: runner.TrainResult, angles_de
     return paths
 
 
-@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+@user_errors()
 def main(argv=None) -> dict:
     config = parse_config(linear_ae.LinearAEConfig, argv, description=__doc__.split("\n\n")[0])
     workdir_lib.check_workdir(config)  # a workdir that cannot be used fails before any data is loaded

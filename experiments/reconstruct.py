@@ -18,10 +18,8 @@ import argparse
 import numpy as np
 
 from vae_jax import cli, plots, runner, trained
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import user_errors
-from vae_jax.data import DataError, pixels_to_float
-from vae_jax.errors import ConfigError
+from vae_jax.data import pixels_to_float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@user_errors(ConfigError, DataError, CheckpointError)
+@user_errors()
 def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -18,10 +18,7 @@ import numpy as np
 
 from vae_jax import diagnostics, linear_ae, runner, tasks
 from vae_jax import workdir as workdir_lib
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import parse_config, user_errors
-from vae_jax.data import DataError
-from vae_jax.errors import ConfigError
 
 MANIFOLD_SIDE = 15  # decodings per side of the latent-manifold grid
 INTERPOLATION_CANDIDATES = 200  # test digits searched for informative interpolation endpoints
@@ -98,7 +95,7 @@ def write_figures(config, model, result: runner.TrainResult) -> list[str]:
     return paths
 
 
-@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+@user_errors()
 def main(argv=None) -> dict:
     """Runs the job; returns the summary (also in ``WORKDIR/summary.json``)."""
     config = parse_config(tasks.VAEConfig, argv, description=__doc__.split("\n\n")[0])

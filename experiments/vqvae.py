@@ -26,10 +26,8 @@ import jax
 
 from vae_jax import latent_metrics, protocol, runner, tasks
 from vae_jax import workdir as workdir_lib
-from vae_jax.checkpoint import CheckpointError
 from vae_jax.cli import parse_config, user_errors
-from vae_jax.data import DataError
-from vae_jax.errors import ConfigError, field, require
+from vae_jax.errors import field, require
 from vae_jax.reports import vqvae as vq_report
 from vae_jax.tasks import prior as prior_lib
 from vae_jax.tasks import vqvae as vq
@@ -97,7 +95,7 @@ def check_workdirs(config) -> list[workdir_lib.WorkdirPlan]:
     return plans
 
 
-@user_errors(ConfigError, DataError, CheckpointError, runner.TrainingDiverged)
+@user_errors()
 def main(argv=None) -> dict:
     config = parse_config(VQVAEExperimentConfig, argv, description=__doc__.split("\n\n")[0])
     plans = check_workdirs(config)

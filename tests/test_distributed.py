@@ -102,7 +102,7 @@ RUN_SCRIPT = TRAIN_SOURCE + textwrap.dedent("""
     workdir, epochs, distributed, seeds, stream = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5] == "1"
     spec = sys.argv[6]
     workdir = workdir.replace("PROCESS", os.environ.get("JAX_PROCESS_ID", "0"))  # a workdir per process (tests)
-    main = cli.user_errors(errors.ConfigError, data.DataError, checkpoint.CheckpointError)(
+    main = cli.user_errors(errors.ConfigError, data.DataError, errors.CheckpointError)(
         lambda: print("RESULT" + json.dumps(train(workdir, epochs, distributed, seeds, stream, spec))))
     main()
 """)

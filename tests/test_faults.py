@@ -26,7 +26,7 @@ import numpy as np
 import optax
 import pytest
 
-from vae_jax import checkpoint, faults, runner, tasks, train
+from vae_jax import checkpoint, errors, faults, runner, tasks, train
 from vae_jax import workdir as workdir_lib
 from vae_jax.protocol import Task, TrainConfig
 
@@ -175,7 +175,7 @@ def test_consecutive_skips_stop_the_run_naming_the_step_and_the_workdir_resumes(
         checkpoint_every=1,
         max_consecutive_skips=2,
     )
-    with pytest.raises(runner.TrainingDiverged, match=r"2 optimizer steps in a row .*\(steps 4-5, seed 0, epoch 5"):
+    with pytest.raises(errors.TrainingDiverged, match=r"2 optimizer steps in a row .*\(steps 4-5, seed 0, epoch 5"):
         runner.train(config, log_task(), ds)
     # The epoch in which the limit was reached is not checkpointed; the frozen state of epoch 4 is.
     assert workdir_lib.checkpoint_epochs(str(tmp_path)) == [2, 3, 4]
@@ -200,7 +200,7 @@ def test_without_the_guard_the_epoch_level_stop_keeps_the_last_checkpoint(tmp_pa
         checkpoint_every=1,
         max_consecutive_skips=0,
     )
-    with pytest.raises(runner.TrainingDiverged, match="non-finite training loss in epoch 4"):
+    with pytest.raises(errors.TrainingDiverged, match="non-finite training loss in epoch 4"):
         runner.train(config, log_task(), ds)
     epoch, state = runner.restore_state(config, log_task())
     assert epoch == 3 and np.isfinite(float(state.params["w"][0]))
@@ -211,7 +211,7 @@ def test_an_unstable_learning_rate_is_caught_at_the_step(tmp_path, mnist_small):
     _, task = tasks.vae_task(config, mnist_small.image_shape)
     try:
         result = runner.train(config, task, mnist_small)
-    except runner.TrainingDiverged as err:
+    except errors.TrainingDiverged as err:
         assert "optimizer steps in a row had a non-finite loss or gradient" in str(err)
     else:  # every applied step was finite, so whatever was not skipped is finite
         assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree_util.tree_leaves(result.state.params))
@@ -254,7 +254,7 @@ def test_a_signal_mid_epoch_finishes_the_epoch_saves_and_resumes_bit_identical(t
     )
     handler_before = signal.getsignal(signum)
     sent = []
-    with pytest.raises(faults.Interrupted) as stopped:  # step 5 is the second step of epoch 2
+    with pytest.raises(errors.Interrupted) as stopped:  # step 5 is the second step of epoch 2
         runner.train(config, signalling_task(signum, 5, sent), ds)
     assert sent == [signum] and stopped.value.exit_code == 128 + signum
     assert str(stopped.value) == (
@@ -352,7 +352,7 @@ def test_no_restorable_checkpoint_is_a_one_line_error_that_says_what_to_do(tmp_p
     for epoch in (1, 2, 3):
         _corrupt(str(workdir / "checkpoints" / str(epoch)), "truncate")
     with pytest.raises(
-        checkpoint.CheckpointError,
+        errors.CheckpointError,
         match=r"no checkpoint in .* can be restored \(tried 3, 2, 1\).*"
         r"use another --workdir, or add --overwrite",
     ):
@@ -383,7 +383,7 @@ def test_a_checkpoint_of_the_older_optimizer_state_layout_is_a_one_line_error(tm
     checkpoint.close(manager)
     expected = rf"--workdir {workdir}: checkpoint 3 was written with an older optimizer-state layout .*--overwrite"
     for restore in (lambda: runner.train(config, task, mnist_small), lambda: runner.restore_state(config, task)):
-        with pytest.raises(checkpoint.CheckpointError, match=expected) as info:
+        with pytest.raises(errors.CheckpointError, match=expected) as info:
             restore()
         assert "\n" not in str(info.value)
     assert workdir_lib.checkpoint_epochs(str(workdir)) == [3] and not os.path.exists(workdir / "bad_checkpoints")
@@ -584,7 +584,7 @@ def test_a_live_owner_holds_the_lock_and_its_death_releases_it(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(faults.WorkdirBusy, match=f"in use by pid {holder.pid} on {socket.gethostname()}"):
+        with pytest.raises(errors.WorkdirBusy, match=f"in use by pid {holder.pid} on {socket.gethostname()}"):
             faults.WorkdirLock(str(tmp_path)).acquire()
     finally:
         holder.kill()
@@ -592,7 +592,7 @@ def test_a_live_owner_holds_the_lock_and_its_death_releases_it(tmp_path):
     assert json.loads((tmp_path / faults.LOCK_NAME).read_text())["pid"] == holder.pid  # the dead owner's file
     with faults.WorkdirLock(str(tmp_path)) as lock:
         assert lock.held and json.loads((tmp_path / faults.LOCK_NAME).read_text())["pid"] == os.getpid()
-        with pytest.raises(faults.WorkdirBusy, match=f"in use by pid {os.getpid()}"):  # flock is per open file
+        with pytest.raises(errors.WorkdirBusy, match=f"in use by pid {os.getpid()}"):  # flock is per open file
             faults.WorkdirLock(str(tmp_path)).acquire()
     assert not (tmp_path / faults.LOCK_NAME).exists()
 
@@ -626,21 +626,21 @@ def test_processes_probing_one_workdir_at_once_never_remove_each_others_probe(tm
     """A distributed run's processes all probe the shared workdir at start; none may fail on another's probe."""
     import threading
 
-    errors, start = [], threading.Barrier(4)
+    failures, start = [], threading.Barrier(4)
 
     def probe_many():
         start.wait()
         for _ in range(300):
             try:
                 workdir_lib.probe_workdir(str(tmp_path / "shared"))
-            except runner.ConfigError as err:
-                errors.append(str(err))
+            except errors.ConfigError as err:
+                failures.append(str(err))
                 return
 
     threads = [threading.Thread(target=probe_many) for _ in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert errors == [] and os.listdir(tmp_path / "shared") == []  # and no probe is left behind
-    with pytest.raises(runner.ConfigError, match="--workdir .*: not a writable directory"):
+    assert failures == [] and os.listdir(tmp_path / "shared") == []  # and no probe is left behind
+    with pytest.raises(errors.ConfigError, match="--workdir .*: not a writable directory"):
         (tmp_path / "file").write_text("")
         workdir_lib.probe_workdir(str(tmp_path / "file" / "run"))

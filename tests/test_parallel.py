@@ -218,7 +218,7 @@ def test_runner_records_the_layout(tmp_path, mnist_small):
 MESH_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from vae_jax import data, runner, tasks
+    from vae_jax import data, errors, runner, tasks
     from vae_jax import parallel
     x_train, y_train, x_test, y_test = data.embedded_mnist()
     # 250 rows: not a multiple of 8 or 4, so the split is padded to lay it out over 8 (or 4) data shards
@@ -257,7 +257,7 @@ MESH_SCRIPT = textwrap.dedent("""
     out["eval"] = {n: {k: r[k] for k in ("neg_elbo", "iwae_nll", "active_units", "n")} for n, r in evals.items()}
     try:
         runner.train(config("bad", devices="8", batch_size=60), task, ds)
-    except runner.ConfigError as err:
+    except errors.ConfigError as err:
         out["error"] = str(err)
     print("RESULT" + json.dumps(out))
 """)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from vae_jax import checkpoint, faults, runner, tasks, train
+from vae_jax import checkpoint, errors, faults, runner, tasks, train
 from vae_jax.protocol import Task, TrainConfig
 
 
@@ -109,7 +109,7 @@ def test_resuming_with_other_model_settings_is_refused(tmp_path, mnist_small):
     runner.train(small_config(tmp_path, epochs=1), task, mnist_small)
     _, other_task = tasks.vae_task(small_config("x", latent_dim=4), mnist_small.image_shape)
     with pytest.raises(
-        runner.ConfigError, match="other settings \\(--latent-dim 8 there, 4 here\\); use another --workdir"
+        errors.ConfigError, match="other settings \\(--latent-dim 8 there, 4 here\\); use another --workdir"
     ):
         runner.train(small_config(tmp_path, epochs=2, latent_dim=4), other_task, mnist_small)
 
@@ -142,7 +142,7 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
         max_consecutive_skips=0,
     )  # no step-level guard: the epoch-level stop
     with pytest.raises(
-        runner.TrainingDiverged, match="non-finite training loss in epoch 4 .*the checkpoint of epoch 3 .* is kept"
+        errors.TrainingDiverged, match="non-finite training loss in epoch 4 .*the checkpoint of epoch 3 .* is kept"
     ):
         runner.train(config, task, ds)
     epoch, state = checkpoint.restore_latest(
@@ -153,9 +153,9 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_config_errors_name_the_flag():
-    with pytest.raises(runner.ConfigError, match="--seeds must be a count N or a list like 0,3,7, got 'a,b'"):
+    with pytest.raises(errors.ConfigError, match="--seeds must be a count N or a list like 0,3,7, got 'a,b'"):
         dataclasses.replace(TrainConfig(), seeds="a,b").validate()
-    with pytest.raises(runner.ConfigError, match="--batch-size must be a positive integer, got 0"):
+    with pytest.raises(errors.ConfigError, match="--batch-size must be a positive integer, got 0"):
         TrainConfig(batch_size=0).validate()
     assert TrainConfig(seed=3, seeds="3").seed_list() == [3, 4, 5]
     assert TrainConfig(seeds="0,3,7").seed_list() == [0, 3, 7]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vae_jax import checkpoint, cli, errors, evaluate, runner, train
+from vae_jax.reports import vqvae as vqvae_report
 from vae_jax.tasks import vqvae as vq
 
 TINY = dict(codebook_size=16, code_dim=4, channels=(8, 16), res_blocks=0, batch_size=32, progress=False)
@@ -194,7 +195,7 @@ def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mni
     usage = vq.code_usage(model, result.params(0), mnist_small.x_test)
     assert mse_after < 0.7 * mse_before
     assert usage["codes_used"] > 16
-    by_epoch = runner.usage_by_epoch(config, task, model, mnist_small.x_test)
+    by_epoch = vqvae_report.checkpoint_usage(config, task, model, mnist_small.x_test)
     assert [line["epoch"] for line in by_epoch] == [1, 2, 3]
     assert by_epoch[-1]["codes_used"] == usage["codes_used"]
     with open(os.path.join(config.workdir, "config.json")) as f:
@@ -213,7 +214,7 @@ def test_short_run_uses_most_codes_and_lowers_reconstruction_error(tmp_path, mni
         f.seek(8)
         f.write(bytes([byte[0] ^ 0xFF]))
     capsys.readouterr()
-    assert runner.usage_by_epoch(config, task, model, mnist_small.x_test) == [by_epoch[0], by_epoch[2]]
+    assert vqvae_report.checkpoint_usage(config, task, model, mnist_small.x_test) == [by_epoch[0], by_epoch[2]]
     assert "warning: checkpoint 2 in" in capsys.readouterr().err
 
 
@@ -282,7 +283,7 @@ def test_experiment_end_to_end_compares_options(tmp_path, small_npz, capsys, mon
     # A rerun on the finished checkpoints reuses each variant's summary and figures: the same table.
     summaries = {name: (workdir / name / "summary.json").read_text() for name in ("grad_kmeans-off_dead-100",)}
     # (the usage by epoch comes from the finished runs' summary.json, not from their checkpoints again)
-    monkeypatch.setattr(runner, "usage_by_epoch", lambda *args: pytest.fail("usage by epoch computed again"))
+    monkeypatch.setattr(vqvae_report, "checkpoint_usage", lambda *args: pytest.fail("usage by epoch computed again"))
     experiment.main(argv)
     rerun_out, rerun_err = capsys.readouterr()
     assert rerun_out == out and rerun_err.count("reusing") == 2

@@ -15,7 +15,7 @@ import pytest
 
 from experiments import evaluate as evaluate_exp
 from experiments import vae as vae_exp
-from vae_jax import data, parallel, protocol, runner, tasks
+from vae_jax import data, errors, parallel, protocol, runner, tasks
 from vae_jax import train as train_lib
 from vae_jax import workdir as workdir_lib
 from vae_jax.protocol import Task
@@ -228,7 +228,7 @@ def test_divergence_message_says_no_checkpoint_when_there_is_none(tmp_path, mnis
         return {"loss": jnp.zeros(batch["x"].shape[0])}
 
     task = Task(lambda key: {"w": jnp.ones(())}, nan_loss, eval_fn, headline="loss")
-    with pytest.raises(runner.TrainingDiverged) as info:
+    with pytest.raises(errors.TrainingDiverged) as info:
         runner.train(config, task, mnist_small)
     assert workdir_lib.checkpoint_epochs(tmp_path / "run") == []
     assert "no checkpoint was saved" in str(info.value)

@@ -26,11 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vae_jax import distributed
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be used, with a one-line reason."""
-
+from vae_jax.errors import CheckpointError
 
 BAD_DIR = "bad_checkpoints"
 # SHA-256 of a checkpoint's array data files, written beside them once Orbax has finished the save.

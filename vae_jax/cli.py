@@ -15,7 +15,7 @@ import sys
 import textwrap
 import typing
 
-from vae_jax.errors import ConfigError, RunStopped, flag
+from vae_jax.errors import USER_ERRORS, ConfigError, RunStopped, flag
 
 _TUPLE_ITEMS = {int: ("integers", "N,N,..."), float: ("numbers", "X,X,..."), str: ("names", "NAME,NAME,...")}
 
@@ -193,8 +193,10 @@ def check_out(parser: argparse.ArgumentParser, path: str, suffix: str) -> None:
 
 
 def user_errors(*error_types):
-    """Decorator for ``main``: the listed errors print ``error: ...`` and exit 2; a
-    :class:`vae_jax.errors.RunStopped` prints its line and exits with its own code, listed or not."""
+    """Decorator for ``main``: the listed errors (default :data:`vae_jax.errors.USER_ERRORS`) print
+    ``error: ...`` and exit 2; a :class:`vae_jax.errors.RunStopped` prints its line and exits with its own code,
+    listed or not."""
+    error_types = error_types or USER_ERRORS
 
     def decorate(main):
         @functools.wraps(main)

@@ -48,9 +48,9 @@ def initialize() -> None:
 
 
 MIN_PEER_TIMEOUT_S = 2.0  # a shorter one could take a process between two of JAX's heartbeats for dead
-PEER_TIMEOUT_S = (
-    60.0  # the default (JAX's is 100 s; 20 s took busy CPU processes for dead); VAE_JAX_PEER_TIMEOUT_S sets another
-)
+# The default (JAX's is 100 s; a shorter one took busy processes for dead: docs/benchmarks.md);
+# VAE_JAX_PEER_TIMEOUT_S sets another.
+PEER_TIMEOUT_S = 60.0
 
 
 def peer_timeout_s() -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import tempfile
 
 
@@ -35,6 +36,38 @@ class PeerLost(RunStopped):
     """
 
     exit_immediately = True
+
+
+class DataError(ValueError):
+    """A dataset spec, file or array that cannot be used, with a one-line reason."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be used, with a one-line reason."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message says which checkpoint, if any, is on disk."""
+
+
+class WorkdirBusy(ConfigError):
+    """Another live process holds the workdir's lock."""
+
+
+class Interrupted(RunStopped):
+    """A SIGINT/SIGTERM stopped the run after a checkpoint was saved; the exit code is 128 + the signal's."""
+
+    def __init__(self, signum: int, epoch: int, workdir: str):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after epoch {epoch}; checkpoint {epoch} is saved in "
+            f"{workdir}; run the same command again to resume"
+        )
+
+
+# What a command's ``main`` turns into one ``error: ...`` line and exit code 2 (:func:`vae_jax.cli.user_errors`).
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged)
 
 
 def flag(name: str) -> str:

@@ -12,26 +12,9 @@ import sys
 import threading
 import time
 
-from vae_jax.errors import ConfigError, RunStopped
+from vae_jax.errors import ConfigError, WorkdirBusy
 
 LOCK_NAME = ".lock"
-
-
-class Interrupted(RunStopped):
-    """A SIGINT/SIGTERM stopped the run after a checkpoint was saved."""
-
-    def __init__(self, signum: int, epoch: int, workdir: str):
-        self.signum = signum
-        self.exit_code = 128 + signum
-        name = signal.Signals(signum).name
-        super().__init__(
-            f"stopped by {name} after epoch {epoch}; checkpoint {epoch} is saved in {workdir}; "
-            "run the same command again to resume"
-        )
-
-
-class WorkdirBusy(ConfigError):
-    """Another live process holds the workdir's lock."""
 
 
 class WorkdirLock:

@@ -28,9 +28,7 @@ from vae_jax import data as data_lib
 from vae_jax import train as train_lib
 from vae_jax import workdir as workdir_lib
 from vae_jax.distributed import log
-from vae_jax.errors import ConfigError
 from vae_jax.protocol import Task, TrainConfig
-from vae_jax.tasks import vqvae as vqvae_tasks
 
 
 def loss_has_convolution(loss_fn, state, pixels: np.ndarray, labels: np.ndarray | None, batch_size: int) -> bool:
@@ -46,10 +44,6 @@ def loss_has_convolution(loss_fn, state, pixels: np.ndarray, labels: np.ndarray 
     return parallel.has_convolution(
         lambda p, b, k, s: loss_fn(p, train_lib.batch_to_float(b), k, s), params, batch, jax.random.key(0), step
     )
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the message says which checkpoint, if any, is on disk."""
 
 
 @dataclasses.dataclass
@@ -145,21 +139,9 @@ def make_epoch(
 
 def check_setup(config: TrainConfig) -> None:
     """Checks the flags that need no data, writing nothing (``cli.parse_config`` runs it before any data loads):
-    the workdir lies inside no other run and can be written; ``--devices``, ``--seeds`` and ``--batch-size``
+    the workdir's place (:func:`vae_jax.workdir.check_location`); ``--devices``, ``--seeds`` and ``--batch-size``
     fit the devices. Raises ConfigError with a one-line message naming the flag."""
-    run = workdir_lib.enclosing_run(config.workdir)
-    if run is not None:
-        raise ConfigError(
-            f"--workdir {config.workdir} is inside the run in {run} (it holds that run's "
-            "config.json); use a directory outside it"
-        )
-    existing = os.path.abspath(config.workdir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ConfigError(f"--workdir {config.workdir}: not a writable directory (the file {existing} is in the way)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--workdir {config.workdir}: not a writable directory ({existing} cannot be written)")
+    workdir_lib.check_location(config.workdir)
     parallel.make_plan(len(config.seed_list()), config.batch_size, config.devices)
 
 
@@ -231,41 +213,10 @@ def restore_state(config: TrainConfig, task: Task) -> tuple[int, train_lib.Train
     manager = checkpoint.make_manager(config.workdir)
     try:
         if manager.latest_step() is None:
-            raise checkpoint.CheckpointError(f"--workdir {config.workdir}: no checkpoint to restore")
+            raise errors.CheckpointError(f"--workdir {config.workdir}: no checkpoint to restore")
         return checkpoint.restore_latest(manager, state_template(config, task))
     finally:
         checkpoint.close(manager)
-
-
-def usage_by_epoch(config: TrainConfig, task: Task, model, x: np.ndarray) -> list[dict]:
-    """``[{"epoch", "codes_used", "perplexity"}]`` over all of ``x`` (:func:`vae_jax.tasks.vqvae.code_usage`,
-    averaged over the seeds and listed per seed) for every checkpoint kept that restores (the others warned of)."""
-    from vae_jax import checkpoint  # Orbax: imported when a checkpoint is read, not with the runner
-
-    abstract = state_template(config, task)
-    manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
-    out = []
-    try:
-        for step in sorted(manager.all_steps()):
-            try:
-                state = checkpoint.restore_epoch(manager, step, abstract)
-            except Exception as err:
-                print(
-                    f"warning: checkpoint {step} in {manager.directory} cannot be restored "
-                    f"({checkpoint.one_line(err)}); its codebook usage is left out",
-                    file=sys.stderr,
-                )
-                continue
-            usage = [
-                vqvae_tasks.code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
-                for r in range(len(config.seed_list()))
-            ]
-            per_seed = {name: [u[name] for u in usage] for name in ("codes_used", "perplexity")}
-            means = {name: float(np.mean(values)) for name, values in per_seed.items()}
-            out.append({"epoch": int(step), **means, **{f"per_seed_{k}": v for k, v in per_seed.items()}})
-    finally:
-        checkpoint.close(manager)
-    return out
 
 
 def train(
@@ -275,7 +226,7 @@ def train(
     left (none when the checkpoint holds ``config.epochs``: the records are left as they are), finish.
 
     Process 0 locks the workdir (:class:`vae_jax.faults.WorkdirLock`); a first SIGINT/SIGTERM (to any process)
-    stops the run after the current epoch with a checkpoint and raises :class:`vae_jax.faults.Interrupted`.
+    stops the run after the current epoch with a checkpoint and raises :class:`vae_jax.errors.Interrupted`.
 
     With ``train_eval_examples = n > 0`` each epoch also evaluates ``task.eval_fn`` on the first n training
     examples and logs the means as ``train_eval_*`` beside ``test_*`` (the generalisation gap per epoch).
@@ -476,7 +427,7 @@ def _train_epochs(run: _Run, stop: faults.StopSignals) -> dict:
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stopping:
                 checkpoint.save(run.manager, epoch + 1, run.state)
             if stopping:
-                raise faults.Interrupted(stopping, epoch + 1, config.workdir)
+                raise errors.Interrupted(stopping, epoch + 1, config.workdir)
             headline = f"test_{run.task.headline}"
             bar.update(steps)
             bar.set_postfix(loss=f"{line['train_loss']:.2f}", **{run.task.headline: f"{line[headline]:.2f}"})
@@ -524,11 +475,13 @@ def _stop_if_diverged(run: _Run, train_loss: np.ndarray, epoch: int) -> None:
     retry = "train again with a lower --learning-rate in another --workdir (or add --overwrite)"
     skip_stop = faults.skip_limit_message(run.state, config.max_consecutive_skips, run.seeds, epoch + 1)
     if skip_stop:
-        raise TrainingDiverged(f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or {retry}")
+        raise errors.TrainingDiverged(f"{skip_stop}; {_checkpoint_on_disk(workdir)}; check the data, or {retry}")
     if not config.max_consecutive_skips and not np.all(np.isfinite(train_loss)):
         bad = [s for s, v in zip(run.seeds, train_loss, strict=True) if not np.isfinite(v)]
         where = _checkpoint_on_disk(workdir)
-        raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); {where}; {retry}")
+        raise errors.TrainingDiverged(
+            f"non-finite training loss in epoch {epoch + 1} (seed {bad[0]}); {where}; {retry}"
+        )
 
 
 def _finish(run: _Run, test_metrics: dict | None, start_time: float) -> TrainResult:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from vae_jax import arrays, evaluate, runner
+from vae_jax import arrays, errors, evaluate, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.data import pixels_to_float
 from vae_jax.data.npz import atomic_file
@@ -153,7 +153,7 @@ def restore_checkpoint(config, task, epoch: int | None = None) -> tuple[int, obj
         try:
             return epoch, checkpoint.restore_epoch(manager, epoch, runner.state_template(config, task))
         except Exception as err:
-            raise checkpoint.CheckpointError(
+            raise errors.CheckpointError(
                 f"checkpoint {epoch} in {manager.directory} cannot be restored ({checkpoint.one_line(err)})"
             ) from None
     finally:

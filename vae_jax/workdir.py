@@ -88,6 +88,24 @@ def _setting(value) -> str:
     return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
 
 
+def check_location(workdir: str) -> None:
+    """A one-line :class:`ConfigError` naming ``--workdir`` unless the workdir lies inside no other run and its
+    nearest existing directory can be written (nothing is written)."""
+    run = enclosing_run(workdir)
+    if run is not None:
+        raise ConfigError(
+            f"--workdir {workdir} is inside the run in {run} (it holds that run's config.json); use a directory "
+            "outside it"
+        )
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--workdir {workdir}: not a writable directory (the file {existing} is in the way)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {workdir}: not a writable directory ({existing} cannot be written)")
+
+
 def check_workdir(config: TrainConfig) -> WorkdirPlan:
     """Checks, without changing anything, that ``config`` may use its workdir; returns the plan.
 

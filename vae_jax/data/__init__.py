@@ -36,7 +36,6 @@ from vae_jax.data.dataset import (
     ANALYSIS_TRAIN_EXAMPLES,
     EMBEDDED_MNIST_SOURCE,
     FINGERPRINT_ROWS,
-    DataError,
     Dataset,
     data_fingerprint,
     describe_record,
@@ -51,6 +50,7 @@ from vae_jax.data.npz import NOTES_MEMBER, read_npz_notes, save_npz
 from vae_jax.data.resize import center_square, resize_center_crop
 from vae_jax.data.spec import BINARIZE_CHOICES, MAX_IMAGE_SIZE, SPECS, load_dataset
 from vae_jax.data.tfds import PROBE_CACHE_SECONDS, probe_cache_path, tfds_prepared_on_disk, tfds_reachable_cached
+from vae_jax.errors import DataError
 
 __all__ = [
     "ANALYSIS_TRAIN_EXAMPLES",

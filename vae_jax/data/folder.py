@@ -9,10 +9,11 @@ import zipfile
 
 import numpy as np
 
-from vae_jax.data.dataset import DataError, reason, rows_per_chunk
+from vae_jax.data.dataset import reason, rows_per_chunk
 from vae_jax.data.folder_plan import SKIP_HINT, FolderPlan, log_skipped, plan_image_folder, without
 from vae_jax.data.npz import atomic_file, small_members
 from vae_jax.data.resize import resize_image
+from vae_jax.errors import DataError
 
 
 def load_image_folder(path: str, image_size: int = 0, max_workers: int | None = None, skip_unreadable: bool = False):

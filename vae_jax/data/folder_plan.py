@@ -10,8 +10,9 @@ import sys
 
 import numpy as np
 
-from vae_jax.data.dataset import DataError, reason
+from vae_jax.data.dataset import reason
 from vae_jax.data.resize import log_resizing
+from vae_jax.errors import DataError
 
 _FOLDER_SPLIT_SEED = 0
 

@@ -9,7 +9,8 @@ from importlib.metadata import version
 import numpy as np
 
 from vae_jax.data import caches, tfds
-from vae_jax.data.dataset import EMBEDDED_MNIST_SOURCE, DataError
+from vae_jax.data.dataset import EMBEDDED_MNIST_SOURCE
+from vae_jax.errors import DataError
 
 
 def load_mnist(data_dir: str | None):

@@ -12,7 +12,8 @@ import zipfile
 
 import numpy as np
 
-from vae_jax.data.dataset import DataError, Dataset, reason, split_last
+from vae_jax.data.dataset import Dataset, reason, split_last
+from vae_jax.errors import DataError
 
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 

@@ -14,8 +14,9 @@ import numpy as np
 
 from vae_jax.arrays import pixels_to_float
 from vae_jax.data import folder, mnist, npz, tfds
-from vae_jax.data.dataset import EMBEDDED_MNIST_SOURCE, DataError, Dataset, data_fingerprint, rows_per_chunk
+from vae_jax.data.dataset import EMBEDDED_MNIST_SOURCE, Dataset, data_fingerprint, rows_per_chunk
 from vae_jax.data.resize import log_resizing, resize_center_crop
+from vae_jax.errors import DataError
 
 BINARIZE_CHOICES = ("none", "dynamic", "static")
 SPECS = ("mnist", "mnist:embedded", "tfds:NAME", "npz:PATH", "folder:PATH")

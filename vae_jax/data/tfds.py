@@ -16,8 +16,9 @@ import time
 import numpy as np
 
 from vae_jax import compiling
-from vae_jax.data.dataset import DataError, split_last
+from vae_jax.data.dataset import split_last
 from vae_jax.data.resize import log_resizing, resize_center_crop
+from vae_jax.errors import DataError
 
 # TFDS downloads MNIST-like datasets from this host; if it cannot be reached within a few seconds we fall back
 # instead of hanging on a network time-out.

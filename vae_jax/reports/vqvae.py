@@ -10,6 +10,7 @@ beside decoded uniform random code grids and an MLP VAE's N(0, I) samples (:func
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
 import jax
@@ -76,7 +77,38 @@ def usage_by_epoch(vq_config, task, model, x_test, result: runner.TrainResult) -
     """Codebook usage of every checkpoint (already in a finished run's summary.json when it was read back)."""
     if result.reused_summary and "usage_by_epoch" in result.summary:
         return result.summary["usage_by_epoch"]
-    return runner.usage_by_epoch(vq_config, task, model, x_test)
+    return checkpoint_usage(vq_config, task, model, x_test)
+
+
+def checkpoint_usage(config, task, model, x: np.ndarray) -> list[dict]:
+    """``[{"epoch", "codes_used", "perplexity"}]`` over all of ``x`` (:func:`vae_jax.tasks.vqvae.code_usage`,
+    averaged over the seeds and listed per seed) for every checkpoint kept that restores (the others warned of)."""
+    from vae_jax import checkpoint  # Orbax: imported when a checkpoint is read, not with the report
+
+    abstract = runner.state_template(config, task)
+    manager = checkpoint.make_manager(config.workdir, keep=config.keep_checkpoints)
+    out = []
+    try:
+        for step in sorted(manager.all_steps()):
+            try:
+                state = checkpoint.restore_epoch(manager, step, abstract)
+            except Exception as err:
+                print(
+                    f"warning: checkpoint {step} in {manager.directory} cannot be restored "
+                    f"({checkpoint.one_line(err)}); its codebook usage is left out",
+                    file=sys.stderr,
+                )
+                continue
+            usage = [
+                vq.code_usage(model, jax.tree_util.tree_map(lambda a: a[r], state.params), x)
+                for r in range(len(config.seed_list()))
+            ]
+            per_seed = {name: [u[name] for u in usage] for name in ("codes_used", "perplexity")}
+            means = {name: float(np.mean(values)) for name, values in per_seed.items()}
+            out.append({"epoch": int(step), **means, **{f"per_seed_{k}": v for k, v in per_seed.items()}})
+    finally:
+        checkpoint.close(manager)
+    return out
 
 
 def report_variant(config, vq_config, dataset, classifier: Callable, vae_images, trained: dict) -> dict:
