@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     sharding = parallel.eval_batch_sharding(args.devices)
     run = evaluation.trained_vae(args.workdir, args.dataset, args.data_dir, args.skip_unreadable)
     config, dataset, epoch = run.config, run.dataset, run.epoch
-    parts = trained.FAMILIES[config.kind].eval_parts(run.model, run.task, config)
+    parts = trained.FAMILIES[config.kind].model_cls.eval_parts(run.model, run.task, config)
     data = {"x": dataset.test_pixels}
     if parts.needs_labels:
         spec = args.dataset or config.dataset

@@ -31,7 +31,7 @@ LAYERS = {
     ],
     "data": ["data", "data.*"],
     "protocol": ["protocol"],
-    "families": ["tasks", "tasks.*", "linear_ae", "classifier", "latent_metrics", "latent_views"],
+    "families": ["tasks", "tasks.*", "trained_model", "linear_ae", "classifier", "latent_metrics", "latent_views"],
     "step": ["train"],
     "driver": [
         "runner",

@@ -25,7 +25,8 @@ maths    ``ops``, ``losses``, ``quantize``, ``schedules``, ``objectives``, ``pen
          ``evaluate``, ``diagnostics``, ``precision`` (the compute dtype policy), ``models/*``
 data     ``data`` and ``data.*`` (dataset specs to arrays; one module per source; decode-once; cached arrays)
 protocol ``protocol`` (:class:`Task`, :class:`TrainConfig`, the optimizer flags)
-families ``tasks/*``, ``linear_ae``, ``classifier``, ``latent_metrics``, ``latent_views``
+families ``tasks/*`` (each with its trained model), ``trained_model`` (the interface they share), ``linear_ae``,
+         ``classifier``, ``latent_metrics``, ``latent_views``
 step     ``train`` (train state, the step, the epoch, the optimizer from the config)
 driver   ``runner`` (the training driver), ``workdir`` (a workdir's safety checks and records), ``parallel``,
          ``streaming``, ``faults``, ``distributed``, ``checkpoint``, ``tensorboard``, ``plots``, ``trained``

@@ -23,17 +23,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
-import warnings
 from collections.abc import Callable
 
 import jax
 import numpy as np
 
-from vae_jax import arrays, errors, evaluate, runner
+from vae_jax import errors, runner
 from vae_jax import workdir as workdir_lib
-from vae_jax.data import pixels_to_float
 from vae_jax.data.npz import atomic_file
 from vae_jax.errors import ConfigError
 from vae_jax.tasks import autoencoder as ae_tasks
@@ -43,29 +40,24 @@ from vae_jax.tasks import hvae as hvae_tasks
 from vae_jax.tasks import prior as prior_tasks
 from vae_jax.tasks import vae as vae_tasks
 from vae_jax.tasks import vqvae as vq_tasks
+from vae_jax.trained_model import TrainedModel
 
 EXPORT_FORMAT = "vae_jax.trained_model"
 EXPORT_VERSION = 1
 
 
-# --- families: kind -> config class, model + task, TrainedModel class, evaluation parts ----------
+# --- families: kind -> config class, model + task, TrainedModel class ------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
     """How to rebuild one family: ``config.json``'s dataclass, ``build(config, image_shape) -> (model, Task)``
-    (the model exactly as it was trained), its :class:`TrainedModel` subclass and, for families with a
-    likelihood, ``eval_parts(model, task, config) -> VAEEvalParts``."""
+    (the model exactly as it was trained) and its :class:`~vae_jax.trained_model.TrainedModel` subclass (which
+    lives with the family's task; its ``eval_parts`` is None for families without a likelihood)."""
 
     config_cls: type
     build: Callable
     model_cls: type
-    eval_parts: Callable | None = None
-
-
-def _gaussian_parts(model, task, config):
-    resolved = config.resolved() if hasattr(config, "resolved") else config  # a conv preset fixes the likelihood
-    return evaluate.gaussian_vae_parts(model, task.eval_fn, resolved.likelihood, resolved.decoder_logvar)
 
 
 def _build_vqvae(config, image_shape):
@@ -240,325 +232,15 @@ def load_run(workdir_or_file: str, seed: int | None = None, epoch: int | None = 
     return _load_export(path, seed, epoch) if os.path.isfile(path) else _load_workdir(path, seed, epoch)
 
 
-# --- one interface for every family ----------------------------------------------------------
-
-
-def _as_key(key, name: str = "key") -> jax.Array:
-    """A typed PRNG key from a key or an integer seed."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-        return key
-    if isinstance(key, jax.Array) and key.dtype == np.uint32 and key.shape == (2,):  # a raw jax.random.PRNGKey
-        return jax.random.wrap_key_data(key)
-    raise ConfigError(f"{name} must be a jax.random.key(...) or an integer seed, got {key!r}")
-
-
-def _check_count(n, name: str = "n", smallest: int = 1, note: str = "a positive integer") -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < smallest:
-        raise ConfigError(f"{name} must be {note}, got {n!r}")
-    return int(n)
-
-
-def _check_temperature(temperature) -> float:
-    try:
-        value = float(temperature)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"temperature must be a positive number (1: the prior itself), got {temperature!r}")
-    return value
-
-
-@dataclasses.dataclass(eq=False, repr=False)
-class TrainedModel:
-    """A trained model of any family, answering the same verbs; made by :func:`load_run`.
-
-    Images are ``[N, H, W, C]`` (``image_shape``), float in [0, 1] or ``uint8`` in, float32 in the data's range
-    ([0, 1] for every decoder here, unless an autoencoder was trained with ``--output linear``) out. ``labels`` are
-    the conditional VAE's classes (int or ``[N]`` ints in ``[0, num_classes)``); every other family takes ``None``.
-
-    Attributes:
-      model: the flax module. params: the bare params tree of this seed.
-      variables: ``{"params": params}`` for ``model.apply``. config: the run's config dataclass.
-      family: the ``kind`` (``vae``, ``conv_vae``, ``cvae``, ``hvae``, ``vqvae``, ``autoencoder``).
-      epoch: the checkpoint's epoch. seed: the replica's seed. image_shape: ``(H, W, C)``.
-      model_state: non-gradient state (the VQ-VAE's EMA codebook statistics) or None.
-      source: the workdir or file it was read from.
-      data_record: the data it trained on (its workdir's ``data.json``, kept in an exported file), or None.
-    """
-
-    family: str
-    config: object
-    model: object
-    task: object
-    params: object
-    epoch: int
-    seed: int
-    image_shape: tuple
-    model_state: object = None
-    prior: tuple | None = None
-    source: str = ""
-    data_record: dict | None = None
-    conditional = False  # not a field: CVAEModel sets it
-
-    def __post_init__(self):
-        self.image_shape = tuple(int(d) for d in self.image_shape)
-
-    @property
-    def variables(self) -> dict:
-        return {"params": self.params}
-
-    def __repr__(self) -> str:
-        return (
-            f"TrainedModel({self.family}, image_shape={self.image_shape}, seed={self.seed}, epoch={self.epoch}, "
-            f"source={self.source!r})"
-        )
-
-    # --- the verbs: inputs checked here, the work done by each family's _methods
-
-    def sample(self, n: int, key, labels=None, temperature: float = 1.0) -> np.ndarray:
-        """``n`` samples ``[n, H, W, C]`` (decoder means) drawn with ``key`` (a key or an int seed).
-
-        ``temperature`` scales the prior's standard deviation (Gaussian latents) or divides the PixelCNN prior's
-        logits (VQ-VAE); 1 samples the model. The conditional VAE needs ``labels``. The same key, the same samples.
-        """
-        n, key, temperature = _check_count(n), _as_key(key), _check_temperature(temperature)
-        return self._sample(n, key, self._labels(labels, n), temperature)
-
-    def reconstruct(self, x, labels=None) -> np.ndarray:
-        """Deterministic reconstructions ``[N, H, W, C]`` of images ``x`` (decoded posterior means / codes)."""
-        x = self._images(x)
-        return self._reconstruct(pixels_to_float(x), self._labels(labels, len(x)))
-
-    def encode(self, x, labels=None):
-        """Posterior means ``[N, D]`` (the HVAE: ``{"z1": [N, D1], "z2": [N, D2]}``; the VQ-VAE: int32 code
-        indices ``[N, H/4, W/4]``; an autoencoder: its code ``[N, D]``) of images ``x``."""
-        x = self._images(x)
-        return self._encode(pixels_to_float(x), self._labels(labels, len(x)))
-
-    def decode(self, z, labels=None) -> np.ndarray:
-        """Images ``[N, H, W, C]`` (decoder means) of latents shaped as :meth:`encode` returns them."""
-        z = self._latents(z)
-        return self._decode(z, self._labels(labels, len(z)))
-
-    def evaluate(self, x, labels=None, iwae_k: int = 0, key=None, batch_size: int = 100, k_chunk: int = 100) -> dict:
-        """Test metrics of ``x`` in nats per example: exactly what ``experiments.evaluate`` reports.
-
-        The VAE families go through :func:`vae_jax.evaluate.evaluate_runs` with this model's evaluation parts and
-        the run's ``eval_batch_size``: ``n``, ``neg_elbo``, ``recon``, ``kl`` (+ ``kl_z1``, ``kl_z2``), active units
-        per layer and, with ``iwae_k > 0``, ``iwae_nll`` and ``bits_per_dim``. The VQ-VAE and the autoencoders give
-        their training task's test metrics (as ``summary.json``'s); they have no likelihood to bound (``iwae_k``
-        must be 0).
-
-        Args:
-          key: the evaluation key (a key or an int seed); default the project's fixed
-            :func:`vae_jax.evaluate.eval_key`. The dict's ``key`` says which was used.
-        """
-        x = self._images(x)
-        labels = self._labels(labels, len(x))
-        iwae_k = _check_count(iwae_k, "iwae_k", 0, "a non-negative integer (0: no IWAE bound)")
-        batch_size, k_chunk = _check_count(batch_size, "batch_size"), _check_count(k_chunk, "k_chunk")
-        if key is None:
-            record, key = f"vae_jax.evaluate.eval_key() (seed {evaluate.EVAL_SEED})", evaluate.eval_key()
-        else:
-            record = f"seed {int(key)}" if isinstance(key, (int, np.integer)) else "the key passed"
-            key = _as_key(key)
-        data = {"x": x} if labels is None else {"x": x, "y": labels}
-        return {
-            **self._evaluate(data, iwae_k, key, batch_size, k_chunk),
-            "key": record,
-            "key_data": np.asarray(jax.random.key_data(key)).tolist(),
-        }
-
-    # --- checks at the edge
-
-    def _images(self, x) -> np.ndarray:
-        """``x`` as ``[N, H, W, C]`` float32 in [0, 1] or uint8 (uint8 converts the way the training data does)."""
-        x = np.asarray(x)
-        h, w, c = self.image_shape
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape or x.shape[0] < 1:
-            raise ConfigError(
-                f"x must be images [N, {h}, {w}, {c}] (float in [0, 1] or uint8) for this model, "
-                f"got shape {list(x.shape)} ({x.dtype})"
-            )
-        if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
-            raise ConfigError(f"x must hold float pixels in [0, 1] or uint8 in [0, 255], got {x.dtype}")
-        if x.dtype == np.uint8:
-            return x
-        x = x.astype(np.float32)
-        if not np.all(np.isfinite(x)):
-            raise ConfigError(f"x must hold float pixels in [0, 1], got {int(np.sum(~np.isfinite(x)))} NaN or infinite")
-        low, high = float(np.min(x)), float(np.max(x))
-        if not (0.0 <= low and high <= 1.0):
-            raise ConfigError(
-                f"x must hold float pixels in [0, 1] (or uint8 in [0, 255]), got values in [{low:.4g}, {high:.4g}]"
-            )
-        return x
-
-    def _labels(self, labels, n: int):
-        if labels is not None:
-            raise ConfigError(f"labels: this {self.family} model is not conditional; pass labels=None")
-        return None
-
-    def _latents(self, z) -> np.ndarray:
-        z, dim = np.asarray(z), self.model.latent_dim
-        if z.ndim != 2 or z.shape[1] != dim or z.shape[0] < 1:
-            raise ConfigError(f"z must be latents [N, {dim}] for this model, got shape {list(z.shape)}")
-        return z.astype(np.float32)
-
-    def _no(self, verb: str, why: str):
-        raise ConfigError(f"{verb}: this {self.family} model {why}")
-
-    def _evaluate(self, data, iwae_k, key, batch_size, k_chunk) -> dict:
-        if iwae_k:
-            self._no("iwae_k", "has no likelihood to bound; pass iwae_k=0 for its test metrics")
-        fn = evaluate.make_per_example_eval(self.task.eval_fn, self.config.eval_batch_size)
-        out = jax.device_get(fn(self.params, jax.tree_util.tree_map(np.asarray, data), key))
-        return {"n": int(len(data["x"])), **{name: float(np.mean(v)) for name, v in out.items()}}
-
-
-class GaussianVAEModel(TrainedModel):
-    """The MLP and conv VAEs: z ~ N(0, I), posterior means ``[N, D]``."""
-
-    def _sample(self, n, key, labels, temperature):
-        z = arrays.standard_normal(key, (n, self.model.latent_dim)) * np.float32(temperature)
-        return self._decode(z, labels)  # the CVAE's decoder takes the labels
-
-    def _reconstruct(self, x, labels):
-        return vae_tasks.reconstruct(self.model, self.params, x)
-
-    def _encode(self, x, labels):
-        return vae_tasks.encode_means(self.model, self.params, x)
-
-    def _decode(self, z, labels):
-        return vae_tasks.decode_means(self.model, self.params, z)
-
-    def _evaluate(self, data, iwae_k, key, batch_size, k_chunk) -> dict:
-        parts = FAMILIES[self.family].eval_parts(self.model, self.task, self.config)
-        replicated = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], self.params)
-        return evaluate.evaluate_runs(
-            parts,
-            replicated,
-            data,
-            iwae_k=iwae_k,
-            eval_batch_size=self.config.eval_batch_size,
-            iwae_batch_size=batch_size,
-            k_chunk=k_chunk,
-            key=key,
-        )[0]
-
-
-class CVAEModel(GaussianVAEModel):
-    """The conditional VAE: every verb takes the class ``labels``."""
-
-    conditional = True
-
-    def _labels(self, labels, n: int) -> np.ndarray:
-        classes = self.model.num_classes
-        if labels is None:
-            raise ConfigError(f"labels: the conditional VAE needs labels, an int or {n} ints in [0, {classes})")
-        values = np.asarray(labels)
-        if values.dtype == bool or not np.issubdtype(values.dtype, np.integer):
-            raise ConfigError(f"labels must be integers in [0, {classes}) (the trained classes), got {labels!r}")
-        values = np.full(n, values, np.int64) if values.ndim == 0 else values
-        if values.shape != (n,):
-            raise ConfigError(f"labels must be one int or {n} ints (one per image), got shape {list(values.shape)}")
-        if values.min() < 0 or values.max() >= classes:
-            bad = values[(values < 0) | (values >= classes)][0]
-            raise ConfigError(f"labels must lie in [0, {classes}) (the trained classes), got {int(bad)}")
-        return values.astype(np.int32)
-
-    def _reconstruct(self, x, labels):
-        return cvae_tasks.decode_means(self.model, self.params, self._encode(x, labels), labels)
-
-    def _encode(self, x, labels):
-        return cvae_tasks.encode_means(self.model, self.params, x, labels)
-
-    def _decode(self, z, labels):
-        return cvae_tasks.decode_means(self.model, self.params, z, labels)
-
-
-class HVAEModel(GaussianVAEModel):
-    """The two-level VAE: ancestral samples z2 ~ N(0, I), z1 ~ p(z1|z2); ``encode`` gives both layers. It
-    reconstructs and decodes as the VAE."""
-
-    def _sample(self, n, key, labels, temperature):
-        return hvae_tasks.sample(self.model, self.params, key, n, temperature)
-
-    def _encode(self, x, labels):
-        return hvae_tasks.encode_layers(self.model, self.params, x)
-
-    def _latents(self, z):
-        """The decoder reads z1: ``[N, D1]``, or the dict :meth:`encode` returns."""
-        return super()._latents(z["z1"] if isinstance(z, dict) and "z1" in z else z)
-
-
-class VQVAEModel(TrainedModel):
-    """The VQ-VAE: codes are int32 index grids ``[N, H/4, W/4]``; samples come from its PixelCNN prior, ``prior``
-    ``(prior config, PixelCNN, params)`` when stage 2 ran, else None (then :meth:`sample` decodes uniform code grids
-    and warns)."""
-
-    def _sample(self, n, key, labels, temperature):
-        grid = self.model.grid_shape
-        if self.prior is None:
-            warnings.warn(
-                f"{self.source}: this VQ-VAE has no learned prior (stage 2 did not run); sampling uniform "
-                "code grids, its training-time prior (temperature ignored)",
-                stacklevel=3,
-            )
-            codes = vq_tasks.uniform_code_grids(key, n, grid, self.model.num_codes)
-        else:
-            _, prior_model, prior_params = self.prior
-            codes = prior_tasks.sample_codes(prior_model, prior_params, key, n, grid, temperature)
-        return vq_tasks.decode_indices(self.model, self.params, codes)
-
-    def _reconstruct(self, x, labels):
-        return vq_tasks.reconstruct(self.model, self.params, x)
-
-    def _encode(self, x, labels):
-        return vq_tasks.encode_indices(self.model, self.params, x)
-
-    def _latents(self, z) -> np.ndarray:
-        z, (h, w), k = np.asarray(z), self.model.grid_shape, self.model.num_codes
-        wanted = f"z must be code-index grids [N, {h}, {w}] of integers in [0, {k}) for this model"
-        if z.ndim != 3 or z.shape[1:] != (h, w) or len(z) < 1 or not np.issubdtype(z.dtype, np.integer):
-            raise ConfigError(f"{wanted}, got shape {list(z.shape)} ({z.dtype})")
-        if z.min() < 0 or z.max() >= k:
-            raise ConfigError(f"{wanted}, got codes from {int(z.min())} to {int(z.max())}")
-        return z.astype(np.int32)
-
-    def _decode(self, z, labels):
-        return vq_tasks.decode_indices(self.model, self.params, z)
-
-
-class AutoEncoderModel(TrainedModel):
-    """A deterministic autoencoder: no prior to sample from; ``encode`` gives the code ``[N, D]``."""
-
-    def _sample(self, n, key, labels, temperature):
-        self._no("sample", "has no prior over its codes to sample from (train a VAE for that)")
-
-    def _reconstruct(self, x, labels):
-        return ae_tasks.ae_reconstruct(self.model, self.params, x, self.config.output)
-
-    def _encode(self, x, labels):
-        return ae_tasks.ae_encode(self.model, self.params, x)
-
-    def _decode(self, z, labels):
-        if self.config.arch == "conv" and self.config.upsampling == "unpool":
-            self._no("decode", "with --upsampling unpool needs the encoder's pooling indices; use reconstruct")
-        return ae_tasks.ae_decode(self.model, self.params, z, self.config.output)
-
-
 FAMILIES = {
-    "vae": Family(vae_tasks.VAEConfig, vae_tasks.vae_task, GaussianVAEModel, _gaussian_parts),
-    "conv_vae": Family(conv_tasks.ConvVAEConfig, conv_tasks.conv_vae_task, GaussianVAEModel, _gaussian_parts),
-    "cvae": Family(cvae_tasks.CVAEConfig, cvae_tasks.cvae_task, CVAEModel, cvae_tasks.cvae_eval_parts),
-    "hvae": Family(hvae_tasks.HVAEConfig, hvae_tasks.hvae_task, HVAEModel, hvae_tasks.hvae_eval_parts),
-    "vqvae": Family(vq_tasks.VQVAEConfig, _build_vqvae, VQVAEModel),
-    "autoencoder": Family(ae_tasks.AEConfig, ae_tasks.ae_task, AutoEncoderModel),
+    "vae": Family(vae_tasks.VAEConfig, vae_tasks.vae_task, vae_tasks.GaussianVAEModel),
+    "conv_vae": Family(conv_tasks.ConvVAEConfig, conv_tasks.conv_vae_task, vae_tasks.GaussianVAEModel),
+    "cvae": Family(cvae_tasks.CVAEConfig, cvae_tasks.cvae_task, cvae_tasks.CVAEModel),
+    "hvae": Family(hvae_tasks.HVAEConfig, hvae_tasks.hvae_task, hvae_tasks.HVAEModel),
+    "vqvae": Family(vq_tasks.VQVAEConfig, _build_vqvae, vq_tasks.VQVAEModel),
+    "autoencoder": Family(ae_tasks.AEConfig, ae_tasks.ae_task, ae_tasks.AutoEncoderModel),
 }
-VAE_KINDS = tuple(kind for kind, family in FAMILIES.items() if family.eval_parts is not None)
+VAE_KINDS = tuple(kind for kind, family in FAMILIES.items() if family.model_cls.eval_parts is not None)
 
 
 def load_images(

@@ -17,6 +17,7 @@ from vae_jax.errors import field, require, require_list
 from vae_jax.models.autoencoder import ARCHS, UPSAMPLINGS, AutoEncoder, conv_level_sizes
 from vae_jax.models.autoencoder import init_params as init_autoencoder_params
 from vae_jax.protocol import Task, TrainConfig
+from vae_jax.trained_model import TrainedModel
 
 AE_VARIANTS = ("plain", "denoising", "masked", "contractive")
 AE_LOSSES = ("bce", "mse")
@@ -282,3 +283,24 @@ def ae_reconstruct(
 ) -> np.ndarray:
     """Reconstructions ``[N, H, W, C]`` of (possibly corrupted) inputs ``x``, all ways up included."""
     return apply_in_batches(_ae_reconstruct, model, params, x, batch_size=batch_size, output=output)
+
+
+# --- the trained model (vae_jax.load_run) ---------------------------------------------------
+
+
+class AutoEncoderModel(TrainedModel):
+    """A deterministic autoencoder: no prior to sample from; ``encode`` gives the code ``[N, D]``."""
+
+    def _sample(self, n, key, labels, temperature):
+        self._no("sample", "has no prior over its codes to sample from (train a VAE for that)")
+
+    def _reconstruct(self, x, labels):
+        return ae_reconstruct(self.model, self.params, x, self.config.output)
+
+    def _encode(self, x, labels):
+        return ae_encode(self.model, self.params, x)
+
+    def _decode(self, z, labels):
+        if self.config.arch == "conv" and self.config.upsampling == "unpool":
+            self._no("decode", "with --upsampling unpool needs the encoder's pooling indices; use reconstruct")
+        return ae_decode(self.model, self.params, z, self.config.output)

@@ -22,7 +22,7 @@ from vae_jax.models.cvae import CVAE
 from vae_jax.models.vae import init_params
 from vae_jax.protocol import Task
 from vae_jax.tasks import vae as vae_tasks
-from vae_jax.tasks.vae import VAEConfig
+from vae_jax.tasks.vae import GaussianVAEModel, VAEConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,3 +150,37 @@ def collapse_diagnostics(
     """
     means, logvars = diagnostics.encode_posteriors(model, params, x, check_labels(model, y, "y"), batch_size=batch_size)
     return {"z": diagnostics.collapse_diagnostics(means, logvars, key)}
+
+
+# --- the trained model (vae_jax.load_run) ---------------------------------------------------
+
+
+class CVAEModel(GaussianVAEModel):
+    """The conditional VAE: every verb takes the class ``labels``."""
+
+    conditional = True
+    eval_parts = staticmethod(cvae_eval_parts)
+
+    def _labels(self, labels, n: int) -> np.ndarray:
+        classes = self.model.num_classes
+        if labels is None:
+            raise ConfigError(f"labels: the conditional VAE needs labels, an int or {n} ints in [0, {classes})")
+        values = np.asarray(labels)
+        if values.dtype == bool or not np.issubdtype(values.dtype, np.integer):
+            raise ConfigError(f"labels must be integers in [0, {classes}) (the trained classes), got {labels!r}")
+        values = np.full(n, values, np.int64) if values.ndim == 0 else values
+        if values.shape != (n,):
+            raise ConfigError(f"labels must be one int or {n} ints (one per image), got shape {list(values.shape)}")
+        if values.min() < 0 or values.max() >= classes:
+            bad = values[(values < 0) | (values >= classes)][0]
+            raise ConfigError(f"labels must lie in [0, {classes}) (the trained classes), got {int(bad)}")
+        return values.astype(np.int32)
+
+    def _reconstruct(self, x, labels):
+        return decode_means(self.model, self.params, self._encode(x, labels), labels)
+
+    def _encode(self, x, labels):
+        return encode_means(self.model, self.params, x, labels)
+
+    def _decode(self, z, labels):
+        return decode_means(self.model, self.params, z, labels)

@@ -36,7 +36,7 @@ from vae_jax.evaluate import VAEEvalParts
 from vae_jax.models.hvae import HVAE
 from vae_jax.models.vae import init_params
 from vae_jax.protocol import Task
-from vae_jax.tasks.vae import VAEObjectiveConfig, require_widths
+from vae_jax.tasks.vae import GaussianVAEModel, VAEObjectiveConfig, require_widths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,3 +204,23 @@ def collapse_diagnostics(model: HVAE, params, x: np.ndarray, key: jax.Array, bat
         ),
         "z2": diagnostics.collapse_diagnostics(layers["q2_mean"], layers["q2_logvar"], key2),
     }
+
+
+# --- the trained model (vae_jax.load_run) ---------------------------------------------------
+
+
+class HVAEModel(GaussianVAEModel):
+    """The two-level VAE: ancestral samples z2 ~ N(0, I), z1 ~ p(z1|z2); ``encode`` gives both layers. It
+    reconstructs and decodes as the VAE."""
+
+    eval_parts = staticmethod(hvae_eval_parts)
+
+    def _sample(self, n, key, labels, temperature):
+        return sample(self.model, self.params, key, n, temperature)
+
+    def _encode(self, x, labels):
+        return encode_layers(self.model, self.params, x)
+
+    def _latents(self, z):
+        """The decoder reads z1: ``[N, D1]``, or the dict :meth:`encode` returns."""
+        return super()._latents(z["z1"] if isinstance(z, dict) and "z1" in z else z)

@@ -12,12 +12,13 @@ from typing import ClassVar
 import jax
 import numpy as np
 
-from vae_jax import compiling, diagnostics, objectives, schedules
+from vae_jax import arrays, compiling, diagnostics, evaluate, objectives, schedules
 from vae_jax import precision as precision_lib
 from vae_jax.arrays import apply_in_batches, bare_params
 from vae_jax.errors import field, require, require_list
 from vae_jax.models.vae import VAE, init_params
 from vae_jax.protocol import Task, TrainConfig
+from vae_jax.trained_model import TrainedModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,3 +206,45 @@ def interpolate(model, params, x_a: np.ndarray, x_b: np.ndarray, steps: int = 10
     z = encode_means(model, params, np.stack([x_a, x_b]))
     t = np.linspace(0.0, 1.0, steps)[:, None]
     return decode_means(model, params, (1.0 - t) * z[0] + t * z[1])
+
+
+# --- the trained model (vae_jax.load_run) ---------------------------------------------------
+
+
+def gaussian_eval_parts(model, task: Task, config) -> evaluate.VAEEvalParts:
+    """:func:`vae_jax.evaluate.gaussian_vae_parts` of an MLP or conv VAE run (a conv preset fixes the likelihood)."""
+    resolved = config.resolved() if hasattr(config, "resolved") else config
+    return evaluate.gaussian_vae_parts(model, task.eval_fn, resolved.likelihood, resolved.decoder_logvar)
+
+
+class GaussianVAEModel(TrainedModel):
+    """The MLP and conv VAEs: z ~ N(0, I), posterior means ``[N, D]``."""
+
+    eval_parts = staticmethod(gaussian_eval_parts)
+
+    def _sample(self, n, key, labels, temperature):
+        z = arrays.standard_normal(key, (n, self.model.latent_dim)) * np.float32(temperature)
+        return self._decode(z, labels)  # the CVAE's decoder takes the labels
+
+    def _reconstruct(self, x, labels):
+        return reconstruct(self.model, self.params, x)
+
+    def _encode(self, x, labels):
+        return encode_means(self.model, self.params, x)
+
+    def _decode(self, z, labels):
+        return decode_means(self.model, self.params, z)
+
+    def _evaluate(self, data, iwae_k, key, batch_size, k_chunk) -> dict:
+        parts = self.eval_parts(self.model, self.task, self.config)
+        replicated = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], self.params)
+        return evaluate.evaluate_runs(
+            parts,
+            replicated,
+            data,
+            iwae_k=iwae_k,
+            eval_batch_size=self.config.eval_batch_size,
+            iwae_batch_size=batch_size,
+            k_chunk=k_chunk,
+            key=key,
+        )[0]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from typing import ClassVar
 
 import jax
@@ -46,6 +47,8 @@ from vae_jax.errors import ConfigError, field, require, require_list
 from vae_jax.models.vqvae import VQVAE
 from vae_jax.models.vqvae import init_params as init_vqvae_params
 from vae_jax.protocol import Task, TrainConfig
+from vae_jax.tasks.prior import sample_codes
+from vae_jax.trained_model import TrainedModel
 
 CODEBOOK_MODES = ("grad", "ema")
 ON_OFF = ("off", "on")
@@ -393,3 +396,44 @@ def uniform_code_grids(key: jax.Array, n: int, grid_shape, num_codes: int) -> np
 @compiling.jit_run_once(static_argnums=(1, 2))
 def _uniform_codes(key, shape: tuple, num_codes: int):
     return jax.random.randint(key, shape, 0, num_codes)
+
+
+# --- the trained model (vae_jax.load_run) ---------------------------------------------------
+
+
+class VQVAEModel(TrainedModel):
+    """The VQ-VAE: codes are int32 index grids ``[N, H/4, W/4]``; samples come from its PixelCNN prior, ``prior``
+    ``(prior config, PixelCNN, params)`` when stage 2 ran, else None (then :meth:`sample` decodes uniform code grids
+    and warns)."""
+
+    def _sample(self, n, key, labels, temperature):
+        grid = self.model.grid_shape
+        if self.prior is None:
+            warnings.warn(
+                f"{self.source}: this VQ-VAE has no learned prior (stage 2 did not run); sampling uniform "
+                "code grids, its training-time prior (temperature ignored)",
+                stacklevel=3,
+            )
+            codes = uniform_code_grids(key, n, grid, self.model.num_codes)
+        else:
+            _, prior_model, prior_params = self.prior
+            codes = sample_codes(prior_model, prior_params, key, n, grid, temperature)
+        return decode_indices(self.model, self.params, codes)
+
+    def _reconstruct(self, x, labels):
+        return reconstruct(self.model, self.params, x)
+
+    def _encode(self, x, labels):
+        return encode_indices(self.model, self.params, x)
+
+    def _latents(self, z) -> np.ndarray:
+        z, (h, w), k = np.asarray(z), self.model.grid_shape, self.model.num_codes
+        wanted = f"z must be code-index grids [N, {h}, {w}] of integers in [0, {k}) for this model"
+        if z.ndim != 3 or z.shape[1:] != (h, w) or len(z) < 1 or not np.issubdtype(z.dtype, np.integer):
+            raise ConfigError(f"{wanted}, got shape {list(z.shape)} ({z.dtype})")
+        if z.min() < 0 or z.max() >= k:
+            raise ConfigError(f"{wanted}, got codes from {int(z.min())} to {int(z.max())}")
+        return z.astype(np.int32)
+
+    def _decode(self, z, labels):
+        return decode_indices(self.model, self.params, z)
