@@ -7,6 +7,7 @@ turns them into one-line ``error: ...`` messages with exit code 2 (a :class:`Run
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import tempfile
@@ -89,6 +90,17 @@ def require(condition: bool, name: str, expected: str, value) -> None:
     """Raises :class:`ConfigError` naming the flag unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{flag(name)} must be {expected}, got {value!r}")
+
+
+def positive_number(value, name: str, note: str = "") -> float:
+    """``value`` as a float if it is a finite positive number, else a :class:`ConfigError` naming ``name``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ConfigError(f"{name} must be a positive number{note}, got {value!r}")
+    return number
 
 
 def require_list(name: str, values, ok, expected: str, shown=None) -> None:

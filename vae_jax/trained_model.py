@@ -9,14 +9,13 @@ the argument. :func:`vae_jax.load_run` (:mod:`vae_jax.trained`) reads a run from
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import numpy as np
 
 from vae_jax import evaluate
 from vae_jax.arrays import pixels_to_float
-from vae_jax.errors import ConfigError
+from vae_jax.errors import ConfigError, positive_number
 
 
 def _as_key(key, name: str = "key") -> jax.Array:
@@ -34,16 +33,6 @@ def _check_count(n, name: str = "n", smallest: int = 1, note: str = "a positive 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < smallest:
         raise ConfigError(f"{name} must be {note}, got {n!r}")
     return int(n)
-
-
-def _check_temperature(temperature) -> float:
-    try:
-        value = float(temperature)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"temperature must be a positive number (1: the prior itself), got {temperature!r}")
-    return value
 
 
 @dataclasses.dataclass(eq=False, repr=False)
@@ -102,7 +91,11 @@ class TrainedModel:
         ``temperature`` scales the prior's standard deviation (Gaussian latents) or divides the PixelCNN prior's
         logits (VQ-VAE); 1 samples the model. The conditional VAE needs ``labels``. The same key, the same samples.
         """
-        n, key, temperature = _check_count(n), _as_key(key), _check_temperature(temperature)
+        n, key, temperature = (
+            _check_count(n),
+            _as_key(key),
+            positive_number(temperature, "temperature", " (1: the prior itself)"),
+        )
         return self._sample(n, key, self._labels(labels, n), temperature)
 
     def reconstruct(self, x, labels=None) -> np.ndarray:

@@ -35,7 +35,7 @@ import optax
 from vae_jax import data as data_lib
 from vae_jax import precision as precision_lib
 from vae_jax.arrays import bare_params
-from vae_jax.errors import field, require
+from vae_jax.errors import field, positive_number, require
 from vae_jax.models.pixelcnn import PixelCNN
 from vae_jax.models.pixelcnn import init_params as init_pixelcnn_params
 from vae_jax.protocol import Task, TrainConfig
@@ -220,12 +220,7 @@ def sample_codes(
     int ``[n]`` classes, required for a conditional prior. Returns int32 ``[n, H', W']`` codes in [0, K).
     """
     grid_shape = tuple(int(s) for s in grid_shape)
-    try:
-        temperature_value = float(temperature)
-    except (TypeError, ValueError):
-        temperature_value = math.nan
-    if not (math.isfinite(temperature_value) and temperature_value > 0):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    temperature_value = positive_number(temperature, "temperature")
     if int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     n = int(n)
