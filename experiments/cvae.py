@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from vae_jax import classifier as classifier_lib
-from vae_jax import plots, runner
+from vae_jax import distributed, plots, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.cli import parse_config, user_errors
 from vae_jax.tasks import cvae
@@ -103,7 +103,7 @@ def report(config, model, result: runner.TrainResult) -> dict:
     )["z"]
     workdir_lib.write_summary(config.workdir, result.summary, figures)
     test = result.summary["test"]
-    runner.log(f"data: {data.describe()}")
+    distributed.log(f"data: {data.describe()}")
     print(
         f"test neg-ELBO {test['neg_elbo']['mean']:.2f} nats (recon {test['recon']['mean']:.2f}, KL "
         f"{test['kl']['mean']:.2f}); classifier test accuracy {control['classifier_test_accuracy']:.3f}; "

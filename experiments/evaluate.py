@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
         trained.check_dataset_labels(spec, dataset.y_test, run.model.num_classes, "is evaluated on -log p(x|y)")
         data["y"] = dataset.y_test
 
-    # The computation TrainedModel.evaluate runs on one seed (vae_jax.trained): the same numbers.
+    # TrainedModel.evaluate (vae_jax.trained_model) runs this computation on one seed: the same numbers.
     per_seed = evaluate.evaluate_runs(
         parts,
         run.params,

@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from vae_jax import cli, plots, runner, trained
+from vae_jax import cli, distributed, plots, trained
 from vae_jax.cli import user_errors
 from vae_jax.errors import ConfigError
 
@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
         warnings.simplefilter("always")
         x = run.sample(args.n, args.key, labels=labels, temperature=args.temperature)
     for warning in caught:
-        runner.log(f"warning: {warning.message}")
+        distributed.log(f"warning: {warning.message}")
     ignored = any("temperature ignored" in str(warning.message) for warning in caught)  # no prior to scale
     temperature = f"temperature {args.temperature:g}" + (" ignored" if ignored else "")
     npz = os.path.splitext(args.out)[0] + ".npz"

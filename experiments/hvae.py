@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from vae_jax import runner
+from vae_jax import distributed, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.cli import parse_config, user_errors
 from vae_jax.errors import field, require
@@ -63,9 +63,9 @@ def main(argv=None) -> dict:
 
     h_model, h_task = hvae.hvae_task(config, dataset.image_shape)
     v_model, v_task = vae_tasks.vae_task(vae_config, dataset.image_shape)
-    runner.log("training the hierarchical VAE")
+    distributed.log("training the hierarchical VAE")
     h_result = runner.train(config, h_task, dataset)
-    runner.log("training the one-level VAE")
+    distributed.log("training the one-level VAE")
     v_result = runner.train(vae_config, v_task, dataset)
     trained = {"hvae": (h_model, h_task, h_result, hvae_params), "vae": (v_model, v_task, v_result, vae_params)}
     return runner.report_on_main(

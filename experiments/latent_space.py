@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
         for sub_config in latent_metrics.matched_configs(config, latent_dim, config.workdir).values()
     ]
     dataset = runner.load_data(config)
-    runner.log(f"data: {dataset.describe()}")
+    distributed.log(f"data: {dataset.describe()}")
     if dataset.y_train is None:
         raise ConfigError(f"--dataset {config.dataset} has no labels; the latent plots are coloured by label")
     latent_metrics.import_sklearn_in_background(plans)  # its t-SNEs and classifier

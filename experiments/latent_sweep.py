@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae_jax import evaluate, latent_metrics, plots, runner  # noqa: E402
+from vae_jax import distributed, evaluate, latent_metrics, plots, runner  # noqa: E402
 from vae_jax import workdir as workdir_lib  # noqa: E402
 from vae_jax.cli import parse_config, user_errors  # noqa: E402
 from vae_jax.errors import (
@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
         configs = latent_metrics.matched_configs(config, latent_dim, config.workdir)
         row = {"latent_dim": latent_dim, **{kind: train_and_measure(kind, configs[kind], dataset) for kind in configs}}
         table.append(row)
-        runner.log(row_line(row))  # progress: the table is printed at the end
+        distributed.log(row_line(row))  # progress: the table is printed at the end
     return runner.report_on_main(config.workdir, lambda: report(config, dataset, table))
 
 
@@ -124,7 +124,7 @@ def report(config: LatentSweepConfig, dataset, table: list[dict]) -> dict:
         "sub_workdirs": sorted(d for d in os.listdir(config.workdir) if os.path.isdir(os.path.join(config.workdir, d))),
     }
     workdir_lib.write_summary(config.workdir, summary)
-    runner.log(f"data: {dataset.describe()}")
+    distributed.log(f"data: {dataset.describe()}")
     print("\n".join(row_line(row) for row in table))
     print(f"outputs in {config.workdir}")
     return summary

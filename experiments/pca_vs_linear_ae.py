@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from vae_jax import linear_ae, plots, runner
+from vae_jax import distributed, linear_ae, plots, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.cli import parse_config, user_errors
 from vae_jax.errors import ConfigError
@@ -113,7 +113,7 @@ def report(config: linear_ae.LinearAEConfig, pca_fit, dataset, result: runner.Tr
     first = summary["linear_ae"]
 
     ortho = first["decoder_orthogonality"]
-    runner.log(f"data: {dataset.describe()}; m = {config.components}")
+    distributed.log(f"data: {dataset.describe()}; m = {config.components}")
     print(
         f"principal angles span(W_d) vs PCA: max {first['max_principal_angle_deg']:.2f} deg, "
         f"mean {first['mean_principal_angle_deg']:.2f} deg"

@@ -17,7 +17,7 @@ import argparse
 
 import numpy as np
 
-from vae_jax import cli, plots, runner, trained
+from vae_jax import cli, distributed, plots, trained
 from vae_jax.cli import user_errors
 from vae_jax.data import pixels_to_float
 
@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     errors = np.mean(np.square(recon - x), axis=(1, 2, 3))  # [N] per-pixel MSE of each image
     shown = min(args.n, len(x))
     if shown < args.n:
-        runner.log(f"--n {args.n}: the {args.split} split has {len(x)} images; showing them all")
+        distributed.log(f"--n {args.n}: the {args.split} split has {len(x)} images; showing them all")
     title = f"{spec} ({args.split}) and {run.family} reconstructions (MSE {errors.mean():.4f})"
     plots.save_reconstructions(x[:shown], recon[:shown], args.out, title)
     print(

@@ -24,7 +24,7 @@ import os
 
 import jax
 
-from vae_jax import latent_metrics, protocol, runner, tasks
+from vae_jax import distributed, latent_metrics, protocol, runner, tasks
 from vae_jax import workdir as workdir_lib
 from vae_jax.cli import parse_config, user_errors
 from vae_jax.errors import field, require
@@ -134,7 +134,7 @@ def report(config, dataset, vae_images, trained: list) -> dict:
             f.write(table + "\n")
         result = {"variants": dict(rows)}
         workdir_lib.write_summary(config.workdir, result)
-    runner.log(f"data: {dataset.describe()}")
+    distributed.log(f"data: {dataset.describe()}")
     print(table)
     print(f"outputs in {config.workdir}")
     return result

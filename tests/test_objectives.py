@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from scipy.special import expit
 
-from vae_jax import objectives, schedules
+from vae_jax import losses, objectives, schedules
 from vae_jax.models.vae import VAE, init_params
 
 
@@ -199,7 +199,7 @@ def test_iwae_objective_with_one_sample_is_the_elbo_in_expectation():
     log_w = np.asarray(log_weights_fn(params, batch, jax.random.key(1), n), np.float64)  # [B, n]: n draws of k = 1
     one_sample_iwae = -log_w  # -L_1 per draw (iwae_bound over a single sample is its log-weight)
     np.testing.assert_allclose(
-        -np.asarray(jax.vmap(lambda w: objectives.losses.iwae_bound(w[:, None]), 1, 1)(jnp.asarray(log_w[:, :5]))),
+        -np.asarray(jax.vmap(lambda w: losses.iwae_bound(w[:, None]), 1, 1)(jnp.asarray(log_w[:, :5]))),
         one_sample_iwae[:, :5],
         rtol=1e-6,
     )

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from vae_jax import checkpoint, cli, errors, evaluate, runner, train
+from vae_jax.models.vqvae import VQVAE
+from vae_jax.models.vqvae import init_params as init_vqvae_params
 from vae_jax.reports import vqvae as vqvae_report
 from vae_jax.tasks import vqvae as vq
 
@@ -24,8 +26,8 @@ def _config(tmp_path, **overrides):
 
 @pytest.mark.parametrize("image_shape, grid", [((28, 28, 1), (7, 7)), ((32, 32, 3), (8, 8))])
 def test_model_grid_and_shapes(image_shape, grid):
-    model = vq.VQVAE(num_codes=10, code_dim=3, channels=(4, 8), num_res_blocks=1, image_shape=image_shape)
-    params = vq.init_vqvae_params(model, jax.random.key(0))
+    model = VQVAE(num_codes=10, code_dim=3, channels=(4, 8), num_res_blocks=1, image_shape=image_shape)
+    params = init_vqvae_params(model, jax.random.key(0))
     assert params["codebook"].shape == (10, 3)
     x = jnp.zeros((2, *image_shape))
     logits, quantized = jax.jit(model.apply)({"params": params}, x)

@@ -10,8 +10,8 @@ What you import for your own code::
 (linen models of every family; ``VAE``, ``AutoEncoder`` and
 ``init_variables``/``init_params`` re-exported here), ``data``
 (``load_dataset``), and :func:`load_run` / :func:`export_run` /
-:class:`TrainedModel` (:mod:`vae_jax.trained`: a trained run of any family as
-one object). Importing ``vae_jax`` loads JAX, optax and flax only: TensorFlow
+:class:`TrainedModel` (:mod:`vae_jax.trained` and :mod:`vae_jax.trained_model`: a trained run of any
+family as one object). Importing ``vae_jax`` loads JAX, optax and flax only: TensorFlow
 is imported only when a TFDS dataset is read, and the training driver
 (``vae_jax.runner``, Orbax) only when imported or when ``load_run`` is first used.
 """
@@ -38,7 +38,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # vae_jax.trained imports the training driver (Orbax): only when one of its names is first used.
+    # vae_jax.trained imports the training driver (Orbax): only when load_run or export_run is first used.
+    if name == "TrainedModel":
+        from vae_jax.trained_model import TrainedModel
+
+        return TrainedModel
     if name in _TRAINED:
         from vae_jax import trained
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 
 import jax.monitoring
@@ -47,12 +48,14 @@ _stack: list[str] = ["startup"]
 _since = time.time()  # when the phase on top of the stack last started counting
 _compiling = {"seconds": 0.0, "since_mark": 0.0}
 _entered: dict[str, float] = {}  # the process's age when it first entered each phase
+_lock = threading.RLock()  # threads may compile, or read the phases, at once (experiments.hvae's evaluations)
 
 
 def _on_duration(event: str, duration: float, **_) -> None:
     if event in COMPILE_EVENTS:
-        _compiling["seconds"] += duration
-        _compiling["since_mark"] += duration
+        with _lock:
+            _compiling["seconds"] += duration
+            _compiling["since_mark"] += duration
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_duration)
@@ -62,45 +65,51 @@ _totals["startup"] = _since - _START  # the interpreter and imports before this 
 def _close_segment() -> None:
     """Counts the time since the last mark under the phase on top, less the compilation in it."""
     global _since
-    now = time.time()
-    # Programs compiled in several threads at once report more compile seconds than passed: at most the wall.
-    compiled = min(_compiling["since_mark"], now - _since)
-    _compiling["since_mark"] = 0.0
-    name = _stack[-1]
-    _totals[name] = _totals.get(name, 0.0) + now - _since - compiled
-    _totals["compilation"] = _totals.get("compilation", 0.0) + compiled
-    _since = now
+    with _lock:
+        now = time.time()
+        # Programs compiled in several threads at once report more compile seconds than passed: at most the wall.
+        compiled = min(_compiling["since_mark"], now - _since)
+        _compiling["since_mark"] = 0.0
+        name = _stack[-1]
+        _totals[name] = _totals.get(name, 0.0) + now - _since - compiled
+        _totals["compilation"] = _totals.get("compilation", 0.0) + compiled
+        _since = now
 
 
 def enter(name: str) -> None:
     """From now on the process is in phase ``name`` (the phases it passed keep their seconds)."""
-    _close_segment()
-    _entered.setdefault(name, elapsed())
-    _stack[0] = name
-    del _stack[1:]
+    with _lock:
+        _close_segment()
+        _entered.setdefault(name, elapsed())
+        _stack[0] = name
+        del _stack[1:]
 
 
 @contextlib.contextmanager
 def phase(name: str):
     """Counts the time inside the ``with`` block under ``name``, then returns to the current phase."""
-    _close_segment()
-    _stack.append(name)
+    with _lock:
+        _close_segment()
+        _stack.append(name)
     try:
         yield
     finally:
-        _close_segment()
-        _stack.pop()
+        with _lock:
+            _close_segment()
+            _stack.pop()
 
 
 def elapsed() -> float:
     """Seconds since the process started, as of the last :func:`seconds` call."""
-    return sum(_totals.values())
+    with _lock:
+        return sum(_totals.values())
 
 
 def seconds() -> dict[str, float]:
     """The seconds of each phase so far (``compilation`` pulled out), adding up to the process's age."""
-    _close_segment()
-    return {name: value for name, value in _totals.items() if value > 0.0 or name == "startup"}
+    with _lock:
+        _close_segment()
+        return {name: value for name, value in _totals.items() if value > 0.0 or name == "startup"}
 
 
 def after_training() -> float | None:

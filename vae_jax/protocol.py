@@ -118,7 +118,7 @@ class TrainConfig:
         "show a progress bar on stderr (default: only when stderr is a terminal; "
         "a redirected log gets one line per epoch instead)",
     )
-    # Devices, speed and monitoring (vae_jax.parallel, vae_jax.compile_cache, vae_jax.tensorboard).
+    # Devices, speed and monitoring (vae_jax.parallel, vae_jax.compiling, vae_jax.tensorboard).
     devices: str = field("1", "devices to train on: a count N or 'all' (batch split over them, seeds too)")
     epoch_loop: str = field(
         "auto",

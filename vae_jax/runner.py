@@ -42,7 +42,7 @@ def loss_has_convolution(loss_fn, state, pixels: np.ndarray, labels: np.ndarray 
         batch["y"] = jax.ShapeDtypeStruct((batch_size,), canonical(labels.dtype))
     step = jax.ShapeDtypeStruct((), jnp.int32)
     return parallel.has_convolution(
-        lambda p, b, k, s: loss_fn(p, train_lib.batch_to_float(b), k, s), params, batch, jax.random.key(0), step
+        lambda p, b, k, s: loss_fn(p, arrays.batch_to_float(b), k, s), params, batch, jax.random.key(0), step
     )
 
 
@@ -469,7 +469,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, dict]:
 
 
 def _stop_if_diverged(run: _Run, train_loss: np.ndarray, epoch: int) -> None:
-    """Raises :class:`TrainingDiverged` once a seed hit ``--max-consecutive-skips``, or, with skipping off
+    """Raises :class:`vae_jax.errors.TrainingDiverged` once a seed hit ``--max-consecutive-skips``, or, with skipping off
     (0), when an epoch's training loss is not finite."""
     config, workdir = run.config, run.config.workdir
     retry = "train again with a lower --learning-rate in another --workdir (or add --overwrite)"

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from vae_jax import errors, runner
+from vae_jax import distributed, errors, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.data.npz import atomic_file
 from vae_jax.errors import ConfigError
@@ -160,7 +160,7 @@ def _pick_seed(seeds: list[int], seed: int | None, where: str) -> int:
     """The replica index of ``seed`` (default: the first), logging the choice when there are several."""
     if seed is None:
         if len(seeds) > 1:
-            runner.log(
+            distributed.log(
                 f"load_run: {where} trained seeds {seeds}; using seed {seeds[0]} (pass seed= / --seed to pick another)"
             )
         return 0
@@ -175,19 +175,19 @@ def _load_prior(workdir: str, model, replica: int):
     if not os.path.isfile(os.path.join(prior_dir, "config.json")):
         return None
     if replica != 0:
-        runner.log(
+        distributed.log(
             "load_run: the PixelCNN prior was trained on the first seed's codes; this seed samples uniform codes"
         )
         return None
     config = dataclasses.replace(workdir_lib.load_run_config(prior_dir, prior_tasks.PriorConfig), workdir=prior_dir)
     if config.conditional:
-        runner.log("load_run: the prior is class-conditional, which load_run does not sample; using uniform codes")
+        distributed.log("load_run: the prior is class-conditional, which load_run does not sample; using uniform codes")
         return None
     prior_model, task = prior_tasks.prior_task(config, model.grid_shape, model.num_codes)
     try:
         _, state = restore_checkpoint(config, task)
     except Exception as err:  # stage 2 stopped before its first checkpoint, or a damaged one
-        runner.log(f"load_run: the prior in {prior_dir} cannot be restored ({err}); sampling uniform codes")
+        distributed.log(f"load_run: the prior in {prior_dir} cannot be restored ({err}); sampling uniform codes")
         return None
     return config, prior_model, _replica(state.params, 0)
 

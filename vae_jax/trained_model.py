@@ -37,7 +37,7 @@ def _check_count(n, name: str = "n", smallest: int = 1, note: str = "a positive 
 
 @dataclasses.dataclass(eq=False, repr=False)
 class TrainedModel:
-    """A trained model of any family, answering the same verbs; made by :func:`load_run`.
+    """A trained model of any family, answering the same verbs; made by :func:`vae_jax.trained.load_run`.
 
     Images are ``[N, H, W, C]`` (``image_shape``), float in [0, 1] or ``uint8`` in, float32 in the data's range
     ([0, 1] for every decoder here, unless an autoencoder was trained with ``--output linear``) out. ``labels`` are

@@ -8,7 +8,7 @@ import os
 import jax
 import numpy as np
 
-from vae_jax import diagnostics, latent_views, plots, runner
+from vae_jax import diagnostics, distributed, latent_views, plots, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.tasks import vae as vae_tasks
 
@@ -80,7 +80,7 @@ def report(config, dataset, trained: list) -> dict:
         "table": rows,
     }
     workdir_lib.write_summary(config.workdir, summary, figures)
-    runner.log(f"data: {dataset.describe()}")
+    distributed.log(f"data: {dataset.describe()}")
     print(format_table(rows))
     print(f"outputs in {config.workdir}")
     return summary

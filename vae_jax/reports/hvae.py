@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from vae_jax import diagnostics, evaluate, parallel, plots, runner
+from vae_jax import diagnostics, distributed, evaluate, parallel, plots, runner
 from vae_jax import workdir as workdir_lib
 from vae_jax.models import init_params
 from vae_jax.tasks import hvae
@@ -199,7 +199,7 @@ def draw_figures(comparison: dict, top_workdir: str, x_test: np.ndarray, key: ja
 
 
 def print_results(comparison: dict, dataset, top_workdir: str) -> None:
-    runner.log(f"data: {dataset.describe()}; {comparison['measure']}")
+    distributed.log(f"data: {dataset.describe()}; {comparison['measure']}")
     for name in ("hvae", "vae"):
         m = comparison[name]
         # The test split's KL per layer (comparison.json's kl_z1, kl_z2; the one-level VAE's kl).
