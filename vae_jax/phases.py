@@ -3,7 +3,9 @@
 A process starts in ``startup`` and :func:`enter` moves it to the next phase (``data``, ``training``, ...);
 :func:`phase` counts work that interrupts the current phase (``evaluation``, ``figures``) under its own name.
 Compilation (the durations JAX reports through :mod:`jax.monitoring`) is pulled out of every phase into
-``compilation``, so the phases add up to the time since the process started.
+``compilation``, so the phases add up to the time since the process started. While threads compile beside
+other work (``experiments.hvae`` evaluates its two models at once), every thread's compile seconds count as
+``compilation``, up to the wall time that passed; the rest goes to the phase.
 
 >>> import time
 >>> from vae_jax import phases
