@@ -121,8 +121,8 @@ def import_sklearn_in_background(plans) -> threading.Thread | None:
     """Starts importing :data:`SKLEARN_MODULES` in a daemon thread when any of ``plans`` (the
     :class:`vae_jax.workdir.WorkdirPlan` of each run an experiment trains) has epochs to train; call it before
     training. The import is slow (scipy.stats and pandas come with it: docs/benchmarks.md), and the user
-    would otherwise wait for it after the last epoch; here it runs beside compilation and training. A rerun with nothing to train
-    reuses its report, and the import would only slow it. A module that fails to import is left for the
+    would otherwise wait for it after the last epoch; here it runs beside compilation and training. A rerun
+    with nothing to train reuses its report, and the import would only slow it. A module that fails to import is left for the
     analysis that imports it to report; a process that ends first does not wait for the thread."""
     if all(plan.nothing_to_train for plan in plans):
         return None

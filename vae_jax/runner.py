@@ -469,8 +469,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict, dict]:
 
 
 def _stop_if_diverged(run: _Run, train_loss: np.ndarray, epoch: int) -> None:
-    """Raises :class:`vae_jax.errors.TrainingDiverged` once a seed hit ``--max-consecutive-skips``, or, with skipping off
-    (0), when an epoch's training loss is not finite."""
+    """Raises :class:`vae_jax.errors.TrainingDiverged` once a seed hit ``--max-consecutive-skips``, or, with
+    skipping off (0), when an epoch's training loss is not finite."""
     config, workdir = run.config, run.config.workdir
     retry = "train again with a lower --learning-rate in another --workdir (or add --overwrite)"
     skip_stop = faults.skip_limit_message(run.state, config.max_consecutive_skips, run.seeds, epoch + 1)

@@ -91,11 +91,8 @@ class TrainedModel:
         ``temperature`` scales the prior's standard deviation (Gaussian latents) or divides the PixelCNN prior's
         logits (VQ-VAE); 1 samples the model. The conditional VAE needs ``labels``. The same key, the same samples.
         """
-        n, key, temperature = (
-            _check_count(n),
-            _as_key(key),
-            positive_number(temperature, "temperature", " (1: the prior itself)"),
-        )
+        n, key = _check_count(n), _as_key(key)
+        temperature = positive_number(temperature, "temperature", " (1: the prior itself)")
         return self._sample(n, key, self._labels(labels, n), temperature)
 
     def reconstruct(self, x, labels=None) -> np.ndarray:

@@ -131,7 +131,7 @@ def compare(config, vae_config, top_workdir: str, dataset, trained: dict, iwae_e
 
     def evaluate_vae() -> dict:
         collapse = {"z": diagnostics.vae_collapse_diagnostics(v_model, v_result.params(0), dataset.x_test, key)}
-        parts = evaluate.gaussian_vae_parts(v_model, v_task.eval_fn, vae_config.likelihood, vae_config.decoder_logvar)
+        parts = vae_tasks.gaussian_eval_parts(v_model, v_task, vae_config)
         return evaluate_model(parts, v_result, vae_config, collapse, iwae_examples)
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
